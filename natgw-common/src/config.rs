@@ -1,0 +1,83 @@
+//! Configuration the controller writes into the `CONFIG` and `IFACES` maps before the
+//! programs see traffic. Policy (timeouts, garbage collection) stays in user space;
+//! only what the data path decides per packet lives here.
+
+/// Global data-path configuration: entry 0 of the `CONFIG` array map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// External (WAN) address that internal endpoints are translated to.
+    pub ext_addr_be: u32,
+    /// Interface index of the WAN interface.
+    pub wan_ifindex: u32,
+    /// Lowest external port the NAT may allocate (host order, inclusive).
+    pub port_min: u16,
+    /// Highest external port the NAT may allocate (host order, inclusive).
+    pub port_max: u16,
+    /// `CONFIG_F_*` bits.
+    pub flags: u32,
+}
+
+/// The controller has filled the configuration; until then every program passes all
+/// traffic untouched.
+pub const CONFIG_F_READY: u32 = 1 << 0;
+/// Inbound packets refresh a mapping's idle timer (RFC 4787 REQ-6a, optional).
+pub const CONFIG_F_INBOUND_REFRESH: u32 = 1 << 1;
+
+impl Config {
+    /// Whether the controller has finished configuring the data path.
+    #[must_use]
+    pub const fn is_ready(&self) -> bool {
+        self.flags & CONFIG_F_READY != 0
+    }
+}
+
+/// What an interface is to the NAT.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfaceRole {
+    /// Faces the internal hosts.
+    Lan = 1,
+    /// Faces the outside; carries the external address.
+    Wan = 2,
+}
+
+/// Per-interface facts, keyed by ifindex in the `IFACES` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    /// [`IfaceRole`] as its `u8` value.
+    pub role: u8,
+    /// 1 when a frame redirected into this interface with `XDP_REDIRECT` is delivered
+    /// (the driver implements `ndo_xdp_xmit`; for a veth, its peer runs XDP or GRO).
+    /// The controller keeps this current from the kernel's `xdp-features`.
+    pub redirect_ok: u8,
+    /// 1 when frames received here may carry a partial (pseudo-header only) L4
+    /// checksum, as veth frames from local sockets do. XDP then recomputes the L4
+    /// checksum in full before redirecting instead of updating it incrementally.
+    pub rx_csum_partial: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+impl IfaceConfig {
+    /// Whether the interface faces the internal network.
+    #[must_use]
+    pub const fn is_lan(&self) -> bool {
+        self.role == IfaceRole::Lan as u8
+    }
+
+    /// Whether the interface faces the outside.
+    #[must_use]
+    pub const fn is_wan(&self) -> bool {
+        self.role == IfaceRole::Wan as u8
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` structs of integers with explicit padding.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceConfig {}
+}

@@ -1,0 +1,87 @@
+//! Indices of the per-CPU `COUNTERS` array: every verdict the data path reaches is
+//! counted under one of these, so `natgw status` can say why a packet was dropped or
+//! left to the kernel.
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, )*) => {
+        /// One counter slot in the per-CPU `COUNTERS` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+            /// Number of slots in the `COUNTERS` map.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable name used by `natgw status` and its JSON output.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Outbound packet translated and redirected by XDP.
+    XdpOutRedirected = "xdp_out_redirected",
+    /// Inbound packet translated and redirected by XDP.
+    XdpInRedirected = "xdp_in_redirected",
+    /// Outbound packet translated by TC on the WAN egress (kernel-forwarded path).
+    TcOutTranslated = "tc_out_translated",
+    /// Inbound packet translated by TC on the WAN ingress (kernel-forwarded path).
+    TcInTranslated = "tc_in_translated",
+    /// A new mapping was created.
+    MappingCreated = "mapping_created",
+    /// Handed to the kernel: not IPv4.
+    PassNotIpv4 = "pass_not_ipv4",
+    /// Handed to the kernel: addressed to the gateway itself (its own services).
+    PassLocal = "pass_local",
+    /// Handed to the kernel: not NATed by natgw (other protocols, other destinations).
+    PassNotNat = "pass_not_nat",
+    /// Handed to the kernel for forwarding: egress cannot take XDP redirects.
+    PassNoRedirect = "pass_no_redirect",
+    /// Handed to the kernel: next hop's neighbour entry is not resolved yet.
+    PassNoNeigh = "pass_no_neigh",
+    /// Handed to the kernel: larger than the egress MTU (the kernel fragments or
+    /// sends ICMP fragmentation needed).
+    PassMtu = "pass_mtu",
+    /// Handed to the kernel: TTL would expire (the kernel sends ICMP time exceeded).
+    PassTtl = "pass_ttl",
+    /// Handed to the kernel: the FIB lookup failed for another reason.
+    PassFib = "pass_fib",
+    /// Handed to the kernel: an IP fragment (translated on the TC path).
+    PassFragment = "pass_fragment",
+    /// Dropped: header too short or inconsistent.
+    DropMalformed = "drop_malformed",
+    /// Dropped: inbound packet for an external port with no mapping.
+    DropNoMapping = "drop_no_mapping",
+    /// Dropped: no free external port for a new mapping.
+    DropPortsExhausted = "drop_ports_exhausted",
+    /// Dropped: the mapping table is full.
+    DropTableFull = "drop_table_full",
+    /// Dropped: packet from an internal address that natgw cannot translate
+    /// (protocol or fragment it does not handle), so it never leaks outside.
+    DropUntranslatable = "drop_untranslatable",
+    /// Dropped: a packet helper (store, checksum, redirect) failed.
+    DropInternal = "drop_internal",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counter;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

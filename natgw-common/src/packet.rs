@@ -1,0 +1,568 @@
+//! Parsing and rewriting of Ethernet/IPv4/UDP/TCP frames, written once over the
+//! [`PacketBuf`] trait so the XDP program, the TC programs and plain unit tests share
+//! it. Every read is bounds-checked by the buffer at the point it is made; the parse
+//! result is a small struct of offsets and fields that everything after works on.
+
+use crate::{csum, IPPROTO_TCP, IPPROTO_UDP};
+
+/// Length of an Ethernet header without VLAN tags.
+pub const ETH_HLEN: usize = 14;
+/// Ethertype of IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+/// Minimum IPv4 header length (IHL 5).
+pub const IPV4_MIN_HLEN: usize = 20;
+
+/// Byte offsets inside an IPv4 header.
+pub mod ipv4 {
+    /// Version and IHL.
+    pub const VER_IHL: usize = 0;
+    /// Total length.
+    pub const TOT_LEN: usize = 2;
+    /// Flags and fragment offset.
+    pub const FRAG: usize = 6;
+    /// Time to live (the word at this offset is TTL << 8 | protocol).
+    pub const TTL: usize = 8;
+    /// Protocol.
+    pub const PROTO: usize = 9;
+    /// Header checksum.
+    pub const CSUM: usize = 10;
+    /// Source address.
+    pub const SRC: usize = 12;
+    /// Destination address.
+    pub const DST: usize = 16;
+    /// More-fragments flag in the FRAG word.
+    pub const MF: u16 = 0x2000;
+    /// Fragment offset mask in the FRAG word.
+    pub const OFFSET_MASK: u16 = 0x1fff;
+}
+
+/// Byte offsets shared by the UDP and TCP headers, and their checksum offsets.
+pub mod l4 {
+    /// Source port.
+    pub const SPORT: usize = 0;
+    /// Destination port.
+    pub const DPORT: usize = 2;
+    /// UDP checksum.
+    pub const UDP_CSUM: usize = 6;
+    /// UDP header length.
+    pub const UDP_HLEN: usize = 8;
+    /// TCP flags byte.
+    pub const TCP_FLAGS: usize = 13;
+    /// TCP checksum.
+    pub const TCP_CSUM: usize = 16;
+    /// TCP header length without options.
+    pub const TCP_MIN_HLEN: usize = 20;
+}
+
+/// Largest L4 segment whose checksum the programs recompute in full (a bounded loop
+/// for the verifier); larger segments are left to the kernel's path.
+pub const MAX_FULL_CSUM_LEN: usize = 4096;
+
+/// Bounds-checked byte access to a frame.
+pub trait PacketBuf {
+    /// Length of the frame in bytes.
+    fn len(&self) -> usize;
+    /// Whether the frame is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// `N` bytes at `off`, or `None` when they are not all inside the frame.
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+/// A frame that can be written in place.
+pub trait PacketBufMut: PacketBuf {
+    /// Writes `bytes` at `off`; `None` when they do not fit inside the frame.
+    fn store<const N: usize>(&mut self, off: usize, bytes: [u8; N]) -> Option<()>;
+}
+
+impl PacketBuf for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+impl PacketBufMut for [u8] {
+    fn store<const N: usize>(&mut self, off: usize, bytes: [u8; N]) -> Option<()> {
+        self.get_mut(off..off.checked_add(N)?)?
+            .copy_from_slice(&bytes);
+        Some(())
+    }
+}
+
+/// Why a frame could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// A header runs past the end of the frame.
+    Truncated,
+    /// A header field is inconsistent (version, IHL, total length, TCP data offset).
+    Invalid,
+}
+
+/// Where an IPv4 datagram sits in its fragment series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented.
+    None,
+    /// First fragment: carries the L4 header, more follow.
+    First,
+    /// A later fragment: no L4 header.
+    Later,
+}
+
+/// The fields and offsets of an IPv4 packet that translation needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Packet {
+    /// Offset of the IPv4 header in the frame.
+    pub l3: usize,
+    /// Offset of the L4 header (after IP options).
+    pub l4: usize,
+    /// IPv4 total length.
+    pub tot_len: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// Time to live.
+    pub ttl: u8,
+    /// Source address (wire octets).
+    pub src: [u8; 4],
+    /// Destination address (wire octets).
+    pub dst: [u8; 4],
+    /// Fragment position.
+    pub frag: Fragment,
+    /// UDP/TCP source port (wire order), 0 for other protocols and later fragments.
+    pub sport_be: u16,
+    /// UDP/TCP destination port (wire order), 0 otherwise.
+    pub dport_be: u16,
+    /// TCP flags byte, 0 otherwise.
+    pub tcp_flags: u8,
+    /// Offset of the L4 checksum when it must be maintained; `None` for UDP sent
+    /// without a checksum, other protocols and later fragments.
+    pub l4_csum: Option<usize>,
+}
+
+impl Ipv4Packet {
+    /// Whether this is a UDP or TCP packet carrying its ports (not a later fragment).
+    #[must_use]
+    pub const fn has_ports(&self) -> bool {
+        matches!(self.proto, IPPROTO_UDP | IPPROTO_TCP) && !matches!(self.frag, Fragment::Later)
+    }
+
+    /// Length of the L4 segment in this packet.
+    #[must_use]
+    pub const fn l4_len(&self) -> usize {
+        self.l3 + self.tot_len as usize - self.l4
+    }
+}
+
+/// Offset of the IPv4 header when the frame is an untagged Ethernet IPv4 frame.
+#[inline(always)]
+pub fn ipv4_offset<B: PacketBuf + ?Sized>(buf: &B) -> Result<Option<usize>, ParseError> {
+    let ethertype = buf.load::<2>(12).ok_or(ParseError::Truncated)?;
+    Ok((u16::from_be_bytes(ethertype) == ETH_P_IP).then_some(ETH_HLEN))
+}
+
+/// Parses the IPv4 header at `l3` and, for UDP/TCP, the ports.
+#[inline(always)]
+pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packet, ParseError> {
+    let fixed = buf.load::<IPV4_MIN_HLEN>(l3).ok_or(ParseError::Truncated)?;
+    let ver_ihl = fixed[ipv4::VER_IHL];
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(ParseError::Invalid);
+    }
+    let tot_len = u16::from_be_bytes([fixed[ipv4::TOT_LEN], fixed[ipv4::TOT_LEN + 1]]);
+    if usize::from(tot_len) < ihl {
+        return Err(ParseError::Invalid);
+    }
+    if l3 + usize::from(tot_len) > buf.len() {
+        return Err(ParseError::Truncated);
+    }
+    let frag_word = u16::from_be_bytes([fixed[ipv4::FRAG], fixed[ipv4::FRAG + 1]]);
+    let frag = if frag_word & ipv4::OFFSET_MASK != 0 {
+        Fragment::Later
+    } else if frag_word & ipv4::MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+    let mut pkt = Ipv4Packet {
+        l3,
+        l4: l3 + ihl,
+        tot_len,
+        proto: fixed[ipv4::PROTO],
+        ttl: fixed[ipv4::TTL],
+        src: [fixed[12], fixed[13], fixed[14], fixed[15]],
+        dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
+        frag,
+        sport_be: 0,
+        dport_be: 0,
+        tcp_flags: 0,
+        l4_csum: None,
+    };
+    if !pkt.has_ports() {
+        return Ok(pkt);
+    }
+    let l4 = pkt.l4;
+    match pkt.proto {
+        IPPROTO_UDP => {
+            let hdr = buf
+                .load::<{ l4::UDP_HLEN }>(l4)
+                .ok_or(ParseError::Truncated)?;
+            if pkt.frag == Fragment::None && pkt.l4_len() < l4::UDP_HLEN {
+                return Err(ParseError::Invalid);
+            }
+            pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
+            pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
+            if hdr[l4::UDP_CSUM] != 0 || hdr[l4::UDP_CSUM + 1] != 0 {
+                pkt.l4_csum = Some(l4 + l4::UDP_CSUM);
+            }
+        }
+        _ => {
+            let hdr = buf
+                .load::<{ l4::TCP_MIN_HLEN }>(l4)
+                .ok_or(ParseError::Truncated)?;
+            let doff = usize::from(hdr[12] >> 4) * 4;
+            if doff < l4::TCP_MIN_HLEN || (pkt.frag == Fragment::None && pkt.l4_len() < doff) {
+                return Err(ParseError::Invalid);
+            }
+            pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
+            pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
+            pkt.tcp_flags = hdr[l4::TCP_FLAGS];
+            pkt.l4_csum = Some(l4 + l4::TCP_CSUM);
+        }
+    }
+    Ok(pkt)
+}
+
+/// Which side of the packet a translation rewrites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Source address and port (outbound: internal -> external).
+    Source,
+    /// Destination address and port (inbound: external -> internal).
+    Destination,
+}
+
+/// One address+port rewrite, with everything needed to fix the checksums: the
+/// single description both the XDP (in-place) and TC (skb helper) appliers execute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Offset of the address field.
+    pub addr_off: usize,
+    /// Address before.
+    pub old_addr: [u8; 4],
+    /// Address after.
+    pub new_addr: [u8; 4],
+    /// Offset of the port field.
+    pub port_off: usize,
+    /// Port before (wire order).
+    pub old_port_be: u16,
+    /// Port after (wire order).
+    pub new_port_be: u16,
+    /// Offset of the IPv4 header checksum.
+    pub ip_csum_off: usize,
+    /// Offset of the L4 checksum, if it is maintained.
+    pub l4_csum_off: Option<usize>,
+    /// The packet is UDP (a computed zero checksum must become 0xffff).
+    pub udp: bool,
+}
+
+impl Rewrite {
+    /// The rewrite of `side` of `pkt` to `addr`:`port_be`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(pkt: &Ipv4Packet, side: Side, addr: [u8; 4], port_be: u16) -> Self {
+        let (addr_off, old_addr, port_off, old_port_be) = match side {
+            Side::Source => (
+                pkt.l3 + ipv4::SRC,
+                pkt.src,
+                pkt.l4 + l4::SPORT,
+                pkt.sport_be,
+            ),
+            Side::Destination => (
+                pkt.l3 + ipv4::DST,
+                pkt.dst,
+                pkt.l4 + l4::DPORT,
+                pkt.dport_be,
+            ),
+        };
+        Self {
+            addr_off,
+            old_addr,
+            new_addr: addr,
+            port_off,
+            old_port_be,
+            new_port_be: port_be,
+            ip_csum_off: pkt.l3 + ipv4::CSUM,
+            l4_csum_off: pkt.l4_csum,
+            udp: pkt.proto == IPPROTO_UDP,
+        }
+    }
+}
+
+#[inline(always)]
+fn load_u16<B: PacketBuf + ?Sized>(buf: &B, off: usize) -> Option<u16> {
+    buf.load::<2>(off).map(u16::from_be_bytes)
+}
+
+#[inline(always)]
+fn store_u16<B: PacketBufMut + ?Sized>(buf: &mut B, off: usize, v: u16) -> Option<()> {
+    buf.store::<2>(off, v.to_be_bytes())
+}
+
+/// Applies `rw` in place, updating the IP and L4 checksums incrementally
+/// (RFC 1624). Correct for frames whose L4 checksum is complete.
+#[inline(always)]
+pub fn apply_incremental<B: PacketBufMut + ?Sized>(buf: &mut B, rw: &Rewrite) -> Option<()> {
+    let ip_check = load_u16(buf, rw.ip_csum_off)?;
+    store_u16(
+        buf,
+        rw.ip_csum_off,
+        csum::replace32(ip_check, rw.old_addr, rw.new_addr),
+    )?;
+    if let Some(off) = rw.l4_csum_off {
+        let check = load_u16(buf, off)?;
+        let check = csum::replace32(check, rw.old_addr, rw.new_addr);
+        let check = csum::replace16(
+            check,
+            u16::from_be(rw.old_port_be),
+            u16::from_be(rw.new_port_be),
+        );
+        let check = if rw.udp {
+            csum::udp_nonzero(check)
+        } else {
+            check
+        };
+        store_u16(buf, off, check)?;
+    }
+    buf.store::<4>(rw.addr_off, rw.new_addr)?;
+    buf.store::<2>(rw.port_off, rw.new_port_be.to_ne_bytes())
+}
+
+/// Recomputes the L4 checksum of an unfragmented UDP/TCP packet from scratch. Used
+/// where the received checksum may be partial (veth frames from local sockets carry
+/// only the pseudo-header sum), so the forwarded frame carries a complete one.
+/// `None` when the segment is longer than [`MAX_FULL_CSUM_LEN`] or truncated.
+#[inline(always)]
+pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
+    buf: &mut B,
+    pkt: &Ipv4Packet,
+) -> Option<()> {
+    let off = pkt.l4_csum?;
+    let len = pkt.l4_len();
+    if len > MAX_FULL_CSUM_LEN || pkt.frag != Fragment::None {
+        return None;
+    }
+    // The addresses and ports may have been rewritten since parsing: read them back.
+    let src = buf.load::<4>(pkt.l3 + ipv4::SRC)?;
+    let dst = buf.load::<4>(pkt.l3 + ipv4::DST)?;
+    store_u16(buf, off, 0)?;
+    let mut sum = csum::pseudo_header_sum(src, dst, pkt.proto, len as u16);
+    let words = len / 2;
+    let mut i = 0;
+    while i < MAX_FULL_CSUM_LEN / 2 {
+        if i >= words {
+            break;
+        }
+        sum += u32::from(load_u16(buf, pkt.l4 + 2 * i)?);
+        i += 1;
+    }
+    if len % 2 == 1 {
+        // `i` == `words` here; offsetting by the loop counter keeps the offset
+        // bounded for the verifier.
+        let last = buf.load::<1>(pkt.l4 + 2 * i)?;
+        sum += u32::from(last[0]) << 8;
+    }
+    let check = !csum::fold(sum);
+    let check = if pkt.proto == IPPROTO_UDP {
+        csum::udp_nonzero(check)
+    } else {
+        check
+    };
+    store_u16(buf, off, check)
+}
+
+/// Decrements the TTL and updates the IP checksum (routers' duty, RFC 1812); the
+/// caller has checked that the TTL is above 1.
+#[inline(always)]
+pub fn decrement_ttl<B: PacketBufMut + ?Sized>(buf: &mut B, pkt: &Ipv4Packet) -> Option<()> {
+    let old = u16::from_be_bytes([pkt.ttl, pkt.proto]);
+    let new = u16::from_be_bytes([pkt.ttl - 1, pkt.proto]);
+    let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
+    store_u16(buf, pkt.l3 + ipv4::CSUM, csum::replace16(check, old, new))?;
+    buf.store::<1>(pkt.l3 + ipv4::TTL, [pkt.ttl - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csum::{checksum, pseudo_header_sum};
+
+    /// Builds an Ethernet/IPv4/UDP frame with valid checksums and `opts` IP option bytes.
+    fn udp_frame(
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+        opts: usize,
+    ) -> [u8; 128] {
+        let mut f = [0u8; 128];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let ihl = 20 + opts;
+        let l4_len = 8 + payload.len();
+        let tot = ihl + l4_len;
+        let ip = &mut f[14..14 + ihl];
+        ip[0] = 0x40 | (ihl / 4) as u8;
+        ip[2..4].copy_from_slice(&(tot as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        for b in &mut ip[20..] {
+            *b = 1; // NOP options
+        }
+        let c = checksum(ip, 0);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let l4 = 14 + ihl;
+        f[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
+        f[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
+        f[l4 + 4..l4 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        f[l4 + 8..l4 + 8 + payload.len()].copy_from_slice(payload);
+        let c = checksum(
+            &f[l4..l4 + l4_len],
+            pseudo_header_sum(src, dst, IPPROTO_UDP, l4_len as u16),
+        );
+        f[l4 + 6..l4 + 8].copy_from_slice(&csum::udp_nonzero(c).to_be_bytes());
+        f
+    }
+
+    fn assert_checksums_valid(f: &[u8], pkt: &Ipv4Packet) {
+        let ip = &f[pkt.l3..pkt.l4];
+        assert_eq!(checksum(ip, 0), 0, "IP header checksum");
+        let src = f[pkt.l3 + 12..pkt.l3 + 16].try_into().unwrap();
+        let dst = f[pkt.l3 + 16..pkt.l3 + 20].try_into().unwrap();
+        let len = pkt.l4_len();
+        let sum = pseudo_header_sum(src, dst, pkt.proto, len as u16);
+        assert_eq!(checksum(&f[pkt.l4..pkt.l4 + len], sum), 0, "L4 checksum");
+    }
+
+    #[test]
+    fn parses_udp_behind_ip_options() {
+        let f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 40000, 7, b"hello", 8);
+        let l3 = ipv4_offset(&f[..]).unwrap().unwrap();
+        let pkt = parse_ipv4(&f[..], l3).unwrap();
+        assert_eq!(pkt.l4, 14 + 28);
+        assert_eq!(u16::from_be(pkt.sport_be), 40000);
+        assert_eq!(u16::from_be(pkt.dport_be), 7);
+        assert_eq!(pkt.frag, Fragment::None);
+        assert!(pkt.l4_csum.is_some());
+    }
+
+    #[test]
+    fn rejects_truncated_and_inconsistent_headers() {
+        let f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"x", 0);
+        assert_eq!(parse_ipv4(&f[..30], 14), Err(ParseError::Truncated));
+        let mut bad = f;
+        bad[14] = 0x44; // IHL 4
+        assert_eq!(parse_ipv4(&bad[..], 14), Err(ParseError::Invalid));
+        let mut bad = f;
+        bad[14] = 0x65; // version 6
+        assert_eq!(parse_ipv4(&bad[..], 14), Err(ParseError::Invalid));
+        let mut bad = f;
+        bad[16..18].copy_from_slice(&500u16.to_be_bytes()); // longer than the frame
+        assert_eq!(parse_ipv4(&bad[..], 14), Err(ParseError::Truncated));
+        let mut bad = f;
+        bad[16..18].copy_from_slice(&24u16.to_be_bytes()); // UDP header cut short
+        assert_eq!(parse_ipv4(&bad[..], 14), Err(ParseError::Invalid));
+    }
+
+    #[test]
+    fn source_rewrite_keeps_checksums_valid() {
+        for opts in [0, 4, 40] {
+            let mut f = udp_frame(
+                [10, 0, 1, 2],
+                [198, 51, 100, 2],
+                40000,
+                7,
+                b"payload!",
+                opts,
+            );
+            let pkt = parse_ipv4(&f[..], 14).unwrap();
+            let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 40002u16.to_be());
+            apply_incremental(&mut f[..], &rw).unwrap();
+            let after = parse_ipv4(&f[..], 14).unwrap();
+            assert_eq!(after.src, [192, 0, 2, 1]);
+            assert_eq!(u16::from_be(after.sport_be), 40002);
+            assert_checksums_valid(&f, &after);
+        }
+    }
+
+    #[test]
+    fn destination_rewrite_keeps_checksums_valid() {
+        let mut f = udp_frame([198, 51, 100, 2], [192, 0, 2, 1], 7, 40002, b"reply", 0);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let rw = Rewrite::new(&pkt, Side::Destination, [10, 0, 1, 2], 40000u16.to_be());
+        apply_incremental(&mut f[..], &rw).unwrap();
+        let after = parse_ipv4(&f[..], 14).unwrap();
+        assert_eq!(after.dst, [10, 0, 1, 2]);
+        assert_checksums_valid(&f, &after);
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 5, 6, b"abc", 0);
+        f[14 + 20 + 6] = 0;
+        f[14 + 20 + 7] = 0;
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        assert_eq!(pkt.l4_csum, None);
+        let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 9u16.to_be());
+        apply_incremental(&mut f[..], &rw).unwrap();
+        assert_eq!(&f[14 + 26..14 + 28], &[0, 0]);
+        assert_eq!(checksum(&f[14..34], 0), 0);
+    }
+
+    #[test]
+    fn full_recompute_repairs_a_partial_checksum() {
+        // A veth frame from a local socket: the checksum field holds only the folded
+        // pseudo-header sum.
+        let payload = b"odd-length-payload";
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 40000, 7, payload, 0);
+        let l4_len = 8 + payload.len();
+        let partial = csum::fold(pseudo_header_sum(
+            [10, 0, 1, 2],
+            [198, 51, 100, 2],
+            IPPROTO_UDP,
+            l4_len as u16,
+        ));
+        f[40..42].copy_from_slice(&partial.to_be_bytes());
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 1234u16.to_be());
+        apply_incremental(&mut f[..], &rw).unwrap();
+        recompute_l4_checksum(&mut f[..], &pkt).unwrap();
+        assert_checksums_valid(&f, &parse_ipv4(&f[..], 14).unwrap());
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_ip_checksum_valid() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"", 0);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        decrement_ttl(&mut f[..], &pkt).unwrap();
+        assert_eq!(f[14 + 8], 63);
+        assert_eq!(checksum(&f[14..34], 0), 0);
+    }
+
+    #[test]
+    fn later_fragments_have_no_ports() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"abcdefgh", 0);
+        f[14 + 6..14 + 8].copy_from_slice(&3u16.to_be_bytes());
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        assert_eq!(pkt.frag, Fragment::Later);
+        assert!(!pkt.has_ports());
+        assert_eq!(pkt.l4_csum, None);
+    }
+}

@@ -1,0 +1,64 @@
+//! natgw's kernel programs.
+//!
+//! - `xdp_lan` (XDP, every LAN interface): outbound fast path — translate the source
+//!   and redirect to the WAN when the FIB and the egress device allow it.
+//! - `xdp_wan` (XDP, WAN interface): inbound fast path, and the filter: traffic for
+//!   an external port with no mapping is dropped here.
+//! - `tc_wan_ingress` / `tc_wan_egress` (TC on the WAN): the same translation for
+//!   packets the fast path handed to the kernel, so that nothing leaves with an
+//!   internal source address whatever path it took.
+//!
+//! The translation itself lives in `nat` and in `natgw_common::packet`, shared by all
+//! four programs.
+#![no_std]
+#![no_main]
+
+mod buf;
+mod counters;
+mod fastpath;
+mod maps;
+mod nat;
+mod tc_wan;
+mod xdp_lan;
+mod xdp_wan;
+
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+/// Outbound fast path on LAN interfaces.
+#[xdp]
+pub fn xdp_lan(ctx: XdpContext) -> u32 {
+    xdp_lan::run(&ctx)
+}
+
+/// Inbound fast path and filter on the WAN interface.
+#[xdp]
+pub fn xdp_wan(ctx: XdpContext) -> u32 {
+    xdp_wan::run(&ctx)
+}
+
+/// Inbound translation of packets the XDP fast path left to the kernel.
+#[classifier]
+pub fn tc_wan_ingress(ctx: TcContext) -> i32 {
+    tc_wan::ingress(&ctx)
+}
+
+/// Outbound translation of everything that reaches the WAN through the kernel.
+#[classifier]
+pub fn tc_wan_egress(ctx: TcContext) -> i32 {
+    tc_wan::egress(&ctx)
+}
+
+/// GPL-compatible licence: `bpf_fib_lookup`, `bpf_redirect` and the socket lookups
+/// are GPL-only helpers.
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,41 @@
+//! The BPF maps. Layouts come from `natgw_common::maps`; the controller sizes the NAT
+//! tables at load time and pins everything for `natgw mappings` and `natgw status`.
+//! The NAT tables are plain hash maps, never LRU: an LRU map would silently evict
+//! live mappings under pressure.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use natgw_common::{
+    maps::DEFAULT_MAX_MAPPINGS, Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
+};
+
+/// Interfaces natgw may see (LAN interfaces plus the WAN).
+const MAX_IFACES: u32 = 64;
+/// Internal prefixes.
+const MAX_LAN_NETS: u32 = 64;
+
+/// (protocol, internal endpoint) -> external endpoint.
+#[map]
+pub static NAT_FWD: HashMap<FwdKey, Mapping> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
+
+/// (protocol, external endpoint) -> internal endpoint; the port claim.
+#[map]
+pub static NAT_REV: HashMap<RevKey, RevValue> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
+
+/// Global configuration, entry 0.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-interface configuration by ifindex.
+#[map]
+pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Internal prefixes: sources inside them are translated.
+#[map]
+pub static LAN_NETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_LAN_NETS, 1);
+
+/// Verdict counters, indexed by `Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -1,0 +1,233 @@
+//! Endpoint-independent mappings (RFC 4787 REQ-1, RFC 5382 REQ-1): finding, creating
+//! and refreshing them.
+//!
+//! Creation claims the external port first, with a `BPF_NOEXIST` insert into
+//! `NAT_REV`, so no two CPUs ever hand out the same external port (REQ-3), and only
+//! then inserts the forward entry; if another CPU created the forward entry in the
+//! meantime, the claim is rolled back and that CPU's mapping is used.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    EbpfContext,
+};
+use aya_log_ebpf::warn;
+use natgw_common::{
+    maps::tcp_seen,
+    packet::Ipv4Packet,
+    ports::{candidate, MAX_PORT_ATTEMPTS},
+    Config, Counter, FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP,
+};
+
+use super::socket::local_socket_owns;
+use crate::{
+    counters::count,
+    maps::{NAT_FWD, NAT_REV},
+};
+
+/// `EEXIST`: the key is already present.
+const EEXIST: i32 = 17;
+
+/// An endpoint: address and port as on the wire.
+#[derive(Clone, Copy)]
+pub struct Endpoint {
+    /// Address octets.
+    pub addr: [u8; 4],
+    /// Port, network order.
+    pub port_be: u16,
+}
+
+/// TCP flags worth remembering, in `tcp_seen` bits (the wire bits coincide).
+#[inline(always)]
+fn seen_bits(pkt: &Ipv4Packet) -> u8 {
+    if pkt.proto == IPPROTO_TCP {
+        pkt.tcp_flags & (tcp_seen::FIN | tcp_seen::SYN | tcp_seen::RST | tcp_seen::ACK)
+    } else {
+        0
+    }
+}
+
+/// Adds to a statistics field of a map value. Not atomic: the BPF target offers no
+/// atomic read-modify-write to Rust, and packets of one flow are normally handled by
+/// one CPU, so concurrent updates (and lost increments) are rare and harmless.
+#[inline(always)]
+fn add(counter: *mut u64, v: u64) {
+    // SAFETY: `counter` points into a live map value.
+    unsafe { *counter = (*counter).wrapping_add(v) };
+}
+
+/// The external endpoint for an outbound packet, creating the mapping if needed.
+/// Refreshes the mapping and counts the packet.
+#[inline(always)]
+pub fn outbound<C: EbpfContext>(
+    ctx: &C,
+    cfg: &Config,
+    pkt: &Ipv4Packet,
+) -> Result<Endpoint, Counter> {
+    let key = FwdKey {
+        addr_be: u32::from_ne_bytes(pkt.src),
+        port_be: pkt.sport_be,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let m = match NAT_FWD.get_ptr_mut(&key) {
+        Some(m) => m,
+        None => {
+            create(ctx, cfg, pkt, &key, now)?;
+            NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
+        }
+    };
+    let bits = seen_bits(pkt);
+    // SAFETY: `m` points at a live NAT_FWD value.
+    unsafe {
+        (*m).last_out_ns = now;
+        if bits & tcp_seen::SYN != 0 && bits & tcp_seen::ACK == 0 {
+            // A new connection from this endpoint: forget the old one's flags.
+            (*m).tcp_flags_out = tcp_seen::SYN;
+            reset_inbound_flags(pkt.proto, (*m).ext_addr_be, (*m).ext_port_be);
+        } else if (*m).tcp_flags_out | bits != (*m).tcp_flags_out {
+            (*m).tcp_flags_out |= bits;
+        }
+        add(&raw mut (*m).packets_out, 1);
+        add(&raw mut (*m).bytes_out, u64::from(pkt.tot_len));
+        Ok(Endpoint {
+            addr: (*m).ext_addr_be.to_ne_bytes(),
+            port_be: (*m).ext_port_be,
+        })
+    }
+}
+
+#[inline(always)]
+fn reset_inbound_flags(proto: u8, ext_addr_be: u32, ext_port_be: u16) {
+    let rk = RevKey {
+        addr_be: ext_addr_be,
+        port_be: ext_port_be,
+        proto,
+        _pad: 0,
+    };
+    if let Some(rv) = NAT_REV.get_ptr_mut(&rk) {
+        // SAFETY: `rv` points at a live NAT_REV value.
+        unsafe { (*rv).tcp_flags_in = 0 };
+    }
+}
+
+/// Creates the mapping for `key`: claim an external port, then insert the forward
+/// entry. Succeeds also when another CPU created the same mapping concurrently.
+#[inline(always)]
+fn create<C: EbpfContext>(
+    ctx: &C,
+    cfg: &Config,
+    pkt: &Ipv4Packet,
+    key: &FwdKey,
+    now: u64,
+) -> Result<(), Counter> {
+    let ext_addr = cfg.ext_addr_be.to_ne_bytes();
+    let preferred = u16::from_be(key.port_be);
+    // SAFETY: no preconditions.
+    let seed = unsafe { bpf_get_prandom_u32() };
+    let mut attempt = 0;
+    while attempt < MAX_PORT_ATTEMPTS {
+        let port_be = candidate(preferred, attempt, seed, cfg.port_min, cfg.port_max).to_be();
+        attempt += 1;
+        // A port the gateway's own sockets use would steal their replies.
+        if local_socket_owns(ctx, key.proto, ext_addr, port_be, pkt.dst, pkt.dport_be) {
+            continue;
+        }
+        let rk = RevKey {
+            addr_be: cfg.ext_addr_be,
+            port_be,
+            proto: key.proto,
+            _pad: 0,
+        };
+        let rv = RevValue {
+            int_addr_be: key.addr_be,
+            int_port_be: key.port_be,
+            created_ns: now,
+            ..RevValue::default()
+        };
+        match NAT_REV.insert(&rk, &rv, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {}
+            Err(e) if e == -EEXIST => continue,
+            Err(_) => {
+                warn!(ctx, "NAT table full: no mapping for a new flow");
+                return Err(Counter::DropTableFull);
+            }
+        }
+        let m = Mapping {
+            ext_addr_be: cfg.ext_addr_be,
+            ext_port_be: port_be,
+            origin: Origin::Traffic as u8,
+            created_ns: now,
+            last_out_ns: now,
+            ..Mapping::default()
+        };
+        return match NAT_FWD.insert(key, &m, u64::from(BPF_NOEXIST)) {
+            Ok(()) => {
+                count(Counter::MappingCreated);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = NAT_REV.remove(&rk);
+                if e == -EEXIST {
+                    Ok(()) // another CPU won the race; its mapping serves us
+                } else {
+                    warn!(ctx, "NAT table full: no mapping for a new flow");
+                    Err(Counter::DropTableFull)
+                }
+            }
+        };
+    }
+    warn!(ctx, "no free external port for a new mapping");
+    Err(Counter::DropPortsExhausted)
+}
+
+/// An inbound packet's mapping, found but not yet counted.
+pub struct InboundHit {
+    rv: *mut RevValue,
+    /// The internal endpoint the packet goes to.
+    pub internal: Endpoint,
+}
+
+/// The mapping of the external endpoint an inbound packet is addressed to
+/// (`pkt.dst`, `pkt.dport_be`), if any. Endpoint-independent filtering: any remote
+/// endpoint may use a mapping.
+#[inline(always)]
+pub fn inbound(pkt: &Ipv4Packet) -> Option<InboundHit> {
+    let rk = RevKey {
+        addr_be: u32::from_ne_bytes(pkt.dst),
+        port_be: pkt.dport_be,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    let rv = NAT_REV.get_ptr_mut(&rk)?;
+    // SAFETY: `rv` points at a live NAT_REV value.
+    let internal = unsafe {
+        Endpoint {
+            addr: (*rv).int_addr_be.to_ne_bytes(),
+            port_be: (*rv).int_port_be,
+        }
+    };
+    Some(InboundHit { rv, internal })
+}
+
+impl InboundHit {
+    /// Counts the packet and records its time and TCP flags; called by whichever
+    /// program translates it, exactly once.
+    #[inline(always)]
+    pub fn account(&self, pkt: &Ipv4Packet) {
+        let rv = self.rv;
+        let bits = seen_bits(pkt);
+        // SAFETY: no preconditions; `rv` points at a live value (map values stay
+        // valid for the whole program run, even if deleted meanwhile).
+        unsafe {
+            (*rv).last_in_ns = bpf_ktime_get_ns();
+            if (*rv).tcp_flags_in | bits != (*rv).tcp_flags_in {
+                (*rv).tcp_flags_in |= bits;
+            }
+            add(&raw mut (*rv).packets_in, 1);
+            add(&raw mut (*rv).bytes_in, u64::from(pkt.tot_len));
+        }
+    }
+}

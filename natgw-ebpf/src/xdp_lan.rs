@@ -1,0 +1,82 @@
+//! Outbound fast path on LAN interfaces: internal host -> outside.
+//!
+//! Translates and redirects a packet only when everything needed is known here: the
+//! route leads to the WAN, the neighbour is resolved, the packet fits the MTU, the
+//! TTL survives the hop and the WAN device accepts XDP redirects. Anything else is
+//! handed to the kernel untouched; the kernel routes it (and sends ICMP time
+//! exceeded or fragmentation needed where due) and `tc_wan_egress` translates it.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
+use natgw_common::{
+    packet::{ipv4_offset, parse_ipv4, Fragment, ParseError, Rewrite, Side},
+    Counter, IfaceRole,
+};
+
+use crate::{
+    buf::XdpBuf,
+    counters::count,
+    fastpath::{forward, next_hop, redirect},
+    nat::{self, mapping},
+};
+
+/// Entry point of `xdp_lan`.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    match try_run(ctx) {
+        Ok(action) => action,
+        Err(counter) => {
+            count(counter);
+            if matches!(
+                counter,
+                Counter::DropMalformed
+                    | Counter::DropPortsExhausted
+                    | Counter::DropTableFull
+                    | Counter::DropInternal
+            ) {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
+    let Some(cfg) = nat::config() else {
+        return Ok(XDP_PASS);
+    };
+    let mut buf = XdpBuf::new(ctx);
+    let l3 = match ipv4_offset(&buf) {
+        Ok(Some(l3)) => l3,
+        Ok(None) => return Err(Counter::PassNotIpv4),
+        Err(_) => return Err(Counter::DropMalformed),
+    };
+    let pkt = match parse_ipv4(&buf, l3) {
+        Ok(pkt) => pkt,
+        // Possibly a multi-buffer frame: the kernel's path sees all of it.
+        Err(ParseError::Truncated) => return Err(Counter::PassFib),
+        Err(ParseError::Invalid) => return Err(Counter::DropMalformed),
+    };
+    if !nat::is_internal(pkt.src) {
+        return Err(Counter::PassNotNat);
+    }
+    if !pkt.has_ports() {
+        return Err(if pkt.frag == Fragment::Later {
+            Counter::PassFragment
+        } else {
+            Counter::PassNotNat
+        });
+    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, &pkt, pkt.dst, ingress, IfaceRole::Wan)?;
+    let ext = mapping::outbound(ctx, cfg, &pkt)?;
+    let rw = Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be);
+    let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
+    forward(&mut buf, &pkt, &rw, rx_partial, &hop)?;
+    count(Counter::XdpOutRedirected);
+    Ok(redirect(hop.ifindex))
+}

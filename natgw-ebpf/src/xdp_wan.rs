@@ -1,0 +1,100 @@
+//! Inbound fast path and filter on the WAN interface: outside -> internal host.
+//!
+//! A packet to an external port with a mapping is translated and redirected to the
+//! LAN when the fast path allows it, otherwise handed to the kernel untouched for
+//! `tc_wan_ingress` to translate. A packet to an external port in the NAT range with
+//! no mapping is dropped here, unless a socket of the gateway itself owns the port.
+//! Everything else is the gateway's own traffic and goes to the kernel.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
+use natgw_common::{
+    packet::{ipv4_offset, parse_ipv4, Fragment, Ipv4Packet, ParseError, Rewrite, Side},
+    Config, Counter, IfaceRole,
+};
+
+use crate::{
+    buf::XdpBuf,
+    counters::count,
+    fastpath::{forward, next_hop, redirect},
+    nat::{self, mapping, socket::local_socket_owns},
+};
+
+/// Entry point of `xdp_wan`.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    match try_run(ctx) {
+        Ok(action) => action,
+        Err(counter) => {
+            count(counter);
+            if matches!(
+                counter,
+                Counter::DropMalformed | Counter::DropNoMapping | Counter::DropInternal
+            ) {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
+    let Some(cfg) = nat::config() else {
+        return Ok(XDP_PASS);
+    };
+    let mut buf = XdpBuf::new(ctx);
+    let l3 = match ipv4_offset(&buf) {
+        Ok(Some(l3)) => l3,
+        Ok(None) => return Err(Counter::PassNotIpv4),
+        Err(_) => return Err(Counter::DropMalformed),
+    };
+    let pkt = match parse_ipv4(&buf, l3) {
+        Ok(pkt) => pkt,
+        Err(ParseError::Truncated) => return Err(Counter::PassFib),
+        Err(ParseError::Invalid) => return Err(Counter::DropMalformed),
+    };
+    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
+        return Err(Counter::PassNotNat);
+    }
+    if !pkt.has_ports() {
+        return Err(if pkt.frag == Fragment::Later {
+            Counter::PassFragment
+        } else {
+            Counter::PassLocal
+        });
+    }
+    let Some(hit) = mapping::inbound(&pkt) else {
+        return Err(unmapped(ctx, cfg, &pkt));
+    };
+    let ingress = ctx.ingress_ifindex() as u32;
+    let hop = next_hop(ctx, &pkt, hit.internal.addr, ingress, IfaceRole::Lan)?;
+    hit.account(&pkt);
+    let rw = Rewrite::new(
+        &pkt,
+        Side::Destination,
+        hit.internal.addr,
+        hit.internal.port_be,
+    );
+    let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
+    forward(&mut buf, &pkt, &rw, rx_partial, &hop)?;
+    count(Counter::XdpInRedirected);
+    Ok(redirect(hop.ifindex))
+}
+
+/// Verdict for a packet to the external address with no mapping.
+#[inline(always)]
+fn unmapped(ctx: &XdpContext, cfg: &Config, pkt: &Ipv4Packet) -> Counter {
+    let port = u16::from_be(pkt.dport_be);
+    let in_nat_range = port >= cfg.port_min && port <= cfg.port_max;
+    if !in_nat_range
+        || local_socket_owns(ctx, pkt.proto, pkt.dst, pkt.dport_be, pkt.src, pkt.sport_be)
+    {
+        Counter::PassLocal
+    } else {
+        Counter::DropNoMapping
+    }
+}

@@ -1,0 +1,380 @@
+//! Shared helpers for natgw's integration tests: starting the `natgw` binary inside a
+//! testbed's gateway namespace, reading its mappings and counters, and small socket
+//! utilities. Every test builds its own [`testbed::Testbed`] (unique namespace
+//! names, removed on drop, also on failure) and talks only to addresses inside it.
+
+use std::{
+    io::Read,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{Netns, Testbed};
+
+/// How long a test waits for a datagram or a state change.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Fails the test with a clear message unless it runs as root.
+///
+/// # Panics
+/// When not root: the tests create network namespaces and load BPF programs.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "natgw's integration tests need root (network namespaces, BPF): run them with `cargo xtask test` as root"
+    );
+}
+
+/// Path of the `natgw` binary under test: `NATGW_BIN`, set by `cargo xtask test`.
+///
+/// # Panics
+/// When the variable is unset or the file is missing.
+#[must_use]
+pub fn natgw_bin() -> PathBuf {
+    let path = std::env::var_os("NATGW_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/natgw"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "natgw binary not found at {}: build it with `cargo xtask build` (or run `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// A testbed with natgw running on its gateway.
+pub struct Setup {
+    /// The running daemon (declared first: dropped, and so stopped cleanly, before
+    /// the testbed kills whatever still runs in its namespaces).
+    pub natgw: Natgw,
+    /// The topology.
+    pub tb: Testbed,
+}
+
+impl Setup {
+    /// Builds a testbed and starts `natgw run --wan wan0 --lan lan0 --lan lan1 EXTRA...`.
+    ///
+    /// # Panics
+    /// When the testbed cannot be built or natgw does not come up.
+    #[must_use]
+    pub fn new(extra: &[&str]) -> Self {
+        require_root();
+        let tb = Testbed::new().expect("building the testbed");
+        let natgw = Natgw::start(&tb.gateway.ns, extra);
+        Self { natgw, tb }
+    }
+}
+
+/// `natgw run` in a gateway namespace; stopped with SIGTERM when dropped.
+pub struct Natgw {
+    child: Option<Child>,
+    ns: Netns,
+    log: PathBuf,
+}
+
+impl Natgw {
+    /// The arguments naming the testbed's interfaces.
+    pub const IFACE_ARGS: [&'static str; 6] = ["--wan", "wan0", "--lan", "lan0", "--lan", "lan1"];
+
+    /// Starts natgw in `ns` and waits until `natgw status` answers.
+    ///
+    /// # Panics
+    /// When it exits or does not answer within [`WAIT`] (the panic shows its log).
+    #[must_use]
+    pub fn start(ns: &Netns, extra: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!("natgw-test-{}.log", ns.name()));
+        let log_file = std::fs::File::create(&log).expect("creating natgw log file");
+        let child = ns
+            .command(natgw_bin())
+            .arg("run")
+            .args(Self::IFACE_ARGS)
+            .args(extra)
+            .env("RUST_LOG", "debug")
+            .stdout(log_file.try_clone().expect("log fd"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning natgw");
+        let ns = Netns::open(ns.name()).expect("opening gateway namespace");
+        let mut natgw = Self {
+            child: Some(child),
+            ns,
+            log,
+        };
+        let deadline = Instant::now() + WAIT * 2;
+        loop {
+            if let Some(status) = natgw.child_mut().try_wait().expect("polling natgw") {
+                panic!("natgw exited during start-up ({status}):\n{}", natgw.log());
+            }
+            if natgw.cli(&["status", "--json"]).0.success() {
+                return natgw;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natgw did not come up:\n{}",
+                natgw.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("natgw is running")
+    }
+
+    /// natgw's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `natgw ARGS` in the gateway namespace; (status, stdout, stderr).
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        run_natgw(&self.ns, args)
+    }
+
+    /// `natgw mappings --json`.
+    ///
+    /// # Panics
+    /// When the command fails or prints something that is not a JSON array.
+    #[must_use]
+    pub fn mappings(&self) -> Vec<Value> {
+        let (status, out, err) = self.cli(&["mappings", "--json"]);
+        assert!(status.success(), "natgw mappings failed: {err}");
+        let v: Value = serde_json::from_str(&out).expect("natgw mappings --json is JSON");
+        v.as_array().cloned().unwrap_or_else(|| {
+            v.get("mappings")
+                .and_then(Value::as_array)
+                .cloned()
+                .expect("a list of mappings")
+        })
+    }
+
+    /// The mapping whose internal endpoint is `internal`, if listed.
+    #[must_use]
+    pub fn mapping_of(&self, proto: &str, internal: SocketAddrV4) -> Option<Value> {
+        let internal = internal.to_string();
+        self.mappings().into_iter().find(|m| {
+            m["protocol"].as_str() == Some(proto)
+                && m["internal"].as_str() == Some(internal.as_str())
+        })
+    }
+
+    /// `natgw status --json`.
+    ///
+    /// # Panics
+    /// When the command fails or does not print JSON.
+    #[must_use]
+    pub fn status(&self) -> Value {
+        let (status, out, err) = self.cli(&["status", "--json"]);
+        assert!(status.success(), "natgw status failed: {err}");
+        serde_json::from_str(&out).expect("natgw status --json is JSON")
+    }
+
+    /// A data-path counter, summed over CPUs.
+    ///
+    /// # Panics
+    /// When `natgw status` does not list it.
+    #[must_use]
+    pub fn counter(&self, name: &str) -> u64 {
+        let status = self.status();
+        let counters = &status["counters"];
+        counters[name]
+            .as_u64()
+            .or_else(|| counters.as_array()?.iter().find(|c| c["name"] == name)?["value"].as_u64())
+            .unwrap_or_else(|| panic!("counter {name} not in natgw status: {status}"))
+    }
+
+    /// Sends SIGTERM and waits for natgw to exit.
+    ///
+    /// # Panics
+    /// When it does not exit within [`WAIT`].
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("natgw is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for natgw") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "natgw did not exit within {WAIT:?} of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Natgw {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs `natgw ARGS` inside `ns`; (status, stdout, stderr).
+///
+/// # Panics
+/// When the binary cannot be started.
+#[must_use]
+pub fn run_natgw(ns: &Netns, args: &[&str]) -> (ExitStatus, String, String) {
+    let out = ns
+        .command(natgw_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running natgw");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a shell-free command in `ns` and returns stdout (for assertions with `ip`/`tc`).
+///
+/// # Panics
+/// When it cannot be run or fails.
+#[must_use]
+pub fn command_output(ns: &Netns, program: &str, args: &[&str]) -> String {
+    let out: std::process::Output = ns
+        .command(program)
+        .args(args)
+        .output()
+        .expect("running command");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A UDP socket bound in `ns` to `addr:port` with a receive timeout of [`WAIT`].
+///
+/// # Panics
+/// When binding fails.
+#[must_use]
+pub fn udp(ns: &Netns, addr: Ipv4Addr, port: u16) -> UdpSocket {
+    let sock = ns
+        .bind_udp(SocketAddr::from((addr, port)))
+        .expect("binding UDP socket");
+    sock.set_read_timeout(Some(WAIT)).expect("setting timeout");
+    sock
+}
+
+/// Receives one datagram; `None` on timeout.
+#[must_use]
+pub fn recv(sock: &UdpSocket) -> Option<(Vec<u8>, SocketAddrV4)> {
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, SocketAddr::V4(from))) => Some((buf[..n].to_vec(), from)),
+        Ok((_, SocketAddr::V6(_))) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv_from failed: {e}"),
+    }
+}
+
+/// Receives with a short timeout, to prove that nothing arrives.
+#[must_use]
+pub fn recv_nothing(sock: &UdpSocket, within: Duration) -> Option<(Vec<u8>, SocketAddrV4)> {
+    sock.set_read_timeout(Some(within))
+        .expect("setting timeout");
+    let got = recv(sock);
+    sock.set_read_timeout(Some(WAIT)).expect("setting timeout");
+    got
+}
+
+/// Reads everything from a TCP stream until EOF.
+///
+/// # Panics
+/// On a read error.
+#[must_use]
+pub fn read_all(stream: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).expect("reading TCP stream");
+    out
+}
+
+/// Polls `f` until it returns `Some` or `within` passes.
+pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Turns GRO on for `ifname` in `ns` (legacy `ETHTOOL_SGRO` ioctl). A veth whose
+/// peer has GRO accepts XDP redirects, so this is how a test puts natgw's XDP fast
+/// path to work without attaching programs to the hosts.
+///
+/// # Panics
+/// When the ioctl fails.
+pub fn enable_gro(ns: &Netns, ifname: &str) {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x0000_002c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let name = ifname.to_owned();
+    let rc = ns.run(move || {
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_SGRO,
+            data: 1,
+        };
+        // SAFETY: zeroed ifreq is valid; the name fits (checked below) and the data
+        // pointer outlives the ioctl.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            assert!(name.len() < ifr.ifr_name.len(), "interface name too long");
+            for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+                *dst = src as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0, "socket() failed");
+            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr);
+            libc::close(fd);
+            rc
+        }
+    });
+    assert_eq!(
+        rc,
+        0,
+        "enabling GRO on {ifname}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// `Command` for `program` in no namespace in particular (host tools).
+#[must_use]
+pub fn host_command(program: &str) -> Command {
+    Command::new(program)
+}

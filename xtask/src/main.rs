@@ -1,0 +1,73 @@
+//! `cargo xtask`: the developer commands of natgw, one module per verb.
+//!
+//! - `provision` installs what building and testing need (Debian packages, bpf-linker).
+//! - `build` builds the eBPF object and the `natgw` binary that embeds it.
+//! - `test` builds, then runs rustfmt, clippy and every test in the workspace.
+//! - `run` starts natgw inside a testbed (not wired yet).
+//!
+//! `.ci/run` is `cargo xtask test`; everything CI does is stated here, in Rust.
+
+mod build;
+mod exec;
+mod paths;
+mod provision;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer commands for natgw.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what `build` and `test` need (Debian packages, bpf-linker); a no-op when
+    /// everything is present.
+    Provision(provision::Args),
+    /// Build the eBPF object and the release `natgw` binary that embeds it.
+    Build(build::Args),
+    /// Build, then check formatting, run clippy and run every test (needs root).
+    Test(test::Args),
+    /// Start natgw inside a testbed of network namespaces (not wired yet).
+    Run(run::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Provision(args) => provision::run(&args).map(drop),
+        Command::Build(args) => build::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Run(args) => run::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The chain of contexts reads as "step: because: because"; a backtrace of
+            // xtask itself would only bury it.
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  because: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

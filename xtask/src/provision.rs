@@ -1,0 +1,328 @@
+//! Provisioning: makes sure this machine can build the eBPF programs and run the tests,
+//! installing what is missing and saying why, and costing only a few file checks and one
+//! `dpkg-query` when everything is already there.
+//!
+//! The kernel programs need `-Z build-std=core` for `bpfel-unknown-none`, hence a
+//! compiler whose standard library sources match it exactly, plus bpf-linker. Two routes:
+//!
+//! - **nightly**: rustup's nightly with its `rust-src` component — the usual aya route,
+//!   taken whenever it is available.
+//! - **debian**: Debian's `rustc-web` with the matching `rust-web-src`, unlocked with
+//!   `RUSTC_BOOTSTRAP=1`, and bpf-linker built against Debian's LLVM 22. Used where
+//!   rustup cannot fetch `rust-src`. (Debian's sources do not fit rustup's nightly, so
+//!   the two routes are never mixed.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{exec, paths};
+
+/// A Debian package and the reason natgw needs it, printed when it gets installed.
+pub struct Package {
+    name: &'static str,
+    why: &'static str,
+}
+
+/// Debian's Rust, whose `core` sources match the compiler (the debian route).
+const DEBIAN_RUST_PACKAGES: &[Package] = &[
+    Package {
+        name: "rustc-web",
+        why: "Rust compiler for the eBPF programs (its core sources ship in rust-web-src)",
+    },
+    Package {
+        name: "cargo-web",
+        why: "the cargo matching rustc-web, to build the eBPF crate",
+    },
+    Package {
+        name: "rust-web-src",
+        why: "core library sources for `-Z build-std=core` on bpfel-unknown-none",
+    },
+];
+
+/// The LLVM that bpf-linker is built against.
+const LLVM_PACKAGE: Package = Package {
+    name: "llvm-22-dev",
+    why: "LLVM 22 libraries that bpf-linker links against",
+};
+
+/// Debian packages the integration tests use. Add to this list as tests grow.
+const TEST_PACKAGES: &[Package] = &[Package {
+    name: "iproute2",
+    why: "`ip netns` / `ip link` to inspect a testbed by hand",
+}];
+
+/// Where Debian's LLVM 22 lives; passed to bpf-linker's build.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// The bpf-linker release known to work with Rust 1.95–1.97 and LLVM 22.
+const BPF_LINKER: &str = "bpf-linker@0.13.0";
+
+/// rustup's name for the nightly toolchain of the nightly route.
+pub const NIGHTLY: &str = "nightly";
+
+/// Debian's compiler (the debian route).
+pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+/// Debian's cargo, matching [`DEBIAN_RUSTC`].
+pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+/// Debian's `core` sources, which `-Z build-std=core` compiles.
+const DEBIAN_CORE_SRC: &str = "/usr/lib/rustlib/src/rust/library/core/Cargo.toml";
+
+/// Which compiler builds the eBPF programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolchainChoice {
+    /// nightly when rustup's nightly has rust-src, else Debian's rustc-web.
+    #[default]
+    Auto,
+    /// rustup's nightly with its rust-src component.
+    Nightly,
+    /// Debian's rustc-web + rust-web-src with RUSTC_BOOTSTRAP=1.
+    Debian,
+}
+
+/// Arguments of `cargo xtask provision`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which compiler builds the eBPF programs.
+    #[arg(long, value_enum, default_value_t)]
+    pub ebpf_toolchain: ToolchainChoice,
+}
+
+/// What the caller is about to do, which decides what gets provisioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Build the eBPF object and natgw.
+    Build,
+    /// Build, then run the tests (also needs [`TEST_PACKAGES`]).
+    Test,
+}
+
+/// A route that was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// rustup's nightly with rust-src.
+    Nightly,
+    /// Debian's rustc-web with `RUSTC_BOOTSTRAP=1`.
+    Debian,
+}
+
+/// A ready eBPF toolchain.
+#[derive(Debug)]
+pub struct EbpfToolchain {
+    /// Which compiler to use.
+    pub route: Route,
+    /// The bpf-linker binary rustc must find on `PATH`.
+    pub bpf_linker: PathBuf,
+}
+
+/// `cargo xtask provision`: everything for building and testing.
+pub fn run(args: &Args) -> Result<EbpfToolchain> {
+    ensure(args.ebpf_toolchain, Purpose::Test)
+}
+
+/// Makes sure an eBPF toolchain (and, for tests, the test packages) is installed, and
+/// says which route will be used.
+pub fn ensure(choice: ToolchainChoice, purpose: Purpose) -> Result<EbpfToolchain> {
+    let apt = has_apt();
+    let route = choose_route(choice, apt)?;
+    let mut bpf_linker = find_bpf_linker();
+
+    let mut wanted: Vec<&Package> = Vec::new();
+    if route == Route::Debian {
+        wanted.extend(DEBIAN_RUST_PACKAGES);
+    }
+    if bpf_linker.is_none() {
+        if !apt {
+            bail!(
+                "bpf-linker is not installed and this is not a Debian system with apt-get, \
+                 so xtask cannot install it; {}",
+                INSTALL_HELP
+            );
+        }
+        wanted.push(&LLVM_PACKAGE);
+    }
+    if purpose == Purpose::Test {
+        if apt {
+            wanted.extend(TEST_PACKAGES);
+        } else {
+            let names: Vec<_> = TEST_PACKAGES.iter().map(|p| p.name).collect();
+            eprintln!(
+                "xtask: not a Debian system; make sure the tests' tools are installed \
+                 (Debian names: {})",
+                names.join(", ")
+            );
+        }
+    }
+
+    let missing = missing_packages(&wanted)?;
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if bpf_linker.is_none() {
+        install_bpf_linker()?;
+        bpf_linker = find_bpf_linker();
+    }
+    let bpf_linker = bpf_linker.context(
+        "bpf-linker: `cargo install` succeeded but bpf-linker is neither on PATH nor in \
+         $CARGO_HOME/bin",
+    )?;
+    if route == Route::Debian {
+        for file in [DEBIAN_RUSTC, DEBIAN_CARGO, DEBIAN_CORE_SRC] {
+            if !Path::new(file).is_file() {
+                bail!(
+                    "Debian's Rust is installed according to dpkg, but {file} is missing; \
+                     reinstall with `apt-get install --reinstall rustc-web cargo-web rust-web-src`"
+                );
+            }
+        }
+    }
+
+    let compiler = match route {
+        Route::Nightly => "rustup's nightly with rust-src",
+        Route::Debian => "Debian's rustc-web (RUSTC_BOOTSTRAP=1)",
+    };
+    eprintln!(
+        "xtask: eBPF toolchain: {compiler}, linker {}",
+        bpf_linker.display()
+    );
+    Ok(EbpfToolchain { route, bpf_linker })
+}
+
+/// How to get a toolchain by hand, for machines where xtask cannot install one.
+const INSTALL_HELP: &str = "install one of:
+  - rustup's nightly with its standard library sources, and bpf-linker:
+        rustup toolchain install nightly --component rust-src
+        cargo install bpf-linker --no-default-features --features llvm-<N>
+    (with LLVM <N> development files, N = the LLVM major of `rustc +nightly -vV`;
+     see https://github.com/aya-rs/bpf-linker)
+  - or, on Debian 12 as root (what `cargo xtask provision` does):
+        apt-get update
+        apt-get install -y rustc-web cargo-web rust-web-src llvm-22-dev
+        LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 \\
+            --no-default-features --features llvm-22";
+
+fn choose_route(choice: ToolchainChoice, apt: bool) -> Result<Route> {
+    Ok(match choice {
+        ToolchainChoice::Auto if nightly_has_rust_src() => Route::Nightly,
+        ToolchainChoice::Auto if apt => Route::Debian,
+        ToolchainChoice::Auto => bail!(
+            "no toolchain can build the eBPF programs: rustup's nightly has no rust-src \
+             and this is not a Debian system with apt-get; {INSTALL_HELP}"
+        ),
+        ToolchainChoice::Nightly if nightly_has_rust_src() => Route::Nightly,
+        ToolchainChoice::Nightly => bail!(
+            "--ebpf-toolchain nightly: rustup's `{NIGHTLY}` toolchain is missing or has no \
+             rust-src; run `rustup toolchain install {NIGHTLY} --component rust-src`"
+        ),
+        ToolchainChoice::Debian if apt => Route::Debian,
+        ToolchainChoice::Debian => bail!(
+            "--ebpf-toolchain debian: this is not a Debian system with apt-get; {INSTALL_HELP}"
+        ),
+    })
+}
+
+/// Whether this is a Debian (or derived) system xtask can install packages on.
+fn has_apt() -> bool {
+    Path::new("/etc/debian_version").is_file()
+        && paths::find_in_path("apt-get").is_some()
+        && paths::find_in_path("dpkg-query").is_some()
+}
+
+/// Whether rustup's nightly exists and has its `core` sources. Never installs anything:
+/// `RUSTUP_AUTO_INSTALL=0` keeps rustup from downloading a missing toolchain.
+fn nightly_has_rust_src() -> bool {
+    let sysroot = exec::probe(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "rustc", "--print", "sysroot"])
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    );
+    sysroot.is_some_and(|sysroot| {
+        Path::new(sysroot.trim())
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .is_file()
+    })
+}
+
+/// bpf-linker on `PATH`, or where `cargo install` puts it.
+fn find_bpf_linker() -> Option<PathBuf> {
+    paths::find_in_path("bpf-linker").or_else(|| {
+        paths::cargo_home()
+            .map(|home| home.join("bin").join("bpf-linker"))
+            .filter(|path| path.is_file())
+    })
+}
+
+/// The packages of `wanted` that dpkg does not report as installed, in one query.
+fn missing_packages<'a>(wanted: &[&'a Package]) -> Result<Vec<&'a Package>> {
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    // dpkg-query exits 1 when some package is unknown but still lists the others.
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\\n"])
+        .args(wanted.iter().map(|p| p.name))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("dpkg-query: asking which packages are installed")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let installed: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?;
+            // ${Status} is "want flag status", e.g. "install ok installed".
+            (words.nth(2) == Some("installed")).then_some(name)
+        })
+        .collect();
+    Ok(wanted
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(&p.name))
+        .collect())
+}
+
+fn apt_install(packages: &[&Package]) -> Result<()> {
+    let names: Vec<&str> = packages.iter().map(|p| p.name).collect();
+    eprintln!("xtask: installing Debian packages:");
+    for package in packages {
+        eprintln!("  {:<14} {}", package.name, package.why);
+    }
+    if !exec::is_root() {
+        bail!(
+            "installing {} needs root: rerun as root, or install them yourself with \
+             `apt-get update && apt-get install -y {}`",
+            names.join(", "),
+            names.join(" ")
+        );
+    }
+    exec::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get update: refreshing the package lists",
+    )?;
+    exec::run(
+        Command::new("apt-get")
+            .args(["install", "-y"])
+            .args(&names)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        &format!("apt-get install: installing {}", names.join(", ")),
+    )
+}
+
+fn install_bpf_linker() -> Result<()> {
+    eprintln!(
+        "xtask: installing {BPF_LINKER} (links the eBPF programs; built against LLVM 22, \
+         about a minute)"
+    );
+    exec::run(
+        exec::host_cargo()
+            .args(["install", BPF_LINKER])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+        &format!("cargo install: building {BPF_LINKER}"),
+    )
+}
