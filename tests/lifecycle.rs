@@ -41,12 +41,21 @@ fn sigterm_detaches_everything() {
     let mut natgw = Natgw::start(&tb.gateway.ns, &[]);
     let ns = &tb.gateway.ns;
     let links = command_output(ns, "ip", &["-d", "link", "show"]);
-    assert!(
-        links.contains("xdp"),
-        "XDP attached while running:\n{links}"
+    assert_eq!(
+        links.matches("prog/xdp").count(),
+        3,
+        "XDP on lan0, lan1, wan0 while running:\n{links}"
     );
-    let filters = command_output(ns, "tc", &["filter", "show", "dev", "wan0", "egress"]);
-    assert!(filters.contains("bpf"), "TC egress attached:\n{filters}");
+    // The TC programs work while natgw runs: without GRO on the far ends, traffic
+    // takes the kernel path and tc_wan_egress/tc_wan_ingress translate it.
+    let lan = udp(&tb.lan[0].ns, LAN_A_ADDR, 48000);
+    let wan = udp(&tb.wan[0].ns, WAN_A_ADDR, 7000);
+    lan.send_to(b"nat", SocketAddrV4::new(WAN_A_ADDR, 7000))
+        .expect("send");
+    let (_, seen) = recv(&wan).expect("translated");
+    assert_eq!(*seen.ip(), GW_WAN_ADDR);
+    assert!(natgw.counter("tc_out_translated") >= 1);
+    let qdiscs_running = command_output(ns, "tc", &["qdisc", "show", "dev", "wan0"]);
     let status = natgw.stop();
     assert!(
         status.success(),
@@ -55,13 +64,13 @@ fn sigterm_detaches_everything() {
     );
     let links = command_output(ns, "ip", &["-d", "link", "show"]);
     assert!(!links.contains("prog/xdp"), "XDP detached:\n{links}");
-    let filters = command_output(ns, "tc", &["filter", "show", "dev", "wan0", "egress"]);
-    assert!(!filters.contains("bpf"), "TC detached:\n{filters}");
-    let qdiscs = command_output(ns, "tc", &["qdisc", "show", "dev", "wan0"]);
-    assert!(
-        !qdiscs.contains("clsact"),
-        "clsact qdisc removed:\n{qdiscs}"
-    );
+    if qdiscs_running.contains("clsact") {
+        let qdiscs = command_output(ns, "tc", &["qdisc", "show", "dev", "wan0"]);
+        assert!(
+            !qdiscs.contains("clsact"),
+            "the clsact qdisc natgw added is removed:\n{qdiscs}"
+        );
+    }
     // The pins are gone: the CLI says natgw is not running.
     let (st, _, err) = run_natgw(ns, &["mappings"]);
     assert!(!st.success());
@@ -69,10 +78,9 @@ fn sigterm_detaches_everything() {
         err.to_lowercase().contains("not running") || err.contains("no such"),
         "{err}"
     );
-    // Without natgw nothing is translated: traffic leaves with its internal source
-    // (and the inet router cannot route the reply).
-    let lan = udp(&tb.lan[0].ns, LAN_A_ADDR, 48000);
-    let wan = udp(&tb.wan[0].ns, WAN_A_ADDR, 7000);
+    // Without natgw nothing is translated any more (so no TC program is left
+    // attached): traffic leaves with its internal source, and the inet router
+    // cannot route the reply.
     lan.send_to(b"raw", SocketAddrV4::new(WAN_A_ADDR, 7000))
         .expect("send");
     let (_, seen) = recv(&wan).expect("forwarded untranslated");

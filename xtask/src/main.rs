@@ -3,7 +3,8 @@
 //! - `provision` installs what building and testing need (Debian packages, bpf-linker).
 //! - `build` builds the eBPF object and the `natgw` binary that embeds it.
 //! - `test` builds, then runs rustfmt, clippy and every test in the workspace.
-//! - `run` starts natgw inside a testbed (not wired yet).
+//! - `run` builds, starts natgw inside a testbed of network namespaces, demonstrates
+//!   it with UDP and TCP traffic and shows its live mapping table until Ctrl-C.
 //!
 //! `.ci/run` is `cargo xtask test`; everything CI does is stated here, in Rust.
 
@@ -35,7 +36,8 @@ enum Command {
     Build(build::Args),
     /// Build, then check formatting, run clippy and run every test (needs root).
     Test(test::Args),
-    /// Start natgw inside a testbed of network namespaces (not wired yet).
+    /// Build, start natgw in a testbed of network namespaces, demonstrate it with UDP and
+    /// TCP traffic, then show its live mapping table until Ctrl-C (needs root).
     Run(run::Args),
 }
 

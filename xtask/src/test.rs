@@ -54,6 +54,15 @@ pub fn run(args: &Args) -> Result<()> {
         exec::run(
             cargo().args(["fmt", "--all", "--", "--check"]),
             "checking formatting",
+        )?;
+        // The kernel programs are their own workspace.
+        exec::run(
+            cargo()
+                .arg("fmt")
+                .arg("--manifest-path")
+                .arg(paths::workspace_root().join("natgw-ebpf/Cargo.toml"))
+                .args(["--", "--check"]),
+            "checking formatting of natgw-ebpf",
         )
     });
     steps.run("clippy", || {

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::bpf_fib_lookup,
     EbpfContext,
@@ -61,6 +61,8 @@ pub fn lookup<C: EbpfContext>(
         }),
         BPF_FIB_LKUP_RET_NO_NEIGH => Err(Counter::PassNoNeigh),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Counter::PassMtu),
+        // Addressed to the gateway itself.
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Counter::PassLocal),
         _ => Err(Counter::PassFib),
     }
 }

@@ -1,0 +1,812 @@
+//! natgw's settings: the TOML configuration file, the command-line overrides, the
+//! defaults taken from the RFCs, and the validation that turns them into [`Settings`].
+//!
+//! Precedence: command-line flag, then configuration file, then default. Everything
+//! checked here is checked before any interface or BPF object is touched, and every
+//! failure is one line naming what is wrong.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use natgw_common::maps::DEFAULT_MAX_MAPPINGS;
+
+/// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
+pub const UDP_TIMEOUT_MIN: u64 = 120;
+/// …and its idle timeout SHOULD be 5 minutes or more; natgw uses 5.
+pub const UDP_TIMEOUT_DEFAULT: u64 = 300;
+/// RFC 5382 REQ-5: an established TCP connection's idle timeout MUST NOT be less
+/// than 2 hours 4 minutes.
+pub const TCP_ESTABLISHED_TIMEOUT_MIN: u64 = 2 * 3600 + 4 * 60;
+/// Default established TCP idle timeout (the RFC 5382 minimum).
+pub const TCP_ESTABLISHED_TIMEOUT_DEFAULT: u64 = TCP_ESTABLISHED_TIMEOUT_MIN;
+/// RFC 5382 REQ-5: partially open or closing connections: at least 4 minutes (2 MSL).
+pub const TCP_TRANSITORY_TIMEOUT_MIN: u64 = 4 * 60;
+/// Default transitory TCP idle timeout (the RFC 5382 minimum).
+pub const TCP_TRANSITORY_TIMEOUT_DEFAULT: u64 = TCP_TRANSITORY_TIMEOUT_MIN;
+/// Default garbage-collection period in seconds.
+pub const GC_INTERVAL_DEFAULT: u64 = 1;
+/// Default external port range: every non-system port (RFC 4787 REQ-3a keeps system
+/// ports for system ports).
+pub const PORT_RANGE_DEFAULT: PortRange = PortRange {
+    min: 1024,
+    max: 65535,
+};
+/// `IFACES` holds 64 entries, one of which is the WAN.
+pub const MAX_LAN_IFACES: usize = 63;
+
+/// Inclusive range of external ports the NAT may allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortRange {
+    /// Lowest port, at least 1.
+    pub min: u16,
+    /// Highest port, at least `min`.
+    pub max: u16,
+}
+
+/// A port range that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    /// Nothing given.
+    #[error("empty port range: expected MIN-MAX such as 1024-65535")]
+    Empty,
+    /// Not of the form `MIN-MAX`.
+    #[error("invalid port range `{0}`: expected MIN-MAX such as 1024-65535")]
+    Syntax(String),
+    /// A bound is not a number from 0 to 65535.
+    #[error("invalid port range: `{0}` is not a port number (1-65535)")]
+    NotAPort(String),
+    /// Port 0 is not a port a mapping can use.
+    #[error("invalid port range {min}-{max}: port 0 cannot be allocated, start at 1 or above")]
+    Zero {
+        /// Lower bound given.
+        min: u16,
+        /// Upper bound given.
+        max: u16,
+    },
+    /// MIN above MAX.
+    #[error("invalid port range {min}-{max}: MIN is above MAX")]
+    Inverted {
+        /// Lower bound given.
+        min: u16,
+        /// Upper bound given.
+        max: u16,
+    },
+}
+
+impl PortRange {
+    /// A checked range.
+    pub const fn new(min: u16, max: u16) -> Result<Self, PortRangeError> {
+        if min == 0 {
+            Err(PortRangeError::Zero { min, max })
+        } else if min > max {
+            Err(PortRangeError::Inverted { min, max })
+        } else {
+            Ok(Self { min, max })
+        }
+    }
+
+    /// Number of ports in the range.
+    #[must_use]
+    pub const fn len(&self) -> u32 {
+        self.max as u32 - self.min as u32 + 1
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = PortRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(PortRangeError::Empty);
+        }
+        let (min, max) = s
+            .split_once('-')
+            .ok_or_else(|| PortRangeError::Syntax(s.to_owned()))?;
+        let port = |p: &str| {
+            let p = p.trim();
+            if p.is_empty() {
+                return Err(PortRangeError::Syntax(s.to_owned()));
+            }
+            p.parse::<u16>()
+                .map_err(|_| PortRangeError::NotAPort(p.to_owned()))
+        };
+        Self::new(port(min)?, port(max)?)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// Accepts `"1024-65535"` or `{ min = 1024, max = 65535 }`.
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RangeVisitor;
+
+        impl<'de> Visitor<'de> for RangeVisitor {
+            type Value = PortRange;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port range: \"MIN-MAX\" or { min = MIN, max = MAX }")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortRange, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PortRange, A::Error> {
+                let (mut min, mut max) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "min" => min = Some(map.next_value::<u16>()?),
+                        "max" => max = Some(map.next_value::<u16>()?),
+                        other => return Err(de::Error::unknown_field(other, &["min", "max"])),
+                    }
+                }
+                let min = min.ok_or_else(|| de::Error::missing_field("min"))?;
+                let max = max.ok_or_else(|| de::Error::missing_field("max"))?;
+                PortRange::new(min, max).map_err(de::Error::custom)
+            }
+        }
+
+        d.deserialize_any(RangeVisitor)
+    }
+}
+
+/// How XDP programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic (SKB) mode with a warning.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fail if the driver cannot run XDP.
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Skb,
+}
+
+impl fmt::Display for XdpModeChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+/// Mapping idle timeouts in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// UDP and every protocol other than TCP.
+    pub udp: u64,
+    /// TCP with a SYN seen both ways and no FIN or RST.
+    pub tcp_established: u64,
+    /// Any other TCP state (opening, closing, reset).
+    pub tcp_transitory: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            udp: UDP_TIMEOUT_DEFAULT,
+            tcp_established: TCP_ESTABLISHED_TIMEOUT_DEFAULT,
+            tcp_transitory: TCP_TRANSITORY_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// The configuration file as written (`natgw run --config FILE`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// WAN interface name.
+    pub wan: Option<String>,
+    /// LAN interface names.
+    pub lan: Option<Vec<String>>,
+    /// External port range.
+    pub port_range: Option<PortRange>,
+    /// Lowest external port (alternative to `port_range`).
+    pub port_min: Option<u16>,
+    /// Highest external port (alternative to `port_range`).
+    pub port_max: Option<u16>,
+    /// `[timeouts]` table.
+    pub timeouts: Option<FileTimeouts>,
+    /// Inbound packets refresh mappings.
+    pub inbound_refresh: Option<bool>,
+    /// NAT table capacity.
+    pub max_mappings: Option<u32>,
+    /// XDP attach mode.
+    pub xdp_mode: Option<XdpModeChoice>,
+    /// Garbage-collection period in seconds.
+    pub gc_interval: Option<u64>,
+}
+
+/// The `[timeouts]` table, in seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTimeouts {
+    /// UDP (and non-TCP) idle timeout.
+    pub udp: Option<u64>,
+    /// Established TCP idle timeout.
+    pub tcp_established: Option<u64>,
+    /// Transitory TCP idle timeout.
+    pub tcp_transitory: Option<u64>,
+}
+
+/// Settings given on the command line; each one set replaces the file's.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--wan`.
+    pub wan: Option<String>,
+    /// `--lan` (repeatable); when non-empty it replaces the file's list.
+    pub lan: Vec<String>,
+    /// `--port-range`.
+    pub port_range: Option<PortRange>,
+    /// `--udp-timeout`.
+    pub udp_timeout: Option<u64>,
+    /// `--tcp-established-timeout`.
+    pub tcp_established_timeout: Option<u64>,
+    /// `--tcp-transitory-timeout`.
+    pub tcp_transitory_timeout: Option<u64>,
+    /// `--inbound-refresh` (can only turn it on).
+    pub inbound_refresh: bool,
+    /// `--max-mappings`.
+    pub max_mappings: Option<u32>,
+    /// `--xdp-mode`.
+    pub xdp_mode: Option<XdpModeChoice>,
+    /// `--gc-interval`.
+    pub gc_interval: Option<u64>,
+}
+
+/// Validated settings of a running gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// WAN interface name.
+    pub wan: String,
+    /// LAN interface names, at least one, none equal to `wan`.
+    pub lan: Vec<String>,
+    /// External port range.
+    pub port_range: PortRange,
+    /// Idle timeouts.
+    pub timeouts: Timeouts,
+    /// Inbound packets refresh mappings (RFC 4787 REQ-6, optional).
+    pub inbound_refresh: bool,
+    /// Capacity of each NAT table.
+    pub max_mappings: u32,
+    /// XDP attach mode.
+    pub xdp_mode: XdpModeChoice,
+    /// Garbage-collection period in seconds.
+    pub gc_interval: u64,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("config file {path}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// 1-based line of the problem, when known.
+        line: Option<usize>,
+        /// What is wrong (names the offending key).
+        message: String,
+    },
+    /// No WAN interface anywhere.
+    #[error("no WAN interface: pass --wan IFACE or set `wan = \"IFACE\"` in the config file")]
+    MissingWan,
+    /// No LAN interface anywhere.
+    #[error(
+        "no LAN interface: pass --lan IFACE (repeatable) or set `lan = [\"IFACE\"]` in the \
+         config file"
+    )]
+    MissingLan,
+    /// An empty interface name.
+    #[error("empty interface name")]
+    EmptyName,
+    /// The same interface is both.
+    #[error("interface {0} cannot be both the WAN and a LAN interface")]
+    WanIsLan(String),
+    /// A LAN interface given twice.
+    #[error("LAN interface {0} is listed twice")]
+    DuplicateLan(String),
+    /// More LAN interfaces than the `IFACES` map holds.
+    #[error("{0} LAN interfaces given; natgw supports at most {MAX_LAN_IFACES}")]
+    TooManyLans(usize),
+    /// A timeout of zero.
+    #[error("the {0} timeout must be at least 1 second")]
+    ZeroTimeout(&'static str),
+    /// `max_mappings = 0`.
+    #[error("max mappings must be at least 1")]
+    ZeroMaxMappings,
+    /// `gc_interval = 0`.
+    #[error("the GC interval must be at least 1 second")]
+    ZeroGcInterval,
+    /// Both forms of the port range in the file.
+    #[error("set either `port_range` or `port_min`/`port_max` in the config file, not both")]
+    PortRangeTwice,
+    /// A bad port range.
+    #[error(transparent)]
+    PortRange(#[from] PortRangeError),
+}
+
+/// Reads and parses a configuration file (no validation yet).
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parses configuration text; `path` only names the file in errors.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        line: e.span().map(|span| line_of(text, span.start)),
+        message: e.message().trim().replace('\n', " "),
+    })
+}
+
+/// 1-based line number of byte offset `offset`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.bytes().take(offset).filter(|b| *b == b'\n').count() + 1
+}
+
+/// The file's port range: `port_range`, or `port_min`/`port_max` (each defaulting to
+/// the default range's bound), not both.
+fn file_port_range(file: &FileConfig) -> Result<Option<PortRange>, ConfigError> {
+    match (file.port_range, file.port_min, file.port_max) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(ConfigError::PortRangeTwice),
+        (Some(r), None, None) => Ok(Some(r)),
+        (None, None, None) => Ok(None),
+        (None, min, max) => Ok(Some(PortRange::new(
+            min.unwrap_or(PORT_RANGE_DEFAULT.min),
+            max.unwrap_or(PORT_RANGE_DEFAULT.max),
+        )?)),
+    }
+}
+
+/// Merges flags over the file over the defaults and validates the result. Returns the
+/// settings and warnings (timeouts below the RFC minimums) for the caller to log.
+pub fn resolve(
+    file: &FileConfig,
+    flags: &Overrides,
+) -> Result<(Settings, Vec<String>), ConfigError> {
+    let wan = flags
+        .wan
+        .clone()
+        .or_else(|| file.wan.clone())
+        .ok_or(ConfigError::MissingWan)?;
+    let lan = if flags.lan.is_empty() {
+        file.lan.clone().unwrap_or_default()
+    } else {
+        flags.lan.clone()
+    };
+    let file_timeouts = file.timeouts.as_ref();
+    let defaults = Timeouts::default();
+    let timeouts = Timeouts {
+        udp: flags
+            .udp_timeout
+            .or_else(|| file_timeouts.and_then(|t| t.udp))
+            .unwrap_or(defaults.udp),
+        tcp_established: flags
+            .tcp_established_timeout
+            .or_else(|| file_timeouts.and_then(|t| t.tcp_established))
+            .unwrap_or(defaults.tcp_established),
+        tcp_transitory: flags
+            .tcp_transitory_timeout
+            .or_else(|| file_timeouts.and_then(|t| t.tcp_transitory))
+            .unwrap_or(defaults.tcp_transitory),
+    };
+    let settings = Settings {
+        wan,
+        lan,
+        port_range: match flags.port_range {
+            Some(r) => r,
+            None => file_port_range(file)?.unwrap_or(PORT_RANGE_DEFAULT),
+        },
+        timeouts,
+        inbound_refresh: flags.inbound_refresh || file.inbound_refresh.unwrap_or(false),
+        max_mappings: flags
+            .max_mappings
+            .or(file.max_mappings)
+            .unwrap_or(DEFAULT_MAX_MAPPINGS),
+        xdp_mode: flags.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+        gc_interval: flags
+            .gc_interval
+            .or(file.gc_interval)
+            .unwrap_or(GC_INTERVAL_DEFAULT),
+    };
+    let warnings = validate(&settings)?;
+    Ok((settings, warnings))
+}
+
+/// Checks settings; returns warnings for values legal but below an RFC minimum.
+pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
+    if s.wan.is_empty() || s.lan.iter().any(String::is_empty) {
+        return Err(ConfigError::EmptyName);
+    }
+    if s.lan.is_empty() {
+        return Err(ConfigError::MissingLan);
+    }
+    if s.lan.len() > MAX_LAN_IFACES {
+        return Err(ConfigError::TooManyLans(s.lan.len()));
+    }
+    for (i, name) in s.lan.iter().enumerate() {
+        if *name == s.wan {
+            return Err(ConfigError::WanIsLan(name.clone()));
+        }
+        if s.lan[..i].contains(name) {
+            return Err(ConfigError::DuplicateLan(name.clone()));
+        }
+    }
+    // Re-checked here because the range may come from code rather than parsing.
+    PortRange::new(s.port_range.min, s.port_range.max)?;
+    let t = &s.timeouts;
+    let mut warnings = Vec::new();
+    for (name, value, min, rfc) in [
+        ("UDP", t.udp, UDP_TIMEOUT_MIN, "RFC 4787 REQ-5"),
+        (
+            "TCP established",
+            t.tcp_established,
+            TCP_ESTABLISHED_TIMEOUT_MIN,
+            "RFC 5382 REQ-5",
+        ),
+        (
+            "TCP transitory",
+            t.tcp_transitory,
+            TCP_TRANSITORY_TIMEOUT_MIN,
+            "RFC 5382 REQ-5",
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::ZeroTimeout(name));
+        }
+        if value < min {
+            warnings.push(format!(
+                "the {name} timeout of {value} s is below the {min} s minimum of {rfc}; \
+                 mappings will expire earlier than applications expect"
+            ));
+        }
+    }
+    if s.max_mappings == 0 {
+        return Err(ConfigError::ZeroMaxMappings);
+    }
+    if s.gc_interval == 0 {
+        return Err(ConfigError::ZeroGcInterval);
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        parse_file(Path::new("/etc/natgw.toml"), text)
+    }
+
+    fn lan(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn port_range_parses_min_max() {
+        assert_eq!(
+            "1024-65535".parse::<PortRange>().unwrap(),
+            PortRange::new(1024, 65535).unwrap()
+        );
+        assert_eq!(" 20000 - 20003 ".parse::<PortRange>().unwrap().len(), 4);
+        assert_eq!("7-7".parse::<PortRange>().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn port_range_rejects_empty_inverted_zero_and_garbage() {
+        assert_eq!("".parse::<PortRange>(), Err(PortRangeError::Empty));
+        assert!(matches!(
+            "2000-1000".parse::<PortRange>(),
+            Err(PortRangeError::Inverted {
+                min: 2000,
+                max: 1000
+            })
+        ));
+        assert!(matches!(
+            "0-100".parse::<PortRange>(),
+            Err(PortRangeError::Zero { .. })
+        ));
+        assert!(matches!(
+            "1024".parse::<PortRange>(),
+            Err(PortRangeError::Syntax(_))
+        ));
+        assert!(matches!(
+            "1024-".parse::<PortRange>(),
+            Err(PortRangeError::Syntax(_))
+        ));
+        assert!(matches!(
+            "1024-70000".parse::<PortRange>(),
+            Err(PortRangeError::NotAPort(p)) if p == "70000"
+        ));
+        assert!(matches!(
+            "a-b".parse::<PortRange>(),
+            Err(PortRangeError::NotAPort(_))
+        ));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let f = parse(
+            r#"
+            wan = "eth0"
+            lan = ["eth1", "eth2"]
+            port_range = "20000-30000"
+            inbound_refresh = true
+            max_mappings = 1000
+            xdp_mode = "skb"
+            gc_interval = 2
+
+            [timeouts]
+            udp = 60
+            tcp_established = 8000
+            tcp_transitory = 300
+            "#,
+        )
+        .unwrap();
+        let (s, warnings) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(s.wan, "eth0");
+        assert_eq!(s.lan, lan(&["eth1", "eth2"]));
+        assert_eq!(s.port_range, PortRange::new(20000, 30000).unwrap());
+        assert_eq!(
+            s.timeouts,
+            Timeouts {
+                udp: 60,
+                tcp_established: 8000,
+                tcp_transitory: 300
+            }
+        );
+        assert!(s.inbound_refresh);
+        assert_eq!(s.max_mappings, 1000);
+        assert_eq!(s.xdp_mode, XdpModeChoice::Skb);
+        assert_eq!(s.gc_interval, 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("UDP timeout of 60 s"));
+        assert!(warnings[0].contains("RFC 4787 REQ-5"));
+    }
+
+    #[test]
+    fn port_range_table_form_is_accepted() {
+        let f = parse("port_range = { min = 4000, max = 4999 }").unwrap();
+        assert_eq!(f.port_range, Some(PortRange::new(4000, 4999).unwrap()));
+        let err = parse("port_range = { min = 5000, max = 4999 }").unwrap_err();
+        assert!(err.to_string().contains("MIN is above MAX"), "{err}");
+        let err = parse("port_range = { min = 5000, maxx = 4999 }").unwrap_err();
+        assert!(err.to_string().contains("maxx"), "{err}");
+    }
+
+    #[test]
+    fn port_min_and_max_keys_are_accepted() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let f = parse(&format!("{base}port_min = 5000\nport_max = 6000\n")).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(s.port_range, PortRange::new(5000, 6000).unwrap());
+        let f = parse(&format!("{base}port_min = 5000\n")).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(s.port_range, PortRange::new(5000, 65535).unwrap());
+        let f = parse(&format!("{base}port_min = 7000\nport_max = 6000\n")).unwrap();
+        assert!(matches!(
+            resolve(&f, &Overrides::default()),
+            Err(ConfigError::PortRange(PortRangeError::Inverted { .. }))
+        ));
+        let f = parse(&format!("{base}port_min = 0\n")).unwrap();
+        assert!(matches!(
+            resolve(&f, &Overrides::default()),
+            Err(ConfigError::PortRange(PortRangeError::Zero { .. }))
+        ));
+        let f = parse(&format!("{base}port_range = \"1-2\"\nport_max = 6000\n")).unwrap();
+        assert!(matches!(
+            resolve(&f, &Overrides::default()),
+            Err(ConfigError::PortRangeTwice)
+        ));
+    }
+
+    #[test]
+    fn line_numbers_count_from_one() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+        assert_eq!(line_of("é\nx", 3), 2);
+    }
+
+    #[test]
+    fn defaults_come_from_the_rfcs() {
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]").unwrap();
+        let (s, warnings) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(s.timeouts.udp, 300);
+        assert_eq!(s.timeouts.tcp_established, 7440);
+        assert_eq!(s.timeouts.tcp_transitory, 240);
+        assert_eq!(s.port_range, PortRange::new(1024, 65535).unwrap());
+        assert_eq!(s.max_mappings, DEFAULT_MAX_MAPPINGS);
+        assert_eq!(s.gc_interval, 1);
+        assert_eq!(s.xdp_mode, XdpModeChoice::Auto);
+        assert!(!s.inbound_refresh);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name_file_and_line() {
+        let err = parse("wan = \"eth0\"\nlan = [\"eth1\"]\nudp_timeout = 30\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("udp_timeout"), "{msg}");
+        assert!(msg.contains("/etc/natgw.toml"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_timeouts_is_rejected() {
+        let err = parse("[timeouts]\nudp = 30\ntcp = 5\n").unwrap_err();
+        assert!(err.to_string().contains("`tcp`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_a_parse_error() {
+        let err = parse("max_mappings = \"many\"").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        let err = parse("xdp_mode = \"turbo\"").unwrap_err();
+        assert!(err.to_string().contains("turbo"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let f = parse(
+            "wan = \"eth0\"\nlan = [\"eth1\"]\nport_range = \"2000-3000\"\n\
+             gc_interval = 5\n[timeouts]\nudp = 400\ntcp_transitory = 250\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            wan: Some("wan9".into()),
+            lan: lan(&["lan8", "lan9"]),
+            port_range: Some(PortRange::new(4000, 5000).unwrap()),
+            udp_timeout: Some(500),
+            inbound_refresh: true,
+            max_mappings: Some(10),
+            xdp_mode: Some(XdpModeChoice::Native),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.wan, "wan9");
+        assert_eq!(s.lan, lan(&["lan8", "lan9"]));
+        assert_eq!(s.port_range, PortRange::new(4000, 5000).unwrap());
+        assert_eq!(s.timeouts.udp, 500);
+        // Not overridden: the file's value, then the default.
+        assert_eq!(s.timeouts.tcp_transitory, 250);
+        assert_eq!(s.timeouts.tcp_established, 7440);
+        assert_eq!(s.gc_interval, 5);
+        assert!(s.inbound_refresh);
+        assert_eq!(s.max_mappings, 10);
+        assert_eq!(s.xdp_mode, XdpModeChoice::Native);
+    }
+
+    #[test]
+    fn missing_interfaces_are_errors() {
+        let none = FileConfig::default();
+        assert!(matches!(
+            resolve(&none, &Overrides::default()),
+            Err(ConfigError::MissingWan)
+        ));
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            ..Overrides::default()
+        };
+        let err = resolve(&none, &flags).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingLan));
+        assert!(err.to_string().contains("--lan"));
+    }
+
+    #[test]
+    fn wan_equal_to_lan_and_duplicates_are_refused() {
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1", "eth0"]),
+            ..Overrides::default()
+        };
+        let err = resolve(&FileConfig::default(), &flags).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "interface eth0 cannot be both the WAN and a LAN interface"
+        );
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1", "eth1"]),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            resolve(&FileConfig::default(), &flags),
+            Err(ConfigError::DuplicateLan(n)) if n == "eth1"
+        ));
+    }
+
+    #[test]
+    fn zero_values_are_refused() {
+        let base = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            ..Overrides::default()
+        };
+        let with = |f: fn(&mut Overrides)| {
+            let mut o = base.clone();
+            f(&mut o);
+            resolve(&FileConfig::default(), &o).unwrap_err()
+        };
+        assert!(matches!(
+            with(|o| o.udp_timeout = Some(0)),
+            ConfigError::ZeroTimeout("UDP")
+        ));
+        assert!(matches!(
+            with(|o| o.tcp_established_timeout = Some(0)),
+            ConfigError::ZeroTimeout("TCP established")
+        ));
+        assert!(matches!(
+            with(|o| o.tcp_transitory_timeout = Some(0)),
+            ConfigError::ZeroTimeout("TCP transitory")
+        ));
+        assert!(matches!(
+            with(|o| o.max_mappings = Some(0)),
+            ConfigError::ZeroMaxMappings
+        ));
+        assert!(matches!(
+            with(|o| o.gc_interval = Some(0)),
+            ConfigError::ZeroGcInterval
+        ));
+        let f = parse("port_range = \"0-10\"").unwrap_err();
+        assert!(f.to_string().contains("port 0"), "{f}");
+    }
+
+    #[test]
+    fn short_timeouts_warn_but_work() {
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            udp_timeout: Some(2),
+            tcp_established_timeout: Some(3),
+            tcp_transitory_timeout: Some(1),
+            ..Overrides::default()
+        };
+        let (s, warnings) = resolve(&FileConfig::default(), &flags).unwrap();
+        assert_eq!(s.timeouts.udp, 2);
+        assert_eq!(warnings.len(), 3);
+        assert!(warnings[1].contains("RFC 5382 REQ-5"));
+    }
+
+    #[test]
+    fn settings_round_trip_through_json() {
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&FileConfig::default(), &flags).unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"port_range\":{\"min\":1024,\"max\":65535}"));
+        assert!(json.contains("\"xdp_mode\":\"auto\""));
+        assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+    }
+}

@@ -1,0 +1,708 @@
+//! `natgw run`: check the host, resolve the interfaces, load and attach the data path,
+//! then run the garbage collector and watch the interfaces until SIGINT/SIGTERM, and
+//! finally undo everything it did.
+//!
+//! Order matters: `IFACES` and `LAN_NETS` are filled before the programs are attached
+//! and `CONFIG` (with `CONFIG_F_READY`) last, because until then the programs pass
+//! all traffic untouched. Shutdown clears `CONFIG_F_READY` first for the same reason.
+//!
+//! Interfaces that vanish at run time: a LAN interface is dropped from `IFACES` and
+//! `LAN_NETS` with an error logged, and natgw keeps translating for the remaining
+//! ones; losing the WAN interface or the last LAN interface shuts natgw down cleanly
+//! with a non-zero exit status. A vanished interface is not re-attached if it comes
+//! back; restart natgw for that.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::programs::TcAttachType;
+use aya::Ebpf;
+use log::{debug, error, info, warn};
+use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
+use natgw_common::{Config, IfaceConfig, IfaceRole};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+use crate::config::{self, FileConfig, Settings};
+use crate::gc::{Policy, Sweeper};
+use crate::loader::{self, programs, TcAttachment, XdpAttachment};
+use crate::maps::GatewayMaps;
+use crate::netlink::netdev::{self, GenlError, Netdev};
+use crate::netlink::{Link, NetlinkError, Rtnl};
+use crate::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
+use crate::state::{IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION};
+use crate::system;
+
+/// `natgw run`.
+pub async fn run(args: &RunArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => config::load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let (settings, warnings) = config::resolve(&file, &args.overrides())?;
+    for w in warnings {
+        warn!("config.warning {w}");
+    }
+    if loader::EBPF_OBJECT.is_empty() {
+        bail!(loader::LoadError::NoObject);
+    }
+    system::check_privileges()?;
+    // Signals are caught from here on, so one arriving during setup still leads to a
+    // clean teardown instead of leaving pins behind.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    if system::ensure_bpffs()? {
+        info!("bpffs.mounted path={}", system::BPFFS);
+    }
+    if let Err(e) = system::raise_memlock_limit() {
+        debug!("memlock.unchanged error={e}");
+    }
+    let dirs = RuntimeDirs::for_current_netns()?;
+    let lock = dirs.lock()?;
+    let stale_clsact = remove_stale(&dirs)?;
+
+    let rtnl = Rtnl::connect()?;
+    let topology = resolve_interfaces(&rtnl, &settings).await?;
+
+    let (ebpf, log_task) = loader::load(settings.max_mappings)?;
+    let mut daemon = Daemon {
+        settings,
+        dirs,
+        _lock: lock,
+        rtnl,
+        netdev: None,
+        ebpf,
+        log_task,
+        maps: None,
+        xdp: Vec::new(),
+        tc: Vec::new(),
+        clsact_created: None,
+        stale_clsact,
+        topology,
+        ifaces: Vec::new(),
+        pinned: false,
+        state: None,
+    };
+    if let Err(e) = daemon.deploy() {
+        daemon.teardown().await;
+        return Err(e);
+    }
+
+    let outcome = daemon.serve(&mut sigint, &mut sigterm).await;
+    daemon.teardown().await;
+    outcome
+}
+
+/// Removes what a natgw that died without cleaning up left in this namespace. Called
+/// with the lock held, so nothing here belongs to a live daemon. Returns the WAN
+/// ifindex whose clsact qdisc that natgw had added, if any.
+fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
+    let pins = dirs.existing_pins();
+    let old = dirs.read_state().ok();
+    if let Some(s) = &old {
+        if s.pid != std::process::id() && system::process_alive_in_netns(s.pid, dirs.netns_inode) {
+            bail!(crate::state::StateError::AlreadyRunning { pid: Some(s.pid) });
+        }
+    }
+    let stale_clsact = old.as_ref().filter(|s| s.clsact_created).and_then(|s| {
+        s.interfaces
+            .iter()
+            .find(|i| i.role == Role::Wan)
+            .map(|i| i.ifindex)
+    });
+    if !pins.is_empty() || old.is_some() {
+        warn!(
+            "stale.removed pid={} pins={} dir={}: natgw exited without cleaning up",
+            old.map_or_else(|| "unknown".to_owned(), |s| s.pid.to_string()),
+            pins.len(),
+            dirs.pin_dir.display()
+        );
+        dirs.remove_pins().context("removing stale pinned maps")?;
+        dirs.remove_state()?;
+    }
+    Ok(stale_clsact)
+}
+
+/// The interfaces as found at start.
+#[derive(Debug)]
+struct Topology {
+    wan: Link,
+    lans: Vec<Link>,
+    external: Ipv4Prefix,
+}
+
+async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology> {
+    let lookup = |name: String, role: &'static str| async move {
+        rtnl.link(&name).await.map_err(|e| match e {
+            NetlinkError::NoSuchInterface(_) => anyhow!(e),
+            other => anyhow!(other).context(format!("looking up {role} interface {name}")),
+        })
+    };
+    let wan = lookup(settings.wan.clone(), "WAN").await?;
+    let mut lans = Vec::new();
+    for name in &settings.lan {
+        lans.push(lookup(name.clone(), "LAN").await?);
+    }
+    let Some(external) = wan.ipv4.first().copied() else {
+        bail!(
+            "WAN interface {0} has no IPv4 address; natgw translates to the WAN's first IPv4 \
+             address, add one with `ip addr add ADDRESS/LEN dev {0}`",
+            wan.name
+        );
+    };
+    let tag = |l: &Link| {
+        l.ipv4
+            .iter()
+            .map(|p| IfacePrefix {
+                iface: l.name.clone(),
+                prefix: *p,
+            })
+            .collect::<Vec<_>>()
+    };
+    let lan_prefixes: Vec<_> = lans.iter().flat_map(tag).collect();
+    check_no_overlap(&lan_prefixes, &tag(&wan))?;
+    for l in &lans {
+        if l.ipv4.is_empty() {
+            warn!(
+                "iface.no_ipv4 name={}: no IPv4 address, so no internal prefix comes from it; \
+                 its hosts are translated only if they fall inside another LAN's prefix",
+                l.name
+            );
+        }
+    }
+    let distinct: BTreeSet<_> = lans
+        .iter()
+        .map(|l| l.ifindex)
+        .chain([wan.ifindex])
+        .collect();
+    if distinct.len() != lans.len() + 1 {
+        bail!("the WAN and LAN interface names must refer to distinct interfaces");
+    }
+    Ok(Topology {
+        wan,
+        lans,
+        external,
+    })
+}
+
+/// One interface natgw runs on.
+#[derive(Debug)]
+struct Iface {
+    link: Link,
+    role: Role,
+    redirect_ok: bool,
+    present: bool,
+}
+
+impl Iface {
+    fn config(&self) -> IfaceConfig {
+        IfaceConfig {
+            role: match self.role {
+                Role::Lan => IfaceRole::Lan as u8,
+                Role::Wan => IfaceRole::Wan as u8,
+            },
+            redirect_ok: u8::from(self.redirect_ok),
+            rx_csum_partial: u8::from(self.link.is_veth()),
+            _pad: 0,
+        }
+    }
+}
+
+struct Daemon {
+    settings: Settings,
+    dirs: RuntimeDirs,
+    _lock: InstanceLock,
+    rtnl: Rtnl,
+    netdev: Option<Netdev>,
+    ebpf: Ebpf,
+    log_task: Option<tokio::task::JoinHandle<()>>,
+    maps: Option<GatewayMaps>,
+    xdp: Vec<XdpAttachment>,
+    tc: Vec<TcAttachment>,
+    clsact_created: Option<(String, u32)>,
+    /// WAN ifindex whose clsact a crashed natgw had added.
+    stale_clsact: Option<u32>,
+    topology: Topology,
+    ifaces: Vec<Iface>,
+    pinned: bool,
+    state: Option<StateFile>,
+}
+
+/// Why the daemon stops on its own.
+enum Fatal {
+    WanGone(String),
+    NoLanLeft,
+}
+
+impl Daemon {
+    fn maps(&mut self) -> Result<&mut GatewayMaps> {
+        self.maps
+            .as_mut()
+            .ok_or_else(|| anyhow!("internal error: maps not taken"))
+    }
+
+    /// Pins the maps, fills them and attaches the programs.
+    fn deploy(&mut self) -> Result<()> {
+        let maps = GatewayMaps::take(&mut self.ebpf)?;
+        self.dirs.create_pin_dir()?;
+        self.pinned = true;
+        maps.pin(&self.dirs)?;
+        self.maps = Some(maps);
+
+        self.netdev = match Netdev::open() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                warn!(
+                    "xdp_features.unavailable error=\"{e}\": assuming no interface accepts XDP \
+                     redirects, so the kernel forwards those packets (slower, still correct)"
+                );
+                None
+            }
+        };
+        let links: Vec<(Link, Role)> = std::iter::once((self.topology.wan.clone(), Role::Wan))
+            .chain(self.topology.lans.iter().cloned().map(|l| (l, Role::Lan)))
+            .collect();
+        for (link, role) in links {
+            let redirect_ok = self.read_redirect_ok(&link).unwrap_or(false);
+            self.ifaces.push(Iface {
+                link,
+                role,
+                redirect_ok,
+                present: true,
+            });
+        }
+
+        for i in 0..self.ifaces.len() {
+            let (ifindex, cfg) = (self.ifaces[i].link.ifindex, self.ifaces[i].config());
+            let name = self.ifaces[i].link.name.clone();
+            self.maps()?
+                .set_iface(ifindex, cfg)
+                .with_context(|| format!("registering {name} in IFACES"))?;
+        }
+        for p in self.lan_networks() {
+            self.maps()?
+                .add_lan_net(&p)
+                .with_context(|| format!("adding LAN prefix {p} to LAN_NETS"))?;
+        }
+
+        let mode = self.settings.xdp_mode;
+        for i in 0..self.ifaces.len() {
+            let (name, ifindex, role) = {
+                let f = &self.ifaces[i];
+                (f.link.name.clone(), f.link.ifindex, f.role)
+            };
+            let prog = match role {
+                Role::Lan => programs::XDP_LAN,
+                Role::Wan => programs::XDP_WAN,
+            };
+            let att = loader::attach_xdp(&mut self.ebpf, prog, &name, ifindex, mode)?;
+            self.xdp.push(att);
+        }
+
+        let wan = self.topology.wan.clone();
+        // A clsact left by a crashed natgw counts as ours, so this run removes it.
+        if loader::add_clsact(&wan.name)? || self.stale_clsact == Some(wan.ifindex) {
+            self.clsact_created = Some((wan.name.clone(), wan.ifindex));
+        }
+        for (prog, hook) in [
+            (programs::TC_WAN_INGRESS, TcAttachType::Ingress),
+            (programs::TC_WAN_EGRESS, TcAttachType::Egress),
+        ] {
+            let att = loader::attach_tc(&mut self.ebpf, prog, &wan.name, wan.ifindex, hook)?;
+            self.tc.push(att);
+        }
+
+        let config = self.data_path_config();
+        self.maps()?
+            .write_config(&config)
+            .context("writing CONFIG")?;
+
+        let state = self.build_state()?;
+        self.dirs.write_state(&state)?;
+        self.state = Some(state);
+        self.log_started();
+        Ok(())
+    }
+
+    fn data_path_config(&self) -> Config {
+        let s = &self.settings;
+        Config {
+            ext_addr_be: natgw_common::addr_be(self.topology.external.addr().octets()),
+            wan_ifindex: self.topology.wan.ifindex,
+            port_min: s.port_range.min,
+            port_max: s.port_range.max,
+            flags: CONFIG_F_READY
+                | if s.inbound_refresh {
+                    CONFIG_F_INBOUND_REFRESH
+                } else {
+                    0
+                },
+        }
+    }
+
+    /// Networks of the present LAN interfaces, deduplicated.
+    fn lan_networks(&self) -> BTreeSet<Ipv4Prefix> {
+        self.ifaces
+            .iter()
+            .filter(|i| i.role == Role::Lan && i.present)
+            .flat_map(|i| i.link.ipv4.iter().map(Ipv4Prefix::network_prefix))
+            .collect()
+    }
+
+    fn read_redirect_ok(&mut self, link: &Link) -> Result<bool, GenlError> {
+        match &mut self.netdev {
+            Some(n) => n.xdp_features(link.ifindex).map(netdev::redirect_ok),
+            None => Ok(false),
+        }
+    }
+
+    fn build_state(&self) -> Result<StateFile> {
+        let maps = self
+            .maps
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal error: maps not taken"))?;
+        let interfaces = self
+            .ifaces
+            .iter()
+            .map(|i| {
+                let xdp = self.xdp.iter().find(|a| a.ifindex == i.link.ifindex);
+                IfaceState {
+                    name: i.link.name.clone(),
+                    ifindex: i.link.ifindex,
+                    role: i.role,
+                    mtu: i.link.mtu,
+                    kind: i.link.kind.clone(),
+                    addresses: i.link.ipv4.clone(),
+                    xdp_program: xdp.map_or("-", |a| a.program).to_owned(),
+                    xdp_mode: xdp.map_or("-", |a| a.mode.name()).to_owned(),
+                    tc_programs: self
+                        .tc
+                        .iter()
+                        .filter(|t| t.ifindex == i.link.ifindex)
+                        .map(|t| format!("{} ({})", t.program, t.hook))
+                        .collect(),
+                    redirect_ok: i.redirect_ok,
+                    rx_csum_partial: i.link.is_veth(),
+                    present: i.present,
+                }
+            })
+            .collect();
+        Ok(StateFile {
+            version: STATE_VERSION,
+            natgw_version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            netns_inode: self.dirs.netns_inode,
+            started_unix: self
+                .state
+                .as_ref()
+                .map_or_else(system::unix_time, |s| s.started_unix),
+            pin_dir: self.dirs.pin_dir.clone(),
+            map_ids: maps.ids()?,
+            external_address: self.topology.external.addr(),
+            interfaces,
+            clsact_created: self.clsact_created.is_some(),
+            settings: self.settings.clone(),
+        })
+    }
+
+    fn log_started(&self) {
+        info!(
+            "natgw.started version={} pid={} netns=net:[{}] external={} wan={}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            self.dirs.netns_inode,
+            self.topology.external.addr(),
+            self.topology.wan.name
+        );
+        for i in &self.ifaces {
+            let xdp = self.xdp.iter().find(|a| a.ifindex == i.link.ifindex);
+            let addrs: Vec<String> = i.link.ipv4.iter().map(ToString::to_string).collect();
+            info!(
+                "iface.attached name={} ifindex={} role={} addrs={} kind={} mtu={} xdp={} \
+                 mode={} redirect_ok={} rx_csum_partial={}",
+                i.link.name,
+                i.link.ifindex,
+                i.role,
+                if addrs.is_empty() {
+                    "-".to_owned()
+                } else {
+                    addrs.join(",")
+                },
+                i.link.kind.as_deref().unwrap_or("-"),
+                i.link.mtu,
+                xdp.map_or("-", |a| a.program),
+                xdp.map_or("-", |a| a.mode.name()),
+                i.redirect_ok,
+                i.link.is_veth(),
+            );
+        }
+        let tc: Vec<String> = self
+            .tc
+            .iter()
+            .map(|t| format!("{}({})", t.program, t.hook))
+            .collect();
+        info!(
+            "tc.attached iface={} programs={} clsact={}",
+            self.topology.wan.name,
+            tc.join(","),
+            if self.clsact_created.is_some() {
+                "created"
+            } else {
+                "existing"
+            }
+        );
+        let s = &self.settings;
+        info!(
+            "config ports={} ({} ports) udp_timeout={}s tcp_established_timeout={}s \
+             tcp_transitory_timeout={}s inbound_refresh={} max_mappings={} xdp_mode={} \
+             gc_interval={}s",
+            s.port_range,
+            s.port_range.len(),
+            s.timeouts.udp,
+            s.timeouts.tcp_established,
+            s.timeouts.tcp_transitory,
+            s.inbound_refresh,
+            s.max_mappings,
+            s.xdp_mode,
+            s.gc_interval
+        );
+        info!(
+            "natgw.ready pins={} state={}",
+            self.dirs.pin_dir.display(),
+            self.dirs.state_file().display()
+        );
+    }
+
+    /// Runs until a signal or a fatal interface loss.
+    async fn serve(
+        &mut self,
+        sigint: &mut tokio::signal::unix::Signal,
+        sigterm: &mut tokio::signal::unix::Signal,
+    ) -> Result<()> {
+        let mut sweeper = Sweeper::new(Policy::new(
+            &self.settings.timeouts,
+            self.settings.inbound_refresh,
+        ));
+        let mut tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gc_failing = false;
+        loop {
+            tokio::select! {
+                _ = sigint.recv() => {
+                    info!("natgw.stopping signal=SIGINT");
+                    return Ok(());
+                }
+                _ = sigterm.recv() => {
+                    info!("natgw.stopping signal=SIGTERM");
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    match self.watch_interfaces() {
+                        Ok(()) => {}
+                        Err(Fatal::WanGone(name)) => {
+                            error!("natgw.stopping reason=wan_gone iface={name}");
+                            bail!("WAN interface {name} disappeared; natgw cannot translate without it");
+                        }
+                        Err(Fatal::NoLanLeft) => {
+                            error!("natgw.stopping reason=no_lan_left");
+                            bail!("every LAN interface disappeared; nothing left to translate");
+                        }
+                    }
+                    let now = system::monotonic_ns();
+                    let Some(maps) = self.maps.as_mut() else { continue };
+                    // A full pass is many map syscalls; let the runtime move other tasks
+                    // (the eBPF log reader) to the other worker meanwhile.
+                    let result = tokio::task::block_in_place(|| sweeper.tick(&mut maps.nat, now));
+                    match result {
+                        Ok(stats) => {
+                            gc_failing = false;
+                            if stats.expired + stats.orphans + stats.refreshed > 0 {
+                                debug!(
+                                    "gc.tick mappings={} expired={} orphans={} refreshed={} candidates={}",
+                                    stats.mappings, stats.expired, stats.orphans,
+                                    stats.refreshed, stats.candidates
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            if !gc_failing {
+                                error!("gc.failed error=\"{e}\": will retry every tick");
+                            }
+                            gc_failing = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Notices vanished interfaces and changes of `redirect_ok`.
+    fn watch_interfaces(&mut self) -> Result<(), Fatal> {
+        let mut changed = false;
+        for i in 0..self.ifaces.len() {
+            if !self.ifaces[i].present {
+                continue;
+            }
+            let (name, ifindex) = (
+                self.ifaces[i].link.name.clone(),
+                self.ifaces[i].link.ifindex,
+            );
+            let still_there = nix::net::if_::if_nametoindex(name.as_str()).ok() == Some(ifindex);
+            let features = if still_there {
+                let link = self.ifaces[i].link.clone();
+                self.read_redirect_ok(&link)
+            } else {
+                Err(GenlError::NoDevice(ifindex))
+            };
+            match features {
+                Ok(ok) if ok != self.ifaces[i].redirect_ok => {
+                    self.ifaces[i].redirect_ok = ok;
+                    let cfg = self.ifaces[i].config();
+                    info!(
+                        "iface.redirect name={name} ifindex={ifindex} redirect_ok={ok}{}",
+                        if ok {
+                            ": XDP redirects into it are delivered now"
+                        } else {
+                            ": XDP redirects into it would be lost; the kernel forwards instead"
+                        }
+                    );
+                    if let Some(m) = self.maps.as_mut() {
+                        if let Err(e) = m.set_iface(ifindex, cfg) {
+                            error!("iface.update_failed name={name} error=\"{e}\"");
+                        }
+                    }
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(GenlError::NoDevice(_)) => {
+                    self.interface_vanished(i)?;
+                    changed = true;
+                }
+                Err(e) => debug!("xdp_features.failed name={name} error=\"{e}\""),
+            }
+        }
+        if changed {
+            self.refresh_state_file();
+        }
+        Ok(())
+    }
+
+    fn interface_vanished(&mut self, i: usize) -> Result<(), Fatal> {
+        self.ifaces[i].present = false;
+        let (name, ifindex, role) = (
+            self.ifaces[i].link.name.clone(),
+            self.ifaces[i].link.ifindex,
+            self.ifaces[i].role,
+        );
+        // The kernel dropped the attachments with the device.
+        self.xdp.retain(|a| a.ifindex != ifindex);
+        self.tc.retain(|a| a.ifindex != ifindex);
+        if role == Role::Wan {
+            error!("iface.vanished name={name} ifindex={ifindex} role=wan");
+            return Err(Fatal::WanGone(name));
+        }
+        let remaining = self.lan_networks();
+        let gone: Vec<Ipv4Prefix> = self.ifaces[i]
+            .link
+            .ipv4
+            .iter()
+            .map(Ipv4Prefix::network_prefix)
+            .filter(|p| !remaining.contains(p))
+            .collect();
+        if let Some(m) = self.maps.as_mut() {
+            let _ = m.remove_iface(ifindex);
+            for p in &gone {
+                let _ = m.remove_lan_net(p);
+            }
+        }
+        let left: Vec<&str> = self
+            .ifaces
+            .iter()
+            .filter(|f| f.role == Role::Lan && f.present)
+            .map(|f| f.link.name.as_str())
+            .collect();
+        if left.is_empty() {
+            error!("iface.vanished name={name} ifindex={ifindex} role=lan remaining=none");
+            return Err(Fatal::NoLanLeft);
+        }
+        error!(
+            "iface.vanished name={name} ifindex={ifindex} role=lan remaining={}: natgw keeps \
+             translating for the remaining LAN interfaces; restart it to use {name} again",
+            left.join(",")
+        );
+        Ok(())
+    }
+
+    fn refresh_state_file(&mut self) {
+        match self.build_state() {
+            Ok(state) => {
+                if let Err(e) = self.dirs.write_state(&state) {
+                    warn!("state.write_failed error=\"{e}\"");
+                }
+                self.state = Some(state);
+            }
+            Err(e) => warn!("state.write_failed error=\"{e:#}\""),
+        }
+    }
+
+    /// Undoes everything `deploy` did, as far as it got. Never fails: problems are
+    /// logged and the rest is still undone.
+    async fn teardown(&mut self) {
+        let mappings = self
+            .maps
+            .as_ref()
+            .and_then(|m| m.mapping_count().ok())
+            .unwrap_or(0);
+        if let Some(m) = self.maps.as_mut() {
+            if let Err(e) = m.write_config(&Config::default()) {
+                debug!("teardown.config error=\"{e}\"");
+            }
+        }
+        let mut detached = Vec::new();
+        for att in self.xdp.drain(..) {
+            let what = format!("{}@{}", att.program, att.iface);
+            match att.detach() {
+                Ok(()) => detached.push(what),
+                Err(e) => warn!("teardown.detach_failed program={what} error=\"{e}\""),
+            }
+        }
+        for att in self.tc.drain(..) {
+            let what = format!("{}@{}({})", att.program, att.iface, att.hook);
+            match att.detach() {
+                Ok(()) => detached.push(what),
+                Err(e) => warn!("teardown.detach_failed program={what} error=\"{e}\""),
+            }
+        }
+        if let Some((name, ifindex)) = self.clsact_created.take() {
+            let wan_present = self.ifaces.iter().any(|i| i.role == Role::Wan && i.present);
+            if wan_present || self.ifaces.is_empty() {
+                match self.rtnl.delete_clsact(ifindex, &name).await {
+                    Ok(()) => debug!("teardown.clsact_removed iface={name}"),
+                    Err(e) => warn!("teardown.clsact_failed error=\"{e}\""),
+                }
+            }
+        }
+        if self.pinned {
+            if let Err(e) = self.dirs.remove_pins() {
+                warn!("teardown.unpin_failed error=\"{e}\"");
+            }
+        }
+        if let Err(e) = self.dirs.remove_state() {
+            warn!("teardown.state_failed error=\"{e}\"");
+        }
+        if let Some(task) = self.log_task.take() {
+            task.abort();
+        }
+        info!(
+            "natgw.stopped detached={} mappings_dropped={mappings} pins_removed={}",
+            if detached.is_empty() {
+                "-".to_owned()
+            } else {
+                detached.join(",")
+            },
+            self.pinned
+        );
+    }
+}

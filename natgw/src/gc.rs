@@ -1,0 +1,791 @@
+//! Expiry of idle mappings. The data path only creates mappings and stamps them; this
+//! module decides when they die and deletes them.
+//!
+//! The policy is pure functions over what the maps hold ([`Observed`]) and the time:
+//! - idle time: since the last outbound packet, or the last packet either way when
+//!   inbound refresh is on (RFC 4787 REQ-6);
+//! - timeout: UDP and other protocols the UDP timeout (REQ-5); TCP the established
+//!   timeout when a SYN was seen both ways and no FIN or RST either way, else the
+//!   transitory one (RFC 5382 REQ-5);
+//! - two phases: a tick that finds a mapping expired only remembers it as a
+//!   [`Candidate`]; the next tick deletes it if the timestamps that count as refresh
+//!   are unchanged, so a mapping refreshed in between survives;
+//! - the forward entry goes first, then the reverse entry if its `created_ns` is the
+//!   forward entry's (otherwise it belongs to a newer mapping of the same port);
+//! - reverse entries no forward entry points back to (orphans) are deleted once they
+//!   are older than [`ORPHAN_GRACE_NS`] and seen orphaned on two ticks, since the data
+//!   path inserts the reverse entry (the port claim) before the forward one.
+//!
+//! [`Sweeper::plan`] makes every decision from a snapshot; [`Sweeper::tick`] takes the
+//! snapshot and applies the plan through [`NatTables`], re-checking each entry
+//! right before deleting it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddrV4;
+
+use natgw_common::maps::tcp_seen;
+use natgw_common::{FwdKey, Mapping, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::config::Timeouts;
+use crate::maps::{fwd_key_of, ipv4, port, rev_key_of, rev_matches, MapsError, NatTables};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// How long a reverse entry without a forward entry is left alone: far longer than
+/// the data path needs between inserting the two halves of a mapping.
+pub const ORPHAN_GRACE_NS: u64 = 10 * NS_PER_SEC;
+
+/// Timeouts in nanoseconds and the refresh rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// UDP and every non-TCP protocol.
+    pub udp_ns: u64,
+    /// Established TCP.
+    pub tcp_established_ns: u64,
+    /// Opening or closing TCP.
+    pub tcp_transitory_ns: u64,
+    /// Inbound packets refresh the idle timer.
+    pub inbound_refresh: bool,
+}
+
+impl Policy {
+    /// The policy of the configured timeouts.
+    #[must_use]
+    pub const fn new(t: &Timeouts, inbound_refresh: bool) -> Self {
+        Self {
+            udp_ns: t.udp.saturating_mul(NS_PER_SEC),
+            tcp_established_ns: t.tcp_established.saturating_mul(NS_PER_SEC),
+            tcp_transitory_ns: t.tcp_transitory.saturating_mul(NS_PER_SEC),
+            inbound_refresh,
+        }
+    }
+}
+
+/// TCP connection state as far as the NAT can tell from the flags it saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpState {
+    /// No SYN seen both ways yet.
+    Opening,
+    /// SYN seen both ways, no FIN or RST.
+    Established,
+    /// A FIN or RST was seen.
+    Closing,
+}
+
+impl TcpState {
+    /// Lower-case name for listings.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Opening => "opening",
+            Self::Established => "established",
+            Self::Closing => "closing",
+        }
+    }
+}
+
+/// The state of a TCP mapping from the [`tcp_seen`] bits of each direction.
+#[must_use]
+pub const fn tcp_state(flags_out: u8, flags_in: u8) -> TcpState {
+    let any = flags_out | flags_in;
+    if any & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+        TcpState::Closing
+    } else if flags_out & tcp_seen::SYN != 0 && flags_in & tcp_seen::SYN != 0 {
+        TcpState::Established
+    } else {
+        TcpState::Opening
+    }
+}
+
+/// What the maps say about one mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// IP protocol.
+    pub proto: u8,
+    /// The mapping's identity.
+    pub created_ns: u64,
+    /// Last outbound packet.
+    pub last_out_ns: u64,
+    /// Last inbound packet; 0 if none (or no matching reverse entry).
+    pub last_in_ns: u64,
+    /// [`tcp_seen`] bits outbound.
+    pub flags_out: u8,
+    /// [`tcp_seen`] bits inbound.
+    pub flags_in: u8,
+}
+
+impl Observed {
+    /// From a forward entry and its reverse entry, if that matches.
+    #[must_use]
+    pub fn new(key: &FwdKey, m: &Mapping, rev: Option<&RevValue>) -> Self {
+        let rev = rev.filter(|r| rev_matches(key, m, r));
+        Self {
+            proto: key.proto,
+            created_ns: m.created_ns,
+            last_out_ns: m.last_out_ns,
+            last_in_ns: rev.map_or(0, |r| r.last_in_ns),
+            flags_out: m.tcp_flags_out,
+            flags_in: rev.map_or(0, |r| r.tcp_flags_in),
+        }
+    }
+
+    /// The last packet either way (what `natgw mappings` calls idle).
+    #[must_use]
+    pub fn last_packet_ns(&self) -> u64 {
+        self.last_out_ns.max(self.last_in_ns).max(self.created_ns)
+    }
+
+    /// The last packet that refreshes the mapping under `policy`.
+    #[must_use]
+    pub fn last_refresh_ns(&self, policy: &Policy) -> u64 {
+        let last = if policy.inbound_refresh {
+            self.last_out_ns.max(self.last_in_ns)
+        } else {
+            self.last_out_ns
+        };
+        last.max(self.created_ns)
+    }
+
+    /// The TCP state; `None` for other protocols.
+    #[must_use]
+    pub const fn tcp_state(&self) -> Option<TcpState> {
+        if self.proto == IPPROTO_TCP {
+            Some(tcp_state(self.flags_out, self.flags_in))
+        } else {
+            None
+        }
+    }
+}
+
+/// The idle timeout of a mapping.
+#[must_use]
+pub const fn timeout_ns(policy: &Policy, obs: &Observed) -> u64 {
+    match obs.tcp_state() {
+        Some(TcpState::Established) => policy.tcp_established_ns,
+        Some(_) => policy.tcp_transitory_ns,
+        None => policy.udp_ns,
+    }
+}
+
+/// Time since the last refreshing packet.
+#[must_use]
+pub fn idle_ns(policy: &Policy, obs: &Observed, now_ns: u64) -> u64 {
+    now_ns.saturating_sub(obs.last_refresh_ns(policy))
+}
+
+/// Whether the mapping has been idle for its whole timeout.
+#[must_use]
+pub fn is_expired(policy: &Policy, obs: &Observed, now_ns: u64) -> bool {
+    idle_ns(policy, obs, now_ns) >= timeout_ns(policy, obs)
+}
+
+/// Time left before the mapping expires (0 once expired).
+#[must_use]
+pub fn remaining_ns(policy: &Policy, obs: &Observed, now_ns: u64) -> u64 {
+    timeout_ns(policy, obs).saturating_sub(idle_ns(policy, obs, now_ns))
+}
+
+/// What one tick remembers of an expired mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Identity of the mapping.
+    pub created_ns: u64,
+    /// `last_out_ns` when found expired.
+    pub last_out_ns: u64,
+    /// `last_in_ns` when found expired.
+    pub last_in_ns: u64,
+}
+
+impl Candidate {
+    /// The snapshot of `obs`.
+    #[must_use]
+    pub const fn of(obs: &Observed) -> Self {
+        Self {
+            created_ns: obs.created_ns,
+            last_out_ns: obs.last_out_ns,
+            last_in_ns: obs.last_in_ns,
+        }
+    }
+
+    /// Whether `obs` is the same mapping, not refreshed since. Inbound packets count
+    /// only with inbound refresh; otherwise a peer could keep a mapping alive forever.
+    #[must_use]
+    pub const fn unchanged(&self, obs: &Observed, policy: &Policy) -> bool {
+        self.created_ns == obs.created_ns
+            && self.last_out_ns == obs.last_out_ns
+            && (!policy.inbound_refresh || self.last_in_ns == obs.last_in_ns)
+    }
+}
+
+/// The decision about one mapping on one tick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Alive.
+    Keep,
+    /// Expired for the first time (or refreshed and expired again): remember it.
+    Candidate(Candidate),
+    /// Expired on two ticks with nothing in between: delete it.
+    Delete,
+}
+
+/// Decides about one mapping given what the previous tick remembered of it.
+#[must_use]
+pub fn judge(
+    policy: &Policy,
+    now_ns: u64,
+    previous: Option<&Candidate>,
+    obs: &Observed,
+) -> Verdict {
+    if !is_expired(policy, obs, now_ns) {
+        return Verdict::Keep;
+    }
+    match previous {
+        Some(c) if c.unchanged(obs, policy) => Verdict::Delete,
+        _ => Verdict::Candidate(Candidate::of(obs)),
+    }
+}
+
+/// A mapping to delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// Forward key.
+    pub key: FwdKey,
+    /// Forward value as seen.
+    pub mapping: Mapping,
+    /// What the decision was based on.
+    pub observed: Observed,
+    /// Idle time at decision.
+    pub idle_ns: u64,
+}
+
+impl Expiry {
+    /// The reverse key of this mapping.
+    #[must_use]
+    pub const fn rev_key(&self) -> RevKey {
+        rev_key_of(&self.key, &self.mapping)
+    }
+}
+
+/// A reverse entry to delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Orphan {
+    /// Reverse key.
+    pub key: RevKey,
+    /// Its `created_ns` when found orphaned.
+    pub created_ns: u64,
+}
+
+/// Everything one tick decided to delete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Expired mappings.
+    pub expire: Vec<Expiry>,
+    /// Orphaned reverse entries.
+    pub orphans: Vec<Orphan>,
+}
+
+/// What a tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TickStats {
+    /// Forward entries seen.
+    pub mappings: usize,
+    /// Mappings deleted.
+    pub expired: usize,
+    /// Mappings spared because they were refreshed just before deletion.
+    pub refreshed: usize,
+    /// Orphaned reverse entries deleted.
+    pub orphans: usize,
+    /// Candidates remembered for the next tick.
+    pub candidates: usize,
+}
+
+/// The garbage collector: the policy and what it remembers between ticks.
+#[derive(Debug)]
+pub struct Sweeper {
+    policy: Policy,
+    candidates: HashMap<FwdKey, Candidate>,
+    orphan_candidates: HashMap<RevKey, u64>,
+}
+
+impl Sweeper {
+    /// A collector with no memory yet.
+    #[must_use]
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            candidates: HashMap::new(),
+            orphan_candidates: HashMap::new(),
+        }
+    }
+
+    /// Decides from a snapshot of both tables; updates the memory for the next tick.
+    pub fn plan(
+        &mut self,
+        now_ns: u64,
+        fwd: &[(FwdKey, Mapping)],
+        rev: &[(RevKey, RevValue)],
+    ) -> Plan {
+        let rev_by_key: HashMap<RevKey, RevValue> = rev.iter().copied().collect();
+        let fwd_by_key: HashMap<FwdKey, Mapping> = fwd.iter().copied().collect();
+        let mut plan = Plan::default();
+
+        let mut candidates = HashMap::new();
+        for (key, m) in fwd {
+            let obs = Observed::new(key, m, rev_by_key.get(&rev_key_of(key, m)));
+            match judge(&self.policy, now_ns, self.candidates.get(key), &obs) {
+                Verdict::Keep => {}
+                Verdict::Candidate(c) => {
+                    candidates.insert(*key, c);
+                }
+                Verdict::Delete => plan.expire.push(Expiry {
+                    key: *key,
+                    mapping: *m,
+                    observed: obs,
+                    idle_ns: idle_ns(&self.policy, &obs, now_ns),
+                }),
+            }
+        }
+        self.candidates = candidates;
+
+        let mut orphans = HashMap::new();
+        for (key, r) in rev {
+            let owner = fwd_by_key.get(&fwd_key_of(key, r));
+            let owned = owner.is_some_and(|m| {
+                rev_key_of(&fwd_key_of(key, r), m) == *key && m.created_ns == r.created_ns
+            });
+            if owned || now_ns.saturating_sub(r.created_ns) < ORPHAN_GRACE_NS {
+                continue;
+            }
+            if self.orphan_candidates.get(key) == Some(&r.created_ns) {
+                plan.orphans.push(Orphan {
+                    key: *key,
+                    created_ns: r.created_ns,
+                });
+            } else {
+                orphans.insert(*key, r.created_ns);
+            }
+        }
+        self.orphan_candidates = orphans;
+        plan
+    }
+
+    /// One garbage-collection pass over the tables at time `now_ns`.
+    pub fn tick<T: NatTables>(
+        &mut self,
+        tables: &mut T,
+        now_ns: u64,
+    ) -> Result<TickStats, MapsError> {
+        let fwd = tables.fwd_entries()?;
+        let rev = tables.rev_entries()?;
+        let plan = self.plan(now_ns, &fwd, &rev);
+        let mut stats = TickStats {
+            mappings: fwd.len(),
+            candidates: self.candidates.len(),
+            ..TickStats::default()
+        };
+
+        for e in &plan.expire {
+            // Re-read right before deleting: a packet may have arrived since the
+            // snapshot.
+            let Some(m) = tables.fwd(&e.key)? else {
+                continue;
+            };
+            let rev_key = e.rev_key();
+            let now_obs = Observed::new(&e.key, &m, tables.rev(&rev_key)?.as_ref());
+            if !Candidate::of(&e.observed).unchanged(&now_obs, &self.policy) {
+                stats.refreshed += 1;
+                continue;
+            }
+            if !tables.remove_fwd(&e.key)? {
+                continue;
+            }
+            if let Some(r) = tables.rev(&rev_key)? {
+                if r.created_ns == m.created_ns {
+                    tables.remove_rev(&rev_key)?;
+                }
+            }
+            stats.expired += 1;
+            log::debug!(
+                "mapping.expired proto={} int={} ext={} idle={} state={}",
+                proto_name(e.key.proto),
+                SocketAddrV4::new(ipv4(e.key.addr_be), port(e.key.port_be)),
+                SocketAddrV4::new(ipv4(m.ext_addr_be), port(m.ext_port_be)),
+                Secs(e.idle_ns),
+                e.observed.tcp_state().map_or("-", TcpState::name),
+            );
+        }
+
+        for o in &plan.orphans {
+            let Some(r) = tables.rev(&o.key)? else {
+                continue;
+            };
+            if r.created_ns != o.created_ns {
+                continue;
+            }
+            let fk = fwd_key_of(&o.key, &r);
+            if tables
+                .fwd(&fk)?
+                .is_some_and(|m| rev_key_of(&fk, &m) == o.key && m.created_ns == r.created_ns)
+            {
+                continue;
+            }
+            if tables.remove_rev(&o.key)? {
+                stats.orphans += 1;
+                log::debug!(
+                    "mapping.orphan_removed proto={} ext={} int={}",
+                    proto_name(o.key.proto),
+                    SocketAddrV4::new(ipv4(o.key.addr_be), port(o.key.port_be)),
+                    SocketAddrV4::new(ipv4(r.int_addr_be), port(r.int_port_be)),
+                );
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Lower-case protocol name.
+#[must_use]
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_UDP => "udp".to_owned(),
+        IPPROTO_TCP => "tcp".to_owned(),
+        IPPROTO_ICMP => "icmp".to_owned(),
+        other => format!("proto-{other}"),
+    }
+}
+
+/// Nanoseconds shown as whole seconds (`301s`).
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0 / NS_PER_SEC)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgw_common::addr_be;
+    use std::collections::HashMap as Map;
+
+    const S: u64 = NS_PER_SEC;
+
+    fn policy(inbound_refresh: bool) -> Policy {
+        Policy::new(
+            &Timeouts {
+                udp: 300,
+                tcp_established: 7440,
+                tcp_transitory: 240,
+            },
+            inbound_refresh,
+        )
+    }
+
+    fn obs(proto: u8, last_out: u64, last_in: u64) -> Observed {
+        Observed {
+            proto,
+            created_ns: S,
+            last_out_ns: last_out,
+            last_in_ns: last_in,
+            flags_out: 0,
+            flags_in: 0,
+        }
+    }
+
+    fn tcp(flags_out: u8, flags_in: u8) -> Observed {
+        Observed {
+            flags_out,
+            flags_in,
+            ..obs(IPPROTO_TCP, S, S)
+        }
+    }
+
+    #[test]
+    fn udp_expires_after_its_timeout_and_not_before() {
+        // rfc4787 REQ-5
+        let p = policy(false);
+        let o = obs(IPPROTO_UDP, 100 * S, 0);
+        assert!(!is_expired(&p, &o, 399 * S));
+        assert!(is_expired(&p, &o, 400 * S));
+        assert_eq!(remaining_ns(&p, &o, 350 * S), 50 * S);
+        assert_eq!(remaining_ns(&p, &o, 500 * S), 0);
+    }
+
+    #[test]
+    fn other_protocols_use_the_udp_timeout() {
+        let p = policy(false);
+        assert_eq!(timeout_ns(&p, &obs(IPPROTO_ICMP, S, 0)), 300 * S);
+        assert_eq!(timeout_ns(&p, &obs(47, S, 0)), 300 * S);
+    }
+
+    #[test]
+    fn tcp_is_established_only_with_syn_both_ways_and_no_fin_or_rst() {
+        // rfc5382 REQ-5
+        use tcp_seen::{ACK, FIN, RST, SYN};
+        let p = policy(false);
+        assert_eq!(tcp_state(SYN, 0), TcpState::Opening);
+        assert_eq!(tcp_state(SYN | ACK, SYN | ACK), TcpState::Established);
+        assert_eq!(tcp_state(SYN | ACK | FIN, SYN | ACK), TcpState::Closing);
+        assert_eq!(tcp_state(SYN | ACK, SYN | ACK | RST), TcpState::Closing);
+        assert_eq!(tcp_state(ACK, ACK), TcpState::Opening);
+        assert_eq!(timeout_ns(&p, &tcp(SYN | ACK, SYN | ACK)), 7440 * S);
+        assert_eq!(timeout_ns(&p, &tcp(SYN, 0)), 240 * S);
+        assert_eq!(timeout_ns(&p, &tcp(SYN | FIN, SYN | ACK)), 240 * S);
+        assert_eq!(tcp(SYN, SYN).tcp_state(), Some(TcpState::Established));
+        assert_eq!(obs(IPPROTO_UDP, S, 0).tcp_state(), None);
+    }
+
+    #[test]
+    fn inbound_packets_refresh_only_with_inbound_refresh() {
+        // rfc4787 REQ-6
+        let o = obs(IPPROTO_UDP, 100 * S, 350 * S);
+        assert!(is_expired(&policy(false), &o, 400 * S));
+        assert!(!is_expired(&policy(true), &o, 400 * S));
+        assert_eq!(idle_ns(&policy(true), &o, 400 * S), 50 * S);
+        assert_eq!(o.last_packet_ns(), 350 * S);
+    }
+
+    #[test]
+    fn first_expired_tick_only_marks_a_candidate() {
+        let p = policy(false);
+        let o = obs(IPPROTO_UDP, S, 0);
+        assert_eq!(
+            judge(&p, 400 * S, None, &o),
+            Verdict::Candidate(Candidate::of(&o))
+        );
+        assert_eq!(
+            judge(&p, 401 * S, Some(&Candidate::of(&o)), &o),
+            Verdict::Delete
+        );
+    }
+
+    #[test]
+    fn refreshed_candidate_is_spared() {
+        let p = policy(false);
+        let old = obs(IPPROTO_UDP, S, 0);
+        let c = Candidate::of(&old);
+        let refreshed = obs(IPPROTO_UDP, 400 * S, 0);
+        assert_eq!(judge(&p, 401 * S, Some(&c), &refreshed), Verdict::Keep);
+        // Changed but still expired (a very short timeout): re-marked, not deleted.
+        let p_short = Policy { udp_ns: S, ..p };
+        assert_eq!(
+            judge(&p_short, 500 * S, Some(&c), &refreshed),
+            Verdict::Candidate(Candidate::of(&refreshed))
+        );
+    }
+
+    #[test]
+    fn inbound_changes_matter_to_candidates_only_with_inbound_refresh() {
+        let o1 = obs(IPPROTO_UDP, S, 2 * S);
+        let o2 = obs(IPPROTO_UDP, S, 3 * S);
+        let c = Candidate::of(&o1);
+        assert!(c.unchanged(&o2, &policy(false)));
+        assert!(!c.unchanged(&o2, &policy(true)));
+        // A recreated mapping (new identity) is never the same candidate.
+        let recreated = Observed {
+            created_ns: 9 * S,
+            ..o1
+        };
+        assert!(!c.unchanged(&recreated, &policy(false)));
+    }
+
+    /// In-memory tables standing in for the BPF maps.
+    #[derive(Default)]
+    struct FakeTables {
+        fwd: Map<FwdKey, Mapping>,
+        rev: Map<RevKey, RevValue>,
+        /// Applied to `fwd` on the next `fwd()` read: a packet racing the GC.
+        race: Option<(FwdKey, u64)>,
+    }
+
+    impl NatTables for FakeTables {
+        fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError> {
+            Ok(self.fwd.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn rev_entries(&self) -> Result<Vec<(RevKey, RevValue)>, MapsError> {
+            Ok(self.rev.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError> {
+            let mut m = self.fwd.get(key).copied();
+            if let (Some(m), Some((k, t))) = (m.as_mut(), self.race) {
+                if k == *key {
+                    m.last_out_ns = t;
+                }
+            }
+            Ok(m)
+        }
+        fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError> {
+            Ok(self.rev.get(key).copied())
+        }
+        fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
+            Ok(self.fwd.remove(key).is_some())
+        }
+        fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
+            Ok(self.rev.remove(key).is_some())
+        }
+    }
+
+    fn udp_key(host: u8, port: u16) -> FwdKey {
+        FwdKey {
+            addr_be: addr_be([10, 0, 1, host]),
+            port_be: port.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        }
+    }
+
+    /// Inserts a complete mapping (both halves) created and last used at `t`.
+    fn add(t: &mut FakeTables, key: FwdKey, ext_port: u16, created: u64) -> RevKey {
+        let m = Mapping {
+            ext_addr_be: addr_be([192, 0, 2, 1]),
+            ext_port_be: ext_port.to_be(),
+            created_ns: created,
+            last_out_ns: created,
+            ..Mapping::default()
+        };
+        let rk = rev_key_of(&key, &m);
+        t.fwd.insert(key, m);
+        t.rev.insert(
+            rk,
+            RevValue {
+                int_addr_be: key.addr_be,
+                int_port_be: key.port_be,
+                created_ns: created,
+                ..RevValue::default()
+            },
+        );
+        rk
+    }
+
+    #[test]
+    fn tick_deletes_both_halves_on_the_second_expired_tick() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        let keep = udp_key(3, 40001);
+        add(&mut t, keep, 40001, 200 * S);
+        let mut gc = Sweeper::new(policy(false));
+
+        let s = gc.tick(&mut t, 302 * S).unwrap();
+        assert_eq!((s.expired, s.candidates), (0, 1));
+        assert!(t.fwd.contains_key(&k));
+
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!(s.expired, 1);
+        assert!(!t.fwd.contains_key(&k));
+        assert!(!t.rev.contains_key(&rk));
+        assert!(t.fwd.contains_key(&keep));
+        assert_eq!(t.rev.len(), 1);
+    }
+
+    #[test]
+    fn packet_between_ticks_saves_the_mapping() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 302 * S).unwrap();
+        t.fwd.get_mut(&k).unwrap().last_out_ns = 302 * S;
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!((s.expired, s.candidates), (0, 0));
+        assert!(t.fwd.contains_key(&k));
+    }
+
+    #[test]
+    fn packet_racing_the_delete_saves_the_mapping() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 302 * S).unwrap();
+        // The snapshot still shows the old time; the re-read shows the new one.
+        t.race = Some((k, 303 * S));
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!((s.expired, s.refreshed), (0, 1));
+        assert!(t.fwd.contains_key(&k));
+    }
+
+    #[test]
+    fn reverse_entry_of_a_newer_mapping_is_kept() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        // The external port was claimed again by a newer mapping of another host.
+        let newer = udp_key(3, 41000);
+        let m = t.fwd[&k];
+        t.fwd.insert(
+            newer,
+            Mapping {
+                created_ns: 250 * S,
+                last_out_ns: 250 * S,
+                ..m
+            },
+        );
+        t.rev.insert(
+            rk,
+            RevValue {
+                int_addr_be: newer.addr_be,
+                int_port_be: newer.port_be,
+                created_ns: 250 * S,
+                ..RevValue::default()
+            },
+        );
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 302 * S).unwrap();
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!(s.expired, 1);
+        assert!(!t.fwd.contains_key(&k));
+        assert!(t.rev.contains_key(&rk), "newer claim must survive");
+    }
+
+    #[test]
+    fn orphans_go_after_the_grace_period_and_two_sightings() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, 100 * S);
+        t.fwd.remove(&k);
+        let mut gc = Sweeper::new(policy(false));
+        // Young: inside the grace period, the data path may still be inserting.
+        gc.tick(&mut t, 100 * S + ORPHAN_GRACE_NS - 1).unwrap();
+        let s = gc.tick(&mut t, 100 * S + ORPHAN_GRACE_NS).unwrap();
+        assert_eq!(s.orphans, 0, "first sighting after grace only marks it");
+        let s = gc.tick(&mut t, 101 * S + ORPHAN_GRACE_NS).unwrap();
+        assert_eq!(s.orphans, 1);
+        assert!(!t.rev.contains_key(&rk));
+    }
+
+    #[test]
+    fn owned_reverse_entries_are_not_orphans() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false));
+        for i in 0..3 {
+            let s = gc.tick(&mut t, (20 + i) * S).unwrap();
+            assert_eq!(s.orphans, 0);
+        }
+        assert_eq!(t.rev.len(), 1);
+    }
+
+    #[test]
+    fn mapping_without_reverse_entry_ages_on_outbound_time() {
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        t.rev.remove(&rk);
+        let mut gc = Sweeper::new(policy(true));
+        gc.tick(&mut t, 302 * S).unwrap();
+        assert_eq!(gc.tick(&mut t, 303 * S).unwrap().expired, 1);
+    }
+
+    #[test]
+    fn expiry_log_line_has_structured_fields() {
+        assert_eq!(Secs(301 * S + 5).to_string(), "301s");
+        assert_eq!(proto_name(17), "udp");
+        assert_eq!(proto_name(6), "tcp");
+        assert_eq!(proto_name(1), "icmp");
+        assert_eq!(proto_name(132), "proto-132");
+    }
+}

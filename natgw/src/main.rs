@@ -1,0 +1,70 @@
+//! natgw: the controller of an eBPF NAT gateway. `natgw run` loads and attaches the
+//! data path and expires idle mappings; `natgw status` and `natgw mappings` show the
+//! gateway running in the current network namespace.
+
+mod cli;
+mod config;
+mod daemon;
+mod gc;
+mod loader;
+mod logging;
+mod maps;
+mod netlink;
+mod output;
+mod prefix;
+mod state;
+mod status;
+mod system;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natgw: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Run(args) => daemon::run(args).await,
+            Command::Status(args) => status::status(args.json),
+            Command::Mappings(args) => status::mappings(args.json),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natgw: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause the message
+/// already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
+}

@@ -1,0 +1,498 @@
+//! natgw's BPF maps from user space: taking them from the loaded object or opening
+//! them from their pins (or kernel ids), reading the NAT tables and counters, and
+//! writing the configuration maps the data path reads.
+//!
+//! [`NatTables`] is the narrow interface the garbage collector works through, so its
+//! tests can run against an in-memory table.
+
+use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use aya::Ebpf;
+use natgw_common::maps::names;
+use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
+
+use crate::prefix::Ipv4Prefix;
+use crate::state::RuntimeDirs;
+
+/// A failed map operation, naming the map.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// The eBPF object lacks a map natgw expects.
+    #[error("the eBPF object has no map {0}")]
+    Missing(&'static str),
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// Cause.
+        source: MapError,
+    },
+    /// Pinning failed.
+    #[error("pinning map {name} at {path}: {source}")]
+    Pin {
+        /// Map name.
+        name: &'static str,
+        /// Pin path.
+        path: String,
+        /// Cause.
+        source: aya::pin::PinError,
+    },
+    /// Neither the pin nor the id from the state file could be opened.
+    #[error("cannot open map {name} of the running natgw ({detail})")]
+    Open {
+        /// Map name.
+        name: &'static str,
+        /// What was tried.
+        detail: String,
+    },
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Whether a map error means "no such key".
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// The two NAT tables as the garbage collector sees them.
+pub trait NatTables {
+    /// Every forward entry (a snapshot).
+    fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError>;
+    /// Every reverse entry (a snapshot).
+    fn rev_entries(&self) -> Result<Vec<(RevKey, RevValue)>, MapsError>;
+    /// One forward entry.
+    fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError>;
+    /// One reverse entry.
+    fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError>;
+    /// Deletes a forward entry; `false` when it was already gone.
+    fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError>;
+    /// Deletes a reverse entry; `false` when it was already gone.
+    fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError>;
+}
+
+/// `NAT_FWD` and `NAT_REV`.
+#[derive(Debug)]
+pub struct NatMaps {
+    /// (protocol, internal endpoint) -> mapping.
+    pub fwd: HashMap<MapData, FwdKey, Mapping>,
+    /// (protocol, external endpoint) -> internal endpoint.
+    pub rev: HashMap<MapData, RevKey, RevValue>,
+}
+
+/// Reads a whole hash map. Keys deleted by the data path meanwhile are skipped; a
+/// concurrent delete can make the kernel restart the walk, so duplicates collapse
+/// and the walk is bounded.
+fn snapshot<K, V>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, MapsError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let limit = map
+        .map()
+        .info()
+        .map_or(1 << 20, |i| (i.max_entries() as usize).saturating_mul(4));
+    let mut seen: StdHashMap<K, V> = StdHashMap::new();
+    for (i, entry) in map.iter().enumerate() {
+        if i >= limit {
+            break;
+        }
+        let (k, v) = entry.map_err(map_err(name))?;
+        seen.insert(k, v);
+    }
+    Ok(seen.into_iter().collect())
+}
+
+fn get<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<Option<V>, MapsError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<bool, MapsError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+impl NatTables for NatMaps {
+    fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError> {
+        snapshot(&self.fwd, names::NAT_FWD)
+    }
+
+    fn rev_entries(&self) -> Result<Vec<(RevKey, RevValue)>, MapsError> {
+        snapshot(&self.rev, names::NAT_REV)
+    }
+
+    fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError> {
+        get(&self.fwd, key, names::NAT_FWD)
+    }
+
+    fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError> {
+        get(&self.rev, key, names::NAT_REV)
+    }
+
+    fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
+        remove(&mut self.fwd, key, names::NAT_FWD)
+    }
+
+    fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
+        remove(&mut self.rev, key, names::NAT_REV)
+    }
+}
+
+/// Every map natgw uses.
+pub struct GatewayMaps {
+    /// The NAT tables.
+    pub nat: NatMaps,
+    /// `CONFIG[0]`.
+    pub config: Array<MapData, Config>,
+    /// ifindex -> interface facts.
+    pub ifaces: HashMap<MapData, u32, IfaceConfig>,
+    /// Internal prefixes.
+    pub lan_nets: LpmTrie<MapData, u32, u32>,
+    /// Verdict counters.
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+/// Where to find the maps of a running gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct MapSource<'a> {
+    /// Its pin directory.
+    pub dirs: &'a RuntimeDirs,
+    /// Kernel map ids from its state file.
+    pub ids: &'a BTreeMap<String, u32>,
+}
+
+impl MapSource<'_> {
+    /// Opens map `name`: from its pin, else by id (verifying the name).
+    fn open(&self, name: &'static str) -> Result<Map, MapsError> {
+        let pin = self.dirs.pin_path(name);
+        let data = match MapData::from_pin(&pin) {
+            Ok(d) => d,
+            Err(pin_err) => {
+                let by_id = self.ids.get(name).map(|id| {
+                    MapData::from_id(*id).and_then(|d| {
+                        let info = d.info()?;
+                        if info.name_as_str() == Some(name) {
+                            Ok(d)
+                        } else {
+                            Err(MapError::InvalidName {
+                                name: info.name_as_str().unwrap_or("?").to_owned(),
+                            })
+                        }
+                    })
+                });
+                match by_id {
+                    Some(Ok(d)) => d,
+                    Some(Err(id_err)) => {
+                        return Err(open_error(name, &pin, &pin_err, Some(&id_err)))
+                    }
+                    None => return Err(open_error(name, &pin, &pin_err, None)),
+                }
+            }
+        };
+        Map::from_map_data(data).map_err(map_err(name))
+    }
+}
+
+fn open_error(
+    name: &'static str,
+    pin: &Path,
+    pin_err: &MapError,
+    id_err: Option<&MapError>,
+) -> MapsError {
+    let eperm = |e: &MapError| {
+        matches!(e, MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES)))
+    };
+    let mut detail = if eperm(pin_err) || id_err.is_some_and(eperm) {
+        "permission denied: run it as root".to_owned()
+    } else {
+        format!("{}: {}", pin.display(), chain(pin_err))
+    };
+    if let Some(e) = id_err.filter(|e| !eperm(e)) {
+        detail.push_str(&format!("; by id: {}", chain(e)));
+    }
+    MapsError::Open { name, detail }
+}
+
+/// An error with its sources, on one line.
+#[must_use]
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn typed<T>(map: Map, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl GatewayMaps {
+    /// Takes the maps out of a loaded object (after its programs are loaded).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            nat: NatMaps {
+                fwd: typed(take(names::NAT_FWD)?, names::NAT_FWD)?,
+                rev: typed(take(names::NAT_REV)?, names::NAT_REV)?,
+            },
+            config: typed(take(names::CONFIG)?, names::CONFIG)?,
+            ifaces: typed(take(names::IFACES)?, names::IFACES)?,
+            lan_nets: typed(take(names::LAN_NETS)?, names::LAN_NETS)?,
+            counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
+        })
+    }
+
+    /// Opens the maps of the gateway running in this network namespace.
+    pub fn open(source: MapSource<'_>) -> Result<Self, MapsError> {
+        Ok(Self {
+            nat: NatMaps {
+                fwd: typed(source.open(names::NAT_FWD)?, names::NAT_FWD)?,
+                rev: typed(source.open(names::NAT_REV)?, names::NAT_REV)?,
+            },
+            config: typed(source.open(names::CONFIG)?, names::CONFIG)?,
+            ifaces: typed(source.open(names::IFACES)?, names::IFACES)?,
+            lan_nets: typed(source.open(names::LAN_NETS)?, names::LAN_NETS)?,
+            counters: typed(source.open(names::COUNTERS)?, names::COUNTERS)?,
+        })
+    }
+
+    fn data(&self) -> [(&'static str, &MapData); 6] {
+        [
+            (names::NAT_FWD, self.nat.fwd.map()),
+            (names::NAT_REV, self.nat.rev.map()),
+            (names::CONFIG, self.config.map()),
+            (names::IFACES, self.ifaces.map()),
+            (names::LAN_NETS, self.lan_nets.map()),
+            (names::COUNTERS, self.counters.map()),
+        ]
+    }
+
+    /// Pins every map into `dirs.pin_dir` (which must exist).
+    pub fn pin(&self, dirs: &RuntimeDirs) -> Result<(), MapsError> {
+        for (name, data) in self.data() {
+            let path = dirs.pin_path(name);
+            data.pin(&path).map_err(|source| MapsError::Pin {
+                name,
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Kernel ids of the maps, for the state file.
+    pub fn ids(&self) -> Result<BTreeMap<String, u32>, MapsError> {
+        self.data()
+            .into_iter()
+            .map(|(name, data)| {
+                let info = data.info().map_err(map_err(name))?;
+                Ok((name.to_owned(), info.id()))
+            })
+            .collect()
+    }
+
+    /// Capacity of `NAT_FWD` as created.
+    pub fn max_mappings(&self) -> Result<u32, MapsError> {
+        let info = self.nat.fwd.map().info().map_err(map_err(names::NAT_FWD))?;
+        Ok(info.max_entries())
+    }
+
+    /// Writes `CONFIG[0]`.
+    pub fn write_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))
+    }
+
+    /// Sets the facts of interface `ifindex`.
+    pub fn set_iface(&mut self, ifindex: u32, iface: IfaceConfig) -> Result<(), MapsError> {
+        self.ifaces
+            .insert(ifindex, iface, 0)
+            .map_err(map_err(names::IFACES))
+    }
+
+    /// The facts of interface `ifindex`, if set.
+    pub fn iface(&self, ifindex: u32) -> Result<Option<IfaceConfig>, MapsError> {
+        get(&self.ifaces, &ifindex, names::IFACES)
+    }
+
+    /// Forgets interface `ifindex`.
+    pub fn remove_iface(&mut self, ifindex: u32) -> Result<bool, MapsError> {
+        remove(&mut self.ifaces, &ifindex, names::IFACES)
+    }
+
+    /// Adds internal prefix `p` (its network) to `LAN_NETS`.
+    pub fn add_lan_net(&mut self, p: &Ipv4Prefix) -> Result<(), MapsError> {
+        self.lan_nets
+            .insert(&lan_key(p), 1, 0)
+            .map_err(map_err(names::LAN_NETS))
+    }
+
+    /// Removes internal prefix `p` from `LAN_NETS`.
+    pub fn remove_lan_net(&mut self, p: &Ipv4Prefix) -> Result<bool, MapsError> {
+        match self.lan_nets.remove(&lan_key(p)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(names::LAN_NETS)(e)),
+        }
+    }
+
+    /// Every counter summed over CPUs, in index order.
+    pub fn counters(&self) -> Result<Vec<(Counter, u64)>, MapsError> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let per_cpu = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map_err(map_err(names::COUNTERS))?;
+                Ok((*c, per_cpu.iter().copied().fold(0u64, u64::wrapping_add)))
+            })
+            .collect()
+    }
+
+    /// Number of entries in `NAT_FWD`.
+    pub fn mapping_count(&self) -> Result<usize, MapsError> {
+        let mut n = 0;
+        for key in self.nat.fwd.keys() {
+            key.map_err(map_err(names::NAT_FWD))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// `LAN_NETS` key of a prefix: the network address as wire octets.
+#[must_use]
+pub fn lan_key(p: &Ipv4Prefix) -> LpmKey<u32> {
+    LpmKey::new(
+        u32::from(p.len()),
+        natgw_common::addr_be(p.network().octets()),
+    )
+}
+
+/// An address held in a `_be` map field.
+#[must_use]
+pub const fn ipv4(addr_be: u32) -> Ipv4Addr {
+    let o = natgw_common::addr_octets(addr_be);
+    Ipv4Addr::new(o[0], o[1], o[2], o[3])
+}
+
+/// A port held in a `_be` map field.
+#[must_use]
+pub const fn port(port_be: u16) -> u16 {
+    u16::from_be(port_be)
+}
+
+/// The reverse-table key of a forward entry: its external endpoint.
+#[must_use]
+pub const fn rev_key_of(key: &FwdKey, m: &Mapping) -> RevKey {
+    RevKey {
+        addr_be: m.ext_addr_be,
+        port_be: m.ext_port_be,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
+/// The forward-table key a reverse entry points back to: its internal endpoint.
+#[must_use]
+pub const fn fwd_key_of(key: &RevKey, r: &RevValue) -> FwdKey {
+    FwdKey {
+        addr_be: r.int_addr_be,
+        port_be: r.int_port_be,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
+/// Whether `r` is the reverse entry of the mapping (`fk`, `m`) — same endpoints and
+/// the same `created_ns`, so not a stale claim or one of a newer mapping.
+#[must_use]
+pub const fn rev_matches(fk: &FwdKey, m: &Mapping, r: &RevValue) -> bool {
+    r.created_ns == m.created_ns && r.int_addr_be == fk.addr_be && r.int_port_be == fk.port_be
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lan_key_holds_the_network_in_wire_order() {
+        let k = lan_key(&"10.0.1.77/24".parse().unwrap());
+        assert_eq!(k.prefix_len(), 24);
+        assert_eq!(k.data().to_ne_bytes(), [10, 0, 1, 0]);
+    }
+
+    #[test]
+    fn be_fields_convert_to_addresses_and_ports() {
+        let a = natgw_common::addr_be([192, 0, 2, 1]);
+        assert_eq!(ipv4(a), Ipv4Addr::new(192, 0, 2, 1));
+        assert_eq!(port(40000u16.to_be()), 40000);
+    }
+
+    #[test]
+    fn keys_point_at_each_other() {
+        let fk = FwdKey {
+            addr_be: natgw_common::addr_be([10, 0, 1, 2]),
+            port_be: 40000u16.to_be(),
+            proto: 17,
+            _pad: 0,
+        };
+        let m = Mapping {
+            ext_addr_be: natgw_common::addr_be([192, 0, 2, 1]),
+            ext_port_be: 40002u16.to_be(),
+            created_ns: 5,
+            ..Mapping::default()
+        };
+        let rk = rev_key_of(&fk, &m);
+        let r = RevValue {
+            int_addr_be: fk.addr_be,
+            int_port_be: fk.port_be,
+            created_ns: 5,
+            ..RevValue::default()
+        };
+        assert_eq!(fwd_key_of(&rk, &r), fk);
+        assert!(rev_matches(&fk, &m, &r));
+        assert!(!rev_matches(&fk, &m, &RevValue { created_ns: 6, ..r }));
+    }
+}

@@ -1,0 +1,92 @@
+//! `natgw status` and `natgw mappings`: find the gateway running in this network
+//! namespace through its state file, open its maps (pins, else kernel ids) and print
+//! what they hold.
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::gc::Policy;
+use crate::maps::{GatewayMaps, MapSource, NatTables as _};
+use crate::output::{self, MappingsReport, StatusReport};
+use crate::state::{RuntimeDirs, StateFile};
+use crate::system;
+
+/// The running gateway's state file and maps.
+fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {
+    let dirs = RuntimeDirs::for_current_netns()?;
+    let state = dirs.read_state()?;
+    if !system::process_alive_in_netns(state.pid, dirs.netns_inode) {
+        bail!(
+            "natgw (pid {}) is no longer running in this network namespace; {} is stale \
+             (the next `natgw run` here removes it)",
+            state.pid,
+            dirs.state_file().display()
+        );
+    }
+    let maps = GatewayMaps::open(MapSource {
+        dirs: &dirs,
+        ids: &state.map_ids,
+    })
+    .with_context(|| format!("reading the maps of natgw pid {}", state.pid))?;
+    Ok((dirs, state, maps))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `natgw status`.
+pub fn status(json: bool) -> Result<()> {
+    let (dirs, state, maps) = open()?;
+    let mut interfaces = state.interfaces.clone();
+    for i in interfaces.iter_mut().filter(|i| i.present) {
+        // Live value: the daemon updates IFACES when a veth peer attaches XDP.
+        if let Ok(Some(cfg)) = maps.iface(i.ifindex) {
+            i.redirect_ok = cfg.redirect_ok != 0;
+        }
+    }
+    let report = StatusReport {
+        natgw_version: state.natgw_version.clone(),
+        pid: state.pid,
+        netns_inode: dirs.netns_inode,
+        uptime_s: system::unix_time().saturating_sub(state.started_unix),
+        pin_dir: dirs.pin_dir.display().to_string(),
+        external_address: state.external_address,
+        interfaces,
+        config: state.settings.clone(),
+        counters: maps
+            .counters()?
+            .into_iter()
+            .map(|(c, v)| (c.name().to_owned(), v))
+            .collect(),
+        mappings: maps.mapping_count()?,
+        max_mappings: maps.max_mappings()?,
+    };
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", output::status_text(&report));
+        Ok(())
+    }
+}
+
+/// `natgw mappings`.
+pub fn mappings(json: bool) -> Result<()> {
+    let (_dirs, state, maps) = open()?;
+    let now = system::monotonic_ns();
+    let fwd = maps.nat.fwd_entries()?;
+    let rev = maps.nat.rev_entries()?;
+    let policy = Policy::new(&state.settings.timeouts, state.settings.inbound_refresh);
+    let rows = output::mapping_rows(&fwd, &rev, &policy, now);
+    let report = MappingsReport {
+        count: rows.len(),
+        max_mappings: maps.max_mappings()?,
+        mappings: rows,
+    };
+    if json {
+        print_json(&report)
+    } else {
+        print!("{}", output::mappings_text(&report));
+        Ok(())
+    }
+}
