@@ -216,9 +216,14 @@ fn fast_path_redirects_with_complete_checksums() {
         let seen = udp_round_trip(&lan, &wan, to, &vec![b'x'; len]);
         assert_eq!(seen, SocketAddrV4::new(GW_WAN_ADDR, 45001));
     }
+    // The fast path does the router's TTL duty: gateway and inet router each take one.
+    enable_recv_ttl(&wan);
+    lan.set_ttl(10).expect("ttl");
+    lan.send_to(b"ttl", to).expect("send");
+    assert_eq!(recv_ttl(&wan), 8);
     let status = s.natgw.status();
     assert!(
-        s.natgw.counter("xdp_out_redirected") >= out0 + 3,
+        s.natgw.counter("xdp_out_redirected") >= out0 + 4,
         "{status}"
     );
     assert!(s.natgw.counter("xdp_in_redirected") >= in0 + 3, "{status}");
@@ -338,4 +343,29 @@ fn recv_icmp_error(sock: &std::net::UdpSocket) -> (u8, Ipv4Addr) {
         None
     });
     got.expect("an ICMP error reached the sender")
+}
+
+#[test]
+fn generic_xdp_mode_translates_through_the_kernel_path() {
+    // In SKB mode a redirected veth frame would keep its partial-checksum state, so
+    // natgw leaves such frames to the kernel's path; traffic must still flow.
+    let s = Setup::new(&["--xdp-mode", "skb"]);
+    enable_gro(&s.tb.inet, "gw0");
+    enable_gro(&s.tb.lan[0].ns, "eth0");
+    let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 45003);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 7000);
+    let to = SocketAddrV4::new(WAN_A_ADDR, 7000);
+    for len in [33, 1001] {
+        let seen = udp_round_trip(&lan, &wan, to, &vec![b'y'; len]);
+        assert_eq!(seen, SocketAddrV4::new(GW_WAN_ADDR, 45003));
+    }
+    let status = s.natgw.status();
+    assert!(
+        status["interfaces"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["xdp_mode"] == "skb")),
+        "{status}"
+    );
+    assert_eq!(s.natgw.counter("xdp_out_redirected"), 0, "{status}");
+    assert!(s.natgw.counter("tc_out_translated") >= 2, "{status}");
 }

@@ -56,8 +56,11 @@ pub struct IfaceConfig {
     /// checksum, as veth frames from local sockets do. XDP then recomputes the L4
     /// checksum in full before redirecting instead of updating it incrementally.
     pub rx_csum_partial: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// 1 when XDP runs on this interface in generic (SKB) mode. A frame redirected
+    /// from there keeps its socket buffer, partial-checksum state included, so the
+    /// fast path's full checksum would be wrong for it: such frames, when
+    /// `rx_csum_partial` is set too, take the kernel's path instead.
+    pub rx_xdp_generic: u8,
 }
 
 impl IfaceConfig {

@@ -67,9 +67,15 @@ pub fn next_hop<C: EbpfContext>(
     if pkt.frag != Fragment::None {
         return Err(Counter::PassFragment);
     }
-    let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
-    if rx_partial && pkt.l4_len() > MAX_FULL_CSUM_LEN {
-        return Err(Counter::PassMtu);
+    if let Some(rx) = nat::iface(ingress) {
+        if rx.rx_csum_partial != 0 {
+            if rx.rx_xdp_generic != 0 {
+                return Err(Counter::PassNoRedirect);
+            }
+            if pkt.l4_len() > MAX_FULL_CSUM_LEN {
+                return Err(Counter::PassMtu);
+            }
+        }
     }
     let hop = fib::lookup(ctx, pkt, dst, ingress)?;
     let Some(egress) = nat::iface(hop.ifindex) else {

@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig, Settings};
 use crate::gc::{Policy, Sweeper};
-use crate::loader::{self, programs, TcAttachment, XdpAttachment};
+use crate::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
 use crate::maps::GatewayMaps;
 use crate::netlink::netdev::{self, GenlError, Netdev};
 use crate::netlink::{Link, NetlinkError, Rtnl};
@@ -194,6 +194,8 @@ struct Iface {
     role: Role,
     redirect_ok: bool,
     present: bool,
+    /// XDP runs here in generic (SKB) mode.
+    xdp_generic: bool,
 }
 
 impl Iface {
@@ -205,7 +207,7 @@ impl Iface {
             },
             redirect_ok: u8::from(self.redirect_ok),
             rx_csum_partial: u8::from(self.link.is_veth()),
-            _pad: 0,
+            rx_xdp_generic: u8::from(self.xdp_generic),
         }
     }
 }
@@ -271,6 +273,7 @@ impl Daemon {
                 role,
                 redirect_ok,
                 present: true,
+                xdp_generic: false,
             });
         }
 
@@ -298,6 +301,13 @@ impl Daemon {
                 Role::Wan => programs::XDP_WAN,
             };
             let att = loader::attach_xdp(&mut self.ebpf, prog, &name, ifindex, mode)?;
+            if att.mode == AttachedMode::Skb {
+                self.ifaces[i].xdp_generic = true;
+                let cfg = self.ifaces[i].config();
+                self.maps()?
+                    .set_iface(ifindex, cfg)
+                    .with_context(|| format!("registering {name}'s XDP mode in IFACES"))?;
+            }
             self.xdp.push(att);
         }
 
