@@ -104,32 +104,42 @@ fn tcp_echo_once(listener: TcpListener) -> std::thread::JoinHandle<SocketAddrV4>
     })
 }
 
-#[test]
-fn tcp_round_trip_is_translated() {
-    // rfc5382 REQ-1, REQ-2 (three-way handshake, data, FIN in both directions)
-    let s = Setup::new(&[]);
-    let listener = s.tb.wan[0]
-        .ns
-        .run(|| TcpListener::bind((WAN_A_ADDR, 8080)))
-        .expect("listen");
+/// Connects from `ns` to a one-shot echo server at `to` and checks the echo;
+/// returns (the client's local port, the peer address the server saw).
+fn tcp_hello(
+    client: &testbed::Netns,
+    server: &testbed::Netns,
+    to: SocketAddrV4,
+) -> (u16, SocketAddrV4) {
+    let listener = server.run(|| TcpListener::bind(to)).expect("listen");
     let server = tcp_echo_once(listener);
-    let mut conn = s.tb.lan[0]
-        .ns
-        .run(|| TcpStream::connect_timeout(&(WAN_A_ADDR, 8080).into(), WAIT))
+    let mut conn = client
+        .run(|| TcpStream::connect_timeout(&to.into(), WAIT))
         .expect("connect through the NAT");
     conn.set_read_timeout(Some(WAIT)).expect("timeout");
     let local = conn.local_addr().expect("local addr");
     conn.write_all(b"hello").expect("send");
     conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
     assert_eq!(read_all(&mut conn), b"hello");
-    let peer = server.join().expect("server thread");
+    (local.port(), server.join().expect("server thread"))
+}
+
+#[test]
+fn tcp_round_trip_is_translated() {
+    // rfc5382 REQ-1, REQ-2 (three-way handshake, data, FIN in both directions)
+    let s = Setup::new(&[]);
+    let (local_port, peer) = tcp_hello(
+        &s.tb.lan[0].ns,
+        &s.tb.wan[0].ns,
+        SocketAddrV4::new(WAN_A_ADDR, 8080),
+    );
     assert_eq!(*peer.ip(), GW_WAN_ADDR, "server sees the external address");
-    assert_eq!(peer.port(), local.port(), "port preserved");
+    assert_eq!(peer.port(), local_port, "port preserved");
     let m = s
         .natgw
-        .mapping_of("tcp", SocketAddrV4::new(LAN_A_ADDR, local.port()))
+        .mapping_of("tcp", SocketAddrV4::new(LAN_A_ADDR, local_port))
         .expect("TCP mapping listed");
-    assert_eq!(m["external"], format!("{GW_WAN_ADDR}:{}", local.port()));
+    assert_eq!(m["external"], format!("{GW_WAN_ADDR}:{}", local_port));
 }
 
 #[test]
@@ -228,20 +238,12 @@ fn fast_path_redirects_with_complete_checksums() {
     );
     assert!(s.natgw.counter("xdp_in_redirected") >= in0 + 3, "{status}");
     // TCP through the fast path too.
-    let listener = s.tb.wan[0]
-        .ns
-        .run(|| TcpListener::bind((WAN_A_ADDR, 8080)))
-        .expect("listen");
-    let server = tcp_echo_once(listener);
-    let mut conn = s.tb.lan[0]
-        .ns
-        .run(|| TcpStream::connect_timeout(&(WAN_A_ADDR, 8080).into(), WAIT))
-        .expect("connect");
-    conn.set_read_timeout(Some(WAIT)).expect("timeout");
-    conn.write_all(b"hello").expect("send");
-    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    assert_eq!(read_all(&mut conn), b"hello");
-    assert_eq!(*server.join().expect("server").ip(), GW_WAN_ADDR);
+    let (_, peer) = tcp_hello(
+        &s.tb.lan[0].ns,
+        &s.tb.wan[0].ns,
+        SocketAddrV4::new(WAN_A_ADDR, 8080),
+    );
+    assert_eq!(*peer.ip(), GW_WAN_ADDR);
 }
 
 #[test]

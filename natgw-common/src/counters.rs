@@ -22,6 +22,18 @@ macro_rules! counters {
             pub const fn name(self) -> &'static str {
                 match self { $(Counter::$variant => $name,)* }
             }
+
+            /// Whether this counter records a dropped packet (`drop_*`).
+            #[must_use]
+            pub const fn is_drop(self) -> bool {
+                let name = self.name().as_bytes();
+                name.len() > 5
+                    && name[0] == b'd'
+                    && name[1] == b'r'
+                    && name[2] == b'o'
+                    && name[3] == b'p'
+                    && name[4] == b'_'
+            }
         }
     };
 }
@@ -82,6 +94,7 @@ mod tests {
             for other in &Counter::ALL[i + 1..] {
                 assert_ne!(c.name(), other.name());
             }
+            assert_eq!(c.is_drop(), c.name().starts_with("drop_"));
         }
     }
 }

@@ -1,23 +1,63 @@
-//! The last step of the XDP fast path, shared by both directions: rewrite the
-//! packet, make its L4 checksum complete, do the router's TTL duty, set the MAC
-//! addresses from the FIB result and redirect.
+//! What both XDP programs share: parsing a frame, turning a counted verdict into an
+//! XDP action, deciding whether the fast path can take a packet, and its last step
+//! (rewrite, complete the L4 checksum, the router's TTL duty, MAC addresses from the
+//! FIB result, redirect).
 
-use aya_ebpf::{helpers::generated::bpf_redirect, EbpfContext};
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_redirect,
+    programs::XdpContext,
+    EbpfContext,
+};
 use natgw_common::{
     packet::{
-        apply_incremental, decrement_ttl, recompute_l4_checksum, Fragment, Ipv4Packet,
-        PacketBufMut, Rewrite, MAX_FULL_CSUM_LEN,
+        apply_incremental, decrement_ttl, ipv4_offset, parse_ipv4, recompute_l4_checksum, Fragment,
+        Ipv4Packet, PacketBufMut, ParseError, Rewrite, MAX_FULL_CSUM_LEN,
     },
     Counter, IfaceRole,
 };
 
 use crate::{
     buf::XdpBuf,
+    counters::count,
     nat::{
         self,
         fib::{self, NextHop},
     },
 };
+
+/// Runs an XDP program body: `Ok` is the action to return, `Err` a verdict that is
+/// counted and turned into `XDP_DROP` (drop counters) or `XDP_PASS` (the rest).
+#[inline(always)]
+pub fn run(ctx: &XdpContext, body: impl FnOnce(&XdpContext) -> Result<u32, Counter>) -> u32 {
+    match body(ctx) {
+        Ok(action) => action,
+        Err(counter) => {
+            count(counter);
+            if counter.is_drop() {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            }
+        }
+    }
+}
+
+/// Parses the frame as Ethernet/IPv4.
+#[inline(always)]
+pub fn parse(buf: &XdpBuf) -> Result<Ipv4Packet, Counter> {
+    let l3 = match ipv4_offset(buf) {
+        Ok(Some(l3)) => l3,
+        Ok(None) => return Err(Counter::PassNotIpv4),
+        Err(_) => return Err(Counter::DropMalformed),
+    };
+    match parse_ipv4(buf, l3) {
+        Ok(pkt) => Ok(pkt),
+        // Possibly a multi-buffer frame: the kernel's path sees all of it.
+        Err(ParseError::Truncated) => Err(Counter::PassFib),
+        Err(ParseError::Invalid) => Err(Counter::DropMalformed),
+    }
+}
 
 /// Applies `rw` to the frame and prepares it for `hop`.
 ///

@@ -6,42 +6,23 @@
 //! handed to the kernel untouched; the kernel routes it (and sends ICMP time
 //! exceeded or fragmentation needed where due) and `tc_wan_egress` translates it.
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use natgw_common::{
-    packet::{ipv4_offset, parse_ipv4, Fragment, ParseError, Rewrite, Side},
+    packet::{Fragment, Rewrite, Side},
     Counter, IfaceRole,
 };
 
 use crate::{
     buf::XdpBuf,
     counters::count,
-    fastpath::{forward, next_hop, redirect},
+    fastpath::{self, forward, next_hop, redirect},
     nat::{self, mapping},
 };
 
 /// Entry point of `xdp_lan`.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    match try_run(ctx) {
-        Ok(action) => action,
-        Err(counter) => {
-            count(counter);
-            if matches!(
-                counter,
-                Counter::DropMalformed
-                    | Counter::DropPortsExhausted
-                    | Counter::DropTableFull
-                    | Counter::DropInternal
-            ) {
-                XDP_DROP
-            } else {
-                XDP_PASS
-            }
-        }
-    }
+    fastpath::run(ctx, try_run)
 }
 
 #[inline(always)]
@@ -50,17 +31,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         return Ok(XDP_PASS);
     };
     let mut buf = XdpBuf::new(ctx);
-    let l3 = match ipv4_offset(&buf) {
-        Ok(Some(l3)) => l3,
-        Ok(None) => return Err(Counter::PassNotIpv4),
-        Err(_) => return Err(Counter::DropMalformed),
-    };
-    let pkt = match parse_ipv4(&buf, l3) {
-        Ok(pkt) => pkt,
-        // Possibly a multi-buffer frame: the kernel's path sees all of it.
-        Err(ParseError::Truncated) => return Err(Counter::PassFib),
-        Err(ParseError::Invalid) => return Err(Counter::DropMalformed),
-    };
+    let pkt = fastpath::parse(&buf)?;
     if !nat::is_internal(pkt.src) {
         return Err(Counter::PassNotNat);
     }

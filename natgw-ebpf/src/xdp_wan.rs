@@ -6,39 +6,23 @@
 //! no mapping is dropped here, unless a socket of the gateway itself owns the port.
 //! Everything else is the gateway's own traffic and goes to the kernel.
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use natgw_common::{
-    packet::{ipv4_offset, parse_ipv4, Fragment, Ipv4Packet, ParseError, Rewrite, Side},
+    packet::{Fragment, Ipv4Packet, Rewrite, Side},
     Config, Counter, IfaceRole,
 };
 
 use crate::{
     buf::XdpBuf,
     counters::count,
-    fastpath::{forward, next_hop, redirect},
+    fastpath::{self, forward, next_hop, redirect},
     nat::{self, mapping, socket::local_socket_owns},
 };
 
 /// Entry point of `xdp_wan`.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    match try_run(ctx) {
-        Ok(action) => action,
-        Err(counter) => {
-            count(counter);
-            if matches!(
-                counter,
-                Counter::DropMalformed | Counter::DropNoMapping | Counter::DropInternal
-            ) {
-                XDP_DROP
-            } else {
-                XDP_PASS
-            }
-        }
-    }
+    fastpath::run(ctx, try_run)
 }
 
 #[inline(always)]
@@ -47,16 +31,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         return Ok(XDP_PASS);
     };
     let mut buf = XdpBuf::new(ctx);
-    let l3 = match ipv4_offset(&buf) {
-        Ok(Some(l3)) => l3,
-        Ok(None) => return Err(Counter::PassNotIpv4),
-        Err(_) => return Err(Counter::DropMalformed),
-    };
-    let pkt = match parse_ipv4(&buf, l3) {
-        Ok(pkt) => pkt,
-        Err(ParseError::Truncated) => return Err(Counter::PassFib),
-        Err(ParseError::Invalid) => return Err(Counter::DropMalformed),
-    };
+    let pkt = fastpath::parse(&buf)?;
     if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
         return Err(Counter::PassNotNat);
     }
