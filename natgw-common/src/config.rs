@@ -16,6 +16,14 @@ pub struct Config {
     pub port_max: u16,
     /// `CONFIG_F_*` bits.
     pub flags: u32,
+    /// [`crate::maps::FilterMode`] of new UDP mappings.
+    pub filter_udp: u8,
+    /// [`crate::maps::FilterMode`] of new TCP mappings.
+    pub filter_tcp: u8,
+    /// [`crate::maps::FilterMode`] of new ICMP query mappings.
+    pub filter_icmp: u8,
+    /// Explicit padding.
+    pub _pad: u8,
 }
 
 /// The controller has filled the configuration; until then every program passes all
@@ -25,6 +33,16 @@ pub const CONFIG_F_READY: u32 = 1 << 0;
 pub const CONFIG_F_INBOUND_REFRESH: u32 = 1 << 1;
 
 impl Config {
+    /// The filter mode of new mappings of `proto`.
+    #[must_use]
+    pub const fn filter_for(&self, proto: u8) -> u8 {
+        match proto {
+            crate::IPPROTO_TCP => self.filter_tcp,
+            crate::IPPROTO_ICMP => self.filter_icmp,
+            _ => self.filter_udp,
+        }
+    }
+
     /// Whether the controller has finished configuring the data path.
     #[must_use]
     pub const fn is_ready(&self) -> bool {

@@ -68,10 +68,19 @@ counters! {
     PassFib = "pass_fib",
     /// Handed to the kernel: an IP fragment (translated on the TC path).
     PassFragment = "pass_fragment",
+    /// Handed to the kernel: an ICMP error (translated on the TC path).
+    PassIcmpError = "pass_icmp_error",
+    /// ICMP error about a mapped flow translated on its way in (RFC 5508 REQ-4).
+    IcmpErrorInTranslated = "icmp_error_in_translated",
+    /// ICMP error about a mapped flow translated on its way out (RFC 5508 REQ-5).
+    IcmpErrorOutTranslated = "icmp_error_out_translated",
     /// Dropped: header too short or inconsistent.
     DropMalformed = "drop_malformed",
-    /// Dropped: inbound packet for an external port with no mapping.
+    /// Dropped: inbound packet for an external port with no mapping (or an outbound
+    /// RST, which never creates one).
     DropNoMapping = "drop_no_mapping",
+    /// Dropped: inbound packet refused by its mapping's filter (ADF/APDF).
+    DropFiltered = "drop_filtered",
     /// Dropped: no free external port for a new mapping.
     DropPortsExhausted = "drop_ports_exhausted",
     /// Dropped: the mapping table is full.

@@ -6,7 +6,7 @@
 //! Addresses and ports that travel on the wire are stored in network byte order;
 //! fields holding them end in `_be` and hold the octets as they appear on the wire
 //! (`u32::from_ne_bytes(addr.octets())`).
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod config;
 pub mod counters;
@@ -14,6 +14,7 @@ pub mod csum;
 pub mod maps;
 pub mod packet;
 pub mod ports;
+pub mod tcp;
 
 pub use config::{Config, IfaceConfig, IfaceRole};
 pub use counters::Counter;

@@ -24,6 +24,135 @@ pub mod names {
     pub const LAN_NETS: &str = "LAN_NETS";
     /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Sessions: [`super::SessionKey`] -> [`super::Session`].
+    pub const NAT_SESSIONS: &str = "NAT_SESSIONS";
+    /// Held unsolicited SYNs: [`super::SessionKey`] -> [`super::HeldSyn`].
+    pub const HELD_SYNS: &str = "HELD_SYNS";
+    /// Ring buffer of [`super::Event`]s for the controller.
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Entries in `HELD_SYNS`: a flood of unsolicited SYNs beyond this is dropped
+/// without being remembered (so without the later ICMP), never at the cost of state.
+pub const MAX_HELD_SYNS: u32 = 4096;
+/// Size of the `EVENTS` ring buffer in bytes (a power of two, page multiple).
+pub const EVENTS_RING_BYTES: u32 = 64 * 1024;
+
+/// Inbound filtering of a mapping (RFC 4787 REQ-8, RFC 5382 REQ-3).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// Any remote endpoint may send to the mapping.
+    EndpointIndependent = 0,
+    /// Only remote addresses the internal endpoint has sent to.
+    AddressDependent = 1,
+    /// Only remote address-and-port pairs the internal endpoint has sent to.
+    AddressAndPortDependent = 2,
+}
+
+impl FilterMode {
+    /// Decodes the `filter` byte of a [`RevValue`].
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::EndpointIndependent),
+            1 => Some(Self::AddressDependent),
+            2 => Some(Self::AddressAndPortDependent),
+            _ => None,
+        }
+    }
+
+    /// Name used in the configuration and listings.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::EndpointIndependent => "endpoint-independent",
+            Self::AddressDependent => "address-dependent",
+            Self::AddressAndPortDependent => "address-and-port-dependent",
+        }
+    }
+}
+
+/// Key of `NAT_SESSIONS` and `HELD_SYNS`: one external endpoint and one remote
+/// endpoint. With `remote_port_be` 0 it is the address-only record used by
+/// address-dependent filtering.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// External address of the mapping.
+    pub ext_addr_be: u32,
+    /// Remote address.
+    pub remote_addr_be: u32,
+    /// External port of the mapping.
+    pub ext_port_be: u16,
+    /// Remote port (0: any port of `remote_addr_be`).
+    pub remote_port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of `NAT_SESSIONS`: the traffic between one mapping and one remote endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// `CLOCK_MONOTONIC` time of creation (ns).
+    pub created_ns: u64,
+    /// Last outbound packet (ns), 0 if none.
+    pub last_out_ns: u64,
+    /// Last inbound packet (ns), 0 if none.
+    pub last_in_ns: u64,
+    /// [`crate::tcp::TcpState`] as its `u8` value (TCP sessions).
+    pub tcp_state: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+
+/// Value of `HELD_SYNS`: an unsolicited inbound SYN that was dropped silently
+/// (RFC 5382 REQ-4). If no outbound SYN for it is translated within 6 s, the
+/// controller answers it with ICMP port unreachable (when so configured), built from
+/// these fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldSyn {
+    /// When it arrived (ns).
+    pub seen_ns: u64,
+    /// Its TCP sequence number (wire order).
+    pub seq_be: u32,
+    /// Its IP identification (wire order).
+    pub ip_id_be: u16,
+    /// Its TTL.
+    pub ttl: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Why the data path asks the controller to send an ICMP error.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// No mapping could be created: answer with destination unreachable code 13
+    /// (RFC 5508 REQ-8).
+    NoMapping = 1,
+}
+
+/// Bytes of the offending packet carried by an [`Event`]: its IPv4 header without
+/// options plus the first 8 bytes of its payload, as an ICMP error embeds them.
+pub const EVENT_SNIPPET: usize = 28;
+
+/// A record in the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// [`EventKind`] as its `u8` value.
+    pub kind: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Interface the offending packet arrived on.
+    pub ifindex: u32,
+    /// The packet's IPv4 header (IHL forced to 5) and first 8 payload bytes.
+    pub snippet: [u8; EVENT_SNIPPET],
 }
 
 /// Default capacity of each NAT table (entries); the controller may change it.
@@ -144,8 +273,8 @@ pub struct RevValue {
     pub int_port_be: u16,
     /// [`tcp_seen`] bits of inbound segments.
     pub tcp_flags_in: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// [`FilterMode`] of the mapping as its `u8` value.
+    pub filter: u8,
     /// `created_ns` of the forward entry this claim belongs to.
     pub created_ns: u64,
     /// `CLOCK_MONOTONIC` time of the last inbound packet (ns), 0 if none yet.
@@ -166,6 +295,14 @@ mod pod {
     unsafe impl aya::Pod for super::Mapping {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RevValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SessionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Session {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeldSyn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Event {}
 }
 
 #[cfg(test)]
@@ -179,5 +316,9 @@ mod tests {
         assert_eq!(size_of::<RevKey>(), 8);
         assert_eq!(size_of::<Mapping>(), 40);
         assert_eq!(size_of::<RevValue>(), 40);
+        assert_eq!(size_of::<super::SessionKey>(), 16);
+        assert_eq!(size_of::<super::Session>(), 32);
+        assert_eq!(size_of::<super::HeldSyn>(), 16);
+        assert_eq!(size_of::<super::Event>(), 36);
     }
 }

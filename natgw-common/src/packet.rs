@@ -3,7 +3,7 @@
 //! it. Every read is bounds-checked by the buffer at the point it is made; the parse
 //! result is a small struct of offsets and fields that everything after works on.
 
-use crate::{csum, IPPROTO_TCP, IPPROTO_UDP};
+use crate::{csum, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Length of an Ethernet header without VLAN tags.
 pub const ETH_HLEN: usize = 14;
@@ -52,6 +52,47 @@ pub mod l4 {
     pub const TCP_CSUM: usize = 16;
     /// TCP header length without options.
     pub const TCP_MIN_HLEN: usize = 20;
+    /// ICMP checksum.
+    pub const ICMP_CSUM: usize = 2;
+    /// ICMP query identifier.
+    pub const ICMP_ID: usize = 4;
+    /// ICMP header length (type, code, checksum, rest of header).
+    pub const ICMP_HLEN: usize = 8;
+}
+
+/// ICMP message types natgw distinguishes (RFC 792, RFC 5508 REQ-10).
+pub mod icmp {
+    /// Echo reply.
+    pub const ECHO_REPLY: u8 = 0;
+    /// Destination unreachable.
+    pub const DEST_UNREACH: u8 = 3;
+    /// Source quench (deprecated, still an error message).
+    pub const SOURCE_QUENCH: u8 = 4;
+    /// Redirect.
+    pub const REDIRECT: u8 = 5;
+    /// Echo request.
+    pub const ECHO_REQUEST: u8 = 8;
+    /// Time exceeded.
+    pub const TIME_EXCEEDED: u8 = 11;
+    /// Parameter problem.
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// Timestamp request.
+    pub const TIMESTAMP_REQUEST: u8 = 13;
+    /// Timestamp reply.
+    pub const TIMESTAMP_REPLY: u8 = 14;
+    /// Information request (obsolete query, still mapped by identifier).
+    pub const INFO_REQUEST: u8 = 15;
+    /// Information reply.
+    pub const INFO_REPLY: u8 = 16;
+    /// Address mask request.
+    pub const ADDRESS_MASK_REQUEST: u8 = 17;
+    /// Address mask reply.
+    pub const ADDRESS_MASK_REPLY: u8 = 18;
+    /// Destination unreachable code: communication administratively prohibited
+    /// (RFC 1812), sent when no mapping can be made (RFC 5508 REQ-8).
+    pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+    /// Destination unreachable code: port unreachable.
+    pub const CODE_PORT_UNREACHABLE: u8 = 3;
 }
 
 /// Largest L4 segment whose checksum the programs recompute in full (a bounded loop
@@ -114,6 +155,24 @@ pub enum Fragment {
     Later,
 }
 
+/// What the L4 part of a packet is, as far as translation is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Kind {
+    /// UDP or TCP with its ports present.
+    Ports,
+    /// An ICMP query request (echo, timestamp, information, address mask), mapped
+    /// by its identifier like a port (RFC 5508 REQ-1a). (Fieldless variants only:
+    /// a variant with data leaves bytes undefined in the others, which the
+    /// verifier rejects when they are copied.)
+    IcmpRequest,
+    /// An ICMP query reply.
+    IcmpReply,
+    /// An ICMP error message, which embeds (part of) the packet it is about.
+    IcmpError,
+    /// Anything else: other protocols, unknown ICMP types, later fragments.
+    Other,
+}
+
 /// The fields and offsets of an IPv4 packet that translation needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Packet {
@@ -133,22 +192,56 @@ pub struct Ipv4Packet {
     pub dst: [u8; 4],
     /// Fragment position.
     pub frag: Fragment,
-    /// UDP/TCP source port (wire order), 0 for other protocols and later fragments.
+    /// What the L4 part is.
+    pub kind: L4Kind,
+    /// ICMP type and code, 0 for other protocols.
+    pub icmp_type: u8,
+    /// ICMP code.
+    pub icmp_code: u8,
+    /// UDP/TCP source port or ICMP query identifier (wire order), 0 otherwise.
     pub sport_be: u16,
-    /// UDP/TCP destination port (wire order), 0 otherwise.
+    /// UDP/TCP destination port or ICMP query identifier (wire order), 0 otherwise.
     pub dport_be: u16,
     /// TCP flags byte, 0 otherwise.
     pub tcp_flags: u8,
+    /// TCP sequence number (wire order), 0 otherwise.
+    pub tcp_seq_be: u32,
+    /// IP identification (wire order).
+    pub ip_id_be: u16,
     /// Offset of the L4 checksum when it must be maintained; `None` for UDP sent
     /// without a checksum, other protocols and later fragments.
     pub l4_csum: Option<usize>,
 }
 
 impl Ipv4Packet {
-    /// Whether this is a UDP or TCP packet carrying its ports (not a later fragment).
+    /// Whether the packet carries transport identifiers natgw maps: UDP/TCP ports
+    /// (not in a later fragment), or an ICMP query identifier.
     #[must_use]
     pub const fn has_ports(&self) -> bool {
-        matches!(self.proto, IPPROTO_UDP | IPPROTO_TCP) && !matches!(self.frag, Fragment::Later)
+        matches!(
+            self.kind,
+            L4Kind::Ports | L4Kind::IcmpRequest | L4Kind::IcmpReply
+        )
+    }
+
+    /// Whether an outbound packet of this kind creates or uses a mapping: UDP/TCP,
+    /// and ICMP query requests (replies to outside queries never leave).
+    #[must_use]
+    pub const fn maps_outbound(&self) -> bool {
+        matches!(self.kind, L4Kind::Ports | L4Kind::IcmpRequest)
+    }
+
+    /// Whether an inbound packet of this kind is looked up in the mappings: UDP/TCP
+    /// and ICMP query replies (inbound requests are for the gateway itself).
+    #[must_use]
+    pub const fn maps_inbound(&self) -> bool {
+        matches!(self.kind, L4Kind::Ports | L4Kind::IcmpReply)
+    }
+
+    /// Whether the L4 checksum covers the IP pseudo-header (UDP, TCP; not ICMP).
+    #[must_use]
+    pub const fn pseudo_header(&self) -> bool {
+        matches!(self.proto, IPPROTO_UDP | IPPROTO_TCP)
     }
 
     /// Length of the L4 segment in this packet.
@@ -198,16 +291,36 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         src: [fixed[12], fixed[13], fixed[14], fixed[15]],
         dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
         frag,
+        kind: L4Kind::Other,
+        icmp_type: 0,
+        icmp_code: 0,
         sport_be: 0,
         dport_be: 0,
         tcp_flags: 0,
+        tcp_seq_be: 0,
+        ip_id_be: u16::from_ne_bytes([fixed[4], fixed[5]]),
         l4_csum: None,
     };
-    if !pkt.has_ports() {
+    if frag == Fragment::Later {
         return Ok(pkt);
     }
     let l4 = pkt.l4;
     match pkt.proto {
+        IPPROTO_ICMP => {
+            let hdr = buf
+                .load::<{ l4::ICMP_HLEN }>(l4)
+                .ok_or(ParseError::Truncated)?;
+            pkt.icmp_type = hdr[0];
+            pkt.icmp_code = hdr[1];
+            pkt.kind = icmp_kind(hdr[0]);
+            if let L4Kind::IcmpRequest | L4Kind::IcmpReply = pkt.kind {
+                pkt.sport_be = u16::from_ne_bytes([hdr[l4::ICMP_ID], hdr[l4::ICMP_ID + 1]]);
+                pkt.dport_be = pkt.sport_be;
+            }
+            if pkt.kind != L4Kind::Other {
+                pkt.l4_csum = Some(l4 + l4::ICMP_CSUM);
+            }
+        }
         IPPROTO_UDP => {
             let hdr = buf
                 .load::<{ l4::UDP_HLEN }>(l4)
@@ -215,13 +328,14 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             if pkt.frag == Fragment::None && pkt.l4_len() < l4::UDP_HLEN {
                 return Err(ParseError::Invalid);
             }
+            pkt.kind = L4Kind::Ports;
             pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
             pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
             if hdr[l4::UDP_CSUM] != 0 || hdr[l4::UDP_CSUM + 1] != 0 {
                 pkt.l4_csum = Some(l4 + l4::UDP_CSUM);
             }
         }
-        _ => {
+        IPPROTO_TCP => {
             let hdr = buf
                 .load::<{ l4::TCP_MIN_HLEN }>(l4)
                 .ok_or(ParseError::Truncated)?;
@@ -229,13 +343,37 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             if doff < l4::TCP_MIN_HLEN || (pkt.frag == Fragment::None && pkt.l4_len() < doff) {
                 return Err(ParseError::Invalid);
             }
+            pkt.kind = L4Kind::Ports;
             pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
             pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[l4::TCP_FLAGS];
+            pkt.tcp_seq_be = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
             pkt.l4_csum = Some(l4 + l4::TCP_CSUM);
         }
+        _ => {}
     }
     Ok(pkt)
+}
+
+/// Classifies an ICMP type (RFC 5508 REQ-10).
+#[inline(always)]
+#[must_use]
+pub const fn icmp_kind(icmp_type: u8) -> L4Kind {
+    match icmp_type {
+        icmp::ECHO_REQUEST
+        | icmp::TIMESTAMP_REQUEST
+        | icmp::INFO_REQUEST
+        | icmp::ADDRESS_MASK_REQUEST => L4Kind::IcmpRequest,
+        icmp::ECHO_REPLY | icmp::TIMESTAMP_REPLY | icmp::INFO_REPLY | icmp::ADDRESS_MASK_REPLY => {
+            L4Kind::IcmpReply
+        }
+        icmp::DEST_UNREACH
+        | icmp::SOURCE_QUENCH
+        | icmp::REDIRECT
+        | icmp::TIME_EXCEEDED
+        | icmp::PARAMETER_PROBLEM => L4Kind::IcmpError,
+        _ => L4Kind::Other,
+    }
 }
 
 /// Which side of the packet a translation rewrites.
@@ -269,6 +407,9 @@ pub struct Rewrite {
     pub l4_csum_off: Option<usize>,
     /// The packet is UDP (a computed zero checksum must become 0xffff).
     pub udp: bool,
+    /// The L4 checksum covers the pseudo-header, so the address change enters it
+    /// too (UDP, TCP; not ICMP).
+    pub pseudo: bool,
 }
 
 impl Rewrite {
@@ -276,7 +417,7 @@ impl Rewrite {
     #[inline(always)]
     #[must_use]
     pub const fn new(pkt: &Ipv4Packet, side: Side, addr: [u8; 4], port_be: u16) -> Self {
-        let (addr_off, old_addr, port_off, old_port_be) = match side {
+        let (addr_off, old_addr, mut port_off, old_port_be) = match side {
             Side::Source => (
                 pkt.l3 + ipv4::SRC,
                 pkt.src,
@@ -290,6 +431,10 @@ impl Rewrite {
                 pkt.dport_be,
             ),
         };
+        if pkt.proto == IPPROTO_ICMP {
+            // A query's identifier plays the part of both ports.
+            port_off = pkt.l4 + l4::ICMP_ID;
+        }
         Self {
             addr_off,
             old_addr,
@@ -300,6 +445,7 @@ impl Rewrite {
             ip_csum_off: pkt.l3 + ipv4::CSUM,
             l4_csum_off: pkt.l4_csum,
             udp: pkt.proto == IPPROTO_UDP,
+            pseudo: pkt.pseudo_header(),
         }
     }
 }
@@ -326,7 +472,11 @@ pub fn apply_incremental<B: PacketBufMut + ?Sized>(buf: &mut B, rw: &Rewrite) ->
     )?;
     if let Some(off) = rw.l4_csum_off {
         let check = load_u16(buf, off)?;
-        let check = csum::replace32(check, rw.old_addr, rw.new_addr);
+        let check = if rw.pseudo {
+            csum::replace32(check, rw.old_addr, rw.new_addr)
+        } else {
+            check
+        };
         let check = csum::replace16(
             check,
             u16::from_be(rw.old_port_be),
@@ -361,22 +511,8 @@ pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
     let src = buf.load::<4>(pkt.l3 + ipv4::SRC)?;
     let dst = buf.load::<4>(pkt.l3 + ipv4::DST)?;
     store_u16(buf, off, 0)?;
-    let mut sum = csum::pseudo_header_sum(src, dst, pkt.proto, len as u16);
-    let words = len / 2;
-    let mut i = 0;
-    while i < MAX_FULL_CSUM_LEN / 2 {
-        if i >= words {
-            break;
-        }
-        sum += u32::from(load_u16(buf, pkt.l4 + 2 * i)?);
-        i += 1;
-    }
-    if len % 2 == 1 {
-        // `i` == `words` here; offsetting by the loop counter keeps the offset
-        // bounded for the verifier.
-        let last = buf.load::<1>(pkt.l4 + 2 * i)?;
-        sum += u32::from(last[0]) << 8;
-    }
+    let sum = csum::pseudo_header_sum(src, dst, pkt.proto, len as u16)
+        + sum_range::<B, MAX_FULL_CSUM_LEN>(buf, pkt.l4, len)?;
     let check = !csum::fold(sum);
     let check = if pkt.proto == IPPROTO_UDP {
         csum::udp_nonzero(check)
@@ -384,6 +520,210 @@ pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
         check
     };
     store_u16(buf, off, check)
+}
+
+/// The packet embedded in an ICMP error: the header of the packet the error is
+/// about, and the first bytes of its L4 header (RFC 792: at least 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Embedded {
+    /// Offset of the embedded IPv4 header.
+    pub l3: usize,
+    /// Offset of the embedded L4 header (after its IP options, RFC 5508 REQ-3).
+    pub l4: usize,
+    /// Embedded protocol.
+    pub proto: u8,
+    /// Embedded source address.
+    pub src: [u8; 4],
+    /// Embedded destination address.
+    pub dst: [u8; 4],
+    /// Embedded source port or ICMP query identifier (wire order).
+    pub sport_be: u16,
+    /// Embedded destination port or ICMP query identifier (wire order).
+    pub dport_be: u16,
+    /// Offset of the embedded L4 checksum when it lies inside the error and must be
+    /// kept consistent (UDP with a checksum, TCP when its header is all there, ICMP).
+    pub l4_csum: Option<usize>,
+}
+
+impl Embedded {
+    /// Whether the embedded L4 checksum covers the pseudo-header.
+    #[must_use]
+    pub const fn pseudo_header(&self) -> bool {
+        matches!(self.proto, IPPROTO_UDP | IPPROTO_TCP)
+    }
+}
+
+/// Largest embedded IPv4 header (IHL 15).
+const MAX_IHL: usize = 60;
+
+/// One's-complement sum of `len` bytes at `off` (at most `max` bytes; `None` past
+/// it or past the frame). A bounded loop the verifier accepts.
+#[inline(always)]
+fn sum_range<B: PacketBuf + ?Sized, const MAX: usize>(
+    buf: &B,
+    off: usize,
+    len: usize,
+) -> Option<u32> {
+    if len > MAX {
+        return None;
+    }
+    let words = len / 2;
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < MAX / 2 {
+        if i >= words {
+            break;
+        }
+        sum += u32::from(load_u16(buf, off + 2 * i)?);
+        i += 1;
+    }
+    if len % 2 == 1 {
+        sum += u32::from(buf.load::<1>(off + 2 * i)?[0]) << 8;
+    }
+    Some(sum)
+}
+
+/// Parses and validates the packet embedded in the ICMP error `pkt`
+/// (RFC 5508 REQ-3): the ICMP checksum and the embedded IP header checksum must be
+/// right (`Invalid` otherwise); embedded IP options are walked past; the embedded
+/// transport checksum is not validated, and RFC 4884 extensions play no part.
+#[inline(always)]
+pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
+    buf: &B,
+    pkt: &Ipv4Packet,
+) -> Result<Embedded, ParseError> {
+    let len = pkt.l4_len();
+    let sum = sum_range::<B, MAX_FULL_CSUM_LEN>(buf, pkt.l4, len).ok_or(ParseError::Invalid)?;
+    if csum::fold(sum) != 0xffff {
+        return Err(ParseError::Invalid);
+    }
+    let l3 = pkt.l4 + l4::ICMP_HLEN;
+    let fixed = buf.load::<IPV4_MIN_HLEN>(l3).ok_or(ParseError::Truncated)?;
+    let ihl = usize::from(fixed[ipv4::VER_IHL] & 0x0f) * 4;
+    if fixed[ipv4::VER_IHL] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return Err(ParseError::Invalid);
+    }
+    let hsum = sum_range::<B, MAX_IHL>(buf, l3, ihl).ok_or(ParseError::Truncated)?;
+    if csum::fold(hsum) != 0xffff {
+        return Err(ParseError::Invalid);
+    }
+    let frag_word = u16::from_be_bytes([fixed[ipv4::FRAG], fixed[ipv4::FRAG + 1]]);
+    if frag_word & ipv4::OFFSET_MASK != 0 {
+        // About a later fragment: no ports to map it by.
+        return Err(ParseError::Invalid);
+    }
+    let el4 = l3 + ihl;
+    let hdr = buf.load::<8>(el4).ok_or(ParseError::Truncated)?;
+    let end = pkt.l3 + usize::from(pkt.tot_len);
+    let proto = fixed[ipv4::PROTO];
+    let mut emb = Embedded {
+        l3,
+        l4: el4,
+        proto,
+        src: [fixed[12], fixed[13], fixed[14], fixed[15]],
+        dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
+        sport_be: u16::from_ne_bytes([hdr[0], hdr[1]]),
+        dport_be: u16::from_ne_bytes([hdr[2], hdr[3]]),
+        l4_csum: None,
+    };
+    match proto {
+        IPPROTO_UDP => {
+            if hdr[6] != 0 || hdr[7] != 0 {
+                emb.l4_csum = Some(el4 + l4::UDP_CSUM);
+            }
+        }
+        IPPROTO_TCP => {
+            if el4 + l4::TCP_CSUM + 2 <= end {
+                emb.l4_csum = Some(el4 + l4::TCP_CSUM);
+            }
+        }
+        IPPROTO_ICMP => {
+            if !matches!(icmp_kind(hdr[0]), L4Kind::IcmpRequest | L4Kind::IcmpReply) {
+                // An error about an error is never sent (RFC 1122).
+                return Err(ParseError::Invalid);
+            }
+            emb.sport_be = u16::from_ne_bytes([hdr[4], hdr[5]]);
+            emb.dport_be = emb.sport_be;
+            emb.l4_csum = Some(el4 + l4::ICMP_CSUM);
+        }
+        _ => return Err(ParseError::Invalid),
+    }
+    Ok(emb)
+}
+
+/// Rewrites one endpoint of the packet embedded in an ICMP error to
+/// `addr`:`port_be`, keeping the embedded IP and L4 checksums and the ICMP checksum
+/// consistent, and optionally one outer address (`outer`). The sum over the whole
+/// ICMP message is unchanged, so socket-buffer checksum state stays valid too.
+#[inline(always)]
+pub fn rewrite_icmp_error<B: PacketBufMut + ?Sized>(
+    buf: &mut B,
+    pkt: &Ipv4Packet,
+    emb: &Embedded,
+    side: Side,
+    addr: [u8; 4],
+    port_be: u16,
+    outer: Option<(Side, [u8; 4])>,
+) -> Option<()> {
+    let icmp_off = pkt.l4 + l4::ICMP_CSUM;
+    let mut icmp_check = load_u16(buf, icmp_off)?;
+    let (addr_off, old_addr, port_off, old_port_be) = match side {
+        Side::Source => (
+            emb.l3 + ipv4::SRC,
+            emb.src,
+            emb.l4 + l4::SPORT,
+            emb.sport_be,
+        ),
+        Side::Destination => (
+            emb.l3 + ipv4::DST,
+            emb.dst,
+            emb.l4 + l4::DPORT,
+            emb.dport_be,
+        ),
+    };
+    let port_off = if emb.proto == IPPROTO_ICMP {
+        emb.l4 + l4::ICMP_ID
+    } else {
+        port_off
+    };
+    // Embedded IP header checksum.
+    let old_ipc = load_u16(buf, emb.l3 + ipv4::CSUM)?;
+    let new_ipc = csum::replace32(old_ipc, old_addr, addr);
+    store_u16(buf, emb.l3 + ipv4::CSUM, new_ipc)?;
+    icmp_check = csum::replace16(icmp_check, old_ipc, new_ipc);
+    // Embedded address and port.
+    buf.store::<4>(addr_off, addr)?;
+    icmp_check = csum::replace32(icmp_check, old_addr, addr);
+    buf.store::<2>(port_off, port_be.to_ne_bytes())?;
+    icmp_check = csum::replace16(icmp_check, u16::from_be(old_port_be), u16::from_be(port_be));
+    // Embedded L4 checksum, when present.
+    if let Some(off) = emb.l4_csum {
+        let old_c = load_u16(buf, off)?;
+        let mut new_c = csum::replace16(old_c, u16::from_be(old_port_be), u16::from_be(port_be));
+        if emb.pseudo_header() {
+            new_c = csum::replace32(new_c, old_addr, addr);
+        }
+        if emb.proto == IPPROTO_UDP {
+            new_c = csum::udp_nonzero(new_c);
+        }
+        store_u16(buf, off, new_c)?;
+        icmp_check = csum::replace16(icmp_check, old_c, new_c);
+    }
+    store_u16(buf, icmp_off, icmp_check)?;
+    if let Some((outer_side, outer_addr)) = outer {
+        let (off, old) = match outer_side {
+            Side::Source => (pkt.l3 + ipv4::SRC, pkt.src),
+            Side::Destination => (pkt.l3 + ipv4::DST, pkt.dst),
+        };
+        let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
+        store_u16(
+            buf,
+            pkt.l3 + ipv4::CSUM,
+            csum::replace32(check, old, outer_addr),
+        )?;
+        buf.store::<4>(off, outer_addr)?;
+    }
+    Some(())
 }
 
 /// Decrements the TTL and updates the IP checksum (routers' duty, RFC 1812); the
@@ -564,5 +904,168 @@ mod tests {
         assert_eq!(pkt.frag, Fragment::Later);
         assert!(!pkt.has_ports());
         assert_eq!(pkt.l4_csum, None);
+    }
+
+    /// Ethernet/IPv4/ICMP frame: `icmp_type`, identifier, then `body`.
+    fn icmp_frame(
+        src: [u8; 4],
+        dst: [u8; 4],
+        icmp_type: u8,
+        rest: [u8; 4],
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + body.len()];
+        f[12..14].copy_from_slice(&ETH_P_IP.to_be_bytes());
+        let tot = 20 + 8 + body.len();
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(tot as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = IPPROTO_ICMP;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        let c = checksum(&f[14..34], 0);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34] = icmp_type;
+        f[38..42].copy_from_slice(&rest);
+        f[42..].copy_from_slice(body);
+        let c = checksum(&f[34..], 0);
+        f[36..38].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    fn assert_icmp_valid(f: &[u8]) {
+        assert_eq!(checksum(&f[14..34], 0), 0, "outer IP checksum");
+        assert_eq!(checksum(&f[34..], 0), 0, "ICMP checksum");
+    }
+
+    #[test]
+    fn echo_request_is_a_query_mapped_by_identifier() {
+        // rfc5508 REQ-1a
+        let mut f = icmp_frame(
+            [10, 0, 1, 2],
+            [198, 51, 100, 2],
+            icmp::ECHO_REQUEST,
+            [0x12, 0x34, 0, 1],
+            b"ping",
+        );
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        assert_eq!(pkt.kind, L4Kind::IcmpRequest);
+        assert!(pkt.has_ports());
+        assert_eq!(u16::from_be(pkt.sport_be), 0x1234);
+        let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 0x4321u16.to_be());
+        apply_incremental(&mut f[..], &rw).unwrap();
+        assert_eq!(&f[38..40], &[0x43, 0x21]);
+        assert_eq!(&f[26..30], &[192, 0, 2, 1]);
+        assert_icmp_valid(&f);
+    }
+
+    /// An ICMP port unreachable from `router` about the UDP datagram `inner`.
+    fn unreachable_about(router: [u8; 4], to: [u8; 4], inner: &[u8]) -> Vec<u8> {
+        icmp_frame(router, to, icmp::DEST_UNREACH, [0; 4], inner)
+    }
+
+    #[test]
+    fn inbound_error_is_rewritten_to_the_internal_endpoint() {
+        // rfc5508 REQ-3, REQ-4; rfc4787 REQ-12b: the datagram 192.0.2.1:40002 ->
+        // 198.51.100.2:7 (as it left the NAT, with IP options) comes back inside an
+        // error; it is rewritten to 10.0.1.2:40000 with every checksum kept right.
+        let inner = udp_frame([192, 0, 2, 1], [198, 51, 100, 2], 40002, 7, b"payload!", 4);
+        let inner = &inner[14..14 + 24 + 16];
+        let mut f = unreachable_about([203, 0, 113, 1], [192, 0, 2, 1], inner);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        assert_eq!(pkt.kind, L4Kind::IcmpError);
+        let emb = parse_icmp_error(&f[..], &pkt).unwrap();
+        assert_eq!(emb.l4, emb.l3 + 24, "embedded options walked past");
+        assert_eq!(
+            (emb.src, u16::from_be(emb.sport_be)),
+            ([192, 0, 2, 1], 40002)
+        );
+        rewrite_icmp_error(
+            &mut f[..],
+            &pkt,
+            &emb,
+            Side::Source,
+            [10, 0, 1, 2],
+            40000u16.to_be(),
+            Some((Side::Destination, [10, 0, 1, 2])),
+        )
+        .unwrap();
+        assert_icmp_valid(&f);
+        let emb_ip = &f[emb.l3..emb.l4];
+        assert_eq!(checksum(emb_ip, 0), 0, "embedded IP checksum");
+        assert_eq!(&emb_ip[12..16], &[10, 0, 1, 2]);
+        assert_eq!(&f[emb.l4..emb.l4 + 2], &40000u16.to_be_bytes());
+        assert_eq!(&f[30..34], &[10, 0, 1, 2]);
+        // The embedded UDP checksum is complete again for the rewritten datagram.
+        let udp = &f[emb.l4..];
+        let sum = pseudo_header_sum(
+            [10, 0, 1, 2],
+            [198, 51, 100, 2],
+            IPPROTO_UDP,
+            udp.len() as u16,
+        );
+        assert_eq!(checksum(udp, sum), 0);
+    }
+
+    #[test]
+    fn errors_with_bad_checksums_are_invalid() {
+        // rfc5508 REQ-3
+        let inner = udp_frame([192, 0, 2, 1], [198, 51, 100, 2], 1, 2, b"x", 0);
+        let good = unreachable_about([203, 0, 113, 1], [192, 0, 2, 1], &inner[14..14 + 29]);
+        let mut bad_icmp = good.clone();
+        bad_icmp[36] ^= 0xff;
+        let pkt = parse_ipv4(&bad_icmp[..], 14).unwrap();
+        assert_eq!(
+            parse_icmp_error(&bad_icmp[..], &pkt),
+            Err(ParseError::Invalid)
+        );
+        // A corrupted embedded IP header, with the ICMP checksum made right again.
+        let mut bad_inner = good.clone();
+        bad_inner[42 + 8] ^= 0x01; // embedded TTL
+        bad_inner[36] = 0;
+        bad_inner[37] = 0;
+        let c = checksum(&bad_inner[34..], 0);
+        bad_inner[36..38].copy_from_slice(&c.to_be_bytes());
+        let pkt = parse_ipv4(&bad_inner[..], 14).unwrap();
+        assert_eq!(
+            parse_icmp_error(&bad_inner[..], &pkt),
+            Err(ParseError::Invalid)
+        );
+        let pkt = parse_ipv4(&good[..], 14).unwrap();
+        assert!(parse_icmp_error(&good[..], &pkt).is_ok());
+    }
+
+    #[test]
+    fn error_about_an_echo_request_maps_by_identifier() {
+        let inner = icmp_frame(
+            [192, 0, 2, 1],
+            [198, 51, 100, 2],
+            icmp::ECHO_REQUEST,
+            [0xab, 0xcd, 0, 7],
+            b"x",
+        );
+        let mut f = icmp_frame(
+            [203, 0, 113, 1],
+            [192, 0, 2, 1],
+            icmp::TIME_EXCEEDED,
+            [0; 4],
+            &inner[14..],
+        );
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let emb = parse_icmp_error(&f[..], &pkt).unwrap();
+        assert_eq!(u16::from_be(emb.sport_be), 0xabcd);
+        rewrite_icmp_error(
+            &mut f[..],
+            &pkt,
+            &emb,
+            Side::Source,
+            [10, 0, 1, 2],
+            0x1111u16.to_be(),
+            None,
+        )
+        .unwrap();
+        assert_icmp_valid(&f);
+        assert_eq!(checksum(&f[emb.l4..], 0), 0, "embedded ICMP checksum");
+        assert_eq!(&f[emb.l4 + 4..emb.l4 + 6], &[0x11, 0x11]);
     }
 }

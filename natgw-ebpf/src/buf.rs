@@ -2,9 +2,11 @@
 //! `natgw_common::packet` run on XDP frames and socket buffers alike.
 //!
 //! XDP reads and writes the frame directly; every access checks the pointer against
-//! `data_end` where it is made, which is what the verifier needs. TC reads through
-//! `bpf_skb_load_bytes` (works on non-linear skbs) and never writes through this
-//! trait: its writes go through the checksum-aware skb helpers in `tc_wan`.
+//! `data_end` where it is made, which is what the verifier needs. TC reads and writes
+//! through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (non-linear skbs work). TC
+//! writes through this trait only where the shared code keeps every checksum it
+//! touches consistent itself (ICMP, whose checksums are never offloaded);
+//! UDP/TCP rewrites use the checksum-aware skb helpers in `tc_wan`.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use natgw_common::packet::{PacketBuf, PacketBufMut};
@@ -68,6 +70,13 @@ impl<'a> TcBuf<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a TcContext) -> Self {
         Self { ctx }
+    }
+}
+
+impl PacketBufMut for TcBuf<'_> {
+    #[inline(always)]
+    fn store<const N: usize>(&mut self, off: usize, bytes: [u8; N]) -> Option<()> {
+        self.ctx.store(off, &bytes, 0).ok()
     }
 }
 

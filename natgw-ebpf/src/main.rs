@@ -62,3 +62,24 @@ pub static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
+
+// Programs for `cargo xtask bench`; natgw never attaches them (see `floor`).
+mod floor;
+
+/// Bench: the per-packet floor, `XDP_PASS` and nothing else.
+#[xdp]
+pub fn xdp_pass(ctx: XdpContext) -> u32 {
+    floor::pass(&ctx)
+}
+
+/// Bench: the receiver, counting into `BENCH_RX` and dropping.
+#[xdp]
+pub fn xdp_count_drop(ctx: XdpContext) -> u32 {
+    floor::count_drop(&ctx)
+}
+
+/// Bench: the traffic generator for `BPF_PROG_TEST_RUN` live-frame mode.
+#[xdp]
+pub fn xdp_gen(ctx: XdpContext) -> u32 {
+    floor::generate(&ctx)
+}

@@ -5,10 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use natgw_common::{
-    maps::DEFAULT_MAX_MAPPINGS, Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
+    maps::{HeldSyn, Session, SessionKey, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_HELD_SYNS},
+    Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
 
 /// Interfaces natgw may see (LAN interfaces plus the WAN).
@@ -39,3 +40,17 @@ pub static LAN_NETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_LAN_NETS,
 /// Verdict counters, indexed by `Counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// Sessions (mapping x remote endpoint): filtering state and TCP state. The
+/// controller sizes it to twice the mapping capacity.
+#[map]
+pub static NAT_SESSIONS: HashMap<SessionKey, Session> =
+    HashMap::with_max_entries(2 * DEFAULT_MAX_MAPPINGS, 0);
+
+/// Unsolicited inbound SYNs dropped silently (RFC 5382 REQ-4).
+#[map]
+pub static HELD_SYNS: HashMap<SessionKey, HeldSyn> = HashMap::with_max_entries(MAX_HELD_SYNS, 0);
+
+/// Requests to the controller to send ICMP errors the data path cannot build.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);

@@ -3,52 +3,80 @@
 //! `egress` sees every packet the kernel sends out of the WAN: forwarded packets the
 //! XDP fast path left to the kernel, and the gateway's own. Sources inside the
 //! internal prefixes are translated, or dropped when they cannot be, so no internal
-//! address ever leaves. `ingress` translates inbound packets that `xdp_wan` let
-//! through untouched because the fast path could not deliver them.
+//! address ever leaves; ICMP errors about mapped flows, whoever sent them, get their
+//! embedded packet translated too (RFC 5508 REQ-5). `ingress` translates inbound
+//! packets that `xdp_wan` let through untouched because the fast path could not
+//! deliver them, and inbound ICMP errors about mapped flows (REQ-4).
 //!
-//! Rewrites go through `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which keep the
-//! socket buffer's checksum state right, partial (offloaded) checksums included.
+//! UDP/TCP rewrites go through `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which
+//! keep the socket buffer's checksum state right, partial (offloaded) checksums
+//! included. ICMP is rewritten by the shared code, which keeps its checksums
+//! consistent itself.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use natgw_common::{
-    packet::{ipv4_offset, parse_ipv4, Ipv4Packet, Rewrite, Side},
+    packet::{
+        apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_icmp_error,
+        Ipv4Packet, L4Kind, Rewrite, Side,
+    },
     Counter,
 };
 
 use crate::{
     buf::TcBuf,
     counters::count,
-    nat::{self, mapping},
+    nat::{self, events, mapping},
 };
 
-/// Entry point of `tc_wan_egress`.
+/// `Err(None)`: not for the NAT, let it go. `Err(Some(c))`: drop, counted as `c`.
+type Verdict = Result<(), Option<Counter>>;
+
 #[inline(always)]
-pub fn egress(ctx: &TcContext) -> i32 {
-    match try_egress(ctx) {
-        Ok(()) => TC_ACT_OK,
-        Err(None) => TC_ACT_OK,
+fn action(verdict: Verdict) -> i32 {
+    match verdict {
+        Ok(()) | Err(None) => TC_ACT_OK,
         Err(Some(counter)) => {
             count(counter);
-            TC_ACT_SHOT
+            if counter.is_drop() {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
         }
     }
 }
 
-/// `Err(None)`: not for the NAT, let it go. `Err(Some(c))`: drop, counted as `c`.
+/// Entry point of `tc_wan_egress`.
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Result<(), Option<Counter>> {
+pub fn egress(ctx: &TcContext) -> i32 {
+    action(try_egress(ctx))
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
-    if !nat::is_internal(pkt.src) {
+    let internal_src = nat::is_internal(pkt.src);
+    if pkt.kind == L4Kind::IcmpError {
+        return icmp_error_out(ctx, &pkt, internal_src);
+    }
+    if !internal_src {
         return Err(None); // the gateway's own traffic
     }
-    if !pkt.has_ports() {
+    if !pkt.maps_outbound() {
         return Err(Some(Counter::DropUntranslatable));
     }
-    let ext = mapping::outbound(ctx, cfg, &pkt).map_err(Some)?;
+    let ext = mapping::outbound(ctx, cfg, &pkt).map_err(|c| {
+        if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
+            // SAFETY: reading the ifindex field of the live context.
+            let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+            events::no_mapping(&TcBuf::new(ctx), &pkt, ifindex);
+        }
+        Some(c)
+    })?;
     apply(
         ctx,
         &Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be),
@@ -58,27 +86,66 @@ fn try_egress(ctx: &TcContext) -> Result<(), Option<Counter>> {
     Ok(())
 }
 
+/// An ICMP error leaving through the WAN about a packet that came in through a
+/// mapping: the embedded packet's destination (the internal endpoint) becomes the
+/// external endpoint again, and an internal outer source the external address.
+/// Never refreshes the mapping (RFC 7857).
+#[inline(always)]
+fn icmp_error_out(ctx: &TcContext, pkt: &Ipv4Packet, internal_src: bool) -> Verdict {
+    let untranslatable = if internal_src {
+        Some(Counter::DropUntranslatable)
+    } else {
+        None
+    };
+    let mut buf = TcBuf::new(ctx);
+    let Ok(emb) = parse_icmp_error(&buf, pkt) else {
+        return Err(if internal_src {
+            Some(Counter::DropMalformed)
+        } else {
+            None
+        });
+    };
+    if !nat::is_internal(emb.dst) {
+        return Err(untranslatable);
+    }
+    let ext = mapping::external_of(emb.proto, emb.dst, emb.dport_be).ok_or(untranslatable)?;
+    let outer = internal_src.then_some((Side::Source, ext.addr));
+    rewrite_icmp_error(
+        &mut buf,
+        pkt,
+        &emb,
+        Side::Destination,
+        ext.addr,
+        ext.port_be,
+        outer,
+    )
+    .ok_or(Some(Counter::DropInternal))?;
+    count(Counter::IcmpErrorOutTranslated);
+    Ok(())
+}
+
 /// Entry point of `tc_wan_ingress`.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    match try_ingress(ctx) {
-        Ok(()) | Err(None) => TC_ACT_OK,
-        Err(Some(counter)) => {
-            count(counter);
-            TC_ACT_SHOT
-        }
-    }
+    action(try_ingress(ctx))
 }
 
 #[inline(always)]
-fn try_ingress(ctx: &TcContext) -> Result<(), Option<Counter>> {
+fn try_ingress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
-    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be || !pkt.has_ports() {
+    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
+        return Err(None);
+    }
+    if pkt.kind == L4Kind::IcmpError {
+        return icmp_error_in(ctx, &pkt);
+    }
+    if !pkt.maps_inbound() {
         return Err(None);
     }
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
     let hit = mapping::inbound(&pkt).ok_or(None)?;
+    hit.admit(&pkt).map_err(Some)?;
     hit.account(&pkt);
     apply(
         ctx,
@@ -94,6 +161,33 @@ fn try_ingress(ctx: &TcContext) -> Result<(), Option<Counter>> {
     Ok(())
 }
 
+/// An ICMP error arriving for a packet that left through a mapping (from any
+/// source, RFC 4787 REQ-12a): the embedded packet's source becomes the internal
+/// endpoint again and the outer destination the internal host (RFC 5508 REQ-4).
+/// Errors with a bad ICMP or embedded IP checksum are dropped (REQ-3); errors about
+/// the gateway's own traffic go to the kernel.
+#[inline(always)]
+fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict {
+    let mut buf = TcBuf::new(ctx);
+    let emb = parse_icmp_error(&buf, pkt).map_err(|_| Some(Counter::DropMalformed))?;
+    if emb.src != pkt.dst {
+        return Err(None);
+    }
+    let int = mapping::internal_of(emb.proto, emb.src, emb.sport_be).ok_or(None)?;
+    rewrite_icmp_error(
+        &mut buf,
+        pkt,
+        &emb,
+        Side::Source,
+        int.addr,
+        int.port_be,
+        Some((Side::Destination, int.addr)),
+    )
+    .ok_or(Some(Counter::DropInternal))?;
+    count(Counter::IcmpErrorInTranslated);
+    Ok(())
+}
+
 /// Parses an IPv4 packet; non-IPv4 is `Err(None)`, a malformed one is dropped.
 #[inline(always)]
 fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
@@ -104,10 +198,14 @@ fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
     parse_ipv4(&buf, l3).map_err(|_| Some(Counter::DropMalformed))
 }
 
-/// Executes `rw` with the skb helpers: L4 checksum (pseudo-header address, then
-/// port), IP checksum, then the fields themselves.
+/// Executes `rw`. UDP/TCP go through the skb helpers: L4 checksum (pseudo-header
+/// address, then port), IP checksum, then the fields. ICMP, whose checksum is never
+/// offloaded, is rewritten by the shared incremental code.
 #[inline(always)]
 fn apply(ctx: &TcContext, rw: &Rewrite) -> Result<(), Counter> {
+    if !rw.pseudo {
+        return apply_incremental(&mut TcBuf::new(ctx), rw).ok_or(Counter::DropInternal);
+    }
     let old_addr = u64::from(u32::from_ne_bytes(rw.old_addr));
     let new_addr = u64::from(u32::from_ne_bytes(rw.new_addr));
     if let Some(off) = rw.l4_csum_off {

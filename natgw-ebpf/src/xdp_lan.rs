@@ -8,7 +8,7 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use natgw_common::{
-    packet::{Fragment, Rewrite, Side},
+    packet::{Fragment, L4Kind, Rewrite, Side},
     Counter, IfaceRole,
 };
 
@@ -16,7 +16,7 @@ use crate::{
     buf::XdpBuf,
     counters::count,
     fastpath::{self, forward, next_hop, redirect},
-    nat::{self, mapping},
+    nat::{self, events, mapping},
 };
 
 /// Entry point of `xdp_lan`.
@@ -35,16 +35,20 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     if !nat::is_internal(pkt.src) {
         return Err(Counter::PassNotNat);
     }
-    if !pkt.has_ports() {
-        return Err(if pkt.frag == Fragment::Later {
-            Counter::PassFragment
-        } else {
-            Counter::PassNotNat
+    if !pkt.maps_outbound() {
+        return Err(match pkt.kind {
+            L4Kind::IcmpError => Counter::PassIcmpError,
+            _ if pkt.frag == Fragment::Later => Counter::PassFragment,
+            _ => Counter::PassNotNat,
         });
     }
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, &pkt, pkt.dst, ingress, IfaceRole::Wan)?;
-    let ext = mapping::outbound(ctx, cfg, &pkt)?;
+    let ext = mapping::outbound(ctx, cfg, &pkt).inspect_err(|c| {
+        if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
+            events::no_mapping(&buf, &pkt, ingress);
+        }
+    })?;
     let rw = Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be);
     let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
     forward(&mut buf, &pkt, &rw, rx_partial, &hop)?;

@@ -6,17 +6,17 @@
 //! no mapping is dropped here, unless a socket of the gateway itself owns the port.
 //! Everything else is the gateway's own traffic and goes to the kernel.
 
-use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use natgw_common::{
-    packet::{Fragment, Ipv4Packet, Rewrite, Side},
-    Config, Counter, IfaceRole,
+    packet::{Fragment, Ipv4Packet, L4Kind, Rewrite, Side},
+    Config, Counter, IfaceRole, IPPROTO_ICMP,
 };
 
 use crate::{
     buf::XdpBuf,
     counters::count,
     fastpath::{self, forward, next_hop, redirect},
-    nat::{self, mapping, socket::local_socket_owns},
+    nat::{self, mapping, session, socket::local_socket_owns},
 };
 
 /// Entry point of `xdp_wan`.
@@ -35,11 +35,11 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
         return Err(Counter::PassNotNat);
     }
-    if !pkt.has_ports() {
-        return Err(if pkt.frag == Fragment::Later {
-            Counter::PassFragment
-        } else {
-            Counter::PassLocal
+    if !pkt.maps_inbound() {
+        return Err(match pkt.kind {
+            L4Kind::IcmpError => Counter::PassIcmpError,
+            _ if pkt.frag == Fragment::Later => Counter::PassFragment,
+            _ => Counter::PassLocal,
         });
     }
     let Some(hit) = mapping::inbound(&pkt) else {
@@ -47,6 +47,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let ingress = ctx.ingress_ifindex() as u32;
     let hop = next_hop(ctx, &pkt, hit.internal.addr, ingress, IfaceRole::Lan)?;
+    hit.admit(&pkt)?;
     hit.account(&pkt);
     let rw = Rewrite::new(
         &pkt,
@@ -63,6 +64,9 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
 /// Verdict for a packet to the external address with no mapping.
 #[inline(always)]
 fn unmapped(ctx: &XdpContext, cfg: &Config, pkt: &Ipv4Packet) -> Counter {
+    if pkt.proto == IPPROTO_ICMP {
+        return Counter::PassLocal; // a reply to the gateway's own query
+    }
     let port = u16::from_be(pkt.dport_be);
     let in_nat_range = port >= cfg.port_min && port <= cfg.port_max;
     if !in_nat_range
@@ -70,6 +74,8 @@ fn unmapped(ctx: &XdpContext, cfg: &Config, pkt: &Ipv4Packet) -> Counter {
     {
         Counter::PassLocal
     } else {
+        // SAFETY: no preconditions.
+        session::hold_syn(pkt, unsafe { bpf_ktime_get_ns() });
         Counter::DropNoMapping
     }
 }

@@ -19,7 +19,7 @@ use natgw_common::{
     Config, Counter, FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP,
 };
 
-use super::socket::local_socket_owns;
+use super::{session, socket::local_socket_owns};
 use crate::{
     counters::count,
     maps::{NAT_FWD, NAT_REV},
@@ -72,17 +72,23 @@ pub fn outbound<C: EbpfContext>(
     };
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let bits = seen_bits(pkt);
+    // An outbound RST answers inbound traffic: it neither creates nor refreshes a
+    // mapping (RFC 7857 §2.1).
+    let rst = bits & tcp_seen::RST != 0;
     let m = match NAT_FWD.get_ptr_mut(&key) {
         Some(m) => m,
+        None if rst => return Err(Counter::DropNoMapping),
         None => {
             create(ctx, cfg, pkt, &key, now)?;
             NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
         }
     };
-    let bits = seen_bits(pkt);
     // SAFETY: `m` points at a live NAT_FWD value.
-    unsafe {
-        (*m).last_out_ns = now;
+    let ext = unsafe {
+        if !rst {
+            (*m).last_out_ns = now;
+        }
         if bits & tcp_seen::SYN != 0 && bits & tcp_seen::ACK == 0 {
             // A new connection from this endpoint: forget the old one's flags.
             (*m).tcp_flags_out = tcp_seen::SYN;
@@ -92,11 +98,13 @@ pub fn outbound<C: EbpfContext>(
         }
         add(&raw mut (*m).packets_out, 1);
         add(&raw mut (*m).bytes_out, u64::from(pkt.tot_len));
-        Ok(Endpoint {
+        Endpoint {
             addr: (*m).ext_addr_be.to_ne_bytes(),
             port_be: (*m).ext_port_be,
-        })
-    }
+        }
+    };
+    session::outbound(pkt, (ext.addr, ext.port_be), cfg.filter_for(pkt.proto), now);
+    Ok(ext)
 }
 
 #[inline(always)]
@@ -144,6 +152,7 @@ fn create<C: EbpfContext>(
         let rv = RevValue {
             int_addr_be: key.addr_be,
             int_port_be: key.port_be,
+            filter: cfg.filter_for(key.proto),
             created_ns: now,
             ..RevValue::default()
         };
@@ -188,6 +197,7 @@ pub struct InboundHit {
     rv: *mut RevValue,
     /// The internal endpoint the packet goes to.
     pub internal: Endpoint,
+    filter: u8,
 }
 
 /// The mapping of the external endpoint an inbound packet is addressed to
@@ -209,10 +219,23 @@ pub fn inbound(pkt: &Ipv4Packet) -> Option<InboundHit> {
             port_be: (*rv).int_port_be,
         }
     };
-    Some(InboundHit { rv, internal })
+    // SAFETY: as above.
+    let filter = unsafe { (*rv).filter };
+    Some(InboundHit {
+        rv,
+        internal,
+        filter,
+    })
 }
 
 impl InboundHit {
+    /// Applies the mapping's filter to `pkt` and records it in its session; `Err`
+    /// is the drop reason. Called by whichever program translates the packet.
+    #[inline(always)]
+    pub fn admit(&self, pkt: &Ipv4Packet) -> Result<(), Counter> {
+        session::inbound(pkt, (pkt.dst, pkt.dport_be), self.filter)
+    }
+
     /// Counts the packet and records its time and TCP flags; called by whichever
     /// program translates it, exactly once.
     #[inline(always)]
@@ -230,4 +253,40 @@ impl InboundHit {
             add(&raw mut (*rv).bytes_in, u64::from(pkt.tot_len));
         }
     }
+}
+
+/// The external endpoint of the mapping of internal endpoint `addr`:`port_be`, if
+/// any, without refreshing or counting it: ICMP errors never do (RFC 5508 REQ-6).
+#[inline(always)]
+pub fn external_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
+    let key = FwdKey {
+        addr_be: u32::from_ne_bytes(addr),
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a live map value.
+    let m = unsafe { NAT_FWD.get(&key) }?;
+    Some(Endpoint {
+        addr: m.ext_addr_be.to_ne_bytes(),
+        port_be: m.ext_port_be,
+    })
+}
+
+/// The internal endpoint of external endpoint `addr`:`port_be`, if mapped, without
+/// refreshing or counting it.
+#[inline(always)]
+pub fn internal_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
+    let key = RevKey {
+        addr_be: u32::from_ne_bytes(addr),
+        port_be,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a live map value.
+    let rv = unsafe { NAT_REV.get(&key) }?;
+    Some(Endpoint {
+        addr: rv.int_addr_be.to_ne_bytes(),
+        port_be: rv.int_port_be,
+    })
 }

@@ -1,8 +1,10 @@
 //! NAT decisions shared by the XDP and TC programs: configuration access, the
 //! mapping tables, local-socket checks and the FIB lookup of the fast path.
 
+pub mod events;
 pub mod fib;
 pub mod mapping;
+pub mod session;
 pub mod socket;
 
 use aya_ebpf::maps::lpm_trie::Key;
