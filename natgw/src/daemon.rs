@@ -349,6 +349,8 @@ impl Daemon {
                 } else {
                     0
                 },
+            // Endpoint-independent until the filtering settings are wired.
+            ..Config::default()
         }
     }
 
