@@ -47,6 +47,11 @@ counters! {
     TcOutTranslated = "tc_out_translated",
     /// Inbound packet translated by TC on the WAN ingress (kernel-forwarded path).
     TcInTranslated = "tc_in_translated",
+    /// Hairpinned packet (internal host to an external endpoint that maps to an
+    /// internal one) translated by TC on the LAN ingress (RFC 4787 REQ-9).
+    HairpinTranslated = "hairpin_translated",
+    /// A later fragment of a translated datagram translated by TC (RFC 4787 REQ-14).
+    FragmentTranslated = "fragment_translated",
     /// A new mapping was created.
     MappingCreated = "mapping_created",
     /// Handed to the kernel: not IPv4.
@@ -68,6 +73,9 @@ counters! {
     PassFib = "pass_fib",
     /// Handed to the kernel: an IP fragment (translated on the TC path).
     PassFragment = "pass_fragment",
+    /// Handed to TC: a packet to the external address from inside (hairpin or the
+    /// gateway's own services).
+    PassHairpin = "pass_hairpin",
     /// Handed to the kernel: an ICMP error (translated on the TC path).
     PassIcmpError = "pass_icmp_error",
     /// ICMP error about a mapped flow translated on its way in (RFC 5508 REQ-4).
@@ -88,6 +96,9 @@ counters! {
     /// Dropped: packet from an internal address that natgw cannot translate
     /// (protocol or fragment it does not handle), so it never leaks outside.
     DropUntranslatable = "drop_untranslatable",
+    /// Dropped: an inbound later fragment whose first fragment was not seen (or was
+    /// forgotten under a fragment flood).
+    DropFragmentUnknown = "drop_fragment_unknown",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
 }

@@ -30,6 +30,41 @@ pub mod names {
     pub const HELD_SYNS: &str = "HELD_SYNS";
     /// Ring buffer of [`super::Event`]s for the controller.
     pub const EVENTS: &str = "EVENTS";
+    /// Inbound fragmented datagrams: [`super::FragKey`] -> [`super::FragValue`].
+    pub const FRAGS_IN: &str = "FRAGS_IN";
+}
+
+/// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a
+/// fragment flood cannot take memory from anything else; the oldest are replaced).
+pub const MAX_FRAGS_IN: u32 = 4096;
+
+/// Key of `FRAGS_IN`: one inbound datagram (RFC 791 identifies it by source,
+/// destination, protocol and identification).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// Remote (source) address.
+    pub remote_addr_be: u32,
+    /// External (destination) address.
+    pub ext_addr_be: u32,
+    /// IP identification.
+    pub ip_id_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Value of `FRAGS_IN`: where the datagram's first fragment went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    /// Internal address the datagram is translated to.
+    pub int_addr_be: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// When the first fragment was translated (ns).
+    pub seen_ns: u64,
 }
 
 /// Entries in `HELD_SYNS`: a flood of unsolicited SYNs beyond this is dropped
@@ -303,6 +338,10 @@ mod pod {
     unsafe impl aya::Pod for super::HeldSyn {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragValue {}
 }
 
 #[cfg(test)]

@@ -155,6 +155,19 @@ pub enum Fragment {
     Later,
 }
 
+/// The `l4_csum_off` of a packet without an L4 checksum to maintain (a real
+/// checksum can never sit at offset 0, where the Ethernet header is).
+pub const NO_CSUM: usize = 0;
+
+#[inline(always)]
+const fn csum_off(off: usize) -> Option<usize> {
+    if off == NO_CSUM {
+        None
+    } else {
+        Some(off)
+    }
+}
+
 /// What the L4 part of a packet is, as far as translation is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4Kind {
@@ -208,9 +221,11 @@ pub struct Ipv4Packet {
     pub tcp_seq_be: u32,
     /// IP identification (wire order).
     pub ip_id_be: u16,
-    /// Offset of the L4 checksum when it must be maintained; `None` for UDP sent
-    /// without a checksum, other protocols and later fragments.
-    pub l4_csum: Option<usize>,
+    /// Offset of the L4 checksum when it must be maintained, [`NO_CSUM`] for UDP
+    /// sent without a checksum, other protocols and later fragments. (A plain
+    /// offset, not an `Option`: the payload of a `None` is undefined bytes, which the
+    /// verifier rejects when the struct is copied.)
+    pub l4_csum_off: usize,
 }
 
 impl Ipv4Packet {
@@ -242,6 +257,12 @@ impl Ipv4Packet {
     #[must_use]
     pub const fn pseudo_header(&self) -> bool {
         matches!(self.proto, IPPROTO_UDP | IPPROTO_TCP)
+    }
+
+    /// Offset of the L4 checksum to maintain, if any.
+    #[must_use]
+    pub const fn l4_csum(&self) -> Option<usize> {
+        csum_off(self.l4_csum_off)
     }
 
     /// Length of the L4 segment in this packet.
@@ -299,7 +320,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         tcp_flags: 0,
         tcp_seq_be: 0,
         ip_id_be: u16::from_ne_bytes([fixed[4], fixed[5]]),
-        l4_csum: None,
+        l4_csum_off: NO_CSUM,
     };
     if frag == Fragment::Later {
         return Ok(pkt);
@@ -318,7 +339,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
                 pkt.dport_be = pkt.sport_be;
             }
             if pkt.kind != L4Kind::Other {
-                pkt.l4_csum = Some(l4 + l4::ICMP_CSUM);
+                pkt.l4_csum_off = l4 + l4::ICMP_CSUM;
             }
         }
         IPPROTO_UDP => {
@@ -332,7 +353,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
             pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
             if hdr[l4::UDP_CSUM] != 0 || hdr[l4::UDP_CSUM + 1] != 0 {
-                pkt.l4_csum = Some(l4 + l4::UDP_CSUM);
+                pkt.l4_csum_off = l4 + l4::UDP_CSUM;
             }
         }
         IPPROTO_TCP => {
@@ -348,7 +369,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[l4::TCP_FLAGS];
             pkt.tcp_seq_be = u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
-            pkt.l4_csum = Some(l4 + l4::TCP_CSUM);
+            pkt.l4_csum_off = l4 + l4::TCP_CSUM;
         }
         _ => {}
     }
@@ -403,8 +424,8 @@ pub struct Rewrite {
     pub new_port_be: u16,
     /// Offset of the IPv4 header checksum.
     pub ip_csum_off: usize,
-    /// Offset of the L4 checksum, if it is maintained.
-    pub l4_csum_off: Option<usize>,
+    /// Offset of the L4 checksum, [`NO_CSUM`] if it is not maintained.
+    pub l4_csum_off: usize,
     /// The packet is UDP (a computed zero checksum must become 0xffff).
     pub udp: bool,
     /// The L4 checksum covers the pseudo-header, so the address change enters it
@@ -443,7 +464,7 @@ impl Rewrite {
             old_port_be,
             new_port_be: port_be,
             ip_csum_off: pkt.l3 + ipv4::CSUM,
-            l4_csum_off: pkt.l4_csum,
+            l4_csum_off: pkt.l4_csum_off,
             udp: pkt.proto == IPPROTO_UDP,
             pseudo: pkt.pseudo_header(),
         }
@@ -470,7 +491,7 @@ pub fn apply_incremental<B: PacketBufMut + ?Sized>(buf: &mut B, rw: &Rewrite) ->
         rw.ip_csum_off,
         csum::replace32(ip_check, rw.old_addr, rw.new_addr),
     )?;
-    if let Some(off) = rw.l4_csum_off {
+    if let Some(off) = csum_off(rw.l4_csum_off) {
         let check = load_u16(buf, off)?;
         let check = if rw.pseudo {
             csum::replace32(check, rw.old_addr, rw.new_addr)
@@ -502,7 +523,7 @@ pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
     buf: &mut B,
     pkt: &Ipv4Packet,
 ) -> Option<()> {
-    let off = pkt.l4_csum?;
+    let off = pkt.l4_csum()?;
     let len = pkt.l4_len();
     if len > MAX_FULL_CSUM_LEN || pkt.frag != Fragment::None {
         return None;
@@ -541,8 +562,9 @@ pub struct Embedded {
     /// Embedded destination port or ICMP query identifier (wire order).
     pub dport_be: u16,
     /// Offset of the embedded L4 checksum when it lies inside the error and must be
-    /// kept consistent (UDP with a checksum, TCP when its header is all there, ICMP).
-    pub l4_csum: Option<usize>,
+    /// kept consistent (UDP with a checksum, TCP when its header is all there, ICMP),
+    /// else [`NO_CSUM`].
+    pub l4_csum_off: usize,
 }
 
 impl Embedded {
@@ -624,17 +646,17 @@ pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
         dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
         sport_be: u16::from_ne_bytes([hdr[0], hdr[1]]),
         dport_be: u16::from_ne_bytes([hdr[2], hdr[3]]),
-        l4_csum: None,
+        l4_csum_off: NO_CSUM,
     };
     match proto {
         IPPROTO_UDP => {
             if hdr[6] != 0 || hdr[7] != 0 {
-                emb.l4_csum = Some(el4 + l4::UDP_CSUM);
+                emb.l4_csum_off = el4 + l4::UDP_CSUM;
             }
         }
         IPPROTO_TCP => {
             if el4 + l4::TCP_CSUM + 2 <= end {
-                emb.l4_csum = Some(el4 + l4::TCP_CSUM);
+                emb.l4_csum_off = el4 + l4::TCP_CSUM;
             }
         }
         IPPROTO_ICMP => {
@@ -644,7 +666,7 @@ pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
             }
             emb.sport_be = u16::from_ne_bytes([hdr[4], hdr[5]]);
             emb.dport_be = emb.sport_be;
-            emb.l4_csum = Some(el4 + l4::ICMP_CSUM);
+            emb.l4_csum_off = el4 + l4::ICMP_CSUM;
         }
         _ => return Err(ParseError::Invalid),
     }
@@ -697,7 +719,7 @@ pub fn rewrite_icmp_error<B: PacketBufMut + ?Sized>(
     buf.store::<2>(port_off, port_be.to_ne_bytes())?;
     icmp_check = csum::replace16(icmp_check, u16::from_be(old_port_be), u16::from_be(port_be));
     // Embedded L4 checksum, when present.
-    if let Some(off) = emb.l4_csum {
+    if let Some(off) = csum_off(emb.l4_csum_off) {
         let old_c = load_u16(buf, off)?;
         let mut new_c = csum::replace16(old_c, u16::from_be(old_port_be), u16::from_be(port_be));
         if emb.pseudo_header() {
@@ -724,6 +746,24 @@ pub fn rewrite_icmp_error<B: PacketBufMut + ?Sized>(
         buf.store::<4>(off, outer_addr)?;
     }
     Some(())
+}
+
+/// Rewrites one address of the IP header only (later fragments carry no L4 header,
+/// so nothing else covers the address), keeping the header checksum right.
+#[inline(always)]
+pub fn rewrite_address<B: PacketBufMut + ?Sized>(
+    buf: &mut B,
+    pkt: &Ipv4Packet,
+    side: Side,
+    addr: [u8; 4],
+) -> Option<()> {
+    let (off, old) = match side {
+        Side::Source => (pkt.l3 + ipv4::SRC, pkt.src),
+        Side::Destination => (pkt.l3 + ipv4::DST, pkt.dst),
+    };
+    let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
+    store_u16(buf, pkt.l3 + ipv4::CSUM, csum::replace32(check, old, addr))?;
+    buf.store::<4>(off, addr)
 }
 
 /// Decrements the TTL and updates the IP checksum (routers' duty, RFC 1812); the
@@ -800,7 +840,7 @@ mod tests {
         assert_eq!(u16::from_be(pkt.sport_be), 40000);
         assert_eq!(u16::from_be(pkt.dport_be), 7);
         assert_eq!(pkt.frag, Fragment::None);
-        assert!(pkt.l4_csum.is_some());
+        assert!(pkt.l4_csum().is_some());
     }
 
     #[test]
@@ -859,7 +899,7 @@ mod tests {
         f[14 + 20 + 6] = 0;
         f[14 + 20 + 7] = 0;
         let pkt = parse_ipv4(&f[..], 14).unwrap();
-        assert_eq!(pkt.l4_csum, None);
+        assert_eq!(pkt.l4_csum(), None);
         let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 9u16.to_be());
         apply_incremental(&mut f[..], &rw).unwrap();
         assert_eq!(&f[14 + 26..14 + 28], &[0, 0]);
@@ -903,7 +943,7 @@ mod tests {
         let pkt = parse_ipv4(&f[..], 14).unwrap();
         assert_eq!(pkt.frag, Fragment::Later);
         assert!(!pkt.has_ports());
-        assert_eq!(pkt.l4_csum, None);
+        assert_eq!(pkt.l4_csum(), None);
     }
 
     /// Ethernet/IPv4/ICMP frame: `icmp_type`, identifier, then `body`.

@@ -73,7 +73,7 @@ pub fn forward(
     hop: &NextHop,
 ) -> Result<(), Counter> {
     apply_incremental(buf, rw).ok_or(Counter::DropInternal)?;
-    if rx_partial && pkt.pseudo_header() && pkt.l4_csum.is_some() {
+    if rx_partial && pkt.pseudo_header() && pkt.l4_csum().is_some() {
         recompute_l4_checksum(buf, pkt).ok_or(Counter::DropInternal)?;
     }
     decrement_ttl(buf, pkt).ok_or(Counter::DropInternal)?;
@@ -117,7 +117,7 @@ pub fn next_hop<C: EbpfContext>(
             }
         }
     }
-    let hop = fib::lookup(ctx, pkt, dst, ingress)?;
+    let hop = fib::lookup(ctx, pkt, dst, ingress, false)?;
     let Some(egress) = nat::iface(hop.ifindex) else {
         return Err(Counter::PassNotNat);
     };

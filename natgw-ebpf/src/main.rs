@@ -7,6 +7,8 @@
 //! - `tc_wan_ingress` / `tc_wan_egress` (TC on the WAN): the same translation for
 //!   packets the fast path handed to the kernel, so that nothing leaves with an
 //!   internal source address whatever path it took.
+//! - `tc_lan_ingress` (TC ingress on every LAN interface): hairpinning for packets
+//!   the fast path handed to the kernel.
 //!
 //! The translation itself lives in `nat` and in `natgw_common::packet`, shared by all
 //! four programs.
@@ -18,6 +20,7 @@ mod counters;
 mod fastpath;
 mod maps;
 mod nat;
+mod tc_lan;
 mod tc_wan;
 mod xdp_lan;
 mod xdp_wan;
@@ -43,6 +46,12 @@ pub fn xdp_wan(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tc_wan_ingress(ctx: TcContext) -> i32 {
     tc_wan::ingress(&ctx)
+}
+
+/// Hairpinning of packets the XDP fast path left to the kernel.
+#[classifier]
+pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
+    tc_lan::ingress(&ctx)
 }
 
 /// Outbound translation of everything that reaches the WAN through the kernel.

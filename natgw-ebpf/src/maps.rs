@@ -5,10 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use natgw_common::{
-    maps::{HeldSyn, Session, SessionKey, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_HELD_SYNS},
+    maps::{
+        FragKey, FragValue, HeldSyn, Session, SessionKey, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES,
+        MAX_FRAGS_IN, MAX_HELD_SYNS,
+    },
     Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
 
@@ -54,3 +57,10 @@ pub static HELD_SYNS: HashMap<SessionKey, HeldSyn> = HashMap::with_max_entries(M
 /// Requests to the controller to send ICMP errors the data path cannot build.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Inbound fragmented datagrams whose first fragment was translated, so their later
+/// fragments can follow (RFC 4787 REQ-14). LRU on purpose, unlike the NAT tables: a
+/// fragment flood may only push out other fragment records, never mappings
+/// (REQ-14a), and a record is worth little after the reassembly timeout anyway.
+#[map]
+pub static FRAGS_IN: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS_IN, 0);

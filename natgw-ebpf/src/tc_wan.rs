@@ -15,12 +15,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use natgw_common::{
+    maps::{FragKey, FragValue},
     packet::{
-        apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_icmp_error,
-        Ipv4Packet, L4Kind, Rewrite, Side,
+        apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address,
+        rewrite_icmp_error, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
     },
     Counter,
 };
@@ -28,6 +30,7 @@ use natgw_common::{
 use crate::{
     buf::TcBuf,
     counters::count,
+    maps::FRAGS_IN,
     nat::{self, events, mapping},
 };
 
@@ -65,6 +68,15 @@ fn try_egress(ctx: &TcContext) -> Verdict {
     }
     if !internal_src {
         return Err(None); // the gateway's own traffic
+    }
+    if pkt.frag == Fragment::Later {
+        // No ports to map by, and none needed: every mapping of a host shares its
+        // external address, the only field a later fragment has to change.
+        let ext = cfg.ext_addr_be.to_ne_bytes();
+        rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Source, ext)
+            .ok_or(Some(Counter::DropInternal))?;
+        count(Counter::FragmentTranslated);
+        return Ok(());
     }
     if !pkt.maps_outbound() {
         return Err(Some(Counter::DropUntranslatable));
@@ -140,6 +152,24 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     if pkt.kind == L4Kind::IcmpError {
         return icmp_error_in(ctx, &pkt);
     }
+    let frag_key = FragKey {
+        remote_addr_be: u32::from_ne_bytes(pkt.src),
+        ext_addr_be: cfg.ext_addr_be,
+        ip_id_be: pkt.ip_id_be,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    if pkt.frag == Fragment::Later {
+        // SAFETY: read-only use of a live map value.
+        let Some(first) = (unsafe { FRAGS_IN.get(&frag_key) }) else {
+            return Err(Some(Counter::DropFragmentUnknown));
+        };
+        let int = first.int_addr_be.to_ne_bytes();
+        rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Destination, int)
+            .ok_or(Some(Counter::DropInternal))?;
+        count(Counter::FragmentTranslated);
+        return Ok(());
+    }
     if !pkt.maps_inbound() {
         return Err(None);
     }
@@ -157,6 +187,15 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
         ),
     )
     .map_err(Some)?;
+    if pkt.frag == Fragment::First {
+        let first = FragValue {
+            int_addr_be: u32::from_ne_bytes(hit.internal.addr),
+            _pad: 0,
+            // SAFETY: no preconditions.
+            seen_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        let _ = FRAGS_IN.insert(&frag_key, &first, 0);
+    }
     count(Counter::TcInTranslated);
     Ok(())
 }
@@ -190,7 +229,7 @@ fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict {
 
 /// Parses an IPv4 packet; non-IPv4 is `Err(None)`, a malformed one is dropped.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
+pub fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
     let buf = TcBuf::new(ctx);
     let l3 = ipv4_offset(&buf)
         .map_err(|_| Some(Counter::DropMalformed))?
@@ -202,13 +241,14 @@ fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
 /// address, then port), IP checksum, then the fields. ICMP, whose checksum is never
 /// offloaded, is rewritten by the shared incremental code.
 #[inline(always)]
-fn apply(ctx: &TcContext, rw: &Rewrite) -> Result<(), Counter> {
+pub fn apply(ctx: &TcContext, rw: &Rewrite) -> Result<(), Counter> {
     if !rw.pseudo {
         return apply_incremental(&mut TcBuf::new(ctx), rw).ok_or(Counter::DropInternal);
     }
     let old_addr = u64::from(u32::from_ne_bytes(rw.old_addr));
     let new_addr = u64::from(u32::from_ne_bytes(rw.new_addr));
-    if let Some(off) = rw.l4_csum_off {
+    if rw.l4_csum_off != NO_CSUM {
+        let off = rw.l4_csum_off;
         let mangled = if rw.udp {
             u64::from(BPF_F_MARK_MANGLED_0)
         } else {

@@ -5,6 +5,9 @@
 //! TTL survives the hop and the WAN device accepts XDP redirects. Anything else is
 //! handed to the kernel untouched; the kernel routes it (and sends ICMP time
 //! exceeded or fragmentation needed where due) and `tc_wan_egress` translates it.
+//!
+//! A packet to the external address is left to `tc_lan_ingress`, which hairpins it
+//! (RFC 4787 REQ-9) or lets it reach the gateway's own services.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use natgw_common::{
@@ -43,6 +46,11 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         });
     }
     let ingress = ctx.ingress_ifindex() as u32;
+    if u32::from_ne_bytes(pkt.dst) == cfg.ext_addr_be {
+        // Hairpinning happens in tc_lan_ingress: one more branch of this size here
+        // would take the program past the verifier's complexity limit.
+        return Err(Counter::PassHairpin);
+    }
     let hop = next_hop(ctx, &pkt, pkt.dst, ingress, IfaceRole::Wan)?;
     let ext = mapping::outbound(ctx, cfg, &pkt).inspect_err(|c| {
         if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {

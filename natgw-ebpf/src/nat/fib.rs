@@ -17,6 +17,8 @@ const AF_INET: u8 = 2;
 
 /// Where to send a packet.
 pub struct NextHop {
+    /// The neighbour's MAC address is known (`dmac` is valid).
+    pub resolved: bool,
     /// Egress interface.
     pub ifindex: u32,
     /// Source MAC (the egress interface's).
@@ -26,13 +28,15 @@ pub struct NextHop {
 }
 
 /// Looks up the route of `pkt` as if its destination were `dst`, entering on
-/// `ifindex`. `Err` carries the counter naming why the kernel should take it.
+/// `ifindex`. `Err` carries the counter naming why the kernel should take it. With
+/// `allow_unresolved`, an unresolved neighbour is a next hop too (`resolved` false).
 #[inline(always)]
 pub fn lookup<C: EbpfContext>(
     ctx: &C,
     pkt: &Ipv4Packet,
     dst: [u8; 4],
     ifindex: u32,
+    allow_unresolved: bool,
 ) -> Result<NextHop, Counter> {
     // SAFETY: an all-zero parameter block is valid input for the helper.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
@@ -55,6 +59,14 @@ pub fn lookup<C: EbpfContext>(
     };
     match ret as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
+            resolved: true,
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+        }),
+        // The kernel's TC path can still send it with bpf_redirect_neigh.
+        BPF_FIB_LKUP_RET_NO_NEIGH if allow_unresolved => Ok(NextHop {
+            resolved: false,
             ifindex: p.ifindex,
             smac: p.smac,
             dmac: p.dmac,

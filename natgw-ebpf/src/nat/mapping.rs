@@ -233,7 +233,24 @@ impl InboundHit {
     /// is the drop reason. Called by whichever program translates the packet.
     #[inline(always)]
     pub fn admit(&self, pkt: &Ipv4Packet) -> Result<(), Counter> {
-        session::inbound(pkt, (pkt.dst, pkt.dport_be), self.filter)
+        session::inbound(
+            pkt,
+            (pkt.dst, pkt.dport_be),
+            (pkt.src, pkt.sport_be),
+            self.filter,
+        )
+    }
+
+    /// [`Self::admit`] for a hairpinned packet, whose remote endpoint is its sender's
+    /// external endpoint `from` (RFC 4787 REQ-9a).
+    #[inline(always)]
+    pub fn admit_hairpin(&self, pkt: &Ipv4Packet, from: Endpoint) -> Result<(), Counter> {
+        session::inbound(
+            pkt,
+            (pkt.dst, pkt.dport_be),
+            (from.addr, from.port_be),
+            self.filter,
+        )
     }
 
     /// Counts the packet and records its time and TCP flags; called by whichever

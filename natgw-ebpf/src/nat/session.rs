@@ -88,18 +88,24 @@ fn touch(k: &SessionKey, pkt: &Ipv4Packet, outbound: bool, now: u64) {
     }
 }
 
-/// Applies the mapping's inbound filter to `pkt` (from `pkt.src:sport` to external
-/// endpoint `ext`) and records it. `Err` is the drop reason; a refused SYN is
-/// remembered as held.
+/// Applies the mapping's inbound filter to `pkt`, from `remote` (its source, or
+/// for a hairpinned packet its sender's external endpoint) to external endpoint
+/// `ext`, and records it. `Err` is the drop reason; a refused SYN is remembered as
+/// held.
 #[inline(always)]
-pub fn inbound(pkt: &Ipv4Packet, ext: ([u8; 4], u16), mode: u8) -> Result<(), Counter> {
+pub fn inbound(
+    pkt: &Ipv4Packet,
+    ext: ([u8; 4], u16),
+    remote: ([u8; 4], u16),
+    mode: u8,
+) -> Result<(), Counter> {
     if !tracked(pkt.proto, mode) {
         return Ok(());
     }
-    let exact = key(pkt.proto, ext, pkt.src, pkt.sport_be);
+    let exact = key(pkt.proto, ext, remote.0, remote.1);
     let allowed = if mode == FilterMode::AddressDependent as u8 {
         NAT_SESSIONS
-            .get_ptr(&key(pkt.proto, ext, pkt.src, 0))
+            .get_ptr(&key(pkt.proto, ext, remote.0, 0))
             .is_some()
     } else if mode == FilterMode::AddressAndPortDependent as u8 {
         NAT_SESSIONS.get_ptr(&exact).is_some()

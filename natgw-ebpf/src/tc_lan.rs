@@ -1,0 +1,106 @@
+//! Hairpinning on the kernel's path, at the LAN interfaces' TC ingress.
+//!
+//! `xdp_lan` hands a hairpinned packet (internal host to an external endpoint that
+//! maps to an internal endpoint) to the kernel untouched when its fast path cannot
+//! deliver it, e.g. because the LAN device does not accept XDP redirects. The kernel
+//! itself would deliver such a packet locally, so this program translates it here —
+//! source to the sender's external endpoint (RFC 4787 REQ-9a), destination to the
+//! target's internal endpoint — does the router's TTL duty and sends it back out
+//! with `bpf_redirect` (or `bpf_redirect_neigh` when the neighbour is unresolved).
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use natgw_common::{
+    packet::{ipv4, Ipv4Packet, L4Kind, Rewrite, Side},
+    Counter, IfaceRole,
+};
+
+use crate::{
+    counters::count,
+    nat::{self, fib, mapping},
+    tc_wan::{apply, parse},
+};
+
+/// Entry point of `tc_lan_ingress`.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> i32 {
+    match try_ingress(ctx) {
+        Ok(action) => action,
+        Err(None) => TC_ACT_OK,
+        Err(Some(counter)) => {
+            count(counter);
+            if counter.is_drop() {
+                TC_ACT_SHOT
+            } else {
+                TC_ACT_OK
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn try_ingress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
+    let cfg = nat::config().ok_or(None)?;
+    let pkt = parse(ctx)?;
+    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be
+        || pkt.kind != L4Kind::Ports
+        || !nat::is_internal(pkt.src)
+        || pkt.ttl <= 1
+    {
+        return Err(None);
+    }
+    let target = mapping::inbound(&pkt).ok_or(None)?;
+    // SAFETY: reading a field of the live context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let hop = fib::lookup(ctx, &pkt, target.internal.addr, ingress, true).map_err(Some)?;
+    if !nat::iface(hop.ifindex).is_some_and(|i| i.role == IfaceRole::Lan as u8) {
+        return Err(Some(Counter::PassNotNat));
+    }
+    let from = mapping::outbound(ctx, cfg, &pkt).map_err(Some)?;
+    target.admit_hairpin(&pkt, from).map_err(Some)?;
+    target.account(&pkt);
+    apply(
+        ctx,
+        &Rewrite::new(&pkt, Side::Source, from.addr, from.port_be),
+    )
+    .map_err(Some)?;
+    apply(
+        ctx,
+        &Rewrite::new(
+            &pkt,
+            Side::Destination,
+            target.internal.addr,
+            target.internal.port_be,
+        ),
+    )
+    .map_err(Some)?;
+    decrement_ttl(ctx, &pkt).map_err(Some)?;
+    count(Counter::HairpinTranslated);
+    // SAFETY: plain helper calls; their result is the TC action to return.
+    let action = unsafe {
+        if hop.resolved {
+            ctx.store(0, &hop.dmac, 0)
+                .map_err(|_| Some(Counter::DropInternal))?;
+            ctx.store(6, &hop.smac, 0)
+                .map_err(|_| Some(Counter::DropInternal))?;
+            bpf_redirect(hop.ifindex, 0)
+        } else {
+            bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0)
+        }
+    };
+    Ok(action as i32)
+}
+
+/// TTL minus one, with the IP checksum fixed by the skb helper.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    let old = u16::from_be_bytes([pkt.ttl, pkt.proto]).to_be();
+    let new = u16::from_be_bytes([pkt.ttl - 1, pkt.proto]).to_be();
+    ctx.l3_csum_replace(pkt.l3 + ipv4::CSUM, u64::from(old), u64::from(new), 2)
+        .map_err(|_| Counter::DropInternal)?;
+    ctx.store(pkt.l3 + ipv4::TTL, &(pkt.ttl - 1), 0)
+        .map_err(|_| Counter::DropInternal)
+}
