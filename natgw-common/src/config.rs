@@ -22,8 +22,25 @@ pub struct Config {
     pub filter_tcp: u8,
     /// [`crate::maps::FilterMode`] of new ICMP query mappings.
     pub filter_icmp: u8,
-    /// Explicit padding.
-    pub _pad: u8,
+    /// Number of external addresses in the `EXT_ADDRS` pool (0 or 1: just
+    /// `ext_addr_be`).
+    pub ext_count: u8,
+}
+
+/// Most external addresses natgw pools.
+pub const MAX_EXTERNAL_ADDRS: u32 = 16;
+
+/// The pool index of internal address `int_addr_be` among `count` external
+/// addresses: a fixed hash, so one internal host always gets the same external
+/// address ("paired" pooling, RFC 4787 REQ-2) for as long as the pool is unchanged.
+#[inline(always)]
+#[must_use]
+pub const fn pool_index(int_addr_be: u32, count: u8) -> u32 {
+    if count <= 1 {
+        return 0;
+    }
+    let h = u32::from_be(int_addr_be).wrapping_mul(0x9e37_79b1);
+    (h >> 16) % count as u32
 }
 
 /// The controller has filled the configuration; until then every program passes all
@@ -92,6 +109,27 @@ impl IfaceConfig {
     #[must_use]
     pub const fn is_wan(&self) -> bool {
         self.role == IfaceRole::Wan as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pool_index;
+
+    #[test]
+    fn pooling_is_paired_and_spread() {
+        // rfc4787 REQ-2: the same internal host always maps to the same index.
+        let hosts: [u32; 4] = [0x0a00_0102, 0x0a00_0202, 0x0a00_0103, 0x0a00_0104];
+        for h in hosts {
+            let h = h.to_be();
+            assert_eq!(pool_index(h, 2), pool_index(h, 2));
+            assert!(pool_index(h, 3) < 3);
+            assert_eq!(pool_index(h, 1), 0);
+        }
+        let used: std::collections::BTreeSet<u32> = (1..=200u32)
+            .map(|i| pool_index((0x0a00_0100 + i).to_be(), 2))
+            .collect();
+        assert_eq!(used.len(), 2, "both addresses used");
     }
 }
 

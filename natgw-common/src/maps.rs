@@ -32,6 +32,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Inbound fragmented datagrams: [`super::FragKey`] -> [`super::FragValue`].
     pub const FRAGS_IN: &str = "FRAGS_IN";
+    /// `Array<u32>`: the external address pool, by index.
+    pub const EXT_ADDRS: &str = "EXT_ADDRS";
+    /// `HashMap<u32 address, u32 index>`: membership of the external address pool.
+    pub const EXT_SET: &str = "EXT_SET";
 }
 
 /// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a

@@ -8,6 +8,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use natgw_common::{
+    config::MAX_EXTERNAL_ADDRS,
     maps::{
         FragKey, FragValue, HeldSyn, Session, SessionKey, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES,
         MAX_FRAGS_IN, MAX_HELD_SYNS,
@@ -64,3 +65,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 /// (REQ-14a), and a record is worth little after the reassembly timeout anyway.
 #[map]
 pub static FRAGS_IN: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS_IN, 0);
+
+/// The external address pool by index (paired pooling, RFC 4787 REQ-2).
+#[map]
+pub static EXT_ADDRS: Array<u32> = Array::with_max_entries(MAX_EXTERNAL_ADDRS, 0);
+
+/// Membership of the external address pool: address -> index.
+#[map]
+pub static EXT_SET: HashMap<u32, u32> = HashMap::with_max_entries(MAX_EXTERNAL_ADDRS, 0);

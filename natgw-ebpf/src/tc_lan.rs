@@ -45,7 +45,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 fn try_ingress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
-    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be
+    if !nat::is_external(cfg, pkt.dst)
         || pkt.kind != L4Kind::Ports
         || !nat::is_internal(pkt.src)
         || pkt.ttl <= 1

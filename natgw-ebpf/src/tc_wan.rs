@@ -72,7 +72,7 @@ fn try_egress(ctx: &TcContext) -> Verdict {
     if pkt.frag == Fragment::Later {
         // No ports to map by, and none needed: every mapping of a host shares its
         // external address, the only field a later fragment has to change.
-        let ext = cfg.ext_addr_be.to_ne_bytes();
+        let ext = nat::external_for(cfg, pkt.src);
         rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Source, ext)
             .ok_or(Some(Counter::DropInternal))?;
         count(Counter::FragmentTranslated);
@@ -146,7 +146,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 fn try_ingress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
-    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
+    if !nat::is_external(cfg, pkt.dst) {
         return Err(None);
     }
     if pkt.kind == L4Kind::IcmpError {
@@ -154,7 +154,7 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     }
     let frag_key = FragKey {
         remote_addr_be: u32::from_ne_bytes(pkt.src),
-        ext_addr_be: cfg.ext_addr_be,
+        ext_addr_be: u32::from_ne_bytes(pkt.dst),
         ip_id_be: pkt.ip_id_be,
         proto: pkt.proto,
         _pad: 0,

@@ -46,7 +46,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         });
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    if u32::from_ne_bytes(pkt.dst) == cfg.ext_addr_be {
+    if nat::is_external(cfg, pkt.dst) {
         // Hairpinning happens in tc_lan_ingress: one more branch of this size here
         // would take the program past the verifier's complexity limit.
         return Err(Counter::PassHairpin);

@@ -32,7 +32,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let mut buf = XdpBuf::new(ctx);
     let pkt = fastpath::parse(&buf)?;
-    if u32::from_ne_bytes(pkt.dst) != cfg.ext_addr_be {
+    if !nat::is_external(cfg, pkt.dst) {
         return Err(Counter::PassNotNat);
     }
     if !pkt.maps_inbound() {

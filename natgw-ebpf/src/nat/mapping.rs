@@ -131,7 +131,8 @@ fn create<C: EbpfContext>(
     key: &FwdKey,
     now: u64,
 ) -> Result<(), Counter> {
-    let ext_addr = cfg.ext_addr_be.to_ne_bytes();
+    let ext_addr = super::external_for(cfg, pkt.src);
+    let ext_addr_be = u32::from_ne_bytes(ext_addr);
     let preferred = u16::from_be(key.port_be);
     // SAFETY: no preconditions.
     let seed = unsafe { bpf_get_prandom_u32() };
@@ -144,7 +145,7 @@ fn create<C: EbpfContext>(
             continue;
         }
         let rk = RevKey {
-            addr_be: cfg.ext_addr_be,
+            addr_be: ext_addr_be,
             port_be,
             proto: key.proto,
             _pad: 0,
@@ -165,7 +166,7 @@ fn create<C: EbpfContext>(
             }
         }
         let m = Mapping {
-            ext_addr_be: cfg.ext_addr_be,
+            ext_addr_be,
             ext_port_be: port_be,
             origin: Origin::Traffic as u8,
             created_ns: now,
