@@ -14,11 +14,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use natgw_common::{
-    packet::{ipv4, Ipv4Packet, L4Kind, Rewrite, Side},
+    packet::{ipv4, parse_icmp_error, rewrite_icmp_error, Ipv4Packet, L4Kind, Rewrite, Side},
     Counter, IfaceRole,
 };
 
 use crate::{
+    buf::TcBuf,
     counters::count,
     nat::{self, fib, mapping},
     tc_wan::{apply, parse},
@@ -45,6 +46,13 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 fn try_ingress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
+    if pkt.kind == L4Kind::IcmpError
+        && nat::is_external(cfg, pkt.dst)
+        && nat::is_internal(pkt.src)
+        && pkt.ttl > 1
+    {
+        return hairpin_icmp_error(ctx, &pkt);
+    }
     if !nat::is_external(cfg, pkt.dst)
         || pkt.kind != L4Kind::Ports
         || !nat::is_internal(pkt.src)
@@ -79,6 +87,56 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     .map_err(Some)?;
     decrement_ttl(ctx, &pkt).map_err(Some)?;
     count(Counter::HairpinTranslated);
+    send(ctx, &hop)
+}
+
+/// An ICMP error from internal host A about a hairpinned packet from B, sent to B's
+/// external address (RFC 5508 REQ-7): the embedded packet goes back to the form B
+/// sent (destination A's external endpoint, source B's internal one), the outer
+/// source becomes A's external address and the outer destination B (REQ-7a).
+/// Nothing is refreshed.
+#[inline(always)]
+fn hairpin_icmp_error(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<i32, Option<Counter>> {
+    let mut buf = TcBuf::new(ctx);
+    let emb = parse_icmp_error(&buf, pkt).map_err(|_| Some(Counter::DropMalformed))?;
+    let a = mapping::external_of(emb.proto, emb.dst, emb.dport_be).ok_or(None)?;
+    let b = mapping::internal_of(emb.proto, emb.src, emb.sport_be).ok_or(None)?;
+    // SAFETY: reading a field of the live context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let hop = fib::lookup(ctx, pkt, b.addr, ingress, true).map_err(Some)?;
+    if !nat::iface(hop.ifindex).is_some_and(|i| i.role == IfaceRole::Lan as u8) {
+        return Err(Some(Counter::PassNotNat));
+    }
+    // Each rewrite reads the checksums it updates back from the packet, so the
+    // second one builds on the first.
+    rewrite_icmp_error(
+        &mut buf,
+        pkt,
+        &emb,
+        Side::Destination,
+        a.addr,
+        a.port_be,
+        Some((Side::Source, a.addr)),
+    )
+    .ok_or(Some(Counter::DropInternal))?;
+    rewrite_icmp_error(
+        &mut buf,
+        pkt,
+        &emb,
+        Side::Source,
+        b.addr,
+        b.port_be,
+        Some((Side::Destination, b.addr)),
+    )
+    .ok_or(Some(Counter::DropInternal))?;
+    decrement_ttl(ctx, pkt).map_err(Some)?;
+    count(Counter::HairpinTranslated);
+    send(ctx, &hop)
+}
+
+/// Sends the translated packet out of `hop`'s interface.
+#[inline(always)]
+fn send(ctx: &TcContext, hop: &fib::NextHop) -> Result<i32, Option<Counter>> {
     // SAFETY: plain helper calls; their result is the TC action to return.
     let action = unsafe {
         if hop.resolved {
