@@ -96,8 +96,11 @@ counters! {
     /// Dropped: packet from an internal address that natgw cannot translate
     /// (protocol or fragment it does not handle), so it never leaks outside.
     DropUntranslatable = "drop_untranslatable",
-    /// Dropped: an inbound later fragment whose first fragment was not seen (or was
-    /// forgotten under a fragment flood).
+    /// Dropped here but held: an inbound later fragment that came before its first
+    /// fragment, which the controller sends on once the first one is translated.
+    DropFragmentHeld = "drop_fragment_held",
+    /// Dropped: an inbound later fragment that could not be held (too large, or
+    /// the stash helper failed).
     DropFragmentUnknown = "drop_fragment_unknown",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",

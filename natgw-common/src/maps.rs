@@ -32,6 +32,9 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Inbound fragmented datagrams: [`super::FragKey`] -> [`super::FragValue`].
     pub const FRAGS_IN: &str = "FRAGS_IN";
+    /// Early later-fragments waiting for their first fragment:
+    /// [`super::StashKey`] -> [`super::StashedFragment`].
+    pub const FRAG_STASH: &str = "FRAG_STASH";
     /// `Array<u32>`: the external address pool, by index.
     pub const EXT_ADDRS: &str = "EXT_ADDRS";
     /// `HashMap<u32 address, u32 index>`: membership of the external address pool.
@@ -41,6 +44,41 @@ pub mod names {
 /// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a
 /// fragment flood cannot take memory from anything else; the oldest are replaced).
 pub const MAX_FRAGS_IN: u32 = 4096;
+
+/// Out-of-order later fragments held at once until their first fragment arrives.
+pub const MAX_STASHED_FRAGMENTS: u32 = 256;
+/// Largest fragment (whole IPv4 packet) that can be stashed: a power of two, so
+/// the data path can bound the copy length with a mask the verifier understands.
+pub const MAX_STASHED_FRAGMENT_LEN: usize = 2048;
+
+/// Key of `FRAG_STASH`: one fragment of one inbound datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StashKey {
+    /// The datagram.
+    pub datagram: FragKey,
+    /// Fragment offset field (host order, in 8-byte units).
+    pub offset: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// Value of `FRAG_STASH`: a later fragment that arrived before its datagram's first
+/// fragment (RFC 4787 REQ-14). The controller re-sends it, translated, once the
+/// first fragment has been translated (`FRAGS_IN` has the datagram), or drops it
+/// after the reassembly timeout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StashedFragment {
+    /// When it arrived (ns).
+    pub seen_ns: u64,
+    /// Bytes used in `packet`.
+    pub len: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// The IPv4 packet, as received.
+    pub packet: [u8; MAX_STASHED_FRAGMENT_LEN],
+}
 
 /// Key of `FRAGS_IN`: one inbound datagram (RFC 791 identifies it by source,
 /// destination, protocol and identification).
@@ -346,6 +384,10 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StashKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StashedFragment {}
 }
 
 #[cfg(test)]

@@ -205,6 +205,8 @@ pub struct Ipv4Packet {
     pub dst: [u8; 4],
     /// Fragment position.
     pub frag: Fragment,
+    /// Fragment offset field (8-byte units, host order).
+    pub frag_offset: u16,
     /// What the L4 part is.
     pub kind: L4Kind,
     /// ICMP type and code, 0 for other protocols.
@@ -312,6 +314,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         src: [fixed[12], fixed[13], fixed[14], fixed[15]],
         dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
         frag,
+        frag_offset: frag_word & ipv4::OFFSET_MASK,
         kind: L4Kind::Other,
         icmp_type: 0,
         icmp_code: 0,

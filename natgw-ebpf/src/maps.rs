@@ -10,8 +10,9 @@ use aya_ebpf::{
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
     maps::{
-        FragKey, FragValue, HeldSyn, Session, SessionKey, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES,
-        MAX_FRAGS_IN, MAX_HELD_SYNS,
+        FragKey, FragValue, HeldSyn, Session, SessionKey, StashKey, StashedFragment,
+        DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_FRAGS_IN, MAX_HELD_SYNS,
+        MAX_STASHED_FRAGMENTS,
     },
     Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
@@ -73,3 +74,13 @@ pub static EXT_ADDRS: Array<u32> = Array::with_max_entries(MAX_EXTERNAL_ADDRS, 0
 /// Membership of the external address pool: address -> index.
 #[map]
 pub static EXT_SET: HashMap<u32, u32> = HashMap::with_max_entries(MAX_EXTERNAL_ADDRS, 0);
+
+/// Later fragments that arrived before their first fragment (RFC 4787 REQ-14). LRU:
+/// under a fragment flood the oldest held fragments give way, nothing else (REQ-14a).
+#[map]
+pub static FRAG_STASH: LruHashMap<StashKey, StashedFragment> =
+    LruHashMap::with_max_entries(MAX_STASHED_FRAGMENTS, 0);
+
+/// Per-CPU scratch space to build a stashed fragment in (too large for the stack).
+#[map]
+pub static FRAG_SCRATCH: PerCpuArray<StashedFragment> = PerCpuArray::with_max_entries(1, 0);

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use natgw_common::{
-    maps::{FragKey, FragValue},
+    maps::{FragKey, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
     packet::{
         apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address,
         rewrite_icmp_error, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
@@ -30,7 +30,7 @@ use natgw_common::{
 use crate::{
     buf::TcBuf,
     counters::count,
-    maps::FRAGS_IN,
+    maps::{FRAGS_IN, FRAG_SCRATCH, FRAG_STASH},
     nat::{self, events, mapping},
 };
 
@@ -162,7 +162,7 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     if pkt.frag == Fragment::Later {
         // SAFETY: read-only use of a live map value.
         let Some(first) = (unsafe { FRAGS_IN.get(&frag_key) }) else {
-            return Err(Some(Counter::DropFragmentUnknown));
+            return stash(ctx, &pkt, frag_key);
         };
         let int = first.int_addr_be.to_ne_bytes();
         rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Destination, int)
@@ -225,6 +225,62 @@ fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict {
     .ok_or(Some(Counter::DropInternal))?;
     count(Counter::IcmpErrorInTranslated);
     Ok(())
+}
+
+/// Bytes copied per step when stashing a fragment.
+const CHUNK: usize = 64;
+
+/// Holds a later fragment that came before its first fragment: copied into
+/// `FRAG_STASH` and dropped here; the controller sends it on, translated, once the
+/// first fragment has been (RFC 4787 REQ-14).
+#[inline(always)]
+fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict {
+    let tot_len = usize::from(pkt.tot_len);
+    let scratch = FRAG_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Some(Counter::DropInternal))?;
+    if tot_len >= MAX_STASHED_FRAGMENT_LEN {
+        return Err(Some(Counter::DropFragmentUnknown));
+    }
+    // The compiler would fold the checks below into the one above; the verifier
+    // needs them on the value it tracks, so hide the bound from the compiler.
+    // SAFETY: reading a local.
+    let len = unsafe { core::ptr::read_volatile(&tot_len) } & (MAX_STASHED_FRAGMENT_LEN - 1);
+    // SAFETY: `scratch` points at this CPU's slot, used by nothing else while this
+    // program runs.
+    let slot = unsafe { &mut *scratch };
+    // Copied in constant-size pieces, which the verifier can bound.
+    let mut off = 0;
+    while off + CHUNK <= len {
+        let chunk: [u8; CHUNK] = ctx
+            .load(pkt.l3 + off)
+            .map_err(|_| Some(Counter::DropFragmentUnknown))?;
+        if let Some(dst) = slot.packet.get_mut(off..off + CHUNK) {
+            dst.copy_from_slice(&chunk);
+        }
+        off += CHUNK;
+    }
+    while off < len {
+        let byte = ctx
+            .load::<u8>(pkt.l3 + off)
+            .map_err(|_| Some(Counter::DropFragmentUnknown))?;
+        if let Some(dst) = slot.packet.get_mut(off) {
+            *dst = byte;
+        }
+        off += 1;
+    }
+    slot.len = tot_len as u16;
+    // SAFETY: no preconditions.
+    slot.seen_ns = unsafe { bpf_ktime_get_ns() };
+    let key = StashKey {
+        datagram,
+        offset: pkt.frag_offset,
+        _pad: 0,
+    };
+    FRAG_STASH
+        .insert(&key, &*slot, 0)
+        .map_err(|_| Some(Counter::DropFragmentUnknown))?;
+    Err(Some(Counter::DropFragmentHeld))
 }
 
 /// Parses an IPv4 packet; non-IPv4 is `Err(None)`, a malformed one is dropped.
