@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Overrides, PortRange, XdpModeChoice};
+use crate::config::{Filtering, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice};
 
 /// natgw: an IPv4 NAT gateway (NAPT) whose data path runs in eBPF (XDP and TC).
 ///
@@ -33,8 +33,14 @@ pub enum Command {
     Run(RunArgs),
     /// Show the running gateway: interfaces, attach modes, configuration, counters.
     Status(OutputArgs),
-    /// List every live mapping with its statistics and remaining lifetime.
-    Mappings(OutputArgs),
+    /// List every live mapping with its filtering, statistics and remaining lifetime.
+    Mappings(MappingsArgs),
+    /// STUN: discover the NAT in front of this host (`probe`), or run a standalone
+    /// STUN server (`serve`).
+    Stun(StunArgs),
+    /// PCP and NAT-PMP client: map, peer, delete and announce against a PCP server
+    /// (natgw's or another), or ask a NAT-PMP server for its external address.
+    Pcp(crate::pcp::client::PcpArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -47,11 +53,18 @@ Flags override the configuration file, which overrides the defaults. Example fil
     max_mappings = 65536
     xdp_mode = \"auto\"              # auto | native | skb
     gc_interval = 1
+    unsolicited_syn = \"icmp\"       # icmp | drop
 
     [timeouts]
     udp = 300
     tcp_established = 7440
     tcp_transitory = 240
+    icmp = 60
+
+    [filtering]                     # endpoint-independent | address-dependent |
+    udp = \"endpoint-independent\"  # address-and-port-dependent (eif | adf | apdf)
+    tcp = \"endpoint-independent\"
+    icmp = \"endpoint-independent\"
 
 Example:
     natgw run --wan eth0 --lan eth1 --lan eth2 --udp-timeout 600";
@@ -107,8 +120,39 @@ pub struct RunArgs {
     pub xdp_mode: Option<XdpModeChoice>,
 
     /// Seconds between garbage-collection passes over the NAT tables [default: 1].
+    /// Held SYNs are checked every second whatever this says.
     #[arg(long, value_name = "SECS")]
     pub gc_interval: Option<u64>,
+
+    /// Idle timeout of ICMP query mappings (echo, ...) in seconds [default: 60, RFC
+    /// 5508 REQ-2; below 60 is allowed with a warning].
+    #[arg(long, value_name = "SECS")]
+    pub icmp_timeout: Option<u64>,
+
+    /// Which remote endpoints may send to a new UDP mapping (RFC 4787 REQ-8):
+    /// `endpoint-independent` (any, once the mapping exists: the most transparent for
+    /// peer-to-peer applications and hole punching), `address-dependent` (only
+    /// addresses the internal endpoint has sent to) or `address-and-port-dependent`
+    /// (only those address and port pairs: the strictest, and the one that breaks
+    /// the most peer-to-peer software). Aliases: eif, adf, apdf [default:
+    /// endpoint-independent].
+    #[arg(long, value_name = "MODE")]
+    pub udp_filtering: Option<Filtering>,
+
+    /// The same for new TCP mappings (RFC 5382 REQ-3) [default: endpoint-independent].
+    #[arg(long, value_name = "MODE")]
+    pub tcp_filtering: Option<Filtering>,
+
+    /// The same for new ICMP query mappings [default: endpoint-independent].
+    #[arg(long, value_name = "MODE")]
+    pub icmp_filtering: Option<Filtering>,
+
+    /// What to do with an unsolicited inbound TCP SYN once it has been held 6 s
+    /// without an outbound SYN to its sender (RFC 5382 REQ-4): `icmp` answers it
+    /// with ICMP port unreachable from the external address, `drop` discards it
+    /// silently [default: icmp].
+    #[arg(long, value_name = "POLICY")]
+    pub unsolicited_syn: Option<UnsolicitedSyn>,
 }
 
 impl RunArgs {
@@ -126,16 +170,117 @@ impl RunArgs {
             max_mappings: self.max_mappings,
             xdp_mode: self.xdp_mode,
             gc_interval: self.gc_interval,
+            icmp_timeout: self.icmp_timeout,
+            udp_filtering: self.udp_filtering,
+            tcp_filtering: self.tcp_filtering,
+            icmp_filtering: self.icmp_filtering,
+            unsolicited_syn: self.unsolicited_syn,
         }
     }
 }
 
-/// Arguments of `natgw status` and `natgw mappings`.
+/// Arguments of `natgw status`.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Print JSON (one object) instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `natgw mappings`.
+#[derive(Debug, Args)]
+pub struct MappingsArgs {
+    /// Print JSON (one object, sessions included) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// List each mapping's sessions (remote endpoint, TCP state, idle, expiry) on
+    /// indented lines under it; the table alone shows only how many it has.
+    #[arg(long)]
+    pub sessions: bool,
+}
+
+/// Arguments of `natgw stun`.
+#[derive(Debug, Args)]
+pub struct StunArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: StunCommand,
+}
+
+/// `natgw stun` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StunCommand {
+    /// Find out what NAT sits between this host and a STUN server (RFC 5780): public
+    /// address, mapping and filtering behaviour, hairpinning, each with the tests
+    /// that show it.
+    ///
+    /// Mapping and filtering need a server with a second address (one that sends
+    /// OTHER-ADDRESS, such as `natgw stun serve --alternate`); against others the
+    /// report says which conclusions could not be reached and why.
+    #[command(after_help = STUN_PROBE_AFTER_HELP)]
+    Probe(StunProbeArgs),
+    /// Run a STUN server (RFC 8489 Binding; RFC 5780 with --alternate) until SIGINT
+    /// or SIGTERM. It answers RFC 3489 clients too.
+    ///
+    /// With --alternate it listens on both IPs × both ports (four sockets), answers
+    /// CHANGE-REQUEST from the address asked for, and reports OTHER-ADDRESS; without
+    /// it, only on --listen, and CHANGE-REQUEST gets 420.
+    Serve(StunServeArgs),
+}
+
+const STUN_PROBE_AFTER_HELP: &str = "\
+Examples:
+    natgw stun probe --server stun.example.net
+    natgw stun probe --server 192.0.2.1:3478 --local 10.0.0.2:40000 --json";
+
+/// Arguments of `natgw stun probe`.
+#[derive(Debug, Args)]
+pub struct StunProbeArgs {
+    /// The STUN server: HOST or HOST:PORT (IPv4; port 3478 unless given).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub server: String,
+
+    /// Local address of the main test socket [default: the source address of the
+    /// route to the server, any port]. The other test sockets use the same IP.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub local: Option<std::net::SocketAddrV4>,
+
+    /// Seconds each test waits for its answer. The request is sent again after 0.5 s
+    /// and 1.5 s (RFC 8489 RTO of 500 ms, doubling; at most 3 sends).
+    #[arg(long, value_name = "S", default_value = "3", value_parser = parse_seconds)]
+    pub timeout: std::time::Duration,
+
+    /// Print JSON (the conclusions, their evidence and every test's raw outcome).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `natgw stun serve`.
+#[derive(Debug, Args)]
+pub struct StunServeArgs {
+    /// Primary address and port (0.0.0.0 is allowed without --alternate).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddrV4,
+
+    /// Second IP of this host for RFC 5780 behaviour discovery.
+    #[arg(long, value_name = "ADDR")]
+    pub alternate: Option<std::net::Ipv4Addr>,
+
+    /// Second port, used on both IPs with --alternate.
+    #[arg(long, value_name = "P", default_value_t = 3479, requires = "alternate")]
+    pub alternate_port: u16,
+}
+
+/// Seconds as a decimal number, above 0 and at most 60.
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 60.0) {
+        return Err(format!("{s} s is outside 0 (exclusive) to 60 seconds"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -181,6 +326,36 @@ mod tests {
     }
 
     #[test]
+    fn filtering_and_icmp_flags_parse_with_aliases() {
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "run",
+            "--udp-filtering",
+            "address-and-port-dependent",
+            "--tcp-filtering",
+            "adf",
+            "--icmp-filtering",
+            "eif",
+            "--icmp-timeout",
+            "90",
+            "--unsolicited-syn",
+            "drop",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let o = args.overrides();
+        assert_eq!(o.udp_filtering, Some(Filtering::AddressAndPortDependent));
+        assert_eq!(o.tcp_filtering, Some(Filtering::AddressDependent));
+        assert_eq!(o.icmp_filtering, Some(Filtering::EndpointIndependent));
+        assert_eq!(o.icmp_timeout, Some(90));
+        assert_eq!(o.unsolicited_syn, Some(UnsolicitedSyn::Drop));
+        let err = Cli::try_parse_from(["natgw", "run", "--udp-filtering", "strict"]).unwrap_err();
+        assert!(err.to_string().contains("endpoint-independent"), "{err}");
+    }
+
+    #[test]
     fn bad_port_range_is_a_usage_error_naming_the_problem() {
         let err = Cli::try_parse_from(["natgw", "run", "--port-range", "9-3"]).unwrap_err();
         assert!(err.to_string().contains("MIN is above MAX"), "{err}");
@@ -191,7 +366,15 @@ mod tests {
         let cli = Cli::try_parse_from(["natgw", "mappings", "--json"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Mappings(OutputArgs { json: true })
+            Command::Mappings(MappingsArgs {
+                json: true,
+                sessions: false
+            })
+        ));
+        let cli = Cli::try_parse_from(["natgw", "mappings", "--sessions"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Mappings(MappingsArgs { sessions: true, .. })
         ));
         let cli = Cli::try_parse_from(["natgw", "status"]).unwrap();
         assert!(matches!(

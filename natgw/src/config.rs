@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use natgw_common::maps::DEFAULT_MAX_MAPPINGS;
+use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
 /// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
 pub const UDP_TIMEOUT_MIN: u64 = 120;
@@ -28,6 +28,10 @@ pub const TCP_ESTABLISHED_TIMEOUT_DEFAULT: u64 = TCP_ESTABLISHED_TIMEOUT_MIN;
 pub const TCP_TRANSITORY_TIMEOUT_MIN: u64 = 4 * 60;
 /// Default transitory TCP idle timeout (the RFC 5382 minimum).
 pub const TCP_TRANSITORY_TIMEOUT_DEFAULT: u64 = TCP_TRANSITORY_TIMEOUT_MIN;
+/// RFC 5508 REQ-2: an ICMP query mapping MUST NOT expire in less than 60 seconds…
+pub const ICMP_TIMEOUT_MIN: u64 = 60;
+/// …and natgw uses exactly that by default.
+pub const ICMP_TIMEOUT_DEFAULT: u64 = ICMP_TIMEOUT_MIN;
 /// Default garbage-collection period in seconds.
 pub const GC_INTERVAL_DEFAULT: u64 = 1;
 /// Default external port range: every non-system port (RFC 4787 REQ-3a keeps system
@@ -184,6 +188,79 @@ impl fmt::Display for XdpModeChoice {
     }
 }
 
+/// Inbound filtering of new mappings (RFC 4787 REQ-8, RFC 5382 REQ-3): which remote
+/// endpoints may send to a mapping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filtering {
+    /// Anyone may send to a mapping once it exists: the most transparent for
+    /// peer-to-peer applications (RFC 4787 REQ-8 recommends it when transparency
+    /// matters most).
+    #[default]
+    #[value(alias = "eif")]
+    #[serde(alias = "eif")]
+    EndpointIndependent,
+    /// Only addresses the internal endpoint has sent to.
+    #[value(alias = "adf")]
+    #[serde(alias = "adf")]
+    AddressDependent,
+    /// Only address-and-port pairs the internal endpoint has sent to: the strictest.
+    #[value(alias = "apdf")]
+    #[serde(alias = "apdf")]
+    AddressAndPortDependent,
+}
+
+impl Filtering {
+    /// The data path's encoding.
+    #[must_use]
+    pub const fn mode(self) -> FilterMode {
+        match self {
+            Self::EndpointIndependent => FilterMode::EndpointIndependent,
+            Self::AddressDependent => FilterMode::AddressDependent,
+            Self::AddressAndPortDependent => FilterMode::AddressAndPortDependent,
+        }
+    }
+}
+
+impl fmt::Display for Filtering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mode().name())
+    }
+}
+
+/// The filtering of new mappings, per protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilteringModes {
+    /// UDP mappings.
+    pub udp: Filtering,
+    /// TCP mappings.
+    pub tcp: Filtering,
+    /// ICMP query mappings.
+    pub icmp: Filtering,
+}
+
+/// What becomes of an unsolicited inbound SYN once it has been held for
+/// [`crate::gc::held_syns::HOLD_NS`] without an outbound SYN answering it (RFC 5382
+/// REQ-4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsolicitedSyn {
+    /// Answer it with ICMP port unreachable (what RFC 5382 REQ-4 asks by default).
+    #[default]
+    Icmp,
+    /// Drop it silently (REQ-4 allows this as a policy; the sender times out).
+    Drop,
+}
+
+impl fmt::Display for UnsolicitedSyn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Icmp => "icmp",
+            Self::Drop => "drop",
+        })
+    }
+}
+
 /// Mapping idle timeouts in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
@@ -193,6 +270,13 @@ pub struct Timeouts {
     pub tcp_established: u64,
     /// Any other TCP state (opening, closing, reset).
     pub tcp_transitory: u64,
+    /// ICMP query mappings (echo, timestamp, ...).
+    #[serde(default = "icmp_timeout_default")]
+    pub icmp: u64,
+}
+
+const fn icmp_timeout_default() -> u64 {
+    ICMP_TIMEOUT_DEFAULT
 }
 
 impl Default for Timeouts {
@@ -201,6 +285,7 @@ impl Default for Timeouts {
             udp: UDP_TIMEOUT_DEFAULT,
             tcp_established: TCP_ESTABLISHED_TIMEOUT_DEFAULT,
             tcp_transitory: TCP_TRANSITORY_TIMEOUT_DEFAULT,
+            icmp: ICMP_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -229,6 +314,22 @@ pub struct FileConfig {
     pub xdp_mode: Option<XdpModeChoice>,
     /// Garbage-collection period in seconds.
     pub gc_interval: Option<u64>,
+    /// `[filtering]` table.
+    pub filtering: Option<FileFiltering>,
+    /// Fate of held unsolicited SYNs.
+    pub unsolicited_syn: Option<UnsolicitedSyn>,
+}
+
+/// The `[filtering]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFiltering {
+    /// UDP filtering.
+    pub udp: Option<Filtering>,
+    /// TCP filtering.
+    pub tcp: Option<Filtering>,
+    /// ICMP query filtering.
+    pub icmp: Option<Filtering>,
 }
 
 /// The `[timeouts]` table, in seconds.
@@ -241,6 +342,8 @@ pub struct FileTimeouts {
     pub tcp_established: Option<u64>,
     /// Transitory TCP idle timeout.
     pub tcp_transitory: Option<u64>,
+    /// ICMP query idle timeout.
+    pub icmp: Option<u64>,
 }
 
 /// Settings given on the command line; each one set replaces the file's.
@@ -266,6 +369,16 @@ pub struct Overrides {
     pub xdp_mode: Option<XdpModeChoice>,
     /// `--gc-interval`.
     pub gc_interval: Option<u64>,
+    /// `--icmp-timeout`.
+    pub icmp_timeout: Option<u64>,
+    /// `--udp-filtering`.
+    pub udp_filtering: Option<Filtering>,
+    /// `--tcp-filtering`.
+    pub tcp_filtering: Option<Filtering>,
+    /// `--icmp-filtering`.
+    pub icmp_filtering: Option<Filtering>,
+    /// `--unsolicited-syn`.
+    pub unsolicited_syn: Option<UnsolicitedSyn>,
 }
 
 /// Validated settings of a running gateway.
@@ -287,6 +400,12 @@ pub struct Settings {
     pub xdp_mode: XdpModeChoice,
     /// Garbage-collection period in seconds.
     pub gc_interval: u64,
+    /// Filtering of new mappings per protocol.
+    #[serde(default)]
+    pub filtering: FilteringModes,
+    /// Fate of held unsolicited SYNs.
+    #[serde(default)]
+    pub unsolicited_syn: UnsolicitedSyn,
 }
 
 /// Why the configuration cannot be used.
@@ -416,6 +535,25 @@ pub fn resolve(
             .tcp_transitory_timeout
             .or_else(|| file_timeouts.and_then(|t| t.tcp_transitory))
             .unwrap_or(defaults.tcp_transitory),
+        icmp: flags
+            .icmp_timeout
+            .or_else(|| file_timeouts.and_then(|t| t.icmp))
+            .unwrap_or(defaults.icmp),
+    };
+    let file_filtering = file.filtering.as_ref();
+    let filtering = FilteringModes {
+        udp: flags
+            .udp_filtering
+            .or_else(|| file_filtering.and_then(|f| f.udp))
+            .unwrap_or_default(),
+        tcp: flags
+            .tcp_filtering
+            .or_else(|| file_filtering.and_then(|f| f.tcp))
+            .unwrap_or_default(),
+        icmp: flags
+            .icmp_filtering
+            .or_else(|| file_filtering.and_then(|f| f.icmp))
+            .unwrap_or_default(),
     };
     let settings = Settings {
         wan,
@@ -435,6 +573,11 @@ pub fn resolve(
             .gc_interval
             .or(file.gc_interval)
             .unwrap_or(GC_INTERVAL_DEFAULT),
+        filtering,
+        unsolicited_syn: flags
+            .unsolicited_syn
+            .or(file.unsolicited_syn)
+            .unwrap_or_default(),
     };
     let warnings = validate(&settings)?;
     Ok((settings, warnings))
@@ -477,6 +620,7 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
             TCP_TRANSITORY_TIMEOUT_MIN,
             "RFC 5382 REQ-5",
         ),
+        ("ICMP", t.icmp, ICMP_TIMEOUT_MIN, "RFC 5508 REQ-2"),
     ] {
         if value == 0 {
             return Err(ConfigError::ZeroTimeout(name));
@@ -579,7 +723,8 @@ mod tests {
             Timeouts {
                 udp: 60,
                 tcp_established: 8000,
-                tcp_transitory: 300
+                tcp_transitory: 300,
+                icmp: 60,
             }
         );
         assert!(s.inbound_refresh);
@@ -648,6 +793,99 @@ mod tests {
         assert_eq!(s.gc_interval, 1);
         assert_eq!(s.xdp_mode, XdpModeChoice::Auto);
         assert!(!s.inbound_refresh);
+        assert_eq!(s.timeouts.icmp, 60, "rfc5508 REQ-2");
+        assert_eq!(s.filtering, FilteringModes::default());
+        assert_eq!(s.filtering.udp, Filtering::EndpointIndependent);
+        assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Icmp, "rfc5382 REQ-4");
+    }
+
+    #[test]
+    fn filtering_table_takes_names_and_aliases() {
+        let f = parse(
+            "wan = \"eth0\"\nlan = [\"eth1\"]\nunsolicited_syn = \"drop\"\n\
+             [filtering]\nudp = \"address-and-port-dependent\"\ntcp = \"adf\"\n\
+             [timeouts]\nicmp = 90\n",
+        )
+        .unwrap();
+        let (s, warnings) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(
+            s.filtering,
+            FilteringModes {
+                udp: Filtering::AddressAndPortDependent,
+                tcp: Filtering::AddressDependent,
+                icmp: Filtering::EndpointIndependent,
+            }
+        );
+        assert_eq!(s.timeouts.icmp, 90);
+        assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Drop);
+        assert_eq!(s.filtering.udp.mode(), FilterMode::AddressAndPortDependent);
+    }
+
+    #[test]
+    fn filtering_flags_override_the_file() {
+        let f = parse("[filtering]\nudp = \"apdf\"\nicmp = \"adf\"\n").unwrap();
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            udp_filtering: Some(Filtering::EndpointIndependent),
+            tcp_filtering: Some(Filtering::AddressAndPortDependent),
+            icmp_timeout: Some(120),
+            unsolicited_syn: Some(UnsolicitedSyn::Drop),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.filtering.udp, Filtering::EndpointIndependent);
+        assert_eq!(s.filtering.tcp, Filtering::AddressAndPortDependent);
+        assert_eq!(s.filtering.icmp, Filtering::AddressDependent);
+        assert_eq!(s.timeouts.icmp, 120);
+        assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Drop);
+    }
+
+    #[test]
+    fn bad_filtering_values_and_keys_are_rejected() {
+        let err = parse("[filtering]\nudp = \"strict\"\n").unwrap_err();
+        assert!(err.to_string().contains("strict"), "{err}");
+        let err = parse("[filtering]\nsctp = \"eif\"\n").unwrap_err();
+        assert!(err.to_string().contains("sctp"), "{err}");
+        let err = parse("unsolicited_syn = \"rst\"\n").unwrap_err();
+        assert!(err.to_string().contains("rst"), "{err}");
+    }
+
+    #[test]
+    fn short_icmp_timeout_warns_and_zero_is_refused() {
+        let mut flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            icmp_timeout: Some(30),
+            ..Overrides::default()
+        };
+        let (_, warnings) = resolve(&FileConfig::default(), &flags).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("ICMP timeout of 30 s"), "{warnings:?}");
+        assert!(warnings[0].contains("RFC 5508 REQ-2"), "{warnings:?}");
+        flags.icmp_timeout = Some(0);
+        assert!(matches!(
+            resolve(&FileConfig::default(), &flags),
+            Err(ConfigError::ZeroTimeout("ICMP"))
+        ));
+    }
+
+    #[test]
+    fn settings_without_the_new_fields_still_read() {
+        // A state file written before filtering existed.
+        let flags = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&FileConfig::default(), &flags).unwrap();
+        let mut v = serde_json::to_value(&s).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("filtering");
+        obj.remove("unsolicited_syn");
+        obj["timeouts"].as_object_mut().unwrap().remove("icmp");
+        assert_eq!(serde_json::from_value::<Settings>(v).unwrap(), s);
     }
 
     #[test]
@@ -807,6 +1045,11 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"port_range\":{\"min\":1024,\"max\":65535}"));
         assert!(json.contains("\"xdp_mode\":\"auto\""));
+        assert!(
+            json.contains("\"filtering\":{\"udp\":\"endpoint-independent\""),
+            "{json}"
+        );
+        assert!(json.contains("\"unsolicited_syn\":\"icmp\""), "{json}");
         assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
     }
 }

@@ -1,6 +1,7 @@
 //! `natgw run`: check the host, resolve the interfaces, load and attach the data path,
-//! then run the garbage collector and watch the interfaces until SIGINT/SIGTERM, and
-//! finally undo everything it did.
+//! then run the garbage collector, expire held SYNs, answer the data path's requests
+//! for ICMP errors and watch the interfaces until SIGINT/SIGTERM, and finally undo
+//! everything it did.
 //!
 //! Order matters: `IFACES` and `LAN_NETS` are filled before the programs are attached
 //! and `CONFIG` (with `CONFIG_F_READY`) last, because until then the programs pass
@@ -12,7 +13,9 @@
 //! with a non-zero exit status. A vanished interface is not re-attached if it comes
 //! back; restart natgw for that.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -24,8 +27,9 @@ use natgw_common::{Config, IfaceConfig, IfaceRole};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::RunArgs;
-use crate::config::{self, FileConfig, Settings};
-use crate::gc::{Policy, Sweeper};
+use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
+use crate::gc::{held_syns, Policy, Sweeper};
+use crate::icmp::{self, IcmpSender};
 use crate::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
 use crate::maps::GatewayMaps;
 use crate::netlink::netdev::{self, GenlError, Netdev};
@@ -68,6 +72,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
 
     let (ebpf, log_task) = loader::load(settings.max_mappings)?;
     let mut daemon = Daemon {
+        icmp: Arc::new(IcmpSender::open(system::monotonic_ns())),
+        events_task: None,
+        reported_counters: BTreeMap::new(),
         settings,
         dirs,
         _lock: lock,
@@ -230,6 +237,12 @@ struct Daemon {
     ifaces: Vec<Iface>,
     pinned: bool,
     state: Option<StateFile>,
+    /// Sends the ICMP errors of held SYNs and of `EVENTS`.
+    icmp: Arc<IcmpSender>,
+    /// Reads `EVENTS`.
+    events_task: Option<tokio::task::JoinHandle<()>>,
+    /// The controller counters the state file holds.
+    reported_counters: BTreeMap<String, u64>,
 }
 
 /// Why the daemon stops on its own.
@@ -247,10 +260,14 @@ impl Daemon {
 
     /// Pins the maps, fills them and attaches the programs.
     fn deploy(&mut self) -> Result<()> {
-        let maps = GatewayMaps::take(&mut self.ebpf)?;
+        let mut maps = GatewayMaps::take(&mut self.ebpf)?;
         self.dirs.create_pin_dir()?;
         self.pinned = true;
         maps.pin(&self.dirs)?;
+        if let Some(ring) = maps.events.take() {
+            self.events_task =
+                icmp::spawn_event_reader(ring, Arc::clone(&self.icmp), self.lan_addresses());
+        }
         self.maps = Some(maps);
 
         self.netdev = match Netdev::open() {
@@ -323,6 +340,28 @@ impl Daemon {
             let att = loader::attach_tc(&mut self.ebpf, prog, &wan.name, wan.ifindex, hook)?;
             self.tc.push(att);
         }
+        let lans: Vec<(String, u32)> = self
+            .ifaces
+            .iter()
+            .filter(|f| f.role == Role::Lan)
+            .map(|f| (f.link.name.clone(), f.link.ifindex))
+            .collect();
+        for (name, ifindex) in lans {
+            let prog = programs::TC_LAN_INGRESS;
+            let hook = TcAttachType::Ingress;
+            let att = match loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook) {
+                Ok(att) => att,
+                Err(first) => {
+                    // Kernels without tcx need a clsact qdisc; natgw leaves the one it
+                    // adds on a LAN interface in place when it exits.
+                    if !loader::add_clsact(&name)? {
+                        return Err(first.into());
+                    }
+                    loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook)?
+                }
+            };
+            self.tc.push(att);
+        }
 
         let config = self.data_path_config();
         self.maps()?
@@ -331,6 +370,7 @@ impl Daemon {
 
         let state = self.build_state()?;
         self.dirs.write_state(&state)?;
+        self.reported_counters = state.controller_counters.clone();
         self.state = Some(state);
         self.log_started();
         Ok(())
@@ -349,9 +389,21 @@ impl Daemon {
                 } else {
                     0
                 },
-            // Endpoint-independent until the filtering settings are wired.
+            filter_udp: s.filtering.udp.mode() as u8,
+            filter_tcp: s.filtering.tcp.mode() as u8,
+            filter_icmp: s.filtering.icmp.mode() as u8,
             ..Config::default()
         }
+    }
+
+    /// The address ICMP errors about packets from each LAN interface come from: its
+    /// first IPv4 address.
+    fn lan_addresses(&self) -> HashMap<u32, Ipv4Addr> {
+        self.topology
+            .lans
+            .iter()
+            .filter_map(|l| l.ipv4.first().map(|p| (l.ifindex, p.addr())))
+            .collect()
     }
 
     /// Networks of the present LAN interfaces, deduplicated.
@@ -416,6 +468,7 @@ impl Daemon {
             interfaces,
             clsact_created: self.clsact_created.is_some(),
             settings: self.settings.clone(),
+            controller_counters: self.icmp.counters().snapshot(),
         })
     }
 
@@ -468,14 +521,20 @@ impl Daemon {
         let s = &self.settings;
         info!(
             "config ports={} ({} ports) udp_timeout={}s tcp_established_timeout={}s \
-             tcp_transitory_timeout={}s inbound_refresh={} max_mappings={} xdp_mode={} \
-             gc_interval={}s",
+             tcp_transitory_timeout={}s icmp_timeout={}s inbound_refresh={} \
+             udp_filtering={} tcp_filtering={} icmp_filtering={} unsolicited_syn={} \
+             max_mappings={} xdp_mode={} gc_interval={}s",
             s.port_range,
             s.port_range.len(),
             s.timeouts.udp,
             s.timeouts.tcp_established,
             s.timeouts.tcp_transitory,
+            s.timeouts.icmp,
             s.inbound_refresh,
+            s.filtering.udp,
+            s.filtering.tcp,
+            s.filtering.icmp,
+            s.unsolicited_syn,
             s.max_mappings,
             s.xdp_mode,
             s.gc_interval
@@ -499,7 +558,11 @@ impl Daemon {
         ));
         let mut tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Held SYNs are due 6 s after they arrived, whatever the GC interval.
+        let mut held_tick = tokio::time::interval(held_syns::CHECK_INTERVAL);
+        held_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gc_failing = false;
+        let mut held_failing = false;
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
@@ -509,6 +572,10 @@ impl Daemon {
                 _ = sigterm.recv() => {
                     info!("natgw.stopping signal=SIGTERM");
                     return Ok(());
+                }
+                _ = held_tick.tick() => {
+                    self.expire_held_syns(&mut held_failing);
+                    self.report_counters();
                 }
                 _ = tick.tick() => {
                     match self.watch_interfaces() {
@@ -530,11 +597,15 @@ impl Daemon {
                     match result {
                         Ok(stats) => {
                             gc_failing = false;
-                            if stats.expired + stats.orphans + stats.refreshed > 0 {
+                            if stats.expired + stats.orphans + stats.refreshed
+                                + stats.sessions_expired > 0
+                            {
                                 debug!(
-                                    "gc.tick mappings={} expired={} orphans={} refreshed={} candidates={}",
+                                    "gc.tick mappings={} expired={} orphans={} refreshed={} \
+                                     candidates={} sessions={} sessions_expired={}",
                                     stats.mappings, stats.expired, stats.orphans,
-                                    stats.refreshed, stats.candidates
+                                    stats.refreshed, stats.candidates, stats.sessions,
+                                    stats.sessions_expired
                                 );
                             }
                         }
@@ -547,6 +618,45 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// Ends the held SYNs that waited their 6 s: ICMP port unreachable to the sender,
+    /// or nothing, by policy (RFC 5382 REQ-4).
+    fn expire_held_syns(&mut self, failing: &mut bool) {
+        let now = system::monotonic_ns();
+        let policy = self.settings.unsolicited_syn;
+        let sender = &self.icmp;
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        let result = held_syns::sweep(&mut maps.nat, now, |key, held| {
+            sender.counters().held_syn_expired();
+            debug!(
+                "held_syn.expired {} action={policy}",
+                icmp::describe_held(key)
+            );
+            if policy == UnsolicitedSyn::Icmp {
+                sender.port_unreachable(key, held, now);
+            }
+        });
+        match result {
+            Ok(_) => *failing = false,
+            Err(e) => {
+                if !*failing {
+                    error!("held_syns.failed error=\"{e}\": will retry every second");
+                }
+                *failing = true;
+            }
+        }
+    }
+
+    /// Rewrites the state file when the controller counters changed.
+    fn report_counters(&mut self) {
+        let now = self.icmp.counters().snapshot();
+        if now != self.reported_counters {
+            self.refresh_state_file();
+            self.reported_counters = now;
         }
     }
 
@@ -705,6 +815,9 @@ impl Daemon {
             warn!("teardown.state_failed error=\"{e}\"");
         }
         if let Some(task) = self.log_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.events_task.take() {
             task.abort();
         }
         info!(

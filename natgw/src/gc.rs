@@ -1,34 +1,48 @@
-//! Expiry of idle mappings. The data path only creates mappings and stamps them; this
+//! Expiry of idle mappings and of their sessions ([`sessions`]), and the end of held
+//! SYNs ([`held_syns`]). The data path only creates entries and stamps them; this
 //! module decides when they die and deletes them.
 //!
 //! The policy is pure functions over what the maps hold ([`Observed`]) and the time:
 //! - idle time: since the last outbound packet, or the last packet either way when
 //!   inbound refresh is on (RFC 4787 REQ-6);
-//! - timeout: UDP and other protocols the UDP timeout (REQ-5); TCP the established
-//!   timeout when a SYN was seen both ways and no FIN or RST either way, else the
-//!   transitory one (RFC 5382 REQ-5);
+//! - timeout: UDP and other protocols the UDP timeout (REQ-5), ICMP query mappings
+//!   the ICMP timeout (RFC 5508 REQ-2); TCP the established timeout when a SYN was
+//!   seen both ways and no FIN or RST either way, else the transitory one (RFC 5382
+//!   REQ-5);
+//! - a TCP mapping also lives as long as any of its sessions does: its expiry is the
+//!   later of its own rule's and its live sessions' (each timed by its own TCP state,
+//!   since the last packet either way), so a connection the mapping's coarse flags
+//!   call closing, or one kept busy only by inbound segments, keeps its mapping;
 //! - two phases: a tick that finds a mapping expired only remembers it as a
 //!   [`Candidate`]; the next tick deletes it if the timestamps that count as refresh
-//!   are unchanged, so a mapping refreshed in between survives;
+//!   are unchanged (for TCP inbound ones too, as its sessions count them), so a
+//!   mapping refreshed in between survives;
 //! - the forward entry goes first, then the reverse entry if its `created_ns` is the
 //!   forward entry's (otherwise it belongs to a newer mapping of the same port);
 //! - reverse entries no forward entry points back to (orphans) are deleted once they
 //!   are older than [`ORPHAN_GRACE_NS`] and seen orphaned on two ticks, since the data
-//!   path inserts the reverse entry (the port claim) before the forward one.
+//!   path inserts the reverse entry (the port claim) before the forward one;
+//! - the sessions of a deleted mapping go right after it, in the same tick.
 //!
 //! [`Sweeper::plan`] makes every decision from a snapshot; [`Sweeper::tick`] takes the
 //! snapshot and applies the plan through [`NatTables`], re-checking each entry
 //! right before deleting it.
 
-use std::collections::HashMap;
+pub mod held_syns;
+pub mod sessions;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddrV4;
 
-use natgw_common::maps::tcp_seen;
+use natgw_common::maps::{tcp_seen, Session, SessionKey};
 use natgw_common::{FwdKey, Mapping, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::config::Timeouts;
-use crate::maps::{fwd_key_of, ipv4, port, rev_key_of, rev_matches, MapsError, NatTables};
+use crate::maps::{
+    fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
+};
+use sessions::{SessionCandidate, SessionEnd, SessionObserved, SessionVerdict};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -45,6 +59,8 @@ pub struct Policy {
     pub tcp_established_ns: u64,
     /// Opening or closing TCP.
     pub tcp_transitory_ns: u64,
+    /// ICMP query mappings.
+    pub icmp_ns: u64,
     /// Inbound packets refresh the idle timer.
     pub inbound_refresh: bool,
 }
@@ -57,6 +73,7 @@ impl Policy {
             udp_ns: t.udp.saturating_mul(NS_PER_SEC),
             tcp_established_ns: t.tcp_established.saturating_mul(NS_PER_SEC),
             tcp_transitory_ns: t.tcp_transitory.saturating_mul(NS_PER_SEC),
+            icmp_ns: t.icmp.saturating_mul(NS_PER_SEC),
             inbound_refresh,
         }
     }
@@ -113,6 +130,8 @@ pub struct Observed {
     pub flags_out: u8,
     /// [`tcp_seen`] bits inbound.
     pub flags_in: u8,
+    /// Until when its live sessions keep it (TCP), 0 when none do.
+    pub sessions_until_ns: u64,
 }
 
 impl Observed {
@@ -127,6 +146,16 @@ impl Observed {
             last_in_ns: rev.map_or(0, |r| r.last_in_ns),
             flags_out: m.tcp_flags_out,
             flags_in: rev.map_or(0, |r| r.tcp_flags_in),
+            sessions_until_ns: 0,
+        }
+    }
+
+    /// The same, kept until `until_ns` by live sessions.
+    #[must_use]
+    pub const fn kept_until(self, until_ns: u64) -> Self {
+        Self {
+            sessions_until_ns: until_ns,
+            ..self
         }
     }
 
@@ -158,12 +187,13 @@ impl Observed {
     }
 }
 
-/// The idle timeout of a mapping.
+/// The idle timeout of a mapping by its own rule.
 #[must_use]
 pub const fn timeout_ns(policy: &Policy, obs: &Observed) -> u64 {
     match obs.tcp_state() {
         Some(TcpState::Established) => policy.tcp_established_ns,
         Some(_) => policy.tcp_transitory_ns,
+        None if obs.proto == IPPROTO_ICMP => policy.icmp_ns,
         None => policy.udp_ns,
     }
 }
@@ -174,16 +204,19 @@ pub fn idle_ns(policy: &Policy, obs: &Observed, now_ns: u64) -> u64 {
     now_ns.saturating_sub(obs.last_refresh_ns(policy))
 }
 
-/// Whether the mapping has been idle for its whole timeout.
+/// Whether the mapping has been idle for its whole timeout and no live session
+/// keeps it.
 #[must_use]
 pub fn is_expired(policy: &Policy, obs: &Observed, now_ns: u64) -> bool {
-    idle_ns(policy, obs, now_ns) >= timeout_ns(policy, obs)
+    idle_ns(policy, obs, now_ns) >= timeout_ns(policy, obs) && now_ns >= obs.sessions_until_ns
 }
 
 /// Time left before the mapping expires (0 once expired).
 #[must_use]
 pub fn remaining_ns(policy: &Policy, obs: &Observed, now_ns: u64) -> u64 {
-    timeout_ns(policy, obs).saturating_sub(idle_ns(policy, obs, now_ns))
+    timeout_ns(policy, obs)
+        .saturating_sub(idle_ns(policy, obs, now_ns))
+        .max(obs.sessions_until_ns.saturating_sub(now_ns))
 }
 
 /// What one tick remembers of an expired mapping.
@@ -209,12 +242,14 @@ impl Candidate {
     }
 
     /// Whether `obs` is the same mapping, not refreshed since. Inbound packets count
-    /// only with inbound refresh; otherwise a peer could keep a mapping alive forever.
+    /// only with inbound refresh, or for TCP, whose sessions they refresh; otherwise
+    /// a peer could keep a mapping alive forever.
     #[must_use]
     pub const fn unchanged(&self, obs: &Observed, policy: &Policy) -> bool {
+        let inbound_counts = policy.inbound_refresh || obs.proto == IPPROTO_TCP;
         self.created_ns == obs.created_ns
             && self.last_out_ns == obs.last_out_ns
-            && (!policy.inbound_refresh || self.last_in_ns == obs.last_in_ns)
+            && (!inbound_counts || self.last_in_ns == obs.last_in_ns)
     }
 }
 
@@ -276,6 +311,17 @@ pub struct Orphan {
     pub created_ns: u64,
 }
 
+/// A session to delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionExpiry {
+    /// Its key.
+    pub key: SessionKey,
+    /// What the decision was based on.
+    pub observed: SessionObserved,
+    /// Why.
+    pub end: SessionEnd,
+}
+
 /// Everything one tick decided to delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -283,6 +329,9 @@ pub struct Plan {
     pub expire: Vec<Expiry>,
     /// Orphaned reverse entries.
     pub orphans: Vec<Orphan>,
+    /// Dead sessions; those ending [`SessionEnd::WithMapping`] only if their mapping
+    /// is really deleted.
+    pub sessions: Vec<SessionExpiry>,
 }
 
 /// What a tick did.
@@ -298,6 +347,10 @@ pub struct TickStats {
     pub orphans: usize,
     /// Candidates remembered for the next tick.
     pub candidates: usize,
+    /// Sessions seen.
+    pub sessions: usize,
+    /// Sessions deleted.
+    pub sessions_expired: usize,
 }
 
 /// The garbage collector: the policy and what it remembers between ticks.
@@ -306,6 +359,7 @@ pub struct Sweeper {
     policy: Policy,
     candidates: HashMap<FwdKey, Candidate>,
     orphan_candidates: HashMap<RevKey, u64>,
+    session_candidates: HashMap<SessionKey, SessionCandidate>,
 }
 
 impl Sweeper {
@@ -316,23 +370,64 @@ impl Sweeper {
             policy,
             candidates: HashMap::new(),
             orphan_candidates: HashMap::new(),
+            session_candidates: HashMap::new(),
         }
     }
 
-    /// Decides from a snapshot of both tables; updates the memory for the next tick.
+    /// Decides from a snapshot of the tables; updates the memory for the next tick.
     pub fn plan(
         &mut self,
         now_ns: u64,
         fwd: &[(FwdKey, Mapping)],
         rev: &[(RevKey, RevValue)],
+        sessions: &[(SessionKey, Session)],
     ) -> Plan {
         let rev_by_key: HashMap<RevKey, RevValue> = rev.iter().copied().collect();
         let fwd_by_key: HashMap<FwdKey, Mapping> = fwd.iter().copied().collect();
         let mut plan = Plan::default();
 
+        // Sessions first: the live ones of TCP mappings extend their mappings.
+        let mut session_candidates = HashMap::new();
+        let mut kept_until: HashMap<RevKey, u64> = HashMap::new();
+        // Sessions not deleted on their own this tick.
+        let mut undecided: Vec<(SessionKey, SessionObserved)> = Vec::new();
+        for (key, s) in sessions {
+            let obs = SessionObserved::new(key, s);
+            let rk = session_rev_key(key);
+            let owner = rev_by_key.get(&rk);
+            match sessions::judge(
+                &self.policy,
+                now_ns,
+                self.session_candidates.get(key),
+                &obs,
+                owner,
+            ) {
+                SessionVerdict::Keep => {
+                    if key.proto == IPPROTO_TCP {
+                        let until = sessions::expires_at_ns(&self.policy, &obs);
+                        let e = kept_until.entry(rk).or_default();
+                        *e = (*e).max(until);
+                    }
+                    undecided.push((*key, obs));
+                }
+                SessionVerdict::Candidate(c) => {
+                    session_candidates.insert(*key, c);
+                    undecided.push((*key, obs));
+                }
+                SessionVerdict::Delete(end) => plan.sessions.push(SessionExpiry {
+                    key: *key,
+                    observed: obs,
+                    end,
+                }),
+            }
+        }
+        self.session_candidates = session_candidates;
+
         let mut candidates = HashMap::new();
         for (key, m) in fwd {
-            let obs = Observed::new(key, m, rev_by_key.get(&rev_key_of(key, m)));
+            let rk = rev_key_of(key, m);
+            let obs = Observed::new(key, m, rev_by_key.get(&rk))
+                .kept_until(kept_until.get(&rk).copied().unwrap_or(0));
             match judge(&self.policy, now_ns, self.candidates.get(key), &obs) {
                 Verdict::Keep => {}
                 Verdict::Candidate(c) => {
@@ -348,6 +443,18 @@ impl Sweeper {
         }
         self.candidates = candidates;
 
+        // The remaining sessions of mappings deleted now go with them.
+        let dying: HashSet<RevKey> = plan.expire.iter().map(Expiry::rev_key).collect();
+        for (key, obs) in undecided {
+            if dying.contains(&session_rev_key(&key)) {
+                self.session_candidates.remove(&key);
+                plan.sessions.push(SessionExpiry {
+                    key,
+                    observed: obs,
+                    end: SessionEnd::WithMapping,
+                });
+            }
+        }
         let mut orphans = HashMap::new();
         for (key, r) in rev {
             let owner = fwd_by_key.get(&fwd_key_of(key, r));
@@ -376,14 +483,20 @@ impl Sweeper {
         tables: &mut T,
         now_ns: u64,
     ) -> Result<TickStats, MapsError> {
+        // Sessions before mappings, forward before reverse: the data path creates
+        // them in the opposite order, so every entry in a snapshot finds the entries
+        // it was created after in the later snapshots.
+        let sessions = tables.session_entries()?;
         let fwd = tables.fwd_entries()?;
         let rev = tables.rev_entries()?;
-        let plan = self.plan(now_ns, &fwd, &rev);
+        let plan = self.plan(now_ns, &fwd, &rev, &sessions);
         let mut stats = TickStats {
             mappings: fwd.len(),
             candidates: self.candidates.len(),
+            sessions: sessions.len(),
             ..TickStats::default()
         };
+        let mut deleted: HashSet<RevKey> = HashSet::new();
 
         for e in &plan.expire {
             // Re-read right before deleting: a packet may have arrived since the
@@ -405,6 +518,7 @@ impl Sweeper {
                     tables.remove_rev(&rev_key)?;
                 }
             }
+            deleted.insert(rev_key);
             stats.expired += 1;
             log::debug!(
                 "mapping.expired proto={} int={} ext={} idle={} state={}",
@@ -437,6 +551,36 @@ impl Sweeper {
                     proto_name(o.key.proto),
                     SocketAddrV4::new(ipv4(o.key.addr_be), port(o.key.port_be)),
                     SocketAddrV4::new(ipv4(r.int_addr_be), port(r.int_port_be)),
+                );
+            }
+        }
+
+        for s in &plan.sessions {
+            if s.end == SessionEnd::WithMapping && !deleted.contains(&session_rev_key(&s.key)) {
+                continue; // the mapping was spared after all
+            }
+            let Some(current) = tables.session(&s.key)? else {
+                continue;
+            };
+            let was = SessionCandidate {
+                observed: s.observed,
+                end: s.end,
+            };
+            if !was.unchanged(&SessionObserved::new(&s.key, &current), &self.policy) {
+                continue;
+            }
+            if tables.remove_session(&s.key)? {
+                stats.sessions_expired += 1;
+                log::debug!(
+                    "session.expired proto={} ext={} remote={} reason={} idle={} state={}",
+                    proto_name(s.key.proto),
+                    SocketAddrV4::new(ipv4(s.key.ext_addr_be), port(s.key.ext_port_be)),
+                    SocketAddrV4::new(ipv4(s.key.remote_addr_be), port(s.key.remote_port_be)),
+                    s.end.name(),
+                    Secs(now_ns.saturating_sub(s.observed.last_packet_ns())),
+                    s.observed
+                        .tcp_state()
+                        .map_or("-", natgw_common::tcp::TcpState::name),
                 );
             }
         }
@@ -478,6 +622,7 @@ mod tests {
                 udp: 300,
                 tcp_established: 7440,
                 tcp_transitory: 240,
+                icmp: 60,
             },
             inbound_refresh,
         )
@@ -491,6 +636,7 @@ mod tests {
             last_in_ns: last_in,
             flags_out: 0,
             flags_in: 0,
+            sessions_until_ns: 0,
         }
     }
 
@@ -516,8 +662,49 @@ mod tests {
     #[test]
     fn other_protocols_use_the_udp_timeout() {
         let p = policy(false);
-        assert_eq!(timeout_ns(&p, &obs(IPPROTO_ICMP, S, 0)), 300 * S);
         assert_eq!(timeout_ns(&p, &obs(47, S, 0)), 300 * S);
+    }
+
+    #[test]
+    fn icmp_query_mappings_use_the_icmp_timeout() {
+        // rfc5508 REQ-2
+        let p = policy(false);
+        let o = obs(IPPROTO_ICMP, 10 * S, 0);
+        assert_eq!(timeout_ns(&p, &o), 60 * S);
+        assert!(!is_expired(&p, &o, 70 * S - 1));
+        assert!(is_expired(&p, &o, 70 * S));
+    }
+
+    #[test]
+    fn live_sessions_keep_a_tcp_mapping_past_its_own_rule() {
+        // rfc5382 REQ-5: the mapping's flags say closing (transitory), its session
+        // is still half-closed (established timeout).
+        use tcp_seen::{ACK, FIN, SYN};
+        let p = policy(false);
+        let o = tcp(SYN | ACK | FIN, SYN | ACK);
+        assert!(is_expired(&p, &o, 300 * S));
+        let kept = o.kept_until(1000 * S);
+        assert!(!is_expired(&p, &kept, 300 * S));
+        assert_eq!(remaining_ns(&p, &kept, 300 * S), 700 * S);
+        assert!(is_expired(&p, &kept, 1000 * S));
+        // Its own rule still wins when it is later.
+        assert_eq!(
+            remaining_ns(&p, &tcp(SYN | ACK, SYN | ACK).kept_until(2 * S), S),
+            7440 * S
+        );
+    }
+
+    #[test]
+    fn tcp_candidates_count_inbound_packets() {
+        let o1 = Observed {
+            last_in_ns: 2 * S,
+            ..tcp(0, 0)
+        };
+        let o2 = Observed {
+            last_in_ns: 3 * S,
+            ..o1
+        };
+        assert!(!Candidate::of(&o1).unchanged(&o2, &policy(false)));
     }
 
     #[test]
@@ -598,6 +785,9 @@ mod tests {
         rev: Map<RevKey, RevValue>,
         /// Applied to `fwd` on the next `fwd()` read: a packet racing the GC.
         race: Option<(FwdKey, u64)>,
+        sessions: Map<SessionKey, Session>,
+        /// The same for `session()`.
+        session_race: Option<(SessionKey, u64)>,
     }
 
     impl NatTables for FakeTables {
@@ -624,6 +814,21 @@ mod tests {
         }
         fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
             Ok(self.rev.remove(key).is_some())
+        }
+        fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError> {
+            Ok(self.sessions.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn session(&self, key: &SessionKey) -> Result<Option<Session>, MapsError> {
+            let mut s = self.sessions.get(key).copied();
+            if let (Some(s), Some((k, t))) = (s.as_mut(), self.session_race) {
+                if k == *key {
+                    s.last_out_ns = t;
+                }
+            }
+            Ok(s)
+        }
+        fn remove_session(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
+            Ok(self.sessions.remove(key).is_some())
         }
     }
 
@@ -778,6 +983,151 @@ mod tests {
         let mut gc = Sweeper::new(policy(true));
         gc.tick(&mut t, 302 * S).unwrap();
         assert_eq!(gc.tick(&mut t, 303 * S).unwrap().expired, 1);
+    }
+
+    /// Inserts a session of the mapping with reverse key `rk` with a remote port.
+    fn add_session(
+        t: &mut FakeTables,
+        rk: RevKey,
+        remote_port: u16,
+        last_out: u64,
+        last_in: u64,
+        state: natgw_common::tcp::TcpState,
+    ) -> SessionKey {
+        let key = SessionKey {
+            ext_addr_be: rk.addr_be,
+            remote_addr_be: addr_be([198, 51, 100, 2]),
+            ext_port_be: rk.port_be,
+            remote_port_be: remote_port.to_be(),
+            proto: rk.proto,
+            _pad: [0; 3],
+        };
+        t.sessions.insert(
+            key,
+            Session {
+                created_ns: S,
+                last_out_ns: last_out,
+                last_in_ns: last_in,
+                tcp_state: state as u8,
+                _pad: [0; 7],
+            },
+        );
+        key
+    }
+
+    fn tcp_key(port: u16) -> FwdKey {
+        FwdKey {
+            proto: IPPROTO_TCP,
+            ..udp_key(2, port)
+        }
+    }
+
+    #[test]
+    fn tcp_mapping_with_a_live_session_is_kept() {
+        // rfc5382 REQ-5: an established connection busy only inbound.
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let k = tcp_key(40000);
+        let rk = add(&mut t, k, 40000, S);
+        t.fwd.get_mut(&k).unwrap().tcp_flags_out = tcp_seen::SYN;
+        let sk = add_session(&mut t, rk, 80, S, 200 * S, T::Established);
+        let mut gc = Sweeper::new(policy(false));
+        for now in [300, 301, 302, 7000] {
+            let s = gc.tick(&mut t, now * S).unwrap();
+            assert_eq!((s.expired, s.candidates, s.sessions_expired), (0, 0, 0));
+        }
+        // Once the session is idle past the established timeout both go, the
+        // session with its mapping in the same tick.
+        gc.tick(&mut t, 7640 * S).unwrap();
+        let s = gc.tick(&mut t, 7641 * S).unwrap();
+        assert_eq!((s.expired, s.sessions_expired), (1, 1));
+        assert!(!t.fwd.contains_key(&k));
+        assert!(!t.sessions.contains_key(&sk));
+    }
+
+    #[test]
+    fn closed_tcp_session_no_longer_keeps_its_mapping() {
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let k = tcp_key(40000);
+        let rk = add(&mut t, k, 40000, S);
+        t.fwd.get_mut(&k).unwrap().tcp_flags_out = tcp_seen::SYN | tcp_seen::FIN;
+        add_session(&mut t, rk, 80, S, 10 * S, T::BothFin);
+        let mut gc = Sweeper::new(policy(false));
+        assert_eq!(gc.tick(&mut t, 250 * S).unwrap().candidates, 1);
+        let s = gc.tick(&mut t, 251 * S).unwrap();
+        assert_eq!((s.expired, s.sessions_expired), (1, 1));
+        assert!(t.sessions.is_empty());
+    }
+
+    #[test]
+    fn sessions_of_a_deleted_mapping_go_in_the_same_tick() {
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        // A session that is not idle itself (it cannot happen with real UDP traffic,
+        // where each outbound packet refreshes both; here it shows the rule).
+        add_session(&mut t, rk, 7000, 250 * S, 0, T::Closed);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 302 * S).unwrap();
+        assert_eq!(t.sessions.len(), 1);
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!((s.expired, s.sessions_expired), (1, 1));
+        assert!(t.sessions.is_empty());
+    }
+
+    #[test]
+    fn session_of_a_spared_mapping_stays() {
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        add_session(&mut t, rk, 7000, 250 * S, 0, T::Closed);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 302 * S).unwrap();
+        t.race = Some((k, 303 * S));
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!((s.expired, s.refreshed, s.sessions_expired), (0, 1, 0));
+        assert_eq!(t.sessions.len(), 1);
+    }
+
+    #[test]
+    fn session_without_a_mapping_goes_on_the_second_tick() {
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let rk = RevKey {
+            addr_be: addr_be([192, 0, 2, 1]),
+            port_be: 40000u16.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        };
+        let sk = add_session(&mut t, rk, 7000, 10 * S, 0, T::Closed);
+        let mut gc = Sweeper::new(policy(false));
+        assert_eq!(gc.tick(&mut t, 11 * S).unwrap().sessions_expired, 0);
+        assert!(t.sessions.contains_key(&sk));
+        assert_eq!(gc.tick(&mut t, 12 * S).unwrap().sessions_expired, 1);
+        assert!(!t.sessions.contains_key(&sk));
+    }
+
+    #[test]
+    fn idle_session_of_a_live_mapping_goes_and_a_racing_packet_saves_it() {
+        // rfc4787 REQ-5 for the filter state of an APDF mapping.
+        use natgw_common::tcp::TcpState as T;
+        let mut t = FakeTables::default();
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        t.fwd.get_mut(&k).unwrap().last_out_ns = 300 * S;
+        let old = add_session(&mut t, rk, 7000, 10 * S, 0, T::Closed);
+        let racing = add_session(&mut t, rk, 7001, 10 * S, 0, T::Closed);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 310 * S).unwrap();
+        t.session_race = Some((racing, 311 * S));
+        let s = gc.tick(&mut t, 311 * S).unwrap();
+        assert_eq!((s.expired, s.sessions_expired), (0, 1));
+        assert!(!t.sessions.contains_key(&old));
+        assert!(t.sessions.contains_key(&racing));
+        assert!(t.fwd.contains_key(&k));
     }
 
     #[test]

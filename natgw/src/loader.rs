@@ -1,6 +1,7 @@
-//! The embedded eBPF object: loading it with the NAT tables sized, loading its four
-//! programs, and attaching them — `xdp_lan` to every LAN interface, `xdp_wan` to the
-//! WAN, `tc_wan_ingress`/`tc_wan_egress` to the WAN's TC hooks — and detaching them.
+//! The embedded eBPF object: loading it with the NAT tables sized, loading its
+//! programs, and attaching them — `xdp_lan` and `tc_lan_ingress` to every LAN
+//! interface, `xdp_wan` to the WAN, `tc_wan_ingress`/`tc_wan_egress` to the WAN's TC
+//! hooks — and detaching them.
 //!
 //! Every failure is turned into a sentence naming the program and interface; kernel
 //! refusals are explained (privileges, no BPF support, verifier rejection).
@@ -30,10 +31,12 @@ pub mod programs {
     pub const TC_WAN_INGRESS: &str = "tc_wan_ingress";
     /// TC on WAN egress: outbound packets the kernel forwarded.
     pub const TC_WAN_EGRESS: &str = "tc_wan_egress";
+    /// TC on every LAN interface's ingress: hairpinning.
+    pub const TC_LAN_INGRESS: &str = "tc_lan_ingress";
     /// All XDP programs.
     pub const XDP: [&str; 2] = [XDP_LAN, XDP_WAN];
     /// All TC programs.
-    pub const TC: [&str; 2] = [TC_WAN_INGRESS, TC_WAN_EGRESS];
+    pub const TC: [&str; 3] = [TC_WAN_INGRESS, TC_WAN_EGRESS, TC_LAN_INGRESS];
 }
 
 /// Loading or attaching failed.
@@ -141,7 +144,9 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// Loads the object with both NAT tables sized to `max_mappings`, starts forwarding
+/// Loads the object with both NAT tables sized to `max_mappings` and the session
+/// table to twice that (a TCP mapping has at least one session, an
+/// address-dependent one two: the address record and the endpoint), starts forwarding
 /// its log records (before the programs load, see [`crate::logging`]) and loads all
 /// four programs into the kernel.
 pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
@@ -151,6 +156,7 @@ pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<(
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::NAT_FWD, max_mappings)
         .map_max_entries(names::NAT_REV, max_mappings)
+        .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2))
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
     let log_task = crate::logging::forward_ebpf_logs(&mut ebpf);

@@ -6,14 +6,17 @@ mod cli;
 mod config;
 mod daemon;
 mod gc;
+mod icmp;
 mod loader;
 mod logging;
 mod maps;
 mod netlink;
 mod output;
+mod pcp;
 mod prefix;
 mod state;
 mod status;
+mod stun;
 mod system;
 
 use std::process::ExitCode;
@@ -40,7 +43,9 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Run(args) => daemon::run(args).await,
             Command::Status(args) => status::status(args.json),
-            Command::Mappings(args) => status::mappings(args.json),
+            Command::Mappings(args) => status::mappings(args.json, args.sessions),
+            Command::Stun(args) => stun::command(args).await,
+            Command::Pcp(args) => pcp::client::run(args),
         }
     });
     match result {

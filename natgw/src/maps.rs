@@ -2,17 +2,19 @@
 //! them from their pins (or kernel ids), reading the NAT tables and counters, and
 //! writing the configuration maps the data path reads.
 //!
-//! [`NatTables`] is the narrow interface the garbage collector works through, so its
-//! tests can run against an in-memory table.
+//! [`NatTables`] and [`HeldSynTable`] are the narrow interfaces the garbage collector
+//! works through, so its tests can run against in-memory tables.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
+};
 use aya::Ebpf;
-use natgw_common::maps::names;
+use natgw_common::maps::{names, HeldSyn, Session, SessionKey};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
 
 use crate::prefix::Ipv4Prefix;
@@ -65,7 +67,8 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
-/// The two NAT tables as the garbage collector sees them.
+/// The NAT tables (mappings in both directions, and their sessions) as the garbage
+/// collector sees them.
 pub trait NatTables {
     /// Every forward entry (a snapshot).
     fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError>;
@@ -79,15 +82,35 @@ pub trait NatTables {
     fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError>;
     /// Deletes a reverse entry; `false` when it was already gone.
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError>;
+    /// Every session (a snapshot).
+    fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError>;
+    /// One session.
+    fn session(&self, key: &SessionKey) -> Result<Option<Session>, MapsError>;
+    /// Deletes a session; `false` when it was already gone.
+    fn remove_session(&mut self, key: &SessionKey) -> Result<bool, MapsError>;
 }
 
-/// `NAT_FWD` and `NAT_REV`.
+/// `HELD_SYNS`: unsolicited SYNs the data path dropped and remembered.
+pub trait HeldSynTable {
+    /// Every held SYN (a snapshot).
+    fn held_syn_entries(&self) -> Result<Vec<(SessionKey, HeldSyn)>, MapsError>;
+    /// One held SYN.
+    fn held_syn(&self, key: &SessionKey) -> Result<Option<HeldSyn>, MapsError>;
+    /// Forgets a held SYN; `false` when it was already gone (answered meanwhile).
+    fn remove_held_syn(&mut self, key: &SessionKey) -> Result<bool, MapsError>;
+}
+
+/// `NAT_FWD`, `NAT_REV`, `NAT_SESSIONS` and `HELD_SYNS`.
 #[derive(Debug)]
 pub struct NatMaps {
     /// (protocol, internal endpoint) -> mapping.
     pub fwd: HashMap<MapData, FwdKey, Mapping>,
     /// (protocol, external endpoint) -> internal endpoint.
     pub rev: HashMap<MapData, RevKey, RevValue>,
+    /// (external endpoint, remote endpoint, protocol) -> session.
+    pub sessions: HashMap<MapData, SessionKey, Session>,
+    /// Unsolicited SYNs held back (RFC 5382 REQ-4).
+    pub held_syns: HashMap<MapData, SessionKey, HeldSyn>,
 }
 
 /// Reads a whole hash map. Keys deleted by the data path meanwhile are skipped; a
@@ -164,6 +187,32 @@ impl NatTables for NatMaps {
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
         remove(&mut self.rev, key, names::NAT_REV)
     }
+
+    fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError> {
+        snapshot(&self.sessions, names::NAT_SESSIONS)
+    }
+
+    fn session(&self, key: &SessionKey) -> Result<Option<Session>, MapsError> {
+        get(&self.sessions, key, names::NAT_SESSIONS)
+    }
+
+    fn remove_session(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
+        remove(&mut self.sessions, key, names::NAT_SESSIONS)
+    }
+}
+
+impl HeldSynTable for NatMaps {
+    fn held_syn_entries(&self) -> Result<Vec<(SessionKey, HeldSyn)>, MapsError> {
+        snapshot(&self.held_syns, names::HELD_SYNS)
+    }
+
+    fn held_syn(&self, key: &SessionKey) -> Result<Option<HeldSyn>, MapsError> {
+        get(&self.held_syns, key, names::HELD_SYNS)
+    }
+
+    fn remove_held_syn(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
+        remove(&mut self.held_syns, key, names::HELD_SYNS)
+    }
 }
 
 /// Every map natgw uses.
@@ -178,6 +227,9 @@ pub struct GatewayMaps {
     pub lan_nets: LpmTrie<MapData, u32, u32>,
     /// Verdict counters.
     pub counters: PerCpuArray<MapData, u64>,
+    /// Requests for ICMP errors from the data path; only in the daemon (taken from
+    /// the loaded object, not pinned), and moved out to the task that reads it.
+    pub events: Option<RingBuf<MapData>>,
 }
 
 /// Where to find the maps of a running gateway.
@@ -273,11 +325,14 @@ impl GatewayMaps {
             nat: NatMaps {
                 fwd: typed(take(names::NAT_FWD)?, names::NAT_FWD)?,
                 rev: typed(take(names::NAT_REV)?, names::NAT_REV)?,
+                sessions: typed(take(names::NAT_SESSIONS)?, names::NAT_SESSIONS)?,
+                held_syns: typed(take(names::HELD_SYNS)?, names::HELD_SYNS)?,
             },
             config: typed(take(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(take(names::IFACES)?, names::IFACES)?,
             lan_nets: typed(take(names::LAN_NETS)?, names::LAN_NETS)?,
             counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
+            events: Some(typed(take(names::EVENTS)?, names::EVENTS)?),
         })
     }
 
@@ -287,18 +342,24 @@ impl GatewayMaps {
             nat: NatMaps {
                 fwd: typed(source.open(names::NAT_FWD)?, names::NAT_FWD)?,
                 rev: typed(source.open(names::NAT_REV)?, names::NAT_REV)?,
+                sessions: typed(source.open(names::NAT_SESSIONS)?, names::NAT_SESSIONS)?,
+                held_syns: typed(source.open(names::HELD_SYNS)?, names::HELD_SYNS)?,
             },
             config: typed(source.open(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(source.open(names::IFACES)?, names::IFACES)?,
             lan_nets: typed(source.open(names::LAN_NETS)?, names::LAN_NETS)?,
             counters: typed(source.open(names::COUNTERS)?, names::COUNTERS)?,
+            events: None,
         })
     }
 
-    fn data(&self) -> [(&'static str, &MapData); 6] {
+    /// The maps that are pinned (and listed by id in the state file).
+    fn data(&self) -> [(&'static str, &MapData); 8] {
         [
             (names::NAT_FWD, self.nat.fwd.map()),
             (names::NAT_REV, self.nat.rev.map()),
+            (names::NAT_SESSIONS, self.nat.sessions.map()),
+            (names::HELD_SYNS, self.nat.held_syns.map()),
             (names::CONFIG, self.config.map()),
             (names::IFACES, self.ifaces.map()),
             (names::LAN_NETS, self.lan_nets.map()),
@@ -440,6 +501,17 @@ pub const fn fwd_key_of(key: &RevKey, r: &RevValue) -> FwdKey {
     FwdKey {
         addr_be: r.int_addr_be,
         port_be: r.int_port_be,
+        proto: key.proto,
+        _pad: 0,
+    }
+}
+
+/// The reverse-table key of the mapping a session belongs to: its external endpoint.
+#[must_use]
+pub const fn session_rev_key(key: &SessionKey) -> RevKey {
+    RevKey {
+        addr_be: key.ext_addr_be,
+        port_be: key.ext_port_be,
         proto: key.proto,
         _pad: 0,
     }

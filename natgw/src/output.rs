@@ -6,14 +6,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use natgw_common::maps::tcp_seen;
-use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue};
+use natgw_common::maps::{tcp_seen, FilterMode, Session, SessionKey};
+use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
+use crate::gc::sessions::{self, SessionObserved};
 use crate::gc::{self, Observed, Policy};
-use crate::maps::{ipv4, port, rev_key_of, rev_matches};
+use crate::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
 use crate::state::IfaceState;
+
+/// One session of a mapping: its traffic with one remote endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRow {
+    /// Remote endpoint; port 0 with `address_only`.
+    pub remote: SocketAddrV4,
+    /// The address-only record of address-dependent filtering (any port of
+    /// `remote`'s address).
+    pub address_only: bool,
+    /// TCP state (`established`, `syn-out`, `fin-both`, ...); `None` for other
+    /// protocols.
+    pub state: Option<String>,
+    /// Seconds since the last packet either way.
+    pub idle_s: u64,
+    /// Seconds until the garbage collector may remove it.
+    pub expires_in_s: u64,
+}
 
 /// One live mapping, as `natgw mappings` lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +68,12 @@ pub struct MappingRow {
     pub remaining_ms: u64,
     /// Whether its reverse entry (the port claim) is present and belongs to it.
     pub reverse_ok: bool,
+    /// Inbound filtering (`endpoint-independent`, `address-dependent`,
+    /// `address-and-port-dependent`); `None` without a reverse entry.
+    pub filter: Option<String>,
+    /// Its sessions, sorted by remote endpoint (only TCP mappings and filtered ones
+    /// have any).
+    pub sessions: Vec<SessionRow>,
 }
 
 /// `natgw mappings --json`.
@@ -84,6 +108,8 @@ pub struct StatusReport {
     pub config: Settings,
     /// Data-path counters summed over CPUs, by name.
     pub counters: BTreeMap<String, u64>,
+    /// Counters of the controller itself (ICMP errors it sent), by name.
+    pub controller_counters: BTreeMap<String, u64>,
     /// Live mappings.
     pub mappings: usize,
     /// Capacity of the NAT tables.
@@ -111,21 +137,81 @@ pub fn tcp_flags(bits: u8) -> String {
 }
 
 const NS_PER_MS: u64 = 1_000_000;
+const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// Rows for every forward entry, sorted by protocol and internal endpoint.
+/// Short name of a filter mode for the table.
+fn filter_abbrev(name: &str) -> &'static str {
+    match name {
+        "endpoint-independent" => "EIF",
+        "address-dependent" => "ADF",
+        "address-and-port-dependent" => "APDF",
+        _ => "?",
+    }
+}
+
+/// The sessions of the mapping whose reverse entry is `r` (under `rk`), as rows,
+/// and until when the live ones keep a TCP mapping (as the garbage collector
+/// reckons it).
+fn session_rows(
+    rk: &RevKey,
+    r: &RevValue,
+    sessions: Option<&Vec<(SessionKey, Session)>>,
+    policy: &Policy,
+    now_ns: u64,
+) -> (Vec<SessionRow>, u64) {
+    let mut until = 0;
+    let mut rows: Vec<SessionRow> = sessions
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, s)| {
+            let obs = SessionObserved::new(k, s);
+            if !obs.belongs_to(r) {
+                return None;
+            }
+            if rk.proto == IPPROTO_TCP && !sessions::is_expired(policy, &obs, now_ns) {
+                until = sessions::expires_at_ns(policy, &obs).max(until);
+            }
+            Some(SessionRow {
+                remote: SocketAddrV4::new(ipv4(k.remote_addr_be), port(k.remote_port_be)),
+                address_only: k.remote_port_be == 0,
+                state: obs.tcp_state().map(|t| t.name().to_owned()),
+                idle_s: now_ns.saturating_sub(obs.last_packet_ns()) / NS_PER_SEC,
+                expires_in_s: sessions::remaining_ns(policy, &obs, now_ns) / NS_PER_SEC,
+            })
+        })
+        .collect();
+    rows.sort_by_key(|s| (*s.remote.ip(), s.remote.port()));
+    (rows, until)
+}
+
+/// Rows for every forward entry, with its sessions, sorted by protocol and internal
+/// endpoint.
 #[must_use]
 pub fn mapping_rows(
     fwd: &[(FwdKey, Mapping)],
     rev: &[(RevKey, RevValue)],
+    sessions: &[(SessionKey, Session)],
     policy: &Policy,
     now_ns: u64,
 ) -> Vec<MappingRow> {
     let rev: HashMap<RevKey, RevValue> = rev.iter().copied().collect();
+    let mut by_mapping: HashMap<RevKey, Vec<(SessionKey, Session)>> = HashMap::new();
+    for (k, s) in sessions {
+        by_mapping
+            .entry(session_rev_key(k))
+            .or_default()
+            .push((*k, *s));
+    }
     let mut rows: Vec<_> = fwd
         .iter()
         .map(|(k, m)| {
-            let r = rev.get(&rev_key_of(k, m)).filter(|r| rev_matches(k, m, r));
-            let obs = Observed::new(k, m, r);
+            let rk = rev_key_of(k, m);
+            let r = rev.get(&rk).filter(|r| rev_matches(k, m, r));
+            let (sessions, until) = r.map_or_else(
+                || (Vec::new(), 0),
+                |r| session_rows(&rk, r, by_mapping.get(&rk), policy, now_ns),
+            );
+            let obs = Observed::new(k, m, r).kept_until(until);
             let tcp = obs.tcp_state();
             MappingRow {
                 protocol: gc::proto_name(k.proto),
@@ -145,6 +231,11 @@ pub fn mapping_rows(
                 timeout_s: gc::timeout_ns(policy, &obs) / 1_000_000_000,
                 remaining_ms: gc::remaining_ns(policy, &obs, now_ns) / NS_PER_MS,
                 reverse_ok: r.is_some(),
+                filter: r.map(|r| {
+                    FilterMode::from_u8(r.filter)
+                        .map_or_else(|| format!("unknown-{}", r.filter), |f| f.name().to_owned())
+                }),
+                sessions,
             }
         })
         .collect();
@@ -199,9 +290,10 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `natgw mappings` as text.
+/// `natgw mappings` as text; with `sessions`, each mapping's sessions follow it on
+/// indented lines.
 #[must_use]
-pub fn mappings_text(report: &MappingsReport) -> String {
+pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
     let rows: Vec<Vec<String>> = report
         .mappings
         .iter()
@@ -211,6 +303,7 @@ pub fn mappings_text(report: &MappingsReport) -> String {
                 m.internal.to_string(),
                 m.external.to_string(),
                 m.origin.clone(),
+                m.filter.as_deref().map_or("-", filter_abbrev).to_owned(),
                 human_duration(m.age_ms),
                 human_duration(m.idle_ms),
                 format!("{}/{}", m.packets_out, m.packets_in),
@@ -220,6 +313,7 @@ pub fn mappings_text(report: &MappingsReport) -> String {
                     _ => "-".to_owned(),
                 },
                 m.tcp_state.clone().unwrap_or_else(|| "-".to_owned()),
+                m.sessions.len().to_string(),
                 human_duration(m.remaining_ms),
             ]
         })
@@ -230,16 +324,21 @@ pub fn mappings_text(report: &MappingsReport) -> String {
             "INTERNAL",
             "EXTERNAL",
             "ORIGIN",
+            "FILTER",
             "AGE",
             "IDLE",
             "PKTS OUT/IN",
             "BYTES OUT/IN",
             "TCP OUT/IN",
             "STATE",
+            "SESSIONS",
             "EXPIRES IN",
         ],
         &rows,
     );
+    if sessions {
+        out = with_sessions(&out, report);
+    }
     let _ = writeln!(
         out,
         "{} mapping{} (capacity {})",
@@ -247,6 +346,42 @@ pub fn mappings_text(report: &MappingsReport) -> String {
         if report.count == 1 { "" } else { "s" },
         report.max_mappings
     );
+    out
+}
+
+/// The table of `mappings_text` with each mapping's sessions on indented lines
+/// after its own line.
+fn with_sessions(table_text: &str, report: &MappingsReport) -> String {
+    let mut lines = table_text.lines();
+    let mut out = String::new();
+    if let Some(header) = lines.next() {
+        out.push_str(header);
+        out.push('\n');
+    }
+    for m in &report.mappings {
+        let Some(line) = lines.next() else { break };
+        out.push_str(line);
+        out.push('\n');
+        for s in &m.sessions {
+            let remote = if s.address_only {
+                format!("{}:*", s.remote.ip())
+            } else {
+                s.remote.to_string()
+            };
+            let line = format!(
+                "    session {remote:<21}  {:<11}  idle {:<6}  expires in {}",
+                s.state.as_deref().unwrap_or("-"),
+                human_duration(s.idle_s.saturating_mul(1000)),
+                human_duration(s.expires_in_s.saturating_mul(1000)),
+            );
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+    for rest in lines {
+        out.push_str(rest);
+        out.push('\n');
+    }
     out
 }
 
@@ -324,13 +459,20 @@ pub fn status_text(s: &StatusReport) -> String {
     let _ = write!(
         out,
         "\nconfiguration\n  port range        {}\n  udp timeout       {}s\n  \
-         tcp established   {}s\n  tcp transitory    {}s\n  inbound refresh   {}\n  \
+         tcp established   {}s\n  tcp transitory    {}s\n  icmp timeout      {}s\n  \
+         inbound refresh   {}\n  udp filtering     {}\n  tcp filtering     {}\n  \
+         icmp filtering    {}\n  unsolicited syn   {}\n  \
          max mappings      {}\n  xdp mode          {}\n  gc interval       {}s\n",
         c.port_range,
         c.timeouts.udp,
         c.timeouts.tcp_established,
         c.timeouts.tcp_transitory,
+        c.timeouts.icmp,
         yes_no(c.inbound_refresh),
+        c.filtering.udp,
+        c.filtering.tcp,
+        c.filtering.icmp,
+        c.unsolicited_syn,
         c.max_mappings,
         c.xdp_mode,
         c.gc_interval,
@@ -344,6 +486,18 @@ pub fn status_text(s: &StatusReport) -> String {
             let _ = writeln!(out, "  {:<width$}  {v}", c.name());
         }
     }
+    if !s.controller_counters.is_empty() {
+        out.push_str("\ncontroller counters\n");
+        let width = s
+            .controller_counters
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
+        for (name, v) in &s.controller_counters {
+            let _ = writeln!(out, "  {name:<width$}  {v}");
+        }
+    }
     out
 }
 
@@ -352,7 +506,8 @@ mod tests {
     use super::*;
     use crate::config::{resolve, FileConfig, Overrides, Timeouts};
     use crate::state::Role;
-    use natgw_common::{addr_be, IPPROTO_TCP, IPPROTO_UDP};
+    use natgw_common::tcp::TcpState;
+    use natgw_common::{addr_be, IPPROTO_UDP};
 
     const S: u64 = 1_000_000_000;
 
@@ -382,7 +537,7 @@ mod tests {
             int_addr_be: k.addr_be,
             int_port_be: k.port_be,
             tcp_flags_in: tcp_seen::SYN | tcp_seen::ACK,
-            _pad: 0,
+            filter: FilterMode::AddressAndPortDependent as u8,
             created_ns: 10 * S,
             last_in_ns: 90 * S,
             packets_in: 2,
@@ -394,7 +549,7 @@ mod tests {
     #[test]
     fn rows_carry_stats_state_and_lifetime() {
         let (k, m, rk, r) = entry(IPPROTO_TCP, 40000, 40002);
-        let rows = mapping_rows(&[(k, m)], &[(rk, r)], &policy(), 100 * S);
+        let rows = mapping_rows(&[(k, m)], &[(rk, r)], &[], &policy(), 100 * S);
         let row = &rows[0];
         assert_eq!(row.protocol, "tcp");
         assert_eq!(row.internal.to_string(), "10.0.1.2:40000");
@@ -416,7 +571,7 @@ mod tests {
     fn rows_without_a_matching_reverse_entry_say_so() {
         let (k, m, rk, mut r) = entry(IPPROTO_UDP, 5000, 5000);
         r.created_ns = 99 * S;
-        let rows = mapping_rows(&[(k, m)], &[(rk, r)], &policy(), 100 * S);
+        let rows = mapping_rows(&[(k, m)], &[(rk, r)], &[], &policy(), 100 * S);
         assert!(!rows[0].reverse_ok);
         assert_eq!(rows[0].packets_in, 0);
         assert_eq!(rows[0].tcp_state, None);
@@ -428,7 +583,13 @@ mod tests {
         let (k1, m1, ..) = entry(IPPROTO_UDP, 6000, 6000);
         let (k2, m2, ..) = entry(IPPROTO_TCP, 7000, 7000);
         let (k3, m3, ..) = entry(IPPROTO_UDP, 5000, 5000);
-        let rows = mapping_rows(&[(k1, m1), (k2, m2), (k3, m3)], &[], &policy(), 100 * S);
+        let rows = mapping_rows(
+            &[(k1, m1), (k2, m2), (k3, m3)],
+            &[],
+            &[],
+            &policy(),
+            100 * S,
+        );
         let order: Vec<_> = rows
             .iter()
             .map(|r| (r.protocol.as_str(), r.internal.port()))
@@ -442,7 +603,7 @@ mod tests {
         let report = MappingsReport {
             count: 1,
             max_mappings: 65536,
-            mappings: mapping_rows(&[(k, m)], &[(rk, r)], &policy(), 100 * S),
+            mappings: mapping_rows(&[(k, m)], &[(rk, r)], &[], &policy(), 100 * S),
         };
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains("\"internal\":\"10.0.1.2:40000\""), "{json}");
@@ -485,6 +646,7 @@ mod tests {
                 .iter()
                 .map(|c| (c.name().to_owned(), 1))
                 .collect(),
+            controller_counters: BTreeMap::from([("icmp_sent_port_unreachable".to_owned(), 3)]),
             mappings: 2,
             max_mappings: 65536,
         }
@@ -509,6 +671,16 @@ mod tests {
         );
         assert!(text.contains("xdp_lan (driver)"), "{text}");
         assert!(text.contains("port range        1024-65535"), "{text}");
+        assert!(text.contains("icmp timeout      60s"), "{text}");
+        assert!(
+            text.contains("udp filtering     endpoint-independent"),
+            "{text}"
+        );
+        assert!(text.contains("unsolicited syn   icmp"), "{text}");
+        assert!(
+            text.contains("controller counters\n  icmp_sent_port_unreachable  3"),
+            "{text}"
+        );
         let first = text.find("xdp_out_redirected").unwrap();
         let last = text.find("drop_internal").unwrap();
         assert!(first < last);
@@ -521,13 +693,102 @@ mod tests {
         let report = MappingsReport {
             count: 1,
             max_mappings: 10,
-            mappings: mapping_rows(&[(k, m)], &[(rk, r)], &policy(), 100 * S),
+            mappings: mapping_rows(&[(k, m)], &[(rk, r)], &[], &policy(), 100 * S),
         };
-        let text = mappings_text(&report);
+        let text = mappings_text(&report, false);
         let lines: Vec<_> = text.lines().collect();
         assert!(lines[0].starts_with("PROTO  INTERNAL"));
-        assert!(lines[1].starts_with("udp    10.0.1.2:40000  192.0.2.1:40000  traffic  1m30s  10s"));
+        assert!(
+            lines[1]
+                .starts_with("udp    10.0.1.2:40000  192.0.2.1:40000  traffic  APDF    1m30s  10s"),
+            "{text}"
+        );
         assert_eq!(lines[2], "1 mapping (capacity 10)");
+    }
+
+    fn session(
+        rk: &RevKey,
+        remote_port: u16,
+        state: TcpState,
+        last_in: u64,
+    ) -> (SessionKey, Session) {
+        (
+            SessionKey {
+                ext_addr_be: rk.addr_be,
+                remote_addr_be: addr_be([198, 51, 100, 2]),
+                ext_port_be: rk.port_be,
+                remote_port_be: remote_port.to_be(),
+                proto: rk.proto,
+                _pad: [0; 3],
+            },
+            Session {
+                created_ns: 10 * S,
+                last_out_ns: 70 * S,
+                last_in_ns: last_in,
+                tcp_state: state as u8,
+                _pad: [0; 7],
+            },
+        )
+    }
+
+    #[test]
+    fn rows_list_filter_and_sessions() {
+        let (k, m, rk, r) = entry(IPPROTO_TCP, 40000, 40002);
+        let sessions = [
+            session(&rk, 7000, TcpState::Established, 95 * S),
+            session(&rk, 0, TcpState::Closed, 0),
+            // A leftover of an older mapping of the same external port.
+            (
+                session(&rk, 9, TcpState::Established, 0).0,
+                Session {
+                    created_ns: S,
+                    last_out_ns: 2 * S,
+                    ..Session::default()
+                },
+            ),
+        ];
+        let rows = mapping_rows(&[(k, m)], &[(rk, r)], &sessions, &policy(), 100 * S);
+        let row = &rows[0];
+        assert_eq!(row.filter.as_deref(), Some("address-and-port-dependent"));
+        assert_eq!(row.sessions.len(), 2, "{:?}", row.sessions);
+        let addr = &row.sessions[0];
+        assert!(addr.address_only);
+        assert_eq!(addr.state.as_deref(), Some("closed"));
+        assert_eq!(addr.expires_in_s, 240 - 30);
+        let s = &row.sessions[1];
+        assert_eq!(s.remote.to_string(), "198.51.100.2:7000");
+        assert_eq!(s.state.as_deref(), Some("established"));
+        assert_eq!(s.idle_s, 5);
+        assert_eq!(s.expires_in_s, 7440 - 5);
+        // The live session keeps the mapping beyond its own outbound-only rule.
+        assert_eq!(row.remaining_ms, (7440 - 5) * 1000);
+        let json = serde_json::to_value(row).unwrap();
+        assert_eq!(json["filter"], "address-and-port-dependent");
+        assert_eq!(json["sessions"][1]["remote"], "198.51.100.2:7000");
+        assert_eq!(json["sessions"][1]["state"], "established");
+        assert_eq!(json["sessions"][1]["idle_s"], 5);
+    }
+
+    #[test]
+    fn mappings_text_lists_sessions_only_when_asked() {
+        let (k, m, rk, r) = entry(IPPROTO_TCP, 40000, 40002);
+        let sessions = [session(&rk, 7000, TcpState::Established, 95 * S)];
+        let report = MappingsReport {
+            count: 1,
+            max_mappings: 10,
+            mappings: mapping_rows(&[(k, m)], &[(rk, r)], &sessions, &policy(), 100 * S),
+        };
+        let short = mappings_text(&report, false);
+        assert_eq!(short.lines().count(), 3, "{short}");
+        let long = mappings_text(&report, true);
+        let lines: Vec<_> = long.lines().collect();
+        assert_eq!(lines.len(), 4, "{long}");
+        assert!(lines[1].starts_with("tcp "), "{long}");
+        assert_eq!(
+            lines[2],
+            "    session 198.51.100.2:7000      established  idle 5s      expires in 2h03m"
+        );
+        assert!(lines[3].starts_with("1 mapping"));
     }
 
     #[test]

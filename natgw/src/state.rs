@@ -319,6 +319,10 @@ pub struct StateFile {
     pub clsact_created: bool,
     /// Effective settings.
     pub settings: Settings,
+    /// The controller's own counters (ICMP errors sent, rate-limited, ...), by name;
+    /// rewritten when they change, at most once a second.
+    #[serde(default)]
+    pub controller_counters: BTreeMap<String, u64>,
 }
 
 #[cfg(test)]
@@ -364,6 +368,7 @@ mod tests {
             }],
             clsact_created: true,
             settings,
+            controller_counters: BTreeMap::from([("icmp_rate_limited".to_owned(), 1)]),
         }
     }
 

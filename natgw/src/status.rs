@@ -59,6 +59,7 @@ pub fn status(json: bool) -> Result<()> {
             .into_iter()
             .map(|(c, v)| (c.name().to_owned(), v))
             .collect(),
+        controller_counters: state.controller_counters.clone(),
         mappings: maps.mapping_count()?,
         max_mappings: maps.max_mappings()?,
     };
@@ -70,14 +71,16 @@ pub fn status(json: bool) -> Result<()> {
     }
 }
 
-/// `natgw mappings`.
-pub fn mappings(json: bool) -> Result<()> {
+/// `natgw mappings`; `sessions` lists each mapping's sessions in the table too.
+pub fn mappings(json: bool, sessions: bool) -> Result<()> {
     let (_dirs, state, maps) = open()?;
     let now = system::monotonic_ns();
+    // The order the garbage collector reads them in (see `gc::Sweeper::tick`).
+    let session_entries = maps.nat.session_entries()?;
     let fwd = maps.nat.fwd_entries()?;
     let rev = maps.nat.rev_entries()?;
     let policy = Policy::new(&state.settings.timeouts, state.settings.inbound_refresh);
-    let rows = output::mapping_rows(&fwd, &rev, &policy, now);
+    let rows = output::mapping_rows(&fwd, &rev, &session_entries, &policy, now);
     let report = MappingsReport {
         count: rows.len(),
         max_mappings: maps.max_mappings()?,
@@ -86,7 +89,7 @@ pub fn mappings(json: bool) -> Result<()> {
     if json {
         print_json(&report)
     } else {
-        print!("{}", output::mappings_text(&report));
+        print!("{}", output::mappings_text(&report, sessions));
         Ok(())
     }
 }

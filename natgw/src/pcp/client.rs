@@ -1,0 +1,973 @@
+//! `natgw pcp ...`: a small PCP and NAT-PMP client for trying a server by hand —
+//! natgw's own or any other. It builds each request with the codecs, sends it to the
+//! server's port 5351, waits for the matching answer and prints it decoded.
+//!
+//! Retransmission: RFC 6887 §8.1.1 starts at 3 s and backs off without bound, which
+//! suits a daemon, not a command; this client sends [`TRIES`] times,
+//! [`RETRY_INTERVAL`] apart, then gives up with an error. Nothing is stored: `map`
+//! prints the nonce, which `map --nonce` (renew) and `delete --nonce` need.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use super::natpmp::{self, MapProtocol};
+use super::wire::{
+    self, FilterRepr, MapRepr, Nonce, OpRepr, Opcode, OptionRepr, PeerRepr, ResultCode,
+};
+use crate::prefix::Ipv4Prefix;
+
+/// Times a request is sent before giving up.
+pub const TRIES: u32 = 3;
+/// Wait for an answer before sending again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Lifetime requested unless `--lifetime` says otherwise (RFC 6886 §3.3 recommends
+/// two hours).
+pub const LIFETIME_DEFAULT: u32 = 7200;
+
+/// Arguments of `natgw pcp`.
+#[derive(Debug, Args)]
+pub struct PcpArgs {
+    /// What to ask the server.
+    #[command(subcommand)]
+    pub action: PcpAction,
+}
+
+/// `natgw pcp` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PcpAction {
+    /// Create or renew an inbound mapping (PCP MAP); prints the nonce that renews
+    /// (`map --nonce`) or deletes (`delete --nonce`) it.
+    Map(MapArgs),
+    /// Create or refresh the outbound mapping towards one peer and learn its
+    /// external endpoint (PCP PEER), e.g. before UDP hole punching.
+    Peer(PeerArgs),
+    /// Delete a mapping (PCP MAP with lifetime 0), given the nonce it was made with.
+    Delete(DeleteArgs),
+    /// Check that a PCP server answers and show its epoch (PCP ANNOUNCE).
+    Announce(ServerArgs),
+    /// Ask for the external address over NAT-PMP.
+    NatpmpAddress(ServerArgs),
+    /// Create, renew or (--lifetime 0) delete a mapping over NAT-PMP.
+    NatpmpMap(NatpmpMapArgs),
+}
+
+/// Where the server is and how to print.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server: ADDR or ADDR:PORT (port 5351 by default), normally the gateway's
+    /// LAN address.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_server)]
+    pub server: SocketAddrV4,
+
+    /// Print JSON (one object) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Protocol of a PCP mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+    /// Every protocol and port (MAP only, internal port 0).
+    All,
+}
+
+impl ProtocolArg {
+    const fn wire(self) -> u8 {
+        match self {
+            Self::Udp => wire::PROTOCOL_UDP,
+            Self::Tcp => wire::PROTOCOL_TCP,
+            Self::All => wire::PROTOCOL_ALL,
+        }
+    }
+}
+
+/// A nonce given as 24 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HexNonce(pub Nonce);
+
+/// Arguments of `natgw pcp map`.
+#[derive(Debug, Args)]
+pub struct MapArgs {
+    /// Server and output format.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Protocol to map; `all` maps every protocol and port (use --internal-port 0).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
+    pub protocol: ProtocolArg,
+
+    /// Internal port to map.
+    #[arg(long, value_name = "PORT")]
+    pub internal_port: u16,
+
+    /// External endpoint to ask for; 0.0.0.0:8080 asks for port 8080 only.
+    #[arg(long, value_name = "IP:PORT")]
+    pub suggest: Option<SocketAddrV4>,
+
+    /// Requested lifetime in seconds; the server may grant less or more.
+    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
+    pub lifetime: u32,
+
+    /// Nonce of the mapping to renew (24 hex digits); a new random one by default.
+    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
+    pub nonce: Option<HexNonce>,
+
+    /// Fail with CANNOT_PROVIDE_EXTERNAL rather than accept an external endpoint other
+    /// than --suggest.
+    #[arg(long)]
+    pub prefer_failure: bool,
+
+    /// Only let this remote prefix and port reach the mapping, e.g.
+    /// 198.51.100.0/24:443 (port 0 = any); repeat for several.
+    #[arg(long, value_name = "PREFIX:PORT", value_parser = parse_filter)]
+    pub filter: Vec<FilterRepr>,
+
+    /// Remove the mapping's filters (a FILTER with prefix length 0).
+    #[arg(long, conflicts_with = "filter")]
+    pub clear_filters: bool,
+
+    /// Map for another internal host (THIRD_PARTY; the server must allow this one).
+    #[arg(long, value_name = "IP")]
+    pub third_party: Option<Ipv4Addr>,
+}
+
+/// Arguments of `natgw pcp peer`.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// Server and output format.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Protocol (udp or tcp).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
+    pub protocol: ProtocolArg,
+
+    /// Internal port the traffic comes from.
+    #[arg(long, value_name = "PORT")]
+    pub internal_port: u16,
+
+    /// The remote peer.
+    #[arg(long, value_name = "IP:PORT")]
+    pub peer: SocketAddrV4,
+
+    /// External endpoint to ask for, honoured only if no mapping exists yet.
+    #[arg(long, value_name = "IP:PORT")]
+    pub suggest: Option<SocketAddrV4>,
+
+    /// Seconds the mapping should live without traffic.
+    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
+    pub lifetime: u32,
+
+    /// Nonce (24 hex digits) of an earlier PEER for the same mapping; random by
+    /// default.
+    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
+    pub nonce: Option<HexNonce>,
+
+    /// For another internal host (THIRD_PARTY).
+    #[arg(long, value_name = "IP")]
+    pub third_party: Option<Ipv4Addr>,
+}
+
+/// Arguments of `natgw pcp delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Server and output format.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Protocol of the mapping.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
+    pub protocol: ProtocolArg,
+
+    /// Internal port of the mapping; 0 deletes all of this host's mappings of the
+    /// protocol made with this nonce.
+    #[arg(long, value_name = "PORT")]
+    pub internal_port: u16,
+
+    /// The nonce `natgw pcp map` printed.
+    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
+    pub nonce: HexNonce,
+
+    /// For another internal host (THIRD_PARTY).
+    #[arg(long, value_name = "IP")]
+    pub third_party: Option<Ipv4Addr>,
+}
+
+/// Protocol of a NAT-PMP mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NatPmpProtocolArg {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+/// Arguments of `natgw pcp natpmp-map`.
+#[derive(Debug, Args)]
+pub struct NatpmpMapArgs {
+    /// Server and output format.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Protocol to map.
+    #[arg(long, value_enum, default_value_t = NatPmpProtocolArg::Udp)]
+    pub protocol: NatPmpProtocolArg,
+
+    /// Internal port; 0 with --lifetime 0 deletes all this host's NAT-PMP mappings of
+    /// the protocol.
+    #[arg(long, value_name = "PORT")]
+    pub internal_port: u16,
+
+    /// External port to ask for (0 = any).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    pub external_port: u16,
+
+    /// Requested lifetime in seconds; 0 deletes.
+    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
+    pub lifetime: u32,
+}
+
+fn parse_server(s: &str) -> Result<SocketAddrV4, String> {
+    if let Ok(addr) = s.parse::<SocketAddrV4>() {
+        return Ok(addr);
+    }
+    s.parse::<Ipv4Addr>()
+        .map(|ip| SocketAddrV4::new(ip, wire::SERVER_PORT))
+        .map_err(|_| format!("`{s}` is not an IPv4 address or ADDRESS:PORT"))
+}
+
+fn parse_nonce(s: &str) -> Result<HexNonce, String> {
+    let err = || format!("`{s}` is not a nonce: expected 24 hex digits");
+    let digits = s.trim();
+    if digits.len() != 24 || !digits.is_ascii() {
+        return Err(err());
+    }
+    let mut nonce = [0; 12];
+    for (i, byte) in nonce.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| err())?;
+    }
+    Ok(HexNonce(nonce))
+}
+
+fn parse_filter(s: &str) -> Result<FilterRepr, String> {
+    let err = || format!("`{s}` is not a filter: expected PREFIX:PORT such as 198.51.100.0/24:443");
+    let (prefix, port) = s.rsplit_once(':').ok_or_else(err)?;
+    let prefix: Ipv4Prefix = prefix.parse().map_err(|_| err())?;
+    let port: u16 = port.parse().map_err(|_| err())?;
+    Ok(FilterRepr {
+        prefix_len: 96 + prefix.len(),
+        remote_port: port,
+        remote_address: prefix.network().to_ipv6_mapped(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn random_nonce() -> Result<Nonce> {
+    let mut nonce = [0; 12];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .context("reading a random nonce from /dev/urandom")?;
+    Ok(nonce)
+}
+
+/// A UDP socket connected to the server.
+struct Session {
+    socket: UdpSocket,
+    server: SocketAddrV4,
+    local: SocketAddrV4,
+}
+
+impl Session {
+    fn open(server: SocketAddrV4) -> Result<Self> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("opening a UDP socket")?;
+        socket
+            .connect(server)
+            .with_context(|| format!("finding a route to {server}"))?;
+        // The client address field must be the address the server sees (RFC 6887
+        // §8.1): the one the kernel picked for reaching it.
+        let local = match socket
+            .local_addr()
+            .context("reading the socket's address")?
+        {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => {
+                bail!("the socket has IPv6 address {a}; PCP over IPv6 is not supported")
+            }
+        };
+        Ok(Self {
+            socket,
+            server,
+            local,
+        })
+    }
+
+    /// Sends `request` up to [`TRIES`] times and returns the first answer `decode`
+    /// accepts; other datagrams (stale answers, other nonces) are ignored.
+    fn exchange<T>(&self, request: &[u8], decode: impl Fn(&[u8]) -> Option<T>) -> Result<T> {
+        let mut buf = [0; 2048];
+        for _ in 0..TRIES {
+            self.socket
+                .send(request)
+                .with_context(|| format!("sending to {}", self.server))?;
+            let deadline = Instant::now() + RETRY_INTERVAL;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                self.socket.set_read_timeout(Some(left))?;
+                match self.socket.recv(&mut buf) {
+                    Ok(n) => {
+                        if let Some(answer) = decode(&buf[..n]) {
+                            return Ok(answer);
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        break
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => bail!(
+                        "{} refused the request (ICMP port unreachable): no PCP server listens there",
+                        self.server
+                    ),
+                    Err(e) => return Err(e).with_context(|| format!("receiving from {}", self.server)),
+                }
+            }
+        }
+        bail!(
+            "no answer from {} after {TRIES} tries {} s apart",
+            self.server,
+            RETRY_INTERVAL.as_secs()
+        )
+    }
+}
+
+/// What came back for a PCP request.
+enum PcpAnswer {
+    Pcp(wire::Response),
+    /// A version-0 answer: the server speaks only NAT-PMP.
+    NatPmpOnly,
+}
+
+fn decode_pcp(bytes: &[u8], opcode: Opcode, nonce: Option<Nonce>) -> Option<PcpAnswer> {
+    if bytes.first() == Some(&natpmp::VERSION) {
+        let packet = natpmp::Packet::new_checked(bytes).ok()?;
+        return natpmp::Response::parse(&packet)
+            .ok()
+            .map(|_| PcpAnswer::NatPmpOnly);
+    }
+    let response = wire::Response::parse(&wire::Packet::new_checked(bytes).ok()?).ok()?;
+    if response.opcode != opcode {
+        return None;
+    }
+    let answer_nonce = match &response.op {
+        Some(OpRepr::Map(m)) => Some(m.nonce),
+        Some(OpRepr::Peer(p)) => Some(p.nonce),
+        _ => None,
+    };
+    if nonce.is_some() && answer_nonce.is_some() && answer_nonce != nonce {
+        return None;
+    }
+    Some(PcpAnswer::Pcp(response))
+}
+
+/// A decoded PCP answer, as printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PcpReport {
+    /// Server asked.
+    pub server: SocketAddrV4,
+    /// Address and port the request came from.
+    pub client: SocketAddrV4,
+    /// `ANNOUNCE`, `MAP` or `PEER`.
+    pub opcode: &'static str,
+    /// Result code name.
+    pub result: String,
+    /// Result code value.
+    pub result_code: u8,
+    /// Granted lifetime, or how long an error will persist.
+    pub lifetime: u32,
+    /// Server epoch in seconds.
+    pub epoch: u32,
+    /// `udp`, `tcp`, `all` or `proto-N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Internal endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal: Option<SocketAddrV4>,
+    /// Assigned external endpoint (success only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<SocketAddrV4>,
+    /// Remote peer (PEER).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddrV4>,
+    /// Nonce, 24 hex digits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+impl PcpReport {
+    fn from_response(
+        server: SocketAddrV4,
+        client: SocketAddrV4,
+        internal_host: Ipv4Addr,
+        response: &wire::Response,
+    ) -> Self {
+        let success = response.result == ResultCode::Success;
+        let v4 = |a: std::net::Ipv6Addr| a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let protocol_name = |p: u8| match p {
+            wire::PROTOCOL_ALL => "all".to_owned(),
+            wire::PROTOCOL_TCP => "tcp".to_owned(),
+            wire::PROTOCOL_UDP => "udp".to_owned(),
+            other => format!("proto-{other}"),
+        };
+        let mut report = Self {
+            server,
+            client,
+            opcode: response.opcode.name(),
+            result: response.result.to_string(),
+            result_code: response.result.to_wire(),
+            lifetime: response.lifetime,
+            epoch: response.epoch,
+            protocol: None,
+            internal: None,
+            external: None,
+            peer: None,
+            nonce: None,
+        };
+        let (nonce, protocol, internal_port, ext_port, ext_addr) = match &response.op {
+            Some(OpRepr::Map(m)) => (
+                m.nonce,
+                m.protocol,
+                m.internal_port,
+                m.external_port,
+                m.external_address,
+            ),
+            Some(OpRepr::Peer(p)) => {
+                report.peer = Some(SocketAddrV4::new(v4(p.remote_address), p.remote_port));
+                (
+                    p.nonce,
+                    p.protocol,
+                    p.internal_port,
+                    p.external_port,
+                    p.external_address,
+                )
+            }
+            Some(OpRepr::Announce) | None => return report,
+        };
+        report.protocol = Some(protocol_name(protocol));
+        report.internal = Some(SocketAddrV4::new(internal_host, internal_port));
+        report.nonce = Some(hex(&nonce));
+        if success && response.lifetime > 0 {
+            report.external = Some(SocketAddrV4::new(v4(ext_addr), ext_port));
+        }
+        report
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let mut row = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{k:<10}{v}");
+        };
+        row("server", &self.server);
+        row("opcode", &self.opcode);
+        row("result", &self.result);
+        row("lifetime", &format_args!("{} s", self.lifetime));
+        row("epoch", &format_args!("{} s", self.epoch));
+        if let (Some(p), Some(i)) = (&self.protocol, &self.internal) {
+            row("internal", &format_args!("{p} {i}"));
+        }
+        if let Some(e) = &self.external {
+            row("external", e);
+        }
+        if let Some(p) = &self.peer {
+            row("peer", p);
+        }
+        if let Some(n) = &self.nonce {
+            row("nonce", n);
+        }
+        out
+    }
+}
+
+fn print<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", text(report));
+    }
+    Ok(())
+}
+
+/// Sends one PCP request and decodes the answer.
+fn pcp_exchange(
+    server: SocketAddrV4,
+    lifetime: u32,
+    op: OpRepr,
+    options: Vec<OptionRepr>,
+    internal_host: Option<Ipv4Addr>,
+) -> Result<PcpReport> {
+    let session = Session::open(server)?;
+    let request = wire::Request {
+        lifetime,
+        client_address: session.local.ip().to_ipv6_mapped(),
+        op,
+        options,
+    };
+    let nonce = match op {
+        OpRepr::Map(m) => Some(m.nonce),
+        OpRepr::Peer(p) => Some(p.nonce),
+        OpRepr::Announce => None,
+    };
+    let opcode = op.opcode();
+    match session.exchange(&request.to_bytes(), |b| decode_pcp(b, opcode, nonce))? {
+        PcpAnswer::Pcp(response) => Ok(PcpReport::from_response(
+            server,
+            session.local,
+            internal_host.unwrap_or(*session.local.ip()),
+            &response,
+        )),
+        PcpAnswer::NatPmpOnly => Err(anyhow!(
+            "{server} speaks only NAT-PMP (it answered with version 0); \
+             use `natgw pcp natpmp-map` or `natgw pcp natpmp-address`"
+        )),
+    }
+}
+
+fn suggestion(s: Option<SocketAddrV4>) -> (u16, std::net::Ipv6Addr) {
+    let s = s.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    (s.port(), s.ip().to_ipv6_mapped())
+}
+
+fn third_party_option(host: Option<Ipv4Addr>) -> Option<OptionRepr> {
+    host.map(|h| OptionRepr::ThirdParty(h.to_ipv6_mapped()))
+}
+
+/// `natgw pcp map`.
+pub fn map(args: &MapArgs) -> Result<PcpReport> {
+    let nonce = match args.nonce {
+        Some(HexNonce(n)) => n,
+        None => random_nonce()?,
+    };
+    let (external_port, external_address) = suggestion(args.suggest);
+    let mut options: Vec<OptionRepr> = third_party_option(args.third_party).into_iter().collect();
+    if args.prefer_failure {
+        options.push(OptionRepr::PreferFailure);
+    }
+    options.extend(args.filter.iter().copied().map(OptionRepr::Filter));
+    if args.clear_filters {
+        options.push(OptionRepr::Filter(FilterRepr {
+            prefix_len: 0,
+            remote_port: 0,
+            remote_address: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+        }));
+    }
+    let op = OpRepr::Map(MapRepr {
+        nonce,
+        protocol: args.protocol.wire(),
+        internal_port: args.internal_port,
+        external_port,
+        external_address,
+    });
+    pcp_exchange(
+        args.server.server,
+        args.lifetime,
+        op,
+        options,
+        args.third_party,
+    )
+}
+
+/// `natgw pcp peer`.
+pub fn peer(args: &PeerArgs) -> Result<PcpReport> {
+    if args.protocol == ProtocolArg::All {
+        bail!("PEER needs --protocol udp or tcp");
+    }
+    let nonce = match args.nonce {
+        Some(HexNonce(n)) => n,
+        None => random_nonce()?,
+    };
+    let (external_port, external_address) = suggestion(args.suggest);
+    let op = OpRepr::Peer(PeerRepr {
+        nonce,
+        protocol: args.protocol.wire(),
+        internal_port: args.internal_port,
+        external_port,
+        external_address,
+        remote_port: args.peer.port(),
+        remote_address: args.peer.ip().to_ipv6_mapped(),
+    });
+    let options = third_party_option(args.third_party).into_iter().collect();
+    pcp_exchange(
+        args.server.server,
+        args.lifetime,
+        op,
+        options,
+        args.third_party,
+    )
+}
+
+/// `natgw pcp delete`.
+pub fn delete(args: &DeleteArgs) -> Result<PcpReport> {
+    let op = OpRepr::Map(MapRepr {
+        nonce: args.nonce.0,
+        protocol: args.protocol.wire(),
+        internal_port: args.internal_port,
+        external_port: 0,
+        external_address: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+    });
+    let options = third_party_option(args.third_party).into_iter().collect();
+    pcp_exchange(args.server.server, 0, op, options, args.third_party)
+}
+
+/// `natgw pcp announce`.
+pub fn announce(args: &ServerArgs) -> Result<PcpReport> {
+    pcp_exchange(args.server, 0, OpRepr::Announce, Vec::new(), None)
+}
+
+/// A decoded NAT-PMP answer, as printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NatPmpReport {
+    /// Server asked.
+    pub server: SocketAddrV4,
+    /// `address` or `map`.
+    pub request: &'static str,
+    /// Result code name.
+    pub result: String,
+    /// Result code value.
+    pub result_code: u16,
+    /// Seconds since the server's epoch began.
+    pub epoch: u32,
+    /// External address (address requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<Ipv4Addr>,
+    /// `udp` or `tcp` (map requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'static str>,
+    /// Internal port (map requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_port: Option<u16>,
+    /// Mapped external port (map requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_port: Option<u16>,
+    /// Granted lifetime (map requests).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<u32>,
+}
+
+impl NatPmpReport {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let mut row = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = writeln!(out, "{k:<10}{v}");
+        };
+        row("server", &self.server);
+        row("result", &self.result);
+        row("epoch", &format_args!("{} s", self.epoch));
+        if let Some(a) = &self.external_address {
+            row("external", a);
+        }
+        if let (Some(p), Some(i)) = (self.protocol, self.internal_port) {
+            row("internal", &format_args!("{p} port {i}"));
+        }
+        if let Some(e) = self.external_port {
+            row("external", &format_args!("port {e}"));
+        }
+        if let Some(l) = self.lifetime {
+            row("lifetime", &format_args!("{l} s"));
+        }
+        out
+    }
+}
+
+fn natpmp_exchange(server: SocketAddrV4, request: natpmp::Request) -> Result<NatPmpReport> {
+    let session = Session::open(server)?;
+    let decode = |b: &[u8]| -> Option<Result<natpmp::Response, ()>> {
+        if b.first() == Some(&wire::VERSION) {
+            return Some(Err(()));
+        }
+        let response = natpmp::Response::parse(&natpmp::Packet::new_checked(b).ok()?).ok()?;
+        let matches = match (request, response) {
+            (natpmp::Request::ExternalAddress, natpmp::Response::ExternalAddress { .. }) => true,
+            (
+                natpmp::Request::Map {
+                    protocol,
+                    internal_port,
+                    ..
+                },
+                natpmp::Response::Map {
+                    protocol: p,
+                    internal_port: i,
+                    ..
+                },
+            ) => protocol == p && internal_port == i,
+            (_, natpmp::Response::Bare { .. }) => true,
+            _ => false,
+        };
+        matches.then_some(Ok(response))
+    };
+    let response = session
+        .exchange(&request.to_bytes(), decode)?
+        .map_err(|()| anyhow!("{server} answered with PCP: it does not speak NAT-PMP"))?;
+    let mut report = NatPmpReport {
+        server,
+        request: match request {
+            natpmp::Request::ExternalAddress => "address",
+            natpmp::Request::Map { .. } => "map",
+        },
+        result: response.result().to_string(),
+        result_code: response.result().to_wire(),
+        epoch: response.epoch(),
+        external_address: None,
+        protocol: None,
+        internal_port: None,
+        external_port: None,
+        lifetime: None,
+    };
+    match response {
+        natpmp::Response::ExternalAddress { address, .. } => {
+            report.external_address = Some(address);
+        }
+        natpmp::Response::Map {
+            protocol,
+            internal_port,
+            external_port,
+            lifetime,
+            ..
+        } => {
+            report.protocol = Some(match protocol {
+                MapProtocol::Udp => "udp",
+                MapProtocol::Tcp => "tcp",
+            });
+            report.internal_port = Some(internal_port);
+            report.external_port = Some(external_port);
+            report.lifetime = Some(lifetime);
+        }
+        natpmp::Response::Bare { .. } => {}
+    }
+    Ok(report)
+}
+
+/// Runs `natgw pcp ...`: prints the answer, and fails when it is an error.
+pub fn run(args: &PcpArgs) -> Result<()> {
+    match &args.action {
+        PcpAction::Map(a) => finish_pcp(a.server.json, &map(a)?),
+        PcpAction::Peer(a) => finish_pcp(a.server.json, &peer(a)?),
+        PcpAction::Delete(a) => finish_pcp(a.server.json, &delete(a)?),
+        PcpAction::Announce(a) => finish_pcp(a.json, &announce(a)?),
+        PcpAction::NatpmpAddress(a) => {
+            let report = natpmp_exchange(a.server, natpmp::Request::ExternalAddress)?;
+            finish_natpmp(a.json, &report)
+        }
+        PcpAction::NatpmpMap(a) => {
+            let request = natpmp::Request::Map {
+                protocol: match a.protocol {
+                    NatPmpProtocolArg::Udp => MapProtocol::Udp,
+                    NatPmpProtocolArg::Tcp => MapProtocol::Tcp,
+                },
+                internal_port: a.internal_port,
+                suggested_external_port: a.external_port,
+                lifetime: a.lifetime,
+            };
+            finish_natpmp(a.server.json, &natpmp_exchange(a.server.server, request)?)
+        }
+    }
+}
+
+fn finish_pcp(json: bool, report: &PcpReport) -> Result<()> {
+    print(json, report, PcpReport::text)?;
+    if report.result_code != ResultCode::Success.to_wire() {
+        let class = if ResultCode::from_wire(report.result_code).is_short_lived() {
+            "short-lived"
+        } else {
+            "long-lived"
+        };
+        bail!(
+            "{} refused the request: {} ({class} error, expected to last {} s)",
+            report.server,
+            report.result,
+            report.lifetime
+        );
+    }
+    Ok(())
+}
+
+fn finish_natpmp(json: bool, report: &NatPmpReport) -> Result<()> {
+    print(json, report, NatPmpReport::text)?;
+    if report.result_code != natpmp::ResultCode::Success.to_wire() {
+        bail!("{} refused the request: {}", report.server, report.result);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pcp::policy::PcpConfig;
+    use crate::pcp::server::Server;
+    use crate::pcp::testing::MemoryTable;
+    use std::thread;
+
+    /// A natgw PCP engine over loopback answering `count` datagrams.
+    fn serve(count: usize) -> (SocketAddrV4, thread::JoinHandle<MemoryTable>) {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let SocketAddr::V4(addr) = socket.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let handle = thread::spawn(move || {
+            let mut server = Server::new(PcpConfig::default(), Instant::now()).unwrap();
+            let mut table = MemoryTable::new(Ipv4Addr::new(203, 0, 113, 1));
+            let mut buf = [0; 2048];
+            for _ in 0..count {
+                let (n, SocketAddr::V4(from)) = socket.recv_from(&mut buf).unwrap() else {
+                    unreachable!()
+                };
+                if let Some(reply) = server.handle(Instant::now(), from, &buf[..n], &mut table) {
+                    socket.send_to(&reply, from).unwrap();
+                }
+            }
+            table
+        });
+        (addr, handle)
+    }
+
+    fn server_args(server: SocketAddrV4) -> ServerArgs {
+        ServerArgs {
+            server,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn map_renew_and_delete_against_the_engine() {
+        // rfc6887 11: the client's own address goes in the header; the nonce renews
+        let (addr, server) = serve(4);
+        let mut args = MapArgs {
+            server: server_args(addr),
+            protocol: ProtocolArg::Tcp,
+            internal_port: 8080,
+            suggest: Some("0.0.0.0:8080".parse().unwrap()),
+            lifetime: 600,
+            nonce: None,
+            prefer_failure: false,
+            filter: vec![parse_filter("198.51.100.0/24:0").unwrap()],
+            clear_filters: false,
+            third_party: None,
+        };
+        let report = map(&args).unwrap();
+        assert_eq!(report.result, "SUCCESS");
+        assert_eq!(report.external, Some("203.0.113.1:8080".parse().unwrap()));
+        assert_eq!(report.internal, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(report.lifetime, 600);
+        let nonce = parse_nonce(report.nonce.as_deref().unwrap()).unwrap();
+        assert!(report.text().contains("external  203.0.113.1:8080"));
+
+        args.nonce = Some(nonce);
+        args.lifetime = 1200;
+        let renewed = map(&args).unwrap();
+        assert_eq!(renewed.lifetime, 1200);
+        assert_eq!(renewed.external, report.external);
+
+        let deleted = delete(&DeleteArgs {
+            server: server_args(addr),
+            protocol: ProtocolArg::Tcp,
+            internal_port: 8080,
+            nonce,
+            third_party: None,
+        })
+        .unwrap();
+        assert_eq!(deleted.result, "SUCCESS");
+        assert_eq!(deleted.lifetime, 0);
+
+        let announced = announce(&server_args(addr)).unwrap();
+        assert_eq!(announced.opcode, "ANNOUNCE");
+        let json = serde_json::to_value(&announced).unwrap();
+        assert_eq!(json["result_code"], 0);
+        let table = server.join().unwrap();
+        assert!(table.explicit.is_empty());
+        assert_eq!(table.installs.len(), 2);
+    }
+
+    #[test]
+    fn natpmp_address_and_map_against_the_engine() {
+        // rfc6886 3.2, 3.3
+        let (addr, server) = serve(2);
+        let report = natpmp_exchange(addr, natpmp::Request::ExternalAddress).unwrap();
+        assert_eq!(report.external_address, Some(Ipv4Addr::new(203, 0, 113, 1)));
+        let report = natpmp_exchange(
+            addr,
+            natpmp::Request::Map {
+                protocol: MapProtocol::Udp,
+                internal_port: 5000,
+                suggested_external_port: 45000,
+                lifetime: 3600,
+            },
+        )
+        .unwrap();
+        assert_eq!(report.result, "SUCCESS");
+        assert_eq!(report.external_port, Some(45000));
+        assert_eq!(report.lifetime, Some(3600));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn refusal_is_an_error_after_printing() {
+        let report = PcpReport {
+            server: "10.0.1.1:5351".parse().unwrap(),
+            client: "10.0.1.5:40000".parse().unwrap(),
+            opcode: "MAP",
+            result: "NOT_AUTHORIZED".into(),
+            result_code: 2,
+            lifetime: 1800,
+            epoch: 1,
+            protocol: None,
+            internal: None,
+            external: None,
+            peer: None,
+            nonce: None,
+        };
+        let err = finish_pcp(true, &report).unwrap_err().to_string();
+        assert!(err.contains("NOT_AUTHORIZED (long-lived error"), "{err}");
+    }
+
+    #[test]
+    fn arguments_parse() {
+        assert_eq!(
+            parse_server("10.0.1.1").unwrap(),
+            "10.0.1.1:5351".parse().unwrap()
+        );
+        assert_eq!(
+            parse_server("10.0.1.1:9999").unwrap(),
+            "10.0.1.1:9999".parse().unwrap()
+        );
+        assert!(parse_server("gateway").is_err());
+        let n = parse_nonce("0102030405060708090a0b0c").unwrap();
+        assert_eq!(n.0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(hex(&n.0), "0102030405060708090a0b0c");
+        assert!(parse_nonce("0102").is_err());
+        assert!(parse_nonce("zz02030405060708090a0b0c").is_err());
+        let f = parse_filter("198.51.100.7/24:443").unwrap();
+        assert_eq!(f.prefix_len, 120);
+        assert_eq!(f.remote_port, 443);
+        assert_eq!(
+            f.remote_address,
+            Ipv4Addr::new(198, 51, 100, 0).to_ipv6_mapped()
+        );
+        assert!(parse_filter("198.51.100.0/24").is_err());
+    }
+}
