@@ -35,6 +35,8 @@ pub mod names {
     /// Early later-fragments waiting for their first fragment:
     /// [`super::StashKey`] -> [`super::StashedFragment`].
     pub const FRAG_STASH: &str = "FRAG_STASH";
+    /// PCP FILTER entries: `LpmTrie<PcpFilterKey, u32 remote port (0: any)>`.
+    pub const PCP_FILTERS: &str = "PCP_FILTERS";
     /// `Array<u32>`: the external address pool, by index.
     pub const EXT_ADDRS: &str = "EXT_ADDRS";
     /// `HashMap<u32 address, u32 index>`: membership of the external address pool.
@@ -44,6 +46,30 @@ pub mod names {
 /// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a
 /// fragment flood cannot take memory from anything else; the oldest are replaced).
 pub const MAX_FRAGS_IN: u32 = 4096;
+
+/// PCP FILTER entries natgw keeps (RFC 6887 lets a server limit them).
+pub const MAX_PCP_FILTERS: u32 = 4096;
+
+/// Bits of a [`PcpFilterKey`] before the remote address: the mapping part always
+/// matches exactly, the remote address by the filter's prefix length.
+pub const PCP_FILTER_FIXED_BITS: u32 = 64;
+
+/// Key data of `PCP_FILTERS` (an LPM trie: the prefix length is
+/// [`PCP_FILTER_FIXED_BITS`] plus the filter's remote prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PcpFilterKey {
+    /// External address of the mapping.
+    pub ext_addr_be: u32,
+    /// External port of the mapping.
+    pub ext_port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding, always zero.
+    pub _pad: u8,
+    /// Remote address (prefix).
+    pub remote_addr_be: u32,
+}
 
 /// Out-of-order later fragments held at once until their first fragment arrives.
 pub const MAX_STASHED_FRAGMENTS: u32 = 256;
@@ -125,6 +151,9 @@ pub enum FilterMode {
     AddressDependent = 1,
     /// Only remote address-and-port pairs the internal endpoint has sent to.
     AddressAndPortDependent = 2,
+    /// Only the remote peers a PCP FILTER option named (RFC 6887 §13.3), kept in
+    /// `PCP_FILTERS`.
+    PcpFilter = 3,
 }
 
 impl FilterMode {
@@ -135,6 +164,7 @@ impl FilterMode {
             0 => Some(Self::EndpointIndependent),
             1 => Some(Self::AddressDependent),
             2 => Some(Self::AddressAndPortDependent),
+            3 => Some(Self::PcpFilter),
             _ => None,
         }
     }
@@ -146,6 +176,7 @@ impl FilterMode {
             Self::EndpointIndependent => "endpoint-independent",
             Self::AddressDependent => "address-dependent",
             Self::AddressAndPortDependent => "address-and-port-dependent",
+            Self::PcpFilter => "pcp-filter",
         }
     }
 }
@@ -386,6 +417,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StashKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PcpFilterKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StashedFragment {}
 }

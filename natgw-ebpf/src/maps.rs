@@ -10,8 +10,8 @@ use aya_ebpf::{
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
     maps::{
-        FragKey, FragValue, HeldSyn, Session, SessionKey, StashKey, StashedFragment,
-        DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_FRAGS_IN, MAX_HELD_SYNS,
+        FragKey, FragValue, HeldSyn, PcpFilterKey, Session, SessionKey, StashKey, StashedFragment,
+        DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_FRAGS_IN, MAX_HELD_SYNS, MAX_PCP_FILTERS,
         MAX_STASHED_FRAGMENTS,
     },
     Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
@@ -84,3 +84,8 @@ pub static FRAG_STASH: LruHashMap<StashKey, StashedFragment> =
 /// Per-CPU scratch space to build a stashed fragment in (too large for the stack).
 #[map]
 pub static FRAG_SCRATCH: PerCpuArray<StashedFragment> = PerCpuArray::with_max_entries(1, 0);
+
+/// Remote peers allowed by PCP FILTER options, for mappings whose filter is
+/// `FilterMode::PcpFilter` (RFC 6887 §13.3).
+#[map]
+pub static PCP_FILTERS: LpmTrie<PcpFilterKey, u32> = LpmTrie::with_max_entries(MAX_PCP_FILTERS, 1);

@@ -1,20 +1,23 @@
 //! Sessions: what a mapping has exchanged with each remote endpoint. They carry the
 //! inbound filter (RFC 4787 REQ-8, RFC 5382 REQ-3: endpoint-independent,
-//! address-dependent, address-and-port-dependent) and the TCP state (RFC 7857), and
+//! address-dependent, address-and-port-dependent; or a PCP FILTER list, RFC 6887
+//! §13.3) and the TCP state (RFC 7857), and
 //! the memory of unsolicited SYNs held back for hole punching (RFC 5382 REQ-4).
 //!
 //! Endpoint-independent UDP and ICMP mappings keep no sessions at all, so the common
 //! case costs nothing extra.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use natgw_common::{
-    maps::{tcp_seen, FilterMode, HeldSyn, Session, SessionKey},
+    maps::{
+        tcp_seen, FilterMode, HeldSyn, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS,
+    },
     packet::Ipv4Packet,
     tcp::TcpState,
     Counter, IPPROTO_TCP,
 };
 
-use crate::maps::{HELD_SYNS, NAT_SESSIONS};
+use crate::maps::{HELD_SYNS, NAT_SESSIONS, PCP_FILTERS};
 
 #[inline(always)]
 fn key(proto: u8, ext: ([u8; 4], u16), remote: [u8; 4], remote_port_be: u16) -> SessionKey {
@@ -25,6 +28,23 @@ fn key(proto: u8, ext: ([u8; 4], u16), remote: [u8; 4], remote_port_be: u16) -> 
         remote_port_be,
         proto,
         _pad: [0; 3],
+    }
+}
+
+/// Whether a PCP FILTER of the mapping `ext` admits `remote` (longest prefix match
+/// on the remote address; a port of 0 admits every port).
+#[inline(always)]
+fn pcp_filter_allows(proto: u8, ext: ([u8; 4], u16), remote: ([u8; 4], u16)) -> bool {
+    let data = PcpFilterKey {
+        ext_addr_be: u32::from_ne_bytes(ext.0),
+        ext_port_be: ext.1,
+        proto,
+        _pad: 0,
+        remote_addr_be: u32::from_ne_bytes(remote.0),
+    };
+    match PCP_FILTERS.get(&Key::new(PCP_FILTER_FIXED_BITS + 32, data)) {
+        Some(port_be) => *port_be == 0 || *port_be == u32::from(remote.1),
+        None => false,
     }
 }
 
@@ -109,6 +129,8 @@ pub fn inbound(
             .is_some()
     } else if mode == FilterMode::AddressAndPortDependent as u8 {
         NAT_SESSIONS.get_ptr(&exact).is_some()
+    } else if mode == FilterMode::PcpFilter as u8 {
+        pcp_filter_allows(pkt.proto, ext, remote)
     } else {
         true
     };
