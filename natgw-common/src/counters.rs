@@ -50,6 +50,12 @@ counters! {
     /// Hairpinned packet (internal host to an external endpoint that maps to an
     /// internal one) translated by TC on the LAN ingress (RFC 4787 REQ-9).
     HairpinTranslated = "hairpin_translated",
+    /// Packet from an internal host to a service of the gateway on an external
+    /// address, its source translated to the host's external endpoint.
+    HairpinLocal = "hairpin_local",
+    /// Reply of a gateway service to an internal host's external endpoint,
+    /// translated back and sent to the host (`tc_lo_egress`).
+    HairpinLocalReply = "hairpin_local_reply",
     /// A later fragment of a translated datagram translated by TC (RFC 4787 REQ-14).
     FragmentTranslated = "fragment_translated",
     /// A new mapping was created.

@@ -5,23 +5,27 @@
 //!   the translation programs' per-packet cost is set against, and what the bench
 //!   attaches to a veth that must accept redirected frames (its peer's `XDP_TX` or
 //!   `XDP_REDIRECT`) while the kernel does the forwarding.
-//! - [`count_drop`] (`xdp_count_drop`): the receiver. Counts packets and bytes per CPU
-//!   in `BENCH_RX`, stamps the first and last arrival, and drops the frame.
+//! - [`count_drop`] (`xdp_count_drop`): the receiver. Counts IPv4 packets and bytes per
+//!   CPU in `BENCH_RX`, stamps the first and last arrival, and drops the frame; other
+//!   frames (the kernel's own chatter) pass.
 //! - [`generate`] (`xdp_gen`): the traffic generator, run by `BPF_PROG_TEST_RUN` in
-//!   live-frame mode. It writes the frame's headers from a template the loader sets,
-//!   varies the flow with a per-CPU sequence number and transmits the frame
-//!   (`XDP_TX`). Live-frame mode recycles pages without restoring their content, and
-//!   the gateway rewrites the headers it forwards, so every header byte is written on
-//!   every run.
+//!   live-frame mode. It writes the frame's headers from the template in
+//!   `BENCH_GEN_TPL`, varies the flow with a per-CPU sequence number and transmits the
+//!   frame (`XDP_TX`). Live-frame mode recycles pages without restoring their content,
+//!   and the gateway rewrites the headers it forwards, so every header byte is written
+//!   on every run. It can stop after a number of frames and pace itself: with
+//!   `GEN_IN_FLIGHT` set it sends only while fewer frames than that are between it and
+//!   the receiver (`BENCH_RX_TOTAL`), so it must run in the same object instance as
+//!   the receiver.
 //!
-//! Configuration comes from read-only globals the loader sets by name
-//! (`EbpfLoader::set_global`); the bench reads `BENCH_RX` by the slot numbers below.
+//! The bench writes the generator's configuration into `BENCH_GEN_CFG` and reads
+//! `BENCH_RX` by the slot numbers below.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use natgw_common::{
@@ -44,7 +48,12 @@ const RX_SLOTS: u32 = 4;
 #[map]
 static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(RX_SLOTS, 0);
 
-/// The generator's sequence number, per CPU (slot 0).
+/// Frames the receiver counted (slot 0), for the generator's pacing; shared by all
+/// CPUs, written by the receiver's.
+#[map]
+static BENCH_RX_TOTAL: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The generator's sequence number, per CPU (slot 0): frames sent.
 #[map]
 static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -52,19 +61,28 @@ static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 pub const GEN_FRAME_LEN: usize = 60;
 
 /// The frame of flow 0, with valid IPv4 and TCP/UDP checksums (IHL 5).
-#[no_mangle]
-static GEN_TEMPLATE: [u8; GEN_FRAME_LEN] = [0; GEN_FRAME_LEN];
-/// Flows the sequence cycles through (at least 1).
-#[no_mangle]
-static GEN_FLOWS: u32 = 1;
-/// Distinct internal endpoints (source address and port) among the flows; flow `f`
-/// uses endpoint `f % GEN_ENDPOINTS` and destination port `template + f / GEN_ENDPOINTS`.
-#[no_mangle]
-static GEN_ENDPOINTS: u32 = 1;
-/// Source ports used per source address before the next address is taken: endpoint
-/// `e` is `(template address + e / GEN_PORTS_PER_ADDR, template port + e % ...)`.
-#[no_mangle]
-static GEN_PORTS_PER_ADDR: u32 = 1;
+#[map]
+static BENCH_GEN_TPL: Array<[u8; GEN_FRAME_LEN]> = Array::with_max_entries(1, 0);
+
+/// `BENCH_GEN_CFG` slot: flows the sequence cycles through (0 counts as 1).
+pub const GEN_FLOWS: u32 = 0;
+/// `BENCH_GEN_CFG` slot: distinct internal endpoints (source address and port) among
+/// the flows; flow `f` uses endpoint `f % endpoints` and destination port
+/// `template + f / endpoints`.
+pub const GEN_ENDPOINTS: u32 = 1;
+/// `BENCH_GEN_CFG` slot: source ports per source address: endpoint `e` is
+/// `(template address + e / ports, template port + e % ports)`.
+pub const GEN_PORTS_PER_ADDR: u32 = 2;
+/// `BENCH_GEN_CFG` slot: frames to send in all, per CPU (0: no limit); the rest drop.
+pub const GEN_LIMIT: u32 = 3;
+/// `BENCH_GEN_CFG` slot: frames allowed between generator and receiver (0: no pacing).
+pub const GEN_IN_FLIGHT: u32 = 4;
+/// Number of `BENCH_GEN_CFG` slots.
+const GEN_CFG_SLOTS: u32 = 5;
+
+/// The generator's configuration, by the `GEN_*` slots.
+#[map]
+static BENCH_GEN_CFG: Array<u32> = Array::with_max_entries(GEN_CFG_SLOTS, 0);
 
 /// Ethernet + IPv4 offsets the generator writes (IHL 5, as in its template).
 mod off {
@@ -83,10 +101,22 @@ pub fn pass(_ctx: &XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// `xdp_count_drop`: count, stamp, drop.
+/// EtherType of IPv4, the only frames the receiver counts.
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+
+/// `xdp_count_drop`: count, stamp, drop IPv4 frames; pass anything else.
 #[inline(always)]
 pub fn count_drop(ctx: &XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 > end {
+        return XDP_PASS;
+    }
+    // SAFETY: the 14-byte Ethernet header lies inside the frame (checked above).
+    let ethertype = unsafe { *((start + 12) as *const [u8; 2]) };
+    if ethertype != ETH_P_IP {
+        return XDP_PASS;
+    }
+    let len = (end - start) as u64;
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY (all slots): per-CPU values, only touched by this CPU while it runs us.
@@ -104,34 +134,44 @@ pub fn count_drop(ctx: &XdpContext) -> u32 {
     if let Some(last) = BENCH_RX.get_ptr_mut(RX_LAST_NS) {
         unsafe { *last = now };
     }
+    if let Some(total) = BENCH_RX_TOTAL.get_ptr_mut(0) {
+        // SAFETY: a live map value. Not atomic (the BPF target offers Rust no atomic
+        // read-modify-write): the receiver's NAPI runs on one CPU, the only writer.
+        unsafe { *total += 1 };
+    }
     XDP_DROP
 }
 
-/// A configuration global, read through a volatile load so the compiler keeps the
-/// value the loader wrote instead of folding in the default.
+/// A `BENCH_GEN_CFG` slot.
 #[inline(always)]
-fn global<T: Copy>(value: &'static T) -> T {
-    // SAFETY: a valid, aligned static.
-    unsafe { core::ptr::read_volatile(value) }
+fn cfg(slot: u32) -> u32 {
+    BENCH_GEN_CFG.get(slot).copied().unwrap_or(0)
 }
 
-/// The next sequence number of this CPU.
+/// The next sequence number of this CPU, or `None` when this frame must not be sent:
+/// the limit is reached, or as many frames as allowed are on their way.
 #[inline(always)]
-fn next_seq() -> u64 {
-    match BENCH_GEN_SEQ.get_ptr_mut(0) {
-        Some(seq) => {
-            // SAFETY: per-CPU value, only touched by this CPU while it runs us.
-            unsafe {
-                let n = *seq;
-                *seq = n + 1;
-                n
-            }
-        }
-        None => 0,
+fn next_seq() -> Option<u64> {
+    let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
+    // SAFETY: per-CPU value, only touched by this CPU while it runs us.
+    let n = unsafe { *seq };
+    let limit = u64::from(cfg(GEN_LIMIT));
+    if limit != 0 && n >= limit {
+        return None;
     }
+    let in_flight = u64::from(cfg(GEN_IN_FLIGHT));
+    if in_flight != 0 {
+        let received = BENCH_RX_TOTAL.get(0).copied().unwrap_or(0);
+        if n.saturating_sub(received) >= in_flight {
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *seq = n + 1 };
+    Some(n)
 }
 
-/// `xdp_gen`: the template with flow `seq % GEN_FLOWS` written in, transmitted.
+/// `xdp_gen`: the template with flow `seq % flows` written in, transmitted.
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
     let start = ctx.data();
@@ -139,12 +179,18 @@ pub fn generate(ctx: &XdpContext) -> u32 {
         return XDP_ABORTED;
     }
     let frame = start as *mut [u8; GEN_FRAME_LEN];
-    let mut bytes: [u8; GEN_FRAME_LEN] = global(&GEN_TEMPLATE);
+    let Some(template) = BENCH_GEN_TPL.get(0) else {
+        return XDP_ABORTED;
+    };
+    let Some(seq) = next_seq() else {
+        return XDP_DROP;
+    };
+    let mut bytes: [u8; GEN_FRAME_LEN] = *template;
 
-    let flows = global(&GEN_FLOWS).max(1);
-    let endpoints = global(&GEN_ENDPOINTS).max(1);
-    let per_addr = global(&GEN_PORTS_PER_ADDR).max(1);
-    let flow = (next_seq() % u64::from(flows)) as u32;
+    let flows = cfg(GEN_FLOWS).max(1);
+    let endpoints = cfg(GEN_ENDPOINTS).max(1);
+    let per_addr = cfg(GEN_PORTS_PER_ADDR).max(1);
+    let flow = (seq % u64::from(flows)) as u32;
     let endpoint = flow % endpoints;
     let dst_step = (flow / endpoints) as u16;
     let addr_step = endpoint / per_addr;

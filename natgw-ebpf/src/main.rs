@@ -7,8 +7,9 @@
 //! - `tc_wan_ingress` / `tc_wan_egress` (TC on the WAN): the same translation for
 //!   packets the fast path handed to the kernel, so that nothing leaves with an
 //!   internal source address whatever path it took.
-//! - `tc_lan_ingress` (TC ingress on every LAN interface): hairpinning for packets
-//!   the fast path handed to the kernel.
+//! - `tc_lan_ingress` (TC ingress on every LAN interface): hairpinning, also to the
+//!   gateway's own services on its external addresses.
+//! - `tc_lo_egress` (TC egress on `lo`): those services' replies back to the hosts.
 //!
 //! The translation itself lives in `nat` and in `natgw_common::packet`, shared by all
 //! four programs.
@@ -21,6 +22,7 @@ mod fastpath;
 mod maps;
 mod nat;
 mod tc_lan;
+mod tc_lo;
 mod tc_wan;
 mod xdp_lan;
 mod xdp_wan;
@@ -52,6 +54,12 @@ pub fn tc_wan_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_lan_ingress(ctx: TcContext) -> i32 {
     tc_lan::ingress(&ctx)
+}
+
+/// Replies of the gateway's own services to internal hosts' external endpoints.
+#[classifier]
+pub fn tc_lo_egress(ctx: TcContext) -> i32 {
+    tc_lo::egress(&ctx)
 }
 
 /// Outbound translation of everything that reaches the WAN through the kernel.

@@ -15,13 +15,13 @@ use aya_ebpf::{
 };
 use natgw_common::{
     packet::{ipv4, parse_icmp_error, rewrite_icmp_error, Ipv4Packet, L4Kind, Rewrite, Side},
-    Counter, IfaceRole,
+    Config, Counter, IfaceRole,
 };
 
 use crate::{
     buf::TcBuf,
     counters::count,
-    nat::{self, fib, mapping},
+    nat::{self, fib, mapping, socket::local_socket_owns},
     tc_wan::{apply, parse},
 };
 
@@ -60,7 +60,9 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     {
         return Err(None);
     }
-    let target = mapping::inbound(&pkt).ok_or(None)?;
+    let Some(target) = mapping::inbound(&pkt) else {
+        return to_local_service(ctx, cfg, &pkt);
+    };
     // SAFETY: reading a field of the live context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let hop = fib::lookup(ctx, &pkt, target.internal.addr, ingress, true).map_err(Some)?;
@@ -132,6 +134,30 @@ fn hairpin_icmp_error(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<i32, Option<C
     decrement_ttl(ctx, pkt).map_err(Some)?;
     count(Counter::HairpinTranslated);
     send(ctx, &hop)
+}
+
+/// A packet from an internal host to a service of the gateway itself on its
+/// external address (the STUN responder, say): hairpinned like any other, so the
+/// service sees the sender's external endpoint (RFC 4787 REQ-9a), and delivered
+/// locally. Its replies come back through `tc_lo_egress`. The kernel accepts the
+/// local source address because natgw sets `accept_local` on LAN interfaces.
+#[inline(always)]
+fn to_local_service(
+    ctx: &TcContext,
+    cfg: &Config,
+    pkt: &Ipv4Packet,
+) -> Result<i32, Option<Counter>> {
+    if !local_socket_owns(ctx, pkt.proto, pkt.dst, pkt.dport_be, pkt.src, pkt.sport_be) {
+        return Err(None);
+    }
+    let from = mapping::outbound(ctx, cfg, pkt).map_err(Some)?;
+    apply(
+        ctx,
+        &Rewrite::new(pkt, Side::Source, from.addr, from.port_be),
+    )
+    .map_err(Some)?;
+    count(Counter::HairpinLocal);
+    Ok(TC_ACT_OK)
 }
 
 /// Sends the translated packet out of `hop`'s interface.
