@@ -371,3 +371,73 @@ fn generic_xdp_mode_translates_through_the_kernel_path() {
     assert_eq!(s.natgw.counter("xdp_out_redirected"), 0, "{status}");
     assert!(s.natgw.counter("tc_out_translated") >= 2, "{status}");
 }
+
+#[test]
+fn udp_and_tcp_hairpin_with_external_source() {
+    // rfc4787 REQ-9, REQ-9a; rfc5382 REQ-8: an internal host reaches another one
+    // through its external endpoint and sees the sender's external endpoint.
+    let s = Setup::new(&[]);
+    let b = udp(&s.tb.lan[1].ns, LAN_B_ADDR, 50000);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 7000);
+    let b_ext = udp_round_trip(&b, &wan, SocketAddrV4::new(WAN_A_ADDR, 7000), b"open");
+    let a = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 51000);
+    a.send_to(b"hairpin", b_ext)
+        .expect("send to b's external endpoint");
+    let (data, seen) = recv(&b).expect("lan-b got the hairpinned datagram");
+    assert_eq!(data, b"hairpin");
+    assert_eq!(
+        seen,
+        SocketAddrV4::new(GW_WAN_ADDR, 51000),
+        "source is lan-a's external endpoint"
+    );
+    b.send_to(b"back", seen).expect("reply");
+    let (data, from) = recv(&a).expect("lan-a got the reply");
+    assert_eq!(data, b"back");
+    assert_eq!(
+        from, b_ext,
+        "the reply comes from lan-b's external endpoint"
+    );
+
+    // TCP: lan-b's endpoint 10.0.2.2:52000 gets a mapping by connecting out, and a
+    // listener on the same port accepts lan-a's connection to its external endpoint.
+    let reuse = |sock: &socket2::Socket| {
+        sock.set_reuse_address(true).expect("SO_REUSEADDR");
+        sock.set_reuse_port(true).expect("SO_REUSEPORT");
+    };
+    let (_out, listener) = s.tb.lan[1].ns.run(|| {
+        let wan_listener = s.tb.wan[0]
+            .ns
+            .run(|| TcpListener::bind((WAN_A_ADDR, 8081)))
+            .expect("listen on wan-a");
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        reuse(&l);
+        l.bind(&SocketAddrV4::new(LAN_B_ADDR, 52000).into())
+            .expect("bind listener");
+        l.listen(4).expect("listen");
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        reuse(&c);
+        c.bind(&SocketAddrV4::new(LAN_B_ADDR, 52000).into())
+            .expect("bind client");
+        c.connect_timeout(&SocketAddrV4::new(WAN_A_ADDR, 8081).into(), WAIT)
+            .expect("connect out");
+        drop(wan_listener);
+        (c, TcpListener::from(l))
+    });
+    let server = tcp_echo_once(listener);
+    let mut conn = s.tb.lan[0]
+        .ns
+        .run(|| TcpStream::connect_timeout(&SocketAddrV4::new(GW_WAN_ADDR, 52000).into(), WAIT))
+        .expect("connect to lan-b's external endpoint");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    let a_port = conn.local_addr().expect("local").port();
+    conn.write_all(b"hello").expect("send");
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(read_all(&mut conn), b"hello");
+    assert_eq!(
+        server.join().expect("server"),
+        SocketAddrV4::new(GW_WAN_ADDR, a_port)
+    );
+    assert!(s.natgw.counter("hairpin_translated") >= 4);
+}

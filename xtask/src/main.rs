@@ -5,10 +5,15 @@
 //! - `test` builds, then runs rustfmt, clippy and every test in the workspace.
 //! - `run` builds, starts natgw inside a testbed of network namespaces, demonstrates
 //!   it with UDP and TCP traffic and shows its live mapping table until Ctrl-C.
+//! - `bench` measures packets per second against the kernel's NAT, per-packet cost
+//!   and natgw at a million mappings.
+//! - `conformance` runs the RFC conformance suite against natgw and nftables masquerade.
 //!
 //! `.ci/run` is `cargo xtask test`; everything CI does is stated here, in Rust.
 
+mod bench;
 mod build;
+mod conformance;
 mod exec;
 mod paths;
 mod provision;
@@ -39,6 +44,12 @@ enum Command {
     /// Build, start natgw in a testbed of network namespaces, demonstrate it with UDP and
     /// TCP traffic, then show its live mapping table until Ctrl-C (needs root).
     Run(run::Args),
+    /// Measure natgw against the kernel's NAT (packets per second, new mappings per
+    /// second), per-packet cost, and a million mappings (needs root, 2 CPUs).
+    Bench(bench::Args),
+    /// Run the RFC 4787/5382/5508 conformance suite against natgw and the kernel's
+    /// nftables masquerade, side by side (needs root).
+    Conformance(conformance::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +58,8 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Conformance(args) => conformance::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,10 +48,28 @@ const LLVM_PACKAGE: Package = Package {
 };
 
 /// Debian packages the integration tests use. Add to this list as tests grow.
-const TEST_PACKAGES: &[Package] = &[Package {
-    name: "iproute2",
-    why: "`ip netns` / `ip link` to inspect a testbed by hand",
-}];
+const TEST_PACKAGES: &[Package] = &[
+    Package {
+        name: "iproute2",
+        why: "`ip netns` / `ip link` to inspect a testbed by hand",
+    },
+    Package {
+        name: "natpmpc",
+        why: "a NAT-PMP client independent of natgw, for the PCP/NAT-PMP server tests",
+    },
+];
+
+/// Debian packages `cargo xtask bench` uses.
+const BENCH_PACKAGES: &[Package] = &[
+    Package {
+        name: "nftables",
+        why: "`nft`, to set up the kernel's masquerade NAT that the bench compares natgw with",
+    },
+    Package {
+        name: "linux-perf",
+        why: "`perf`, to show where the gateway's CPU time goes",
+    },
+];
 
 /// Where Debian's LLVM 22 lives; passed to bpf-linker's build.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -96,6 +114,8 @@ pub enum Purpose {
     Build,
     /// Build, then run the tests (also needs [`TEST_PACKAGES`]).
     Test,
+    /// Build, then benchmark (also needs [`BENCH_PACKAGES`]).
+    Bench,
 }
 
 /// A route that was chosen.
@@ -149,6 +169,19 @@ pub fn ensure(choice: ToolchainChoice, purpose: Purpose) -> Result<EbpfToolchain
             let names: Vec<_> = TEST_PACKAGES.iter().map(|p| p.name).collect();
             eprintln!(
                 "xtask: not a Debian system; make sure the tests' tools are installed \
+                 (Debian names: {})",
+                names.join(", ")
+            );
+        }
+    }
+
+    if purpose == Purpose::Bench {
+        if apt {
+            wanted.extend(BENCH_PACKAGES);
+        } else {
+            let names: Vec<_> = BENCH_PACKAGES.iter().map(|p| p.name).collect();
+            eprintln!(
+                "xtask: not a Debian system; make sure the bench's tools are installed \
                  (Debian names: {})",
                 names.join(", ")
             );

@@ -1,0 +1,330 @@
+//! `cargo xtask bench`: packets per second through the gateway for natgw, the kernel's
+//! nftables masquerade and plain forwarding, side by side; new mappings per second
+//! under a SYN flood; the per-packet cost of the translation programs next to an
+//! `XDP_PASS` floor; and natgw at a million mappings (memory, cost, garbage
+//! collection). Prints a table (or JSON with `--json`); `--write-docs` also writes it
+//! to docs/benchmarks.md.
+//!
+//! - [`net`]: the bench topology (generator — gateway — receiver namespaces).
+//! - [`programs`]: the bench's copies of the eBPF object (generator, receiver, floor).
+//! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts.
+//! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
+//! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown.
+//! - [`bpf`], [`frames`], [`daemon`], [`signals`]: syscalls, packets, natgw, Ctrl-C.
+
+mod bpf;
+mod cost;
+mod cpu;
+mod daemon;
+mod frames;
+mod net;
+mod profile;
+mod programs;
+mod report;
+mod signals;
+mod throughput;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use self::report::{Machine, Report};
+use self::throughput::{Plan, Results, Rig};
+use crate::build;
+use crate::provision::Purpose;
+use crate::{exec, paths};
+
+/// What the first runs showed (2026-11-24, this machine kind), for docs/benchmarks.md;
+/// the numbers in the table above it are those of the latest run.
+pub const NOTES: &str = "\
+## Where the time goes (observations from the runs of 2026-11-24)
+
+- **The gateway is the limit.** Its NAPI thread is at 93–100% of its CPU in every UDP
+  run, while the generator delivers several million frames per second into the same
+  veth when the gateway only drops them (ceiling row). In the 100k-flow natgw runs the
+  gateway thread is a little below that: natgw's controller, pinned to the other CPU,
+  takes ~17% there, and the `other` column shows some kernel work landing on the
+  gateway's CPU.
+- **natgw is about 3× the kernel's NAT (2.4–3.4× over the runs so far), not
+  \"several times\", and 1.3–2.4× plain forwarding.** One packet costs the gateway
+  about 0.9 µs (1/pps). `xdp_lan` itself is 0.6–0.7 µs above the test harness for an
+  existing mapping, ~30× the bare `xdp_pass` program (about 22 ns at a large repeat)
+  or 7–8× the per-call floor. The profile splits the gateway thread roughly into:
+  natgw's BPF code 20–25%; `xdp_do_redirect` and the veth receive path 15–30% (the
+  veth pair's own cost; a NIC driver differs); the FIB lookup (`bpf_ipv4_fib_lookup`,
+  `fib_table_lookup`) 10–14%; hash-map lookups (`lookup_nulls_elem_raw`,
+  `htab_map_hash`, `__htab_map_lookup_elem`) 13–15% — `NAT_FWD` plus `IFACES` looked
+  up for the ingress interface twice and for the egress once; `read_tsc` and
+  `ktime_get_mono_fast_ns` for `bpf_ktime_get_ns` ~6%; `__napi_schedule` ~8% (waking
+  the receiver's NAPI thread on the other CPU). Fewer `IFACES` lookups, one timestamp
+  per packet and skipping the full L4 checksum for frames whose checksum is complete
+  are the obvious places to look.
+- **New mappings** cost 1.6–2.7 µs in `xdp_lan` (lookup miss, local-socket lookup,
+  the `BPF_NOEXIST` port claim, two inserts); the SYN burst (0.39–0.45 M new
+  mappings/s, one SYN each, with its TCP session) agrees. conntrack + masquerade
+  manage ~0.12 M/s.
+- **The controller does not scale to a million mappings.** Its garbage collector walks
+  both tables with one system call per key every `--gc-interval`: ~17% of a CPU at
+  32k mappings, 100% at a million (a pass takes longer than the 1-s interval), and
+  expiring a million mappings took 25–26 s. The per-packet cost of an existing mapping
+  barely moves with the table size (×1.1–1.2 at 1M, spread over 10k different
+  entries); a new mapping costs more in a full table (×1.0–1.6).
+- **Memory** is preallocated hash maps: at `--max-mappings 1100000` the maps take
+  ~531 MiB whether empty or full (`NAT_SESSIONS` is sized at twice the mappings).
+- **Kernel modes.** nft's extra time over plain forwarding is conntrack and NAT
+  (`nf_conntrack_in`, `nf_nat_ipv4_out`, `nf_hook_slow`); `__napi_schedule` is high in
+  both kernel modes because `veth_xmit` schedules the receiver's NAPI for every socket
+  buffer, where natgw's redirects do it once per bulk.
+";
+
+/// How the bench measures, for docs/benchmarks.md.
+pub const METHOD: &str = "\
+## How it measures
+
+- **Topology** (`xtask/src/bench/net.rs`): three network namespaces in a line,
+  generator `bgen0` — `blan0` gateway `bwan0` — `brcv0` receiver, built over netlink
+  for every mode run (nothing survives from one run to the next). The gateway has a
+  permanent neighbour entry for the receiver, so the first packet already takes
+  natgw's fast path.
+- **Generator**: `xdp_gen` (natgw-ebpf/src/floor.rs) run by `BPF_PROG_TEST_RUN` in
+  live-frame mode from one thread pinned to CPU 0. It writes each 64-byte frame
+  (60 bytes without FCS) from a template with the flow's source address and ports and
+  returns `XDP_TX`, which puts the frame straight into the gateway's LAN veth; one
+  system call runs it for the whole window (a signal ends it), because every call
+  sets up a page pool, which takes tens of milliseconds. The generator ceiling row
+  shows what it delivers when the gateway only counts and drops (4–7 Mpps here). An
+  AF_PACKET socket with `PACKET_QDISC_BYPASS` and `sendmmsg` of 64 frames reached
+  about 0.3 Mpps on the same machine (a one-off test while writing the bench: a
+  socket buffer per frame and the peer's receive path on the sending CPU); AF_XDP
+  runs on a veth only in copy mode. For the SYN burst the generator paces itself:
+  it sends only while fewer than 192 frames are between it and the receiver, whose
+  count it reads from the map it shares with `xdp_count_drop`.
+- **Gateway**: the `blan0` veth runs threaded NAPI, its thread pinned to CPU 1; that
+  thread does all per-packet gateway work: natgw's `xdp_lan` (translate, redirect to
+  `bwan0`), or `xdp_pass` (so the veth accepts the generator's frames) followed by the
+  kernel's forwarding, with conntrack and `masquerade` in the nft mode (`nft`
+  `type nat hook postrouting`, `oifname bwan0 masquerade`). natgw's controller runs
+  pinned to CPU 0; its CPU is reported separately.
+- **Receiver**: `xdp_count_drop` on `brcv0` counts into a per-CPU array and drops; its
+  NAPI thread is pinned to CPU 0. Packets per second are its count over the window.
+- **Interleaving**: a repetition runs every mode once (natgw, nft, plain, ceiling) in an
+  order rotated per repetition; every mode run measures the three UDP workloads one
+  window each, then one SYN burst. Median and [min–max] over repetitions.
+- **Flows**: 1, 1,000 and 100,000 distinct 5-tuples; at most 32,768 distinct internal
+  endpoints (500 source ports per source address), beyond that the destination port
+  varies. natgw keeps one endpoint-independent mapping per internal endpoint, and one
+  external address has 64k ports per protocol; conntrack keeps one entry per 5-tuple.
+- **SYN flood**: one burst per mode run of SYNs each from a new internal endpoint, paced
+  to at most 192 frames in flight (below a veth ring) so none is lost to a full ring;
+  new mappings per second = natgw's `mapping_created` (or the conntrack count) over the
+  time from the first to the last SYN at the receiver.
+- **CPU**: per thread from `/proc/<pid>/task/<tid>/schedstat`, natgw's process from
+  `/proc/<pid>/stat`, per CPU from `/proc/stat` (busy = user + system + softirq; steal
+  is time the hypervisor took). A gateway at ~100% means the gateway was the limit;
+  a generator at ~100% with a gateway below it means the generator was.
+- **Per-packet cost**: `BPF_PROG_TEST_RUN` on the `xdp_lan` a running natgw attached
+  (found by the XDP program id of `blan0`), from the gateway namespace with `blan0` as
+  ingress device, so the FIB and socket lookups are real. One call per packet
+  (`repeat = 1`: with a larger repeat the kernel reruns the program on the buffer the
+  first run already translated), 10,000 endpoints per case; the floor `xdp_pass` is
+  measured the same way. Existing mapping: every endpoint sent once, then three timed
+  passes. New mapping: every endpoint timed on its first packet.
+- **A million mappings**: natgw runs with `--max-mappings 1100000`; the bench inserts
+  the mappings into its pinned `NAT_FWD`/`NAT_REV` with `BPF_MAP_UPDATE_BATCH` (external
+  endpoints spread over 198.18.0.0/15, since one address has only 64k ports), reads
+  each pinned map's `memlock` from fdinfo, and repeats the cost cases (the existing
+  mapping case over endpoints of the filler). Hairpin and ICMP-error packets take the
+  kernel's path in this data path (`xdp_lan`/`xdp_wan` pass them to TC), so their
+  rows time the TC program alone (`tc_lan_ingress`, `tc_wan_ingress`) on a socket
+  buffer, verified by natgw's `hairpin_translated` and `icmp_error_in_translated`
+  counters. Garbage collection: a natgw with
+  `--udp-timeout 5 --gc-interval 1` gets the million stamped now; the bench records
+  natgw's CPU while they live and the time from their expiry until `NAT_FWD` is empty.
+";
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    build: build::Args,
+
+    /// About a minute: 3 repetitions of 1 s windows, half a million mappings.
+    #[arg(long)]
+    quick: bool,
+
+    /// Print the results as JSON (progress still goes to standard error).
+    #[arg(long)]
+    json: bool,
+
+    /// Also write the table, the machine and the command to docs/benchmarks.md.
+    #[arg(long)]
+    write_docs: bool,
+
+    /// Use this natgw binary instead of building one (with --ebpf-object).
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "ebpf_object",
+        conflicts_with = "ebpf_toolchain"
+    )]
+    natgw: Option<PathBuf>,
+
+    /// Use this eBPF object for the bench's own programs (with --natgw).
+    #[arg(long, value_name = "PATH", requires = "natgw")]
+    ebpf_object: Option<PathBuf>,
+
+    /// Repetitions of every mode [default: 5, --quick 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    reps: Option<u32>,
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &Args) -> Result<()> {
+    if !exec::is_root() {
+        bail!(
+            "the bench needs root: it creates network namespaces and veth pairs, loads BPF \
+             programs and runs natgw; rerun `cargo xtask bench` as root"
+        );
+    }
+    if cpu::online_cpus() < 2 {
+        bail!("the bench needs 2 CPUs: one for the generator, one for the gateway");
+    }
+    let artifacts = match (&args.natgw, &args.ebpf_object) {
+        (Some(natgw_bin), Some(ebpf_object)) => build::Artifacts {
+            ebpf_object: ebpf_object.clone(),
+            natgw_bin: natgw_bin.clone(),
+        },
+        _ => build::build_all(&args.build, Purpose::Bench)?,
+    };
+    signals::install()?;
+    match testbed::cleanup_stale() {
+        Ok(0) => {}
+        Ok(n) => eprintln!("xtask bench: removed {n} namespaces left by killed runs"),
+        Err(e) => eprintln!("xtask bench: removing stale namespaces: {}", e.chain()),
+    }
+
+    let plan = Plan {
+        reps: args
+            .reps
+            .map_or(if args.quick { 3 } else { 5 }, |n| n as usize),
+        warmup: Duration::from_millis(if args.quick { 500 } else { 1000 }),
+        window: Duration::from_millis(if args.quick { 1000 } else { 2000 }),
+        syn_burst: 16_384,
+    };
+    let busy = cpu::machine_busy(Duration::from_secs(1))?;
+    if busy > 20.0 {
+        eprintln!(
+            "xtask bench: warning: {busy:.0}% of the CPUs were busy before the bench started; \
+             other load takes CPU from the generator and the gateway (the bench's threads run \
+             at nice -20 and the `other` CPU column shows what the rest took)"
+        );
+    }
+    let mut machine = machine(args);
+    machine.busy_before_pct = busy;
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut results = Results::default();
+    let mut rig = Rig {
+        natgw_bin: &artifacts.natgw_bin,
+        log_dir: &log_dir,
+        tools: programs::Tools::load(&artifacts.ebpf_object)?,
+    };
+    throughput::run(&mut rig, &plan, &mut results)?;
+    let mut costs = cost::CostResults::default();
+    eprintln!("xtask bench: per-packet cost and a million mappings");
+    cost::run(
+        &mut rig.tools,
+        &artifacts.natgw_bin,
+        &log_dir,
+        args.quick,
+        &mut costs,
+    )?;
+
+    let report = Report {
+        machine: &machine,
+        plan: &plan,
+        throughput: &results,
+        cost: &costs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.text());
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        std::fs::write(&path, report.markdown())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The machine, the date and the command line.
+fn machine(args: &Args) -> Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
+    let memory_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or_else(|| "Linux".to_owned(), |v| v.trim_matches('"').to_owned());
+    let mut command = "cargo xtask bench".to_owned();
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if let Some(n) = args.reps {
+        command.push_str(&format!(" --reps {n}"));
+    }
+    if let (Some(natgw), Some(object)) = (&args.natgw, &args.ebpf_object) {
+        command.push_str(&format!(
+            " --natgw {} --ebpf-object {}",
+            natgw.display(),
+            object.display()
+        ));
+    }
+    Machine {
+        cpu,
+        cpus: cpu::online_cpus(),
+        memory_gib,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        os,
+        date: utc_now(),
+        command,
+        busy_before_pct: 0.0,
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` from the system clock.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}

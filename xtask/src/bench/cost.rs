@@ -1,0 +1,680 @@
+//! Per-packet cost of natgw's translation programs, measured with `BPF_PROG_TEST_RUN`
+//! on the very programs a running natgw attached (found by the XDP program id of the
+//! gateway's LAN interface), next to `xdp_pass` as the floor; then the same at a
+//! million live mappings, the maps' memory, and how long natgw's garbage collector
+//! takes to expire them all.
+//!
+//! Method. `BPF_PROG_TEST_RUN` with `repeat = N` would run the program N times on the
+//! *same* buffer, which the first run already translated, so every case makes one call
+//! per packet (`repeat = 1`) and takes the kernel's own timing of that run (`duration`:
+//! the program plus the harness around it, `local_bh_disable` and two clock reads).
+//! The floor is measured the same way, so "× floor" compares like with like; the
+//! harness's share is shown too (`xdp_pass` at `repeat = 1` minus at a large repeat).
+//! Each call runs in the gateway's namespace with the gateway's LAN interface as the
+//! ingress device, so `bpf_fib_lookup` and the socket lookups run for real.
+//!
+//! - existing mapping: [`ENDPOINTS`] internal endpoints, each sent once to create its
+//!   mapping, then measured over [`PASSES`] passes, one endpoint after the other (so
+//!   the lookups spread over the table rather than hitting one hot entry);
+//! - new mapping: [`ENDPOINTS`] endpoints never seen, each measured on its first packet
+//!   (lookup miss, port claim, both inserts, the translation);
+//! - at a million mappings: the table is filled with [`SCALE_MAPPINGS`] entries through
+//!   the pinned maps (`BPF_MAP_UPDATE_BATCH`), and the existing-mapping case runs over
+//!   endpoints of the filler, the new-mapping case over fresh ones.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::MapData;
+use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_UDP};
+
+use super::bpf;
+use super::cpu::{Sampler, Task};
+use super::daemon::Natgw;
+use super::frames::{self, Endpoints, L4};
+use super::net::{self, Bench};
+use super::programs::{names, Tools};
+use super::signals;
+use super::throughput::GEN_CPU;
+
+/// Endpoints per case.
+pub const ENDPOINTS: u32 = 10_000;
+/// Measured passes over the endpoints of the existing-mapping case.
+const PASSES: u32 = 3;
+/// Repeat count for the amortised floor.
+const FLOOR_REPEAT: u32 = 1_000_000;
+/// Mappings in the scale test.
+pub const SCALE_MAPPINGS: u32 = 1_000_000;
+/// natgw's table size in the scale test: the million plus room for the cases.
+const SCALE_CAPACITY: u32 = 1_100_000;
+/// Entries per `BPF_MAP_UPDATE_BATCH` call.
+const FILL_BATCH: usize = 50_000;
+/// UDP idle timeout natgw runs with in the garbage-collection test (seconds).
+const GC_UDP_TIMEOUT: u64 = 5;
+/// How long the garbage collector may take before the bench gives up on it.
+const GC_LIMIT: Duration = Duration::from_secs(120);
+/// `XDP_PASS`.
+const XDP_PASS: u32 = 2;
+/// `XDP_REDIRECT`.
+const XDP_REDIRECT: u32 = 4;
+/// Source ports per internal address in generated endpoints.
+const PORTS_PER_ADDR: u32 = 500;
+
+/// A cost case: one entry per row of the table.
+struct Case {
+    key: &'static str,
+    label: &'static str,
+    kind: CaseKind,
+}
+
+/// How a case is measured.
+enum CaseKind {
+    /// `xdp_pass`.
+    Floor,
+    /// `xdp_lan` on endpoints whose mappings exist (from `first` on, `ENDPOINTS` of them;
+    /// `create` sends each once beforehand).
+    Existing { first: u32, create: bool },
+    /// `xdp_lan` on fresh endpoints from `first` on.
+    New { first: u32 },
+    /// `tc_lan_ingress` on packets from endpoints `first..` (each sent once beforehand,
+    /// so their mappings exist) to the external endpoint of another internal host.
+    Hairpin { first: u32 },
+    /// `tc_wan_ingress` on ICMP port unreachables quoting datagrams of the mappings of
+    /// endpoints `first..` (which exist).
+    IcmpError { first: u32 },
+}
+
+/// Endpoint ranges: each case uses its own internal addresses.
+mod range {
+    /// Existing mappings on the (nearly) empty table.
+    pub const EXISTING: u32 = 0;
+    /// New mappings on the (nearly) empty table.
+    pub const NEW: u32 = 100_000;
+    /// New mappings at a million.
+    pub const NEW_AT_SCALE: u32 = 200_000;
+    /// The filler's endpoints.
+    pub const FILLER: u32 = 1_000_000;
+    /// Senders of hairpinned packets.
+    pub const HAIRPIN: u32 = 300_000;
+    /// The internal host they reach through its external endpoint.
+    pub const HAIRPIN_TARGET: u32 = 399_999;
+}
+
+/// The cases on the empty table, in table order. Hairpinning and ICMP errors take the
+/// kernel's path in this data path (`xdp_lan` and `xdp_wan` pass them, counted as
+/// `pass_hairpin` and `pass_icmp_error`, to the TC programs), so their rows time the
+/// TC program alone, on a socket buffer.
+fn empty_table_cases() -> Vec<Case> {
+    vec![
+        Case {
+            key: "floor_xdp_pass",
+            label: "floor: xdp_pass",
+            kind: CaseKind::Floor,
+        },
+        Case {
+            key: "existing_mapping",
+            label: "xdp_lan, existing mapping (UDP)",
+            kind: CaseKind::Existing {
+                first: range::EXISTING,
+                create: true,
+            },
+        },
+        Case {
+            key: "new_mapping",
+            label: "xdp_lan, new mapping (UDP)",
+            kind: CaseKind::New { first: range::NEW },
+        },
+        Case {
+            key: "hairpin",
+            label: "tc_lan_ingress, hairpin (UDP)",
+            kind: CaseKind::Hairpin {
+                first: range::HAIRPIN,
+            },
+        },
+        Case {
+            key: "icmp_error",
+            label: "tc_wan_ingress, ICMP error inbound",
+            kind: CaseKind::IcmpError {
+                first: range::EXISTING,
+            },
+        },
+    ]
+}
+
+/// The cases at a million mappings.
+fn scale_cases() -> Vec<Case> {
+    vec![
+        Case {
+            key: "existing_mapping_1m",
+            label: "xdp_lan, existing mapping, 1M table",
+            kind: CaseKind::Existing {
+                first: range::FILLER,
+                create: true,
+            },
+        },
+        Case {
+            key: "new_mapping_1m",
+            label: "xdp_lan, new mapping, 1M table",
+            kind: CaseKind::New {
+                first: range::NEW_AT_SCALE,
+            },
+        },
+    ]
+}
+
+/// One measured row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CostRow {
+    /// JSON key.
+    pub key: &'static str,
+    /// Row heading.
+    pub label: &'static str,
+    /// ns per packet (median of the calls); `None` when not measured.
+    pub median_ns: Option<f64>,
+    /// Mean ns per packet.
+    pub mean_ns: Option<f64>,
+    /// Calls measured.
+    pub calls: u32,
+    /// Calls whose verdict was not the expected one (0 when all were translated).
+    pub unexpected: u32,
+    /// Why there is no number.
+    pub note: Option<&'static str>,
+}
+
+/// Memory of one pinned map.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MapMemory {
+    /// Map name.
+    pub name: String,
+    /// `memlock` bytes.
+    pub bytes: u64,
+}
+
+/// The garbage collector's work on the filled table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GcResult {
+    /// Mappings inserted.
+    pub mappings: u32,
+    /// natgw's CPU use while they were alive (its GC passes over them), % of one CPU.
+    pub live_cpu_pct: f64,
+    /// From the moment they all became idle past the timeout to an empty table.
+    pub expire_seconds: Option<f64>,
+    /// natgw's CPU time from expiry to the empty table.
+    pub expire_cpu_seconds: f64,
+    /// `natgw status` mapping count at the end.
+    pub status_mappings: Option<u64>,
+}
+
+/// Everything this module measures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CostResults {
+    /// Rows on the empty table.
+    pub rows: Vec<CostRow>,
+    /// Rows at a million mappings.
+    pub scale_rows: Vec<CostRow>,
+    /// `xdp_pass` at a large repeat: the program alone, without the per-call harness.
+    pub floor_amortised_ns: Option<f64>,
+    /// natgw's maps at `SCALE_CAPACITY`, empty.
+    pub memory_empty: Vec<MapMemory>,
+    /// The same, holding the million.
+    pub memory_full: Vec<MapMemory>,
+    /// Filling took (seconds).
+    pub fill_seconds: Option<f64>,
+    /// natgw's table size.
+    pub capacity: u32,
+    /// The garbage collector.
+    pub gc: Option<GcResult>,
+}
+
+/// Endpoint `i`: address `10.0.16.0 + i / 500`, port `1024 + i % 500` (inside the
+/// bench LAN, away from the generator's `10.0.1.x`).
+fn endpoint(i: u32) -> (Ipv4Addr, u16) {
+    let addr = u32::from(Ipv4Addr::new(10, 0, 16, 0)) + i / PORTS_PER_ADDR;
+    (
+        Ipv4Addr::from(addr),
+        1024 + u16::try_from(i % PORTS_PER_ADDR).unwrap_or(0),
+    )
+}
+
+fn frame_for(net: &Bench, i: u32) -> [u8; frames::FRAME_LEN] {
+    let (src, sport) = endpoint(i);
+    frames::build(
+        L4::Udp,
+        &Endpoints {
+            dst_mac: net.lan_if.mac,
+            src_mac: net.gen_if.mac,
+            src,
+            sport,
+            dst: net::RCV_ADDR,
+            dport: 9,
+        },
+    )
+}
+
+/// Runs the cases, the scale test and the GC test.
+pub fn run(
+    tools: &mut Tools,
+    natgw_bin: &Path,
+    log_dir: &Path,
+    quick: bool,
+    out: &mut CostResults,
+) -> Result<()> {
+    let mappings = if quick {
+        SCALE_MAPPINGS / 2
+    } else {
+        SCALE_MAPPINGS
+    };
+    out.capacity = SCALE_CAPACITY;
+
+    // Per-packet cost, empty and at a million, on one natgw with a large table and
+    // no garbage collection pass to disturb the timings.
+    {
+        let net = Bench::create()?;
+        let _rx = tools.attach(names::XDP_COUNT_DROP, &net.rcv, net.rcv_if.ifindex)?;
+        let extra: Vec<String> = [
+            "--max-mappings",
+            &SCALE_CAPACITY.to_string(),
+            "--gc-interval",
+            "86400",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let log = log_dir.join("natgw-bench-cost.log");
+        let natgw = Natgw::start(natgw_bin, &net.gw, &extra, GEN_CPU, &log)?;
+        let progs = Progs::find(&net, tools)?;
+
+        out.floor_amortised_ns = Some(
+            net.gw
+                .try_run(|| {
+                    bpf::test_run(progs.pass.as_fd(), &frame_for(&net, 0), 0, FLOOR_REPEAT)
+                })??
+                .duration_ns
+                .into(),
+        );
+        for case in empty_table_cases() {
+            signals::check()?;
+            out.rows.push(measure(&net, &natgw, &case, &progs)?);
+        }
+
+        out.memory_empty = map_memory(natgw.pin_dir())?;
+        signals::check()?;
+        let started = Instant::now();
+        fill(natgw.pin_dir(), mappings, monotonic_ns())?;
+        out.fill_seconds = Some(started.elapsed().as_secs_f64());
+        out.memory_full = map_memory(natgw.pin_dir())?;
+        for case in scale_cases() {
+            signals::check()?;
+            out.scale_rows.push(measure(&net, &natgw, &case, &progs)?);
+        }
+        drop(natgw);
+    }
+
+    signals::check()?;
+    out.gc = Some(gc(tools, natgw_bin, log_dir, mappings)?);
+    Ok(())
+}
+
+/// natgw's `xdp_lan`, as attached to the gateway's LAN interface.
+fn natgw_prog(net: &Bench) -> Result<OwnedFd> {
+    let id = Bench::xdp_prog_id(&net.gw, net::GW_LAN_IF)?
+        .context("natgw attached no XDP program to the gateway's LAN interface")?;
+    bpf::prog_fd_by_id(id)
+}
+
+/// natgw's programs the cases run.
+struct Progs {
+    xdp_lan: OwnedFd,
+    tc_lan_ingress: Option<OwnedFd>,
+    tc_wan_ingress: Option<OwnedFd>,
+    pass: OwnedFd,
+}
+
+impl Progs {
+    fn find(net: &Bench, tools: &Tools) -> Result<Progs> {
+        let tc = |ifindex: u32| -> Result<Option<OwnedFd>> {
+            let ids = net
+                .gw
+                .try_run(|| bpf::tcx_prog_ids(ifindex, bpf::TCX_INGRESS))??;
+            ids.first().map(|&id| bpf::prog_fd_by_id(id)).transpose()
+        };
+        Ok(Progs {
+            xdp_lan: natgw_prog(net)?,
+            tc_lan_ingress: tc(net.lan_if.ifindex).unwrap_or(None),
+            tc_wan_ingress: tc(net.wan_if.ifindex).unwrap_or(None),
+            pass: tools.pass_fd()?.try_clone_to_owned()?,
+        })
+    }
+}
+
+/// How a case's frames are run.
+enum Runner<'a> {
+    /// XDP, received on an interface; expecting this verdict.
+    Xdp(BorrowedFd<'a>, u32, u32),
+    /// TC, received on an interface; expecting natgw to count this counter once per
+    /// call.
+    Tc(BorrowedFd<'a>, u32, &'static str),
+}
+
+/// Measures one case.
+fn measure(net: &Bench, natgw: &Natgw, case: &Case, progs: &Progs) -> Result<CostRow> {
+    let row = |median_ns, mean_ns, calls, unexpected, note| CostRow {
+        key: case.key,
+        label: case.label,
+        median_ns,
+        mean_ns,
+        calls,
+        unexpected,
+        note,
+    };
+    let lan = net.lan_if.ifindex;
+    let xdp_lan = Runner::Xdp(progs.xdp_lan.as_fd(), lan, XDP_REDIRECT);
+    let repeat = |one_pass: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        let mut all = Vec::with_capacity(one_pass.len() * PASSES as usize);
+        for _ in 0..PASSES {
+            all.extend_from_slice(&one_pass);
+        }
+        all
+    };
+    let (runner, frames): (Runner<'_>, Vec<Vec<u8>>) = match case.kind {
+        CaseKind::Floor => (
+            Runner::Xdp(progs.pass.as_fd(), lan, XDP_PASS),
+            vec![frame_for(net, 0).to_vec(); ENDPOINTS as usize],
+        ),
+        CaseKind::Existing { first, create } => {
+            let one_pass = frames_for(net, first);
+            if create {
+                run_all(net, &xdp_lan, &one_pass)?;
+            }
+            (xdp_lan, repeat(one_pass))
+        }
+        CaseKind::New { first } => (xdp_lan, frames_for(net, first)),
+        CaseKind::Hairpin { first } => {
+            let Some(prog) = &progs.tc_lan_ingress else {
+                return Ok(row(
+                    None,
+                    None,
+                    0,
+                    0,
+                    Some(
+                        "natgw attached no tc_lan_ingress to the LAN (no TC hairpin in this build)",
+                    ),
+                ));
+            };
+            run_all(
+                net,
+                &xdp_lan,
+                &[frame_for(net, range::HAIRPIN_TARGET).to_vec()],
+            )?;
+            let target = external_port(natgw, range::HAIRPIN_TARGET)?;
+            let one_pass: Vec<Vec<u8>> = (first..first + ENDPOINTS)
+                .map(|i| {
+                    let (src, sport) = endpoint(i);
+                    frames::build(
+                        L4::Udp,
+                        &Endpoints {
+                            dst_mac: net.lan_if.mac,
+                            src_mac: net.gen_if.mac,
+                            src,
+                            sport,
+                            dst: net::GW_WAN_ADDR,
+                            dport: target,
+                        },
+                    )
+                    .to_vec()
+                })
+                .collect();
+            let runner = Runner::Tc(prog.as_fd(), lan, "hairpin_translated");
+            run_all(net, &runner, &one_pass)?;
+            (runner, repeat(one_pass))
+        }
+        CaseKind::IcmpError { first } => {
+            let Some(prog) = &progs.tc_wan_ingress else {
+                return Ok(row(
+                    None,
+                    None,
+                    0,
+                    0,
+                    Some("natgw attached no tc_wan_ingress to the WAN"),
+                ));
+            };
+            let one_pass = (first..first + ENDPOINTS)
+                .map(|i| {
+                    let port = external_port(natgw, i)?;
+                    Ok(frames::icmp_port_unreachable(
+                        net::RCV_ADDR,
+                        &Endpoints {
+                            dst_mac: net.rcv_if.mac,
+                            src_mac: net.wan_if.mac,
+                            src: net::GW_WAN_ADDR,
+                            sport: port,
+                            dst: net::RCV_ADDR,
+                            dport: 9,
+                        },
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (
+                Runner::Tc(prog.as_fd(), net.wan_if.ifindex, "icmp_error_in_translated"),
+                repeat(one_pass),
+            )
+        }
+    };
+    let counter = |name: &str| natgw.counter(name);
+    let before = match &runner {
+        Runner::Tc(_, _, name) => counter(name)?,
+        Runner::Xdp(..) => 0,
+    };
+    let runs = run_all(net, &runner, &frames)?;
+    let unexpected = match &runner {
+        Runner::Xdp(_, _, expect) => runs.iter().filter(|r| r.retval != *expect).count(),
+        Runner::Tc(_, _, name) => {
+            let translated = counter(name)?.saturating_sub(before);
+            runs.len()
+                .saturating_sub(usize::try_from(translated).unwrap_or(0))
+        }
+    };
+    let ns: Vec<f64> = runs.iter().map(|r| f64::from(r.duration_ns)).collect();
+    let mean = ns.iter().sum::<f64>() / ns.len().max(1) as f64;
+    Ok(row(
+        Some(super::report::median(&ns)),
+        Some(mean),
+        u32::try_from(ns.len()).unwrap_or(u32::MAX),
+        u32::try_from(unexpected).unwrap_or(u32::MAX),
+        None,
+    ))
+}
+
+/// Frames of endpoints `first..first + ENDPOINTS` to the receiver.
+fn frames_for(net: &Bench, first: u32) -> Vec<Vec<u8>> {
+    (first..first + ENDPOINTS)
+        .map(|i| frame_for(net, i).to_vec())
+        .collect()
+}
+
+/// Runs every frame once, in the gateway's namespace.
+fn run_all(net: &Bench, runner: &Runner<'_>, frames: &[Vec<u8>]) -> Result<Vec<bpf::TestRun>> {
+    net.gw.try_run(|| -> Result<Vec<bpf::TestRun>> {
+        frames
+            .iter()
+            .map(|f| match *runner {
+                Runner::Xdp(prog, ifindex, _) => bpf::test_run(prog, f, ifindex, 1),
+                Runner::Tc(prog, ifindex, _) => bpf::test_run_skb(prog, f, ifindex),
+            })
+            .collect()
+    })?
+}
+
+/// The external port natgw gave endpoint `i` (UDP).
+fn external_port(natgw: &Natgw, i: u32) -> Result<u16> {
+    let fwd = open_pinned(natgw.pin_dir(), natgw_common::maps::names::NAT_FWD)?;
+    let fwd: aya::maps::HashMap<MapData, FwdKey, Mapping> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(fwd)).context("NAT_FWD")?;
+    let (addr, port) = endpoint(i);
+    let key = FwdKey {
+        addr_be: natgw_common::addr_be(addr.octets()),
+        port_be: port.to_be(),
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    };
+    let m = fwd
+        .get(&key, 0)
+        .with_context(|| format!("no mapping for {addr}:{port}"))?;
+    Ok(u16::from_be(m.ext_port_be))
+}
+
+/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns` and natgw's timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Inserts `n` UDP mappings stamped `now_ns` into natgw's pinned tables. One external
+/// address holds only 64k ports per protocol, so the filler's external endpoints use
+/// addresses of 198.18.0.0/15 (60,000 ports each); natgw's lookups and its garbage
+/// collector do not care which address a mapping has.
+fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
+    let fwd = open_pinned(pin_dir, natgw_common::maps::names::NAT_FWD)?;
+    let rev = open_pinned(pin_dir, natgw_common::maps::names::NAT_REV)?;
+    let ext_base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let mut start = 0u32;
+    while start < n {
+        signals::check()?;
+        let end = (start + FILL_BATCH as u32).min(n);
+        let mut fk = Vec::with_capacity(FILL_BATCH);
+        let mut fv = Vec::with_capacity(FILL_BATCH);
+        let mut rk = Vec::with_capacity(FILL_BATCH);
+        let mut rv = Vec::with_capacity(FILL_BATCH);
+        for i in start..end {
+            let (int_addr, int_port) = endpoint(range::FILLER + i);
+            let ext_addr = Ipv4Addr::from(ext_base + i / 60_000);
+            let ext_port = 1024 + u16::try_from(i % 60_000).unwrap_or(0);
+            let key = FwdKey {
+                addr_be: natgw_common::addr_be(int_addr.octets()),
+                port_be: int_port.to_be(),
+                proto: IPPROTO_UDP,
+                _pad: 0,
+            };
+            fk.push(key);
+            fv.push(Mapping {
+                ext_addr_be: natgw_common::addr_be(ext_addr.octets()),
+                ext_port_be: ext_port.to_be(),
+                origin: Origin::Traffic as u8,
+                created_ns: now_ns,
+                last_out_ns: now_ns,
+                ..Mapping::default()
+            });
+            rk.push(RevKey {
+                addr_be: natgw_common::addr_be(ext_addr.octets()),
+                port_be: ext_port.to_be(),
+                proto: IPPROTO_UDP,
+                _pad: 0,
+            });
+            rv.push(RevValue {
+                int_addr_be: key.addr_be,
+                int_port_be: key.port_be,
+                created_ns: now_ns,
+                ..RevValue::default()
+            });
+        }
+        // Reverse first, as the data path does: the port claim precedes the mapping.
+        bpf::update_batch(rev.fd().as_fd(), &rk, &rv).context("filling NAT_REV")?;
+        bpf::update_batch(fwd.fd().as_fd(), &fk, &fv).context("filling NAT_FWD")?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// `memlock` of every map natgw pinned.
+fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
+    let mut out = Vec::new();
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(map) = MapData::from_pin(entry.path()) else {
+            continue;
+        };
+        out.push(MapMemory {
+            bytes: bpf::memlock(map.fd().as_fd())?,
+            name,
+        });
+    }
+    out.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+    Ok(out)
+}
+
+/// natgw with a short UDP timeout, `mappings` mappings stamped now: natgw's CPU while
+/// they live, then the time from their expiry to an empty table.
+fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) -> Result<GcResult> {
+    let net = Bench::create()?;
+    let _rx = tools.attach(names::XDP_COUNT_DROP, &net.rcv, net.rcv_if.ifindex)?;
+    let extra: Vec<String> = [
+        "--max-mappings",
+        &SCALE_CAPACITY.to_string(),
+        "--udp-timeout",
+        &GC_UDP_TIMEOUT.to_string(),
+        "--gc-interval",
+        "1",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let log = log_dir.join("natgw-bench-gc.log");
+    let natgw = Natgw::start(natgw_bin, &net.gw, &extra, GEN_CPU, &log)?;
+    let mut sampler = Sampler::default();
+    sampler.add("natgw", Task::Process { pid: natgw.pid() });
+
+    let stamp = monotonic_ns();
+    fill(natgw.pin_dir(), mappings, stamp)?;
+    let filled = monotonic_ns();
+    let expiry_ns = stamp + GC_UDP_TIMEOUT * 1_000_000_000;
+    if filled >= expiry_ns {
+        bail!("filling {mappings} mappings took longer than the {GC_UDP_TIMEOUT} s timeout");
+    }
+    // natgw's work while the mappings live: its passes over the full table.
+    let live0 = sampler.snapshot()?;
+    signals::sleep(Duration::from_nanos(expiry_ns - filled))?;
+    let live1 = sampler.snapshot()?;
+    let live_cpu_pct = sampler.usage(&live0, &live1).task("natgw").unwrap_or(0.0);
+
+    let fwd = open_pinned(natgw.pin_dir(), natgw_common::maps::names::NAT_FWD)?;
+    let key_size = std::mem::size_of::<FwdKey>();
+    let deadline = Instant::now() + GC_LIMIT;
+    let expire_seconds = loop {
+        signals::check()?;
+        if bpf::is_empty(fwd.fd().as_fd(), key_size)? {
+            break Some((monotonic_ns() - expiry_ns) as f64 / 1e9);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let done = sampler.snapshot()?;
+    let expire_cpu_seconds = sampler.usage(&live1, &done).task("natgw").unwrap_or(0.0) / 100.0
+        * live1.seconds_until(&done);
+    let status_mappings = natgw.status().ok().and_then(|s| s["mappings"].as_u64());
+    drop(natgw);
+    Ok(GcResult {
+        mappings,
+        live_cpu_pct,
+        expire_seconds,
+        expire_cpu_seconds,
+        status_mappings,
+    })
+}

@@ -1,0 +1,348 @@
+//! The bench's own topology, three namespaces in a line, built over netlink:
+//!
+//! ```text
+//!  gen  bgen0 10.0.0.2/16 ──veth── blan0 10.0.0.1/16  gw  bwan0 192.0.2.1/24 ──veth── brcv0 192.0.2.2/24  rcv
+//! ```
+//!
+//! The generator never uses its kernel stack (its frames come from `xdp_gen` in
+//! `BPF_PROG_TEST_RUN` live-frame mode, with sources anywhere in 10.0.0.0/16), and the
+//! receiver counts and drops in XDP, so neither needs routes; the gateway reaches both
+//! subnets directly and knows the receiver's MAC address from a permanent neighbour
+//! entry, so the first packet already takes the fast path.
+//!
+//! The veths that receive traffic (`blan0` from the generator, `brcv0` from the
+//! gateway) run their NAPI in threads ([`Bench::thread_napi`]), which the bench pins to
+//! a CPU of its choosing; by default NAPI would run in softirq on whichever CPU queued
+//! the frames, i.e. the generator's.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context as _, Result};
+use futures::TryStreamExt as _;
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkXdp};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth};
+use testbed::{Netns, NAME_PREFIX};
+use tokio::runtime::Runtime;
+
+/// Generator-side address of the bench LAN (the generator's sources vary within
+/// [`LAN_PREFIX_LEN`]).
+pub const GEN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The gateway's LAN address.
+pub const GW_LAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Prefix length of the bench LAN.
+pub const LAN_PREFIX_LEN: u8 = 16;
+/// The gateway's WAN address: natgw's and masquerade's external address.
+pub const GW_WAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The receiver's address, where every generated packet goes.
+pub const RCV_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// Prefix length of the bench WAN.
+pub const WAN_PREFIX_LEN: u8 = 24;
+
+/// Interface names, distinct from the testbed's so their NAPI threads (`napi/NAME-ID`)
+/// can be told apart.
+pub const GEN_IF: &str = "bgen0";
+/// The gateway's LAN interface.
+pub const GW_LAN_IF: &str = "blan0";
+/// The gateway's WAN interface.
+pub const GW_WAN_IF: &str = "bwan0";
+/// The receiver's interface.
+pub const RCV_IF: &str = "brcv0";
+
+/// Fixed MAC addresses, so the generator's frames (whose template is set when its
+/// program is loaded) fit every topology built afterwards.
+pub const GEN_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x01];
+/// `blan0`'s MAC address: the destination of every generated frame.
+pub const GW_LAN_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x02];
+/// `bwan0`'s MAC address.
+pub const GW_WAN_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x03];
+/// `brcv0`'s MAC address.
+pub const RCV_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x04];
+
+/// Bench ids start here so they never meet the testbed's ids of the same process.
+static NEXT_ID: AtomicU32 = AtomicU32::new(1000);
+
+/// An interface as the bench needs it.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    /// Index in its namespace.
+    pub ifindex: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+}
+
+/// The three namespaces, wired; removed on drop.
+pub struct Bench {
+    /// Where the generator runs.
+    pub gen: Netns,
+    /// The gateway (natgw, nftables or plain forwarding).
+    pub gw: Netns,
+    /// The receiver.
+    pub rcv: Netns,
+    /// `bgen0`.
+    pub gen_if: Iface,
+    /// `blan0`.
+    pub lan_if: Iface,
+    /// `bwan0`.
+    pub wan_if: Iface,
+    /// `brcv0`.
+    pub rcv_if: Iface,
+}
+
+impl Bench {
+    /// Creates the namespaces, veth pairs, addresses and the gateway's neighbour entry.
+    pub fn create() -> Result<Bench> {
+        let id = format!(
+            "{NAME_PREFIX}{}x{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let create = |role: &str| {
+            Netns::create(&format!("{id}-{role}"))
+                .with_context(|| format!("creating namespace {id}-{role}"))
+        };
+        let (gen, gw, rcv) = (create("bgen")?, create("bgw")?, create("brcv")?);
+
+        for key in [
+            "net/ipv4/conf/all/rp_filter",
+            "net/ipv4/conf/default/rp_filter",
+        ] {
+            gw.set_sysctl(key, "0")?;
+        }
+        gw.set_sysctl("net/ipv4/ip_forward", "1")?;
+
+        let open = |ns: &Netns| {
+            std::fs::File::open(ns.path())
+                .with_context(|| format!("opening {}", ns.path().display()))
+        };
+        let (gen_fd, rcv_fd) = (open(&gen)?, open(&rcv)?);
+        gw.try_run(|| -> Result<()> {
+            let rtnl = Rtnl::connect()?;
+            rtnl.add_veth(GW_LAN_IF, GEN_IF, gen_fd.as_raw_fd())?;
+            rtnl.add_veth(GW_WAN_IF, RCV_IF, rcv_fd.as_raw_fd())?;
+            rtnl.set_mac(GW_LAN_IF, GW_LAN_MAC)?;
+            rtnl.set_mac(GW_WAN_IF, GW_WAN_MAC)?;
+            rtnl.add_ipv4(GW_LAN_IF, GW_LAN_ADDR, LAN_PREFIX_LEN)?;
+            rtnl.add_ipv4(GW_WAN_IF, GW_WAN_ADDR, WAN_PREFIX_LEN)?;
+            rtnl.set_up("lo")?;
+            rtnl.set_up(GW_LAN_IF)?;
+            rtnl.set_up(GW_WAN_IF)
+        })??;
+        let gen_if = gen.try_run(|| -> Result<Iface> {
+            let rtnl = Rtnl::connect()?;
+            rtnl.set_mac(GEN_IF, GEN_MAC)?;
+            rtnl.add_ipv4(GEN_IF, GEN_ADDR, LAN_PREFIX_LEN)?;
+            rtnl.set_up("lo")?;
+            rtnl.set_up(GEN_IF)?;
+            rtnl.iface(GEN_IF)
+        })??;
+        let rcv_if = rcv.try_run(|| -> Result<Iface> {
+            let rtnl = Rtnl::connect()?;
+            rtnl.set_mac(RCV_IF, RCV_MAC)?;
+            rtnl.add_ipv4(RCV_IF, RCV_ADDR, WAN_PREFIX_LEN)?;
+            rtnl.set_up("lo")?;
+            rtnl.set_up(RCV_IF)?;
+            rtnl.iface(RCV_IF)
+        })??;
+        let (lan_if, wan_if) = gw.try_run(|| -> Result<(Iface, Iface)> {
+            let rtnl = Rtnl::connect()?;
+            let wan = rtnl.iface(GW_WAN_IF)?;
+            rtnl.add_neighbour(wan.ifindex, RCV_ADDR, rcv_if.mac)?;
+            Ok((rtnl.iface(GW_LAN_IF)?, wan))
+        })??;
+        Ok(Bench {
+            gen,
+            gw,
+            rcv,
+            gen_if,
+            lan_if,
+            wan_if,
+            rcv_if,
+        })
+    }
+
+    /// Switches `ifname` in `ns` to threaded NAPI and returns the thread ids of its NAPI
+    /// threads. The veth must already run XDP (that is what gives it NAPI instances).
+    pub fn thread_napi(ns: &Netns, ifname: &str) -> Result<Vec<i32>> {
+        let prefix = format!("napi/{ifname}-");
+        let before = napi_threads(&prefix);
+        ns.try_run(|| write_sysfs_here(&format!("class/net/{ifname}/threaded"), "1"))?
+            .with_context(|| format!("enabling threaded NAPI on {ifname} in {}", ns.name()))?;
+        let after = napi_threads(&prefix);
+        let new: Vec<i32> = after.difference(&before).copied().collect();
+        if new.is_empty() {
+            bail!(
+                "threaded NAPI on {ifname} in {}: no new `{prefix}*` kernel thread appeared",
+                ns.name()
+            );
+        }
+        Ok(new)
+    }
+
+    /// The id of the XDP program attached to `ifname` in `ns`, if any.
+    pub fn xdp_prog_id(ns: &Netns, ifname: &str) -> Result<Option<u32>> {
+        ns.try_run(|| Rtnl::connect()?.xdp_prog_id(ifname))?
+    }
+}
+
+/// Kernel threads whose name starts with `prefix`.
+fn napi_threads(prefix: &str) -> BTreeSet<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end().starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Writes below `/sys` as the calling thread's network namespace sees it. sysfs shows
+/// the namespace of whoever mounted it, so the thread takes a private mount namespace
+/// and mounts a sysfs of its own there; both vanish with the thread.
+fn write_sysfs_here(path: &str, value: &str) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNS).context("unsharing a mount namespace")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("making the private mount namespace a slave")?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .context("mounting this namespace's sysfs")?;
+    std::fs::write(format!("/sys/{path}"), value)
+        .with_context(|| format!("writing {value} to /sys/{path}"))
+}
+
+/// A synchronous rtnetlink client for the calling thread's namespace (the testbed
+/// crate keeps its own private).
+struct Rtnl {
+    runtime: Runtime,
+    handle: Handle,
+}
+
+impl Rtnl {
+    fn connect() -> Result<Rtnl> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .context("starting a netlink runtime")?;
+        let (connection, handle, _) = {
+            let _guard = runtime.enter();
+            rtnetlink::new_connection().context("opening a netlink socket")?
+        };
+        runtime.spawn(connection);
+        Ok(Rtnl { runtime, handle })
+    }
+
+    fn link(&self, ifname: &str) -> Result<netlink_packet_route::link::LinkMessage> {
+        self.runtime
+            .block_on(async {
+                self.handle
+                    .link()
+                    .get()
+                    .match_name(ifname.to_owned())
+                    .execute()
+                    .try_next()
+                    .await
+            })
+            .with_context(|| format!("looking up {ifname}"))?
+            .with_context(|| format!("no interface {ifname}"))
+    }
+
+    fn iface(&self, name: &'static str) -> Result<Iface> {
+        let link = self.link(name)?;
+        let mac = link
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+                _ => None,
+            })
+            .with_context(|| format!("{name} has no MAC address"))?;
+        Ok(Iface {
+            ifindex: link.header.index,
+            mac,
+        })
+    }
+
+    fn xdp_prog_id(&self, ifname: &str) -> Result<Option<u32>> {
+        let link = self.link(ifname)?;
+        Ok(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
+    fn add_veth(&self, name: &str, peer: &str, peer_ns_fd: i32) -> Result<()> {
+        let peer_msg = LinkUnspec::new_with_name(peer)
+            .setns_by_fd(peer_ns_fd)
+            .build();
+        let message = LinkVeth::new(name, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.runtime
+            .block_on(self.handle.link().add(message).execute())
+            .with_context(|| format!("creating veth {name} with peer {peer}"))
+    }
+
+    fn set_up(&self, ifname: &str) -> Result<()> {
+        let index = self.link(ifname)?.header.index;
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .with_context(|| format!("setting {ifname} up"))
+    }
+
+    fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<()> {
+        let index = self.link(ifname)?.header.index;
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .with_context(|| format!("setting {ifname}'s MAC address"))
+    }
+
+    fn add_ipv4(&self, ifname: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let index = self.link(ifname)?.header.index;
+        self.runtime
+            .block_on(
+                self.handle
+                    .address()
+                    .add(index, IpAddr::V4(addr), prefix_len)
+                    .execute(),
+            )
+            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}"))
+    }
+
+    fn add_neighbour(&self, ifindex: u32, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .neighbours()
+                    .add(ifindex, IpAddr::V4(addr))
+                    .link_layer_address(&mac)
+                    .execute(),
+            )
+            .with_context(|| format!("adding a permanent neighbour entry for {addr}"))
+    }
+}

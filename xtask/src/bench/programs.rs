@@ -1,0 +1,223 @@
+//! The bench's own copies of natgw's eBPF object (the file `cargo xtask build` wrote,
+//! the same bytes natgw embeds), loaded with aya for the programs of `floor.rs`:
+//!
+//! [`Tools`] holds `xdp_pass`, `xdp_count_drop` (the receiver's counts in `BENCH_RX`)
+//! and `xdp_gen` (configured through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) in one
+//! instance, because the generator paces itself by the receiver's count. aya creates
+//! every map of the object, natgw's NAT tables included; they stay empty.
+
+use std::os::fd::{AsFd as _, BorrowedFd};
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::xdp::XdpLink;
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+use testbed::Netns;
+
+use super::frames::FRAME_LEN;
+
+/// Program names in the object (natgw-ebpf/src/main.rs).
+pub mod names {
+    /// `XDP_PASS` and nothing else.
+    pub const XDP_PASS: &str = "xdp_pass";
+    /// The receiver.
+    pub const XDP_COUNT_DROP: &str = "xdp_count_drop";
+    /// The generator.
+    pub const XDP_GEN: &str = "xdp_gen";
+}
+
+/// `BENCH_RX` slots, as `natgw-ebpf/src/floor.rs` numbers them.
+mod rx_slot {
+    pub const PACKETS: u32 = 0;
+    pub const BYTES: u32 = 1;
+    pub const FIRST_NS: u32 = 2;
+    pub const LAST_NS: u32 = 3;
+    pub const ALL: [u32; 4] = [PACKETS, BYTES, FIRST_NS, LAST_NS];
+}
+
+/// What the receiver counted, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rx {
+    /// Frames.
+    pub packets: u64,
+    /// Earliest first arrival (`CLOCK_MONOTONIC` ns; 0: none).
+    pub first_ns: u64,
+    /// Latest arrival.
+    pub last_ns: u64,
+}
+
+/// `xdp_pass`, `xdp_count_drop` and `xdp_gen`.
+pub struct Tools {
+    ebpf: Ebpf,
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("the eBPF object has no program {name}: rebuild it"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))
+}
+
+fn fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
+    let prog: &Xdp = ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    Ok(prog
+        .fd()
+        .with_context(|| format!("{name} is not loaded"))?
+        .as_fd())
+}
+
+impl Tools {
+    /// Loads `xdp_pass`, `xdp_count_drop` and `xdp_gen` from `object`.
+    pub fn load(object: &Path) -> Result<Tools> {
+        let mut ebpf = Ebpf::load_file(object)
+            .with_context(|| format!("loading {} with aya", object.display()))?;
+        for name in [names::XDP_PASS, names::XDP_COUNT_DROP, names::XDP_GEN] {
+            xdp(&mut ebpf, name)?
+                .load()
+                .with_context(|| format!("loading {name}"))?;
+        }
+        Ok(Tools { ebpf })
+    }
+
+    /// Attaches program `name` to `ifindex` in `ns` (native mode); detached when the
+    /// link is dropped or the interface disappears.
+    pub fn attach(&mut self, name: &str, ns: &Netns, ifindex: u32) -> Result<XdpLink> {
+        let prog = xdp(&mut self.ebpf, name)?;
+        let id = ns
+            .try_run(|| prog.attach_to_if_index(ifindex, XdpMode::Driver))?
+            .with_context(|| format!("attaching {name} to ifindex {ifindex} in {}", ns.name()))?;
+        prog.take_link(id).context("taking the XDP link")
+    }
+
+    /// `xdp_pass`, for `BPF_PROG_TEST_RUN`.
+    pub fn pass_fd(&self) -> Result<BorrowedFd<'_>> {
+        fd(&self.ebpf, names::XDP_PASS)
+    }
+
+    fn rx_map(&self) -> Result<PerCpuArray<&MapData, u64>> {
+        let map = self.ebpf.map("BENCH_RX").context("no map BENCH_RX")?;
+        PerCpuArray::try_from(map).context("BENCH_RX")
+    }
+
+    /// What `xdp_count_drop` counted since [`Tools::reset_rx`].
+    pub fn rx(&self) -> Result<Rx> {
+        let map = self.rx_map()?;
+        let slot = |i: u32| map.get(&i, 0).context("reading BENCH_RX");
+        let sum = |v: &PerCpuValues<u64>| v.iter().copied().fold(0u64, u64::wrapping_add);
+        let firsts = slot(rx_slot::FIRST_NS)?;
+        Ok(Rx {
+            packets: sum(&slot(rx_slot::PACKETS)?),
+            first_ns: firsts
+                .iter()
+                .copied()
+                .filter(|&t| t != 0)
+                .min()
+                .unwrap_or(0),
+            last_ns: slot(rx_slot::LAST_NS)?.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    /// Zeroes the receiver's counts.
+    pub fn reset_rx(&mut self) -> Result<()> {
+        let map = self.ebpf.map_mut("BENCH_RX").context("no map BENCH_RX")?;
+        let mut map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(map).context("BENCH_RX")?;
+        let cpus = nr_cpus()?;
+        for i in rx_slot::ALL {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
+            map.set(i, zeros, 0).context("zeroing BENCH_RX")?;
+        }
+        let total = self
+            .ebpf
+            .map_mut("BENCH_RX_TOTAL")
+            .context("no map BENCH_RX_TOTAL")?;
+        let mut total: Array<&mut MapData, u64> =
+            Array::try_from(total).context("BENCH_RX_TOTAL")?;
+        total.set(0, 0, 0).context("zeroing BENCH_RX_TOTAL")
+    }
+}
+
+/// How the generator varies its frames.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowSpec {
+    /// Flows cycled through.
+    pub flows: u32,
+    /// Distinct internal endpoints among them.
+    pub endpoints: u32,
+    /// Source ports per source address.
+    pub ports_per_addr: u32,
+}
+
+/// `BENCH_GEN_CFG` slots, as `natgw-ebpf/src/floor.rs` numbers them.
+mod gen_slot {
+    pub const FLOWS: u32 = 0;
+    pub const ENDPOINTS: u32 = 1;
+    pub const PORTS_PER_ADDR: u32 = 2;
+    pub const LIMIT: u32 = 3;
+    pub const IN_FLIGHT: u32 = 4;
+}
+
+impl Tools {
+    /// `xdp_gen`, for live-frame `BPF_PROG_TEST_RUN`.
+    pub fn gen_fd(&self) -> Result<BorrowedFd<'_>> {
+        fd(&self.ebpf, names::XDP_GEN)
+    }
+
+    /// Sets the generator up: flow 0's frame, how flows vary, how many frames to send
+    /// at most (0: no limit) and how many may be in flight (0: no pacing); restarts
+    /// its sequence and the receiver's counts.
+    pub fn configure_gen(
+        &mut self,
+        template: &[u8; FRAME_LEN],
+        spec: FlowSpec,
+        limit: u32,
+        in_flight: u32,
+    ) -> Result<()> {
+        {
+            let map = self
+                .ebpf
+                .map_mut("BENCH_GEN_TPL")
+                .context("no map BENCH_GEN_TPL")?;
+            let mut map: Array<&mut MapData, [u8; FRAME_LEN]> =
+                Array::try_from(map).context("BENCH_GEN_TPL")?;
+            map.set(0, template, 0).context("writing BENCH_GEN_TPL")?;
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut("BENCH_GEN_CFG")
+                .context("no map BENCH_GEN_CFG")?;
+            let mut map: Array<&mut MapData, u32> =
+                Array::try_from(map).context("BENCH_GEN_CFG")?;
+            for (slot, value) in [
+                (gen_slot::FLOWS, spec.flows),
+                (gen_slot::ENDPOINTS, spec.endpoints),
+                (gen_slot::PORTS_PER_ADDR, spec.ports_per_addr),
+                (gen_slot::LIMIT, limit),
+                (gen_slot::IN_FLIGHT, in_flight),
+            ] {
+                map.set(slot, value, 0).context("writing BENCH_GEN_CFG")?;
+            }
+        }
+        let cpus = nr_cpus()?;
+        let map = self
+            .ebpf
+            .map_mut("BENCH_GEN_SEQ")
+            .context("no map BENCH_GEN_SEQ")?;
+        let mut map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(map).context("BENCH_GEN_SEQ")?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
+        map.set(0, zeros, 0).context("zeroing BENCH_GEN_SEQ")?;
+        self.reset_rx()
+    }
+}
+
+fn nr_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))
+}
