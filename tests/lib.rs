@@ -100,6 +100,16 @@ impl Natgw {
     /// When natgw cannot be spawned, exits during start-up or does not answer
     /// `natgw status` within four times [`WAIT`].
     pub fn try_start(ns: &Netns, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_on(ns, &Self::IFACE_ARGS, extra)
+    }
+
+    /// Like [`Natgw::try_start`], naming the interfaces with `ifaces` (e.g. `["--wan",
+    /// "wan0", "--lan", "lan0"]`) instead of [`Natgw::IFACE_ARGS`]: for other
+    /// topologies such as [`testbed::Sites`].
+    ///
+    /// # Errors
+    /// As [`Natgw::try_start`].
+    pub fn try_start_on(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Result<Self, String> {
         let log = std::env::temp_dir().join(format!("natgw-test-{}.log", ns.name()));
         let log_file = std::fs::File::create(&log)
             .map_err(|e| format!("creating natgw log file {}: {e}", log.display()))?;
@@ -109,7 +119,7 @@ impl Natgw {
         let child = ns
             .command(natgw_bin())
             .arg("run")
-            .args(Self::IFACE_ARGS)
+            .args(ifaces)
             .args(extra)
             .env("RUST_LOG", "debug")
             .stdout(stdout)

@@ -10,12 +10,16 @@ use std::{
     time::Duration,
 };
 
-use natgw_integration_tests::{natgw_bin, recv, recv_nothing, udp, wait_for, Natgw, Setup, WAIT};
+use natgw_integration_tests::{
+    command_output, natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Natgw, Setup, WAIT,
+};
 use serde_json::Value;
-use testbed::{Netns, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR, WAN_B_ADDR};
+use testbed::{Netns, Testbed, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR, WAN_B_ADDR};
 
 /// PCP's server port (RFC 6887 §19.1).
 const PCP_PORT: u16 = 5351;
+/// Where clients hear announcements (RFC 6887 §14.1.3, RFC 6886 §3.2.1).
+const CLIENT_PORT: u16 = 5350;
 /// PCP version 2 (RFC 6887 §9).
 const PCP_VERSION: u8 = 2;
 /// Opcodes (RFC 6887 §19.2).
@@ -477,4 +481,95 @@ fn static_forward_is_open_from_the_start_and_never_expires() {
     let (_, seen) = recv(&wan).expect("reply arrives");
     assert_eq!(seen, SocketAddrV4::new(GW_WAN_ADDR, 9000));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn address_change_moves_mappings_and_tells_pcp_clients() {
+    // rfc6887 §14.2: when the external address changes, PCP clients get unsolicited
+    // MAP responses with their mapping's new external endpoint.
+    let s = Setup::new(&[]);
+    let server = SocketAddrV4::new(GW_LAN_A_ADDR, PCP_PORT);
+    let client = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 0);
+    client
+        .send_to(&pcp_map_request(LAN_A_ADDR, IPPROTO_UDP, 5006, 600), server)
+        .expect("send MAP");
+    let (answer, _) = recv(&client).expect("MAP answered");
+    assert_eq!(answer[3], 0, "SUCCESS: {answer:?}");
+    let ext_port = u16::from_be_bytes([answer[42], answer[43]]);
+
+    let new = Ipv4Addr::new(192, 0, 2, 7);
+    let gw = &s.tb.gateway.ns;
+    let _ = command_output(gw, "ip", &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
+    let _ = command_output(gw, "ip", &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
+    let _ = command_output(
+        gw,
+        "ip",
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "wan0",
+        ],
+    );
+    let update = wait_for(WAIT, || {
+        let (bytes, from) = recv(&client)?;
+        let is_map = bytes.len() >= 60 && bytes[1] == RESPONSE | OP_MAP;
+        let address = Ipv4Addr::new(bytes[56], bytes[57], bytes[58], bytes[59]);
+        (is_map && from == server && address == new).then_some(bytes)
+    })
+    .unwrap_or_else(|| panic!("no unsolicited MAP response:\n{}", s.natgw.log()));
+    let moved_to = u16::from_be_bytes([update[42], update[43]]);
+    assert_eq!(moved_to, ext_port, "the mapping keeps its port");
+
+    let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 5006);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 7006);
+    wan.send_to(b"to-new-address", SocketAddrV4::new(new, ext_port))
+        .expect("send");
+    let (got, _) = recv(&lan).expect("the moved mapping works");
+    assert_eq!(got, b"to-new-address");
+    // New traffic leaves from the new address too.
+    let other = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 5007);
+    other
+        .send_to(b"out", SocketAddrV4::new(WAN_A_ADDR, 7006))
+        .expect("send");
+    let (_, seen) = recv(&wan).expect("arrives");
+    assert_eq!(*seen.ip(), new);
+    assert_eq!(s.natgw.status()["external_address"], "192.0.2.7");
+}
+
+#[test]
+fn start_is_announced_to_the_lan() {
+    // rfc6887 §14.1.3 (ANNOUNCE) and rfc6886 §3.2.1 (address notice): multicast to
+    // 224.0.0.1:5350 when the server's state begins.
+    require_root();
+    let tb = Testbed::new().expect("testbed");
+    let listener = udp(&tb.lan[0].ns, Ipv4Addr::UNSPECIFIED, CLIENT_PORT);
+    let natgw = Natgw::start(&tb.gateway.ns, &[]);
+    let server = SocketAddrV4::new(GW_LAN_A_ADDR, PCP_PORT);
+    let (mut announce, mut natpmp) = (false, false);
+    let heard = wait_for(WAIT, || {
+        let (bytes, from) = recv(&listener)?;
+        assert_eq!(
+            from, server,
+            "announced from the LAN address and server port"
+        );
+        match bytes.as_slice() {
+            [PCP_VERSION, op, _, 0, ..] if *op == RESPONSE | OP_ANNOUNCE => announce = true,
+            // NAT-PMP: version 0, opcode 128, result 0, epoch, the external address.
+            [0, 128, 0, 0, _, _, _, _, a, b, c, d] => {
+                assert_eq!(Ipv4Addr::new(*a, *b, *c, *d), GW_WAN_ADDR);
+                natpmp = true;
+            }
+            other => panic!("unexpected announcement {other:?}"),
+        }
+        (announce && natpmp).then_some(())
+    });
+    assert!(
+        heard.is_some(),
+        "ANNOUNCE and the NAT-PMP notice heard:\n{}",
+        natgw.log()
+    );
 }

@@ -41,6 +41,13 @@ pub enum Command {
     /// PCP and NAT-PMP client: map, peer, delete and announce against a PCP server
     /// (natgw's or another), or ask a NAT-PMP server for its external address.
     Pcp(crate::pcp::client::PcpArgs),
+    /// Reach a peer behind another NAT directly (UDP or TCP hole punching), introduced
+    /// by a `natgw rendezvous`; reports how (public, private or PCP-mapped path), the
+    /// round trip and the time it took.
+    Punch(crate::punch::PunchArgs),
+    /// Run a rendezvous server that introduces `natgw punch` peers to each other
+    /// (UDP and TCP on one port) until SIGINT or SIGTERM.
+    Rendezvous(crate::punch::RendezvousArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -48,6 +55,7 @@ Flags override the configuration file, which overrides the defaults. Example fil
 
     wan = \"eth0\"
     lan = [\"eth1\", \"eth2\"]
+    external = [\"192.0.2.1\", \"192.0.2.2\"]  # default: the WAN's first address
     port_range = \"1024-65535\"      # or port_min = 1024 + port_max = 65535
     inbound_refresh = false
     max_mappings = 65536
@@ -66,15 +74,41 @@ Flags override the configuration file, which overrides the defaults. Example fil
     tcp = \"endpoint-independent\"
     icmp = \"endpoint-independent\"
 
+    [pcp]                           # PCP and NAT-PMP server on UDP 5351 of the LAN addresses
+    enabled = true
+    min_lifetime = 120
+    max_lifetime = 86400
+    max_mappings_per_host = 128
+    rules = [\"allow 1024-65535 0.0.0.0/0 1-65535\"]
+
+    [stun]                          # STUN responder on the external address (RFC 8489;
+    enabled = true                  # RFC 5780 with a second external address)
+    port = 3478
+    alternate_port = 3479
+
+    [[forward]]                     # a static port forward (repeatable)
+    protocol = \"tcp\"
+    external_port = 8080
+    internal = \"10.0.1.2:80\"
+
 Example:
     natgw run --wan eth0 --lan eth1 --lan eth2 --udp-timeout 600";
 
 /// Arguments of `natgw run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// External interface; its first IPv4 address becomes the external address.
+    /// External interface; its first IPv4 address becomes the external address
+    /// unless --external says otherwise.
     #[arg(long, value_name = "IFACE")]
     pub wan: Option<String>,
+
+    /// External address to translate to (repeat for a pool of up to 16). Each must
+    /// be an IPv4 address configured on the WAN interface; one internal host always
+    /// gets the same one (paired pooling, RFC 4787 REQ-2), and the first is the
+    /// main one (the STUN responder answers on it) [default: the WAN's first IPv4
+    /// address].
+    #[arg(long, value_name = "ADDR")]
+    pub external: Vec<std::net::Ipv4Addr>,
 
     /// Internal interface (repeat for several); traffic from its IPv4 prefixes is
     /// translated.
@@ -153,6 +187,22 @@ pub struct RunArgs {
     /// silently [default: icmp].
     #[arg(long, value_name = "POLICY")]
     pub unsolicited_syn: Option<UnsolicitedSyn>,
+
+    /// Do not run the PCP (RFC 6887) and NAT-PMP (RFC 6886) server on the LAN
+    /// addresses' UDP port 5351; static `[[forward]]`s still apply.
+    #[arg(long)]
+    pub no_pcp: bool,
+
+    /// UDP port of the STUN responder (RFC 8489) on the external address; with a
+    /// second external address it is an RFC 5780 server whose other address is that
+    /// one with the alternate port (`[stun] alternate_port`, default 3479) [default:
+    /// 3478].
+    #[arg(long, value_name = "PORT")]
+    pub stun_port: Option<u16>,
+
+    /// Do not answer STUN on the external address.
+    #[arg(long, conflicts_with = "stun_port")]
+    pub no_stun: bool,
 }
 
 impl RunArgs {
@@ -162,6 +212,7 @@ impl RunArgs {
         Overrides {
             wan: self.wan.clone(),
             lan: self.lan.clone(),
+            external: self.external.clone(),
             port_range: self.port_range,
             udp_timeout: self.udp_timeout,
             tcp_established_timeout: self.tcp_established_timeout,
@@ -175,6 +226,9 @@ impl RunArgs {
             tcp_filtering: self.tcp_filtering,
             icmp_filtering: self.icmp_filtering,
             unsolicited_syn: self.unsolicited_syn,
+            no_pcp: self.no_pcp,
+            stun_port: self.stun_port,
+            no_stun: self.no_stun,
         }
     }
 }
@@ -311,6 +365,10 @@ mod tests {
             "--inbound-refresh",
             "--xdp-mode",
             "skb",
+            "--external",
+            "192.0.2.1",
+            "--external",
+            "192.0.2.2",
         ])
         .unwrap();
         let Command::Run(args) = cli.command else {
@@ -323,6 +381,15 @@ mod tests {
         assert_eq!(o.udp_timeout, Some(5));
         assert!(o.inbound_refresh);
         assert_eq!(o.xdp_mode, Some(XdpModeChoice::Skb));
+        assert_eq!(
+            o.external,
+            [
+                std::net::Ipv4Addr::new(192, 0, 2, 1),
+                std::net::Ipv4Addr::new(192, 0, 2, 2)
+            ]
+        );
+        let err = Cli::try_parse_from(["natgw", "run", "--external", "wan0"]).unwrap_err();
+        assert!(err.to_string().contains("wan0"), "{err}");
     }
 
     #[test]

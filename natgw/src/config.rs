@@ -7,13 +7,17 @@
 
 use std::fmt;
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use natgw_common::config::MAX_EXTERNAL_ADDRS;
 use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
+
+use crate::pcp::policy::{PcpConfig, PolicyError};
 
 /// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
 pub const UDP_TIMEOUT_MIN: u64 = 120;
@@ -261,6 +265,135 @@ impl fmt::Display for UnsolicitedSyn {
     }
 }
 
+/// The STUN responder's settings (`[stun]`): natgw answers STUN Binding requests
+/// (RFC 8489) on its main external address, and with a second external address acts
+/// as an RFC 5780 server (OTHER-ADDRESS: the second address and the alternate port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StunSettings {
+    /// Answer STUN on the external address (default; `--no-stun` or `enabled = false`
+    /// turns it off).
+    pub enabled: bool,
+    /// UDP port on the external addresses.
+    pub port: u16,
+    /// The RFC 5780 alternate port (used with a second external address).
+    pub alternate_port: u16,
+}
+
+impl Default for StunSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: crate::stun::responder::DEFAULT_PORT,
+            alternate_port: crate::stun::responder::DEFAULT_ALTERNATE_PORT,
+        }
+    }
+}
+
+/// The `[stun]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStun {
+    /// `enabled`.
+    pub enabled: Option<bool>,
+    /// `port`.
+    pub port: Option<u16>,
+    /// `alternate_port`.
+    pub alternate_port: Option<u16>,
+}
+
+/// The PCP and NAT-PMP server's settings (`[pcp]`): on or off, and the server's own
+/// configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcpSettings {
+    /// Serve PCP and NAT-PMP on the LAN addresses, port 5351 (default; `--no-pcp` or
+    /// `enabled = false` turns it off).
+    pub enabled: bool,
+    /// The server's policy: lifetimes, quotas, port rules, rate limit.
+    pub server: PcpConfig,
+}
+
+impl Default for PcpSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            server: PcpConfig::default(),
+        }
+    }
+}
+
+/// The `[pcp]` table as written: `enabled` plus the keys of [`PcpConfig`] (every one
+/// optional, unknown ones refused).
+#[derive(Debug, Default)]
+pub struct FilePcp {
+    /// `enabled`.
+    pub enabled: Option<bool>,
+    /// Everything else.
+    pub server: PcpConfig,
+}
+
+impl<'de> Deserialize<'de> for FilePcp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let enabled = match table.remove("enabled") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(b),
+            Some(other) => {
+                return Err(de::Error::custom(format!(
+                    "invalid type: {} for `enabled`, expected true or false",
+                    other.type_str()
+                )))
+            }
+        };
+        let server = PcpConfig::deserialize(toml::Value::Table(table))
+            .map_err(|e| de::Error::custom(e.message().trim().replace('\n', " ")))?;
+        Ok(Self { enabled, server })
+    }
+}
+
+/// Protocol of a static forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardProtocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl fmt::Display for ForwardProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+        })
+    }
+}
+
+/// A static port forward (`[[forward]]`): the external port reaches the internal
+/// endpoint from anywhere for as long as natgw runs — an explicit mapping like a
+/// PCP one that never expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// `udp` or `tcp`.
+    pub protocol: ForwardProtocol,
+    /// Port on the external address (the internal host's, with a pool).
+    pub external_port: u16,
+    /// Internal host and port, inside a LAN prefix.
+    pub internal: std::net::SocketAddrV4,
+}
+
+impl fmt::Display for Forward {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} external port {} -> {}",
+            self.protocol, self.external_port, self.internal
+        )
+    }
+}
+
 /// Mapping idle timeouts in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeouts {
@@ -298,6 +431,8 @@ pub struct FileConfig {
     pub wan: Option<String>,
     /// LAN interface names.
     pub lan: Option<Vec<String>>,
+    /// External address pool.
+    pub external: Option<Vec<Ipv4Addr>>,
     /// External port range.
     pub port_range: Option<PortRange>,
     /// Lowest external port (alternative to `port_range`).
@@ -318,6 +453,12 @@ pub struct FileConfig {
     pub filtering: Option<FileFiltering>,
     /// Fate of held unsolicited SYNs.
     pub unsolicited_syn: Option<UnsolicitedSyn>,
+    /// `[pcp]` table.
+    pub pcp: Option<FilePcp>,
+    /// `[stun]` table.
+    pub stun: Option<FileStun>,
+    /// `[[forward]]` tables.
+    pub forward: Option<Vec<Forward>>,
 }
 
 /// The `[filtering]` table.
@@ -353,6 +494,8 @@ pub struct Overrides {
     pub wan: Option<String>,
     /// `--lan` (repeatable); when non-empty it replaces the file's list.
     pub lan: Vec<String>,
+    /// `--external` (repeatable); when non-empty it replaces the file's list.
+    pub external: Vec<Ipv4Addr>,
     /// `--port-range`.
     pub port_range: Option<PortRange>,
     /// `--udp-timeout`.
@@ -379,6 +522,12 @@ pub struct Overrides {
     pub icmp_filtering: Option<Filtering>,
     /// `--unsolicited-syn`.
     pub unsolicited_syn: Option<UnsolicitedSyn>,
+    /// `--no-pcp` (can only turn the server off).
+    pub no_pcp: bool,
+    /// `--stun-port`.
+    pub stun_port: Option<u16>,
+    /// `--no-stun` (can only turn the responder off).
+    pub no_stun: bool,
 }
 
 /// Validated settings of a running gateway.
@@ -388,6 +537,11 @@ pub struct Settings {
     pub wan: String,
     /// LAN interface names, at least one, none equal to `wan`.
     pub lan: Vec<String>,
+    /// The external address pool as asked for (at most [`MAX_EXTERNAL_ADDRS`], no
+    /// duplicates); empty: the WAN's first IPv4 address alone. Each must be
+    /// configured on the WAN, which `natgw run` checks against the interface.
+    #[serde(default)]
+    pub external: Vec<Ipv4Addr>,
     /// External port range.
     pub port_range: PortRange,
     /// Idle timeouts.
@@ -406,6 +560,15 @@ pub struct Settings {
     /// Fate of held unsolicited SYNs.
     #[serde(default)]
     pub unsolicited_syn: UnsolicitedSyn,
+    /// The PCP and NAT-PMP server.
+    #[serde(default)]
+    pub pcp: PcpSettings,
+    /// The STUN responder.
+    #[serde(default)]
+    pub stun: StunSettings,
+    /// Static port forwards.
+    #[serde(default)]
+    pub forwards: Vec<Forward>,
 }
 
 /// Why the configuration cannot be used.
@@ -450,6 +613,28 @@ pub enum ConfigError {
     /// More LAN interfaces than the `IFACES` map holds.
     #[error("{0} LAN interfaces given; natgw supports at most {MAX_LAN_IFACES}")]
     TooManyLans(usize),
+    /// More external addresses than the `EXT_ADDRS` pool holds.
+    #[error("{0} external addresses given; natgw pools at most {MAX_EXTERNAL_ADDRS}")]
+    TooManyExternal(usize),
+    /// An external address given twice.
+    #[error("external address {0} is listed twice")]
+    DuplicateExternal(Ipv4Addr),
+    /// A STUN port of 0.
+    #[error("the STUN ports must be 1-65535 (`--stun-port`, `[stun] port`, `alternate_port`)")]
+    StunPortZero,
+    /// The STUN port equals the RFC 5780 alternate port.
+    #[error(
+        "the STUN port and the STUN alternate port are both {0}: RFC 5780 needs two \
+         different ports"
+    )]
+    StunPortsEqual(u16),
+    /// A UDP forward of a STUN port.
+    #[error(
+        "UDP port {0} is both forwarded ([[forward]]) and the STUN responder's: move the \
+         responder with --stun-port (or `[stun] port` / `alternate_port`), or turn it off \
+         with --no-stun"
+    )]
+    StunPortForwarded(u16),
     /// A timeout of zero.
     #[error("the {0} timeout must be at least 1 second")]
     ZeroTimeout(&'static str),
@@ -465,6 +650,23 @@ pub enum ConfigError {
     /// A bad port range.
     #[error(transparent)]
     PortRange(#[from] PortRangeError),
+    /// A `[pcp]` setting the server cannot run with.
+    #[error(transparent)]
+    Pcp(#[from] PolicyError),
+    /// `pcp.allow_all_protocols = true`.
+    #[error(
+        "pcp.allow_all_protocols = true is not supported: natgw's data path maps single \
+         ports, not every protocol and port of a host"
+    )]
+    AllProtocols,
+    /// A static forward that cannot work.
+    #[error("[[forward]] {forward}: {problem}")]
+    Forward {
+        /// The forward.
+        forward: Forward,
+        /// What is wrong.
+        problem: &'static str,
+    },
 }
 
 /// Reads and parses a configuration file (no validation yet).
@@ -520,6 +722,11 @@ pub fn resolve(
     } else {
         flags.lan.clone()
     };
+    let external = if flags.external.is_empty() {
+        file.external.clone().unwrap_or_default()
+    } else {
+        flags.external.clone()
+    };
     let file_timeouts = file.timeouts.as_ref();
     let defaults = Timeouts::default();
     let timeouts = Timeouts {
@@ -558,6 +765,7 @@ pub fn resolve(
     let settings = Settings {
         wan,
         lan,
+        external,
         port_range: match flags.port_range {
             Some(r) => r,
             None => file_port_range(file)?.unwrap_or(PORT_RANGE_DEFAULT),
@@ -578,6 +786,29 @@ pub fn resolve(
             .unsolicited_syn
             .or(file.unsolicited_syn)
             .unwrap_or_default(),
+        pcp: PcpSettings {
+            enabled: !flags.no_pcp && file.pcp.as_ref().and_then(|p| p.enabled).unwrap_or(true),
+            server: file
+                .pcp
+                .as_ref()
+                .map(|p| p.server.clone())
+                .unwrap_or_default(),
+        },
+        forwards: file.forward.clone().unwrap_or_default(),
+        stun: {
+            let f = file.stun.as_ref();
+            let defaults = StunSettings::default();
+            StunSettings {
+                enabled: !flags.no_stun && f.and_then(|f| f.enabled).unwrap_or(true),
+                port: flags
+                    .stun_port
+                    .or_else(|| f.and_then(|f| f.port))
+                    .unwrap_or(defaults.port),
+                alternate_port: f
+                    .and_then(|f| f.alternate_port)
+                    .unwrap_or(defaults.alternate_port),
+            }
+        },
     };
     let warnings = validate(&settings)?;
     Ok((settings, warnings))
@@ -600,6 +831,14 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
         }
         if s.lan[..i].contains(name) {
             return Err(ConfigError::DuplicateLan(name.clone()));
+        }
+    }
+    if s.external.len() > MAX_EXTERNAL_ADDRS as usize {
+        return Err(ConfigError::TooManyExternal(s.external.len()));
+    }
+    for (i, addr) in s.external.iter().enumerate() {
+        if s.external[..i].contains(addr) {
+            return Err(ConfigError::DuplicateExternal(*addr));
         }
     }
     // Re-checked here because the range may come from code rather than parsing.
@@ -638,7 +877,68 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
     if s.gc_interval == 0 {
         return Err(ConfigError::ZeroGcInterval);
     }
+    s.pcp.server.validate()?;
+    if s.pcp.server.allow_all_protocols {
+        return Err(ConfigError::AllProtocols);
+    }
+    validate_forwards(&s.forwards)?;
+    validate_stun(s)?;
     Ok(warnings)
+}
+
+/// The STUN ports must be real, distinct, and not forwarded to an internal host.
+fn validate_stun(s: &Settings) -> Result<(), ConfigError> {
+    let stun = &s.stun;
+    if !stun.enabled {
+        return Ok(());
+    }
+    if stun.port == 0 || stun.alternate_port == 0 {
+        return Err(ConfigError::StunPortZero);
+    }
+    if stun.port == stun.alternate_port {
+        return Err(ConfigError::StunPortsEqual(stun.port));
+    }
+    // With one external address the alternate port is unused, but a forward of it
+    // would break as soon as a second address is added.
+    if let Some(f) = s.forwards.iter().find(|f| {
+        f.protocol == ForwardProtocol::Udp
+            && (f.external_port == stun.port || f.external_port == stun.alternate_port)
+    }) {
+        return Err(ConfigError::StunPortForwarded(f.external_port));
+    }
+    Ok(())
+}
+
+/// Static forwards need real ports and must not collide with one another.
+fn validate_forwards(forwards: &[Forward]) -> Result<(), ConfigError> {
+    for (i, f) in forwards.iter().enumerate() {
+        let problem = if f.external_port == 0 {
+            Some("external_port must be 1-65535")
+        } else if f.internal.port() == 0 {
+            Some("the internal port must be 1-65535")
+        } else if f.internal.ip().is_unspecified() {
+            Some("the internal address must be a host")
+        } else if forwards[..i]
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.external_port == f.external_port)
+        {
+            Some("another forward uses the same protocol and external port")
+        } else if forwards[..i]
+            .iter()
+            .any(|g| g.protocol == f.protocol && g.internal == f.internal)
+        {
+            Some("another forward has the same protocol and internal endpoint")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ConfigError::Forward {
+                forward: *f,
+                problem,
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -840,6 +1140,79 @@ mod tests {
         assert_eq!(s.filtering.icmp, Filtering::AddressDependent);
         assert_eq!(s.timeouts.icmp, 120);
         assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Drop);
+    }
+
+    #[test]
+    fn pcp_table_and_forwards_parse_with_defaults() {
+        let f = parse(
+            "wan = \"eth0\"\nlan = [\"eth1\"]\n\
+             [pcp]\nmax_mappings_per_host = 4\nrules = [\"allow 2000-3000 10.0.0.0/8 1-65535\"]\n\
+             [[forward]]\nprotocol = \"tcp\"\nexternal_port = 8080\ninternal = \"10.0.1.2:80\"\n\
+             [[forward]]\nprotocol = \"udp\"\nexternal_port = 9000\ninternal = \"10.0.1.3:9000\"\n",
+        )
+        .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.pcp.enabled, "on by default");
+        assert_eq!(s.pcp.server.max_mappings_per_host, 4);
+        assert_eq!(
+            s.pcp.server.max_lifetime, 86_400,
+            "the rest keeps its default"
+        );
+        assert_eq!(
+            s.pcp.server.rules[0].to_string(),
+            "allow 2000-3000 10.0.0.0/8 1-65535"
+        );
+        assert_eq!(s.forwards.len(), 2);
+        assert_eq!(s.forwards[0].protocol, ForwardProtocol::Tcp);
+        assert_eq!(s.forwards[0].internal, "10.0.1.2:80".parse().unwrap());
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+        // Off in the file, or with --no-pcp.
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]\n[pcp]\nenabled = false\n").unwrap();
+        assert!(!resolve(&f, &Overrides::default()).unwrap().0.pcp.enabled);
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]\n").unwrap();
+        let flags = Overrides {
+            no_pcp: true,
+            ..Overrides::default()
+        };
+        assert!(!resolve(&f, &flags).unwrap().0.pcp.enabled);
+    }
+
+    #[test]
+    fn bad_pcp_settings_and_forwards_are_refused_by_name() {
+        let err = parse("[pcp]\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = parse("[pcp]\nenabled = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("enabled"), "{err}");
+        let err = parse(
+            "[[forward]]\nprotocol = \"sctp\"\nexternal_port = 1\ninternal = \"10.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sctp"), "{err}");
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let refused = |extra: &str| {
+            let f = parse(&format!("{base}{extra}")).unwrap();
+            resolve(&f, &Overrides::default()).unwrap_err().to_string()
+        };
+        let err = refused("[pcp]\nmin_lifetime = 600\nmax_lifetime = 60\n");
+        assert!(err.contains("pcp.min_lifetime 600"), "{err}");
+        let err = refused("[pcp]\nallow_all_protocols = true\n");
+        assert!(err.contains("allow_all_protocols"), "{err}");
+        let fwd = |p: u16, int: &str| {
+            format!("[[forward]]\nprotocol = \"udp\"\nexternal_port = {p}\ninternal = \"{int}\"\n")
+        };
+        let err = refused(&fwd(0, "10.0.1.2:5"));
+        assert!(err.contains("external_port must be"), "{err}");
+        let err = refused(&format!(
+            "{}{}",
+            fwd(9000, "10.0.1.2:5"),
+            fwd(9000, "10.0.1.3:5")
+        ));
+        assert_eq!(
+            err,
+            "[[forward]] udp external port 9000 -> 10.0.1.3:5: another forward uses the \
+             same protocol and external port"
+        );
     }
 
     #[test]
@@ -1051,5 +1424,136 @@ mod tests {
         );
         assert!(json.contains("\"unsolicited_syn\":\"icmp\""), "{json}");
         assert_eq!(serde_json::from_str::<Settings>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn stun_settings_default_to_3478_and_come_from_flags_over_the_file() {
+        // rfc8489 §18.6: the STUN port; rfc5780: the alternate port
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]\n").unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(
+            s.stun,
+            StunSettings {
+                enabled: true,
+                port: 3478,
+                alternate_port: 3479
+            }
+        );
+        let f =
+            parse("wan = \"eth0\"\nlan = [\"eth1\"]\n[stun]\nport = 4000\nalternate_port = 4001\n")
+                .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!((s.stun.port, s.stun.alternate_port), (4000, 4001));
+        let flags = Overrides {
+            stun_port: Some(5000),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!((s.stun.port, s.stun.alternate_port), (5000, 4001));
+        let off = Overrides {
+            no_stun: true,
+            ..Overrides::default()
+        };
+        assert!(!resolve(&f, &off).unwrap().0.stun.enabled);
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]\n[stun]\nenabled = false\n").unwrap();
+        assert!(!resolve(&f, &Overrides::default()).unwrap().0.stun.enabled);
+    }
+
+    #[test]
+    fn bad_stun_settings_are_refused() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let err = parse(&format!(
+            "{base}[stun]\nport = 3478\nalternate_port = 3478\n"
+        ))
+        .and_then(|f| resolve(&f, &Overrides::default()).map(drop))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::StunPortsEqual(3478)), "{err}");
+        let err = parse(&format!("{base}[stun]\nport = 0\n"))
+            .and_then(|f| resolve(&f, &Overrides::default()).map(drop))
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::StunPortZero), "{err}");
+        let err = parse(&format!("{base}[stun]\nprot = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("prot"), "{err}");
+        let forward = format!(
+            "{base}[[forward]]\nprotocol = \"udp\"\nexternal_port = 3478\n\
+             internal = \"10.0.1.2:3478\"\n"
+        );
+        let err = parse(&forward)
+            .and_then(|f| resolve(&f, &Overrides::default()).map(drop))
+            .unwrap_err();
+        assert!(err.to_string().contains("--stun-port"), "{err}");
+        // Without the responder the forward is fine.
+        let off = Overrides {
+            no_stun: true,
+            ..Overrides::default()
+        };
+        assert!(resolve(&parse(&forward).unwrap(), &off).is_ok());
+    }
+
+    #[test]
+    fn external_pool_comes_from_flags_over_the_file() {
+        // rfc4787 REQ-2: the pool natgw pairs internal hosts with.
+        let f =
+            parse("wan = \"eth0\"\nlan = [\"eth1\"]\nexternal = [\"192.0.2.1\", \"192.0.2.2\"]\n")
+                .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(
+            s.external,
+            [Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)]
+        );
+        let flags = Overrides {
+            external: vec![Ipv4Addr::new(192, 0, 2, 9)],
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.external, [Ipv4Addr::new(192, 0, 2, 9)]);
+        // Not given: empty, meaning the WAN's first address.
+        let f = parse("wan = \"eth0\"\nlan = [\"eth1\"]\n").unwrap();
+        assert!(resolve(&f, &Overrides::default())
+            .unwrap()
+            .0
+            .external
+            .is_empty());
+    }
+
+    #[test]
+    fn external_pool_refuses_duplicates_too_many_and_non_addresses() {
+        let base = Overrides {
+            wan: Some("eth0".into()),
+            lan: lan(&["eth1"]),
+            ..Overrides::default()
+        };
+        let dup = Overrides {
+            external: vec![
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::new(192, 0, 2, 2),
+                Ipv4Addr::new(192, 0, 2, 1),
+            ],
+            ..base.clone()
+        };
+        let err = resolve(&FileConfig::default(), &dup).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "external address 192.0.2.1 is listed twice"
+        );
+        let many = Overrides {
+            external: (1..=17).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect(),
+            ..base.clone()
+        };
+        let err = resolve(&FileConfig::default(), &many).unwrap_err();
+        assert!(matches!(err, ConfigError::TooManyExternal(17)), "{err}");
+        assert!(err.to_string().contains("at most 16"), "{err}");
+        let sixteen = Overrides {
+            external: (1..=16).map(|i| Ipv4Addr::new(192, 0, 2, i)).collect(),
+            ..base
+        };
+        assert!(resolve(&FileConfig::default(), &sixteen).is_ok());
+        let err = parse("external = [\"192.0.2.300\"]\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { line: Some(1), .. }),
+            "{err}"
+        );
+        let err = parse("external = \"192.0.2.1\"\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
 }

@@ -28,15 +28,20 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
+use crate::fragments;
 use crate::gc::{held_syns, Policy, Sweeper};
 use crate::icmp::{self, IcmpSender};
 use crate::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
-use crate::maps::GatewayMaps;
+use crate::maps::{FragmentMaps, GatewayMaps};
 use crate::netlink::netdev::{self, GenlError, Netdev};
 use crate::netlink::{Link, NetlinkError, Rtnl};
+use crate::pool;
 use crate::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
 use crate::state::{IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION};
 use crate::system;
+
+mod port_mapping;
+mod stun_responder;
 
 /// `natgw run`.
 pub async fn run(args: &RunArgs) -> Result<()> {
@@ -74,6 +79,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let mut daemon = Daemon {
         icmp: Arc::new(IcmpSender::open(system::monotonic_ns())),
         events_task: None,
+        fragments: Arc::default(),
+        fragments_task: None,
+        stun: None,
+        port_mapping: port_mapping::PortMapping::default(),
         reported_counters: BTreeMap::new(),
         settings,
         dirs,
@@ -86,6 +95,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         xdp: Vec::new(),
         tc: Vec::new(),
         clsact_created: None,
+        accept_local_restore: Vec::new(),
         stale_clsact,
         topology,
         ifaces: Vec::new(),
@@ -137,7 +147,10 @@ fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
 struct Topology {
     wan: Link,
     lans: Vec<Link>,
+    /// The main external address (the pool's first) with its WAN prefix.
     external: Ipv4Prefix,
+    /// The external address pool, `external` first (RFC 4787 REQ-2).
+    pool: Vec<Ipv4Addr>,
 }
 
 async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology> {
@@ -152,13 +165,6 @@ async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology
     for name in &settings.lan {
         lans.push(lookup(name.clone(), "LAN").await?);
     }
-    let Some(external) = wan.ipv4.first().copied() else {
-        bail!(
-            "WAN interface {0} has no IPv4 address; natgw translates to the WAN's first IPv4 \
-             address, add one with `ip addr add ADDRESS/LEN dev {0}`",
-            wan.name
-        );
-    };
     let tag = |l: &Link| {
         l.ipv4
             .iter()
@@ -170,6 +176,9 @@ async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology
     };
     let lan_prefixes: Vec<_> = lans.iter().flat_map(tag).collect();
     check_no_overlap(&lan_prefixes, &tag(&wan))?;
+    let pool = pool::resolve(&settings.external, &wan.name, &wan.ipv4, &lan_prefixes)?;
+    let external = pool[0];
+    let pool = pool.iter().map(Ipv4Prefix::addr).collect();
     for l in &lans {
         if l.ipv4.is_empty() {
             warn!(
@@ -191,6 +200,7 @@ async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology
         wan,
         lans,
         external,
+        pool,
     })
 }
 
@@ -231,6 +241,8 @@ struct Daemon {
     xdp: Vec<XdpAttachment>,
     tc: Vec<TcAttachment>,
     clsact_created: Option<(String, u32)>,
+    /// LAN interfaces whose `accept_local` natgw set, with the value to restore.
+    accept_local_restore: Vec<(String, bool)>,
     /// WAN ifindex whose clsact a crashed natgw had added.
     stale_clsact: Option<u32>,
     topology: Topology,
@@ -241,8 +253,16 @@ struct Daemon {
     icmp: Arc<IcmpSender>,
     /// Reads `EVENTS`.
     events_task: Option<tokio::task::JoinHandle<()>>,
+    /// Counters of the fragment resender.
+    fragments: Arc<fragments::Counters>,
+    /// Sends on fragments that came before their first fragment (`FRAG_STASH`).
+    fragments_task: Option<tokio::task::JoinHandle<()>>,
+    /// The STUN responder on the external addresses.
+    stun: Option<stun_responder::StunResponder>,
     /// The controller counters the state file holds.
     reported_counters: BTreeMap<String, u64>,
+    /// Static forwards, the PCP/NAT-PMP server and the explicit mappings they make.
+    port_mapping: port_mapping::PortMapping,
 }
 
 /// Why the daemon stops on its own.
@@ -269,6 +289,8 @@ impl Daemon {
                 icmp::spawn_event_reader(ring, Arc::clone(&self.icmp), self.lan_addresses());
         }
         self.maps = Some(maps);
+        let stash = FragmentMaps::take(&mut self.ebpf)?;
+        self.fragments_task = Some(fragments::spawn(stash, Arc::clone(&self.fragments)));
 
         self.netdev = match Netdev::open() {
             Ok(n) => Some(n),
@@ -346,14 +368,35 @@ impl Daemon {
             .filter(|f| f.role == Role::Lan)
             .map(|f| (f.link.name.clone(), f.link.ifindex))
             .collect();
-        for (name, ifindex) in lans {
-            let prog = programs::TC_LAN_INGRESS;
-            let hook = TcAttachType::Ingress;
+        // Internal hosts reach the gateway's own services on its external addresses
+        // through the hairpin path, which hands the kernel packets whose source is
+        // one of the gateway's addresses: accept_local lets them in.
+        for (name, _) in &lans {
+            match system::set_accept_local(name, true) {
+                Ok(previous) => self.accept_local_restore.push((name.clone(), previous)),
+                Err(e) => warn!("iface.accept_local_failed iface={name} error=\"{e}\": LAN hosts cannot reach the gateway's services on its external address through hairpinning"),
+            }
+        }
+        let lo = (
+            "lo".to_owned(),
+            1,
+            programs::TC_LO_EGRESS,
+            TcAttachType::Egress,
+        );
+        let lan_hooks = lans.into_iter().map(|(name, ifindex)| {
+            (
+                name,
+                ifindex,
+                programs::TC_LAN_INGRESS,
+                TcAttachType::Ingress,
+            )
+        });
+        for (name, ifindex, prog, hook) in lan_hooks.chain([lo]) {
             let att = match loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook) {
                 Ok(att) => att,
                 Err(first) => {
                     // Kernels without tcx need a clsact qdisc; natgw leaves the one it
-                    // adds on a LAN interface in place when it exits.
+                    // adds on a LAN interface or lo in place when it exits.
                     if !loader::add_clsact(&name)? {
                         return Err(first.into());
                     }
@@ -363,6 +406,12 @@ impl Daemon {
             self.tc.push(att);
         }
 
+        let pool = self.topology.pool.clone();
+        crate::maps::write_external_pool(&mut self.ebpf, &pool)
+            .context("filling the external address pool (EXT_ADDRS, EXT_SET)")?;
+        // Before the forwards: a static forward of a STUN port then fails to claim it.
+        self.start_stun()?;
+        self.start_port_mapping()?;
         let config = self.data_path_config();
         self.maps()?
             .write_config(&config)
@@ -392,7 +441,8 @@ impl Daemon {
             filter_udp: s.filtering.udp.mode() as u8,
             filter_tcp: s.filtering.tcp.mode() as u8,
             filter_icmp: s.filtering.icmp.mode() as u8,
-            ..Config::default()
+            // At most MAX_EXTERNAL_ADDRS (16), checked with the settings.
+            ext_count: u8::try_from(self.topology.pool.len()).unwrap_or(u8::MAX),
         }
     }
 
@@ -465,10 +515,12 @@ impl Daemon {
             pin_dir: self.dirs.pin_dir.clone(),
             map_ids: maps.ids()?,
             external_address: self.topology.external.addr(),
+            external_addresses: self.topology.pool.clone(),
             interfaces,
             clsact_created: self.clsact_created.is_some(),
             settings: self.settings.clone(),
-            controller_counters: self.icmp.counters().snapshot(),
+            controller_counters: self.controller_counters(),
+            stun: self.stun.as_ref().map(stun_responder::StunResponder::state),
         })
     }
 
@@ -478,7 +530,12 @@ impl Daemon {
             env!("CARGO_PKG_VERSION"),
             std::process::id(),
             self.dirs.netns_inode,
-            self.topology.external.addr(),
+            self.topology
+                .pool
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             self.topology.wan.name
         );
         for i in &self.ifaces {
@@ -575,8 +632,10 @@ impl Daemon {
                 }
                 _ = held_tick.tick() => {
                     self.expire_held_syns(&mut held_failing);
+                    self.expire_explicit();
                     self.report_counters();
                 }
+                wake = self.port_mapping.wake() => self.on_port_mapping(wake).await,
                 _ = tick.tick() => {
                     match self.watch_interfaces() {
                         Ok(()) => {}
@@ -651,10 +710,21 @@ impl Daemon {
         }
     }
 
+    /// The controller's own counters: ICMP errors and resent fragments.
+    fn controller_counters(&self) -> BTreeMap<String, u64> {
+        let mut counters = self.icmp.counters().snapshot();
+        counters.extend(self.fragments.snapshot());
+        counters
+    }
+
     /// Rewrites the state file when the controller counters changed.
     fn report_counters(&mut self) {
-        let now = self.icmp.counters().snapshot();
-        if now != self.reported_counters {
+        let now = self.controller_counters();
+        let stun_changed = self
+            .stun
+            .as_mut()
+            .is_some_and(stun_responder::StunResponder::counters_changed);
+        if now != self.reported_counters || stun_changed {
             self.refresh_state_file();
             self.reported_counters = now;
         }
@@ -797,6 +867,11 @@ impl Daemon {
                 Err(e) => warn!("teardown.detach_failed program={what} error=\"{e}\""),
             }
         }
+        for (name, previous) in self.accept_local_restore.drain(..) {
+            if let Err(e) = system::set_accept_local(&name, previous) {
+                debug!("teardown.accept_local_failed iface={name} error=\"{e}\"");
+            }
+        }
         if let Some((name, ifindex)) = self.clsact_created.take() {
             let wan_present = self.ifaces.iter().any(|i| i.role == Role::Wan && i.present);
             if wan_present || self.ifaces.is_empty() {
@@ -819,6 +894,12 @@ impl Daemon {
         }
         if let Some(task) = self.events_task.take() {
             task.abort();
+        }
+        if let Some(task) = self.fragments_task.take() {
+            task.abort();
+        }
+        if let Some(stun) = self.stun.take() {
+            stun.stop();
         }
         info!(
             "natgw.stopped detached={} mappings_dropped={mappings} pins_removed={}",

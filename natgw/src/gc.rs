@@ -22,7 +22,10 @@
 //! - reverse entries no forward entry points back to (orphans) are deleted once they
 //!   are older than [`ORPHAN_GRACE_NS`] and seen orphaned on two ticks, since the data
 //!   path inserts the reverse entry (the port claim) before the forward one;
-//! - the sessions of a deleted mapping go right after it, in the same tick.
+//! - the sessions of a deleted mapping go right after it, in the same tick;
+//! - explicit mappings (origin PCP, NAT-PMP or static) are not this module's: they
+//!   live by the lifetime their holder was granted, and [`crate::explicit`] ends them
+//!   (their sessions still expire here).
 //!
 //! [`Sweeper::plan`] makes every decision from a snapshot; [`Sweeper::tick`] takes the
 //! snapshot and applies the plan through [`NatTables`], re-checking each entry
@@ -36,7 +39,9 @@ use std::fmt;
 use std::net::SocketAddrV4;
 
 use natgw_common::maps::{tcp_seen, Session, SessionKey};
-use natgw_common::{FwdKey, Mapping, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use natgw_common::{
+    FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 use crate::config::Timeouts;
 use crate::maps::{
@@ -425,6 +430,9 @@ impl Sweeper {
 
         let mut candidates = HashMap::new();
         for (key, m) in fwd {
+            if m.origin != Origin::Traffic as u8 {
+                continue; // an explicit mapping: `crate::explicit` ends it
+            }
             let rk = rev_key_of(key, m);
             let obs = Observed::new(key, m, rev_by_key.get(&rk))
                 .kept_until(kept_until.get(&rk).copied().unwrap_or(0));
@@ -586,6 +594,32 @@ impl Sweeper {
         }
         Ok(stats)
     }
+}
+
+/// Deletes the traffic mappings whose external address is `addr_be` (both entries),
+/// after that address was removed from the gateway: their flows cannot continue,
+/// and while the entries exist the internal endpoints' packets would keep leaving
+/// from it. Their sessions follow on the next ticks (their mapping is gone).
+/// Returns how many were deleted.
+pub fn remove_traffic_on<T: NatTables>(tables: &mut T, addr_be: u32) -> Result<usize, MapsError> {
+    let mut removed = 0;
+    for (key, m) in tables.fwd_entries()? {
+        if m.ext_addr_be != addr_be || m.origin != Origin::Traffic as u8 {
+            continue;
+        }
+        if !tables.remove_fwd(&key)? {
+            continue;
+        }
+        let rk = rev_key_of(&key, &m);
+        if tables
+            .rev(&rk)?
+            .is_some_and(|r| r.created_ns == m.created_ns)
+        {
+            tables.remove_rev(&rk)?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Lower-case protocol name.
@@ -1128,6 +1162,43 @@ mod tests {
         assert!(!t.sessions.contains_key(&old));
         assert!(t.sessions.contains_key(&racing));
         assert!(t.fwd.contains_key(&k));
+    }
+
+    #[test]
+    fn explicit_mappings_are_left_to_their_holder() {
+        // PCP, NAT-PMP and static mappings live by their granted lifetime, not idle.
+        let mut t = FakeTables::default();
+        let pcp = udp_key(2, 5000);
+        add(&mut t, pcp, 5000, S);
+        t.fwd.get_mut(&pcp).unwrap().origin = Origin::Pcp as u8;
+        let idle = udp_key(3, 5001);
+        add(&mut t, idle, 5001, S);
+        let mut gc = Sweeper::new(policy(false));
+        gc.tick(&mut t, 1000 * S).unwrap();
+        let s = gc.tick(&mut t, 1001 * S).unwrap();
+        assert_eq!(s.expired, 1);
+        assert!(t.fwd.contains_key(&pcp) && !t.fwd.contains_key(&idle));
+        assert_eq!(t.rev.len(), 1, "its claim stays too");
+    }
+
+    #[test]
+    fn a_lost_address_takes_its_traffic_mappings_along() {
+        let mut t = FakeTables::default();
+        let old = udp_key(2, 40000);
+        add(&mut t, old, 40000, S);
+        let forward = udp_key(3, 80);
+        add(&mut t, forward, 8080, S);
+        t.fwd.get_mut(&forward).unwrap().origin = Origin::Static as u8;
+        assert_eq!(
+            remove_traffic_on(&mut t, addr_be([192, 0, 2, 9])).unwrap(),
+            0
+        );
+        assert_eq!(
+            remove_traffic_on(&mut t, addr_be([192, 0, 2, 1])).unwrap(),
+            1
+        );
+        assert!(!t.fwd.contains_key(&old) && t.fwd.contains_key(&forward));
+        assert_eq!(t.rev.len(), 1);
     }
 
     #[test]

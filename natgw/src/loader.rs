@@ -33,10 +33,12 @@ pub mod programs {
     pub const TC_WAN_EGRESS: &str = "tc_wan_egress";
     /// TC on every LAN interface's ingress: hairpinning.
     pub const TC_LAN_INGRESS: &str = "tc_lan_ingress";
+    /// TC on `lo`'s egress: the gateway's services answering hairpinned hosts.
+    pub const TC_LO_EGRESS: &str = "tc_lo_egress";
     /// All XDP programs.
     pub const XDP: [&str; 2] = [XDP_LAN, XDP_WAN];
     /// All TC programs.
-    pub const TC: [&str; 3] = [TC_WAN_INGRESS, TC_WAN_EGRESS, TC_LAN_INGRESS];
+    pub const TC: [&str; 4] = [TC_WAN_INGRESS, TC_WAN_EGRESS, TC_LAN_INGRESS, TC_LO_EGRESS];
 }
 
 /// Loading or attaching failed.

@@ -5,6 +5,8 @@
 mod cli;
 mod config;
 mod daemon;
+mod explicit;
+mod fragments;
 mod gc;
 mod icmp;
 mod loader;
@@ -13,7 +15,9 @@ mod maps;
 mod netlink;
 mod output;
 mod pcp;
+mod pool;
 mod prefix;
+mod punch;
 mod state;
 mod status;
 mod stun;
@@ -46,6 +50,8 @@ fn main() -> ExitCode {
             Command::Mappings(args) => status::mappings(args.json, args.sessions),
             Command::Stun(args) => stun::command(args).await,
             Command::Pcp(args) => pcp::client::run(args),
+            Command::Punch(args) => punch::punch(args).await,
+            Command::Rendezvous(args) => punch::rendezvous(args).await,
         }
     });
     match result {

@@ -3,7 +3,9 @@
 //! writing the configuration maps the data path reads.
 //!
 //! [`NatTables`] and [`HeldSynTable`] are the narrow interfaces the garbage collector
-//! works through, so its tests can run against in-memory tables.
+//! works through, and [`NatWrites`] and [`PcpFilterTable`] what explicit mappings (PCP,
+//! NAT-PMP, static forwards) add to them, so their tests can run against in-memory
+//! tables.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
 use std::net::Ipv4Addr;
@@ -14,7 +16,8 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
 };
 use aya::Ebpf;
-use natgw_common::maps::{names, HeldSyn, Session, SessionKey};
+use natgw_common::maps::{names, HeldSyn, PcpFilterKey, Session, SessionKey};
+use natgw_common::maps::{FragKey, FragValue, StashKey, StashedFragment};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
 
 use crate::prefix::Ipv4Prefix;
@@ -58,6 +61,27 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
     move |source| MapsError::Map { name, source }
 }
 
+/// `BPF_NOEXIST` (linux/bpf.h): insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+/// `BPF_EXIST` (linux/bpf.h): update only if the key is present.
+const BPF_EXIST: u64 = 2;
+
+/// The OS error of a map operation, if it was a failed system call.
+fn errno(e: &MapError) -> Option<i32> {
+    match e {
+        MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Whether a failed insert means the map is full (`E2BIG` from hash maps, `ENOSPC`
+/// from LPM tries, `ENOMEM` when the kernel cannot allocate the element).
+#[must_use]
+pub fn is_full(e: &MapsError) -> bool {
+    matches!(e, MapsError::Map { source, .. }
+        if matches!(errno(source), Some(libc::E2BIG | libc::ENOSPC | libc::ENOMEM)))
+}
+
 /// Whether a map error means "no such key".
 fn is_not_found(e: &MapError) -> bool {
     match e {
@@ -98,6 +122,40 @@ pub trait HeldSynTable {
     fn held_syn(&self, key: &SessionKey) -> Result<Option<HeldSyn>, MapsError>;
     /// Forgets a held SYN; `false` when it was already gone (answered meanwhile).
     fn remove_held_syn(&mut self, key: &SessionKey) -> Result<bool, MapsError>;
+}
+
+/// What explicit mappings write into the NAT tables on top of what the garbage
+/// collector reads and deletes: they claim external ports exactly as the data path
+/// does (`BPF_NOEXIST` into `NAT_REV` first), and change entries only while they exist
+/// (`BPF_EXIST`), so a concurrent deletion is noticed instead of undone.
+pub trait NatWrites {
+    /// Inserts a reverse entry unless its key exists — the port claim; `false` when
+    /// the external endpoint is taken.
+    fn claim_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError>;
+    /// Inserts a forward entry unless its key exists; `false` when one does.
+    fn insert_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError>;
+    /// Replaces a forward entry; `false` when it is gone.
+    fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError>;
+    /// Replaces a reverse entry; `false` when it is gone.
+    fn replace_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError>;
+    /// Creates or replaces a session.
+    fn put_session(&mut self, key: &SessionKey, value: &Session) -> Result<(), MapsError>;
+}
+
+/// `PCP_FILTERS`: the remote peers PCP FILTER options let reach a mapping. A key is a
+/// [`PcpFilterKey`] with the prefix length [`natgw_common::maps::PCP_FILTER_FIXED_BITS`]
+/// plus the remote prefix's; the value is the remote port in wire order (0: any).
+pub trait PcpFilterTable {
+    /// Adds or replaces an entry.
+    fn put_pcp_filter(
+        &mut self,
+        key: &PcpFilterKey,
+        prefix_len: u32,
+        port_be: u32,
+    ) -> Result<(), MapsError>;
+    /// Removes an entry; `false` when it was not there.
+    fn remove_pcp_filter(&mut self, key: &PcpFilterKey, prefix_len: u32)
+        -> Result<bool, MapsError>;
 }
 
 /// `NAT_FWD`, `NAT_REV`, `NAT_SESSIONS` and `HELD_SYNS`.
@@ -212,6 +270,91 @@ impl HeldSynTable for NatMaps {
 
     fn remove_held_syn(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
         remove(&mut self.held_syns, key, names::HELD_SYNS)
+    }
+}
+
+/// Inserts with `flags`; `Ok(false)` when the flag's condition failed (`EEXIST` for
+/// [`BPF_NOEXIST`], `ENOENT` for [`BPF_EXIST`]).
+fn insert_if<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    value: &V,
+    flags: u64,
+    name: &'static str,
+) -> Result<bool, MapsError> {
+    match map.insert(key, value, flags) {
+        Ok(()) => Ok(true),
+        Err(e) if flags == BPF_NOEXIST && errno(&e) == Some(libc::EEXIST) => Ok(false),
+        Err(e) if flags == BPF_EXIST && is_not_found(&e) => Ok(false),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+impl NatWrites for NatMaps {
+    fn claim_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError> {
+        insert_if(&mut self.rev, key, value, BPF_NOEXIST, names::NAT_REV)
+    }
+
+    fn insert_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
+        insert_if(&mut self.fwd, key, value, BPF_NOEXIST, names::NAT_FWD)
+    }
+
+    fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
+        insert_if(&mut self.fwd, key, value, BPF_EXIST, names::NAT_FWD)
+    }
+
+    fn replace_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError> {
+        insert_if(&mut self.rev, key, value, BPF_EXIST, names::NAT_REV)
+    }
+
+    fn put_session(&mut self, key: &SessionKey, value: &Session) -> Result<(), MapsError> {
+        self.sessions
+            .insert(key, value, 0)
+            .map_err(map_err(names::NAT_SESSIONS))
+    }
+}
+
+/// The `PCP_FILTERS` trie, taken from the loaded object. Only the daemon writes it,
+/// and nothing else reads it from user space (`natgw mappings` shows the filters
+/// from the daemon's record of explicit mappings), so it is not pinned.
+pub struct PcpFilters {
+    map: LpmTrie<MapData, PcpFilterKey, u32>,
+}
+
+impl PcpFilters {
+    /// Takes `PCP_FILTERS` out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let map = ebpf
+            .take_map(names::PCP_FILTERS)
+            .ok_or(MapsError::Missing(names::PCP_FILTERS))?;
+        Ok(Self {
+            map: typed(map, names::PCP_FILTERS)?,
+        })
+    }
+}
+
+impl PcpFilterTable for PcpFilters {
+    fn put_pcp_filter(
+        &mut self,
+        key: &PcpFilterKey,
+        prefix_len: u32,
+        port_be: u32,
+    ) -> Result<(), MapsError> {
+        self.map
+            .insert(&LpmKey::new(prefix_len, *key), port_be, 0)
+            .map_err(map_err(names::PCP_FILTERS))
+    }
+
+    fn remove_pcp_filter(
+        &mut self,
+        key: &PcpFilterKey,
+        prefix_len: u32,
+    ) -> Result<bool, MapsError> {
+        match self.map.remove(&LpmKey::new(prefix_len, *key)) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(map_err(names::PCP_FILTERS)(e)),
+        }
     }
 }
 
@@ -460,6 +603,103 @@ impl GatewayMaps {
         }
         Ok(n)
     }
+}
+
+/// Fills the external address pool the data path picks from (RFC 4787 REQ-2):
+/// `EXT_ADDRS[i]` = `pool[i]` and `EXT_SET[pool[i]]` = `i`. Both maps stay in the
+/// loaded object (not pinned: the state file lists the pool for `natgw status`).
+/// Written before `CONFIG`, whose `ext_count` makes the data path use them.
+///
+/// # Errors
+/// When a map is missing or an update fails, or the pool holds more than
+/// `MAX_EXTERNAL_ADDRS` addresses.
+pub fn write_external_pool(ebpf: &mut Ebpf, pool: &[Ipv4Addr]) -> Result<(), MapsError> {
+    let mut addrs: Array<&mut MapData, u32> = typed_mut(ebpf, names::EXT_ADDRS)?;
+    for (i, addr) in pool.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        addrs
+            .set(index, natgw_common::addr_be(addr.octets()), 0)
+            .map_err(map_err(names::EXT_ADDRS))?;
+    }
+    let mut set: HashMap<&mut MapData, u32, u32> = typed_mut(ebpf, names::EXT_SET)?;
+    for (i, addr) in pool.iter().enumerate() {
+        let index = u32::try_from(i).unwrap_or(u32::MAX);
+        set.insert(natgw_common::addr_be(addr.octets()), index, 0)
+            .map_err(map_err(names::EXT_SET))?;
+    }
+    Ok(())
+}
+
+/// `FRAG_STASH` and `FRAGS_IN` as the fragment resender sees them (RFC 4787 REQ-14).
+pub trait FragmentTables {
+    /// The keys of every stashed fragment (a snapshot).
+    fn stashed_keys(&self) -> Result<Vec<StashKey>, MapsError>;
+    /// One stashed fragment.
+    fn stashed(&self, key: &StashKey) -> Result<Option<StashedFragment>, MapsError>;
+    /// Deletes a stashed fragment; `false` when it was already gone.
+    fn remove_stashed(&mut self, key: &StashKey) -> Result<bool, MapsError>;
+    /// Where the first fragment of `datagram` went, once it has been translated.
+    fn first_fragment(&self, datagram: &FragKey) -> Result<Option<FragValue>, MapsError>;
+}
+
+/// `FRAG_STASH` and `FRAGS_IN`; only in the daemon, taken from the loaded object (not
+/// pinned) and moved to the task that resends stashed fragments.
+#[derive(Debug)]
+pub struct FragmentMaps {
+    /// Later fragments that came before their first fragment.
+    pub stash: HashMap<MapData, StashKey, StashedFragment>,
+    /// Datagrams whose first fragment was translated.
+    pub first: HashMap<MapData, FragKey, FragValue>,
+}
+
+impl FragmentMaps {
+    /// Takes both maps out of a loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing(name));
+        Ok(Self {
+            stash: typed(take(names::FRAG_STASH)?, names::FRAG_STASH)?,
+            first: typed(take(names::FRAGS_IN)?, names::FRAGS_IN)?,
+        })
+    }
+}
+
+impl FragmentTables for FragmentMaps {
+    fn stashed_keys(&self) -> Result<Vec<StashKey>, MapsError> {
+        // Bounded like `snapshot`: a concurrent delete can restart the walk.
+        let limit = (natgw_common::maps::MAX_STASHED_FRAGMENTS as usize).saturating_mul(4);
+        let mut keys = Vec::new();
+        for (i, key) in self.stash.keys().enumerate() {
+            if i >= limit {
+                break;
+            }
+            let key = key.map_err(map_err(names::FRAG_STASH))?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn stashed(&self, key: &StashKey) -> Result<Option<StashedFragment>, MapsError> {
+        get(&self.stash, key, names::FRAG_STASH)
+    }
+
+    fn remove_stashed(&mut self, key: &StashKey) -> Result<bool, MapsError> {
+        remove(&mut self.stash, key, names::FRAG_STASH)
+    }
+
+    fn first_fragment(&self, datagram: &FragKey) -> Result<Option<FragValue>, MapsError> {
+        get(&self.first, datagram, names::FRAGS_IN)
+    }
+}
+
+/// A typed view of map `name` left in the loaded object.
+fn typed_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, MapsError>
+where
+    T: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(MapsError::Missing(name))?;
+    T::try_from(map).map_err(map_err(name))
 }
 
 /// `LAN_NETS` key of a prefix: the network address as wire octets.

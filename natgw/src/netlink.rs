@@ -1,18 +1,21 @@
 //! Interfaces as the kernel reports them over rtnetlink — index, MTU, link kind and
-//! IPv4 prefixes — and removal of the `clsact` qdisc natgw added. XDP features come
-//! from the generic-netlink `netdev` family in [`netdev`].
+//! IPv4 prefixes —, notifications of IPv4 address changes ([`AddressWatch`]), and
+//! removal of the `clsact` qdisc natgw added. XDP features come from the
+//! generic-netlink `netdev` family in [`netdev`].
 
 pub mod netdev;
 
 use std::io;
 use std::net::IpAddr;
 
-use futures::TryStreamExt as _;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::{StreamExt as _, TryStreamExt as _};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkInfo};
 use netlink_packet_route::tc::{TcAttribute, TcHandle};
-use netlink_packet_route::AddressFamily;
-use rtnetlink::Handle;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{Handle, MulticastGroup};
 
 use crate::prefix::Ipv4Prefix;
 
@@ -187,5 +190,49 @@ impl Rtnl {
             what: format!("removing the clsact qdisc from {name}"),
             source,
         })
+    }
+}
+
+/// IPv4 address changes (`RTM_NEWADDR` and `RTM_DELADDR` of the
+/// `RTNLGRP_IPV4_IFADDR` group), as `ip monitor address` sees them.
+#[derive(Debug)]
+pub struct AddressWatch {
+    messages: UnboundedReceiver<(
+        NetlinkMessage<RouteNetlinkMessage>,
+        rtnetlink::sys::SocketAddr,
+    )>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AddressWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl AddressWatch {
+    /// Subscribes (inside a tokio runtime).
+    pub fn open() -> Result<Self, NetlinkError> {
+        let (conn, _, messages) =
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Ipv4Ifaddr])
+                .map_err(NetlinkError::Connect)?;
+        let task = tokio::spawn(conn);
+        Ok(Self { messages, task })
+    }
+
+    /// Waits for the next IPv4 address added or removed; returns the index of its
+    /// interface, or `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<u32> {
+        loop {
+            let (message, _) = self.messages.next().await?;
+            if let NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a),
+            ) = message.payload
+            {
+                if a.header.family == AddressFamily::Inet {
+                    return Some(a.header.index);
+                }
+            }
+        }
     }
 }

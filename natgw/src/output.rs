@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::gc::sessions::{self, SessionObserved};
 use crate::gc::{self, Observed, Policy};
 use crate::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
-use crate::state::IfaceState;
+use crate::state::{ExplicitEntry, IfaceState, StunState};
 
 /// One session of a mapping: its traffic with one remote endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,22 @@ pub struct MappingRow {
     /// Its sessions, sorted by remote endpoint (only TCP mappings and filtered ones
     /// have any).
     pub sessions: Vec<SessionRow>,
+    /// The PCP or NAT-PMP client holding an explicit mapping — the one whose nonce
+    /// renews or deletes it; `None` for traffic mappings and static forwards.
+    #[serde(default)]
+    pub client: Option<SocketAddrV4>,
+    /// False for static forwards, which never expire (`remaining_ms` is then 0).
+    /// For PCP and NAT-PMP mappings `remaining_ms` is their remaining lifetime.
+    #[serde(default = "yes")]
+    pub expires: bool,
+    /// Remote peers a PCP FILTER lets in (`PREFIX:PORT`, port 0: any); empty:
+    /// everyone the filter mode lets in.
+    #[serde(default)]
+    pub pcp_filters: Vec<String>,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 /// `natgw mappings --json`.
@@ -102,6 +118,9 @@ pub struct StatusReport {
     pub pin_dir: String,
     /// External address.
     pub external_address: Ipv4Addr,
+    /// The external address pool (RFC 4787 REQ-2), `external_address` first.
+    #[serde(default)]
+    pub external_addresses: Vec<Ipv4Addr>,
     /// Interfaces, WAN first; `redirect_ok` is read live from the `IFACES` map.
     pub interfaces: Vec<IfaceState>,
     /// Effective configuration.
@@ -110,6 +129,9 @@ pub struct StatusReport {
     pub counters: BTreeMap<String, u64>,
     /// Counters of the controller itself (ICMP errors it sent), by name.
     pub controller_counters: BTreeMap<String, u64>,
+    /// The STUN responder on the external address; `None` when it does not run.
+    #[serde(default)]
+    pub stun: Option<StunState>,
     /// Live mappings.
     pub mappings: usize,
     /// Capacity of the NAT tables.
@@ -145,6 +167,7 @@ fn filter_abbrev(name: &str) -> &'static str {
         "endpoint-independent" => "EIF",
         "address-dependent" => "ADF",
         "address-and-port-dependent" => "APDF",
+        "pcp-filter" => "PCP",
         _ => "?",
     }
 }
@@ -236,6 +259,9 @@ pub fn mapping_rows(
                         .map_or_else(|| format!("unknown-{}", r.filter), |f| f.name().to_owned())
                 }),
                 sessions,
+                client: None,
+                expires: true,
+                pcp_filters: Vec::new(),
             }
         })
         .collect();
@@ -247,6 +273,32 @@ pub fn mapping_rows(
         ))
     });
     rows
+}
+
+/// Adds what the daemon records about explicit mappings (PCP, NAT-PMP, static
+/// forwards) to their rows: the client holding each, its remaining lifetime (the
+/// garbage collector leaves explicit mappings alone, so their idle timeout does not
+/// apply) and its PCP filters.
+pub fn apply_explicit(rows: &mut [MappingRow], explicit: &[ExplicitEntry], now_ns: u64) {
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.origin != Origin::Traffic.name())
+    {
+        let Some(e) = explicit.iter().find(|e| {
+            e.protocol == row.protocol && e.internal == row.internal && e.external == row.external
+        }) else {
+            continue;
+        };
+        row.client = e.client;
+        row.pcp_filters.clone_from(&e.filters);
+        match e.expires_ns {
+            Some(at) => row.remaining_ms = at.saturating_sub(now_ns) / NS_PER_MS,
+            None => {
+                row.expires = false;
+                row.remaining_ms = 0;
+            }
+        }
+    }
 }
 
 /// A duration for people: `850ms`, `42s`, `4m05s`, `2h04m`, `3d01h`.
@@ -303,6 +355,7 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
                 m.internal.to_string(),
                 m.external.to_string(),
                 m.origin.clone(),
+                m.client.map_or_else(|| "-".to_owned(), |c| c.to_string()),
                 m.filter.as_deref().map_or("-", filter_abbrev).to_owned(),
                 human_duration(m.age_ms),
                 human_duration(m.idle_ms),
@@ -314,7 +367,11 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
                 },
                 m.tcp_state.clone().unwrap_or_else(|| "-".to_owned()),
                 m.sessions.len().to_string(),
-                human_duration(m.remaining_ms),
+                if m.expires {
+                    human_duration(m.remaining_ms)
+                } else {
+                    "never".to_owned()
+                },
             ]
         })
         .collect();
@@ -324,6 +381,7 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
             "INTERNAL",
             "EXTERNAL",
             "ORIGIN",
+            "CLIENT",
             "FILTER",
             "AGE",
             "IDLE",
@@ -405,11 +463,26 @@ pub fn status_text(s: &StatusReport) -> String {
         human_duration(s.uptime_s.saturating_mul(1000)),
         s.netns_inode
     );
-    let _ = writeln!(
-        out,
-        "external address {} on {}",
-        s.external_address, s.config.wan
-    );
+    if s.external_addresses.len() > 1 {
+        let pool: Vec<String> = s
+            .external_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = writeln!(
+            out,
+            "external addresses {} on {} (paired pooling: each internal host always uses \
+             the same one)",
+            pool.join(", "),
+            s.config.wan
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "external address {} on {}",
+            s.external_address, s.config.wan
+        );
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .interfaces
@@ -498,7 +571,30 @@ pub fn status_text(s: &StatusReport) -> String {
             let _ = writeln!(out, "  {name:<width$}  {v}");
         }
     }
+    stun_text(&mut out, s);
     out
+}
+
+/// The STUN responder's part of `natgw status`.
+fn stun_text(out: &mut String, s: &StatusReport) {
+    let Some(stun) = &s.stun else {
+        if !s.config.stun.enabled {
+            out.push_str("\nstun responder off\n");
+        }
+        return;
+    };
+    let addresses: Vec<String> = stun.addresses.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "\nstun responder on {}", addresses.join(", "));
+    match stun.other_address {
+        Some(other) => {
+            let _ = writeln!(out, "  rfc 5780: other address {other}");
+        }
+        None => out.push_str("  rfc 5780: no (needs a second external address)\n"),
+    }
+    let width = stun.counters.keys().map(String::len).max().unwrap_or(0);
+    for (name, v) in &stun.counters {
+        let _ = writeln!(out, "  {name:<width$}  {v}");
+    }
 }
 
 #[cfg(test)]
@@ -627,6 +723,7 @@ mod tests {
             uptime_s: 65,
             pin_dir: "/sys/fs/bpf/natgw/net-4026532000".into(),
             external_address: Ipv4Addr::new(192, 0, 2, 1),
+            external_addresses: vec![Ipv4Addr::new(192, 0, 2, 1)],
             interfaces: vec![IfaceState {
                 name: "lan0".into(),
                 ifindex: 3,
@@ -647,6 +744,7 @@ mod tests {
                 .map(|c| (c.name().to_owned(), 1))
                 .collect(),
             controller_counters: BTreeMap::from([("icmp_sent_port_unreachable".to_owned(), 3)]),
+            stun: None,
             mappings: 2,
             max_mappings: 65536,
         }
@@ -665,6 +763,10 @@ mod tests {
     fn status_text_shows_interfaces_config_and_counters_in_index_order() {
         let text = status_text(&status());
         assert!(text.contains("running as pid 7 for 1m05s"), "{text}");
+        assert!(
+            text.contains("\nexternal address 192.0.2.1 on wan0\n"),
+            "{text}"
+        );
         assert!(
             text.contains("lan0       3        lan   10.0.1.1/24"),
             "{text}"
@@ -688,6 +790,46 @@ mod tests {
     }
 
     #[test]
+    fn status_text_shows_the_stun_responder_and_its_counters() {
+        let mut s = status();
+        s.stun = Some(StunState {
+            addresses: vec![
+                "192.0.2.1:3478".parse().unwrap(),
+                "192.0.2.1:3479".parse().unwrap(),
+                "192.0.2.2:3478".parse().unwrap(),
+                "192.0.2.2:3479".parse().unwrap(),
+            ],
+            other_address: Some("192.0.2.2:3479".parse().unwrap()),
+            counters: BTreeMap::from([("received".to_owned(), 5), ("success".to_owned(), 4)]),
+        });
+        let text = status_text(&s);
+        assert!(
+            text.contains("\nstun responder on 192.0.2.1:3478, 192.0.2.1:3479, 192.0.2.2:3478"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  rfc 5780: other address 192.0.2.2:3479\n"),
+            "{text}"
+        );
+        assert!(text.contains("  received  5\n  success   4\n"), "{text}");
+        s.stun = None;
+        s.config.stun.enabled = false;
+        assert!(status_text(&s).contains("\nstun responder off\n"));
+    }
+
+    #[test]
+    fn status_text_lists_the_address_pool() {
+        // rfc4787 REQ-2
+        let mut s = status();
+        s.external_addresses = vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)];
+        let text = status_text(&s);
+        assert!(
+            text.contains("external addresses 192.0.2.1, 192.0.2.2 on wan0 (paired pooling"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn mappings_text_has_a_header_and_a_summary() {
         let (k, m, rk, r) = entry(IPPROTO_UDP, 40000, 40000);
         let report = MappingsReport {
@@ -699,8 +841,9 @@ mod tests {
         let lines: Vec<_> = text.lines().collect();
         assert!(lines[0].starts_with("PROTO  INTERNAL"));
         assert!(
-            lines[1]
-                .starts_with("udp    10.0.1.2:40000  192.0.2.1:40000  traffic  APDF    1m30s  10s"),
+            lines[1].starts_with(
+                "udp    10.0.1.2:40000  192.0.2.1:40000  traffic  -       APDF    1m30s  10s"
+            ),
             "{text}"
         );
         assert_eq!(lines[2], "1 mapping (capacity 10)");
@@ -789,6 +932,58 @@ mod tests {
             "    session 198.51.100.2:7000      established  idle 5s      expires in 2h03m"
         );
         assert!(lines[3].starts_with("1 mapping"));
+    }
+
+    #[test]
+    fn explicit_mappings_show_their_client_and_lifetime() {
+        let (k1, mut m1, rk1, r1) = entry(IPPROTO_UDP, 5000, 15000);
+        m1.origin = Origin::Pcp as u8;
+        let (k2, mut m2, rk2, r2) = entry(IPPROTO_UDP, 80, 8080);
+        m2.origin = Origin::Static as u8;
+        let now = 100 * S;
+        let mut rows = mapping_rows(
+            &[(k1, m1), (k2, m2)],
+            &[(rk1, r1), (rk2, r2)],
+            &[],
+            &policy(),
+            now,
+        );
+        let client: SocketAddrV4 = "10.0.1.2:40000".parse().unwrap();
+        let entry = |internal: &str, external: &str, origin: &str| ExplicitEntry {
+            protocol: "udp".into(),
+            internal: internal.parse().unwrap(),
+            external: external.parse().unwrap(),
+            origin: origin.into(),
+            client: (origin == "pcp").then_some(client),
+            expires_ns: (origin == "pcp").then_some(700 * S),
+            filters: vec!["198.51.100.0/24:0".into()],
+        };
+        apply_explicit(
+            &mut rows,
+            &[
+                entry("10.0.1.2:5000", "192.0.2.1:15000", "pcp"),
+                entry("10.0.1.2:80", "192.0.2.1:8080", "static"),
+            ],
+            now,
+        );
+        let (forward, pcp) = (&rows[0], &rows[1]);
+        assert_eq!((pcp.origin.as_str(), pcp.client), ("pcp", Some(client)));
+        assert_eq!(
+            pcp.remaining_ms, 600_000,
+            "the PCP lifetime, not the idle timeout"
+        );
+        assert_eq!(pcp.pcp_filters, ["198.51.100.0/24:0"]);
+        assert!(pcp.expires);
+        assert_eq!(forward.origin, "static");
+        assert!(!forward.expires);
+        let report = MappingsReport {
+            count: rows.len(),
+            max_mappings: 10,
+            mappings: rows,
+        };
+        let text = mappings_text(&report, false);
+        assert!(text.contains("pcp     10.0.1.2:40000"), "{text}");
+        assert!(text.lines().nth(1).unwrap().ends_with("never"), "{text}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -24,6 +24,7 @@ pub const STATE_ROOT: &str = "/run/natgw";
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
 const STATE_FILE: &str = "state.json";
+const EXPLICIT_FILE: &str = "explicit.json";
 const LOCK_FILE: &str = "lock";
 
 /// The directories of the gateway of one network namespace.
@@ -215,13 +216,50 @@ impl RuntimeDirs {
         first.map_or(Ok(()), Err)
     }
 
-    /// Removes the state file (the lock file goes with the [`InstanceLock`]).
+    /// Removes the state file and the explicit mappings file (the lock file goes
+    /// with the [`InstanceLock`]).
     pub fn remove_state(&self) -> Result<(), StateError> {
-        let path = self.state_file();
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("removing", &path)(e)),
+        let mut first = None;
+        for path in [self.explicit_file(), self.state_file()] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first.get_or_insert(io_err("removing", &path)(e));
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// The JSON file of explicit mappings.
+    #[must_use]
+    pub fn explicit_file(&self) -> PathBuf {
+        self.state_dir.join(EXPLICIT_FILE)
+    }
+
+    /// Writes the explicit mappings file atomically.
+    pub fn write_explicit(&self, entries: &[ExplicitEntry]) -> Result<(), StateError> {
+        let path = self.explicit_file();
+        let tmp = self.state_dir.join(format!("{EXPLICIT_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(entries).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))
+    }
+
+    /// Reads the explicit mappings file; none when it does not exist (a natgw that
+    /// has none, or predates the file).
+    pub fn read_explicit(&self) -> Result<Vec<ExplicitEntry>, StateError> {
+        let path = self.explicit_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err("reading", &path)(e)),
         }
     }
 }
@@ -311,6 +349,9 @@ pub struct StateFile {
     pub map_ids: BTreeMap<String, u32>,
     /// The external (WAN) address.
     pub external_address: Ipv4Addr,
+    /// The external address pool (RFC 4787 REQ-2), `external_address` first.
+    #[serde(default)]
+    pub external_addresses: Vec<Ipv4Addr>,
     /// Interfaces, WAN first.
     pub interfaces: Vec<IfaceState>,
     /// natgw added the WAN's clsact qdisc (and removes it on exit); lets the next run
@@ -323,6 +364,44 @@ pub struct StateFile {
     /// rewritten when they change, at most once a second.
     #[serde(default)]
     pub controller_counters: BTreeMap<String, u64>,
+    /// The STUN responder on the external address, when it runs.
+    #[serde(default)]
+    pub stun: Option<StunState>,
+}
+
+/// The daemon's STUN responder, for `natgw status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StunState {
+    /// UDP addresses it answers on, the primary first.
+    pub addresses: Vec<SocketAddrV4>,
+    /// The RFC 5780 OTHER-ADDRESS (second external address, alternate port), when
+    /// there is a second external address.
+    pub other_address: Option<SocketAddrV4>,
+    /// Responder counters by name (`received`, `success`, `dropped_<reason>`, ...);
+    /// rewritten with the controller counters.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// One explicit mapping (PCP, NAT-PMP, static forward) as the daemon records it for
+/// `natgw mappings`: what the maps do not hold. Rewritten when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplicitEntry {
+    /// `udp` or `tcp`.
+    pub protocol: String,
+    /// Internal endpoint.
+    pub internal: std::net::SocketAddrV4,
+    /// External endpoint.
+    pub external: std::net::SocketAddrV4,
+    /// `pcp`, `nat-pmp` or `static`.
+    pub origin: String,
+    /// The client that holds it (its nonce): where its last request came from;
+    /// `None` for static forwards.
+    pub client: Option<std::net::SocketAddrV4>,
+    /// When its lifetime ends, on `CLOCK_MONOTONIC` (ns); `None`: never.
+    pub expires_ns: Option<u64>,
+    /// Remote peers its PCP FILTER options let in, `PREFIX:PORT` (port 0: any);
+    /// empty: everyone.
+    pub filters: Vec<String>,
 }
 
 #[cfg(test)]
@@ -352,6 +431,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/natgw/net-4026531840".into(),
             map_ids: BTreeMap::from([("NAT_FWD".to_owned(), 7)]),
             external_address: Ipv4Addr::new(192, 0, 2, 1),
+            external_addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],
             interfaces: vec![IfaceState {
                 name: "wan0".into(),
                 ifindex: 2,
@@ -369,7 +449,34 @@ mod tests {
             clsact_created: true,
             settings,
             controller_counters: BTreeMap::from([("icmp_rate_limited".to_owned(), 1)]),
+            stun: Some(StunState {
+                addresses: vec!["192.0.2.1:3478".parse().unwrap()],
+                other_address: None,
+                counters: BTreeMap::from([("success".to_owned(), 2)]),
+            }),
         }
+    }
+
+    #[test]
+    fn explicit_mappings_file_round_trips_and_goes_with_the_state() {
+        let d = dirs("explicit");
+        let lock = d.lock().unwrap();
+        assert!(d.read_explicit().unwrap().is_empty(), "none written yet");
+        let entries = vec![ExplicitEntry {
+            protocol: "udp".into(),
+            internal: "10.0.1.2:5000".parse().unwrap(),
+            external: "192.0.2.1:15000".parse().unwrap(),
+            origin: "pcp".into(),
+            client: Some("10.0.1.2:40000".parse().unwrap()),
+            expires_ns: Some(42),
+            filters: Vec::new(),
+        }];
+        d.write_explicit(&entries).unwrap();
+        assert_eq!(d.read_explicit().unwrap(), entries);
+        d.remove_state().unwrap();
+        assert!(!d.explicit_file().exists());
+        drop(lock);
+        assert!(!d.state_dir.exists(), "nothing left behind");
     }
 
     #[test]

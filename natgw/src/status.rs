@@ -52,6 +52,11 @@ pub fn status(json: bool) -> Result<()> {
         uptime_s: system::unix_time().saturating_sub(state.started_unix),
         pin_dir: dirs.pin_dir.display().to_string(),
         external_address: state.external_address,
+        external_addresses: if state.external_addresses.is_empty() {
+            vec![state.external_address]
+        } else {
+            state.external_addresses.clone()
+        },
         interfaces,
         config: state.settings.clone(),
         counters: maps
@@ -60,6 +65,7 @@ pub fn status(json: bool) -> Result<()> {
             .map(|(c, v)| (c.name().to_owned(), v))
             .collect(),
         controller_counters: state.controller_counters.clone(),
+        stun: state.stun.clone(),
         mappings: maps.mapping_count()?,
         max_mappings: maps.max_mappings()?,
     };
@@ -73,14 +79,15 @@ pub fn status(json: bool) -> Result<()> {
 
 /// `natgw mappings`; `sessions` lists each mapping's sessions in the table too.
 pub fn mappings(json: bool, sessions: bool) -> Result<()> {
-    let (_dirs, state, maps) = open()?;
+    let (dirs, state, maps) = open()?;
     let now = system::monotonic_ns();
     // The order the garbage collector reads them in (see `gc::Sweeper::tick`).
     let session_entries = maps.nat.session_entries()?;
     let fwd = maps.nat.fwd_entries()?;
     let rev = maps.nat.rev_entries()?;
     let policy = Policy::new(&state.settings.timeouts, state.settings.inbound_refresh);
-    let rows = output::mapping_rows(&fwd, &rev, &session_entries, &policy, now);
+    let mut rows = output::mapping_rows(&fwd, &rev, &session_entries, &policy, now);
+    output::apply_explicit(&mut rows, &dirs.read_explicit()?, now);
     let report = MappingsReport {
         count: rows.len(),
         max_mappings: maps.max_mappings()?,

@@ -161,6 +161,24 @@ pub fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Sets `net.ipv4.conf.IFACE.accept_local` in natgw's network namespace and returns
+/// the previous value.
+///
+/// # Errors
+/// When the sysctl cannot be read or written (interface gone, read-only /proc).
+pub fn set_accept_local(iface: &str, on: bool) -> io::Result<bool> {
+    if iface.is_empty() || iface.contains('/') || iface.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    let previous = std::fs::read_to_string(&path)?.trim() == "1";
+    std::fs::write(&path, if on { "1" } else { "0" })?;
+    Ok(previous)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -976,6 +976,7 @@ fn req_11(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let wan_a = udp(env.wan_a(), WAN_A, 7000)?;
     let wan_b = udp(env.wan_b(), WAN_B, 7001)?;
     let sink = udp(env.wan_b(), WAN_B, 7002)?;
+    sock::set_big_rcvbuf(&sink, 16 << 20).step("SO_RCVBUFFORCE")?;
     let raw = Raw::sender(env.lan_b()).step("raw socket on lan-b")?;
     r.sent(
         "3 rounds of the REQ-1 contested-port test (ports 46000, 46100, 46200), each followed \

@@ -1097,22 +1097,32 @@ fn ip_id(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
         );
     }
     r.sent(
-        "lan-a and lan-b (mapped from :50000) each send a 2400-byte UDP datagram to wan-a:7000 \
-         in 3 crafted fragments with the same IP ID 0x4242, interleaved a1 b1 a2 b2 a3 b3",
+        "lan-a and lan-b (mapped from :50000) each send 2400-byte UDP datagrams to wan-a:7000 \
+         in 3 crafted fragments: first alone (IDs 0x1111, 0x2222), then both with IP ID \
+         0x4242, interleaved a1 b1 a2 b2 a3 b3",
     );
     let (ra, rb) = (
         Raw::sender(env.lan_a()).step("raw socket on lan-a")?,
         Raw::sender(env.lan_b()).step("raw socket on lan-b")?,
     );
-    let frag = |src: Ipv4Addr, tag: u8| {
+    let frag = |src: Ipv4Addr, tag: u8, id: u16| {
         let payload: Vec<u8> = (0..2400usize).map(|i| tag ^ (i % 251) as u8).collect();
         let d = packet::udp(src, WAN_A, 50000, 7000, &payload);
         let mut h = Ipv4Header::new(src, WAN_A, packet::PROTO_UDP);
-        h.id = 0x4242;
+        h.id = id;
         (payload, packet::fragments(&h, &d, 1000))
     };
-    let (pa, fa) = frag(LAN_A, 0xa0);
-    let (pb, fb) = frag(LAN_B, 0xb0);
+    // Alone first: fragments from each host cross the NAT at all.
+    let mut alone = Vec::new();
+    for (raw, src, tag, id) in [(&ra, LAN_A, 0x1a, 0x1111), (&rb, LAN_B, 0x1b, 0x2222)] {
+        let (payload, frags) = frag(src, tag, id);
+        for f in &frags {
+            raw.send(f).step("sending a fragment")?;
+        }
+        alone.push(sock::recv_payload(&wan, &payload, sock::ARRIVE));
+    }
+    let (pa, fa) = frag(LAN_A, 0xa0, 0x4242);
+    let (pb, fb) = frag(LAN_B, 0xb0, 0x4242);
     for (a, b) in fa.iter().zip(&fb) {
         ra.send(a).step("sending a fragment")?;
         rb.send(b).step("sending a fragment")?;
@@ -1130,12 +1140,19 @@ fn ip_id(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
         }
     }
     r.saw(format!(
-        "mappings {} and {}; wan-a got lan-a's datagram from {}, lan-b's from {}",
+        "mappings {} and {}; alone, wan-a got them from {} and {}; with one ID, lan-a's from \
+         {}, lan-b's from {}",
         ext[0],
         ext[1],
+        show(alone[0]),
+        show(alone[1]),
         show(got_a),
         show(got_b)
     ));
+    r.expect(
+        alone == [Some(ext[0]), Some(ext[1])],
+        "each host's fragmented datagram arrives whole when sent alone",
+    );
     r.expect(got_a == Some(ext[0]), "lan-a's datagram arrives whole");
     r.expect(got_b == Some(ext[1]), "lan-b's datagram arrives whole");
     Ok(())

@@ -44,6 +44,29 @@ pub fn udp(ns: &Netns, addr: Ipv4Addr, port: u16) -> io::Result<UdpSocket> {
     Ok(sock)
 }
 
+/// Lets `sock` queue `bytes` of datagrams (`SO_RCVBUFFORCE`, past `rmem_max`), for
+/// sockets that count a burst before reading it.
+///
+/// # Errors
+/// When the option cannot be set.
+pub fn set_big_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid socket and option buffer of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            socklen_of::<libc::c_int>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Sends `payload` to `to`.
 ///
 /// # Errors

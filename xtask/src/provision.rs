@@ -57,6 +57,10 @@ const TEST_PACKAGES: &[Package] = &[
         name: "natpmpc",
         why: "a NAT-PMP client independent of natgw, for the PCP/NAT-PMP server tests",
     },
+    Package {
+        name: "stun-client",
+        why: "Debian's `stun`, a STUN client independent of natgw, for the STUN responder tests",
+    },
 ];
 
 /// Debian packages `cargo xtask bench` uses.

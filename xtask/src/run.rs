@@ -10,6 +10,7 @@
 //!
 //! - [`daemon`]: starting, querying and stopping natgw.
 //! - [`demo`]: the UDP and TCP exchanges and their tables.
+//! - [`punch`]: hole punching between two sites (a second testbed) and its table.
 //! - [`signals`]: Ctrl-C / SIGTERM.
 
 /// `println!` for the cleanup paths, which must go on even when standard output is a
@@ -32,6 +33,7 @@ macro_rules! esay {
 
 mod daemon;
 mod demo;
+mod punch;
 mod signals;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +64,11 @@ pub struct Args {
     /// Ctrl-C (for CI and smoke tests).
     #[arg(long, visible_alias = "demo-only")]
     no_live: bool,
+
+    /// Skip the hole-punching demonstration (a second testbed with two natgw sites, a
+    /// kernel-NAT site and a rendezvous, where `natgw punch` peers connect directly).
+    #[arg(long)]
+    no_punch: bool,
 
     /// Seconds between two live mapping tables.
     #[arg(
@@ -123,13 +130,21 @@ pub fn run(args: &Args) -> Result<()> {
 fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
     let log = paths::target_dir().join(LOG_NAME);
     let mut natgw = Natgw::start(natgw_bin, &testbed.gateway.ns, &args.natgw_args, &log)?;
-    let outcome = demonstrate(testbed, &natgw).and_then(|()| {
-        if args.no_live {
-            Ok(())
-        } else {
-            live(testbed, &mut natgw, Duration::from_secs(args.interval))
-        }
-    });
+    let outcome = demonstrate(testbed, &natgw)
+        .and_then(|()| {
+            if args.no_punch {
+                Ok(())
+            } else {
+                demonstrate_punching(natgw_bin)
+            }
+        })
+        .and_then(|()| {
+            if args.no_live {
+                Ok(())
+            } else {
+                live(testbed, &mut natgw, Duration::from_secs(args.interval))
+            }
+        });
     say!();
     let stopped = natgw.stop();
     match (outcome, stopped) {
@@ -168,6 +183,17 @@ fn demonstrate(testbed: &Testbed, natgw: &Natgw) -> Result<()> {
         );
     }
     println!("\nThe demonstration passed.");
+    Ok(())
+}
+
+/// The hole-punching demonstration on its own two-site testbed ([`punch`]).
+fn demonstrate_punching(natgw_bin: &Path) -> Result<()> {
+    let failures = punch::demonstrate(natgw_bin)?;
+    signals::check()?;
+    if failures > 0 {
+        bail!("{failures} hole-punching pair(s) failed (the FAIL lines above)");
+    }
+    println!("\nThe hole-punching demonstration passed.");
     Ok(())
 }
 

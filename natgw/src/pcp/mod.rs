@@ -5,19 +5,16 @@
 //! - [`natpmp`]: NAT-PMP version 0 messages.
 //! - [`server`]: the engine — datagram and time in, answer and events out.
 //! - [`table`]: the [`table::MappingTable`] trait the engine drives, implemented by
-//!   the controller over the BPF maps.
+//!   the controller over the BPF maps ([`crate::explicit`]).
 //! - [`policy`]: the `[pcp]` configuration, port rules and rate limiting.
+//! - [`service`]: the engine on the LAN sockets, driven by the daemon's main loop.
 //! - [`client`]: `natgw pcp ...`, a small client for trying a server by hand.
-
-// The engine is driven by the daemon's PCP task, which lands separately; until then
-// only the client uses the codecs, and the rest is exercised by the tests and the
-// fuzz target. Remove this once the daemon serves PCP.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod natpmp;
 pub mod policy;
 pub mod server;
+pub mod service;
 pub mod table;
 #[cfg(test)]
 pub mod testing;

@@ -37,6 +37,7 @@ pub const LONG_ERROR_LIFETIME_DEFAULT: u32 = 1800;
 /// The rule used when none is configured: any internal host may map any of its ports
 /// to a non-system external port (system ports stay with the gateway, as miniupnpd's
 /// sample configuration does).
+#[allow(dead_code)] // documents `default_rule()`; the tests hold them equal
 pub const DEFAULT_RULE: &str = "allow 1024-65535 0.0.0.0/0 1-65535";
 /// Clients whose request rate is tracked at once; beyond, new clients are refused
 /// until idle ones age out (see [`RateLimiter`]).

@@ -370,6 +370,7 @@ impl Server {
     /// Mapping state was lost (the maps were recreated): the epoch starts again, so
     /// clients notice and recreate their mappings (RFC 6887 §8.5), and ANNOUNCE is
     /// multicast again.
+    #[allow(dead_code)] // natgw loses mapping state only by restarting: a new Server
     pub fn reset_epoch(&mut self, now: Instant) {
         self.epoch_start = now;
         self.burst = Some(Burst::new(now, false));

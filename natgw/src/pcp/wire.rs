@@ -412,6 +412,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The underlying buffer.
+    #[allow(dead_code)] // part of the smoltcp-style view; unused by natgw itself
     pub fn into_inner(self) -> T {
         self.buffer
     }

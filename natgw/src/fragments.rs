@@ -1,0 +1,588 @@
+//! Out-of-order inbound fragments (RFC 4787 REQ-14: a NAT MUST handle fragments
+//! arriving out of order). A later fragment that reaches `tc_wan_ingress` before its
+//! datagram's first fragment cannot be translated yet — only the first fragment says
+//! which mapping, hence which internal host, the datagram belongs to — so the data
+//! path copies it into `FRAG_STASH` and drops it. Once the first fragment has been
+//! translated (`FRAGS_IN` has the datagram), this module sends the stashed fragment
+//! on: destination rewritten to the internal host, TTL decremented as forwarding
+//! would, header checksum fixed, out through a raw socket (`IPPROTO_RAW`, which
+//! implies `IP_HDRINCL`). The kernel keeps the identification, fragment offset and
+//! MF flag as given (it only fills in a zero identification, so such fragments are
+//! dropped here instead), and routes the fragment to the LAN like any other.
+//!
+//! Fragments still waiting after the reassembly timeout are deleted and counted. The
+//! stash is polled every [`POLL_INTERVAL`]: one map syscall when it is empty.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, error, warn};
+use natgw_common::csum;
+use natgw_common::maps::{StashKey, MAX_STASHED_FRAGMENT_LEN};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+use tokio::task::JoinHandle;
+
+use crate::maps::{ipv4, FragmentMaps, FragmentTables, MapsError};
+
+/// How often the stash is checked: short enough that a datagram whose first
+/// fragment came last is delivered a few tens of milliseconds late, long enough that
+/// an idle gateway does not notice.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long a stashed fragment waits for its first fragment: the reassembly timeout
+/// (RFC 791 suggests 15 s as a lower bound; Linux's `ipfrag_time` is 30 s), after
+/// which the receiver would have discarded the datagram anyway.
+pub const REASSEMBLY_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+
+/// IPv4 header fields (byte offsets).
+mod field {
+    pub const VER_IHL: usize = 0;
+    pub const TOT_LEN: usize = 2;
+    pub const ID: usize = 4;
+    pub const FRAG: usize = 6;
+    pub const TTL: usize = 8;
+    pub const CHECK: usize = 10;
+    pub const DST: usize = 16;
+    /// Header without options.
+    pub const MIN_HEADER: usize = 20;
+}
+
+/// Fragment offset bits of the flags/offset field.
+const FRAG_OFFSET_MASK: u16 = 0x1fff;
+
+/// Why a stashed fragment is not sent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsendable {
+    /// Not a well-formed IPv4 later fragment: version, header length, total length,
+    /// fragment offset or header checksum wrong (the data path stashes before the
+    /// kernel's own header checks).
+    Malformed,
+    /// Its TTL would reach 0 at this hop.
+    TtlExpired,
+    /// Identification 0: the kernel replaces a zero identification in a raw packet,
+    /// so the fragment could never join its datagram.
+    ZeroId,
+}
+
+impl Unsendable {
+    /// Name for log lines.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::TtlExpired => "ttl_expired",
+            Self::ZeroId => "zero_id",
+        }
+    }
+}
+
+/// The later fragment `packet` (a whole IPv4 packet as received) forwarded to
+/// internal host `int_addr`: destination rewritten, TTL decremented, header
+/// checksum updated (RFC 1624). Identification, flags, offset and payload are kept.
+///
+/// # Errors
+/// [`Unsendable`] says why the fragment cannot be sent on.
+pub fn translate(packet: &[u8], int_addr: Ipv4Addr) -> Result<Vec<u8>, Unsendable> {
+    let word = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
+    if packet.len() < field::MIN_HEADER || packet[field::VER_IHL] >> 4 != 4 {
+        return Err(Unsendable::Malformed);
+    }
+    let header_len = usize::from(packet[field::VER_IHL] & 0x0f) * 4;
+    if header_len < field::MIN_HEADER
+        || header_len > packet.len()
+        || usize::from(word(field::TOT_LEN)) != packet.len()
+        || word(field::FRAG) & FRAG_OFFSET_MASK == 0
+        || csum::checksum(&packet[..header_len], 0) != 0
+    {
+        return Err(Unsendable::Malformed);
+    }
+    if word(field::ID) == 0 {
+        return Err(Unsendable::ZeroId);
+    }
+    let ttl = packet[field::TTL];
+    if ttl <= 1 {
+        return Err(Unsendable::TtlExpired);
+    }
+    let mut out = packet.to_vec();
+    let mut check = word(field::CHECK);
+    let old_dst: [u8; 4] = [
+        packet[field::DST],
+        packet[field::DST + 1],
+        packet[field::DST + 2],
+        packet[field::DST + 3],
+    ];
+    check = csum::replace32(check, old_dst, int_addr.octets());
+    out[field::DST..field::DST + 4].copy_from_slice(&int_addr.octets());
+    // TTL shares its 16-bit word with the protocol.
+    let proto = packet[field::TTL + 1];
+    check = csum::replace16(
+        check,
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl - 1, proto]),
+    );
+    out[field::TTL] = ttl - 1;
+    out[field::CHECK..field::CHECK + 2].copy_from_slice(&check.to_be_bytes());
+    Ok(out)
+}
+
+/// The resender's counters, in `natgw status` under the controller counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    resent: AtomicU64,
+    expired: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl Counters {
+    fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every counter by its name in `natgw status`.
+    #[must_use]
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        [
+            ("fragments_resent", &self.resent),
+            ("fragments_expired", &self.expired),
+            ("fragments_dropped", &self.dropped),
+        ]
+        .into_iter()
+        .map(|(name, c)| (name.to_owned(), c.load(Ordering::Relaxed)))
+        .collect()
+    }
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Fragments in the stash.
+    pub stashed: usize,
+    /// Sent on.
+    pub resent: usize,
+    /// Deleted after the reassembly timeout.
+    pub expired: usize,
+    /// Deleted because they could not be sent.
+    pub dropped: usize,
+}
+
+/// Sends stashed fragments on once their first fragment has been translated.
+#[derive(Debug)]
+pub struct Resender {
+    counters: Arc<Counters>,
+    /// When each waiting fragment arrived, so a waiting fragment's 2 KiB value is
+    /// read once, not every poll.
+    waiting: HashMap<StashKey, u64>,
+}
+
+impl Resender {
+    /// A resender counting into `counters`.
+    #[must_use]
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            counters,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// One pass over the stash at time `now_ns`; `send(dst, packet)` sends a
+    /// translated fragment.
+    ///
+    /// # Errors
+    /// A failed map operation; the pass stops there and the next one resumes.
+    pub fn sweep<T: FragmentTables>(
+        &mut self,
+        tables: &mut T,
+        now_ns: u64,
+        mut send: impl FnMut(Ipv4Addr, &[u8]) -> io::Result<()>,
+    ) -> Result<SweepStats, MapsError> {
+        let keys = tables.stashed_keys()?;
+        let mut stats = SweepStats {
+            stashed: keys.len(),
+            ..SweepStats::default()
+        };
+        self.waiting.retain(|k, _| keys.contains(k));
+        for key in keys {
+            let first = tables.first_fragment(&key.datagram)?;
+            let seen_ns = match self.waiting.get(&key) {
+                Some(seen) if first.is_none() => *seen,
+                _ => {
+                    let Some(fragment) = tables.stashed(&key)? else {
+                        self.waiting.remove(&key);
+                        continue;
+                    };
+                    // The first fragment of the same datagram: within one reassembly
+                    // timeout of this fragment (an older datagram may have reused the
+                    // identification).
+                    let first = first
+                        .filter(|f| f.seen_ns.abs_diff(fragment.seen_ns) < REASSEMBLY_TIMEOUT_NS);
+                    if let Some(first) = first {
+                        self.waiting.remove(&key);
+                        let len = usize::from(fragment.len).min(MAX_STASHED_FRAGMENT_LEN);
+                        let dst = ipv4(first.int_addr_be);
+                        let sent = translate(&fragment.packet[..len], dst)
+                            .map_err(|r| r.as_str().to_owned())
+                            .and_then(|p| send(dst, &p).map_err(|e| e.to_string()));
+                        match sent {
+                            Ok(()) => {
+                                stats.resent += 1;
+                                Counters::add(&self.counters.resent);
+                                debug!("fragment.resent {}", describe(&key, dst));
+                            }
+                            Err(reason) => {
+                                stats.dropped += 1;
+                                Counters::add(&self.counters.dropped);
+                                debug!(
+                                    "fragment.dropped {} reason=\"{reason}\"",
+                                    describe(&key, dst)
+                                );
+                            }
+                        }
+                        tables.remove_stashed(&key)?;
+                        continue;
+                    }
+                    self.waiting.insert(key, fragment.seen_ns);
+                    fragment.seen_ns
+                }
+            };
+            if now_ns.saturating_sub(seen_ns) >= REASSEMBLY_TIMEOUT_NS {
+                self.waiting.remove(&key);
+                if tables.remove_stashed(&key)? {
+                    stats.expired += 1;
+                    Counters::add(&self.counters.expired);
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// A stashed fragment for log lines.
+fn describe(key: &StashKey, int: Ipv4Addr) -> String {
+    format!(
+        "remote={} ext={} int={int} id={} proto={} offset={}",
+        ipv4(key.datagram.remote_addr_be),
+        ipv4(key.datagram.ext_addr_be),
+        u16::from_be(key.datagram.ip_id_be),
+        key.datagram.proto,
+        u32::from(key.offset) * 8,
+    )
+}
+
+/// The raw socket fragments leave through.
+fn open_socket() -> Option<OwnedFd> {
+    match socket::socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Raw,
+    ) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            warn!(
+                "fragments.unavailable error=\"{e}\": natgw cannot send on fragments that \
+                 arrive before their first fragment (needs CAP_NET_RAW); they are dropped"
+            );
+            None
+        }
+    }
+}
+
+fn send_raw(socket: Option<&OwnedFd>, dst: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
+    let fd = socket.ok_or_else(|| io::Error::other("no raw socket"))?;
+    socket::sendto(
+        fd.as_raw_fd(),
+        packet,
+        &socket::SockaddrIn::from(SocketAddrV4::new(dst, 0)),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map(drop)
+    .map_err(io::Error::from)
+}
+
+/// Polls the stash every [`POLL_INTERVAL`] until aborted.
+pub fn spawn(mut maps: FragmentMaps, counters: Arc<Counters>) -> JoinHandle<()> {
+    let socket = open_socket();
+    tokio::spawn(async move {
+        let mut resender = Resender::new(counters);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tick.tick().await;
+            let now = crate::system::monotonic_ns();
+            match resender.sweep(&mut maps, now, |dst, p| send_raw(socket.as_ref(), dst, p)) {
+                Ok(_) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        error!("fragments.failed error=\"{e}\": will retry");
+                    }
+                    failing = true;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgw_common::maps::{FragKey, FragValue, StashedFragment};
+    use natgw_common::{addr_be, IPPROTO_UDP};
+
+    const S: u64 = 1_000_000_000;
+
+    /// A later fragment (offset 1480 bytes, MF set) from 198.51.100.2 to 192.0.2.1.
+    fn later_fragment(id: u16, ttl: u8) -> Vec<u8> {
+        let payload = [0xabu8; 24];
+        let mut p = vec![
+            0x45,
+            0x00,
+            0,
+            0, // version, IHL, DSCP, total length
+            0,
+            0,
+            0x20,
+            185, // id, MF + offset 185 (× 8 = 1480)
+            ttl,
+            IPPROTO_UDP,
+            0,
+            0, // TTL, protocol, checksum
+            198,
+            51,
+            100,
+            2, // source
+            192,
+            0,
+            2,
+            1, // destination
+        ];
+        p.extend_from_slice(&payload);
+        let len = u16::try_from(p.len()).unwrap();
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[4..6].copy_from_slice(&id.to_be_bytes());
+        let check = csum::checksum(&p[..20], 0);
+        p[10..12].copy_from_slice(&check.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn translation_rewrites_destination_and_ttl_and_keeps_the_fragment_fields() {
+        // rfc4787 REQ-14
+        let before = later_fragment(0x1234, 64);
+        let after = translate(&before, Ipv4Addr::new(10, 0, 1, 2)).unwrap();
+        assert_eq!(after.len(), before.len());
+        assert_eq!(&after[16..20], &[10, 0, 1, 2], "destination");
+        assert_eq!(&after[12..16], &[198, 51, 100, 2], "source untouched");
+        assert_eq!(after[8], 63, "TTL decremented as forwarding would");
+        assert_eq!(&after[4..8], &before[4..8], "id, MF and offset kept");
+        assert_eq!(&after[20..], &before[20..], "payload untouched");
+        assert_eq!(csum::checksum(&after[..20], 0), 0, "header checksum valid");
+    }
+
+    #[test]
+    fn translation_walks_past_options() {
+        let mut p = later_fragment(7, 64);
+        // Insert 4 bytes of options (NOPs) and fix IHL, length and checksum.
+        p.splice(20..20, [1u8, 1, 1, 1]);
+        p[0] = 0x46;
+        let len = u16::try_from(p.len()).unwrap();
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[10..12].copy_from_slice(&[0, 0]);
+        let check = csum::checksum(&p[..24], 0);
+        p[10..12].copy_from_slice(&check.to_be_bytes());
+        let out = translate(&p, Ipv4Addr::new(10, 0, 1, 2)).unwrap();
+        assert_eq!(csum::checksum(&out[..24], 0), 0);
+        assert_eq!(&out[20..24], &[1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn what_cannot_be_sent_says_why() {
+        let int = Ipv4Addr::new(10, 0, 1, 2);
+        assert_eq!(
+            translate(&later_fragment(0, 64), int),
+            Err(Unsendable::ZeroId)
+        );
+        assert_eq!(
+            translate(&later_fragment(9, 1), int),
+            Err(Unsendable::TtlExpired)
+        );
+        let mut bad_sum = later_fragment(9, 64);
+        bad_sum[11] ^= 1;
+        assert_eq!(translate(&bad_sum, int), Err(Unsendable::Malformed));
+        let good = later_fragment(9, 64);
+        assert_eq!(
+            translate(&good[..good.len() - 1], int),
+            Err(Unsendable::Malformed),
+            "total length disagrees"
+        );
+        assert_eq!(translate(&good[..12], int), Err(Unsendable::Malformed));
+        let mut first = later_fragment(9, 64);
+        first[6..8].copy_from_slice(&[0x20, 0]);
+        first[10..12].copy_from_slice(&[0, 0]);
+        let check = csum::checksum(&first[..20], 0);
+        first[10..12].copy_from_slice(&check.to_be_bytes());
+        assert_eq!(
+            translate(&first, int),
+            Err(Unsendable::Malformed),
+            "offset 0"
+        );
+    }
+
+    /// In-memory `FRAG_STASH` and `FRAGS_IN`.
+    #[derive(Default)]
+    struct Tables {
+        stash: Vec<(StashKey, StashedFragment)>,
+        first: Vec<(FragKey, FragValue)>,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl FragmentTables for Tables {
+        fn stashed_keys(&self) -> Result<Vec<StashKey>, MapsError> {
+            Ok(self.stash.iter().map(|(k, _)| *k).collect())
+        }
+        fn stashed(&self, key: &StashKey) -> Result<Option<StashedFragment>, MapsError> {
+            self.reads.set(self.reads.get() + 1);
+            Ok(self.stash.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+        }
+        fn remove_stashed(&mut self, key: &StashKey) -> Result<bool, MapsError> {
+            let before = self.stash.len();
+            self.stash.retain(|(k, _)| k != key);
+            Ok(self.stash.len() != before)
+        }
+        fn first_fragment(&self, datagram: &FragKey) -> Result<Option<FragValue>, MapsError> {
+            Ok(self
+                .first
+                .iter()
+                .find(|(k, _)| k == datagram)
+                .map(|(_, v)| *v))
+        }
+    }
+
+    fn datagram(id: u16) -> FragKey {
+        FragKey {
+            remote_addr_be: addr_be([198, 51, 100, 2]),
+            ext_addr_be: addr_be([192, 0, 2, 1]),
+            ip_id_be: id.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        }
+    }
+
+    fn stashed(id: u16, seen_ns: u64) -> (StashKey, StashedFragment) {
+        let bytes = later_fragment(id, 64);
+        let mut packet = [0u8; MAX_STASHED_FRAGMENT_LEN];
+        packet[..bytes.len()].copy_from_slice(&bytes);
+        (
+            StashKey {
+                datagram: datagram(id),
+                offset: 185,
+                _pad: 0,
+            },
+            StashedFragment {
+                seen_ns,
+                len: u16::try_from(bytes.len()).unwrap(),
+                _pad: [0; 6],
+                packet,
+            },
+        )
+    }
+
+    #[test]
+    fn a_fragment_waits_for_its_first_fragment_then_is_sent_to_the_internal_host() {
+        // rfc4787 REQ-14: out of order, later fragment first.
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(0x1234, S));
+        let mut sent = Vec::new();
+        let mut send = |dst: Ipv4Addr, p: &[u8]| {
+            sent.push((dst, p.to_vec()));
+            Ok(())
+        };
+        let stats = r.sweep(&mut t, 2 * S, &mut send).unwrap();
+        assert_eq!((stats.stashed, stats.resent), (1, 0), "still waiting");
+        r.sweep(&mut t, 3 * S, &mut send).unwrap();
+        assert_eq!(t.reads.get(), 1, "a waiting fragment is read once");
+        t.first.push((
+            datagram(0x1234),
+            FragValue {
+                int_addr_be: addr_be([10, 0, 1, 2]),
+                _pad: 0,
+                seen_ns: 4 * S,
+            },
+        ));
+        let stats = r.sweep(&mut t, 4 * S, &mut send).unwrap();
+        assert_eq!(stats.resent, 1);
+        assert!(t.stash.is_empty(), "deleted once sent");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, Ipv4Addr::new(10, 0, 1, 2));
+        assert_eq!(&sent[0].1[16..20], &[10, 0, 1, 2]);
+        assert_eq!(counters.snapshot()["fragments_resent"], 1);
+    }
+
+    #[test]
+    fn a_fragment_never_joined_expires_after_the_reassembly_timeout() {
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(1, S));
+        let mut send = |_: Ipv4Addr, _: &[u8]| -> io::Result<()> { panic!("nothing to send") };
+        r.sweep(&mut t, S + REASSEMBLY_TIMEOUT_NS - 1, &mut send)
+            .unwrap();
+        assert_eq!(t.stash.len(), 1);
+        let stats = r
+            .sweep(&mut t, S + REASSEMBLY_TIMEOUT_NS, &mut send)
+            .unwrap();
+        assert_eq!(stats.expired, 1);
+        assert!(t.stash.is_empty());
+        assert_eq!(counters.snapshot()["fragments_expired"], 1);
+    }
+
+    #[test]
+    fn a_stale_first_fragment_of_a_reused_identification_is_not_matched() {
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(5, 100 * S));
+        t.first.push((
+            datagram(5),
+            FragValue {
+                int_addr_be: addr_be([10, 0, 1, 2]),
+                _pad: 0,
+                seen_ns: 10 * S,
+            },
+        ));
+        let mut send = |_: Ipv4Addr, _: &[u8]| -> io::Result<()> { panic!("must wait") };
+        let stats = r.sweep(&mut t, 101 * S, &mut send).unwrap();
+        assert_eq!((stats.resent, stats.stashed), (0, 1));
+    }
+
+    #[test]
+    fn send_failures_and_unsendable_fragments_are_dropped_and_counted() {
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(0, S));
+        t.stash.push(stashed(6, S));
+        for id in [0, 6] {
+            t.first.push((
+                datagram(id),
+                FragValue {
+                    int_addr_be: addr_be([10, 0, 1, 2]),
+                    _pad: 0,
+                    seen_ns: S,
+                },
+            ));
+        }
+        let mut send = |_: Ipv4Addr, _: &[u8]| Err(io::Error::other("EMSGSIZE"));
+        let stats = r.sweep(&mut t, 2 * S, &mut send).unwrap();
+        assert_eq!(stats.dropped, 2);
+        assert!(t.stash.is_empty());
+        assert_eq!(counters.snapshot()["fragments_dropped"], 2);
+    }
+}

@@ -1,0 +1,688 @@
+//! The rendezvous engine: a pure state machine in the manner of quinn-proto — a
+//! message, where it came from and the time in; messages to send out — with no sockets
+//! or timers, so every rule below is unit-tested. `server` runs it on UDP and TCP.
+//!
+//! What it does:
+//!
+//! - REGISTER records a peer under its id and transport: the source the message came
+//!   from is the peer's public endpoint (what its NAT mapped it to), kept with the
+//!   private and STUN/PCP endpoints the peer announced. REGISTERED tells the peer that
+//!   public endpoint. A registration lives [`Config::lifetime`] after the peer's last
+//!   message; a REGISTER of the same id from another endpoint replaces it.
+//! - CONNECT from a registered peer (same id, same source) for another peer of the same
+//!   transport answers PEER with the other's endpoints and sends the other one a PEER
+//!   introduction with the asker's, so both start punching at the same moment. Both
+//!   get the same session token, derived from a secret and the two registrations, so
+//!   repeated CONNECTs agree. An unknown peer gets UNKNOWN-PEER; the asker retries.
+//! - Anything else is counted and dropped: malformed messages (answered with ERROR
+//!   when at least the header parsed, which costs no more than the request), other
+//!   versions (ERROR unsupported-version), unexpected kinds (silence).
+//!
+//! The rendezvous only introduces; it never relays. Peers' probes go directly between
+//! their NATs, which is what the counters (and the integration tests) show. There is no
+//! authentication: anyone who can send from a peer's public endpoint can speak for it,
+//! which is fine for a lab or a trusted network, not for the open internet.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::wire::{
+    Connect, ErrorCode, Mapped, Message, Packet, PeerId, PeerInfo, Register, Registered, Repr,
+    Session, VERSION,
+};
+
+/// How long a registration lives after the peer's last message unless configured.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(30);
+/// How many registrations the engine holds unless configured.
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 4096;
+/// How often expired registrations are swept (on the next message or tick).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The transport a message arrived on; registrations of one transport only meet
+/// peers of the same transport (a UDP mapping says nothing about the TCP one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Datagrams.
+    Udp,
+    /// A TCP connection (one per peer endpoint).
+    Tcp,
+}
+
+/// Where a message came from, and where an answer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// The remote endpoint (for TCP, the connection's peer address).
+    pub addr: SocketAddrV4,
+}
+
+/// A message to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Whom to send it to (over UDP, or on that TCP connection).
+    pub to: Origin,
+    /// The encoded message.
+    pub bytes: Vec<u8>,
+}
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// How long a registration lives after its peer's last message.
+    pub lifetime: Duration,
+    /// Most registrations held at once.
+    pub max_registrations: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lifetime: DEFAULT_LIFETIME,
+            max_registrations: DEFAULT_MAX_REGISTRATIONS,
+        }
+    }
+}
+
+/// What the engine has seen; `server` prints it when it stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Messages (datagrams or frames) handed to the engine.
+    pub received: u64,
+    /// New registrations.
+    pub registered: u64,
+    /// REGISTERs that refreshed an existing registration.
+    pub refreshed: u64,
+    /// CONNECTs.
+    pub connects: u64,
+    /// PEER answers sent to askers.
+    pub peer_answers: u64,
+    /// PEER introductions sent to the asked-for peers.
+    pub introductions: u64,
+    /// CONNECTs for a peer that was not registered.
+    pub unknown_peer: u64,
+    /// CONNECTs from an endpoint that had not registered the id.
+    pub not_registered: u64,
+    /// Registrations refused because the table was full.
+    pub table_full: u64,
+    /// Registrations that expired or whose TCP connection closed.
+    pub expired: u64,
+    /// Messages that did not parse.
+    pub malformed: u64,
+    /// Messages of another protocol version.
+    pub unsupported_version: u64,
+    /// Well-formed messages a rendezvous does not take (PROBE, ACK, answers).
+    pub unexpected: u64,
+}
+
+/// One peer's registration.
+#[derive(Clone, Debug)]
+struct Registration {
+    origin: Origin,
+    private: Vec<SocketAddrV4>,
+    mapped: Option<Mapped>,
+    /// Changes when the registration is replaced, so a new pair gets a new session.
+    generation: u64,
+    last_seen: Instant,
+}
+
+/// The rendezvous engine.
+#[derive(Debug)]
+pub struct Rendezvous {
+    config: Config,
+    secret: u64,
+    registrations: HashMap<(Transport, PeerId), Registration>,
+    next_generation: u64,
+    last_sweep: Option<Instant>,
+    counters: Counters,
+}
+
+impl Rendezvous {
+    /// An engine with no registrations. `secret` keys the session tokens: take it from
+    /// a random source so that nobody can predict them.
+    #[must_use]
+    pub fn new(config: Config, secret: u64) -> Self {
+        Self {
+            config,
+            secret,
+            registrations: HashMap::new(),
+            next_generation: 1,
+            last_sweep: None,
+            counters: Counters::default(),
+        }
+    }
+
+    /// What the engine has seen so far.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// How many peers are registered.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.registrations.len()
+    }
+
+    /// Whether nobody is registered.
+    #[cfg(test)]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.registrations.is_empty()
+    }
+
+    /// Handles one message (a datagram, or one frame of a TCP connection) from `from`
+    /// at `now` and returns what to send.
+    pub fn handle(&mut self, now: Instant, from: Origin, bytes: &[u8]) -> Vec<Transmit> {
+        self.counters.received += 1;
+        self.sweep(now);
+        let packet = match Packet::new_checked(bytes) {
+            Ok(packet) => packet,
+            Err(_) => {
+                // Not even a header of ours: no answer (it may not be meant for us).
+                self.counters.malformed += 1;
+                return Vec::new();
+            }
+        };
+        let transaction = packet.transaction();
+        let error = |code| {
+            vec![Transmit {
+                to: from,
+                bytes: Repr {
+                    transaction,
+                    message: Message::Error(code),
+                }
+                .to_bytes(),
+            }]
+        };
+        if packet.version() != VERSION {
+            self.counters.unsupported_version += 1;
+            return error(ErrorCode::UnsupportedVersion);
+        }
+        let repr = match Repr::parse(&packet) {
+            Ok(repr) => repr,
+            Err(_) => {
+                self.counters.malformed += 1;
+                return error(ErrorCode::BadRequest);
+            }
+        };
+        match repr.message {
+            Message::Register(register) => self.register(now, from, transaction, register),
+            Message::Connect(connect) => self.connect(now, from, transaction, &connect),
+            _ => {
+                self.counters.unexpected += 1;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes the registrations that arrived over a TCP connection that has closed.
+    pub fn disconnected(&mut self, origin: Origin) {
+        let before = self.registrations.len();
+        self.registrations.retain(|_, r| r.origin != origin);
+        self.counters.expired += (before - self.registrations.len()) as u64;
+    }
+
+    /// Removes registrations idle for longer than the lifetime (at most once per
+    /// second; [`Rendezvous::handle`] calls it too).
+    pub fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let lifetime = self.config.lifetime;
+        let before = self.registrations.len();
+        self.registrations
+            .retain(|_, r| now.saturating_duration_since(r.last_seen) <= lifetime);
+        self.counters.expired += (before - self.registrations.len()) as u64;
+    }
+
+    fn register(
+        &mut self,
+        now: Instant,
+        from: Origin,
+        transaction: u32,
+        register: Register,
+    ) -> Vec<Transmit> {
+        let key = (from.transport, register.id);
+        let generation = match self.registrations.get(&key) {
+            Some(existing) if existing.origin == from => {
+                self.counters.refreshed += 1;
+                existing.generation
+            }
+            None if self.registrations.len() >= self.config.max_registrations => {
+                self.counters.table_full += 1;
+                return vec![Transmit {
+                    to: from,
+                    bytes: Repr {
+                        transaction,
+                        message: Message::Error(ErrorCode::TableFull),
+                    }
+                    .to_bytes(),
+                }];
+            }
+            // New, or the same id from another endpoint: the peer restarted.
+            _ => {
+                self.counters.registered += 1;
+                self.new_generation()
+            }
+        };
+        self.registrations.insert(
+            key,
+            Registration {
+                origin: from,
+                private: register.private,
+                mapped: register.mapped,
+                generation,
+                last_seen: now,
+            },
+        );
+        let lifetime_secs = u16::try_from(self.config.lifetime.as_secs()).unwrap_or(u16::MAX);
+        vec![Transmit {
+            to: from,
+            bytes: Repr {
+                transaction,
+                message: Message::Registered(Registered {
+                    public: from.addr,
+                    lifetime_secs,
+                }),
+            }
+            .to_bytes(),
+        }]
+    }
+
+    fn connect(
+        &mut self,
+        now: Instant,
+        from: Origin,
+        transaction: u32,
+        connect: &Connect,
+    ) -> Vec<Transmit> {
+        self.counters.connects += 1;
+        let asker_key = (from.transport, connect.id.clone());
+        let Some(asker) = self
+            .registrations
+            .get_mut(&asker_key)
+            .filter(|r| r.origin == from)
+        else {
+            self.counters.not_registered += 1;
+            return vec![Transmit {
+                to: from,
+                bytes: Repr {
+                    transaction,
+                    message: Message::Error(ErrorCode::NotRegistered),
+                }
+                .to_bytes(),
+            }];
+        };
+        asker.last_seen = now;
+        let asker = asker.clone();
+        let Some(peer) = self
+            .registrations
+            .get(&(from.transport, connect.peer.clone()))
+            .filter(|_| connect.peer != connect.id)
+        else {
+            self.counters.unknown_peer += 1;
+            return vec![Transmit {
+                to: from,
+                bytes: Repr {
+                    transaction,
+                    message: Message::UnknownPeer(connect.peer.clone()),
+                }
+                .to_bytes(),
+            }];
+        };
+        let session = self.session(
+            (&connect.id, asker.generation),
+            (&connect.peer, peer.generation),
+        );
+        let info = |introduction, id: &PeerId, r: &Registration| PeerInfo {
+            introduction,
+            session,
+            id: id.clone(),
+            public: r.origin.addr,
+            private: r.private.clone(),
+            mapped: r.mapped,
+        };
+        self.counters.peer_answers += 1;
+        self.counters.introductions += 1;
+        vec![
+            Transmit {
+                to: from,
+                bytes: Repr {
+                    transaction,
+                    message: Message::Peer(info(false, &connect.peer, peer)),
+                }
+                .to_bytes(),
+            },
+            Transmit {
+                to: peer.origin,
+                bytes: Repr {
+                    transaction,
+                    message: Message::Peer(info(true, &connect.id, &asker)),
+                }
+                .to_bytes(),
+            },
+        ]
+    }
+
+    fn new_generation(&mut self) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        generation
+    }
+
+    /// The pair's session token: the same whichever of the two asks, until one of them
+    /// registers anew.
+    fn session(&self, a: (&PeerId, u64), b: (&PeerId, u64)) -> Session {
+        let (first, second) = if a.0 <= b.0 { (a, b) } else { (b, a) };
+        let mut hasher = std::hash::DefaultHasher::new();
+        (self.secret, first, second).hash(&mut hasher);
+        hasher.finish().to_be_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::super::wire::{MappedBy, Probe};
+    use super::*;
+
+    fn id(s: &str) -> PeerId {
+        PeerId::new(s).unwrap()
+    }
+
+    fn udp(a: [u8; 4], port: u16) -> Origin {
+        Origin {
+            transport: Transport::Udp,
+            addr: SocketAddrV4::new(Ipv4Addr::from(a), port),
+        }
+    }
+
+    fn register(name: &str, private: [u8; 4], port: u16) -> Vec<u8> {
+        Repr {
+            transaction: 1,
+            message: Message::Register(Register {
+                id: id(name),
+                private: vec![SocketAddrV4::new(Ipv4Addr::from(private), port)],
+                mapped: None,
+            }),
+        }
+        .to_bytes()
+    }
+
+    fn connect(me: &str, peer: &str) -> Vec<u8> {
+        Repr {
+            transaction: 2,
+            message: Message::Connect(Connect {
+                id: id(me),
+                peer: id(peer),
+            }),
+        }
+        .to_bytes()
+    }
+
+    fn decode(t: &Transmit) -> Message {
+        Repr::decode(&t.bytes).unwrap().message
+    }
+
+    const A: Origin = Origin {
+        transport: Transport::Udp,
+        addr: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000),
+    };
+    const B: Origin = Origin {
+        transport: Transport::Udp,
+        addr: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 41000),
+    };
+
+    #[test]
+    fn register_reports_the_source_as_the_public_endpoint() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        let out = r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, A);
+        assert_eq!(
+            decode(&out[0]),
+            Message::Registered(Registered {
+                public: A.addr,
+                lifetime_secs: 30
+            })
+        );
+        assert_eq!(r.counters().registered, 1);
+        // The same again is a refresh, not a second registration.
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        assert_eq!((r.counters().registered, r.counters().refreshed), (1, 1));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn connect_answers_the_asker_and_introduces_the_peer_with_one_session() {
+        let mut r = Rendezvous::new(Config::default(), 42);
+        let now = Instant::now();
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        r.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        let out = r.handle(now, A, &connect("a", "b"));
+        assert_eq!(out.len(), 2);
+        let (Message::Peer(answer), Message::Peer(intro)) = (decode(&out[0]), decode(&out[1]))
+        else {
+            panic!("{out:?}");
+        };
+        assert_eq!((out[0].to, out[1].to), (A, B));
+        assert!(!answer.introduction && intro.introduction);
+        assert_eq!(answer.id, id("b"));
+        assert_eq!(answer.public, B.addr);
+        assert_eq!(
+            answer.private,
+            [SocketAddrV4::new([10, 2, 0, 2].into(), 41000)]
+        );
+        assert_eq!(intro.id, id("a"));
+        assert_eq!(intro.public, A.addr);
+        assert_eq!(answer.session, intro.session);
+
+        // b asking for a gets the same session.
+        let out = r.handle(now, B, &connect("b", "a"));
+        let Message::Peer(again) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(again.session, answer.session);
+        let c = r.counters();
+        assert_eq!((c.connects, c.peer_answers, c.introductions), (2, 2, 2));
+    }
+
+    #[test]
+    fn a_new_registration_gets_a_new_session() {
+        let mut r = Rendezvous::new(Config::default(), 42);
+        let now = Instant::now();
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        r.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        let session = |out: Vec<Transmit>| match decode(&out[0]) {
+            Message::Peer(p) => p.session,
+            other => panic!("{other:?}"),
+        };
+        let first = session(r.handle(now, A, &connect("a", "b")));
+        // b restarts behind another port.
+        let b2 = udp([198, 51, 100, 1], 41002);
+        r.handle(now, b2, &register("b", [10, 2, 0, 2], 41002));
+        let second = session(r.handle(now, A, &connect("a", "b")));
+        assert_ne!(first, second);
+        // And the other secret gives other sessions.
+        let mut other = Rendezvous::new(Config::default(), 43);
+        other.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        other.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        assert_ne!(session(other.handle(now, A, &connect("a", "b"))), first);
+    }
+
+    #[test]
+    fn unknown_peers_and_unregistered_askers_are_told_so() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        let out = r.handle(now, A, &connect("a", "b"));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::NotRegistered));
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        let out = r.handle(now, A, &connect("a", "b"));
+        assert_eq!(decode(&out[0]), Message::UnknownPeer(id("b")));
+        // Speaking for "a" from another endpoint is refused.
+        let out = r.handle(now, B, &connect("a", "a"));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::NotRegistered));
+        // Asking for oneself finds nobody.
+        let out = r.handle(now, A, &connect("a", "a"));
+        assert_eq!(decode(&out[0]), Message::UnknownPeer(id("a")));
+        let c = r.counters();
+        assert_eq!((c.not_registered, c.unknown_peer), (2, 2));
+    }
+
+    #[test]
+    fn udp_and_tcp_registrations_do_not_meet() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        let a_tcp = Origin {
+            transport: Transport::Tcp,
+            ..A
+        };
+        r.handle(now, a_tcp, &register("a", [10, 1, 0, 2], 40000));
+        r.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        let out = r.handle(now, a_tcp, &connect("a", "b"));
+        assert_eq!(decode(&out[0]), Message::UnknownPeer(id("b")));
+        // A closed connection takes its registration with it.
+        r.disconnected(a_tcp);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.counters().expired, 1);
+    }
+
+    #[test]
+    fn registrations_expire_after_their_lifetime() {
+        let config = Config {
+            lifetime: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let mut r = Rendezvous::new(config, 1);
+        let t0 = Instant::now();
+        r.handle(t0, A, &register("a", [10, 1, 0, 2], 40000));
+        r.handle(
+            t0 + Duration::from_secs(4),
+            B,
+            &register("b", [10, 2, 0, 2], 1),
+        );
+        r.sweep(t0 + Duration::from_secs(6));
+        assert_eq!(r.len(), 1, "a expired, b did not");
+        let out = r.handle(t0 + Duration::from_secs(7), B, &connect("b", "a"));
+        assert_eq!(decode(&out[0]), Message::UnknownPeer(id("a")));
+        assert_eq!(r.counters().expired, 1);
+    }
+
+    #[test]
+    fn the_table_has_a_limit() {
+        let config = Config {
+            max_registrations: 1,
+            ..Config::default()
+        };
+        let mut r = Rendezvous::new(config, 1);
+        let now = Instant::now();
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        let out = r.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::TableFull));
+        // Refreshing an existing one still works.
+        let out = r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+        assert_eq!(r.counters().table_full, 1);
+    }
+
+    #[test]
+    fn bad_input_is_counted_and_never_relayed() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        assert!(r.handle(now, A, b"hello").is_empty());
+        assert!(r.handle(now, A, &[]).is_empty());
+        let mut v9 = register("a", [10, 1, 0, 2], 1);
+        v9[2] = 9;
+        let out = r.handle(now, A, &v9);
+        assert_eq!(
+            decode(&out[0]),
+            Message::Error(ErrorCode::UnsupportedVersion)
+        );
+        let mut broken = register("a", [10, 1, 0, 2], 1);
+        broken[12] = 0;
+        let out = r.handle(now, A, &broken);
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadRequest));
+        // A probe sent to the rendezvous is not for it.
+        let probe = Repr {
+            transaction: 1,
+            message: Message::Probe(Probe {
+                session: [0; 8],
+                from: id("a"),
+                to: id("b"),
+                flags: Default::default(),
+            }),
+        }
+        .to_bytes();
+        assert!(r.handle(now, A, &probe).is_empty());
+        let c = r.counters();
+        assert_eq!(
+            (c.received, c.malformed, c.unsupported_version, c.unexpected),
+            (5, 3, 1, 1)
+        );
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn mapped_endpoints_are_passed_on() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        let mapped = Mapped {
+            by: MappedBy::Pcp,
+            endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), 5000),
+        };
+        let reg = Repr {
+            transaction: 1,
+            message: Message::Register(Register {
+                id: id("b"),
+                private: Vec::new(),
+                mapped: Some(mapped),
+            }),
+        }
+        .to_bytes();
+        r.handle(now, B, &reg);
+        r.handle(now, A, &register("a", [10, 1, 0, 2], 40000));
+        let out = r.handle(now, A, &connect("a", "b"));
+        let Message::Peer(p) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(p.mapped, Some(mapped));
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut r = Rendezvous::new(Config::default(), 7);
+        let now = Instant::now();
+        let valid = [register("a", [10, 1, 0, 2], 1), connect("a", "b")];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bytes = valid[(i % 2) as usize].clone();
+            let at = (x as usize) % bytes.len();
+            bytes[at] = (x >> 32) as u8;
+            if x & 1 == 0 {
+                bytes.truncate((x >> 40) as usize % (bytes.len() + 1));
+            }
+            let from = udp([10, 0, 0, (x >> 48) as u8], (x >> 16) as u16 | 1);
+            for t in r.handle(now, from, &bytes) {
+                assert!(
+                    Repr::decode(&t.bytes).is_ok(),
+                    "the engine sends valid messages"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! UDP hole punching: one socket registers with the rendezvous and then probes every
+//! path to the peer from the same port, so the mapping the rendezvous saw is the one
+//! the peer is sent to, and our first probe opens our NAT for the peer's.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::client::{self, UdpChannel};
+use super::prober::{Prober, Settings, Status};
+use super::report::{stage, Report};
+use super::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
+use super::{candidates, pcp_map, policy, private_endpoint, PunchArgs, REGISTER_WAIT};
+
+/// How often the prober is polled for probes to send.
+const TICK: Duration = Duration::from_millis(10);
+
+/// `natgw punch` over UDP; fills `report` as it goes.
+pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result<()> {
+    let local = args
+        .local
+        .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+    let socket = UdpSocket::bind(local)
+        .await
+        .with_context(|| format!("binding a UDP socket to {local}"))?;
+    let private = private_endpoint(socket.local_addr()?, args.rendezvous)?;
+    report.local = Some(private);
+    let mapped = match args.pcp {
+        Some(gateway) => Some(pcp_map(gateway, false, private.port()).await?),
+        None => None,
+    };
+    report.mapped = mapped.map(|m| m.endpoint);
+
+    report.stage = Some(stage::RENDEZVOUS);
+    let mut channel = UdpChannel {
+        socket: &socket,
+        server: args.rendezvous,
+    };
+    let register = Register {
+        id: args.id.clone(),
+        private: vec![private],
+        mapped,
+    };
+    let registered = client::register(
+        &mut channel,
+        args.rendezvous,
+        &register,
+        REGISTER_WAIT.min(args.timeout),
+    )
+    .await?;
+    report.public = Some(registered.public);
+
+    report.stage = Some(stage::WAITING_FOR_PEER);
+    let asked = Instant::now();
+    let peer = client::find_peer(
+        &mut channel,
+        args.rendezvous,
+        &register,
+        &args.peer,
+        asked + args.timeout,
+    )
+    .await?;
+    let mut introduced_at = Instant::now();
+    report.peer_found(&peer, introduced_at - asked);
+
+    report.stage = Some(stage::PUNCHING);
+    let new_prober = |peer: &PeerInfo, now: Instant| {
+        Prober::new(
+            args.id.clone(),
+            args.peer.clone(),
+            peer.session,
+            &candidates(peer),
+            policy(args, args.passive),
+            Settings::default(),
+            now.into_std(),
+        )
+    };
+    let mut prober = new_prober(&peer, introduced_at);
+    let mut session = peer.session;
+    let deadline = introduced_at + args.timeout;
+    let mut tick = tokio::time::interval(TICK);
+    let mut buf = [0; 2048];
+    loop {
+        let now = Instant::now();
+        if let Status::Done(outcome) = prober.status(now.into_std()) {
+            if let Some((to, bytes)) = prober.farewell() {
+                let _ = socket.send_to(&bytes, to).await;
+            }
+            report.prober_state(&prober);
+            report.succeeded(&outcome);
+            return Ok(());
+        }
+        if now >= deadline {
+            report.prober_state(&prober);
+            return Err(anyhow!("{}", prober.failure()));
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                for (to, bytes) in prober.poll_transmit(Instant::now().into_std()) {
+                    if let Err(e) = socket.send_to(&bytes, to).await {
+                        // No route to one candidate (a private address far away) is
+                        // normal; the other paths go on.
+                        log::debug!("punch.send_failed to={to} error={e}");
+                    }
+                }
+            }
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, SocketAddr::V4(from))) => {
+                    // A newer introduction: the endpoints we got were a stale
+                    // registration (an earlier run of the peer), and the peer has just
+                    // registered anew. Start over with the new ones.
+                    if let Some(newer) = (from == args.rendezvous)
+                        .then(|| newer_introduction(&buf[..n], &args.peer, session))
+                        .flatten()
+                    {
+                        log::info!("punch.reintroduced peer={} public={}", newer.id, newer.public);
+                        introduced_at = Instant::now();
+                        report.peer_found(&newer, introduced_at - asked);
+                        prober = new_prober(&newer, introduced_at);
+                        session = newer.session;
+                        continue;
+                    }
+                    let now = Instant::now().into_std();
+                    if let Some(answer) = prober.handle(now, from, &buf[..n]) {
+                        if let Err(e) = socket.send_to(&answer, from).await {
+                            log::debug!("punch.answer_failed to={from} error={e}");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if transient(&e) => {}
+                Err(e) => return Err(e).context("receiving on the punching socket"),
+            },
+        }
+    }
+}
+
+/// A PEER introduction of `peer` with another session than `session`.
+fn newer_introduction(bytes: &[u8], peer: &PeerId, session: Session) -> Option<PeerInfo> {
+    match Repr::decode(bytes).ok()?.message {
+        Message::Peer(info) if info.id == *peer && info.introduction && info.session != session => {
+            Some(info)
+        }
+        _ => None,
+    }
+}
+
+/// Receive errors that only report an ICMP error about an earlier datagram.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}

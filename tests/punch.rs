@@ -1,0 +1,904 @@
+//! Hole punching end to end on the two-site testbed ([`testbed::Sites`]): `natgw
+//! punch` peers behind two natgw gateways, behind one natgw (hairpinning), and behind
+//! the kernel's own NAT (nftables masquerade), introduced by `natgw rendezvous` on the
+//! internet.
+//!
+//! What proves the path is direct, on the wire: a raw packet capture in the inet
+//! namespace sees the peers' probes go from one gateway's external endpoint to the
+//! other's, and nothing but registrations and lookups go to or come from the
+//! rendezvous; the rendezvous's own counters agree (it saw no probe, relayed nothing).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use natgw_integration_tests::{natgw_bin, recv, recv_nothing, require_root, udp, Natgw};
+use serde_json::Value;
+use testbed::sites::{RENDEZVOUS_ADDR, SITE_B_LAN_ADDR, SITE_K_WAN_ADDR, SITE_LAN_IF, SITE_WAN_IF};
+use testbed::{Netns, Site, Sites, SitesOptions};
+
+/// Where the rendezvous listens (UDP and TCP).
+const RENDEZVOUS_PORT: u16 = 7000;
+/// `--timeout` of the punches that should succeed: plenty, they take milliseconds.
+const PUNCH_TIMEOUT: &str = "5";
+/// How long a punch process may take in all before the test kills it: a hang is a
+/// failure, not a stuck test.
+const PROCESS_LIMIT: Duration = Duration::from_secs(30);
+
+/// Message kinds of the punch protocol (natgw/src/punch/wire.rs), as seen on the wire.
+mod kind {
+    pub const REGISTER: u8 = 0x01;
+    pub const REGISTERED: u8 = 0x02;
+    pub const CONNECT: u8 = 0x03;
+    pub const PEER: u8 = 0x04;
+    pub const UNKNOWN_PEER: u8 = 0x05;
+    pub const PROBE: u8 = 0x10;
+    pub const ACK: u8 = 0x11;
+}
+
+fn rendezvous_endpoint() -> SocketAddrV4 {
+    SocketAddrV4::new(RENDEZVOUS_ADDR, RENDEZVOUS_PORT)
+}
+
+// ---------------------------------------------------------------------------------
+// The world: sites, natgw on the gateways, the rendezvous.
+// ---------------------------------------------------------------------------------
+
+/// Builds the sites (after checking for root).
+fn sites() -> Sites {
+    require_root();
+    Sites::new(SitesOptions::default()).expect("building the two-site testbed")
+}
+
+/// `natgw run --wan wan0 --lan lan0 EXTRA...` on each of `gateways`, started in
+/// parallel (loading the programs takes seconds on a busy machine).
+fn start_natgw(gateways: &[(&Site, &[&str])]) -> Vec<Natgw> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = gateways
+            .iter()
+            .map(|(site, extra)| {
+                scope.spawn(move || {
+                    Natgw::try_start_on(
+                        &site.gateway,
+                        &["--wan", SITE_WAN_IF, "--lan", SITE_LAN_IF],
+                        extra,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .expect("natgw start thread")
+                    .unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect()
+    })
+}
+
+/// `natgw rendezvous --json` on the rendezvous host; stopped with SIGTERM.
+struct Rendezvous {
+    child: Option<Child>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Rendezvous {
+    fn start(sites: &Sites) -> Self {
+        let mut child = sites
+            .rendezvous
+            .ns
+            .command(natgw_bin())
+            .args(["rendezvous", "--json", "--listen"])
+            .arg(rendezvous_endpoint().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting natgw rendezvous");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("reading the rendezvous's first line");
+        let first: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
+        assert_eq!(first["event"], "listening", "{first}");
+        Self {
+            child: Some(child),
+            stdout,
+        }
+    }
+
+    /// Stops it and returns the counters it printed.
+    fn stop(mut self) -> Value {
+        let mut child = self.child.take().expect("running");
+        terminate(&mut child);
+        let mut rest = String::new();
+        let mut last = Value::Null;
+        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
+            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
+                last = v;
+            }
+            rest.clear();
+        }
+        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
+        last["counters"].clone()
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if it does not exit within 5 s; reaps it.
+fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+// ---------------------------------------------------------------------------------
+// Running `natgw punch`.
+// ---------------------------------------------------------------------------------
+
+/// What one `natgw punch --json` did.
+#[derive(Debug)]
+struct Punch {
+    /// Exit status 0.
+    success: bool,
+    /// The JSON report.
+    report: Value,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Punch {
+    fn ok(&self) -> bool {
+        self.success && self.report["ok"] == true
+    }
+
+    fn endpoint(&self, field: &str) -> SocketAddrV4 {
+        self.report[field]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no endpoint `{field}` in {}", self.report))
+    }
+
+    fn method(&self) -> &str {
+        self.report["method"].as_str().unwrap_or("")
+    }
+}
+
+/// A peer: its namespace and name.
+#[derive(Clone, Copy)]
+struct Peer<'a> {
+    ns: &'a Netns,
+    id: &'a str,
+}
+
+fn spawn_punch(me: Peer<'_>, peer: Peer<'_>, extra: &[&str]) -> (Child, Instant) {
+    let mut cmd = me.ns.command(natgw_bin());
+    cmd.args(["punch", "--json", "--rendezvous"])
+        .arg(rendezvous_endpoint().to_string())
+        .args(["--id", me.id, "--peer", peer.id])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !extra.contains(&"--timeout") {
+        cmd.args(["--timeout", PUNCH_TIMEOUT]);
+    }
+    let child = cmd.spawn().expect("starting natgw punch");
+    (child, Instant::now())
+}
+
+fn wait_punch(mut child: Child, started: Instant) -> Punch {
+    while child.try_wait().expect("waiting for natgw punch").is_none() {
+        if started.elapsed() > PROCESS_LIMIT {
+            let _ = child.kill();
+            panic!("natgw punch still running after {PROCESS_LIMIT:?}: it must never hang");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    let out = child
+        .wait_with_output()
+        .expect("collecting natgw punch output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("natgw punch printed no JSON ({e}):\n{stdout}\n{stderr}"));
+    Punch {
+        success: out.status.success(),
+        report,
+        stderr,
+        elapsed,
+    }
+}
+
+/// Runs both peers at once; each with its own extra arguments.
+fn punch_pair(a: Peer<'_>, b: Peer<'_>, extra_a: &[&str], extra_b: &[&str]) -> (Punch, Punch) {
+    let (child_a, started_a) = spawn_punch(a, b, extra_a);
+    let (child_b, started_b) = spawn_punch(b, a, extra_b);
+    (
+        wait_punch(child_a, started_a),
+        wait_punch(child_b, started_b),
+    )
+}
+
+/// Fails with both reports unless both peers succeeded.
+fn assert_both_ok(what: &str, a: &Punch, b: &Punch) {
+    assert!(
+        a.ok() && b.ok(),
+        "{what}: punching failed\nfirst: {:#}\n{}\nsecond: {:#}\n{}",
+        a.report,
+        a.stderr,
+        b.report,
+        b.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// A raw capture in the inet namespace: what crosses the internet.
+// ---------------------------------------------------------------------------------
+
+/// One IPv4 UDP or TCP packet the inet router received.
+#[derive(Clone, Debug)]
+struct Seen {
+    tcp: bool,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    /// The punch-protocol kind of the first message in the payload, if any.
+    kind: Option<u8>,
+    syn: bool,
+}
+
+/// Captures every packet arriving on any interface of a namespace until finished.
+struct Capture {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Seen>>,
+}
+
+impl Capture {
+    fn start(ns: &Netns) -> Self {
+        // ETH_P_ALL, in network byte order as packet(7) wants it.
+        let protocol = i32::from(u16::try_from(libc::ETH_P_ALL).expect("fits").to_be());
+        let fd = ns.run(move || {
+            // SAFETY: plain socket(2); the result is checked before use.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fd is a fresh, owned descriptor.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        });
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: a valid timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(std::mem::size_of::<libc::timeval>()).expect("fits"),
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !stop_thread.load(Ordering::Relaxed) {
+                // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut from_len =
+                    u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("fits");
+                // SAFETY: buf and from are valid for the lengths passed.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&raw mut from).cast(),
+                        &raw mut from_len,
+                    )
+                };
+                let Ok(n) = usize::try_from(n) else {
+                    continue; // timeout
+                };
+                // Each forwarded packet is seen arriving and leaving: keep arrivals.
+                if from.sll_pkttype == libc::PACKET_OUTGOING {
+                    continue;
+                }
+                if let Some(s) = parse_frame(&buf[..n]) {
+                    seen.push(s);
+                }
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("capture thread")
+    }
+}
+
+/// Ethernet + IPv4 + UDP/TCP headers, and the punch kind of the payload.
+fn parse_frame(f: &[u8]) -> Option<Seen> {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &f[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let addr = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
+    let (src_ip, dst_ip) = (addr(12), addr(16));
+    let l4 = ip.get(ihl..)?;
+    if l4.len() < 8 {
+        return None;
+    }
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    let (payload, tcp, syn) = match proto {
+        17 => (&l4[8..], false, false),
+        6 => {
+            let offset = usize::from(l4.get(12)? >> 4) * 4;
+            (l4.get(offset..)?, true, l4.get(13)? & 0x02 != 0)
+        }
+        _ => return None,
+    };
+    let kind = (payload.len() >= 4 && payload[..3] == *b"NP\x01").then(|| payload[3]);
+    Some(Seen {
+        tcp,
+        src: SocketAddrV4::new(src_ip, port(0)),
+        dst: SocketAddrV4::new(dst_ip, port(2)),
+        kind,
+        syn,
+    })
+}
+
+/// Probes and acks that went straight from `from` to `to`.
+fn direct_probes(seen: &[Seen], from: SocketAddrV4, to: SocketAddrV4) -> usize {
+    seen.iter()
+        .filter(|s| s.src == from && s.dst == to)
+        .filter(|s| matches!(s.kind, Some(kind::PROBE | kind::ACK)))
+        .count()
+}
+
+/// Every punch-protocol kind exchanged with the rendezvous.
+fn rendezvous_kinds(seen: &[Seen]) -> BTreeSet<u8> {
+    seen.iter()
+        .filter(|s| *s.src.ip() == RENDEZVOUS_ADDR || *s.dst.ip() == RENDEZVOUS_ADDR)
+        .filter_map(|s| s.kind)
+        .collect()
+}
+
+/// The rendezvous only ever registered and introduced: no probe or ack reached it.
+fn assert_rendezvous_only_introduced(seen: &[Seen]) {
+    let allowed: BTreeSet<u8> = [
+        kind::REGISTER,
+        kind::REGISTERED,
+        kind::CONNECT,
+        kind::PEER,
+        kind::UNKNOWN_PEER,
+    ]
+    .into();
+    let kinds = rendezvous_kinds(seen);
+    assert!(
+        !kinds.is_empty() && kinds.is_subset(&allowed),
+        "traffic with the rendezvous had kinds {kinds:x?}: only registrations and lookups \
+         belong there"
+    );
+}
+
+/// The direct path in both directions between the two peers' public endpoints.
+fn assert_direct_on_the_wire(what: &str, seen: &[Seen], a: &Punch, b: &Punch) {
+    let (a_pub, b_pub) = (a.endpoint("public"), b.endpoint("public"));
+    let (ab, ba) = (
+        direct_probes(seen, a_pub, b_pub),
+        direct_probes(seen, b_pub, a_pub),
+    );
+    assert!(
+        ab > 0 && ba > 0,
+        "{what}: the inet router saw {ab} probes/acks {a_pub} → {b_pub} and {ba} back: the \
+         path was not direct"
+    );
+    assert_rendezvous_only_introduced(seen);
+}
+
+// ---------------------------------------------------------------------------------
+// natgw ↔ natgw
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn udp_hole_punching_between_natgw_sites_with_eif_adf_and_apdf_filtering() {
+    // rfc4787 REQ-8 (filtering), REQ-1 (the mapping the rendezvous saw is the one the
+    // peer reaches): each side's first probe opens its own NAT for the other's.
+    let sites = sites();
+    let rendezvous = Rendezvous::start(&sites);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    for mode in [
+        "endpoint-independent",
+        "address-dependent",
+        "address-and-port-dependent",
+    ] {
+        let flags: &[&str] = &["--udp-filtering", mode];
+        let natgw = start_natgw(&[(&sites.a, flags), (&sites.b, flags)]);
+        let capture = Capture::start(&sites.inet);
+        let (ida, idb) = (format!("a1-{mode}"), format!("b1-{mode}"));
+        let (a, b) = punch_pair(
+            Peer {
+                ns: &a1.ns,
+                id: &ida,
+            },
+            Peer {
+                ns: &b1.ns,
+                id: &idb,
+            },
+            &[],
+            &[],
+        );
+        let seen = capture.finish();
+        assert_both_ok(mode, &a, &b);
+        assert_eq!(a.method(), "direct-public", "{mode}: {:#}", a.report);
+        assert_eq!(b.method(), "direct-public", "{mode}: {:#}", b.report);
+        assert_eq!(a.endpoint("remote"), b.endpoint("public"), "{mode}");
+        assert_eq!(b.endpoint("remote"), a.endpoint("public"), "{mode}");
+        // The peer saw us at the public endpoint the rendezvous saw (one mapping for
+        // both destinations), with our own port (port preservation).
+        assert_eq!(a.endpoint("seen_as"), a.endpoint("public"), "{mode}");
+        assert_eq!(
+            a.endpoint("public").port(),
+            a.endpoint("local").port(),
+            "{mode}"
+        );
+        assert_eq!(*a.endpoint("public").ip(), sites.a.wan_addr);
+        assert_direct_on_the_wire(mode, &seen, &a, &b);
+        drop(natgw);
+    }
+    let counters = rendezvous.stop();
+    assert_eq!(counters["unexpected"], 0, "{counters}");
+    assert_eq!(counters["malformed"], 0, "{counters}");
+    assert!(counters["introductions"].as_u64() >= Some(3), "{counters}");
+}
+
+#[test]
+fn tcp_simultaneous_open_between_natgw_sites() {
+    // rfc5382 REQ-3 (filtering) and REQ-4 (an unsolicited SYN is held silently: the
+    // peer's own SYN then opens the way, and nobody sees a RST or an ICMP error).
+    let sites = sites();
+    let rendezvous = Rendezvous::start(&sites);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    for mode in ["endpoint-independent", "address-and-port-dependent"] {
+        let flags: &[&str] = &["--tcp-filtering", mode];
+        let natgw = start_natgw(&[(&sites.a, flags), (&sites.b, flags)]);
+        let capture = Capture::start(&sites.inet);
+        let (ida, idb) = (format!("a1-{mode}"), format!("b1-{mode}"));
+        let (a, b) = punch_pair(
+            Peer {
+                ns: &a1.ns,
+                id: &ida,
+            },
+            Peer {
+                ns: &b1.ns,
+                id: &idb,
+            },
+            &["--tcp"],
+            &["--tcp"],
+        );
+        let seen = capture.finish();
+        assert_both_ok(mode, &a, &b);
+        for p in [&a, &b] {
+            assert_eq!(p.method(), "direct-public", "{mode}: {:#}", p.report);
+            assert_eq!(p.report["transport"], "tcp");
+            assert!(p.report["tcp_open"].is_string(), "{:#}", p.report);
+        }
+        assert_eq!(a.endpoint("remote"), b.endpoint("public"), "{mode}");
+        assert_direct_on_the_wire(mode, &seen, &a, &b);
+        if mode == "address-and-port-dependent" {
+            // Neither SYN could get in before the other side's SYN went out: both
+            // crossed the internet, and natgw answered the early one with nothing.
+            let (a_pub, b_pub) = (a.endpoint("public"), b.endpoint("public"));
+            for (from, to) in [(a_pub, b_pub), (b_pub, a_pub)] {
+                assert!(
+                    seen.iter()
+                        .any(|s| s.tcp && s.syn && s.src == from && s.dst == to),
+                    "no SYN {from} → {to} crossed the internet"
+                );
+            }
+            for p in [&a, &b] {
+                assert_eq!(
+                    p.report["tcp_attempts"]["refused"], 0,
+                    "natgw must not answer a held SYN with a RST: {:#}",
+                    p.report
+                );
+            }
+        }
+        drop(natgw);
+    }
+    let counters = rendezvous.stop();
+    assert_eq!(counters["unexpected"], 0, "{counters}");
+}
+
+// ---------------------------------------------------------------------------------
+// Two peers behind one natgw
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn peers_behind_one_natgw_connect_by_hairpinning_and_on_their_lan() {
+    // rfc4787 REQ-9 (hairpinning) and REQ-9a (the hairpinned packet's source is the
+    // sender's external endpoint); rfc5382 REQ-8 for TCP.
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[])]);
+    let rendezvous = Rendezvous::start(&sites);
+    let (h1, h2) = (&sites.a.hosts[0], &sites.a.hosts[1]);
+    for (transport, only, method) in [
+        ("udp", "public", "direct-public"),
+        ("udp", "private", "direct-private"),
+        ("tcp", "public", "direct-public"),
+        ("tcp", "private", "direct-private"),
+    ] {
+        let what = format!("{transport} --only {only}");
+        let mut extra = vec!["--only", only];
+        if transport == "tcp" {
+            extra.push("--tcp");
+        }
+        let capture = Capture::start(&sites.inet);
+        let (id1, id2) = (
+            format!("a1-{transport}-{only}"),
+            format!("a2-{transport}-{only}"),
+        );
+        let (p1, p2) = punch_pair(
+            Peer {
+                ns: &h1.ns,
+                id: &id1,
+            },
+            Peer {
+                ns: &h2.ns,
+                id: &id2,
+            },
+            &extra,
+            &extra,
+        );
+        let seen = capture.finish();
+        assert_both_ok(&what, &p1, &p2);
+        assert_eq!(p1.method(), method, "{what}: {:#}", p1.report);
+        assert_eq!(p2.method(), method, "{what}: {:#}", p2.report);
+        if only == "public" {
+            // a2 sent to a1's external endpoint and the gateway turned it around,
+            // with a2's external endpoint as the source.
+            assert_eq!(p1.endpoint("remote"), p2.endpoint("public"), "{what}");
+            assert_eq!(p1.endpoint("seen_as"), p1.endpoint("public"), "{what}");
+            assert_eq!(*p1.endpoint("seen_as").ip(), sites.a.wan_addr, "{what}");
+        } else {
+            assert_eq!(p1.endpoint("remote"), p2.endpoint("local"), "{what}");
+            assert_eq!(p1.endpoint("seen_as"), p1.endpoint("local"), "{what}");
+        }
+        // Either way the probes never left the site.
+        let probes_outside = seen
+            .iter()
+            .filter(|s| matches!(s.kind, Some(kind::PROBE | kind::ACK)))
+            .count();
+        assert_eq!(probes_outside, 0, "{what}: probes crossed the internet");
+    }
+    let counters = rendezvous.stop();
+    assert_eq!(counters["unexpected"], 0, "{counters}");
+}
+
+// ---------------------------------------------------------------------------------
+// PCP, and what happens without it
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn a_pcp_mapped_peer_is_reached_without_punching() {
+    // b1's gateway filters address-and-port dependently and b1 sends nothing first
+    // (--passive): only the PCP mapping b1 asked its gateway for lets a1 in.
+    let sites = sites();
+    let _natgw = start_natgw(&[
+        (&sites.a, &[]),
+        (&sites.b, &["--udp-filtering", "address-and-port-dependent"]),
+    ]);
+    let rendezvous = Rendezvous::start(&sites);
+    let capture = Capture::start(&sites.inet);
+    let gateway = SITE_B_LAN_ADDR.to_string();
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &sites.a.hosts[0].ns,
+            id: "a1",
+        },
+        Peer {
+            ns: &sites.b.hosts[0].ns,
+            id: "b1",
+        },
+        &["--only", "mapped"],
+        &["--pcp", &gateway, "--passive"],
+    );
+    let seen = capture.finish();
+    assert_both_ok("PCP", &a, &b);
+    assert_eq!(a.method(), "pcp-mapped", "{:#}", a.report);
+    assert_eq!(a.endpoint("remote"), b.endpoint("mapped"));
+    assert_eq!(*b.endpoint("mapped").ip(), sites.b.wan_addr);
+    // a1 → b1's mapping, straight through the internet.
+    assert!(direct_probes(&seen, a.endpoint("public"), b.endpoint("mapped")) > 0);
+    assert_rendezvous_only_introduced(&seen);
+    rendezvous.stop();
+}
+
+#[test]
+fn punch_failures_are_reported_with_their_reason_and_a_nonzero_exit() {
+    // The control for the PCP test: the same passive peer behind address-and-port
+    // dependent filtering, without a PCP mapping, cannot be reached — and both sides
+    // say why within their timeout. And a peer that never shows up is named.
+    let sites = sites();
+    let _natgw = start_natgw(&[
+        (&sites.a, &[]),
+        (&sites.b, &["--udp-filtering", "address-and-port-dependent"]),
+    ]);
+    let rendezvous = Rendezvous::start(&sites);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &a1.ns,
+            id: "a1",
+        },
+        Peer {
+            ns: &b1.ns,
+            id: "b1",
+        },
+        &["--timeout", "2"],
+        &["--timeout", "2", "--passive"],
+    );
+    for (p, says) in [(&a, "peer never answered"), (&b, "peer never reached us")] {
+        assert!(!p.success, "{:#}", p.report);
+        assert_eq!(p.report["ok"], false);
+        assert_eq!(p.report["stage"], "punching", "{:#}", p.report);
+        let error = p.report["error"].as_str().unwrap_or("");
+        assert!(error.starts_with(says), "{error}");
+        assert!(
+            p.stderr.contains(says),
+            "the error goes to stderr too: {}",
+            p.stderr
+        );
+        assert!(p.elapsed < Duration::from_secs(10), "took {:?}", p.elapsed);
+    }
+    // a1 probed b1's public endpoint, and b1's gateway dropped every probe.
+    let paths = a.report["paths"].as_array().cloned().unwrap_or_default();
+    assert!(
+        paths.iter().any(|p| p["kind"] == "public"
+            && p["probes_sent"].as_u64() > Some(5)
+            && p["verified"] == false),
+        "{paths:?}"
+    );
+
+    let (lonely, started) = spawn_punch(
+        Peer {
+            ns: &a1.ns,
+            id: "lonely",
+        },
+        Peer {
+            ns: &b1.ns,
+            id: "nobody",
+        },
+        &["--timeout", "1"],
+    );
+    let lonely = wait_punch(lonely, started);
+    assert!(!lonely.success);
+    assert_eq!(
+        lonely.report["stage"], "waiting-for-peer",
+        "{:#}",
+        lonely.report
+    );
+    let error = lonely.report["error"].as_str().unwrap_or("");
+    assert!(error.contains("peer nobody never showed up"), "{error}");
+    let counters = rendezvous.stop();
+    assert!(counters["unknown_peer"].as_u64() >= Some(1), "{counters}");
+}
+
+// ---------------------------------------------------------------------------------
+// The kernel's NAT (nftables masquerade)
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn kernel_nat_masquerade_keeps_ports_filters_by_endpoint_and_moves_ports_on_conflict() {
+    // What decides hole punching through the Linux kernel's NAT, shown with plain
+    // sockets between k1 (behind masquerade) and the rendezvous host (no NAT):
+    //
+    // 1. Mapping: conntrack keeps the source port whenever the resulting connection is
+    //    unique, so one socket appears with one port everywhere: endpoint-independent
+    //    in practice, as long as nothing conflicts.
+    // 2. Filtering: only replies to a connection conntrack knows come in: address-
+    //    and-port-dependent filtering (RFC 4787 REQ-8 names it the least friendly).
+    // 3. UDP, the trap: a packet from the peer that arrives before k1 has sent to that
+    //    peer is not forwarded, but conntrack keeps an (unreplied) entry for it, 30 s.
+    //    When k1 then sends to the peer, the translated connection would clash with
+    //    that entry, so masquerade picks *another* source port. A peer with address-
+    //    and-port-dependent filtering only accepts the port it sent to: punching
+    //    fails if its packet came first. A peer with endpoint-independent filtering
+    //    (natgw's default) accepts the new port and answers it (`natgw punch` learns
+    //    it as a peer-reflexive path).
+    // 4. TCP: the early SYN is answered with a RST (not held silently like natgw
+    //    does, RFC 5382 REQ-4), but the entry it leaves is closed, and a closed entry
+    //    does not force a new port: k1's own SYN keeps its port, and the peer's retry
+    //    meets it. TCP punching works in either order.
+    let sites = sites();
+    let k1 = &sites.k.hosts[0].ns;
+    let rdv = &sites.rendezvous.ns;
+    let public = |port| SocketAddrV4::new(SITE_K_WAN_ADDR, port);
+
+    // 1. One socket, two destinations, one port: its own.
+    let k = udp(k1, Ipv4Addr::UNSPECIFIED, 5000);
+    let (r1, r2) = (
+        udp(rdv, RENDEZVOUS_ADDR, 9001),
+        udp(rdv, RENDEZVOUS_ADDR, 9002),
+    );
+    for r in [&r1, &r2] {
+        let to = r.local_addr().expect("bound");
+        k.send_to(b"hello", to).expect("k1 sends");
+        let (_, from) = recv(r).expect("the rendezvous host hears k1");
+        assert_eq!(from, public(5000), "masquerade keeps k1's port");
+    }
+    // 2. Someone k1 never sent to gets nothing through.
+    let stranger = udp(rdv, RENDEZVOUS_ADDR, 9003);
+    stranger.send_to(b"let me in", public(5000)).expect("send");
+    assert_eq!(
+        recv_nothing(&k, Duration::from_millis(500)),
+        None,
+        "masquerade filters by address and port"
+    );
+    // 3. ... and now k1 answers the stranger: the port moves.
+    k.send_to(b"hello stranger", stranger.local_addr().expect("bound"))
+        .expect("send");
+    let (_, from) = recv(&stranger).expect("the stranger hears k1");
+    assert_eq!(*from.ip(), SITE_K_WAN_ADDR);
+    assert_ne!(
+        from.port(),
+        5000,
+        "after an early inbound packet, masquerade maps k1 to another port towards that peer"
+    );
+    // The first two destinations still see port 5000: the mapping now depends on the
+    // destination.
+    k.send_to(b"again", r1.local_addr().expect("bound"))
+        .expect("send");
+    assert_eq!(recv(&r1).map(|(_, from)| from), Some(public(5000)));
+
+    // 4. TCP: an early SYN gets a RST; k1's own SYN still keeps its port.
+    let rdv_port = 9100;
+    let early = rdv.run(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket
+            .bind(&SocketAddrV4::new(RENDEZVOUS_ADDR, rdv_port).into())
+            .expect("bind");
+        socket.connect_timeout(&public(5300).into(), Duration::from_secs(2))
+    });
+    let refused = early.expect_err("nothing listens behind masquerade yet");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "the kernel NAT answers an unsolicited SYN with a RST: {refused}"
+    );
+    let listener = rdv.run(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket
+            .bind(&SocketAddrV4::new(RENDEZVOUS_ADDR, rdv_port).into())
+            .expect("bind");
+        socket.listen(4).expect("listen");
+        TcpListener::from(socket)
+    });
+    k1.run(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket
+            .bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 5300).into())
+            .expect("bind");
+        socket
+            .connect_timeout(
+                &SocketAddrV4::new(RENDEZVOUS_ADDR, rdv_port).into(),
+                Duration::from_secs(2),
+            )
+            .expect("k1 connects out");
+    });
+    let (_, from) = listener.accept().expect("accepting k1");
+    assert_eq!(
+        from,
+        std::net::SocketAddr::V4(public(5300)),
+        "the RST's closed entry does not move k1's TCP port"
+    );
+}
+
+#[test]
+fn punching_from_natgw_sites_to_the_kernel_nat_site() {
+    // The end-to-end consequences of the test above. From a natgw site with
+    // endpoint-independent filtering (the default) UDP punching to the kernel NAT
+    // works whichever packet arrives first: if the kernel NAT moved k1's port, the
+    // natgw side still accepts it and answers there. TCP works even from a natgw
+    // site with address-and-port-dependent filtering. (UDP from such a site works only
+    // if k1's first probe leaves before the peer's arrives: a race, not tested.)
+    let sites = sites();
+    let _natgw = start_natgw(&[
+        (&sites.a, &[]),
+        (
+            &sites.b,
+            &[
+                "--udp-filtering",
+                "address-and-port-dependent",
+                "--tcp-filtering",
+                "address-and-port-dependent",
+            ],
+        ),
+    ]);
+    let rendezvous = Rendezvous::start(&sites);
+    let k1 = Peer {
+        ns: &sites.k.hosts[0].ns,
+        id: "k1-udp",
+    };
+    let a1 = Peer {
+        ns: &sites.a.hosts[0].ns,
+        id: "a1-udp",
+    };
+    let capture = Capture::start(&sites.inet);
+    let (a, k) = punch_pair(a1, k1, &[], &[]);
+    let seen = capture.finish();
+    assert_both_ok("UDP natgw (EIF) ↔ kernel NAT", &a, &k);
+    assert!(
+        ["direct-public", "peer-reflexive"].contains(&a.method()),
+        "{:#}",
+        a.report
+    );
+    assert_eq!(*a.endpoint("remote").ip(), SITE_K_WAN_ADDR);
+    assert_eq!(k.method(), "direct-public", "{:#}", k.report);
+    assert!(direct_probes(&seen, a.endpoint("public"), a.endpoint("remote")) > 0);
+    assert!(direct_probes(&seen, a.endpoint("remote"), a.endpoint("public")) > 0);
+    assert_rendezvous_only_introduced(&seen);
+
+    let (b, k) = punch_pair(
+        Peer {
+            ns: &sites.b.hosts[0].ns,
+            id: "b1-tcp",
+        },
+        Peer {
+            ns: &sites.k.hosts[0].ns,
+            id: "k1-tcp",
+        },
+        &["--tcp"],
+        &["--tcp"],
+    );
+    assert_both_ok("TCP natgw (APDF) ↔ kernel NAT", &b, &k);
+    assert_eq!(b.method(), "direct-public", "{:#}", b.report);
+    assert_eq!(k.method(), "direct-public", "{:#}", k.report);
+    assert_eq!(b.endpoint("remote"), k.endpoint("public"));
+    rendezvous.stop();
+}

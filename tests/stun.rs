@@ -1,0 +1,281 @@
+//! natgw's STUN responder on the external address, asked from the WAN side: by raw
+//! Binding requests written here byte by byte (so the test does not share natgw's
+//! codec), by `natgw stun probe`, and by Debian's `stun` client (package
+//! `stun-client`, an RFC 3489 implementation independent of natgw).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use natgw_integration_tests::{
+    command_output, natgw_bin, recv, recv_nothing, udp, wait_for, Natgw, Setup, WAIT,
+};
+use serde_json::Value;
+use testbed::{Testbed, GW_WAN_ADDR, WAN_A_ADDR};
+
+/// The second external address the RFC 5780 tests add to the gateway's WAN.
+const GW_WAN_ALT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// RFC 8489 §18.6.
+const STUN_PORT: u16 = 3478;
+/// natgw's default RFC 5780 alternate port.
+const ALT_PORT: u16 = 3479;
+
+/// RFC 8489 §5.
+const MAGIC_COOKIE: u32 = 0x2112_a442;
+const BINDING_REQUEST: u16 = 0x0001;
+const BINDING_SUCCESS: u16 = 0x0101;
+/// RFC 8489 §14.2.
+const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+/// RFC 5780 §7.2 and §7.4.
+const CHANGE_REQUEST: u16 = 0x0003;
+const OTHER_ADDRESS: u16 = 0x802c;
+/// CHANGE-REQUEST flags (RFC 5780 §7.2).
+const CHANGE_IP: u32 = 0x04;
+const CHANGE_PORT: u32 = 0x02;
+
+/// A testbed whose gateway has a second WAN address, with natgw pooling both (the
+/// responder's RFC 5780 mode).
+fn setup_with_two_external_addresses() -> Setup {
+    natgw_integration_tests::require_root();
+    let tb = Testbed::new().expect("building the testbed");
+    let _ = command_output(
+        &tb.gateway.ns,
+        "ip",
+        &["addr", "add", &format!("{GW_WAN_ALT}/24"), "dev", "wan0"],
+    );
+    let natgw = Natgw::start(
+        &tb.gateway.ns,
+        &[
+            "--external",
+            &GW_WAN_ADDR.to_string(),
+            "--external",
+            &GW_WAN_ALT.to_string(),
+        ],
+    );
+    Setup { natgw, tb }
+}
+
+/// A Binding request with transaction id `id` and, if given, CHANGE-REQUEST `flags`.
+fn binding_request(id: [u8; 12], change: Option<u32>) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    if let Some(flags) = change {
+        attrs.extend_from_slice(&CHANGE_REQUEST.to_be_bytes());
+        attrs.extend_from_slice(&4u16.to_be_bytes());
+        attrs.extend_from_slice(&flags.to_be_bytes());
+    }
+    let mut m = Vec::new();
+    m.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
+    let len = u16::try_from(attrs.len()).expect("attributes fit");
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    m.extend_from_slice(&id);
+    m.extend_from_slice(&attrs);
+    m
+}
+
+/// What a Binding success response says.
+#[derive(Debug, Default)]
+struct Answer {
+    xor_mapped: Option<SocketAddrV4>,
+    other: Option<SocketAddrV4>,
+}
+
+/// Parses a Binding success response to transaction `id`.
+fn parse_success(bytes: &[u8], id: [u8; 12]) -> Answer {
+    assert!(bytes.len() >= 20, "short STUN message: {bytes:?}");
+    assert_eq!(
+        u16::from_be_bytes([bytes[0], bytes[1]]),
+        BINDING_SUCCESS,
+        "a Binding success response: {bytes:?}"
+    );
+    assert_eq!(&bytes[4..8], &MAGIC_COOKIE.to_be_bytes());
+    assert_eq!(&bytes[8..20], &id, "our transaction");
+    let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
+    assert_eq!(bytes.len(), 20 + len, "length field");
+    let address = |v: &[u8], xor: bool| {
+        assert_eq!(v[1], 0x01, "IPv4");
+        let mut port = u16::from_be_bytes([v[2], v[3]]);
+        let mut ip = u32::from_be_bytes([v[4], v[5], v[6], v[7]]);
+        if xor {
+            port ^= (MAGIC_COOKIE >> 16) as u16;
+            ip ^= MAGIC_COOKIE;
+        }
+        SocketAddrV4::new(Ipv4Addr::from(ip), port)
+    };
+    let mut answer = Answer::default();
+    let mut at = 20;
+    while at + 4 <= bytes.len() {
+        let kind = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
+        let vlen = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        let value = &bytes[at + 4..at + 4 + vlen];
+        match kind {
+            XOR_MAPPED_ADDRESS => answer.xor_mapped = Some(address(value, true)),
+            OTHER_ADDRESS => answer.other = Some(address(value, false)),
+            _ => {}
+        }
+        at += 4 + vlen.div_ceil(4) * 4;
+    }
+    answer
+}
+
+/// Sends a Binding request from `sock` to `server`; returns the answer and where it
+/// came from.
+fn ask(
+    sock: &UdpSocket,
+    server: SocketAddrV4,
+    change: Option<u32>,
+    id: u8,
+) -> (Answer, SocketAddrV4) {
+    let id = [id; 12];
+    // UDP may lose the first one while the neighbour is resolved: retransmit
+    // (RFC 8489 §6.2.1), as any client does.
+    for _ in 0..3 {
+        sock.send_to(&binding_request(id, change), server)
+            .expect("sending the Binding request");
+        if let Some((bytes, from)) = recv_nothing(sock, Duration::from_secs(1)) {
+            return (parse_success(&bytes, id), from);
+        }
+    }
+    panic!("no answer from the STUN responder at {server}");
+}
+
+#[test]
+fn binding_request_from_the_wan_returns_the_senders_address() {
+    // rfc8489 §3: the server reflects the request's source transport address
+    let s = Setup::new(&[]);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40500);
+    let (answer, from) = ask(&wan, SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT), None, 1);
+    assert_eq!(from, SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT));
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(WAN_A_ADDR, 40500))
+    );
+    assert_eq!(answer.other, None, "one external address: no RFC 5780");
+    // A CHANGE-REQUEST the responder cannot honour gets 420 (RFC 5780 §6.1).
+    wan.send_to(
+        &binding_request([2; 12], Some(CHANGE_IP | CHANGE_PORT)),
+        SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT),
+    )
+    .expect("send");
+    let (bytes, _) = recv(&wan).expect("an error response");
+    assert_eq!(
+        u16::from_be_bytes([bytes[0], bytes[1]]),
+        0x0111,
+        "Binding error"
+    );
+
+    // The probe that ships with natgw, from the WAN host.
+    let out = s.tb.wan[0]
+        .ns
+        .command(natgw_bin())
+        .args([
+            "stun",
+            "probe",
+            "--server",
+            &GW_WAN_ADDR.to_string(),
+            "--json",
+        ])
+        .output()
+        .expect("running natgw stun probe on wan-a");
+    assert!(
+        out.status.success(),
+        "natgw stun probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    let public: SocketAddrV4 = report["public_address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no public address: {report}"));
+    assert_eq!(*public.ip(), WAN_A_ADDR, "{report}");
+
+    // The responder's counters reach `natgw status` (rewritten once a second).
+    let success = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        let n = status["stun"]["counters"]["success"].as_u64()?;
+        (n >= 2).then_some(n)
+    });
+    assert!(
+        success.is_some(),
+        "stun counters: {}",
+        s.natgw.status()["stun"]
+    );
+}
+
+#[test]
+fn change_request_answers_come_from_the_other_address_and_port() {
+    // rfc5780 §6.1: OTHER-ADDRESS, and CHANGE-REQUEST answered from the address and
+    // port asked for
+    let s = setup_with_two_external_addresses();
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40502);
+    let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let mine = SocketAddrV4::new(WAN_A_ADDR, 40502);
+
+    let (answer, from) = ask(&wan, server, None, 1);
+    assert_eq!(from, server);
+    assert_eq!(answer.xor_mapped, Some(mine));
+    assert_eq!(answer.other, Some(SocketAddrV4::new(GW_WAN_ALT, ALT_PORT)));
+
+    for (flags, expected, id) in [
+        (
+            CHANGE_IP | CHANGE_PORT,
+            SocketAddrV4::new(GW_WAN_ALT, ALT_PORT),
+            2,
+        ),
+        (CHANGE_PORT, SocketAddrV4::new(GW_WAN_ADDR, ALT_PORT), 3),
+        (CHANGE_IP, SocketAddrV4::new(GW_WAN_ALT, STUN_PORT), 4),
+    ] {
+        let (answer, from) = ask(&wan, server, Some(flags), id);
+        assert_eq!(from, expected, "CHANGE-REQUEST {flags:#x}");
+        assert_eq!(answer.xor_mapped, Some(mine));
+    }
+    // The other address answers too, and names the primary as its other address.
+    let (answer, from) = ask(&wan, SocketAddrV4::new(GW_WAN_ALT, ALT_PORT), None, 5);
+    assert_eq!(from, SocketAddrV4::new(GW_WAN_ALT, ALT_PORT));
+    assert_eq!(
+        answer.other,
+        Some(SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT))
+    );
+    let status = s.natgw.status();
+    assert_eq!(
+        status["stun"]["other_address"], "192.0.2.2:3479",
+        "{status}"
+    );
+}
+
+#[test]
+fn debian_stun_client_on_the_wan_finds_an_open_internet() {
+    // rfc5780 (RFC 3489 classic tests I-III through natgw's responder): a host with a
+    // public address sees "Open", return value 0x000001 (which is also its exit status)
+    let s = setup_with_two_external_addresses();
+    let out = s.tb.wan[0]
+        .ns
+        .command("stun")
+        .arg(GW_WAN_ADDR.to_string())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running Debian's `stun` (package stun-client, `cargo xtask provision`): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Primary: Open"), "{stdout}");
+    assert!(stdout.contains("Return value is 0x000001"), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+}
+
+#[test]
+fn no_stun_turns_the_responder_off() {
+    let s = Setup::new(&["--no-stun"]);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40504);
+    wan.send_to(
+        &binding_request([9; 12], None),
+        SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT),
+    )
+    .expect("send");
+    wan.set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    // Nothing, or an ICMP error surfacing as ECONNREFUSED: no STUN answer either way.
+    assert!(wan.recv_from(&mut buf).is_err(), "no answer with --no-stun");
+    assert!(s.natgw.status()["stun"].is_null());
+}
