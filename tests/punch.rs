@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::process::{Child, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -56,31 +56,34 @@ fn sites() -> Sites {
     Sites::new(SitesOptions::default()).expect("building the two-site testbed")
 }
 
-/// `natgw run --wan wan0 --lan lan0 EXTRA...` on each of `gateways`, started in
-/// parallel (loading the programs takes seconds on a busy machine).
+/// `natgw run --wan wan0 --lan lan0 EXTRA...` on each of `gateways`.
+///
+/// Loading the programs runs the verifier over them, seconds of CPU each: the tests of
+/// this file start natgw one at a time (a process-wide lock), so that two tests
+/// starting four gateways at once on a small machine do not push each other past the
+/// start-up limit. A start that still times out is tried once more, for the same
+/// reason; one that fails otherwise fails the test at once.
 fn start_natgw(gateways: &[(&Site, &[&str])]) -> Vec<Natgw> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = gateways
-            .iter()
-            .map(|(site, extra)| {
-                scope.spawn(move || {
-                    Natgw::try_start_on(
-                        &site.gateway,
-                        &["--wan", SITE_WAN_IF, "--lan", SITE_LAN_IF],
-                        extra,
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .expect("natgw start thread")
-                    .unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect()
-    })
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    gateways
+        .iter()
+        .map(|(site, extra)| {
+            let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+            let ifaces = ["--wan", SITE_WAN_IF, "--lan", SITE_LAN_IF];
+            match Natgw::try_start_on(&site.gateway, &ifaces, extra) {
+                Ok(natgw) => natgw,
+                Err(e) if e.starts_with("natgw did not come up") => {
+                    eprintln!(
+                        "natgw on site {} was slow to start; trying again",
+                        site.name
+                    );
+                    Natgw::try_start_on(&site.gateway, &ifaces, extra)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        })
+        .collect()
 }
 
 /// `natgw rendezvous --json` on the rendezvous host; stopped with SIGTERM.

@@ -14,6 +14,10 @@
 //!  wan-b  eth0 203.0.113.2/24  ──veth── wanb0 203.0.113.1/24  ┘
 //! ```
 //!
+//! A second topology, for hole punching between sites, is [`Sites`] (module [`sites`]):
+//! two LANs behind their own gateways, a third behind the kernel's NAT, and a
+//! rendezvous host, joined by an internet router.
+//!
 //! Interfaces keep their default settings (checksum offloads stay on) and nothing is
 //! attached to them. The inet router only knows its connected subnets, so a packet
 //! that leaves the gateway with an internal (10/8) source is delivered but can never be
@@ -37,12 +41,14 @@ mod lifecycle;
 mod netns;
 mod registry;
 mod rtnl;
+pub mod sites;
 mod topology;
 
 pub use error::{Error, Result};
 pub use lifecycle::NETNS_DIR;
 pub use netns::Netns;
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
+pub use sites::{KernelNat, Site, Sites, SitesOptions};
 pub use topology::{
     Gateway, Host, Testbed, GW_LAN_A_ADDR, GW_LAN_B_ADDR, GW_LAN_IFS, GW_WAN_ADDR, GW_WAN_IF,
     HOST_IF, INET_GW_IF, INET_GW_SIDE_ADDR, INET_WAN_A_IF, INET_WAN_A_SIDE_ADDR, INET_WAN_B_IF,

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVeth};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};
@@ -89,6 +89,35 @@ impl Rtnl {
                         "creating veth {ifname} in {} with peer {peer_name} in {peer_ns_name}",
                         self.ns_name
                     ),
+                    e,
+                )
+            })
+    }
+
+    /// Creates bridge `ifname` (up, no STP, so ports forward at once).
+    pub(crate) fn add_bridge(&self, ifname: &str) -> Result<()> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(ifname).build())
+                    .execute(),
+            )
+            .map_err(|e| Error::netlink(format!("creating bridge {ifname} in {}", self.ns_name), e))
+    }
+
+    /// Makes interface `ifname` a port of bridge `bridge`.
+    pub(crate) fn set_bridge_port(&self, ifname: &str, bridge: &str) -> Result<()> {
+        let index = self.link_index(ifname)?;
+        let bridge_index = self.link_index(bridge)?;
+        let message = LinkUnspec::new_with_index(index)
+            .controller(bridge_index)
+            .build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|e| {
+                Error::netlink(
+                    format!("adding {ifname} to bridge {bridge} in {}", self.ns_name),
                     e,
                 )
             })

@@ -246,7 +246,7 @@ fn create_namespaces_for(id: &str) -> Result<Namespaces> {
 }
 
 /// Whether `e` reports that a namespace name is already taken.
-fn is_already_exists(e: &Error) -> bool {
+pub(crate) fn is_already_exists(e: &Error) -> bool {
     matches!(e, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
 }
 
@@ -303,7 +303,7 @@ fn wire(ns: &Namespaces) -> Result<()> {
 }
 
 /// Creates veth pairs `(local name, peer name, peer namespace)` inside `ns`.
-fn create_veths(ns: &Netns, pairs: &[(&str, &str, &Netns)]) -> Result<()> {
+pub(crate) fn create_veths(ns: &Netns, pairs: &[(&str, &str, &Netns)]) -> Result<()> {
     let peer_fds = pairs
         .iter()
         .map(|(_, _, peer_ns)| peer_ns.open_fd())
@@ -319,7 +319,7 @@ fn create_veths(ns: &Netns, pairs: &[(&str, &str, &Netns)]) -> Result<()> {
 
 /// Inside `ns`: brings up `lo` and each interface with its address (on a
 /// [`SUBNET_PREFIX_LEN`] subnet), adds the default route and enables forwarding.
-fn configure(
+pub(crate) fn configure(
     ns: &Netns,
     interfaces: &[(&str, Ipv4Addr)],
     default_via: Option<Ipv4Addr>,

@@ -270,7 +270,9 @@ impl Report {
             row(
                 "tcp open",
                 match open {
-                    TcpOpen::Connect => "connect (simultaneous open)".to_owned(),
+                    TcpOpen::Connect => {
+                        "our connect() (simultaneous open, or their listener answered)".to_owned()
+                    }
                     TcpOpen::Accept => "accepted (the peer connected in)".to_owned(),
                 },
             );
