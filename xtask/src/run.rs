@@ -35,6 +35,7 @@ mod daemon;
 mod demo;
 mod punch;
 mod signals;
+mod stun;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -131,6 +132,7 @@ fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
     let log = paths::target_dir().join(LOG_NAME);
     let mut natgw = Natgw::start(natgw_bin, &testbed.gateway.ns, &args.natgw_args, &log)?;
     let outcome = demonstrate(testbed, &natgw)
+        .and_then(|()| demonstrate_stun(natgw_bin, testbed))
         .and_then(|()| {
             if args.no_punch {
                 Ok(())
@@ -183,6 +185,17 @@ fn demonstrate(testbed: &Testbed, natgw: &Natgw) -> Result<()> {
         );
     }
     println!("\nThe demonstration passed.");
+    Ok(())
+}
+
+/// natgw's and the kernel NAT's behaviour as the STUN probe classifies them
+/// ([`stun`]).
+fn demonstrate_stun(natgw_bin: &Path, testbed: &Testbed) -> Result<()> {
+    let failures = stun::demonstrate(natgw_bin, testbed)?;
+    signals::check()?;
+    if failures > 0 {
+        bail!("{failures} STUN probe(s) failed (the FAIL lines above)");
+    }
     Ok(())
 }
 
