@@ -95,7 +95,11 @@ fn touch(k: &SessionKey, pkt: &Ipv4Packet, outbound: bool, now: u64) {
     // SAFETY: `s` points at a live NAT_SESSIONS value.
     unsafe {
         if outbound {
-            (*s).last_out_ns = now;
+            // An outbound RST answers inbound traffic and refreshes nothing
+            // (RFC 7857 §2.1); it still moves the state to Reset below.
+            if pkt.tcp_flags & tcp_seen::RST == 0 {
+                (*s).last_out_ns = now;
+            }
         } else {
             (*s).last_in_ns = now;
         }
