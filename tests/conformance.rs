@@ -22,7 +22,6 @@ fn port_preservation() {
 }
 
 #[test]
-#[ignore = "data path: `natgw run --external ADDR` (several external addresses, paired pooling) is not in the CLI yet"]
 fn rfc4787_req_2_paired_address_pooling() {
     // rfc4787 REQ-2: paired address pooling
     assert_natgw_passes("rfc4787_req_2_paired_address_pooling");
@@ -137,14 +136,14 @@ fn rfc4787_req_13_fragmentation_needed_and_fragmenting() {
 }
 
 #[test]
-#[ignore = "data path: inbound fragments sent out of order (last first) never reach lan-a"]
 fn rfc4787_req_14_fragments_in_and_out_of_order() {
     // rfc4787 REQ-14: fragments in and out of order are translated
     assert_natgw_passes("rfc4787_req_14_fragments_in_and_out_of_order");
 }
 
 #[test]
-#[ignore = "data path: during a flood of incomplete fragments only ~4 of 20 in-order fragmented datagrams get through"]
+#[ignore = "data path: during a flood of incomplete fragments only ~4 of 20 in-order fragmented \
+            datagrams get through"]
 fn rfc4787_req_14a_fragment_flood_does_not_starve() {
     // rfc4787 REQ-14a: a fragment flood does not starve normal traffic
     assert_natgw_passes("rfc4787_req_14a_fragment_flood_does_not_starve");
@@ -235,7 +234,8 @@ fn rfc7857_rst_translated_and_session_kept() {
 }
 
 #[test]
-#[ignore = "data path: lan-a's RSTs answering inbound SYNs keep a reset TCP mapping alive past its 3 s transitory timeout"]
+#[ignore = "data path: lan-a's RSTs answering inbound SYNs keep a reset TCP mapping alive past its \
+            3 s transitory timeout"]
 fn rfc7857_outbound_rst_does_not_refresh() {
     // rfc7857 RST refresh: an outbound RST in reply to inbound does not refresh
     assert_natgw_passes("rfc7857_outbound_rst_does_not_refresh");
@@ -248,7 +248,8 @@ fn rfc7857_outbound_icmp_error_does_not_refresh() {
 }
 
 #[test]
-#[ignore = "data path: fragments of two hosts with the same IP ID leave with the same ID and address, so wan-a cannot reassemble the second datagram"]
+#[ignore = "data path: fragments of two hosts with the same IP ID leave with the same ID and \
+            address, so wan-a cannot reassemble the second datagram"]
 fn rfc7857_ip_id_of_fragments_unique() {
     // rfc7857 IP ID: IP IDs of fragmented datagrams stay unique (RFC 6864)
     assert_natgw_passes("rfc7857_ip_id_of_fragments_unique");
@@ -274,7 +275,8 @@ fn rfc5508_req_2_query_session_timeout() {
 
 #[test]
 fn rfc5508_req_3_icmp_error_validation() {
-    // rfc5508 REQ-3: errors with bad checksums dropped; options, transport checksum, RFC 4884 handled
+    // rfc5508 REQ-3: errors with bad checksums dropped; options, transport checksum,
+    // RFC 4884 handled
     assert_natgw_passes("rfc5508_req_3_icmp_error_validation");
 }
 

@@ -389,7 +389,8 @@ fn nft_supports(cfg: &NatConfig) -> Result<(), Stop> {
     for (proto, f) in [("UDP", cfg.udp_filtering), ("TCP", cfg.tcp_filtering)] {
         if let Some(f) = f.filter(|f| *f != Filtering::AddressAndPortDependent) {
             return Err(Stop::NotApplicable(format!(
-                "masquerade has no {f} mode for {proto}: conntrack admits only replies from the exact remote endpoint (APDF)"
+                "masquerade has no {f} mode for {proto}: conntrack admits only replies from the \
+                 exact remote endpoint (APDF)"
             )));
         }
     }
@@ -421,13 +422,16 @@ fn nft_ruleset(cfg: &NatConfig) -> String {
         Some((min, max)) if (min, max) != (1, 65535) => {
             let ports_to = if cfg.second_external { ":" } else { " to :" };
             format!(
-                "oifname \"wan0\" meta l4proto {{ tcp, udp }} {target}{ports_to}{min}-{max}{persistent}\n    oifname \"wan0\" {target}{persistent}"
+                "oifname \"wan0\" meta l4proto {{ tcp, udp }} \
+                 {target}{ports_to}{min}-{max}{persistent}\n    \
+                 oifname \"wan0\" {target}{persistent}"
             )
         }
         _ => format!("oifname \"wan0\" {target}{persistent}"),
     };
     format!(
-        "table ip natgw_conformance {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    {rules}\n  }}\n}}\n"
+        "table ip natgw_conformance {{\n  chain postrouting {{\n    type nat hook postrouting \
+         priority srcnat; policy accept;\n    {rules}\n  }}\n}}\n"
     )
 }
 

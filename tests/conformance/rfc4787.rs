@@ -246,6 +246,33 @@ fn port_preservation(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     Ok(())
 }
 
+/// Internal addresses of REQ-2: each LAN host's own and four more on its `eth0`, so
+/// that a pool has enough internal hosts to spread over both external addresses.
+fn pooled_hosts(env: &Env) -> Result<Vec<(&testbed::Netns, std::net::Ipv4Addr)>, Stop> {
+    let mut hosts = Vec::new();
+    for (ns, base) in [(env.lan_a(), LAN_A), (env.lan_b(), LAN_B)] {
+        for i in 0..5u8 {
+            let [a, b, c, d] = base.octets();
+            let addr = std::net::Ipv4Addr::new(a, b, c, d + i);
+            if i > 0 {
+                let out = ns
+                    .command("ip")
+                    .args(["addr", "add", &format!("{addr}/24"), "dev", "eth0"])
+                    .output()
+                    .step("adding a LAN address")?;
+                if !out.status.success() {
+                    return Err(Stop::Error(format!(
+                        "ip addr add {addr}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+            hosts.push((ns, addr));
+        }
+    }
+    Ok(hosts)
+}
+
 fn req_2(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     // rfc4787 REQ-2
     let cfg = NatConfig {
@@ -258,45 +285,63 @@ fn req_2(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let wan_b = udp(env.wan_b(), WAN_B, 7001)?;
     let server = TcpServer::start(env.wan_a(), ep(WAN_A, 8080)).step("TCP server on wan-a")?;
     r.sent(
-        "from each LAN host: UDP from 6 ports alternately to wan-a and wan-b, one TCP connection",
+        "10 internal addresses (10.0.1.2-6, 10.0.2.2-6): from each, UDP from 4 ports \
+         alternately to wan-a and wan-b and one TCP connection to wan-a",
     );
     let mut lines = Vec::new();
-    for (name, ns, addr) in [("lan-a", env.lan_a(), LAN_A), ("lan-b", env.lan_b(), LAN_B)] {
+    let mut used = std::collections::BTreeSet::new();
+    for (ns, addr) in pooled_hosts(&env)? {
         let mut addrs = Vec::new();
-        for (i, port) in (40000u16..40012).step_by(2).enumerate() {
+        for (i, port) in (40000u16..40008).step_by(2).enumerate() {
             let s = udp(ns, addr, port)?;
             let (to, at) = if i % 2 == 0 {
                 (ep(WAN_A, 7000), &wan_a)
             } else {
                 (ep(WAN_B, 7001), &wan_b)
             };
-            let seen = udp_through(&s, to, at, format!("{name} {port}").as_bytes())?;
+            let seen = udp_through(&s, to, at, format!("{addr} {port}").as_bytes())?;
             addrs.push(seen.map(|e| *e.ip()));
         }
+        let line = addr.to_string();
         let tcp = sock::tcp_connect(ns, ep(addr, 40100), ep(WAN_A, 8080), sock::ARRIVE)
-            .and_then(|mut s| sock::hello(&mut s, name).map(|()| s));
-        addrs.push(server.peer_of(name, sock::ARRIVE).map(|e| *e.ip()));
+            .and_then(|mut s| sock::hello(&mut s, &line).map(|()| s));
+        addrs.push(server.peer_of(&line, sock::ARRIVE).map(|e| *e.ip()));
         drop(tcp);
-        let shown: Vec<String> = addrs
-            .iter()
-            .map(|a| a.map_or_else(|| "lost".to_owned(), |a| a.to_string()))
-            .collect();
-        lines.push(format!("{name}: {}", shown.join(" ")));
         let first = addrs[0];
+        let consistent = addrs.iter().all(|a| *a == first);
+        lines.push(match first {
+            Some(ext) if consistent => format!("{addr} -> {ext}"),
+            _ => format!(
+                "{addr} -> {}",
+                addrs
+                    .iter()
+                    .map(|a| a.map_or_else(|| "lost".to_owned(), |a| a.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        });
+        used.extend(addrs.iter().flatten().copied());
         r.expect(
             addrs.iter().all(Option::is_some),
-            format!("every datagram and connection of {name} arrives"),
+            format!("every datagram and connection of {addr} arrives"),
         );
         r.expect(
-            addrs.iter().all(|a| *a == first),
-            format!("all of {name}'s mappings use one external address"),
+            consistent,
+            format!("all of {addr}'s mappings use one external address"),
         );
         r.expect(
             first.is_some_and(|a| a == EXT || a == SECOND_EXTERNAL),
-            format!("{name}'s address is one of the two external ones"),
+            format!("{addr}'s address is one of the two external ones"),
         );
     }
-    r.saw(lines.join("; "));
+    r.saw(format!(
+        "{} (4 UDP + 1 TCP mappings each); external addresses in use: {}",
+        lines.join(", "),
+        used.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     Ok(())
 }
 
@@ -442,7 +487,10 @@ fn req_4(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     // rfc4787 REQ-4
     let env = Env::start(nat, &NatConfig::default())?;
     let wan = udp(env.wan_a(), WAN_A, 7000)?;
-    r.sent("lan-a from :42000..=42005, then lan-b from the same six ports, all to wan-a:7000 (lan-b's ports are taken)");
+    r.sent(
+        "lan-a from :42000..=42005, then lan-b from the same six ports, all to wan-a:7000 \
+            (lan-b's ports are taken)",
+    );
     let mut socks = Vec::new();
     for (ns, addr) in [(env.lan_a(), LAN_A), (env.lan_b(), LAN_B)] {
         for port in 42000u16..42006 {
@@ -705,7 +753,10 @@ fn req_7(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    r.sent("192.0.2.129/25 on lan1 (inside wan0's 192.0.2.0/24); natgw run --wan wan0 --lan lan0 --lan lan1");
+    r.sent(
+        "192.0.2.129/25 on lan1 (inside wan0's 192.0.2.0/24); natgw run --wan wan0 --lan lan0 \
+            --lan lan1",
+    );
     let mut child = tb
         .gateway
         .ns
@@ -889,7 +940,10 @@ fn req_10(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let sip = "INVITE sip:bob@198.51.100.2 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.1.2:5060\r\n\
                Contact: <sip:alice@10.0.1.2:5060>\r\nContent-Type: application/sdp\r\n\r\n\
                c=IN IP4 10.0.1.2\r\nm=audio 49170 RTP/AVP 0\r\n";
-    r.sent("UDP lan-a :5060 -> wan-a:5060, a SIP INVITE naming 10.0.1.2:5060; TCP lan-a -> wan-a:21 `PORT 10,0,1,2,195,80`");
+    r.sent(
+        "UDP lan-a :5060 -> wan-a:5060, a SIP INVITE naming 10.0.1.2:5060; TCP lan-a -> \
+            wan-a:21 `PORT 10,0,1,2,195,80`",
+    );
     lan.send_to(sip.as_bytes(), ep(WAN_A, 5060))
         .step("sending the SIP request")?;
     let got = sock::recv_within(&wan, sock::ARRIVE);
@@ -1036,7 +1090,10 @@ fn req_12(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
         (icmp_type::TIME_EXCEEDED, 0),
         (icmp_type::PARAMETER_PROBLEM, 0),
     ];
-    r.sent("mapping lan-a :47000 -> wan-a:7000; wan-a sends ICMP 3/3, 3/1, 3/13, 11/0, 12/0 about it; then traffic both ways");
+    r.sent(
+        "mapping lan-a :47000 -> wan-a:7000; wan-a sends ICMP 3/3, 3/1, 3/13, 11/0, 12/0 about \
+            it; then traffic both ways",
+    );
     for (kind, code) in kinds {
         raw.send(&udp_error_about(WAN_A, e, ep(WAN_A, 7000), kind, code))
             .step("sending an ICMP error")?;
@@ -1111,7 +1168,10 @@ fn req_12b(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     // rfc4787 REQ-12b
     let env = Env::start(nat, &NatConfig::default())?;
     let lan = udp(env.lan_a(), LAN_A, 47200)?;
-    r.sent("lan-a :47200 -> wan-a:7999 (closed: wan-a's kernel answers port unreachable); lan-a's socket has IP_RECVERR");
+    r.sent(
+        "lan-a :47200 -> wan-a:7999 (closed: wan-a's kernel answers port unreachable); lan-a's \
+            socket has IP_RECVERR",
+    );
     sock::send(&lan, b"anyone?", ep(WAN_A, 7999)).step("sending")?;
     let err = sock::recv_error(&lan, sock::ARRIVE);
     r.saw(err.map_or_else(
@@ -1149,7 +1209,10 @@ fn req_13(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let nodf = udp(env.lan_a(), LAN_A, 48002)?;
     sock::set_pmtu_discover(&df, libc::IP_PMTUDISC_DO).step("IP_PMTUDISC_DO")?;
     sock::set_pmtu_discover(&nodf, libc::IP_PMTUDISC_DONT).step("IP_PMTUDISC_DONT")?;
-    r.sent("wan0 MTU 1280; 1400-byte UDP payload from lan-a :48000 with DF, and from :48002 without DF, to wan-a:7000");
+    r.sent(
+        "wan0 MTU 1280; 1400-byte UDP payload from lan-a :48000 with DF, and from :48002 \
+            without DF, to wan-a:7000",
+    );
     let big = vec![0x5a; 1400];
     sock::send(&df, &big, ep(WAN_A, 7000)).step("sending with DF")?;
     let err = sock::recv_error(&df, sock::ARRIVE);
@@ -1252,7 +1315,8 @@ fn req_14(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     }
     let in_reversed = sock::recv_payload(&lan, &d, sock::ARRIVE);
     r.saw(format!(
-        "wan-a got: in order from {}, reversed from {}; lan-a got: in order from {}, reversed from {}",
+        "wan-a got: in order from {}, reversed from {}; lan-a got: in order from {}, reversed from \
+         {}",
         show(out_in_order),
         show(out_reversed),
         show(in_in_order),
@@ -1343,7 +1407,8 @@ fn req_14a(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let (small_out, _) = at_wan.join().unwrap_or((0, 0));
     let big_sent = FLOW / BIG_EVERY;
     r.saw(format!(
-        "{flooded} flood fragments sent; delivered: inbound {small_in}/{FLOW}, outbound {small_out}/{FLOW}, fragmented inbound {big_in}/{big_sent}"
+        "{flooded} flood fragments sent; delivered: inbound {small_in}/{FLOW}, outbound \
+         {small_out}/{FLOW}, fragmented inbound {big_in}/{big_sent}"
     ));
     let enough = |got: usize, of: usize| got * 100 >= of * 95;
     r.expect(
@@ -1356,7 +1421,8 @@ fn req_14a(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     );
     r.expect(
         enough(big_in, big_sent),
-        "in-order fragmented traffic >= 95% delivered (RFC 4787 REQ-14a names in-order and unfragmented packets)",
+        "in-order fragmented traffic >= 95% delivered (RFC 4787 REQ-14a names in-order and \
+         unfragmented packets)",
     );
     Ok(())
 }

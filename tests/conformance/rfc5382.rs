@@ -505,7 +505,10 @@ fn req_4_punch(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let tcp_raw = Raw::tcp(env.wan_a()).step("raw TCP socket on wan-a")?;
     let icmp_raw = Raw::icmp(env.wan_a()).step("raw ICMP socket on wan-a")?;
     let (peer, target) = (ep(WAN_A, 9200), ep(EXT, 46100));
-    r.sent("wan-a :9200 connects to 192.0.2.1:46100 (unsolicited SYN); 1 s later lan-a :46100 connects to wan-a:9200");
+    r.sent(
+        "wan-a :9200 connects to 192.0.2.1:46100 (unsolicited SYN); 1 s later lan-a :46100 \
+            connects to wan-a:9200",
+    );
     let (inbound, outbound) = std::thread::scope(|s| {
         let w = s.spawn(|| sock::tcp_connect(env.wan_a(), peer, target, Duration::from_secs(8)));
         std::thread::sleep(Duration::from_secs(1));
@@ -792,7 +795,10 @@ fn req_9(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let e = server
         .peer_of("lan-a", sock::ARRIVE)
         .ok_or_else(|| Stop::Error("the server did not see lan-a".to_owned()))?;
-    r.sent("connection lan-a :48200 <-> wan-a:8080; wan-a sends ICMP 3/1 (host unreachable) quoting it");
+    r.sent(
+        "connection lan-a :48200 <-> wan-a:8080; wan-a sends ICMP 3/1 (host unreachable) \
+            quoting it",
+    );
     sender
         .send(&tcp_error(
             e,
@@ -833,7 +839,10 @@ fn req_10(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let e = server
         .peer_of("lan-a", sock::ARRIVE)
         .ok_or_else(|| Stop::Error("the server did not see lan-a".to_owned()))?;
-    r.sent("connection lan-a :48300 <-> wan-a:8080; wan-a sends ICMP 3/3, 3/1, 3/13, 11/0, 12/0 quoting it; then a line each way");
+    r.sent(
+        "connection lan-a :48300 <-> wan-a:8080; wan-a sends ICMP 3/3, 3/1, 3/13, 11/0, 12/0 \
+            quoting it; then a line each way",
+    );
     for (kind, code) in [
         (icmp_type::DEST_UNREACHABLE, unreachable::PORT),
         (icmp_type::DEST_UNREACHABLE, unreachable::HOST),
@@ -875,7 +884,10 @@ fn state(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let env = Env::start(nat, &NatConfig::default())?;
     let server = TcpServer::start(env.wan_a(), ep(WAN_A, 8080)).step("server on wan-a")?;
     let internal = ep(LAN_A, 49000);
-    r.sent("connection lan-a :49000 <-> wan-a:8080: handshake and data, then FIN both ways; the NAT's session listing after each");
+    r.sent(
+        "connection lan-a :49000 <-> wan-a:8080: handshake and data, then FIN both ways; the \
+            NAT's session listing after each",
+    );
     let conn = connect_hello(env.lan_a(), internal, ep(WAN_A, 8080), "lan-a").step("connecting")?;
     let e = server
         .peer_of("lan-a", sock::ARRIVE)
@@ -905,7 +917,10 @@ fn state(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
         "a closed connection is tracked as closing",
     );
     r.expect(
-        matches!((open.as_ref().and_then(horizon), closed.as_ref().and_then(horizon)), (Some(o), Some(c)) if o > c),
+        matches!(
+            (open.as_ref().and_then(horizon), closed.as_ref().and_then(horizon)),
+            (Some(o), Some(c)) if o > c
+        ),
         "closing uses a shorter timeout than established",
     );
     Ok(())
@@ -916,7 +931,10 @@ fn rst_kept(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let env = Env::start(nat, &NatConfig::default())?;
     let server = TcpServer::start(env.wan_a(), ep(WAN_A, 8080)).step("server on wan-a")?;
     let internal = ep(LAN_A, 49100);
-    r.sent("connection lan-a :49100 <-> wan-a:8080; wan-a resets it (SO_LINGER 0); the NAT's session listing 2 s later");
+    r.sent(
+        "connection lan-a :49100 <-> wan-a:8080; wan-a resets it (SO_LINGER 0); the NAT's \
+            session listing 2 s later",
+    );
     let mut conn =
         connect_hello(env.lan_a(), internal, ep(WAN_A, 8080), "lan-a").step("connecting")?;
     let e = server
@@ -962,7 +980,8 @@ fn rst_no_refresh(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let internal = ep(LAN_A, 49200);
     r.sent(
         "transitory timeout 3 s: connection lan-a :49200 <-> wan-a:8080, lan-a resets it; then \
-         wan-a sends a SYN to the mapping every second for 9 s, lan-a's kernel answers each with RST",
+         wan-a sends a SYN to the mapping every second for 9 s, lan-a's kernel answers each \
+         with RST",
     );
     let conn = connect_hello(env.lan_a(), internal, ep(WAN_A, 8080), "lan-a").step("connecting")?;
     let e = server

@@ -140,7 +140,10 @@ fn req_1a(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let at_b = Raw::icmp(env.wan_b()).step("raw ICMP socket on wan-b")?;
     let ping_b = Ping::open(env.lan_b(), LAN_B, 0x2222).step("ping socket on lan-b")?;
     let ping_a = Ping::open(env.lan_a(), LAN_A, 0x2222).step("ping socket on lan-a")?;
-    r.sent("echo lan-b (id 0x2222) -> wan-b first (id contested), then lan-a (id 0x2222) -> wan-a and -> wan-b");
+    r.sent(
+        "echo lan-b (id 0x2222) -> wan-b first (id contested), then lan-a (id 0x2222) -> wan-a \
+            and -> wan-b",
+    );
     ping_b.echo(WAN_B, 1, b"b").step("echo")?;
     let idb = echo_request_seen(&at_b, 1);
     let _ = ping_b.reply(1, sock::ARRIVE);
@@ -218,7 +221,10 @@ fn req_2(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let at_wan = Raw::icmp(env.wan_a()).step("raw ICMP socket on wan-a")?;
     let sender = Raw::sender(env.wan_a()).step("raw socket on wan-a")?;
     let ping = Ping::open(env.lan_a(), LAN_A, 0x3333).step("ping socket on lan-a")?;
-    r.sent("query timeout 3 s: echo lan-a -> wan-a at 0 s; wan-a sends echo replies to the external id at 1 s and 7 s");
+    r.sent(
+        "query timeout 3 s: echo lan-a -> wan-a at 0 s; wan-a sends echo replies to the \
+            external id at 1 s and 7 s",
+    );
     let t = Timeline::start();
     ping.echo(WAN_A, 1, b"open").step("echo")?;
     let (_, id) = echo_request_seen(&at_wan, 1)
@@ -501,7 +507,8 @@ fn req_5(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
                         && m.quoted().is_some_and(|q| q.checksum_ok())
                 })
         }),
-        "wan-a gets 3/3 from 192.0.2.1 quoting wan-a:7000 -> the external endpoint, checksums valid",
+        "wan-a gets 3/3 from 192.0.2.1 quoting wan-a:7000 -> the external endpoint, checksums \
+         valid",
     );
     Ok(())
 }
@@ -676,7 +683,10 @@ fn req_8(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let a1 = udp(env.lan_a(), LAN_A, 20001)?;
     let b = udp(env.lan_b(), LAN_B, 20000)?;
     let at_b = Raw::icmp(env.lan_b()).step("raw ICMP socket on lan-b")?;
-    r.sent("port range 20000-20001: lan-a :20000 and :20001 -> wan-a:7000 take both ports; lan-b :20000 -> wan-a:7000");
+    r.sent(
+        "port range 20000-20001: lan-a :20000 and :20001 -> wan-a:7000 take both ports; lan-b \
+            :20000 -> wan-a:7000",
+    );
     let ea0 = udp_through(&a0, ep(WAN_A, 7000), &wan, b"a0")?;
     let ea1 = udp_through(&a1, ep(WAN_A, 7000), &wan, b"a1")?;
     if ea0.is_none() || ea1.is_none() {
