@@ -234,8 +234,9 @@ fn rfc7857_rst_translated_and_session_kept() {
 }
 
 #[test]
-#[ignore = "data path: lan-a's RSTs answering inbound SYNs keep a reset TCP mapping alive past its \
-            3 s transitory timeout"]
+#[ignore = "data path: wan-a's SYNs to a reset mapping, each answered by lan-a's RST, keep \
+            it alive past the 3 s transitory timeout (TCP sessions refresh on inbound packets \
+            too)"]
 fn rfc7857_outbound_rst_does_not_refresh() {
     // rfc7857 RST refresh: an outbound RST in reply to inbound does not refresh
     assert_natgw_passes("rfc7857_outbound_rst_does_not_refresh");
