@@ -162,7 +162,7 @@ fn to_local_service(
 
 /// Sends the translated packet out of `hop`'s interface.
 #[inline(always)]
-fn send(ctx: &TcContext, hop: &fib::NextHop) -> Result<i32, Option<Counter>> {
+pub fn send(ctx: &TcContext, hop: &fib::NextHop) -> Result<i32, Option<Counter>> {
     // SAFETY: plain helper calls; their result is the TC action to return.
     let action = unsafe {
         if hop.resolved {

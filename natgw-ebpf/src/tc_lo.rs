@@ -7,11 +7,7 @@
 //! as the host expects) and it is sent out of the host's LAN interface. Everything
 //! else on `lo` passes untouched.
 
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    helpers::generated::{bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use natgw_common::{
     packet::{L4Kind, Rewrite, Side},
     Counter, IfaceRole,
@@ -20,6 +16,7 @@ use natgw_common::{
 use crate::{
     counters::count,
     nat::{self, fib, mapping, socket::local_socket_owns},
+    tc_lan::send,
     tc_wan::{apply, parse},
 };
 
@@ -71,17 +68,5 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     )
     .map_err(Some)?;
     count(Counter::HairpinLocalReply);
-    // SAFETY: plain helper calls; their result is the TC action to return.
-    let action = unsafe {
-        if hop.resolved {
-            ctx.store(0, &hop.dmac, 0)
-                .map_err(|_| Some(Counter::DropInternal))?;
-            ctx.store(6, &hop.smac, 0)
-                .map_err(|_| Some(Counter::DropInternal))?;
-            bpf_redirect(hop.ifindex, 0)
-        } else {
-            bpf_redirect_neigh(hop.ifindex, core::ptr::null_mut(), 0, 0)
-        }
-    };
-    Ok(action as i32)
+    send(ctx, &hop)
 }
