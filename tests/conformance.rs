@@ -3,9 +3,6 @@
 //! check of `natgw_integration_tests::conformance` with that name and asserts that it
 //! passes. `cargo xtask conformance` runs the same checks and prints them as a table,
 //! next to the kernel's nftables masquerade.
-//!
-//! Tests whose requirement the data path does not meet yet are ignored with the
-//! reason; remove the `#[ignore]` when the feature lands.
 
 use natgw_integration_tests::conformance::assert_natgw_passes;
 
@@ -142,8 +139,6 @@ fn rfc4787_req_14_fragments_in_and_out_of_order() {
 }
 
 #[test]
-#[ignore = "data path: during a flood of incomplete fragments only ~4 of 20 in-order fragmented \
-            datagrams get through"]
 fn rfc4787_req_14a_fragment_flood_does_not_starve() {
     // rfc4787 REQ-14a: a fragment flood does not starve normal traffic
     assert_natgw_passes("rfc4787_req_14a_fragment_flood_does_not_starve");
@@ -234,9 +229,6 @@ fn rfc7857_rst_translated_and_session_kept() {
 }
 
 #[test]
-#[ignore = "data path: wan-a's SYNs to a reset mapping, each answered by lan-a's RST, keep \
-            it alive past the 3 s transitory timeout (TCP sessions refresh on inbound packets \
-            too)"]
 fn rfc7857_outbound_rst_does_not_refresh() {
     // rfc7857 RST refresh: an outbound RST in reply to inbound does not refresh
     assert_natgw_passes("rfc7857_outbound_rst_does_not_refresh");
@@ -249,8 +241,6 @@ fn rfc7857_outbound_icmp_error_does_not_refresh() {
 }
 
 #[test]
-#[ignore = "data path: fragments of two hosts with the same IP ID leave with the same ID and \
-            address, so wan-a cannot reassemble the second datagram"]
 fn rfc7857_ip_id_of_fragments_unique() {
     // rfc7857 IP ID: IP IDs of fragmented datagrams stay unique (RFC 6864)
     assert_natgw_passes("rfc7857_ip_id_of_fragments_unique");

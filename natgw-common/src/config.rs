@@ -25,6 +25,9 @@ pub struct Config {
     /// Number of external addresses in the `EXT_ADDRS` pool (0 or 1: just
     /// `ext_addr_be`).
     pub ext_count: u8,
+    /// Possible CPUs: the stride of each CPU's IP identification sequence
+    /// (`IP_ID_NEXT`), so no two CPUs hand out the same identification (0 acts as 1).
+    pub cpus: u32,
 }
 
 /// Most external addresses natgw pools.

@@ -58,6 +58,10 @@ counters! {
     HairpinLocalReply = "hairpin_local_reply",
     /// A later fragment of a translated datagram translated by TC (RFC 4787 REQ-14).
     FragmentTranslated = "fragment_translated",
+    /// An outbound non-atomic datagram (a fragment, or a packet without DF) left
+    /// with an IP identification of the gateway's instead of the host's (RFC 6864,
+    /// as RFC 7857 asks).
+    IpIdRewritten = "ip_id_rewritten",
     /// A new mapping was created.
     MappingCreated = "mapping_created",
     /// Handed to the kernel: not IPv4.
@@ -79,6 +83,9 @@ counters! {
     PassFib = "pass_fib",
     /// Handed to the kernel: an IP fragment (translated on the TC path).
     PassFragment = "pass_fragment",
+    /// Handed to the kernel: an outbound packet without DF, whose identification
+    /// the TC path replaces (RFC 6864 non-atomic datagram).
+    PassNonAtomic = "pass_non_atomic",
     /// Handed to TC: a packet to the external address from inside (hairpin or the
     /// gateway's own services).
     PassHairpin = "pass_hairpin",
@@ -108,6 +115,10 @@ counters! {
     /// Dropped: an inbound later fragment that could not be held (too large, or
     /// the stash helper failed).
     DropFragmentUnknown = "drop_fragment_unknown",
+    /// Dropped: a fragment that would start (or hold) one more incomplete datagram
+    /// from a source whose budget of them is spent: a fragment flood (RFC 4787
+    /// REQ-14a).
+    DropFragmentBudget = "drop_fragment_budget",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
 }

@@ -32,6 +32,10 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     /// Inbound fragmented datagrams: [`super::FragKey`] -> [`super::FragValue`].
     pub const FRAGS_IN: &str = "FRAGS_IN";
+    /// Outbound fragmented datagrams: [`super::FragOutKey`] -> [`super::FragOutValue`].
+    pub const FRAGS_OUT: &str = "FRAGS_OUT";
+    /// `Array<FragBudget>`: each source's budget of incomplete fragmented datagrams.
+    pub const FRAG_BUDGET: &str = "FRAG_BUDGET";
     /// Early later-fragments waiting for their first fragment:
     /// [`super::StashKey`] -> [`super::StashedFragment`].
     pub const FRAG_STASH: &str = "FRAG_STASH";
@@ -46,6 +50,127 @@ pub mod names {
 /// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a
 /// fragment flood cannot take memory from anything else; the oldest are replaced).
 pub const MAX_FRAGS_IN: u32 = 4096;
+
+/// Outbound fragmented datagrams remembered at once (their new IP identification).
+pub const MAX_FRAGS_OUT: u32 = 4096;
+
+/// Buckets of [`FragBudget`] per direction: sources are hashed into them, so a flood
+/// from one source (or a few) only spends its own bucket (RFC 4787 REQ-14a).
+pub const FRAG_BUDGET_BUCKETS: u32 = 1024;
+/// Incomplete fragmented datagrams one bucket may have in flight at once.
+pub const FRAG_BUDGET_BURST: u32 = 128;
+/// Datagrams per second a bucket regains, for datagrams whose last fragment never
+/// passed (lost, or out of order through the stash).
+pub const FRAG_BUDGET_REFILL_PER_SEC: u64 = 128;
+
+/// Index of `addr_be`'s bucket in `FRAG_BUDGET`: inbound datagrams by remote source
+/// in the first [`FRAG_BUDGET_BUCKETS`], outbound ones by internal source in the
+/// second.
+#[inline(always)]
+#[must_use]
+pub const fn frag_budget_bucket(addr_be: u32, outbound: bool) -> u32 {
+    let h = u32::from_be(addr_be).wrapping_mul(0x9e37_79b1) >> 22;
+    if outbound {
+        h + FRAG_BUDGET_BUCKETS
+    } else {
+        h
+    }
+}
+
+/// Value of `FRAG_BUDGET`: a token bucket of fragmented datagrams. A datagram's
+/// first fragment (inbound), or its first fragment seen (outbound), takes a token;
+/// its last fragment gives it back, so complete datagrams cost nothing and only
+/// incomplete ones (a flood) drain the bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragBudget {
+    /// Tokens spent and not yet regained.
+    pub spent: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// When `spent` last shrank by the refill (ns).
+    pub refilled_ns: u64,
+}
+
+impl FragBudget {
+    /// The budget at `now_ns` after the time-based refill.
+    #[inline(always)]
+    #[must_use]
+    pub const fn refilled(self, now_ns: u64) -> Self {
+        let elapsed = now_ns.saturating_sub(self.refilled_ns);
+        let regained = elapsed / (1_000_000_000 / FRAG_BUDGET_REFILL_PER_SEC);
+        if regained == 0 {
+            return self;
+        }
+        let spent = if regained >= self.spent as u64 {
+            0
+        } else {
+            self.spent - regained as u32
+        };
+        Self {
+            spent,
+            _pad: 0,
+            refilled_ns: now_ns,
+        }
+    }
+
+    /// Takes a token at `now_ns`; `None` when the bucket is empty.
+    #[inline(always)]
+    #[must_use]
+    pub const fn take(self, now_ns: u64) -> Option<Self> {
+        let b = self.refilled(now_ns);
+        if b.spent >= FRAG_BUDGET_BURST {
+            return None;
+        }
+        Some(Self {
+            spent: b.spent + 1,
+            ..b
+        })
+    }
+
+    /// Gives a token back (a datagram's last fragment passed).
+    #[inline(always)]
+    #[must_use]
+    pub const fn give_back(self) -> Self {
+        Self {
+            spent: self.spent.saturating_sub(1),
+            ..self
+        }
+    }
+}
+
+/// Key of `FRAGS_OUT`: one outbound datagram as the internal host sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragOutKey {
+    /// Internal (source) address.
+    pub int_addr_be: u32,
+    /// Remote (destination) address.
+    pub remote_addr_be: u32,
+    /// IP identification the internal host chose.
+    pub ip_id_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// Value of `FRAGS_OUT`: the identification the datagram leaves with. Hosts choose
+/// identifications independently, so two of them may send fragments with the same
+/// one to the same destination; after translation they would share the external
+/// address too and be reassembled together. Every fragment of a datagram gets the
+/// same new identification, from a sequence unique to the gateway (RFC 6864 §5.3.1,
+/// as RFC 7857 §2.3 asks of NAT44).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragOutValue {
+    /// Identification on the wire (network order).
+    pub new_id_be: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// When the first fragment seen was translated (ns).
+    pub seen_ns: u64,
+}
 
 /// PCP FILTER entries natgw keeps (RFC 6887 lets a server limit them).
 pub const MAX_PCP_FILTERS: u32 = 4096;
@@ -421,6 +546,12 @@ mod pod {
     unsafe impl aya::Pod for super::PcpFilterKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StashedFragment {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragOutKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragOutValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragBudget {}
 }
 
 #[cfg(test)]
@@ -438,5 +569,51 @@ mod tests {
         assert_eq!(size_of::<super::Session>(), 32);
         assert_eq!(size_of::<super::HeldSyn>(), 16);
         assert_eq!(size_of::<super::Event>(), 36);
+        assert_eq!(size_of::<super::FragOutKey>(), 12);
+        assert_eq!(size_of::<super::FragOutValue>(), 16);
+        assert_eq!(size_of::<super::FragBudget>(), 16);
+    }
+
+    #[test]
+    fn fragment_budget_is_spent_by_incomplete_datagrams_only() {
+        // rfc4787 REQ-14a
+        use super::{FragBudget, FRAG_BUDGET_BURST, FRAG_BUDGET_REFILL_PER_SEC};
+        let t = 5_000_000_000;
+        // Complete datagrams: taken and given back, forever.
+        let mut b = FragBudget::default();
+        for i in 0..10_000 {
+            b = b
+                .take(t + i)
+                .expect("complete datagrams never run out")
+                .give_back();
+        }
+        assert_eq!(b.spent, 0);
+        // Incomplete ones: the burst, then nothing until the refill.
+        let mut b = FragBudget::default();
+        for _ in 0..FRAG_BUDGET_BURST {
+            b = b.take(t).expect("within the burst");
+        }
+        assert_eq!(b.take(t), None);
+        let tick = 1_000_000_000 / FRAG_BUDGET_REFILL_PER_SEC;
+        assert_eq!(b.take(t + tick / 2), None);
+        let b = b.take(t + tick).expect("one token regained");
+        assert_eq!(b.take(t + tick), None);
+        // A quiet second regains the refill rate's worth.
+        assert_eq!(
+            b.refilled(t + tick + 1_000_000_000).spent,
+            FRAG_BUDGET_BURST.saturating_sub(FRAG_BUDGET_REFILL_PER_SEC as u32)
+        );
+    }
+
+    #[test]
+    fn fragment_budget_buckets_split_directions() {
+        use super::{frag_budget_bucket, FRAG_BUDGET_BUCKETS};
+        for a in [0u32, 1, 0x0a00_0001, u32::MAX] {
+            assert!(frag_budget_bucket(a, false) < FRAG_BUDGET_BUCKETS);
+            assert_eq!(
+                frag_budget_bucket(a, true),
+                frag_budget_bucket(a, false) + FRAG_BUDGET_BUCKETS
+            );
+        }
     }
 }

@@ -32,6 +32,8 @@ pub mod ipv4 {
     pub const DST: usize = 16;
     /// More-fragments flag in the FRAG word.
     pub const MF: u16 = 0x2000;
+    /// Don't-fragment flag in the FRAG word.
+    pub const DF: u16 = 0x4000;
     /// Fragment offset mask in the FRAG word.
     pub const OFFSET_MASK: u16 = 0x1fff;
 }
@@ -207,6 +209,11 @@ pub struct Ipv4Packet {
     pub frag: Fragment,
     /// Fragment offset field (8-byte units, host order).
     pub frag_offset: u16,
+    /// The MF (more fragments) flag: false on a datagram's last fragment.
+    pub more_fragments: bool,
+    /// The DF (don't fragment) flag. A datagram without it is "non-atomic" (RFC
+    /// 6864): a router on the way may fragment it, so its identification matters.
+    pub dont_fragment: bool,
     /// What the L4 part is.
     pub kind: L4Kind,
     /// ICMP type and code, 0 for other protocols.
@@ -315,6 +322,8 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         dst: [fixed[16], fixed[17], fixed[18], fixed[19]],
         frag,
         frag_offset: frag_word & ipv4::OFFSET_MASK,
+        more_fragments: frag_word & ipv4::MF != 0,
+        dont_fragment: frag_word & ipv4::DF != 0,
         kind: L4Kind::Other,
         icmp_type: 0,
         icmp_code: 0,

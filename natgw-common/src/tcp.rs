@@ -23,7 +23,9 @@ pub enum TcpState {
     /// FINs seen both ways.
     BothFin = 6,
     /// A RST was seen: kept for the transitory timeout (RFC 7857 §2.2), revived by
-    /// any other segment.
+    /// the next outbound segment that is not a RST. Inbound segments do not revive
+    /// it: a peer's SYNs to a reset connection, each answered from the inside with
+    /// another RST, must not keep it alive (RFC 7857 §2.1).
     Reset = 7,
 }
 
@@ -103,6 +105,8 @@ impl TcpState {
             Self::Established if fin => Self::InboundFin,
             Self::OutboundFin if fin && !outbound => Self::BothFin,
             Self::InboundFin if fin && outbound => Self::BothFin,
+            Self::Reset if !outbound => Self::Reset,
+            Self::Reset if syn && flags & tcp_seen::ACK == 0 => Self::OutboundSyn,
             Self::Reset => Self::Established,
             // A new connection reusing the 4-tuple after a close.
             Self::BothFin if syn && outbound && flags & tcp_seen::ACK == 0 => Self::OutboundSyn,
@@ -156,6 +160,16 @@ mod tests {
         assert_eq!(s, S::Reset);
         assert_eq!(s.timeout_class(), TimeoutClass::Transitory);
         assert_eq!(s.next(true, ACK), S::Established);
+        assert_eq!(s.next(true, SYN), S::OutboundSyn);
+    }
+
+    #[test]
+    fn inbound_segments_do_not_revive_a_reset_session() {
+        // RFC 7857 §2.1: a peer's SYNs, each answered by the inside with a RST.
+        let s = run(&[(true, SYN), (false, SYN | ACK), (true, RST)]);
+        assert_eq!(s.next(false, SYN), S::Reset);
+        assert_eq!(s.next(false, ACK), S::Reset);
+        assert_eq!(s.next(false, SYN).next(true, RST | ACK), S::Reset);
     }
 
     #[test]

@@ -89,7 +89,8 @@ pub fn redirect(ifindex: u32) -> u32 {
 }
 
 /// Where the fast path sends `pkt` once its destination is `dst`, if it can take
-/// it at all: the TTL survives the hop, the packet is not a fragment, its checksum
+/// it at all: the TTL survives the hop, the packet is not a fragment (nor, outbound,
+/// a non-atomic datagram whose identification must be replaced), its checksum
 /// can be completed, the route leads to an interface of role `egress_role`, the
 /// neighbour is resolved, the MTU fits, and the egress device accepts redirects.
 /// `Err` names why the kernel's path must take it instead.
@@ -106,6 +107,10 @@ pub fn next_hop<C: EbpfContext>(
     }
     if pkt.frag != Fragment::None {
         return Err(Counter::PassFragment);
+    }
+    if !pkt.dont_fragment && egress_role == IfaceRole::Wan {
+        // Leaves with an identification of ours, which the TC path gives it.
+        return Err(Counter::PassNonAtomic);
     }
     if let Some(rx) = nat::iface(ingress) {
         if rx.rx_csum_partial != 0 {

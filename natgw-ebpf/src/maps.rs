@@ -10,8 +10,9 @@ use aya_ebpf::{
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
     maps::{
-        FragKey, FragValue, HeldSyn, PcpFilterKey, Session, SessionKey, StashKey, StashedFragment,
-        DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES, MAX_FRAGS_IN, MAX_HELD_SYNS, MAX_PCP_FILTERS,
+        FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, PcpFilterKey, Session,
+        SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES,
+        FRAG_BUDGET_BUCKETS, MAX_FRAGS_IN, MAX_FRAGS_OUT, MAX_HELD_SYNS, MAX_PCP_FILTERS,
         MAX_STASHED_FRAGMENTS,
     },
     Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
@@ -66,6 +67,22 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 /// (REQ-14a), and a record is worth little after the reassembly timeout anyway.
 #[map]
 pub static FRAGS_IN: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(MAX_FRAGS_IN, 0);
+
+/// Outbound fragmented datagrams and the IP identification they leave with (RFC 6864,
+/// as RFC 7857 asks of NAT44). LRU like `FRAGS_IN`.
+#[map]
+pub static FRAGS_OUT: LruHashMap<FragOutKey, FragOutValue> =
+    LruHashMap::with_max_entries(MAX_FRAGS_OUT, 0);
+
+/// Each source's budget of incomplete fragmented datagrams, by hash bucket: inbound
+/// buckets, then outbound ones (RFC 4787 REQ-14a).
+#[map]
+pub static FRAG_BUDGET: Array<FragBudget> = Array::with_max_entries(2 * FRAG_BUDGET_BUCKETS, 0);
+
+/// This CPU's next IP identification for outbound fragmented datagrams; CPUs step by
+/// `Config::cpus` from their own index, so their sequences never meet.
+#[map]
+pub static IP_ID_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// The external address pool by index (paired pooling, RFC 4787 REQ-2).
 #[map]

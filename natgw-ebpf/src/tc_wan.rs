@@ -14,24 +14,24 @@
 //! consistent itself.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use natgw_common::{
-    maps::{FragKey, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
+    maps::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
     packet::{
         apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address,
         rewrite_icmp_error, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
     },
-    Counter,
+    Config, Counter,
 };
 
 use crate::{
     buf::TcBuf,
     counters::count,
-    maps::{FRAGS_IN, FRAG_SCRATCH, FRAG_STASH},
-    nat::{self, events, mapping},
+    maps::{FRAGS_IN, FRAGS_OUT, FRAG_SCRATCH, FRAG_STASH},
+    nat::{self, events, fragments, mapping},
 };
 
 /// `Err(None)`: not for the NAT, let it go. `Err(Some(c))`: drop, counted as `c`.
@@ -73,6 +73,7 @@ fn try_egress(ctx: &TcContext) -> Verdict {
         // No ports to map by, and none needed: every mapping of a host shares its
         // external address, the only field a later fragment has to change.
         let ext = nat::external_for(cfg, pkt.src);
+        fragment_id(ctx, cfg, &pkt).map_err(Some)?;
         rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Source, ext)
             .ok_or(Some(Counter::DropInternal))?;
         count(Counter::FragmentTranslated);
@@ -89,6 +90,12 @@ fn try_egress(ctx: &TcContext) -> Verdict {
         }
         Some(c)
     })?;
+    if pkt.frag == Fragment::First {
+        fragment_id(ctx, cfg, &pkt).map_err(Some)?;
+    } else if !pkt.dont_fragment {
+        // Unfragmented but non-atomic: a router on the way may still fragment it.
+        set_ip_id(ctx, &pkt, fragments::next_ip_id(cfg).map_err(Some)?).map_err(Some)?;
+    }
     apply(
         ctx,
         &Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be),
@@ -97,6 +104,69 @@ fn try_egress(ctx: &TcContext) -> Verdict {
     count(Counter::TcOutTranslated);
     Ok(())
 }
+
+/// Gives an outbound fragment its datagram's identification from the gateway's own
+/// sequence (see [`FragOutValue`]), chosen when the datagram's first fragment to
+/// pass (in whatever order) is seen. A datagram costs its host one unit of fragment
+/// budget until its last fragment passes.
+#[inline(always)]
+fn fragment_id(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    let key = FragOutKey {
+        int_addr_be: u32::from_ne_bytes(pkt.src),
+        remote_addr_be: u32::from_ne_bytes(pkt.dst),
+        ip_id_be: pkt.ip_id_be,
+        proto: pkt.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a live map value.
+    let new_id_be = if let Some(known) = unsafe { FRAGS_OUT.get(&key) } {
+        known.new_id_be
+    } else {
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        fragments::take(pkt.src, true, now)?;
+        let value = FragOutValue {
+            new_id_be: fragments::next_ip_id(cfg)?,
+            _pad: [0; 6],
+            seen_ns: now,
+        };
+        // Another CPU translating a fragment of the same datagram right now would
+        // have inserted first: take its identification.
+        if FRAGS_OUT
+            .insert(&key, &value, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            fragments::give_back(pkt.src, true);
+        }
+        // SAFETY: as above.
+        unsafe { FRAGS_OUT.get(&key) }.map_or(value.new_id_be, |v| v.new_id_be)
+    };
+    if !pkt.more_fragments {
+        fragments::give_back(pkt.src, true);
+    }
+    set_ip_id(ctx, pkt, new_id_be)
+}
+
+/// Replaces the IP identification of outbound `pkt` (header checksum kept right).
+#[inline(always)]
+fn set_ip_id(ctx: &TcContext, pkt: &Ipv4Packet, new_id_be: u16) -> Result<(), Counter> {
+    ctx.l3_csum_replace(
+        pkt.l3 + IP_CSUM_OFF,
+        u64::from(pkt.ip_id_be),
+        u64::from(new_id_be),
+        2,
+    )
+    .map_err(|_| Counter::DropInternal)?;
+    ctx.store(pkt.l3 + IP_ID_OFF, &new_id_be, 0)
+        .map_err(|_| Counter::DropInternal)?;
+    count(Counter::IpIdRewritten);
+    Ok(())
+}
+
+/// Offset of the identification in the IPv4 header.
+const IP_ID_OFF: usize = 4;
+/// Offset of the header checksum in the IPv4 header.
+const IP_CSUM_OFF: usize = 10;
 
 /// An ICMP error leaving through the WAN about a packet that came in through a
 /// mapping: the embedded packet's destination (the internal endpoint) becomes the
@@ -167,6 +237,9 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
         let int = first.int_addr_be.to_ne_bytes();
         rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Destination, int)
             .ok_or(Some(Counter::DropInternal))?;
+        if !pkt.more_fragments {
+            fragments::give_back(pkt.src, false);
+        }
         count(Counter::FragmentTranslated);
         return Ok(());
     }
@@ -176,6 +249,10 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
     let hit = mapping::inbound(&pkt).ok_or(None)?;
     hit.admit(&pkt).map_err(Some)?;
+    if pkt.frag == Fragment::First {
+        // SAFETY: no preconditions.
+        fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
+    }
     hit.account(&pkt);
     apply(
         ctx,
@@ -242,6 +319,10 @@ fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict {
     if tot_len >= MAX_STASHED_FRAGMENT_LEN {
         return Err(Some(Counter::DropFragmentUnknown));
     }
+    // A held fragment costs its source budget until the refill: nobody gives it
+    // back, as its datagram may never come.
+    // SAFETY: no preconditions.
+    fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
     // The compiler would fold the checks below into the one above; the verifier
     // needs them on the value it tracks, so hide the bound from the compiler.
     // SAFETY: reading a local.

@@ -443,6 +443,7 @@ impl Daemon {
             filter_icmp: s.filtering.icmp.mode() as u8,
             // At most MAX_EXTERNAL_ADDRS (16), checked with the settings.
             ext_count: u8::try_from(self.topology.pool.len()).unwrap_or(u8::MAX),
+            cpus: possible_cpus(),
         }
     }
 
@@ -911,4 +912,11 @@ impl Daemon {
             self.pinned
         );
     }
+}
+
+/// Possible CPUs (what per-CPU maps are sized by): the stride of the data path's
+/// per-CPU IP identification sequences. When it cannot be read, 64: more than the
+/// boxes natgw targets have, at the cost of shorter sequences.
+fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map_or(64, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }

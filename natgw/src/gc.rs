@@ -15,8 +15,8 @@
 //!   call closing, or one kept busy only by inbound segments, keeps its mapping;
 //! - two phases: a tick that finds a mapping expired only remembers it as a
 //!   [`Candidate`]; the next tick deletes it if the timestamps that count as refresh
-//!   are unchanged (for TCP inbound ones too, as its sessions count them), so a
-//!   mapping refreshed in between survives;
+//!   are unchanged and it is still expired (a TCP mapping's sessions are weighed
+//!   again), so a mapping refreshed in between survives;
 //! - the forward entry goes first, then the reverse entry if its `created_ns` is the
 //!   forward entry's (otherwise it belongs to a newer mapping of the same port);
 //! - reverse entries no forward entry points back to (orphans) are deleted once they
@@ -247,14 +247,16 @@ impl Candidate {
     }
 
     /// Whether `obs` is the same mapping, not refreshed since. Inbound packets count
-    /// only with inbound refresh, or for TCP, whose sessions they refresh; otherwise
-    /// a peer could keep a mapping alive forever.
+    /// only with inbound refresh; otherwise a peer could keep a mapping alive
+    /// forever. (A TCP connection kept busy by inbound segments keeps its mapping
+    /// through its session, whose expiry [`is_expired`] weighs on every tick; the
+    /// mapping's own inbound stamp also moves for segments that refresh no session,
+    /// such as a peer's SYNs to a reset connection, RFC 7857 §2.1.)
     #[must_use]
     pub const fn unchanged(&self, obs: &Observed, policy: &Policy) -> bool {
-        let inbound_counts = policy.inbound_refresh || obs.proto == IPPROTO_TCP;
         self.created_ns == obs.created_ns
             && self.last_out_ns == obs.last_out_ns
-            && (!inbound_counts || self.last_in_ns == obs.last_in_ns)
+            && (!policy.inbound_refresh || self.last_in_ns == obs.last_in_ns)
     }
 }
 
@@ -729,7 +731,10 @@ mod tests {
     }
 
     #[test]
-    fn tcp_candidates_count_inbound_packets() {
+    fn tcp_mappings_are_kept_by_live_sessions_not_by_their_inbound_stamp() {
+        // rfc7857: a peer's SYNs to a reset connection stamp the mapping's inbound
+        // time but refresh no session; they must not keep the mapping.
+        let p = policy(false);
         let o1 = Observed {
             last_in_ns: 2 * S,
             ..tcp(0, 0)
@@ -738,7 +743,18 @@ mod tests {
             last_in_ns: 3 * S,
             ..o1
         };
-        assert!(!Candidate::of(&o1).unchanged(&o2, &policy(false)));
+        assert!(Candidate::of(&o1).unchanged(&o2, &p));
+        let now = o1.last_out_ns + p.tcp_transitory_ns + S;
+        assert_eq!(
+            judge(&p, now, Some(&Candidate::of(&o1)), &o2),
+            Verdict::Delete
+        );
+        // A session refreshed by inbound segments keeps it.
+        let kept = o2.kept_until(now + S);
+        assert_eq!(
+            judge(&p, now, Some(&Candidate::of(&o1)), &kept),
+            Verdict::Keep
+        );
     }
 
     #[test]

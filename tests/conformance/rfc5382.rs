@@ -1118,12 +1118,14 @@ fn ip_id(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     r.sent(
         "lan-a and lan-b (mapped from :50000) each send 2400-byte UDP datagrams to wan-a:7000 \
          in 3 crafted fragments: first alone (IDs 0x1111, 0x2222), then both with IP ID \
-         0x4242, interleaved a1 b1 a2 b2 a3 b3",
+         0x4242, interleaved a1 b1 a2 b2 a3 b3; then each one small datagram without DF \
+         (non-atomic: a router may still fragment it), both with IP ID 0x5151",
     );
     let (ra, rb) = (
         Raw::sender(env.lan_a()).step("raw socket on lan-a")?,
         Raw::sender(env.lan_b()).step("raw socket on lan-b")?,
     );
+    let udp_raw = Raw::udp(env.wan_a()).step("raw UDP socket on wan-a")?;
     let frag = |src: Ipv4Addr, tag: u8, id: u16| {
         let payload: Vec<u8> = (0..2400usize).map(|i| tag ^ (i % 251) as u8).collect();
         let d = packet::udp(src, WAN_A, 50000, 7000, &payload);
@@ -1158,15 +1160,40 @@ fn ip_id(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
             break;
         }
     }
+    udp_raw.drain();
+    for (raw, src) in [(&ra, LAN_A), (&rb, LAN_B)] {
+        let d = packet::udp(src, WAN_A, 50000, 7000, b"non-atomic");
+        let mut h = Ipv4Header::new(src, WAN_A, packet::PROTO_UDP);
+        h.id = 0x5151;
+        raw.send(&h.packet(&d))
+            .step("sending a datagram without DF")?;
+    }
+    let non_atomic: Vec<(Ipv4Addr, u16, u16)> = udp_raw
+        .collect(sock::ARRIVE, |g| g.ip().payload().ends_with(b"non-atomic"))
+        .iter()
+        .map(|g| {
+            let ip = g.ip();
+            let sport = ip
+                .payload()
+                .get(..2)
+                .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+            (ip.src(), sport, ip.id())
+        })
+        .collect();
     r.saw(format!(
         "mappings {} and {}; alone, wan-a got them from {} and {}; with one ID, lan-a's from \
-         {}, lan-b's from {}",
+         {}, lan-b's from {}; without DF, wan-a saw IDs {}",
         ext[0],
         ext[1],
         show(alone[0]),
         show(alone[1]),
         show(got_a),
-        show(got_b)
+        show(got_b),
+        non_atomic
+            .iter()
+            .map(|(a, p, id)| format!("{a}:{p} 0x{id:04x}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     r.expect(
         alone == [Some(ext[0]), Some(ext[1])],
@@ -1174,5 +1201,9 @@ fn ip_id(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     );
     r.expect(got_a == Some(ext[0]), "lan-a's datagram arrives whole");
     r.expect(got_b == Some(ext[1]), "lan-b's datagram arrives whole");
+    r.expect(
+        non_atomic.len() == 2 && non_atomic[0].2 != non_atomic[1].2,
+        "the two non-atomic datagrams leave the same external address with different IDs",
+    );
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 
 use crate::build;
-use crate::provision::Purpose;
+use crate::provision::{self, Purpose};
 use crate::{exec, paths};
 
 /// Which NATs to test.
@@ -66,22 +66,27 @@ pub fn run(args: &Args) -> Result<()> {
              configures nftables; rerun `cargo xtask conformance` as root"
         );
     }
+    let natgw_bin = match &args.natgw {
+        Some(path) if path.is_file() => {
+            provision::ensure_test_tools()?;
+            path.canonicalize()
+                .with_context(|| format!("--natgw {}", path.display()))?
+        }
+        Some(path) => bail!("--natgw {}: no such file", path.display()),
+        // The nftables column alone needs no natgw, but the suite still checks for
+        // the binary's flags: point it at wherever a build would put it.
+        None if args.nat == Nat::Nft => {
+            provision::ensure_test_tools()?;
+            paths::natgw_bin()
+        }
+        None => build::build_all(&args.build, Purpose::Test)?.natgw_bin,
+    };
     if args.nat != Nat::Natgw && paths::find_in_path("nft").is_none() {
         bail!(
             "`nft` not found: the nftables column needs the nftables package \
              (`apt-get install nftables conntrack`), or run with `--nat natgw`"
         );
     }
-    let natgw_bin = match &args.natgw {
-        Some(path) if path.is_file() => path
-            .canonicalize()
-            .with_context(|| format!("--natgw {}", path.display()))?,
-        Some(path) => bail!("--natgw {}: no such file", path.display()),
-        // The nftables column alone needs no natgw, but the suite still checks for
-        // the binary's flags: point it at wherever a build would put it.
-        None if args.nat == Nat::Nft => paths::natgw_bin(),
-        None => build::build_all(&args.build, Purpose::Build)?.natgw_bin,
-    };
 
     let mut cmd = exec::host_cargo();
     cmd.current_dir(paths::workspace_root())

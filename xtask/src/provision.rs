@@ -61,6 +61,15 @@ const TEST_PACKAGES: &[Package] = &[
         name: "stun-client",
         why: "Debian's `stun`, a STUN client independent of natgw, for the STUN responder tests",
     },
+    Package {
+        name: "nftables",
+        why: "`nft`, for the kernel's masquerade NAT that the punch tests, the conformance \
+              suite and `cargo xtask run` compare natgw with",
+    },
+    Package {
+        name: "conntrack",
+        why: "`conntrack`, to read the kernel NAT's TCP state in the conformance suite",
+    },
 ];
 
 /// Debian packages `cargo xtask bench` uses.
@@ -116,7 +125,8 @@ pub struct Args {
 pub enum Purpose {
     /// Build the eBPF object and natgw.
     Build,
-    /// Build, then run the tests (also needs [`TEST_PACKAGES`]).
+    /// Build, then run the tests, the testbed demo or the conformance suite (also
+    /// needs [`TEST_PACKAGES`]).
     Test,
     /// Build, then benchmark (also needs [`BENCH_PACKAGES`]).
     Bench,
@@ -224,6 +234,24 @@ pub fn ensure(choice: ToolchainChoice, purpose: Purpose) -> Result<EbpfToolchain
         bpf_linker.display()
     );
     Ok(EbpfToolchain { route, bpf_linker })
+}
+
+/// Installs the tools the tests, `cargo xtask run` and the conformance suite drive
+/// (kernel NAT, STUN and NAT-PMP clients) when missing, without the eBPF toolchain:
+/// for runs given a prebuilt natgw.
+///
+/// # Errors
+/// When apt-get fails.
+pub fn ensure_test_tools() -> Result<()> {
+    if !has_apt() {
+        return Ok(());
+    }
+    let wanted: Vec<&Package> = TEST_PACKAGES.iter().collect();
+    let missing = missing_packages(&wanted)?;
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    Ok(())
 }
 
 /// How to get a toolchain by hand, for machines where xtask cannot install one.

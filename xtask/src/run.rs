@@ -49,7 +49,7 @@ use testbed::{
 
 use self::daemon::Natgw;
 use crate::build;
-use crate::provision::Purpose;
+use crate::provision::{self, Purpose};
 use crate::{exec, paths};
 
 /// natgw's log, below the target directory.
@@ -98,11 +98,15 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let natgw_bin = match &args.natgw {
-        Some(path) if path.is_file() => path
-            .canonicalize()
-            .with_context(|| format!("--natgw {}", path.display()))?,
+        Some(path) if path.is_file() => {
+            provision::ensure_test_tools()?;
+            path.canonicalize()
+                .with_context(|| format!("--natgw {}", path.display()))?
+        }
         Some(path) => bail!("--natgw {}: no such file", path.display()),
-        None => build::build_all(&args.build, Purpose::Build)?.natgw_bin,
+        // The demo compares natgw with the kernel's NAT (nft) and drives STUN and
+        // NAT-PMP clients: the tests' tools.
+        None => build::build_all(&args.build, Purpose::Test)?.natgw_bin,
     };
 
     println!("{}", topology());

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod fib;
+pub mod fragments;
 pub mod mapping;
 pub mod session;
 pub mod socket;

@@ -100,7 +100,9 @@ fn touch(k: &SessionKey, pkt: &Ipv4Packet, outbound: bool, now: u64) {
             if pkt.tcp_flags & tcp_seen::RST == 0 {
                 (*s).last_out_ns = now;
             }
-        } else {
+        } else if pkt.proto != IPPROTO_TCP || (*s).tcp_state != TcpState::Reset as u8 {
+            // Inbound segments to a reset session are still translated but neither
+            // refresh nor revive it (see `TcpState::Reset`).
             (*s).last_in_ns = now;
         }
         if pkt.proto == IPPROTO_TCP {
