@@ -7,6 +7,11 @@
 //! namespace sees the peers' probes go from one gateway's external endpoint to the
 //! other's, and nothing but registrations and lookups go to or come from the
 //! rendezvous; the rendezvous's own counters agree (it saw no probe, relayed nothing).
+//!
+//! How a peer learns its public endpoint is shown on the wire too: the STUN Binding
+//! response the capture sees carries the endpoint the report names, and natgw's
+//! mapping table holds it; PCP PEER opens an APDF gateway for a passive peer; a
+//! silent, refusing or lying STUN server leaves the rendezvous's observation in charge.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
@@ -18,13 +23,36 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natgw_integration_tests::{natgw_bin, recv, recv_nothing, require_root, udp, Natgw};
+use natgw_integration_tests::{natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Natgw};
 use serde_json::Value;
-use testbed::sites::{RENDEZVOUS_ADDR, SITE_B_LAN_ADDR, SITE_K_WAN_ADDR, SITE_LAN_IF, SITE_WAN_IF};
+use testbed::sites::{
+    K1_ADDR, RENDEZVOUS_ADDR, SITE_B_LAN_ADDR, SITE_K_WAN_ADDR, SITE_LAN_IF, SITE_WAN_IF,
+};
 use testbed::{Netns, Site, Sites, SitesOptions};
 
 /// Where the rendezvous listens (UDP and TCP).
 const RENDEZVOUS_PORT: u16 = 7000;
+/// The punch protocol's version (natgw/src/punch/wire.rs), the third byte of every
+/// message after "NP".
+const PUNCH_VERSION: u8 = 2;
+/// RFC 8489 §5: the magic cookie, and the Binding request and success types.
+const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const STUN_BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
+/// RFC 8489 §14.2.
+const STUN_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+/// A STUN server on the rendezvous host besides the rendezvous (RFC 8489 §18.6).
+const STUN_PORT: u16 = 3478;
+/// A port on the rendezvous host nobody listens on.
+const DEAD_PORT: u16 = 9;
+/// natgw flags: address-and-port-dependent filtering (RFC 4787 REQ-8, RFC 5382 REQ-3)
+/// for UDP and TCP, the strictest.
+const APDF: [&str; 4] = [
+    "--udp-filtering",
+    "address-and-port-dependent",
+    "--tcp-filtering",
+    "address-and-port-dependent",
+];
 /// `--timeout` of the punches that should succeed: plenty, they take milliseconds.
 const PUNCH_TIMEOUT: &str = "5";
 /// How long a punch process may take in all before the test kills it: a hang is a
@@ -120,7 +148,12 @@ impl Rendezvous {
     }
 
     /// Stops it and returns the counters it printed.
-    fn stop(mut self) -> Value {
+    fn stop(self) -> Value {
+        self.stop_all()["counters"].clone()
+    }
+
+    /// Stops it and returns its whole last line (`counters`, `stun`, ...).
+    fn stop_all(mut self) -> Value {
         let mut child = self.child.take().expect("running");
         terminate(&mut child);
         let mut rest = String::new();
@@ -132,7 +165,7 @@ impl Rendezvous {
             rest.clear();
         }
         assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
-        last["counters"].clone()
+        last
     }
 }
 
@@ -188,6 +221,13 @@ impl Punch {
 
     fn method(&self) -> &str {
         self.report["method"].as_str().unwrap_or("")
+    }
+
+    fn notes(&self) -> Vec<&str> {
+        self.report["notes"]
+            .as_array()
+            .map(|n| n.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -273,6 +313,10 @@ struct Seen {
     /// The punch-protocol kind of the first message in the payload, if any.
     kind: Option<u8>,
     syn: bool,
+    /// The payload is a STUN Binding request.
+    stun_request: bool,
+    /// The payload is a STUN Binding success response: its XOR-MAPPED-ADDRESS.
+    stun_mapped: Option<SocketAddrV4>,
 }
 
 /// Captures every packet arriving on any interface of a namespace until finished.
@@ -377,14 +421,42 @@ fn parse_frame(f: &[u8]) -> Option<Seen> {
         }
         _ => return None,
     };
-    let kind = (payload.len() >= 4 && payload[..3] == *b"NP\x01").then(|| payload[3]);
+    let kind = (payload.len() >= 4 && payload[..2] == *b"NP" && payload[2] == PUNCH_VERSION)
+        .then(|| payload[3]);
+    let stun = payload.len() >= 20 && payload[4..8] == STUN_MAGIC_COOKIE;
     Some(Seen {
         tcp,
         src: SocketAddrV4::new(src_ip, port(0)),
         dst: SocketAddrV4::new(dst_ip, port(2)),
         kind,
         syn,
+        stun_request: stun && payload[..2] == STUN_BINDING_REQUEST,
+        stun_mapped: (stun && payload[..2] == STUN_BINDING_SUCCESS)
+            .then(|| xor_mapped_address(payload))
+            .flatten(),
     })
+}
+
+/// The IPv4 XOR-MAPPED-ADDRESS of a STUN message (RFC 8489 §14.2), read by hand so the
+/// test does not share natgw's codec.
+fn xor_mapped_address(message: &[u8]) -> Option<SocketAddrV4> {
+    let mut attrs = message.get(20..)?;
+    while attrs.len() >= 4 {
+        let kind = u16::from_be_bytes([attrs[0], attrs[1]]);
+        let len = usize::from(u16::from_be_bytes([attrs[2], attrs[3]]));
+        let value = attrs.get(4..4 + len)?;
+        if kind == STUN_XOR_MAPPED_ADDRESS && len == 8 && value[1] == 0x01 {
+            let port = u16::from_be_bytes([value[2], value[3]])
+                ^ u16::from_be_bytes([STUN_MAGIC_COOKIE[0], STUN_MAGIC_COOKIE[1]]);
+            let mut ip = [0; 4];
+            for (i, b) in ip.iter_mut().enumerate() {
+                *b = value[4 + i] ^ STUN_MAGIC_COOKIE[i];
+            }
+            return Some(SocketAddrV4::new(Ipv4Addr::from(ip), port));
+        }
+        attrs = attrs.get(4 + len.div_ceil(4) * 4..)?;
+    }
+    None
 }
 
 /// Probes and acks that went straight from `from` to `to`.
@@ -648,6 +720,19 @@ fn a_pcp_mapped_peer_is_reached_without_punching() {
     assert_eq!(a.method(), "pcp-mapped", "{:#}", a.report);
     assert_eq!(a.endpoint("remote"), b.endpoint("mapped"));
     assert_eq!(*b.endpoint("mapped").ip(), sites.b.wan_addr);
+    // With --pcp, b1 also sent PEER towards a1: natgw answers with the mapping the
+    // MAP made (one mapping per internal endpoint, rfc6887 §12.3).
+    let peer = &b.report["pcp_peer"][0];
+    assert_eq!(
+        endpoint_in(&peer["remote"]),
+        Some(a.endpoint("public")),
+        "{peer}"
+    );
+    assert_eq!(
+        endpoint_in(&peer["external"]),
+        Some(b.endpoint("mapped")),
+        "{peer}"
+    );
     // a1 → b1's mapping, straight through the internet.
     assert!(direct_probes(&seen, a.endpoint("public"), b.endpoint("mapped")) > 0);
     assert_rendezvous_only_introduced(&seen);
@@ -851,18 +936,7 @@ fn punching_from_natgw_sites_to_the_kernel_nat_site() {
     // site with address-and-port-dependent filtering. (UDP from such a site works only
     // if k1's first probe leaves before the peer's arrives: a race, not tested.)
     let sites = sites();
-    let _natgw = start_natgw(&[
-        (&sites.a, &[]),
-        (
-            &sites.b,
-            &[
-                "--udp-filtering",
-                "address-and-port-dependent",
-                "--tcp-filtering",
-                "address-and-port-dependent",
-            ],
-        ),
-    ]);
+    let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &APDF)]);
     let rendezvous = Rendezvous::start(&sites);
     let k1 = Peer {
         ns: &sites.k.hosts[0].ns,
@@ -903,5 +977,459 @@ fn punching_from_natgw_sites_to_the_kernel_nat_site() {
     assert_eq!(b.method(), "direct-public", "{:#}", b.report);
     assert_eq!(k.method(), "direct-public", "{:#}", k.report);
     assert_eq!(b.endpoint("remote"), k.endpoint("public"));
+    rendezvous.stop();
+}
+
+// ---------------------------------------------------------------------------------
+// Learning our own endpoint: STUN, PCP PEER, and falling back
+// ---------------------------------------------------------------------------------
+
+/// a1 (site A) and b1 (site B), named `a1-TAG` and `b1-TAG`, punch at once under a
+/// capture in the inet namespace; fails with both reports unless both succeeded.
+fn punch_a1_b1(
+    sites: &Sites,
+    tag: &str,
+    extra_a: &[&str],
+    extra_b: &[&str],
+) -> (Punch, Punch, Vec<Seen>) {
+    let capture = Capture::start(&sites.inet);
+    let (ida, idb) = (format!("a1-{tag}"), format!("b1-{tag}"));
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &sites.a.hosts[0].ns,
+            id: &ida,
+        },
+        Peer {
+            ns: &sites.b.hosts[0].ns,
+            id: &idb,
+        },
+        extra_a,
+        extra_b,
+    );
+    let seen = capture.finish();
+    assert_both_ok(tag, &a, &b);
+    (a, b, seen)
+}
+
+fn endpoint_in(v: &Value) -> Option<SocketAddrV4> {
+    v.as_str().and_then(|s| s.parse().ok())
+}
+
+/// A Binding request with transaction id `id`, written by hand.
+fn stun_binding_request(id: [u8; 12]) -> Vec<u8> {
+    let mut m = STUN_BINDING_REQUEST.to_vec();
+    m.extend([0, 0]);
+    m.extend(STUN_MAGIC_COOKIE);
+    m.extend(id);
+    m
+}
+
+/// `natgw stun serve --listen ADDR` (UDP only); stopped with SIGTERM when dropped.
+struct StunServer(Child);
+
+impl StunServer {
+    /// Starts it in `ns` and waits until it answers a Binding request.
+    fn start(ns: &Netns, listen: SocketAddrV4) -> Self {
+        let child = ns
+            .command(natgw_bin())
+            .args(["stun", "serve", "--listen"])
+            .arg(listen.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting natgw stun serve");
+        let server = Self(child);
+        let asker = udp(ns, *listen.ip(), 0);
+        let answered = wait_for(Duration::from_secs(10), || {
+            asker
+                .send_to(&stun_binding_request([5; 12]), listen)
+                .expect("sending a Binding request");
+            recv_nothing(&asker, Duration::from_millis(200)).map(drop)
+        });
+        assert!(
+            answered.is_some(),
+            "natgw stun serve on {listen} never answered"
+        );
+        server
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+/// What every punch whose STUN server answered must show: `public` is STUN's answer,
+/// the rendezvous saw the same, and natgw's mapping of our local endpoint is it.
+fn assert_learned_by_stun(what: &str, p: &Punch, server: SocketAddrV4, natgw: &Natgw) {
+    let r = &p.report;
+    assert_eq!(r["public_from"], "stun", "{what}: {r:#}");
+    assert_eq!(endpoint_in(&r["stun"]["server"]), Some(server), "{what}");
+    assert_eq!(r["stun"]["transport"], r["transport"], "{what}");
+    assert_eq!(
+        endpoint_in(&r["stun"]["mapped"]),
+        Some(p.endpoint("public"))
+    );
+    assert_eq!(
+        p.endpoint("public"),
+        p.endpoint("observed"),
+        "{what}: {r:#}"
+    );
+    assert_eq!(r["stun"]["agrees_with_rendezvous"], true, "{what}");
+    assert!(p.notes().is_empty(), "{what}: {:?}", p.notes());
+    let proto = r["transport"].as_str().unwrap_or("");
+    let mapping = natgw
+        .mapping_of(proto, p.endpoint("local"))
+        .unwrap_or_else(|| panic!("{what}: natgw has no {proto} mapping of {}", r["local"]));
+    assert_eq!(
+        endpoint_in(&mapping["external"]),
+        Some(p.endpoint("public")),
+        "{what}: natgw maps {} elsewhere: {mapping}",
+        r["local"]
+    );
+}
+
+#[test]
+fn punch_learns_its_public_endpoint_by_stun_from_the_rendezvous_or_another_server() {
+    // rfc8489 (Binding, XOR-MAPPED-ADDRESS) from the punching port: over UDP to the
+    // rendezvous's port, over TCP on the connection to the rendezvous (RFC 8489
+    // §6.2.2), and over UDP to a separate STUN server — which, natgw's mapping being
+    // endpoint-independent (rfc4787 REQ-1), sees the same endpoint as the rendezvous.
+    let sites = sites();
+    let natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &[])]);
+    let rendezvous = Rendezvous::start(&sites);
+    let stun_server = SocketAddrV4::new(RENDEZVOUS_ADDR, STUN_PORT);
+    let _stun = StunServer::start(&sites.rendezvous.ns, stun_server);
+    let other = stun_server.to_string();
+    for (transport, extra, server) in [
+        ("udp", vec![], rendezvous_endpoint()),
+        ("tcp", vec!["--tcp"], rendezvous_endpoint()),
+        ("udp", vec!["--stun", other.as_str()], stun_server),
+    ] {
+        let what = format!("{transport}-{}", server.port());
+        let (a, b, seen) = punch_a1_b1(&sites, &what, &extra, &extra);
+        for (p, gateway) in [(&a, &natgw[0]), (&b, &natgw[1])] {
+            assert_learned_by_stun(&what, p, server, gateway);
+            // On the wire: the Binding request left from the public endpoint and the
+            // answer that came back carries it.
+            let public = p.endpoint("public");
+            assert!(
+                seen.iter()
+                    .any(|s| s.stun_request && s.src == public && s.dst == server),
+                "{what}: no Binding request {public} → {server} crossed the internet"
+            );
+            assert!(
+                seen.iter()
+                    .any(|s| s.src == server && s.dst == public && s.stun_mapped == Some(public)),
+                "{what}: no Binding response {server} → {public} saying {public}"
+            );
+        }
+        // The learned endpoint is what the peer was given and reached.
+        assert_eq!(a.endpoint("remote"), b.endpoint("public"), "{what}");
+        assert_eq!(b.endpoint("remote"), a.endpoint("public"), "{what}");
+        assert_eq!(a.method(), "direct-public", "{what}: {:#}", a.report);
+        assert_direct_on_the_wire(&what, &seen, &a, &b);
+    }
+    let stopped = rendezvous.stop_all();
+    assert_eq!(stopped["counters"]["malformed"], 0, "{stopped}");
+    assert!(
+        stopped["stun"]["success"].as_u64() >= Some(4),
+        "two peers over UDP and two over TCP asked the rendezvous: {stopped}"
+    );
+}
+
+#[test]
+fn pcp_peer_opens_an_apdf_gateway_for_a_passive_peer_without_a_map() {
+    // rfc6887 §12 (PEER creates the mapping towards one peer and, on natgw, its filter
+    // entry) under rfc4787 REQ-8 / rfc5382 REQ-3 address-and-port-dependent filtering:
+    // b1 sends nothing first and asks for no MAP (--pcp-peer-only), so the only thing
+    // that lets a1's first packet in is the PEER b1 sent once it knew a1's endpoint.
+    // The control — the same passive peer without PCP fails — is in
+    // `punch_failures_are_reported_with_their_reason_and_a_nonzero_exit`.
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &APDF)]);
+    let rendezvous = Rendezvous::start(&sites);
+    let gateway = SITE_B_LAN_ADDR.to_string();
+    for transport in ["udp", "tcp"] {
+        let mut extra_a = vec!["--only", "public"];
+        let mut extra_b = vec!["--pcp", &gateway, "--pcp-peer-only", "--passive"];
+        if transport == "tcp" {
+            extra_a.push("--tcp");
+            extra_b.push("--tcp");
+        }
+        let tag = format!("peer-{transport}");
+        let (a, b, seen) = punch_a1_b1(&sites, &tag, &extra_a, &extra_b);
+        assert_eq!(a.method(), "direct-public", "{transport}: {:#}", a.report);
+        assert_eq!(a.endpoint("remote"), b.endpoint("public"), "{transport}");
+        // PEER was used, towards a1's public endpoint, and said where b1 is.
+        assert!(b.report["mapped"].is_null(), "no MAP: {:#}", b.report);
+        let peers = b.report["pcp_peer"].as_array().cloned().unwrap_or_default();
+        let towards_a = peers
+            .iter()
+            .find(|p| endpoint_in(&p["remote"]) == Some(a.endpoint("public")))
+            .unwrap_or_else(|| panic!("{transport}: no PEER towards a1: {:#}", b.report));
+        assert!(towards_a["error"].is_null(), "{towards_a}");
+        assert_eq!(
+            endpoint_in(&towards_a["external"]),
+            Some(b.endpoint("public")),
+            "{transport}: {towards_a}"
+        );
+        assert!(towards_a["lifetime"].as_u64() > Some(0), "{towards_a}");
+        // On the wire: a1's packets went straight to b1's public endpoint, and b1 —
+        // passive — sent nothing to a1 before the first of them.
+        let (a_pub, b_pub) = (a.endpoint("public"), b.endpoint("public"));
+        let first = |from: SocketAddrV4, to: SocketAddrV4| {
+            seen.iter()
+                .position(|s| s.src == from && s.dst == to)
+                .unwrap_or_else(|| panic!("{transport}: nothing {from} → {to} on the wire"))
+        };
+        assert!(
+            first(a_pub, b_pub) < first(b_pub, a_pub),
+            "{transport}: the passive peer sent first"
+        );
+        if transport == "udp" {
+            assert!(direct_probes(&seen, a_pub, b_pub) > 0);
+            assert!(direct_probes(&seen, b_pub, a_pub) > 0);
+        } else {
+            assert_eq!(b.report["tcp_open"], "accept", "{:#}", b.report);
+        }
+    }
+    // The TCP control (the UDP one is in the failures test): without PEER, a1's SYNs
+    // never reach the passive b1.
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &sites.a.hosts[0].ns,
+            id: "a1-nopeer-tcp",
+        },
+        Peer {
+            ns: &sites.b.hosts[0].ns,
+            id: "b1-nopeer-tcp",
+        },
+        &["--tcp", "--only", "public", "--timeout", "2"],
+        &["--tcp", "--passive", "--timeout", "2"],
+    );
+    for p in [&a, &b] {
+        assert!(
+            !p.ok(),
+            "without PEER the passive peer was reached: {:#}",
+            p.report
+        );
+        assert_eq!(p.report["stage"], "punching", "{:#}", p.report);
+    }
+    assert_eq!(b.report["tcp_attempts"]["accepted"], 0, "{:#}", b.report);
+    rendezvous.stop();
+}
+
+/// A STUN server that answers every request with garbage, with a success for another
+/// transaction, and with a success for the right one that says 0.0.0.0:0. Returns how
+/// many requests it got when stopped.
+struct LyingStunServer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u32>,
+}
+
+impl LyingStunServer {
+    fn start(ns: &Netns, listen: SocketAddrV4) -> Self {
+        let socket = udp(ns, *listen.ip(), listen.port());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("setting timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut requests = 0;
+            let mut buf = [0u8; 1500];
+            while !stop_thread.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if n < 20 || buf[..2] != STUN_BINDING_REQUEST {
+                    continue;
+                }
+                requests += 1;
+                let mut transaction = [0; 12];
+                transaction.copy_from_slice(&buf[8..20]);
+                let success = |transaction: [u8; 12], xored: [u8; 8]| {
+                    let mut m = STUN_BINDING_SUCCESS.to_vec();
+                    m.extend(12u16.to_be_bytes());
+                    m.extend(STUN_MAGIC_COOKIE);
+                    m.extend(transaction);
+                    m.extend(STUN_XOR_MAPPED_ADDRESS.to_be_bytes());
+                    m.extend(8u16.to_be_bytes());
+                    m.extend(xored);
+                    m
+                };
+                // XORed with the cookie: 0.0.0.0:0 on the wire is the cookie itself.
+                let zero = [
+                    0,
+                    1,
+                    STUN_MAGIC_COOKIE[0],
+                    STUN_MAGIC_COOKIE[1],
+                    STUN_MAGIC_COOKIE[0],
+                    STUN_MAGIC_COOKIE[1],
+                    STUN_MAGIC_COOKIE[2],
+                    STUN_MAGIC_COOKIE[3],
+                ];
+                let mut other = transaction;
+                other[0] ^= 0xff;
+                for answer in [
+                    b"\x00\x01 this is not a STUN message".to_vec(),
+                    success(other, [0, 1, 0x21, 0x12, 0x27, 0x14, 0xa2, 0x44]),
+                    success(transaction, zero),
+                ] {
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+            requests
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("lying STUN server thread")
+    }
+}
+
+#[test]
+fn a_silent_refusing_or_lying_stun_server_falls_back_to_the_rendezvous_observation() {
+    // The peer never hangs on STUN and never believes an impossible answer: with no
+    // STUN answer (nothing on the port: ICMP port unreachable over UDP, a RST over
+    // TCP) or a lying one, the public endpoint is the rendezvous's observation, the
+    // report says why, and the punch still connects.
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &[])]);
+    let rendezvous = Rendezvous::start(&sites);
+    let liar_addr = SocketAddrV4::new(RENDEZVOUS_ADDR, STUN_PORT + 1);
+    let liar = LyingStunServer::start(&sites.rendezvous.ns, liar_addr);
+    let dead = SocketAddrV4::new(RENDEZVOUS_ADDR, DEAD_PORT).to_string();
+    let liar_arg = liar_addr.to_string();
+    for (transport, extra_a, extra_b, says_a, says_b) in [
+        (
+            "udp",
+            vec!["--stun", dead.as_str()],
+            vec!["--stun", liar_arg.as_str()],
+            "no answer",
+            "says we are 0.0.0.0:0, which cannot be a public endpoint",
+        ),
+        (
+            "tcp",
+            vec!["--tcp", "--stun", dead.as_str()],
+            vec!["--tcp", "--stun", liar_arg.as_str()],
+            "refused our TCP connection",
+            "refused our TCP connection",
+        ),
+    ] {
+        let tag = format!("nostun-{transport}");
+        let (a, b, seen) = punch_a1_b1(&sites, &tag, &extra_a, &extra_b);
+        for (p, server, says) in [(&a, dead.as_str(), says_a), (&b, liar_arg.as_str(), says_b)] {
+            let r = &p.report;
+            assert_eq!(r["public_from"], "rendezvous", "{transport}: {r:#}");
+            assert_eq!(p.endpoint("public"), p.endpoint("observed"));
+            assert!(r["stun"]["mapped"].is_null(), "{r:#}");
+            let error = r["stun"]["error"].as_str().unwrap_or("");
+            assert!(error.contains(says), "{transport}: {error}");
+            let notes = p.notes();
+            assert!(
+                notes.iter().any(|n| n.starts_with(&format!(
+                    "no public endpoint from the STUN server {server} over {}",
+                    transport.to_uppercase()
+                )) && n.contains(says)
+                    && n.ends_with("using the endpoint the rendezvous saw instead")),
+                "{transport}: {notes:?}"
+            );
+            // The request really went out from the punching port's mapping.
+            let (observed, to) = (p.endpoint("observed"), server.parse().ok());
+            assert!(
+                seen.iter()
+                    .any(|s| s.src == observed && Some(s.dst) == to && (s.stun_request || s.syn)),
+                "{transport}: nothing from {observed} to the STUN server {server} on the wire"
+            );
+            assert!(
+                p.elapsed < Duration::from_secs(10),
+                "{transport}: took {:?}",
+                p.elapsed
+            );
+        }
+        assert_eq!(a.endpoint("remote"), b.endpoint("observed"), "{transport}");
+        assert_eq!(a.method(), "direct-public", "{transport}: {:#}", a.report);
+    }
+    assert_eq!(
+        liar.finish(),
+        1,
+        "b1 asked the lying server once (over UDP)"
+    );
+    rendezvous.stop();
+}
+
+#[test]
+fn stun_and_the_rendezvous_disagreeing_is_reported_as_endpoint_dependent_mapping() {
+    // The kernel NAT's trap (see the masquerade test above) makes a NAT whose mapping
+    // depends on the destination: a packet from the rendezvous's port to k1's future
+    // public endpoint leaves a conntrack entry, so k1 keeps its port towards the STUN
+    // server (asked first) but gets another one towards the rendezvous. The report
+    // says so (rfc4787 §4.1: endpoint-dependent mapping is what defeats hole
+    // punching), passes both endpoints on, and the punch to a natgw site with
+    // endpoint-independent filtering still works. (The other order does not show it:
+    // once a source is mapped, masquerade reuses that mapping for new destinations
+    // whenever it can.)
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[])]);
+    let k1_port = 5555;
+    {
+        let early = udp(&sites.rendezvous.ns, RENDEZVOUS_ADDR, RENDEZVOUS_PORT);
+        early
+            .send_to(b"early", SocketAddrV4::new(SITE_K_WAN_ADDR, k1_port))
+            .expect("sending the early packet");
+    }
+    let rendezvous = Rendezvous::start(&sites);
+    let stun_server = SocketAddrV4::new(RENDEZVOUS_ADDR, STUN_PORT);
+    let _stun = StunServer::start(&sites.rendezvous.ns, stun_server);
+    let local = SocketAddrV4::new(K1_ADDR, k1_port).to_string();
+    let server = stun_server.to_string();
+    let (a, k) = punch_pair(
+        Peer {
+            ns: &sites.a.hosts[0].ns,
+            id: "a1-edm",
+        },
+        Peer {
+            ns: &sites.k.hosts[0].ns,
+            id: "k1-edm",
+        },
+        &[],
+        &["--local", &local, "--stun", &server],
+    );
+    assert_both_ok("kernel NAT, endpoint-dependent", &a, &k);
+    let r = &k.report;
+    assert_eq!(r["public_from"], "stun", "{r:#}");
+    assert_eq!(r["stun"]["agrees_with_rendezvous"], false, "{r:#}");
+    let (learned, observed) = (k.endpoint("public"), k.endpoint("observed"));
+    assert_eq!(learned, SocketAddrV4::new(SITE_K_WAN_ADDR, k1_port));
+    assert_eq!(*observed.ip(), SITE_K_WAN_ADDR);
+    assert_ne!(
+        observed.port(),
+        k1_port,
+        "masquerade moved the port for the rendezvous"
+    );
+    assert!(
+        k.notes()
+            .iter()
+            .any(|n| n.contains("endpoint-dependent") && n.contains(&observed.to_string())),
+        "{:?}",
+        k.notes()
+    );
+    // Both endpoints reached the peer: the rendezvous's as the public one, STUN's as
+    // another public path to try.
+    assert_eq!(a.endpoint("peer_public"), observed);
+    assert_eq!(a.endpoint("peer_stun"), learned);
+    let paths = a.report["paths"].as_array().cloned().unwrap_or_default();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p["kind"] == "public" && endpoint_in(&p["remote"]) == Some(learned)),
+        "{paths:?}"
+    );
     rendezvous.stop();
 }

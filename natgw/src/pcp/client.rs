@@ -279,7 +279,11 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn random_nonce() -> Result<Nonce> {
+/// A random mapping nonce (RFC 6887 §11.1, §12.1).
+///
+/// # Errors
+/// When /dev/urandom cannot be read.
+pub fn random_nonce() -> Result<Nonce> {
     let mut nonce = [0; 12];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut nonce))

@@ -1,21 +1,28 @@
 //! A peer's conversation with the rendezvous, over a UDP socket (the one that will
 //! punch) or a TCP connection (from the port that will punch): REGISTER until
 //! REGISTERED, then CONNECT until the peer's endpoints arrive — as the answer, or as an
-//! introduction because the peer asked for us first.
+//! introduction because the peer asked for us first. Over TCP the connection also
+//! carries a STUN Binding exchange ([`TcpChannel::stun`]) before the registration.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
-use super::wire::{
-    self, Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr, HEADER_LEN,
-};
+use super::demux::{read_frame, Frame};
+use super::wire::{Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr};
+use crate::stun::probe::{binding_request, interpret, random_transaction_id, Seen};
+use crate::stun::wire::ChangeRequest;
+
+/// Frames read ahead from a TCP connection.
+const TCP_QUEUE: usize = 16;
 
 /// First wait for an answer to REGISTER; doubles up to [`MAX_RTO`].
 const INITIAL_RTO: Duration = Duration::from_millis(250);
@@ -69,18 +76,87 @@ impl Channel for UdpChannel<'_> {
     }
 }
 
-/// A TCP connection to the rendezvous; messages are framed by their headers.
+/// A TCP connection to the rendezvous (or to a STUN server); messages are framed by
+/// their headers. A task reads the frames into a queue, so that a wait for the next
+/// one can time out without losing half a frame.
 pub struct TcpChannel {
-    reader: OwnedReadHalf,
+    frames: mpsc::Receiver<io::Result<Frame>>,
     writer: OwnedWriteHalf,
+    reader: JoinHandle<()>,
 }
 
 impl TcpChannel {
     /// Wraps a connected stream.
     #[must_use]
     pub fn new(stream: TcpStream) -> Self {
-        let (reader, writer) = stream.into_split();
-        Self { reader, writer }
+        let (mut reader, writer) = stream.into_split();
+        let (tx, frames) = mpsc::channel(TCP_QUEUE);
+        let reader = tokio::spawn(async move {
+            loop {
+                let frame = read_frame(&mut reader).await;
+                let end = frame.is_err();
+                if tx.send(frame).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Self {
+            frames,
+            writer,
+            reader,
+        }
+    }
+
+    /// The next frame of either protocol.
+    async fn next(&mut self) -> io::Result<Frame> {
+        self.frames.recv().await.unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the connection closed",
+            ))
+        })
+    }
+
+    /// One STUN Binding transaction on this connection (RFC 8489 §6.2.2: over TCP the
+    /// request is sent once and the answer is awaited, here at most `wait`). `server`
+    /// is the connection's remote end, named in the result.
+    ///
+    /// # Errors
+    /// Sending fails, the connection closes or breaks framing before an answer.
+    pub async fn stun(&mut self, server: SocketAddrV4, wait: Duration) -> anyhow::Result<Seen> {
+        let transaction_id = random_transaction_id().context("reading /dev/urandom")?;
+        let started = Instant::now();
+        self.writer
+            .write_all(&binding_request(transaction_id, ChangeRequest::default()))
+            .await
+            .with_context(|| format!("sending a STUN Binding request to {server} over TCP"))?;
+        loop {
+            match timeout_at(started + wait, self.next()).await {
+                Err(_) => {
+                    return Ok(Seen::Timeout {
+                        transmissions: 1,
+                        waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    })
+                }
+                Ok(Err(e)) => {
+                    return Err(e).with_context(|| {
+                        format!("waiting for the STUN answer of {server} over TCP")
+                    })
+                }
+                Ok(Ok(Frame::Stun(bytes))) => {
+                    if let Some(seen) = interpret(&bytes, server, &transaction_id) {
+                        return Ok(seen);
+                    }
+                }
+                Ok(Ok(Frame::Punch(_))) => {}
+            }
+        }
+    }
+}
+
+impl Drop for TcpChannel {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
@@ -90,26 +166,17 @@ impl Channel for TcpChannel {
     }
 
     async fn recv(&mut self) -> io::Result<Vec<u8>> {
-        read_frame(&mut self.reader).await
+        loop {
+            // A STUN answer that came too late for [`TcpChannel::stun`] is skipped.
+            if let Frame::Punch(bytes) = self.next().await? {
+                return Ok(bytes);
+            }
+        }
     }
 
     fn name(&self) -> &'static str {
         "TCP"
     }
-}
-
-/// Reads one message from a stream (header, then the body it announces).
-///
-/// # Errors
-/// End of stream (`UnexpectedEof`), a read error, or a header that is not ours
-/// (`InvalidData`: the stream cannot be resynchronised).
-pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> io::Result<Vec<u8>> {
-    let mut frame = vec![0; HEADER_LEN];
-    reader.read_exact(&mut frame).await?;
-    let len = wire::frame_len(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    frame.resize(len, 0);
-    reader.read_exact(&mut frame[HEADER_LEN..]).await?;
-    Ok(frame)
 }
 
 /// Registers `register` and returns what the rendezvous saw, retransmitting over UDP

@@ -3,23 +3,34 @@
 //!
 //! - [`wire`]: the protocol's messages (peer ↔ rendezvous, peer ↔ peer).
 //! - [`rendezvous`]: the rendezvous engine, a pure state machine.
-//! - [`server`]: `natgw rendezvous`, the engine on a UDP socket and a TCP listener.
+//! - [`server`]: `natgw rendezvous`, the engine on a UDP socket and a TCP listener,
+//!   which also answer STUN Binding requests.
+//! - [`demux`]: telling STUN from punch messages on one port.
 //! - [`client`]: a peer's conversation with the rendezvous (register, find the peer).
+//! - [`learn`]: how a peer learns its own endpoints: STUN, PCP MAP, PCP PEER.
 //! - [`prober`]: path checks between the peers, a pure state machine.
 //! - `udp` / `tcp`: `natgw punch`, the prober on a UDP socket or on TCP streams opened
 //!   by simultaneous open.
 //! - [`report`]: what `natgw punch` prints.
 //!
-//! How a punch goes: the peer binds one local port, learns its public endpoint from the
-//! rendezvous (the source its REGISTER came from — the NAT's mapping; with `--pcp` it
-//! also asks its gateway for a PCP MAP), then asks the rendezvous for the other peer
-//! until it is there. The rendezvous answers with the peer's public, private and
-//! mapped endpoints and at the same moment introduces us to the peer, so both send at
-//! once: each peer's first packet to the other creates the state in its own NAT that
-//! lets the other's packets in — the hole. Everything leaves from the port used for
-//! the registration, because that is the mapping the rendezvous saw.
+//! How a punch goes: the peer binds one local port and learns its public endpoint with
+//! a STUN Binding request from that port (to the rendezvous itself unless `--stun`
+//! names another server; over TCP on the connection to the rendezvous); with `--pcp`
+//! it also asks its gateway for a PCP MAP. It registers that endpoint, and the
+//! rendezvous answers with what it saw — the source of the REGISTER, the NAT's mapping
+//! again, the fallback when STUN did not answer. Then it asks the rendezvous for the
+//! other peer until it is there. The rendezvous answers with the peer's public,
+//! private and learned endpoints and at the same moment introduces us to the peer.
+//! With `--pcp` the peer now sends PCP PEER for each of the other's public endpoints,
+//! so its gateway holds the mapping and the filter entry towards them before the
+//! first probe. Both send at once: each peer's first packet to the other creates the
+//! state in its own NAT that lets the other's in — the hole. Everything leaves from
+//! the port used for the registration, because that is the mapping the rendezvous and
+//! the STUN server saw.
 
 pub mod client;
+pub mod demux;
+pub mod learn;
 pub mod prober;
 pub mod rendezvous;
 pub mod report;
@@ -38,14 +49,12 @@ use clap::Args;
 
 use self::prober::{PathKind, Policy};
 use self::report::Report;
-use self::wire::{Mapped, MappedBy, PeerId, PeerInfo};
-use crate::pcp::client::{MapArgs, ProtocolArg, ServerArgs};
+use self::wire::{MappedBy, PeerId, PeerInfo};
 
 /// The PCP server port (RFC 6887 §19.1).
 const PCP_PORT: u16 = 5351;
-/// Lifetime asked for a PCP mapping made by `--pcp`: long enough for the peer to come
-/// in, short enough to go away on its own.
-const PCP_LIFETIME: u32 = 120;
+/// The STUN port (RFC 8489 §18.6), for `--stun ADDR`.
+const STUN_PORT: u16 = crate::stun::responder::DEFAULT_PORT;
 /// Longest wait for the rendezvous to answer a REGISTER.
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
@@ -80,11 +89,25 @@ pub struct PunchArgs {
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_timeout)]
     pub timeout: Duration,
 
-    /// Ask this gateway for a PCP MAP of our port (ADDR or ADDR:PORT, port 5351 by
-    /// default, normally the gateway's LAN address) and offer the mapped endpoint to
-    /// the peer: it can then come in without punching. The mapping lives 120 s.
+    /// Learn our public endpoint from this STUN server (ADDR or ADDR:PORT, port 3478
+    /// by default), asked from the port we punch from (TCP: over a connection from
+    /// it) [default: the rendezvous, which answers STUN on its port]. Without an
+    /// answer within 2 s the endpoint the rendezvous saw is used, with a note.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_stun_server)]
+    pub stun: Option<SocketAddrV4>,
+
+    /// Use PCP with this gateway (ADDR or ADDR:PORT, port 5351 by default, normally
+    /// the gateway's LAN address): a PCP MAP of our port, offered to the peer so it
+    /// can come in without punching, and once the peer's endpoints are known a PCP
+    /// PEER towards each, so the gateway lets the peer in before our first probe.
+    /// Both live 120 s.
     #[arg(long, value_name = "GATEWAY", value_parser = parse_pcp_server)]
     pub pcp: Option<SocketAddrV4>,
+
+    /// With --pcp: no MAP, only PEER — open our NAT to the peer alone instead of
+    /// opening our port to everyone.
+    #[arg(long, requires = "pcp")]
+    pub pcp_peer_only: bool,
 
     /// Only use these kinds of path (repeat, or separate with commas): `public` (the
     /// peer's public endpoint), `private` (its LAN endpoints), `mapped` (its PCP
@@ -113,7 +136,9 @@ Examples:
     natgw punch --rendezvous 198.18.0.1:7000 --id alice --peer bob  # behind NAT A
     natgw punch --rendezvous 198.18.0.1:7000 --id bob --peer alice  # behind NAT B
     natgw punch ... --tcp                  # TCP simultaneous open
-    natgw punch ... --pcp 10.2.0.1 --passive   # open our port with PCP, let them in";
+    natgw punch ... --stun 192.0.2.53      # learn our endpoint from another STUN server
+    natgw punch ... --pcp 10.2.0.1 --passive   # open our port with PCP, let them in
+    natgw punch ... --pcp 10.2.0.1 --pcp-peer-only --passive   # open it to the peer only";
 
 /// Arguments of `natgw rendezvous`.
 #[derive(Debug, Args)]
@@ -140,9 +165,10 @@ pub struct RendezvousArgs {
 
 const RENDEZVOUS_AFTER_HELP: &str = "\
 Runs until SIGINT or SIGTERM, then prints what it saw: registrations, lookups,
-introductions and the malformed messages it ignored. It only introduces peers;
-their traffic never passes through it. There is no authentication: use it in a lab
-or on a network you trust.
+introductions, the malformed messages it ignored and the STUN Binding requests it
+answered (on the same port, UDP and TCP, so peers learn their public endpoint from
+it). It only introduces peers; their traffic never passes through it. There is no
+authentication: use it in a lab or on a network you trust.
 
 Example:
     natgw rendezvous --listen 198.18.0.1:7000 --json";
@@ -189,10 +215,19 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
 
 /// ADDR or ADDR:PORT, port 5351 by default.
 fn parse_pcp_server(s: &str) -> Result<SocketAddrV4, String> {
+    parse_server(s, PCP_PORT)
+}
+
+/// ADDR or ADDR:PORT, port 3478 by default.
+fn parse_stun_server(s: &str) -> Result<SocketAddrV4, String> {
+    parse_server(s, STUN_PORT)
+}
+
+fn parse_server(s: &str, default_port: u16) -> Result<SocketAddrV4, String> {
     s.parse::<SocketAddrV4>()
         .or_else(|_| {
             s.parse::<Ipv4Addr>()
-                .map(|ip| SocketAddrV4::new(ip, PCP_PORT))
+                .map(|ip| SocketAddrV4::new(ip, default_port))
         })
         .map_err(|_| format!("`{s}` is not an IPv4 address or ADDRESS:PORT"))
 }
@@ -212,15 +247,44 @@ fn policy(args: &PunchArgs, passive: bool) -> Policy {
     Policy { allowed, passive }
 }
 
-/// The peer's announced endpoints as paths, most specific first: a PCP mapping, the
-/// public endpoint, the private ones.
+/// The peer's announced endpoints as paths, most specific first, each endpoint once:
+/// a PCP mapping, the public endpoint (as the rendezvous saw it, then as the peer's
+/// STUN server saw it), the private ones.
 fn candidates(peer: &PeerInfo) -> Vec<(PathKind, SocketAddrV4)> {
-    peer.mapped
-        .map(|m| (PathKind::Mapped, m.endpoint))
-        .into_iter()
+    let learned = |by| {
+        peer.mapped
+            .iter()
+            .filter(move |m| m.by == by)
+            .map(|m| m.endpoint)
+    };
+    let all = learned(MappedBy::Pcp)
+        .map(|e| (PathKind::Mapped, e))
         .chain(std::iter::once((PathKind::Public, peer.public)))
-        .chain(peer.private.iter().map(|&e| (PathKind::Private, e)))
-        .collect()
+        .chain(learned(MappedBy::Stun).map(|e| (PathKind::Public, e)))
+        .chain(peer.private.iter().map(|&e| (PathKind::Private, e)));
+    let mut paths: Vec<(PathKind, SocketAddrV4)> = Vec::new();
+    for (kind, endpoint) in all {
+        if !paths.iter().any(|&(_, e)| e == endpoint) {
+            paths.push((kind, endpoint));
+        }
+    }
+    paths
+}
+
+/// The STUN server to ask: `--stun`, or the rendezvous.
+fn stun_server(args: &PunchArgs) -> SocketAddrV4 {
+    args.stun.unwrap_or(args.rendezvous)
+}
+
+/// One random PCP nonce for every PEER of a run (natgw ties the nonce to the internal
+/// endpoint's mapping); from the kernel, or std's random keys if that fails.
+fn pcp_nonce() -> crate::pcp::wire::Nonce {
+    crate::pcp::client::random_nonce().unwrap_or_else(|_| {
+        let mut nonce = [0; 12];
+        nonce[..8].copy_from_slice(&random_u64().to_ne_bytes());
+        nonce[8..].copy_from_slice(&random_u64().to_ne_bytes()[..4]);
+        nonce
+    })
 }
 
 /// Our private endpoint: the bound address, or the source address of the route to
@@ -240,45 +304,6 @@ fn private_endpoint(bound: SocketAddr, rendezvous: SocketAddrV4) -> anyhow::Resu
     match probe.local_addr()? {
         SocketAddr::V4(a) => Ok(SocketAddrV4::new(*a.ip(), bound.port())),
         SocketAddr::V6(a) => bail!("the route to {rendezvous} has IPv6 source {a}"),
-    }
-}
-
-/// Asks the PCP server `gateway` to map our `port` (PCP MAP) and returns the
-/// external endpoint it assigned.
-async fn pcp_map(gateway: SocketAddrV4, tcp: bool, port: u16) -> anyhow::Result<Mapped> {
-    let report = tokio::task::spawn_blocking(move || {
-        crate::pcp::client::map(&MapArgs {
-            server: ServerArgs {
-                server: gateway,
-                json: false,
-            },
-            protocol: if tcp {
-                ProtocolArg::Tcp
-            } else {
-                ProtocolArg::Udp
-            },
-            internal_port: port,
-            suggest: None,
-            lifetime: PCP_LIFETIME,
-            nonce: None,
-            prefer_failure: false,
-            filter: Vec::new(),
-            clear_filters: false,
-            third_party: None,
-        })
-    })
-    .await
-    .context("the PCP request task failed")?
-    .with_context(|| format!("PCP MAP of port {port} at {gateway}"))?;
-    match report.external {
-        Some(endpoint) => Ok(Mapped {
-            by: MappedBy::Pcp,
-            endpoint,
-        }),
-        None => bail!(
-            "the PCP server at {gateway} refused to map port {port}: {}",
-            report.result
-        ),
     }
 }
 
@@ -306,6 +331,7 @@ fn random_u64() -> u64 {
 mod tests {
     use clap::Parser as _;
 
+    use super::wire::Mapped;
     use super::*;
     use crate::cli::{Cli, Command};
 
@@ -333,6 +359,9 @@ mod tests {
             "2.5",
             "--pcp",
             "10.1.0.1",
+            "--pcp-peer-only",
+            "--stun",
+            "192.0.2.53",
             "--only",
             "public,private",
             "--only",
@@ -346,26 +375,22 @@ mod tests {
         assert!(p.tcp && p.passive && p.json);
         assert_eq!(p.timeout, Duration::from_millis(2500));
         assert_eq!(p.pcp, Some("10.1.0.1:5351".parse().unwrap()));
+        assert!(p.pcp_peer_only);
+        assert_eq!(p.stun, Some("192.0.2.53:3478".parse().unwrap()));
         assert_eq!(
             p.only,
             [PathKind::Public, PathKind::Private, PathKind::Mapped]
         );
         let p = punch(&["--rendezvous", "1.2.3.4:5", "--id", "a", "--peer", "b"]).unwrap();
         assert_eq!(p.timeout, Duration::from_secs(10));
-        assert!(p.only.is_empty() && !p.tcp);
+        assert!(p.only.is_empty() && !p.tcp && p.stun.is_none() && p.pcp.is_none());
+        assert_eq!(stun_server(&p), p.rendezvous, "the rendezvous answers STUN");
+        // PEER-only means nothing without a gateway to ask.
+        let minimal = ["--rendezvous", "1.2.3.4:5", "--id", "a", "--peer", "b"];
+        assert!(punch(&[&minimal[..], &["--pcp-peer-only"]].concat()).is_err());
         assert!(punch(&["--rendezvous", "1.2.3.4:5", "--id", "a b", "--peer", "b"]).is_err());
         assert!(punch(&["--rendezvous", "x", "--id", "a", "--peer", "b"]).is_err());
-        assert!(punch(&[
-            "--rendezvous",
-            "1.2.3.4:5",
-            "--id",
-            "a",
-            "--peer",
-            "b",
-            "--timeout",
-            "0"
-        ])
-        .is_err());
+        assert!(punch(&[&minimal[..], &["--timeout", "0"]].concat()).is_err());
     }
 
     #[test]
@@ -390,22 +415,40 @@ mod tests {
     }
 
     #[test]
-    fn candidates_put_the_pcp_mapping_first() {
-        let peer = PeerInfo {
+    fn candidates_put_the_pcp_mapping_first_and_list_each_endpoint_once() {
+        let stun = |port| Mapped {
+            by: MappedBy::Stun,
+            endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), port),
+        };
+        let mut peer = PeerInfo {
             introduction: false,
             session: [0; 8],
             id: PeerId::new("b").unwrap(),
             public: "198.51.100.1:4000".parse().unwrap(),
             private: vec!["10.2.0.2:4000".parse().unwrap()],
-            mapped: Some(Mapped {
-                by: MappedBy::Pcp,
-                endpoint: "198.51.100.1:4001".parse().unwrap(),
-            }),
+            mapped: vec![
+                stun(4000),
+                Mapped {
+                    by: MappedBy::Pcp,
+                    endpoint: "198.51.100.1:4001".parse().unwrap(),
+                },
+            ],
         };
         let kinds: Vec<PathKind> = candidates(&peer).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             kinds,
             [PathKind::Mapped, PathKind::Public, PathKind::Private]
+        );
+        // A STUN answer that differs from the rendezvous's observation is another
+        // public endpoint to try.
+        peer.mapped = vec![stun(5555)];
+        let paths = candidates(&peer);
+        assert_eq!(
+            paths[..2],
+            [
+                (PathKind::Public, peer.public),
+                (PathKind::Public, stun(5555).endpoint)
+            ]
         );
     }
 }

@@ -2,7 +2,7 @@
 //! no timers: time is an argument), shared by UDP and TCP punching.
 //!
 //! A *path* is a remote endpoint of the peer we can send to: its public endpoint (what
-//! the rendezvous saw), a private one (its LAN address), a PCP-mapped one, or a *peer
+//! the rendezvous or the peer's STUN server saw), a private one (its LAN address), a PCP-mapped one, or a *peer
 //! reflexive* one — an endpoint its probes arrived from that we were not told about
 //! (a NAT that gave the peer another port towards us than towards the rendezvous).
 //!
@@ -35,9 +35,9 @@ use super::wire::{Ack, Flags, Message, PeerId, Probe, Repr, Session};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathKind {
-    /// A PCP-mapped (or STUN-learned) endpoint the peer announced.
+    /// A PCP-mapped endpoint the peer announced.
     Mapped,
-    /// The peer's public endpoint, as the rendezvous saw it.
+    /// The peer's public endpoint, as the rendezvous saw it or as its STUN server did.
     Public,
     /// One of the peer's private (LAN) endpoints.
     Private,

@@ -6,8 +6,8 @@
 //!
 //! - REGISTER records a peer under its id and transport: the source the message came
 //!   from is the peer's public endpoint (what its NAT mapped it to), kept with the
-//!   private and STUN/PCP endpoints the peer announced. REGISTERED tells the peer that
-//!   public endpoint. A registration lives [`Config::lifetime`] after the peer's last
+//!   private and STUN/PCP-learned endpoints the peer announced. REGISTERED tells the
+//!   peer that public endpoint. A registration lives [`Config::lifetime`] after the peer's last
 //!   message; a REGISTER of the same id from another endpoint replaces it.
 //! - CONNECT from a registered peer (same id, same source) for another peer of the same
 //!   transport answers PEER with the other's endpoints and sends the other one a PEER
@@ -17,6 +17,10 @@
 //! - Anything else is counted and dropped: malformed messages (answered with ERROR
 //!   when at least the header parsed, which costs no more than the request), other
 //!   versions (ERROR unsupported-version), unexpected kinds (silence).
+//!
+//! STUN Binding requests on the same port never reach this engine: `server` hands
+//! them to the STUN responder (`crate::stun::responder`) by their first byte
+//! (`super::demux`).
 //!
 //! The rendezvous only introduces; it never relays. Peers' probes go directly between
 //! their NATs, which is what the counters (and the integration tests) show. There is no
@@ -125,7 +129,7 @@ pub struct Counters {
 struct Registration {
     origin: Origin,
     private: Vec<SocketAddrV4>,
-    mapped: Option<Mapped>,
+    mapped: Vec<Mapped>,
     /// Changes when the registration is replaced, so a new pair gets a new session.
     generation: u64,
     last_seen: Instant,
@@ -350,7 +354,7 @@ impl Rendezvous {
             id: id.clone(),
             public: r.origin.addr,
             private: r.private.clone(),
-            mapped: r.mapped,
+            mapped: r.mapped.clone(),
         };
         self.counters.peer_answers += 1;
         self.counters.introductions += 1;
@@ -414,7 +418,7 @@ mod tests {
             message: Message::Register(Register {
                 id: id(name),
                 private: vec![SocketAddrV4::new(Ipv4Addr::from(private), port)],
-                mapped: None,
+                mapped: Vec::new(),
             }),
         }
         .to_bytes()
@@ -642,12 +646,16 @@ mod tests {
             by: MappedBy::Pcp,
             endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), 5000),
         };
+        let stun = Mapped {
+            by: MappedBy::Stun,
+            endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), 4000),
+        };
         let reg = Repr {
             transaction: 1,
             message: Message::Register(Register {
                 id: id("b"),
                 private: Vec::new(),
-                mapped: Some(mapped),
+                mapped: vec![stun, mapped],
             }),
         }
         .to_bytes();
@@ -657,7 +665,7 @@ mod tests {
         let Message::Peer(p) = decode(&out[0]) else {
             panic!("{out:?}");
         };
-        assert_eq!(p.mapped, Some(mapped));
+        assert_eq!(p.mapped, [stun, mapped]);
     }
 
     #[test]

@@ -1,5 +1,10 @@
 //! What `natgw punch` prints: one [`Report`] filled in as the punch goes, printed as
 //! text or as one JSON object — on failure too, with the stage it failed in and why.
+//!
+//! It also decides which of what we learned about ourselves is our public endpoint:
+//! STUN's answer, else our gateway's PCP PEER answer, else the rendezvous's
+//! observation — and says so in `public_from`, with a note whenever a source failed or
+//! two sources disagree (a NAT that maps each destination to its own port).
 
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
@@ -8,8 +13,50 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::prober::{Outcome, PathKind, PathReport, Prober};
-use super::wire::PeerInfo;
+use super::wire::{MappedBy, PeerInfo};
 use super::PunchArgs;
+
+/// Where our public endpoint came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublicFrom {
+    /// A STUN Binding response (`stun` in the report).
+    Stun,
+    /// Our gateway's PCP PEER response (no STUN answer).
+    Pcp,
+    /// The source the rendezvous saw our REGISTER come from (no STUN answer, no PCP).
+    Rendezvous,
+}
+
+/// The STUN Binding exchange from our punching port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StunReport {
+    /// The server asked (the rendezvous unless `--stun`).
+    pub server: SocketAddrV4,
+    /// `udp` or `tcp`.
+    pub transport: &'static str,
+    /// Where the server saw us come from (XOR-MAPPED-ADDRESS).
+    pub mapped: Option<SocketAddrV4>,
+    /// Why it taught us nothing.
+    pub error: Option<String>,
+    /// Whether the rendezvous saw us at the same endpoint.
+    pub agrees_with_rendezvous: Option<bool>,
+}
+
+/// One PCP PEER exchange with our gateway (`--pcp`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PcpPeer {
+    /// The PCP server.
+    pub gateway: SocketAddrV4,
+    /// The peer endpoint the mapping is towards.
+    pub remote: SocketAddrV4,
+    /// Our external endpoint towards it, as the gateway assigned it.
+    pub external: Option<SocketAddrV4>,
+    /// Seconds the gateway keeps it.
+    pub lifetime: Option<u32>,
+    /// Why there is no mapping: the refusal, or silence.
+    pub error: Option<String>,
+}
 
 /// How a TCP connection came about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,12 +111,23 @@ pub struct Report {
     pub rendezvous: SocketAddrV4,
     /// Our private endpoint (where everything leaves from).
     pub local: Option<SocketAddrV4>,
-    /// Our public endpoint, as the rendezvous saw it.
+    /// Our public endpoint: STUN's answer, else our gateway's PCP PEER answer, else
+    /// what the rendezvous saw.
     pub public: Option<SocketAddrV4>,
-    /// Our PCP-mapped endpoint, with `--pcp`.
+    /// Where `public` came from: `stun`, `pcp` or `rendezvous`.
+    pub public_from: Option<PublicFrom>,
+    /// Where the rendezvous saw our REGISTER come from.
+    pub observed: Option<SocketAddrV4>,
+    /// The STUN exchange.
+    pub stun: Option<StunReport>,
+    /// Our PCP-mapped endpoint (PCP MAP), with `--pcp`.
     pub mapped: Option<SocketAddrV4>,
-    /// The peer's public endpoint.
+    /// The PCP PEER exchanges, with `--pcp`: one per endpoint of the peer's.
+    pub pcp_peer: Vec<PcpPeer>,
+    /// The peer's public endpoint, as the rendezvous saw it.
     pub peer_public: Option<SocketAddrV4>,
+    /// The peer's public endpoint as its STUN server saw it.
+    pub peer_stun: Option<SocketAddrV4>,
     /// The peer's private endpoints.
     pub peer_private: Vec<SocketAddrV4>,
     /// The peer's PCP-mapped endpoint.
@@ -104,6 +162,9 @@ pub struct Report {
     pub foreign: u64,
     /// Every path tried.
     pub paths: Vec<PathReport>,
+    /// What did not stop the punch but is worth knowing: a source of our endpoint
+    /// that failed, two that disagree.
+    pub notes: Vec<String>,
     /// Where it failed: `setup`, `rendezvous`, `waiting-for-peer` or `punching`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<&'static str>,
@@ -128,8 +189,13 @@ impl Report {
             rendezvous: args.rendezvous,
             local: None,
             public: None,
+            public_from: None,
+            observed: None,
+            stun: None,
             mapped: None,
+            pcp_peer: Vec::new(),
             peer_public: None,
+            peer_stun: None,
             peer_private: Vec::new(),
             peer_mapped: None,
             introduced: None,
@@ -146,16 +212,105 @@ impl Report {
             controlling: None,
             foreign: 0,
             paths: Vec::new(),
+            notes: Vec::new(),
             stage: Some(stage::SETUP),
             error: None,
         }
     }
 
+    /// Records what the STUN server at `server` said over `transport` (`udp` or
+    /// `tcp`): our endpoint, or why there is none (a note: the rendezvous's
+    /// observation will do).
+    pub fn stun_answered(
+        &mut self,
+        server: SocketAddrV4,
+        transport: &'static str,
+        answer: Result<SocketAddrV4, String>,
+    ) {
+        let (mapped, error) = match answer {
+            Ok(mapped) => (Some(mapped), None),
+            Err(e) => {
+                self.notes.push(format!(
+                    "no public endpoint from the STUN server {server} over {}: {e}; using \
+                     the endpoint the rendezvous saw instead",
+                    transport.to_uppercase()
+                ));
+                (None, Some(e))
+            }
+        };
+        self.stun = Some(StunReport {
+            server,
+            transport,
+            mapped,
+            error,
+            agrees_with_rendezvous: None,
+        });
+    }
+
+    /// Records where the rendezvous saw us, and settles our public endpoint: STUN's
+    /// answer if there is one (with a note if the two differ), else this.
+    pub fn registered(&mut self, observed: SocketAddrV4) {
+        self.observed = Some(observed);
+        let learned = self.stun.as_mut().and_then(|s| Some((s.mapped?, s)));
+        let Some((mapped, stun)) = learned else {
+            self.public = Some(observed);
+            self.public_from = Some(PublicFrom::Rendezvous);
+            return;
+        };
+        stun.agrees_with_rendezvous = Some(mapped == observed);
+        let server = stun.server;
+        self.public = Some(mapped);
+        self.public_from = Some(PublicFrom::Stun);
+        if mapped != observed {
+            self.notes.push(format!(
+                "the STUN server {server} saw us as {mapped} but the rendezvous {} saw \
+                 {observed}: our NAT maps each destination to its own port \
+                 (endpoint-dependent, \"symmetric\"), so the peer can only reach us on \
+                 yet another port, learned from its probes (peer-reflexive), if at all",
+                self.rendezvous
+            ));
+        }
+    }
+
+    /// Records our gateway's PCP PEER answers. The first external endpoint it
+    /// assigned is our public endpoint if STUN gave none; refusals and silence are
+    /// noted.
+    pub fn pcp_peer_answered(&mut self, answers: Vec<PcpPeer>) {
+        for answer in answers {
+            match (answer.external, &answer.error) {
+                (Some(external), _) => {
+                    if self.public_from == Some(PublicFrom::Rendezvous) {
+                        self.public = Some(external);
+                        self.public_from = Some(PublicFrom::Pcp);
+                    }
+                    if let Some(observed) = self.observed.filter(|&o| o != external) {
+                        self.notes.push(format!(
+                            "our gateway {} maps us to {external} towards {} (PCP PEER) \
+                             but the rendezvous saw {observed}: it maps each destination \
+                             to its own port",
+                            answer.gateway, answer.remote
+                        ));
+                    }
+                }
+                (None, error) => self.notes.push(format!(
+                    "PCP PEER towards {} at our gateway {}: {}; the gateway may drop the \
+                     peer's packets until ours go out",
+                    answer.remote,
+                    answer.gateway,
+                    error.as_deref().unwrap_or("no mapping")
+                )),
+            }
+            self.pcp_peer.push(answer);
+        }
+    }
+
     /// Records the peer's endpoints and how long we waited for them.
     pub fn peer_found(&mut self, peer: &PeerInfo, waited: Duration) {
+        let learned = |by| peer.mapped.iter().find(|m| m.by == by).map(|m| m.endpoint);
         self.peer_public = Some(peer.public);
+        self.peer_stun = learned(MappedBy::Stun);
         self.peer_private.clone_from(&peer.private);
-        self.peer_mapped = peer.mapped.map(|m| m.endpoint);
+        self.peer_mapped = learned(MappedBy::Pcp);
         self.introduced = Some(peer.introduction);
         self.wait_for_peer_ms = Some(ms(waited));
     }
@@ -256,12 +411,27 @@ impl Report {
         if let Some(local) = self.local {
             let mut us = local.to_string();
             if let Some(public) = self.public {
-                let _ = write!(us, ", public {public} as the rendezvous saw it");
+                let _ = write!(us, ", public {public} ({})", self.public_source());
             }
             if let Some(mapped) = self.mapped {
                 let _ = write!(us, ", PCP mapping {mapped}");
             }
             row("our endpoint", us);
+        }
+        for (i, p) in self.pcp_peer.iter().enumerate() {
+            let what = match (p.external, &p.error) {
+                (Some(external), _) => format!(
+                    "towards {}: our gateway maps us to {external} for {} s",
+                    p.remote,
+                    p.lifetime.unwrap_or(0)
+                ),
+                (None, error) => format!(
+                    "towards {}: {}",
+                    p.remote,
+                    error.as_deref().unwrap_or("no mapping")
+                ),
+            };
+            row(if i == 0 { "pcp peer" } else { "" }, what);
         }
         if let Some(seen) = self.seen_as {
             row("peer sees us as", seen.to_string());
@@ -320,7 +490,200 @@ impl Report {
                 ),
             );
         }
+        for (i, note) in self.notes.iter().enumerate() {
+            row(if i == 0 { "note" } else { "" }, note.clone());
+        }
         row("total", format!("{:.1} ms", self.total_ms));
         out
+    }
+
+    /// Where our public endpoint came from, in words: "stun 198.18.0.1:7000; the
+    /// rendezvous saw the same", "rendezvous observation", "pcp PEER at ...".
+    fn public_source(&self) -> String {
+        let agreement = |public: Option<SocketAddrV4>| match (public, self.observed) {
+            (Some(p), Some(o)) if p == o => "; the rendezvous saw the same".to_owned(),
+            (_, Some(o)) => format!("; the rendezvous saw {o}"),
+            (_, None) => String::new(),
+        };
+        match self.public_from {
+            Some(PublicFrom::Stun) => {
+                let server = self.stun.as_ref().map(|s| s.server.to_string());
+                format!(
+                    "stun {}{}",
+                    server.unwrap_or_default(),
+                    agreement(self.public)
+                )
+            }
+            Some(PublicFrom::Pcp) => {
+                let gateway = self.pcp_peer.first().map(|p| p.gateway.to_string());
+                format!(
+                    "pcp PEER at {}{}",
+                    gateway.unwrap_or_default(),
+                    agreement(self.public)
+                )
+            }
+            Some(PublicFrom::Rendezvous) | None => "rendezvous observation".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn ep(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn report(extra: &[&str]) -> Report {
+        let args = ["natgw", "punch", "--rendezvous", "198.18.0.1:7000"]
+            .iter()
+            .chain(&["--id", "a1", "--peer", "b1"])
+            .chain(extra);
+        let Command::Punch(args) = Cli::try_parse_from(args).unwrap().command else {
+            panic!("not punch");
+        };
+        let mut r = Report::new(&args);
+        r.local = Some(ep("10.1.0.2:4000"));
+        r
+    }
+
+    fn peer_answer(remote: &str, external: Option<&str>, error: Option<&str>) -> PcpPeer {
+        PcpPeer {
+            gateway: ep("10.1.0.1:5351"),
+            remote: ep(remote),
+            external: external.map(ep),
+            lifetime: external.map(|_| 120),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_stun_answer_that_agrees_with_the_rendezvous_is_our_public_endpoint() {
+        let mut r = report(&[]);
+        r.stun_answered(ep("198.18.0.1:7000"), "udp", Ok(ep("192.0.2.1:4000")));
+        r.registered(ep("192.0.2.1:4000"));
+        assert_eq!(r.public, Some(ep("192.0.2.1:4000")));
+        assert_eq!(r.public_from, Some(PublicFrom::Stun));
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["public_from"], "stun");
+        assert_eq!(json["observed"], "192.0.2.1:4000");
+        assert_eq!(json["stun"]["server"], "198.18.0.1:7000");
+        assert_eq!(json["stun"]["transport"], "udp");
+        assert_eq!(json["stun"]["mapped"], "192.0.2.1:4000");
+        assert_eq!(json["stun"]["agrees_with_rendezvous"], true);
+        assert!(r
+            .text()
+            .contains("public 192.0.2.1:4000 (stun 198.18.0.1:7000; the rendezvous saw the same)"));
+    }
+
+    #[test]
+    fn stun_and_rendezvous_disagreeing_is_diagnosed_as_endpoint_dependent_mapping() {
+        let mut r = report(&["--stun", "198.18.0.1:3478"]);
+        r.stun_answered(ep("198.18.0.1:3478"), "udp", Ok(ep("203.0.113.1:61000")));
+        r.registered(ep("203.0.113.1:4000"));
+        assert_eq!(r.public, Some(ep("203.0.113.1:61000")));
+        assert_eq!(r.public_from, Some(PublicFrom::Stun));
+        assert_eq!(
+            r.stun.as_ref().and_then(|s| s.agrees_with_rendezvous),
+            Some(false)
+        );
+        assert_eq!(r.notes.len(), 1);
+        assert!(r.notes[0].contains("endpoint-dependent"), "{}", r.notes[0]);
+        assert!(r.notes[0].contains("203.0.113.1:4000"), "{}", r.notes[0]);
+        let text = r.text();
+        assert!(
+            text.contains("(stun 198.18.0.1:3478; the rendezvous saw 203.0.113.1:4000)"),
+            "{text}"
+        );
+        assert!(text.contains("  note            the STUN server"), "{text}");
+    }
+
+    #[test]
+    fn without_a_stun_answer_the_rendezvous_observation_is_used_with_a_note() {
+        let mut r = report(&["--stun", "198.18.0.1:9"]);
+        r.stun_answered(
+            ep("198.18.0.1:9"),
+            "udp",
+            Err("no answer (3 transmissions, 2.0 s)".to_owned()),
+        );
+        r.registered(ep("192.0.2.1:4000"));
+        assert_eq!(r.public, Some(ep("192.0.2.1:4000")));
+        assert_eq!(r.public_from, Some(PublicFrom::Rendezvous));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["public_from"], "rendezvous");
+        assert_eq!(json["stun"]["mapped"], serde_json::Value::Null);
+        assert_eq!(json["stun"]["error"], "no answer (3 transmissions, 2.0 s)");
+        assert_eq!(
+            r.notes,
+            [
+                "no public endpoint from the STUN server 198.18.0.1:9 over UDP: no answer (3 \
+              transmissions, 2.0 s); using the endpoint the rendezvous saw instead"
+            ]
+        );
+        assert!(r
+            .text()
+            .contains("public 192.0.2.1:4000 (rendezvous observation)"));
+    }
+
+    #[test]
+    fn pcp_peer_answers_are_shown_and_stand_in_for_a_missing_stun_answer() {
+        // STUN answered: PEER is shown, the public endpoint stays STUN's.
+        let mut r = report(&["--pcp", "10.1.0.1"]);
+        r.stun_answered(ep("198.18.0.1:7000"), "udp", Ok(ep("192.0.2.1:4000")));
+        r.registered(ep("192.0.2.1:4000"));
+        r.pcp_peer_answered(vec![peer_answer(
+            "198.51.100.1:5000",
+            Some("192.0.2.1:4000"),
+            None,
+        )]);
+        assert_eq!(r.public_from, Some(PublicFrom::Stun));
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["pcp_peer"][0]["remote"], "198.51.100.1:5000");
+        assert_eq!(json["pcp_peer"][0]["external"], "192.0.2.1:4000");
+        assert_eq!(json["pcp_peer"][0]["lifetime"], 120);
+        assert!(r.text().contains(
+            "  pcp peer        towards 198.51.100.1:5000: our gateway maps us to \
+             192.0.2.1:4000 for 120 s"
+        ));
+
+        // No STUN answer: PEER's external endpoint is our public one.
+        let mut r = report(&["--pcp", "10.1.0.1"]);
+        r.stun_answered(ep("198.18.0.1:7000"), "udp", Err("no answer".to_owned()));
+        r.registered(ep("192.0.2.1:4000"));
+        r.pcp_peer_answered(vec![
+            peer_answer("198.51.100.1:5000", Some("192.0.2.1:4000"), None),
+            peer_answer("198.51.100.1:5001", None, Some("refused: NOT_AUTHORIZED")),
+        ]);
+        assert_eq!(r.public, Some(ep("192.0.2.1:4000")));
+        assert_eq!(r.public_from, Some(PublicFrom::Pcp));
+        assert_eq!(r.notes.len(), 2, "{:?}", r.notes);
+        assert!(r.notes[1].contains("PCP PEER towards 198.51.100.1:5001"));
+        assert!(r.notes[1].contains("NOT_AUTHORIZED"));
+        let text = r.text();
+        assert!(
+            text.contains("(pcp PEER at 10.1.0.1:5351; the rendezvous saw the same)"),
+            "{text}"
+        );
+
+        // A gateway that maps the peer elsewhere than the rendezvous saw.
+        let mut r = report(&["--pcp", "10.1.0.1"]);
+        r.registered(ep("192.0.2.1:4000"));
+        r.pcp_peer_answered(vec![peer_answer(
+            "198.51.100.1:5000",
+            Some("192.0.2.1:4999"),
+            None,
+        )]);
+        assert_eq!(r.public, Some(ep("192.0.2.1:4999")));
+        assert!(
+            r.notes[0].contains("maps each destination"),
+            "{:?}",
+            r.notes
+        );
     }
 }

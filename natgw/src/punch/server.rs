@@ -1,11 +1,15 @@
 //! `natgw rendezvous`: the [`Rendezvous`] engine on one UDP socket and one TCP listener
-//! bound to the same address and port. One task owns the engine; each TCP connection
-//! has a reader task that hands it frames and a writer task that sends what it
-//! decides. On SIGINT or SIGTERM it prints its counters and exits.
+//! bound to the same address and port, and beside it natgw's STUN Binding responder
+//! ([`Responder`]) on the same sockets, so a peer learns its public endpoint from the
+//! server it registers with. Each datagram or frame goes to one or the other by its
+//! first byte ([`super::demux`]). One task owns both engines; each TCP connection has
+//! a reader task that hands it frames and a writer task that sends what they decide.
+//! On SIGINT or SIGTERM it prints its counters and exits.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,9 +20,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::client::read_frame;
+use super::demux::{self, read_frame, Frame, Protocol};
 use super::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
 use super::RendezvousArgs;
+use crate::stun::responder::{self, CountersSnapshot, Outcome, Responder};
 
 /// Most TCP connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
@@ -28,6 +33,8 @@ const CONNECTION_QUEUE: usize = 32;
 /// What a connection's reader tells the engine task.
 enum Event {
     Frame(SocketAddrV4, Vec<u8>),
+    /// A STUN message on the connection.
+    Stun(SocketAddrV4, Vec<u8>),
     /// The stream broke framing: these bytes (a header that is not ours) are counted
     /// as malformed and the connection is closed.
     Garbage(SocketAddrV4, Vec<u8>),
@@ -57,14 +64,22 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let mut engine = Rendezvous::new(config, super::random_u64());
+    let stun_counters = Arc::<responder::Counters>::default();
+    let mut stun = Responder::new(responder::Config::new(listen), Arc::clone(&stun_counters))
+        .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;
     let started = Instant::now();
     if args.json {
         println!(
             "{}",
-            json!({"event": "listening", "udp": listen.to_string(), "tcp": listen.to_string()})
+            json!({
+                "event": "listening",
+                "udp": listen.to_string(),
+                "tcp": listen.to_string(),
+                "stun": true,
+            })
         );
     } else {
-        println!("natgw rendezvous: listening on {listen} (UDP and TCP)");
+        println!("natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too)");
     }
     log::info!(
         "rendezvous.listening addr={listen} lifetime={}s",
@@ -78,6 +93,16 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
     loop {
         let transmits = tokio::select! {
             received = udp.recv_from(&mut buf) => match received {
+                Ok((n, SocketAddr::V4(from))) if demux::classify(&buf[..n]) == Protocol::Stun => {
+                    if let Outcome::Reply { to, bytes, .. } =
+                        stun.handle(Instant::now(), listen, from, &buf[..n])
+                    {
+                        if let Err(e) = udp.send_to(&bytes, to).await {
+                            log::debug!("rendezvous.stun_send_failed to={to} error={e}");
+                        }
+                    }
+                    Vec::new()
+                }
                 Ok((n, SocketAddr::V4(from))) => {
                     let origin = Origin { transport: Transport::Udp, addr: from };
                     engine.handle(Instant::now(), origin, &buf[..n])
@@ -105,6 +130,18 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
                     let origin = Origin { transport: Transport::Tcp, addr: remote };
                     engine.handle(Instant::now(), origin, &bytes)
                 }
+                Event::Stun(remote, bytes) => {
+                    // The answer goes back on the connection (RESPONSE-PORT means
+                    // nothing over TCP).
+                    if let Outcome::Reply { bytes, .. } =
+                        stun.handle(Instant::now(), listen, remote, &bytes)
+                    {
+                        if let Some(tx) = connections.get(&remote) {
+                            let _ = tx.try_send(bytes);
+                        }
+                    }
+                    Vec::new()
+                }
                 Event::Garbage(remote, bytes) => {
                     let origin = Origin { transport: Transport::Tcp, addr: remote };
                     connections.remove(&remote);
@@ -128,6 +165,7 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
         }
     }
     let counters = engine.counters();
+    let stun = stun_counters.snapshot();
     if args.json {
         println!(
             "{}",
@@ -136,16 +174,35 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
                 "uptime_s": started.elapsed().as_secs_f64(),
                 "registrations": engine.len(),
                 "counters": counters,
+                "stun": stun_json(&stun),
             })
         );
     } else {
         println!(
-            "natgw rendezvous: stopped after {:.1} s: {}",
+            "natgw rendezvous: stopped after {:.1} s: {}; STUN: {}",
             started.elapsed().as_secs_f64(),
-            summary(&counters)
+            summary(&counters),
+            crate::stun::server::summary(&stun)
         );
     }
     Ok(())
+}
+
+/// The STUN responder's counters as JSON: what it answered, and why it dropped the
+/// rest.
+fn stun_json(c: &CountersSnapshot) -> serde_json::Value {
+    let dropped: serde_json::Map<String, serde_json::Value> = c
+        .dropped
+        .iter()
+        .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "received": c.received,
+        "success": c.success,
+        "bad_request": c.bad_request,
+        "unknown_attribute": c.unknown_attribute,
+        "dropped": dropped,
+    })
 }
 
 /// The counters on one line.
@@ -217,7 +274,11 @@ async fn read_connection(
     loop {
         match read_frame(&mut reader).await {
             Ok(frame) => {
-                if events.send(Event::Frame(remote, frame)).await.is_err() {
+                let event = match frame {
+                    Frame::Punch(bytes) => Event::Frame(remote, bytes),
+                    Frame::Stun(bytes) => Event::Stun(remote, bytes),
+                };
+                if events.send(event).await.is_err() {
                     return;
                 }
             }

@@ -3,6 +3,11 @@
 //! local port with SO_REUSEADDR and SO_REUSEPORT, so the NAT mapping the rendezvous saw
 //! is the one the peer connects to.
 //!
+//! Our public endpoint is learned by STUN over TCP (RFC 8489 §6.2.2) from that port
+//! too: on the connection to the rendezvous itself, before the registration, or with
+//! `--stun` on a connection of its own to that server (a UDP-only server refuses it,
+//! and the rendezvous's observation is used, with a note).
+//!
 //! Both peers connect() to each other's endpoints at the same time, again after each
 //! failure, until the deadline. Each outbound SYN opens our NAT for the peer: when the
 //! peer's SYN then arrives it meets our socket in SYN-SENT (simultaneous open, RFC 9293
@@ -27,11 +32,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-use super::client::{self, read_frame, TcpChannel};
+use super::client::{self, TcpChannel};
+use super::demux::{read_frame, Frame};
+use super::learn::{self, pcp_map, STUN_WAIT};
 use super::prober::{Failure, PathKind, Prober, Settings, Status};
 use super::report::{stage, Report, TcpAttempts, TcpOpen};
 use super::wire::Register;
-use super::{candidates, pcp_map, policy, private_endpoint, PunchArgs, REGISTER_WAIT};
+use super::{
+    candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
+};
 
 /// How long one connect() may take before it is abandoned and tried again. Linux
 /// retransmits a SYN after 1 s; a fresh attempt does the same sooner.
@@ -78,40 +87,48 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
         .with_context(|| format!("listening on TCP {bound}"))?;
     let private = private_endpoint(SocketAddr::V4(bound), args.rendezvous)?;
     report.local = Some(private);
-    let mapped = match args.pcp {
+    let map = match args.pcp.filter(|_| !args.pcp_peer_only) {
         Some(gateway) => Some(pcp_map(gateway, true, bound.port()).await?),
         None => None,
     };
-    report.mapped = mapped.map(|m| m.endpoint);
+    report.mapped = map.map(|m| m.endpoint);
+    let stun = stun_server(args);
+    let mut learned = None;
+    if stun != args.rendezvous {
+        let answer = stun_over_own_connection(bound, stun).await;
+        learned = answer.as_ref().ok().copied();
+        report.stun_answered(stun, "tcp", answer);
+    }
 
     report.stage = Some(stage::RENDEZVOUS);
-    let socket = reusable_socket(bound).with_context(|| format!("binding TCP {bound}"))?;
-    let stream = match timeout(
-        REGISTER_WAIT.min(args.timeout),
-        socket.connect(SocketAddr::V4(args.rendezvous)),
-    )
-    .await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            return Err(e).with_context(|| {
-                format!(
-                    "connecting to the rendezvous {} over TCP (is `natgw rendezvous` \
-                     running there?)",
-                    args.rendezvous
-                )
-            })
-        }
-        Err(_) => anyhow::bail!(
-            "connecting to the rendezvous {} over TCP timed out",
-            args.rendezvous
-        ),
-    };
+    let stream = connect_from(bound, args.rendezvous, REGISTER_WAIT.min(args.timeout))
+        .await
+        .map_err(|e| match e {
+            ConnectError::Io(e) => anyhow::Error::new(e).context(format!(
+                "connecting to the rendezvous {} over TCP (is `natgw rendezvous` running \
+                 there?)",
+                args.rendezvous
+            )),
+            ConnectError::TimedOut => anyhow!(
+                "connecting to the rendezvous {} over TCP timed out",
+                args.rendezvous
+            ),
+        })?;
     let mut channel = TcpChannel::new(stream);
+    if stun == args.rendezvous {
+        // The rendezvous answers STUN on the connection we register on: the same
+        // mapping, by construction.
+        let answer = match channel.stun(stun, STUN_WAIT).await {
+            Ok(seen) => learn::stun_outcome(&seen),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        learned = answer.as_ref().ok().copied();
+        report.stun_answered(stun, "tcp", answer);
+    }
     let register = Register {
         id: args.id.clone(),
         private: vec![private],
-        mapped,
+        mapped: learn::announced(learned, map),
     };
     let registered = client::register(
         &mut channel,
@@ -120,7 +137,7 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
         REGISTER_WAIT.min(args.timeout),
     )
     .await?;
-    report.public = Some(registered.public);
+    report.registered(registered.public);
 
     report.stage = Some(stage::WAITING_FOR_PEER);
     let asked = Instant::now();
@@ -136,6 +153,11 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     report.peer_found(&peer, introduced_at - asked);
 
     report.stage = Some(stage::PUNCHING);
+    if let Some(gateway) = args.pcp {
+        let targets = learn::peer_targets(&peer);
+        let answers = learn::pcp_peers(gateway, true, bound.port(), &targets, pcp_nonce()).await;
+        report.pcp_peer_answered(answers);
+    }
     // Paths become active when a connection on them opens.
     let mut prober = Prober::new(
         args.id.clone(),
@@ -182,6 +204,57 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
                 describe_failure(&failure, &lock(&attempts), args.passive)
             ))
         }
+    }
+}
+
+/// Why a connect() from our port did not open.
+enum ConnectError {
+    Io(io::Error),
+    TimedOut,
+}
+
+/// connect() from our port `local` to `remote`, for at most `wait`.
+async fn connect_from(
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    wait: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = reusable_socket(local).map_err(ConnectError::Io)?;
+    match timeout(wait, socket.connect(SocketAddr::V4(remote))).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// STUN over a TCP connection of its own from our port `local` to `server` (`--stun`).
+/// The connection is closed after the answer; the next connections from the port go
+/// elsewhere, so its TIME-WAIT is in nobody's way.
+async fn stun_over_own_connection(
+    local: SocketAddrV4,
+    server: SocketAddrV4,
+) -> Result<SocketAddrV4, String> {
+    let started = Instant::now();
+    let stream = match connect_from(local, server, STUN_WAIT).await {
+        Ok(stream) => stream,
+        Err(ConnectError::TimedOut) => {
+            return Err(format!(
+                "no answer to our TCP connection within {:.1} s",
+                STUN_WAIT.as_secs_f64()
+            ))
+        }
+        Err(ConnectError::Io(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            return Err(
+                "it refused our TCP connection (a UDP-only STUN server, or nothing there)"
+                    .to_owned(),
+            )
+        }
+        Err(ConnectError::Io(e)) => return Err(format!("connecting over TCP: {e}")),
+    };
+    let wait = STUN_WAIT.saturating_sub(started.elapsed());
+    match TcpChannel::new(stream).stun(server, wait).await {
+        Ok(seen) => learn::stun_outcome(&seen),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -357,9 +430,13 @@ async fn accept_loop(listener: TcpListener, opened: mpsc::Sender<Opened>) {
     }
 }
 
-/// Forwards the frames of one stream until it ends.
+/// Forwards the frames of one stream until it ends (a STUN message from the peer is
+/// none of the prober's business).
 async fn read_loop(mut reader: OwnedReadHalf, remote: SocketAddrV4, events: mpsc::Sender<Event>) {
     while let Ok(frame) = read_frame(&mut reader).await {
+        let Frame::Punch(frame) = frame else {
+            continue;
+        };
         if events.send(Event::Frame(remote, frame)).await.is_err() {
             return;
         }

@@ -1,6 +1,8 @@
-//! UDP hole punching: one socket registers with the rendezvous and then probes every
-//! path to the peer from the same port, so the mapping the rendezvous saw is the one
-//! the peer is sent to, and our first probe opens our NAT for the peer's.
+//! UDP hole punching: one socket asks a STUN server where it comes from, registers
+//! with the rendezvous and then probes every path to the peer from the same port, so
+//! the mapping STUN and the rendezvous saw is the one the peer is sent to, and our
+//! first probe (or, with `--pcp`, our gateway's PEER mapping) opens our NAT for the
+//! peer's.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -11,10 +13,13 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::client::{self, UdpChannel};
+use super::learn::{self, pcp_map};
 use super::prober::{Prober, Settings, Status};
 use super::report::{stage, Report};
 use super::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
-use super::{candidates, pcp_map, policy, private_endpoint, PunchArgs, REGISTER_WAIT};
+use super::{
+    candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
+};
 
 /// How often the prober is polled for probes to send.
 const TICK: Duration = Duration::from_millis(10);
@@ -29,11 +34,15 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
         .with_context(|| format!("binding a UDP socket to {local}"))?;
     let private = private_endpoint(socket.local_addr()?, args.rendezvous)?;
     report.local = Some(private);
-    let mapped = match args.pcp {
+    let map = match args.pcp.filter(|_| !args.pcp_peer_only) {
         Some(gateway) => Some(pcp_map(gateway, false, private.port()).await?),
         None => None,
     };
-    report.mapped = mapped.map(|m| m.endpoint);
+    report.mapped = map.map(|m| m.endpoint);
+    let stun = stun_server(args);
+    let stun_answer = learn::stun_udp(&socket, stun).await;
+    let learned = learn::announced(stun_answer.as_ref().ok().copied(), map);
+    report.stun_answered(stun, "udp", stun_answer);
 
     report.stage = Some(stage::RENDEZVOUS);
     let mut channel = UdpChannel {
@@ -43,7 +52,7 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     let register = Register {
         id: args.id.clone(),
         private: vec![private],
-        mapped,
+        mapped: learned,
     };
     let registered = client::register(
         &mut channel,
@@ -52,7 +61,7 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
         REGISTER_WAIT.min(args.timeout),
     )
     .await?;
-    report.public = Some(registered.public);
+    report.registered(registered.public);
 
     report.stage = Some(stage::WAITING_FOR_PEER);
     let asked = Instant::now();
@@ -68,6 +77,18 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     report.peer_found(&peer, introduced_at - asked);
 
     report.stage = Some(stage::PUNCHING);
+    let nonce = pcp_nonce();
+    let open_gateway = |peer: PeerInfo| async move {
+        if let Some(gateway) = args.pcp {
+            let targets = learn::peer_targets(&peer);
+            Some(learn::pcp_peers(gateway, false, private.port(), &targets, nonce).await)
+        } else {
+            None
+        }
+    };
+    if let Some(answers) = open_gateway(peer.clone()).await {
+        report.pcp_peer_answered(answers);
+    }
     let new_prober = |peer: &PeerInfo, now: Instant| {
         Prober::new(
             args.id.clone(),
@@ -118,6 +139,9 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
                         .flatten()
                     {
                         log::info!("punch.reintroduced peer={} public={}", newer.id, newer.public);
+                        if let Some(answers) = open_gateway(newer.clone()).await {
+                            report.pcp_peer_answered(answers);
+                        }
                         introduced_at = Instant::now();
                         report.peer_found(&newer, introduced_at - asked);
                         prober = new_prober(&newer, introduced_at);

@@ -7,7 +7,7 @@
 //!  0                   1                   2                   3
 //!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
 //! +---------------+---------------+---------------+---------------+
-//! |      'N'      |      'P'      |  version (1)  |     kind      |
+//! |      'N'      |      'P'      |  version (2)  |     kind      |
 //! +---------------+---------------+---------------+---------------+
 //! |          body length          |      reserved (0, ignored)    |
 //! +---------------+---------------+---------------+---------------+
@@ -23,16 +23,17 @@
 //! - id: length (1 byte, 1..=32) + that many bytes of `[A-Za-z0-9._-]`
 //! - endpoint: IPv4 address (4) + port (2), port and address not zero
 //! - endpoint list: count (1 byte, at most [`MAX_PRIVATE`]) + endpoints
-//! - mapped: how (1 byte: 0 none, 1 STUN, 2 PCP) + an endpoint unless none
+//! - learned endpoints: count (1 byte, at most [`MAX_MAPPED`]) + that many of how (1
+//!   byte: 1 STUN, 2 PCP) + endpoint
 //! - session: 8 bytes the rendezvous chose for one pair of peers
 //! - flags: 1 byte; bit 0 verified, bit 1 nominate, bit 2 done; others ignored
 //!
 //! | kind | name | body |
 //! | --- | --- | --- |
-//! | 0x01 | REGISTER | id, private endpoints, mapped |
+//! | 0x01 | REGISTER | id, private endpoints, learned endpoints |
 //! | 0x02 | REGISTERED | public endpoint (the request's source), lifetime (2 bytes, s) |
 //! | 0x03 | CONNECT | id, peer id |
-//! | 0x04 | PEER | introduction (1 byte: 0 answer, 1 unsolicited), session, id, public, private endpoints, mapped |
+//! | 0x04 | PEER | introduction (1 byte: 0 answer, 1 unsolicited), session, id, public, private endpoints, learned endpoints |
 //! | 0x05 | UNKNOWN-PEER | peer id |
 //! | 0x06 | ERROR | code (1 byte) |
 //! | 0x10 | PROBE | session, from id, to id, flags |
@@ -40,6 +41,11 @@
 //!
 //! Everything is length-checked: a message with bytes left over, a count or length
 //! beyond its limit or an unknown kind does not parse.
+//!
+//! Version 2 replaced version 1's single optional mapped endpoint with the list of
+//! learned endpoints (a peer may know one from STUN and one from PCP). The first byte
+//! of every message is 'N' (0x4E, top bits 01), never a STUN message's (top bits 00,
+//! RFC 8489 §5): the rendezvous answers both on one port (see `super::demux`).
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -47,7 +53,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// First two bytes of every message: "NP" (natgw punch).
 pub const MAGIC: [u8; 2] = *b"NP";
 /// The protocol version this codec speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the header.
 pub const HEADER_LEN: usize = 12;
 /// Longest body accepted (the longest valid one is well below).
@@ -56,6 +62,8 @@ pub const MAX_BODY_LEN: usize = 512;
 pub const MAX_ID_LEN: usize = 32;
 /// Most private endpoints one peer may announce.
 pub const MAX_PRIVATE: usize = 4;
+/// Most learned (STUN, PCP) endpoints one peer may announce.
+pub const MAX_MAPPED: usize = 2;
 /// Length of a session token.
 pub const SESSION_LEN: usize = 8;
 
@@ -122,8 +130,10 @@ pub enum Error {
     BadEndpoint,
     /// More private endpoints than [`MAX_PRIVATE`].
     TooManyEndpoints,
-    /// A mapped-endpoint kind other than 0, 1 or 2.
+    /// A learned-endpoint kind other than 1 or 2.
     BadMappedKind(u8),
+    /// More learned endpoints than [`MAX_MAPPED`].
+    TooManyMapped,
     /// An introduction flag other than 0 or 1.
     BadFlag,
     /// Bytes left over after the last field.
@@ -142,7 +152,8 @@ impl fmt::Display for Error {
             Self::BadId => f.write_str("invalid id (use 1 to 32 of A-Z a-z 0-9 . _ -)"),
             Self::BadEndpoint => f.write_str("invalid endpoint (address or port zero)"),
             Self::TooManyEndpoints => write!(f, "more than {MAX_PRIVATE} private endpoints"),
-            Self::BadMappedKind(k) => write!(f, "unknown mapped-endpoint kind {k}"),
+            Self::BadMappedKind(k) => write!(f, "unknown learned-endpoint kind {k}"),
+            Self::TooManyMapped => write!(f, "more than {MAX_MAPPED} learned endpoints"),
             Self::BadFlag => f.write_str("invalid introduction flag"),
             Self::TrailingBytes => f.write_str("bytes after the last field"),
         }
@@ -303,8 +314,8 @@ pub struct Register {
     pub id: PeerId,
     /// Its own addresses on its LAN.
     pub private: Vec<SocketAddrV4>,
-    /// An endpoint learned with STUN or PCP.
-    pub mapped: Option<Mapped>,
+    /// Endpoints it learned for itself with STUN or PCP (at most [`MAX_MAPPED`]).
+    pub mapped: Vec<Mapped>,
 }
 
 /// REGISTERED.
@@ -338,8 +349,8 @@ pub struct PeerInfo {
     pub public: SocketAddrV4,
     /// Its private endpoints.
     pub private: Vec<SocketAddrV4>,
-    /// Its STUN- or PCP-learned endpoint.
-    pub mapped: Option<Mapped>,
+    /// Its STUN- and PCP-learned endpoints.
+    pub mapped: Vec<Mapped>,
 }
 
 /// PROBE: sent between peers over every path being tried.
@@ -620,7 +631,7 @@ impl Repr {
             Message::Register(m) => {
                 put_id(&mut w, &m.id);
                 put_endpoints(&mut w, &m.private);
-                put_mapped(&mut w, m.mapped);
+                put_mapped(&mut w, &m.mapped);
             }
             Message::Registered(m) => {
                 put_endpoint(&mut w, m.public);
@@ -636,7 +647,7 @@ impl Repr {
                 put_id(&mut w, &m.id);
                 put_endpoint(&mut w, m.public);
                 put_endpoints(&mut w, &m.private);
-                put_mapped(&mut w, m.mapped);
+                put_mapped(&mut w, &m.mapped);
             }
             Message::UnknownPeer(id) => put_id(&mut w, id),
             Message::Error(code) => w.push(code.to_wire()),
@@ -742,17 +753,24 @@ impl Reader<'_> {
         (0..count).map(|_| self.endpoint()).collect()
     }
 
-    fn mapped(&mut self) -> Result<Option<Mapped>> {
-        let by = match self.u8()? {
-            0 => return Ok(None),
-            1 => MappedBy::Stun,
-            2 => MappedBy::Pcp,
-            other => return Err(Error::BadMappedKind(other)),
-        };
-        Ok(Some(Mapped {
-            by,
-            endpoint: self.endpoint()?,
-        }))
+    fn mapped(&mut self) -> Result<Vec<Mapped>> {
+        let count = usize::from(self.u8()?);
+        if count > MAX_MAPPED {
+            return Err(Error::TooManyMapped);
+        }
+        (0..count)
+            .map(|_| {
+                let by = match self.u8()? {
+                    1 => MappedBy::Stun,
+                    2 => MappedBy::Pcp,
+                    other => return Err(Error::BadMappedKind(other)),
+                };
+                Ok(Mapped {
+                    by,
+                    endpoint: self.endpoint()?,
+                })
+            })
+            .collect()
     }
 }
 
@@ -776,13 +794,13 @@ fn put_endpoints(w: &mut Vec<u8>, list: &[SocketAddrV4]) {
     }
 }
 
-fn put_mapped(w: &mut Vec<u8>, mapped: Option<Mapped>) {
-    match mapped {
-        None => w.push(0),
-        Some(m) => {
-            w.push(m.by.to_wire());
-            put_endpoint(w, m.endpoint);
-        }
+/// Writes at most [`MAX_MAPPED`] learned endpoints (the rest are left out).
+fn put_mapped(w: &mut Vec<u8>, list: &[Mapped]) {
+    let list = &list[..list.len().min(MAX_MAPPED)];
+    w.push(u8::try_from(list.len()).unwrap_or(0));
+    for m in list {
+        w.push(m.by.to_wire());
+        put_endpoint(w, m.endpoint);
     }
 }
 
@@ -798,14 +816,27 @@ mod tests {
         SocketAddrV4::new(Ipv4Addr::from(a), port)
     }
 
-    /// REGISTER from "a1", private 10.1.0.2:40000, no mapped endpoint, transaction 7.
+    /// REGISTER from "a1", private 10.1.0.2:40000, no learned endpoint, transaction 7.
     const REGISTER: [u8; 23] = [
-        b'N', b'P', 1, 0x01, // magic, version, kind
+        b'N', b'P', 2, 0x01, // magic, version, kind
         0, 11, 0, 0, // body length, reserved
         0, 0, 0, 7, // transaction
         2, b'a', b'1', // id
         1, 10, 1, 0, 2, 0x9c, 0x40, // one private endpoint
-        0,    // no mapped endpoint
+        0,    // no learned endpoint
+    ];
+
+    /// REGISTER from "b", no private endpoint, learned by STUN 192.0.2.1:4000 and by
+    /// PCP 192.0.2.1:4001, transaction 1.
+    const REGISTER_LEARNED: [u8; 30] = [
+        b'N', b'P', 2, 0x01, // magic, version, kind
+        0, 18, 0, 0, // body length, reserved
+        0, 0, 0, 1, // transaction
+        1, b'b', // id
+        0,    // no private endpoint
+        2,    // two learned endpoints
+        1, 192, 0, 2, 1, 0x0f, 0xa0, // STUN
+        2, 192, 0, 2, 1, 0x0f, 0xa1, // PCP
     ];
 
     #[test]
@@ -818,11 +849,48 @@ mod tests {
                 message: Message::Register(Register {
                     id: id("a1"),
                     private: vec![ep([10, 1, 0, 2], 40000)],
-                    mapped: None,
+                    mapped: Vec::new(),
                 }),
             }
         );
         assert_eq!(repr.to_bytes(), REGISTER);
+    }
+
+    #[test]
+    fn learned_endpoints_parse_from_literal_bytes_and_emit_them_again() {
+        let repr = Repr::decode(&REGISTER_LEARNED).unwrap();
+        let Message::Register(register) = &repr.message else {
+            panic!("{repr:?}");
+        };
+        assert_eq!(
+            register.mapped,
+            [
+                Mapped {
+                    by: MappedBy::Stun,
+                    endpoint: ep([192, 0, 2, 1], 4000),
+                },
+                Mapped {
+                    by: MappedBy::Pcp,
+                    endpoint: ep([192, 0, 2, 1], 4001),
+                },
+            ]
+        );
+        assert_eq!(repr.to_bytes(), REGISTER_LEARNED);
+        // A third would be one too many; emitting leaves it out rather than fail.
+        let mut three = register.clone();
+        three.mapped.push(three.mapped[0]);
+        let bytes = Repr {
+            transaction: 1,
+            message: Message::Register(three),
+        }
+        .to_bytes();
+        assert_eq!(bytes, REGISTER_LEARNED);
+        let mut too_many = REGISTER_LEARNED.to_vec();
+        too_many[15] = 3;
+        assert_eq!(Repr::decode(&too_many), Err(Error::TooManyMapped));
+        let mut kind_zero = REGISTER_LEARNED;
+        kind_zero[16] = 0;
+        assert_eq!(Repr::decode(&kind_zero), Err(Error::BadMappedKind(0)));
     }
 
     #[test]
@@ -841,7 +909,7 @@ mod tests {
             }),
         };
         let bytes = probe.to_bytes();
-        assert_eq!(&bytes[..4], &[b'N', b'P', 1, kind::PROBE]);
+        assert_eq!(&bytes[..4], &[b'N', b'P', 2, kind::PROBE]);
         assert_eq!(&bytes[8..12], &[0xde, 0xad, 0xbe, 0xef]);
         // session, "a1", "b1", flags = verified|done
         assert_eq!(&bytes[12..20], b"sessionX");
@@ -871,10 +939,10 @@ mod tests {
                 id: id("b1.site-B_2"),
                 public: ep([198, 51, 100, 1], 4000),
                 private: vec![ep([10, 2, 0, 2], 4000), ep([10, 9, 0, 2], 4000)],
-                mapped: Some(Mapped {
+                mapped: vec![Mapped {
                     by: MappedBy::Pcp,
                     endpoint: ep([198, 51, 100, 1], 4001),
-                }),
+                }],
             }),
         };
         assert_eq!(Repr::decode(&peer.to_bytes()).unwrap(), peer);
@@ -903,8 +971,8 @@ mod tests {
     fn malformed_messages_are_refused_with_the_reason() {
         let mut bad_magic = REGISTER;
         bad_magic[0] = b'X';
-        let mut v2 = REGISTER;
-        v2[2] = 2;
+        let mut v1 = REGISTER;
+        v1[2] = 1;
         let mut short_length = REGISTER;
         short_length[5] = 10;
         let mut unknown = REGISTER;
@@ -918,8 +986,10 @@ mod tests {
         zero_port[21] = 0;
         let mut too_many = REGISTER;
         too_many[15] = 5;
-        let mut bad_mapped = REGISTER;
-        bad_mapped[22] = 3;
+        let mut bad_mapped = REGISTER.to_vec();
+        bad_mapped[5] = 18;
+        bad_mapped[22] = 1;
+        bad_mapped.extend([3, 192, 0, 2, 1, 0, 1]);
         let mut trailing = REGISTER.to_vec();
         trailing.push(0);
         trailing[5] = 12;
@@ -928,7 +998,7 @@ mod tests {
         for (bytes, want) in [
             (&REGISTER[..11], Error::Truncated),
             (&bad_magic[..], Error::BadMagic),
-            (&v2[..], Error::UnsupportedVersion(2)),
+            (&v1[..], Error::UnsupportedVersion(1)),
             (&short_length[..], Error::BadLength),
             (&unknown[..], Error::UnknownKind(0x7f)),
             (&bad_id[..], Error::BadId),

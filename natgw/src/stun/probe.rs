@@ -780,7 +780,11 @@ async fn route_source(server: SocketAddrV4) -> anyhow::Result<Ipv4Addr> {
     }
 }
 
-fn random_transaction_id() -> io::Result<[u8; 12]> {
+/// A random 96-bit transaction ID (RFC 8489 §6: uniformly random).
+///
+/// # Errors
+/// When /dev/urandom cannot be read.
+pub fn random_transaction_id() -> io::Result<[u8; 12]> {
     let mut id = [0; 12];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;
     Ok(id)
@@ -793,8 +797,13 @@ fn local_v4(socket: &UdpSocket) -> io::Result<SocketAddrV4> {
     }
 }
 
-/// One Binding transaction with retransmissions.
-async fn transact(
+/// One Binding transaction with retransmissions ([`transmit_offsets`]) from `socket`
+/// to `to`; other datagrams that arrive meanwhile are ignored. Also how `natgw punch`
+/// learns its public endpoint from the socket it punches from.
+///
+/// # Errors
+/// Socket errors; a silent server is a [`Seen::Timeout`], not an error.
+pub async fn transact(
     socket: &UdpSocket,
     to: SocketAddrV4,
     change: ChangeRequest,

@@ -1,8 +1,9 @@
 //! The hole-punching part of `cargo xtask run`: the two-site topology
 //! ([`testbed::Sites`]) with natgw on both site gateways and the kernel's NAT on the
 //! third, `natgw rendezvous` on the internet, and pairs of `natgw punch` peers; then a
-//! table of how each pair connected and the rendezvous's counters, which show that it
-//! only introduced the peers.
+//! table of how each pair connected and where each peer learned its public endpoint
+//! (STUN from the rendezvous, PCP PEER), and the rendezvous's counters, which show
+//! that it only introduced the peers and answered STUN.
 //!
 //! Every process here is ours alone: started with SIGINT/SIGTERM unblocked in its own
 //! process group and stopped with SIGTERM when its [`Process`] is dropped (and killed
@@ -84,6 +85,17 @@ impl Drop for Process {
     }
 }
 
+/// What the second peer of a pair asks its gateway with PCP.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pcp {
+    /// Nothing.
+    No,
+    /// A MAP of its port, and PEER towards the first peer (`--pcp GATEWAY`).
+    Map,
+    /// Only PEER towards the first peer (`--pcp GATEWAY --pcp-peer-only`).
+    PeerOnly,
+}
+
 /// One pair of peers to punch.
 struct Case {
     what: &'static str,
@@ -92,9 +104,9 @@ struct Case {
     second: (usize, &'static str),
     first_args: &'static [&'static str],
     second_args: &'static [&'static str],
-    /// The second peer opens its port with a PCP MAP at its gateway and waits to be
-    /// reached (`--pcp GATEWAY --passive`).
-    second_pcp: bool,
+    /// The second peer opens its port (MAP) or its NAT towards the first peer (PEER)
+    /// with PCP at its gateway and waits to be reached (`--passive`).
+    second_pcp: Pcp,
 }
 
 /// Hosts by index: a1, a2, b1, k1.
@@ -107,7 +119,7 @@ const GATEWAYS: [Ipv4Addr; 4] = [
     SITE_K_LAN_ADDR,
 ];
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         what: "site A ↔ site B",
         transport: "udp",
@@ -115,7 +127,7 @@ const CASES: [Case; 7] = [
         second: (2, "b1"),
         first_args: &[],
         second_args: &[],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "site A ↔ site B",
@@ -124,7 +136,7 @@ const CASES: [Case; 7] = [
         second: (2, "b1-tcp"),
         first_args: &["--tcp"],
         second_args: &["--tcp"],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "a1 ↔ a2 via the gateway (hairpin)",
@@ -133,7 +145,7 @@ const CASES: [Case; 7] = [
         second: (1, "a2-hairpin"),
         first_args: &["--only", "public"],
         second_args: &["--only", "public"],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "a1 ↔ a2 on their LAN",
@@ -142,7 +154,7 @@ const CASES: [Case; 7] = [
         second: (1, "a2-lan"),
         first_args: &["--only", "private"],
         second_args: &["--only", "private"],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "site A ↔ kernel-NAT site",
@@ -151,7 +163,7 @@ const CASES: [Case; 7] = [
         second: (3, "k1-a"),
         first_args: &[],
         second_args: &[],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "site B ↔ kernel-NAT site",
@@ -160,7 +172,7 @@ const CASES: [Case; 7] = [
         second: (3, "k1-b-tcp"),
         first_args: &["--tcp"],
         second_args: &["--tcp"],
-        second_pcp: false,
+        second_pcp: Pcp::No,
     },
     Case {
         what: "site A → b1's PCP mapping",
@@ -169,7 +181,16 @@ const CASES: [Case; 7] = [
         second: (2, "b1-pcp"),
         first_args: &["--only", "mapped"],
         second_args: &[],
-        second_pcp: true,
+        second_pcp: Pcp::Map,
+    },
+    Case {
+        what: "site A → b1, let in by PCP PEER",
+        transport: "udp",
+        first: (0, "a1-peer"),
+        second: (2, "b1-peer"),
+        first_args: &["--only", "public"],
+        second_args: &[],
+        second_pcp: Pcp::PeerOnly,
     },
 ];
 
@@ -231,19 +252,21 @@ fn with_processes(sites: &Sites, bin: &Path) -> Result<usize> {
     print_table(&rows);
 
     rendezvous_process.stop();
-    let counters = rendezvous_counters(rendezvous_out);
-    match counters {
-        Some(c) => {
+    match rendezvous_summary(rendezvous_out) {
+        Some(summary) => {
+            let c = &summary["counters"];
             println!(
                 "\nThe rendezvous saw {} messages: {} registrations, {} lookups, {} \
-                 introductions, {} malformed, {} it had no business with (probes, acks). \
-                 Everything else went directly between the peers' gateways.",
+                 introductions, {} malformed, {} it had no business with (probes, acks); \
+                 and it answered {} STUN Binding requests on the same port. Everything \
+                 else went directly between the peers' gateways.",
                 c["received"],
                 c["registered"],
                 c["connects"],
                 c["introductions"],
                 c["malformed"],
-                c["unexpected"]
+                c["unexpected"],
+                summary["stun"]["success"]
             );
         }
         None => println!("\nThe rendezvous printed no counters."),
@@ -337,13 +360,13 @@ fn start_rendezvous(
     Ok((process, out))
 }
 
-/// The counters the rendezvous printed when it stopped.
-fn rendezvous_counters(out: BufReader<std::process::ChildStdout>) -> Option<Value> {
+/// What the rendezvous printed when it stopped: its counters and its STUN
+/// responder's.
+fn rendezvous_summary(out: BufReader<std::process::ChildStdout>) -> Option<Value> {
     out.lines()
         .map_while(Result::ok)
         .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
         .find(|v| v["event"] == "stopped")
-        .map(|v| v["counters"].clone())
 }
 
 /// Runs both peers of `case` at once and returns their JSON reports.
@@ -375,8 +398,12 @@ fn run_case(
     };
     let gateway = GATEWAYS[case.second.0].to_string();
     let mut second_args = case.second_args.to_vec();
-    if case.second_pcp {
-        second_args.extend(["--pcp", &gateway, "--passive"]);
+    match case.second_pcp {
+        Pcp::No => {}
+        Pcp::Map => second_args.extend(["--pcp", &gateway, "--passive"]),
+        Pcp::PeerOnly => {
+            second_args.extend(["--pcp", &gateway, "--pcp-peer-only", "--passive"]);
+        }
     }
     let first = spawn(case.first, case.second, case.first_args)?;
     let second = spawn(case.second, case.first, &second_args)?;
@@ -408,6 +435,20 @@ fn collect(mut child: Child) -> Result<Value> {
     ))
 }
 
+/// Where a peer's public endpoint came from, and whether its gateway answered PCP
+/// PEER: `stun`, `rendezvous` (STUN failed), `pcp`; `+peer` when PEER opened the way.
+fn learned(report: &Value) -> String {
+    let from = report["public_from"].as_str().unwrap_or("-");
+    let peer = report["pcp_peer"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p["external"].is_string()));
+    if peer {
+        format!("{from}+peer")
+    } else {
+        from.to_owned()
+    }
+}
+
 /// The result table: one row per pair.
 fn print_table(rows: &[(&Case, Value, Value)]) {
     let header = [
@@ -415,10 +456,11 @@ fn print_table(rows: &[(&Case, Value, Value)]) {
         "proto",
         "ok",
         "method (first → second)",
+        "public endpoint from",
         "time to connect",
         "rtt",
     ];
-    let mut table: Vec<[String; 6]> = vec![header.map(str::to_owned)];
+    let mut table: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     let mut problems = Vec::new();
     for (case, a, b) in rows {
         let both = ok(a) && ok(b);
@@ -433,11 +475,17 @@ fn print_table(rows: &[(&Case, Value, Value)]) {
             .iter()
             .filter_map(|r| r["connect_ms"].as_f64())
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let sources = if learned(a) == learned(b) {
+            learned(a)
+        } else {
+            format!("{} / {}", learned(a), learned(b))
+        };
         table.push([
             case.what.to_owned(),
             case.transport.to_uppercase(),
             if both { "yes" } else { "FAIL" }.to_owned(),
             if both { methods } else { "-".to_owned() },
+            sources,
             connect
                 .filter(|_| both)
                 .map_or("-".to_owned(), |ms| format!("{ms:.1} ms")),
@@ -455,7 +503,7 @@ fn print_table(rows: &[(&Case, Value, Value)]) {
             }
         }
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| {
             table
                 .iter()
