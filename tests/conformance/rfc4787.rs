@@ -1406,9 +1406,15 @@ fn req_14a(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let (small_in, big_in) = at_lan.join().unwrap_or((0, 0));
     let (small_out, _) = at_wan.join().unwrap_or((0, 0));
     let big_sent = FLOW / BIG_EVERY;
+    let budget = env.natgw().map_or_else(String::new, |n| {
+        format!(
+            "; natgw dropped {} flood fragments over their source's budget",
+            n.counter("drop_fragment_budget")
+        )
+    });
     r.saw(format!(
         "{flooded} flood fragments sent; delivered: inbound {small_in}/{FLOW}, outbound \
-         {small_out}/{FLOW}, fragmented inbound {big_in}/{big_sent}"
+         {small_out}/{FLOW}, fragmented inbound {big_in}/{big_sent}{budget}"
     ));
     let enough = |got: usize, of: usize| got * 100 >= of * 95;
     r.expect(
