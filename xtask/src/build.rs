@@ -64,6 +64,23 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The natgw binary a testbed command runs: `given` (`--natgw PATH`, with the tests'
+/// tools installed), or a fresh build provisioned for the tests.
+///
+/// # Errors
+/// When `given` is not a file, or provisioning or the build fails.
+pub fn natgw_for_testbed(given: Option<&Path>, args: &Args) -> Result<PathBuf> {
+    match given {
+        Some(path) if path.is_file() => {
+            provision::ensure_test_tools()?;
+            path.canonicalize()
+                .with_context(|| format!("--natgw {}", path.display()))
+        }
+        Some(path) => bail!("--natgw {}: no such file", path.display()),
+        None => Ok(build_all(args, Purpose::Test)?.natgw_bin),
+    }
+}
+
 /// Provisions for `purpose`, then builds the eBPF object and natgw.
 pub fn build_all(args: &Args, purpose: Purpose) -> Result<Artifacts> {
     let toolchain =

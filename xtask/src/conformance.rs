@@ -9,10 +9,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::build;
-use crate::provision::{self, Purpose};
+use crate::provision;
 use crate::{exec, paths};
 
 /// Which NATs to test.
@@ -66,20 +66,13 @@ pub fn run(args: &Args) -> Result<()> {
              configures nftables; rerun `cargo xtask conformance` as root"
         );
     }
-    let natgw_bin = match &args.natgw {
-        Some(path) if path.is_file() => {
-            provision::ensure_test_tools()?;
-            path.canonicalize()
-                .with_context(|| format!("--natgw {}", path.display()))?
-        }
-        Some(path) => bail!("--natgw {}: no such file", path.display()),
+    let natgw_bin = if args.natgw.is_none() && args.nat == Nat::Nft {
         // The nftables column alone needs no natgw, but the suite still checks for
         // the binary's flags: point it at wherever a build would put it.
-        None if args.nat == Nat::Nft => {
-            provision::ensure_test_tools()?;
-            paths::natgw_bin()
-        }
-        None => build::build_all(&args.build, Purpose::Test)?.natgw_bin,
+        provision::ensure_test_tools()?;
+        paths::natgw_bin()
+    } else {
+        build::natgw_for_testbed(args.natgw.as_deref(), &args.build)?
     };
     if args.nat != Nat::Natgw && paths::find_in_path("nft").is_none() {
         bail!(

@@ -49,7 +49,6 @@ use testbed::{
 
 use self::daemon::Natgw;
 use crate::build;
-use crate::provision::{self, Purpose};
 use crate::{exec, paths};
 
 /// natgw's log, below the target directory.
@@ -97,17 +96,9 @@ pub fn run(args: &Args) -> Result<()> {
              natgw loads eBPF programs; rerun it as root"
         );
     }
-    let natgw_bin = match &args.natgw {
-        Some(path) if path.is_file() => {
-            provision::ensure_test_tools()?;
-            path.canonicalize()
-                .with_context(|| format!("--natgw {}", path.display()))?
-        }
-        Some(path) => bail!("--natgw {}: no such file", path.display()),
-        // The demo compares natgw with the kernel's NAT (nft) and drives STUN and
-        // NAT-PMP clients: the tests' tools.
-        None => build::build_all(&args.build, Purpose::Test)?.natgw_bin,
-    };
+    // The demo compares natgw with the kernel's NAT (nft) and drives STUN and NAT-PMP
+    // clients: the tests' tools.
+    let natgw_bin = build::natgw_for_testbed(args.natgw.as_deref(), &args.build)?;
 
     println!("{}", topology());
     // Before the testbed starts any thread, so that every thread inherits the mask.
