@@ -381,3 +381,82 @@ fn the_responder_follows_a_change_of_the_wan_address() {
         s.natgw.status()["stun"]
     );
 }
+
+#[test]
+fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() {
+    // Binding the new address fails: natgw keeps running, says why in status, and
+    // binds on the next address change.
+    let s = Setup::new(&[]);
+    let renumbered = Ipv4Addr::new(192, 0, 2, 7);
+    let new = SocketAddrV4::new(renumbered, STUN_PORT);
+    // The new address arrives before the old one goes (kept when the old primary is
+    // deleted), and another program takes its STUN port meanwhile.
+    let sysctl =
+        s.tb.gateway
+            .ns
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.conf.wan0.promote_secondaries=1"])
+            .status()
+            .expect("running sysctl");
+    assert!(sysctl.success(), "sysctl promote_secondaries");
+    gateway_ip(&s, &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
+    let squatter = udp(&s.tb.gateway.ns, renumbered, STUN_PORT);
+    gateway_ip(&s, &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
+    gateway_ip(
+        &s,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "wan0",
+        ],
+    );
+    let failed = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        (status["external_address"] == "192.0.2.7" && status["stun"]["listening"] == false)
+            .then_some(status)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "status never showed the responder not listening: {}\n{}",
+            s.natgw.status(),
+            s.natgw.log()
+        )
+    });
+    let reason = failed["stun"]["not_listening"].as_str().unwrap_or_default();
+    assert!(reason.contains("192.0.2.7:3478"), "{failed}");
+    assert_eq!(
+        failed["stun"]["addresses"],
+        serde_json::json!([]),
+        "{failed}"
+    );
+    assert!(
+        s.natgw.log().contains("stun.bind_failed"),
+        "{}",
+        s.natgw.log()
+    );
+
+    // The port is free again; the next change of the WAN's addresses binds it.
+    drop(squatter);
+    gateway_ip(&s, &["addr", "add", "192.0.2.9/24", "dev", "wan0"]);
+    let listening = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        (status["stun"]["listening"] == true).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("never listening again:\n{}", s.natgw.log()));
+    assert_eq!(
+        listening["stun"]["addresses"],
+        serde_json::json!(["192.0.2.7:3478"]),
+        "{listening}"
+    );
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40508);
+    let (answer, from) = ask(&wan, new, None, 1);
+    assert_eq!(from, new);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(WAN_A_ADDR, 40508))
+    );
+}
