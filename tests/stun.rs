@@ -279,3 +279,184 @@ fn no_stun_turns_the_responder_off() {
     assert!(wan.recv_from(&mut buf).is_err(), "no answer with --no-stun");
     assert!(s.natgw.status()["stun"].is_null());
 }
+
+/// Runs `ip ARGS` in the gateway's namespace and insists it worked.
+fn gateway_ip(s: &Setup, args: &[&str]) {
+    let out =
+        s.tb.gateway
+            .ns
+            .command("ip")
+            .args(args)
+            .output()
+            .expect("running ip in the gateway's namespace");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_responder_follows_a_change_of_the_wan_address() {
+    // rfc8489 §3 after a DHCP renumbering: the responder answers on the new external
+    // address, reflecting the sender's address as before, and no longer on the old one
+    let s = Setup::new(&[]);
+    let renumbered = Ipv4Addr::new(192, 0, 2, 7);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40506);
+    let mine = SocketAddrV4::new(WAN_A_ADDR, 40506);
+    let old = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let new = SocketAddrV4::new(renumbered, STUN_PORT);
+
+    let (answer, from) = ask(&wan, old, None, 1);
+    assert_eq!(from, old);
+    assert_eq!(answer.xor_mapped, Some(mine));
+    let before = wait_for(WAIT, || {
+        s.natgw.status()["stun"]["counters"]["success"]
+            .as_u64()
+            .filter(|n| *n >= 1)
+    })
+    .unwrap_or_else(|| panic!("stun counters: {}", s.natgw.status()["stun"]));
+
+    // Renumber the way a DHCP client does: the old lease goes, the new one comes.
+    gateway_ip(&s, &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
+    gateway_ip(&s, &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
+    gateway_ip(
+        &s,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "wan0",
+        ],
+    );
+    let moved = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        (status["stun"]["addresses"] == serde_json::json!(["192.0.2.7:3478"])).then_some(status)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "status never showed the responder on {new}: {}\n{}",
+            s.natgw.status()["stun"],
+            s.natgw.log()
+        )
+    });
+    assert_eq!(moved["stun"]["listening"], true, "{moved}");
+    assert_eq!(moved["external_address"], "192.0.2.7", "{moved}");
+    assert!(
+        s.natgw.log().contains("stun.moved"),
+        "the move is logged:\n{}",
+        s.natgw.log()
+    );
+
+    let (answer, from) = ask(&wan, new, None, 2);
+    assert_eq!(from, new, "answered from the new address");
+    assert_eq!(answer.xor_mapped, Some(mine));
+
+    // The old address back on the WAN, now as a second address outside the pool:
+    // nobody answers STUN there any more.
+    gateway_ip(&s, &["addr", "add", "192.0.2.1/24", "dev", "wan0"]);
+    wan.send_to(&binding_request([3; 12], None), old)
+        .expect("send");
+    assert!(
+        recv_nothing(&wan, Duration::from_secs(2)).is_none(),
+        "an answer from the old address"
+    );
+    let (_, from) = ask(&wan, new, None, 4);
+    assert_eq!(from, new, "still answering on the new address");
+
+    // The counters went on across the move: both answers on the new address add to
+    // those from before it.
+    let after = wait_for(WAIT, || {
+        s.natgw.status()["stun"]["counters"]["success"]
+            .as_u64()
+            .filter(|n| *n >= before + 2)
+    });
+    assert!(
+        after.is_some(),
+        "stun counters kept counting from {before}: {}",
+        s.natgw.status()["stun"]
+    );
+}
+
+#[test]
+fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() {
+    // Binding the new address fails: natgw keeps running, says why in status, and
+    // binds on the next address change.
+    let s = Setup::new(&[]);
+    let renumbered = Ipv4Addr::new(192, 0, 2, 7);
+    let new = SocketAddrV4::new(renumbered, STUN_PORT);
+    // The new address arrives before the old one goes (kept when the old primary is
+    // deleted), and another program takes its STUN port meanwhile.
+    let sysctl =
+        s.tb.gateway
+            .ns
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.conf.wan0.promote_secondaries=1"])
+            .status()
+            .expect("running sysctl");
+    assert!(sysctl.success(), "sysctl promote_secondaries");
+    gateway_ip(&s, &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
+    let squatter = udp(&s.tb.gateway.ns, renumbered, STUN_PORT);
+    gateway_ip(&s, &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
+    gateway_ip(
+        &s,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "192.0.2.254",
+            "dev",
+            "wan0",
+        ],
+    );
+    let failed = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        (status["external_address"] == "192.0.2.7" && status["stun"]["listening"] == false)
+            .then_some(status)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "status never showed the responder not listening: {}\n{}",
+            s.natgw.status(),
+            s.natgw.log()
+        )
+    });
+    let reason = failed["stun"]["not_listening"].as_str().unwrap_or_default();
+    assert!(reason.contains("192.0.2.7:3478"), "{failed}");
+    assert_eq!(
+        failed["stun"]["addresses"],
+        serde_json::json!([]),
+        "{failed}"
+    );
+    assert!(
+        s.natgw.log().contains("stun.bind_failed"),
+        "{}",
+        s.natgw.log()
+    );
+
+    // The port is free again; the next change of the WAN's addresses binds it.
+    drop(squatter);
+    gateway_ip(&s, &["addr", "add", "192.0.2.9/24", "dev", "wan0"]);
+    let listening = wait_for(WAIT, || {
+        let status = s.natgw.status();
+        (status["stun"]["listening"] == true).then_some(status)
+    })
+    .unwrap_or_else(|| panic!("never listening again:\n{}", s.natgw.log()));
+    assert_eq!(
+        listening["stun"]["addresses"],
+        serde_json::json!(["192.0.2.7:3478"]),
+        "{listening}"
+    );
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40508);
+    let (answer, from) = ask(&wan, new, None, 1);
+    assert_eq!(from, new);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(WAN_A_ADDR, 40508))
+    );
+}

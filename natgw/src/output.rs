@@ -583,13 +583,21 @@ fn stun_text(out: &mut String, s: &StatusReport) {
         }
         return;
     };
-    let addresses: Vec<String> = stun.addresses.iter().map(ToString::to_string).collect();
-    let _ = writeln!(out, "\nstun responder on {}", addresses.join(", "));
-    match stun.other_address {
-        Some(other) => {
-            let _ = writeln!(out, "  rfc 5780: other address {other}");
+    if stun.listening {
+        let addresses: Vec<String> = stun.addresses.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "\nstun responder on {}", addresses.join(", "));
+        match stun.other_address {
+            Some(other) => {
+                let _ = writeln!(out, "  rfc 5780: other address {other}");
+            }
+            None => out.push_str("  rfc 5780: no (needs a second external address)\n"),
         }
-        None => out.push_str("  rfc 5780: no (needs a second external address)\n"),
+    } else {
+        let _ = writeln!(
+            out,
+            "\nstun responder not listening: {}",
+            stun.not_listening.as_deref().unwrap_or("unknown reason")
+        );
     }
     let width = stun.counters.keys().map(String::len).max().unwrap_or(0);
     for (name, v) in &stun.counters {
@@ -800,6 +808,8 @@ mod tests {
                 "192.0.2.2:3479".parse().unwrap(),
             ],
             other_address: Some("192.0.2.2:3479".parse().unwrap()),
+            listening: true,
+            not_listening: None,
             counters: BTreeMap::from([("received".to_owned(), 5), ("success".to_owned(), 4)]),
         });
         let text = status_text(&s);
@@ -812,6 +822,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  received  5\n  success   4\n"), "{text}");
+        s.stun = Some(StunState {
+            addresses: Vec::new(),
+            other_address: None,
+            listening: false,
+            not_listening: Some("the WAN has no IPv4 address".to_owned()),
+            counters: BTreeMap::from([("received".to_owned(), 5)]),
+        });
+        let text = status_text(&s);
+        assert!(
+            text.contains(
+                "\nstun responder not listening: the WAN has no IPv4 address\n  received  5\n"
+            ),
+            "{text}"
+        );
         s.stun = None;
         s.config.stun.enabled = false;
         assert!(status_text(&s).contains("\nstun responder off\n"));

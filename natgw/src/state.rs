@@ -377,9 +377,22 @@ pub struct StunState {
     /// The RFC 5780 OTHER-ADDRESS (second external address, alternate port), when
     /// there is a second external address.
     pub other_address: Option<SocketAddrV4>,
+    /// Whether it answers now: not while the WAN has no address, nor after binding a
+    /// new external address failed (it tries again on the next address change).
+    #[serde(default = "listening_by_default")]
+    pub listening: bool,
+    /// Why it does not answer, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_listening: Option<String>,
     /// Responder counters by name (`received`, `success`, `dropped_<reason>`, ...);
     /// rewritten with the controller counters.
     pub counters: BTreeMap<String, u64>,
+}
+
+/// State files written before the responder followed address changes only had one
+/// while it listened.
+const fn listening_by_default() -> bool {
+    true
 }
 
 /// One explicit mapping (PCP, NAT-PMP, static forward) as the daemon records it for
@@ -452,6 +465,8 @@ mod tests {
             stun: Some(StunState {
                 addresses: vec!["192.0.2.1:3478".parse().unwrap()],
                 other_address: None,
+                listening: true,
+                not_listening: None,
                 counters: BTreeMap::from([("success".to_owned(), 2)]),
             }),
         }

@@ -6,18 +6,21 @@
 //! Address changes are watched over rtnetlink (`RTM_NEWADDR`/`RTM_DELADDR`). When
 //! the external address comes from the WAN (no `--external` pool) and the WAN's
 //! first IPv4 address changes:
-//! 1. explicit mappings move to the new address, keeping their ports where free;
-//! 2. the data path is pointed at it (`EXT_ADDRS`, `CONFIG.ext_addr_be`), so new
+//! 1. the STUN responder binds the new address and stops answering on the old one
+//!    (first, so its ports are held before anything can be mapped there);
+//! 2. explicit mappings move to the new address, keeping their ports where free;
+//! 3. the data path is pointed at it (`EXT_ADDRS`, `CONFIG.ext_addr_be`), so new
 //!    traffic mappings use it;
-//! 3. traffic mappings on the old address are deleted: their connections cannot
+//! 4. traffic mappings on the old address are deleted: their connections cannot
 //!    survive the change, and while they exist their internal endpoints' packets
 //!    would keep leaving from an address the gateway no longer has;
-//! 4. the PCP server announces the new address and sends every PCP client an
+//! 5. the PCP server announces the new address and sends every PCP client an
 //!    unsolicited MAP response with its mapping's new external endpoint (RFC 6887
 //!    §14.2; NAT-PMP clients get the address announcement, RFC 6886 §3.2.1).
 //!
 //! While the WAN has no IPv4 address at all, PCP and NAT-PMP requests fail with
-//! NETWORK_FAILURE and the data path keeps the old address.
+//! NETWORK_FAILURE, the data path keeps the old address, and the STUN responder does
+//! not answer (keeping its ports reserved).
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -314,6 +317,14 @@ impl Daemon {
         }
         let now_ns = system::monotonic_ns();
         let old_pool = self.topology.pool.clone();
+        let pool: Vec<Ipv4Addr> = link
+            .ipv4
+            .first()
+            .map(|p| vec![p.addr()])
+            .unwrap_or_default();
+        // First: the responder's sockets must hold the STUN ports of a new address
+        // before mappings can take ports there (see `stun_responder`).
+        self.follow_stun(&pool);
         let (Some(explicit), Some(maps)) =
             (self.port_mapping.explicit.as_mut(), self.maps.as_mut())
         else {
@@ -329,7 +340,6 @@ impl Daemon {
             }
             return;
         };
-        let pool = vec![main.addr()];
         let changed = pool != old_pool;
         if changed {
             info!(
