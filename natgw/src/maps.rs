@@ -7,9 +7,12 @@
 //! NAT-PMP, static forwards) add to them, so their tests can run against in-memory
 //! tables.
 
-use std::collections::{BTreeMap, HashMap as StdHashMap};
+mod batch;
+
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{
@@ -171,10 +174,44 @@ pub struct NatMaps {
     pub held_syns: HashMap<MapData, SessionKey, HeldSyn>,
 }
 
-/// Reads a whole hash map. Keys deleted by the data path meanwhile are skipped; a
-/// concurrent delete can make the kernel restart the walk, so duplicates collapse
-/// and the walk is bounded.
+/// Set once the kernel has refused a batch lookup: snapshots walk key by key from then
+/// on.
+static BATCH_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Reads a whole hash map: in batches of [`batch::BATCH_CHUNK`] entries per system
+/// call, or key by key on kernels without batch operations (before 5.6). Entries the
+/// data path adds or deletes meanwhile may be missed; none appears twice (the garbage
+/// collector would cope: its second look at a key finds it deleted).
 fn snapshot<K, V>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, MapsError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    if !BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+        match batch::lookup_batch::<K, V>(map.map(), batch::BATCH_CHUNK) {
+            // No duplicates to remove: see `batch`.
+            Ok(entries) => return Ok(entries),
+            Err(e) if batch::is_unsupported(&e) => {
+                if !BATCH_UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "maps.batch_unsupported map={name} error=\"{e}\": reading the NAT \
+                         tables key by key (two system calls per entry)"
+                    );
+                }
+            }
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    snapshot_by_key(map, name)
+}
+
+/// Reads a whole hash map key by key. Keys deleted by the data path meanwhile are
+/// skipped; a concurrent delete can make the kernel restart the walk, so duplicates
+/// collapse and the walk is bounded.
+fn snapshot_by_key<K, V>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, MapsError>
@@ -186,15 +223,14 @@ where
         .map()
         .info()
         .map_or(1 << 20, |i| (i.max_entries() as usize).saturating_mul(4));
-    let mut seen: StdHashMap<K, V> = StdHashMap::new();
+    let mut entries = Vec::new();
     for (i, entry) in map.iter().enumerate() {
         if i >= limit {
             break;
         }
-        let (k, v) = entry.map_err(map_err(name))?;
-        seen.insert(k, v);
+        entries.push(entry.map_err(map_err(name))?);
     }
-    Ok(seen.into_iter().collect())
+    Ok(batch::dedup_entries(entries))
 }
 
 fn get<K: aya::Pod, V: aya::Pod>(
@@ -596,12 +632,7 @@ impl GatewayMaps {
 
     /// Number of entries in `NAT_FWD`.
     pub fn mapping_count(&self) -> Result<usize, MapsError> {
-        let mut n = 0;
-        for key in self.nat.fwd.keys() {
-            key.map_err(map_err(names::NAT_FWD))?;
-            n += 1;
-        }
-        Ok(n)
+        Ok(self.nat.fwd_entries()?.len())
     }
 }
 

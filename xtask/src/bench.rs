@@ -174,6 +174,12 @@ pub struct Args {
     #[arg(long, value_name = "PATH", requires = "natgw")]
     ebpf_object: Option<PathBuf>,
 
+    /// Only the garbage-collection measurement: natgw's CPU over a million live
+    /// mappings and the time it takes to expire them (about a minute; half a million
+    /// with --quick). Prints one line per repetition (--reps, default 1).
+    #[arg(long, conflicts_with = "write_docs")]
+    gc_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -198,6 +204,9 @@ pub fn run(args: &Args) -> Result<()> {
         _ => build::build_all(&args.build, Purpose::Bench)?,
     };
     signals::install()?;
+    if args.gc_only {
+        return gc_only(args, &artifacts);
+    }
     match testbed::cleanup_stale() {
         Ok(0) => {}
         Ok(n) => eprintln!("xtask bench: removed {n} namespaces left by killed runs"),
@@ -259,6 +268,31 @@ pub fn run(args: &Args) -> Result<()> {
         std::fs::write(&path, report.markdown())
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("xtask bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --gc-only`: the garbage-collection test alone, `--reps` times.
+fn gc_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut tools = programs::Tools::load(&artifacts.ebpf_object)?;
+    let mappings = if args.quick {
+        cost::SCALE_MAPPINGS / 2
+    } else {
+        cost::SCALE_MAPPINGS
+    };
+    let mut runs = Vec::new();
+    for _ in 0..args.reps.unwrap_or(1) {
+        let g = cost::gc(&mut tools, &artifacts.natgw_bin, &log_dir, mappings)?;
+        if !args.json {
+            println!("{}", report::gc_line(&g));
+        }
+        runs.push(g);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
     }
     Ok(())
 }

@@ -620,7 +620,7 @@ fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
 
 /// natgw with a short UDP timeout, `mappings` mappings stamped now: natgw's CPU while
 /// they live, then the time from their expiry to an empty table.
-fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) -> Result<GcResult> {
+pub fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) -> Result<GcResult> {
     let net = Bench::create()?;
     let _rx = tools.attach(names::XDP_COUNT_DROP, &net.rcv, net.rcv_if.ifindex)?;
     let extra: Vec<String> = [

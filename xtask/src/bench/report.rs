@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use super::cost::{CostResults, CostRow, MapMemory};
+use super::cost::{CostResults, CostRow, GcResult, MapMemory};
 use super::cpu::Usage;
 use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WORKLOADS};
 
@@ -426,24 +426,7 @@ impl Report<'_> {
             }
         }
         if let Some(g) = &c.gc {
-            let _ = writeln!(
-                o,
-                "  garbage collection (--udp-timeout 5 --gc-interval 1): natgw used {:.0}% of a \
-                 CPU while the {} mappings lived;",
-                g.live_cpu_pct, g.mappings
-            );
-            let _ = writeln!(
-                o,
-                "    after they expired the table was empty in {} (natgw CPU {:.1} s); natgw \
-                 status then showed {} mappings",
-                g.expire_seconds.map_or_else(
-                    || "— (not within the limit)".to_owned(),
-                    |s| format!("{s:.1} s")
-                ),
-                g.expire_cpu_seconds,
-                g.status_mappings
-                    .map_or_else(|| "?".to_owned(), |n| n.to_string())
-            );
+            let _ = writeln!(o, "{}", gc_line(g));
         }
         o
     }
@@ -536,4 +519,23 @@ fn ratio_value(a: Option<Spread>, b: Option<Spread>) -> Option<f64> {
         (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
         _ => None,
     }
+}
+
+/// The garbage-collection result as the text report shows it (two lines).
+#[must_use]
+pub fn gc_line(g: &GcResult) -> String {
+    format!(
+        "  garbage collection (--udp-timeout 5 --gc-interval 1): natgw used {:.0}% of a CPU \
+         while the {} mappings lived;\n    after they expired the table was empty in {} \
+         (natgw CPU {:.1} s); natgw status then showed {} mappings",
+        g.live_cpu_pct,
+        g.mappings,
+        g.expire_seconds.map_or_else(
+            || "— (not within the limit)".to_owned(),
+            |s| format!("{s:.1} s")
+        ),
+        g.expire_cpu_seconds,
+        g.status_mappings
+            .map_or_else(|| "?".to_owned(), |n| n.to_string())
+    )
 }
