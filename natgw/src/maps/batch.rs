@@ -314,7 +314,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs root: creates a BPF map"]
     fn batches_read_every_entry_once_whatever_the_chunk() {
         use aya::maps::IterableMap as _;
 
@@ -331,31 +330,5 @@ mod tests {
                 assert_eq!((*k, *v), (i as u32, u64::from(*k) * 3));
             }
         }
-    }
-
-    /// Not a check: prints what a snapshot of a million entries costs each way
-    /// (`cargo test -p natgw --release -- --ignored --nocapture snapshot_cost`).
-    #[test]
-    #[ignore = "needs root: creates a BPF map of a million entries"]
-    fn snapshot_cost_at_a_million() {
-        use aya::maps::IterableMap as _;
-        use std::time::Instant;
-
-        let map = hash_map(1_000_000);
-        let t = Instant::now();
-        let by_key: Vec<(u32, u64)> = map.iter().map(Result::unwrap).collect();
-        let by_key_time = t.elapsed();
-        let t = Instant::now();
-        let batched: Vec<(u32, u64)> = lookup_batch(map.map(), BATCH_CHUNK).unwrap();
-        let batch_time = t.elapsed();
-        let t = Instant::now();
-        let deduped = dedup_entries(by_key);
-        let dedup_time = t.elapsed();
-        assert_eq!(batched.len(), deduped.len());
-        println!(
-            "1M entries: key by key {by_key_time:?} (+ dedup {dedup_time:?}), batched \
-             {batch_time:?}: {:.1}x",
-            (by_key_time + dedup_time).as_secs_f64() / batch_time.as_secs_f64()
-        );
     }
 }
