@@ -38,7 +38,7 @@ use crate::{exec, paths};
 /// What the first runs showed (2026-11-24, this machine kind), for docs/benchmarks.md;
 /// the numbers in the table above it are those of the latest run.
 pub const NOTES: &str = "\
-## Where the time goes (observations from the runs of 2026-11-24)
+## Where the time goes (observations from the runs of 2026-11-24 and 2026-12-02)
 
 - **The gateway is the limit.** Its NAPI thread is at 93–100% of its CPU in every UDP
   run, while the generator delivers several million frames per second into the same
@@ -64,12 +64,25 @@ pub const NOTES: &str = "\
   the `BPF_NOEXIST` port claim, two inserts); the SYN burst (0.39–0.45 M new
   mappings/s, one SYN each, with its TCP session) agrees. conntrack + masquerade
   manage ~0.12 M/s.
-- **The controller does not scale to a million mappings.** Its garbage collector walks
-  both tables with one system call per key every `--gc-interval`: ~17% of a CPU at
-  32k mappings, 100% at a million (a pass takes longer than the 1-s interval), and
-  expiring a million mappings took 25–26 s. The per-packet cost of an existing mapping
+- **The controller is the weak spot at a million mappings.** Until 2026-12-02 its
+  garbage collector walked both tables with one system call per key every
+  `--gc-interval` (100% of a CPU at a million, 25–33 s to expire them). It now reads
+  them with `BPF_MAP_LOOKUP_BATCH` (8192 entries per call; a 1M-entry snapshot 6–7×
+  faster) and expires a million mappings in about half the time (15–17 s against
+  32–33 s in alternating `--gc-only` runs of the old and new binary). It still uses
+  ~100% of a CPU while a million mappings live: perf puts ~25% in the kernel's batch
+  lookup and ~57% in building the plan (hash sets of the snapshot and the decision
+  loop), and expiry in the per-key re-reads and deletes (about five `bpf()` calls per
+  mapping) — the next places to work on. The per-packet cost of an existing mapping
   barely moves with the table size (×1.1–1.2 at 1M, spread over 10k different
   entries); a new mapping costs more in a full table (×1.0–1.6).
+- **Runs differ between days and hosts more than between builds.** On 2026-12-02
+  (another host of this kind) every per-packet case measured ~1.5× the 2026-11-24
+  figures. Two alternating `--quick` runs of the build before that day's data-path
+  changes (fragment budgets, IP identification rewriting, reset-session rule) and of
+  the build after them put an existing mapping at 1181 / 1072 ns (before) and
+  1132 / 821 ns (after), natgw/nft at 2.8–3.4× and 2.7–3.8×: no difference beyond the
+  noise. Compare figures within one run.
 - **Memory** is preallocated hash maps: at `--max-mappings 1100000` the maps take
   ~531 MiB whether empty or full (`NAT_SESSIONS` is sized at twice the mappings).
 - **Kernel modes.** nft's extra time over plain forwarding is conntrack and NAT
