@@ -18,6 +18,8 @@ pub mod ipv4 {
     pub const VER_IHL: usize = 0;
     /// Total length.
     pub const TOT_LEN: usize = 2;
+    /// Identification.
+    pub const ID: usize = 4;
     /// Flags and fragment offset.
     pub const FRAG: usize = 6;
     /// Time to live (the word at this offset is TTL << 8 | protocol).
@@ -331,7 +333,7 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         dport_be: 0,
         tcp_flags: 0,
         tcp_seq_be: 0,
-        ip_id_be: u16::from_ne_bytes([fixed[4], fixed[5]]),
+        ip_id_be: u16::from_ne_bytes([fixed[ipv4::ID], fixed[ipv4::ID + 1]]),
         l4_csum_off: NO_CSUM,
     };
     if frag == Fragment::Later {
@@ -789,6 +791,20 @@ pub fn decrement_ttl<B: PacketBufMut + ?Sized>(buf: &mut B, pkt: &Ipv4Packet) ->
     buf.store::<1>(pkt.l3 + ipv4::TTL, [pkt.ttl - 1])
 }
 
+/// Replaces the IP identification (`new_id_be`, network order) and updates the IP
+/// checksum.
+#[inline(always)]
+pub fn rewrite_ip_id<B: PacketBufMut + ?Sized>(
+    buf: &mut B,
+    pkt: &Ipv4Packet,
+    new_id_be: u16,
+) -> Option<()> {
+    let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
+    let (old, new) = (u16::from_be(pkt.ip_id_be), u16::from_be(new_id_be));
+    store_u16(buf, pkt.l3 + ipv4::CSUM, csum::replace16(check, old, new))?;
+    store_u16(buf, pkt.l3 + ipv4::ID, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,6 +961,16 @@ mod tests {
         let pkt = parse_ipv4(&f[..], 14).unwrap();
         decrement_ttl(&mut f[..], &pkt).unwrap();
         assert_eq!(f[14 + 8], 63);
+        assert_eq!(checksum(&f[14..34], 0), 0);
+    }
+
+    #[test]
+    fn ip_id_rewrite_keeps_ip_checksum_valid() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"", 0);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        rewrite_ip_id(&mut f[..], &pkt, 0xbeefu16.to_be()).unwrap();
+        assert_eq!(f[14 + 4..14 + 6], [0xbe, 0xef]);
+        assert_eq!(parse_ipv4(&f[..], 14).unwrap().ip_id_be, 0xbeefu16.to_be());
         assert_eq!(checksum(&f[14..34], 0), 0);
     }
 

@@ -22,7 +22,7 @@ use natgw_common::{
     maps::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
     packet::{
         apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address,
-        rewrite_icmp_error, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
+        rewrite_icmp_error, rewrite_ip_id, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
     },
     Config, Counter,
 };
@@ -150,23 +150,10 @@ fn fragment_id(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Result<(), Co
 /// Replaces the IP identification of outbound `pkt` (header checksum kept right).
 #[inline(always)]
 fn set_ip_id(ctx: &TcContext, pkt: &Ipv4Packet, new_id_be: u16) -> Result<(), Counter> {
-    ctx.l3_csum_replace(
-        pkt.l3 + IP_CSUM_OFF,
-        u64::from(pkt.ip_id_be),
-        u64::from(new_id_be),
-        2,
-    )
-    .map_err(|_| Counter::DropInternal)?;
-    ctx.store(pkt.l3 + IP_ID_OFF, &new_id_be, 0)
-        .map_err(|_| Counter::DropInternal)?;
+    rewrite_ip_id(&mut TcBuf::new(ctx), pkt, new_id_be).ok_or(Counter::DropInternal)?;
     count(Counter::IpIdRewritten);
     Ok(())
 }
-
-/// Offset of the identification in the IPv4 header.
-const IP_ID_OFF: usize = 4;
-/// Offset of the header checksum in the IPv4 header.
-const IP_CSUM_OFF: usize = 10;
 
 /// An ICMP error leaving through the WAN about a packet that came in through a
 /// mapping: the embedded packet's destination (the internal endpoint) becomes the
