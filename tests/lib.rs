@@ -288,6 +288,21 @@ pub fn run_natgw(ns: &Netns, args: &[&str]) -> (ExitStatus, String, String) {
     )
 }
 
+/// Puts the testbed gateway's default route (via the inet router on `wan0`) back
+/// after a test renumbered `wan0`: deleting the address the route went through
+/// removes it.
+///
+/// # Panics
+/// When `ip` fails.
+pub fn restore_gateway_default_route(gw: &Netns) {
+    let via = testbed::INET_GW_SIDE_ADDR.to_string();
+    let _ = command_output(
+        gw,
+        "ip",
+        &["route", "replace", "default", "via", &via, "dev", "wan0"],
+    );
+}
+
 /// Runs a shell-free command in `ns` and returns stdout (for assertions with `ip`/`tc`).
 ///
 /// # Panics

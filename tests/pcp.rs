@@ -11,7 +11,8 @@ use std::{
 };
 
 use natgw_integration_tests::{
-    command_output, natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Natgw, Setup, WAIT,
+    command_output, natgw_bin, recv, recv_nothing, require_root, restore_gateway_default_route,
+    udp, wait_for, Natgw, Setup, WAIT,
 };
 use serde_json::Value;
 use testbed::{Netns, Testbed, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR, WAN_B_ADDR};
@@ -501,19 +502,7 @@ fn address_change_moves_mappings_and_tells_pcp_clients() {
     let gw = &s.tb.gateway.ns;
     let _ = command_output(gw, "ip", &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
     let _ = command_output(gw, "ip", &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
-    let _ = command_output(
-        gw,
-        "ip",
-        &[
-            "route",
-            "replace",
-            "default",
-            "via",
-            "192.0.2.254",
-            "dev",
-            "wan0",
-        ],
-    );
+    restore_gateway_default_route(gw);
     let update = wait_for(WAIT, || {
         let (bytes, from) = recv(&client)?;
         let is_map = bytes.len() >= 60 && bytes[1] == RESPONSE | OP_MAP;

@@ -9,7 +9,8 @@ use std::{
 };
 
 use natgw_integration_tests::{
-    command_output, natgw_bin, recv, recv_nothing, udp, wait_for, Natgw, Setup, WAIT,
+    command_output, natgw_bin, recv, recv_nothing, restore_gateway_default_route, udp, wait_for,
+    Natgw, Setup, WAIT,
 };
 use serde_json::Value;
 use testbed::{Testbed, GW_WAN_ADDR, WAN_A_ADDR};
@@ -280,23 +281,6 @@ fn no_stun_turns_the_responder_off() {
     assert!(s.natgw.status()["stun"].is_null());
 }
 
-/// Runs `ip ARGS` in the gateway's namespace and insists it worked.
-fn gateway_ip(s: &Setup, args: &[&str]) {
-    let out =
-        s.tb.gateway
-            .ns
-            .command("ip")
-            .args(args)
-            .output()
-            .expect("running ip in the gateway's namespace");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn the_responder_follows_a_change_of_the_wan_address() {
     // rfc8489 §3 after a DHCP renumbering: the responder answers on the new external
@@ -319,20 +303,17 @@ fn the_responder_follows_a_change_of_the_wan_address() {
     .unwrap_or_else(|| panic!("stun counters: {}", s.natgw.status()["stun"]));
 
     // Renumber the way a DHCP client does: the old lease goes, the new one comes.
-    gateway_ip(&s, &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
-    gateway_ip(&s, &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
-    gateway_ip(
-        &s,
-        &[
-            "route",
-            "replace",
-            "default",
-            "via",
-            "192.0.2.254",
-            "dev",
-            "wan0",
-        ],
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "del", "192.0.2.1/24", "dev", "wan0"],
     );
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "add", "192.0.2.7/24", "dev", "wan0"],
+    );
+    restore_gateway_default_route(&s.tb.gateway.ns);
     let moved = wait_for(WAIT, || {
         let status = s.natgw.status();
         (status["stun"]["addresses"] == serde_json::json!(["192.0.2.7:3478"])).then_some(status)
@@ -358,7 +339,11 @@ fn the_responder_follows_a_change_of_the_wan_address() {
 
     // The old address back on the WAN, now as a second address outside the pool:
     // nobody answers STUN there any more.
-    gateway_ip(&s, &["addr", "add", "192.0.2.1/24", "dev", "wan0"]);
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "add", "192.0.2.1/24", "dev", "wan0"],
+    );
     wan.send_to(&binding_request([3; 12], None), old)
         .expect("send");
     assert!(
@@ -399,21 +384,18 @@ fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() 
             .status()
             .expect("running sysctl");
     assert!(sysctl.success(), "sysctl promote_secondaries");
-    gateway_ip(&s, &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
-    let squatter = udp(&s.tb.gateway.ns, renumbered, STUN_PORT);
-    gateway_ip(&s, &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
-    gateway_ip(
-        &s,
-        &[
-            "route",
-            "replace",
-            "default",
-            "via",
-            "192.0.2.254",
-            "dev",
-            "wan0",
-        ],
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "add", "192.0.2.7/24", "dev", "wan0"],
     );
+    let squatter = udp(&s.tb.gateway.ns, renumbered, STUN_PORT);
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "del", "192.0.2.1/24", "dev", "wan0"],
+    );
+    restore_gateway_default_route(&s.tb.gateway.ns);
     let failed = wait_for(WAIT, || {
         let status = s.natgw.status();
         (status["external_address"] == "192.0.2.7" && status["stun"]["listening"] == false)
@@ -441,7 +423,11 @@ fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() 
 
     // The port is free again; the next change of the WAN's addresses binds it.
     drop(squatter);
-    gateway_ip(&s, &["addr", "add", "192.0.2.9/24", "dev", "wan0"]);
+    let _ = command_output(
+        &s.tb.gateway.ns,
+        "ip",
+        &["addr", "add", "192.0.2.9/24", "dev", "wan0"],
+    );
     let listening = wait_for(WAIT, || {
         let status = s.natgw.status();
         (status["stun"]["listening"] == true).then_some(status)
