@@ -79,7 +79,7 @@ pub static FRAGS_OUT: LruHashMap<FragOutKey, FragOutValue> =
 #[map]
 pub static FRAG_BUDGET: Array<FragBudget> = Array::with_max_entries(2 * FRAG_BUDGET_BUCKETS, 0);
 
-/// This CPU's next IP identification for outbound fragmented datagrams; CPUs step by
+/// This CPU's next IP identification for outbound non-atomic datagrams; CPUs step by
 /// `Config::cpus` from their own index, so their sequences never meet.
 #[map]
 pub static IP_ID_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -1,6 +1,7 @@
 //! Fragment bookkeeping shared by both directions (RFC 4787 REQ-14/14a, RFC 7857's
 //! IP ID rule): each source's budget of incomplete fragmented datagrams, and the
-//! gateway's own IP identification sequence for outbound fragmented datagrams.
+//! gateway's own IP identification sequence for outbound non-atomic datagrams
+//! (fragments, and packets without DF).
 
 use aya_ebpf::helpers::bpf_get_smp_processor_id;
 use natgw_common::{maps::frag_budget_bucket, Config, Counter};
