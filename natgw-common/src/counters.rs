@@ -119,6 +119,16 @@ counters! {
     /// from a source whose budget of them is spent: a fragment flood (RFC 4787
     /// REQ-14a).
     DropFragmentBudget = "drop_fragment_budget",
+    /// Dropped: a source that cannot be genuine where the packet arrived. On the WAN:
+    /// an internal address, an address of the gateway, a martian (0/8, 127/8,
+    /// 224/4, 240/4) or a network/broadcast address of an attached prefix. On a LAN
+    /// interface: anything but a host address of that interface's prefixes (the
+    /// gateway's own addresses and the prefixes' network and broadcast addresses
+    /// included).
+    DropSpoofed = "drop_spoofed",
+    /// Dropped: arrived on the WAN addressed straight to an internal host; only the
+    /// external addresses lead inside, through a mapping.
+    DropToInternal = "drop_to_internal",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
 }

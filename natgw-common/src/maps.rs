@@ -20,8 +20,12 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     /// `HashMap<u32 ifindex, IfaceConfig>`.
     pub const IFACES: &str = "IFACES";
-    /// `LpmTrie<u32, u32>`: internal prefixes whose sources are translated.
-    pub const LAN_NETS: &str = "LAN_NETS";
+    /// `LpmTrie<u32, u32>`: what each address is to the gateway, as
+    /// [`super::addr_class`] bits (internal, the gateway's own, martian, ...).
+    pub const ADDR_CLASS: &str = "ADDR_CLASS";
+    /// `LpmTrie<LanSourceKey, u32>`: which sources each LAN interface may carry, as
+    /// [`super::lan_source`] verdicts.
+    pub const LAN_SOURCES: &str = "LAN_SOURCES";
     /// `PerCpuArray<u64>` indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Sessions: [`super::SessionKey`] -> [`super::Session`].
@@ -194,6 +198,83 @@ pub struct PcpFilterKey {
     pub _pad: u8,
     /// Remote address (prefix).
     pub remote_addr_be: u32,
+}
+
+/// What an address is to the gateway: bits of the `ADDR_CLASS` value (longest
+/// prefix match, so a `/32` entry inside an internal prefix carries both bits).
+///
+/// The data path translates sources with [`INTERNAL`](addr_class::INTERNAL) and
+/// drops WAN packets whose source has any bit of
+/// [`NEVER_FROM_WAN`](addr_class::NEVER_FROM_WAN): an internal host, the gateway
+/// itself, a martian or a network/broadcast address can only be spoofed there.
+pub mod addr_class {
+    /// Inside an internal (LAN) prefix: sources are translated.
+    pub const INTERNAL: u32 = 1;
+    /// An address of the gateway itself (any interface).
+    pub const OWN: u32 = 2;
+    /// Never a valid source on any network (RFC 1122 §3.2.1.3, RFC 5735): this
+    /// network 0/8, loopback 127/8, multicast 224/4 and reserved 240/4, which holds
+    /// the limited broadcast address.
+    pub const MARTIAN: u32 = 4;
+    /// The network or broadcast address of a prefix the gateway is attached to.
+    pub const NOT_HOST: u32 = 8;
+    /// Sources a packet arriving on the WAN can only have if it was spoofed.
+    pub const NEVER_FROM_WAN: u32 = INTERNAL | OWN | MARTIAN | NOT_HOST;
+}
+
+/// Entries of `ADDR_CLASS`: the LAN prefixes, their network, broadcast and own
+/// addresses, the gateway's other addresses and the martian ranges.
+pub const MAX_ADDR_CLASS: u32 = 1024;
+
+/// Verdicts of `LAN_SOURCES` (longest prefix match on [`LanSourceKey`]): only
+/// [`HOST`](lan_source::HOST) is a source a LAN interface may carry; a miss (an
+/// address outside the interface's prefixes) is spoofed too.
+pub mod lan_source {
+    /// A host address of one of the interface's prefixes.
+    pub const HOST: u32 = 1;
+    /// An address of the gateway itself inside the prefix.
+    pub const OWN: u32 = 2;
+    /// The prefix's network or broadcast address.
+    pub const NOT_HOST: u32 = 3;
+}
+
+/// Entries of `LAN_SOURCES`: per LAN interface its prefixes and the `/32`
+/// exceptions inside them.
+pub const MAX_LAN_SOURCES: u32 = 1024;
+
+/// Bits of a [`LanSourceKey`] before the address: the interface always matches
+/// exactly, the address by prefix length.
+pub const LAN_SOURCE_FIXED_BITS: u32 = 32;
+
+/// Key data of `LAN_SOURCES` (an LPM trie: the prefix length is
+/// [`LAN_SOURCE_FIXED_BITS`] plus the address prefix length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LanSourceKey {
+    /// Interface index the packet arrived on (host order; only ever matched whole).
+    pub ifindex: u32,
+    /// Source address (prefix), wire octets.
+    pub addr_be: u32,
+}
+
+impl LanSourceKey {
+    /// The key of `addr_be` on `ifindex`.
+    #[must_use]
+    pub const fn new(ifindex: u32, addr_be: u32) -> Self {
+        Self { ifindex, addr_be }
+    }
+}
+
+/// Whether a packet from `src` to `dst` is one of the few a host may send before it
+/// has an address (RFC 2131 DHCP from 0.0.0.0, RFC 3376 §4.2.13 IGMP reports): from
+/// 0.0.0.0 to the limited broadcast address or to link-local multicast (224.0.0.0/24).
+/// Such packets are the gateway's own business, never translated nor forwarded.
+#[must_use]
+pub const fn unaddressed_local(src: [u8; 4], dst: [u8; 4]) -> bool {
+    let src_zero = src[0] == 0 && src[1] == 0 && src[2] == 0 && src[3] == 0;
+    let limited_broadcast = dst[0] == 255 && dst[1] == 255 && dst[2] == 255 && dst[3] == 255;
+    let link_local_multicast = dst[0] == 224 && dst[1] == 0 && dst[2] == 0;
+    src_zero && (limited_broadcast || link_local_multicast)
 }
 
 /// Out-of-order later fragments held at once until their first fragment arrives.
@@ -544,6 +625,8 @@ mod pod {
     unsafe impl aya::Pod for super::StashKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PcpFilterKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LanSourceKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::StashedFragment {}
     // SAFETY: as above.

@@ -528,6 +528,32 @@ pub fn apply_incremental<B: PacketBufMut + ?Sized>(buf: &mut B, rw: &Rewrite) ->
     buf.store::<2>(rw.port_off, rw.new_port_be.to_ne_bytes())
 }
 
+/// Whether the L4 checksum field of unfragmented UDP/TCP `pkt` holds a partial
+/// checksum: the folded pseudo-header sum alone, uncomplemented, which is what Linux
+/// leaves there for a `CHECKSUM_PARTIAL` socket buffer (`~csum_tcpudp_magic()`) and
+/// what a veth frame from a local socket carries. Only such a field may be completed
+/// by [`recompute_l4_checksum`]; any other is updated incrementally, so a corrupt
+/// checksum stays corrupt and the receiver still drops the packet (a router never
+/// vouches for data it did not check).
+///
+/// A complete checksum that happens to equal the pseudo-header sum (one in 65536)
+/// is recomputed too: harmless when it was right, and no weaker than the checksum
+/// itself when it was wrong.
+#[inline(always)]
+pub fn l4_checksum_is_partial<B: PacketBuf + ?Sized>(buf: &B, pkt: &Ipv4Packet) -> bool {
+    let Some(off) = pkt.l4_csum() else {
+        return false;
+    };
+    if !pkt.pseudo_header() || pkt.frag != Fragment::None {
+        return false;
+    }
+    let Some(field) = load_u16(buf, off) else {
+        return false;
+    };
+    let pseudo = csum::pseudo_header_sum(pkt.src, pkt.dst, pkt.proto, pkt.l4_len() as u16);
+    field == csum::fold(pseudo)
+}
+
 /// Recomputes the L4 checksum of an unfragmented UDP/TCP packet from scratch. Used
 /// where the received checksum may be partial (veth frames from local sockets carry
 /// only the pseudo-header sum), so the forwarded frame carries a complete one.
@@ -953,6 +979,41 @@ mod tests {
         apply_incremental(&mut f[..], &rw).unwrap();
         recompute_l4_checksum(&mut f[..], &pkt).unwrap();
         assert_checksums_valid(&f, &parse_ipv4(&f[..], 14).unwrap());
+    }
+
+    #[test]
+    fn only_a_pseudo_header_sum_counts_as_partial() {
+        let payload = b"odd-length-payload";
+        let (src, dst) = ([10, 0, 1, 2], [198, 51, 100, 2]);
+        let complete = udp_frame(src, dst, 40000, 7, payload, 0);
+        let pkt = parse_ipv4(&complete[..], 14).unwrap();
+        assert!(!l4_checksum_is_partial(&complete[..], &pkt));
+        let mut partial = complete;
+        let l4_len = (8 + payload.len()) as u16;
+        let sum = csum::fold(pseudo_header_sum(src, dst, IPPROTO_UDP, l4_len));
+        partial[40..42].copy_from_slice(&sum.to_be_bytes());
+        assert!(l4_checksum_is_partial(&partial[..], &pkt));
+        // A corrupt checksum is neither complete nor partial: it is left corrupt.
+        let mut corrupt = complete;
+        corrupt[40] ^= 0x5a;
+        assert!(!l4_checksum_is_partial(&corrupt[..], &pkt));
+    }
+
+    #[test]
+    fn corrupt_checksum_stays_corrupt_after_a_rewrite() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 40000, 7, b"data", 0);
+        f[14 + 20 + 8] ^= 0x01; // payload bit flip: the checksum no longer matches
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let rw = Rewrite::new(&pkt, Side::Source, [192, 0, 2, 1], 1234u16.to_be());
+        apply_incremental(&mut f[..], &rw).unwrap();
+        let after = parse_ipv4(&f[..], 14).unwrap();
+        let len = after.l4_len();
+        let sum = pseudo_header_sum([192, 0, 2, 1], [198, 51, 100, 2], IPPROTO_UDP, len as u16);
+        assert_ne!(
+            checksum(&f[after.l4..after.l4 + len], sum),
+            0,
+            "still corrupt"
+        );
     }
 
     #[test]

@@ -11,8 +11,9 @@ use aya_ebpf::{
 };
 use natgw_common::{
     packet::{
-        apply_incremental, decrement_ttl, ipv4_offset, parse_ipv4, recompute_l4_checksum, Fragment,
-        Ipv4Packet, PacketBufMut, ParseError, Rewrite, MAX_FULL_CSUM_LEN,
+        apply_incremental, decrement_ttl, ipv4_offset, l4_checksum_is_partial, parse_ipv4,
+        recompute_l4_checksum, Fragment, Ipv4Packet, PacketBufMut, ParseError, Rewrite,
+        MAX_FULL_CSUM_LEN,
     },
     Counter, IfaceRole,
 };
@@ -59,21 +60,30 @@ pub fn parse(buf: &XdpBuf) -> Result<Ipv4Packet, Counter> {
     }
 }
 
+/// Whether the frame's L4 checksum is partial and must be completed before it is
+/// redirected: it arrived on an interface whose frames may carry one (veth, from a
+/// local socket) and its checksum field holds just the pseudo-header sum. Any other
+/// checksum, corrupt ones included, is updated incrementally and so stays as right
+/// or as wrong as it came.
+#[inline(always)]
+pub fn partial_checksum(buf: &XdpBuf, pkt: &Ipv4Packet, ingress: u32) -> bool {
+    nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0) && l4_checksum_is_partial(buf, pkt)
+}
+
 /// Applies `rw` to the frame and prepares it for `hop`.
 ///
-/// `rx_partial`: the frame arrived on an interface where its L4 checksum may be
-/// partial (veth from a local socket). A redirected frame loses the socket buffer's
-/// checksum state, so the checksum is recomputed in full instead of updated.
+/// `partial` (see [`partial_checksum`]): a redirected frame loses the socket
+/// buffer's checksum state, so a partial checksum is completed here.
 #[inline(always)]
 pub fn forward(
     buf: &mut XdpBuf,
     pkt: &Ipv4Packet,
     rw: &Rewrite,
-    rx_partial: bool,
+    partial: bool,
     hop: &NextHop,
 ) -> Result<(), Counter> {
     apply_incremental(buf, rw).ok_or(Counter::DropInternal)?;
-    if rx_partial && pkt.pseudo_header() && pkt.l4_csum().is_some() {
+    if partial {
         recompute_l4_checksum(buf, pkt).ok_or(Counter::DropInternal)?;
     }
     decrement_ttl(buf, pkt).ok_or(Counter::DropInternal)?;
@@ -90,16 +100,17 @@ pub fn redirect(ifindex: u32) -> u32 {
 
 /// Where the fast path sends `pkt` once its destination is `dst`, if it can take
 /// it at all: the TTL survives the hop, the packet is not a fragment (nor, outbound,
-/// a non-atomic datagram whose identification must be replaced), its checksum
-/// can be completed, the route leads to an interface of role `egress_role`, the
-/// neighbour is resolved, the MTU fits, and the egress device accepts redirects.
-/// `Err` names why the kernel's path must take it instead.
+/// a non-atomic datagram whose identification must be replaced), a `partial`
+/// checksum can be completed, the route leads to an interface of role
+/// `egress_role`, the neighbour is resolved, the MTU fits, and the egress device
+/// accepts redirects. `Err` names why the kernel's path must take it instead.
 #[inline(always)]
 pub fn next_hop<C: EbpfContext>(
     ctx: &C,
     pkt: &Ipv4Packet,
     dst: [u8; 4],
     ingress: u32,
+    partial: bool,
     egress_role: IfaceRole,
 ) -> Result<NextHop, Counter> {
     if pkt.ttl <= 1 {
@@ -112,14 +123,12 @@ pub fn next_hop<C: EbpfContext>(
         // Leaves with an identification of ours, which the TC path gives it.
         return Err(Counter::PassNonAtomic);
     }
-    if let Some(rx) = nat::iface(ingress) {
-        if rx.rx_csum_partial != 0 {
-            if rx.rx_xdp_generic != 0 {
-                return Err(Counter::PassNoRedirect);
-            }
-            if pkt.l4_len() > MAX_FULL_CSUM_LEN {
-                return Err(Counter::PassMtu);
-            }
+    if partial {
+        if nat::iface(ingress).is_some_and(|rx| rx.rx_xdp_generic != 0) {
+            return Err(Counter::PassNoRedirect);
+        }
+        if pkt.l4_len() > MAX_FULL_CSUM_LEN {
+            return Err(Counter::PassMtu);
         }
     }
     let hop = fib::lookup(ctx, pkt, dst, ingress, false)?;

@@ -10,18 +10,16 @@ use aya_ebpf::{
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
     maps::{
-        FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, PcpFilterKey, Session,
-        SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS, EVENTS_RING_BYTES,
-        FRAG_BUDGET_BUCKETS, MAX_FRAGS_IN, MAX_FRAGS_OUT, MAX_HELD_SYNS, MAX_PCP_FILTERS,
-        MAX_STASHED_FRAGMENTS,
+        FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, LanSourceKey,
+        PcpFilterKey, Session, SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS,
+        EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAX_ADDR_CLASS, MAX_FRAGS_IN, MAX_FRAGS_OUT,
+        MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS, MAX_STASHED_FRAGMENTS,
     },
     Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
 
 /// Interfaces natgw may see (LAN interfaces plus the WAN).
 const MAX_IFACES: u32 = 64;
-/// Internal prefixes.
-const MAX_LAN_NETS: u32 = 64;
 
 /// (protocol, internal endpoint) -> external endpoint.
 #[map]
@@ -39,9 +37,15 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_IFACES, 0);
 
-/// Internal prefixes: sources inside them are translated.
+/// What each address is to the gateway (`natgw_common::maps::addr_class` bits):
+/// internal prefixes, whose sources are translated, and what never comes from the
+/// WAN.
 #[map]
-pub static LAN_NETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_LAN_NETS, 1);
+pub static ADDR_CLASS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_ADDR_CLASS, 1);
+
+/// Which sources each LAN interface may carry (`natgw_common::maps::lan_source`).
+#[map]
+pub static LAN_SOURCES: LpmTrie<LanSourceKey, u32> = LpmTrie::with_max_entries(MAX_LAN_SOURCES, 1);
 
 /// Verdict counters, indexed by `Counter`.
 #[map]

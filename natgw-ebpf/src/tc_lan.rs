@@ -9,7 +9,7 @@
 //! with `bpf_redirect` (or `bpf_redirect_neigh` when the neighbour is unresolved).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -139,8 +139,12 @@ fn hairpin_icmp_error(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<i32, Option<C
 /// A packet from an internal host to a service of the gateway itself on its
 /// external address (the STUN responder, say): hairpinned like any other, so the
 /// service sees the sender's external endpoint (RFC 4787 REQ-9a), and delivered
-/// locally. Its replies come back through `tc_lo_egress`. The kernel accepts the
-/// local source address because natgw sets `accept_local` on LAN interfaces.
+/// locally through `lo`. Its replies come back through `tc_lo_egress`.
+///
+/// Its source is now an address of the gateway, which the kernel accepts only on an
+/// interface with `accept_local`. natgw sets that on `lo` alone, where nothing but
+/// this redirect can inject packets: on a LAN interface it would let any LAN host
+/// speak as the gateway.
 #[inline(always)]
 fn to_local_service(
     ctx: &TcContext,
@@ -156,9 +160,17 @@ fn to_local_service(
         &Rewrite::new(pkt, Side::Source, from.addr, from.port_be),
     )
     .map_err(Some)?;
+    // lo's address is all zeros: a frame addressed to anything else would count as
+    // for another host and be dropped.
+    ctx.store(0, &[0u8; 6], 0)
+        .map_err(|_| Some(Counter::DropInternal))?;
     count(Counter::HairpinLocal);
-    Ok(TC_ACT_OK)
+    // SAFETY: plain helper call; its result is the TC action to return.
+    Ok(unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) } as i32)
 }
+
+/// `lo`'s interface index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 /// Sends the translated packet out of `hop`'s interface.
 #[inline(always)]

@@ -32,6 +32,7 @@ use crate::{
     counters::count,
     maps::{FRAGS_IN, FRAGS_OUT, FRAG_SCRATCH, FRAG_STASH},
     nat::{self, events, fragments, mapping},
+    xdp_wan,
 };
 
 /// `Err(None)`: not for the NAT, let it go. `Err(Some(c))`: drop, counted as `c`.
@@ -203,8 +204,12 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 fn try_ingress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
     let pkt = parse(ctx)?;
+    // xdp_wan checked these already; checked again so that no packet reaches the
+    // LAN unchecked whichever program sees it first.
+    nat::check_wan_source(&pkt).map_err(|c| c.is_drop().then_some(c))?;
     if !nat::is_external(cfg, pkt.dst) {
-        return Err(None);
+        let verdict = xdp_wan::not_for_the_nat(&pkt);
+        return Err(verdict.is_drop().then_some(verdict));
     }
     if pkt.kind == L4Kind::IcmpError {
         return icmp_error_in(ctx, &pkt);

@@ -1,5 +1,9 @@
 //! Outbound fast path on LAN interfaces: internal host -> outside.
 //!
+//! Every frame is first checked for a genuine source: a host address of the prefixes
+//! of the interface it arrived on ([`nat::check_lan_source`]); anything else is
+//! dropped as spoofed before the kernel or the NAT sees it.
+//!
 //! Translates and redirects a packet only when everything needed is known here: the
 //! route leads to the WAN, the neighbour is resolved, the packet fits the MTU, the
 //! TTL survives the hop and the WAN device accepts XDP redirects. Anything else is
@@ -35,9 +39,8 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let mut buf = XdpBuf::new(ctx);
     let pkt = fastpath::parse(&buf)?;
-    if !nat::is_internal(pkt.src) {
-        return Err(Counter::PassNotNat);
-    }
+    let ingress = ctx.ingress_ifindex() as u32;
+    nat::check_lan_source(ingress, &pkt)?;
     if !pkt.maps_outbound() {
         return Err(match pkt.kind {
             L4Kind::IcmpError => Counter::PassIcmpError,
@@ -45,21 +48,20 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
             _ => Counter::PassNotNat,
         });
     }
-    let ingress = ctx.ingress_ifindex() as u32;
     if nat::is_external(cfg, pkt.dst) {
         // Hairpinning happens in tc_lan_ingress: one more branch of this size here
         // would take the program past the verifier's complexity limit.
         return Err(Counter::PassHairpin);
     }
-    let hop = next_hop(ctx, &pkt, pkt.dst, ingress, IfaceRole::Wan)?;
+    let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
+    let hop = next_hop(ctx, &pkt, pkt.dst, ingress, partial, IfaceRole::Wan)?;
     let ext = mapping::outbound(ctx, cfg, &pkt).inspect_err(|c| {
         if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
             events::no_mapping(&buf, &pkt, ingress);
         }
     })?;
     let rw = Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be);
-    let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
-    forward(&mut buf, &pkt, &rw, rx_partial, &hop)?;
+    forward(&mut buf, &pkt, &rw, partial, &hop)?;
     count(Counter::XdpOutRedirected);
     Ok(redirect(hop.ifindex))
 }

@@ -1,5 +1,10 @@
 //! Inbound fast path and filter on the WAN interface: outside -> internal host.
 //!
+//! Every frame is first checked for a source that can come from outside
+//! ([`nat::check_wan_source`]: no internal, own, martian or network/broadcast
+//! address), and frames addressed straight to an internal host are dropped: the
+//! kernel would otherwise route them into the LAN, past the NAT.
+//!
 //! A packet to an external port with a mapping is translated and redirected to the
 //! LAN when the fast path allows it, otherwise handed to the kernel untouched for
 //! `tc_wan_ingress` to translate. A packet to an external port in the NAT range with
@@ -32,8 +37,9 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     };
     let mut buf = XdpBuf::new(ctx);
     let pkt = fastpath::parse(&buf)?;
+    nat::check_wan_source(&pkt)?;
     if !nat::is_external(cfg, pkt.dst) {
-        return Err(Counter::PassNotNat);
+        return Err(not_for_the_nat(&pkt));
     }
     if !pkt.maps_inbound() {
         return Err(match pkt.kind {
@@ -46,7 +52,15 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         return Err(unmapped(ctx, cfg, &pkt));
     };
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop = next_hop(ctx, &pkt, hit.internal.addr, ingress, IfaceRole::Lan)?;
+    let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
+    let hop = next_hop(
+        ctx,
+        &pkt,
+        hit.internal.addr,
+        ingress,
+        partial,
+        IfaceRole::Lan,
+    )?;
     hit.admit(&pkt)?;
     hit.account(&pkt);
     let rw = Rewrite::new(
@@ -55,10 +69,21 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         hit.internal.addr,
         hit.internal.port_be,
     );
-    let rx_partial = nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0);
-    forward(&mut buf, &pkt, &rw, rx_partial, &hop)?;
+    forward(&mut buf, &pkt, &rw, partial, &hop)?;
     count(Counter::XdpInRedirected);
     Ok(redirect(hop.ifindex))
+}
+
+/// Verdict for a packet not addressed to an external address: dropped when it is
+/// addressed straight to an internal host (only a mapping leads inside), otherwise
+/// the gateway's own business.
+#[inline(always)]
+pub fn not_for_the_nat(pkt: &Ipv4Packet) -> Counter {
+    if nat::is_internal(pkt.dst) {
+        Counter::DropToInternal
+    } else {
+        Counter::PassNotNat
+    }
 }
 
 /// Verdict for a packet to the external address with no mapping.

@@ -26,6 +26,7 @@ use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
 use natgw_common::{Config, IfaceConfig, IfaceRole};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::addresses::{AddressPlan, LanIface};
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
 use crate::fragments;
@@ -95,7 +96,8 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         xdp: Vec::new(),
         tc: Vec::new(),
         clsact_created: None,
-        accept_local_restore: Vec::new(),
+        sysctl_restore: BTreeMap::new(),
+        addresses: AddressPlan::default(),
         stale_clsact,
         topology,
         ifaces: Vec::new(),
@@ -129,6 +131,7 @@ fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
             .find(|i| i.role == Role::Wan)
             .map(|i| i.ifindex)
     });
+    restore_sysctls(dirs, "stale.sysctl_restored");
     if !pins.is_empty() || old.is_some() {
         warn!(
             "stale.removed pid={} pins={} dir={}: natgw exited without cleaning up",
@@ -142,11 +145,40 @@ fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
     Ok(stale_clsact)
 }
 
+/// Puts back the sysctl values natgw changed (recorded in `dirs`, so also those of
+/// a natgw that died), logging each as `event`, and forgets them.
+fn restore_sysctls(dirs: &RuntimeDirs, event: &str) {
+    let values = match dirs.read_sysctl_restore() {
+        Ok(v) => v,
+        Err(e) => {
+            warn!("sysctl.restore_unreadable error=\"{e}\"");
+            return;
+        }
+    };
+    let mut left = BTreeMap::new();
+    for (key, value) in values {
+        match system::write_sysctl(&key, &value) {
+            Ok(()) => info!("{event} sysctl={key} value={value}"),
+            // The interface went away with its settings: nothing left to restore.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                warn!("sysctl.restore_failed sysctl={key} value={value} error=\"{e}\"");
+                left.insert(key, value);
+            }
+        }
+    }
+    if let Err(e) = dirs.write_sysctl_restore(&left) {
+        warn!("sysctl.restore_unrecorded error=\"{e}\"");
+    }
+}
+
 /// The interfaces as found at start.
 #[derive(Debug)]
 struct Topology {
     wan: Link,
     lans: Vec<Link>,
+    /// Every IPv4 address of the gateway (all interfaces), kept current.
+    attached: Vec<Ipv4Prefix>,
     /// The main external address (the pool's first) with its WAN prefix.
     external: Ipv4Prefix,
     /// The external address pool, `external` first (RFC 4787 REQ-2).
@@ -188,6 +220,7 @@ async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology
             );
         }
     }
+    let attached = rtnl.all_ipv4().await?.into_iter().map(|(_, p)| p).collect();
     let distinct: BTreeSet<_> = lans
         .iter()
         .map(|l| l.ifindex)
@@ -199,6 +232,7 @@ async fn resolve_interfaces(rtnl: &Rtnl, settings: &Settings) -> Result<Topology
     Ok(Topology {
         wan,
         lans,
+        attached,
         external,
         pool,
     })
@@ -241,8 +275,11 @@ struct Daemon {
     xdp: Vec<XdpAttachment>,
     tc: Vec<TcAttachment>,
     clsact_created: Option<(String, u32)>,
-    /// LAN interfaces whose `accept_local` natgw set, with the value to restore.
-    accept_local_restore: Vec<(String, bool)>,
+    /// Sysctl values natgw changed, with the values to restore (also recorded in
+    /// the runtime directory, for after a crash).
+    sysctl_restore: BTreeMap<String, String>,
+    /// The address plan in `ADDR_CLASS` and `LAN_SOURCES`.
+    addresses: AddressPlan,
     /// WAN ifindex whose clsact a crashed natgw had added.
     stale_clsact: Option<u32>,
     topology: Topology,
@@ -323,11 +360,8 @@ impl Daemon {
                 .set_iface(ifindex, cfg)
                 .with_context(|| format!("registering {name} in IFACES"))?;
         }
-        for p in self.lan_networks() {
-            self.maps()?
-                .add_lan_net(&p)
-                .with_context(|| format!("adding LAN prefix {p} to LAN_NETS"))?;
-        }
+        self.apply_addresses()
+            .context("filling the source checks (ADDR_CLASS, LAN_SOURCES)")?;
 
         let mode = self.settings.xdp_mode;
         for i in 0..self.ifaces.len() {
@@ -369,13 +403,15 @@ impl Daemon {
             .map(|f| (f.link.name.clone(), f.link.ifindex))
             .collect();
         // Internal hosts reach the gateway's own services on its external addresses
-        // through the hairpin path, which hands the kernel packets whose source is
-        // one of the gateway's addresses: accept_local lets them in.
-        for (name, _) in &lans {
-            match system::set_accept_local(name, true) {
-                Ok(previous) => self.accept_local_restore.push((name.clone(), previous)),
-                Err(e) => warn!("iface.accept_local_failed iface={name} error=\"{e}\": LAN hosts cannot reach the gateway's services on its external address through hairpinning"),
-            }
+        // through the hairpin path, which delivers them through lo with a source that
+        // is one of the gateway's addresses: accept_local on lo lets them in. Only on
+        // lo: nothing but that path can inject packets there, while on a LAN
+        // interface it would let LAN hosts speak as the gateway.
+        if let Err(e) = self.set_sysctl(system::LO_ACCEPT_LOCAL, "1") {
+            warn!(
+                "lo.accept_local_failed error=\"{e:#}\": LAN hosts cannot reach the gateway's \
+                 services on its external address through hairpinning"
+            );
         }
         let lo = (
             "lo".to_owned(),
@@ -457,13 +493,63 @@ impl Daemon {
             .collect()
     }
 
-    /// Networks of the present LAN interfaces, deduplicated.
-    fn lan_networks(&self) -> BTreeSet<Ipv4Prefix> {
-        self.ifaces
+    /// The address plan of the present interfaces.
+    fn address_plan(&self) -> AddressPlan {
+        let lans = self
+            .ifaces
             .iter()
             .filter(|i| i.role == Role::Lan && i.present)
-            .flat_map(|i| i.link.ipv4.iter().map(Ipv4Prefix::network_prefix))
-            .collect()
+            .map(|i| LanIface {
+                ifindex: i.link.ifindex,
+                prefixes: i.link.ipv4.clone(),
+            })
+            .collect();
+        AddressPlan::new(lans, &self.topology.attached)
+    }
+
+    /// Brings `ADDR_CLASS`, `LAN_SOURCES` and the explicit mappings' idea of the
+    /// internal hosts up to date with the interfaces.
+    fn apply_addresses(&mut self) -> Result<()> {
+        let plan = self.address_plan();
+        if plan == self.addresses {
+            return Ok(());
+        }
+        let old = std::mem::take(&mut self.addresses);
+        let applied = self.maps()?.apply_address_plan(&old, &plan);
+        self.port_mapping.set_hosts(&plan);
+        self.addresses = plan;
+        applied?;
+        Ok(())
+    }
+
+    /// Re-reads the gateway's addresses after a change anywhere and applies them.
+    async fn refresh_addresses(&mut self) {
+        match self.rtnl.all_ipv4().await {
+            Ok(all) => self.topology.attached = all.into_iter().map(|(_, p)| p).collect(),
+            Err(e) => {
+                warn!("addresses.unreadable error=\"{e}\": the source checks keep the old ones");
+                return;
+            }
+        }
+        if let Err(e) = self.apply_addresses() {
+            error!("addresses.apply_failed error=\"{e:#}\"");
+        }
+    }
+
+    /// Sets sysctl `key` to `value`, first recording its value to restore (in the
+    /// runtime directory too, so the next start restores it after a crash).
+    fn set_sysctl(&mut self, key: &str, value: &str) -> Result<()> {
+        let previous = system::read_sysctl(key).with_context(|| format!("reading {key}"))?;
+        if previous == value {
+            return Ok(());
+        }
+        self.sysctl_restore
+            .entry(key.to_owned())
+            .or_insert(previous);
+        self.dirs
+            .write_sysctl_restore(&self.sysctl_restore)
+            .context("recording the sysctl values to restore")?;
+        system::write_sysctl(key, value).with_context(|| format!("writing {key}"))
     }
 
     fn read_redirect_ok(&mut self, link: &Link) -> Result<bool, GenlError> {
@@ -796,19 +882,11 @@ impl Daemon {
             error!("iface.vanished name={name} ifindex={ifindex} role=wan");
             return Err(Fatal::WanGone(name));
         }
-        let remaining = self.lan_networks();
-        let gone: Vec<Ipv4Prefix> = self.ifaces[i]
-            .link
-            .ipv4
-            .iter()
-            .map(Ipv4Prefix::network_prefix)
-            .filter(|p| !remaining.contains(p))
-            .collect();
         if let Some(m) = self.maps.as_mut() {
             let _ = m.remove_iface(ifindex);
-            for p in &gone {
-                let _ = m.remove_lan_net(p);
-            }
+        }
+        if let Err(e) = self.apply_addresses() {
+            error!("addresses.apply_failed error=\"{e:#}\"");
         }
         let left: Vec<&str> = self
             .ifaces
@@ -868,10 +946,8 @@ impl Daemon {
                 Err(e) => warn!("teardown.detach_failed program={what} error=\"{e}\""),
             }
         }
-        for (name, previous) in self.accept_local_restore.drain(..) {
-            if let Err(e) = system::set_accept_local(&name, previous) {
-                debug!("teardown.accept_local_failed iface={name} error=\"{e}\"");
-            }
+        if !std::mem::take(&mut self.sysctl_restore).is_empty() {
+            restore_sysctls(&self.dirs, "teardown.sysctl_restored");
         }
         if let Some((name, ifindex)) = self.clsact_created.take() {
             let wan_present = self.ifaces.iter().any(|i| i.role == Role::Wan && i.present);

@@ -40,6 +40,7 @@ use natgw_common::config::pool_index;
 use natgw_common::maps::{FilterMode, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS};
 use natgw_common::{addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::addresses::{AddressPlan, Host};
 use crate::config::PortRange;
 use crate::gc::{self, Observed, Policy};
 use crate::maps::{
@@ -242,6 +243,8 @@ pub struct ExplicitMappings<F> {
     /// When stale PEER nonces are next looked for.
     next_prune: Option<Instant>,
     pool: Vec<Ipv4Addr>,
+    /// Which hosts may hold explicit mappings.
+    hosts: AddressPlan,
     defaults: Defaults,
     filters: F,
     socket_probe: fn(Protocol, Ipv4Addr, u16) -> bool,
@@ -333,13 +336,15 @@ fn secs_ns(secs: u32) -> u64 {
 
 impl<F: PcpFilterTable> ExplicitMappings<F> {
     /// No explicit mappings yet. `pool` is the external address pool (the first is
-    /// the main address; empty: none, so requests fail with NETWORK_FAILURE).
-    pub fn new(pool: Vec<Ipv4Addr>, defaults: Defaults, filters: F) -> Self {
+    /// the main address; empty: none, so requests fail with NETWORK_FAILURE);
+    /// `hosts` says which internal hosts may hold mappings.
+    pub fn new(pool: Vec<Ipv4Addr>, hosts: AddressPlan, defaults: Defaults, filters: F) -> Self {
         Self {
             records: BTreeMap::new(),
             peer_nonces: HashMap::new(),
             next_prune: None,
             pool,
+            hosts,
             defaults,
             filters,
             socket_probe: gateway_socket_holds,
@@ -358,6 +363,12 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     #[must_use]
     pub fn pool(&self) -> &[Ipv4Addr] {
         &self.pool
+    }
+
+    /// Which hosts may hold mappings from now on (the gateway's addresses changed or
+    /// a LAN interface went away). Existing mappings stay.
+    pub fn set_hosts(&mut self, hosts: AddressPlan) {
+        self.hosts = hosts;
     }
 
     /// The engine's view of the mappings at `now`, over the NAT tables `nat`.
@@ -1198,6 +1209,22 @@ pub struct Table<'a, F, N> {
 }
 
 impl<F: PcpFilterTable, N: NatTables + NatWrites> MappingTable for Table<'_, F, N> {
+    fn lan_of(&self, host: Ipv4Addr) -> Option<u32> {
+        match self.explicit.hosts.lan_host(host) {
+            Host::Lan { ifindex } => Some(ifindex),
+            Host::Own | Host::Reserved | Host::Outside => None,
+        }
+    }
+
+    fn explicit_count(&self, lan: Option<u32>) -> usize {
+        self.explicit
+            .records
+            .values()
+            .filter(|r| r.holder.engine().is_some() && r.expires.is_some_and(|e| e > self.now))
+            .filter(|r| lan.is_none() || self.lan_of(r.key.internal) == lan)
+            .count()
+    }
+
     fn external_address(&self) -> Option<Ipv4Addr> {
         self.explicit.pool.first().copied()
     }
@@ -1352,7 +1379,12 @@ mod tests {
     }
 
     fn explicit() -> ExplicitMappings<FakeFilters> {
-        ExplicitMappings::new(vec![EXT], defaults(), FakeFilters::default())
+        let lan = crate::addresses::LanIface {
+            ifindex: 3,
+            prefixes: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 1, 1), 24).unwrap()],
+        };
+        let hosts = AddressPlan::new(vec![lan.clone()], &lan.prefixes);
+        ExplicitMappings::new(vec![EXT], hosts, defaults(), FakeFilters::default())
             .with_socket_probe(|_, _, _| false)
     }
 

@@ -2,6 +2,7 @@
 //! data path and expires idle mappings; `natgw status` and `natgw mappings` show the
 //! gateway running in the current network namespace.
 
+mod addresses;
 mod cli;
 mod config;
 mod daemon;

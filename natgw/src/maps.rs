@@ -19,10 +19,13 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
 };
 use aya::Ebpf;
-use natgw_common::maps::{names, HeldSyn, PcpFilterKey, Session, SessionKey};
+use natgw_common::maps::{
+    names, HeldSyn, LanSourceKey, PcpFilterKey, Session, SessionKey, LAN_SOURCE_FIXED_BITS,
+};
 use natgw_common::maps::{FragKey, FragValue, StashKey, StashedFragment};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
 
+use crate::addresses::AddressPlan;
 use crate::prefix::Ipv4Prefix;
 use crate::state::RuntimeDirs;
 
@@ -402,8 +405,10 @@ pub struct GatewayMaps {
     pub config: Array<MapData, Config>,
     /// ifindex -> interface facts.
     pub ifaces: HashMap<MapData, u32, IfaceConfig>,
-    /// Internal prefixes.
-    pub lan_nets: LpmTrie<MapData, u32, u32>,
+    /// What each address is to the gateway (`addr_class` bits).
+    pub addr_class: LpmTrie<MapData, u32, u32>,
+    /// Which sources each LAN interface may carry.
+    pub lan_sources: LpmTrie<MapData, LanSourceKey, u32>,
     /// Verdict counters.
     pub counters: PerCpuArray<MapData, u64>,
     /// Requests for ICMP errors from the data path; only in the daemon (taken from
@@ -509,7 +514,8 @@ impl GatewayMaps {
             },
             config: typed(take(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(take(names::IFACES)?, names::IFACES)?,
-            lan_nets: typed(take(names::LAN_NETS)?, names::LAN_NETS)?,
+            addr_class: typed(take(names::ADDR_CLASS)?, names::ADDR_CLASS)?,
+            lan_sources: typed(take(names::LAN_SOURCES)?, names::LAN_SOURCES)?,
             counters: typed(take(names::COUNTERS)?, names::COUNTERS)?,
             events: Some(typed(take(names::EVENTS)?, names::EVENTS)?),
         })
@@ -526,14 +532,15 @@ impl GatewayMaps {
             },
             config: typed(source.open(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(source.open(names::IFACES)?, names::IFACES)?,
-            lan_nets: typed(source.open(names::LAN_NETS)?, names::LAN_NETS)?,
+            addr_class: typed(source.open(names::ADDR_CLASS)?, names::ADDR_CLASS)?,
+            lan_sources: typed(source.open(names::LAN_SOURCES)?, names::LAN_SOURCES)?,
             counters: typed(source.open(names::COUNTERS)?, names::COUNTERS)?,
             events: None,
         })
     }
 
     /// The maps that are pinned (and listed by id in the state file).
-    fn data(&self) -> [(&'static str, &MapData); 8] {
+    fn data(&self) -> [(&'static str, &MapData); 9] {
         [
             (names::NAT_FWD, self.nat.fwd.map()),
             (names::NAT_REV, self.nat.rev.map()),
@@ -541,7 +548,8 @@ impl GatewayMaps {
             (names::HELD_SYNS, self.nat.held_syns.map()),
             (names::CONFIG, self.config.map()),
             (names::IFACES, self.ifaces.map()),
-            (names::LAN_NETS, self.lan_nets.map()),
+            (names::ADDR_CLASS, self.addr_class.map()),
+            (names::LAN_SOURCES, self.lan_sources.map()),
             (names::COUNTERS, self.counters.map()),
         ]
     }
@@ -600,20 +608,51 @@ impl GatewayMaps {
         remove(&mut self.ifaces, &ifindex, names::IFACES)
     }
 
-    /// Adds internal prefix `p` (its network) to `LAN_NETS`.
-    pub fn add_lan_net(&mut self, p: &Ipv4Prefix) -> Result<(), MapsError> {
-        self.lan_nets
-            .insert(&lan_key(p), 1, 0)
-            .map_err(map_err(names::LAN_NETS))
-    }
-
-    /// Removes internal prefix `p` from `LAN_NETS`.
-    pub fn remove_lan_net(&mut self, p: &Ipv4Prefix) -> Result<bool, MapsError> {
-        match self.lan_nets.remove(&lan_key(p)) {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(map_err(names::LAN_NETS)(e)),
+    /// Moves `ADDR_CLASS` and `LAN_SOURCES` from plan `old` to plan `new`: new and
+    /// changed entries first, then the ones `new` no longer has, so no address is
+    /// ever unclassified in between.
+    pub fn apply_address_plan(
+        &mut self,
+        old: &AddressPlan,
+        new: &AddressPlan,
+    ) -> Result<(), MapsError> {
+        for (p, bits) in new.classes() {
+            if old.classes().get(p) != Some(bits) {
+                self.addr_class
+                    .insert(&class_key(p), *bits, 0)
+                    .map_err(map_err(names::ADDR_CLASS))?;
+            }
         }
+        for ((ifindex, p), verdict) in new.lan_sources() {
+            if old.lan_sources().get(&(*ifindex, *p)) != Some(verdict) {
+                self.lan_sources
+                    .insert(&lan_source_key(*ifindex, p), *verdict, 0)
+                    .map_err(map_err(names::LAN_SOURCES))?;
+            }
+        }
+        for p in old
+            .classes()
+            .keys()
+            .filter(|p| !new.classes().contains_key(p))
+        {
+            match self.addr_class.remove(&class_key(p)) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(names::ADDR_CLASS)(e)),
+            }
+        }
+        for (ifindex, p) in old
+            .lan_sources()
+            .keys()
+            .filter(|k| !new.lan_sources().contains_key(k))
+        {
+            match self.lan_sources.remove(&lan_source_key(*ifindex, p)) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(names::LAN_SOURCES)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Every counter summed over CPUs, in index order.
@@ -733,12 +772,21 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// `LAN_NETS` key of a prefix: the network address as wire octets.
+/// `ADDR_CLASS` key of a prefix: its network address as wire octets.
 #[must_use]
-pub fn lan_key(p: &Ipv4Prefix) -> LpmKey<u32> {
+pub fn class_key(p: &Ipv4Prefix) -> LpmKey<u32> {
     LpmKey::new(
         u32::from(p.len()),
         natgw_common::addr_be(p.network().octets()),
+    )
+}
+
+/// `LAN_SOURCES` key of prefix `p` on interface `ifindex`.
+#[must_use]
+pub fn lan_source_key(ifindex: u32, p: &Ipv4Prefix) -> LpmKey<LanSourceKey> {
+    LpmKey::new(
+        LAN_SOURCE_FIXED_BITS + u32::from(p.len()),
+        LanSourceKey::new(ifindex, natgw_common::addr_be(p.network().octets())),
     )
 }
 
@@ -800,10 +848,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lan_key_holds_the_network_in_wire_order() {
-        let k = lan_key(&"10.0.1.77/24".parse().unwrap());
+    fn address_keys_hold_the_network_in_wire_order() {
+        let k = class_key(&"10.0.1.77/24".parse().unwrap());
         assert_eq!(k.prefix_len(), 24);
         assert_eq!(k.data().to_ne_bytes(), [10, 0, 1, 0]);
+        let k = lan_source_key(7, &"10.0.1.77/24".parse().unwrap());
+        assert_eq!(
+            k.prefix_len(),
+            32 + 24,
+            "the interface always matches whole"
+        );
+        assert_eq!(k.data().ifindex, 7);
+        assert_eq!(k.data().addr_be.to_ne_bytes(), [10, 0, 1, 0]);
     }
 
     #[test]

@@ -139,19 +139,37 @@ impl Rtnl {
         ifindex: u32,
         name: &str,
     ) -> Result<Vec<Ipv4Prefix>, NetlinkError> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(ifindex)
-            .execute();
+        let all = self
+            .addresses(Some(ifindex), &format!("listing the addresses of {name}"))
+            .await?;
+        Ok(all.into_iter().map(|(_, p)| p).collect())
+    }
+
+    /// Every IPv4 address of every interface, with its interface index.
+    pub async fn all_ipv4(&self) -> Result<Vec<(u32, Ipv4Prefix)>, NetlinkError> {
+        self.addresses(None, "listing the gateway's IPv4 addresses")
+            .await
+    }
+
+    async fn addresses(
+        &self,
+        ifindex: Option<u32>,
+        what: &str,
+    ) -> Result<Vec<(u32, Ipv4Prefix)>, NetlinkError> {
+        let mut request = self.handle.address().get();
+        if let Some(i) = ifindex {
+            request = request.set_link_index_filter(i);
+        }
+        let mut stream = request.execute();
         let mut out = Vec::new();
         let err = |source| NetlinkError::Request {
-            what: format!("listing the addresses of {name}"),
+            what: what.to_owned(),
             source,
         };
         while let Some(msg) = stream.try_next().await.map_err(err)? {
-            if msg.header.family != AddressFamily::Inet || msg.header.index != ifindex {
+            if msg.header.family != AddressFamily::Inet
+                || ifindex.is_some_and(|i| i != msg.header.index)
+            {
                 continue;
             }
             // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on
@@ -169,7 +187,7 @@ impl Rtnl {
                 .or(address)
                 .and_then(|a| Ipv4Prefix::new(a, msg.header.prefix_len))
             {
-                out.push(p);
+                out.push((msg.header.index, p));
             }
         }
         Ok(out)

@@ -58,6 +58,32 @@ impl Ipv4Prefix {
         }
     }
 
+    /// The last address of the network (all host bits set).
+    #[must_use]
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !mask(self.len))
+    }
+
+    /// Whether `addr` lies inside the network.
+    #[must_use]
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        let m = mask(self.len);
+        u32::from(addr) & m == u32::from(self.addr) & m
+    }
+
+    /// Whether the network has a network and a broadcast address that no host may
+    /// use: every prefix up to /30 (RFC 3021 gives both addresses of a /31 to hosts).
+    #[must_use]
+    pub const fn has_network_and_broadcast(&self) -> bool {
+        self.len <= 30
+    }
+
+    /// The prefix of the single address `addr` (`/32`).
+    #[must_use]
+    pub const fn host(addr: Ipv4Addr) -> Self {
+        Self { addr, len: 32 }
+    }
+
     /// Whether the two prefixes share at least one address.
     #[must_use]
     pub fn overlaps(&self, other: &Self) -> bool {

@@ -26,6 +26,7 @@ pub const STATE_VERSION: u32 = 1;
 const STATE_FILE: &str = "state.json";
 const EXPLICIT_FILE: &str = "explicit.json";
 const LOCK_FILE: &str = "lock";
+const SYSCTL_FILE: &str = "sysctl-restore.json";
 
 /// The directories of the gateway of one network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,6 +265,52 @@ impl RuntimeDirs {
     }
 }
 
+impl RuntimeDirs {
+    /// The file of sysctl values natgw changed, with the values to put back. It is
+    /// written before a value changes and removed once it is restored, so a natgw that
+    /// dies in between leaves it for the next start to restore.
+    #[must_use]
+    pub fn sysctl_file(&self) -> PathBuf {
+        self.state_dir.join(SYSCTL_FILE)
+    }
+
+    /// The sysctl values to restore (sysctl name → original value); none when there
+    /// is no file.
+    pub fn read_sysctl_restore(&self) -> Result<BTreeMap<String, String>, StateError> {
+        let path = self.sysctl_file();
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// Records the sysctl values to restore (atomically); an empty set removes the
+    /// file.
+    pub fn write_sysctl_restore(
+        &self,
+        values: &BTreeMap<String, String>,
+    ) -> Result<(), StateError> {
+        let path = self.sysctl_file();
+        if values.is_empty() {
+            return match fs::remove_file(&path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("removing", &path)(e)),
+            };
+        }
+        let tmp = self.state_dir.join(format!("{SYSCTL_FILE}.tmp"));
+        let json = serde_json::to_vec_pretty(values).map_err(|source| StateError::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))
+    }
+}
+
 /// The per-namespace lock. Dropping it removes the lock file and the state directory
 /// (when empty), then releases the lock.
 #[derive(Debug)]
@@ -490,6 +537,23 @@ mod tests {
         assert_eq!(d.read_explicit().unwrap(), entries);
         d.remove_state().unwrap();
         assert!(!d.explicit_file().exists());
+        drop(lock);
+        assert!(!d.state_dir.exists(), "nothing left behind");
+    }
+
+    #[test]
+    fn sysctl_restore_file_outlives_a_crash_until_emptied() {
+        let d = dirs("sysctl");
+        let lock = d.lock().unwrap();
+        assert!(d.read_sysctl_restore().unwrap().is_empty());
+        let values = BTreeMap::from([("net/ipv4/conf/lo/accept_local".to_owned(), "0".to_owned())]);
+        d.write_sysctl_restore(&values).unwrap();
+        // A natgw killed here leaves the file (and so the directory) behind.
+        drop(lock);
+        assert_eq!(d.read_sysctl_restore().unwrap(), values);
+        let lock = d.lock().unwrap();
+        d.write_sysctl_restore(&BTreeMap::new()).unwrap();
+        assert!(!d.sysctl_file().exists());
         drop(lock);
         assert!(!d.state_dir.exists(), "nothing left behind");
     }

@@ -161,22 +161,39 @@ pub fn unix_time() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Sets `net.ipv4.conf.IFACE.accept_local` in natgw's network namespace and returns
-/// the previous value.
-///
-/// # Errors
-/// When the sysctl cannot be read or written (interface gone, read-only /proc).
-pub fn set_accept_local(iface: &str, on: bool) -> io::Result<bool> {
-    if iface.is_empty() || iface.contains('/') || iface.starts_with('.') {
+/// The sysctl that lets `lo` accept packets whose source is one of the gateway's own
+/// addresses: the hairpin path delivers LAN hosts' packets to the gateway's services
+/// on its external addresses through `lo` (see `tc_lan_ingress`).
+pub const LO_ACCEPT_LOCAL: &str = "net/ipv4/conf/lo/accept_local";
+
+fn sysctl_path(key: &str) -> io::Result<String> {
+    let safe = !key.is_empty()
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && !part.starts_with('.'));
+    if !safe {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "bad interface name",
+            format!("bad sysctl name {key}"),
         ));
     }
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    let previous = std::fs::read_to_string(&path)?.trim() == "1";
-    std::fs::write(&path, if on { "1" } else { "0" })?;
-    Ok(previous)
+    Ok(format!("/proc/sys/{key}"))
+}
+
+/// Reads sysctl `key` (`net/ipv4/conf/lo/accept_local`) in natgw's network namespace.
+///
+/// # Errors
+/// When it does not exist or cannot be read.
+pub fn read_sysctl(key: &str) -> io::Result<String> {
+    Ok(fs::read_to_string(sysctl_path(key)?)?.trim().to_owned())
+}
+
+/// Writes sysctl `key` in natgw's network namespace.
+///
+/// # Errors
+/// When it does not exist or cannot be written (read-only /proc).
+pub fn write_sysctl(key: &str, value: &str) -> io::Result<()> {
+    fs::write(sysctl_path(key)?, value)
 }
 
 #[cfg(test)]
@@ -215,6 +232,18 @@ mod tests {
         let ns = netns_inode().unwrap();
         assert!(process_alive_in_netns(std::process::id(), ns));
         assert!(!process_alive_in_netns(0, ns));
+    }
+
+    #[test]
+    fn sysctl_names_stay_inside_proc_sys() {
+        assert!(read_sysctl("net/ipv4/ip_forward").is_ok());
+        for bad in ["", "../etc/passwd", "net/../../etc", "net//x", "/net/ipv4"] {
+            assert_eq!(
+                read_sysctl(bad).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

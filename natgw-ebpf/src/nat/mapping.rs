@@ -11,7 +11,6 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     EbpfContext,
 };
-use aya_log_ebpf::warn;
 use natgw_common::{
     maps::tcp_seen,
     packet::Ipv4Packet,
@@ -160,10 +159,7 @@ fn create<C: EbpfContext>(
         match NAT_REV.insert(&rk, &rv, u64::from(BPF_NOEXIST)) {
             Ok(()) => {}
             Err(e) if e == -EEXIST => continue,
-            Err(_) => {
-                warn!(ctx, "NAT table full: no mapping for a new flow");
-                return Err(Counter::DropTableFull);
-            }
+            Err(_) => return Err(Counter::DropTableFull),
         }
         let m = Mapping {
             ext_addr_be,
@@ -183,13 +179,13 @@ fn create<C: EbpfContext>(
                 if e == -EEXIST {
                     Ok(()) // another CPU won the race; its mapping serves us
                 } else {
-                    warn!(ctx, "NAT table full: no mapping for a new flow");
                     Err(Counter::DropTableFull)
                 }
             }
         };
     }
-    warn!(ctx, "no free external port for a new mapping");
+    // Logged by the controller, once per episode, from the counters: a line per
+    // packet would let any LAN host flood the log at packet rate.
     Err(Counter::DropPortsExhausted)
 }
 

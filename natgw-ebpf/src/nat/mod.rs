@@ -9,9 +9,14 @@ pub mod session;
 pub mod socket;
 
 use aya_ebpf::maps::lpm_trie::Key;
-use natgw_common::{config::pool_index, Config, IfaceConfig};
+use natgw_common::{
+    config::pool_index,
+    maps::{addr_class, lan_source, unaddressed_local, LanSourceKey, LAN_SOURCE_FIXED_BITS},
+    packet::Ipv4Packet,
+    Config, Counter, IfaceConfig,
+};
 
-use crate::maps::{CONFIG, EXT_ADDRS, EXT_SET, IFACES, LAN_NETS};
+use crate::maps::{ADDR_CLASS, CONFIG, EXT_ADDRS, EXT_SET, IFACES, LAN_SOURCES};
 
 /// The configuration, once the controller has marked it ready.
 #[inline(always)]
@@ -27,12 +32,55 @@ pub fn iface(ifindex: u32) -> Option<&'static IfaceConfig> {
     unsafe { IFACES.get(&ifindex) }
 }
 
+/// What `addr` is to the gateway: `addr_class` bits, 0 for an ordinary outside
+/// address.
+#[inline(always)]
+fn class(addr: [u8; 4]) -> u32 {
+    ADDR_CLASS
+        .get(&Key::new(32, u32::from_ne_bytes(addr)))
+        .copied()
+        .unwrap_or(0)
+}
+
 /// Whether `addr` lies in one of the internal prefixes.
 #[inline(always)]
 pub fn is_internal(addr: [u8; 4]) -> bool {
-    LAN_NETS
-        .get(&Key::new(32, u32::from_ne_bytes(addr)))
-        .is_some()
+    class(addr) & addr_class::INTERNAL != 0
+}
+
+/// Source validation on the WAN: `Err(DropSpoofed)` for a source no genuine packet
+/// from outside can have (an internal or own address, a martian, a network or
+/// broadcast address); `Err(PassLocal)` for a local-only packet from 0.0.0.0, which
+/// only the gateway itself may take.
+#[inline(always)]
+pub fn check_wan_source(pkt: &Ipv4Packet) -> Result<(), Counter> {
+    if unaddressed_local(pkt.src, pkt.dst) {
+        return Err(Counter::PassLocal);
+    }
+    if class(pkt.src) & addr_class::NEVER_FROM_WAN != 0 {
+        return Err(Counter::DropSpoofed);
+    }
+    Ok(())
+}
+
+/// Source validation on LAN interface `ifindex`: only a host address of that
+/// interface's prefixes passes (not the gateway's own addresses, not a prefix's
+/// network or broadcast address, nothing from outside the prefixes), so no LAN host
+/// can speak as the gateway, as another network or as the outside. A local-only
+/// packet from 0.0.0.0 (DHCP) goes to the kernel as `Err(PassNotNat)`.
+#[inline(always)]
+pub fn check_lan_source(ifindex: u32, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    if unaddressed_local(pkt.src, pkt.dst) {
+        return Err(Counter::PassNotNat);
+    }
+    let key = Key::new(
+        LAN_SOURCE_FIXED_BITS + 32,
+        LanSourceKey::new(ifindex, u32::from_ne_bytes(pkt.src)),
+    );
+    match LAN_SOURCES.get(&key) {
+        Some(&lan_source::HOST) => Ok(()),
+        _ => Err(Counter::DropSpoofed),
+    }
 }
 
 /// Whether `addr` is one of the gateway's external addresses.

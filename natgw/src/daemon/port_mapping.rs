@@ -30,6 +30,7 @@ use log::{info, warn};
 use natgw_common::addr_be;
 
 use super::Daemon;
+use crate::addresses::AddressPlan;
 use crate::config::ForwardProtocol;
 use crate::explicit::{Defaults, ExplicitMappings};
 use crate::gc::{self, Policy};
@@ -37,7 +38,6 @@ use crate::maps::PcpFilters;
 use crate::netlink::AddressWatch;
 use crate::pcp::service::{LanAddress, PcpService};
 use crate::pcp::table::{Protocol, TableError};
-use crate::prefix::Ipv4Prefix;
 use crate::state::ExplicitEntry;
 use crate::system;
 
@@ -64,6 +64,13 @@ pub(super) enum Wake {
 }
 
 impl PortMapping {
+    /// Which hosts may hold explicit mappings from now on.
+    pub(super) fn set_hosts(&mut self, plan: &AddressPlan) {
+        if let Some(explicit) = self.explicit.as_mut() {
+            explicit.set_hosts(plan.clone());
+        }
+    }
+
     /// Waits for the next thing to do. Cancel-safe: it only waits.
     pub(super) async fn wake(&mut self) -> Wake {
         let server = self.server.as_ref();
@@ -98,10 +105,6 @@ impl PortMapping {
     }
 }
 
-fn contains(prefix: &Ipv4Prefix, addr: Ipv4Addr) -> bool {
-    Ipv4Prefix::new(addr, 32).is_some_and(|host| prefix.overlaps(&host))
-}
-
 /// Why a static forward could not be installed, as the end of a sentence.
 const fn static_refusal(e: TableError) -> &'static str {
     match e {
@@ -129,8 +132,12 @@ impl Daemon {
             filter_tcp: s.filtering.tcp.mode(),
             policy: Policy::new(&s.timeouts, s.inbound_refresh),
         };
-        let mut explicit = ExplicitMappings::new(self.topology.pool.clone(), defaults, filters);
-        let lan_nets = self.lan_networks();
+        let mut explicit = ExplicitMappings::new(
+            self.topology.pool.clone(),
+            self.addresses.clone(),
+            defaults,
+            filters,
+        );
         let now_ns = system::monotonic_ns();
         let forwards = self.settings.forwards.clone();
         let maps = self
@@ -138,13 +145,8 @@ impl Daemon {
             .as_mut()
             .ok_or_else(|| anyhow!("internal error: maps not taken"))?;
         for f in &forwards {
-            if !lan_nets.iter().any(|n| contains(n, *f.internal.ip())) {
-                let nets: Vec<String> = lan_nets.iter().map(ToString::to_string).collect();
-                bail!(
-                    "[[forward]] {f}: {} is not inside a LAN prefix ({})",
-                    f.internal.ip(),
-                    nets.join(", ")
-                );
+            if let Some(why) = self.addresses.refusal(*f.internal.ip()) {
+                bail!("[[forward]] {f}: {why}; a forward leads to an internal host");
             }
             let protocol = match f.protocol {
                 ForwardProtocol::Udp => Protocol::Udp,
@@ -237,6 +239,8 @@ impl Daemon {
                 server.on_timeout(now, &explicit.table(&mut maps.nat, now, now_ns));
             }
             Wake::Addresses(ifindex) => {
+                // Any interface: the source checks know every address of the gateway.
+                self.refresh_addresses().await;
                 if ifindex == self.topology.wan.ifindex {
                     self.wan_addresses_changed().await;
                 }

@@ -836,6 +836,9 @@ mod tests {
         let handle = thread::spawn(move || {
             let mut server = Server::new(PcpConfig::default(), Instant::now()).unwrap();
             let mut table = MemoryTable::new(Ipv4Addr::new(203, 0, 113, 1));
+            // The client speaks from loopback: serve it as the LAN.
+            table.lans = vec!["127.0.0.0/8".parse().unwrap()];
+            table.gateway.clear();
             let mut buf = [0; 2048];
             for _ in 0..count {
                 let (n, SocketAddr::V4(from)) = socket.recv_from(&mut buf).unwrap() else {

@@ -23,6 +23,16 @@ pub const MIN_LIFETIME_DEFAULT: u32 = 120;
 pub const MAX_LIFETIME_DEFAULT: u32 = 86_400;
 /// Default explicit mappings per internal host before USER_EX_QUOTA.
 pub const MAX_MAPPINGS_PER_HOST_DEFAULT: u32 = 128;
+/// Default explicit mappings on one LAN interface before NO_RESOURCES: a bound a
+/// host cannot escape by speaking from many addresses (ARP is not authenticated, so
+/// a LAN host can use any free address of its prefix).
+pub const MAX_MAPPINGS_PER_INTERFACE_DEFAULT: u32 = 2048;
+/// Default explicit mappings in all before NO_RESOURCES.
+pub const MAX_MAPPINGS_DEFAULT: u32 = 4096;
+/// Default sustained requests per second from all clients together.
+pub const REQUESTS_PER_SECOND_TOTAL_DEFAULT: u32 = 200;
+/// Default burst of requests from all clients together.
+pub const BURST_TOTAL_DEFAULT: u32 = 400;
 /// Default FILTER options per MAP before EXCESSIVE_REMOTE_PEERS.
 pub const MAX_FILTERS_DEFAULT: u32 = 8;
 /// Default sustained requests per second per client.
@@ -59,6 +69,12 @@ pub struct PcpConfig {
     /// Explicit (PCP MAP and NAT-PMP) mappings one internal host may hold; the next
     /// gets USER_EX_QUOTA (NAT-PMP: OUT_OF_RESOURCES) [default: 128].
     pub max_mappings_per_host: u32,
+    /// Explicit mappings the hosts of one LAN interface may hold together; the next
+    /// gets NO_RESOURCES (NAT-PMP: OUT_OF_RESOURCES) [default: 2048].
+    pub max_mappings_per_interface: u32,
+    /// Explicit mappings all hosts may hold together; the next gets NO_RESOURCES
+    /// (NAT-PMP: OUT_OF_RESOURCES) [default: 4096].
+    pub max_mappings: u32,
     /// FILTER options one mapping may carry; more get EXCESSIVE_REMOTE_PEERS
     /// [default: 8].
     pub max_filters: u32,
@@ -78,6 +94,11 @@ pub struct PcpConfig {
     pub requests_per_second: u32,
     /// Requests a client may send in a burst above the sustained rate [default: 30].
     pub burst: u32,
+    /// Sustained requests per second from all clients together; beyond it requests
+    /// are dropped without an answer. 0 disables the limit [default: 200].
+    pub requests_per_second_total: u32,
+    /// Requests all clients together may send in a burst [default: 400].
+    pub burst_total: u32,
     /// Lifetime of short-lived error responses, in seconds [default: 30].
     pub short_error_lifetime: u32,
     /// Lifetime of long-lived error responses, in seconds [default: 1800].
@@ -91,12 +112,16 @@ impl Default for PcpConfig {
             min_lifetime: MIN_LIFETIME_DEFAULT,
             max_lifetime: MAX_LIFETIME_DEFAULT,
             max_mappings_per_host: MAX_MAPPINGS_PER_HOST_DEFAULT,
+            max_mappings_per_interface: MAX_MAPPINGS_PER_INTERFACE_DEFAULT,
+            max_mappings: MAX_MAPPINGS_DEFAULT,
             max_filters: MAX_FILTERS_DEFAULT,
             rules: vec![default_rule()],
             allow_all_protocols: false,
             third_party_from: Vec::new(),
             requests_per_second: REQUESTS_PER_SECOND_DEFAULT,
             burst: BURST_DEFAULT,
+            requests_per_second_total: REQUESTS_PER_SECOND_TOTAL_DEFAULT,
+            burst_total: BURST_TOTAL_DEFAULT,
             short_error_lifetime: SHORT_ERROR_LIFETIME_DEFAULT,
             long_error_lifetime: LONG_ERROR_LIFETIME_DEFAULT,
         }
@@ -136,7 +161,10 @@ pub enum PolicyError {
         max: u32,
     },
     /// A rate without a burst would refuse everything.
-    #[error("pcp.burst must be at least 1 when pcp.requests_per_second is set")]
+    #[error(
+        "pcp.burst (pcp.burst_total) must be at least 1 when pcp.requests_per_second \
+         (pcp.requests_per_second_total) is set"
+    )]
     ZeroBurst,
     /// A rule that does not parse.
     #[error(
@@ -161,7 +189,9 @@ impl PcpConfig {
                 max: self.max_lifetime,
             });
         }
-        if self.requests_per_second > 0 && self.burst == 0 {
+        if (self.requests_per_second > 0 && self.burst == 0)
+            || (self.requests_per_second_total > 0 && self.burst_total == 0)
+        {
             return Err(PolicyError::ZeroBurst);
         }
         Ok(())
@@ -399,8 +429,69 @@ pub enum Verdict {
     },
 }
 
-/// Per-client token buckets: `burst` tokens, refilled at `per_second`, one per
-/// request. Integer milli-tokens keep it exact and platform independent.
+/// A token bucket: `burst` tokens, refilled at `per_second`, one per request.
+/// Integer milli-tokens keep it exact and platform independent.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    per_second: u32,
+    burst: u32,
+    milli_tokens: u64,
+    last: Instant,
+    limited: bool,
+}
+
+const MILLI: u64 = 1000;
+
+impl TokenBucket {
+    /// A full bucket at `now`; `per_second == 0` allows everything.
+    #[must_use]
+    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            per_second,
+            burst,
+            milli_tokens: u64::from(burst) * MILLI,
+            last: now,
+            limited: false,
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        u64::from(self.burst) * MILLI
+    }
+
+    fn refilled(&self, now: Instant) -> u64 {
+        let elapsed_ms =
+            u64::try_from(now.saturating_duration_since(self.last).as_millis()).unwrap_or(u64::MAX);
+        let added = elapsed_ms.saturating_mul(u64::from(self.per_second));
+        self.milli_tokens.saturating_add(added).min(self.capacity())
+    }
+
+    /// Whether the bucket is full at `now` (its owner has been idle).
+    #[must_use]
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.refilled(now) >= self.capacity()
+    }
+
+    /// Takes one token at `now`.
+    pub fn take(&mut self, now: Instant) -> Verdict {
+        if self.per_second == 0 {
+            return Verdict::Allow;
+        }
+        self.milli_tokens = self.refilled(now);
+        self.last = self.last.max(now);
+        if self.milli_tokens >= MILLI {
+            self.milli_tokens -= MILLI;
+            self.limited = false;
+            Verdict::Allow
+        } else {
+            let first = !self.limited;
+            self.limited = true;
+            Verdict::Drop { first }
+        }
+    }
+}
+
+/// Per-client [`TokenBucket`]s.
 ///
 /// Over-limit requests are dropped silently (RFC 6887 §8.3 allows either that or
 /// NO_RESOURCES): clients retransmit anyway, and answering a flood — possibly with
@@ -409,18 +500,9 @@ pub enum Verdict {
 pub struct RateLimiter {
     per_second: u32,
     burst: u32,
-    buckets: HashMap<Ipv4Addr, Bucket>,
+    buckets: HashMap<Ipv4Addr, TokenBucket>,
     overflowing: bool,
 }
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    milli_tokens: u64,
-    last: Instant,
-    limited: bool,
-}
-
-const MILLI: u64 = 1000;
 
 impl RateLimiter {
     /// A limiter; `per_second == 0` allows everything.
@@ -434,17 +516,6 @@ impl RateLimiter {
         }
     }
 
-    fn capacity(&self) -> u64 {
-        u64::from(self.burst) * MILLI
-    }
-
-    fn refilled(&self, b: &Bucket, now: Instant) -> u64 {
-        let elapsed_ms =
-            u64::try_from(now.saturating_duration_since(b.last).as_millis()).unwrap_or(u64::MAX);
-        let added = elapsed_ms.saturating_mul(u64::from(self.per_second));
-        b.milli_tokens.saturating_add(added).min(self.capacity())
-    }
-
     /// Takes one token from `client`'s bucket. When [`MAX_TRACKED_CLIENTS`] buckets
     /// exist, full (idle) ones are forgotten first; if none is, the new client is
     /// refused — during a flood from that many sources, serving the clients already
@@ -454,12 +525,7 @@ impl RateLimiter {
             return Verdict::Allow;
         }
         if !self.buckets.contains_key(&client) && self.buckets.len() >= MAX_TRACKED_CLIENTS {
-            let cap = self.capacity();
-            let buckets = std::mem::take(&mut self.buckets);
-            self.buckets = buckets
-                .into_iter()
-                .filter(|(_, b)| self.refilled(b, now) < cap)
-                .collect();
+            self.buckets.retain(|_, b| !b.is_full(now));
             if self.buckets.len() >= MAX_TRACKED_CLIENTS {
                 let first = !self.overflowing;
                 self.overflowing = true;
@@ -467,25 +533,11 @@ impl RateLimiter {
             }
             self.overflowing = false;
         }
-        let fresh = Bucket {
-            milli_tokens: self.capacity(),
-            last: now,
-            limited: false,
-        };
-        let mut bucket = self.buckets.get(&client).copied().unwrap_or(fresh);
-        bucket.milli_tokens = self.refilled(&bucket, now);
-        bucket.last = bucket.last.max(now);
-        let verdict = if bucket.milli_tokens >= MILLI {
-            bucket.milli_tokens -= MILLI;
-            bucket.limited = false;
-            Verdict::Allow
-        } else {
-            let first = !bucket.limited;
-            bucket.limited = true;
-            Verdict::Drop { first }
-        };
-        self.buckets.insert(client, bucket);
-        verdict
+        let (per_second, burst) = (self.per_second, self.burst);
+        self.buckets
+            .entry(client)
+            .or_insert_with(|| TokenBucket::new(per_second, burst, now))
+            .take(now)
     }
 }
 

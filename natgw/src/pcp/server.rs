@@ -15,8 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::natpmp::{self, MapProtocol};
-use super::policy::RateLimiter;
-use super::policy::{PcpConfig, PolicyError, Verdict};
+use super::policy::{PcpConfig, PolicyError, RateLimiter, TokenBucket, Verdict};
 use super::table::{
     ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerRequest, Protocol,
     TableError,
@@ -77,6 +76,12 @@ pub enum DropReason {
     Response,
     /// The client is over its request rate (RFC 6887 §8.3 allows discarding).
     RateLimited,
+    /// All clients together are over the server's request rate.
+    Busy,
+    /// The source is no host the NAT serves (outside the LAN prefixes, an address
+    /// of the gateway, a network or broadcast address): spoofed, since the data path
+    /// lets no such source in, or a host the operator did not make internal.
+    NotInternal,
 }
 
 impl DropReason {
@@ -87,6 +92,8 @@ impl DropReason {
             Self::Short => "short",
             Self::Response => "response",
             Self::RateLimited => "rate-limited",
+            Self::Busy => "busy",
+            Self::NotInternal => "not-internal",
         }
     }
 }
@@ -302,6 +309,14 @@ fn filter_repr(f: &Filter) -> FilterRepr {
     }
 }
 
+/// A quota a new mapping would exceed.
+struct Quota {
+    /// The host's own quota (USER_EX_QUOTA) rather than a shared one (NO_RESOURCES).
+    per_host: bool,
+    /// Why, for the log.
+    reason: String,
+}
+
 fn secs(s: u32) -> Duration {
     Duration::from_secs(u64::from(s))
 }
@@ -333,6 +348,7 @@ pub struct Server {
     config: PcpConfig,
     epoch_start: Instant,
     limiter: RateLimiter,
+    total: TokenBucket,
     events: VecDeque<Event>,
     events_lost: u64,
     burst: Option<Burst>,
@@ -345,6 +361,7 @@ impl Server {
         config.validate()?;
         Ok(Self {
             limiter: RateLimiter::new(config.requests_per_second, config.burst),
+            total: TokenBucket::new(config.requests_per_second_total, config.burst_total, now),
             config,
             epoch_start: now,
             events: VecDeque::new(),
@@ -420,8 +437,9 @@ impl Server {
     /// Handles one datagram from `src` received on a LAN interface at `now`, and
     /// returns the answer to send back to `src` — `None` when the RFCs say to drop
     /// it silently (fewer than 2 bytes, a response, a PCP message shorter than its
-    /// header, a truncated NAT-PMP mapping request) or the client is over its rate.
-    /// Answers are never longer than 1100 bytes.
+    /// header, a truncated NAT-PMP mapping request), when `src` is no host the NAT
+    /// serves ([`MappingTable::lan_of`]), or when the client or all clients together
+    /// are over their rate. Answers are never longer than 1100 bytes.
     pub fn handle(
         &mut self,
         now: Instant,
@@ -436,11 +454,29 @@ impl Server {
             });
             return None;
         }
-        if let Verdict::Drop { first } = self.limiter.check(*src.ip(), now) {
+        // Before the rate limiters, so spoofed sources cannot crowd real clients out
+        // of them.
+        if table.lan_of(*src.ip()).is_none() {
+            self.push(Event::Dropped {
+                client: src,
+                reason: DropReason::NotInternal,
+            });
+            return None;
+        }
+        // The client's own budget first: a client over it takes nothing from the
+        // shared one.
+        let limited = match self.limiter.check(*src.ip(), now) {
+            Verdict::Drop { first } => Some((first, DropReason::RateLimited)),
+            Verdict::Allow => match self.total.take(now) {
+                Verdict::Drop { first } => Some((first, DropReason::Busy)),
+                Verdict::Allow => None,
+            },
+        };
+        if let Some((first, reason)) = limited {
             if first {
                 self.push(Event::Dropped {
                     client: src,
-                    reason: DropReason::RateLimited,
+                    reason,
                 });
             }
             return None;
@@ -545,7 +581,7 @@ impl Server {
                 ),
             ));
         }
-        let options = self.check_options(src, request)?;
+        let options = self.check_options(src, request, table)?;
         match &request.op {
             OpRepr::Announce => Ok(wire::Response {
                 opcode: Opcode::Announce,
@@ -566,6 +602,7 @@ impl Server {
         &self,
         src: SocketAddrV4,
         request: &wire::Request,
+        table: &impl MappingTable,
     ) -> Result<RequestOptions, Refusal> {
         let opcode = request.op.opcode();
         let mut out = RequestOptions::default();
@@ -617,6 +654,15 @@ impl Server {
                             format!("THIRD_PARTY address {addr} is not an IPv4 host address"),
                         )
                     })?;
+                    if table.lan_of(internal).is_none() {
+                        return Err(refuse(
+                            ResultCode::NotAuthorized,
+                            format!(
+                                "THIRD_PARTY address {internal} is no internal host (outside \
+                                 the LAN prefixes, or an address of the gateway)"
+                            ),
+                        ));
+                    }
                     out.third_party = Some(internal);
                     out.third_party_raw = Some(*addr);
                 }
@@ -702,21 +748,14 @@ impl Server {
                 ));
             }
             Some(_) => {}
-            None => {
-                let held = table
-                    .explicit_of(internal)
-                    .iter()
-                    .filter(|m| m.expires > now && m.key != key)
-                    .count();
-                if held >= self.config.max_mappings_per_host as usize {
-                    return Err(refuse(
-                        ResultCode::UserExQuota,
-                        format!(
-                            "{internal} already holds {held} mappings (pcp.max_mappings_per_host)"
-                        ),
-                    ));
-                }
-            }
+            None => self.admit_new(&key, now, table).map_err(|q| {
+                let result = if q.per_host {
+                    ResultCode::UserExQuota
+                } else {
+                    ResultCode::NoResources
+                };
+                refuse(result, q.reason)
+            })?,
         }
         let external_ports = if protocol == Protocol::All {
             Vec::new()
@@ -805,6 +844,52 @@ impl Server {
             })),
             options: options.echo(true),
         })
+    }
+
+    /// Whether a new explicit mapping `key` fits the quotas: the host's
+    /// (`max_mappings_per_host`), its LAN interface's (`max_mappings_per_interface`)
+    /// and the server's (`max_mappings`). The last two hold however many addresses
+    /// a host speaks from.
+    fn admit_new(
+        &self,
+        key: &MappingKey,
+        now: Instant,
+        table: &impl MappingTable,
+    ) -> Result<(), Quota> {
+        let held = table
+            .explicit_of(key.internal)
+            .iter()
+            .filter(|m| m.expires > now && m.key != *key)
+            .count();
+        if held >= self.config.max_mappings_per_host as usize {
+            return Err(Quota {
+                per_host: true,
+                reason: format!(
+                    "{} already holds {held} mappings (pcp.max_mappings_per_host)",
+                    key.internal
+                ),
+            });
+        }
+        let lan = table.lan_of(key.internal);
+        let on_lan = table.explicit_count(lan);
+        if lan.is_some() && on_lan >= self.config.max_mappings_per_interface as usize {
+            return Err(Quota {
+                per_host: false,
+                reason: format!(
+                    "the hosts of {}'s LAN interface hold {on_lan} mappings \
+                     (pcp.max_mappings_per_interface)",
+                    key.internal
+                ),
+            });
+        }
+        let all = table.explicit_count(None);
+        if all >= self.config.max_mappings as usize {
+            return Err(Quota {
+                per_host: false,
+                reason: format!("{all} mappings exist (pcp.max_mappings)"),
+            });
+        }
+        Ok(())
     }
 
     /// RFC 6887 §13.3: the mapping's filter list after this request. No FILTER keeps
@@ -1182,21 +1267,9 @@ impl Server {
                 ));
             }
             Some(_) => {}
-            None => {
-                let held = table
-                    .explicit_of(internal)
-                    .iter()
-                    .filter(|m| live(m) && m.key != key)
-                    .count();
-                if held >= self.config.max_mappings_per_host as usize {
-                    return Err((
-                        natpmp::ResultCode::OutOfResources,
-                        format!(
-                            "{internal} already holds {held} mappings (pcp.max_mappings_per_host)"
-                        ),
-                    ));
-                }
-            }
+            None => self
+                .admit_new(&key, now, table)
+                .map_err(|q| (natpmp::ResultCode::OutOfResources, q.reason))?,
         }
         let external_ports = self
             .config
@@ -1895,6 +1968,148 @@ mod tests {
         assert_eq!(drops.len(), 1);
         h.advance(1);
         assert!(h.send(client(), &announce).is_some());
+    }
+
+    #[test]
+    fn only_internal_hosts_are_answered() {
+        // rfc6887 8.3: only internal hosts are served. A spoofed source — the
+        // gateway's own address, a host outside the LAN prefixes, the broadcast
+        // address — gets no answer and no mapping (issue #11 findings 1 and 2).
+        let mut h = Harness::new();
+        for spoofed in [
+            Ipv4Addr::new(10, 0, 0, 1),       // the gateway
+            Ipv4Addr::new(198, 51, 100, 10),  // the internet
+            Ipv4Addr::new(10, 255, 255, 255), // broadcast of 10.0.0.0/8
+            Ipv4Addr::new(10, 0, 0, 0),       // its network address
+        ] {
+            let src = SocketAddrV4::new(spoofed, 40000);
+            assert!(h
+                .send(src, &map(src, 8022, 600, NONCE).to_bytes())
+                .is_none());
+            let natpmp_map = natpmp::Request::Map {
+                protocol: MapProtocol::Udp,
+                internal_port: 8023,
+                suggested_external_port: 0,
+                lifetime: 600,
+            };
+            assert!(h.send(src, &natpmp_map.to_bytes()).is_none());
+        }
+        assert!(h.table.explicit.is_empty(), "{:?}", h.table.explicit);
+        let dropped = h
+            .events()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Dropped {
+                        reason: DropReason::NotInternal,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(dropped, 8);
+        // The same request from a real host works.
+        assert_eq!(
+            h.pcp(client(), &map(client(), 8022, 600, NONCE)).result,
+            ResultCode::Success
+        );
+    }
+
+    #[test]
+    fn third_party_cannot_name_the_gateway_or_the_outside() {
+        let controller = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 2), 7000);
+        let mut h = Harness::with(PcpConfig {
+            third_party_from: vec!["10.0.1.2/32".parse().unwrap()],
+            ..config()
+        });
+        for target in [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(198, 51, 100, 10)] {
+            let op = OpRepr::Map(map_repr(wire::PROTOCOL_TCP, 22, NONCE, 0));
+            let third = vec![OptionRepr::ThirdParty(target.to_ipv6_mapped())];
+            let r = h.pcp(controller, &request(controller, 600, op, third));
+            assert_eq!(r.result, ResultCode::NotAuthorized, "{target}");
+        }
+        assert!(h.table.explicit.is_empty());
+    }
+
+    #[test]
+    fn many_addresses_of_one_lan_share_its_caps() {
+        // A host speaking from many addresses gets each a per-host quota, but the
+        // interface's and the server's caps hold (issue #11 finding 7).
+        let mut h = Harness::with(PcpConfig {
+            max_mappings_per_host: 2,
+            max_mappings_per_interface: 5,
+            max_mappings: 7,
+            ..config()
+        });
+        h.table.lans.push("172.16.0.0/24".parse().unwrap());
+        let mut granted = 0;
+        for host in 10..20 {
+            let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, host), 5000);
+            for port in [1000, 1001] {
+                let r = h.pcp(src, &map(src, port, 600, NONCE));
+                match r.result {
+                    ResultCode::Success => granted += 1,
+                    ResultCode::NoResources => assert_eq!(r.lifetime, 30, "short-lived"),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(granted, 5, "the interface's cap");
+        // Another LAN still has room, up to the server's cap.
+        let other = SocketAddrV4::new(Ipv4Addr::new(172, 16, 0, 9), 5000);
+        for port in [1000, 1001] {
+            assert_eq!(
+                h.pcp(other, &map(other, port, 600, NONCE)).result,
+                ResultCode::Success
+            );
+        }
+        let third = SocketAddrV4::new(Ipv4Addr::new(172, 16, 0, 10), 5000);
+        assert_eq!(
+            h.pcp(third, &map(third, 1000, 600, NONCE)).result,
+            ResultCode::NoResources,
+            "the server's cap"
+        );
+        let r = h.natpmp(
+            third,
+            natpmp::Request::Map {
+                protocol: MapProtocol::Udp,
+                internal_port: 9,
+                suggested_external_port: 0,
+                lifetime: 600,
+            },
+        );
+        assert_eq!(r.result(), natpmp::ResultCode::OutOfResources);
+    }
+
+    #[test]
+    fn all_clients_together_are_rate_limited() {
+        // rfc6887 8.3: an overloaded server may silently discard requests
+        let mut h = Harness::with(PcpConfig {
+            requests_per_second: 5,
+            burst: 5,
+            requests_per_second_total: 4,
+            burst_total: 4,
+            ..config()
+        });
+        let announce = |src| request(src, 0, OpRepr::Announce, vec![]).to_bytes();
+        let answered = (1..=8)
+            .filter(|i| {
+                let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, *i), 5000);
+                h.send(src, &announce(src)).is_some()
+            })
+            .count();
+        assert_eq!(answered, 4);
+        assert!(h.events().iter().any(|e| matches!(
+            e,
+            Event::Dropped {
+                reason: DropReason::Busy,
+                ..
+            }
+        )));
+        h.advance(1);
+        let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 9), 5000);
+        assert!(h.send(src, &announce(src)).is_some());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! from the socket of the LAN it is on.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
@@ -181,7 +181,7 @@ impl PcpService {
             let on_its_lan = self
                 .sockets
                 .iter()
-                .find(|s| contains(&s.prefix, *t.destination.ip()));
+                .find(|s| s.prefix.contains(*t.destination.ip()));
             on_its_lan.or(self.sockets.first()).into_iter().collect()
         };
         for s in targets {
@@ -215,8 +215,4 @@ impl PcpService {
             }
         }
     }
-}
-
-fn contains(prefix: &Ipv4Prefix, addr: Ipv4Addr) -> bool {
-    Ipv4Prefix::new(addr, 32).is_some_and(|host| prefix.network_prefix().overlaps(&host))
 }

@@ -257,6 +257,16 @@ pub trait MappingTable {
     /// Every explicit mapping (unsolicited updates after an address change).
     fn explicit_all(&self) -> Vec<ExplicitMapping>;
 
+    /// The LAN interface internal host `host` is on, or `None` when `host` is no
+    /// host the NAT serves: outside every LAN prefix, an address of the gateway
+    /// itself, or a LAN prefix's network or broadcast address. Such an address never
+    /// holds a mapping and its requests are not answered.
+    fn lan_of(&self, host: Ipv4Addr) -> Option<u32>;
+
+    /// How many live explicit mappings of PCP and NAT-PMP clients exist: on LAN
+    /// interface `lan`, or on all of them (`None`).
+    fn explicit_count(&self, lan: Option<u32>) -> usize;
+
     /// Creates the explicit mapping `request.key`, or renews and updates it when it
     /// exists: then it keeps its external endpoint and takes the new nonce, expiry,
     /// filters and reply address. A new mapping gets the suggested endpoint when it

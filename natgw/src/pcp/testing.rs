@@ -11,6 +11,7 @@ use super::table::{
     TableError,
 };
 use super::wire::Nonce;
+use crate::prefix::Ipv4Prefix;
 
 /// An implicit mapping created by PEER.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,10 +39,15 @@ pub struct MemoryTable {
     pub installs: Vec<Install>,
     /// Every PEER request, in order.
     pub peers: Vec<PeerRequest>,
+    /// LAN prefixes: the hosts the table serves, on "interface" index + 1.
+    pub lans: Vec<Ipv4Prefix>,
+    /// Addresses of the gateway itself, inside the LAN prefixes or not.
+    pub gateway: Vec<Ipv4Addr>,
 }
 
 impl MemoryTable {
-    /// An empty table with this external address and room for 1000 mappings.
+    /// An empty table with this external address and room for 1000 mappings,
+    /// serving the hosts of 10.0.0.0/8 but the gateway's own 10.0.0.1.
     #[must_use]
     pub fn new(external: Ipv4Addr) -> Self {
         Self {
@@ -51,6 +57,8 @@ impl MemoryTable {
             capacity: 1000,
             installs: Vec::new(),
             peers: Vec::new(),
+            lans: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 0, 0), 8).expect("a valid length")],
+            gateway: vec![Ipv4Addr::new(10, 0, 0, 1)],
         }
     }
 
@@ -109,6 +117,27 @@ impl MemoryTable {
 }
 
 impl MappingTable for MemoryTable {
+    fn lan_of(&self, host: Ipv4Addr) -> Option<u32> {
+        let (index, prefix) = self
+            .lans
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.contains(host))?;
+        let reserved = prefix.has_network_and_broadcast()
+            && (host == prefix.network() || host == prefix.broadcast());
+        if reserved || self.gateway.contains(&host) {
+            return None;
+        }
+        u32::try_from(index + 1).ok()
+    }
+
+    fn explicit_count(&self, lan: Option<u32>) -> usize {
+        self.explicit
+            .values()
+            .filter(|m| lan.is_none() || self.lan_of(m.key.internal) == lan)
+            .count()
+    }
+
     fn external_address(&self) -> Option<Ipv4Addr> {
         self.external
     }
