@@ -29,6 +29,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::addresses::{AddressPlan, LanIface};
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
+use crate::episodes::{Episodes, Note};
 use crate::fragments;
 use crate::gc::{held_syns, Policy, Sweeper};
 use crate::icmp::{self, IcmpSender};
@@ -98,6 +99,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         clsact_created: None,
         sysctl_restore: BTreeMap::new(),
         addresses: AddressPlan::default(),
+        episodes: Episodes::default(),
         stale_clsact,
         topology,
         ifaces: Vec::new(),
@@ -280,6 +282,8 @@ struct Daemon {
     sysctl_restore: BTreeMap<String, String>,
     /// The address plan in `ADDR_CLASS` and `LAN_SOURCES`.
     addresses: AddressPlan,
+    /// Data-path drop episodes in progress.
+    episodes: Episodes,
     /// WAN ifindex whose clsact a crashed natgw had added.
     stale_clsact: Option<u32>,
     topology: Topology,
@@ -721,6 +725,7 @@ impl Daemon {
                     self.expire_held_syns(&mut held_failing);
                     self.expire_explicit();
                     self.report_counters();
+                    self.log_drop_episodes();
                 }
                 wake = self.port_mapping.wake() => self.on_port_mapping(wake).await,
                 _ = tick.tick() => {
@@ -797,10 +802,11 @@ impl Daemon {
         }
     }
 
-    /// The controller's own counters: ICMP errors and resent fragments.
+    /// The controller's own counters: ICMP errors, resent fragments, PCP/NAT-PMP.
     fn controller_counters(&self) -> BTreeMap<String, u64> {
         let mut counters = self.icmp.counters().snapshot();
         counters.extend(self.fragments.snapshot());
+        counters.extend(self.port_mapping.counters());
         counters
     }
 
@@ -814,6 +820,36 @@ impl Daemon {
         if now != self.reported_counters || stun_changed {
             self.refresh_state_file();
             self.reported_counters = now;
+        }
+    }
+
+    /// Logs the start and end of episodes of data-path drops worth attention (see
+    /// [`crate::episodes`]): a line per episode, never per packet.
+    fn log_drop_episodes(&mut self) {
+        let Some(counters) = self.maps.as_ref().and_then(|m| m.counters().ok()) else {
+            return;
+        };
+        for note in self.episodes.observe(std::time::Instant::now(), &counters) {
+            match note {
+                Note::Started {
+                    counter,
+                    meaning,
+                    dropped,
+                } => warn!(
+                    "datapath.drops counter={} dropped={dropped}: {meaning}; one line per \
+                     episode, see `natgw status`",
+                    counter.name()
+                ),
+                Note::Ended {
+                    counter,
+                    dropped,
+                    lasted,
+                } => info!(
+                    "datapath.drops_ended counter={} dropped={dropped} over={:.0}s",
+                    counter.name(),
+                    lasted.as_secs_f64()
+                ),
+            }
         }
     }
 

@@ -43,6 +43,7 @@ use natgw_common::{addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPR
 use crate::addresses::{AddressPlan, Host};
 use crate::config::PortRange;
 use crate::gc::{self, Observed, Policy};
+use crate::log_budget::{suppressed_note, LogBudget};
 use crate::maps::{
     ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
 };
@@ -254,11 +255,22 @@ pub struct ExplicitMappings<F> {
 /// A map operation failed: logged, reported to the client as NETWORK_FAILURE (the
 /// gateway cannot do its job) or NO_RESOURCES (a table is full).
 fn map_failure(what: &str, e: &MapsError) -> TableError {
-    if is_full(e) {
-        warn!("explicit.table_full op={what} error=\"{e}\"");
+    thread_local! {
+        // Requests can trigger these at their rate: a line per request would flood.
+        static BUDGET: std::cell::RefCell<LogBudget> =
+            const { std::cell::RefCell::new(LogBudget::new(10, Duration::from_secs(60))) };
+    }
+    let full = is_full(e);
+    if let Some(suppressed) = BUDGET.with(|b| b.borrow_mut().admit(Instant::now())) {
+        let event = if full { "table_full" } else { "map_failed" };
+        warn!(
+            "explicit.{event} op={what} error=\"{e}\"{}",
+            suppressed_note(suppressed)
+        );
+    }
+    if full {
         TableError::NoResources
     } else {
-        warn!("explicit.map_failed op={what} error=\"{e}\"");
         TableError::NetworkFailure
     }
 }

@@ -22,6 +22,7 @@
 //! NETWORK_FAILURE, the data path keeps the old address, and the STUN responder does
 //! not answer (keeping its ports reserved).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -36,6 +37,7 @@ use crate::explicit::{Defaults, ExplicitMappings};
 use crate::gc::{self, Policy};
 use crate::maps::PcpFilters;
 use crate::netlink::AddressWatch;
+use crate::pcp::server::DropReason;
 use crate::pcp::service::{LanAddress, PcpService};
 use crate::pcp::table::{Protocol, TableError};
 use crate::state::ExplicitEntry;
@@ -69,6 +71,29 @@ impl PortMapping {
         if let Some(explicit) = self.explicit.as_mut() {
             explicit.set_hosts(plan.clone());
         }
+    }
+
+    /// The PCP and NAT-PMP server's counters, named for `natgw status`; none when
+    /// it is off.
+    pub(super) fn counters(&self) -> BTreeMap<String, u64> {
+        let Some(server) = self.server.as_ref() else {
+            return BTreeMap::new();
+        };
+        let (engine, replies) = server.stats();
+        let mut out = BTreeMap::from([
+            ("pcp_requests".to_owned(), engine.requests),
+            ("pcp_succeeded".to_owned(), engine.succeeded),
+            ("pcp_refused".to_owned(), engine.refused),
+            ("pcp_unresolved".to_owned(), replies.unresolved),
+            ("pcp_send_failed".to_owned(), replies.send_failed),
+        ]);
+        for reason in DropReason::ALL {
+            out.insert(
+                format!("pcp_dropped_{}", reason.name().replace('-', "_")),
+                engine.dropped[reason.index()],
+            );
+        }
+        out
     }
 
     /// Waits for the next thing to do. Cancel-safe: it only waits.

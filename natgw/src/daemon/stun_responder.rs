@@ -198,6 +198,7 @@ fn by_name(c: &CountersSnapshot) -> BTreeMap<String, u64> {
             "error_420_unknown_attribute".to_owned(),
             c.unknown_attribute,
         ),
+        ("send_failed".to_owned(), c.send_failed),
     ]);
     for (reason, n) in &c.dropped {
         out.insert(format!("dropped_{reason}"), *n);
@@ -538,6 +539,8 @@ mod tests {
             "success",
             "dropped_rate_limited",
             "dropped_not_stun",
+            "dropped_unresolved",
+            "send_failed",
         ] {
             assert!(names.contains_key(name), "{name}: {names:?}");
         }

@@ -85,6 +85,27 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// Every reason, in [`DropReason::index`] order.
+    pub const ALL: [Self; 5] = [
+        Self::Short,
+        Self::Response,
+        Self::RateLimited,
+        Self::Busy,
+        Self::NotInternal,
+    ];
+
+    /// Position in [`DropReason::ALL`] and [`Stats::dropped`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            Self::Short => 0,
+            Self::Response => 1,
+            Self::RateLimited => 2,
+            Self::Busy => 3,
+            Self::NotInternal => 4,
+        }
+    }
+
     /// Short name for logs.
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -96,6 +117,20 @@ impl DropReason {
             Self::NotInternal => "not-internal",
         }
     }
+}
+
+/// What the server has seen since it started: every datagram is counted once as
+/// answered (success or refusal) or dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Datagrams handed to [`Server::handle`].
+    pub requests: u64,
+    /// Answered with success.
+    pub succeeded: u64,
+    /// Answered with an error result.
+    pub refused: u64,
+    /// Not answered, by [`DropReason::index`].
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 /// A mapping a request created, renewed or deleted.
@@ -352,6 +387,7 @@ pub struct Server {
     events: VecDeque<Event>,
     events_lost: u64,
     burst: Option<Burst>,
+    stats: Stats,
 }
 
 impl Server {
@@ -367,6 +403,7 @@ impl Server {
             events: VecDeque::new(),
             events_lost: 0,
             burst: Some(Burst::new(now, false)),
+            stats: Stats::default(),
         })
     }
 
@@ -374,6 +411,12 @@ impl Server {
     #[must_use]
     pub const fn config(&self) -> &PcpConfig {
         &self.config
+    }
+
+    /// What the server has seen so far.
+    #[must_use]
+    pub const fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Epoch time: seconds since the server's mapping state began, modulo 2^32
@@ -419,6 +462,9 @@ impl Server {
     }
 
     fn push(&mut self, event: Event) {
+        if event.is_refusal() {
+            self.stats.refused += 1;
+        }
         if self.events.len() < MAX_QUEUED_EVENTS {
             self.events.push_back(event);
         } else {
@@ -447,20 +493,40 @@ impl Server {
         datagram: &[u8],
         table: &mut impl MappingTable,
     ) -> Option<Vec<u8>> {
-        if let Some(reason) = self.silent_drop(datagram) {
+        self.stats.requests += 1;
+        let refused_before = self.stats.refused;
+        let answer = self.answer(now, src, datagram, table);
+        if answer.is_some() && self.stats.refused == refused_before {
+            self.stats.succeeded += 1;
+        }
+        answer
+    }
+
+    fn drop_request(&mut self, src: SocketAddrV4, reason: DropReason, log: bool) {
+        self.stats.dropped[reason.index()] += 1;
+        if log {
             self.push(Event::Dropped {
                 client: src,
                 reason,
             });
+        }
+    }
+
+    fn answer(
+        &mut self,
+        now: Instant,
+        src: SocketAddrV4,
+        datagram: &[u8],
+        table: &mut impl MappingTable,
+    ) -> Option<Vec<u8>> {
+        if let Some(reason) = self.silent_drop(datagram) {
+            self.drop_request(src, reason, true);
             return None;
         }
         // Before the rate limiters, so spoofed sources cannot crowd real clients out
         // of them.
         if table.lan_of(*src.ip()).is_none() {
-            self.push(Event::Dropped {
-                client: src,
-                reason: DropReason::NotInternal,
-            });
+            self.drop_request(src, DropReason::NotInternal, true);
             return None;
         }
         // The client's own budget first: a client over it takes nothing from the
@@ -473,12 +539,7 @@ impl Server {
             },
         };
         if let Some((first, reason)) = limited {
-            if first {
-                self.push(Event::Dropped {
-                    client: src,
-                    reason,
-                });
-            }
+            self.drop_request(src, reason, first);
             return None;
         }
         let reply = match datagram[0] {
@@ -2014,6 +2075,10 @@ mod tests {
             h.pcp(client(), &map(client(), 8022, 600, NONCE)).result,
             ResultCode::Success
         );
+        let stats = h.server.stats();
+        assert_eq!(stats.requests, 9);
+        assert_eq!(stats.dropped[DropReason::NotInternal.index()], 8);
+        assert_eq!((stats.succeeded, stats.refused), (1, 0));
     }
 
     #[test]
@@ -2100,6 +2165,7 @@ mod tests {
             })
             .count();
         assert_eq!(answered, 4);
+        assert_eq!(h.server.stats().dropped[DropReason::Busy.index()], 4);
         assert!(h.events().iter().any(|e| matches!(
             e,
             Event::Dropped {

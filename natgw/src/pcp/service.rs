@@ -8,6 +8,11 @@
 //! answer (RFC 6887 §8.3, RFC 6886 §3), and every answer leaves from the address the
 //! request was sent to. NAT-PMP clients use the same sockets (same port).
 //!
+//! A request is processed only when its source's link-layer address is known (see
+//! [`crate::neighbours`]): a spoofed source never gets a mapping, and no answer
+//! waits for address resolution in the socket's send buffer. Sends never wait: one
+//! the socket cannot take at once is dropped and counted.
+//!
 //! Announcements (ANNOUNCE and the NAT-PMP address notice, RFC 6887 §14.1.3 and
 //! RFC 6886 §3.2.1) go to 224.0.0.1:5350 out of every LAN interface, from its first
 //! address (`IP_MULTICAST_IF`); unsolicited MAP responses (§14.2) go to the client
@@ -15,7 +20,7 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use log::{debug, info, warn};
@@ -23,10 +28,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::policy::PcpConfig;
-use super::server::{DropReason, Event, Server, Transmit, ANNOUNCE_GROUP};
+use super::server::{DropReason, Event, Server, Stats, Transmit, ANNOUNCE_GROUP};
 use super::table::MappingTable;
 use super::wire::{self, MAX_LEN};
+use crate::log_budget::{suppressed_note, LogBudget};
 use crate::prefix::Ipv4Prefix;
+use crate::replies::{Replies, ReplyStats};
 
 /// Datagrams handled per wake-up of one socket before the loop looks at its other
 /// work again.
@@ -54,7 +61,15 @@ struct LanSocket {
 pub struct PcpService {
     server: Server,
     sockets: Vec<LanSocket>,
+    replies: Replies,
+    /// Refusals are logged within this budget.
+    refusal_log: LogBudget,
 }
+
+/// Refusals the service logs per [`LOG_WINDOW`].
+const LOG_LINES: u32 = 20;
+/// See [`LOG_LINES`].
+const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 fn bind(lan: &LanAddress) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -94,7 +109,18 @@ impl PcpService {
                 announces,
             });
         }
-        Ok(Self { server, sockets })
+        Ok(Self {
+            server,
+            sockets,
+            replies: Replies::new("pcp", now),
+            refusal_log: LogBudget::new(LOG_LINES, LOG_WINDOW),
+        })
+    }
+
+    /// The engine's counters and what the reply path held back or lost.
+    #[must_use]
+    pub fn stats(&self) -> (Stats, ReplyStats) {
+        (*self.server.stats(), self.replies.stats())
     }
 
     /// The addresses served on.
@@ -137,15 +163,18 @@ impl PcpService {
                 }
             };
             let SocketAddr::V4(src) = src else { continue };
+            // A request whose answer could not leave at once creates no state: its
+            // source is spoofed, or its retransmission finds the entry resolved.
+            if !self.replies.verified(now, *src.ip()) {
+                continue;
+            }
             let answer = self.server.handle(now, src, &buf[..len], table);
             if let Some(answer) = answer {
-                let s = &self.sockets[index];
-                if let Err(e) = s.socket.try_send_to(&answer, src.into()) {
-                    debug!("pcp.send_failed local={} to={src} error=\"{e}\"", s.local);
-                }
+                self.replies
+                    .send(now, &self.sockets[index].socket, &answer, src);
             }
         }
-        self.log_events();
+        self.log_events(now);
     }
 
     /// When announcements are next due.
@@ -157,9 +186,9 @@ impl PcpService {
     /// Sends the announcements due at `now`.
     pub fn on_timeout(&mut self, now: Instant, table: &impl MappingTable) {
         for t in self.server.unsolicited(now, table) {
-            self.send_unsolicited(&t);
+            self.send_unsolicited(now, &t);
         }
-        self.log_events();
+        self.log_events(now);
     }
 
     /// The external address changed: announce it, with unsolicited MAP responses to
@@ -174,32 +203,37 @@ impl PcpService {
         self.server.config()
     }
 
-    fn send_unsolicited(&self, t: &Transmit) {
-        let targets: Vec<&LanSocket> = if t.destination == ANNOUNCE_GROUP {
-            self.sockets.iter().filter(|s| s.announces).collect()
+    fn send_unsolicited(&mut self, now: Instant, t: &Transmit) {
+        let targets: Vec<usize> = if t.destination == ANNOUNCE_GROUP {
+            (0..self.sockets.len())
+                .filter(|i| self.sockets[*i].announces)
+                .collect()
         } else {
             let on_its_lan = self
                 .sockets
                 .iter()
-                .find(|s| s.prefix.contains(*t.destination.ip()));
-            on_its_lan.or(self.sockets.first()).into_iter().collect()
+                .position(|s| s.prefix.contains(*t.destination.ip()));
+            on_its_lan
+                .or((!self.sockets.is_empty()).then_some(0))
+                .into_iter()
+                .collect()
         };
-        for s in targets {
-            if let Err(e) = s.socket.try_send_to(&t.payload, t.destination.into()) {
-                debug!(
-                    "pcp.unsolicited_failed local={} iface={} to={} error=\"{e}\"",
-                    s.local, s.iface, t.destination
-                );
-            }
+        for i in targets {
+            self.replies
+                .send(now, &self.sockets[i].socket, &t.payload, t.destination);
         }
     }
 
     /// Logs what the engine reports: refusals at `info`, rate limiting and lost
     /// events at `warn`, mappings made and deleted at `info`, the rest at `debug`.
-    fn log_events(&mut self) {
+    fn log_events(&mut self, now: Instant) {
         while let Some(event) = self.server.poll_event() {
             match &event {
-                _ if event.is_refusal() => info!("{event}"),
+                _ if event.is_refusal() => {
+                    if let Some(suppressed) = self.refusal_log.admit(now) {
+                        info!("{event}{}", suppressed_note(suppressed));
+                    }
+                }
                 Event::Created(_) | Event::Deleted(_) => info!("{event}"),
                 Event::Dropped {
                     reason: DropReason::RateLimited,

@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use super::demux::{self, read_frame, Frame, Protocol};
 use super::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
 use super::RendezvousArgs;
-use crate::stun::responder::{self, CountersSnapshot, Outcome, Responder};
+use crate::replies::Replies;
+use crate::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
 
 /// Most TCP connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
@@ -64,10 +65,11 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let mut engine = Rendezvous::new(config, super::random_u64());
-    let stun_counters = Arc::<responder::Counters>::default();
-    let mut stun = Responder::new(responder::Config::new(listen), Arc::clone(&stun_counters))
+    let stun_counters = Arc::<stun::Counters>::default();
+    let mut stun = Responder::new(stun::Config::new(listen), Arc::clone(&stun_counters))
         .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;
     let started = Instant::now();
+    let mut replies = Replies::new("rendezvous", started);
     if args.json {
         println!(
             "{}",
@@ -94,11 +96,14 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
         let transmits = tokio::select! {
             received = udp.recv_from(&mut buf) => match received {
                 Ok((n, SocketAddr::V4(from))) if demux::classify(&buf[..n]) == Protocol::Stun => {
-                    if let Outcome::Reply { to, bytes, .. } =
-                        stun.handle(Instant::now(), listen, from, &buf[..n])
+                    let now = Instant::now();
+                    if !replies.admit(now, *from.ip()) {
+                        stun_counters.dropped_before_engine(stun::DropReason::Unresolved);
+                    } else if let Outcome::Reply { to, bytes, .. } =
+                        stun.handle(now, listen, from, &buf[..n])
                     {
-                        if let Err(e) = udp.send_to(&bytes, to).await {
-                            log::debug!("rendezvous.stun_send_failed to={to} error={e}");
+                        if !replies.send(now, &udp, &bytes, to) {
+                            stun_counters.send_failed();
                         }
                     }
                     Vec::new()
@@ -161,7 +166,7 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
         };
         for t in transmits {
-            send(&udp, &connections, t).await;
+            send(&udp, &connections, &mut replies, t);
         }
     }
     let counters = engine.counters();
@@ -175,14 +180,19 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
                 "registrations": engine.len(),
                 "counters": counters,
                 "stun": stun_json(&stun),
+                "replies_unresolved": replies.stats().unresolved,
+                "replies_send_failed": replies.stats().send_failed,
             })
         );
     } else {
         println!(
-            "natgw rendezvous: stopped after {:.1} s: {}; STUN: {}",
+            "natgw rendezvous: stopped after {:.1} s: {}; STUN: {}; replies held back \
+             (unresolved) {}, lost {}",
             started.elapsed().as_secs_f64(),
             summary(&counters),
-            crate::stun::server::summary(&stun)
+            crate::stun::server::summary(&stun),
+            replies.stats().unresolved,
+            replies.stats().send_failed
         );
     }
     Ok(())
@@ -228,15 +238,19 @@ pub fn summary(c: &Counters) -> String {
     )
 }
 
-async fn send(
+/// Sends `t` without waiting: over UDP through the reply path (held back while a
+/// possibly spoofed destination is unresolved, dropped when the socket is full).
+fn send(
     udp: &UdpSocket,
     connections: &HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>>,
+    replies: &mut Replies,
     t: Transmit,
 ) {
     match t.to.transport {
         Transport::Udp => {
-            if let Err(e) = udp.send_to(&t.bytes, t.to.addr).await {
-                log::debug!("rendezvous.send_failed to={} error={e}", t.to.addr);
+            let now = Instant::now();
+            if replies.admit(now, *t.to.addr.ip()) {
+                replies.send(now, udp, &t.bytes, t.to.addr);
             }
         }
         Transport::Tcp => {

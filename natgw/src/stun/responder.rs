@@ -26,9 +26,13 @@
 //!   credential exchange natgw cannot finish.
 //! - Indications, responses, other methods, malformed or fingerprint-failing messages
 //!   are dropped silently (RFC 8489 §6.3), each with a counted [`DropReason`].
-//! - Amplification bound: a reply is at most [`MAX_RESPONSE_GROWTH`] bytes longer than
-//!   the request, plus the configured PADDING length when the request asked for
-//!   PADDING; replies are limited per source IP by a token bucket.
+//! - Amplification bound ([`reply_limit`]): a reply is at most three times as long as
+//!   its request and at most [`MAX_RESPONSE_GROWTH`] bytes longer. Optional
+//!   attributes are left out, least useful first (SOFTWARE, MAPPED-ADDRESS,
+//!   RESPONSE-ORIGIN, OTHER-ADDRESS), until it fits. PADDING (RFC 5780 §7.6) pads the
+//!   reply at most to the request's own length, up to the configured PADDING length:
+//!   a client that wants a 1500-byte reply sends a 1500-byte request. Replies are also
+//!   limited per source IP by a token bucket.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -43,15 +47,16 @@ use super::wire::{self, attr, error_code, Attribute, Class, ErrorCode, Packet, R
 pub const DEFAULT_PORT: u16 = 3478;
 /// natgw's default alternate port for RFC 5780 (the next one, as most servers use).
 pub const DEFAULT_ALTERNATE_PORT: u16 = 3479;
-/// Longest SOFTWARE value natgw sends, keeping replies inside the amplification bound.
+/// Longest SOFTWARE value natgw sends.
 pub const MAX_SOFTWARE_LEN: usize = 40;
-/// How much longer than its request a reply may be (without PADDING): the largest
-/// success response adds four IPv4 address attributes (48 bytes) and SOFTWARE (at most
-/// 44 bytes) to a bare 20-byte request; FINGERPRINT is only sent back to a request
-/// that carried one.
+/// How much longer than its request a reply may ever be: four IPv4 address
+/// attributes (48 bytes) and SOFTWARE (at most 44 bytes) on a bare request;
+/// FINGERPRINT is only sent back to a request that carried one.
 pub const MAX_RESPONSE_GROWTH: usize = 96;
-/// Default PADDING length in replies: RFC 5780 §6.1 says the MTU of the outgoing
-/// interface, to make the response fragment.
+/// How many times its request's length a reply may be.
+pub const AMPLIFICATION_FACTOR: usize = 3;
+/// Longest PADDING in replies, when the request is long enough: RFC 5780 §6.1 says
+/// the MTU of the outgoing interface, to make the response fragment.
 pub const DEFAULT_PADDING_LEN: u16 = 1500;
 /// Largest configurable PADDING length (keeps the datagram under 64 KiB).
 pub const MAX_PADDING_LEN: u16 = 60_000;
@@ -108,7 +113,8 @@ pub struct Config {
     pub software: Option<String>,
     /// Per-source rate limit; `None` for none.
     pub rate_limit: Option<RateLimit>,
-    /// PADDING length in replies to requests with PADDING.
+    /// Longest PADDING in replies to requests with PADDING (never beyond the
+    /// request's own length).
     pub padding_len: u16,
 }
 
@@ -243,11 +249,15 @@ pub enum DropReason {
     RateLimited,
     /// The reply would break the amplification bound (never expected).
     Oversized,
+    /// The source's link-layer address is not known and the budget for replies that
+    /// would wait for its resolution is spent (a spoofed-source flood; see
+    /// `crate::neighbours`). Decided by the socket loop, before the engine.
+    Unresolved,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Disabled,
         Self::NotStun,
         Self::Malformed,
@@ -257,6 +267,7 @@ impl DropReason {
         Self::NotOurAddress,
         Self::RateLimited,
         Self::Oversized,
+        Self::Unresolved,
     ];
 
     /// Name for logs and counters.
@@ -272,6 +283,7 @@ impl DropReason {
             Self::NotOurAddress => "not_our_address",
             Self::RateLimited => "rate_limited",
             Self::Oversized => "oversized",
+            Self::Unresolved => "unresolved",
         }
     }
 
@@ -323,6 +335,7 @@ pub struct Counters {
     bad_request: AtomicU64,
     unknown_attribute: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    send_failed: AtomicU64,
 }
 
 /// A copy of [`Counters`].
@@ -340,6 +353,8 @@ pub struct CountersSnapshot {
     pub unknown_attribute: u64,
     /// Drops per reason, in [`DropReason::ALL`] order.
     pub dropped: Vec<(DropReason, u64)>,
+    /// Replies the socket would not take at once (dropped, never waited for).
+    pub send_failed: u64,
 }
 
 impl Counters {
@@ -357,7 +372,19 @@ impl Counters {
                 .iter()
                 .map(|r| (*r, get(&self.dropped[r.index()])))
                 .collect(),
+            send_failed: get(&self.send_failed),
         }
+    }
+
+    /// A datagram the socket loop dropped before the engine saw it.
+    pub fn dropped_before_engine(&self, reason: DropReason) {
+        Self::bump(&self.received);
+        Self::bump(&self.dropped[reason.index()]);
+    }
+
+    /// A reply the socket would not take.
+    pub fn send_failed(&self) {
+        Self::bump(&self.send_failed);
     }
 
     fn bump(c: &AtomicU64) {
@@ -512,13 +539,13 @@ impl Responder {
 
         let (kind, from, to, bytes) = if !unknown.is_empty() {
             let code = error_code::UNKNOWN_ATTRIBUTE;
-            let bytes = self.error(&request, code, unknown, with_fingerprint);
+            let bytes = self.error(&request, code, unknown, with_fingerprint, datagram.len());
             (ReplyKind::Error(code), local, src, bytes)
         } else if (padding && response_port.is_some()) || response_port == Some(0) {
             // RFC 5780 §6.1: PADDING with RESPONSE-PORT → 400. Port 0 cannot be sent to.
             // Errors go back to the source, never to RESPONSE-PORT.
             let code = error_code::BAD_REQUEST;
-            let bytes = self.error(&request, code, Vec::new(), with_fingerprint);
+            let bytes = self.error(&request, code, Vec::new(), with_fingerprint, datagram.len());
             (ReplyKind::Error(code), local, src, bytes)
         } else {
             let change = change.unwrap_or_default();
@@ -530,17 +557,17 @@ impl Responder {
             };
             let other = sides.map(|(ip, port)| self.address(ip.flip(true), port.flip(true)));
             let to = SocketAddrV4::new(*src.ip(), response_port.unwrap_or(src.port()));
-            let bytes = self.success(&request, src, from, other, padding, with_fingerprint);
+            let shape = Shape {
+                request_len: datagram.len(),
+                padding,
+                with_fingerprint,
+            };
+            let bytes = self.success(&request, src, from, other, shape);
             (ReplyKind::Success, from, to, bytes)
         };
 
         // The amplification bound, checked rather than assumed.
-        let padding_allowance = if padding {
-            usize::from(padded_len(self.config.padding_len))
-        } else {
-            0
-        };
-        if bytes.len() > datagram.len() + MAX_RESPONSE_GROWTH + padding_allowance {
+        if bytes.len() > reply_limit(datagram.len()) {
             return Err(DropReason::Oversized);
         }
         Ok(Answer {
@@ -593,33 +620,36 @@ impl Responder {
         mapped: SocketAddrV4,
         from: SocketAddrV4,
         other: Option<SocketAddrV4>,
-        padding: bool,
-        with_fingerprint: bool,
+        shape: Shape,
     ) -> Vec<u8> {
         let mapped = SocketAddr::V4(mapped);
-        let mut attributes = Vec::with_capacity(8);
-        if request.is_legacy() {
+        // Optional attributes in the order they are sent, each with its rank: when
+        // the bound is short, the highest ranks are left out first.
+        let (essential, mut optional) = if request.is_legacy() {
             // RFC 3489 §11.2: MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS.
-            attributes.push(Attribute::MappedAddress(mapped));
+            let mut optional = Vec::new();
             if !from.ip().is_unspecified() {
-                attributes.push(Attribute::SourceAddress(SocketAddr::V4(from)));
+                optional.push((1, Attribute::SourceAddress(SocketAddr::V4(from))));
             }
             if let Some(other) = other {
-                attributes.push(Attribute::ChangedAddress(SocketAddr::V4(other)));
+                optional.push((0, Attribute::ChangedAddress(SocketAddr::V4(other))));
             }
+            (Attribute::MappedAddress(mapped), optional)
         } else {
-            attributes.push(Attribute::XorMappedAddress(mapped));
-            attributes.push(Attribute::MappedAddress(mapped));
+            // MAPPED-ADDRESS for clients of RFC 3489's era that parse a STUN 2
+            // response; RFC 5780 §6.1: RESPONSE-ORIGIN always, OTHER-ADDRESS with a
+            // second IP, which discovery cannot do without.
+            let mut optional = vec![(2, Attribute::MappedAddress(mapped))];
             if let Some(other) = other {
-                // RFC 5780 §6.1: RESPONSE-ORIGIN always, OTHER-ADDRESS with a second IP.
-                attributes.push(Attribute::ResponseOrigin(SocketAddr::V4(from)));
-                attributes.push(Attribute::OtherAddress(SocketAddr::V4(other)));
+                optional.push((1, Attribute::ResponseOrigin(SocketAddr::V4(from))));
+                optional.push((0, Attribute::OtherAddress(SocketAddr::V4(other))));
             }
+            (Attribute::XorMappedAddress(mapped), optional)
+        };
+        if let Some(software) = self.software(request) {
+            optional.push((3, Attribute::Software(software)));
         }
-        if padding {
-            attributes.push(Attribute::Padding(padded_len(self.config.padding_len)));
-        }
-        self.finish(request, Class::Success, attributes, with_fingerprint)
+        self.finish(request, Class::Success, vec![essential], optional, shape)
     }
 
     fn error(
@@ -628,6 +658,7 @@ impl Responder {
         code: u16,
         mut unknown: Vec<u16>,
         with_fingerprint: bool,
+        request_len: usize,
     ) -> Vec<u8> {
         let legacy = request.is_legacy();
         // RFC 3489 §11.2.9: the reason is a multiple of 4 bytes; §11.2.10: an odd list
@@ -638,32 +669,84 @@ impl Responder {
             (_, false) => "Bad Request",
             (_, true) => "Bad Request ",
         };
-        let mut attributes = vec![Attribute::ErrorCode(ErrorCode { code, reason })];
+        let mut essential = vec![Attribute::ErrorCode(ErrorCode { code, reason })];
         if let Some(&first) = unknown.first() {
             if legacy && unknown.len() % 2 == 1 {
                 unknown.push(first);
             }
-            attributes.push(Attribute::UnknownAttributes(unknown));
+            essential.push(Attribute::UnknownAttributes(unknown));
         }
-        self.finish(request, Class::Error, attributes, with_fingerprint)
+        let optional = self
+            .software(request)
+            .map(|s| (0, Attribute::Software(s)))
+            .into_iter()
+            .collect();
+        let shape = Shape {
+            request_len,
+            padding: false,
+            with_fingerprint,
+        };
+        self.finish(request, Class::Error, essential, optional, shape)
     }
 
+    fn software(&self, request: &Repr<'_>) -> Option<&str> {
+        if request.is_legacy() {
+            self.legacy_software.as_deref()
+        } else {
+            self.config.software.as_deref()
+        }
+    }
+
+    /// Encodes a reply: `essential` attributes, then those of `optional` that fit in
+    /// [`reply_limit`] (taken by rank, lowest first, and sent in the order given),
+    /// PADDING when asked for and the request is long enough, and FINGERPRINT when
+    /// asked for.
     fn finish<'a>(
         &'a self,
         request: &Repr<'_>,
         class: Class,
         mut attributes: Vec<Attribute<'a>>,
-        with_fingerprint: bool,
+        optional: Vec<(u8, Attribute<'a>)>,
+        shape: Shape,
     ) -> Vec<u8> {
-        let software = if request.is_legacy() {
-            &self.legacy_software
+        let limit = reply_limit(shape.request_len);
+        let fingerprint = if shape.with_fingerprint {
+            Attribute::Fingerprint.wire_len()
         } else {
-            &self.config.software
+            0
         };
-        if let Some(software) = software {
-            attributes.push(Attribute::Software(software));
+        let mut len = wire::HEADER_LEN
+            + attributes.iter().map(Attribute::wire_len).sum::<usize>()
+            + fingerprint;
+        let mut by_rank: Vec<usize> = (0..optional.len()).collect();
+        by_rank.sort_by_key(|i| optional[*i].0);
+        let mut keep = vec![false; optional.len()];
+        for i in by_rank {
+            let wire_len = optional[i].1.wire_len();
+            if len + wire_len <= limit {
+                len += wire_len;
+                keep[i] = true;
+            }
         }
-        if with_fingerprint {
+        attributes.extend(
+            optional
+                .into_iter()
+                .zip(keep)
+                .filter_map(|((_, a), kept)| kept.then_some(a)),
+        );
+        if shape.padding {
+            // Up to the request's own length: the reply never outgrows it for it.
+            let room = shape
+                .request_len
+                .saturating_sub(len + wire::ATTR_HEADER_LEN);
+            let pad = usize::from(self.config.padding_len).min(room) / 4 * 4;
+            if let Ok(pad) = u16::try_from(pad) {
+                if pad > 0 {
+                    attributes.push(Attribute::Padding(pad));
+                }
+            }
+        }
+        if shape.with_fingerprint {
             attributes.push(Attribute::Fingerprint);
         }
         Repr {
@@ -679,6 +762,29 @@ impl Responder {
     }
 }
 
+/// Longest reply to a request of `request_len` bytes: [`AMPLIFICATION_FACTOR`] times
+/// its length and at most [`MAX_RESPONSE_GROWTH`] bytes more. A bare 20-byte Binding
+/// request (the smallest) may get 60 bytes back.
+#[must_use]
+pub const fn reply_limit(request_len: usize) -> usize {
+    let times = request_len.saturating_mul(AMPLIFICATION_FACTOR);
+    let plus = request_len.saturating_add(MAX_RESPONSE_GROWTH);
+    if times < plus {
+        times
+    } else {
+        plus
+    }
+}
+
+/// What a reply must fit: its request's length, whether it asked for PADDING, and
+/// whether it carried FINGERPRINT.
+#[derive(Clone, Copy)]
+struct Shape {
+    request_len: usize,
+    padding: bool,
+    with_fingerprint: bool,
+}
+
 /// A reply decided on, before counting.
 struct Answer {
     kind: ReplyKind,
@@ -692,11 +798,6 @@ fn push_unique(list: &mut Vec<u16>, kind: u16) {
     if !list.contains(&kind) {
         list.push(kind);
     }
-}
-
-fn padded_len(len: u16) -> u16 {
-    // Whole 32-bit words, so the value needs no padding of its own.
-    len.div_ceil(4).saturating_mul(4)
 }
 
 /// Per-source token buckets in a bounded table.
@@ -1022,14 +1123,46 @@ mod tests {
 
     #[test]
     fn rfc5780_padding_request_gets_padded_response() {
-        // rfc5780 §6.1: PADDING in the request → PADDING (MTU-sized) in the response.
+        // rfc5780 §6.1, §7.6: PADDING in the request → PADDING in the response, as
+        // long as the request itself: a 1500-byte request gets a 1500-byte reply.
         let mut r = rfc5780();
-        let datagram = request(vec![Attribute::Padding(4)]);
+        let datagram = request(vec![Attribute::Padding(1476)]);
+        assert_eq!(datagram.len(), 1500);
         let (_, _, bytes) = answer(&mut r, PRIMARY, &datagram);
-        assert!(parse(&bytes)
-            .attributes
-            .contains(&Attribute::Padding(DEFAULT_PADDING_LEN)));
-        assert!(bytes.len() <= datagram.len() + MAX_RESPONSE_GROWTH + 1500);
+        let pad = parse(&bytes).find(|a| match a {
+            Attribute::Padding(n) => Some(*n),
+            _ => None,
+        });
+        assert!(pad.is_some_and(|n| n > 1300), "{pad:?}");
+        assert!(bytes.len() <= datagram.len(), "{} bytes", bytes.len());
+        assert!(
+            bytes.len() > datagram.len() - 4,
+            "padded to the request's length"
+        );
+    }
+
+    #[test]
+    fn padding_never_amplifies() {
+        // A 24-byte request with an empty PADDING got 1564 bytes back before (a 65×
+        // amplification, issue #11 finding 3); now no PADDING fits and the reply
+        // stays within three times the request.
+        let mut r = rfc5780();
+        for pad in [0, 4, 64] {
+            let datagram = request(vec![Attribute::Padding(pad)]);
+            let (_, _, bytes) = answer(&mut r, PRIMARY, &datagram);
+            assert!(
+                bytes.len() <= AMPLIFICATION_FACTOR * datagram.len(),
+                "{} → {}",
+                datagram.len(),
+                bytes.len()
+            );
+            assert!(
+                parse(&bytes).find(|a| match a {
+                    Attribute::XorMappedAddress(m) => Some(*m),
+                    _ => None,
+                }) == Some(SocketAddr::V4(CLIENT))
+            );
+        }
     }
 
     #[test]
@@ -1359,15 +1492,37 @@ mod tests {
             for local in [PRIMARY, ALT_ALT_PORT] {
                 let (_, _, bytes) = answer(&mut r, local, datagram);
                 assert!(
-                    bytes.len() <= datagram.len() + MAX_RESPONSE_GROWTH,
+                    bytes.len() <= datagram.len() + MAX_RESPONSE_GROWTH
+                        && bytes.len() <= AMPLIFICATION_FACTOR * datagram.len(),
                     "{} byte request → {} byte reply",
                     datagram.len(),
                     bytes.len()
                 );
             }
         }
-        // The bare 20-byte request gets the largest reply; record how close it is.
+        // The bare 20-byte request gets 60 bytes: XOR-MAPPED-ADDRESS, OTHER-ADDRESS
+        // and RESPONSE-ORIGIN; MAPPED-ADDRESS and SOFTWARE are left out.
         let (_, _, bytes) = answer(&mut r, PRIMARY, &requests[0]);
+        assert_eq!(bytes.len(), 20 + 3 * 12);
+        let kinds: Vec<u16> = parse(&bytes)
+            .attributes
+            .iter()
+            .map(Attribute::kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                attr::XOR_MAPPED_ADDRESS,
+                attr::RESPONSE_ORIGIN,
+                attr::OTHER_ADDRESS
+            ]
+        );
+        // A longer request gets them all (an optional attribute it carries adds 44).
+        let longer = request(vec![Attribute::Other {
+            kind: 0x8123,
+            value: &[0; 40],
+        }]);
+        let (_, _, bytes) = answer(&mut r, ALT_ALT_PORT, &longer);
         assert_eq!(bytes.len(), 20 + 4 * 12 + 4 + MAX_SOFTWARE_LEN);
     }
 

@@ -1,5 +1,8 @@
 //! The responder on sockets: a thin tokio loop that hands every datagram to the
-//! [`Responder`] engine and sends what it decides from the socket it names. One task
+//! [`Responder`] engine and sends what it decides from the socket it names, without
+//! waiting (see [`crate::replies`]: a reply that would wait for the resolution of a
+//! possibly spoofed source is held back beyond a small budget, and one the socket
+//! cannot take is dropped and counted). One task
 //! owns the engine, so there are no locks; the counters are atomics readable from
 //! elsewhere. Used by `natgw stun serve`, and meant for the daemon's responder on the
 //! gateway's external addresses.
@@ -15,8 +18,9 @@ use log::{debug, info, warn};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::responder::{Config, Counters, CountersSnapshot, Outcome, Responder};
+use super::responder::{Config, Counters, CountersSnapshot, DropReason, Outcome, Responder};
 use crate::cli::StunServeArgs;
+use crate::replies::Replies;
 
 /// Largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -49,7 +53,8 @@ pub async fn run(
     counters: Arc<Counters>,
 ) -> anyhow::Result<()> {
     let mut responder =
-        Responder::new(config, counters).context("configuring the STUN responder")?;
+        Responder::new(config, Arc::clone(&counters)).context("configuring the STUN responder")?;
+    let mut replies = Replies::new("stun", Instant::now());
     if sockets.is_empty() {
         bail!("no STUN sockets to serve");
     }
@@ -77,14 +82,20 @@ pub async fn run(
                 }
             };
             let SocketAddr::V4(src) = src else { continue };
-            match responder.handle(Instant::now(), locals[index], src, &buf[..len]) {
+            let now = Instant::now();
+            // The reply goes to the source's IP (RESPONSE-PORT changes the port only).
+            if !replies.admit(now, *src.ip()) {
+                counters.dropped_before_engine(DropReason::Unresolved);
+                continue;
+            }
+            match responder.handle(now, locals[index], src, &buf[..len]) {
                 Outcome::Reply { from, to, bytes } => {
                     let Some(out) = locals.iter().position(|l| *l == from) else {
                         warn!("stun.no_socket from={from}: the responder chose an address with no socket");
                         continue;
                     };
-                    if let Err(e) = sockets[out].send_to(&bytes, to).await {
-                        debug!("stun.send_failed from={from} to={to} error=\"{e}\"");
+                    if !replies.send(now, &sockets[out], &bytes, to) {
+                        counters.send_failed();
                     }
                 }
                 Outcome::Drop(reason) => {
@@ -146,8 +157,9 @@ pub async fn serve(args: &StunServeArgs) -> anyhow::Result<()> {
 #[must_use]
 pub fn summary(c: &CountersSnapshot) -> String {
     let mut out = format!(
-        "received={} success={} legacy={} bad_request={} unknown_attribute={}",
-        c.received, c.success, c.legacy, c.bad_request, c.unknown_attribute
+        "received={} success={} legacy={} bad_request={} unknown_attribute={} \
+         send_failed={}",
+        c.received, c.success, c.legacy, c.bad_request, c.unknown_attribute, c.send_failed
     );
     for (reason, n) in &c.dropped {
         if *n > 0 {
