@@ -14,6 +14,66 @@ use std::{
 use serde_json::Value;
 use testbed::{Netns, Testbed};
 
+/// PCP (RFC 6887) and NAT-PMP (RFC 6886) requests as bytes, built by hand: for
+/// requests that must be wrong on purpose or sent from raw sockets with forged
+/// sources, which no client would send.
+pub mod pcp_bytes {
+    use std::net::Ipv4Addr;
+
+    /// PCP's server port (RFC 6887 §19.1).
+    pub const PCP_PORT: u16 = 5351;
+    /// PCP version 2 (RFC 6887 §9).
+    pub const PCP_VERSION: u8 = 2;
+    /// ANNOUNCE (RFC 6887 §19.2).
+    pub const OP_ANNOUNCE: u8 = 0;
+    /// MAP (RFC 6887 §19.2).
+    pub const OP_MAP: u8 = 1;
+    /// The response bit of the opcode byte.
+    pub const RESPONSE: u8 = 0x80;
+    /// IP protocol number of UDP.
+    pub const IPPROTO_UDP: u8 = 17;
+    /// IP protocol number of TCP.
+    pub const IPPROTO_TCP: u8 = 6;
+
+    /// A PCP request header (RFC 6887 §7.1) with `client` in the client address
+    /// field.
+    #[must_use]
+    pub fn pcp_header(opcode: u8, lifetime: u32, client: Ipv4Addr) -> Vec<u8> {
+        let mut b = vec![PCP_VERSION, opcode, 0, 0];
+        b.extend(lifetime.to_be_bytes());
+        b.extend(client.to_ipv6_mapped().octets());
+        b
+    }
+
+    /// A MAP request (RFC 6887 §11.1) without a suggested external endpoint.
+    #[must_use]
+    pub fn pcp_map_request(
+        client: Ipv4Addr,
+        protocol: u8,
+        internal_port: u16,
+        lifetime: u32,
+    ) -> Vec<u8> {
+        let mut b = pcp_header(OP_MAP, lifetime, client);
+        b.extend([0x5a; 12]); // nonce
+        b.extend([protocol, 0, 0, 0]);
+        b.extend(internal_port.to_be_bytes());
+        b.extend([0, 0]); // suggested external port: any
+        b.extend([0; 16]); // suggested external address: any
+        b
+    }
+
+    /// A NAT-PMP mapping request (RFC 6886 §3.3) for `protocol` (UDP or TCP).
+    #[must_use]
+    pub fn natpmp_map_request(protocol: u8, internal_port: u16, lifetime: u32) -> Vec<u8> {
+        let opcode = if protocol == IPPROTO_TCP { 2 } else { 1 };
+        let mut b = vec![0, opcode, 0, 0];
+        b.extend(internal_port.to_be_bytes());
+        b.extend(internal_port.to_be_bytes()); // suggested external port
+        b.extend(lifetime.to_be_bytes());
+        b
+    }
+}
+
 // `tests/conformance.rs` is the integration test of the same name, hence the path.
 #[path = "conformance/mod.rs"]
 pub mod conformance;
@@ -229,6 +289,16 @@ impl Natgw {
             .as_u64()
             .or_else(|| counters.as_array()?.iter().find(|c| c["name"] == name)?["value"].as_u64())
             .unwrap_or_else(|| panic!("counter {name} not in natgw status: {status}"))
+    }
+
+    /// Kills natgw with SIGKILL (a crash: nothing is cleaned up) and waits for it.
+    ///
+    /// # Panics
+    /// When it is not running.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("natgw is running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// Sends SIGTERM and waits for natgw to exit.

@@ -10,6 +10,9 @@ use std::{
     time::Duration,
 };
 
+use natgw_integration_tests::pcp_bytes::{
+    pcp_header, pcp_map_request, IPPROTO_UDP, OP_ANNOUNCE, OP_MAP, PCP_PORT, PCP_VERSION, RESPONSE,
+};
 use natgw_integration_tests::{
     command_output, natgw_bin, recv, recv_nothing, require_root, restore_gateway_default_route,
     udp, wait_for, Natgw, Setup, WAIT,
@@ -17,20 +20,10 @@ use natgw_integration_tests::{
 use serde_json::Value;
 use testbed::{Netns, Testbed, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR, WAN_B_ADDR};
 
-/// PCP's server port (RFC 6887 §19.1).
-const PCP_PORT: u16 = 5351;
 /// Where clients hear announcements (RFC 6887 §14.1.3, RFC 6886 §3.2.1).
 const CLIENT_PORT: u16 = 5350;
-/// PCP version 2 (RFC 6887 §9).
-const PCP_VERSION: u8 = 2;
-/// Opcodes (RFC 6887 §19.2).
-const OP_ANNOUNCE: u8 = 0;
-const OP_MAP: u8 = 1;
-/// The response bit of the opcode byte.
-const RESPONSE: u8 = 0x80;
 /// ADDRESS_MISMATCH (RFC 6887 §7.4).
 const ADDRESS_MISMATCH: u8 = 12;
-const IPPROTO_UDP: u8 = 17;
 
 /// Runs `natgw pcp ACTION --server 10.0.1.1 --json ARGS...` on lan-a; (success,
 /// the printed report).
@@ -70,25 +63,6 @@ fn external(report: &Value) -> SocketAddrV4 {
         .as_str()
         .and_then(|e| e.parse().ok())
         .unwrap_or_else(|| panic!("no external endpoint in {report}"))
-}
-
-/// A PCP request header (RFC 6887 §7.1) with `client` in the client address field.
-fn pcp_header(opcode: u8, lifetime: u32, client: Ipv4Addr) -> Vec<u8> {
-    let mut b = vec![PCP_VERSION, opcode, 0, 0];
-    b.extend(lifetime.to_be_bytes());
-    b.extend(client.to_ipv6_mapped().octets());
-    b
-}
-
-/// A MAP request (RFC 6887 §11.1) without a suggested external endpoint.
-fn pcp_map_request(client: Ipv4Addr, protocol: u8, internal_port: u16, lifetime: u32) -> Vec<u8> {
-    let mut b = pcp_header(OP_MAP, lifetime, client);
-    b.extend([0x5a; 12]); // nonce
-    b.extend([protocol, 0, 0, 0]);
-    b.extend(internal_port.to_be_bytes());
-    b.extend([0, 0]); // suggested external port: any
-    b.extend([0; 16]); // suggested external address: any
-    b
 }
 
 /// Sends `request` from a fresh socket of `ns` at `from` to `to` and waits for one

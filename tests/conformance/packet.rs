@@ -369,6 +369,23 @@ impl<'a> Ipv4<'a> {
         checksum(&self.bytes[..self.header_len()]) == 0
     }
 
+    /// Whether the UDP or TCP checksum is right (a UDP datagram sent without one,
+    /// checksum 0, counts as right); `None` for other protocols and fragments.
+    #[must_use]
+    pub fn l4_checksum_ok(&self) -> Option<bool> {
+        if self.frag_offset() != 0 || self.mf() {
+            return None;
+        }
+        let segment = self.payload();
+        match self.proto() {
+            PROTO_UDP if segment.get(6..8) == Some(&[0, 0]) => Some(true),
+            PROTO_UDP | PROTO_TCP => {
+                Some(l4_checksum(self.src(), self.dst(), self.proto(), segment) == 0)
+            }
+            _ => None,
+        }
+    }
+
     /// What follows the header, up to the total length or the end of the bytes.
     #[must_use]
     pub fn payload(&self) -> &'a [u8] {

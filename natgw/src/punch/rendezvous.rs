@@ -14,6 +14,11 @@
 //!   introduction with the asker's, so both start punching at the same moment. Both
 //!   get the same session token, derived from a secret and the two registrations, so
 //!   repeated CONNECTs agree. An unknown peer gets UNKNOWN-PEER; the asker retries.
+//! - Over UDP no answer is larger than [`AMPLIFICATION_FACTOR`] times the message that
+//!   caused it, whoever it goes to (a spoofed CONNECT could otherwise make the
+//!   rendezvous send a large PEER to a victim): PEER messages leave out private, then
+//!   learned endpoints until they fit (`trimmed`); the public endpoint and the session
+//!   always fit.
 //! - Anything else is counted and dropped: malformed messages (answered with ERROR
 //!   when at least the header parsed, which costs no more than the request), other
 //!   versions (ERROR unsupported-version), unexpected kinds (silence).
@@ -43,6 +48,8 @@ use super::wire::{
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(30);
 /// How many registrations the engine holds unless configured.
 pub const DEFAULT_MAX_REGISTRATIONS: usize = 4096;
+/// How many times the length of a UDP message its answers may be.
+pub const AMPLIFICATION_FACTOR: usize = 3;
 /// How often expired registrations are swept (on the next message or tick).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -122,6 +129,9 @@ pub struct Counters {
     pub unsupported_version: u64,
     /// Well-formed messages a rendezvous does not take (PROBE, ACK, answers).
     pub unexpected: u64,
+    /// PEER messages over UDP that left endpoints out to stay within
+    /// [`AMPLIFICATION_FACTOR`] times the CONNECT that caused them.
+    pub trimmed: u64,
 }
 
 /// One peer's registration.
@@ -217,7 +227,9 @@ impl Rendezvous {
         };
         match repr.message {
             Message::Register(register) => self.register(now, from, transaction, register),
-            Message::Connect(connect) => self.connect(now, from, transaction, &connect),
+            Message::Connect(connect) => {
+                self.connect(now, from, transaction, &connect, bytes.len())
+            }
             _ => {
                 self.counters.unexpected += 1;
                 Vec::new()
@@ -309,6 +321,7 @@ impl Rendezvous {
         from: Origin,
         transaction: u32,
         connect: &Connect,
+        request_len: usize,
     ) -> Vec<Transmit> {
         self.counters.connects += 1;
         let asker_key = (from.transport, connect.id.clone());
@@ -333,6 +346,7 @@ impl Rendezvous {
             .registrations
             .get(&(from.transport, connect.peer.clone()))
             .filter(|_| connect.peer != connect.id)
+            .cloned()
         else {
             self.counters.unknown_peer += 1;
             return vec![Transmit {
@@ -358,24 +372,46 @@ impl Rendezvous {
         };
         self.counters.peer_answers += 1;
         self.counters.introductions += 1;
+        let limit = match from.transport {
+            Transport::Udp => request_len.saturating_mul(AMPLIFICATION_FACTOR),
+            Transport::Tcp => usize::MAX,
+        };
+        let answer = info(false, &connect.peer, &peer);
+        let introduction = info(true, &connect.id, &asker);
+        let answer = self.peer_within(transaction, answer, limit);
+        let introduction = self.peer_within(transaction, introduction, limit);
         vec![
             Transmit {
                 to: from,
-                bytes: Repr {
-                    transaction,
-                    message: Message::Peer(info(false, &connect.peer, peer)),
-                }
-                .to_bytes(),
+                bytes: answer,
             },
             Transmit {
                 to: peer.origin,
-                bytes: Repr {
-                    transaction,
-                    message: Message::Peer(info(true, &connect.id, &asker)),
-                }
-                .to_bytes(),
+                bytes: introduction,
             },
         ]
+    }
+
+    /// PEER `info` encoded in at most `limit` bytes: private endpoints, then learned
+    /// ones, are left out until it fits (the rest always does, see the module
+    /// documentation).
+    fn peer_within(&mut self, transaction: u32, mut info: PeerInfo, limit: usize) -> Vec<u8> {
+        let mut trimmed = false;
+        loop {
+            let bytes = Repr {
+                transaction,
+                message: Message::Peer(info.clone()),
+            }
+            .to_bytes();
+            if bytes.len() <= limit || (info.private.is_empty() && info.mapped.is_empty()) {
+                self.counters.trimmed += u64::from(trimmed);
+                return bytes;
+            }
+            trimmed = true;
+            if info.private.pop().is_none() {
+                info.mapped.pop();
+            }
+        }
     }
 
     fn new_generation(&mut self) -> u64 {
@@ -666,6 +702,60 @@ mod tests {
             panic!("{out:?}");
         };
         assert_eq!(p.mapped, [stun, mapped]);
+    }
+
+    #[test]
+    fn udp_answers_never_exceed_three_times_the_request() {
+        // A spoofed CONNECT must not make the rendezvous send a large PEER to a victim
+        // (issue #11: nothing amplifies). Over TCP there is no spoofing: all is sent.
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let mut r = Rendezvous::new(Config::default(), 1);
+            let now = Instant::now();
+            let at = |a: [u8; 4], port| Origin {
+                transport,
+                addr: SocketAddrV4::new(Ipv4Addr::from(a), port),
+            };
+            let full = |name: &str| {
+                Repr {
+                    transaction: 1,
+                    message: Message::Register(Register {
+                        id: id(name),
+                        private: (1..=4)
+                            .map(|i| SocketAddrV4::new([10, 0, 0, i].into(), 5000))
+                            .collect(),
+                        mapped: vec![
+                            Mapped {
+                                by: MappedBy::Stun,
+                                endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), 4000),
+                            },
+                            Mapped {
+                                by: MappedBy::Pcp,
+                                endpoint: SocketAddrV4::new([198, 51, 100, 1].into(), 5000),
+                            },
+                        ],
+                    }),
+                }
+                .to_bytes()
+            };
+            r.handle(now, at([198, 51, 100, 9], 1), &full("b"));
+            r.handle(now, at([198, 51, 100, 7], 1), &full("a"));
+            let request = connect("a", "b");
+            let out = r.handle(now, at([198, 51, 100, 7], 1), &request);
+            assert_eq!(out.len(), 2);
+            for t in &out {
+                let Message::Peer(p) = decode(t) else {
+                    panic!("{t:?}")
+                };
+                if transport == Transport::Udp {
+                    assert!(t.bytes.len() <= 3 * request.len(), "{}", t.bytes.len());
+                    assert!(p.private.len() < 4, "trimmed");
+                } else {
+                    assert_eq!((p.private.len(), p.mapped.len()), (4, 2));
+                }
+            }
+            let trimmed = r.counters().trimmed;
+            assert_eq!(trimmed, if transport == Transport::Udp { 2 } else { 0 });
+        }
     }
 
     #[test]
