@@ -58,6 +58,7 @@ const WAN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
 /// Source addresses the fuzzer picks from, each with whether it is an internal host
 /// (written out by hand: the oracle the model and the table are checked against).
+#[rustfmt::skip]
 const SOURCES: [(Ipv4Addr, bool); 32] = [
     (Ipv4Addr::new(10, 0, 0, 0), false),        // 0: network address of LAN 1
     (Ipv4Addr::new(10, 0, 0, 2), true),         // 1: host (pcp.third_party_from)
@@ -136,7 +137,11 @@ fn model_lan(addr: Ipv4Addr) -> Option<u32> {
 /// An internal host by the table and by the model, which must agree.
 fn internal(table: &MemoryTable, addr: Ipv4Addr) -> bool {
     let lan = table.lan_of(addr);
-    assert_eq!(lan, model_lan(addr), "lan_of({addr}) disagrees with the address plan");
+    assert_eq!(
+        lan,
+        model_lan(addr),
+        "lan_of({addr}) disagrees with the address plan"
+    );
     lan.is_some()
 }
 
@@ -174,7 +179,10 @@ fuzz_target!(|data: &[u8]| {
         natpmp: config_byte & 1 == 0,
         allow_all_protocols: config_byte & 2 != 0,
         third_party_from: if config_byte & 4 != 0 {
-            THIRD_PARTY_FROM.iter().map(|p| p.parse().unwrap()).collect()
+            THIRD_PARTY_FROM
+                .iter()
+                .map(|p| p.parse().unwrap())
+                .collect()
         } else {
             Vec::new()
         },
@@ -267,8 +275,14 @@ fuzz_target!(|data: &[u8]| {
             // Spoofed or foreign source: silence, and the table never consulted for
             // a mapping.
             assert!(reply.is_none(), "answered {src}: {:02x?}", reply.as_deref());
-            assert_eq!(table.explicit, explicit, "explicit mappings changed by {src}");
-            assert_eq!(table.implicit, implicit, "implicit mappings changed by {src}");
+            assert_eq!(
+                table.explicit, explicit,
+                "explicit mappings changed by {src}"
+            );
+            assert_eq!(
+                table.implicit, implicit,
+                "implicit mappings changed by {src}"
+            );
             assert_eq!(table.installs.len(), installs, "install asked for by {src}");
             assert_eq!(table.peers.len(), peers, "PEER asked for by {src}");
         }
@@ -315,8 +329,16 @@ fuzz_target!(|data: &[u8]| {
         let mut live = 0;
         for (key, m) in &table.explicit {
             assert_eq!(key, &m.key);
-            assert!(internal(&table, key.internal), "mapping for {}", key.internal);
-            assert!(internal(&table, *m.reply_to.ip()), "mapping answers {}", m.reply_to);
+            assert!(
+                internal(&table, key.internal),
+                "mapping for {}",
+                key.internal
+            );
+            assert!(
+                internal(&table, *m.reply_to.ip()),
+                "mapping answers {}",
+                m.reply_to
+            );
             if m.expires > now {
                 live += 1;
                 on_lan[table.lan_of(key.internal).unwrap() as usize] += 1;
@@ -333,7 +355,10 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(live <= total as usize, "{live} mappings");
         for (_, endpoint) in table.implicit.keys() {
-            assert!(internal(&table, *endpoint.ip()), "PEER mapping for {endpoint}");
+            assert!(
+                internal(&table, *endpoint.ip()),
+                "PEER mapping for {endpoint}"
+            );
         }
     }
 });

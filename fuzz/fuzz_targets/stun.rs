@@ -78,7 +78,10 @@ fn outcomes(c: &CountersSnapshot) -> u64 {
 }
 
 fn dropped(c: &CountersSnapshot, reason: DropReason) -> u64 {
-    c.dropped.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
+    c.dropped
+        .iter()
+        .find(|(r, _)| *r == reason)
+        .map_or(0, |(_, n)| *n)
 }
 
 fn respond(responder: &mut Responder, counters: &Counters, data: &[u8]) {
@@ -93,7 +96,11 @@ fn respond(responder: &mut Responder, counters: &Counters, data: &[u8]) {
     let outcome = responder.handle(now, local, src, datagram);
     let after = counters.snapshot();
     assert_eq!(after.received, before.received + 1, "{after:?}");
-    assert_eq!(outcomes(&after), outcomes(&before) + 1, "{before:?} -> {after:?}");
+    assert_eq!(
+        outcomes(&after),
+        outcomes(&before) + 1,
+        "{before:?} -> {after:?}"
+    );
     assert_eq!(after.received, outcomes(&after), "{after:?}");
     assert_eq!(after.send_failed, before.send_failed);
     match outcome {
@@ -136,7 +143,11 @@ fn respond(responder: &mut Responder, counters: &Counters, data: &[u8]) {
                 bytes.len()
             );
             // PADDING pads only up to the request's own length.
-            if reply.attributes.iter().any(|a| matches!(a, Attribute::Padding(_))) {
+            if reply
+                .attributes
+                .iter()
+                .any(|a| matches!(a, Attribute::Padding(_)))
+            {
                 assert!(
                     request
                         .attributes
