@@ -503,6 +503,36 @@ pub fn enable_gro(ns: &Netns, ifname: &str) {
     );
 }
 
+/// Makes the gateway's interfaces `ifaces` (`wan0`, `lan0`, `lan1`) accept XDP
+/// redirects — GRO on their peers' ends of the veths — and waits until natgw has
+/// noticed, so traffic through them can take the fast path.
+///
+/// # Panics
+/// When an interface is unknown or natgw does not notice within [`WAIT`].
+pub fn accept_redirects(s: &Setup, ifaces: &[&str]) {
+    for iface in ifaces {
+        match *iface {
+            "wan0" => enable_gro(&s.tb.inet, "gw0"),
+            "lan0" => enable_gro(&s.tb.lan[0].ns, "eth0"),
+            "lan1" => enable_gro(&s.tb.lan[1].ns, "eth0"),
+            other => panic!("no gateway interface {other}"),
+        }
+    }
+    wait_for(WAIT, || {
+        let st = s.natgw.status();
+        let listed = st["interfaces"].as_array()?.clone();
+        ifaces
+            .iter()
+            .all(|name| {
+                listed
+                    .iter()
+                    .any(|i| i["name"] == *name && i["redirect_ok"] == true)
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("natgw does not notice that {ifaces:?} accept redirects"));
+}
+
 /// `Command` for `program` in no namespace in particular (host tools).
 #[must_use]
 pub fn host_command(program: &str) -> Command {

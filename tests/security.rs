@@ -15,7 +15,7 @@ use natgw_integration_tests::pcp_bytes::{
     PCP_PORT, RESPONSE,
 };
 use natgw_integration_tests::{
-    command_output, enable_gro, recv, recv_nothing, udp, wait_for, Natgw, Setup, WAIT,
+    accept_redirects, command_output, recv, recv_nothing, udp, wait_for, Natgw, Setup, WAIT,
 };
 use testbed::{Netns, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, LAN_B_ADDR, WAN_A_ADDR, WAN_B_ADDR};
 
@@ -379,16 +379,7 @@ fn stun_replies_never_amplify() {
 fn spoofed_wan_sources_never_reach_the_lan(fast: bool) {
     let s = Setup::new(&[]);
     if fast {
-        enable_gro(&s.tb.lan[0].ns, "eth0");
-        wait_for(WAIT, || {
-            let st = s.natgw.status();
-            st["interfaces"]
-                .as_array()?
-                .iter()
-                .any(|i| i["name"] == "lan0" && i["redirect_ok"] == true)
-                .then_some(())
-        })
-        .expect("lan0 accepts XDP redirects");
+        accept_redirects(&s, &["lan0"]);
     }
     let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 40000);
     lan.send_to(b"open", SocketAddrV4::new(WAN_A_ADDR, 7000))
@@ -496,17 +487,7 @@ fn corrupt_checksums_stay_corrupt_on_the_fast_path() {
     // made corrupt datagrams valid. A router passes them as they are, for the
     // receiver to drop; only a partial (offloaded) checksum is completed.
     let s = Setup::new(&[]);
-    enable_gro(&s.tb.inet, "gw0");
-    enable_gro(&s.tb.lan[0].ns, "eth0");
-    wait_for(WAIT, || {
-        let st = s.natgw.status();
-        st["interfaces"]
-            .as_array()?
-            .iter()
-            .all(|i| i["redirect_ok"] == true || i["name"] == "lan1")
-            .then_some(())
-    })
-    .expect("lan0 and wan0 accept XDP redirects");
+    accept_redirects(&s, &["wan0", "lan0"]);
     // A genuine socket opens the mapping and warms the neighbours up.
     let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 41000);
     let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 7000);
@@ -571,6 +552,34 @@ fn corrupt_checksums_stay_corrupt_on_the_fast_path() {
     assert_eq!(recv(&wan).expect("arrives valid").0, b"partial");
 }
 
+/// Floods with `send(host, round)` for 40 forged hosts (100..140 of a /24) in 100
+/// rounds 20 ms apart (4000 datagrams), while a real client makes `requests`
+/// attempts 150 ms apart; how many `attempt(i)` reported answered.
+fn answered_during_flood(
+    send: impl Fn(u8, u16) + Sync,
+    requests: u8,
+    mut attempt: impl FnMut(u8) -> bool,
+) -> usize {
+    std::thread::scope(|scope| {
+        let flood = scope.spawn(|| {
+            for round in 0..100u16 {
+                for host in 100..140u8 {
+                    send(host, round);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let answered = (0..requests)
+            .filter(|i| {
+                std::thread::sleep(Duration::from_millis(150));
+                attempt(*i)
+            })
+            .count();
+        flood.join().expect("flood thread");
+        answered
+    })
+}
+
 #[test]
 fn stun_serves_real_clients_during_a_spoofed_flood() {
     // issue #11 finding 6: 4000 requests from 40 unused addresses of the WAN's
@@ -579,35 +588,24 @@ fn stun_serves_real_clients_during_a_spoofed_flood() {
     let link = wan_link(&s);
     let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
     let client = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
-    let answered = std::thread::scope(|scope| {
-        let flood = scope.spawn(|| {
-            for round in 0..100u16 {
-                for host in 100..140u8 {
-                    let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, host), 40000 + round);
-                    link.udp(from, server, &stun_request(host, None));
-                }
-                std::thread::sleep(Duration::from_millis(20));
+    let flood = |host, round| {
+        let from = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, host), 40000 + round);
+        link.udp(from, server, &stun_request(host, None));
+    };
+    let answered = answered_during_flood(flood, 10, |id| {
+        client
+            .send_to(&stun_request(id, None), server)
+            .expect("send");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Some((reply, _)) = recv_nothing(&client, Duration::from_millis(200)) {
+            if is_stun_success(&reply, id) {
+                return true;
             }
-        });
-        let mut answered = 0;
-        for id in 0..10u8 {
-            std::thread::sleep(Duration::from_millis(150));
-            client
-                .send_to(&stun_request(id, None), server)
-                .expect("send");
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while let Some((reply, _)) = recv_nothing(&client, Duration::from_millis(200)) {
-                if is_stun_success(&reply, id) {
-                    answered += 1;
-                    break;
-                }
-                if Instant::now() > deadline {
-                    break;
-                }
+            if Instant::now() > deadline {
+                break;
             }
         }
-        flood.join().expect("flood thread");
-        answered
+        false
     });
     let unresolved = stun_counter(&s.natgw, "dropped_unresolved");
     let send_failed = stun_counter(&s.natgw, "send_failed");
@@ -625,31 +623,17 @@ fn pcp_serves_real_clients_during_a_spoofed_flood() {
     let link = lan_a_link(&s);
     let server = SocketAddrV4::new(GW_LAN_A_ADDR, PCP_PORT);
     let client = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 0);
-    let answered = std::thread::scope(|scope| {
-        let flood = scope.spawn(|| {
-            for round in 0..100u16 {
-                for host in 100..140u8 {
-                    let forged = Ipv4Addr::new(10, 0, 1, host);
-                    let map = pcp_map_request(forged, IPPROTO_UDP, 20000 + round, 3600);
-                    link.udp(SocketAddrV4::new(forged, 5350), server, &map);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let mut answered = 0;
-        for _ in 0..14 {
-            std::thread::sleep(Duration::from_millis(150));
-            client
-                .send_to(&pcp_header(OP_ANNOUNCE, 0, LAN_A_ADDR), server)
-                .expect("send");
-            if let Some((reply, _)) = recv_nothing(&client, Duration::from_secs(1)) {
-                if reply.get(1) == Some(&(RESPONSE | OP_ANNOUNCE)) {
-                    answered += 1;
-                }
-            }
-        }
-        flood.join().expect("flood thread");
-        answered
+    let flood = |host, round| {
+        let forged = Ipv4Addr::new(10, 0, 1, host);
+        let map = pcp_map_request(forged, IPPROTO_UDP, 20000 + round, 3600);
+        link.udp(SocketAddrV4::new(forged, 5350), server, &map);
+    };
+    let answered = answered_during_flood(flood, 14, |_| {
+        client
+            .send_to(&pcp_header(OP_ANNOUNCE, 0, LAN_A_ADDR), server)
+            .expect("send");
+        recv_nothing(&client, Duration::from_secs(1))
+            .is_some_and(|(reply, _)| reply.get(1) == Some(&(RESPONSE | OP_ANNOUNCE)))
     });
     let unresolved = controller_counter(&s.natgw, "pcp_unresolved");
     let send_failed = controller_counter(&s.natgw, "pcp_send_failed");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use natgw_integration_tests::{
-    enable_gro, read_all, recv, recv_nothing, udp, wait_for, Setup, WAIT,
+    accept_redirects, enable_gro, read_all, recv, recv_nothing, udp, wait_for, Setup, WAIT,
 };
 use testbed::{GW_WAN_ADDR, LAN_A_ADDR, LAN_B_ADDR, WAN_A_ADDR, WAN_B_ADDR};
 
@@ -201,17 +201,7 @@ fn fast_path_redirects_with_complete_checksums() {
     // redirects: packets cross in XDP, and the receiving sockets (which verify
     // checksums of redirected frames) still get them.
     let s = Setup::new(&[]);
-    enable_gro(&s.tb.inet, "gw0");
-    enable_gro(&s.tb.lan[0].ns, "eth0");
-    wait_for(WAIT, || {
-        let st = s.natgw.status();
-        let ifaces = st["interfaces"].as_array()?.clone();
-        ifaces
-            .iter()
-            .all(|i| i["redirect_ok"] == true || i["name"] == "lan1")
-            .then_some(())
-    })
-    .expect("natgw notices that lan0 and wan0 accept redirects");
+    accept_redirects(&s, &["wan0", "lan0"]);
     let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 45001);
     let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 7000);
     let to = SocketAddrV4::new(WAN_A_ADDR, 7000);

@@ -87,6 +87,38 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateErr
     move |source| StateError::Io { what, path, source }
 }
 
+/// Reads a JSON file; `T::default()` when it does not exist.
+fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    path: PathBuf,
+) -> Result<T, StateError> {
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(io_err("reading", &path)(e)),
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file in `dir`, then
+/// rename), so readers never see half of it.
+fn write_json_atomic<T: Serialize + ?Sized>(
+    dir: &Path,
+    path: &Path,
+    value: &T,
+) -> Result<(), StateError> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!("{name}.tmp"));
+    let json = serde_json::to_vec_pretty(value).map_err(|source| StateError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
+    fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("renaming into", path))
+}
+
 impl RuntimeDirs {
     /// The directories for network namespace `netns_inode`.
     #[must_use]
@@ -241,27 +273,13 @@ impl RuntimeDirs {
 
     /// Writes the explicit mappings file atomically.
     pub fn write_explicit(&self, entries: &[ExplicitEntry]) -> Result<(), StateError> {
-        let path = self.explicit_file();
-        let tmp = self.state_dir.join(format!("{EXPLICIT_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(entries).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))
+        write_json_atomic(&self.state_dir, &self.explicit_file(), entries)
     }
 
     /// Reads the explicit mappings file; none when it does not exist (a natgw that
     /// has none, or predates the file).
     pub fn read_explicit(&self) -> Result<Vec<ExplicitEntry>, StateError> {
-        let path = self.explicit_file();
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err("reading", &path)(e)),
-        }
+        read_json_or_default(self.explicit_file())
     }
 }
 
@@ -277,14 +295,7 @@ impl RuntimeDirs {
     /// The sysctl values to restore (sysctl name → original value); none when there
     /// is no file.
     pub fn read_sysctl_restore(&self) -> Result<BTreeMap<String, String>, StateError> {
-        let path = self.sysctl_file();
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                serde_json::from_str(&text).map_err(|source| StateError::Corrupt { path, source })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(io_err("reading", &path)(e)),
-        }
+        read_json_or_default(self.sysctl_file())
     }
 
     /// Records the sysctl values to restore (atomically); an empty set removes the
@@ -301,13 +312,7 @@ impl RuntimeDirs {
                 Err(e) => Err(io_err("removing", &path)(e)),
             };
         }
-        let tmp = self.state_dir.join(format!("{SYSCTL_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(values).map_err(|source| StateError::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        fs::write(&tmp, json).map_err(io_err("writing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))
+        write_json_atomic(&self.state_dir, &path, values)
     }
 }
 
