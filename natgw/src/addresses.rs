@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use natgw_common::maps::{addr_class, lan_source};
 
-use crate::prefix::Ipv4Prefix;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// Never a valid source on any network: "this network" 0/8, loopback 127/8,
 /// multicast 224/4 and the reserved 240/4 with the limited broadcast address

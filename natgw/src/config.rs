@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use natgw_common::config::MAX_EXTERNAL_ADDRS;
 use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
-use crate::pcp::policy::{PcpConfig, PolicyError};
+use natgw_proto::pcp::policy::{PcpConfig, PolicyError};
 
 /// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
 pub const UDP_TIMEOUT_MIN: u64 = 120;
@@ -284,8 +284,8 @@ impl Default for StunSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            port: crate::stun::responder::DEFAULT_PORT,
-            alternate_port: crate::stun::responder::DEFAULT_ALTERNATE_PORT,
+            port: natgw_proto::stun::responder::DEFAULT_PORT,
+            alternate_port: natgw_proto::stun::responder::DEFAULT_ALTERNATE_PORT,
         }
     }
 }

@@ -38,9 +38,9 @@ use crate::maps::{FragmentMaps, GatewayMaps};
 use crate::netlink::netdev::{self, GenlError, Netdev};
 use crate::netlink::{Link, NetlinkError, Rtnl};
 use crate::pool;
-use crate::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
 use crate::state::{IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION};
 use crate::system;
+use natgw_proto::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
 
 mod port_mapping;
 mod stun_responder;

@@ -47,13 +47,13 @@ use crate::log_budget::{suppressed_note, LogBudget};
 use crate::maps::{
     ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
 };
-use crate::pcp::policy::PortSpan;
-use crate::pcp::table::{
+use crate::state::ExplicitEntry;
+use natgw_proto::pcp::policy::PortSpan;
+use natgw_proto::pcp::table::{
     ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerGrant, PeerRequest,
     Protocol, TableError,
 };
-use crate::pcp::wire::Nonce;
-use crate::state::ExplicitEntry;
+use natgw_proto::pcp::wire::Nonce;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
@@ -1288,7 +1288,7 @@ impl<F: PcpFilterTable, N: NatTables + NatWrites> MappingTable for Table<'_, F, 
 mod tests {
     use super::*;
     use crate::config::Timeouts;
-    use crate::prefix::Ipv4Prefix;
+    use natgw_proto::prefix::Ipv4Prefix;
 
     const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);

@@ -20,7 +20,6 @@ mod netlink;
 mod output;
 mod pcp;
 mod pool;
-mod prefix;
 mod punch;
 mod replies;
 mod state;

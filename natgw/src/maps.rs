@@ -26,8 +26,8 @@ use natgw_common::maps::{FragKey, FragValue, StashKey, StashedFragment};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
 
 use crate::addresses::AddressPlan;
-use crate::prefix::Ipv4Prefix;
 use crate::state::RuntimeDirs;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// A failed map operation, naming the map.
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, Ro
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::pcp::policy::{TokenBucket, Verdict};
+use natgw_proto::util::bucket::{TokenBucket, Verdict};
 
 /// How long the kernel tries to resolve an address before giving up (the default
 /// three probes a second apart), and so how long an answer may wait.
@@ -56,10 +56,10 @@ const UNRESOLVED_TTL: Duration = Duration::from_millis(200);
 /// Destinations remembered at once (cache and budget); beyond, the oldest go.
 const MAX_TRACKED: usize = 4096;
 /// Answers to unresolved destinations (or resolutions started) per second.
-const UNRESOLVED_PER_SECOND: u32 = 8;
+const UNRESOLVED_PER_SECOND: u64 = 8;
 /// ... and in a burst. With [`RESOLUTION_TIME`] this bounds what waits in neighbour
 /// queues to a few dozen small datagrams, far below a socket's send buffer.
-const UNRESOLVED_BURST: u32 = 16;
+const UNRESOLVED_BURST: u64 = 16;
 /// How long rtnetlink may take to answer.
 const NETLINK_TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -383,6 +383,6 @@ mod tests {
             .filter(|i| n.allow_unresolved(now + RESOLUTION_TIME, Ipv4Addr::new(192, 0, 2, *i)))
             .count();
         // The burst refilled by then; `a` itself was just granted.
-        assert_eq!(granted as u32, UNRESOLVED_BURST - 1, "the global burst");
+        assert_eq!(granted as u64, UNRESOLVED_BURST - 1, "the global burst");
     }
 }

@@ -17,7 +17,7 @@ use netlink_packet_route::tc::{TcAttribute, TcHandle};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
 
-use crate::prefix::Ipv4Prefix;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// An interface as natgw needs to know it.
 #[derive(Clone, Debug, PartialEq, Eq)]

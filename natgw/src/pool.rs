@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::prefix::{IfacePrefix, Ipv4Prefix};
+use natgw_proto::prefix::{IfacePrefix, Ipv4Prefix};
 
 /// A pool that cannot be used with these interfaces.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::prefix::Ipv4Prefix;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// Root of the per-namespace state directories.
 pub const STATE_ROOT: &str = "/run/natgw";

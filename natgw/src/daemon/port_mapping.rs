@@ -37,11 +37,11 @@ use crate::explicit::{Defaults, ExplicitMappings};
 use crate::gc::{self, Policy};
 use crate::maps::PcpFilters;
 use crate::netlink::AddressWatch;
-use crate::pcp::server::DropReason;
 use crate::pcp::service::{LanAddress, PcpService};
-use crate::pcp::table::{Protocol, TableError};
 use crate::state::ExplicitEntry;
 use crate::system;
+use natgw_proto::pcp::engine::DropReason;
+use natgw_proto::pcp::table::{Protocol, TableError};
 
 /// What the daemon keeps for explicit mappings.
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! gateway's external addresses, so hosts on the WAN side — and `natgw stun probe`
 //! anywhere — can ask natgw what address and port they come from.
 //!
-//! The engine and its tokio loop are [`crate::stun::responder`] and
+//! The engine and its tokio loop are [`natgw_proto::stun::responder`] and
 //! [`crate::stun::server`]; this binds their sockets, runs the loop as a task, follows
 //! changes of the external address pool and reports its counters. The sockets are
 //! bound before the data path is marked ready: no mapping can claim their ports first
@@ -50,8 +50,8 @@ use tokio::task::JoinHandle;
 use super::Daemon;
 use crate::config::StunSettings;
 use crate::state::StunState;
-use crate::stun::responder::{Config, Counters, CountersSnapshot};
 use crate::stun::server;
+use natgw_proto::stun::responder::{Config, Counters, CountersSnapshot};
 
 /// Why the responder does not listen while the WAN has no address.
 const NO_ADDRESS: &str = "the WAN has no IPv4 address";

@@ -8,8 +8,8 @@
 //! prints the nonce, which `map --nonce` (renew) and `delete --nonce` need.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{self, Read as _};
+
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use super::natpmp::{self, MapProtocol};
-use super::wire::{
+use natgw_proto::pcp::natpmp::{self, MapProtocol};
+use natgw_proto::pcp::wire::{
     self, FilterRepr, MapRepr, Nonce, OpRepr, Opcode, OptionRepr, PeerRepr, ResultCode,
 };
-use crate::prefix::Ipv4Prefix;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// Times a request is sent before giving up.
 pub const TRIES: u32 = 3;
@@ -282,13 +282,9 @@ fn hex(bytes: &[u8]) -> String {
 /// A random mapping nonce (RFC 6887 §11.1, §12.1).
 ///
 /// # Errors
-/// When /dev/urandom cannot be read.
+/// When the kernel's random source cannot be read.
 pub fn random_nonce() -> Result<Nonce> {
-    let mut nonce = [0; 12];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut nonce))
-        .context("reading a random nonce from /dev/urandom")?;
-    Ok(nonce)
+    natgw_proto::util::rng::random_bytes().context("reading a random nonce from /dev/urandom")
 }
 
 /// A UDP socket connected to the server.
@@ -822,9 +818,9 @@ fn finish_natpmp(json: bool, report: &NatPmpReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pcp::policy::PcpConfig;
-    use crate::pcp::server::Server;
-    use crate::pcp::testing::MemoryTable;
+    use natgw_proto::pcp::engine::Engine;
+    use natgw_proto::pcp::policy::PcpConfig;
+    use natgw_proto::pcp::testing::MemoryTable;
     use std::thread;
 
     /// A natgw PCP engine over loopback answering `count` datagrams.
@@ -834,7 +830,7 @@ mod tests {
             unreachable!()
         };
         let handle = thread::spawn(move || {
-            let mut server = Server::new(PcpConfig::default(), Instant::now()).unwrap();
+            let mut server = Engine::new(PcpConfig::default(), Instant::now()).unwrap();
             let mut table = MemoryTable::new(Ipv4Addr::new(203, 0, 113, 1));
             // The client speaks from loopback: serve it as the LAN.
             table.lans = vec!["127.0.0.0/8".parse().unwrap()];

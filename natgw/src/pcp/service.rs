@@ -1,5 +1,5 @@
 //! The PCP and NAT-PMP server on sockets — the thin loop around the sans-IO
-//! [`Server`], as quinn is around quinn-proto: datagrams in, answers out, the
+//! [`Engine`], as quinn is around quinn-proto: datagrams in, answers out, the
 //! engine's announcements sent when due and its events logged.
 //!
 //! One UDP socket per LAN address, bound to that address and port 5351 and to its
@@ -27,13 +27,13 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use super::policy::PcpConfig;
-use super::server::{DropReason, Event, Server, Stats, Transmit, ANNOUNCE_GROUP};
-use super::table::MappingTable;
-use super::wire::{self, MAX_LEN};
 use crate::log_budget::{suppressed_note, LogBudget};
-use crate::prefix::Ipv4Prefix;
 use crate::replies::{Replies, ReplyStats};
+use natgw_proto::pcp::engine::{DropReason, Engine, Event, Stats, Transmit, ANNOUNCE_GROUP};
+use natgw_proto::pcp::policy::PcpConfig;
+use natgw_proto::pcp::table::MappingTable;
+use natgw_proto::pcp::wire::{self, MAX_LEN};
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// Datagrams handled per wake-up of one socket before the loop looks at its other
 /// work again.
@@ -59,7 +59,7 @@ struct LanSocket {
 
 /// The server and its sockets.
 pub struct PcpService {
-    server: Server,
+    server: Engine,
     sockets: Vec<LanSocket>,
     replies: Replies,
     /// Refusals are logged within this budget.
@@ -89,7 +89,7 @@ impl PcpService {
     /// An invalid configuration, or a socket that cannot be bound (another PCP or
     /// NAT-PMP server on the gateway holds the port).
     pub fn bind(config: PcpConfig, lans: &[LanAddress], now: Instant) -> Result<Self> {
-        let server = Server::new(config, now).context("the [pcp] configuration")?;
+        let server = Engine::new(config, now).context("the [pcp] configuration")?;
         let mut sockets: Vec<LanSocket> = Vec::new();
         for lan in lans {
             let local = SocketAddrV4::new(lan.prefix.addr(), wire::SERVER_PORT);

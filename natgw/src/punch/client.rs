@@ -16,10 +16,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
-use super::demux::{read_frame, Frame};
-use super::wire::{Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr};
-use crate::stun::probe::{binding_request, interpret, random_transaction_id, Seen};
-use crate::stun::wire::ChangeRequest;
+use super::frames::read_frame;
+use natgw_proto::punch::demux::Frame;
+use natgw_proto::punch::wire::{
+    Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr,
+};
+use natgw_proto::stun::client::{binding_request, interpret, random_transaction_id, Seen};
+use natgw_proto::stun::wire::ChangeRequest;
 
 /// Frames read ahead from a TCP connection.
 const TCP_QUEUE: usize = 16;
@@ -330,5 +333,5 @@ pub async fn find_peer<C: Channel>(
 /// A random transaction number.
 fn transaction() -> u32 {
     // The low half of 64 random bits.
-    (super::random_u64() & u64::from(u32::MAX)) as u32
+    (natgw_proto::util::rng::random_u64() & u64::from(u32::MAX)) as u32
 }

@@ -16,11 +16,12 @@ use anyhow::{bail, Context as _};
 use tokio::net::UdpSocket;
 
 use super::report::PcpPeer;
-use super::wire::{Mapped, MappedBy, PeerInfo};
 use crate::pcp::client::{HexNonce, MapArgs, PeerArgs, ProtocolArg, ServerArgs};
-use crate::pcp::wire::Nonce;
-use crate::stun::probe::{self, Seen};
-use crate::stun::wire::ChangeRequest;
+use crate::stun::probe;
+use natgw_proto::pcp::wire::Nonce;
+use natgw_proto::punch::wire::{Mapped, MappedBy, PeerInfo};
+use natgw_proto::stun::client::Seen;
+use natgw_proto::stun::wire::ChangeRequest;
 
 /// How long a STUN exchange may take before the peer goes on without it: over UDP
 /// three transmissions, at 0, 0.5 s and 1.5 s ([`probe::transmit_offsets`]).
@@ -199,8 +200,8 @@ pub async fn pcp_peers(
 
 #[cfg(test)]
 mod tests {
-    use super::super::wire::PeerId;
     use super::*;
+    use natgw_proto::punch::wire::PeerId;
 
     fn ep(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()

@@ -29,32 +29,27 @@
 //! the STUN server saw.
 
 pub mod client;
-pub mod demux;
+pub mod frames;
 pub mod learn;
-pub mod prober;
-pub mod rendezvous;
 pub mod report;
 pub mod server;
 mod tcp;
 mod udp;
-pub mod wire;
 
-use std::fs::File;
-use std::io::Read as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 
-use self::prober::{PathKind, Policy};
 use self::report::Report;
-use self::wire::{MappedBy, PeerId, PeerInfo};
+use natgw_proto::punch::prober::{PathKind, Policy};
+use natgw_proto::punch::wire::{MappedBy, PeerId, PeerInfo};
 
 /// The PCP server port (RFC 6887 §19.1).
 const PCP_PORT: u16 = 5351;
 /// The STUN port (RFC 8489 §18.6), for `--stun ADDR`.
-const STUN_PORT: u16 = crate::stun::responder::DEFAULT_PORT;
+const STUN_PORT: u16 = natgw_proto::stun::responder::DEFAULT_PORT;
 /// Longest wait for the rendezvous to answer a REGISTER.
 const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
@@ -113,7 +108,7 @@ pub struct PunchArgs {
     /// peer's public endpoint), `private` (its LAN endpoints), `mapped` (its PCP
     /// mapping), `reflexive` (an endpoint its probes came from that nobody announced)
     /// [default: all].
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND")]
+    #[arg(long, value_delimiter = ',', value_name = "KIND", value_parser = path_kind)]
     pub only: Vec<PathKind>,
 
     /// Send nothing to the peer before it has reached us (TCP: only accept), for a
@@ -203,6 +198,17 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
 }
 
 /// Seconds, above 0 and at most 600.
+/// `--only KIND`: one of `mapped`, `public`, `private`, `reflexive`.
+fn path_kind(s: &str) -> Result<PathKind, String> {
+    PathKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+        format!(
+            "`{s}` is not a kind of path; use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -278,13 +284,8 @@ fn stun_server(args: &PunchArgs) -> SocketAddrV4 {
 
 /// One random PCP nonce for every PEER of a run (natgw ties the nonce to the internal
 /// endpoint's mapping); from the kernel, or std's random keys if that fails.
-fn pcp_nonce() -> crate::pcp::wire::Nonce {
-    crate::pcp::client::random_nonce().unwrap_or_else(|_| {
-        let mut nonce = [0; 12];
-        nonce[..8].copy_from_slice(&random_u64().to_ne_bytes());
-        nonce[8..].copy_from_slice(&random_u64().to_ne_bytes()[..4]);
-        nonce
-    })
+fn pcp_nonce() -> natgw_proto::pcp::wire::Nonce {
+    natgw_proto::util::rng::random_array()
 }
 
 /// Our private endpoint: the bound address, or the source address of the route to
@@ -307,33 +308,13 @@ fn private_endpoint(bound: SocketAddr, rendezvous: SocketAddrV4) -> anyhow::Resu
     }
 }
 
-/// Eight random bytes from the kernel, as a number (session secrets, transaction ids).
-fn random_u64() -> u64 {
-    let mut bytes = [0; 8];
-    if File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .is_ok()
-    {
-        return u64::from_ne_bytes(bytes);
-    }
-    // No /dev/urandom: std's per-process random hash keys are the next best thing.
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
 
-    use super::wire::Mapped;
     use super::*;
     use crate::cli::{Cli, Command};
+    use natgw_proto::punch::wire::Mapped;
 
     fn punch(args: &[&str]) -> Result<PunchArgs, clap::Error> {
         let cli = Cli::try_parse_from(["natgw", "punch"].iter().chain(args))?;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::prober::{Outcome, PathKind, PathReport, Prober};
-use super::wire::{MappedBy, PeerInfo};
 use super::PunchArgs;
+use natgw_proto::punch::prober::{Outcome, PathKind, PathReport, Prober};
+use natgw_proto::punch::wire::{MappedBy, PeerInfo};
 
 /// Where our public endpoint came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -2,7 +2,7 @@
 //! bound to the same address and port, and beside it natgw's STUN Binding responder
 //! ([`Responder`]) on the same sockets, so a peer learns its public endpoint from the
 //! server it registers with. Each datagram or frame goes to one or the other by its
-//! first byte ([`super::demux`]). One task owns both engines; each TCP connection has
+//! first byte ([`natgw_proto::punch::demux`]). One task owns both engines; each TCP connection has
 //! a reader task that hands it frames and a writer task that sends what they decide.
 //! On SIGINT or SIGTERM it prints its counters and exits.
 
@@ -20,11 +20,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::demux::{self, read_frame, Frame, Protocol};
-use super::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
+use super::frames::read_frame;
 use super::RendezvousArgs;
 use crate::replies::Replies;
-use crate::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
+use natgw_proto::punch::demux::{self, Frame, Protocol};
+use natgw_proto::punch::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
+use natgw_proto::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
 
 /// Most TCP connections served at once; more are closed at once.
 const MAX_CONNECTIONS: usize = 1024;
@@ -64,7 +65,7 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
         lifetime: Duration::from_secs(args.lifetime),
         ..Config::default()
     };
-    let mut engine = Rendezvous::new(config, super::random_u64());
+    let mut engine = Rendezvous::new(config, natgw_proto::util::rng::random_u64());
     let stun_counters = Arc::<stun::Counters>::default();
     let mut stun = Responder::new(stun::Config::new(listen), Arc::clone(&stun_counters))
         .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;

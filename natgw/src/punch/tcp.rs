@@ -15,7 +15,7 @@
 //! fallback). An early SYN that reaches the peer's NAT before the peer's own SYN left
 //! is dropped silently by natgw (RFC 5382 REQ-4) and answered with a RST by other
 //! NATs; either way the next attempt goes through. On every connection that opens,
-//! the peers run the same probe/ack check as over UDP ([`super::prober`]), framed on
+//! the peers run the same probe/ack check as over UDP ([`natgw_proto::punch::prober`]), framed on
 //! the stream, and keep the one the controlling peer nominates.
 
 use std::collections::HashMap;
@@ -33,14 +33,15 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use super::client::{self, TcpChannel};
-use super::demux::{read_frame, Frame};
+use super::frames::read_frame;
 use super::learn::{self, pcp_map, STUN_WAIT};
-use super::prober::{Failure, PathKind, Prober, Settings, Status};
 use super::report::{stage, Report, TcpAttempts, TcpOpen};
-use super::wire::Register;
 use super::{
     candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
 };
+use natgw_proto::punch::demux::Frame;
+use natgw_proto::punch::prober::{Failure, PathKind, Prober, Settings, Status};
+use natgw_proto::punch::wire::Register;
 
 /// How long one connect() may take before it is abandoned and tried again. Linux
 /// retransmits a SYN after 1 s; a fresh attempt does the same sooner.
@@ -269,7 +270,7 @@ async fn drive(
     attempts: &Mutex<TcpAttempts>,
     deadline: Instant,
     tasks: &mut JoinSet<()>,
-) -> Result<(super::prober::Outcome, TcpOpen), Failure> {
+) -> Result<(natgw_proto::punch::prober::Outcome, TcpOpen), Failure> {
     let (events_tx, mut events) = mpsc::channel::<Event>(64);
     let mut writers: HashMap<SocketAddrV4, OwnedWriteHalf> = HashMap::new();
     let mut how: HashMap<SocketAddrV4, TcpOpen> = HashMap::new();

@@ -14,12 +14,12 @@ use tokio::time::Instant;
 
 use super::client::{self, UdpChannel};
 use super::learn::{self, pcp_map};
-use super::prober::{Prober, Settings, Status};
 use super::report::{stage, Report};
-use super::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
 use super::{
     candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
 };
+use natgw_proto::punch::prober::{Prober, Settings, Status};
+use natgw_proto::punch::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
 
 /// How often the prober is polled for probes to send.
 const TICK: Duration = Duration::from_millis(10);

@@ -2,13 +2,7 @@
 //! (`wire`), the sans-IO Binding responder (`responder`), the tokio loop that runs it on
 //! sockets (`server`), and the discovery client that tests any NAT (`probe`).
 
-// The codec is a complete format module in the smoltcp manner (setters, accessors,
-// every attribute); the responder and the probe do not use every item of it.
-#[allow(dead_code)]
-pub mod wire;
-
 pub mod probe;
-pub mod responder;
 pub mod server;
 
 use crate::cli::{StunArgs, StunCommand};

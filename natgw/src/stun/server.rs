@@ -18,9 +18,11 @@ use log::{debug, info, warn};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::responder::{Config, Counters, CountersSnapshot, DropReason, Outcome, Responder};
 use crate::cli::StunServeArgs;
 use crate::replies::Replies;
+use natgw_proto::stun::responder::{
+    Config, Counters, CountersSnapshot, DropReason, Outcome, Responder,
+};
 
 /// Largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -172,7 +174,7 @@ pub fn summary(c: &CountersSnapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stun::wire::{Attribute, Class, Packet, Repr, MAGIC_COOKIE, METHOD_BINDING};
+    use natgw_proto::stun::wire::{Attribute, Class, Packet, Repr, MAGIC_COOKIE, METHOD_BINDING};
     use std::net::Ipv4Addr;
     use std::time::Duration;
 

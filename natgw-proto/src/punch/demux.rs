@@ -10,13 +10,10 @@
 //! malformed.
 //!
 //! Over TCP, STUN messages are framed by their own length field (RFC 8489 §6.2.2: no
-//! extra framing) and punch messages by theirs ([`wire::frame_len`]); [`read_frame`]
-//! reads whichever comes next.
+//! extra framing) and punch messages by theirs ([`wire::frame_len`]); natgw's stream
+//! reader reads whichever comes next.
 
 use std::fmt;
-use std::io;
-
-use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 use super::wire;
 use crate::stun::wire as stun;
@@ -98,35 +95,11 @@ pub fn stun_frame_len(header: &[u8]) -> Result<usize, StunFrameError> {
     Ok(total)
 }
 
-/// Reads the next message from a stream: a STUN message or a punch message.
-///
-/// # Errors
-/// End of stream (`UnexpectedEof`), a read error, or a header that frames neither
-/// (`InvalidData`: the stream cannot be resynchronised).
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Frame> {
-    // The punch header is the shorter of the two: read it, then decide.
-    let mut frame = vec![0; wire::HEADER_LEN];
-    reader.read_exact(&mut frame).await?;
-    let invalid = |e: &dyn fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-    if classify(&frame) == Protocol::Stun {
-        frame.resize(stun::HEADER_LEN, 0);
-        reader.read_exact(&mut frame[wire::HEADER_LEN..]).await?;
-        let len = stun_frame_len(&frame).map_err(|e| invalid(&e))?;
-        frame.resize(len, 0);
-        reader.read_exact(&mut frame[stun::HEADER_LEN..]).await?;
-        return Ok(Frame::Stun(frame));
-    }
-    let len = wire::frame_len(&frame).map_err(|e| invalid(&e))?;
-    frame.resize(len, 0);
-    reader.read_exact(&mut frame[wire::HEADER_LEN..]).await?;
-    Ok(Frame::Punch(frame))
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::wire::{Message, PeerId, Repr};
     use super::*;
-    use crate::stun::probe::binding_request;
+    use crate::stun::client::binding_request;
     use crate::stun::wire::ChangeRequest;
 
     fn unknown_peer() -> Vec<u8> {
@@ -177,31 +150,5 @@ mod tests {
         long[2] = 0x04; // 1024 bytes of attributes
         long[3] = 0;
         assert_eq!(stun_frame_len(&long), Err(StunFrameError::TooLong));
-    }
-
-    #[tokio::test]
-    async fn a_stream_carries_both_protocols_in_turn() {
-        let stun = binding_request([1; 12], ChangeRequest::default());
-        let punch = unknown_peer();
-        let mut bytes = stun.clone();
-        bytes.extend(&punch);
-        bytes.extend(&stun);
-        let mut reader = &bytes[..];
-        assert_eq!(
-            read_frame(&mut reader).await.unwrap(),
-            Frame::Stun(stun.clone())
-        );
-        assert_eq!(read_frame(&mut reader).await.unwrap(), Frame::Punch(punch));
-        assert_eq!(read_frame(&mut reader).await.unwrap(), Frame::Stun(stun));
-        let eof = read_frame(&mut reader).await.unwrap_err();
-        assert_eq!(eof.kind(), io::ErrorKind::UnexpectedEof);
-
-        let mut garbage = &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..];
-        let e = read_frame(&mut garbage).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
-        let mut huge = binding_request([1; 12], ChangeRequest::default());
-        huge[2] = 0xff;
-        let e = read_frame(&mut &huge[..]).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     }
 }

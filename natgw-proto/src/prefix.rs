@@ -39,6 +39,7 @@ impl Ipv4Prefix {
 
     /// Prefix length in bits.
     #[must_use]
+    #[allow(clippy::len_without_is_empty)] // a length in bits; no prefix is "empty"
     pub const fn len(&self) -> u8 {
         self.len
     }

@@ -752,18 +752,14 @@ impl<'a> Repr<'a> {
     }
 }
 
-/// `len` rounded up to a multiple of 4.
-#[must_use]
-pub const fn padded(len: usize) -> usize {
-    (len + 3) & !3
-}
+pub use crate::wire::padded;
 
 fn read_u16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
+    crate::wire::get_u16(b, 0..2)
 }
 
 fn read_u32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    crate::wire::get_u32(b, 0..4)
 }
 
 const FAMILY_IPV4: u8 = 0x01;

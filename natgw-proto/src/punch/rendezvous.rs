@@ -184,7 +184,6 @@ impl Rendezvous {
     }
 
     /// Whether nobody is registered.
-    #[cfg(test)]
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.registrations.is_empty()

@@ -5,15 +5,14 @@
 //! Everything here is a pure function of the configuration and its inputs, so the
 //! server engine stays deterministic and testable.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
-use std::time::Instant;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::prefix::Ipv4Prefix;
+use crate::util::bucket::{RateLimiter, WhenFull};
 
 /// Default shortest lifetime granted to a mapping, in seconds: RFC 6887 §15 lets the
 /// server raise short requests; two minutes keeps refresh traffic low.
@@ -47,10 +46,9 @@ pub const LONG_ERROR_LIFETIME_DEFAULT: u32 = 1800;
 /// The rule used when none is configured: any internal host may map any of its ports
 /// to a non-system external port (system ports stay with the gateway, as miniupnpd's
 /// sample configuration does).
-#[allow(dead_code)] // documents `default_rule()`; the tests hold them equal
 pub const DEFAULT_RULE: &str = "allow 1024-65535 0.0.0.0/0 1-65535";
 /// Clients whose request rate is tracked at once; beyond, new clients are refused
-/// until idle ones age out (see [`RateLimiter`]).
+/// until idle ones age out (see [`client_limiter`]).
 pub const MAX_TRACKED_CLIENTS: usize = 4096;
 
 /// The PCP and NAT-PMP server's settings. Every field has a default, so `[pcp]` may
@@ -416,135 +414,30 @@ impl<'de> Deserialize<'de> for PortRule {
     }
 }
 
-/// The limiter's decision on one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Within the budget.
-    Allow,
-    /// Over it: drop without answering. `first` is true for the first drop of a run,
-    /// so callers log once per episode rather than once per packet.
-    Drop {
-        /// First drop since the client was last within its budget.
-        first: bool,
-    },
-}
-
-/// A token bucket: `burst` tokens, refilled at `per_second`, one per request.
-/// Integer milli-tokens keep it exact and platform independent.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    per_second: u32,
-    burst: u32,
-    milli_tokens: u64,
-    last: Instant,
-    limited: bool,
-}
-
-const MILLI: u64 = 1000;
-
-impl TokenBucket {
-    /// A full bucket at `now`; `per_second == 0` allows everything.
-    #[must_use]
-    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
-        Self {
-            per_second,
-            burst,
-            milli_tokens: u64::from(burst) * MILLI,
-            last: now,
-            limited: false,
-        }
-    }
-
-    fn capacity(&self) -> u64 {
-        u64::from(self.burst) * MILLI
-    }
-
-    fn refilled(&self, now: Instant) -> u64 {
-        let elapsed_ms =
-            u64::try_from(now.saturating_duration_since(self.last).as_millis()).unwrap_or(u64::MAX);
-        let added = elapsed_ms.saturating_mul(u64::from(self.per_second));
-        self.milli_tokens.saturating_add(added).min(self.capacity())
-    }
-
-    /// Whether the bucket is full at `now` (its owner has been idle).
-    #[must_use]
-    pub fn is_full(&self, now: Instant) -> bool {
-        self.refilled(now) >= self.capacity()
-    }
-
-    /// Takes one token at `now`.
-    pub fn take(&mut self, now: Instant) -> Verdict {
-        if self.per_second == 0 {
-            return Verdict::Allow;
-        }
-        self.milli_tokens = self.refilled(now);
-        self.last = self.last.max(now);
-        if self.milli_tokens >= MILLI {
-            self.milli_tokens -= MILLI;
-            self.limited = false;
-            Verdict::Allow
-        } else {
-            let first = !self.limited;
-            self.limited = true;
-            Verdict::Drop { first }
-        }
-    }
-}
-
-/// Per-client [`TokenBucket`]s.
+/// The per-client limiter of `per_second` requests a second with bursts of `burst`:
+/// at most [`MAX_TRACKED_CLIENTS`] clients at once; beyond, new clients are refused
+/// until idle ones age out — during a flood from that many sources, serving the
+/// clients already known beats serving none.
 ///
 /// Over-limit requests are dropped silently (RFC 6887 §8.3 allows either that or
 /// NO_RESOURCES): clients retransmit anyway, and answering a flood — possibly with
 /// spoofed sources — would only multiply it.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_second: u32,
-    burst: u32,
-    buckets: HashMap<Ipv4Addr, TokenBucket>,
-    overflowing: bool,
-}
-
-impl RateLimiter {
-    /// A limiter; `per_second == 0` allows everything.
-    #[must_use]
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        Self {
-            per_second,
-            burst,
-            buckets: HashMap::new(),
-            overflowing: false,
-        }
-    }
-
-    /// Takes one token from `client`'s bucket. When [`MAX_TRACKED_CLIENTS`] buckets
-    /// exist, full (idle) ones are forgotten first; if none is, the new client is
-    /// refused — during a flood from that many sources, serving the clients already
-    /// known beats serving none.
-    pub fn check(&mut self, client: Ipv4Addr, now: Instant) -> Verdict {
-        if self.per_second == 0 {
-            return Verdict::Allow;
-        }
-        if !self.buckets.contains_key(&client) && self.buckets.len() >= MAX_TRACKED_CLIENTS {
-            self.buckets.retain(|_, b| !b.is_full(now));
-            if self.buckets.len() >= MAX_TRACKED_CLIENTS {
-                let first = !self.overflowing;
-                self.overflowing = true;
-                return Verdict::Drop { first };
-            }
-            self.overflowing = false;
-        }
-        let (per_second, burst) = (self.per_second, self.burst);
-        self.buckets
-            .entry(client)
-            .or_insert_with(|| TokenBucket::new(per_second, burst, now))
-            .take(now)
-    }
+#[must_use]
+pub fn client_limiter(per_second: u32, burst: u32) -> RateLimiter<Ipv4Addr> {
+    RateLimiter::new(
+        u64::from(per_second),
+        u64::from(burst),
+        MAX_TRACKED_CLIENTS,
+        WhenFull::RefuseNew,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::bucket::Verdict;
     use std::time::Duration;
+    use std::time::Instant;
 
     fn span(a: u16, b: u16) -> PortSpan {
         PortSpan::new(a, b).unwrap()
@@ -660,7 +553,7 @@ mod tests {
     fn token_bucket_allows_a_burst_then_the_rate() {
         // rfc6887 8.3: an overloaded server may silently discard requests
         let t0 = Instant::now();
-        let mut l = RateLimiter::new(2, 3);
+        let mut l = client_limiter(2, 3);
         let c = Ipv4Addr::new(10, 0, 1, 5);
         for _ in 0..3 {
             assert_eq!(l.check(c, t0), Verdict::Allow);
@@ -673,13 +566,13 @@ mod tests {
         let t1 = t0 + Duration::from_millis(500);
         assert_eq!(l.check(c, t1), Verdict::Allow);
         assert_eq!(l.check(c, t1), Verdict::Drop { first: true });
-        assert_eq!(RateLimiter::new(0, 0).check(c, t0), Verdict::Allow);
+        assert_eq!(client_limiter(0, 0).check(c, t0), Verdict::Allow);
     }
 
     #[test]
     fn tracked_clients_are_bounded() {
         let t0 = Instant::now();
-        let mut l = RateLimiter::new(1, 1);
+        let mut l = client_limiter(1, 1);
         for i in 0..MAX_TRACKED_CLIENTS as u32 {
             assert_eq!(l.check(Ipv4Addr::from(0x0a00_0000 + i), t0), Verdict::Allow);
         }
@@ -688,6 +581,6 @@ mod tests {
         // Once the others' buckets are full again they are forgotten.
         let later = t0 + Duration::from_secs(2);
         assert_eq!(l.check(newcomer, later), Verdict::Allow);
-        assert_eq!(l.buckets.len(), 1);
+        assert_eq!(l.len(), 1);
     }
 }

@@ -13,6 +13,7 @@
 //! opcode accepts, unknown mandatory options — is decided by the server, so unknown
 //! options are kept as raw bytes in [`OptionRepr::Unknown`].
 
+use crate::wire::{get_ipv6, get_u16, get_u32, padded};
 use std::fmt;
 use std::net::Ipv6Addr;
 
@@ -64,7 +65,7 @@ pub type Nonce = [u8; 12];
 
 /// Byte ranges of the PCP formats.
 mod field {
-    pub type Field = core::ops::Range<usize>;
+    pub use crate::wire::Field;
 
     // Common header (§7.1 request, §7.2 response).
     pub const VERSION: usize = 0;
@@ -100,29 +101,6 @@ mod field {
     pub const FILTER_PREFIX_LEN: usize = 1;
     pub const FILTER_PORT: Field = 2..4;
     pub const FILTER_ADDRESS: Field = 4..20;
-}
-
-fn get_u16(buf: &[u8], f: field::Field) -> u16 {
-    let mut b = [0; 2];
-    b.copy_from_slice(&buf[f]);
-    u16::from_be_bytes(b)
-}
-
-fn get_u32(buf: &[u8], f: field::Field) -> u32 {
-    let mut b = [0; 4];
-    b.copy_from_slice(&buf[f]);
-    u32::from_be_bytes(b)
-}
-
-fn get_addr(buf: &[u8], f: field::Field) -> Ipv6Addr {
-    let mut b = [0; 16];
-    b.copy_from_slice(&buf[f]);
-    Ipv6Addr::from(b)
-}
-
-/// Option data padded to a multiple of 4 bytes (§7.3).
-const fn padded(len: usize) -> usize {
-    (len + 3) & !3
 }
 
 /// Opcodes this codec knows (RFC 6887 §14.1, §11, §12).
@@ -412,7 +390,6 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// The underlying buffer.
-    #[allow(dead_code)] // part of the smoltcp-style view; unused by natgw itself
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -420,6 +397,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Whole message length.
     pub fn len(&self) -> usize {
         self.buffer.as_ref().len()
+    }
+
+    /// Whether the message has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.buffer.as_ref().is_empty()
     }
 
     /// Version field.
@@ -444,7 +426,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Request only: the client's own address as it believes it to be.
     pub fn client_address(&self) -> Ipv6Addr {
-        get_addr(self.buffer.as_ref(), field::CLIENT_ADDRESS)
+        get_ipv6(self.buffer.as_ref(), field::CLIENT_ADDRESS)
     }
 
     /// Response only: result code.
@@ -570,7 +552,7 @@ impl<T: AsRef<[u8]>> MappingData<T> {
 
     /// Suggested (request) or assigned (response) external address.
     pub fn external_address(&self) -> Ipv6Addr {
-        get_addr(self.buffer.as_ref(), field::EXTERNAL_ADDRESS)
+        get_ipv6(self.buffer.as_ref(), field::EXTERNAL_ADDRESS)
     }
 
     /// PEER only: remote peer port.
@@ -580,7 +562,7 @@ impl<T: AsRef<[u8]>> MappingData<T> {
 
     /// PEER only: remote peer address.
     pub fn remote_address(&self) -> Ipv6Addr {
-        get_addr(self.buffer.as_ref(), field::REMOTE_ADDRESS)
+        get_ipv6(self.buffer.as_ref(), field::REMOTE_ADDRESS)
     }
 }
 
@@ -927,7 +909,7 @@ impl OptionRepr {
         Ok(match code {
             OPTION_THIRD_PARTY => {
                 exact(THIRD_PARTY_LEN)?;
-                Self::ThirdParty(get_addr(data, 0..16))
+                Self::ThirdParty(get_ipv6(data, 0..16))
             }
             OPTION_PREFER_FAILURE => {
                 exact(PREFER_FAILURE_LEN)?;
@@ -945,7 +927,7 @@ impl OptionRepr {
                 Self::Filter(FilterRepr {
                     prefix_len,
                     remote_port: get_u16(data, field::FILTER_PORT),
-                    remote_address: get_addr(data, field::FILTER_ADDRESS),
+                    remote_address: get_ipv6(data, field::FILTER_ADDRESS),
                 })
             }
             _ => Self::Unknown {

@@ -34,7 +34,6 @@
 //!   a client that wants a 1500-byte reply sends a 1500-byte request. Replies are also
 //!   limited per source IP by a token bucket.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +41,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::wire::{self, attr, error_code, Attribute, Class, ErrorCode, Packet, Repr};
+use crate::util::bucket::{RateLimiter, Verdict, WhenFull};
 
 /// The STUN port (RFC 8489 §18.6).
 pub const DEFAULT_PORT: u16 = 3478;
@@ -423,7 +423,7 @@ pub struct Responder {
     /// SOFTWARE padded with spaces to whole 32-bit words: RFC 3489 clients (Debian's
     /// `stun`) read 0x8022 as the draft's SERVER attribute and reject other lengths.
     legacy_software: Option<String>,
-    limiter: Option<RateLimiter>,
+    limiter: Option<RateLimiter<Ipv4Addr>>,
     counters: Arc<Counters>,
 }
 
@@ -441,7 +441,14 @@ impl Responder {
             padded
         });
         Ok(Self {
-            limiter: config.rate_limit.map(RateLimiter::new),
+            limiter: config.rate_limit.map(|l| {
+                RateLimiter::new(
+                    u64::from(l.per_second),
+                    u64::from(l.burst),
+                    l.max_sources,
+                    WhenFull::EvictOldest,
+                )
+            }),
             legacy_software,
             config,
             counters,
@@ -503,7 +510,7 @@ impl Responder {
             return Err(DropReason::UnsupportedMethod);
         }
         if let Some(limiter) = &mut self.limiter {
-            if !limiter.allow(now, *src.ip()) {
+            if limiter.check(*src.ip(), now) != Verdict::Allow {
                 return Err(DropReason::RateLimited);
             }
         }
@@ -797,77 +804,6 @@ struct Answer {
 fn push_unique(list: &mut Vec<u16>, kind: u16) {
     if !list.contains(&kind) {
         list.push(kind);
-    }
-}
-
-/// Per-source token buckets in a bounded table.
-#[derive(Debug)]
-struct RateLimiter {
-    limit: RateLimit,
-    buckets: HashMap<Ipv4Addr, Bucket>,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(limit: RateLimit) -> Self {
-        Self {
-            limit,
-            buckets: HashMap::new(),
-        }
-    }
-
-    fn burst(&self) -> f64 {
-        f64::from(self.limit.burst)
-    }
-
-    /// Takes a token for `ip` if it has one.
-    fn allow(&mut self, now: Instant, ip: Ipv4Addr) -> bool {
-        let (rate, burst) = (f64::from(self.limit.per_second), self.burst());
-        if let Some(b) = self.buckets.get_mut(&ip) {
-            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-            b.tokens = (b.tokens + elapsed * rate).min(burst);
-            b.last = now;
-            if b.tokens >= 1.0 {
-                b.tokens -= 1.0;
-                return true;
-            }
-            return false;
-        }
-        if self.buckets.len() >= self.limit.max_sources {
-            self.evict(now);
-        }
-        self.buckets.insert(
-            ip,
-            Bucket {
-                tokens: burst - 1.0,
-                last: now,
-            },
-        );
-        true
-    }
-
-    /// Forgets every source whose bucket has refilled (it would be recreated full);
-    /// if none has, the longest-idle one.
-    fn evict(&mut self, now: Instant) {
-        let (rate, burst) = (f64::from(self.limit.per_second), self.burst());
-        self.buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < burst
-        });
-        if self.buckets.len() >= self.limit.max_sources {
-            if let Some(oldest) = self
-                .buckets
-                .iter()
-                .min_by_key(|(_, b)| b.last)
-                .map(|(ip, _)| *ip)
-            {
-                self.buckets.remove(&oldest);
-            }
-        }
     }
 }
 
@@ -1441,20 +1377,32 @@ mod tests {
 
     #[test]
     fn rate_limiter_table_stays_bounded() {
-        let mut limiter = RateLimiter::new(RateLimit {
+        // The responder's limiter as it configures it: 8 sources, the longest idle
+        // forgotten for a newcomer.
+        let mut config = Config::new(PRIMARY);
+        config.rate_limit = Some(RateLimit {
             per_second: 1,
             burst: 2,
             max_sources: 8,
         });
+        let mut r = Responder::new(config, Arc::default()).unwrap();
         let t0 = now();
         for i in 0..100u8 {
-            assert!(limiter.allow(t0, Ipv4Addr::new(10, 0, 0, i)));
-            assert!(limiter.buckets.len() <= 8);
+            let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 5000);
+            assert!(matches!(
+                r.handle(t0, PRIMARY, src, &request(vec![])),
+                Outcome::Reply { .. }
+            ));
+            assert!(r.limiter.as_ref().is_some_and(|l| l.len() <= 8));
         }
         // Long idle sources are forgotten first.
         let t1 = t0 + Duration::from_secs(10);
-        assert!(limiter.allow(t1, Ipv4Addr::new(10, 0, 1, 1)));
-        assert_eq!(limiter.buckets.len(), 1);
+        let src = SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 1), 5000);
+        assert!(matches!(
+            r.handle(t1, PRIMARY, src, &request(vec![])),
+            Outcome::Reply { .. }
+        ));
+        assert_eq!(r.limiter.as_ref().map(RateLimiter::len), Some(1));
     }
 
     #[test]

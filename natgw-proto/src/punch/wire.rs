@@ -47,6 +47,7 @@
 //! of every message is 'N' (0x4E, top bits 01), never a STUN message's (top bits 00,
 //! RFC 8489 §5): the rendezvous answers both on one port (see `super::demux`).
 
+use crate::wire::{get_u16, get_u32, set_u16, set_u32};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -74,19 +75,19 @@ pub type Session = [u8; SESSION_LEN];
 
 /// Byte ranges of the header.
 pub mod field {
-    use std::ops::Range;
+    use crate::wire::Field;
     /// "NP".
-    pub const MAGIC: Range<usize> = 0..2;
+    pub const MAGIC: Field = 0..2;
     /// Protocol version.
     pub const VERSION: usize = 2;
     /// Message kind.
     pub const KIND: usize = 3;
     /// Body length, big-endian.
-    pub const LENGTH: Range<usize> = 4..6;
+    pub const LENGTH: Field = 4..6;
     /// Reserved: zero when sent, ignored when received.
-    pub const RESERVED: Range<usize> = 6..8;
+    pub const RESERVED: Field = 6..8;
     /// Transaction id or sequence number, big-endian.
-    pub const TRANSACTION: Range<usize> = 8..12;
+    pub const TRANSACTION: Field = 8..12;
 }
 
 /// Message kinds.
@@ -487,15 +488,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// The body length field.
     #[must_use]
     pub fn body_len(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::LENGTH];
-        u16::from_be_bytes([b[0], b[1]])
+        get_u16(self.buffer.as_ref(), field::LENGTH)
     }
 
     /// The transaction (or sequence) number.
     #[must_use]
     pub fn transaction(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::TRANSACTION];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        get_u32(self.buffer.as_ref(), field::TRANSACTION)
     }
 
     /// The body.
@@ -513,9 +512,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
         data[field::MAGIC].copy_from_slice(&MAGIC);
         data[field::VERSION] = VERSION;
         data[field::KIND] = kind;
-        data[field::LENGTH].copy_from_slice(&body_len.to_be_bytes());
+        set_u16(data, field::LENGTH, body_len);
         data[field::RESERVED].fill(0);
-        data[field::TRANSACTION].copy_from_slice(&transaction.to_be_bytes());
+        set_u32(data, field::TRANSACTION, transaction);
     }
 
     /// The body, writable.
@@ -536,10 +535,7 @@ pub fn frame_len(header: &[u8]) -> Result<usize> {
     if header[field::MAGIC] != MAGIC {
         return Err(Error::BadMagic);
     }
-    let length = usize::from(u16::from_be_bytes([
-        header[field::LENGTH.start],
-        header[field::LENGTH.start + 1],
-    ]));
+    let length = usize::from(get_u16(header, field::LENGTH));
     if length > MAX_BODY_LEN {
         return Err(Error::TooLong);
     }
@@ -714,8 +710,7 @@ impl Reader<'_> {
     }
 
     fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(get_u16(self.take(2)?, 0..2))
     }
 
     fn session(&mut self) -> Result<Session> {
@@ -738,7 +733,7 @@ impl Reader<'_> {
     fn endpoint(&mut self) -> Result<SocketAddrV4> {
         let b = self.take(6)?;
         let addr = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-        let port = u16::from_be_bytes([b[4], b[5]]);
+        let port = get_u16(b, 4..6);
         if addr.is_unspecified() || port == 0 {
             return Err(Error::BadEndpoint);
         }

@@ -119,7 +119,6 @@ pub struct Filter {
 impl Filter {
     /// Whether a packet from `remote` passes this filter.
     #[must_use]
-    #[allow(dead_code)] // the data path applies filters; the tests use this model
     pub fn permits(&self, remote: SocketAddrV4) -> bool {
         let host = Ipv4Prefix::new(*remote.ip(), 32);
         host.is_some_and(|h| self.remote.overlaps(&h))
@@ -218,7 +217,6 @@ pub enum TableError {
     NoResources,
     /// A limit the table itself enforces (USER_EX_QUOTA).
     #[error("the host's mapping quota is used up")]
-    #[allow(dead_code)] // natgw's table leaves quotas to the engine's policy
     QuotaExceeded,
     /// PREFER_FAILURE and the suggested endpoint is taken (CANNOT_PROVIDE_EXTERNAL).
     #[error("the suggested external endpoint is not available")]

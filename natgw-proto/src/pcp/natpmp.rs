@@ -6,6 +6,7 @@
 //! NAT-PMP shares UDP port 5351 with PCP; the first byte (version 0 here, 2 for PCP)
 //! tells them apart.
 
+use crate::wire::{get_u16, get_u32};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -33,7 +34,7 @@ pub const MAP_RESPONSE_LEN: usize = 16;
 
 /// Byte ranges of the NAT-PMP formats.
 mod field {
-    pub type Field = core::ops::Range<usize>;
+    pub use crate::wire::Field;
 
     pub const VERSION: usize = 0;
     pub const OPCODE: usize = 1;
@@ -51,18 +52,6 @@ mod field {
     pub const RESPONSE_INTERNAL_PORT: Field = 8..10;
     pub const MAPPED_PORT: Field = 10..12;
     pub const LIFETIME: Field = 12..16;
-}
-
-fn get_u16(buf: &[u8], f: field::Field) -> u16 {
-    let mut b = [0; 2];
-    b.copy_from_slice(&buf[f]);
-    u16::from_be_bytes(b)
-}
-
-fn get_u32(buf: &[u8], f: field::Field) -> u32 {
-    let mut b = [0; 4];
-    b.copy_from_slice(&buf[f]);
-    u32::from_be_bytes(b)
 }
 
 /// NAT-PMP result codes (§3.5).
@@ -225,6 +214,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Message length.
     pub fn len(&self) -> usize {
         self.buffer.as_ref().len()
+    }
+
+    /// Whether the message has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.buffer.as_ref().is_empty()
     }
 
     /// Version field.

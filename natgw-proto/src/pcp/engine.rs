@@ -1,8 +1,8 @@
 //! The PCP server engine (RFC 6887) with NAT-PMP (RFC 6886) on the same port, sans
-//! IO in the manner of quinn-proto: [`Server::handle`] takes a datagram, the time and
+//! IO in the manner of quinn-proto: [`Engine::handle`] takes a datagram, the time and
 //! the [`MappingTable`] and returns the answer to send back (if any);
-//! [`Server::unsolicited`] returns the announcements due at a time, and
-//! [`Server::poll_timeout`] says when the next ones are; [`Server::poll_event`] yields
+//! [`Engine::unsolicited`] returns the announcements due at a time, and
+//! [`Engine::poll_timeout`] says when the next ones are; [`Engine::poll_event`] yields
 //! what happened, for the caller to log. No sockets, timers or logging in here.
 //!
 //! The caller must feed it only datagrams that arrived on LAN interfaces (RFC 6887
@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::natpmp::{self, MapProtocol};
-use super::policy::{PcpConfig, PolicyError, RateLimiter, TokenBucket, Verdict};
+use super::policy::{client_limiter, PcpConfig, PolicyError};
 use super::table::{
     ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerRequest, Protocol,
     TableError,
@@ -24,6 +24,7 @@ use super::wire::{
     self, FilterRepr, MapRepr, Nonce, OpRepr, Opcode, OptionRepr, PeerRepr, ResultCode,
 };
 use crate::prefix::Ipv4Prefix;
+use crate::util::bucket::{RateLimiter, TokenBucket, Verdict};
 
 /// Where unsolicited ANNOUNCE responses and NAT-PMP address announcements go: the
 /// all-hosts group, client port 5350 (RFC 6887 §14.1.3, RFC 6886 §3.2.1).
@@ -37,7 +38,7 @@ pub const NATPMP_NONCE: Nonce = [0; 12];
 pub const UNSOLICITED_COUNT: u32 = 10;
 /// Interval between the first two announcements.
 pub const UNSOLICITED_FIRST_INTERVAL: Duration = Duration::from_millis(250);
-/// Events kept for [`Server::poll_event`]; later ones are counted, not queued.
+/// Events kept for [`Engine::poll_event`]; later ones are counted, not queued.
 pub const MAX_QUEUED_EVENTS: usize = 1024;
 
 /// A datagram the caller should send.
@@ -123,7 +124,7 @@ impl DropReason {
 /// answered (success or refusal) or dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Datagrams handed to [`Server::handle`].
+    /// Datagrams handed to [`Engine::handle`].
     pub requests: u64,
     /// Answered with success.
     pub succeeded: u64,
@@ -379,10 +380,10 @@ impl Burst {
 /// The PCP/NAT-PMP server state: policy, epoch, rate limiter, pending announcements
 /// and events. Mappings themselves live in the [`MappingTable`].
 #[derive(Debug)]
-pub struct Server {
+pub struct Engine {
     config: PcpConfig,
     epoch_start: Instant,
-    limiter: RateLimiter,
+    limiter: RateLimiter<Ipv4Addr>,
     total: TokenBucket,
     events: VecDeque<Event>,
     events_lost: u64,
@@ -390,14 +391,18 @@ pub struct Server {
     stats: Stats,
 }
 
-impl Server {
+impl Engine {
     /// A server whose state (and epoch) begins `now`. Announcements of the (re)start
-    /// are scheduled right away (RFC 6887 §14.1.3); see [`Server::unsolicited`].
+    /// are scheduled right away (RFC 6887 §14.1.3); see [`Engine::unsolicited`].
     pub fn new(config: PcpConfig, now: Instant) -> Result<Self, PolicyError> {
         config.validate()?;
         Ok(Self {
-            limiter: RateLimiter::new(config.requests_per_second, config.burst),
-            total: TokenBucket::new(config.requests_per_second_total, config.burst_total, now),
+            limiter: client_limiter(config.requests_per_second, config.burst),
+            total: TokenBucket::new(
+                u64::from(config.requests_per_second_total),
+                u64::from(config.burst_total),
+                now,
+            ),
             config,
             epoch_start: now,
             events: VecDeque::new(),
@@ -430,7 +435,6 @@ impl Server {
     /// Mapping state was lost (the maps were recreated): the epoch starts again, so
     /// clients notice and recreate their mappings (RFC 6887 §8.5), and ANNOUNCE is
     /// multicast again.
-    #[allow(dead_code)] // natgw loses mapping state only by restarting: a new Server
     pub fn reset_epoch(&mut self, now: Instant) {
         self.epoch_start = now;
         self.burst = Some(Burst::new(now, false));
@@ -443,7 +447,7 @@ impl Server {
         self.burst = Some(Burst::new(now, true));
     }
 
-    /// When [`Server::unsolicited`] next has something to send.
+    /// When [`Engine::unsolicited`] next has something to send.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.burst.map(|b| b.next)
@@ -1380,7 +1384,7 @@ impl Server {
     }
 
     /// The announcements due at `now`, if any: each run sends [`UNSOLICITED_COUNT`]
-    /// rounds, 250 ms apart at first and doubling (see [`Server::announcements`]).
+    /// rounds, 250 ms apart at first and doubling (see [`Engine::announcements`]).
     pub fn unsolicited(&mut self, now: Instant, table: &impl MappingTable) -> Vec<Transmit> {
         let Some(burst) = self.burst.as_mut() else {
             return Vec::new();
@@ -1549,7 +1553,7 @@ mod tests {
     }
 
     struct Harness {
-        server: Server,
+        server: Engine,
         table: MemoryTable,
         start: Instant,
         now: Instant,
@@ -1563,7 +1567,7 @@ mod tests {
         fn with(config: PcpConfig) -> Self {
             let now = Instant::now();
             Self {
-                server: Server::new(config, now).unwrap(),
+                server: Engine::new(config, now).unwrap(),
                 table: MemoryTable::new(EXT),
                 start: now,
                 now,
@@ -2707,6 +2711,6 @@ mod tests {
             max_lifetime: 5,
             ..config()
         };
-        assert!(Server::new(bad, Instant::now()).is_err());
+        assert!(Engine::new(bad, Instant::now()).is_err());
     }
 }

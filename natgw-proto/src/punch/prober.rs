@@ -32,7 +32,7 @@ use serde::Serialize;
 use super::wire::{Ack, Flags, Message, PeerId, Probe, Repr, Session};
 
 /// Where a path's remote endpoint came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathKind {
     /// A PCP-mapped endpoint the peer announced.
@@ -46,6 +46,15 @@ pub enum PathKind {
 }
 
 impl PathKind {
+    /// Every kind, in the order paths are tried.
+    pub const ALL: [Self; 4] = [Self::Mapped, Self::Public, Self::Private, Self::Reflexive];
+
+    /// The kind named `name` ([`PathKind::name`]).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// How a connection over this kind of path is described: `direct-public`,
     /// `direct-private`, `pcp-mapped` or `peer-reflexive`.
     #[must_use]
