@@ -100,6 +100,7 @@ impl PortRange {
 
     /// Number of ports in the range.
     #[must_use]
+    #[allow(clippy::len_without_is_empty)] // a range holds one port at least
     pub const fn len(&self) -> u32 {
         self.max as u32 - self.min as u32 + 1
     }
@@ -244,7 +245,7 @@ pub struct FilteringModes {
 }
 
 /// What becomes of an unsolicited inbound SYN once it has been held for
-/// [`crate::gc::held_syns::HOLD_NS`] without an outbound SYN answering it (RFC 5382
+/// [`crate::nat_table::gc::held_syns::HOLD_NS`] without an outbound SYN answering it (RFC 5382
 /// REQ-4).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -31,15 +31,15 @@ use log::{info, warn};
 use natgw_common::addr_be;
 
 use super::Daemon;
-use crate::addresses::AddressPlan;
 use crate::config::ForwardProtocol;
-use crate::explicit::{Defaults, ExplicitMappings};
-use crate::gc::{self, Policy};
-use crate::maps::PcpFilters;
-use crate::netlink::AddressWatch;
-use crate::pcp::service::{LanAddress, PcpService};
-use crate::state::ExplicitEntry;
-use crate::system;
+use crate::datapath::addresses::AddressPlan;
+use crate::datapath::dirs::ExplicitEntry;
+use crate::datapath::maps::PcpFilters;
+use crate::datapath::netlink::AddressWatch;
+use crate::datapath::system;
+use crate::nat_table::explicit::{Defaults, ExplicitMappings};
+use crate::nat_table::gc::{self, Policy};
+use crate::services::pcp::{LanAddress, PcpService};
 use natgw_proto::pcp::engine::DropReason;
 use natgw_proto::pcp::table::{Protocol, TableError};
 
@@ -413,7 +413,7 @@ impl Daemon {
 
     /// Writes the new pool and `CONFIG`: new traffic mappings use the new address.
     fn point_data_path_at(&mut self, pool: &[Ipv4Addr]) -> Result<()> {
-        crate::maps::write_external_pool(&mut self.ebpf, pool)
+        crate::datapath::maps::write_external_pool(&mut self.ebpf, pool)
             .context("writing the external address pool")?;
         let config = self.data_path_config();
         self.maps()?

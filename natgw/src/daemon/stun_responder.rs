@@ -3,7 +3,7 @@
 //! anywhere — can ask natgw what address and port they come from.
 //!
 //! The engine and its tokio loop are [`natgw_proto::stun::responder`] and
-//! [`crate::stun::server`]; this binds their sockets, runs the loop as a task, follows
+//! [`crate::services::stun`]; this binds their sockets, runs the loop as a task, follows
 //! changes of the external address pool and reports its counters. The sockets are
 //! bound before the data path is marked ready: no mapping can claim their ports first
 //! (the data path never hands out a port a local socket holds), and inbound packets to
@@ -49,8 +49,8 @@ use tokio::task::JoinHandle;
 
 use super::Daemon;
 use crate::config::StunSettings;
-use crate::state::StunState;
-use crate::stun::server;
+use crate::datapath::dirs::StunState;
+use crate::services::stun;
 use natgw_proto::stun::responder::{Config, Counters, CountersSnapshot};
 
 /// Why the responder does not listen while the WAN has no address.
@@ -162,7 +162,7 @@ fn spawn(
     let config = config.clone();
     let counters = Arc::clone(counters);
     Ok(tokio::spawn(async move {
-        if let Err(e) = server::run(config, task_sockets, counters).await {
+        if let Err(e) = stun::run(config, task_sockets, counters).await {
             error!("stun.failed error=\"{e:#}\": the STUN responder stopped");
         }
     }))
@@ -326,10 +326,7 @@ impl StunResponder {
     pub(super) fn stop(mut self) {
         self.halt();
         self.held.clear();
-        info!(
-            "stun.stopped {}",
-            server::summary(&self.counters.snapshot())
-        );
+        info!("stun.stopped {}", stun::summary(&self.counters.snapshot()));
     }
 }
 

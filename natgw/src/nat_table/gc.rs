@@ -24,7 +24,7 @@
 //!   path inserts the reverse entry (the port claim) before the forward one;
 //! - the sessions of a deleted mapping go right after it, in the same tick;
 //! - explicit mappings (origin PCP, NAT-PMP or static) are not this module's: they
-//!   live by the lifetime their holder was granted, and [`crate::explicit`] ends them
+//!   live by the lifetime their holder was granted, and [`crate::nat_table::explicit`] ends them
 //!   (their sessions still expire here).
 //!
 //! [`Sweeper::plan`] makes every decision from a snapshot; [`Sweeper::tick`] takes the
@@ -44,7 +44,7 @@ use natgw_common::{
 };
 
 use crate::config::Timeouts;
-use crate::maps::{
+use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
 };
 use sessions::{SessionCandidate, SessionEnd, SessionObserved, SessionVerdict};
@@ -433,7 +433,7 @@ impl Sweeper {
         let mut candidates = HashMap::new();
         for (key, m) in fwd {
             if m.origin != Origin::Traffic as u8 {
-                continue; // an explicit mapping: `crate::explicit` ends it
+                continue; // an explicit mapping: `crate::nat_table::explicit` ends it
             }
             let rk = rev_key_of(key, m);
             let obs = Observed::new(key, m, rev_by_key.get(&rk))

@@ -25,8 +25,8 @@ use natgw_common::maps::{
 use natgw_common::maps::{FragKey, FragValue, StashKey, StashedFragment};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
 
-use crate::addresses::AddressPlan;
-use crate::state::RuntimeDirs;
+use crate::datapath::addresses::AddressPlan;
+use crate::datapath::dirs::RuntimeDirs;
 use natgw_proto::prefix::Ipv4Prefix;
 
 /// A failed map operation, naming the map.

@@ -132,11 +132,11 @@ impl RuntimeDirs {
     }
 
     /// The default locations for the current network namespace.
-    pub fn for_current_netns() -> Result<Self, crate::system::SystemError> {
+    pub fn for_current_netns() -> Result<Self, crate::datapath::system::SystemError> {
         Ok(Self::new(
             Path::new(natgw_common::maps::PIN_DIR),
             Path::new(STATE_ROOT),
-            crate::system::netns_inode()?,
+            crate::datapath::system::netns_inode()?,
         ))
     }
 

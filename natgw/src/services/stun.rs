@@ -1,6 +1,6 @@
 //! The responder on sockets: a thin tokio loop that hands every datagram to the
 //! [`Responder`] engine and sends what it decides from the socket it names, without
-//! waiting (see [`crate::replies`]: a reply that would wait for the resolution of a
+//! waiting (see [`crate::services::replies`]: a reply that would wait for the resolution of a
 //! possibly spoofed source is held back beyond a small budget, and one the socket
 //! cannot take is dropped and counted). One task
 //! owns the engine, so there are no locks; the counters are atomics readable from
@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::StunServeArgs;
-use crate::replies::Replies;
+use crate::services::replies::Replies;
 use natgw_proto::stun::responder::{
     Config, Counters, CountersSnapshot, DropReason, Outcome, Responder,
 };

@@ -33,12 +33,12 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use super::client::{self, TcpChannel};
-use super::frames::read_frame;
 use super::learn::{self, pcp_map, STUN_WAIT};
 use super::report::{stage, Report, TcpAttempts, TcpOpen};
 use super::{
     candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
 };
+use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::prober::{Failure, PathKind, Prober, Settings, Status};
 use natgw_proto::punch::wire::Register;

@@ -21,8 +21,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::frames::read_frame;
-use super::RendezvousArgs;
-use crate::replies::Replies;
+use crate::clients::punch::RendezvousArgs;
+use crate::services::replies::Replies;
 use natgw_proto::punch::demux::{self, Frame, Protocol};
 use natgw_proto::punch::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
 use natgw_proto::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
@@ -191,7 +191,7 @@ pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
              (unresolved) {}, lost {}",
             started.elapsed().as_secs_f64(),
             summary(&counters),
-            crate::stun::server::summary(&stun),
+            crate::services::stun::summary(&stun),
             replies.stats().unresolved,
             replies.stats().send_failed
         );

@@ -15,7 +15,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use natgw_common::maps::names;
 
 use crate::config::XdpModeChoice;
-use crate::maps::chain;
+use crate::datapath::maps::chain;
 
 /// natgw's eBPF object, embedded by the build script (empty when built without it).
 pub static EBPF_OBJECT: &[u8] =
@@ -149,7 +149,7 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
 /// Loads the object with both NAT tables sized to `max_mappings` and the session
 /// table to twice that (a TCP mapping has at least one session, an
 /// address-dependent one two: the address record and the endpoint), starts forwarding
-/// its log records (before the programs load, see [`crate::logging`]) and loads all
+/// its log records (before the programs load, see [`crate::datapath::logging`]) and loads all
 /// four programs into the kernel.
 pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
     if EBPF_OBJECT.is_empty() {
@@ -161,7 +161,7 @@ pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<(
         .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2))
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
-    let log_task = crate::logging::forward_ebpf_logs(&mut ebpf);
+    let log_task = crate::datapath::logging::forward_ebpf_logs(&mut ebpf);
     for name in programs::XDP {
         let prog: &mut Xdp = program(&mut ebpf, name)?;
         prog.load()

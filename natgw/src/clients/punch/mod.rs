@@ -29,10 +29,8 @@
 //! the STUN server saw.
 
 pub mod client;
-pub mod frames;
 pub mod learn;
 pub mod report;
-pub mod server;
 mod tcp;
 mod udp;
 
@@ -194,7 +192,7 @@ pub async fn punch(args: &PunchArgs) -> anyhow::Result<()> {
 /// # Errors
 /// When the sockets cannot be bound or fail.
 pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
-    server::serve(args).await
+    crate::services::rendezvous::serve(args).await
 }
 
 /// Seconds, above 0 and at most 600.

@@ -27,7 +27,7 @@ use natgw_common::maps::{StashKey, MAX_STASHED_FRAGMENT_LEN};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 use tokio::task::JoinHandle;
 
-use crate::maps::{ipv4, FragmentMaps, FragmentTables, MapsError};
+use crate::datapath::maps::{ipv4, FragmentMaps, FragmentTables, MapsError};
 
 /// How often the stash is checked: short enough that a datagram whose first
 /// fragment came last is delivered a few tens of milliseconds late, long enough that
@@ -314,7 +314,7 @@ pub fn spawn(mut maps: FragmentMaps, counters: Arc<Counters>) -> JoinHandle<()> 
         let mut failing = false;
         loop {
             tick.tick().await;
-            let now = crate::system::monotonic_ns();
+            let now = crate::datapath::system::monotonic_ns();
             match resender.sweep(&mut maps, now, |dst, p| send_raw(socket.as_ref(), dst, p)) {
                 Ok(_) => failing = false,
                 Err(e) => {

@@ -2,9 +2,6 @@
 //! (`wire`), the sans-IO Binding responder (`responder`), the tokio loop that runs it on
 //! sockets (`server`), and the discovery client that tests any NAT (`probe`).
 
-pub mod probe;
-pub mod server;
-
 use crate::cli::{StunArgs, StunCommand};
 
 /// `natgw stun ...`.
@@ -13,8 +10,8 @@ use crate::cli::{StunArgs, StunCommand};
 /// Whatever the subcommand reports.
 pub async fn command(args: &StunArgs) -> anyhow::Result<()> {
     match &args.command {
-        StunCommand::Probe(probe) => probe::command(probe).await,
-        StunCommand::Serve(serve) => server::serve(serve).await,
+        StunCommand::Probe(probe) => crate::clients::stun_probe::command(probe).await,
+        StunCommand::Serve(serve) => crate::services::stun::serve(serve).await,
     }
 }
 

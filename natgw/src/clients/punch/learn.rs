@@ -3,8 +3,8 @@
 //! peer is offered) and PCP PEER (RFC 6887 §12: the mapping towards one peer, which on
 //! natgw also opens the gateway's filter for that peer before the first probe).
 //!
-//! The network parts are thin wrappers around the STUN client (`crate::stun::probe`)
-//! and the PCP client (`crate::pcp::client`); what an answer means is decided by pure
+//! The network parts are thin wrappers around the STUN client (`crate::clients::stun_probe`)
+//! and the PCP client (`crate::clients::pcp`); what an answer means is decided by pure
 //! functions here ([`stun_outcome`], [`peer_targets`]) and by the report
 //! (`Report::stun_answered`, `Report::registered`, `Report::pcp_peer_answered`). No
 //! failure here ends the punch: it falls back to what the rendezvous saw, with a note.
@@ -16,8 +16,8 @@ use anyhow::{bail, Context as _};
 use tokio::net::UdpSocket;
 
 use super::report::PcpPeer;
-use crate::pcp::client::{HexNonce, MapArgs, PeerArgs, ProtocolArg, ServerArgs};
-use crate::stun::probe;
+use crate::clients::pcp::{HexNonce, MapArgs, PeerArgs, ProtocolArg, ServerArgs};
+use crate::clients::stun_probe;
 use natgw_proto::pcp::wire::Nonce;
 use natgw_proto::punch::wire::{Mapped, MappedBy, PeerInfo};
 use natgw_proto::stun::client::Seen;
@@ -64,7 +64,7 @@ pub fn usable_public(endpoint: SocketAddrV4, server: SocketAddrV4) -> bool {
 /// Why it taught us nothing (no answer, an error answer, an unusable one, a socket
 /// error).
 pub async fn stun_udp(socket: &UdpSocket, server: SocketAddrV4) -> Result<SocketAddrV4, String> {
-    match probe::transact(socket, server, ChangeRequest::default(), STUN_WAIT).await {
+    match stun_probe::transact(socket, server, ChangeRequest::default(), STUN_WAIT).await {
         Ok(exchange) => stun_outcome(&exchange.seen),
         Err(e) => Err(format!("{e:#}")),
     }
@@ -125,7 +125,7 @@ fn server(gateway: SocketAddrV4) -> ServerArgs {
 /// No answer, or a refusal.
 pub async fn pcp_map(gateway: SocketAddrV4, tcp: bool, port: u16) -> anyhow::Result<Mapped> {
     let report = tokio::task::spawn_blocking(move || {
-        crate::pcp::client::map(&MapArgs {
+        crate::clients::pcp::map(&MapArgs {
             server: server(gateway),
             protocol: protocol(tcp),
             internal_port: port,
@@ -165,7 +165,7 @@ pub async fn pcp_peers(
 ) -> Vec<PcpPeer> {
     let requests = remotes.iter().map(|&remote| async move {
         let answer = tokio::task::spawn_blocking(move || {
-            crate::pcp::client::peer(&PeerArgs {
+            crate::clients::pcp::peer(&PeerArgs {
                 server: server(gateway),
                 protocol: protocol(tcp),
                 internal_port: port,

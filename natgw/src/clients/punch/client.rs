@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
-use super::frames::read_frame;
+use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::wire::{
     Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr,

@@ -7,6 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Filtering, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice};
 
+pub mod output;
+pub mod status;
+pub mod stun;
+
+use std::process::ExitCode;
+
 /// natgw: an IPv4 NAT gateway (NAPT) whose data path runs in eBPF (XDP and TC).
 ///
 /// Run `natgw run` as root in the gateway's network namespace; while it runs, use
@@ -40,14 +46,14 @@ pub enum Command {
     Stun(StunArgs),
     /// PCP and NAT-PMP client: map, peer, delete and announce against a PCP server
     /// (natgw's or another), or ask a NAT-PMP server for its external address.
-    Pcp(crate::pcp::client::PcpArgs),
+    Pcp(crate::clients::pcp::PcpArgs),
     /// Reach a peer behind another NAT directly (UDP or TCP hole punching), introduced
     /// by a `natgw rendezvous`; reports how (public, private or PCP-mapped path), the
     /// round trip and the time it took.
-    Punch(crate::punch::PunchArgs),
+    Punch(crate::clients::punch::PunchArgs),
     /// Run a rendezvous server that introduces `natgw punch` peers to each other
     /// (UDP and TCP on one port) until SIGINT or SIGTERM.
-    Rendezvous(crate::punch::RendezvousArgs),
+    Rendezvous(crate::clients::punch::RendezvousArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -335,6 +341,60 @@ fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s} s is outside 0 (exclusive) to 60 seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `natgw ARGS`: parses the command line, runs the command, and turns an error into
+/// one line on standard error and exit status 1.
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::datapath::logging::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natgw: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Run(args) => crate::daemon::run(args).await,
+            Command::Status(args) => status::status(args.json),
+            Command::Mappings(args) => status::mappings(args.json, args.sessions),
+            Command::Stun(args) => stun::command(args).await,
+            Command::Pcp(args) => crate::clients::pcp::run(args),
+            Command::Punch(args) => crate::clients::punch::punch(args).await,
+            Command::Rendezvous(args) => crate::clients::punch::rendezvous(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natgw: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause the message
+/// already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out.replace('\n', " ")
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::gc::sessions::{self, SessionObserved};
-use crate::gc::{self, Observed, Policy};
-use crate::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
-use crate::state::{ExplicitEntry, IfaceState, StunState};
+use crate::datapath::dirs::{ExplicitEntry, IfaceState, StunState};
+use crate::datapath::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
+use crate::nat_table::gc::sessions::{self, SessionObserved};
+use crate::nat_table::gc::{self, Observed, Policy};
 
 /// One session of a mapping: its traffic with one remote endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -609,7 +609,7 @@ fn stun_text(out: &mut String, s: &StatusReport) {
 mod tests {
     use super::*;
     use crate::config::{resolve, FileConfig, Overrides, Timeouts};
-    use crate::state::Role;
+    use crate::datapath::dirs::Role;
     use natgw_common::tcp::TcpState;
     use natgw_common::{addr_be, IPPROTO_UDP};
 

@@ -9,7 +9,7 @@
 //! request was sent to. NAT-PMP clients use the same sockets (same port).
 //!
 //! A request is processed only when its source's link-layer address is known (see
-//! [`crate::neighbours`]): a spoofed source never gets a mapping, and no answer
+//! [`crate::services::neighbours`]): a spoofed source never gets a mapping, and no answer
 //! waits for address resolution in the socket's send buffer. Sends never wait: one
 //! the socket cannot take at once is dropped and counted.
 //!
@@ -27,13 +27,13 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use crate::log_budget::{suppressed_note, LogBudget};
-use crate::replies::{Replies, ReplyStats};
+use crate::services::replies::{Replies, ReplyStats};
 use natgw_proto::pcp::engine::{DropReason, Engine, Event, Stats, Transmit, ANNOUNCE_GROUP};
 use natgw_proto::pcp::policy::PcpConfig;
 use natgw_proto::pcp::table::MappingTable;
 use natgw_proto::pcp::wire::{self, MAX_LEN};
 use natgw_proto::prefix::Ipv4Prefix;
+use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
 /// Datagrams handled per wake-up of one socket before the loop looks at its other
 /// work again.

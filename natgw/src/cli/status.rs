@@ -4,11 +4,11 @@
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::gc::Policy;
-use crate::maps::{GatewayMaps, MapSource, NatTables as _};
-use crate::output::{self, MappingsReport, StatusReport};
-use crate::state::{RuntimeDirs, StateFile};
-use crate::system;
+use crate::cli::output::{self, MappingsReport, StatusReport};
+use crate::datapath::dirs::{RuntimeDirs, StateFile};
+use crate::datapath::maps::{GatewayMaps, MapSource, NatTables as _};
+use crate::datapath::system;
+use crate::nat_table::gc::Policy;
 
 /// The running gateway's state file and maps.
 fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {

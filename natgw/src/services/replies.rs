@@ -2,7 +2,7 @@
 //! waiting, and never letting replies to spoofed sources crowd out real ones.
 //!
 //! - [`Replies::admit`] holds back a reply whose destination's link-layer address is
-//!   not known beyond a small budget (see [`crate::neighbours`]); services that create
+//!   not known beyond a small budget (see [`crate::services::neighbours`]); services that create
 //!   state use [`Replies::verified`] instead, which processes nothing from such a
 //!   source and only starts its resolution.
 //! - [`Replies::send`] hands the reply to the socket without waiting: one the socket
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use log::warn;
 use tokio::net::UdpSocket;
 
-use crate::log_budget::{suppressed_note, LogBudget};
-use crate::neighbours::{Neighbours, Reach};
+use crate::services::neighbours::{Neighbours, Reach};
+use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
 /// Send failures logged per [`LOG_WINDOW`].
 const LOG_LINES: u32 = 10;

@@ -40,20 +40,20 @@ use natgw_common::config::pool_index;
 use natgw_common::maps::{FilterMode, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS};
 use natgw_common::{addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::addresses::{AddressPlan, Host};
 use crate::config::PortRange;
-use crate::gc::{self, Observed, Policy};
-use crate::log_budget::{suppressed_note, LogBudget};
-use crate::maps::{
+use crate::datapath::addresses::{AddressPlan, Host};
+use crate::datapath::dirs::ExplicitEntry;
+use crate::datapath::maps::{
     ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
 };
-use crate::state::ExplicitEntry;
+use crate::nat_table::gc::{self, Observed, Policy};
 use natgw_proto::pcp::policy::PortSpan;
 use natgw_proto::pcp::table::{
     ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerGrant, PeerRequest,
     Protocol, TableError,
 };
 use natgw_proto::pcp::wire::Nonce;
+use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
@@ -1391,7 +1391,7 @@ mod tests {
     }
 
     fn explicit() -> ExplicitMappings<FakeFilters> {
-        let lan = crate::addresses::LanIface {
+        let lan = crate::datapath::addresses::LanIface {
             ifindex: 3,
             prefixes: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 1, 1), 24).unwrap()],
         };

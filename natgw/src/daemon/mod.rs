@@ -26,22 +26,26 @@ use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
 use natgw_common::{Config, IfaceConfig, IfaceRole};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::addresses::{AddressPlan, LanIface};
+use self::episodes::{Episodes, Note};
+use self::icmp::IcmpSender;
 use crate::cli::RunArgs;
 use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
-use crate::episodes::{Episodes, Note};
-use crate::fragments;
-use crate::gc::{held_syns, Policy, Sweeper};
-use crate::icmp::{self, IcmpSender};
-use crate::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
-use crate::maps::{FragmentMaps, GatewayMaps};
-use crate::netlink::netdev::{self, GenlError, Netdev};
-use crate::netlink::{Link, NetlinkError, Rtnl};
-use crate::pool;
-use crate::state::{IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION};
-use crate::system;
+use crate::datapath::addresses::{AddressPlan, LanIface};
+use crate::datapath::dirs::{
+    IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION,
+};
+use crate::datapath::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
+use crate::datapath::maps::{FragmentMaps, GatewayMaps};
+use crate::datapath::netlink::netdev::{self, GenlError, Netdev};
+use crate::datapath::netlink::{Link, NetlinkError, Rtnl};
+use crate::datapath::pool;
+use crate::datapath::system;
+use crate::nat_table::gc::{held_syns, Policy, Sweeper};
 use natgw_proto::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
 
+pub mod episodes;
+pub mod fragments;
+pub mod icmp;
 mod port_mapping;
 mod stun_responder;
 
@@ -124,7 +128,7 @@ fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
     let old = dirs.read_state().ok();
     if let Some(s) = &old {
         if s.pid != std::process::id() && system::process_alive_in_netns(s.pid, dirs.netns_inode) {
-            bail!(crate::state::StateError::AlreadyRunning { pid: Some(s.pid) });
+            bail!(crate::datapath::dirs::StateError::AlreadyRunning { pid: Some(s.pid) });
         }
     }
     let stale_clsact = old.as_ref().filter(|s| s.clsact_created).and_then(|s| {
@@ -447,7 +451,7 @@ impl Daemon {
         }
 
         let pool = self.topology.pool.clone();
-        crate::maps::write_external_pool(&mut self.ebpf, &pool)
+        crate::datapath::maps::write_external_pool(&mut self.ebpf, &pool)
             .context("filling the external address pool (EXT_ADDRS, EXT_SET)")?;
         // Before the forwards: a static forward of a STUN port then fails to claim it.
         self.start_stun()?;
@@ -824,7 +828,7 @@ impl Daemon {
     }
 
     /// Logs the start and end of episodes of data-path drops worth attention (see
-    /// [`crate::episodes`]): a line per episode, never per packet.
+    /// [`crate::daemon::episodes`]): a line per episode, never per packet.
     fn log_drop_episodes(&mut self) {
         let Some(counters) = self.maps.as_ref().and_then(|m| m.counters().ok()) else {
             return;

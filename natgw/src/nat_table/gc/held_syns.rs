@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use natgw_common::maps::{HeldSyn, SessionKey};
 
-use crate::maps::{HeldSynTable, MapsError};
+use crate::datapath::maps::{HeldSynTable, MapsError};
 
 use super::NS_PER_SEC;
 

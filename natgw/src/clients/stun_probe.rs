@@ -393,7 +393,7 @@ mod tests {
     #[tokio::test]
     async fn probe_against_a_loopback_responder() {
         // The whole path on loopback: an RFC 5780 responder on 127.0.0.1 and 127.0.0.2.
-        use crate::stun::server;
+        use crate::services::stun;
         use natgw_proto::stun::responder::{Config, Counters};
         use std::sync::Arc;
         // Two free ports (the alternate one must be free on 127.0.0.2 too; loopback
@@ -406,8 +406,8 @@ mod tests {
         let mut config = Config::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
         config.alternate = Some(Ipv4Addr::new(127, 0, 0, 2));
         config.alternate_port = alt_port;
-        let sockets = server::bind(&config).await.unwrap();
-        let task = tokio::spawn(server::run(config, sockets, Arc::<Counters>::default()));
+        let sockets = stun::bind(&config).await.unwrap();
+        let task = tokio::spawn(stun::run(config, sockets, Arc::<Counters>::default()));
         let report = run(&Options {
             server: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             local: None,

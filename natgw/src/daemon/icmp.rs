@@ -3,7 +3,7 @@
 //! source address):
 //! - port unreachable for an unsolicited SYN held 6 s without an outbound SYN
 //!   answering it (RFC 5382 REQ-4; the garbage collector finds them, see
-//!   [`crate::gc::held_syns`]);
+//!   [`crate::nat_table::gc::held_syns`]);
 //! - communication administratively prohibited for a packet no mapping could be
 //!   created for (RFC 5508 REQ-8), which the data path reports through the `EVENTS`
 //!   ring buffer; it goes from the address of the LAN interface the packet arrived
@@ -29,7 +29,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
 
-use crate::maps::{ipv4, port};
+use crate::datapath::maps::{ipv4, port};
 
 /// Errors per second the bucket refills.
 pub const RATE_PER_SEC: u64 = 100;
@@ -280,7 +280,11 @@ pub fn spawn_event_reader(
             while let Some(item) = ring.next() {
                 match decode_event(&item) {
                     Some(event) => {
-                        sender.handle_event(&event, &lan_addrs, crate::system::monotonic_ns());
+                        sender.handle_event(
+                            &event,
+                            &lan_addrs,
+                            crate::datapath::system::monotonic_ns(),
+                        );
                     }
                     None => log::debug!("events.short len={}", item.len()),
                 }

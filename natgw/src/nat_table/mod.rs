@@ -1,0 +1,6 @@
+//! The NAT's mapping table over the BPF maps: expiry of idle mappings and sessions
+//! ([`gc`]) and the explicit mappings PCP, NAT-PMP and static forwards make
+//! ([`explicit`], the `MappingTable` the PCP engine drives).
+
+pub mod explicit;
+pub mod gc;
