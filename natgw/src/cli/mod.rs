@@ -362,7 +362,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Run(args) => crate::daemon::run(args).await,
+            Command::Run(args) => run(args).await,
             Command::Status(args) => status::status(args.json),
             Command::Mappings(args) => status::mappings(args.json, args.sessions),
             Command::Stun(args) => stun::command(args).await,
@@ -378,6 +378,20 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `natgw run`: the configuration file and the flags resolved into settings (the
+/// flags win), its warnings logged, then the daemon.
+async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => crate::config::load_file(path)?,
+        None => crate::config::FileConfig::default(),
+    };
+    let (settings, warnings) = crate::config::resolve(&file, &args.overrides())?;
+    for w in warnings {
+        log::warn!("config.warning {w}");
+    }
+    crate::daemon::run(settings).await
 }
 
 /// The error and its causes on one line, without repeating a cause the message

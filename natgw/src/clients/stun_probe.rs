@@ -16,56 +16,22 @@
 //! doubling, at most 3 transmissions — at 0, 0.5 s and 1.5 s — and the test gives up
 //! when `--timeout` (default 3 s) has passed since the first one.
 
-use std::fmt::{self, Write as _};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
-use crate::cli::StunProbeArgs;
 use natgw_proto::stun::client::{
     binding_request, interpret, random_transaction_id, transmit_offsets, Seen,
 };
 use natgw_proto::stun::discovery::{
     classify, filtering_tests_possible, hairpin_target, mapping_test2_target, mapping_test3_target,
-    needs_filtering_test3, Exchange, Finding, HairpinExchange, Observations, Report,
+    needs_filtering_test3, Exchange, HairpinExchange, Observations, Report,
 };
-use natgw_proto::stun::responder::DEFAULT_PORT;
 use natgw_proto::stun::wire::{ChangeRequest, Class, Packet, Repr};
-
-/// The report as text.
-#[must_use]
-pub fn render(report: &Report) -> String {
-    fn section<T: fmt::Display>(out: &mut String, name: &str, f: &Finding<T>) {
-        let result = f
-            .result
-            .as_ref()
-            .map_or_else(|| "undetermined".to_owned(), ToString::to_string);
-        let _ = writeln!(out, "{name:<15} {result}");
-        for e in &f.evidence {
-            let _ = writeln!(out, "  - {e}");
-        }
-    }
-    let mut out = String::new();
-    let software = report
-        .server_software
-        .as_deref()
-        .map_or_else(String::new, |s| format!(" ({s})"));
-    let _ = writeln!(out, "{:<15} {}{software}", "server", report.server);
-    let _ = writeln!(out, "{:<15} {}", "local address", report.local);
-    let public = report
-        .public_address
-        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let _ = writeln!(out, "{:<15} {public}", "public address");
-    section(&mut out, "NAT", &report.nat);
-    section(&mut out, "mapping", &report.mapping);
-    section(&mut out, "filtering", &report.filtering);
-    section(&mut out, "hairpinning", &report.hairpinning);
-    out
-}
 
 /// Probe settings.
 #[derive(Clone, Debug)]
@@ -269,126 +235,12 @@ async fn hairpin(
     })
 }
 
-/// Parses `HOST`, `HOST:PORT`, `IP` or `IP:PORT` into a host and a port (default
-/// 3478).
-///
-/// # Errors
-/// A port that is not a number.
-pub fn split_server(s: &str) -> anyhow::Result<(String, u16)> {
-    if let Ok(a) = s.parse::<SocketAddrV4>() {
-        return Ok((a.ip().to_string(), a.port()));
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => {
-            let port = port
-                .parse()
-                .map_err(|_| anyhow!("the port in --server {s} is not a number from 0 to 65535"))?;
-            Ok((host.to_owned(), port))
-        }
-        Some(_) => {
-            bail!("--server {s}: IPv6 is not supported; give an IPv4 address or a host name")
-        }
-        None => Ok((s.to_owned(), DEFAULT_PORT)),
-    }
-}
-
-/// Resolves `--server` to its first IPv4 address.
-async fn resolve(server: &str) -> anyhow::Result<SocketAddrV4> {
-    let (host, port) = split_server(server)?;
-    let addrs = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .with_context(|| format!("resolving the STUN server {host}"))?;
-    let first = addrs
-        .filter_map(|a| match a {
-            SocketAddr::V4(a) => Some(a),
-            SocketAddr::V6(_) => None,
-        })
-        .next();
-    first.ok_or_else(|| anyhow!("the STUN server {host} has no IPv4 address"))
-}
-
-/// `natgw stun probe`.
-///
-/// # Errors
-/// Bad flags, an unresolvable server, socket errors, or no answer to test I (after
-/// printing the report).
-pub async fn command(args: &StunProbeArgs) -> anyhow::Result<()> {
-    let options = Options {
-        server: resolve(&args.server).await?,
-        local: args.local,
-        timeout: args.timeout,
-    };
-    let report = run(&options).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("formatting the report as JSON")?
-        );
-    } else {
-        print!("{}", render(&report));
-    }
-    if report.public_address.is_none() {
-        bail!(
-            "test I against the STUN server {} failed: {}",
-            report.server,
-            report.observations.test1.seen
-        );
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use natgw_proto::stun::discovery::{Behaviour, Hairpinning, Nat};
 
-    #[test]
-    fn a_silent_server_is_reported_as_such() {
-        let server = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478);
-        let local = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000);
-        let obs = Observations {
-            server,
-            test1: Exchange {
-                local,
-                to: server,
-                change_ip: false,
-                change_port: false,
-                seen: Seen::Timeout {
-                    transmissions: 3,
-                    waited_ms: 3000,
-                },
-            },
-            mapping2: None,
-            mapping3: None,
-            filtering1: None,
-            filtering2: None,
-            filtering3: None,
-            hairpin: None,
-        };
-        assert!(render(&classify(&obs)).contains("no answer (3 transmissions, 3.0 s)"));
-    }
 
-    #[test]
-    fn server_argument_forms() {
-        assert_eq!(
-            split_server("192.0.2.1").unwrap(),
-            ("192.0.2.1".to_owned(), 3478)
-        );
-        assert_eq!(
-            split_server("192.0.2.1:19302").unwrap(),
-            ("192.0.2.1".to_owned(), 19302)
-        );
-        assert_eq!(
-            split_server("stun.example:3479").unwrap(),
-            ("stun.example".to_owned(), 3479)
-        );
-        assert_eq!(
-            split_server("stun.example").unwrap(),
-            ("stun.example".to_owned(), 3478)
-        );
-        assert!(split_server("stun.example:x").is_err());
-        assert!(split_server("[::1]:3478").is_err());
-    }
 
     #[tokio::test]
     async fn probe_against_a_loopback_responder() {
@@ -416,7 +268,7 @@ mod tests {
         .await
         .unwrap();
         task.abort();
-        assert_eq!(report.nat.result, Some(Nat::None), "{}", render(&report));
+        assert_eq!(report.nat.result, Some(Nat::None), "{report:?}");
         assert_eq!(report.mapping.result, Some(Behaviour::EndpointIndependent));
         assert_eq!(
             report.filtering.result,

@@ -28,8 +28,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use self::episodes::{Episodes, Note};
 use self::icmp::IcmpSender;
-use crate::cli::RunArgs;
-use crate::config::{self, FileConfig, Settings, UnsolicitedSyn};
+use crate::config::{Settings, UnsolicitedSyn};
 use crate::datapath::addresses::{AddressPlan, LanIface};
 use crate::datapath::dirs::{
     IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION,
@@ -49,16 +48,13 @@ pub mod icmp;
 mod port_mapping;
 mod stun_responder;
 
-/// `natgw run`.
-pub async fn run(args: &RunArgs) -> Result<()> {
-    let file = match &args.config {
-        Some(path) => config::load_file(path)?,
-        None => FileConfig::default(),
-    };
-    let (settings, warnings) = config::resolve(&file, &args.overrides())?;
-    for w in warnings {
-        warn!("config.warning {w}");
-    }
+/// `natgw run` with `settings`: deploys the data path, serves until SIGINT or
+/// SIGTERM (or the loss of the WAN or of every LAN interface), and undoes what it did.
+///
+/// # Errors
+/// When the host, the interfaces or the data path cannot be set up, or natgw stops
+/// on its own.
+pub async fn run(settings: Settings) -> Result<()> {
     if loader::EBPF_OBJECT.is_empty() {
         bail!(loader::LoadError::NoObject);
     }

@@ -14,11 +14,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use futures::future::select_all;
-use log::{debug, info, warn};
+use log::{debug, warn};
 use tokio::net::UdpSocket;
-use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::StunServeArgs;
 use crate::services::replies::Replies;
 use natgw_proto::stun::responder::{
     Config, Counters, CountersSnapshot, DropReason, Outcome, Responder,
@@ -119,40 +117,6 @@ fn transient(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
-}
-
-/// `natgw stun serve`: a standalone responder until SIGINT or SIGTERM.
-///
-/// # Errors
-/// Invalid flags or sockets that cannot be bound.
-pub async fn serve(args: &StunServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::new(args.listen);
-    config.alternate = args.alternate;
-    config.alternate_port = args.alternate_port;
-    config
-        .validate()
-        .context("checking the STUN server settings")?;
-    let sockets = bind(&config).await?;
-    let counters = Arc::<Counters>::default();
-    let addresses: Vec<String> = config
-        .local_addresses()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    info!(
-        "stun.serving addresses={} rfc5780={}",
-        addresses.join(","),
-        config.alternate.is_some()
-    );
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let result = tokio::select! {
-        r = run(config, sockets, Arc::clone(&counters)) => r,
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
-    };
-    info!("stun.stopped {}", summary(&counters.snapshot()));
-    result
 }
 
 /// The counters as `key=value` pairs for a log line.
