@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Filtering, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice};
 
 pub mod output;
+pub mod pcp;
+pub mod punch;
 pub mod status;
 pub mod stun;
 
@@ -46,14 +48,14 @@ pub enum Command {
     Stun(StunArgs),
     /// PCP and NAT-PMP client: map, peer, delete and announce against a PCP server
     /// (natgw's or another), or ask a NAT-PMP server for its external address.
-    Pcp(crate::clients::pcp::PcpArgs),
+    Pcp(pcp::PcpArgs),
     /// Reach a peer behind another NAT directly (UDP or TCP hole punching), introduced
     /// by a `natgw rendezvous`; reports how (public, private or PCP-mapped path), the
     /// round trip and the time it took.
-    Punch(crate::clients::punch::PunchArgs),
+    Punch(punch::PunchArgs),
     /// Run a rendezvous server that introduces `natgw punch` peers to each other
     /// (UDP and TCP on one port) until SIGINT or SIGTERM.
-    Rendezvous(crate::clients::punch::RendezvousArgs),
+    Rendezvous(punch::RendezvousArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -334,13 +336,28 @@ pub struct StunServeArgs {
 
 /// Seconds as a decimal number, above 0 and at most 60.
 fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    seconds_up_to(s, 60)
+}
+
+/// Seconds as a decimal number, above 0 and at most `max`.
+fn seconds_up_to(s: &str, max: u32) -> Result<std::time::Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 60.0) {
-        return Err(format!("{s} s is outside 0 (exclusive) to 60 seconds"));
+    if !(secs > 0.0 && secs <= f64::from(max)) {
+        return Err(format!("{s} s is outside 0 (exclusive) to {max} seconds"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// ADDR or ADDR:PORT, `default_port` when no port is given.
+fn endpoint(s: &str, default_port: u16) -> Result<std::net::SocketAddrV4, String> {
+    s.parse::<std::net::SocketAddrV4>()
+        .or_else(|_| {
+            s.parse::<std::net::Ipv4Addr>()
+                .map(|ip| std::net::SocketAddrV4::new(ip, default_port))
+        })
+        .map_err(|_| format!("`{s}` is not an IPv4 address or ADDRESS:PORT"))
 }
 
 /// `natgw ARGS`: parses the command line, runs the command, and turns an error into
@@ -366,9 +383,9 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::status(args.json),
             Command::Mappings(args) => status::mappings(args.json, args.sessions),
             Command::Stun(args) => stun::command(args).await,
-            Command::Pcp(args) => crate::clients::pcp::run(args),
-            Command::Punch(args) => crate::clients::punch::punch(args).await,
-            Command::Rendezvous(args) => crate::clients::punch::rendezvous(args).await,
+            Command::Pcp(args) => pcp::run(args),
+            Command::Punch(args) => punch::punch(args).await,
+            Command::Rendezvous(args) => punch::rendezvous(args).await,
         }
     });
     match result {

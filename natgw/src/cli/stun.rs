@@ -9,11 +9,11 @@ use anyhow::{anyhow, bail, Context as _};
 use log::info;
 use natgw_proto::stun::discovery::{Finding, Report};
 use natgw_proto::stun::responder::{Config, Counters, DEFAULT_PORT};
-use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{StunArgs, StunCommand, StunProbeArgs, StunServeArgs};
 use crate::clients::stun_probe::{self, Options};
 use crate::services::stun::{bind, run, summary};
+use crate::services::Shutdown;
 
 /// `natgw stun ...`.
 ///
@@ -37,6 +37,7 @@ async fn serve(args: &StunServeArgs) -> anyhow::Result<()> {
     config
         .validate()
         .context("checking the STUN server settings")?;
+    let mut shutdown = Shutdown::install()?;
     let sockets = bind(&config).await?;
     let counters = Arc::<Counters>::default();
     let addresses: Vec<String> = config
@@ -49,12 +50,9 @@ async fn serve(args: &StunServeArgs) -> anyhow::Result<()> {
         addresses.join(","),
         config.alternate.is_some()
     );
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let result = tokio::select! {
         r = run(config, sockets, Arc::clone(&counters)) => r,
-        _ = sigint.recv() => Ok(()),
-        _ = sigterm.recv() => Ok(()),
+        _ = shutdown.recv() => Ok(()),
     };
     info!("stun.stopped {}", summary(&counters.snapshot()));
     result

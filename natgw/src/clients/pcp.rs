@@ -1,6 +1,7 @@
-//! `natgw pcp ...`: a small PCP and NAT-PMP client for trying a server by hand —
-//! natgw's own or any other. It builds each request with the codecs, sends it to the
-//! server's port 5351, waits for the matching answer and prints it decoded.
+//! A small PCP and NAT-PMP client, for trying a server by hand (`natgw pcp`, natgw's
+//! own server or any other) and for `natgw punch --pcp`. It builds each request with
+//! the codecs, sends it to the server's port 5351, waits for the matching answer and
+//! returns it decoded ([`PcpReport`], [`NatPmpReport`]).
 //!
 //! Retransmission: RFC 6887 §8.1.1 starts at 3 s and backs off without bound, which
 //! suits a daemon, not a command; this client sends [`TRIES`] times,
@@ -8,20 +9,17 @@
 //! prints the nonce, which `map --nonce` (renew) and `delete --nonce` need.
 
 use std::fmt::Write as _;
-
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use natgw_proto::pcp::natpmp::{self, MapProtocol};
 use natgw_proto::pcp::wire::{
     self, FilterRepr, MapRepr, Nonce, OpRepr, Opcode, OptionRepr, PeerRepr, ResultCode,
 };
-use natgw_proto::prefix::Ipv4Prefix;
 
 /// Times a request is sent before giving up.
 pub const TRIES: u32 = 3;
@@ -31,49 +29,9 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// two hours).
 pub const LIFETIME_DEFAULT: u32 = 7200;
 
-/// Arguments of `natgw pcp`.
-#[derive(Debug, Args)]
-pub struct PcpArgs {
-    /// What to ask the server.
-    #[command(subcommand)]
-    pub action: PcpAction,
-}
-
-/// `natgw pcp` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum PcpAction {
-    /// Create or renew an inbound mapping (PCP MAP); prints the nonce that renews
-    /// (`map --nonce`) or deletes (`delete --nonce`) it.
-    Map(MapArgs),
-    /// Create or refresh the outbound mapping towards one peer and learn its
-    /// external endpoint (PCP PEER), e.g. before UDP hole punching.
-    Peer(PeerArgs),
-    /// Delete a mapping (PCP MAP with lifetime 0), given the nonce it was made with.
-    Delete(DeleteArgs),
-    /// Check that a PCP server answers and show its epoch (PCP ANNOUNCE).
-    Announce(ServerArgs),
-    /// Ask for the external address over NAT-PMP.
-    NatpmpAddress(ServerArgs),
-    /// Create, renew or (--lifetime 0) delete a mapping over NAT-PMP.
-    NatpmpMap(NatpmpMapArgs),
-}
-
-/// Where the server is and how to print.
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// The server: ADDR or ADDR:PORT (port 5351 by default), normally the gateway's
-    /// LAN address.
-    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_server)]
-    pub server: SocketAddrV4,
-
-    /// Print JSON (one object) instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
 /// Protocol of a PCP mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProtocolArg {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
     /// UDP.
     Udp,
     /// TCP.
@@ -82,7 +40,7 @@ pub enum ProtocolArg {
     All,
 }
 
-impl ProtocolArg {
+impl Protocol {
     const fn wire(self) -> u8 {
         match self {
             Self::Udp => wire::PROTOCOL_UDP,
@@ -92,191 +50,101 @@ impl ProtocolArg {
     }
 }
 
-/// A nonce given as 24 hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HexNonce(pub Nonce);
-
-/// Arguments of `natgw pcp map`.
-#[derive(Debug, Args)]
-pub struct MapArgs {
-    /// Server and output format.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Protocol to map; `all` maps every protocol and port (use --internal-port 0).
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
-    pub protocol: ProtocolArg,
-
-    /// Internal port to map.
-    #[arg(long, value_name = "PORT")]
-    pub internal_port: u16,
-
-    /// External endpoint to ask for; 0.0.0.0:8080 asks for port 8080 only.
-    #[arg(long, value_name = "IP:PORT")]
-    pub suggest: Option<SocketAddrV4>,
-
-    /// Requested lifetime in seconds; the server may grant less or more.
-    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
-    pub lifetime: u32,
-
-    /// Nonce of the mapping to renew (24 hex digits); a new random one by default.
-    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
-    pub nonce: Option<HexNonce>,
-
-    /// Fail with CANNOT_PROVIDE_EXTERNAL rather than accept an external endpoint other
-    /// than --suggest.
-    #[arg(long)]
-    pub prefer_failure: bool,
-
-    /// Only let this remote prefix and port reach the mapping, e.g.
-    /// 198.51.100.0/24:443 (port 0 = any); repeat for several.
-    #[arg(long, value_name = "PREFIX:PORT", value_parser = parse_filter)]
-    pub filter: Vec<FilterRepr>,
-
-    /// Remove the mapping's filters (a FILTER with prefix length 0).
-    #[arg(long, conflicts_with = "filter")]
-    pub clear_filters: bool,
-
-    /// Map for another internal host (THIRD_PARTY; the server must allow this one).
-    #[arg(long, value_name = "IP")]
-    pub third_party: Option<Ipv4Addr>,
-}
-
-/// Arguments of `natgw pcp peer`.
-#[derive(Debug, Args)]
-pub struct PeerArgs {
-    /// Server and output format.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Protocol (udp or tcp).
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
-    pub protocol: ProtocolArg,
-
-    /// Internal port the traffic comes from.
-    #[arg(long, value_name = "PORT")]
-    pub internal_port: u16,
-
-    /// The remote peer.
-    #[arg(long, value_name = "IP:PORT")]
-    pub peer: SocketAddrV4,
-
-    /// External endpoint to ask for, honoured only if no mapping exists yet.
-    #[arg(long, value_name = "IP:PORT")]
-    pub suggest: Option<SocketAddrV4>,
-
-    /// Seconds the mapping should live without traffic.
-    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
-    pub lifetime: u32,
-
-    /// Nonce (24 hex digits) of an earlier PEER for the same mapping; random by
-    /// default.
-    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
-    pub nonce: Option<HexNonce>,
-
-    /// For another internal host (THIRD_PARTY).
-    #[arg(long, value_name = "IP")]
-    pub third_party: Option<Ipv4Addr>,
-}
-
-/// Arguments of `natgw pcp delete`.
-#[derive(Debug, Args)]
-pub struct DeleteArgs {
-    /// Server and output format.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Protocol of the mapping.
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Udp)]
-    pub protocol: ProtocolArg,
-
-    /// Internal port of the mapping; 0 deletes all of this host's mappings of the
-    /// protocol made with this nonce.
-    #[arg(long, value_name = "PORT")]
-    pub internal_port: u16,
-
-    /// The nonce `natgw pcp map` printed.
-    #[arg(long, value_name = "HEX", value_parser = parse_nonce)]
-    pub nonce: HexNonce,
-
-    /// For another internal host (THIRD_PARTY).
-    #[arg(long, value_name = "IP")]
-    pub third_party: Option<Ipv4Addr>,
-}
-
-/// Protocol of a NAT-PMP mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NatPmpProtocolArg {
-    /// UDP.
-    Udp,
-    /// TCP.
-    Tcp,
-}
-
-/// Arguments of `natgw pcp natpmp-map`.
-#[derive(Debug, Args)]
-pub struct NatpmpMapArgs {
-    /// Server and output format.
-    #[command(flatten)]
-    pub server: ServerArgs,
-
+/// A PCP MAP: create or renew an inbound mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapRequest {
     /// Protocol to map.
-    #[arg(long, value_enum, default_value_t = NatPmpProtocolArg::Udp)]
-    pub protocol: NatPmpProtocolArg,
-
-    /// Internal port; 0 with --lifetime 0 deletes all this host's NAT-PMP mappings of
-    /// the protocol.
-    #[arg(long, value_name = "PORT")]
+    pub protocol: Protocol,
+    /// Internal port to map (0 with [`Protocol::All`]).
     pub internal_port: u16,
-
-    /// External port to ask for (0 = any).
-    #[arg(long, value_name = "PORT", default_value_t = 0)]
-    pub external_port: u16,
-
-    /// Requested lifetime in seconds; 0 deletes.
-    #[arg(long, value_name = "SECS", default_value_t = LIFETIME_DEFAULT)]
+    /// External endpoint to ask for; 0.0.0.0:PORT asks for the port only.
+    pub suggest: Option<SocketAddrV4>,
+    /// Requested lifetime in seconds; the server may grant less or more.
     pub lifetime: u32,
+    /// Nonce of the mapping to renew; a new random one when `None`.
+    pub nonce: Option<Nonce>,
+    /// PREFER_FAILURE: no other external endpoint than `suggest`.
+    pub prefer_failure: bool,
+    /// FILTER options: only these remote prefixes and ports reach the mapping.
+    pub filters: Vec<FilterRepr>,
+    /// A FILTER with prefix length 0: remove the mapping's filters.
+    pub clear_filters: bool,
+    /// THIRD_PARTY: map for another internal host.
+    pub third_party: Option<Ipv4Addr>,
 }
 
-fn parse_server(s: &str) -> Result<SocketAddrV4, String> {
-    if let Ok(addr) = s.parse::<SocketAddrV4>() {
-        return Ok(addr);
+impl MapRequest {
+    /// A plain MAP of `internal_port`: no suggestion, options or nonce.
+    #[must_use]
+    pub const fn new(protocol: Protocol, internal_port: u16, lifetime: u32) -> Self {
+        Self {
+            protocol,
+            internal_port,
+            suggest: None,
+            lifetime,
+            nonce: None,
+            prefer_failure: false,
+            filters: Vec::new(),
+            clear_filters: false,
+            third_party: None,
+        }
     }
-    s.parse::<Ipv4Addr>()
-        .map(|ip| SocketAddrV4::new(ip, wire::SERVER_PORT))
-        .map_err(|_| format!("`{s}` is not an IPv4 address or ADDRESS:PORT"))
 }
 
-fn parse_nonce(s: &str) -> Result<HexNonce, String> {
-    let err = || format!("`{s}` is not a nonce: expected 24 hex digits");
-    let digits = s.trim();
-    if digits.len() != 24 || !digits.is_ascii() {
-        return Err(err());
-    }
-    let mut nonce = [0; 12];
-    for (i, byte) in nonce.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).map_err(|_| err())?;
-    }
-    Ok(HexNonce(nonce))
+/// A PCP PEER: create or refresh the outbound mapping towards one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRequest {
+    /// UDP or TCP.
+    pub protocol: Protocol,
+    /// Internal port the traffic comes from.
+    pub internal_port: u16,
+    /// The remote peer.
+    pub peer: SocketAddrV4,
+    /// External endpoint to ask for, honoured only if no mapping exists yet.
+    pub suggest: Option<SocketAddrV4>,
+    /// Seconds the mapping should live without traffic.
+    pub lifetime: u32,
+    /// Nonce of an earlier PEER for the same mapping; random when `None`.
+    pub nonce: Option<Nonce>,
+    /// THIRD_PARTY: for another internal host.
+    pub third_party: Option<Ipv4Addr>,
 }
 
-fn parse_filter(s: &str) -> Result<FilterRepr, String> {
-    let err = || format!("`{s}` is not a filter: expected PREFIX:PORT such as 198.51.100.0/24:443");
-    let (prefix, port) = s.rsplit_once(':').ok_or_else(err)?;
-    let prefix: Ipv4Prefix = prefix.parse().map_err(|_| err())?;
-    let port: u16 = port.parse().map_err(|_| err())?;
-    Ok(FilterRepr {
-        prefix_len: 96 + prefix.len(),
-        remote_port: port,
-        remote_address: prefix.network().to_ipv6_mapped(),
-    })
+/// A PCP MAP with lifetime 0: delete a mapping made with `nonce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteRequest {
+    /// Protocol of the mapping.
+    pub protocol: Protocol,
+    /// Internal port of the mapping; 0 deletes all of the host's mappings of the
+    /// protocol made with this nonce.
+    pub internal_port: u16,
+    /// The nonce the mapping was made with.
+    pub nonce: Nonce,
+    /// THIRD_PARTY: for another internal host.
+    pub third_party: Option<Ipv4Addr>,
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as nonces are printed and given.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// A nonce written as 24 hex digits (as [`hex`] prints it).
+#[must_use]
+pub fn nonce_from_hex(s: &str) -> Option<Nonce> {
+    let digits = s.trim();
+    if digits.len() != 24 || !digits.is_ascii() {
+        return None;
+    }
+    let mut nonce = [0; 12];
+    for (i, byte) in nonce.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(nonce)
 }
 
 /// A random mapping nonce (RFC 6887 §11.1, §12.1).
@@ -479,7 +347,9 @@ impl PcpReport {
         report
     }
 
-    fn text(&self) -> String {
+    /// The answer as aligned text rows.
+    #[must_use]
+    pub fn text(&self) -> String {
         let mut out = String::new();
         let mut row = |k: &str, v: &dyn std::fmt::Display| {
             let _ = writeln!(out, "{k:<10}{v}");
@@ -503,15 +373,6 @@ impl PcpReport {
         }
         out
     }
-}
-
-fn print<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T) -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", text(report));
-    }
-    Ok(())
 }
 
 /// Sends one PCP request and decodes the answer.
@@ -558,19 +419,24 @@ fn third_party_option(host: Option<Ipv4Addr>) -> Option<OptionRepr> {
     host.map(|h| OptionRepr::ThirdParty(h.to_ipv6_mapped()))
 }
 
-/// `natgw pcp map`.
-pub fn map(args: &MapArgs) -> Result<PcpReport> {
-    let nonce = match args.nonce {
-        Some(HexNonce(n)) => n,
+/// Sends a PCP MAP to `server` and decodes the answer.
+///
+/// # Errors
+/// No answer, an answer in NAT-PMP, or a socket error.
+pub fn map(server: SocketAddrV4, request: &MapRequest) -> Result<PcpReport> {
+    let nonce = match request.nonce {
+        Some(n) => n,
         None => random_nonce()?,
     };
-    let (external_port, external_address) = suggestion(args.suggest);
-    let mut options: Vec<OptionRepr> = third_party_option(args.third_party).into_iter().collect();
-    if args.prefer_failure {
+    let (external_port, external_address) = suggestion(request.suggest);
+    let mut options: Vec<OptionRepr> = third_party_option(request.third_party)
+        .into_iter()
+        .collect();
+    if request.prefer_failure {
         options.push(OptionRepr::PreferFailure);
     }
-    options.extend(args.filter.iter().copied().map(OptionRepr::Filter));
-    if args.clear_filters {
+    options.extend(request.filters.iter().copied().map(OptionRepr::Filter));
+    if request.clear_filters {
         options.push(OptionRepr::Filter(FilterRepr {
             prefix_len: 0,
             remote_port: 0,
@@ -579,65 +445,66 @@ pub fn map(args: &MapArgs) -> Result<PcpReport> {
     }
     let op = OpRepr::Map(MapRepr {
         nonce,
-        protocol: args.protocol.wire(),
-        internal_port: args.internal_port,
+        protocol: request.protocol.wire(),
+        internal_port: request.internal_port,
         external_port,
         external_address,
     });
-    pcp_exchange(
-        args.server.server,
-        args.lifetime,
-        op,
-        options,
-        args.third_party,
-    )
+    pcp_exchange(server, request.lifetime, op, options, request.third_party)
 }
 
-/// `natgw pcp peer`.
-pub fn peer(args: &PeerArgs) -> Result<PcpReport> {
-    if args.protocol == ProtocolArg::All {
-        bail!("PEER needs --protocol udp or tcp");
+/// Sends a PCP PEER to `server` and decodes the answer.
+///
+/// # Errors
+/// `Protocol::All`, no answer, an answer in NAT-PMP, or a socket error.
+pub fn peer(server: SocketAddrV4, request: &PeerRequest) -> Result<PcpReport> {
+    if request.protocol == Protocol::All {
+        bail!("PEER needs protocol udp or tcp");
     }
-    let nonce = match args.nonce {
-        Some(HexNonce(n)) => n,
+    let nonce = match request.nonce {
+        Some(n) => n,
         None => random_nonce()?,
     };
-    let (external_port, external_address) = suggestion(args.suggest);
+    let (external_port, external_address) = suggestion(request.suggest);
     let op = OpRepr::Peer(PeerRepr {
         nonce,
-        protocol: args.protocol.wire(),
-        internal_port: args.internal_port,
+        protocol: request.protocol.wire(),
+        internal_port: request.internal_port,
         external_port,
         external_address,
-        remote_port: args.peer.port(),
-        remote_address: args.peer.ip().to_ipv6_mapped(),
+        remote_port: request.peer.port(),
+        remote_address: request.peer.ip().to_ipv6_mapped(),
     });
-    let options = third_party_option(args.third_party).into_iter().collect();
-    pcp_exchange(
-        args.server.server,
-        args.lifetime,
-        op,
-        options,
-        args.third_party,
-    )
+    let options = third_party_option(request.third_party)
+        .into_iter()
+        .collect();
+    pcp_exchange(server, request.lifetime, op, options, request.third_party)
 }
 
-/// `natgw pcp delete`.
-pub fn delete(args: &DeleteArgs) -> Result<PcpReport> {
+/// Deletes a mapping at `server` (MAP with lifetime 0).
+///
+/// # Errors
+/// No answer, an answer in NAT-PMP, or a socket error.
+pub fn delete(server: SocketAddrV4, request: &DeleteRequest) -> Result<PcpReport> {
     let op = OpRepr::Map(MapRepr {
-        nonce: args.nonce.0,
-        protocol: args.protocol.wire(),
-        internal_port: args.internal_port,
+        nonce: request.nonce,
+        protocol: request.protocol.wire(),
+        internal_port: request.internal_port,
         external_port: 0,
         external_address: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
     });
-    let options = third_party_option(args.third_party).into_iter().collect();
-    pcp_exchange(args.server.server, 0, op, options, args.third_party)
+    let options = third_party_option(request.third_party)
+        .into_iter()
+        .collect();
+    pcp_exchange(server, 0, op, options, request.third_party)
 }
 
-/// `natgw pcp announce`.
-pub fn announce(args: &ServerArgs) -> Result<PcpReport> {
-    pcp_exchange(args.server, 0, OpRepr::Announce, Vec::new(), None)
+/// Asks `server` for its epoch (PCP ANNOUNCE).
+///
+/// # Errors
+/// No answer, an answer in NAT-PMP, or a socket error.
+pub fn announce(server: SocketAddrV4) -> Result<PcpReport> {
+    pcp_exchange(server, 0, OpRepr::Announce, Vec::new(), None)
 }
 
 /// A decoded NAT-PMP answer, as printed.
@@ -671,7 +538,9 @@ pub struct NatPmpReport {
 }
 
 impl NatPmpReport {
-    fn text(&self) -> String {
+    /// The answer as aligned text rows.
+    #[must_use]
+    pub fn text(&self) -> String {
         let mut out = String::new();
         let mut row = |k: &str, v: &dyn std::fmt::Display| {
             let _ = writeln!(out, "{k:<10}{v}");
@@ -695,7 +564,11 @@ impl NatPmpReport {
     }
 }
 
-fn natpmp_exchange(server: SocketAddrV4, request: natpmp::Request) -> Result<NatPmpReport> {
+/// Sends one NAT-PMP request to `server` and decodes the answer.
+///
+/// # Errors
+/// No answer, an answer in PCP, or a socket error.
+pub fn natpmp(server: SocketAddrV4, request: natpmp::Request) -> Result<NatPmpReport> {
     let session = Session::open(server)?;
     let decode = |b: &[u8]| -> Option<Result<natpmp::Response, ()>> {
         if b.first() == Some(&wire::VERSION) {
@@ -763,58 +636,6 @@ fn natpmp_exchange(server: SocketAddrV4, request: natpmp::Request) -> Result<Nat
     Ok(report)
 }
 
-/// Runs `natgw pcp ...`: prints the answer, and fails when it is an error.
-pub fn run(args: &PcpArgs) -> Result<()> {
-    match &args.action {
-        PcpAction::Map(a) => finish_pcp(a.server.json, &map(a)?),
-        PcpAction::Peer(a) => finish_pcp(a.server.json, &peer(a)?),
-        PcpAction::Delete(a) => finish_pcp(a.server.json, &delete(a)?),
-        PcpAction::Announce(a) => finish_pcp(a.json, &announce(a)?),
-        PcpAction::NatpmpAddress(a) => {
-            let report = natpmp_exchange(a.server, natpmp::Request::ExternalAddress)?;
-            finish_natpmp(a.json, &report)
-        }
-        PcpAction::NatpmpMap(a) => {
-            let request = natpmp::Request::Map {
-                protocol: match a.protocol {
-                    NatPmpProtocolArg::Udp => MapProtocol::Udp,
-                    NatPmpProtocolArg::Tcp => MapProtocol::Tcp,
-                },
-                internal_port: a.internal_port,
-                suggested_external_port: a.external_port,
-                lifetime: a.lifetime,
-            };
-            finish_natpmp(a.server.json, &natpmp_exchange(a.server.server, request)?)
-        }
-    }
-}
-
-fn finish_pcp(json: bool, report: &PcpReport) -> Result<()> {
-    print(json, report, PcpReport::text)?;
-    if report.result_code != ResultCode::Success.to_wire() {
-        let class = if ResultCode::from_wire(report.result_code).is_short_lived() {
-            "short-lived"
-        } else {
-            "long-lived"
-        };
-        bail!(
-            "{} refused the request: {} ({class} error, expected to last {} s)",
-            report.server,
-            report.result,
-            report.lifetime
-        );
-    }
-    Ok(())
-}
-
-fn finish_natpmp(json: bool, report: &NatPmpReport) -> Result<()> {
-    print(json, report, NatPmpReport::text)?;
-    if report.result_code != natpmp::ResultCode::Success.to_wire() {
-        bail!("{} refused the request: {}", report.server, report.result);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,55 +670,48 @@ mod tests {
         (addr, handle)
     }
 
-    fn server_args(server: SocketAddrV4) -> ServerArgs {
-        ServerArgs {
-            server,
-            json: false,
-        }
-    }
-
     #[test]
     fn map_renew_and_delete_against_the_engine() {
         // rfc6887 11: the client's own address goes in the header; the nonce renews
         let (addr, server) = serve(4);
-        let mut args = MapArgs {
-            server: server_args(addr),
-            protocol: ProtocolArg::Tcp,
-            internal_port: 8080,
+        let mut request = MapRequest {
             suggest: Some("0.0.0.0:8080".parse().unwrap()),
-            lifetime: 600,
-            nonce: None,
-            prefer_failure: false,
-            filter: vec![parse_filter("198.51.100.0/24:0").unwrap()],
-            clear_filters: false,
-            third_party: None,
+            filters: vec![FilterRepr {
+                prefix_len: 120,
+                remote_port: 0,
+                remote_address: Ipv4Addr::new(198, 51, 100, 0).to_ipv6_mapped(),
+            }],
+            ..MapRequest::new(Protocol::Tcp, 8080, 600)
         };
-        let report = map(&args).unwrap();
+        let report = map(addr, &request).unwrap();
         assert_eq!(report.result, "SUCCESS");
         assert_eq!(report.external, Some("203.0.113.1:8080".parse().unwrap()));
         assert_eq!(report.internal, Some("127.0.0.1:8080".parse().unwrap()));
         assert_eq!(report.lifetime, 600);
-        let nonce = parse_nonce(report.nonce.as_deref().unwrap()).unwrap();
+        let nonce = report.nonce.clone().unwrap();
         assert!(report.text().contains("external  203.0.113.1:8080"));
 
-        args.nonce = Some(nonce);
-        args.lifetime = 1200;
-        let renewed = map(&args).unwrap();
+        let nonce_bytes = nonce_from_hex(&nonce).unwrap();
+        request.nonce = Some(nonce_bytes);
+        request.lifetime = 1200;
+        let renewed = map(addr, &request).unwrap();
         assert_eq!(renewed.lifetime, 1200);
         assert_eq!(renewed.external, report.external);
 
-        let deleted = delete(&DeleteArgs {
-            server: server_args(addr),
-            protocol: ProtocolArg::Tcp,
-            internal_port: 8080,
-            nonce,
-            third_party: None,
-        })
+        let deleted = delete(
+            addr,
+            &DeleteRequest {
+                protocol: Protocol::Tcp,
+                internal_port: 8080,
+                nonce: nonce_bytes,
+                third_party: None,
+            },
+        )
         .unwrap();
         assert_eq!(deleted.result, "SUCCESS");
         assert_eq!(deleted.lifetime, 0);
 
-        let announced = announce(&server_args(addr)).unwrap();
+        let announced = announce(addr).unwrap();
         assert_eq!(announced.opcode, "ANNOUNCE");
         let json = serde_json::to_value(&announced).unwrap();
         assert_eq!(json["result_code"], 0);
@@ -910,9 +724,9 @@ mod tests {
     fn natpmp_address_and_map_against_the_engine() {
         // rfc6886 3.2, 3.3
         let (addr, server) = serve(2);
-        let report = natpmp_exchange(addr, natpmp::Request::ExternalAddress).unwrap();
+        let report = natpmp(addr, natpmp::Request::ExternalAddress).unwrap();
         assert_eq!(report.external_address, Some(Ipv4Addr::new(203, 0, 113, 1)));
-        let report = natpmp_exchange(
+        let report = natpmp(
             addr,
             natpmp::Request::Map {
                 protocol: MapProtocol::Udp,
@@ -926,51 +740,5 @@ mod tests {
         assert_eq!(report.external_port, Some(45000));
         assert_eq!(report.lifetime, Some(3600));
         server.join().unwrap();
-    }
-
-    #[test]
-    fn refusal_is_an_error_after_printing() {
-        let report = PcpReport {
-            server: "10.0.1.1:5351".parse().unwrap(),
-            client: "10.0.1.5:40000".parse().unwrap(),
-            opcode: "MAP",
-            result: "NOT_AUTHORIZED".into(),
-            result_code: 2,
-            lifetime: 1800,
-            epoch: 1,
-            protocol: None,
-            internal: None,
-            external: None,
-            peer: None,
-            nonce: None,
-        };
-        let err = finish_pcp(true, &report).unwrap_err().to_string();
-        assert!(err.contains("NOT_AUTHORIZED (long-lived error"), "{err}");
-    }
-
-    #[test]
-    fn arguments_parse() {
-        assert_eq!(
-            parse_server("10.0.1.1").unwrap(),
-            "10.0.1.1:5351".parse().unwrap()
-        );
-        assert_eq!(
-            parse_server("10.0.1.1:9999").unwrap(),
-            "10.0.1.1:9999".parse().unwrap()
-        );
-        assert!(parse_server("gateway").is_err());
-        let n = parse_nonce("0102030405060708090a0b0c").unwrap();
-        assert_eq!(n.0, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
-        assert_eq!(hex(&n.0), "0102030405060708090a0b0c");
-        assert!(parse_nonce("0102").is_err());
-        assert!(parse_nonce("zz02030405060708090a0b0c").is_err());
-        let f = parse_filter("198.51.100.7/24:443").unwrap();
-        assert_eq!(f.prefix_len, 120);
-        assert_eq!(f.remote_port, 443);
-        assert_eq!(
-            f.remote_address,
-            Ipv4Addr::new(198, 51, 100, 0).to_ipv6_mapped()
-        );
-        assert!(parse_filter("198.51.100.0/24").is_err());
     }
 }

@@ -240,8 +240,6 @@ mod tests {
     use super::*;
     use natgw_proto::stun::discovery::{Behaviour, Hairpinning, Nat};
 
-
-
     #[tokio::test]
     async fn probe_against_a_loopback_responder() {
         // The whole path on loopback: an RFC 5780 responder on 127.0.0.1 and 127.0.0.2.

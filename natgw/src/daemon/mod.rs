@@ -24,7 +24,6 @@ use aya::Ebpf;
 use log::{debug, error, info, warn};
 use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
 use natgw_common::{Config, IfaceConfig, IfaceRole};
-use tokio::signal::unix::{signal, SignalKind};
 
 use self::episodes::{Episodes, Note};
 use self::icmp::IcmpSender;
@@ -40,6 +39,7 @@ use crate::datapath::netlink::{Link, NetlinkError, Rtnl};
 use crate::datapath::pool;
 use crate::datapath::system;
 use crate::nat_table::gc::{held_syns, Policy, Sweeper};
+use crate::services::Shutdown;
 use natgw_proto::prefix::{check_no_overlap, IfacePrefix, Ipv4Prefix};
 
 pub mod episodes;
@@ -61,8 +61,7 @@ pub async fn run(settings: Settings) -> Result<()> {
     system::check_privileges()?;
     // Signals are caught from here on, so one arriving during setup still leads to a
     // clean teardown instead of leaving pins behind.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut shutdown = Shutdown::install()?;
 
     if system::ensure_bpffs()? {
         info!("bpffs.mounted path={}", system::BPFFS);
@@ -111,7 +110,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         return Err(e);
     }
 
-    let outcome = daemon.serve(&mut sigint, &mut sigterm).await;
+    let outcome = daemon.serve(&mut shutdown).await;
     daemon.teardown().await;
     outcome
 }
@@ -695,11 +694,7 @@ impl Daemon {
     }
 
     /// Runs until a signal or a fatal interface loss.
-    async fn serve(
-        &mut self,
-        sigint: &mut tokio::signal::unix::Signal,
-        sigterm: &mut tokio::signal::unix::Signal,
-    ) -> Result<()> {
+    async fn serve(&mut self, shutdown: &mut Shutdown) -> Result<()> {
         let mut sweeper = Sweeper::new(Policy::new(
             &self.settings.timeouts,
             self.settings.inbound_refresh,
@@ -713,12 +708,8 @@ impl Daemon {
         let mut held_failing = false;
         loop {
             tokio::select! {
-                _ = sigint.recv() => {
-                    info!("natgw.stopping signal=SIGINT");
-                    return Ok(());
-                }
-                _ = sigterm.recv() => {
-                    info!("natgw.stopping signal=SIGTERM");
+                signal = shutdown.recv() => {
+                    info!("natgw.stopping signal={signal}");
                     return Ok(());
                 }
                 _ = held_tick.tick() => {

@@ -7,6 +7,7 @@
 //! - [`replies`], [`neighbours`]: how their replies leave — never waiting, never
 //!   queued behind the resolution of a spoofed source.
 //! - [`frames`]: reading STUN and punch messages from a TCP stream.
+//! - [`Shutdown`] and [`transient`]: what every socket loop here needs.
 
 pub mod frames;
 pub mod neighbours;
@@ -14,3 +15,50 @@ pub mod pcp;
 pub mod rendezvous;
 pub mod replies;
 pub mod stun;
+
+use std::io;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// SIGINT and SIGTERM, the two ways to ask a long-running natgw command to stop.
+/// Installed before setup starts, so a signal that arrives during setup still leads to
+/// a clean stop.
+pub struct Shutdown {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl Shutdown {
+    /// Catches SIGINT and SIGTERM from now on.
+    ///
+    /// # Errors
+    /// When a handler cannot be installed.
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    /// Waits for either signal and names it (`SIGINT` or `SIGTERM`).
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigint.recv() => "SIGINT",
+            _ = self.sigterm.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Receive errors on a UDP socket that only report an ICMP error about an earlier
+/// datagram (Linux queues them on the socket): the socket itself is fine.
+#[must_use]
+pub fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}

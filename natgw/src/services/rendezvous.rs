@@ -4,25 +4,24 @@
 //! server it registers with. Each datagram or frame goes to one or the other by its
 //! first byte ([`natgw_proto::punch::demux`]). One task owns both engines; each TCP connection has
 //! a reader task that hands it frames and a writer task that sends what they decide.
-//! On SIGINT or SIGTERM it prints its counters and exits.
+//! When told to stop it returns what it saw ([`Stopped`]); `natgw rendezvous` prints it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use super::frames::read_frame;
-use crate::clients::punch::RendezvousArgs;
-use crate::services::replies::Replies;
+use crate::services::replies::{Replies, ReplyStats};
+use crate::services::transient;
 use natgw_proto::punch::demux::{self, Frame, Protocol};
 use natgw_proto::punch::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
 use natgw_proto::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
@@ -43,200 +42,182 @@ enum Event {
     Closed(SocketAddrV4),
 }
 
-/// Runs the rendezvous until SIGINT or SIGTERM.
-///
-/// # Errors
-/// When the sockets cannot be bound, or receiving fails for good.
-pub async fn serve(args: &RendezvousArgs) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let udp = UdpSocket::bind(args.listen)
-        .await
-        .with_context(|| format!("binding UDP {}", args.listen))?;
-    // With port 0, TCP takes the port UDP got.
-    let listen = match udp.local_addr()? {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(a) => anyhow::bail!("bound to IPv6 {a}"),
-    };
-    let tcp = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding TCP {listen}"))?;
-    let config = Config {
-        lifetime: Duration::from_secs(args.lifetime),
-        ..Config::default()
-    };
-    let mut engine = Rendezvous::new(config, natgw_proto::util::rng::random_u64());
-    let stun_counters = Arc::<stun::Counters>::default();
-    let mut stun = Responder::new(stun::Config::new(listen), Arc::clone(&stun_counters))
-        .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;
-    let started = Instant::now();
-    let mut replies = Replies::new("rendezvous", started);
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "event": "listening",
-                "udp": listen.to_string(),
-                "tcp": listen.to_string(),
-                "stun": true,
-            })
-        );
-    } else {
-        println!("natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too)");
-    }
-    log::info!(
-        "rendezvous.listening addr={listen} lifetime={}s",
-        args.lifetime
-    );
+/// What `natgw rendezvous` is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Address and port for UDP and TCP alike; port 0 picks one (the same for both).
+    pub listen: SocketAddrV4,
+    /// How long a registration lives after its peer's last message.
+    pub lifetime: Duration,
+}
 
-    let (events_tx, mut events) = mpsc::channel::<Event>(1024);
-    let mut connections: HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut buf = vec![0; 2048];
-    loop {
-        let transmits = tokio::select! {
-            received = udp.recv_from(&mut buf) => match received {
-                Ok((n, SocketAddr::V4(from))) if demux::classify(&buf[..n]) == Protocol::Stun => {
-                    let now = Instant::now();
-                    if !replies.admit(now, *from.ip()) {
-                        stun_counters.dropped_before_engine(stun::DropReason::Unresolved);
-                    } else if let Outcome::Reply { to, bytes, .. } =
-                        stun.handle(now, listen, from, &buf[..n])
-                    {
-                        if !replies.send(now, &udp, &bytes, to) {
-                            stun_counters.send_failed();
-                        }
-                    }
-                    Vec::new()
-                }
-                Ok((n, SocketAddr::V4(from))) => {
-                    let origin = Origin { transport: Transport::Udp, addr: from };
-                    engine.handle(Instant::now(), origin, &buf[..n])
-                }
-                Ok(_) => Vec::new(),
-                Err(e) if transient(&e) => Vec::new(),
-                Err(e) => return Err(e).context("receiving on the rendezvous UDP socket"),
-            },
-            accepted = tcp.accept() => {
-                match accepted {
-                    Ok((stream, SocketAddr::V4(remote))) if connections.len() < MAX_CONNECTIONS => {
-                        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-                        connections.insert(remote, tx);
-                        spawn_connection(stream, remote, rx, events_tx.clone());
-                    }
-                    Ok((_, remote)) => {
-                        log::warn!("rendezvous.refused remote={remote} too_many_connections");
-                    }
-                    Err(e) => log::debug!("rendezvous.accept_failed error={e}"),
-                }
-                Vec::new()
-            }
-            Some(event) = events.recv() => match event {
-                Event::Frame(remote, bytes) => {
-                    let origin = Origin { transport: Transport::Tcp, addr: remote };
-                    engine.handle(Instant::now(), origin, &bytes)
-                }
-                Event::Stun(remote, bytes) => {
-                    // The answer goes back on the connection (RESPONSE-PORT means
-                    // nothing over TCP).
-                    if let Outcome::Reply { bytes, .. } =
-                        stun.handle(Instant::now(), listen, remote, &bytes)
-                    {
-                        if let Some(tx) = connections.get(&remote) {
-                            let _ = tx.try_send(bytes);
-                        }
-                    }
-                    Vec::new()
-                }
-                Event::Garbage(remote, bytes) => {
-                    let origin = Origin { transport: Transport::Tcp, addr: remote };
-                    connections.remove(&remote);
-                    engine.handle(Instant::now(), origin, &bytes)
-                }
-                Event::Closed(remote) => {
-                    connections.remove(&remote);
-                    engine.disconnected(Origin { transport: Transport::Tcp, addr: remote });
-                    Vec::new()
-                }
-            },
-            _ = tick.tick() => {
-                engine.sweep(Instant::now());
-                Vec::new()
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+/// What the rendezvous saw, when it stops.
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// How long it served.
+    pub uptime: Duration,
+    /// Registrations still live.
+    pub registrations: usize,
+    /// The rendezvous engine's counters.
+    pub counters: Counters,
+    /// The STUN responder's counters.
+    pub stun: CountersSnapshot,
+    /// Replies held back or lost.
+    pub replies: ReplyStats,
+}
+
+/// The rendezvous's sockets, bound and not yet served.
+pub struct Server {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    listen: SocketAddrV4,
+    lifetime: Duration,
+}
+
+impl Server {
+    /// Binds UDP, then TCP on the port UDP got.
+    ///
+    /// # Errors
+    /// When either cannot be bound.
+    pub async fn bind(options: Options) -> anyhow::Result<Self> {
+        let udp = UdpSocket::bind(options.listen)
+            .await
+            .with_context(|| format!("binding UDP {}", options.listen))?;
+        let listen = match udp.local_addr()? {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => anyhow::bail!("bound to IPv6 {a}"),
         };
-        for t in transmits {
-            send(&udp, &connections, &mut replies, t);
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding TCP {listen}"))?;
+        Ok(Self {
+            udp,
+            tcp,
+            listen,
+            lifetime: options.lifetime,
+        })
+    }
+
+    /// Where it listens, UDP and TCP.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.listen
+    }
+
+    /// Serves until `stop` completes, then reports.
+    ///
+    /// # Errors
+    /// When receiving on the UDP socket fails for good.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<Stopped> {
+        let Self {
+            udp,
+            tcp,
+            listen,
+            lifetime,
+        } = self;
+        let config = Config {
+            lifetime,
+            ..Config::default()
+        };
+        let mut engine = Rendezvous::new(config, natgw_proto::util::rng::random_u64());
+        let stun_counters = Arc::<stun::Counters>::default();
+        let mut stun = Responder::new(stun::Config::new(listen), Arc::clone(&stun_counters))
+            .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;
+        let started = Instant::now();
+        let mut replies = Replies::new("rendezvous", started);
+        log::info!(
+            "rendezvous.listening addr={listen} lifetime={}s",
+            lifetime.as_secs()
+        );
+        let (events_tx, mut events) = mpsc::channel::<Event>(1024);
+        let mut connections: HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut buf = vec![0; 2048];
+        tokio::pin!(stop);
+        loop {
+            let transmits = tokio::select! {
+                received = udp.recv_from(&mut buf) => match received {
+                    Ok((n, SocketAddr::V4(from))) if demux::classify(&buf[..n]) == Protocol::Stun => {
+                        let now = Instant::now();
+                        if !replies.admit(now, *from.ip()) {
+                            stun_counters.dropped_before_engine(stun::DropReason::Unresolved);
+                        } else if let Outcome::Reply { to, bytes, .. } =
+                            stun.handle(now, listen, from, &buf[..n])
+                        {
+                            if !replies.send(now, &udp, &bytes, to) {
+                                stun_counters.send_failed();
+                            }
+                        }
+                        Vec::new()
+                    }
+                    Ok((n, SocketAddr::V4(from))) => {
+                        let origin = Origin { transport: Transport::Udp, addr: from };
+                        engine.handle(Instant::now(), origin, &buf[..n])
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(e) if transient(&e) => Vec::new(),
+                    Err(e) => return Err(e).context("receiving on the rendezvous UDP socket"),
+                },
+                accepted = tcp.accept() => {
+                    match accepted {
+                        Ok((stream, SocketAddr::V4(remote))) if connections.len() < MAX_CONNECTIONS => {
+                            let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+                            connections.insert(remote, tx);
+                            spawn_connection(stream, remote, rx, events_tx.clone());
+                        }
+                        Ok((_, remote)) => {
+                            log::warn!("rendezvous.refused remote={remote} too_many_connections");
+                        }
+                        Err(e) => log::debug!("rendezvous.accept_failed error={e}"),
+                    }
+                    Vec::new()
+                }
+                Some(event) = events.recv() => match event {
+                    Event::Frame(remote, bytes) => {
+                        let origin = Origin { transport: Transport::Tcp, addr: remote };
+                        engine.handle(Instant::now(), origin, &bytes)
+                    }
+                    Event::Stun(remote, bytes) => {
+                        // The answer goes back on the connection (RESPONSE-PORT means
+                        // nothing over TCP).
+                        if let Outcome::Reply { bytes, .. } =
+                            stun.handle(Instant::now(), listen, remote, &bytes)
+                        {
+                            if let Some(tx) = connections.get(&remote) {
+                                let _ = tx.try_send(bytes);
+                            }
+                        }
+                        Vec::new()
+                    }
+                    Event::Garbage(remote, bytes) => {
+                        let origin = Origin { transport: Transport::Tcp, addr: remote };
+                        connections.remove(&remote);
+                        engine.handle(Instant::now(), origin, &bytes)
+                    }
+                    Event::Closed(remote) => {
+                        connections.remove(&remote);
+                        engine.disconnected(Origin { transport: Transport::Tcp, addr: remote });
+                        Vec::new()
+                    }
+                },
+                _ = tick.tick() => {
+                    engine.sweep(Instant::now());
+                    Vec::new()
+                }
+                () = &mut stop => break,
+            };
+            for t in transmits {
+                send(&udp, &connections, &mut replies, t);
+            }
         }
+        Ok(Stopped {
+            uptime: started.elapsed(),
+            registrations: engine.len(),
+            counters: engine.counters(),
+            stun: stun_counters.snapshot(),
+            replies: replies.stats(),
+        })
     }
-    let counters = engine.counters();
-    let stun = stun_counters.snapshot();
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "event": "stopped",
-                "uptime_s": started.elapsed().as_secs_f64(),
-                "registrations": engine.len(),
-                "counters": counters,
-                "stun": stun_json(&stun),
-                "replies_unresolved": replies.stats().unresolved,
-                "replies_send_failed": replies.stats().send_failed,
-            })
-        );
-    } else {
-        println!(
-            "natgw rendezvous: stopped after {:.1} s: {}; STUN: {}; replies held back \
-             (unresolved) {}, lost {}",
-            started.elapsed().as_secs_f64(),
-            summary(&counters),
-            crate::services::stun::summary(&stun),
-            replies.stats().unresolved,
-            replies.stats().send_failed
-        );
-    }
-    Ok(())
-}
-
-/// The STUN responder's counters as JSON: what it answered, and why it dropped the
-/// rest.
-fn stun_json(c: &CountersSnapshot) -> serde_json::Value {
-    let dropped: serde_json::Map<String, serde_json::Value> = c
-        .dropped
-        .iter()
-        .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
-        .collect();
-    json!({
-        "received": c.received,
-        "success": c.success,
-        "bad_request": c.bad_request,
-        "unknown_attribute": c.unknown_attribute,
-        "dropped": dropped,
-    })
-}
-
-/// The counters on one line.
-#[must_use]
-pub fn summary(c: &Counters) -> String {
-    format!(
-        "received {}, registered {}, refreshed {}, connects {}, peer answers {}, \
-         introductions {}, unknown peer {}, not registered {}, expired {}, table full {}, \
-         malformed {}, unsupported version {}, unexpected {}",
-        c.received,
-        c.registered,
-        c.refreshed,
-        c.connects,
-        c.peer_answers,
-        c.introductions,
-        c.unknown_peer,
-        c.not_registered,
-        c.expired,
-        c.table_full,
-        c.malformed,
-        c.unsupported_version,
-        c.unexpected
-    )
 }
 
 /// Sends `t` without waiting: over UDP through the reply path (held back while a
@@ -307,15 +288,4 @@ async fn read_connection(
         }
     }
     let _ = events.send(Event::Closed(remote)).await;
-}
-
-/// Receive errors that only report an ICMP error about an earlier datagram.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }

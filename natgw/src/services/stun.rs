@@ -18,6 +18,7 @@ use log::{debug, warn};
 use tokio::net::UdpSocket;
 
 use crate::services::replies::Replies;
+use crate::services::transient;
 use natgw_proto::stun::responder::{
     Config, Counters, CountersSnapshot, DropReason, Outcome, Responder,
 };
@@ -107,16 +108,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Errors a UDP receive reports for earlier sends (ICMP) rather than for the socket.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 /// The counters as `key=value` pairs for a log line.

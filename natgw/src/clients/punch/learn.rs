@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _};
 use tokio::net::UdpSocket;
 
 use super::report::PcpPeer;
-use crate::clients::pcp::{HexNonce, MapArgs, PeerArgs, ProtocolArg, ServerArgs};
+use crate::clients::pcp::{self, MapRequest, PeerRequest, Protocol};
 use crate::clients::stun_probe;
 use natgw_proto::pcp::wire::Nonce;
 use natgw_proto::punch::wire::{Mapped, MappedBy, PeerInfo};
@@ -103,18 +103,11 @@ pub fn peer_targets(peer: &PeerInfo) -> Vec<SocketAddrV4> {
     targets
 }
 
-fn protocol(tcp: bool) -> ProtocolArg {
+const fn protocol(tcp: bool) -> Protocol {
     if tcp {
-        ProtocolArg::Tcp
+        Protocol::Tcp
     } else {
-        ProtocolArg::Udp
-    }
-}
-
-fn server(gateway: SocketAddrV4) -> ServerArgs {
-    ServerArgs {
-        server: gateway,
-        json: false,
+        Protocol::Udp
     }
 }
 
@@ -125,18 +118,7 @@ fn server(gateway: SocketAddrV4) -> ServerArgs {
 /// No answer, or a refusal.
 pub async fn pcp_map(gateway: SocketAddrV4, tcp: bool, port: u16) -> anyhow::Result<Mapped> {
     let report = tokio::task::spawn_blocking(move || {
-        crate::clients::pcp::map(&MapArgs {
-            server: server(gateway),
-            protocol: protocol(tcp),
-            internal_port: port,
-            suggest: None,
-            lifetime: PCP_LIFETIME,
-            nonce: None,
-            prefer_failure: false,
-            filter: Vec::new(),
-            clear_filters: false,
-            third_party: None,
-        })
+        pcp::map(gateway, &MapRequest::new(protocol(tcp), port, PCP_LIFETIME))
     })
     .await
     .context("the PCP request task failed")?
@@ -165,16 +147,18 @@ pub async fn pcp_peers(
 ) -> Vec<PcpPeer> {
     let requests = remotes.iter().map(|&remote| async move {
         let answer = tokio::task::spawn_blocking(move || {
-            crate::clients::pcp::peer(&PeerArgs {
-                server: server(gateway),
-                protocol: protocol(tcp),
-                internal_port: port,
-                peer: remote,
-                suggest: None,
-                lifetime: PCP_LIFETIME,
-                nonce: Some(HexNonce(nonce)),
-                third_party: None,
-            })
+            pcp::peer(
+                gateway,
+                &PeerRequest {
+                    protocol: protocol(tcp),
+                    internal_port: port,
+                    peer: remote,
+                    suggest: None,
+                    lifetime: PCP_LIFETIME,
+                    nonce: Some(nonce),
+                    third_party: None,
+                },
+            )
         })
         .await;
         let mut peer = PcpPeer {

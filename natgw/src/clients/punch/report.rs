@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::PunchArgs;
+use super::Options;
 use natgw_proto::punch::prober::{Outcome, PathKind, PathReport, Prober};
 use natgw_proto::punch::wire::{MappedBy, PeerInfo};
 
@@ -178,15 +178,15 @@ fn ms(d: Duration) -> f64 {
 }
 
 impl Report {
-    /// An empty report for these arguments.
+    /// An empty report for a punch with these options.
     #[must_use]
-    pub fn new(args: &PunchArgs) -> Self {
+    pub fn new(options: &Options) -> Self {
         Self {
             ok: false,
-            transport: if args.tcp { "tcp" } else { "udp" },
-            id: args.id.to_string(),
-            peer: args.peer.to_string(),
-            rendezvous: args.rendezvous,
+            transport: if options.tcp { "tcp" } else { "udp" },
+            id: options.id.to_string(),
+            peer: options.peer.to_string(),
+            rendezvous: options.rendezvous,
             local: None,
             public: None,
             public_from: None,
@@ -355,20 +355,6 @@ impl Report {
         }
     }
 
-    /// Prints the report on standard output (the error itself goes to standard error
-    /// from `main` in text mode).
-    ///
-    /// # Errors
-    /// When it cannot be serialised.
-    pub fn print(&self, json: bool) -> anyhow::Result<()> {
-        if json {
-            println!("{}", serde_json::to_string_pretty(self)?);
-        } else {
-            print!("{}", self.text());
-        }
-        Ok(())
-    }
-
     /// The report as text.
     #[must_use]
     pub fn text(&self) -> String {
@@ -529,24 +515,19 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
-    use crate::cli::{Cli, Command};
+    use natgw_proto::punch::wire::PeerId;
 
     fn ep(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
     }
 
-    fn report(extra: &[&str]) -> Report {
-        let args = ["natgw", "punch", "--rendezvous", "198.18.0.1:7000"]
-            .iter()
-            .chain(&["--id", "a1", "--peer", "b1"])
-            .chain(extra);
-        let Command::Punch(args) = Cli::try_parse_from(args).unwrap().command else {
-            panic!("not punch");
-        };
-        let mut r = Report::new(&args);
+    fn report() -> Report {
+        let mut r = Report::new(&Options::new(
+            ep("198.18.0.1:7000"),
+            PeerId::new("a1").unwrap(),
+            PeerId::new("b1").unwrap(),
+        ));
         r.local = Some(ep("10.1.0.2:4000"));
         r
     }
@@ -563,7 +544,7 @@ mod tests {
 
     #[test]
     fn a_stun_answer_that_agrees_with_the_rendezvous_is_our_public_endpoint() {
-        let mut r = report(&[]);
+        let mut r = report();
         r.stun_answered(ep("198.18.0.1:7000"), "udp", Ok(ep("192.0.2.1:4000")));
         r.registered(ep("192.0.2.1:4000"));
         assert_eq!(r.public, Some(ep("192.0.2.1:4000")));
@@ -583,7 +564,7 @@ mod tests {
 
     #[test]
     fn stun_and_rendezvous_disagreeing_is_diagnosed_as_endpoint_dependent_mapping() {
-        let mut r = report(&["--stun", "198.18.0.1:3478"]);
+        let mut r = report();
         r.stun_answered(ep("198.18.0.1:3478"), "udp", Ok(ep("203.0.113.1:61000")));
         r.registered(ep("203.0.113.1:4000"));
         assert_eq!(r.public, Some(ep("203.0.113.1:61000")));
@@ -605,7 +586,7 @@ mod tests {
 
     #[test]
     fn without_a_stun_answer_the_rendezvous_observation_is_used_with_a_note() {
-        let mut r = report(&["--stun", "198.18.0.1:9"]);
+        let mut r = report();
         r.stun_answered(
             ep("198.18.0.1:9"),
             "udp",
@@ -633,7 +614,7 @@ mod tests {
     #[test]
     fn pcp_peer_answers_are_shown_and_stand_in_for_a_missing_stun_answer() {
         // STUN answered: PEER is shown, the public endpoint stays STUN's.
-        let mut r = report(&["--pcp", "10.1.0.1"]);
+        let mut r = report();
         r.stun_answered(ep("198.18.0.1:7000"), "udp", Ok(ep("192.0.2.1:4000")));
         r.registered(ep("192.0.2.1:4000"));
         r.pcp_peer_answered(vec![peer_answer(
@@ -653,7 +634,7 @@ mod tests {
         ));
 
         // No STUN answer: PEER's external endpoint is our public one.
-        let mut r = report(&["--pcp", "10.1.0.1"]);
+        let mut r = report();
         r.stun_answered(ep("198.18.0.1:7000"), "udp", Err("no answer".to_owned()));
         r.registered(ep("192.0.2.1:4000"));
         r.pcp_peer_answered(vec![
@@ -672,7 +653,7 @@ mod tests {
         );
 
         // A gateway that maps the peer elsewhere than the rendezvous saw.
-        let mut r = report(&["--pcp", "10.1.0.1"]);
+        let mut r = report();
         r.registered(ep("192.0.2.1:4000"));
         r.pcp_peer_answered(vec![peer_answer(
             "198.51.100.1:5000",

@@ -35,9 +35,7 @@ use tokio::time::{timeout, Instant};
 use super::client::{self, TcpChannel};
 use super::learn::{self, pcp_map, STUN_WAIT};
 use super::report::{stage, Report, TcpAttempts, TcpOpen};
-use super::{
-    candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
-};
+use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options, REGISTER_WAIT};
 use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::prober::{Failure, PathKind, Prober, Settings, Status};
@@ -73,8 +71,8 @@ fn reusable_socket(local: SocketAddrV4) -> io::Result<TcpSocket> {
 }
 
 /// `natgw punch --tcp`; fills `report` as it goes.
-pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result<()> {
-    let local = args
+pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let local = options
         .local
         .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     let listener_socket =
@@ -86,37 +84,41 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     let listener = listener_socket
         .listen(16)
         .with_context(|| format!("listening on TCP {bound}"))?;
-    let private = private_endpoint(SocketAddr::V4(bound), args.rendezvous)?;
+    let private = private_endpoint(SocketAddr::V4(bound), options.rendezvous)?;
     report.local = Some(private);
-    let map = match args.pcp.filter(|_| !args.pcp_peer_only) {
+    let map = match options.pcp.filter(|_| !options.pcp_peer_only) {
         Some(gateway) => Some(pcp_map(gateway, true, bound.port()).await?),
         None => None,
     };
     report.mapped = map.map(|m| m.endpoint);
-    let stun = stun_server(args);
+    let stun = stun_server(options);
     let mut learned = None;
-    if stun != args.rendezvous {
+    if stun != options.rendezvous {
         let answer = stun_over_own_connection(bound, stun).await;
         learned = answer.as_ref().ok().copied();
         report.stun_answered(stun, "tcp", answer);
     }
 
     report.stage = Some(stage::RENDEZVOUS);
-    let stream = connect_from(bound, args.rendezvous, REGISTER_WAIT.min(args.timeout))
-        .await
-        .map_err(|e| match e {
-            ConnectError::Io(e) => anyhow::Error::new(e).context(format!(
-                "connecting to the rendezvous {} over TCP (is `natgw rendezvous` running \
+    let stream = connect_from(
+        bound,
+        options.rendezvous,
+        REGISTER_WAIT.min(options.timeout),
+    )
+    .await
+    .map_err(|e| match e {
+        ConnectError::Io(e) => anyhow::Error::new(e).context(format!(
+            "connecting to the rendezvous {} over TCP (is `natgw rendezvous` running \
                  there?)",
-                args.rendezvous
-            )),
-            ConnectError::TimedOut => anyhow!(
-                "connecting to the rendezvous {} over TCP timed out",
-                args.rendezvous
-            ),
-        })?;
+            options.rendezvous
+        )),
+        ConnectError::TimedOut => anyhow!(
+            "connecting to the rendezvous {} over TCP timed out",
+            options.rendezvous
+        ),
+    })?;
     let mut channel = TcpChannel::new(stream);
-    if stun == args.rendezvous {
+    if stun == options.rendezvous {
         // The rendezvous answers STUN on the connection we register on: the same
         // mapping, by construction.
         let answer = match channel.stun(stun, STUN_WAIT).await {
@@ -127,15 +129,15 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
         report.stun_answered(stun, "tcp", answer);
     }
     let register = Register {
-        id: args.id.clone(),
+        id: options.id.clone(),
         private: vec![private],
         mapped: learn::announced(learned, map),
     };
     let registered = client::register(
         &mut channel,
-        args.rendezvous,
+        options.rendezvous,
         &register,
-        REGISTER_WAIT.min(args.timeout),
+        REGISTER_WAIT.min(options.timeout),
     )
     .await?;
     report.registered(registered.public);
@@ -144,36 +146,36 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     let asked = Instant::now();
     let peer = client::find_peer(
         &mut channel,
-        args.rendezvous,
+        options.rendezvous,
         &register,
-        &args.peer,
-        asked + args.timeout,
+        &options.peer,
+        asked + options.timeout,
     )
     .await?;
     let introduced_at = Instant::now();
     report.peer_found(&peer, introduced_at - asked);
 
     report.stage = Some(stage::PUNCHING);
-    if let Some(gateway) = args.pcp {
+    if let Some(gateway) = options.pcp {
         let targets = learn::peer_targets(&peer);
         let answers = learn::pcp_peers(gateway, true, bound.port(), &targets, pcp_nonce()).await;
         report.pcp_peer_answered(answers);
     }
     // Paths become active when a connection on them opens.
     let mut prober = Prober::new(
-        args.id.clone(),
-        args.peer.clone(),
+        options.id.clone(),
+        options.peer.clone(),
         peer.session,
         &candidates(&peer),
-        policy(args, true),
+        policy(options, true),
         Settings::default(),
         introduced_at.into_std(),
     );
-    let deadline = introduced_at + args.timeout;
+    let deadline = introduced_at + options.timeout;
     let attempts = Arc::new(Mutex::new(TcpAttempts::default()));
     let (opened_tx, mut opened_rx) = mpsc::channel::<Opened>(16);
     let mut tasks = JoinSet::new();
-    if !args.passive {
+    if !options.passive {
         for (_, remote) in candidates(&peer) {
             if prober.kind_of(remote).is_some() {
                 tasks.spawn(connect_loop(
@@ -202,7 +204,7 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
             report.prober_state(&prober);
             Err(anyhow!(
                 "{}",
-                describe_failure(&failure, &lock(&attempts), args.passive)
+                describe_failure(&failure, &lock(&attempts), options.passive)
             ))
         }
     }

@@ -4,7 +4,6 @@
 //! first probe (or, with `--pcp`, our gateway's PEER mapping) opens our NAT for the
 //! peer's.
 
-use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
@@ -12,12 +11,12 @@ use anyhow::{anyhow, Context as _};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
+use crate::services::transient;
+
 use super::client::{self, UdpChannel};
 use super::learn::{self, pcp_map};
 use super::report::{stage, Report};
-use super::{
-    candidates, pcp_nonce, policy, private_endpoint, stun_server, PunchArgs, REGISTER_WAIT,
-};
+use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options, REGISTER_WAIT};
 use natgw_proto::punch::prober::{Prober, Settings, Status};
 use natgw_proto::punch::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
 
@@ -25,21 +24,21 @@ use natgw_proto::punch::wire::{Message, PeerId, PeerInfo, Register, Repr, Sessio
 const TICK: Duration = Duration::from_millis(10);
 
 /// `natgw punch` over UDP; fills `report` as it goes.
-pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result<()> {
-    let local = args
+pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let local = options
         .local
         .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
     let socket = UdpSocket::bind(local)
         .await
         .with_context(|| format!("binding a UDP socket to {local}"))?;
-    let private = private_endpoint(socket.local_addr()?, args.rendezvous)?;
+    let private = private_endpoint(socket.local_addr()?, options.rendezvous)?;
     report.local = Some(private);
-    let map = match args.pcp.filter(|_| !args.pcp_peer_only) {
+    let map = match options.pcp.filter(|_| !options.pcp_peer_only) {
         Some(gateway) => Some(pcp_map(gateway, false, private.port()).await?),
         None => None,
     };
     report.mapped = map.map(|m| m.endpoint);
-    let stun = stun_server(args);
+    let stun = stun_server(options);
     let stun_answer = learn::stun_udp(&socket, stun).await;
     let learned = learn::announced(stun_answer.as_ref().ok().copied(), map);
     report.stun_answered(stun, "udp", stun_answer);
@@ -47,18 +46,18 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     report.stage = Some(stage::RENDEZVOUS);
     let mut channel = UdpChannel {
         socket: &socket,
-        server: args.rendezvous,
+        server: options.rendezvous,
     };
     let register = Register {
-        id: args.id.clone(),
+        id: options.id.clone(),
         private: vec![private],
         mapped: learned,
     };
     let registered = client::register(
         &mut channel,
-        args.rendezvous,
+        options.rendezvous,
         &register,
-        REGISTER_WAIT.min(args.timeout),
+        REGISTER_WAIT.min(options.timeout),
     )
     .await?;
     report.registered(registered.public);
@@ -67,10 +66,10 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     let asked = Instant::now();
     let peer = client::find_peer(
         &mut channel,
-        args.rendezvous,
+        options.rendezvous,
         &register,
-        &args.peer,
-        asked + args.timeout,
+        &options.peer,
+        asked + options.timeout,
     )
     .await?;
     let mut introduced_at = Instant::now();
@@ -79,7 +78,7 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     report.stage = Some(stage::PUNCHING);
     let nonce = pcp_nonce();
     let open_gateway = |peer: PeerInfo| async move {
-        if let Some(gateway) = args.pcp {
+        if let Some(gateway) = options.pcp {
             let targets = learn::peer_targets(&peer);
             Some(learn::pcp_peers(gateway, false, private.port(), &targets, nonce).await)
         } else {
@@ -91,18 +90,18 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
     }
     let new_prober = |peer: &PeerInfo, now: Instant| {
         Prober::new(
-            args.id.clone(),
-            args.peer.clone(),
+            options.id.clone(),
+            options.peer.clone(),
             peer.session,
             &candidates(peer),
-            policy(args, args.passive),
+            policy(options, options.passive),
             Settings::default(),
             now.into_std(),
         )
     };
     let mut prober = new_prober(&peer, introduced_at);
     let mut session = peer.session;
-    let deadline = introduced_at + args.timeout;
+    let deadline = introduced_at + options.timeout;
     let mut tick = tokio::time::interval(TICK);
     let mut buf = [0; 2048];
     loop {
@@ -134,8 +133,8 @@ pub(super) async fn run(args: &PunchArgs, report: &mut Report) -> anyhow::Result
                     // A newer introduction: the endpoints we got were a stale
                     // registration (an earlier run of the peer), and the peer has just
                     // registered anew. Start over with the new ones.
-                    if let Some(newer) = (from == args.rendezvous)
-                        .then(|| newer_introduction(&buf[..n], &args.peer, session))
+                    if let Some(newer) = (from == options.rendezvous)
+                        .then(|| newer_introduction(&buf[..n], &options.peer, session))
                         .flatten()
                     {
                         log::info!("punch.reintroduced peer={} public={}", newer.id, newer.public);
@@ -171,15 +170,4 @@ fn newer_introduction(bytes: &[u8], peer: &PeerId, session: Session) -> Option<P
         }
         _ => None,
     }
-}
-
-/// Receive errors that only report an ICMP error about an earlier datagram.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }

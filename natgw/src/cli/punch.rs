@@ -1,0 +1,382 @@
+//! `natgw punch` and `natgw rendezvous`: their arguments and what they print. The
+//! work is done by [`crate::clients::punch`] and [`crate::services::rendezvous`].
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+
+use crate::clients::punch::{self, Options};
+use crate::services::rendezvous;
+use crate::services::Shutdown;
+use natgw_proto::punch::prober::PathKind;
+use natgw_proto::punch::rendezvous::Counters;
+use natgw_proto::punch::wire::PeerId;
+use natgw_proto::stun::responder::CountersSnapshot;
+
+/// The PCP server port (RFC 6887 §19.1).
+const PCP_PORT: u16 = natgw_proto::pcp::wire::SERVER_PORT;
+/// The STUN port (RFC 8489 §18.6), for `--stun ADDR`.
+const STUN_PORT: u16 = natgw_proto::stun::responder::DEFAULT_PORT;
+
+/// Arguments of `natgw punch`.
+#[derive(Debug, Args)]
+#[command(after_help = PUNCH_AFTER_HELP)]
+pub struct PunchArgs {
+    /// The rendezvous (`natgw rendezvous`), ADDR:PORT, spoken to over UDP (or TCP with
+    /// --tcp).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub rendezvous: SocketAddrV4,
+
+    /// Our name at the rendezvous: 1 to 32 characters of A-Z a-z 0-9 . _ -
+    #[arg(long, value_name = "NAME")]
+    pub id: PeerId,
+
+    /// The peer to reach (its --id).
+    #[arg(long, value_name = "NAME")]
+    pub peer: PeerId,
+
+    /// Punch TCP by simultaneous open instead of UDP.
+    #[arg(long)]
+    pub tcp: bool,
+
+    /// Local address and port everything leaves from [default: any address, a port the
+    /// kernel picks].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub local: Option<SocketAddrV4>,
+
+    /// Seconds to wait for the peer to show up at the rendezvous, and then again at
+    /// most for a direct path to it.
+    #[arg(long, value_name = "S", default_value = "10", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Learn our public endpoint from this STUN server (ADDR or ADDR:PORT, port 3478
+    /// by default), asked from the port we punch from (TCP: over a connection from
+    /// it) [default: the rendezvous, which answers STUN on its port]. Without an
+    /// answer within 2 s the endpoint the rendezvous saw is used, with a note.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_stun_server)]
+    pub stun: Option<SocketAddrV4>,
+
+    /// Use PCP with this gateway (ADDR or ADDR:PORT, port 5351 by default, normally
+    /// the gateway's LAN address): a PCP MAP of our port, offered to the peer so it
+    /// can come in without punching, and once the peer's endpoints are known a PCP
+    /// PEER towards each, so the gateway lets the peer in before our first probe.
+    /// Both live 120 s.
+    #[arg(long, value_name = "GATEWAY", value_parser = parse_pcp_server)]
+    pub pcp: Option<SocketAddrV4>,
+
+    /// With --pcp: no MAP, only PEER — open our NAT to the peer alone instead of
+    /// opening our port to everyone.
+    #[arg(long, requires = "pcp")]
+    pub pcp_peer_only: bool,
+
+    /// Only use these kinds of path (repeat, or separate with commas): `public` (the
+    /// peer's public endpoint), `private` (its LAN endpoints), `mapped` (its PCP
+    /// mapping), `reflexive` (an endpoint its probes came from that nobody announced)
+    /// [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "KIND", value_parser = path_kind)]
+    pub only: Vec<PathKind>,
+
+    /// Send nothing to the peer before it has reached us (TCP: only accept), for a
+    /// peer whose port is open anyway (PCP mapping, port forward).
+    #[arg(long)]
+    pub passive: bool,
+
+    /// Print one JSON object — also on failure, with `ok: false` — instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const PUNCH_AFTER_HELP: &str = "\
+Start it on both peers at about the same time (within --timeout); each names itself
+and the other. It exits 0 once data went both ways on a direct path, 1 otherwise
+with the reason.
+
+Examples:
+    natgw rendezvous --listen 198.18.0.1:7000                       # on a public host
+    natgw punch --rendezvous 198.18.0.1:7000 --id alice --peer bob  # behind NAT A
+    natgw punch --rendezvous 198.18.0.1:7000 --id bob --peer alice  # behind NAT B
+    natgw punch ... --tcp                  # TCP simultaneous open
+    natgw punch ... --stun 192.0.2.53      # learn our endpoint from another STUN server
+    natgw punch ... --pcp 10.2.0.1 --passive   # open our port with PCP, let them in
+    natgw punch ... --pcp 10.2.0.1 --pcp-peer-only --passive   # open it to the peer only";
+
+/// Arguments of `natgw rendezvous`.
+#[derive(Debug, Args)]
+#[command(after_help = RENDEZVOUS_AFTER_HELP)]
+pub struct RendezvousArgs {
+    /// Address and port to listen on, for UDP and TCP alike.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: SocketAddrV4,
+
+    /// Seconds a registration lives after its peer's last message.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub lifetime: u64,
+
+    /// Print JSON lines (`listening`, then `stopped` with the counters) instead of
+    /// text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const RENDEZVOUS_AFTER_HELP: &str = "\
+Runs until SIGINT or SIGTERM, then prints what it saw: registrations, lookups,
+introductions, the malformed messages it ignored and the STUN Binding requests it
+answered (on the same port, UDP and TCP, so peers learn their public endpoint from
+it). It only introduces peers; their traffic never passes through it. There is no
+authentication: use it in a lab or on a network you trust.
+
+Example:
+    natgw rendezvous --listen 198.18.0.1:7000 --json";
+
+impl PunchArgs {
+    fn options(&self) -> Options {
+        Options {
+            rendezvous: self.rendezvous,
+            id: self.id.clone(),
+            peer: self.peer.clone(),
+            tcp: self.tcp,
+            local: self.local,
+            timeout: self.timeout,
+            stun: self.stun,
+            pcp: self.pcp,
+            pcp_peer_only: self.pcp_peer_only,
+            only: self.only.clone(),
+            passive: self.passive,
+        }
+    }
+}
+
+/// `natgw punch`: prints the report, and fails (exit status 1) unless a direct path
+/// was verified.
+///
+/// # Errors
+/// Why no direct path was found, or what went wrong on the way.
+pub async fn punch(args: &PunchArgs) -> anyhow::Result<()> {
+    let (report, result) = punch::punch(&args.options()).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    result
+}
+
+/// `natgw rendezvous`: serves until SIGINT or SIGTERM, then prints its counters.
+///
+/// # Errors
+/// When the sockets cannot be bound or fail.
+pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
+    let mut shutdown = Shutdown::install()?;
+    let server = rendezvous::Server::bind(rendezvous::Options {
+        listen: args.listen,
+        lifetime: Duration::from_secs(args.lifetime),
+    })
+    .await?;
+    let listen = server.local_addr();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "event": "listening",
+                "udp": listen.to_string(),
+                "tcp": listen.to_string(),
+                "stun": true,
+            })
+        );
+    } else {
+        println!("natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too)");
+    }
+    let stopped = server
+        .run(async move {
+            shutdown.recv().await;
+        })
+        .await?;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "event": "stopped",
+                "uptime_s": stopped.uptime.as_secs_f64(),
+                "registrations": stopped.registrations,
+                "counters": stopped.counters,
+                "stun": stun_json(&stopped.stun),
+                "replies_unresolved": stopped.replies.unresolved,
+                "replies_send_failed": stopped.replies.send_failed,
+            })
+        );
+    } else {
+        println!(
+            "natgw rendezvous: stopped after {:.1} s: {}; STUN: {}; replies held back \
+             (unresolved) {}, lost {}",
+            stopped.uptime.as_secs_f64(),
+            summary(&stopped.counters),
+            crate::services::stun::summary(&stopped.stun),
+            stopped.replies.unresolved,
+            stopped.replies.send_failed
+        );
+    }
+    Ok(())
+}
+
+/// The STUN responder's counters as JSON: what it answered, and why it dropped the
+/// rest.
+fn stun_json(c: &CountersSnapshot) -> serde_json::Value {
+    let dropped: serde_json::Map<String, serde_json::Value> = c
+        .dropped
+        .iter()
+        .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "received": c.received,
+        "success": c.success,
+        "bad_request": c.bad_request,
+        "unknown_attribute": c.unknown_attribute,
+        "dropped": dropped,
+    })
+}
+
+/// The rendezvous counters on one line.
+fn summary(c: &Counters) -> String {
+    format!(
+        "received {}, registered {}, refreshed {}, connects {}, peer answers {}, \
+         introductions {}, unknown peer {}, not registered {}, expired {}, table full {}, \
+         malformed {}, unsupported version {}, unexpected {}",
+        c.received,
+        c.registered,
+        c.refreshed,
+        c.connects,
+        c.peer_answers,
+        c.introductions,
+        c.unknown_peer,
+        c.not_registered,
+        c.expired,
+        c.table_full,
+        c.malformed,
+        c.unsupported_version,
+        c.unexpected
+    )
+}
+
+/// `--only KIND`: one of `mapped`, `public`, `private`, `reflexive`.
+fn path_kind(s: &str) -> Result<PathKind, String> {
+    PathKind::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+        format!(
+            "`{s}` is not a kind of path; use one of {}",
+            names.join(", ")
+        )
+    })
+}
+
+/// Seconds, above 0 and at most 600.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    super::seconds_up_to(s, 600)
+}
+
+/// ADDR or ADDR:PORT, port 5351 by default.
+fn parse_pcp_server(s: &str) -> Result<SocketAddrV4, String> {
+    super::endpoint(s, PCP_PORT)
+}
+
+/// ADDR or ADDR:PORT, port 3478 by default.
+fn parse_stun_server(s: &str) -> Result<SocketAddrV4, String> {
+    super::endpoint(s, STUN_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn punch(args: &[&str]) -> Result<PunchArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["natgw", "punch"].iter().chain(args))?;
+        match cli.command {
+            Command::Punch(p) => Ok(p),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn punch_flags_parse() {
+        let p = punch(&[
+            "--rendezvous",
+            "198.18.0.1:7000",
+            "--id",
+            "a1",
+            "--peer",
+            "b1",
+            "--tcp",
+            "--local",
+            "10.1.0.2:4000",
+            "--timeout",
+            "2.5",
+            "--pcp",
+            "10.1.0.1",
+            "--pcp-peer-only",
+            "--stun",
+            "192.0.2.53",
+            "--only",
+            "public,private",
+            "--only",
+            "mapped",
+            "--passive",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!(p.rendezvous, "198.18.0.1:7000".parse().unwrap());
+        assert_eq!(p.id.to_string(), "a1");
+        assert!(p.tcp && p.passive && p.json);
+        assert_eq!(p.timeout, Duration::from_millis(2500));
+        assert_eq!(p.pcp, Some("10.1.0.1:5351".parse().unwrap()));
+        assert!(p.pcp_peer_only);
+        assert_eq!(p.stun, Some("192.0.2.53:3478".parse().unwrap()));
+        assert_eq!(
+            p.only,
+            [PathKind::Public, PathKind::Private, PathKind::Mapped]
+        );
+        let p = punch(&["--rendezvous", "1.2.3.4:5", "--id", "a", "--peer", "b"]).unwrap();
+        assert_eq!(p.timeout, Duration::from_secs(10));
+        assert!(p.only.is_empty() && !p.tcp && p.stun.is_none() && p.pcp.is_none());
+        assert_eq!(p.options(), {
+            let mut o = Options::new(p.rendezvous, p.id.clone(), p.peer.clone());
+            o.timeout = punch::DEFAULT_TIMEOUT;
+            o
+        });
+        // PEER-only means nothing without a gateway to ask.
+        let minimal = ["--rendezvous", "1.2.3.4:5", "--id", "a", "--peer", "b"];
+        assert!(punch(&[&minimal[..], &["--pcp-peer-only"]].concat()).is_err());
+        assert!(punch(&["--rendezvous", "1.2.3.4:5", "--id", "a b", "--peer", "b"]).is_err());
+        assert!(punch(&["--rendezvous", "x", "--id", "a", "--peer", "b"]).is_err());
+        assert!(punch(&[&minimal[..], &["--timeout", "0"]].concat()).is_err());
+    }
+
+    #[test]
+    fn rendezvous_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "rendezvous",
+            "--listen",
+            "0.0.0.0:7000",
+            "--lifetime",
+            "60",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Rendezvous(r) = cli.command else {
+            panic!("not rendezvous");
+        };
+        assert_eq!(r.listen, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(r.lifetime, 60);
+        assert!(r.json);
+        assert!(Cli::try_parse_from(["natgw", "rendezvous", "--listen", "x:1"]).is_err());
+    }
+}
