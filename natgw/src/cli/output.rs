@@ -11,8 +11,9 @@ use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
-use crate::datapath::dirs::{ExplicitEntry, IfaceState, StunState};
+use crate::daemon::state::{IfaceState, StunState};
 use crate::datapath::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
+use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::sessions::{self, SessionObserved};
 use crate::nat_table::gc::{self, Observed, Policy};
 
@@ -609,7 +610,7 @@ fn stun_text(out: &mut String, s: &StatusReport) {
 mod tests {
     use super::*;
     use crate::config::{resolve, FileConfig, Overrides, Timeouts};
-    use crate::datapath::dirs::Role;
+    use crate::daemon::state::Role;
     use natgw_common::tcp::TcpState;
     use natgw_common::{addr_be, IPPROTO_UDP};
 

@@ -5,15 +5,17 @@
 use anyhow::{bail, Context as _, Result};
 
 use crate::cli::output::{self, MappingsReport, StatusReport};
-use crate::datapath::dirs::{RuntimeDirs, StateFile};
+use crate::daemon::state::StateFile;
+use crate::datapath::dirs::RuntimeDirs;
 use crate::datapath::maps::{GatewayMaps, MapSource, NatTables as _};
 use crate::datapath::system;
+use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::Policy;
 
 /// The running gateway's state file and maps.
 fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {
     let dirs = RuntimeDirs::for_current_netns()?;
-    let state = dirs.read_state()?;
+    let state: StateFile = dirs.read_state()?;
     if !system::process_alive_in_netns(state.pid, dirs.netns_inode) {
         bail!(
             "natgw (pid {}) is no longer running in this network namespace; {} is stale \
@@ -87,7 +89,7 @@ pub fn mappings(json: bool, sessions: bool) -> Result<()> {
     let rev = maps.nat.rev_entries()?;
     let policy = Policy::new(&state.settings.timeouts, state.settings.inbound_refresh);
     let mut rows = output::mapping_rows(&fwd, &rev, &session_entries, &policy, now);
-    output::apply_explicit(&mut rows, &dirs.read_explicit()?, now);
+    output::apply_explicit(&mut rows, &dirs.read_explicit::<ExplicitEntry>()?, now);
     let report = MappingsReport {
         count: rows.len(),
         max_mappings: maps.max_mappings()?,

@@ -28,10 +28,9 @@ use natgw_common::{Config, IfaceConfig, IfaceRole};
 use self::episodes::{Episodes, Note};
 use self::icmp::IcmpSender;
 use crate::config::{Settings, UnsolicitedSyn};
+use crate::daemon::state::{IfaceState, Role, StateFile, STATE_VERSION};
 use crate::datapath::addresses::{AddressPlan, LanIface};
-use crate::datapath::dirs::{
-    IfaceState, InstanceLock, Role, RuntimeDirs, StateFile, STATE_VERSION,
-};
+use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::loader::{self, programs, AttachedMode, TcAttachment, XdpAttachment};
 use crate::datapath::maps::{FragmentMaps, GatewayMaps};
 use crate::datapath::netlink::netdev::{self, GenlError, Netdev};
@@ -46,6 +45,7 @@ pub mod episodes;
 pub mod fragments;
 pub mod icmp;
 mod port_mapping;
+pub mod state;
 mod stun_responder;
 
 /// `natgw run` with `settings`: deploys the data path, serves until SIGINT or
@@ -120,7 +120,7 @@ pub async fn run(settings: Settings) -> Result<()> {
 /// ifindex whose clsact qdisc that natgw had added, if any.
 fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
     let pins = dirs.existing_pins();
-    let old = dirs.read_state().ok();
+    let old = dirs.read_state::<StateFile>().ok();
     if let Some(s) = &old {
         if s.pid != std::process::id() && system::process_alive_in_netns(s.pid, dirs.netns_inode) {
             bail!(crate::datapath::dirs::StateError::AlreadyRunning { pid: Some(s.pid) });

@@ -49,7 +49,7 @@ use tokio::task::JoinHandle;
 
 use super::Daemon;
 use crate::config::StunSettings;
-use crate::datapath::dirs::StunState;
+use crate::daemon::state::StunState;
 use crate::services::stun;
 use natgw_proto::stun::responder::{Config, Counters, CountersSnapshot};
 

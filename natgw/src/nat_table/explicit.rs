@@ -39,10 +39,10 @@ use log::{info, warn};
 use natgw_common::config::pool_index;
 use natgw_common::maps::{FilterMode, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS};
 use natgw_common::{addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
 
 use crate::config::PortRange;
 use crate::datapath::addresses::{AddressPlan, Host};
-use crate::datapath::dirs::ExplicitEntry;
 use crate::datapath::maps::{
     ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
 };
@@ -56,6 +56,28 @@ use natgw_proto::pcp::wire::Nonce;
 use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+/// One explicit mapping (PCP, NAT-PMP, static forward) as the daemon records it for
+/// `natgw mappings`: what the maps do not hold. Rewritten when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplicitEntry {
+    /// `udp` or `tcp`.
+    pub protocol: String,
+    /// Internal endpoint.
+    pub internal: SocketAddrV4,
+    /// External endpoint.
+    pub external: SocketAddrV4,
+    /// `pcp`, `nat-pmp` or `static`.
+    pub origin: String,
+    /// The client that holds it (its nonce): where its last request came from;
+    /// `None` for static forwards.
+    pub client: Option<SocketAddrV4>,
+    /// When its lifetime ends, on `CLOCK_MONOTONIC` (ns); `None`: never.
+    pub expires_ns: Option<u64>,
+    /// Remote peers its PCP FILTER options let in, `PREFIX:PORT` (port 0: any);
+    /// empty: everyone.
+    pub filters: Vec<String>,
+}
+
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
 /// look costs a map lookup per nonce).
 const PEER_NONCE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
