@@ -30,53 +30,12 @@ use tokio::io::Interest;
 use tokio::task::JoinHandle;
 
 use crate::datapath::maps::{ipv4, port};
+use natgw_proto::util::bucket::{Nanos, TokenBucket, Verdict};
 
 /// Errors per second the bucket refills.
 pub const RATE_PER_SEC: u64 = 100;
 /// Errors the bucket holds when full.
 pub const BURST: u64 = 50;
-
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// A token bucket over a nanosecond clock; tokens are kept in billionths so the
-/// refill is exact integer arithmetic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TokenBucket {
-    rate_per_sec: u64,
-    burst: u64,
-    /// Tokens × 10⁹.
-    credit: u64,
-    last_ns: u64,
-}
-
-impl TokenBucket {
-    /// A full bucket at time `now_ns`.
-    #[must_use]
-    pub const fn new(rate_per_sec: u64, burst: u64, now_ns: u64) -> Self {
-        Self {
-            rate_per_sec,
-            burst,
-            credit: burst.saturating_mul(NS_PER_SEC),
-            last_ns: now_ns,
-        }
-    }
-
-    /// Takes one token at time `now_ns`; `false` when the bucket is empty.
-    pub fn take(&mut self, now_ns: u64) -> bool {
-        let elapsed = now_ns.saturating_sub(self.last_ns);
-        self.last_ns = self.last_ns.max(now_ns);
-        self.credit = self
-            .credit
-            .saturating_add(elapsed.saturating_mul(self.rate_per_sec))
-            .min(self.burst.saturating_mul(NS_PER_SEC));
-        if self.credit >= NS_PER_SEC {
-            self.credit -= NS_PER_SEC;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Which error a packet is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +89,7 @@ impl Counters {
 #[derive(Debug)]
 pub struct IcmpSender {
     socket: Option<OwnedFd>,
-    bucket: Mutex<TokenBucket>,
+    bucket: Mutex<TokenBucket<Nanos>>,
     counters: Counters,
     warned: AtomicBool,
 }
@@ -157,7 +116,7 @@ impl IcmpSender {
         };
         Self {
             socket,
-            bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, BURST, now_ns)),
+            bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, BURST, Nanos(now_ns))),
             counters: Counters::default(),
             warned: AtomicBool::new(false),
         }
@@ -171,7 +130,10 @@ impl IcmpSender {
 
     /// Sends `packet` (a complete IPv4 packet) to `dst` unless the rate limit says no.
     pub fn send(&self, kind: ErrorKind, dst: Ipv4Addr, packet: &[u8], now_ns: u64) {
-        let allowed = self.bucket.lock().is_ok_and(|mut b| b.take(now_ns));
+        let allowed = self
+            .bucket
+            .lock()
+            .is_ok_and(|mut b| b.take(Nanos(now_ns)) == Verdict::Allow);
         if !allowed {
             Counters::add(&self.counters.rate_limited);
             return;
@@ -309,26 +271,6 @@ mod tests {
     use super::*;
     use natgw_common::maps::EVENT_SNIPPET;
 
-    const MS: u64 = 1_000_000;
-
-    #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let mut b = TokenBucket::new(100, 50, 0);
-        assert_eq!((0..60).filter(|_| b.take(0)).count(), 50);
-        assert!(!b.take(9 * MS), "a token every 10 ms");
-        assert!(b.take(10 * MS));
-        assert!(!b.take(10 * MS));
-        // A long pause refills to the burst, not beyond.
-        assert_eq!((0..60).filter(|_| b.take(3_600_000 * MS)).count(), 50);
-    }
-
-    #[test]
-    fn bucket_tolerates_a_clock_going_backwards() {
-        let mut b = TokenBucket::new(100, 1, 1000 * MS);
-        assert!(b.take(1000 * MS));
-        assert!(!b.take(500 * MS));
-        assert!(b.take(1010 * MS));
-    }
 
     fn event(kind: u8, ifindex: u32) -> Event {
         let mut snippet = [0u8; EVENT_SNIPPET];
@@ -357,7 +299,7 @@ mod tests {
     fn offline_sender() -> IcmpSender {
         IcmpSender {
             socket: None,
-            bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, 2, 0)),
+            bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, 2, Nanos(0))),
             counters: Counters::default(),
             warned: AtomicBool::new(false),
         }
