@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natgw_fuzz::pcp::{natpmp, wire};
+use natgw_proto::pcp::{natpmp, wire};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(packet) = wire::Packet::new_checked(data) {

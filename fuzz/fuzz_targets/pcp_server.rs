@@ -1,4 +1,4 @@
-//! The PCP / NAT-PMP server engine (natgw/src/pcp/server.rs) end to end on arbitrary
+//! The PCP / NAT-PMP server engine (`natgw_proto::pcp::engine`) end to end on arbitrary
 //! datagram sequences from chosen sources against the in-memory table, with three
 //! LAN prefixes and the gateway's own addresses configured. After every step:
 //!
@@ -14,7 +14,7 @@
 //! - quotas hold over the live mappings: per host (`max_mappings_per_host`), per LAN
 //!   interface (`max_mappings_per_interface`) and in all (`max_mappings`), set small
 //!   so the fuzzer reaches them;
-//! - `Server::stats()`: each datagram counted exactly once, as succeeded, refused or
+//! - `Engine::stats()`: each datagram counted exactly once, as succeeded, refused or
 //!   dropped (dropped exactly when there is no answer), so `requests == succeeded +
 //!   refused + sum(dropped)`.
 //!
@@ -33,12 +33,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use natgw_fuzz::pcp::policy::PcpConfig;
-use natgw_fuzz::pcp::server::{Server, Stats, ANNOUNCE_GROUP};
-use natgw_fuzz::pcp::table::MappingTable as _;
-use natgw_fuzz::pcp::testing::MemoryTable;
-use natgw_fuzz::pcp::wire;
-use natgw_fuzz::prefix::Ipv4Prefix;
+use natgw_proto::pcp::engine::{Engine, Stats, ANNOUNCE_GROUP};
+use natgw_proto::pcp::policy::PcpConfig;
+use natgw_proto::pcp::table::MappingTable as _;
+use natgw_proto::pcp::testing::MemoryTable;
+use natgw_proto::pcp::wire;
+use natgw_proto::prefix::Ipv4Prefix;
 
 /// The LAN prefixes, on interfaces 1, 2, 3. A /31 has no network or broadcast
 /// address (RFC 3021).
@@ -211,7 +211,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let start = Instant::now();
     let mut now = start;
-    let mut server = Server::new(config, now).unwrap();
+    let mut server = Engine::new(config, now).unwrap();
     let mut table = MemoryTable::new(WAN);
     table.capacity = 16;
     table.lans = LANS.iter().map(|&(a, l)| prefix(a, l)).collect();

@@ -1,4 +1,5 @@
-//! Fuzzes natgw's STUN codec and Binding responder (natgw/src/stun/{wire,responder}.rs)
+//! Fuzzes natgw's STUN codec and Binding responder (`natgw_proto::stun::{wire,
+//! responder}`)
 //! end to end:
 //!
 //! - no input may panic; whatever parses must re-emit to an equal message;
@@ -25,20 +26,11 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 
-// Crate-root modules, so the responder's `super::wire` resolves as in natgw.
-#[allow(dead_code, missing_docs)]
-#[path = "../../natgw/src/stun/wire.rs"]
-mod wire;
-
-#[allow(dead_code, missing_docs)]
-#[path = "../../natgw/src/stun/responder.rs"]
-mod responder;
-
-use responder::{
+use natgw_proto::stun::responder::{
     reply_limit, Config, Counters, CountersSnapshot, DropReason, Outcome, RateLimit, Responder,
     AMPLIFICATION_FACTOR, MAX_PADDING_LEN, MAX_SOFTWARE_LEN,
 };
-use wire::{Attribute, Class, Packet, Repr};
+use natgw_proto::stun::wire::{Attribute, Class, Packet, Repr};
 
 const PRIMARY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478);
 const ALT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
