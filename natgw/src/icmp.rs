@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use aya::maps::{MapData, RingBuf};
 use natgw_common::maps::{Event, EventKind, HeldSyn, SessionKey};
+use natgw_common::NS_PER_SEC;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -35,8 +36,6 @@ use crate::maps::{ipv4, port};
 pub const RATE_PER_SEC: u64 = 100;
 /// Errors the bucket holds when full.
 pub const BURST: u64 = 50;
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// A token bucket over a nanosecond clock; tokens are kept in billionths so the
 /// refill is exact integer arithmetic.
@@ -332,12 +331,7 @@ mod tests {
         snippet[9] = natgw_common::IPPROTO_UDP;
         snippet[12..16].copy_from_slice(&[10, 0, 2, 2]);
         snippet[16..20].copy_from_slice(&[198, 51, 100, 2]);
-        Event {
-            kind,
-            _pad: [0; 3],
-            ifindex,
-            snippet,
-        }
+        Event::new(kind, ifindex, snippet)
     }
 
     #[test]
