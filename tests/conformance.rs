@@ -1,10 +1,10 @@
 //! The conformance suite against natgw, one test per requirement id of
 //! RFC-REQUIREMENTS.md (RFC 4787, RFC 5382 with RFC 7857, RFC 5508): each runs the
-//! check of `natgw_integration_tests::conformance` with that name and asserts that it
+//! check of the `natgw-conformance` crate with that name and asserts that it
 //! passes. `cargo xtask conformance` runs the same checks and prints them as a table,
 //! next to the kernel's nftables masquerade.
 
-use natgw_integration_tests::conformance::assert_natgw_passes;
+use natgw_conformance::assert_natgw_passes;
 
 #[test]
 fn rfc4787_req_1_endpoint_independent_mapping() {

@@ -1,13 +1,12 @@
-//! Shared helpers for natgw's integration tests: starting the `natgw` binary inside a
-//! testbed's gateway namespace, reading its mappings and counters, and small socket
+//! Shared helpers for natgw's integration tests: natgw in a testbed's gateway
+//! namespace as the tests use it ([`Natgw`], over [`testbed::Natgw`]), and small socket
 //! utilities. Every test builds its own [`testbed::Testbed`] (unique namespace
 //! names, removed on drop, also on failure) and talks only to addresses inside it.
 
 use std::{
     io::Read,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -74,41 +73,10 @@ pub mod pcp_bytes {
     }
 }
 
-// `tests/conformance.rs` is the integration test of the same name, hence the path.
-#[path = "conformance/mod.rs"]
-pub mod conformance;
-
 /// How long a test waits for a datagram or a state change.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Fails the test with a clear message unless it runs as root.
-///
-/// # Panics
-/// When not root: the tests create network namespaces and load BPF programs.
-pub fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "natgw's integration tests need root (network namespaces, BPF): run them with `cargo xtask test` as root"
-    );
-}
-
-/// Path of the `natgw` binary under test: `NATGW_BIN`, set by `cargo xtask test`.
-///
-/// # Panics
-/// When the variable is unset or the file is missing.
-#[must_use]
-pub fn natgw_bin() -> PathBuf {
-    let path = std::env::var_os("NATGW_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/natgw"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "natgw binary not found at {}: build it with `cargo xtask build` (or run `cargo xtask test`)",
-        path.display()
-    );
-    path
-}
+pub use testbed::{natgw_bin, require_root};
 
 /// A testbed with natgw running on its gateway.
 pub struct Setup {
@@ -133,12 +101,10 @@ impl Setup {
     }
 }
 
-/// `natgw run` in a gateway namespace; stopped with SIGTERM when dropped.
-pub struct Natgw {
-    child: Option<Child>,
-    ns: Netns,
-    log: PathBuf,
-}
+/// `natgw run` in a gateway namespace, as the tests use it: [`testbed::Natgw`] with
+/// its defaults (`RUST_LOG=debug`, a temporary log quoted whole in errors), failing the
+/// test with a panic instead of returning errors. Stopped with SIGTERM when dropped.
+pub struct Natgw(testbed::Natgw);
 
 impl Natgw {
     /// The arguments naming the testbed's interfaces.
@@ -147,7 +113,7 @@ impl Natgw {
     /// Starts natgw in `ns` and waits until `natgw status` answers.
     ///
     /// # Panics
-    /// When it exits or does not answer within [`WAIT`] (the panic shows its log).
+    /// When it exits or does not answer in time (the panic shows its log).
     #[must_use]
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
         Self::try_start(ns, extra).unwrap_or_else(|e| panic!("{e}"))
@@ -158,7 +124,7 @@ impl Natgw {
     ///
     /// # Errors
     /// When natgw cannot be spawned, exits during start-up or does not answer
-    /// `natgw status` within four times [`WAIT`].
+    /// `natgw status` within [`testbed::natgw::READY_WAIT`].
     pub fn try_start(ns: &Netns, extra: &[&str]) -> Result<Self, String> {
         Self::try_start_on(ns, &Self::IFACE_ARGS, extra)
     }
@@ -170,100 +136,58 @@ impl Natgw {
     /// # Errors
     /// As [`Natgw::try_start`].
     pub fn try_start_on(ns: &Netns, ifaces: &[&str], extra: &[&str]) -> Result<Self, String> {
-        let log = std::env::temp_dir().join(format!("natgw-test-{}.log", ns.name()));
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| format!("creating natgw log file {}: {e}", log.display()))?;
-        let stdout = log_file
-            .try_clone()
-            .map_err(|e| format!("duplicating the log file descriptor: {e}"))?;
-        let child = ns
-            .command(natgw_bin())
-            .arg("run")
-            .args(ifaces)
+        testbed::Natgw::builder(natgw_bin())
+            .ifaces(ifaces)
             .args(extra)
-            .env("RUST_LOG", "debug")
-            .stdout(stdout)
-            .stderr(log_file)
-            .spawn()
-            .map_err(|e| format!("spawning natgw: {e}"))?;
-        let ns = Netns::open(ns.name()).map_err(|e| format!("opening gateway namespace: {e}"))?;
-        let mut natgw = Self {
-            child: Some(child),
-            ns,
-            log,
-        };
-        // Loading the programs means running the verifier over them: seconds on a
-        // loaded 2-core machine.
-        let deadline = Instant::now() + WAIT * 4;
-        loop {
-            match natgw.child_mut().try_wait() {
-                Ok(Some(status)) => {
-                    // Nothing left to stop: keep Drop from signalling a reaped pid.
-                    natgw.child = None;
-                    return Err(format!(
-                        "natgw exited during start-up ({status}):\n{}",
-                        natgw.log()
-                    ));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(format!("polling natgw: {e}")),
-            }
-            if natgw.cli(&["status", "--json"]).0.success() {
-                return Ok(natgw);
-            }
-            if Instant::now() > deadline {
-                // Killed rather than stopped: one that never came up may not stop either.
-                if let Some(mut child) = natgw.child.take() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                return Err(format!("natgw did not come up:\n{}", natgw.log()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            .start(ns)
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("natgw is running")
+    /// The wrapped [`testbed::Natgw`], for what this adapter does not repeat.
+    #[must_use]
+    pub fn inner(&self) -> &testbed::Natgw {
+        &self.0
     }
 
     /// natgw's log so far.
     #[must_use]
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log()
     }
 
     /// Runs `natgw ARGS` in the gateway namespace; (status, stdout, stderr).
+    ///
+    /// # Panics
+    /// When the binary cannot be started.
     #[must_use]
     pub fn cli(&self, args: &[&str]) -> (ExitStatus, String, String) {
-        run_natgw(&self.ns, args)
+        let out = self.0.cli(args).unwrap_or_else(|e| panic!("{e}"));
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// `natgw mappings --json`.
     ///
     /// # Panics
-    /// When the command fails or prints something that is not a JSON array.
+    /// When the command fails or prints something that is not a list of mappings.
     #[must_use]
     pub fn mappings(&self) -> Vec<Value> {
-        let (status, out, err) = self.cli(&["mappings", "--json"]);
-        assert!(status.success(), "natgw mappings failed: {err}");
-        let v: Value = serde_json::from_str(&out).expect("natgw mappings --json is JSON");
-        v.as_array().cloned().unwrap_or_else(|| {
-            v.get("mappings")
-                .and_then(Value::as_array)
-                .cloned()
-                .expect("a list of mappings")
-        })
+        self.0.mappings().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The mapping whose internal endpoint is `internal`, if listed.
+    ///
+    /// # Panics
+    /// As [`Natgw::mappings`].
     #[must_use]
     pub fn mapping_of(&self, proto: &str, internal: SocketAddrV4) -> Option<Value> {
-        let internal = internal.to_string();
-        self.mappings().into_iter().find(|m| {
-            m["protocol"].as_str() == Some(proto)
-                && m["internal"].as_str() == Some(internal.as_str())
-        })
+        self.0
+            .mapping_of(proto, internal)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `natgw status --json`.
@@ -272,9 +196,7 @@ impl Natgw {
     /// When the command fails or does not print JSON.
     #[must_use]
     pub fn status(&self) -> Value {
-        let (status, out, err) = self.cli(&["status", "--json"]);
-        assert!(status.success(), "natgw status failed: {err}");
-        serde_json::from_str(&out).expect("natgw status --json is JSON")
+        self.0.status().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A data-path counter, summed over CPUs.
@@ -283,12 +205,7 @@ impl Natgw {
     /// When `natgw status` does not list it.
     #[must_use]
     pub fn counter(&self, name: &str) -> u64 {
-        let status = self.status();
-        let counters = &status["counters"];
-        counters[name]
-            .as_u64()
-            .or_else(|| counters.as_array()?.iter().find(|c| c["name"] == name)?["value"].as_u64())
-            .unwrap_or_else(|| panic!("counter {name} not in natgw status: {status}"))
+        self.0.counter(name).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Kills natgw with SIGKILL (a crash: nothing is cleaned up) and waits for it.
@@ -296,46 +213,25 @@ impl Natgw {
     /// # Panics
     /// When it is not running.
     pub fn kill(&mut self) {
-        let mut child = self.child.take().expect("natgw is running");
-        let _ = child.kill();
-        let _ = child.wait();
+        self.0.kill().unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Sends SIGTERM and waits for natgw to exit.
     ///
     /// # Panics
-    /// When it does not exit within [`WAIT`].
+    /// When it is not running, or does not exit within
+    /// [`testbed::natgw::STOP_WAIT`] (it is killed then; the panic shows its log).
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("natgw is running");
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        // Generous: a loaded 2-core machine can take seconds to schedule the
-        // shutdown; a natgw that ignores SIGTERM still fails the test.
-        let deadline = Instant::now() + 3 * WAIT;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for natgw") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "natgw did not exit within {:?} of SIGTERM:\n{}",
-                    3 * WAIT,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0.stop().unwrap_or_else(|e| panic!("{e}")).status()
     }
 }
 
 impl Drop for Natgw {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        // Through `stop`, so that a natgw that does not stop fails the test.
+        if self.0.is_running() {
             let _ = self.stop();
         }
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 

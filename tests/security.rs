@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natgw_integration_tests::conformance::packet::{udp as udp_segment, Ipv4Header};
-use natgw_integration_tests::conformance::sock::Raw;
+use natgw_conformance::packet::{udp as udp_segment, Ipv4Header};
+use natgw_conformance::sock::Raw;
 use natgw_integration_tests::pcp_bytes::{
     natpmp_map_request, pcp_header, pcp_map_request, IPPROTO_TCP, IPPROTO_UDP, OP_ANNOUNCE,
     PCP_PORT, RESPONSE,

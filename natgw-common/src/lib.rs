@@ -3,11 +3,18 @@
 //! indices, and the pure packet logic (parsing, checksums, port choice) that both the
 //! eBPF programs and plain `cargo test` run.
 //!
+//! With the `user` feature (the controller and xtask) the crate uses `std`, implements
+//! `aya::Pod` for the map types and adds `batch`, the batched map reads and writes
+//! aya does not offer.
+//!
 //! Addresses and ports that travel on the wire are stored in network byte order;
 //! fields holding them end in `_be` and hold the octets as they appear on the wire
 //! (`u32::from_ne_bytes(addr.octets())`).
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
 
+#[cfg(feature = "user")]
+pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod counters;
 pub mod csum;
@@ -15,10 +22,12 @@ pub mod maps;
 pub mod packet;
 pub mod ports;
 pub mod tcp;
+pub mod time;
 
 pub use config::{Config, IfaceConfig, IfaceRole};
 pub use counters::Counter;
 pub use maps::{FwdKey, Mapping, Origin, RevKey, RevValue};
+pub use time::NS_PER_SEC;
 
 /// IP protocol number of ICMP.
 pub const IPPROTO_ICMP: u8 = 1;

@@ -7,6 +7,8 @@
 //! external port. Each direction keeps its own statistics in its own entry so a
 //! packet touches exactly one entry.
 
+use crate::time::NS_PER_SEC;
+
 /// Directory under bpffs where the controller pins the maps.
 pub const PIN_DIR: &str = "/sys/fs/bpf/natgw";
 
@@ -97,12 +99,23 @@ pub struct FragBudget {
 }
 
 impl FragBudget {
+    /// A budget with `spent` tokens spent, last refilled at `refilled_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(spent: u32, refilled_ns: u64) -> Self {
+        Self {
+            spent,
+            _pad: 0,
+            refilled_ns,
+        }
+    }
+
     /// The budget at `now_ns` after the time-based refill.
     #[inline(always)]
     #[must_use]
     pub const fn refilled(self, now_ns: u64) -> Self {
         let elapsed = now_ns.saturating_sub(self.refilled_ns);
-        let regained = elapsed / (1_000_000_000 / FRAG_BUDGET_REFILL_PER_SEC);
+        let regained = elapsed / (NS_PER_SEC / FRAG_BUDGET_REFILL_PER_SEC);
         if regained == 0 {
             return self;
         }
@@ -111,11 +124,7 @@ impl FragBudget {
         } else {
             self.spent - regained as u32
         };
-        Self {
-            spent,
-            _pad: 0,
-            refilled_ns: now_ns,
-        }
+        Self::new(spent, now_ns)
     }
 
     /// Takes a token at `now_ns`; `None` when the bucket is empty.
@@ -159,6 +168,22 @@ pub struct FragOutKey {
     pub _pad: u8,
 }
 
+impl FragOutKey {
+    /// The key of the datagram `ip_id_be` of `proto` from `int_addr_be` to
+    /// `remote_addr_be`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(int_addr_be: u32, remote_addr_be: u32, ip_id_be: u16, proto: u8) -> Self {
+        Self {
+            int_addr_be,
+            remote_addr_be,
+            ip_id_be,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of `FRAGS_OUT`: the identification the datagram leaves with. Hosts choose
 /// identifications independently, so two of them may send fragments with the same
 /// one to the same destination; after translation they would share the external
@@ -174,6 +199,19 @@ pub struct FragOutValue {
     pub _pad: [u8; 6],
     /// When the first fragment seen was translated (ns).
     pub seen_ns: u64,
+}
+
+impl FragOutValue {
+    /// The identification `new_id_be`, chosen at `seen_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(new_id_be: u16, seen_ns: u64) -> Self {
+        Self {
+            new_id_be,
+            _pad: [0; 6],
+            seen_ns,
+        }
+    }
 }
 
 /// PCP FILTER entries natgw keeps (RFC 6887 lets a server limit them).
@@ -198,6 +236,22 @@ pub struct PcpFilterKey {
     pub _pad: u8,
     /// Remote address (prefix).
     pub remote_addr_be: u32,
+}
+
+impl PcpFilterKey {
+    /// The key of a filter of mapping `ext_addr_be`:`ext_port_be` (`proto`) admitting
+    /// `remote_addr_be` (the prefix length goes beside it, in the LPM key).
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(ext_addr_be: u32, ext_port_be: u16, proto: u8, remote_addr_be: u32) -> Self {
+        Self {
+            ext_addr_be,
+            ext_port_be,
+            proto,
+            _pad: 0,
+            remote_addr_be,
+        }
+    }
 }
 
 /// What an address is to the gateway: bits of the `ADDR_CLASS` value (longest
@@ -295,6 +349,19 @@ pub struct StashKey {
     pub _pad: u16,
 }
 
+impl StashKey {
+    /// The key of the fragment at `offset` (8-byte units) of `datagram`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(datagram: FragKey, offset: u16) -> Self {
+        Self {
+            datagram,
+            offset,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of `FRAG_STASH`: a later fragment that arrived before its datagram's first
 /// fragment (RFC 4787 REQ-14). The controller re-sends it, translated, once the
 /// first fragment has been translated (`FRAGS_IN` has the datagram), or drops it
@@ -310,6 +377,19 @@ pub struct StashedFragment {
     pub _pad: [u8; 6],
     /// The IPv4 packet, as received.
     pub packet: [u8; MAX_STASHED_FRAGMENT_LEN],
+}
+
+impl StashedFragment {
+    /// A fragment that arrived at `seen_ns`, its `len` bytes first in `packet`.
+    #[must_use]
+    pub const fn new(seen_ns: u64, len: u16, packet: [u8; MAX_STASHED_FRAGMENT_LEN]) -> Self {
+        Self {
+            seen_ns,
+            len,
+            _pad: [0; 6],
+            packet,
+        }
+    }
 }
 
 /// Key of `FRAGS_IN`: one inbound datagram (RFC 791 identifies it by source,
@@ -329,6 +409,22 @@ pub struct FragKey {
     pub _pad: u8,
 }
 
+impl FragKey {
+    /// The key of the datagram `ip_id_be` of `proto` from `remote_addr_be` to
+    /// `ext_addr_be`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(remote_addr_be: u32, ext_addr_be: u32, ip_id_be: u16, proto: u8) -> Self {
+        Self {
+            remote_addr_be,
+            ext_addr_be,
+            ip_id_be,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Value of `FRAGS_IN`: where the datagram's first fragment went.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -339,6 +435,19 @@ pub struct FragValue {
     pub _pad: u32,
     /// When the first fragment was translated (ns).
     pub seen_ns: u64,
+}
+
+impl FragValue {
+    /// A datagram translated to `int_addr_be`, its first fragment at `seen_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(int_addr_be: u32, seen_ns: u64) -> Self {
+        Self {
+            int_addr_be,
+            _pad: 0,
+            seen_ns,
+        }
+    }
 }
 
 /// Entries in `HELD_SYNS`: a flood of unsolicited SYNs beyond this is dropped
@@ -407,6 +516,29 @@ pub struct SessionKey {
     pub _pad: [u8; 3],
 }
 
+impl SessionKey {
+    /// The key of the traffic between mapping `ext_addr_be`:`ext_port_be` and remote
+    /// endpoint `remote_addr_be`:`remote_port_be` (0: the address-only record).
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(
+        ext_addr_be: u32,
+        remote_addr_be: u32,
+        ext_port_be: u16,
+        remote_port_be: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            ext_addr_be,
+            remote_addr_be,
+            ext_port_be,
+            remote_port_be,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// Value of `NAT_SESSIONS`: the traffic between one mapping and one remote endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -421,6 +553,22 @@ pub struct Session {
     pub tcp_state: u8,
     /// Explicit padding.
     pub _pad: [u8; 7],
+}
+
+impl Session {
+    /// A session created at `created_ns`, last used outbound at `last_out_ns` and
+    /// inbound at `last_in_ns` (0: never), TCP state `tcp_state`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(created_ns: u64, last_out_ns: u64, last_in_ns: u64, tcp_state: u8) -> Self {
+        Self {
+            created_ns,
+            last_out_ns,
+            last_in_ns,
+            tcp_state,
+            _pad: [0; 7],
+        }
+    }
 }
 
 /// Value of `HELD_SYNS`: an unsolicited inbound SYN that was dropped silently
@@ -440,6 +588,22 @@ pub struct HeldSyn {
     pub ttl: u8,
     /// Explicit padding.
     pub _pad: u8,
+}
+
+impl HeldSyn {
+    /// A SYN that arrived at `seen_ns` with sequence number `seq_be`, identification
+    /// `ip_id_be` and TTL `ttl`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(seen_ns: u64, seq_be: u32, ip_id_be: u16, ttl: u8) -> Self {
+        Self {
+            seen_ns,
+            seq_be,
+            ip_id_be,
+            ttl,
+            _pad: 0,
+        }
+    }
 }
 
 /// Why the data path asks the controller to send an ICMP error.
@@ -467,6 +631,21 @@ pub struct Event {
     pub ifindex: u32,
     /// The packet's IPv4 header (IHL forced to 5) and first 8 payload bytes.
     pub snippet: [u8; EVENT_SNIPPET],
+}
+
+impl Event {
+    /// An event of kind `kind` ([`EventKind`] as its `u8` value) about the packet
+    /// `snippet` that arrived on `ifindex`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(kind: u8, ifindex: u32, snippet: [u8; EVENT_SNIPPET]) -> Self {
+        Self {
+            kind,
+            _pad: [0; 3],
+            ifindex,
+            snippet,
+        }
+    }
 }
 
 /// Default capacity of each NAT table (entries); the controller may change it.
@@ -538,6 +717,20 @@ pub struct FwdKey {
     pub _pad: u8,
 }
 
+impl FwdKey {
+    /// The key of internal endpoint `addr_be`:`port_be` of protocol `proto`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(addr_be: u32, port_be: u16, proto: u8) -> Self {
+        Self {
+            addr_be,
+            port_be,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
 /// Key of `NAT_REV`: the external endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -550,6 +743,20 @@ pub struct RevKey {
     pub proto: u8,
     /// Explicit padding, always zero.
     pub _pad: u8,
+}
+
+impl RevKey {
+    /// The key of external endpoint `addr_be`:`port_be` of protocol `proto`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new(addr_be: u32, port_be: u16, proto: u8) -> Self {
+        Self {
+            addr_be,
+            port_be,
+            proto,
+            _pad: 0,
+        }
+    }
 }
 
 /// Value of `NAT_FWD`: where an internal endpoint is translated to, plus outbound
@@ -655,6 +862,114 @@ mod tests {
         assert_eq!(size_of::<super::FragOutKey>(), 12);
         assert_eq!(size_of::<super::FragOutValue>(), 16);
         assert_eq!(size_of::<super::FragBudget>(), 16);
+    }
+
+    /// The bytes of a `repr(C)` value, padding included.
+    fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: reading `size_of::<T>()` bytes of a live value; the constructors
+        // under test write every byte, padding included (no implicit padding, see
+        // `layouts_have_no_implicit_padding`).
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(v).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn endpoint_keys_put_each_argument_in_its_field_and_zero_the_padding() {
+        let f = FwdKey::new(0x0a00_0102, 0x9c40, 17);
+        assert_eq!(
+            (f.addr_be, f.port_be, f.proto, f._pad),
+            (0x0a00_0102, 0x9c40, 17, 0)
+        );
+        let r = RevKey::new(0xc000_0201, 0x1f90, 6);
+        assert_eq!(
+            (r.addr_be, r.port_be, r.proto, r._pad),
+            (0xc000_0201, 0x1f90, 6, 0)
+        );
+        // Equal to a key built field by field, so map lookups find the same entry.
+        let by_hand = FwdKey {
+            addr_be: 0x0a00_0102,
+            port_be: 0x9c40,
+            proto: 17,
+            ..FwdKey::default()
+        };
+        assert_eq!(bytes_of(&f), bytes_of(&by_hand));
+    }
+
+    #[test]
+    fn session_and_filter_keys_keep_the_field_order() {
+        use super::{PcpFilterKey, SessionKey};
+        let k = SessionKey::new(1, 2, 3, 4, 5);
+        assert_eq!(
+            (
+                k.ext_addr_be,
+                k.remote_addr_be,
+                k.ext_port_be,
+                k.remote_port_be,
+                k.proto
+            ),
+            (1, 2, 3, 4, 5)
+        );
+        assert_eq!(k._pad, [0; 3]);
+        assert_eq!(bytes_of(&k)[13..], [0; 3]);
+        let p = PcpFilterKey::new(1, 2, 3, 4);
+        assert_eq!(
+            (p.ext_addr_be, p.ext_port_be, p.proto, p.remote_addr_be),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(bytes_of(&p)[7], 0);
+    }
+
+    #[test]
+    fn fragment_keys_and_values_keep_the_field_order() {
+        use super::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey};
+        let d = FragKey::new(1, 2, 3, 4);
+        assert_eq!(
+            (d.remote_addr_be, d.ext_addr_be, d.ip_id_be, d.proto, d._pad),
+            (1, 2, 3, 4, 0)
+        );
+        let o = FragOutKey::new(5, 6, 7, 8);
+        assert_eq!(
+            (o.int_addr_be, o.remote_addr_be, o.ip_id_be, o.proto, o._pad),
+            (5, 6, 7, 8, 0)
+        );
+        let s = StashKey::new(d, 185);
+        assert_eq!((s.datagram, s.offset, s._pad), (d, 185, 0));
+        let v = FragValue::new(9, 10);
+        assert_eq!((v.int_addr_be, v._pad, v.seen_ns), (9, 0, 10));
+        let w = FragOutValue::new(11, 12);
+        assert_eq!((w.new_id_be, w._pad, w.seen_ns), (11, [0; 6], 12));
+        assert_eq!(bytes_of(&w)[2..8], [0; 6]);
+    }
+
+    #[test]
+    fn values_with_padding_keep_the_field_order() {
+        use super::{
+            Event, FragBudget, HeldSyn, Session, StashedFragment, EVENT_SNIPPET,
+            MAX_STASHED_FRAGMENT_LEN,
+        };
+        let s = Session::new(1, 2, 3, 4);
+        assert_eq!(
+            (s.created_ns, s.last_out_ns, s.last_in_ns, s.tcp_state),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(bytes_of(&s)[25..], [0; 7]);
+        let h = HeldSyn::new(1, 2, 3, 4);
+        assert_eq!(
+            (h.seen_ns, h.seq_be, h.ip_id_be, h.ttl, h._pad),
+            (1, 2, 3, 4, 0)
+        );
+        let snippet = [7u8; EVENT_SNIPPET];
+        let e = Event::new(1, 2, snippet);
+        assert_eq!(
+            (e.kind, e._pad, e.ifindex, e.snippet),
+            (1, [0; 3], 2, snippet)
+        );
+        assert_eq!(bytes_of(&e)[1..4], [0; 3]);
+        let b = FragBudget::new(3, 4);
+        assert_eq!((b.spent, b._pad, b.refilled_ns), (3, 0, 4));
+        let f = StashedFragment::new(5, 6, [1; MAX_STASHED_FRAGMENT_LEN]);
+        assert_eq!((f.seen_ns, f.len, f._pad), (5, 6, [0; 6]));
+        assert_eq!(f.packet, [1; MAX_STASHED_FRAGMENT_LEN]);
     }
 
     #[test]

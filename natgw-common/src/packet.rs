@@ -7,6 +7,8 @@ use crate::{csum, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Length of an Ethernet header without VLAN tags.
 pub const ETH_HLEN: usize = 14;
+/// Offset of the EtherType in an Ethernet header without VLAN tags.
+pub const ETH_TYPE: usize = 12;
 /// Ethertype of IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
 /// Minimum IPv4 header length (IHL 5).
@@ -286,7 +288,7 @@ impl Ipv4Packet {
 /// Offset of the IPv4 header when the frame is an untagged Ethernet IPv4 frame.
 #[inline(always)]
 pub fn ipv4_offset<B: PacketBuf + ?Sized>(buf: &B) -> Result<Option<usize>, ParseError> {
-    let ethertype = buf.load::<2>(12).ok_or(ParseError::Truncated)?;
+    let ethertype = buf.load::<2>(ETH_TYPE).ok_or(ParseError::Truncated)?;
     Ok((u16::from_be_bytes(ethertype) == ETH_P_IP).then_some(ETH_HLEN))
 }
 

@@ -6,7 +6,7 @@
 //! through `bpf_skb_load_bytes`/`bpf_skb_store_bytes` (non-linear skbs work). TC
 //! writes through this trait only where the shared code keeps every checksum it
 //! touches consistent itself (ICMP, whose checksums are never offloaded);
-//! UDP/TCP rewrites use the checksum-aware skb helpers in `tc_wan`.
+//! UDP/TCP rewrites use the checksum-aware skb helpers in `tcpath`.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use natgw_common::packet::{PacketBuf, PacketBufMut};

@@ -12,7 +12,8 @@
 //! - `tc_lo_egress` (TC egress on `lo`): those services' replies back to the hosts.
 //!
 //! The translation itself lives in `nat` and in `natgw_common::packet`, shared by all
-//! four programs.
+//! the programs; `fastpath` holds what the XDP programs share, `tcpath` what the TC
+//! programs share.
 #![no_std]
 #![no_main]
 
@@ -24,6 +25,7 @@ mod nat;
 mod tc_lan;
 mod tc_lo;
 mod tc_wan;
+mod tcpath;
 mod xdp_lan;
 mod xdp_wan;
 
@@ -80,23 +82,23 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-// Programs for `cargo xtask bench`; natgw never attaches them (see `floor`).
-mod floor;
+// Programs for `cargo xtask bench`; natgw never attaches them (see `bench`).
+mod bench;
 
 /// Bench: the per-packet floor, `XDP_PASS` and nothing else.
 #[xdp]
 pub fn xdp_pass(ctx: XdpContext) -> u32 {
-    floor::pass(&ctx)
+    bench::pass(&ctx)
 }
 
 /// Bench: the receiver, counting into `BENCH_RX` and dropping.
 #[xdp]
 pub fn xdp_count_drop(ctx: XdpContext) -> u32 {
-    floor::count_drop(&ctx)
+    bench::count_drop(&ctx)
 }
 
 /// Bench: the traffic generator for `BPF_PROG_TEST_RUN` live-frame mode.
 #[xdp]
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
-    floor::generate(&ctx)
+    bench::generate(&ctx)
 }

@@ -7,36 +7,29 @@
 //! as the host expects) and it is sent out of the host's LAN interface. Everything
 //! else on `lo` passes untouched.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use natgw_common::{
-    packet::{L4Kind, Rewrite, Side},
-    Counter, IfaceRole,
+    packet::{L4Kind, Side},
+    Counter,
 };
 
 use crate::{
     counters::count,
-    nat::{self, fib, mapping, socket::local_socket_owns},
-    tc_lan::send,
-    tc_wan::{apply, parse},
+    nat::{self, mapping, socket::local_socket_owns},
+    tcpath::{self, lan_hop, send, Verdict},
 };
 
-/// Entry point of `tc_lo_egress`.
+/// Entry point of `tc_lo_egress`. It never drops: a reply it cannot send on is
+/// counted and left to the kernel.
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    match try_egress(ctx) {
-        Ok(action) => action,
-        Err(None) => TC_ACT_OK,
-        Err(Some(counter)) => {
-            count(counter);
-            TC_ACT_OK
-        }
-    }
+    tcpath::run_never_dropping(ctx, try_egress)
 }
 
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
+fn try_egress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
-    let pkt = parse(ctx).map_err(|_| None)?;
+    let pkt = tcpath::parse(ctx).map_err(|_| None)?;
     if pkt.kind != L4Kind::Ports
         || !nat::is_external(cfg, pkt.dst)
         || !nat::is_external(cfg, pkt.src)
@@ -52,21 +45,9 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Option<Counter>> {
     // any router); an output lookup would be pinned to `lo` as its egress.
     // SAFETY: reading a field of the live context.
     let lo = unsafe { (*ctx.skb.skb).ifindex };
-    let hop = fib::lookup(ctx, &pkt, target.internal.addr, lo, true).map_err(|_| None)?;
-    if !nat::iface(hop.ifindex).is_some_and(|i| i.role == IfaceRole::Lan as u8) {
-        return Err(None);
-    }
+    let hop = lan_hop(ctx, &pkt, target.internal.addr, lo).map_err(|_| None)?;
     target.account(&pkt);
-    apply(
-        ctx,
-        &Rewrite::new(
-            &pkt,
-            Side::Destination,
-            target.internal.addr,
-            target.internal.port_be,
-        ),
-    )
-    .map_err(Some)?;
+    tcpath::rewrite(ctx, &pkt, Side::Destination, target.internal)?;
     count(Counter::HairpinLocalReply);
     send(ctx, &hop)
 }

@@ -8,21 +8,18 @@
 //! packets that `xdp_wan` let through untouched because the fast path could not
 //! deliver them, and inbound ICMP errors about mapped flows (REQ-4).
 //!
-//! UDP/TCP rewrites go through `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which
-//! keep the socket buffer's checksum state right, partial (offloaded) checksums
-//! included. ICMP is rewritten by the shared code, which keeps its checksums
-//! consistent itself.
+//! Parsing, the rewrites through the skb checksum helpers and the verdict's TC action
+//! are `tcpath`'s.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_NOEXIST, TC_ACT_OK},
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use natgw_common::{
     maps::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
     packet::{
-        apply_incremental, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address,
-        rewrite_icmp_error, rewrite_ip_id, Fragment, Ipv4Packet, L4Kind, Rewrite, Side, NO_CSUM,
+        parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet, L4Kind, Side,
     },
     Config, Counter,
 };
@@ -32,37 +29,20 @@ use crate::{
     counters::count,
     maps::{FRAGS_IN, FRAGS_OUT, FRAG_SCRATCH, FRAG_STASH},
     nat::{self, events, fragments, mapping},
+    tcpath::{self, Verdict},
     xdp_wan,
 };
-
-/// `Err(None)`: not for the NAT, let it go. `Err(Some(c))`: drop, counted as `c`.
-type Verdict = Result<(), Option<Counter>>;
-
-#[inline(always)]
-fn action(verdict: Verdict) -> i32 {
-    match verdict {
-        Ok(()) | Err(None) => TC_ACT_OK,
-        Err(Some(counter)) => {
-            count(counter);
-            if counter.is_drop() {
-                TC_ACT_SHOT
-            } else {
-                TC_ACT_OK
-            }
-        }
-    }
-}
 
 /// Entry point of `tc_wan_egress`.
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    action(try_egress(ctx))
+    tcpath::run(ctx, |ctx| try_egress(ctx).map(|()| TC_ACT_OK))
 }
 
 #[inline(always)]
-fn try_egress(ctx: &TcContext) -> Verdict {
+fn try_egress(ctx: &TcContext) -> Verdict<()> {
     let cfg = nat::config().ok_or(None)?;
-    let pkt = parse(ctx)?;
+    let pkt = tcpath::parse(ctx)?;
     let internal_src = nat::is_internal(pkt.src);
     if pkt.kind == L4Kind::IcmpError {
         return icmp_error_out(ctx, &pkt, internal_src);
@@ -97,11 +77,7 @@ fn try_egress(ctx: &TcContext) -> Verdict {
         // Unfragmented but non-atomic: a router on the way may still fragment it.
         set_ip_id(ctx, &pkt, fragments::next_ip_id(cfg).map_err(Some)?).map_err(Some)?;
     }
-    apply(
-        ctx,
-        &Rewrite::new(&pkt, Side::Source, ext.addr, ext.port_be),
-    )
-    .map_err(Some)?;
+    tcpath::rewrite(ctx, &pkt, Side::Source, ext)?;
     count(Counter::TcOutTranslated);
     Ok(())
 }
@@ -112,13 +88,12 @@ fn try_egress(ctx: &TcContext) -> Verdict {
 /// budget until its last fragment passes.
 #[inline(always)]
 fn fragment_id(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Result<(), Counter> {
-    let key = FragOutKey {
-        int_addr_be: u32::from_ne_bytes(pkt.src),
-        remote_addr_be: u32::from_ne_bytes(pkt.dst),
-        ip_id_be: pkt.ip_id_be,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let key = FragOutKey::new(
+        u32::from_ne_bytes(pkt.src),
+        u32::from_ne_bytes(pkt.dst),
+        pkt.ip_id_be,
+        pkt.proto,
+    );
     // SAFETY: read-only use of a live map value.
     let new_id_be = if let Some(known) = unsafe { FRAGS_OUT.get(&key) } {
         known.new_id_be
@@ -126,11 +101,7 @@ fn fragment_id(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Result<(), Co
         // SAFETY: no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };
         fragments::take(pkt.src, true, now)?;
-        let value = FragOutValue {
-            new_id_be: fragments::next_ip_id(cfg)?,
-            _pad: [0; 6],
-            seen_ns: now,
-        };
+        let value = FragOutValue::new(fragments::next_ip_id(cfg)?, now);
         // Another CPU translating a fragment of the same datagram right now would
         // have inserted first: take its identification.
         if FRAGS_OUT
@@ -161,14 +132,13 @@ fn set_ip_id(ctx: &TcContext, pkt: &Ipv4Packet, new_id_be: u16) -> Result<(), Co
 /// external endpoint again, and an internal outer source the external address.
 /// Never refreshes the mapping (RFC 7857).
 #[inline(always)]
-fn icmp_error_out(ctx: &TcContext, pkt: &Ipv4Packet, internal_src: bool) -> Verdict {
+fn icmp_error_out(ctx: &TcContext, pkt: &Ipv4Packet, internal_src: bool) -> Verdict<()> {
     let untranslatable = if internal_src {
         Some(Counter::DropUntranslatable)
     } else {
         None
     };
-    let mut buf = TcBuf::new(ctx);
-    let Ok(emb) = parse_icmp_error(&buf, pkt) else {
+    let Ok(emb) = parse_icmp_error(&TcBuf::new(ctx), pkt) else {
         return Err(if internal_src {
             Some(Counter::DropMalformed)
         } else {
@@ -179,17 +149,8 @@ fn icmp_error_out(ctx: &TcContext, pkt: &Ipv4Packet, internal_src: bool) -> Verd
         return Err(untranslatable);
     }
     let ext = mapping::external_of(emb.proto, emb.dst, emb.dport_be).ok_or(untranslatable)?;
-    let outer = internal_src.then_some((Side::Source, ext.addr));
-    rewrite_icmp_error(
-        &mut buf,
-        pkt,
-        &emb,
-        Side::Destination,
-        ext.addr,
-        ext.port_be,
-        outer,
-    )
-    .ok_or(Some(Counter::DropInternal))?;
+    let outer = internal_src.then_some(Side::Source);
+    tcpath::rewrite_error(ctx, pkt, &emb, Side::Destination, ext, outer)?;
     count(Counter::IcmpErrorOutTranslated);
     Ok(())
 }
@@ -197,13 +158,13 @@ fn icmp_error_out(ctx: &TcContext, pkt: &Ipv4Packet, internal_src: bool) -> Verd
 /// Entry point of `tc_wan_ingress`.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    action(try_ingress(ctx))
+    tcpath::run(ctx, |ctx| try_ingress(ctx).map(|()| TC_ACT_OK))
 }
 
 #[inline(always)]
-fn try_ingress(ctx: &TcContext) -> Verdict {
+fn try_ingress(ctx: &TcContext) -> Verdict<()> {
     let cfg = nat::config().ok_or(None)?;
-    let pkt = parse(ctx)?;
+    let pkt = tcpath::parse(ctx)?;
     // xdp_wan checked these already; checked again so that no packet reaches the
     // LAN unchecked whichever program sees it first.
     nat::check_wan_source(&pkt).map_err(|c| c.is_drop().then_some(c))?;
@@ -214,13 +175,12 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     if pkt.kind == L4Kind::IcmpError {
         return icmp_error_in(ctx, &pkt);
     }
-    let frag_key = FragKey {
-        remote_addr_be: u32::from_ne_bytes(pkt.src),
-        ext_addr_be: u32::from_ne_bytes(pkt.dst),
-        ip_id_be: pkt.ip_id_be,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let frag_key = FragKey::new(
+        u32::from_ne_bytes(pkt.src),
+        u32::from_ne_bytes(pkt.dst),
+        pkt.ip_id_be,
+        pkt.proto,
+    );
     if pkt.frag == Fragment::Later {
         // SAFETY: read-only use of a live map value.
         let Some(first) = (unsafe { FRAGS_IN.get(&frag_key) }) else {
@@ -246,23 +206,13 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
         fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
     }
     hit.account(&pkt);
-    apply(
-        ctx,
-        &Rewrite::new(
-            &pkt,
-            Side::Destination,
-            hit.internal.addr,
-            hit.internal.port_be,
-        ),
-    )
-    .map_err(Some)?;
+    tcpath::rewrite(ctx, &pkt, Side::Destination, hit.internal)?;
     if pkt.frag == Fragment::First {
-        let first = FragValue {
-            int_addr_be: u32::from_ne_bytes(hit.internal.addr),
-            _pad: 0,
+        let first = FragValue::new(
+            u32::from_ne_bytes(hit.internal.addr),
             // SAFETY: no preconditions.
-            seen_ns: unsafe { bpf_ktime_get_ns() },
-        };
+            unsafe { bpf_ktime_get_ns() },
+        );
         let _ = FRAGS_IN.insert(&frag_key, &first, 0);
     }
     count(Counter::TcInTranslated);
@@ -275,23 +225,13 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
 /// Errors with a bad ICMP or embedded IP checksum are dropped (REQ-3); errors about
 /// the gateway's own traffic go to the kernel.
 #[inline(always)]
-fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict {
-    let mut buf = TcBuf::new(ctx);
-    let emb = parse_icmp_error(&buf, pkt).map_err(|_| Some(Counter::DropMalformed))?;
+fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict<()> {
+    let emb = parse_icmp_error(&TcBuf::new(ctx), pkt).map_err(|_| Some(Counter::DropMalformed))?;
     if emb.src != pkt.dst {
         return Err(None);
     }
     let int = mapping::internal_of(emb.proto, emb.src, emb.sport_be).ok_or(None)?;
-    rewrite_icmp_error(
-        &mut buf,
-        pkt,
-        &emb,
-        Side::Source,
-        int.addr,
-        int.port_be,
-        Some((Side::Destination, int.addr)),
-    )
-    .ok_or(Some(Counter::DropInternal))?;
+    tcpath::rewrite_error(ctx, pkt, &emb, Side::Source, int, Some(Side::Destination))?;
     count(Counter::IcmpErrorInTranslated);
     Ok(())
 }
@@ -303,7 +243,7 @@ const CHUNK: usize = 64;
 /// `FRAG_STASH` and dropped here; the controller sends it on, translated, once the
 /// first fragment has been (RFC 4787 REQ-14).
 #[inline(always)]
-fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict {
+fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict<()> {
     let tot_len = usize::from(pkt.tot_len);
     let scratch = FRAG_SCRATCH
         .get_ptr_mut(0)
@@ -345,63 +285,9 @@ fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict {
     slot.len = tot_len as u16;
     // SAFETY: no preconditions.
     slot.seen_ns = unsafe { bpf_ktime_get_ns() };
-    let key = StashKey {
-        datagram,
-        offset: pkt.frag_offset,
-        _pad: 0,
-    };
+    let key = StashKey::new(datagram, pkt.frag_offset);
     FRAG_STASH
         .insert(&key, &*slot, 0)
         .map_err(|_| Some(Counter::DropFragmentUnknown))?;
     Err(Some(Counter::DropFragmentHeld))
-}
-
-/// Parses an IPv4 packet; non-IPv4 is `Err(None)`, a malformed one is dropped.
-#[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Ipv4Packet, Option<Counter>> {
-    let buf = TcBuf::new(ctx);
-    let l3 = ipv4_offset(&buf)
-        .map_err(|_| Some(Counter::DropMalformed))?
-        .ok_or(None)?;
-    parse_ipv4(&buf, l3).map_err(|_| Some(Counter::DropMalformed))
-}
-
-/// Executes `rw`. UDP/TCP go through the skb helpers: L4 checksum (pseudo-header
-/// address, then port), IP checksum, then the fields. ICMP, whose checksum is never
-/// offloaded, is rewritten by the shared incremental code.
-#[inline(always)]
-pub fn apply(ctx: &TcContext, rw: &Rewrite) -> Result<(), Counter> {
-    if !rw.pseudo {
-        return apply_incremental(&mut TcBuf::new(ctx), rw).ok_or(Counter::DropInternal);
-    }
-    let old_addr = u64::from(u32::from_ne_bytes(rw.old_addr));
-    let new_addr = u64::from(u32::from_ne_bytes(rw.new_addr));
-    if rw.l4_csum_off != NO_CSUM {
-        let off = rw.l4_csum_off;
-        let mangled = if rw.udp {
-            u64::from(BPF_F_MARK_MANGLED_0)
-        } else {
-            0
-        };
-        ctx.l4_csum_replace(
-            off,
-            old_addr,
-            new_addr,
-            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
-        )
-        .map_err(|_| Counter::DropInternal)?;
-        ctx.l4_csum_replace(
-            off,
-            u64::from(rw.old_port_be),
-            u64::from(rw.new_port_be),
-            mangled | 2,
-        )
-        .map_err(|_| Counter::DropInternal)?;
-    }
-    ctx.l3_csum_replace(rw.ip_csum_off, old_addr, new_addr, 4)
-        .map_err(|_| Counter::DropInternal)?;
-    ctx.store(rw.addr_off, &rw.new_addr, 0)
-        .map_err(|_| Counter::DropInternal)?;
-    ctx.store(rw.port_off, &rw.new_port_be, 0)
-        .map_err(|_| Counter::DropInternal)
 }

@@ -14,6 +14,9 @@
 //!  wan-b  eth0 203.0.113.2/24  ──veth── wanb0 203.0.113.1/24  ┘
 //! ```
 //!
+//! natgw itself runs in a testbed as a [`Natgw`] (module [`natgw`]): started in a
+//! namespace, asked through its CLI, stopped with SIGTERM before the namespace goes.
+//!
 //! A second topology, for hole punching between sites, is [`Sites`] (module [`sites`]):
 //! two LANs behind their own gateways, a third behind the kernel's NAT, and a
 //! rendezvous host, joined by an internet router.
@@ -38,6 +41,7 @@
 
 mod error;
 mod lifecycle;
+pub mod natgw;
 mod netns;
 mod registry;
 mod rtnl;
@@ -46,6 +50,7 @@ mod topology;
 
 pub use error::{Error, Result};
 pub use lifecycle::NETNS_DIR;
+pub use natgw::{natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV};
 pub use netns::Netns;
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
 pub use sites::{KernelNat, Site, Sites, SitesOptions};

@@ -100,7 +100,7 @@ pub const METHOD: &str = "\
   for every mode run (nothing survives from one run to the next). The gateway has a
   permanent neighbour entry for the receiver, so the first packet already takes
   natgw's fast path.
-- **Generator**: `xdp_gen` (natgw-ebpf/src/floor.rs) run by `BPF_PROG_TEST_RUN` in
+- **Generator**: `xdp_gen` (natgw-ebpf/src/bench.rs) run by `BPF_PROG_TEST_RUN` in
   live-frame mode from one thread pinned to CPU 0. It writes each 64-byte frame
   (60 bytes without FCS) from a template with the flow's source address and ports and
   returns `XDP_TX`, which puts the frame straight into the gateway's LAN veth; one

@@ -18,6 +18,7 @@ mod exec;
 mod paths;
 mod provision;
 mod run;
+mod signals;
 mod test;
 
 use std::process::ExitCode;

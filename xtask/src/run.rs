@@ -5,13 +5,14 @@
 //!
 //! Cleanup holds on every path: natgw is stopped with SIGTERM (its `Drop` does it on an
 //! error or a panic) before the testbed is dropped, since removing a namespace SIGKILLs
-//! whatever still runs inside; Ctrl-C and SIGTERM are handled by [`signals`], which
-//! falls back to `testbed::remove_all_registered` if the main flow does not finish.
+//! whatever still runs inside; Ctrl-C and SIGTERM are handled by [`crate::signals`]
+//! (policy [`signals::RUN`]), which falls back to `testbed::natgw::force_stop_all` and
+//! `testbed::remove_all_registered` if the main flow does not finish.
 //!
 //! - [`daemon`]: starting, querying and stopping natgw.
 //! - [`demo`]: the UDP and TCP exchanges and their tables.
 //! - [`punch`]: hole punching between two sites (a second testbed) and its table.
-//! - [`signals`]: Ctrl-C / SIGTERM.
+//! - [`stun`]: NAT behaviour discovery with `natgw stun probe`.
 
 /// `println!` for the cleanup paths, which must go on even when standard output is a
 /// closed pipe (`cargo xtask run | head`): `println!` would panic there, and a second
@@ -34,7 +35,6 @@ macro_rules! esay {
 mod daemon;
 mod demo;
 mod punch;
-mod signals;
 mod stun;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +49,7 @@ use testbed::{
 
 use self::daemon::Natgw;
 use crate::build;
+use crate::signals;
 use crate::{exec, paths};
 
 /// natgw's log, below the target directory.
@@ -102,7 +103,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     println!("{}", topology());
     // Before the testbed starts any thread, so that every thread inherits the mask.
-    signals::install()?;
+    signals::install(&signals::RUN)?;
     let testbed = Testbed::new().context("building the testbed")?;
     let id = testbed.id().to_owned();
     println!(

@@ -14,9 +14,6 @@ use crate::build::{self, NATGW_EBPF_OBJ};
 use crate::provision::Purpose;
 use crate::{exec, paths};
 
-/// Environment variable through which the integration tests find the `natgw` binary.
-const NATGW_BIN: &str = "NATGW_BIN";
-
 /// Arguments of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,7 +73,7 @@ pub fn run(args: &Args) -> Result<()> {
     steps.run("test", || {
         let mut cmd: Command = cargo();
         cmd.args(["test", "--workspace"])
-            .env(NATGW_BIN, &artifacts.natgw_bin);
+            .env(testbed::NATGW_BIN_ENV, &artifacts.natgw_bin);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
         }

@@ -19,11 +19,6 @@ pub fn no_mapping<B: PacketBuf + ?Sized>(buf: &B, pkt: &Ipv4Packet, ifindex: u32
     let mut snippet = [0u8; EVENT_SNIPPET];
     snippet[..20].copy_from_slice(&ip);
     snippet[20..].copy_from_slice(&l4);
-    let event = Event {
-        kind: EventKind::NoMapping as u8,
-        _pad: [0; 3],
-        ifindex,
-        snippet,
-    };
+    let event = Event::new(EventKind::NoMapping as u8, ifindex, snippet);
     let _ = EVENTS.output::<Event>(&event, 0);
 }

@@ -63,12 +63,7 @@ pub fn outbound<C: EbpfContext>(
     cfg: &Config,
     pkt: &Ipv4Packet,
 ) -> Result<Endpoint, Counter> {
-    let key = FwdKey {
-        addr_be: u32::from_ne_bytes(pkt.src),
-        port_be: pkt.sport_be,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let key = FwdKey::new(u32::from_ne_bytes(pkt.src), pkt.sport_be, pkt.proto);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let bits = seen_bits(pkt);
@@ -108,12 +103,7 @@ pub fn outbound<C: EbpfContext>(
 
 #[inline(always)]
 fn reset_inbound_flags(proto: u8, ext_addr_be: u32, ext_port_be: u16) {
-    let rk = RevKey {
-        addr_be: ext_addr_be,
-        port_be: ext_port_be,
-        proto,
-        _pad: 0,
-    };
+    let rk = RevKey::new(ext_addr_be, ext_port_be, proto);
     if let Some(rv) = NAT_REV.get_ptr_mut(&rk) {
         // SAFETY: `rv` points at a live NAT_REV value.
         unsafe { (*rv).tcp_flags_in = 0 };
@@ -143,12 +133,7 @@ fn create<C: EbpfContext>(
         if local_socket_owns(ctx, key.proto, ext_addr, port_be, pkt.dst, pkt.dport_be) {
             continue;
         }
-        let rk = RevKey {
-            addr_be: ext_addr_be,
-            port_be,
-            proto: key.proto,
-            _pad: 0,
-        };
+        let rk = RevKey::new(ext_addr_be, port_be, key.proto);
         let rv = RevValue {
             int_addr_be: key.addr_be,
             int_port_be: key.port_be,
@@ -202,12 +187,7 @@ pub struct InboundHit {
 /// endpoint may use a mapping.
 #[inline(always)]
 pub fn inbound(pkt: &Ipv4Packet) -> Option<InboundHit> {
-    let rk = RevKey {
-        addr_be: u32::from_ne_bytes(pkt.dst),
-        port_be: pkt.dport_be,
-        proto: pkt.proto,
-        _pad: 0,
-    };
+    let rk = RevKey::new(u32::from_ne_bytes(pkt.dst), pkt.dport_be, pkt.proto);
     let rv = NAT_REV.get_ptr_mut(&rk)?;
     // SAFETY: `rv` points at a live NAT_REV value.
     let internal = unsafe {
@@ -273,12 +253,7 @@ impl InboundHit {
 /// any, without refreshing or counting it: ICMP errors never do (RFC 5508 REQ-6).
 #[inline(always)]
 pub fn external_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
-    let key = FwdKey {
-        addr_be: u32::from_ne_bytes(addr),
-        port_be,
-        proto,
-        _pad: 0,
-    };
+    let key = FwdKey::new(u32::from_ne_bytes(addr), port_be, proto);
     // SAFETY: read-only use of a live map value.
     let m = unsafe { NAT_FWD.get(&key) }?;
     Some(Endpoint {
@@ -291,12 +266,7 @@ pub fn external_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
 /// refreshing or counting it.
 #[inline(always)]
 pub fn internal_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
-    let key = RevKey {
-        addr_be: u32::from_ne_bytes(addr),
-        port_be,
-        proto,
-        _pad: 0,
-    };
+    let key = RevKey::new(u32::from_ne_bytes(addr), port_be, proto);
     // SAFETY: read-only use of a live map value.
     let rv = unsafe { NAT_REV.get(&key) }?;
     Some(Endpoint {

@@ -21,27 +21,25 @@ use crate::maps::{HELD_SYNS, NAT_SESSIONS, PCP_FILTERS};
 
 #[inline(always)]
 fn key(proto: u8, ext: ([u8; 4], u16), remote: [u8; 4], remote_port_be: u16) -> SessionKey {
-    SessionKey {
-        ext_addr_be: u32::from_ne_bytes(ext.0),
-        remote_addr_be: u32::from_ne_bytes(remote),
-        ext_port_be: ext.1,
+    SessionKey::new(
+        u32::from_ne_bytes(ext.0),
+        u32::from_ne_bytes(remote),
+        ext.1,
         remote_port_be,
         proto,
-        _pad: [0; 3],
-    }
+    )
 }
 
 /// Whether a PCP FILTER of the mapping `ext` admits `remote` (longest prefix match
 /// on the remote address; a port of 0 admits every port).
 #[inline(always)]
 fn pcp_filter_allows(proto: u8, ext: ([u8; 4], u16), remote: ([u8; 4], u16)) -> bool {
-    let data = PcpFilterKey {
-        ext_addr_be: u32::from_ne_bytes(ext.0),
-        ext_port_be: ext.1,
+    let data = PcpFilterKey::new(
+        u32::from_ne_bytes(ext.0),
+        ext.1,
         proto,
-        _pad: 0,
-        remote_addr_be: u32::from_ne_bytes(remote.0),
-    };
+        u32::from_ne_bytes(remote.0),
+    );
     match PCP_FILTERS.get(&Key::new(PCP_FILTER_FIXED_BITS + 32, data)) {
         Some(port_be) => *port_be == 0 || *port_be == u32::from(remote.1),
         None => false,
@@ -161,13 +159,7 @@ pub fn hold_syn(pkt: &Ipv4Packet, now: u64) {
         return;
     }
     let k = key(pkt.proto, (pkt.dst, pkt.dport_be), pkt.src, pkt.sport_be);
-    let held = HeldSyn {
-        seen_ns: now,
-        seq_be: pkt.tcp_seq_be,
-        ip_id_be: pkt.ip_id_be,
-        ttl: pkt.ttl,
-        _pad: 0,
-    };
+    let held = HeldSyn::new(now, pkt.tcp_seq_be, pkt.ip_id_be, pkt.ttl);
     // A retransmitted SYN keeps the first one's time: the 6 s run from the first.
     let _ = HELD_SYNS.insert(&k, &held, u64::from(BPF_NOEXIST));
 }

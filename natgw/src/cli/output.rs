@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use natgw_common::maps::{tcp_seen, FilterMode, Session, SessionKey};
-use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP};
+use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP, NS_PER_SEC};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
@@ -160,7 +160,6 @@ pub fn tcp_flags(bits: u8) -> String {
 }
 
 const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Short name of a filter mode for the table.
 fn filter_abbrev(name: &str) -> &'static str {
@@ -252,7 +251,7 @@ pub fn mapping_rows(
                 tcp_flags_out: tcp.map(|_| tcp_flags(obs.flags_out)),
                 tcp_flags_in: tcp.map(|_| tcp_flags(obs.flags_in)),
                 tcp_state: tcp.map(|s| s.name().to_owned()),
-                timeout_s: gc::timeout_ns(policy, &obs) / 1_000_000_000,
+                timeout_s: gc::timeout_ns(policy, &obs) / NS_PER_SEC,
                 remaining_ms: gc::remaining_ns(policy, &obs, now_ns) / NS_PER_MS,
                 reverse_ok: r.is_some(),
                 filter: r.map(|r| {
@@ -614,19 +613,14 @@ mod tests {
     use natgw_common::tcp::TcpState;
     use natgw_common::{addr_be, IPPROTO_UDP};
 
-    const S: u64 = 1_000_000_000;
+    const S: u64 = NS_PER_SEC;
 
     fn policy() -> Policy {
         Policy::new(&Timeouts::default(), false)
     }
 
     fn entry(proto: u8, int_port: u16, ext_port: u16) -> (FwdKey, Mapping, RevKey, RevValue) {
-        let k = FwdKey {
-            addr_be: addr_be([10, 0, 1, 2]),
-            port_be: int_port.to_be(),
-            proto,
-            _pad: 0,
-        };
+        let k = FwdKey::new(addr_be([10, 0, 1, 2]), int_port.to_be(), proto);
         let m = Mapping {
             ext_addr_be: addr_be([192, 0, 2, 1]),
             ext_port_be: ext_port.to_be(),
@@ -881,21 +875,14 @@ mod tests {
         last_in: u64,
     ) -> (SessionKey, Session) {
         (
-            SessionKey {
-                ext_addr_be: rk.addr_be,
-                remote_addr_be: addr_be([198, 51, 100, 2]),
-                ext_port_be: rk.port_be,
-                remote_port_be: remote_port.to_be(),
-                proto: rk.proto,
-                _pad: [0; 3],
-            },
-            Session {
-                created_ns: 10 * S,
-                last_out_ns: 70 * S,
-                last_in_ns: last_in,
-                tcp_state: state as u8,
-                _pad: [0; 7],
-            },
+            SessionKey::new(
+                rk.addr_be,
+                addr_be([198, 51, 100, 2]),
+                rk.port_be,
+                remote_port.to_be(),
+                rk.proto,
+            ),
+            Session::new(10 * S, 70 * S, last_in, state as u8),
         )
     }
 

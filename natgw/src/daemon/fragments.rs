@@ -24,6 +24,8 @@ use std::time::Duration;
 use log::{debug, error, warn};
 use natgw_common::csum;
 use natgw_common::maps::{StashKey, MAX_STASHED_FRAGMENT_LEN};
+use natgw_common::packet::{ipv4, IPV4_MIN_HLEN};
+use natgw_common::NS_PER_SEC;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
 use tokio::task::JoinHandle;
 
@@ -37,23 +39,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// How long a stashed fragment waits for its first fragment: the reassembly timeout
 /// (RFC 791 suggests 15 s as a lower bound; Linux's `ipfrag_time` is 30 s), after
 /// which the receiver would have discarded the datagram anyway.
-pub const REASSEMBLY_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
-
-/// IPv4 header fields (byte offsets).
-mod field {
-    pub const VER_IHL: usize = 0;
-    pub const TOT_LEN: usize = 2;
-    pub const ID: usize = 4;
-    pub const FRAG: usize = 6;
-    pub const TTL: usize = 8;
-    pub const CHECK: usize = 10;
-    pub const DST: usize = 16;
-    /// Header without options.
-    pub const MIN_HEADER: usize = 20;
-}
-
-/// Fragment offset bits of the flags/offset field.
-const FRAG_OFFSET_MASK: u16 = 0x1fff;
+pub const REASSEMBLY_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
 
 /// Why a stashed fragment is not sent on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,44 +75,44 @@ impl Unsendable {
 /// [`Unsendable`] says why the fragment cannot be sent on.
 pub fn translate(packet: &[u8], int_addr: Ipv4Addr) -> Result<Vec<u8>, Unsendable> {
     let word = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
-    if packet.len() < field::MIN_HEADER || packet[field::VER_IHL] >> 4 != 4 {
+    if packet.len() < IPV4_MIN_HLEN || packet[ipv4::VER_IHL] >> 4 != 4 {
         return Err(Unsendable::Malformed);
     }
-    let header_len = usize::from(packet[field::VER_IHL] & 0x0f) * 4;
-    if header_len < field::MIN_HEADER
+    let header_len = usize::from(packet[ipv4::VER_IHL] & 0x0f) * 4;
+    if header_len < IPV4_MIN_HLEN
         || header_len > packet.len()
-        || usize::from(word(field::TOT_LEN)) != packet.len()
-        || word(field::FRAG) & FRAG_OFFSET_MASK == 0
+        || usize::from(word(ipv4::TOT_LEN)) != packet.len()
+        || word(ipv4::FRAG) & ipv4::OFFSET_MASK == 0
         || csum::checksum(&packet[..header_len], 0) != 0
     {
         return Err(Unsendable::Malformed);
     }
-    if word(field::ID) == 0 {
+    if word(ipv4::ID) == 0 {
         return Err(Unsendable::ZeroId);
     }
-    let ttl = packet[field::TTL];
+    let ttl = packet[ipv4::TTL];
     if ttl <= 1 {
         return Err(Unsendable::TtlExpired);
     }
     let mut out = packet.to_vec();
-    let mut check = word(field::CHECK);
+    let mut check = word(ipv4::CSUM);
     let old_dst: [u8; 4] = [
-        packet[field::DST],
-        packet[field::DST + 1],
-        packet[field::DST + 2],
-        packet[field::DST + 3],
+        packet[ipv4::DST],
+        packet[ipv4::DST + 1],
+        packet[ipv4::DST + 2],
+        packet[ipv4::DST + 3],
     ];
     check = csum::replace32(check, old_dst, int_addr.octets());
-    out[field::DST..field::DST + 4].copy_from_slice(&int_addr.octets());
+    out[ipv4::DST..ipv4::DST + 4].copy_from_slice(&int_addr.octets());
     // TTL shares its 16-bit word with the protocol.
-    let proto = packet[field::TTL + 1];
+    let proto = packet[ipv4::PROTO];
     check = csum::replace16(
         check,
         u16::from_be_bytes([ttl, proto]),
         u16::from_be_bytes([ttl - 1, proto]),
     );
-    out[field::TTL] = ttl - 1;
-    out[field::CHECK..field::CHECK + 2].copy_from_slice(&check.to_be_bytes());
+    out[ipv4::TTL] = ttl - 1;
+    out[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&check.to_be_bytes());
     Ok(out)
 }
 
@@ -334,7 +320,7 @@ mod tests {
     use natgw_common::maps::{FragKey, FragValue, StashedFragment};
     use natgw_common::{addr_be, IPPROTO_UDP};
 
-    const S: u64 = 1_000_000_000;
+    const S: u64 = NS_PER_SEC;
 
     /// A later fragment (offset 1480 bytes, MF set) from 198.51.100.2 to 192.0.2.1.
     fn later_fragment(id: u16, ttl: u8) -> Vec<u8> {
@@ -464,13 +450,12 @@ mod tests {
     }
 
     fn datagram(id: u16) -> FragKey {
-        FragKey {
-            remote_addr_be: addr_be([198, 51, 100, 2]),
-            ext_addr_be: addr_be([192, 0, 2, 1]),
-            ip_id_be: id.to_be(),
-            proto: IPPROTO_UDP,
-            _pad: 0,
-        }
+        FragKey::new(
+            addr_be([198, 51, 100, 2]),
+            addr_be([192, 0, 2, 1]),
+            id.to_be(),
+            IPPROTO_UDP,
+        )
     }
 
     fn stashed(id: u16, seen_ns: u64) -> (StashKey, StashedFragment) {
@@ -478,17 +463,8 @@ mod tests {
         let mut packet = [0u8; MAX_STASHED_FRAGMENT_LEN];
         packet[..bytes.len()].copy_from_slice(&bytes);
         (
-            StashKey {
-                datagram: datagram(id),
-                offset: 185,
-                _pad: 0,
-            },
-            StashedFragment {
-                seen_ns,
-                len: u16::try_from(bytes.len()).unwrap(),
-                _pad: [0; 6],
-                packet,
-            },
+            StashKey::new(datagram(id), 185),
+            StashedFragment::new(seen_ns, u16::try_from(bytes.len()).unwrap(), packet),
         )
     }
 
@@ -510,11 +486,7 @@ mod tests {
         assert_eq!(t.reads.get(), 1, "a waiting fragment is read once");
         t.first.push((
             datagram(0x1234),
-            FragValue {
-                int_addr_be: addr_be([10, 0, 1, 2]),
-                _pad: 0,
-                seen_ns: 4 * S,
-            },
+            FragValue::new(addr_be([10, 0, 1, 2]), 4 * S),
         ));
         let stats = r.sweep(&mut t, 4 * S, &mut send).unwrap();
         assert_eq!(stats.resent, 1);
@@ -549,14 +521,8 @@ mod tests {
         let mut r = Resender::new(Arc::clone(&counters));
         let mut t = Tables::default();
         t.stash.push(stashed(5, 100 * S));
-        t.first.push((
-            datagram(5),
-            FragValue {
-                int_addr_be: addr_be([10, 0, 1, 2]),
-                _pad: 0,
-                seen_ns: 10 * S,
-            },
-        ));
+        t.first
+            .push((datagram(5), FragValue::new(addr_be([10, 0, 1, 2]), 10 * S)));
         let mut send = |_: Ipv4Addr, _: &[u8]| -> io::Result<()> { panic!("must wait") };
         let stats = r.sweep(&mut t, 101 * S, &mut send).unwrap();
         assert_eq!((stats.resent, stats.stashed), (0, 1));
@@ -570,14 +536,8 @@ mod tests {
         t.stash.push(stashed(0, S));
         t.stash.push(stashed(6, S));
         for id in [0, 6] {
-            t.first.push((
-                datagram(id),
-                FragValue {
-                    int_addr_be: addr_be([10, 0, 1, 2]),
-                    _pad: 0,
-                    seen_ns: S,
-                },
-            ));
+            t.first
+                .push((datagram(id), FragValue::new(addr_be([10, 0, 1, 2]), S)));
         }
         let mut send = |_: Ipv4Addr, _: &[u8]| Err(io::Error::other("EMSGSIZE"));
         let stats = r.sweep(&mut t, 2 * S, &mut send).unwrap();

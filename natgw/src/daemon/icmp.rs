@@ -271,19 +271,13 @@ mod tests {
     use super::*;
     use natgw_common::maps::EVENT_SNIPPET;
 
-
     fn event(kind: u8, ifindex: u32) -> Event {
         let mut snippet = [0u8; EVENT_SNIPPET];
         snippet[0] = 0x45;
         snippet[9] = natgw_common::IPPROTO_UDP;
         snippet[12..16].copy_from_slice(&[10, 0, 2, 2]);
         snippet[16..20].copy_from_slice(&[198, 51, 100, 2]);
-        Event {
-            kind,
-            _pad: [0; 3],
-            ifindex,
-            snippet,
-        }
+        Event::new(kind, ifindex, snippet)
     }
 
     #[test]

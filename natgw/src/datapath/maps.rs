@@ -806,34 +806,19 @@ pub const fn port(port_be: u16) -> u16 {
 /// The reverse-table key of a forward entry: its external endpoint.
 #[must_use]
 pub const fn rev_key_of(key: &FwdKey, m: &Mapping) -> RevKey {
-    RevKey {
-        addr_be: m.ext_addr_be,
-        port_be: m.ext_port_be,
-        proto: key.proto,
-        _pad: 0,
-    }
+    RevKey::new(m.ext_addr_be, m.ext_port_be, key.proto)
 }
 
 /// The forward-table key a reverse entry points back to: its internal endpoint.
 #[must_use]
 pub const fn fwd_key_of(key: &RevKey, r: &RevValue) -> FwdKey {
-    FwdKey {
-        addr_be: r.int_addr_be,
-        port_be: r.int_port_be,
-        proto: key.proto,
-        _pad: 0,
-    }
+    FwdKey::new(r.int_addr_be, r.int_port_be, key.proto)
 }
 
 /// The reverse-table key of the mapping a session belongs to: its external endpoint.
 #[must_use]
 pub const fn session_rev_key(key: &SessionKey) -> RevKey {
-    RevKey {
-        addr_be: key.ext_addr_be,
-        port_be: key.ext_port_be,
-        proto: key.proto,
-        _pad: 0,
-    }
+    RevKey::new(key.ext_addr_be, key.ext_port_be, key.proto)
 }
 
 /// Whether `r` is the reverse entry of the mapping (`fk`, `m`) — same endpoints and
@@ -871,12 +856,7 @@ mod tests {
 
     #[test]
     fn keys_point_at_each_other() {
-        let fk = FwdKey {
-            addr_be: natgw_common::addr_be([10, 0, 1, 2]),
-            port_be: 40000u16.to_be(),
-            proto: 17,
-            _pad: 0,
-        };
+        let fk = FwdKey::new(natgw_common::addr_be([10, 0, 1, 2]), 40000u16.to_be(), 17);
         let m = Mapping {
             ext_addr_be: natgw_common::addr_be([192, 0, 2, 1]),
             ext_port_be: 40002u16.to_be(),

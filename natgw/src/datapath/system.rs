@@ -118,7 +118,7 @@ pub fn raise_memlock_limit() -> nix::Result<()> {
 pub fn monotonic_ns() -> u64 {
     // CLOCK_MONOTONIC cannot fail on Linux; a zero would only make nothing expire.
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+        u64::try_from(t.tv_sec()).unwrap_or(0) * natgw_common::NS_PER_SEC
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
     })
 }

@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use natgw_common::config::pool_index;
 use natgw_common::maps::{FilterMode, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS};
-use natgw_common::{addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP};
+use natgw_common::{
+    addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP, NS_PER_SEC,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::config::PortRange;
@@ -55,7 +57,6 @@ use natgw_proto::pcp::table::{
 use natgw_proto::pcp::wire::Nonce;
 use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
-const NS_PER_SEC: u64 = 1_000_000_000;
 /// One explicit mapping (PCP, NAT-PMP, static forward) as the daemon records it for
 /// `natgw mappings`: what the maps do not hold. Rewritten when they change.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,21 +308,19 @@ const fn ip_proto(protocol: Protocol) -> Option<u8> {
 }
 
 fn fwd_key(proto: u8, internal: SocketAddrV4) -> FwdKey {
-    FwdKey {
-        addr_be: addr_be(internal.ip().octets()),
-        port_be: internal.port().to_be(),
+    FwdKey::new(
+        addr_be(internal.ip().octets()),
+        internal.port().to_be(),
         proto,
-        _pad: 0,
-    }
+    )
 }
 
 fn rev_key(proto: u8, external: SocketAddrV4) -> RevKey {
-    RevKey {
-        addr_be: addr_be(external.ip().octets()),
-        port_be: external.port().to_be(),
+    RevKey::new(
+        addr_be(external.ip().octets()),
+        external.port().to_be(),
         proto,
-        _pad: 0,
-    }
+    )
 }
 
 fn external_of(m: &Mapping) -> SocketAddrV4 {
@@ -331,13 +330,12 @@ fn external_of(m: &Mapping) -> SocketAddrV4 {
 /// The `PCP_FILTERS` key and prefix length of a filter of mapping `external`.
 fn filter_key(proto: u8, external: SocketAddrV4, f: &Filter) -> (PcpFilterKey, u32) {
     (
-        PcpFilterKey {
-            ext_addr_be: addr_be(external.ip().octets()),
-            ext_port_be: external.port().to_be(),
+        PcpFilterKey::new(
+            addr_be(external.ip().octets()),
+            external.port().to_be(),
             proto,
-            _pad: 0,
-            remote_addr_be: addr_be(f.remote.network().octets()),
-        },
+            addr_be(f.remote.network().octets()),
+        ),
         PCP_FILTER_FIXED_BITS + u32::from(f.remote.len()),
     )
 }
@@ -1199,14 +1197,13 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             keys.push(0);
         }
         for remote_port in keys {
-            let key = SessionKey {
-                ext_addr_be: addr_be(external.ip().octets()),
-                remote_addr_be: addr_be(remote.ip().octets()),
-                ext_port_be: external.port().to_be(),
-                remote_port_be: remote_port.to_be(),
+            let key = SessionKey::new(
+                addr_be(external.ip().octets()),
+                addr_be(remote.ip().octets()),
+                external.port().to_be(),
+                remote_port.to_be(),
                 proto,
-                _pad: [0; 3],
-            };
+            );
             let mut s = nat
                 .session(&key)
                 .map_err(|e| map_failure("read NAT_SESSIONS", &e))?
@@ -1542,13 +1539,12 @@ mod tests {
         x.table(&mut nat, now, S).install(&req).unwrap();
         let (_, r) = entries_of(&nat, 5000).unwrap();
         assert_eq!(r.filter, FilterMode::PcpFilter as u8);
-        let key = PcpFilterKey {
-            ext_addr_be: addr_be(EXT.octets()),
-            ext_port_be: 15000u16.to_be(),
-            proto: IPPROTO_UDP,
-            _pad: 0,
-            remote_addr_be: addr_be([203, 0, 113, 7]),
-        };
+        let key = PcpFilterKey::new(
+            addr_be(EXT.octets()),
+            15000u16.to_be(),
+            IPPROTO_UDP,
+            addr_be([203, 0, 113, 7]),
+        );
         assert_eq!(
             x.filters.0.get(&(key, PCP_FILTER_FIXED_BITS + 32)),
             Some(&u32::from(443u16.to_be()))
@@ -1673,14 +1669,13 @@ mod tests {
         assert_eq!(m.last_out_ns, 10 * S);
         assert_eq!(r.filter, FilterMode::AddressDependent as u8);
         // Address-dependent filtering: the peer's address may now send.
-        let session = SessionKey {
-            ext_addr_be: addr_be(EXT.octets()),
-            remote_addr_be: addr_be([198, 51, 100, 2]),
-            ext_port_be: 16000u16.to_be(),
-            remote_port_be: 0,
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        };
+        let session = SessionKey::new(
+            addr_be(EXT.octets()),
+            addr_be([198, 51, 100, 2]),
+            16000u16.to_be(),
+            0,
+            IPPROTO_UDP,
+        );
         assert!(nat.sessions.contains_key(&session));
     }
 

@@ -40,7 +40,7 @@ use std::net::SocketAddrV4;
 
 use natgw_common::maps::{tcp_seen, Session, SessionKey};
 use natgw_common::{
-    FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NS_PER_SEC,
 };
 
 use crate::config::Timeouts;
@@ -48,8 +48,6 @@ use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
 };
 use sessions::{SessionCandidate, SessionEnd, SessionObserved, SessionVerdict};
-
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// How long a reverse entry without a forward entry is left alone: far longer than
 /// the data path needs between inserting the two halves of a mapping.
@@ -883,12 +881,7 @@ mod tests {
     }
 
     fn udp_key(host: u8, port: u16) -> FwdKey {
-        FwdKey {
-            addr_be: addr_be([10, 0, 1, host]),
-            port_be: port.to_be(),
-            proto: IPPROTO_UDP,
-            _pad: 0,
-        }
+        FwdKey::new(addr_be([10, 0, 1, host]), port.to_be(), IPPROTO_UDP)
     }
 
     /// Inserts a complete mapping (both halves) created and last used at `t`.
@@ -1044,24 +1037,15 @@ mod tests {
         last_in: u64,
         state: natgw_common::tcp::TcpState,
     ) -> SessionKey {
-        let key = SessionKey {
-            ext_addr_be: rk.addr_be,
-            remote_addr_be: addr_be([198, 51, 100, 2]),
-            ext_port_be: rk.port_be,
-            remote_port_be: remote_port.to_be(),
-            proto: rk.proto,
-            _pad: [0; 3],
-        };
-        t.sessions.insert(
-            key,
-            Session {
-                created_ns: S,
-                last_out_ns: last_out,
-                last_in_ns: last_in,
-                tcp_state: state as u8,
-                _pad: [0; 7],
-            },
+        let key = SessionKey::new(
+            rk.addr_be,
+            addr_be([198, 51, 100, 2]),
+            rk.port_be,
+            remote_port.to_be(),
+            rk.proto,
         );
+        t.sessions
+            .insert(key, Session::new(S, last_out, last_in, state as u8));
         key
     }
 
@@ -1146,12 +1130,7 @@ mod tests {
     fn session_without_a_mapping_goes_on_the_second_tick() {
         use natgw_common::tcp::TcpState as T;
         let mut t = FakeTables::default();
-        let rk = RevKey {
-            addr_be: addr_be([192, 0, 2, 1]),
-            port_be: 40000u16.to_be(),
-            proto: IPPROTO_UDP,
-            _pad: 0,
-        };
+        let rk = RevKey::new(addr_be([192, 0, 2, 1]), 40000u16.to_be(), IPPROTO_UDP);
         let sk = add_session(&mut t, rk, 7000, 10 * S, 0, T::Closed);
         let mut gc = Sweeper::new(policy(false));
         assert_eq!(gc.tick(&mut t, 11 * S).unwrap().sessions_expired, 0);

@@ -1,17 +1,18 @@
-//! The few bpf(2) commands aya 0.14 does not offer, called directly: running a program
-//! with `BPF_PROG_TEST_RUN` (measured and live-frame modes), batch updates of hash
-//! maps, "is this map empty", opening a program by id, and a map's memory from fdinfo.
+//! The few bpf(2) commands aya 0.14 does not offer, called directly through
+//! [`natgw_common::batch::bpf`]: running a program with `BPF_PROG_TEST_RUN` (measured
+//! and live-frame modes), "is this map empty", opening a program by id, and a map's
+//! memory from fdinfo. Batch updates of hash maps are
+//! [`natgw_common::batch::update_batch`].
 
-use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
+use natgw_common::batch::bpf;
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_PROG_QUERY: libc::c_long = 16;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// `BPF_F_TEST_XDP_LIVE_FRAMES`: run in live-frame mode (the frames really go out).
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
@@ -88,20 +89,6 @@ struct QueryAttr {
 /// `BPF_TCX_INGRESS`.
 pub const TCX_INGRESS: u32 = 46;
 
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 /// The map element members of `union bpf_attr`.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -120,26 +107,6 @@ struct GetIdAttr {
     id: u32,
     next_id: u32,
     open_flags: u32,
-}
-
-/// bpf(2) with an attribute struct; the return value or the OS error.
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, properly laid out `union bpf_attr` member of the size
-    // passed; the kernel reads and writes only within it and the buffers it points to,
-    // which the callers keep alive for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            std::mem::size_of::<T>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }
 
 /// Result of one measured run.
@@ -180,7 +147,10 @@ pub fn test_run(
         ctx_in: std::ptr::from_ref(&ctx) as u64,
         ..TestRunAttr::default()
     };
-    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN")?;
+    // SAFETY: `attr` is the `test` member of `union bpf_attr`; `frame`, `out` and
+    // `ctx` outlive the call, and the kernel writes at most `data_size_out` bytes
+    // into `out`.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN")?;
     Ok(TestRun {
         retval: attr.retval,
         duration_ns: attr.duration,
@@ -207,7 +177,8 @@ pub fn test_run_skb(prog: BorrowedFd<'_>, frame: &[u8], ifindex: u32) -> Result<
         ctx_in: std::ptr::from_ref(&ctx) as u64,
         ..TestRunAttr::default()
     };
-    bpf(BPF_PROG_TEST_RUN, &mut attr).context("BPF_PROG_TEST_RUN (TC)")?;
+    // SAFETY: as in `test_run`, with an `__sk_buff` head as the context.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN (TC)")?;
     Ok(TestRun {
         retval: attr.retval,
         duration_ns: attr.duration,
@@ -225,7 +196,9 @@ pub fn tcx_prog_ids(ifindex: u32, attach_type: u32) -> Result<Vec<u32>> {
         prog_cnt: u32::try_from(ids.len()).unwrap_or(0),
         ..QueryAttr::default()
     };
-    bpf(BPF_PROG_QUERY, &mut attr).context("BPF_PROG_QUERY")?;
+    // SAFETY: `attr` is the `query` member of `union bpf_attr`; the kernel writes at
+    // most `prog_cnt` ids into `ids`, which outlives the call.
+    unsafe { bpf(BPF_PROG_QUERY, &mut attr) }.context("BPF_PROG_QUERY")?;
     ids.truncate(attr.prog_cnt as usize);
     Ok(ids)
 }
@@ -269,42 +242,13 @@ pub fn live_run(
         batch_size: batch,
         ..TestRunAttr::default()
     };
-    match bpf(BPF_PROG_TEST_RUN, &mut attr) {
+    // SAFETY: `attr` is the `test` member of `union bpf_attr`; `frame` and `ctx`
+    // outlive the call, and live-frame mode writes no output.
+    match unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) } {
         Ok(_) => Ok(LiveRun::Done),
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(LiveRun::Interrupted),
         Err(e) => Err(e).context("BPF_PROG_TEST_RUN in live-frame mode"),
     }
-}
-
-/// Inserts `keys[i] -> values[i]` into hash map `map` with `BPF_MAP_UPDATE_BATCH`.
-/// Returns how many were inserted (all of them unless an error stopped the batch).
-pub fn update_batch<K: Copy, V: Copy>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> Result<usize> {
-    if keys.len() != values.len() {
-        bail!(
-            "update_batch: {} keys but {} values",
-            keys.len(),
-            values.len()
-        );
-    }
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(keys.len()).context("batch size")?,
-        map_fd: fd_u32(map),
-        ..BatchAttr::default()
-    };
-    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).with_context(|| {
-        format!(
-            "BPF_MAP_UPDATE_BATCH stopped after {} of {} entries",
-            attr.count,
-            keys.len()
-        )
-    })?;
-    Ok(attr.count as usize)
 }
 
 /// Whether hash map `map` (keys of `key_size` bytes) holds no entry: one
@@ -316,7 +260,9 @@ pub fn is_empty(map: BorrowedFd<'_>, key_size: usize) -> Result<bool> {
         next_key: next.as_mut_ptr() as u64,
         ..ElemAttr::default()
     };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+    // SAFETY: the map element members of `union bpf_attr`; the kernel writes one
+    // key of the map's size, `key_size`, into `next`, which outlives the call.
+    match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
         Ok(_) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(true),
         Err(e) => Err(e).context("BPF_MAP_GET_NEXT_KEY"),
@@ -329,7 +275,8 @@ pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {
         id,
         ..GetIdAttr::default()
     };
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)
+    // SAFETY: `prog_id` etc. of `union bpf_attr`, pointing to nothing.
+    let fd = unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) }
         .with_context(|| format!("BPF_PROG_GET_FD_BY_ID {id}"))?;
     let fd = i32::try_from(fd).context("program fd")?;
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
-use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_UDP};
+use natgw_common::batch;
+use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_UDP, NS_PER_SEC};
 
 use super::bpf;
 use super::cpu::{Sampler, Task};
@@ -514,12 +515,11 @@ fn external_port(natgw: &Natgw, i: u32) -> Result<u16> {
     let fwd: aya::maps::HashMap<MapData, FwdKey, Mapping> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(fwd)).context("NAT_FWD")?;
     let (addr, port) = endpoint(i);
-    let key = FwdKey {
-        addr_be: natgw_common::addr_be(addr.octets()),
-        port_be: port.to_be(),
-        proto: IPPROTO_UDP,
-        _pad: 0,
-    };
+    let key = FwdKey::new(
+        natgw_common::addr_be(addr.octets()),
+        port.to_be(),
+        IPPROTO_UDP,
+    );
     let m = fwd
         .get(&key, 0)
         .with_context(|| format!("no mapping for {addr}:{port}"))?;
@@ -534,7 +534,7 @@ fn monotonic_ns() -> u64 {
     };
     // SAFETY: a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+    u64::try_from(ts.tv_sec).unwrap_or(0) * NS_PER_SEC + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
@@ -562,12 +562,11 @@ fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
             let (int_addr, int_port) = endpoint(range::FILLER + i);
             let ext_addr = Ipv4Addr::from(ext_base + i / 60_000);
             let ext_port = 1024 + u16::try_from(i % 60_000).unwrap_or(0);
-            let key = FwdKey {
-                addr_be: natgw_common::addr_be(int_addr.octets()),
-                port_be: int_port.to_be(),
-                proto: IPPROTO_UDP,
-                _pad: 0,
-            };
+            let key = FwdKey::new(
+                natgw_common::addr_be(int_addr.octets()),
+                int_port.to_be(),
+                IPPROTO_UDP,
+            );
             fk.push(key);
             fv.push(Mapping {
                 ext_addr_be: natgw_common::addr_be(ext_addr.octets()),
@@ -577,12 +576,11 @@ fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
                 last_out_ns: now_ns,
                 ..Mapping::default()
             });
-            rk.push(RevKey {
-                addr_be: natgw_common::addr_be(ext_addr.octets()),
-                port_be: ext_port.to_be(),
-                proto: IPPROTO_UDP,
-                _pad: 0,
-            });
+            rk.push(RevKey::new(
+                natgw_common::addr_be(ext_addr.octets()),
+                ext_port.to_be(),
+                IPPROTO_UDP,
+            ));
             rv.push(RevValue {
                 int_addr_be: key.addr_be,
                 int_port_be: key.port_be,
@@ -591,8 +589,8 @@ fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
             });
         }
         // Reverse first, as the data path does: the port claim precedes the mapping.
-        bpf::update_batch(rev.fd().as_fd(), &rk, &rv).context("filling NAT_REV")?;
-        bpf::update_batch(fwd.fd().as_fd(), &fk, &fv).context("filling NAT_FWD")?;
+        batch::update_batch(&rev, &rk, &rv).context("filling NAT_REV")?;
+        batch::update_batch(&fwd, &fk, &fv).context("filling NAT_FWD")?;
         start = end;
     }
     Ok(())
@@ -642,7 +640,7 @@ pub fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) ->
     let stamp = monotonic_ns();
     fill(natgw.pin_dir(), mappings, stamp)?;
     let filled = monotonic_ns();
-    let expiry_ns = stamp + GC_UDP_TIMEOUT * 1_000_000_000;
+    let expiry_ns = stamp + GC_UDP_TIMEOUT * NS_PER_SEC;
     if filled >= expiry_ns {
         bail!("filling {mappings} mappings took longer than the {GC_UDP_TIMEOUT} s timeout");
     }

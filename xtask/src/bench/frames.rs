@@ -5,15 +5,12 @@
 use std::net::Ipv4Addr;
 
 use natgw_common::csum::{checksum, pseudo_header_sum, udp_nonzero};
-use natgw_common::{IPPROTO_TCP, IPPROTO_UDP};
+use natgw_common::packet::{icmp, ipv4, l4, ETH_HLEN, ETH_P_IP, ETH_TYPE, IPV4_MIN_HLEN};
+use natgw_common::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Length of every frame: a 64-byte Ethernet frame less its 4-byte FCS (the length
 /// `xdp_gen` writes).
-pub const FRAME_LEN: usize = 60;
-
-const ETH_LEN: usize = 14;
-const IP_LEN: usize = 20;
-const ETHERTYPE_IPV4: u16 = 0x0800;
+pub const FRAME_LEN: usize = natgw_common::bench::GEN_FRAME_LEN;
 /// TTL of generated packets.
 const TTL: u8 = 64;
 
@@ -49,38 +46,32 @@ pub fn build(l4: L4, e: &Endpoints) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&e.dst_mac);
     f[6..12].copy_from_slice(&e.src_mac);
-    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    f[ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IP.to_be_bytes());
 
     let (proto, l4_len) = match l4 {
-        L4::Udp => (IPPROTO_UDP, FRAME_LEN - ETH_LEN - IP_LEN),
-        L4::TcpSyn => (IPPROTO_TCP, 20),
+        L4::Udp => (IPPROTO_UDP, FRAME_LEN - ETH_HLEN - IPV4_MIN_HLEN),
+        L4::TcpSyn => (IPPROTO_TCP, l4::TCP_MIN_HLEN),
     };
-    let ip = ETH_LEN;
-    let tot_len = (IP_LEN + l4_len) as u16;
-    f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&tot_len.to_be_bytes());
-    f[ip + 6] = 0x40; // don't fragment
-    f[ip + 8] = TTL;
-    f[ip + 9] = proto;
-    f[ip + 12..ip + 16].copy_from_slice(&e.src.octets());
-    f[ip + 16..ip + 20].copy_from_slice(&e.dst.octets());
-    let ip_csum = checksum(&f[ip..ip + IP_LEN], 0);
-    f[ip + 10..ip + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let ip = ETH_HLEN;
+    ipv4_header(&mut f[ip..ip + IPV4_MIN_HLEN], proto, l4_len, e.src, e.dst);
+    f[ip + ipv4::FRAG..ip + ipv4::FRAG + 2].copy_from_slice(&ipv4::DF.to_be_bytes());
+    let ip_csum = checksum(&f[ip..ip + IPV4_MIN_HLEN], 0);
+    f[ip + ipv4::CSUM..ip + ipv4::CSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());
 
-    let l4_at = ip + IP_LEN;
-    f[l4_at..l4_at + 2].copy_from_slice(&e.sport.to_be_bytes());
-    f[l4_at + 2..l4_at + 4].copy_from_slice(&e.dport.to_be_bytes());
+    let l4_at = ip + IPV4_MIN_HLEN;
+    f[l4_at + l4::SPORT..l4_at + l4::SPORT + 2].copy_from_slice(&e.sport.to_be_bytes());
+    f[l4_at + l4::DPORT..l4_at + l4::DPORT + 2].copy_from_slice(&e.dport.to_be_bytes());
     let csum_at = match l4 {
         L4::Udp => {
             f[l4_at + 4..l4_at + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-            l4_at + 6
+            l4_at + l4::UDP_CSUM
         }
         L4::TcpSyn => {
             f[l4_at + 4..l4_at + 8].copy_from_slice(&1u32.to_be_bytes()); // seq
             f[l4_at + 12] = 5 << 4; // data offset: 20 bytes
-            f[l4_at + 13] = 0x02; // SYN
+            f[l4_at + l4::TCP_FLAGS] = 0x02; // SYN
             f[l4_at + 14..l4_at + 16].copy_from_slice(&64_240u16.to_be_bytes()); // window
-            l4_at + 16
+            l4_at + l4::TCP_CSUM
         }
     };
     let pseudo = pseudo_header_sum(e.src.octets(), e.dst.octets(), proto, l4_len as u16);
@@ -97,30 +88,42 @@ pub fn build(l4: L4, e: &Endpoints) -> [u8; FRAME_LEN] {
 /// router or host would.
 #[must_use]
 pub fn icmp_port_unreachable(from: Ipv4Addr, quoted: &Endpoints) -> Vec<u8> {
-    const ICMP_LEN: usize = 8;
-    const QUOTE_LEN: usize = IP_LEN + 8;
+    const QUOTE_LEN: usize = IPV4_MIN_HLEN + 8;
     let inner = build(L4::Udp, quoted);
-    let mut f = vec![0u8; ETH_LEN + IP_LEN + ICMP_LEN + QUOTE_LEN];
+    let mut f = vec![0u8; ETH_HLEN + IPV4_MIN_HLEN + l4::ICMP_HLEN + QUOTE_LEN];
     f[0..6].copy_from_slice(&quoted.src_mac);
     f[6..12].copy_from_slice(&quoted.dst_mac);
-    f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip = ETH_LEN;
-    let tot_len = (IP_LEN + ICMP_LEN + QUOTE_LEN) as u16;
-    f[ip] = 0x45;
-    f[ip + 2..ip + 4].copy_from_slice(&tot_len.to_be_bytes());
-    f[ip + 8] = TTL;
-    f[ip + 9] = natgw_common::IPPROTO_ICMP;
-    f[ip + 12..ip + 16].copy_from_slice(&from.octets());
-    f[ip + 16..ip + 20].copy_from_slice(&quoted.src.octets());
-    let ip_csum = checksum(&f[ip..ip + IP_LEN], 0);
-    f[ip + 10..ip + 12].copy_from_slice(&ip_csum.to_be_bytes());
-    let icmp = ip + IP_LEN;
-    f[icmp] = 3; // destination unreachable
-    f[icmp + 1] = 3; // port unreachable
-    f[icmp + ICMP_LEN..].copy_from_slice(&inner[ETH_LEN..ETH_LEN + QUOTE_LEN]);
-    let icmp_csum = checksum(&f[icmp..], 0);
-    f[icmp + 2..icmp + 4].copy_from_slice(&icmp_csum.to_be_bytes());
+    f[ETH_TYPE..ETH_HLEN].copy_from_slice(&ETH_P_IP.to_be_bytes());
+    let ip = ETH_HLEN;
+    ipv4_header(
+        &mut f[ip..ip + IPV4_MIN_HLEN],
+        IPPROTO_ICMP,
+        l4::ICMP_HLEN + QUOTE_LEN,
+        from,
+        quoted.src,
+    );
+    let ip_csum = checksum(&f[ip..ip + IPV4_MIN_HLEN], 0);
+    f[ip + ipv4::CSUM..ip + ipv4::CSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());
+    let at = ip + IPV4_MIN_HLEN;
+    f[at] = icmp::DEST_UNREACH;
+    f[at + 1] = icmp::CODE_PORT_UNREACHABLE;
+    f[at + l4::ICMP_HLEN..].copy_from_slice(&inner[ETH_HLEN..ETH_HLEN + QUOTE_LEN]);
+    let icmp_csum = checksum(&f[at..], 0);
+    f[at + l4::ICMP_CSUM..at + l4::ICMP_CSUM + 2].copy_from_slice(&icmp_csum.to_be_bytes());
     f
+}
+
+/// Writes an IPv4 header without options into `h` (zeroed): `proto` carrying
+/// `payload_len` bytes from `src` to `dst`, TTL [`TTL`]; flags and checksum are left
+/// to the caller.
+fn ipv4_header(h: &mut [u8], proto: u8, payload_len: usize, src: Ipv4Addr, dst: Ipv4Addr) {
+    let tot_len = (IPV4_MIN_HLEN + payload_len) as u16;
+    h[ipv4::VER_IHL] = 0x45;
+    h[ipv4::TOT_LEN..ipv4::TOT_LEN + 2].copy_from_slice(&tot_len.to_be_bytes());
+    h[ipv4::TTL] = TTL;
+    h[ipv4::PROTO] = proto;
+    h[ipv4::SRC..ipv4::SRC + 4].copy_from_slice(&src.octets());
+    h[ipv4::DST..ipv4::DST + 4].copy_from_slice(&dst.octets());
 }
 
 #[cfg(test)]

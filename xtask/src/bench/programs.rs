@@ -1,5 +1,6 @@
 //! The bench's own copies of natgw's eBPF object (the file `cargo xtask build` wrote,
-//! the same bytes natgw embeds), loaded with aya for the programs of `floor.rs`:
+//! the same bytes natgw embeds), loaded with aya for the programs of
+//! `natgw-ebpf/src/bench.rs`:
 //!
 //! [`Tools`] holds `xdp_pass`, `xdp_count_drop` (the receiver's counts in `BENCH_RX`)
 //! and `xdp_gen` (configured through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) in one
@@ -14,6 +15,10 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
+use natgw_common::bench::{
+    names as map_names, GEN_ENDPOINTS, GEN_FLOWS, GEN_IN_FLIGHT, GEN_LIMIT, GEN_PORTS_PER_ADDR,
+    RX_ALL, RX_FIRST_NS, RX_LAST_NS, RX_PACKETS,
+};
 use testbed::Netns;
 
 use super::frames::FRAME_LEN;
@@ -26,15 +31,6 @@ pub mod names {
     pub const XDP_COUNT_DROP: &str = "xdp_count_drop";
     /// The generator.
     pub const XDP_GEN: &str = "xdp_gen";
-}
-
-/// `BENCH_RX` slots, as `natgw-ebpf/src/floor.rs` numbers them.
-mod rx_slot {
-    pub const PACKETS: u32 = 0;
-    pub const BYTES: u32 = 1;
-    pub const FIRST_NS: u32 = 2;
-    pub const LAST_NS: u32 = 3;
-    pub const ALL: [u32; 4] = [PACKETS, BYTES, FIRST_NS, LAST_NS];
 }
 
 /// What the receiver counted, summed over CPUs.
@@ -101,7 +97,10 @@ impl Tools {
     }
 
     fn rx_map(&self) -> Result<PerCpuArray<&MapData, u64>> {
-        let map = self.ebpf.map("BENCH_RX").context("no map BENCH_RX")?;
+        let map = self
+            .ebpf
+            .map(map_names::BENCH_RX)
+            .context("no map BENCH_RX")?;
         PerCpuArray::try_from(map).context("BENCH_RX")
     }
 
@@ -110,32 +109,35 @@ impl Tools {
         let map = self.rx_map()?;
         let slot = |i: u32| map.get(&i, 0).context("reading BENCH_RX");
         let sum = |v: &PerCpuValues<u64>| v.iter().copied().fold(0u64, u64::wrapping_add);
-        let firsts = slot(rx_slot::FIRST_NS)?;
+        let firsts = slot(RX_FIRST_NS)?;
         Ok(Rx {
-            packets: sum(&slot(rx_slot::PACKETS)?),
+            packets: sum(&slot(RX_PACKETS)?),
             first_ns: firsts
                 .iter()
                 .copied()
                 .filter(|&t| t != 0)
                 .min()
                 .unwrap_or(0),
-            last_ns: slot(rx_slot::LAST_NS)?.iter().copied().max().unwrap_or(0),
+            last_ns: slot(RX_LAST_NS)?.iter().copied().max().unwrap_or(0),
         })
     }
 
     /// Zeroes the receiver's counts.
     pub fn reset_rx(&mut self) -> Result<()> {
-        let map = self.ebpf.map_mut("BENCH_RX").context("no map BENCH_RX")?;
+        let map = self
+            .ebpf
+            .map_mut(map_names::BENCH_RX)
+            .context("no map BENCH_RX")?;
         let mut map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(map).context("BENCH_RX")?;
         let cpus = nr_cpus()?;
-        for i in rx_slot::ALL {
+        for i in RX_ALL {
             let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
             map.set(i, zeros, 0).context("zeroing BENCH_RX")?;
         }
         let total = self
             .ebpf
-            .map_mut("BENCH_RX_TOTAL")
+            .map_mut(map_names::BENCH_RX_TOTAL)
             .context("no map BENCH_RX_TOTAL")?;
         let mut total: Array<&mut MapData, u64> =
             Array::try_from(total).context("BENCH_RX_TOTAL")?;
@@ -152,15 +154,6 @@ pub struct FlowSpec {
     pub endpoints: u32,
     /// Source ports per source address.
     pub ports_per_addr: u32,
-}
-
-/// `BENCH_GEN_CFG` slots, as `natgw-ebpf/src/floor.rs` numbers them.
-mod gen_slot {
-    pub const FLOWS: u32 = 0;
-    pub const ENDPOINTS: u32 = 1;
-    pub const PORTS_PER_ADDR: u32 = 2;
-    pub const LIMIT: u32 = 3;
-    pub const IN_FLIGHT: u32 = 4;
 }
 
 impl Tools {
@@ -182,7 +175,7 @@ impl Tools {
         {
             let map = self
                 .ebpf
-                .map_mut("BENCH_GEN_TPL")
+                .map_mut(map_names::BENCH_GEN_TPL)
                 .context("no map BENCH_GEN_TPL")?;
             let mut map: Array<&mut MapData, [u8; FRAME_LEN]> =
                 Array::try_from(map).context("BENCH_GEN_TPL")?;
@@ -191,16 +184,16 @@ impl Tools {
         {
             let map = self
                 .ebpf
-                .map_mut("BENCH_GEN_CFG")
+                .map_mut(map_names::BENCH_GEN_CFG)
                 .context("no map BENCH_GEN_CFG")?;
             let mut map: Array<&mut MapData, u32> =
                 Array::try_from(map).context("BENCH_GEN_CFG")?;
             for (slot, value) in [
-                (gen_slot::FLOWS, spec.flows),
-                (gen_slot::ENDPOINTS, spec.endpoints),
-                (gen_slot::PORTS_PER_ADDR, spec.ports_per_addr),
-                (gen_slot::LIMIT, limit),
-                (gen_slot::IN_FLIGHT, in_flight),
+                (GEN_FLOWS, spec.flows),
+                (GEN_ENDPOINTS, spec.endpoints),
+                (GEN_PORTS_PER_ADDR, spec.ports_per_addr),
+                (GEN_LIMIT, limit),
+                (GEN_IN_FLIGHT, in_flight),
             ] {
                 map.set(slot, value, 0).context("writing BENCH_GEN_CFG")?;
             }
@@ -208,7 +201,7 @@ impl Tools {
         let cpus = nr_cpus()?;
         let map = self
             .ebpf
-            .map_mut("BENCH_GEN_SEQ")
+            .map_mut(map_names::BENCH_GEN_SEQ)
             .context("no map BENCH_GEN_SEQ")?;
         let mut map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(map).context("BENCH_GEN_SEQ")?;

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use socket2::{Domain, Protocol, Socket, Type};
 use testbed::{Netns, Testbed, GW_WAN_ADDR};
 
-use super::signals;
+use crate::signals;
 
 /// How long any one step waits for a datagram, a connection or a line.
 pub const REPLY_WAIT: Duration = Duration::from_secs(3);

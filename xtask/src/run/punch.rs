@@ -6,8 +6,8 @@
 //! that it only introduced the peers and answered STUN.
 //!
 //! Every process here is ours alone: started with SIGINT/SIGTERM unblocked in its own
-//! process group and stopped with SIGTERM when its [`Process`] is dropped (and killed
-//! with the namespaces if a second Ctrl-C forces the cleanup).
+//! process group and stopped with SIGTERM when its [`Natgw`] or [`Process`] is dropped
+//! (and killed with the namespaces if a second Ctrl-C forces the cleanup).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::Ipv4Addr;
@@ -25,10 +25,11 @@ use testbed::sites::{
     SITE_A_LAN_ADDR, SITE_A_WAN_ADDR, SITE_B_LAN_ADDR, SITE_B_WAN_ADDR, SITE_K_LAN_ADDR,
     SITE_K_WAN_ADDR, SITE_LAN_IF, SITE_WAN_IF,
 };
-use testbed::{Netns, Sites, SitesOptions};
+use testbed::{Natgw, Netns, Sites, SitesOptions};
 
-use super::signals;
+use super::daemon;
 use crate::paths;
+use crate::signals;
 
 /// Where the rendezvous listens.
 const RENDEZVOUS_PORT: u16 = 7000;
@@ -38,6 +39,8 @@ const PUNCH_TIMEOUT: &str = "5";
 const PUNCH_LIMIT: Duration = Duration::from_secs(20);
 /// How long natgw may take to answer `natgw status` after starting.
 const READY_WAIT: Duration = Duration::from_secs(20);
+/// How much of natgw's log a failure shows.
+const LOG_TAIL_LINES: usize = 30;
 /// How long a process may take to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Site B's filtering: the strictest, to show that punching does not need a lenient NAT.
@@ -224,10 +227,15 @@ fn with_processes(sites: &Sites, bin: &Path) -> Result<usize> {
             },
             log.display()
         );
-        natgw.push(start_natgw(bin, &site.gateway, extra, &log)?);
+        natgw.push(natgw_builder(bin, extra, &log).spawn(&site.gateway)?);
     }
-    for (process, site) in natgw.iter_mut().zip([&sites.a, &sites.b]) {
-        wait_ready(bin, &site.gateway, process)?;
+    // Both load their programs at once; then each must answer.
+    for process in &mut natgw {
+        let ns = process.namespace().name().to_owned();
+        process
+            .wait_ready()
+            .map_err(daemon::interrupted_or)
+            .with_context(|| format!("natgw in {ns}"))?;
     }
     let rendezvous = format!("{RENDEZVOUS_ADDR}:{RENDEZVOUS_PORT}");
     println!("Starting `natgw rendezvous --listen {rendezvous}` on the rendezvous host");
@@ -279,56 +287,19 @@ fn ok(report: &Value) -> bool {
     report["ok"] == true
 }
 
-/// Starts `natgw run --wan wan0 --lan lan0 EXTRA...` in `gateway`.
-fn start_natgw(bin: &Path, gateway: &Netns, extra: &[&str], log: &Path) -> Result<Process> {
-    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = gateway.command(bin);
-    let child = signals::unblock_in_child(&mut cmd)
-        .args(["run", "--wan", SITE_WAN_IF, "--lan", SITE_LAN_IF])
+/// `natgw run --wan wan0 --lan lan0 EXTRA...` for a site's gateway, logging to `log`.
+fn natgw_builder(bin: &Path, extra: &[&str], log: &Path) -> testbed::NatgwBuilder {
+    Natgw::builder(bin)
+        .ifaces(["--wan", SITE_WAN_IF, "--lan", SITE_LAN_IF])
         .args(extra)
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().context("duplicating the log handle")?)
-        .stderr(file)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting natgw in {}", gateway.name()))?;
-    Ok(Process {
-        child: Some(child),
-        what: format!("natgw in {}", gateway.name()),
-    })
-}
-
-/// Polls `natgw status` until it answers.
-fn wait_ready(bin: &Path, gateway: &Netns, process: &mut Process) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        signals::check()?;
-        if let Some(child) = process.child.as_mut() {
-            if let Some(status) = child.try_wait().context("checking natgw")? {
-                bail!(
-                    "natgw in {} exited during start-up ({status})",
-                    gateway.name()
-                );
-            }
-        }
-        let mut cmd = gateway.command(bin);
-        let answered = signals::unblock_in_child(&mut cmd)
-            .args(["status", "--json"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if answered {
-            return Ok(());
-        }
-        if started.elapsed() > READY_WAIT {
-            bail!(
-                "natgw in {} did not become ready within {READY_WAIT:?}",
-                gateway.name()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .log(log)
+        .rust_log(None)
+        .ready_within(READY_WAIT)
+        .stop_within(STOP_WAIT)
+        .log_lines_in_errors(LOG_TAIL_LINES)
+        .own_process_group()
+        .remove_leftovers()
+        .interrupted_by(signals::stop_requested)
 }
 
 /// Starts the rendezvous and waits for its `listening` line.

@@ -16,13 +16,11 @@ use natgw_common::{addr_octets, IPPROTO_ICMP, IPPROTO_TCP};
 const TTL: u8 = 64;
 /// Precedence 6, "internetwork control": RFC 1812 §4.3.2.5 for ICMP errors.
 const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
-/// Bytes of an ICMP destination unreachable header.
-const ICMP_HLEN: usize = l4::ICMP_HLEN;
 /// Bytes of the original datagram embedded: its header without options and the
 /// first 8 bytes of its payload (RFC 792).
 pub const ORIGINAL_LEN: usize = EVENT_SNIPPET;
 /// The whole packet natgw sends.
-pub const PACKET_LEN: usize = IPV4_MIN_HLEN + ICMP_HLEN + ORIGINAL_LEN;
+pub const PACKET_LEN: usize = IPV4_MIN_HLEN + l4::ICMP_HLEN + ORIGINAL_LEN;
 
 /// An IPv4 header without options, checksum included.
 #[allow(clippy::too_many_arguments)]
@@ -39,7 +37,7 @@ fn ipv4_header(
     h[ipv4::VER_IHL] = 0x45;
     h[1] = tos;
     h[ipv4::TOT_LEN..ipv4::TOT_LEN + 2].copy_from_slice(&total_len.to_be_bytes());
-    h[4..6].copy_from_slice(&id);
+    h[ipv4::ID..ipv4::ID + 2].copy_from_slice(&id);
     h[ipv4::TTL] = ttl;
     h[ipv4::PROTO] = proto;
     h[ipv4::SRC..ipv4::SRC + 4].copy_from_slice(&src);
@@ -74,7 +72,7 @@ pub fn dest_unreachable(
     msg[0] = icmp::DEST_UNREACH;
     msg[1] = code;
     // Bytes 4..8 stay zero (unused; the next-hop MTU only for code 4).
-    msg[ICMP_HLEN..].copy_from_slice(original);
+    msg[l4::ICMP_HLEN..].copy_from_slice(original);
     let c = checksum(msg, 0);
     msg[l4::ICMP_CSUM..l4::ICMP_CSUM + 2].copy_from_slice(&c.to_be_bytes());
     p
@@ -210,26 +208,19 @@ mod tests {
     }
 
     fn key() -> SessionKey {
-        SessionKey {
-            ext_addr_be: addr_be([192, 0, 2, 1]),
-            remote_addr_be: addr_be([198, 51, 100, 2]),
-            ext_port_be: 40000u16.to_be(),
-            remote_port_be: 55555u16.to_be(),
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        }
+        SessionKey::new(
+            addr_be([192, 0, 2, 1]),
+            addr_be([198, 51, 100, 2]),
+            40000u16.to_be(),
+            55555u16.to_be(),
+            IPPROTO_TCP,
+        )
     }
 
     #[test]
     fn port_unreachable_for_a_held_syn_embeds_the_reconstructed_syn() {
         // rfc5382 REQ-4
-        let held = HeldSyn {
-            seen_ns: 1,
-            seq_be: 0x0102_0304u32.to_be(),
-            ip_id_be: 0xabcdu16.to_be(),
-            ttl: 61,
-            _pad: 0,
-        };
+        let held = HeldSyn::new(1, 0x0102_0304u32.to_be(), 0xabcdu16.to_be(), 61);
         let (to, p) = port_unreachable_for(&key(), &held);
         assert_eq!(to, Ipv4Addr::new(198, 51, 100, 2));
         assert_valid(&p);

@@ -10,10 +10,9 @@
 use std::time::Duration;
 
 use natgw_common::maps::{HeldSyn, SessionKey};
+use natgw_common::NS_PER_SEC;
 
 use crate::datapath::maps::{HeldSynTable, MapsError};
-
-use super::NS_PER_SEC;
 
 /// RFC 5382 REQ-4: an unsolicited SYN is held "for at least 6 seconds".
 pub const HOLD_NS: u64 = 6 * NS_PER_SEC;
@@ -89,24 +88,17 @@ mod tests {
     }
 
     fn key(remote_port: u16) -> SessionKey {
-        SessionKey {
-            ext_addr_be: natgw_common::addr_be([192, 0, 2, 1]),
-            remote_addr_be: natgw_common::addr_be([198, 51, 100, 2]),
-            ext_port_be: 40000u16.to_be(),
-            remote_port_be: remote_port.to_be(),
-            proto: natgw_common::IPPROTO_TCP,
-            _pad: [0; 3],
-        }
+        SessionKey::new(
+            natgw_common::addr_be([192, 0, 2, 1]),
+            natgw_common::addr_be([198, 51, 100, 2]),
+            40000u16.to_be(),
+            remote_port.to_be(),
+            natgw_common::IPPROTO_TCP,
+        )
     }
 
     fn held(seen: u64) -> HeldSyn {
-        HeldSyn {
-            seen_ns: seen,
-            seq_be: 1234u32.to_be(),
-            ip_id_be: 7u16.to_be(),
-            ttl: 63,
-            _pad: 0,
-        }
+        HeldSyn::new(seen, 1234u32.to_be(), 7u16.to_be(), 63)
     }
 
     #[test]

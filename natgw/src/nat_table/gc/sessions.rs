@@ -213,7 +213,7 @@ mod tests {
     use crate::config::Timeouts;
     use natgw_common::IPPROTO_UDP;
 
-    const S: u64 = 1_000_000_000;
+    const S: u64 = natgw_common::NS_PER_SEC;
 
     fn policy(inbound_refresh: bool) -> Policy {
         Policy::new(

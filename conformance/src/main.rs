@@ -1,62 +1,39 @@
 //! `natgw-conformance`: runs the conformance suite against natgw and/or the kernel's
 //! nftables masquerade and prints the table. `cargo xtask conformance` builds natgw
-//! and runs this; run by hand, set `NATGW_BIN` to the natgw binary first.
+//! and runs this; run by hand, set `NATGW_BIN` to the natgw binary first. The
+//! command line is [`natgw_conformance::cli::SuiteArgs`].
 //!
 //! Exits 1 when a natgw check fails (nftables results are informational), 2 on a
 //! usage error.
 
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
-use natgw_integration_tests::conformance::{self, report, NatUnderTest, Verdict};
-
-/// Which NATs to run the suite against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Nat {
-    /// natgw only.
-    Natgw,
-    /// The kernel's NAT (nftables masquerade) only.
-    Nft,
-    /// Both, side by side.
-    Both,
-}
+use clap::Parser;
+use natgw_conformance::cli::{Nat, SuiteArgs};
+use natgw_conformance::{report, NatUnderTest, Verdict};
 
 /// Conformance of natgw (and of the kernel's NAT) to RFC 4787, 5382/7857 and 5508,
 /// observed on a veth testbed (needs root).
 #[derive(Debug, Parser)]
 #[command(name = "natgw-conformance")]
 struct Cli {
-    /// NAT(s) under test.
-    #[arg(long, value_enum, default_value_t = Nat::Both)]
-    nat: Nat,
-    /// Run only these checks: requirement ids (`4787-REQ-8`, `"RFC 5382 REQ-4"`,
-    /// `7857`) or test names.
-    #[arg(long, value_name = "ID", num_args = 1..)]
-    only: Vec<String>,
-    /// Print JSON instead of a table.
-    #[arg(long, conflicts_with = "markdown")]
-    json: bool,
-    /// Print a Markdown table (for the README).
-    #[arg(long)]
-    markdown: bool,
-    /// Extra `natgw run` arguments, after `--`.
-    #[arg(last = true)]
-    natgw_args: Vec<String>,
+    #[command(flatten)]
+    suite: SuiteArgs,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse().suite;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("natgw-conformance needs root: it builds network namespaces and loads natgw");
         return ExitCode::from(2);
     }
-    let checks: Vec<_> = conformance::all()
+    let checks: Vec<_> = natgw_conformance::all()
         .into_iter()
         .filter(|c| cli.only.is_empty() || cli.only.iter().any(|q| c.matches(q)))
         .collect();
     if checks.is_empty() {
         eprintln!("no check matches {:?}; the ids are:", cli.only);
-        for c in conformance::all() {
+        for c in natgw_conformance::all() {
             eprintln!("  {:<24} {}", c.id, c.test);
         }
         return ExitCode::from(2);

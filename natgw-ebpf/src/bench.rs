@@ -19,7 +19,7 @@
 //!   the receiver.
 //!
 //! The bench writes the generator's configuration into `BENCH_GEN_CFG` and reads
-//! `BENCH_RX` by the slot numbers below.
+//! `BENCH_RX` by the slot numbers of `natgw_common::bench`.
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
@@ -29,20 +29,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use natgw_common::{
+    bench::{
+        GEN_CFG_SLOTS, GEN_ENDPOINTS, GEN_FLOWS, GEN_FRAME_LEN, GEN_IN_FLIGHT, GEN_LIMIT,
+        GEN_PORTS_PER_ADDR, RX_BYTES, RX_FIRST_NS, RX_LAST_NS, RX_PACKETS, RX_SLOTS,
+    },
     csum::{replace16, replace32, udp_nonzero},
+    packet::{ipv4, l4, ETH_HLEN, ETH_P_IP, ETH_TYPE, IPV4_MIN_HLEN},
     IPPROTO_UDP,
 };
-
-/// `BENCH_RX` slot: frames received.
-pub const RX_PACKETS: u32 = 0;
-/// `BENCH_RX` slot: bytes received (frame length).
-pub const RX_BYTES: u32 = 1;
-/// `BENCH_RX` slot: `CLOCK_MONOTONIC` ns of the first frame since the slots were zeroed.
-pub const RX_FIRST_NS: u32 = 2;
-/// `BENCH_RX` slot: `CLOCK_MONOTONIC` ns of the latest frame.
-pub const RX_LAST_NS: u32 = 3;
-/// Number of `BENCH_RX` slots.
-const RX_SLOTS: u32 = 4;
 
 /// What the receiver saw, per CPU, by the `RX_*` slots.
 #[map]
@@ -57,42 +51,26 @@ static BENCH_RX_TOTAL: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Length of the generated frames: a 64-byte Ethernet frame without its FCS.
-pub const GEN_FRAME_LEN: usize = 60;
-
 /// The frame of flow 0, with valid IPv4 and TCP/UDP checksums (IHL 5).
 #[map]
 static BENCH_GEN_TPL: Array<[u8; GEN_FRAME_LEN]> = Array::with_max_entries(1, 0);
-
-/// `BENCH_GEN_CFG` slot: flows the sequence cycles through (0 counts as 1).
-pub const GEN_FLOWS: u32 = 0;
-/// `BENCH_GEN_CFG` slot: distinct internal endpoints (source address and port) among
-/// the flows; flow `f` uses endpoint `f % endpoints` and destination port
-/// `template + f / endpoints`.
-pub const GEN_ENDPOINTS: u32 = 1;
-/// `BENCH_GEN_CFG` slot: source ports per source address: endpoint `e` is
-/// `(template address + e / ports, template port + e % ports)`.
-pub const GEN_PORTS_PER_ADDR: u32 = 2;
-/// `BENCH_GEN_CFG` slot: frames to send in all, per CPU (0: no limit); the rest drop.
-pub const GEN_LIMIT: u32 = 3;
-/// `BENCH_GEN_CFG` slot: frames allowed between generator and receiver (0: no pacing).
-pub const GEN_IN_FLIGHT: u32 = 4;
-/// Number of `BENCH_GEN_CFG` slots.
-const GEN_CFG_SLOTS: u32 = 5;
 
 /// The generator's configuration, by the `GEN_*` slots.
 #[map]
 static BENCH_GEN_CFG: Array<u32> = Array::with_max_entries(GEN_CFG_SLOTS, 0);
 
-/// Ethernet + IPv4 offsets the generator writes (IHL 5, as in its template).
+/// Frame offsets the generator writes (IHL 5, as in its template).
 mod off {
-    pub const IP_CSUM: usize = 14 + 10;
-    pub const IP_PROTO: usize = 14 + 9;
-    pub const IP_SRC: usize = 14 + 12;
-    pub const SPORT: usize = 14 + 20;
-    pub const DPORT: usize = 14 + 22;
-    pub const UDP_CSUM: usize = 14 + 20 + 6;
-    pub const TCP_CSUM: usize = 14 + 20 + 16;
+    use super::{ipv4, l4, ETH_HLEN, IPV4_MIN_HLEN};
+
+    const L4: usize = ETH_HLEN + IPV4_MIN_HLEN;
+    pub const IP_CSUM: usize = ETH_HLEN + ipv4::CSUM;
+    pub const IP_PROTO: usize = ETH_HLEN + ipv4::PROTO;
+    pub const IP_SRC: usize = ETH_HLEN + ipv4::SRC;
+    pub const SPORT: usize = L4 + l4::SPORT;
+    pub const DPORT: usize = L4 + l4::DPORT;
+    pub const UDP_CSUM: usize = L4 + l4::UDP_CSUM;
+    pub const TCP_CSUM: usize = L4 + l4::TCP_CSUM;
 }
 
 /// `xdp_pass`: nothing at all.
@@ -101,19 +79,17 @@ pub fn pass(_ctx: &XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// EtherType of IPv4, the only frames the receiver counts.
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
-
 /// `xdp_count_drop`: count, stamp, drop IPv4 frames; pass anything else.
 #[inline(always)]
 pub fn count_drop(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 14 > end {
+    if start + ETH_HLEN > end {
         return XDP_PASS;
     }
-    // SAFETY: the 14-byte Ethernet header lies inside the frame (checked above).
-    let ethertype = unsafe { *((start + 12) as *const [u8; 2]) };
-    if ethertype != ETH_P_IP {
+    // SAFETY: the Ethernet header lies inside the frame (checked above).
+    let ethertype = unsafe { *((start + ETH_TYPE) as *const [u8; 2]) };
+    // IPv4, the only frames the receiver counts.
+    if ethertype != ETH_P_IP.to_be_bytes() {
         return XDP_PASS;
     }
     let len = (end - start) as u64;

@@ -760,7 +760,7 @@ fn req_7(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let mut child = tb
         .gateway
         .ns
-        .command(crate::natgw_bin())
+        .command(testbed::natgw_bin())
         .args(["run", "--wan", "wan0", "--lan", "lan0", "--lan", "lan1"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1410,6 +1410,7 @@ fn req_14a(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
         format!(
             "; natgw dropped {} flood fragments over their source's budget",
             n.counter("drop_fragment_budget")
+                .unwrap_or_else(|e| panic!("{e}"))
         )
     });
     r.saw(format!(

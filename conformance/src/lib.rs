@@ -10,15 +10,18 @@
 //! the evidence cannot be gathered with that NAT it says so
 //! ([`Verdict::NotApplicable`]) instead of passing.
 //!
-//! `cargo xtask conformance` prints the table for natgw and nftables side by side;
-//! `tests/conformance.rs` runs each natgw check as an integration test named after its
-//! requirement.
+//! `cargo xtask conformance` runs this crate's `natgw-conformance` binary, which prints
+//! the table for natgw and nftables side by side; `tests/conformance.rs` (in the
+//! integration tests) runs each natgw check as a test named after its requirement.
 //!
 //! - [`nat`]: the NAT under test, what a check needs from it, the testbed it runs in.
 //! - [`rfc4787`], [`rfc5382`], [`rfc5508`]: the checks.
 //! - [`flows`]: traffic patterns the checks share.
 //! - [`sock`], [`packet`]: sockets in namespaces, packets as bytes.
+//! - [`report`]: the table, as text, Markdown or JSON.
+//! - [`cli`]: the suite's command line, shared with `cargo xtask conformance`.
 
+pub mod cli;
 pub mod flows;
 pub mod nat;
 pub mod packet;
@@ -250,7 +253,7 @@ pub fn by_test(test: &str) -> Check {
 /// # Panics
 /// When the check does not pass (the message has what was sent and observed).
 pub fn assert_natgw_passes(test: &str) {
-    crate::require_root();
+    testbed::require_root();
     let check = by_test(test);
     let result = check.run(&NatUnderTest::natgw());
     assert!(

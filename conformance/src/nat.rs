@@ -11,10 +11,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use testbed::{Netns, Testbed, GW_WAN_ADDR};
+use testbed::{natgw_bin, Natgw, Netns, Testbed, GW_WAN_ADDR};
 
 use super::Stop;
-use crate::{natgw_bin, Natgw};
 
 /// The second external address of checks that need two (RFC 4787 REQ-2), added to
 /// `wan0` by the check.
@@ -137,10 +136,12 @@ impl Env {
         let tb = Self::testbed(cfg)?;
         let natgw = match nat {
             NatUnderTest::Natgw { extra_args } => {
-                let mut args: Vec<String> = extra_args.clone();
-                args.extend(natgw_args(cfg));
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Some(Natgw::try_start(&tb.gateway.ns, &args).map_err(|e| Stop::Error(brief(&e)))?)
+                let natgw = Natgw::builder(natgw_bin())
+                    .args(extra_args)
+                    .args(natgw_args(cfg))
+                    .start(&tb.gateway.ns)
+                    .map_err(|e| Stop::Error(brief(&e.to_string())))?;
+                Some(natgw)
             }
             NatUnderTest::NftMasquerade => {
                 nft_start(&tb.gateway.ns, cfg)?;
@@ -224,11 +225,17 @@ impl Env {
 
     /// The NAT's record of the TCP session of `internal`: natgw's mapping table or
     /// the kernel's conntrack table.
+    ///
+    /// # Panics
+    /// When natgw's mapping table cannot be read (the check then fails with the
+    /// reason).
     #[must_use]
     pub fn tcp_session(&self, internal: SocketAddrV4) -> Option<Session> {
         match &self.natgw {
             Some(natgw) => {
-                let m = natgw.mapping_of("tcp", internal)?;
+                let m = natgw
+                    .mapping_of("tcp", internal)
+                    .unwrap_or_else(|e| panic!("{e}"))?;
                 Some(Session {
                     state: m["tcp_state"].as_str().unwrap_or("?").to_owned(),
                     timeout_s: m["timeout_s"].as_u64(),
@@ -241,9 +248,16 @@ impl Env {
 
     /// A setting of the NAT's default configuration: natgw's `status --json` config
     /// at `path` (e.g. `["timeouts", "udp"]`).
+    ///
+    /// # Panics
+    /// When `natgw status` fails (the check then fails with the reason).
     #[must_use]
     pub fn natgw_config(&self, path: &[&str]) -> Option<Value> {
-        let status = self.natgw.as_ref()?.status();
+        let status = self
+            .natgw
+            .as_ref()?
+            .status()
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut v = &status["config"];
         for key in path {
             v = v.get(key)?;
@@ -260,10 +274,10 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        // A natgw slow to stop (a loaded machine) is killed by `Natgw::stop`, which
-        // then panics: that says nothing about the requirement a check looked at.
+        // A natgw slow to stop (a loaded machine) is killed by `Natgw::stop`: that says
+        // nothing about the requirement a check looked at, so the error is dropped.
         if let Some(mut natgw) = self.natgw.take() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| natgw.stop()));
+            let _ = natgw.stop();
         }
     }
 }
