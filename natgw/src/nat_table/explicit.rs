@@ -1307,98 +1307,13 @@ impl<F: PcpFilterTable, N: NatTables + NatWrites> MappingTable for Table<'_, F, 
 mod tests {
     use super::*;
     use crate::config::Timeouts;
+    use crate::nat_table::testing::MemoryMaps;
     use natgw_proto::prefix::Ipv4Prefix;
 
     const EXT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
     const HOST: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
     const S: u64 = NS_PER_SEC;
     const NONCE: Nonce = [7; 12];
-
-    #[derive(Default)]
-    struct FakeNat {
-        fwd: HashMap<FwdKey, Mapping>,
-        rev: HashMap<RevKey, RevValue>,
-        sessions: HashMap<SessionKey, Session>,
-    }
-
-    impl NatTables for FakeNat {
-        fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError> {
-            Ok(self.fwd.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn rev_entries(&self) -> Result<Vec<(RevKey, RevValue)>, MapsError> {
-            Ok(self.rev.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError> {
-            Ok(self.fwd.get(key).copied())
-        }
-        fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError> {
-            Ok(self.rev.get(key).copied())
-        }
-        fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
-            Ok(self.fwd.remove(key).is_some())
-        }
-        fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
-            Ok(self.rev.remove(key).is_some())
-        }
-        fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError> {
-            Ok(self.sessions.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn session(&self, key: &SessionKey) -> Result<Option<Session>, MapsError> {
-            Ok(self.sessions.get(key).copied())
-        }
-        fn remove_session(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
-            Ok(self.sessions.remove(key).is_some())
-        }
-    }
-
-    impl NatWrites for FakeNat {
-        fn claim_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError> {
-            if self.rev.contains_key(key) {
-                return Ok(false);
-            }
-            self.rev.insert(*key, *value);
-            Ok(true)
-        }
-        fn insert_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
-            if self.fwd.contains_key(key) {
-                return Ok(false);
-            }
-            self.fwd.insert(*key, *value);
-            Ok(true)
-        }
-        fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
-            Ok(self.fwd.get_mut(key).map(|v| *v = *value).is_some())
-        }
-        fn replace_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError> {
-            Ok(self.rev.get_mut(key).map(|v| *v = *value).is_some())
-        }
-        fn put_session(&mut self, key: &SessionKey, value: &Session) -> Result<(), MapsError> {
-            self.sessions.insert(*key, *value);
-            Ok(())
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeFilters(HashMap<(PcpFilterKey, u32), u32>);
-
-    impl PcpFilterTable for FakeFilters {
-        fn put_pcp_filter(
-            &mut self,
-            key: &PcpFilterKey,
-            prefix_len: u32,
-            port_be: u32,
-        ) -> Result<(), MapsError> {
-            self.0.insert((*key, prefix_len), port_be);
-            Ok(())
-        }
-        fn remove_pcp_filter(
-            &mut self,
-            key: &PcpFilterKey,
-            prefix_len: u32,
-        ) -> Result<bool, MapsError> {
-            Ok(self.0.remove(&(*key, prefix_len)).is_some())
-        }
-    }
 
     fn defaults() -> Defaults {
         Defaults {
@@ -1409,13 +1324,13 @@ mod tests {
         }
     }
 
-    fn explicit() -> ExplicitMappings<FakeFilters> {
+    fn explicit() -> ExplicitMappings<MemoryMaps> {
         let lan = crate::datapath::addresses::LanIface {
             ifindex: 3,
             prefixes: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 1, 1), 24).unwrap()],
         };
         let hosts = AddressPlan::new(vec![lan.clone()], &lan.prefixes);
-        ExplicitMappings::new(vec![EXT], hosts, defaults(), FakeFilters::default())
+        ExplicitMappings::new(vec![EXT], hosts, defaults(), MemoryMaps::default())
             .with_socket_probe(|_, _, _| false)
     }
 
@@ -1451,7 +1366,7 @@ mod tests {
     }
 
     /// A traffic mapping as the data path creates it, last used at `last_out`.
-    fn traffic(nat: &mut FakeNat, port: u16, ext_port: u16, created: u64, last_out: u64) {
+    fn traffic(nat: &mut MemoryMaps, port: u16, ext_port: u16, created: u64, last_out: u64) {
         let fk = fwd_key(IPPROTO_UDP, SocketAddrV4::new(HOST, port));
         let m = Mapping {
             ext_addr_be: addr_be(EXT.octets()),
@@ -1473,7 +1388,7 @@ mod tests {
         );
     }
 
-    fn entries_of(nat: &FakeNat, port: u16) -> Option<(Mapping, RevValue)> {
+    fn entries_of(nat: &MemoryMaps, port: u16) -> Option<(Mapping, RevValue)> {
         let fk = fwd_key(IPPROTO_UDP, SocketAddrV4::new(HOST, port));
         let m = *nat.fwd.get(&fk)?;
         let r = *nat.rev.get(&rev_key_of(&fk, &m))?;
@@ -1483,7 +1398,7 @@ mod tests {
     #[test]
     fn map_installs_both_entries_with_its_origin_and_endpoint_independent_filtering() {
         // rfc6887 §11.3, in the data path's own tables
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let mut t = x.table(&mut nat, now, 10 * S);
         let ext = t.install(&install(5000, Some(15000), now)).unwrap();
         assert_eq!(ext, SocketAddrV4::new(EXT, 15000), "the suggestion is free");
@@ -1499,7 +1414,7 @@ mod tests {
     #[test]
     fn map_takes_over_the_traffic_mapping_and_keeps_its_port() {
         // rfc4787 REQ-1: one external port per internal endpoint, whoever made it
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         traffic(&mut nat, 5000, 40001, S, 2 * S);
         let mut t = x.table(&mut nat, now, 10 * S);
         let mut strict = install(5000, Some(15000), now);
@@ -1516,7 +1431,7 @@ mod tests {
     #[test]
     fn taken_or_gateway_held_ports_are_not_given() {
         let now = Instant::now();
-        let mut nat = FakeNat::default();
+        let mut nat = MemoryMaps::default();
         traffic(&mut nat, 6000, 15000, S, S);
         let mut x = explicit().with_socket_probe(|_, _, p| p == 5000);
         let mut t = x.table(&mut nat, now, 10 * S);
@@ -1533,7 +1448,7 @@ mod tests {
     #[test]
     fn filters_fill_the_trie_and_switch_the_mode() {
         // rfc6887 §13.3
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let mut req = install(5000, Some(15000), now);
         req.filters = vec![filter("198.51.100.0/24", 0), filter("203.0.113.7/32", 443)];
         x.table(&mut nat, now, S).install(&req).unwrap();
@@ -1546,16 +1461,18 @@ mod tests {
             addr_be([203, 0, 113, 7]),
         );
         assert_eq!(
-            x.filters.0.get(&(key, PCP_FILTER_FIXED_BITS + 32)),
+            x.filters
+                .pcp_filters
+                .get(&(key, PCP_FILTER_FIXED_BITS + 32)),
             Some(&u32::from(443u16.to_be()))
         );
-        assert_eq!(x.filters.0.len(), 2);
+        assert_eq!(x.filters.pcp_filters.len(), 2);
         // A renewal that drops them (the engine passes the complete list).
         req.filters.clear();
         x.table(&mut nat, now, S).install(&req).unwrap();
         let (_, r) = entries_of(&nat, 5000).unwrap();
         assert_eq!(r.filter, FilterMode::EndpointIndependent as u8);
-        assert!(x.filters.0.is_empty());
+        assert!(x.filters.pcp_filters.is_empty());
         // One prefix, two ports: the trie cannot hold both.
         req.filters = vec![
             filter("198.51.100.0/24", 80),
@@ -1570,7 +1487,7 @@ mod tests {
     #[test]
     fn an_unused_mapping_ends_with_its_entries() {
         // rfc6887 §15: lifetime over, no traffic: the port closes
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let mut req = install(5000, None, now);
         req.filters = vec![filter("198.51.100.0/24", 0)];
         x.table(&mut nat, now, S).install(&req).unwrap();
@@ -1580,7 +1497,7 @@ mod tests {
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].outcome, Outcome::Removed);
         assert!(nat.fwd.is_empty() && nat.rev.is_empty());
-        assert!(x.filters.0.is_empty());
+        assert!(x.filters.pcp_filters.is_empty());
         assert!(x.entries().is_empty());
     }
 
@@ -1588,7 +1505,7 @@ mod tests {
     fn a_mapping_in_use_ends_as_an_implicit_one() {
         // rfc6887 §15: the internal host still sends through it, so the mapping stays,
         // as traffic would have made it (the configured filtering: ADF here)
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         x.table(&mut nat, now, S)
             .install(&install(5000, None, now))
             .unwrap();
@@ -1604,7 +1521,7 @@ mod tests {
 
     #[test]
     fn static_forwards_never_expire_and_are_not_the_engines() {
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let internal = SocketAddrV4::new(HOST, 80);
         let ext = x
             .add_static(&mut nat, Protocol::Tcp, 8080, internal, S)
@@ -1641,7 +1558,7 @@ mod tests {
     #[test]
     fn peer_creates_a_traffic_mapping_and_holds_to_its_nonce() {
         // rfc6887 §12.3
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let request = PeerRequest {
             internal: SocketAddrV4::new(HOST, 6000),
             protocol: Protocol::Udp,
@@ -1681,7 +1598,7 @@ mod tests {
 
     #[test]
     fn a_new_address_moves_explicit_mappings_keeping_their_ports() {
-        let (mut x, mut nat, now) = (explicit(), FakeNat::default(), Instant::now());
+        let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
         let mut req = install(5000, Some(15000), now);
         req.filters = vec![filter("198.51.100.0/24", 0)];
         x.table(&mut nat, now, S).install(&req).unwrap();
@@ -1693,7 +1610,11 @@ mod tests {
         assert_eq!(ipv4(m.ext_addr_be), new);
         assert_eq!(r.created_ns, m.created_ns);
         assert_eq!(nat.rev.len(), 1, "the old claim is gone");
-        assert!(x.filters.0.keys().all(|(k, _)| ipv4(k.ext_addr_be) == new));
+        assert!(x
+            .filters
+            .pcp_filters
+            .keys()
+            .all(|(k, _)| ipv4(k.ext_addr_be) == new));
         let t = x.table(&mut nat, now, 2 * S);
         assert_eq!(t.explicit(&key(5000)).unwrap().external.ip(), &new);
         assert_eq!(t.external_address(), Some(new));

@@ -645,8 +645,8 @@ impl fmt::Display for Secs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nat_table::testing::MemoryMaps;
     use natgw_common::addr_be;
-    use std::collections::HashMap as Map;
 
     const S: u64 = NS_PER_SEC;
 
@@ -826,66 +826,12 @@ mod tests {
         assert!(!c.unchanged(&recreated, &policy(false)));
     }
 
-    /// In-memory tables standing in for the BPF maps.
-    #[derive(Default)]
-    struct FakeTables {
-        fwd: Map<FwdKey, Mapping>,
-        rev: Map<RevKey, RevValue>,
-        /// Applied to `fwd` on the next `fwd()` read: a packet racing the GC.
-        race: Option<(FwdKey, u64)>,
-        sessions: Map<SessionKey, Session>,
-        /// The same for `session()`.
-        session_race: Option<(SessionKey, u64)>,
-    }
-
-    impl NatTables for FakeTables {
-        fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError> {
-            Ok(self.fwd.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn rev_entries(&self) -> Result<Vec<(RevKey, RevValue)>, MapsError> {
-            Ok(self.rev.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError> {
-            let mut m = self.fwd.get(key).copied();
-            if let (Some(m), Some((k, t))) = (m.as_mut(), self.race) {
-                if k == *key {
-                    m.last_out_ns = t;
-                }
-            }
-            Ok(m)
-        }
-        fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError> {
-            Ok(self.rev.get(key).copied())
-        }
-        fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
-            Ok(self.fwd.remove(key).is_some())
-        }
-        fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
-            Ok(self.rev.remove(key).is_some())
-        }
-        fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError> {
-            Ok(self.sessions.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn session(&self, key: &SessionKey) -> Result<Option<Session>, MapsError> {
-            let mut s = self.sessions.get(key).copied();
-            if let (Some(s), Some((k, t))) = (s.as_mut(), self.session_race) {
-                if k == *key {
-                    s.last_out_ns = t;
-                }
-            }
-            Ok(s)
-        }
-        fn remove_session(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
-            Ok(self.sessions.remove(key).is_some())
-        }
-    }
-
     fn udp_key(host: u8, port: u16) -> FwdKey {
         FwdKey::new(addr_be([10, 0, 1, host]), port.to_be(), IPPROTO_UDP)
     }
 
     /// Inserts a complete mapping (both halves) created and last used at `t`.
-    fn add(t: &mut FakeTables, key: FwdKey, ext_port: u16, created: u64) -> RevKey {
+    fn add(t: &mut MemoryMaps, key: FwdKey, ext_port: u16, created: u64) -> RevKey {
         let m = Mapping {
             ext_addr_be: addr_be([192, 0, 2, 1]),
             ext_port_be: ext_port.to_be(),
@@ -909,7 +855,7 @@ mod tests {
 
     #[test]
     fn tick_deletes_both_halves_on_the_second_expired_tick() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         let keep = udp_key(3, 40001);
@@ -930,7 +876,7 @@ mod tests {
 
     #[test]
     fn packet_between_ticks_saves_the_mapping() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         add(&mut t, k, 40000, S);
         let mut gc = Sweeper::new(policy(false));
@@ -943,13 +889,13 @@ mod tests {
 
     #[test]
     fn packet_racing_the_delete_saves_the_mapping() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         add(&mut t, k, 40000, S);
         let mut gc = Sweeper::new(policy(false));
         gc.tick(&mut t, 302 * S).unwrap();
         // The snapshot still shows the old time; the re-read shows the new one.
-        t.race = Some((k, 303 * S));
+        t.fwd_race = Some((k, 303 * S));
         let s = gc.tick(&mut t, 303 * S).unwrap();
         assert_eq!((s.expired, s.refreshed), (0, 1));
         assert!(t.fwd.contains_key(&k));
@@ -957,7 +903,7 @@ mod tests {
 
     #[test]
     fn reverse_entry_of_a_newer_mapping_is_kept() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         // The external port was claimed again by a newer mapping of another host.
@@ -990,7 +936,7 @@ mod tests {
 
     #[test]
     fn orphans_go_after_the_grace_period_and_two_sightings() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, 100 * S);
         t.fwd.remove(&k);
@@ -1006,7 +952,7 @@ mod tests {
 
     #[test]
     fn owned_reverse_entries_are_not_orphans() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         add(&mut t, k, 40000, S);
         let mut gc = Sweeper::new(policy(false));
@@ -1019,7 +965,7 @@ mod tests {
 
     #[test]
     fn mapping_without_reverse_entry_ages_on_outbound_time() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         t.rev.remove(&rk);
@@ -1030,7 +976,7 @@ mod tests {
 
     /// Inserts a session of the mapping with reverse key `rk` with a remote port.
     fn add_session(
-        t: &mut FakeTables,
+        t: &mut MemoryMaps,
         rk: RevKey,
         remote_port: u16,
         last_out: u64,
@@ -1060,7 +1006,7 @@ mod tests {
     fn tcp_mapping_with_a_live_session_is_kept() {
         // rfc5382 REQ-5: an established connection busy only inbound.
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = tcp_key(40000);
         let rk = add(&mut t, k, 40000, S);
         t.fwd.get_mut(&k).unwrap().tcp_flags_out = tcp_seen::SYN;
@@ -1082,7 +1028,7 @@ mod tests {
     #[test]
     fn closed_tcp_session_no_longer_keeps_its_mapping() {
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = tcp_key(40000);
         let rk = add(&mut t, k, 40000, S);
         t.fwd.get_mut(&k).unwrap().tcp_flags_out = tcp_seen::SYN | tcp_seen::FIN;
@@ -1097,7 +1043,7 @@ mod tests {
     #[test]
     fn sessions_of_a_deleted_mapping_go_in_the_same_tick() {
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         // A session that is not idle itself (it cannot happen with real UDP traffic,
@@ -1114,13 +1060,13 @@ mod tests {
     #[test]
     fn session_of_a_spared_mapping_stays() {
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         add_session(&mut t, rk, 7000, 250 * S, 0, T::Closed);
         let mut gc = Sweeper::new(policy(false));
         gc.tick(&mut t, 302 * S).unwrap();
-        t.race = Some((k, 303 * S));
+        t.fwd_race = Some((k, 303 * S));
         let s = gc.tick(&mut t, 303 * S).unwrap();
         assert_eq!((s.expired, s.refreshed, s.sessions_expired), (0, 1, 0));
         assert_eq!(t.sessions.len(), 1);
@@ -1129,7 +1075,7 @@ mod tests {
     #[test]
     fn session_without_a_mapping_goes_on_the_second_tick() {
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let rk = RevKey::new(addr_be([192, 0, 2, 1]), 40000u16.to_be(), IPPROTO_UDP);
         let sk = add_session(&mut t, rk, 7000, 10 * S, 0, T::Closed);
         let mut gc = Sweeper::new(policy(false));
@@ -1143,7 +1089,7 @@ mod tests {
     fn idle_session_of_a_live_mapping_goes_and_a_racing_packet_saves_it() {
         // rfc4787 REQ-5 for the filter state of an APDF mapping.
         use natgw_common::tcp::TcpState as T;
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         let rk = add(&mut t, k, 40000, S);
         t.fwd.get_mut(&k).unwrap().last_out_ns = 300 * S;
@@ -1162,7 +1108,7 @@ mod tests {
     #[test]
     fn explicit_mappings_are_left_to_their_holder() {
         // PCP, NAT-PMP and static mappings live by their granted lifetime, not idle.
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let pcp = udp_key(2, 5000);
         add(&mut t, pcp, 5000, S);
         t.fwd.get_mut(&pcp).unwrap().origin = Origin::Pcp as u8;
@@ -1178,7 +1124,7 @@ mod tests {
 
     #[test]
     fn a_lost_address_takes_its_traffic_mappings_along() {
-        let mut t = FakeTables::default();
+        let mut t = MemoryMaps::default();
         let old = udp_key(2, 40000);
         add(&mut t, old, 40000, S);
         let forward = udp_key(3, 80);

@@ -4,3 +4,5 @@
 
 pub mod explicit;
 pub mod gc;
+#[cfg(test)]
+pub mod testing;

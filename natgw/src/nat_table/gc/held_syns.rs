@@ -61,31 +61,9 @@ pub fn sweep<T: HeldSynTable>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use crate::nat_table::testing::MemoryMaps;
 
     const S: u64 = NS_PER_SEC;
-
-    #[derive(Default)]
-    struct FakeHeld {
-        map: HashMap<SessionKey, HeldSyn>,
-        /// Removed by "the data path" between the snapshot and the re-read.
-        answered: Option<SessionKey>,
-    }
-
-    impl HeldSynTable for FakeHeld {
-        fn held_syn_entries(&self) -> Result<Vec<(SessionKey, HeldSyn)>, MapsError> {
-            Ok(self.map.iter().map(|(k, v)| (*k, *v)).collect())
-        }
-        fn held_syn(&self, key: &SessionKey) -> Result<Option<HeldSyn>, MapsError> {
-            if self.answered == Some(*key) {
-                return Ok(None);
-            }
-            Ok(self.map.get(key).copied())
-        }
-        fn remove_held_syn(&mut self, key: &SessionKey) -> Result<bool, MapsError> {
-            Ok(self.map.remove(key).is_some())
-        }
-    }
 
     fn key(remote_port: u16) -> SessionKey {
         SessionKey::new(
@@ -112,26 +90,26 @@ mod tests {
 
     #[test]
     fn sweep_expires_only_due_entries_and_reports_each_once() {
-        let mut t = FakeHeld::default();
-        t.map.insert(key(1), held(10 * S));
-        t.map.insert(key(2), held(12 * S));
+        let mut t = MemoryMaps::default();
+        t.held_syns.insert(key(1), held(10 * S));
+        t.held_syns.insert(key(2), held(12 * S));
         let mut seen = Vec::new();
         let n = sweep(&mut t, 17 * S, |k, _| {
             seen.push(u16::from_be(k.remote_port_be));
         })
         .unwrap();
         assert_eq!((n, seen.as_slice()), (1, &[1][..]));
-        assert!(!t.map.contains_key(&key(1)));
-        assert!(t.map.contains_key(&key(2)));
+        assert!(!t.held_syns.contains_key(&key(1)));
+        assert!(t.held_syns.contains_key(&key(2)));
         let n = sweep(&mut t, 17 * S, |_, _| panic!("nothing due")).unwrap();
         assert_eq!(n, 0);
     }
 
     #[test]
     fn syn_answered_by_an_outbound_syn_meanwhile_is_not_reported() {
-        let mut t = FakeHeld::default();
-        t.map.insert(key(1), held(10 * S));
-        t.answered = Some(key(1));
+        let mut t = MemoryMaps::default();
+        t.held_syns.insert(key(1), held(10 * S));
+        t.answered_syn = Some(key(1));
         let n = sweep(&mut t, 20 * S, |_, _| panic!("answered SYNs get no ICMP")).unwrap();
         assert_eq!(n, 0);
     }
