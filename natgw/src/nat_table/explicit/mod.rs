@@ -1,0 +1,593 @@
+//! Explicit mappings — PCP MAP and NAT-PMP requests (RFC 6887, RFC 6886) and the
+//! configuration's static forwards — in the same BPF maps as the mappings traffic
+//! creates, so the data path translates them at line rate; and the PCP engine's
+//! [`MappingTable`] over them.
+//!
+//! What lives where:
+//! - `NAT_REV` and `NAT_FWD` hold an explicit mapping exactly like a traffic one, with
+//!   the forward entry's `origin` saying who made it. The external port is claimed as
+//!   the data path claims it (`BPF_NOEXIST` into `NAT_REV` first), so the two can
+//!   never hand out one port. Mapping is endpoint-independent whoever creates it: a
+//!   MAP for an internal endpoint that traffic already mapped takes over that mapping
+//!   and its external port (RFC 6887 §11.3, RFC 4787 REQ-1).
+//! - Inbound filtering: a mapping without FILTER options is endpoint-independent
+//!   (anyone may reach it, which is what a MAP asks for); with them its reverse
+//!   entry's filter is `PcpFilter` and `PCP_FILTERS` holds the permitted remote
+//!   prefixes (RFC 6887 §13.3). The trie holds one port per prefix: two FILTERs with
+//!   the same prefix and different ports are refused (EXCESSIVE_REMOTE_PEERS), and of
+//!   nested prefixes the longest matching one decides.
+//! - This module keeps in memory what only the controller needs: holder, nonce,
+//!   lifetime, filters, where to send unsolicited responses.
+//!
+//! Lifetimes: the garbage collector leaves mappings whose origin is not traffic
+//! alone; this module ends them when their lifetime runs out ([`ExplicitMappings::expire`])
+//! or their holder deletes them. Ending one follows RFC 6887 §15: if the internal
+//! endpoint sent traffic through it within its idle timeout, the mapping stays as an
+//! ordinary implicit one (origin traffic, the configured filtering) and expires like
+//! one; otherwise both entries are deleted at once. Static forwards never expire.
+//!
+//! When the external address changes, explicit mappings move to the new address,
+//! keeping their ports where free ([`ExplicitMappings::set_pool`]).
+//!
+//! Here: the records, lifetimes and static forwards. Beside it, by job: `install`
+//! (claiming ports, creating and adopting mappings), `filters` (PCP FILTER),
+//! `peer` (PCP PEER), `address_change` (a new pool), `table` (the engine's view).
+
+mod address_change;
+mod filters;
+mod install;
+mod peer;
+mod table;
+#[cfg(test)]
+mod tests;
+
+pub use table::Table;
+
+use filters::{check_filters, filter_mode};
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher as _;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
+
+use log::{info, warn};
+use std::time::{Duration, Instant};
+
+use natgw_common::config::pool_index;
+use natgw_common::maps::{FilterMode, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS};
+
+use natgw_common::{
+    addr_be, FwdKey, Mapping, RevKey, RevValue, IPPROTO_TCP, IPPROTO_UDP, NS_PER_SEC,
+};
+
+use crate::config::PortRange;
+use serde::{Deserialize, Serialize};
+
+use crate::datapath::addresses::{AddressPlan, Host};
+use crate::datapath::maps::{
+    ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
+};
+
+use crate::nat_table::gc::{self, Observed, Policy};
+use natgw_proto::pcp::policy::PortSpan;
+
+use natgw_proto::pcp::table::{
+    ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerGrant, PeerRequest,
+    Protocol, TableError,
+};
+
+use natgw_proto::pcp::wire::Nonce;
+use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
+
+/// One explicit mapping (PCP, NAT-PMP, static forward) as the daemon records it for
+/// `natgw mappings`: what the maps do not hold. Rewritten when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplicitEntry {
+    /// `udp` or `tcp`.
+    pub protocol: String,
+    /// Internal endpoint.
+    pub internal: SocketAddrV4,
+    /// External endpoint.
+    pub external: SocketAddrV4,
+    /// `pcp`, `nat-pmp` or `static`.
+    pub origin: String,
+    /// The client that holds it (its nonce): where its last request came from;
+    /// `None` for static forwards.
+    pub client: Option<SocketAddrV4>,
+    /// When its lifetime ends, on `CLOCK_MONOTONIC` (ns); `None`: never.
+    pub expires_ns: Option<u64>,
+    /// Remote peers its PCP FILTER options let in, `PREFIX:PORT` (port 0: any);
+    /// empty: everyone.
+    pub filters: Vec<String>,
+}
+
+/// How often the PEER nonces of mappings that no longer exist are forgotten (each
+/// look costs a map lookup per nonce).
+const PEER_NONCE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Who holds an explicit mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A PCP client (MAP).
+    Pcp,
+    /// A NAT-PMP client.
+    NatPmp,
+    /// A `[[forward]]` of the configuration.
+    Static,
+}
+
+impl Holder {
+    const fn from_engine(origin: Origin) -> Self {
+        match origin {
+            Origin::Pcp => Self::Pcp,
+            Origin::NatPmp => Self::NatPmp,
+        }
+    }
+
+    const fn engine(self) -> Option<Origin> {
+        match self {
+            Self::Pcp => Some(Origin::Pcp),
+            Self::NatPmp => Some(Origin::NatPmp),
+            Self::Static => None,
+        }
+    }
+
+    /// `pcp`, `nat-pmp` or `static`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        self.origin().name()
+    }
+
+    /// The `origin` the forward entry carries.
+    #[must_use]
+    pub const fn origin(self) -> natgw_common::Origin {
+        match self {
+            Self::Pcp => natgw_common::Origin::Pcp,
+            Self::NatPmp => natgw_common::Origin::NatPmp,
+            Self::Static => natgw_common::Origin::Static,
+        }
+    }
+}
+
+/// What the data path does with mappings that are not explicit: explicit mappings
+/// that end while in use fall back to it, and PEER creates mappings by it.
+#[derive(Clone, Copy, Debug)]
+pub struct Defaults {
+    /// Ports traffic mappings are allocated from.
+    pub port_range: PortRange,
+    /// Filtering of UDP traffic mappings.
+    pub filter_udp: FilterMode,
+    /// Filtering of TCP traffic mappings.
+    pub filter_tcp: FilterMode,
+    /// Idle timeouts.
+    pub policy: Policy,
+}
+
+impl Defaults {
+    const fn filter_for(&self, proto: u8) -> FilterMode {
+        if proto == IPPROTO_TCP {
+            self.filter_tcp
+        } else {
+            self.filter_udp
+        }
+    }
+}
+
+/// One explicit mapping.
+#[derive(Clone, Debug)]
+struct Record {
+    key: MappingKey,
+    holder: Holder,
+    nonce: Nonce,
+    external: SocketAddrV4,
+    /// `None`: never (static forwards).
+    expires: Option<Instant>,
+    /// The same on `CLOCK_MONOTONIC`, for `natgw mappings`.
+    expires_ns: Option<u64>,
+    filters: Vec<Filter>,
+    /// Where the last request came from (unsolicited responses go there).
+    reply_to: Option<SocketAddrV4>,
+    /// External ports policy allowed it; used if it must move to another port.
+    ports: Vec<PortSpan>,
+    /// `created_ns` of its `NAT_FWD` entry: the mapping's identity in the maps.
+    created_ns: u64,
+}
+
+impl Record {
+    fn engine_view(&self) -> Option<ExplicitMapping> {
+        Some(ExplicitMapping {
+            key: self.key,
+            origin: self.holder.engine()?,
+            nonce: self.nonce,
+            external: self.external,
+            expires: self.expires?,
+            filters: self.filters.clone(),
+            reply_to: self.reply_to?,
+        })
+    }
+
+    fn proto(&self) -> u8 {
+        ip_proto(self.key.protocol).unwrap_or(IPPROTO_UDP)
+    }
+
+    fn fwd_key(&self) -> FwdKey {
+        fwd_key(self.proto(), self.key.internal_endpoint())
+    }
+}
+
+/// How an explicit mapping ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its entries were deleted: the external port is closed.
+    Removed,
+    /// The internal endpoint had sent traffic through it within its idle timeout: it
+    /// stays as an implicit mapping (RFC 6887 §15).
+    Implicit,
+    /// Its entries had disappeared already.
+    Gone,
+}
+
+impl Outcome {
+    /// Short name for logs.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::Implicit => "kept-as-implicit",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+/// An explicit mapping that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Its identity.
+    pub key: MappingKey,
+    /// Who held it.
+    pub holder: Holder,
+    /// External endpoint it had.
+    pub external: SocketAddrV4,
+    /// What became of its entries.
+    pub outcome: Outcome,
+}
+
+/// An explicit mapping moved to a new external endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Its identity.
+    pub key: MappingKey,
+    /// Where it was.
+    pub from: SocketAddrV4,
+    /// Where it is now; `None`: it could not move and was removed.
+    pub to: Option<SocketAddrV4>,
+}
+
+/// Whether a socket of the gateway itself holds `port` on `addr`: an explicit mapping
+/// must not take it, or the socket's traffic would be sent to an internal host (the
+/// data path checks the same before it hands out a port). Probed by binding: `UDP`
+/// fails while a socket is bound there; `TCP` (`SO_REUSEADDR`, as std binds) while one
+/// listens or is connected from it.
+#[must_use]
+pub fn gateway_socket_holds(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bool {
+    let in_use = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AddrInUse;
+    match protocol {
+        Protocol::Udp => UdpSocket::bind((addr, port)).is_err_and(|e| in_use(&e)),
+        Protocol::Tcp => TcpListener::bind((addr, port)).is_err_and(|e| in_use(&e)),
+        Protocol::All => false,
+    }
+}
+
+/// Every explicit mapping and what is needed to manage them: the external address
+/// pool, the data path's defaults, the `PCP_FILTERS` trie, and the nonces PEER
+/// requests were made with.
+pub struct ExplicitMappings<F> {
+    records: BTreeMap<MappingKey, Record>,
+    /// PEER nonce per implicit mapping, with the `created_ns` of the mapping it was
+    /// given for (a new mapping of the same endpoint takes any nonce).
+    peer_nonces: HashMap<(Protocol, SocketAddrV4), (Nonce, u64)>,
+    /// When stale PEER nonces are next looked for.
+    next_prune: Option<Instant>,
+    pool: Vec<Ipv4Addr>,
+    /// Which hosts may hold explicit mappings.
+    hosts: AddressPlan,
+    defaults: Defaults,
+    filters: F,
+    socket_probe: fn(Protocol, Ipv4Addr, u16) -> bool,
+    hasher: RandomState,
+}
+
+/// A map operation failed: logged, reported to the client as NETWORK_FAILURE (the
+/// gateway cannot do its job) or NO_RESOURCES (a table is full).
+fn map_failure(what: &str, e: &MapsError) -> TableError {
+    thread_local! {
+        // Requests can trigger these at their rate: a line per request would flood.
+        static BUDGET: std::cell::RefCell<LogBudget> =
+            const { std::cell::RefCell::new(LogBudget::new(10, Duration::from_secs(60))) };
+    }
+    let full = is_full(e);
+    if let Some(suppressed) = BUDGET.with(|b| b.borrow_mut().admit(Instant::now())) {
+        let event = if full { "table_full" } else { "map_failed" };
+        warn!(
+            "explicit.{event} op={what} error=\"{e}\"{}",
+            suppressed_note(suppressed)
+        );
+    }
+    if full {
+        TableError::NoResources
+    } else {
+        TableError::NetworkFailure
+    }
+}
+
+/// The IP protocol number of a single-protocol mapping.
+const fn ip_proto(protocol: Protocol) -> Option<u8> {
+    match protocol {
+        Protocol::Udp => Some(IPPROTO_UDP),
+        Protocol::Tcp => Some(IPPROTO_TCP),
+        Protocol::All => None,
+    }
+}
+
+fn fwd_key(proto: u8, internal: SocketAddrV4) -> FwdKey {
+    FwdKey::new(
+        addr_be(internal.ip().octets()),
+        internal.port().to_be(),
+        proto,
+    )
+}
+
+fn rev_key(proto: u8, external: SocketAddrV4) -> RevKey {
+    RevKey::new(
+        addr_be(external.ip().octets()),
+        external.port().to_be(),
+        proto,
+    )
+}
+
+fn external_of(m: &Mapping) -> SocketAddrV4 {
+    SocketAddrV4::new(ipv4(m.ext_addr_be), port(m.ext_port_be))
+}
+
+fn secs_ns(secs: u32) -> u64 {
+    u64::from(secs) * NS_PER_SEC
+}
+
+impl<F: PcpFilterTable> ExplicitMappings<F> {
+    /// No explicit mappings yet. `pool` is the external address pool (the first is
+    /// the main address; empty: none, so requests fail with NETWORK_FAILURE);
+    /// `hosts` says which internal hosts may hold mappings.
+    pub fn new(pool: Vec<Ipv4Addr>, hosts: AddressPlan, defaults: Defaults, filters: F) -> Self {
+        Self {
+            records: BTreeMap::new(),
+            peer_nonces: HashMap::new(),
+            next_prune: None,
+            pool,
+            hosts,
+            defaults,
+            filters,
+            socket_probe: gateway_socket_holds,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Replaces how ports held by the gateway's own sockets are recognised (tests).
+    #[cfg(test)]
+    fn with_socket_probe(mut self, probe: fn(Protocol, Ipv4Addr, u16) -> bool) -> Self {
+        self.socket_probe = probe;
+        self
+    }
+
+    /// The external address pool.
+    #[must_use]
+    pub fn pool(&self) -> &[Ipv4Addr] {
+        &self.pool
+    }
+
+    /// Which hosts may hold mappings from now on (the gateway's addresses changed or
+    /// a LAN interface went away). Existing mappings stay.
+    pub fn set_hosts(&mut self, hosts: AddressPlan) {
+        self.hosts = hosts;
+    }
+
+    /// The engine's view of the mappings at `now`, over the NAT tables `nat`.
+    pub fn table<'a, N: NatTables + NatWrites>(
+        &'a mut self,
+        nat: &'a mut N,
+        now: Instant,
+        now_ns: u64,
+    ) -> Table<'a, F, N> {
+        Table {
+            explicit: self,
+            nat,
+            now,
+            now_ns,
+        }
+    }
+
+    /// The external address of internal host `host`: the same one traffic from it
+    /// gets (paired pooling, RFC 4787 REQ-2).
+    fn address_for(&self, host: Ipv4Addr) -> Option<Ipv4Addr> {
+        let count = u8::try_from(self.pool.len()).unwrap_or(u8::MAX);
+        let index = pool_index(addr_be(host.octets()), count) as usize;
+        self.pool.get(index).or(self.pool.first()).copied()
+    }
+
+    /// Installs a static forward: `internal` reachable at `external_port` of its
+    /// external address, for anyone, for as long as natgw runs. Fails when that
+    /// port is not free.
+    pub fn add_static<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        protocol: Protocol,
+        external_port: u16,
+        internal: SocketAddrV4,
+        now_ns: u64,
+    ) -> Result<SocketAddrV4, TableError> {
+        let key = MappingKey {
+            internal: *internal.ip(),
+            protocol,
+            internal_port: internal.port(),
+        };
+        if self.records.contains_key(&key) {
+            return Err(TableError::NotAuthorized);
+        }
+        let span = PortSpan::new(external_port, external_port).ok_or(TableError::NoResources)?;
+        let request = NewMapping {
+            key,
+            holder: Holder::Static,
+            ports: vec![span],
+            suggested_address: None,
+            suggested_port: Some(external_port),
+            prefer_failure: true,
+            filters: Vec::new(),
+        };
+        let (external, created_ns) = self.create(nat, &request, now_ns)?;
+        self.records.insert(
+            key,
+            Record {
+                key,
+                holder: Holder::Static,
+                nonce: [0; 12],
+                external,
+                expires: None,
+                expires_ns: None,
+                filters: Vec::new(),
+                reply_to: None,
+                ports: request.ports,
+                created_ns,
+            },
+        );
+        Ok(external)
+    }
+
+    /// Ends the explicit mappings whose lifetime is over at `now`.
+    pub fn expire<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        now: Instant,
+        now_ns: u64,
+    ) -> Vec<Ended> {
+        let due: Vec<MappingKey> = self
+            .records
+            .values()
+            .filter(|r| r.expires.is_some_and(|e| e <= now))
+            .map(|r| r.key)
+            .collect();
+        let ended = due
+            .iter()
+            .filter_map(|k| self.end(nat, k, now_ns))
+            .collect();
+        if self.next_prune.is_none_or(|t| t <= now) {
+            self.forget_stale_peer_nonces(nat);
+            self.next_prune = Some(now + PEER_NONCE_PRUNE_INTERVAL);
+        }
+        ended
+    }
+
+    /// Drops PEER nonces of mappings that no longer exist.
+    fn forget_stale_peer_nonces<N: NatTables>(&mut self, nat: &N) {
+        self.peer_nonces.retain(|(protocol, internal), (_, created)| {
+            let Some(proto) = ip_proto(*protocol) else {
+                return false;
+            };
+            matches!(nat.fwd(&fwd_key(proto, *internal)), Ok(Some(m)) if m.created_ns == *created)
+        });
+    }
+
+    /// Ends one explicit mapping (RFC 6887 §15): kept as an implicit mapping if its
+    /// internal endpoint sent traffic within the idle timeout, else deleted.
+    fn end<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        key: &MappingKey,
+        now_ns: u64,
+    ) -> Option<Ended> {
+        let record = self.records.remove(key)?;
+        let proto = record.proto();
+        let fk = record.fwd_key();
+        let outcome = match self.release(nat, &record, &fk, now_ns) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(
+                    "explicit.end_failed proto={} int={} ext={} error=\"{e}\"",
+                    record.key.protocol,
+                    record.key.internal_endpoint(),
+                    record.external
+                );
+                Outcome::Gone
+            }
+        };
+        self.remove_filters(proto, record.external, &record.filters);
+        Some(Ended {
+            key: *key,
+            holder: record.holder,
+            external: record.external,
+            outcome,
+        })
+    }
+
+    fn release<N: NatTables + NatWrites>(
+        &self,
+        nat: &mut N,
+        record: &Record,
+        fk: &FwdKey,
+        now_ns: u64,
+    ) -> Result<Outcome, MapsError> {
+        let Some(mut m) = nat.fwd(fk)?.filter(|m| m.created_ns == record.created_ns) else {
+            return Ok(Outcome::Gone);
+        };
+        let rk = rev_key_of(fk, &m);
+        let rev = nat.rev(&rk)?.filter(|r| r.created_ns == m.created_ns);
+        let observed = Observed::new(fk, &m, rev.as_ref());
+        let timeout = gc::timeout_ns(&self.defaults.policy, &observed);
+        let in_use = m.last_out_ns != 0 && now_ns.saturating_sub(m.last_out_ns) < timeout;
+        if in_use {
+            // The configured filter first, so the PCP filter entries can go next.
+            if let Some(mut r) = rev {
+                r.filter = self.defaults.filter_for(fk.proto) as u8;
+                nat.replace_rev(&rk, &r)?;
+            }
+            m.origin = natgw_common::Origin::Traffic as u8;
+            nat.replace_fwd(fk, &m)?;
+            return Ok(Outcome::Implicit);
+        }
+        nat.remove_fwd(fk)?;
+        if rev.is_some() {
+            nat.remove_rev(&rk)?;
+        }
+        Ok(Outcome::Removed)
+    }
+
+    /// What `natgw mappings` shows about each explicit mapping.
+    #[must_use]
+    pub fn entries(&self) -> Vec<ExplicitEntry> {
+        self.records
+            .values()
+            .map(|r| ExplicitEntry {
+                protocol: r.key.protocol.name().to_owned(),
+                internal: r.key.internal_endpoint(),
+                external: r.external,
+                origin: r.holder.origin().name().to_owned(),
+                client: r.reply_to,
+                expires_ns: r.expires_ns,
+                filters: r
+                    .filters
+                    .iter()
+                    .map(|f| format!("{}:{}", f.remote, f.port))
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// A mapping to create (from [`Install`], a static forward or a move).
+struct NewMapping {
+    key: MappingKey,
+    holder: Holder,
+    ports: Vec<PortSpan>,
+    suggested_address: Option<Ipv4Addr>,
+    suggested_port: Option<u16>,
+    prefer_failure: bool,
+    filters: Vec<Filter>,
+}
