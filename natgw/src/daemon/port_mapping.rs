@@ -1,44 +1,28 @@
 //! The daemon's explicit port mappings: the configuration's static forwards
 //! (installed before the data path is marked ready), the PCP/NAT-PMP server on the
-//! LAN sockets, the end of explicit mappings' lifetimes, and what follows a change
-//! of the WAN's address.
+//! LAN sockets, the end of explicit mappings' lifetimes, and their move to a new
+//! external address.
 //!
-//! Address changes are watched over rtnetlink (`RTM_NEWADDR`/`RTM_DELADDR`). When
-//! the external address comes from the WAN (no `--external` pool) and the WAN's
-//! first IPv4 address changes:
-//! 1. the STUN responder binds the new address and stops answering on the old one
-//!    (first, so its ports are held before anything can be mapped there);
-//! 2. explicit mappings move to the new address, keeping their ports where free;
-//! 3. the data path is pointed at it (`EXT_ADDRS`, `CONFIG.ext_addr_be`), so new
-//!    traffic mappings use it;
-//! 4. traffic mappings on the old address are deleted: their connections cannot
-//!    survive the change, and while they exist their internal endpoints' packets
-//!    would keep leaving from an address the gateway no longer has;
-//! 5. the PCP server announces the new address and sends every PCP client an
-//!    unsolicited MAP response with its mapping's new external endpoint (RFC 6887
-//!    §14.2; NAT-PMP clients get the address announcement, RFC 6886 §3.2.1).
-//!
-//! While the WAN has no IPv4 address at all, PCP and NAT-PMP requests fail with
-//! NETWORK_FAILURE, the data path keeps the old address, and the STUN responder does
-//! not answer (keeping its ports reserved).
+//! How a change of the WAN's address reaches them: see `Daemon::wan_addresses_changed`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
-use natgw_common::addr_be;
 
-use super::Daemon;
-use crate::config::ForwardProtocol;
+use crate::config::{ForwardProtocol, Settings};
 use crate::datapath::addresses::AddressPlan;
-use crate::datapath::maps::PcpFilters;
+use crate::datapath::deploy::DataPath;
+use crate::datapath::dirs::RuntimeDirs;
+use crate::datapath::maps::{NatMaps, PcpFilters};
 use crate::datapath::netlink::AddressWatch;
 use crate::datapath::system;
+use crate::datapath::topology::Topology;
 use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
-use crate::nat_table::gc::{self, Policy};
+use crate::nat_table::gc::Policy;
 use crate::services::pcp::{LanAddress, PcpService};
 use natgw_proto::pcp::engine::DropReason;
 use natgw_proto::pcp::table::{Protocol, TableError};
@@ -145,32 +129,32 @@ const fn static_refusal(e: TableError) -> &'static str {
     }
 }
 
-impl Daemon {
+impl PortMapping {
     /// Installs the static forwards and starts the PCP server (unless disabled).
     /// Runs before `CONFIG` is marked ready, so forwards exist before any traffic.
-    pub(super) fn start_port_mapping(&mut self) -> Result<()> {
-        let filters = PcpFilters::take(&mut self.ebpf)?;
-        let s = &self.settings;
+    ///
+    /// # Errors
+    /// A forward that cannot be installed, or PCP sockets that cannot be bound.
+    pub(super) fn start(
+        settings: &Settings,
+        topology: &Topology,
+        dp: &mut DataPath,
+    ) -> Result<Self> {
+        let filters = PcpFilters::take(dp.ebpf_mut())?;
+        let s = settings;
         let defaults = Defaults {
             port_range: s.port_range,
             filter_udp: s.filtering.udp.mode(),
             filter_tcp: s.filtering.tcp.mode(),
             policy: Policy::new(&s.timeouts, s.inbound_refresh),
         };
-        let mut explicit = ExplicitMappings::new(
-            self.topology.pool.clone(),
-            self.addresses.clone(),
-            defaults,
-            filters,
-        );
+        let addresses = dp.addresses().clone();
+        let mut explicit =
+            ExplicitMappings::new(topology.pool.clone(), addresses.clone(), defaults, filters);
         let now_ns = system::monotonic_ns();
-        let forwards = self.settings.forwards.clone();
-        let maps = self
-            .maps
-            .as_mut()
-            .ok_or_else(|| anyhow!("internal error: maps not taken"))?;
-        for f in &forwards {
-            if let Some(why) = self.addresses.refusal(*f.internal.ip()) {
+        let nat = &mut dp.maps_mut().nat;
+        for f in &settings.forwards {
+            if let Some(why) = addresses.refusal(*f.internal.ip()) {
                 bail!("[[forward]] {f}: {why}; a forward leads to an internal host");
             }
             let protocol = match f.protocol {
@@ -178,18 +162,16 @@ impl Daemon {
                 ForwardProtocol::Tcp => Protocol::Tcp,
             };
             let external = explicit
-                .add_static(&mut maps.nat, protocol, f.external_port, f.internal, now_ns)
+                .add_static(nat, protocol, f.external_port, f.internal, now_ns)
                 .map_err(|e| anyhow!("[[forward]] {f}: {}", static_refusal(e)))?;
             info!(
                 "forward.installed proto={} ext={external} int={}",
                 f.protocol, f.internal
             );
         }
-        self.port_mapping.explicit = Some(explicit);
 
-        if self.settings.pcp.enabled {
-            let lans: Vec<LanAddress> = self
-                .topology
+        let server = if settings.pcp.enabled {
+            let lans: Vec<LanAddress> = topology
                 .lans
                 .iter()
                 .flat_map(|l| {
@@ -199,7 +181,7 @@ impl Daemon {
                     })
                 })
                 .collect();
-            let server = PcpService::bind(self.settings.pcp.server.clone(), &lans, Instant::now())?;
+            let server = PcpService::bind(settings.pcp.server.clone(), &lans, Instant::now())?;
             let locals: Vec<String> = server.locals().map(|a| a.to_string()).collect();
             let c = server.config();
             info!(
@@ -220,11 +202,12 @@ impl Daemon {
                     .collect::<Vec<_>>()
                     .join("; ")
             );
-            self.port_mapping.server = Some(server);
+            Some(server)
         } else {
             info!("pcp.disabled: no PCP or NAT-PMP server (--no-pcp or pcp.enabled = false)");
-        }
-        self.port_mapping.watch = match AddressWatch::open() {
+            None
+        };
+        let watch = match AddressWatch::open() {
             Ok(w) => Some(w),
             Err(e) => {
                 warn!(
@@ -234,60 +217,43 @@ impl Daemon {
                 None
             }
         };
-        self.write_explicit_file();
-        Ok(())
+        Ok(Self {
+            explicit: Some(explicit),
+            server,
+            watch,
+            written: None,
+        })
     }
 
-    /// Handles what [`PortMapping::wake`] returned.
-    pub(super) async fn on_port_mapping(&mut self, wake: Wake) {
-        let now = Instant::now();
-        let now_ns = system::monotonic_ns();
-        match wake {
-            Wake::Request(index) => {
-                let pm = &mut self.port_mapping;
-                let (Some(server), Some(explicit), Some(maps)) =
-                    (pm.server.as_mut(), pm.explicit.as_mut(), self.maps.as_mut())
-                else {
-                    return;
-                };
-                let mut table = explicit.table(&mut maps.nat, now, now_ns);
-                server.receive(index, now, &mut table);
-                self.write_explicit_file();
-            }
-            Wake::Announce => {
-                let pm = &mut self.port_mapping;
-                let (Some(server), Some(explicit), Some(maps)) =
-                    (pm.server.as_mut(), pm.explicit.as_mut(), self.maps.as_mut())
-                else {
-                    return;
-                };
-                server.on_timeout(now, &explicit.table(&mut maps.nat, now, now_ns));
-            }
-            Wake::Addresses(ifindex) => {
-                // Any interface: the source checks know every address of the gateway.
-                self.refresh_addresses().await;
-                if ifindex == self.topology.wan.ifindex {
-                    self.wan_addresses_changed().await;
-                }
-            }
-            Wake::WatchEnded => {
-                warn!(
-                    "wan.watch_ended: address notifications stopped; a change of the WAN's \
-                     address will not be noticed any more"
-                );
-                self.port_mapping.watch = None;
-            }
-        }
+    /// Answers the datagram waiting on PCP socket `index`.
+    pub(super) fn receive(&mut self, index: usize, nat: &mut NatMaps) {
+        let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) else {
+            return;
+        };
+        let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+        server.receive(index, now, &mut explicit.table(nat, now, now_ns));
+    }
+
+    /// Sends the announcements that are due.
+    pub(super) fn announce(&mut self, nat: &mut NatMaps) {
+        let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) else {
+            return;
+        };
+        let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+        server.on_timeout(now, &explicit.table(nat, now, now_ns));
+    }
+
+    /// Stops following address notifications (they ended).
+    pub(super) fn unwatch(&mut self) {
+        self.watch = None;
     }
 
     /// Ends the explicit mappings whose lifetime is over.
-    pub(super) fn expire_explicit(&mut self) {
-        let (Some(explicit), Some(maps)) =
-            (self.port_mapping.explicit.as_mut(), self.maps.as_mut())
-        else {
+    pub(super) fn expire(&mut self, nat: &mut NatMaps) {
+        let Some(explicit) = self.explicit.as_mut() else {
             return;
         };
-        for e in explicit.expire(&mut maps.nat, Instant::now(), system::monotonic_ns()) {
+        for e in explicit.expire(nat, Instant::now(), system::monotonic_ns()) {
             info!(
                 "explicit.expired proto={} int={} ext={} holder={} outcome={}",
                 e.key.protocol,
@@ -297,89 +263,41 @@ impl Daemon {
                 e.outcome.name()
             );
         }
-        self.write_explicit_file();
     }
 
     /// Rewrites the explicit mappings file for `natgw mappings` when it changed.
-    fn write_explicit_file(&mut self) {
-        let Some(explicit) = self.port_mapping.explicit.as_ref() else {
+    pub(super) fn write_file(&mut self, dirs: &RuntimeDirs) {
+        let Some(explicit) = self.explicit.as_ref() else {
             return;
         };
         let entries = explicit.entries();
-        if self.port_mapping.written.as_ref() == Some(&entries) {
+        if self.written.as_ref() == Some(&entries) {
             return;
         }
-        match self.dirs.write_explicit(&entries) {
-            Ok(()) => self.port_mapping.written = Some(entries),
+        match dirs.write_explicit(&entries) {
+            Ok(()) => self.written = Some(entries),
             Err(e) => warn!("explicit.write_failed error=\"{e}\""),
         }
     }
 
-    /// The WAN's IPv4 addresses changed: follow its first one (see the module
-    /// documentation).
-    async fn wan_addresses_changed(&mut self) {
-        let wan = self.topology.wan.name.clone();
-        let link = match self.rtnl.link(&wan).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!("wan.addresses_unreadable iface={wan} error=\"{e}\"");
-                return;
-            }
-        };
-        self.topology.wan.ipv4.clone_from(&link.ipv4);
-        if !self.settings.external.is_empty() {
-            let gone: Vec<String> = self
-                .topology
-                .pool
-                .iter()
-                .filter(|a| !link.ipv4.iter().any(|p| p.addr() == **a))
-                .map(ToString::to_string)
-                .collect();
-            if !gone.is_empty() {
-                warn!(
-                    "wan.pool_address_missing iface={wan} addresses={}: the configured \
-                     external addresses (--external) stay in use",
-                    gone.join(",")
-                );
-            }
+    /// Moves the explicit mappings to the external address pool `pool` (empty: the
+    /// WAN has no address left, and requests fail until one comes).
+    pub(super) fn set_pool(&mut self, nat: &mut NatMaps, pool: Vec<Ipv4Addr>, wan: &str) {
+        let Some(explicit) = self.explicit.as_mut() else {
             return;
-        }
+        };
         let now_ns = system::monotonic_ns();
-        let old_pool = self.topology.pool.clone();
-        let pool: Vec<Ipv4Addr> = link
-            .ipv4
-            .first()
-            .map(|p| vec![p.addr()])
-            .unwrap_or_default();
-        // First: the responder's sockets must hold the STUN ports of a new address
-        // before mappings can take ports there (see `stun_responder`).
-        self.follow_stun(&pool);
-        let (Some(explicit), Some(maps)) =
-            (self.port_mapping.explicit.as_mut(), self.maps.as_mut())
-        else {
-            return;
-        };
-        let Some(main) = link.ipv4.first().copied() else {
+        if pool.is_empty() {
             if !explicit.pool().is_empty() {
                 warn!(
                     "wan.address_lost iface={wan}: no IPv4 address left; PCP and NAT-PMP \
                      requests fail with NETWORK_FAILURE until one is added"
                 );
-                explicit.set_pool(&mut maps.nat, Vec::new(), now_ns);
+                explicit.set_pool(nat, Vec::new(), now_ns);
             }
             return;
-        };
-        let changed = pool != old_pool;
-        if changed {
-            info!(
-                "wan.address_changed iface={wan} old={} new={}",
-                old_pool
-                    .first()
-                    .map_or_else(|| "-".to_owned(), ToString::to_string),
-                main.addr()
-            );
         }
-        for m in explicit.set_pool(&mut maps.nat, pool.clone(), now_ns) {
+        for m in explicit.set_pool(nat, pool, now_ns) {
             info!(
                 "explicit.moved proto={} int={} from={} to={}",
                 m.key.protocol,
@@ -388,37 +306,12 @@ impl Daemon {
                 m.to.map_or_else(|| "removed".to_owned(), |t| t.to_string())
             );
         }
-        if !changed {
-            return;
-        }
-        self.topology.external = main;
-        self.topology.pool.clone_from(&pool);
-        if let Err(e) = self.point_data_path_at(&pool) {
-            warn!("wan.readdress_failed error=\"{e:#}\"");
-        }
-        if let Some(maps) = self.maps.as_mut() {
-            for old in old_pool.iter().filter(|a| !pool.contains(a)) {
-                match gc::remove_traffic_on(&mut maps.nat, addr_be(old.octets())) {
-                    Ok(n) => info!("wan.old_address_flushed address={old} mappings={n}"),
-                    Err(e) => warn!("wan.flush_failed address={old} error=\"{e}\""),
-                }
-            }
-        }
-        self.refresh_state_file();
-        self.write_explicit_file();
-        if let Some(server) = self.port_mapping.server.as_mut() {
-            server.external_address_changed(Instant::now());
-        }
     }
 
-    /// Writes the new pool and `CONFIG`: new traffic mappings use the new address.
-    fn point_data_path_at(&mut self, pool: &[Ipv4Addr]) -> Result<()> {
-        crate::datapath::maps::write_external_pool(&mut self.ebpf, pool)
-            .context("writing the external address pool")?;
-        let config = self.data_path_config();
-        self.maps()?
-            .write_config(&config)
-            .context("writing CONFIG")?;
-        Ok(())
+    /// Tells PCP and NAT-PMP clients that the external address changed.
+    pub(super) fn external_address_changed(&mut self) {
+        if let Some(server) = self.server.as_mut() {
+            server.external_address_changed(Instant::now());
+        }
     }
 }

@@ -11,29 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 #[cfg(test)]
 use crate::datapath::dirs::RuntimeDirs;
+pub use crate::datapath::topology::Role;
 use natgw_proto::prefix::Ipv4Prefix;
 
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
-
-/// What an interface is to the NAT, in the state file and status output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Internal side.
-    Lan,
-    /// External side.
-    Wan,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Lan => "lan",
-            Self::Wan => "wan",
-        })
-    }
-}
 
 /// One interface natgw runs on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

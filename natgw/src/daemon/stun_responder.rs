@@ -47,7 +47,6 @@ use log::{error, info, warn};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-use super::Daemon;
 use crate::config::StunSettings;
 use crate::daemon::state::StunState;
 use crate::services::stun;
@@ -330,18 +329,21 @@ impl StunResponder {
     }
 }
 
-impl Daemon {
-    /// Starts the STUN responder on the external addresses, unless disabled.
-    pub(super) fn start_stun(&mut self) -> Result<()> {
-        let settings = self.settings.stun;
+impl StunResponder {
+    /// Starts the responder on the external addresses `pool`, unless disabled (or
+    /// there is no address yet).
+    ///
+    /// # Errors
+    /// When its sockets cannot be bound.
+    pub(super) fn start(settings: StunSettings, pool: &[Ipv4Addr]) -> Result<Option<Self>> {
         if !settings.enabled {
             info!("stun.disabled: no STUN responder (--no-stun or stun.enabled = false)");
-            return Ok(());
+            return Ok(None);
         }
-        let Some(config) = responder_config(&settings, &self.topology.pool) else {
-            return Ok(());
+        let Some(config) = responder_config(&settings, pool) else {
+            return Ok(None);
         };
-        let mut stun = StunResponder::new(settings);
+        let mut stun = Self::new(settings);
         stun.serve(config)?;
         let state = stun.state();
         info!(
@@ -351,17 +353,7 @@ impl Daemon {
                 .other_address
                 .map_or_else(|| "no".to_owned(), |o| format!("other={o}"))
         );
-        self.stun = Some(stun);
-        Ok(())
-    }
-
-    /// Moves the STUN responder to the external address pool `pool` (empty: the WAN
-    /// has no address). Call it before the data path can hand out ports on a new
-    /// address (see the module documentation).
-    pub(super) fn follow_stun(&mut self, pool: &[Ipv4Addr]) {
-        if self.stun.as_mut().is_some_and(|s| s.follow(pool)) {
-            self.refresh_state_file();
-        }
+        Ok(Some(stun))
     }
 }
 
