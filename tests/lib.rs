@@ -13,35 +13,41 @@ use std::{
 use serde_json::Value;
 use testbed::{Netns, Testbed};
 
-/// PCP (RFC 6887) and NAT-PMP (RFC 6886) requests as bytes, built by hand: for
-/// requests that must be wrong on purpose or sent from raw sockets with forged
-/// sources, which no client would send.
+/// PCP (RFC 6887) and NAT-PMP (RFC 6886) messages as bytes, for requests sent from
+/// raw sockets with forged sources, or whose answers are looked at byte by byte. Built
+/// and read with natgw-proto's codecs.
 pub mod pcp_bytes {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use natgw_proto::pcp::natpmp::{self, MapProtocol};
+    use natgw_proto::pcp::wire::{self, MapRepr, OpRepr, Opcode};
 
     /// PCP's server port (RFC 6887 §19.1).
-    pub const PCP_PORT: u16 = 5351;
+    pub const PCP_PORT: u16 = wire::SERVER_PORT;
     /// PCP version 2 (RFC 6887 §9).
-    pub const PCP_VERSION: u8 = 2;
+    pub const PCP_VERSION: u8 = wire::VERSION;
     /// ANNOUNCE (RFC 6887 §19.2).
-    pub const OP_ANNOUNCE: u8 = 0;
+    pub const OP_ANNOUNCE: u8 = Opcode::Announce.to_wire();
     /// MAP (RFC 6887 §19.2).
-    pub const OP_MAP: u8 = 1;
+    pub const OP_MAP: u8 = Opcode::Map.to_wire();
     /// The response bit of the opcode byte.
-    pub const RESPONSE: u8 = 0x80;
+    pub const RESPONSE: u8 = wire::RESPONSE_BIT;
     /// IP protocol number of UDP.
-    pub const IPPROTO_UDP: u8 = 17;
+    pub const IPPROTO_UDP: u8 = wire::PROTOCOL_UDP;
     /// IP protocol number of TCP.
-    pub const IPPROTO_TCP: u8 = 6;
+    pub const IPPROTO_TCP: u8 = wire::PROTOCOL_TCP;
 
-    /// A PCP request header (RFC 6887 §7.1) with `client` in the client address
+    /// A PCP ANNOUNCE request (RFC 6887 §14.1) with `client` in the client address
     /// field.
     #[must_use]
-    pub fn pcp_header(opcode: u8, lifetime: u32, client: Ipv4Addr) -> Vec<u8> {
-        let mut b = vec![PCP_VERSION, opcode, 0, 0];
-        b.extend(lifetime.to_be_bytes());
-        b.extend(client.to_ipv6_mapped().octets());
-        b
+    pub fn pcp_announce(client: Ipv4Addr) -> Vec<u8> {
+        wire::Request {
+            lifetime: 0,
+            client_address: client.to_ipv6_mapped(),
+            op: OpRepr::Announce,
+            options: Vec::new(),
+        }
+        .to_bytes()
     }
 
     /// A MAP request (RFC 6887 §11.1) without a suggested external endpoint.
@@ -52,24 +58,50 @@ pub mod pcp_bytes {
         internal_port: u16,
         lifetime: u32,
     ) -> Vec<u8> {
-        let mut b = pcp_header(OP_MAP, lifetime, client);
-        b.extend([0x5a; 12]); // nonce
-        b.extend([protocol, 0, 0, 0]);
-        b.extend(internal_port.to_be_bytes());
-        b.extend([0, 0]); // suggested external port: any
-        b.extend([0; 16]); // suggested external address: any
-        b
+        wire::Request {
+            lifetime,
+            client_address: client.to_ipv6_mapped(),
+            op: OpRepr::Map(MapRepr {
+                nonce: [0x5a; 12],
+                protocol,
+                internal_port,
+                external_port: 0,
+                external_address: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+            }),
+            options: Vec::new(),
+        }
+        .to_bytes()
     }
 
-    /// A NAT-PMP mapping request (RFC 6886 §3.3) for `protocol` (UDP or TCP).
+    /// A NAT-PMP mapping request (RFC 6886 §3.3) for `protocol` (UDP or TCP), asking
+    /// for the internal port as the external one.
     #[must_use]
     pub fn natpmp_map_request(protocol: u8, internal_port: u16, lifetime: u32) -> Vec<u8> {
-        let opcode = if protocol == IPPROTO_TCP { 2 } else { 1 };
-        let mut b = vec![0, opcode, 0, 0];
-        b.extend(internal_port.to_be_bytes());
-        b.extend(internal_port.to_be_bytes()); // suggested external port
-        b.extend(lifetime.to_be_bytes());
-        b
+        natpmp::Request::Map {
+            protocol: if protocol == IPPROTO_TCP {
+                MapProtocol::Tcp
+            } else {
+                MapProtocol::Udp
+            },
+            internal_port,
+            suggested_external_port: internal_port,
+            lifetime,
+        }
+        .to_bytes()
+    }
+
+    /// The assigned external endpoint of a PCP MAP response; `None` for anything
+    /// else.
+    #[must_use]
+    pub fn map_response_external(bytes: &[u8]) -> Option<SocketAddrV4> {
+        let response = wire::Response::parse(&wire::Packet::new_checked(bytes).ok()?).ok()?;
+        match response.op? {
+            OpRepr::Map(m) => Some(SocketAddrV4::new(
+                m.external_address.to_ipv4_mapped()?,
+                m.external_port,
+            )),
+            _ => None,
+        }
     }
 }
 

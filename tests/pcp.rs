@@ -11,7 +11,8 @@ use std::{
 };
 
 use natgw_integration_tests::pcp_bytes::{
-    pcp_header, pcp_map_request, IPPROTO_UDP, OP_ANNOUNCE, OP_MAP, PCP_PORT, PCP_VERSION, RESPONSE,
+    map_response_external, pcp_announce, pcp_map_request, IPPROTO_UDP, OP_ANNOUNCE, OP_MAP,
+    PCP_PORT, PCP_VERSION, RESPONSE,
 };
 use natgw_integration_tests::{
     command_output, natgw_bin, recv, recv_nothing, require_root, restore_gateway_default_route,
@@ -23,7 +24,7 @@ use testbed::{Netns, Testbed, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR
 /// Where clients hear announcements (RFC 6887 §14.1.3, RFC 6886 §3.2.1).
 const CLIENT_PORT: u16 = 5350;
 /// ADDRESS_MISMATCH (RFC 6887 §7.4).
-const ADDRESS_MISMATCH: u8 = 12;
+const ADDRESS_MISMATCH: u8 = natgw_proto::pcp::wire::ResultCode::AddressMismatch.to_wire();
 
 /// Runs `natgw pcp ACTION --server 10.0.1.1 --json ARGS...` on lan-a; (success,
 /// the printed report).
@@ -306,13 +307,13 @@ fn requests_from_the_wan_get_no_answer() {
     // rfc6887 §8.3 (and rfc6886 §3): the server listens on internal interfaces only.
     let s = Setup::new(&[]);
     let lan_server = SocketAddrV4::new(GW_LAN_A_ADDR, PCP_PORT);
-    let announce = pcp_header(OP_ANNOUNCE, 0, LAN_A_ADDR);
+    let announce = pcp_announce(LAN_A_ADDR);
     let answer = exchange(&s.tb.lan[0].ns, LAN_A_ADDR, lan_server, &announce, WAIT);
     assert!(answer.is_some(), "a LAN host gets an answer");
 
     let wan_server = SocketAddrV4::new(GW_WAN_ADDR, PCP_PORT);
     let ns = &s.tb.wan[0].ns;
-    let announce = pcp_header(OP_ANNOUNCE, 0, WAN_A_ADDR);
+    let announce = pcp_announce(WAN_A_ADDR);
     let quiet = Duration::from_millis(1500);
     assert!(
         exchange(ns, WAN_A_ADDR, wan_server, &announce, quiet).is_none(),
@@ -470,7 +471,9 @@ fn address_change_moves_mappings_and_tells_pcp_clients() {
         .expect("send MAP");
     let (answer, _) = recv(&client).expect("MAP answered");
     assert_eq!(answer[3], 0, "SUCCESS: {answer:?}");
-    let ext_port = u16::from_be_bytes([answer[42], answer[43]]);
+    let ext_port = map_response_external(&answer)
+        .expect("a MAP response")
+        .port();
 
     let new = Ipv4Addr::new(192, 0, 2, 7);
     let gw = &s.tb.gateway.ns;
@@ -479,12 +482,11 @@ fn address_change_moves_mappings_and_tells_pcp_clients() {
     restore_gateway_default_route(gw);
     let update = wait_for(WAIT, || {
         let (bytes, from) = recv(&client)?;
-        let is_map = bytes.len() >= 60 && bytes[1] == RESPONSE | OP_MAP;
-        let address = Ipv4Addr::new(bytes[56], bytes[57], bytes[58], bytes[59]);
-        (is_map && from == server && address == new).then_some(bytes)
+        let external = map_response_external(&bytes)?;
+        (from == server && *external.ip() == new).then_some(external)
     })
     .unwrap_or_else(|| panic!("no unsolicited MAP response:\n{}", s.natgw.log()));
-    let moved_to = u16::from_be_bytes([update[42], update[43]]);
+    let moved_to = update.port();
     assert_eq!(moved_to, ext_port, "the mapping keeps its port");
 
     let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 5006);

@@ -4,6 +4,8 @@
 //! Each test asserts what arrives where and what the counters say (issue #11, one test
 //! per finding; each failed against the natgw before the fixes).
 
+use natgw_proto::punch::wire as punch;
+use natgw_proto::stun::wire as stun;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use natgw_conformance::packet::{udp as udp_segment, Ipv4Header};
 use natgw_conformance::sock::Raw;
 use natgw_integration_tests::pcp_bytes::{
-    natpmp_map_request, pcp_header, pcp_map_request, IPPROTO_TCP, IPPROTO_UDP, OP_ANNOUNCE,
+    natpmp_map_request, pcp_announce, pcp_map_request, IPPROTO_TCP, IPPROTO_UDP, OP_ANNOUNCE,
     PCP_PORT, RESPONSE,
 };
 use natgw_integration_tests::{
@@ -200,22 +202,14 @@ fn stun_counter(natgw: &Natgw, name: &str) -> u64 {
 /// A STUN Binding request (RFC 8489) with transaction id `id`, and a PADDING
 /// attribute (RFC 5780 §7.6) of `padding` bytes when given.
 fn stun_request(id: u8, padding: Option<u16>) -> Vec<u8> {
-    let mut attrs = Vec::new();
-    if let Some(n) = padding {
-        attrs.extend(0x0026u16.to_be_bytes());
-        attrs.extend(n.to_be_bytes());
-        attrs.resize(attrs.len() + usize::from(n).div_ceil(4) * 4, 0);
+    stun::Repr {
+        class: stun::Class::Request,
+        method: stun::METHOD_BINDING,
+        cookie: stun::MAGIC_COOKIE,
+        transaction_id: [id; 12],
+        attributes: padding.map(stun::Attribute::Padding).into_iter().collect(),
     }
-    let mut m = vec![0x00, 0x01];
-    m.extend(
-        u16::try_from(attrs.len())
-            .expect("short attributes")
-            .to_be_bytes(),
-    );
-    m.extend(0x2112_a442u32.to_be_bytes());
-    m.extend([id; 12]);
-    m.extend(attrs);
-    m
+    .to_bytes()
 }
 
 /// Whether `reply` is a Binding success for transaction `id`.
@@ -630,7 +624,7 @@ fn pcp_serves_real_clients_during_a_spoofed_flood() {
     };
     let answered = answered_during_flood(flood, 14, |_| {
         client
-            .send_to(&pcp_header(OP_ANNOUNCE, 0, LAN_A_ADDR), server)
+            .send_to(&pcp_announce(LAN_A_ADDR), server)
             .expect("send");
         recv_nothing(&client, Duration::from_secs(1))
             .is_some_and(|(reply, _)| reply.get(1) == Some(&(RESPONSE | OP_ANNOUNCE)))
@@ -804,21 +798,17 @@ fn accept_local_is_restored_even_after_a_crash() {
     );
 }
 
-/// A punch-protocol message (natgw/src/punch/wire.rs): header and `body` of `kind`.
-fn punch_message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![b'N', b'P', 2, kind];
-    m.extend(u16::try_from(body.len()).expect("short body").to_be_bytes());
-    m.extend([0, 0]);
-    m.extend(7u32.to_be_bytes());
-    m.extend(body);
-    m
+/// A punch-protocol message (`natgw_proto::punch::wire`).
+fn punch_message(message: punch::Message) -> Vec<u8> {
+    punch::Repr {
+        transaction: 7,
+        message,
+    }
+    .to_bytes()
 }
 
-/// A punch-protocol id field.
-fn punch_id(id: &str) -> Vec<u8> {
-    let mut b = vec![u8::try_from(id.len()).expect("short id")];
-    b.extend(id.bytes());
-    b
+fn peer_id(id: &str) -> punch::PeerId {
+    punch::PeerId::new(id).expect("a valid id")
 }
 
 #[test]
@@ -854,7 +844,7 @@ fn every_udp_service_answers_within_three_times_its_request() {
     table.push((
         "pcp announce",
         24,
-        ask(&lan, pcp, &pcp_header(OP_ANNOUNCE, 0, LAN_A_ADDR)),
+        ask(&lan, pcp, &pcp_announce(LAN_A_ADDR)),
     ));
     let map = pcp_map_request(LAN_A_ADDR, IPPROTO_UDP, 5000, 600);
     table.push(("pcp map", map.len(), ask(&lan, pcp, &map)));
@@ -873,15 +863,22 @@ fn every_udp_service_answers_within_three_times_its_request() {
         .spawn()
         .expect("natgw rendezvous");
     let peer = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
-    let mut full = punch_id("b");
-    full.push(4);
-    for i in 1..=4u8 {
-        full.extend([10, 0, 0, i, 0x13, 0x88]);
-    }
-    full.extend([
-        2, 1, 198, 51, 100, 1, 0x0f, 0xa0, 2, 198, 51, 100, 1, 0x13, 0x88,
-    ]);
-    let register_b = punch_message(0x01, &full);
+    let register_b = punch_message(punch::Message::Register(punch::Register {
+        id: peer_id("b"),
+        private: (1..=4u8)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 5000))
+            .collect(),
+        mapped: vec![
+            punch::Mapped {
+                by: punch::MappedBy::Stun,
+                endpoint: "198.51.100.1:4000".parse().expect("endpoint"),
+            },
+            punch::Mapped {
+                by: punch::MappedBy::Pcp,
+                endpoint: "198.51.100.1:5000".parse().expect("endpoint"),
+            },
+        ],
+    }));
     let answered = wait_for(WAIT, || {
         peer.send_to(&register_b, listen).ok()?;
         recv_nothing(&peer, Duration::from_millis(300))
@@ -889,17 +886,20 @@ fn every_udp_service_answers_within_three_times_its_request() {
     .expect("the rendezvous answers");
     table.push(("rendezvous register", register_b.len(), answered.0.len()));
     let asker = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
-    let mut a = punch_id("a");
-    a.extend([0, 0]);
-    let register_a = punch_message(0x01, &a);
+    let register_a = punch_message(punch::Message::Register(punch::Register {
+        id: peer_id("a"),
+        private: Vec::new(),
+        mapped: Vec::new(),
+    }));
     table.push((
         "rendezvous register (small)",
         register_a.len(),
         ask(&asker, listen, &register_a),
     ));
-    let mut connect = punch_id("a");
-    connect.extend(punch_id("b"));
-    let connect = punch_message(0x03, &connect);
+    let connect = punch_message(punch::Message::Connect(punch::Connect {
+        id: peer_id("a"),
+        peer: peer_id("b"),
+    }));
     table.push((
         "rendezvous connect",
         connect.len(),

@@ -57,7 +57,7 @@ pub const FILTER_LEN: u16 = 20;
 pub const FILTER_PREFIX_MAX: u8 = 128;
 
 /// The R bit of the second header byte: set in responses (§7.1).
-const RESPONSE_BIT: u8 = 0x80;
+pub const RESPONSE_BIT: u8 = 0x80;
 
 /// A mapping nonce: 96 random bits chosen by the client and required again on every
 /// renewal and deletion (§11.1, §11.2).
