@@ -2,38 +2,15 @@
 //! `per_second`, one taken per event. Tokens are kept in billionths, so the refill is
 //! exact integer arithmetic whatever the clock's resolution.
 //!
-//! The clock is a type parameter ([`Moment`]): [`Instant`] for the engines, [`Nanos`]
-//! for the controller's parts that count on `CLOCK_MONOTONIC` nanoseconds as the
-//! data path does.
+//! The clock is a type parameter ([`Moment`], from [`super::clock`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Instant;
 
+pub use super::clock::{Moment, Nanos};
+
 const BILLION: u64 = 1_000_000_000;
-
-/// A point in time a bucket can measure from.
-pub trait Moment: Copy + Ord {
-    /// Nanoseconds from `earlier` to `self`; 0 when `earlier` is later (a clock that
-    /// went backwards adds nothing).
-    fn nanos_since(self, earlier: Self) -> u64;
-}
-
-impl Moment for Instant {
-    fn nanos_since(self, earlier: Self) -> u64 {
-        u64::try_from(self.saturating_duration_since(earlier).as_nanos()).unwrap_or(u64::MAX)
-    }
-}
-
-/// Nanoseconds on `CLOCK_MONOTONIC`, as `bpf_ktime_get_ns` stamps map values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Nanos(pub u64);
-
-impl Moment for Nanos {
-    fn nanos_since(self, earlier: Self) -> u64 {
-        self.0.saturating_sub(earlier.0)
-    }
-}
 
 /// The decision on one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -30,7 +30,8 @@ use tokio::io::Interest;
 use tokio::task::JoinHandle;
 
 use crate::datapath::maps::{ipv4, port};
-use natgw_proto::util::bucket::{Nanos, TokenBucket, Verdict};
+use natgw_proto::util::bucket::{TokenBucket, Verdict};
+use natgw_proto::util::clock::Nanos;
 
 /// Errors per second the bucket refills.
 pub const RATE_PER_SEC: u64 = 100;

@@ -10,7 +10,6 @@ use std::path::Path;
 use nix::mount::{mount, MsFlags};
 use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
-use nix::time::{clock_gettime, ClockId};
 
 /// Where bpffs is conventionally mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -112,16 +111,7 @@ pub fn raise_memlock_limit() -> nix::Result<()> {
     setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY)
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`, which stamps
-/// every map value.
-#[must_use]
-pub fn monotonic_ns() -> u64 {
-    // CLOCK_MONOTONIC cannot fail on Linux; a zero would only make nothing expire.
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * natgw_common::NS_PER_SEC
-            + u64::try_from(t.tv_nsec()).unwrap_or(0)
-    })
-}
+pub use natgw_common::time::monotonic_ns;
 
 /// Inode of this process's network namespace: the name under which its gateway's
 /// state lives, since bpffs and `/run` are shared by every namespace.

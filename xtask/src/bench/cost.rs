@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
 use natgw_common::batch;
+use natgw_common::time::monotonic_ns;
 use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_UDP, NS_PER_SEC};
 
 use super::bpf;
@@ -524,17 +525,6 @@ fn external_port(natgw: &Natgw, i: u32) -> Result<u16> {
         .get(&key, 0)
         .with_context(|| format!("no mapping for {addr}:{port}"))?;
     Ok(u16::from_be(m.ext_port_be))
-}
-
-/// `CLOCK_MONOTONIC` now, the clock of `bpf_ktime_get_ns` and natgw's timestamps.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * NS_PER_SEC + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
