@@ -40,6 +40,28 @@ pub(crate) fn next_testbed_id() -> String {
     format!("{NAME_PREFIX}{}x{counter}", std::process::id())
 }
 
+/// How many testbed ids to try when a name is taken (a stale namespace from a dead
+/// process that had the same pid).
+const NAME_ATTEMPTS: usize = 8;
+
+/// Runs `create` with fresh testbed ids until it does not fail on a namespace name
+/// that is already taken (at most [`NAME_ATTEMPTS`] times).
+pub(crate) fn with_fresh_id<T>(create: impl Fn(&str) -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match create(&next_testbed_id()) {
+            Err(e) if is_already_exists(&e) && attempt < NAME_ATTEMPTS => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Whether `e` reports that a namespace name is already taken.
+pub(crate) fn is_already_exists(e: &Error) -> bool {
+    matches!(e, Error::Os { source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+}
+
 /// Records that this process owns namespace `name`.
 pub(crate) fn register(name: &str) {
     lock(&LIVE).insert(name.to_owned());

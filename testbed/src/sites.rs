@@ -36,9 +36,9 @@ use std::process::Stdio;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::registry::next_testbed_id;
+use crate::registry::with_fresh_id;
 use crate::rtnl::Rtnl;
-use crate::topology::{configure, create_veths, is_already_exists, Host, SUBNET_PREFIX_LEN};
+use crate::topology::{configure, create_veths, Host, SUBNET_PREFIX_LEN};
 
 /// Site A gateway's external address (natgw).
 pub const SITE_A_WAN_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -88,9 +88,6 @@ const HOST_IF: &str = "eth0";
 const SITE_A_PORTS: [&str; 3] = ["gw", "a1", "a2"];
 /// The nftables table the kernel-NAT gateway gets.
 pub const KERNEL_NAT_TABLE: &str = "sites_kernel_nat";
-/// How many testbed ids to try when a name is taken.
-const NAME_ATTEMPTS: usize = 8;
-
 /// How the kernel-NAT site's gateway translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelNat {
@@ -301,15 +298,7 @@ impl Drop for Sites {
 
 /// Creates the namespaces under a fresh id, moving on to the next id if a name is taken.
 fn create_namespaces() -> Result<Namespaces> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let id = next_testbed_id();
-        match create_namespaces_for(&id) {
-            Err(e) if is_already_exists(&e) && attempt < NAME_ATTEMPTS => continue,
-            result => return result,
-        }
-    }
+    with_fresh_id(create_namespaces_for)
 }
 
 /// Creates `<id>-inet`, `<id>-rdv`, ...; a failure drops (removes) those created.

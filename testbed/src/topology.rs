@@ -8,7 +8,7 @@ use std::sync::Once;
 
 use crate::error::{Error, Result};
 use crate::netns::{write_sysctl_here, Netns};
-use crate::registry::next_testbed_id;
+use crate::registry::with_fresh_id;
 use crate::rtnl::Rtnl;
 
 /// Prefix length of every subnet in the testbed.
@@ -53,10 +53,6 @@ pub const INET_WAN_B_IF: &str = "wanb0";
 
 /// The sysctl that turns a namespace into a router.
 const IP_FORWARD: &str = "net/ipv4/ip_forward";
-
-/// How many testbed ids to try when a name is taken (a stale namespace from a dead
-/// process that had the same pid).
-const NAME_ATTEMPTS: usize = 8;
 
 /// An end host: one namespace with `eth0` and a default route.
 #[derive(Debug)]
@@ -219,15 +215,7 @@ impl Drop for Testbed {
 /// Creates the six namespaces under a fresh testbed id, moving on to the next id if a
 /// name is already taken.
 fn create_namespaces() -> Result<Namespaces> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let id = next_testbed_id();
-        match create_namespaces_for(&id) {
-            Err(e) if is_already_exists(&e) && attempt < NAME_ATTEMPTS => continue,
-            result => return result,
-        }
-    }
+    with_fresh_id(create_namespaces_for)
 }
 
 /// Creates `<id>-gw`, `<id>-inet`, `<id>-lana`, ...; a failure drops (removes) the
@@ -243,11 +231,6 @@ fn create_namespaces_for(id: &str) -> Result<Namespaces> {
         wan_b: create("wanb")?,
         id: id.to_owned(),
     })
-}
-
-/// Whether `e` reports that a namespace name is already taken.
-pub(crate) fn is_already_exists(e: &Error) -> bool {
-    matches!(e, Error::Os { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists)
 }
 
 /// Creates the veth pairs, then configures every namespace.

@@ -82,6 +82,23 @@ pub struct Observations {
     pub hairpin: Option<HairpinExchange>,
 }
 
+impl Observations {
+    /// Test I against `server`, before any other test has run.
+    #[must_use]
+    pub const fn new(server: SocketAddrV4, test1: Exchange) -> Self {
+        Self {
+            server,
+            test1,
+            mapping2: None,
+            mapping3: None,
+            filtering1: None,
+            filtering2: None,
+            filtering3: None,
+            hairpin: None,
+        }
+    }
+}
+
 /// RFC 4787 mapping / filtering behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -518,21 +535,15 @@ mod tests {
 
     /// Test I through a NAT (mapped PUBLIC) against an RFC 5780 server.
     fn behind_nat() -> Observations {
-        Observations {
-            server: SERVER,
-            test1: exchange(
+        Observations::new(
+            SERVER,
+            exchange(
                 LOCAL,
                 SERVER,
                 (false, false),
                 response(SERVER, PUBLIC, Some(OTHER)),
             ),
-            mapping2: None,
-            mapping3: None,
-            filtering1: None,
-            filtering2: None,
-            filtering3: None,
-            hairpin: None,
-        }
+        )
     }
 
     fn alt_ip_primary_port() -> SocketAddrV4 {

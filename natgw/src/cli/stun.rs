@@ -167,9 +167,9 @@ mod tests {
     fn a_silent_server_is_reported_as_such() {
         let server = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 3478);
         let local = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 5000);
-        let obs = Observations {
+        let obs = Observations::new(
             server,
-            test1: Exchange {
+            Exchange {
                 local,
                 to: server,
                 change_ip: false,
@@ -179,13 +179,7 @@ mod tests {
                     waited_ms: 3000,
                 },
             },
-            mapping2: None,
-            mapping3: None,
-            filtering1: None,
-            filtering2: None,
-            filtering3: None,
-            hairpin: None,
-        };
+        );
         assert!(render(&classify(&obs)).contains("no answer (3 transmissions, 3.0 s)"));
     }
 

@@ -62,16 +62,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     .await?;
     let none = ChangeRequest::default();
     let test1 = transact(&a, server, none, timeout).await?;
-    let mut obs = Observations {
-        server,
-        test1,
-        mapping2: None,
-        mapping3: None,
-        filtering1: None,
-        filtering2: None,
-        filtering3: None,
-        hairpin: None,
-    };
+    let mut obs = Observations::new(server, test1);
     if let Some(to) = mapping_test2_target(&obs) {
         obs.mapping2 = Some(transact(&a, to, none, timeout).await?);
     }

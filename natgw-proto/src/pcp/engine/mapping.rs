@@ -163,7 +163,19 @@ impl Engine {
         let external = self
             .grant(&install, existing.is_some(), table)
             .map_err(table_refusal)?;
-        Ok(wire::Response {
+        Ok(self.map_success(now, lifetime, map, external, options.echo(true)))
+    }
+
+    /// A successful MAP response: `map` with the assigned `external` endpoint.
+    fn map_success(
+        &self,
+        now: Instant,
+        lifetime: u32,
+        map: &MapRepr,
+        external: SocketAddrV4,
+        options: Vec<wire::OptionRepr>,
+    ) -> wire::Response {
+        wire::Response {
             opcode: Opcode::Map,
             result: ResultCode::Success,
             lifetime,
@@ -173,8 +185,29 @@ impl Engine {
                 external_address: external.ip().to_ipv6_mapped(),
                 ..*map
             })),
-            options: options.echo(true),
-        })
+            options,
+        }
+    }
+
+    /// The one way a PCP MAP or a NAT-PMP request deletes mappings: the table forgets
+    /// each of `victims`, and an event says so.
+    pub(super) fn delete(
+        &mut self,
+        client: SocketAddrV4,
+        victims: &[ExplicitMapping],
+        table: &mut impl MappingTable,
+    ) {
+        for m in victims {
+            table.remove(&m.key);
+            self.push(Event::Deleted(MappingEvent {
+                client,
+                origin: m.origin,
+                protocol: m.key.protocol,
+                internal: m.key.internal_endpoint(),
+                external: m.external,
+                lifetime: 0,
+            }));
+        }
     }
 
     /// The one way a PCP MAP or a NAT-PMP request gets its mapping, once every check
@@ -340,33 +373,12 @@ impl Engine {
                 .filter(|m| m.nonce == map.nonce)
                 .collect()
         };
-        for m in &victims {
-            table.remove(&m.key);
-            self.push(Event::Deleted(MappingEvent {
-                client: src,
-                origin: m.origin,
-                protocol: m.key.protocol,
-                internal: m.key.internal_endpoint(),
-                external: m.external,
-                lifetime: 0,
-            }));
-        }
+        self.delete(src, &victims, table);
         let external = match victims.as_slice() {
             [one] => one.external,
             _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
         };
-        Ok(wire::Response {
-            opcode: Opcode::Map,
-            result: ResultCode::Success,
-            lifetime: 0,
-            epoch: self.epoch(now),
-            op: Some(OpRepr::Map(MapRepr {
-                external_port: external.port(),
-                external_address: external.ip().to_ipv6_mapped(),
-                ..*map
-            })),
-            options: options.echo(false),
-        })
+        Ok(self.map_success(now, 0, map, external, options.echo(false)))
     }
 
     /// RFC 6887 §12.3: create or refresh the implicit mapping towards one peer.

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
-use super::events::{Answer, Event, MappingEvent};
+use super::events::{Answer, Event};
 use super::{secs, Engine, NATPMP_NONCE};
 use crate::pcp::natpmp::{self, MapProtocol};
 use crate::pcp::table::{
@@ -157,17 +157,7 @@ impl Engine {
                     found => found.into_iter().collect(),
                 }
             };
-            for m in &victims {
-                table.remove(&m.key);
-                self.push(Event::Deleted(MappingEvent {
-                    client: src,
-                    origin: m.origin,
-                    protocol: m.key.protocol,
-                    internal: m.key.internal_endpoint(),
-                    external: m.external,
-                    lifetime: 0,
-                }));
-            }
+            self.delete(src, &victims, table);
             return Ok((0, 0));
         }
         if internal_port == 0 {

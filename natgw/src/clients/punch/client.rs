@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
+use super::report::{stage, Report};
+use super::{Options, REGISTER_WAIT};
 use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::wire::{
@@ -211,25 +213,16 @@ pub async fn register<C: Channel>(
         sent += 1;
         let wait_until = (Instant::now() + rto).min(deadline);
         rto = (rto * 2).min(MAX_RTO);
-        loop {
-            let Ok(received) = timeout_at(wait_until, channel.recv()).await else {
-                break;
-            };
-            let bytes = received.with_context(|| {
-                format!(
-                    "receiving from the rendezvous {server} over {}",
-                    channel.name()
-                )
-            })?;
-            match Repr::decode(&bytes) {
-                Ok(Repr {
+        while let Some(repr) = next_message(channel, server, wait_until).await? {
+            match repr {
+                Repr {
                     transaction: t,
                     message: Message::Registered(registered),
-                }) if t == transaction => return Ok(registered),
-                Ok(Repr {
+                } if t == transaction => return Ok(registered),
+                Repr {
                     transaction: t,
                     message: Message::Error(code),
-                }) if t == transaction => {
+                } if t == transaction => {
                     bail!("the rendezvous {server} refused to register us: {code}")
                 }
                 _ => {}
@@ -279,19 +272,7 @@ pub async fn find_peer<C: Channel>(
             .await
             .with_context(|| format!("sending CONNECT to the rendezvous {server}"))?;
         let wait_until = (Instant::now() + CONNECT_INTERVAL).min(deadline);
-        loop {
-            let Ok(received) = timeout_at(wait_until, channel.recv()).await else {
-                break;
-            };
-            let bytes = received.with_context(|| {
-                format!(
-                    "receiving from the rendezvous {server} over {}",
-                    channel.name()
-                )
-            })?;
-            let Ok(repr) = Repr::decode(&bytes) else {
-                continue;
-            };
+        while let Some(repr) = next_message(channel, server, wait_until).await? {
             match repr.message {
                 // An introduction may answer nothing of ours; an answer must be ours.
                 Message::Peer(info)
@@ -328,6 +309,63 @@ pub async fn find_peer<C: Channel>(
             ""
         }
     )
+}
+
+/// The next message from the rendezvous that decodes, or `None` once `until` has
+/// passed.
+async fn next_message<C: Channel>(
+    channel: &mut C,
+    server: SocketAddrV4,
+    until: Instant,
+) -> anyhow::Result<Option<Repr>> {
+    loop {
+        let Ok(received) = timeout_at(until, channel.recv()).await else {
+            return Ok(None);
+        };
+        let bytes = received.with_context(|| {
+            format!(
+                "receiving from the rendezvous {server} over {}",
+                channel.name()
+            )
+        })?;
+        if let Ok(repr) = Repr::decode(&bytes) {
+            return Ok(Some(repr));
+        }
+    }
+}
+
+/// Registers `register` and waits for the peer, recording both in `report`. Returns
+/// the peer's endpoints, when we started asking for them and when they arrived.
+///
+/// # Errors
+/// As [`register`] and [`find_peer`].
+pub async fn meet<C: Channel>(
+    channel: &mut C,
+    options: &Options,
+    register: &Register,
+    report: &mut Report,
+) -> anyhow::Result<(PeerInfo, Instant, Instant)> {
+    let registered = self::register(
+        channel,
+        options.rendezvous,
+        register,
+        REGISTER_WAIT.min(options.timeout),
+    )
+    .await?;
+    report.registered(registered.public);
+    report.stage = Some(stage::WAITING_FOR_PEER);
+    let asked = Instant::now();
+    let peer = find_peer(
+        channel,
+        options.rendezvous,
+        register,
+        &options.peer,
+        asked + options.timeout,
+    )
+    .await?;
+    let introduced_at = Instant::now();
+    report.peer_found(&peer, introduced_at - asked);
+    Ok((peer, asked, introduced_at))
 }
 
 /// A random transaction number.

@@ -133,27 +133,7 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Resul
         private: vec![private],
         mapped: learn::announced(learned, map),
     };
-    let registered = client::register(
-        &mut channel,
-        options.rendezvous,
-        &register,
-        REGISTER_WAIT.min(options.timeout),
-    )
-    .await?;
-    report.registered(registered.public);
-
-    report.stage = Some(stage::WAITING_FOR_PEER);
-    let asked = Instant::now();
-    let peer = client::find_peer(
-        &mut channel,
-        options.rendezvous,
-        &register,
-        &options.peer,
-        asked + options.timeout,
-    )
-    .await?;
-    let introduced_at = Instant::now();
-    report.peer_found(&peer, introduced_at - asked);
+    let (peer, _, introduced_at) = client::meet(&mut channel, options, &register, report).await?;
 
     report.stage = Some(stage::PUNCHING);
     if let Some(gateway) = options.pcp {

@@ -16,7 +16,7 @@ use crate::services::transient;
 use super::client::{self, UdpChannel};
 use super::learn::{self, pcp_map};
 use super::report::{stage, Report};
-use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options, REGISTER_WAIT};
+use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options};
 use natgw_proto::punch::prober::{Prober, Settings, Status};
 use natgw_proto::punch::wire::{Message, PeerId, PeerInfo, Register, Repr, Session};
 
@@ -53,27 +53,8 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Resul
         private: vec![private],
         mapped: learned,
     };
-    let registered = client::register(
-        &mut channel,
-        options.rendezvous,
-        &register,
-        REGISTER_WAIT.min(options.timeout),
-    )
-    .await?;
-    report.registered(registered.public);
-
-    report.stage = Some(stage::WAITING_FOR_PEER);
-    let asked = Instant::now();
-    let peer = client::find_peer(
-        &mut channel,
-        options.rendezvous,
-        &register,
-        &options.peer,
-        asked + options.timeout,
-    )
-    .await?;
-    let mut introduced_at = Instant::now();
-    report.peer_found(&peer, introduced_at - asked);
+    let (peer, asked, mut introduced_at) =
+        client::meet(&mut channel, options, &register, report).await?;
 
     report.stage = Some(stage::PUNCHING);
     let nonce = pcp_nonce();
