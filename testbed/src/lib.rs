@@ -44,7 +44,7 @@ mod lifecycle;
 pub mod natgw;
 mod netns;
 mod registry;
-mod rtnl;
+pub mod rtnl;
 pub mod sites;
 mod topology;
 
@@ -53,6 +53,7 @@ pub use lifecycle::NETNS_DIR;
 pub use natgw::{natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV};
 pub use netns::Netns;
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
+pub use rtnl::Rtnl;
 pub use sites::{KernelNat, Site, Sites, SitesOptions};
 pub use topology::{
     Gateway, Host, Testbed, GW_LAN_A_ADDR, GW_LAN_B_ADDR, GW_LAN_IFS, GW_WAN_ADDR, GW_WAN_IF,

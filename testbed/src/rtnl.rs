@@ -10,14 +10,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoVeth};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, LinkXdp};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};
 
 /// rtnetlink handle bound to the calling thread's network namespace.
-pub(crate) struct Rtnl {
+pub struct Rtnl {
     runtime: Runtime,
     handle: Handle,
     ns_name: String,
@@ -25,7 +25,7 @@ pub(crate) struct Rtnl {
 
 impl Rtnl {
     /// Opens a netlink socket in the calling thread's namespace, called `ns_name` in errors.
-    pub(crate) fn connect(ns_name: &str) -> Result<Self> {
+    pub fn connect(ns_name: &str) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -45,7 +45,48 @@ impl Rtnl {
     }
 
     /// The interface index of `ifname`.
-    fn link_index(&self, ifname: &str) -> Result<u32> {
+    ///
+    /// # Errors
+    /// No such interface, or netlink failed.
+    pub fn link_index(&self, ifname: &str) -> Result<u32> {
+        Ok(self.link(ifname)?.header.index)
+    }
+
+    /// The MAC address of `ifname`.
+    ///
+    /// # Errors
+    /// No such interface, none set, or netlink failed.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        self.link(ifname)?
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::os(
+                    format!("reading the MAC address of {ifname} in {}", self.ns_name),
+                    io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+                )
+            })
+    }
+
+    /// The id of the XDP program attached to `ifname`, if any.
+    ///
+    /// # Errors
+    /// No such interface, or netlink failed.
+    pub fn xdp_prog_id(&self, ifname: &str) -> Result<Option<u32>> {
+        Ok(self.link(ifname)?.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                _ => None,
+            }),
+            _ => None,
+        }))
+    }
+
+    fn link(&self, ifname: &str) -> Result<LinkMessage> {
         let what = || format!("looking up interface {ifname} in {}", self.ns_name);
         let found = self.runtime.block_on(async {
             self.handle
@@ -57,7 +98,7 @@ impl Rtnl {
                 .await
         });
         match found {
-            Ok(Some(link)) => Ok(link.header.index),
+            Ok(Some(link)) => Ok(link),
             Ok(None) => Err(Error::os(
                 what(),
                 io::Error::from_raw_os_error(libc::ENODEV),
@@ -68,7 +109,7 @@ impl Rtnl {
 
     /// Creates veth `ifname` here with its peer `peer_name` directly inside the namespace
     /// `peer_ns` (named `peer_ns_name`), so neither name ever exists in a shared namespace.
-    pub(crate) fn add_veth(
+    pub fn add_veth(
         &self,
         ifname: &str,
         peer_name: &str,
@@ -95,7 +136,7 @@ impl Rtnl {
     }
 
     /// Creates bridge `ifname` (up, no STP, so ports forward at once).
-    pub(crate) fn add_bridge(&self, ifname: &str) -> Result<()> {
+    pub fn add_bridge(&self, ifname: &str) -> Result<()> {
         self.runtime
             .block_on(
                 self.handle
@@ -107,7 +148,7 @@ impl Rtnl {
     }
 
     /// Makes interface `ifname` a port of bridge `bridge`.
-    pub(crate) fn set_bridge_port(&self, ifname: &str, bridge: &str) -> Result<()> {
+    pub fn set_bridge_port(&self, ifname: &str, bridge: &str) -> Result<()> {
         let index = self.link_index(ifname)?;
         let bridge_index = self.link_index(bridge)?;
         let message = LinkUnspec::new_with_index(index)
@@ -124,7 +165,7 @@ impl Rtnl {
     }
 
     /// Sets interface `ifname` administratively up.
-    pub(crate) fn set_up(&self, ifname: &str) -> Result<()> {
+    pub fn set_up(&self, ifname: &str) -> Result<()> {
         let index = self.link_index(ifname)?;
         let message = LinkUnspec::new_with_index(index).up().build();
         self.runtime
@@ -133,7 +174,7 @@ impl Rtnl {
     }
 
     /// Adds `addr/prefix_len` to interface `ifname`.
-    pub(crate) fn add_ipv4(&self, ifname: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    pub fn add_ipv4(&self, ifname: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         let index = self.link_index(ifname)?;
         self.runtime
             .block_on(
@@ -150,8 +191,51 @@ impl Rtnl {
             })
     }
 
+    /// Sets the MAC address of `ifname`.
+    ///
+    /// # Errors
+    /// No such interface, or netlink failed.
+    pub fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<()> {
+        let index = self.link_index(ifname)?;
+        let message = LinkUnspec::new_with_index(index)
+            .address(mac.to_vec())
+            .build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|e| {
+                Error::netlink(
+                    format!("setting {ifname}'s MAC address in {}", self.ns_name),
+                    e,
+                )
+            })
+    }
+
+    /// Adds a permanent neighbour entry `addr` → `mac` on interface `ifindex`.
+    ///
+    /// # Errors
+    /// Netlink failed.
+    pub fn add_neighbour(&self, ifindex: u32, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.runtime
+            .block_on(
+                self.handle
+                    .neighbours()
+                    .add(ifindex, IpAddr::V4(addr))
+                    .link_layer_address(&mac)
+                    .execute(),
+            )
+            .map_err(|e| {
+                Error::netlink(
+                    format!(
+                        "adding a permanent neighbour entry for {addr} in {}",
+                        self.ns_name
+                    ),
+                    e,
+                )
+            })
+    }
+
     /// Adds the IPv4 default route via `next_hop` (which must be on a connected subnet).
-    pub(crate) fn add_default_route(&self, next_hop: Ipv4Addr) -> Result<()> {
+    pub fn add_default_route(&self, next_hop: Ipv4Addr) -> Result<()> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(next_hop)
             .build();

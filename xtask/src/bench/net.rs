@@ -16,16 +16,12 @@
 //! the frames, i.e. the generator's.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd as _;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context as _, Result};
-use futures::TryStreamExt as _;
-use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkXdp};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth};
-use testbed::{Netns, NAME_PREFIX};
-use tokio::runtime::Runtime;
+use testbed::{Netns, Rtnl, NAME_PREFIX};
 
 /// Generator-side address of the bench LAN (the generator's sources vary within
 /// [`LAN_PREFIX_LEN`]).
@@ -119,38 +115,39 @@ impl Bench {
         };
         let (gen_fd, rcv_fd) = (open(&gen)?, open(&rcv)?);
         gw.try_run(|| -> Result<()> {
-            let rtnl = Rtnl::connect()?;
-            rtnl.add_veth(GW_LAN_IF, GEN_IF, gen_fd.as_raw_fd())?;
-            rtnl.add_veth(GW_WAN_IF, RCV_IF, rcv_fd.as_raw_fd())?;
+            let rtnl = Rtnl::connect(gw.name())?;
+            rtnl.add_veth(GW_LAN_IF, GEN_IF, gen_fd.as_fd(), gen.name())?;
+            rtnl.add_veth(GW_WAN_IF, RCV_IF, rcv_fd.as_fd(), rcv.name())?;
             rtnl.set_mac(GW_LAN_IF, GW_LAN_MAC)?;
             rtnl.set_mac(GW_WAN_IF, GW_WAN_MAC)?;
             rtnl.add_ipv4(GW_LAN_IF, GW_LAN_ADDR, LAN_PREFIX_LEN)?;
             rtnl.add_ipv4(GW_WAN_IF, GW_WAN_ADDR, WAN_PREFIX_LEN)?;
             rtnl.set_up("lo")?;
             rtnl.set_up(GW_LAN_IF)?;
-            rtnl.set_up(GW_WAN_IF)
+            rtnl.set_up(GW_WAN_IF)?;
+            Ok(())
         })??;
         let gen_if = gen.try_run(|| -> Result<Iface> {
-            let rtnl = Rtnl::connect()?;
+            let rtnl = Rtnl::connect(gen.name())?;
             rtnl.set_mac(GEN_IF, GEN_MAC)?;
             rtnl.add_ipv4(GEN_IF, GEN_ADDR, LAN_PREFIX_LEN)?;
             rtnl.set_up("lo")?;
             rtnl.set_up(GEN_IF)?;
-            rtnl.iface(GEN_IF)
+            iface(&rtnl, GEN_IF)
         })??;
         let rcv_if = rcv.try_run(|| -> Result<Iface> {
-            let rtnl = Rtnl::connect()?;
+            let rtnl = Rtnl::connect(rcv.name())?;
             rtnl.set_mac(RCV_IF, RCV_MAC)?;
             rtnl.add_ipv4(RCV_IF, RCV_ADDR, WAN_PREFIX_LEN)?;
             rtnl.set_up("lo")?;
             rtnl.set_up(RCV_IF)?;
-            rtnl.iface(RCV_IF)
+            iface(&rtnl, RCV_IF)
         })??;
         let (lan_if, wan_if) = gw.try_run(|| -> Result<(Iface, Iface)> {
-            let rtnl = Rtnl::connect()?;
-            let wan = rtnl.iface(GW_WAN_IF)?;
+            let rtnl = Rtnl::connect(gw.name())?;
+            let wan = iface(&rtnl, GW_WAN_IF)?;
             rtnl.add_neighbour(wan.ifindex, RCV_ADDR, rcv_if.mac)?;
-            Ok((rtnl.iface(GW_LAN_IF)?, wan))
+            Ok((iface(&rtnl, GW_LAN_IF)?, wan))
         })??;
         Ok(Bench {
             gen,
@@ -183,7 +180,7 @@ impl Bench {
 
     /// The id of the XDP program attached to `ifname` in `ns`, if any.
     pub fn xdp_prog_id(ns: &Netns, ifname: &str) -> Result<Option<u32>> {
-        ns.try_run(|| Rtnl::connect()?.xdp_prog_id(ifname))?
+        Ok(ns.try_run(|| Rtnl::connect(ns.name())?.xdp_prog_id(ifname))??)
     }
 }
 
@@ -229,120 +226,10 @@ fn write_sysfs_here(path: &str, value: &str) -> Result<()> {
         .with_context(|| format!("writing {value} to /sys/{path}"))
 }
 
-/// A synchronous rtnetlink client for the calling thread's namespace (the testbed
-/// crate keeps its own private).
-struct Rtnl {
-    runtime: Runtime,
-    handle: Handle,
-}
-
-impl Rtnl {
-    fn connect() -> Result<Rtnl> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .context("starting a netlink runtime")?;
-        let (connection, handle, _) = {
-            let _guard = runtime.enter();
-            rtnetlink::new_connection().context("opening a netlink socket")?
-        };
-        runtime.spawn(connection);
-        Ok(Rtnl { runtime, handle })
-    }
-
-    fn link(&self, ifname: &str) -> Result<netlink_packet_route::link::LinkMessage> {
-        self.runtime
-            .block_on(async {
-                self.handle
-                    .link()
-                    .get()
-                    .match_name(ifname.to_owned())
-                    .execute()
-                    .try_next()
-                    .await
-            })
-            .with_context(|| format!("looking up {ifname}"))?
-            .with_context(|| format!("no interface {ifname}"))
-    }
-
-    fn iface(&self, name: &'static str) -> Result<Iface> {
-        let link = self.link(name)?;
-        let mac = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(mac) => <[u8; 6]>::try_from(mac.as_slice()).ok(),
-                _ => None,
-            })
-            .with_context(|| format!("{name} has no MAC address"))?;
-        Ok(Iface {
-            ifindex: link.header.index,
-            mac,
-        })
-    }
-
-    fn xdp_prog_id(&self, ifname: &str) -> Result<Option<u32>> {
-        let link = self.link(ifname)?;
-        Ok(link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
-                LinkXdp::ProgId(id) if *id != 0 => Some(*id),
-                _ => None,
-            }),
-            _ => None,
-        }))
-    }
-
-    fn add_veth(&self, name: &str, peer: &str, peer_ns_fd: i32) -> Result<()> {
-        let peer_msg = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_ns_fd)
-            .build();
-        let message = LinkVeth::new(name, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
-        self.runtime
-            .block_on(self.handle.link().add(message).execute())
-            .with_context(|| format!("creating veth {name} with peer {peer}"))
-    }
-
-    fn set_up(&self, ifname: &str) -> Result<()> {
-        let index = self.link(ifname)?.header.index;
-        let message = LinkUnspec::new_with_index(index).up().build();
-        self.runtime
-            .block_on(self.handle.link().set(message).execute())
-            .with_context(|| format!("setting {ifname} up"))
-    }
-
-    fn set_mac(&self, ifname: &str, mac: [u8; 6]) -> Result<()> {
-        let index = self.link(ifname)?.header.index;
-        let message = LinkUnspec::new_with_index(index)
-            .address(mac.to_vec())
-            .build();
-        self.runtime
-            .block_on(self.handle.link().set(message).execute())
-            .with_context(|| format!("setting {ifname}'s MAC address"))
-    }
-
-    fn add_ipv4(&self, ifname: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        let index = self.link(ifname)?.header.index;
-        self.runtime
-            .block_on(
-                self.handle
-                    .address()
-                    .add(index, IpAddr::V4(addr), prefix_len)
-                    .execute(),
-            )
-            .with_context(|| format!("adding {addr}/{prefix_len} to {ifname}"))
-    }
-
-    fn add_neighbour(&self, ifindex: u32, addr: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
-        self.runtime
-            .block_on(
-                self.handle
-                    .neighbours()
-                    .add(ifindex, IpAddr::V4(addr))
-                    .link_layer_address(&mac)
-                    .execute(),
-            )
-            .with_context(|| format!("adding a permanent neighbour entry for {addr}"))
-    }
+/// Interface index and MAC address of `name`, in the calling thread's namespace.
+fn iface(rtnl: &Rtnl, name: &str) -> Result<Iface> {
+    Ok(Iface {
+        ifindex: rtnl.link_index(name)?,
+        mac: rtnl.mac(name)?,
+    })
 }
