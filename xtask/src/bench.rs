@@ -10,7 +10,7 @@
 //! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts.
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
 //! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown.
-//! - [`bpf`], [`frames`], [`daemon`], [`signals`]: syscalls, packets, natgw, Ctrl-C.
+//! - [`bpf`], [`frames`], [`daemon`]: syscalls, packets, natgw (Ctrl-C: [`crate::signals`]).
 
 mod bpf;
 mod cost;
@@ -21,7 +21,6 @@ mod net;
 mod profile;
 mod programs;
 mod report;
-mod signals;
 mod throughput;
 
 use std::path::PathBuf;
@@ -216,7 +215,10 @@ pub fn run(args: &Args) -> Result<()> {
         },
         _ => build::build_all(&args.build, Purpose::Bench)?,
     };
-    signals::install()?;
+    // The bench's policy: the first signal stops after the current step, a second
+    // removes everything now.
+    crate::signals::install_wake()?;
+    crate::signals::install(&crate::signals::BENCH)?;
     if args.gc_only {
         return gc_only(args, &artifacts);
     }

@@ -39,8 +39,8 @@ use super::daemon::Natgw;
 use super::frames::{self, Endpoints, L4};
 use super::net::{self, Bench};
 use super::programs::{names, Tools};
-use super::signals;
 use super::throughput::GEN_CPU;
+use crate::signals;
 
 /// Endpoints per case.
 pub const ENDPOINTS: u32 = 10_000;

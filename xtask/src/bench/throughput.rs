@@ -40,7 +40,7 @@ use super::frames::{self, Endpoints, L4};
 use super::net::{self, Bench};
 use super::profile;
 use super::programs::{names, FlowSpec, Rx, Tools};
-use super::signals;
+use crate::signals;
 
 /// The CPU of the generator, the receiver's NAPI thread and natgw's controller.
 pub const GEN_CPU: usize = 0;
