@@ -32,7 +32,7 @@ use testbed::{Netns, Site, Sites, SitesOptions};
 
 /// Where the rendezvous listens (UDP and TCP).
 const RENDEZVOUS_PORT: u16 = 7000;
-/// The punch protocol's version (natgw/src/punch/wire.rs), the third byte of every
+/// The punch protocol's version (natgw-proto/src/punch/wire.rs), the third byte of every
 /// message after "NP".
 const PUNCH_VERSION: u8 = 2;
 /// RFC 8489 §5: the magic cookie, and the Binding request and success types.
@@ -59,7 +59,7 @@ const PUNCH_TIMEOUT: &str = "5";
 /// failure, not a stuck test.
 const PROCESS_LIMIT: Duration = Duration::from_secs(30);
 
-/// Message kinds of the punch protocol (natgw/src/punch/wire.rs), as seen on the wire.
+/// Message kinds of the punch protocol (natgw-proto/src/punch/wire.rs), as seen on the wire.
 mod kind {
     pub const REGISTER: u8 = 0x01;
     pub const REGISTERED: u8 = 0x02;

@@ -1,7 +1,7 @@
 //! `natgw stun probe` classifies natgw's behaviour correctly: run from a LAN host
 //! against an RFC 5780 STUN server with two addresses on the WAN side, it reports
 //! the mapping and the filtering mode natgw is configured with, and its public
-//! address. (The probe's logic is unit-tested in natgw/src/stun/probe.rs; this is the
+//! address. (The probe's logic is unit-tested in natgw-proto/src/stun/discovery.rs; this is the
 //! same probe against the real data path.)
 
 use std::process::{Child, Stdio};
