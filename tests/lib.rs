@@ -6,7 +6,13 @@
 use std::{
     io::Read,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     process::{Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -88,6 +94,16 @@ pub mod pcp_bytes {
             lifetime,
         }
         .to_bytes()
+    }
+
+    /// The epoch time of a PCP response (RFC 6887 §8.5).
+    #[must_use]
+    pub fn response_epoch(bytes: &[u8]) -> Option<u32> {
+        Some(
+            wire::Response::parse(&wire::Packet::new_checked(bytes).ok()?)
+                .ok()?
+                .epoch,
+        )
     }
 
     /// The assigned external endpoint of a PCP MAP response; `None` for anything
@@ -174,6 +190,21 @@ impl Natgw {
             .start(ns)
             .map(Self)
             .map_err(|e| e.to_string())
+    }
+
+    /// Like [`Natgw::start`], with the binary `bin` instead of the one under test
+    /// (an upgrade: a rebuilt copy).
+    ///
+    /// # Panics
+    /// As [`Natgw::start`].
+    #[must_use]
+    pub fn start_bin(ns: &Netns, bin: &std::path::Path, extra: &[&str]) -> Self {
+        testbed::Natgw::builder(bin)
+            .ifaces(Self::IFACE_ARGS)
+            .args(extra)
+            .start(ns)
+            .map(Self)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The wrapped [`testbed::Natgw`], for what this adapter does not repeat.
@@ -465,4 +496,146 @@ pub fn accept_redirects(s: &Setup, ifaces: &[&str]) {
 #[must_use]
 pub fn host_command(program: &str) -> Command {
     Command::new(program)
+}
+
+/// A raw capture (`AF_PACKET`) of every frame arriving on any interface of a
+/// namespace, each kept as what `parse` makes of it, until finished: what crossed
+/// the wire, seen by nothing natgw wrote.
+pub struct Capture<T> {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<T>>,
+}
+
+impl<T: Send + 'static> Capture<T> {
+    /// Starts capturing in `ns`.
+    ///
+    /// # Panics
+    /// When the socket cannot be opened.
+    pub fn start(ns: &Netns, parse: fn(&[u8]) -> Option<T>) -> Self {
+        // ETH_P_ALL, in network byte order as packet(7) wants it.
+        let protocol = i32::from(u16::try_from(libc::ETH_P_ALL).expect("fits").to_be());
+        let fd = ns.run(move || {
+            // SAFETY: plain socket(2); the result is checked before use.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fd is a fresh, owned descriptor.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        });
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: a valid timeval of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(std::mem::size_of::<libc::timeval>()).expect("fits"),
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_thread = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !stop_thread.load(Ordering::Relaxed) {
+                // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut from_len =
+                    u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("fits");
+                // SAFETY: buf and from are valid for the lengths passed.
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&raw mut from).cast(),
+                        &raw mut from_len,
+                    )
+                };
+                let Ok(n) = usize::try_from(n) else {
+                    continue; // timeout
+                };
+                // Each forwarded packet is seen arriving and leaving: keep arrivals.
+                if from.sll_pkttype == libc::PACKET_OUTGOING {
+                    continue;
+                }
+                if let Some(s) = parse(&buf[..n]) {
+                    seen.push(s);
+                }
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops and returns what was seen.
+    ///
+    /// # Panics
+    /// When the capture thread panicked.
+    pub fn finish(self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("capture thread")
+    }
+}
+
+/// An IPv4 packet with an internal (10/8) source: what must never leave the gateway's
+/// WAN.
+#[derive(Clone, Debug)]
+pub struct Leak {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// IP protocol.
+    pub proto: u8,
+}
+
+/// [`Leak`] of an Ethernet frame, if it is one.
+#[must_use]
+pub fn internal_source(f: &[u8]) -> Option<Leak> {
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &f[14..];
+    let addr = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
+    (ip[12] == 10).then(|| Leak {
+        src: addr(12),
+        dst: addr(16),
+        proto: ip[9],
+    })
+}
+
+/// Watches the internet side of a testbed (the inet router, which everything the
+/// gateway sends out of its WAN reaches) for packets with internal sources.
+pub struct LeakWatch(Capture<Leak>);
+
+impl LeakWatch {
+    /// Starts watching in `inet`.
+    #[must_use]
+    pub fn start(inet: &Netns) -> Self {
+        Self(Capture::start(inet, internal_source))
+    }
+
+    /// Stops, asserting that nothing leaked.
+    ///
+    /// # Panics
+    /// When a packet with an internal source was seen.
+    pub fn assert_none(self, what: &str) {
+        let leaks = self.0.finish();
+        assert!(
+            leaks.is_empty(),
+            "{what}: {} packets left the WAN with an internal source, e.g. {:?}",
+            leaks.len(),
+            &leaks[..leaks.len().min(5)]
+        );
+    }
 }

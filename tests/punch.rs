@@ -16,14 +16,15 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::process::{Child, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natgw_integration_tests::{natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Natgw};
+use natgw_integration_tests::{
+    natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Capture, Natgw,
+};
 use serde_json::Value;
 use testbed::sites::{
     K1_ADDR, RENDEZVOUS_ADDR, SITE_B_LAN_ADDR, SITE_K_WAN_ADDR, SITE_LAN_IF, SITE_WAN_IF,
@@ -319,85 +320,6 @@ struct Seen {
     stun_mapped: Option<SocketAddrV4>,
 }
 
-/// Captures every packet arriving on any interface of a namespace until finished.
-struct Capture {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Seen>>,
-}
-
-impl Capture {
-    fn start(ns: &Netns) -> Self {
-        // ETH_P_ALL, in network byte order as packet(7) wants it.
-        let protocol = i32::from(u16::try_from(libc::ETH_P_ALL).expect("fits").to_be());
-        let fd = ns.run(move || {
-            // SAFETY: plain socket(2); the result is checked before use.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) };
-            assert!(
-                fd >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: fd is a fresh, owned descriptor.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        });
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 50_000,
-        };
-        // SAFETY: a valid timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                u32::try_from(std::mem::size_of::<libc::timeval>()).expect("fits"),
-            )
-        };
-        assert_eq!(rc, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop_thread = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 2048];
-            while !stop_thread.load(Ordering::Relaxed) {
-                // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                let mut from_len =
-                    u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).expect("fits");
-                // SAFETY: buf and from are valid for the lengths passed.
-                let n = unsafe {
-                    libc::recvfrom(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                        0,
-                        (&raw mut from).cast(),
-                        &raw mut from_len,
-                    )
-                };
-                let Ok(n) = usize::try_from(n) else {
-                    continue; // timeout
-                };
-                // Each forwarded packet is seen arriving and leaving: keep arrivals.
-                if from.sll_pkttype == libc::PACKET_OUTGOING {
-                    continue;
-                }
-                if let Some(s) = parse_frame(&buf[..n]) {
-                    seen.push(s);
-                }
-            }
-            seen
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Seen> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("capture thread")
-    }
-}
-
 /// Ethernet + IPv4 + UDP/TCP headers, and the punch kind of the payload.
 fn parse_frame(f: &[u8]) -> Option<Seen> {
     if f.len() < 34 || f[12..14] != [0x08, 0x00] {
@@ -526,7 +448,7 @@ fn udp_hole_punching_between_natgw_sites_with_eif_adf_and_apdf_filtering() {
     ] {
         let flags: &[&str] = &["--udp-filtering", mode];
         let natgw = start_natgw(&[(&sites.a, flags), (&sites.b, flags)]);
-        let capture = Capture::start(&sites.inet);
+        let capture = Capture::start(&sites.inet, parse_frame);
         let (ida, idb) = (format!("a1-{mode}"), format!("b1-{mode}"));
         let (a, b) = punch_pair(
             Peer {
@@ -574,7 +496,7 @@ fn tcp_simultaneous_open_between_natgw_sites() {
     for mode in ["endpoint-independent", "address-and-port-dependent"] {
         let flags: &[&str] = &["--tcp-filtering", mode];
         let natgw = start_natgw(&[(&sites.a, flags), (&sites.b, flags)]);
-        let capture = Capture::start(&sites.inet);
+        let capture = Capture::start(&sites.inet, parse_frame);
         let (ida, idb) = (format!("a1-{mode}"), format!("b1-{mode}"));
         let (a, b) = punch_pair(
             Peer {
@@ -645,7 +567,7 @@ fn peers_behind_one_natgw_connect_by_hairpinning_and_on_their_lan() {
         if transport == "tcp" {
             extra.push("--tcp");
         }
-        let capture = Capture::start(&sites.inet);
+        let capture = Capture::start(&sites.inet, parse_frame);
         let (id1, id2) = (
             format!("a1-{transport}-{only}"),
             format!("a2-{transport}-{only}"),
@@ -701,7 +623,7 @@ fn a_pcp_mapped_peer_is_reached_without_punching() {
         (&sites.b, &["--udp-filtering", "address-and-port-dependent"]),
     ]);
     let rendezvous = Rendezvous::start(&sites);
-    let capture = Capture::start(&sites.inet);
+    let capture = Capture::start(&sites.inet, parse_frame);
     let gateway = SITE_B_LAN_ADDR.to_string();
     let (a, b) = punch_pair(
         Peer {
@@ -946,7 +868,7 @@ fn punching_from_natgw_sites_to_the_kernel_nat_site() {
         ns: &sites.a.hosts[0].ns,
         id: "a1-udp",
     };
-    let capture = Capture::start(&sites.inet);
+    let capture = Capture::start(&sites.inet, parse_frame);
     let (a, k) = punch_pair(a1, k1, &[], &[]);
     let seen = capture.finish();
     assert_both_ok("UDP natgw (EIF) ↔ kernel NAT", &a, &k);
@@ -992,7 +914,7 @@ fn punch_a1_b1(
     extra_a: &[&str],
     extra_b: &[&str],
 ) -> (Punch, Punch, Vec<Seen>) {
-    let capture = Capture::start(&sites.inet);
+    let capture = Capture::start(&sites.inet, parse_frame);
     let (ida, idb) = (format!("a1-{tag}"), format!("b1-{tag}"));
     let (a, b) = punch_pair(
         Peer {

@@ -131,7 +131,17 @@ counters! {
     DropToInternal = "drop_to_internal",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
+    /// Dropped by the last check on WAN egress: a packet about to leave the WAN with
+    /// a source inside the internal prefixes. Whatever the reason (natgw not ready
+    /// yet, a packet no path translated, a bug), no internal address leaves; a
+    /// non-zero value means something upstream of the guard is wrong.
+    DropLeakGuard = "drop_leak_guard",
 }
+
+/// Slots in the `COUNTERS` map: more than there are counters, so that a natgw with
+/// new counters can adopt the map of the one before it (see `natgw run`'s restart).
+pub const COUNTER_SLOTS: u32 = 128;
+const _: () = assert!(Counter::COUNT <= COUNTER_SLOTS);
 
 #[cfg(test)]
 mod tests {

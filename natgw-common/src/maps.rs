@@ -51,7 +51,40 @@ pub mod names {
     pub const EXT_ADDRS: &str = "EXT_ADDRS";
     /// `HashMap<u32 address, u32 index>`: membership of the external address pool.
     pub const EXT_SET: &str = "EXT_SET";
+    /// `PerCpuArray<u32>`: each CPU's next IP identification.
+    pub const IP_ID_NEXT: &str = "IP_ID_NEXT";
+
+    /// Every map that is pinned and that a restarted (or upgraded) natgw adopts:
+    /// all the state the programs share, so that old and new programs work on the
+    /// same tables while one replaces the other. Only per-CPU scratch space is not.
+    pub const PINNED: [&str; 18] = [
+        NAT_FWD,
+        NAT_REV,
+        NAT_SESSIONS,
+        HELD_SYNS,
+        CONFIG,
+        IFACES,
+        ADDR_CLASS,
+        LAN_SOURCES,
+        COUNTERS,
+        EVENTS,
+        FRAGS_IN,
+        FRAGS_OUT,
+        FRAG_BUDGET,
+        FRAG_STASH,
+        PCP_FILTERS,
+        EXT_ADDRS,
+        EXT_SET,
+        IP_ID_NEXT,
+    ];
 }
+
+/// Version of what the pinned maps mean. The map definitions (type, key and value
+/// sizes, capacity) are compared one by one when a natgw adopts the maps of the one
+/// before it; this number covers what sizes cannot show, such as fields that moved
+/// or changed meaning. Raise it with any such change: natgw then refuses to adopt
+/// maps of the old meaning instead of misreading them.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Inbound fragmented datagrams remembered at once (RFC 4787 REQ-14a: bounded, so a
 /// fragment flood cannot take memory from anything else; the oldest are replaced).

@@ -9,13 +9,14 @@ use aya_ebpf::{
 };
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
+    counters::COUNTER_SLOTS,
     maps::{
         FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, LanSourceKey,
         PcpFilterKey, Session, SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS,
         EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAX_ADDR_CLASS, MAX_FRAGS_IN, MAX_FRAGS_OUT,
         MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS, MAX_STASHED_FRAGMENTS,
     },
-    Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
+    Config, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
 
 /// Interfaces natgw may see (LAN interfaces plus the WAN).
@@ -47,9 +48,10 @@ pub static ADDR_CLASS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_ADDR_CL
 #[map]
 pub static LAN_SOURCES: LpmTrie<LanSourceKey, u32> = LpmTrie::with_max_entries(MAX_LAN_SOURCES, 1);
 
-/// Verdict counters, indexed by `Counter`.
+/// Verdict counters, indexed by `Counter` (`COUNTER_SLOTS` of them, more than there
+/// are counters, so the map outlives additions).
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
 /// Sessions (mapping x remote endpoint): filtering state and TCP state. The
 /// controller sizes it to twice the mapping capacity.

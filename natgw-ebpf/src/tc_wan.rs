@@ -12,14 +12,15 @@
 //! are `tcpath`'s.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK},
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use natgw_common::{
     maps::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
     packet::{
-        parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet, L4Kind, Side,
+        ipv4, ipv4_offset, parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet,
+        L4Kind, PacketBuf as _, Side,
     },
     Config, Counter,
 };
@@ -33,10 +34,41 @@ use crate::{
     xdp_wan,
 };
 
-/// Entry point of `tc_wan_egress`.
+/// Entry point of `tc_wan_egress`: translation, then the leak guard on whatever
+/// translation lets go.
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    tcpath::run(ctx, |ctx| try_egress(ctx).map(|()| TC_ACT_OK))
+    let action = tcpath::run(ctx, |ctx| try_egress(ctx).map(|()| TC_ACT_OK));
+    if action == TC_ACT_OK {
+        leak_guard(ctx)
+    } else {
+        action
+    }
+}
+
+/// The last check before the WAN: a packet whose source is inside the internal
+/// prefixes does not leave (`drop_leak_guard`). It holds before the controller has
+/// marked the data path ready (`CONFIG` is not consulted, only `ADDR_CLASS`, which
+/// is filled before this program is attached), while the controller is down, and
+/// whatever path a packet took to get here: everything the kernel transmits on the
+/// WAN passes this hook (forwarded packets, the neighbour queue, the fragments the
+/// kernel makes, GSO packets before they are segmented). Only `xdp_lan`'s redirect
+/// bypasses it, and it sends nothing it has not just rewritten to an external
+/// address.
+#[inline(always)]
+fn leak_guard(ctx: &TcContext) -> i32 {
+    let buf = TcBuf::new(ctx);
+    let Ok(Some(l3)) = ipv4_offset(&buf) else {
+        return TC_ACT_OK;
+    };
+    let Some(src) = buf.load::<4>(l3 + ipv4::SRC) else {
+        return TC_ACT_OK;
+    };
+    if nat::is_internal(src) {
+        count(Counter::DropLeakGuard);
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
 }
 
 #[inline(always)]

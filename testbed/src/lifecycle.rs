@@ -169,6 +169,10 @@ pub(crate) fn remove_namespace(name: &str) -> Result<bool> {
     validate_name(name)?;
     let path = netns_path(name);
     kill_processes_in(&path);
+    // natgw leaves its data path pinned when it stops; what it pinned for this
+    // namespace goes with the namespace.
+    let inode = fs::metadata(&path).ok().map(|m| m.ino());
+    let _remove_runtime_dirs = RemoveOnDrop(inode);
     match umount2(&path, MntFlags::MNT_DETACH) {
         // EINVAL: not a mount point (creation failed half-way, or already unmounted).
         Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
@@ -183,6 +187,18 @@ pub(crate) fn remove_namespace(name: &str) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::os(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// Removes natgw's pin and state directories of the namespace with this inode when
+/// dropped (after the namespace is gone), so no pinned maps outlive a testbed.
+struct RemoveOnDrop(Option<u64>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(inode) = self.0 {
+            crate::natgw::remove_runtime_dirs(inode);
+        }
     }
 }
 

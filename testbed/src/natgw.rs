@@ -240,6 +240,22 @@ pub fn runtime_dirs(ns: &Netns) -> Result<[PathBuf; 2], NatgwError> {
     Ok([PIN_ROOT, STATE_ROOT].map(|root| Path::new(root).join(&name)))
 }
 
+/// Removes natgw's pin and state directories of the namespace with inode `inode`
+/// (natgw leaves its data path pinned when it stops), if there are any.
+pub fn remove_runtime_dirs(inode: u64) {
+    let name = format!("net-{inode}");
+    for root in [PIN_ROOT, STATE_ROOT] {
+        let dir = Path::new(root).join(&name);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                let _ = writeln!(io::stderr(), "testbed: removing {}: {e}", dir.display());
+            }
+        }
+        // Only succeeds when no other namespace's natgw uses the root.
+        let _ = std::fs::remove_dir(root);
+    }
+}
+
 /// How to start natgw; made by [`Natgw::builder`], used by [`NatgwBuilder::start`].
 #[derive(Debug, Clone)]
 pub struct NatgwBuilder {

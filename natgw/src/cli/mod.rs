@@ -32,8 +32,10 @@ pub struct Cli {
 /// natgw's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start the gateway: load the eBPF programs, attach them to the interfaces and
-    /// expire idle mappings until SIGINT or SIGTERM, which detach everything again.
+    /// Start the gateway: load the eBPF programs, attach them to the interfaces (or
+    /// adopt the data path a previous natgw left running, replacing its programs in
+    /// place) and expire idle mappings until SIGINT or SIGTERM. The data path stays
+    /// when natgw stops; `natgw stop --flush` removes it.
     ///
     /// Needs root, a WAN interface with an IPv4 address and at least one LAN
     /// interface, given as flags or in the --config file.
@@ -41,6 +43,10 @@ pub enum Command {
     Run(RunArgs),
     /// Show the running gateway: interfaces, attach modes, configuration, counters.
     Status(OutputArgs),
+    /// Stop the natgw running in this network namespace. The data path keeps
+    /// translating existing and new flows until the next `natgw run` adopts it;
+    /// with --flush it is removed instead (every mapping is lost).
+    Stop(StopArgs),
     /// List every live mapping with its filtering, statistics and remaining lifetime.
     Mappings(MappingsArgs),
     /// STUN: discover the NAT in front of this host (`probe`), or run a standalone
@@ -249,6 +255,19 @@ pub struct OutputArgs {
     pub json: bool,
 }
 
+/// Arguments of `natgw stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Also remove the data path: forwarding off on the LAN interfaces, programs
+    /// detached, maps and state removed, sysctls restored. Every mapping is lost, and
+    /// the gateway no longer forwards LAN traffic until natgw starts again.
+    #[arg(long)]
+    pub flush: bool,
+    /// Seconds to wait for the running natgw to exit after SIGTERM.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
+}
+
 /// Arguments of `natgw mappings`.
 #[derive(Debug, Args)]
 pub struct MappingsArgs {
@@ -381,6 +400,7 @@ pub fn main() -> ExitCode {
         match &cli.command {
             Command::Run(args) => run(args).await,
             Command::Status(args) => status::status(args.json),
+            Command::Stop(args) => stop(args).await,
             Command::Mappings(args) => status::mappings(args.json, args.sessions),
             Command::Stun(args) => stun::command(args).await,
             Command::Pcp(args) => pcp::run(args),
@@ -395,6 +415,31 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `natgw stop`: prints what was stopped and removed.
+async fn stop(args: &StopArgs) -> anyhow::Result<()> {
+    let report =
+        crate::daemon::stop(args.flush, std::time::Duration::from_secs(args.timeout)).await?;
+    match report.stopped_pid {
+        Some(pid) => println!("stopped natgw (pid {pid})"),
+        None => println!("no natgw controller was running"),
+    }
+    if let Some(flushed) = report.flushed {
+        println!(
+            "removed the data path: {} links detached, {} maps removed, forwarding off on {}",
+            flushed.links,
+            flushed.maps,
+            if flushed.forwarding_off.is_empty() {
+                "-".to_owned()
+            } else {
+                flushed.forwarding_off.join(",")
+            }
+        );
+    } else if report.data_path_left {
+        println!("the data path keeps translating; `natgw stop --flush` removes it");
+    }
+    Ok(())
 }
 
 /// `natgw run`: the configuration file and the flags resolved into settings (the

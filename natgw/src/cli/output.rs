@@ -969,6 +969,9 @@ mod tests {
             client: (origin == "pcp").then_some(client),
             expires_ns: (origin == "pcp").then_some(700 * S),
             filters: vec!["198.51.100.0/24:0".into()],
+            nonce: None,
+            created_ns: 0,
+            ports: Vec::new(),
         };
         apply_explicit(
             &mut rows,

@@ -32,8 +32,9 @@ use self::port_mapping::{PortMapping, Wake};
 use self::state::{IfaceState, Role, StateFile, STATE_VERSION};
 use self::stun_responder::StunResponder;
 use crate::config::{Settings, UnsolicitedSyn};
-use crate::datapath::deploy::{restore_sysctls, DataPath, IfaceEvent};
+use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, IfaceEvent};
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
+use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
 use crate::datapath::maps::FragmentMaps;
 use crate::datapath::netlink::Rtnl;
@@ -49,8 +50,9 @@ mod port_mapping;
 pub mod state;
 mod stun_responder;
 
-/// `natgw run` with `settings`: deploys the data path, serves until SIGINT or
-/// SIGTERM (or the loss of the WAN or of every LAN interface), and undoes what it did.
+/// `natgw run` with `settings`: deploys the data path (or adopts the one a previous
+/// natgw left running), serves until SIGINT or SIGTERM (or the loss of the WAN or of
+/// every LAN interface), and leaves the data path running for the next natgw.
 ///
 /// # Errors
 /// When the host, the interfaces or the data path cannot be set up, or natgw stops
@@ -60,24 +62,91 @@ pub async fn run(settings: Settings) -> Result<()> {
         bail!(loader::LoadError::NoObject);
     }
     system::check_privileges()?;
-    // Signals are caught from here on, so one arriving during setup still leads to a
-    // clean teardown instead of leaving pins behind.
+    let started = std::time::Instant::now();
+    // Signals are caught from here on, so one arriving during setup still leads to an
+    // orderly exit.
     let mut shutdown = Shutdown::install()?;
 
     if system::ensure_bpffs()? {
         info!("bpffs.mounted path={}", system::BPFFS);
+        if system::private_mount_namespace() {
+            warn!(
+                "bpffs.private path={}: natgw runs in a mount namespace of its own (as under \
+                 `ip netns exec`), whose bpffs goes away with it; the data path then cannot \
+                 outlive natgw. Run it with `nsenter --net=...` or mount bpffs on {} first",
+                system::BPFFS,
+                system::BPFFS
+            );
+        }
     }
     if let Err(e) = system::raise_memlock_limit() {
         debug!("memlock.unchanged error={e}");
     }
     let dirs = RuntimeDirs::for_current_netns()?;
     let lock = dirs.lock()?;
-    let stale_clsact = remove_stale(&dirs)?;
+    let previous = Previous::find(&dirs)?;
 
     let rtnl = Rtnl::connect()?;
     let topology = Topology::resolve(&rtnl, &settings).await?;
 
-    let (ebpf, log_task) = loader::load(settings.max_mappings)?;
+    let ours = Layout::of_object(loader::EBPF_OBJECT, settings.max_mappings)?;
+    let adopt = match &previous.record {
+        Some(record) => {
+            let pinned = Layout::of_pins(&dirs, record.layout.version)?;
+            let adoption = layout::check(&ours, record, &pinned, &dirs)?;
+            for (map, kept, wanted) in &adoption.capacity_kept {
+                warn!(
+                    "maps.capacity_kept map={map} entries={kept} configured={wanted}: the \
+                     adopted table keeps its size; `natgw stop --flush` and a new start \
+                     apply the new one (every mapping is lost)"
+                );
+            }
+            true
+        }
+        None => false,
+    };
+    if adopt {
+        info!(
+            "datapath.adopting pins={} made_by={}: existing mappings are kept and the \
+             programs are replaced in place",
+            dirs.pin_dir.display(),
+            previous
+                .record
+                .as_ref()
+                .map_or("?", |r| r.natgw_version.as_str())
+        );
+    } else {
+        // Fail closed while starting: nothing the LAN sends is routed until the leak
+        // guard is attached and the data path is ready.
+        let were_on = lans_forwarding_off(&topology.lans)?;
+        if !were_on.is_empty() {
+            info!(
+                "start.forwarding_off ifaces={}: until the data path is ready",
+                were_on.join(",")
+            );
+        }
+    }
+    dirs.create_pin_dir()?;
+    let (ebpf, log_task) = match loader::load(settings.max_mappings, &dirs.pin_dir) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            if !adopt {
+                let _ = dirs.remove_pins();
+            }
+            return Err(e.into());
+        }
+    };
+    if !adopt {
+        let record = LayoutRecord {
+            layout: ours,
+            natgw_version: env!("CARGO_PKG_VERSION").to_owned(),
+            netns_cookie: previous.cookie,
+        };
+        if let Err(e) = dirs.write_layout(&record) {
+            let _ = dirs.remove_pins();
+            return Err(e.into());
+        }
+    }
     let mut services = Services {
         icmp: Arc::new(IcmpSender::open(system::monotonic_ns())),
         fragments: Arc::default(),
@@ -85,11 +154,13 @@ pub async fn run(settings: Settings) -> Result<()> {
         port_mapping: PortMapping::default(),
         tasks: log_task.into_iter().collect(),
     };
-    let datapath = match DataPath::new(ebpf, &dirs) {
+    let datapath = match DataPath::new(ebpf, adopt) {
         Ok(dp) => dp,
         Err(e) => {
-            // Whatever got pinned goes again.
-            let _ = dirs.remove_pins();
+            if !adopt {
+                let _ = dirs.remove_pins();
+                let _ = dirs.remove_layout();
+            }
             services.stop();
             return Err(e);
         }
@@ -104,45 +175,217 @@ pub async fn run(settings: Settings) -> Result<()> {
         services,
         report: Report::default(),
     };
-    if let Err(e) = daemon.deploy(stale_clsact) {
-        daemon.teardown().await;
+    if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
+        if adopt {
+            // The data path is still the previous natgw's, or partly replaced by this
+            // one's programs on the same maps: either translates. Leave it.
+            daemon.stop();
+        } else {
+            daemon.teardown().await;
+        }
         return Err(e);
     }
+    info!(
+        "natgw.start_time seconds={:.2} adopted={adopt}",
+        started.elapsed().as_secs_f64()
+    );
 
     let outcome = daemon.serve(&mut shutdown).await;
-    daemon.teardown().await;
+    daemon.stop();
     outcome
 }
 
-/// Removes what a natgw that died without cleaning up left in this namespace. Called
-/// with the lock held, so nothing here belongs to a live daemon. Returns the WAN
-/// ifindex whose clsact qdisc that natgw had added, if any.
-fn remove_stale(dirs: &RuntimeDirs) -> Result<Option<u32>> {
-    let pins = dirs.existing_pins();
-    let old = dirs.read_state::<StateFile>().ok();
-    if let Some(s) = &old {
-        if s.pid != std::process::id() && system::process_alive_in_netns(s.pid, dirs.netns_inode) {
-            bail!(crate::datapath::dirs::StateError::AlreadyRunning { pid: Some(s.pid) });
+/// What `natgw stop` did.
+#[derive(Debug, Default)]
+pub struct StopReport {
+    /// The controller it stopped.
+    pub stopped_pid: Option<u32>,
+    /// Pins of a data path are left (without --flush).
+    pub data_path_left: bool,
+    /// What --flush removed.
+    pub flushed: Option<Flushed>,
+}
+
+/// What `natgw stop --flush` removed.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Links unpinned (programs detached).
+    pub links: usize,
+    /// Map pins removed.
+    pub maps: usize,
+    /// LAN interfaces whose forwarding was turned off.
+    pub forwarding_off: Vec<String>,
+}
+
+/// `natgw stop`: SIGTERM to the natgw running in this network namespace, then wait
+/// up to `timeout` for it to exit; with `flush`, then remove the data path it left
+/// (see [`flush`]).
+///
+/// # Errors
+/// Not root, a controller that does not exit in time, or a flush that fails.
+pub async fn stop(flush_too: bool, timeout: Duration) -> Result<StopReport> {
+    system::check_privileges()?;
+    let dirs = RuntimeDirs::for_current_netns()?;
+    let mut report = StopReport::default();
+    if let Ok(state) = dirs.read_state::<StateFile>() {
+        if system::process_alive_in_netns(state.pid, dirs.netns_inode) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(state.pid).unwrap_or(i32::MAX));
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+                .with_context(|| format!("sending SIGTERM to natgw (pid {})", state.pid))?;
+            let deadline = std::time::Instant::now() + timeout;
+            while system::process_alive_in_netns(state.pid, dirs.netns_inode) {
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "natgw (pid {}) did not exit within {}s of SIGTERM",
+                        state.pid,
+                        timeout.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            report.stopped_pid = Some(state.pid);
         }
     }
-    let stale_clsact = old.as_ref().filter(|s| s.clsact_created).and_then(|s| {
-        s.interfaces
-            .iter()
-            .find(|i| i.role == Role::Wan)
-            .map(|i| i.ifindex)
-    });
-    restore_sysctls(dirs, "stale.sysctl_restored");
-    if !pins.is_empty() || old.is_some() {
-        warn!(
-            "stale.removed pid={} pins={} dir={}: natgw exited without cleaning up",
-            old.map_or_else(|| "unknown".to_owned(), |s| s.pid.to_string()),
-            pins.len(),
-            dirs.pin_dir.display()
-        );
-        dirs.remove_pins().context("removing stale pinned maps")?;
-        dirs.remove_state()?;
+    if flush_too {
+        // Held until done: no natgw starts meanwhile.
+        let _lock = dirs.lock()?;
+        report.flushed = Some(flush(&dirs).await?);
+    } else {
+        report.data_path_left = !dirs.existing_pins().is_empty();
     }
-    Ok(stale_clsact)
+    Ok(report)
+}
+
+/// Removes the data path a natgw left in this namespace, in the order that fails
+/// closed: forwarding off on its LAN interfaces first (nothing they send is routed
+/// untranslated once the programs are gone), then the links unpinned (programs
+/// detached), the clsact qdisc it added removed, sysctls restored, the maps and the
+/// records removed. Call with the lock held.
+///
+/// # Errors
+/// When forwarding cannot be turned off (nothing else is removed then) or the pins
+/// cannot be removed.
+pub async fn flush(dirs: &RuntimeDirs) -> Result<Flushed> {
+    let state = dirs.read_state::<StateFile>().ok();
+    let mut flushed = Flushed::default();
+    if let Some(state) = &state {
+        for i in state.interfaces.iter().filter(|i| i.role == Role::Lan) {
+            let key = system::forwarding_key(&i.name);
+            match system::write_sysctl(&key, "0") {
+                Ok(()) => flushed.forwarding_off.push(i.name.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "turning off forwarding on {} (nothing removed: without the data path \
+                         it would forward untranslated)",
+                        i.name
+                    )))
+                }
+            }
+        }
+    }
+    let pins = dirs.existing_pins();
+    for name in pins
+        .iter()
+        .filter(|n| n.starts_with(loader::LINK_PIN_PREFIX))
+    {
+        std::fs::remove_file(dirs.pin_path(name))
+            .with_context(|| format!("removing {}", dirs.pin_path(name).display()))?;
+        flushed.links += 1;
+    }
+    if let Some(state) = state.as_ref().filter(|s| s.clsact_created) {
+        if let Some(wan) = state.interfaces.iter().find(|i| i.role == Role::Wan) {
+            let rtnl = Rtnl::connect()?;
+            if let Err(e) = rtnl.delete_clsact(wan.ifindex, &wan.name).await {
+                warn!("flush.clsact_failed iface={} error=\"{e}\"", wan.name);
+            }
+        }
+    }
+    restore_sysctls(dirs, "flush.sysctl_restored");
+    flushed.maps = pins
+        .iter()
+        .filter(|n| !n.starts_with(loader::LINK_PIN_PREFIX))
+        .count();
+    dirs.remove_pins().context("removing the pinned maps")?;
+    dirs.remove_layout()?;
+    dirs.remove_record(port_mapping::EPOCH_FILE)?;
+    dirs.remove_state()?;
+    info!(
+        "natgw.flushed links={} maps={} forwarding_off={}",
+        flushed.links,
+        flushed.maps,
+        flushed.forwarding_off.join(",")
+    );
+    Ok(flushed)
+}
+
+/// What a previous natgw in this namespace left: its state file (whose owner is
+/// dead) and the layout record of pinned maps to adopt.
+struct Previous {
+    state: Option<StateFile>,
+    /// The layout record of pins this namespace's natgw made (`None`: nothing to
+    /// adopt; pins of a namespace that no longer exists have been removed).
+    record: Option<LayoutRecord>,
+    /// This namespace's cookie.
+    cookie: u64,
+}
+
+impl Previous {
+    /// Looks at what the runtime directories hold. Called with the lock held, so
+    /// nothing here belongs to a live natgw.
+    fn find(dirs: &RuntimeDirs) -> Result<Self> {
+        let state = dirs.read_state::<StateFile>().ok();
+        if let Some(s) = &state {
+            if s.pid != std::process::id()
+                && system::process_alive_in_netns(s.pid, dirs.netns_inode)
+            {
+                bail!(crate::datapath::dirs::StateError::AlreadyRunning { pid: Some(s.pid) });
+            }
+        }
+        let cookie = layout::netns_cookie().context("reading the network namespace's cookie")?;
+        let pins = dirs.existing_pins();
+        let record = match dirs.read_layout() {
+            Some(r) if r.netns_cookie == cookie && !pins.is_empty() => Some(r),
+            _ if pins.is_empty() => None,
+            other => {
+                warn!(
+                    "stale.removed pins={} dir={}: {}",
+                    pins.len(),
+                    dirs.pin_dir.display(),
+                    if other.is_some() {
+                        "left by a network namespace that no longer exists (its inode was \
+                         reused)"
+                    } else {
+                        "no layout record: left by a natgw that died while starting"
+                    }
+                );
+                restore_sysctls(dirs, "stale.sysctl_restored");
+                dirs.remove_pins().context("removing stale pins")?;
+                dirs.remove_layout()?;
+                dirs.remove_record(port_mapping::EPOCH_FILE)?;
+                dirs.remove_state()?;
+                None
+            }
+        };
+        Ok(Self {
+            state: if record.is_some() { state } else { None },
+            record,
+            cookie,
+        })
+    }
+
+    /// The WAN ifindex whose clsact qdisc the previous natgw added, if any.
+    fn clsact(&self) -> Option<u32> {
+        self.state
+            .as_ref()
+            .filter(|s| s.clsact_created)
+            .and_then(|s| {
+                s.interfaces
+                    .iter()
+                    .find(|i| i.role == Role::Wan)
+                    .map(|i| i.ifindex)
+            })
+    }
 }
 
 /// The controller's work beside the data path.
@@ -200,8 +443,9 @@ enum Fatal {
 }
 
 impl Daemon {
-    /// Attaches the data path, starts the services, and marks the data path ready.
-    fn deploy(&mut self, stale_clsact: Option<u32>) -> Result<()> {
+    /// Attaches the data path (replacing the programs of an `adopted` one in place),
+    /// starts the services, marks the data path ready, and turns on forwarding.
+    fn deploy(&mut self, stale_clsact: Option<u32>, adopted: bool) -> Result<()> {
         let dp = &mut self.datapath;
         if let Some(ring) = dp.maps_mut().events.take() {
             let lan_addresses = self
@@ -232,10 +476,18 @@ impl Daemon {
             .context("filling the external address pool (EXT_ADDRS, EXT_SET)")?;
         // Before the forwards: a static forward of a STUN port then fails to claim it.
         self.services.stun = StunResponder::start(self.settings.stun, &self.topology.pool)?;
-        self.services.port_mapping = PortMapping::start(&self.settings, &self.topology, dp)?;
+        self.services.port_mapping =
+            PortMapping::start(&self.settings, &self.topology, dp, &self.dirs)?;
         self.services.port_mapping.write_file(&self.dirs);
         let config = self.data_path_config();
         self.datapath.enable(&config).context("writing CONFIG")?;
+        self.datapath
+            .forward_lans()
+            .context("turning on forwarding on the gateway's interfaces")?;
+        if adopted {
+            let mappings = self.datapath.mapping_count();
+            info!("datapath.adopted mappings={mappings}");
+        }
 
         let state = self.build_state()?;
         self.dirs.write_state(&state)?;
@@ -766,11 +1018,13 @@ impl Daemon {
         }
     }
 
-    /// Undoes everything `deploy` did, as far as it got. Never fails: problems are
-    /// logged and the rest is still undone.
+    /// Undoes everything a first `deploy` did, as far as it got: for a start that
+    /// failed with nothing to fall back on. Never fails: problems are logged and the
+    /// rest is still undone.
     async fn teardown(&mut self) {
         let mappings = self.datapath.mapping_count();
         let undone = self.datapath.teardown(&self.rtnl, &self.dirs).await;
+        let _ = self.dirs.remove_record(port_mapping::EPOCH_FILE);
         if let Err(e) = self.dirs.remove_state() {
             warn!("teardown.state_failed error=\"{e}\"");
         }
@@ -784,6 +1038,27 @@ impl Daemon {
             },
             undone.unpinned
         );
+    }
+
+    /// Stops the controller and leaves the data path running: the pinned programs
+    /// keep translating existing and new flows (without garbage collection, PCP or
+    /// STUN) until the next natgw adopts them, or `natgw stop --flush` removes them.
+    /// The state file stays: it describes that data path.
+    fn stop(&mut self) {
+        self.refresh_state_file();
+        let mappings = self.datapath.mapping_count();
+        let kept = self.datapath.release();
+        self.services.stop();
+        if kept.is_empty() {
+            info!("natgw.stopped data_path=detached mappings={mappings}");
+        } else {
+            info!(
+                "natgw.stopped data_path=running programs={} mappings={mappings}: the data \
+                 path keeps translating; the next `natgw run` adopts it, `natgw stop --flush` \
+                 removes it",
+                kept.join(",")
+            );
+        }
     }
 }
 

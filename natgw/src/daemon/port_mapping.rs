@@ -114,6 +114,16 @@ impl PortMapping {
     }
 }
 
+/// When the PCP epoch began, on `CLOCK_MONOTONIC` (ns): kept in the runtime
+/// directory with the maps, so a natgw that adopts them goes on with the epoch.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EpochRecord {
+    start_ns: u64,
+}
+
+/// The epoch record's file in the runtime directory.
+pub(super) const EPOCH_FILE: &str = "pcp-epoch.json";
+
 /// Why a static forward could not be installed, as the end of a sentence.
 const fn static_refusal(e: TableError) -> &'static str {
     match e {
@@ -139,6 +149,7 @@ impl PortMapping {
         settings: &Settings,
         topology: &Topology,
         dp: &mut DataPath,
+        dirs: &RuntimeDirs,
     ) -> Result<Self> {
         let filters = PcpFilters::take(dp.ebpf_mut())?;
         let s = settings;
@@ -152,7 +163,25 @@ impl PortMapping {
         let mut explicit =
             ExplicitMappings::new(topology.pool.clone(), addresses.clone(), defaults, filters);
         let now_ns = system::monotonic_ns();
+        let adopted = dp.adopted();
         let nat = &mut dp.maps_mut().nat;
+        if adopted {
+            match dirs.read_explicit::<ExplicitEntry>() {
+                Ok(entries) => {
+                    let n = explicit.restore(nat, &entries, Instant::now(), now_ns);
+                    info!(
+                        "explicit.restored mappings={n} recorded={}: PCP and NAT-PMP clients \
+                         keep their mappings",
+                        entries.len()
+                    );
+                }
+                Err(e) => warn!(
+                    "explicit.unreadable error=\"{e}\": PCP and NAT-PMP mappings of the \
+                     previous natgw stay in the maps until they idle out, but their holders \
+                     must map them again"
+                ),
+            }
+        }
         for f in &settings.forwards {
             if let Some(why) = addresses.refusal(*f.internal.ip()) {
                 bail!("[[forward]] {f}: {why}; a forward leads to an internal host");
@@ -181,7 +210,27 @@ impl PortMapping {
                     })
                 })
                 .collect();
-            let server = PcpService::bind(settings.pcp.server.clone(), &lans, Instant::now())?;
+            let now = Instant::now();
+            let mut server = PcpService::bind(settings.pcp.server.clone(), &lans, now)?;
+            // The epoch runs as long as the mapping state: across restarts that kept
+            // the maps, from when a natgw first made them (RFC 6887 §8.5).
+            let epoch = adopted
+                .then(|| dirs.read_record::<EpochRecord>(EPOCH_FILE).ok().flatten())
+                .flatten();
+            match epoch {
+                Some(r) => {
+                    let elapsed =
+                        std::time::Duration::from_nanos(now_ns.saturating_sub(r.start_ns));
+                    server.continue_epoch(elapsed, now);
+                    info!("pcp.epoch_continued seconds={}", elapsed.as_secs());
+                }
+                None => {
+                    if let Err(e) = dirs.write_record(EPOCH_FILE, &EpochRecord { start_ns: now_ns })
+                    {
+                        warn!("pcp.epoch_unrecorded error=\"{e}\": a restart will reset it");
+                    }
+                }
+            }
             let locals: Vec<String> = server.locals().map(|a| a.to_string()).collect();
             let c = server.config();
             info!(

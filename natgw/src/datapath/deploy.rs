@@ -3,11 +3,19 @@
 //! to the host (pins, attachments, the clsact qdisc, sysctls, `CONFIG`), so that a
 //! failed start or a stop undoes exactly what was done, newest first.
 //!
-//! Deploying goes in the order that keeps the programs harmless until the end:
-//! `IFACES` and the source checks are filled before any program is attached, and
-//! `CONFIG` (with `CONFIG_F_READY`) is written last ([`DataPath::enable`]); until then
-//! the programs pass all traffic untouched. Undoing clears `CONFIG` first for the
-//! same reason.
+//! Deploying goes in the order that fails closed: `IFACES` and the source checks
+//! (`ADDR_CLASS`: which sources are internal) are filled before any program is
+//! attached; `tc_wan_egress`, whose leak guard drops any packet leaving the WAN with
+//! an internal source whether or not natgw is ready, is attached first; `CONFIG`
+//! (with `CONFIG_F_READY`) is written last ([`DataPath::enable`]), and only then does
+//! natgw turn on forwarding on the LAN interfaces ([`DataPath::forward_lans`]).
+//!
+//! The attachments are pinned bpf links (see [`loader`]): the data path outlives the
+//! process. A natgw that stops or dies leaves it translating; the next one adopts
+//! the maps and replaces the programs in place ([`DataPath::adopted`]). Only a
+//! failed first start, or the operator's `natgw stop --flush` ([`flush`]), undoes
+//! the deployment: forwarding off on the LAN interfaces first, then `CONFIG`
+//! cleared, programs detached, pins removed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -61,8 +69,10 @@ impl Iface {
 /// One change deploying made, with what undoing it needs.
 #[derive(Debug)]
 enum Change {
-    /// The maps are pinned under the pin directory.
+    /// The maps were created and pinned by this natgw (not adopted).
     Pinned,
+    /// Forwarding was turned on for the LAN interfaces.
+    Forwarding(Vec<String>),
     Xdp(XdpAttachment),
     /// natgw added this clsact qdisc (or a crashed natgw did).
     Clsact {
@@ -117,29 +127,46 @@ pub struct DataPath {
     addresses: AddressPlan,
     /// What to undo, oldest first.
     changes: Vec<Change>,
+    /// The maps (and the links) were a previous natgw's.
+    adopted: bool,
+    /// The attachments are pinned links that outlive natgw.
+    pinned_links: bool,
 }
 
 impl DataPath {
-    /// Takes the maps of the loaded object and pins them.
+    /// Takes the maps of the loaded object (pinned by the loader). `adopted`: they
+    /// are a previous natgw's, and so is the data path on the hooks.
     ///
     /// # Errors
-    /// When a map is missing or cannot be pinned (what was pinned is in the undo log;
-    /// call [`Self::teardown`]).
-    pub fn new(mut ebpf: Ebpf, dirs: &RuntimeDirs) -> Result<Self> {
+    /// When a map is missing (the caller removes the pins it created).
+    pub fn new(mut ebpf: Ebpf, adopted: bool) -> Result<Self> {
+        let mut changes = Vec::new();
+        if !adopted {
+            changes.push(Change::Pinned);
+        }
         let maps = GatewayMaps::take(&mut ebpf)?;
-        let mut dp = Self {
+        let dp = Self {
             ebpf,
             maps,
             ifaces: Vec::new(),
             netdev: None,
             sysctls: BTreeMap::new(),
             addresses: AddressPlan::default(),
-            changes: Vec::new(),
+            changes,
+            adopted,
+            pinned_links: loader::links_outlive_natgw(),
         };
-        dirs.create_pin_dir()?;
-        dp.changes.push(Change::Pinned);
-        dp.maps.pin(dirs)?;
         Ok(dp)
+    }
+
+    /// Whether the maps and the data path were a previous natgw's.
+    pub const fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Whether the data path outlives this process.
+    pub const fn outlives_natgw(&self) -> bool {
+        self.pinned_links
     }
 
     /// The loaded object, for taking the maps the services own.
@@ -199,10 +226,12 @@ impl DataPath {
     }
 
     /// Registers the interfaces in `IFACES`, fills the source checks, and attaches the
-    /// programs: XDP on every interface, TC on the WAN (ingress and egress), on each
+    /// programs: TC on the WAN (egress first: its leak guard; then ingress), on each
     /// LAN (ingress) and on `lo` (egress, for hairpinned replies of the gateway's own
-    /// services). `stale_clsact` is the WAN ifindex whose clsact a crashed natgw
-    /// added: it counts as this run's.
+    /// services), then XDP on every interface. Each replaces a previous natgw's
+    /// program in place where that one's link is pinned; links of interfaces no
+    /// longer in use go. `stale_clsact` is the WAN ifindex whose clsact a previous
+    /// natgw added: it counts as this run's.
     ///
     /// # Errors
     /// When a map cannot be written or a program attached (what was done is in the
@@ -228,13 +257,21 @@ impl DataPath {
             .chain(topology.lans.iter().cloned().map(|l| (l, Role::Lan)));
         for (link, role) in links {
             let redirect_ok = self.read_redirect_ok(link.ifindex).unwrap_or(false);
+            // An adopted XDP link keeps the mode it was attached in.
+            let xdp_generic = self.adopted && link.xdp_generic;
             self.ifaces.push(Iface {
                 link,
                 role,
                 redirect_ok,
                 present: true,
-                xdp_generic: false,
+                xdp_generic,
             });
+        }
+        if self.adopted {
+            let keep: Vec<u32> = self.ifaces.iter().map(|i| i.link.ifindex).collect();
+            self.maps
+                .retain_ifaces(&keep)
+                .context("removing interfaces no longer in use from IFACES")?;
         }
         for iface in &self.ifaces {
             self.maps
@@ -243,25 +280,45 @@ impl DataPath {
         }
         self.apply_addresses(&topology.attached)
             .context("filling the source checks (ADDR_CLASS, LAN_SOURCES)")?;
+        if self.adopted {
+            self.maps
+                .prune_address_plan(&self.addresses)
+                .context("removing a previous natgw's source checks")?;
+        }
 
-        for i in 0..self.ifaces.len() {
-            let (name, ifindex) = (
-                self.ifaces[i].link.name.clone(),
-                self.ifaces[i].link.ifindex,
-            );
-            let prog = match self.ifaces[i].role {
+        let mut plan: Vec<Attach> = vec![
+            Attach::Tc(
+                programs::TC_WAN_EGRESS,
+                topology.wan.clone_name(),
+                TcAttachType::Egress,
+            ),
+            Attach::Tc(
+                programs::TC_WAN_INGRESS,
+                topology.wan.clone_name(),
+                TcAttachType::Ingress,
+            ),
+        ];
+        plan.extend(topology.lans.iter().map(|l| {
+            Attach::Tc(
+                programs::TC_LAN_INGRESS,
+                l.clone_name(),
+                TcAttachType::Ingress,
+            )
+        }));
+        plan.push(Attach::Tc(
+            programs::TC_LO_EGRESS,
+            ("lo".to_owned(), 1),
+            TcAttachType::Egress,
+        ));
+        plan.extend(self.ifaces.iter().map(|i| {
+            let prog = match i.role {
                 Role::Lan => programs::XDP_LAN,
                 Role::Wan => programs::XDP_WAN,
             };
-            let att = loader::attach_xdp(&mut self.ebpf, prog, &name, ifindex, mode)?;
-            let generic = att.mode == AttachedMode::Skb;
-            self.changes.push(Change::Xdp(att));
-            if generic {
-                self.ifaces[i].xdp_generic = true;
-                self.maps
-                    .set_iface(ifindex, self.ifaces[i].config())
-                    .with_context(|| format!("registering {name}'s XDP mode in IFACES"))?;
-            }
+            Attach::Xdp(prog, i.link.clone_name(), i.xdp_generic)
+        }));
+        if self.pinned_links {
+            self.unpin_stale_links(dirs, &plan);
         }
 
         let wan = &topology.wan;
@@ -270,13 +327,6 @@ impl DataPath {
                 name: wan.name.clone(),
                 ifindex: wan.ifindex,
             });
-        }
-        for (prog, hook) in [
-            (programs::TC_WAN_INGRESS, TcAttachType::Ingress),
-            (programs::TC_WAN_EGRESS, TcAttachType::Egress),
-        ] {
-            let att = loader::attach_tc(&mut self.ebpf, prog, &wan.name, wan.ifindex, hook)?;
-            self.changes.push(Change::Tc(att));
         }
         // Internal hosts reach the gateway's own services on its external addresses
         // through the hairpin path, which delivers them through lo with a source that
@@ -289,34 +339,109 @@ impl DataPath {
                  services on its external address through hairpinning"
             );
         }
-        let lan_hooks: Vec<(String, u32, &'static str, TcAttachType)> = topology
-            .lans
-            .iter()
-            .map(|l| {
-                let hook = TcAttachType::Ingress;
-                (l.name.clone(), l.ifindex, programs::TC_LAN_INGRESS, hook)
-            })
-            .chain([(
-                "lo".to_owned(),
-                1,
-                programs::TC_LO_EGRESS,
-                TcAttachType::Egress,
-            )])
-            .collect();
-        for (name, ifindex, prog, hook) in lan_hooks {
-            let att = match loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook) {
-                Ok(att) => att,
-                Err(first) => {
-                    // Kernels without tcx need a clsact qdisc; natgw leaves the one it
-                    // adds on a LAN interface or lo in place when it exits.
-                    if !loader::add_clsact(&name)? {
-                        return Err(first.into());
-                    }
-                    loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook)?
-                }
+        for step in plan {
+            let pin = |prog: &str, ifindex: u32| {
+                self.pinned_links
+                    .then(|| loader::link_pin(&dirs.pin_dir, prog, ifindex))
             };
-            self.changes.push(Change::Tc(att));
+            match step {
+                Attach::Tc(prog, (name, ifindex), hook) => {
+                    let pin = pin(prog, ifindex);
+                    let att = match loader::attach_tc(
+                        &mut self.ebpf,
+                        prog,
+                        &name,
+                        ifindex,
+                        hook,
+                        pin.as_deref(),
+                    ) {
+                        Ok(att) => att,
+                        Err(first) if !self.pinned_links => {
+                            // Kernels without tcx need a clsact qdisc; natgw leaves the
+                            // one it adds on a LAN interface or lo in place when it exits.
+                            if !loader::add_clsact(&name)? {
+                                return Err(first.into());
+                            }
+                            loader::attach_tc(&mut self.ebpf, prog, &name, ifindex, hook, None)?
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    self.changes.push(Change::Tc(att));
+                }
+                Attach::Xdp(prog, (name, ifindex), generic) => {
+                    let pin = pin(prog, ifindex);
+                    let current = Some(if generic {
+                        AttachedMode::Skb
+                    } else {
+                        AttachedMode::Driver
+                    });
+                    let att = loader::attach_xdp(
+                        &mut self.ebpf,
+                        prog,
+                        &name,
+                        ifindex,
+                        mode,
+                        pin.as_deref(),
+                        current,
+                    )?;
+                    let now_generic = att.mode == AttachedMode::Skb;
+                    self.changes.push(Change::Xdp(att));
+                    if let Some(i) = self.ifaces.iter_mut().find(|i| i.link.ifindex == ifindex) {
+                        if i.xdp_generic != now_generic {
+                            i.xdp_generic = now_generic;
+                            self.maps.set_iface(ifindex, i.config()).with_context(|| {
+                                format!("registering {name}'s XDP mode in IFACES")
+                            })?;
+                        }
+                    }
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Removes the pinned links of a previous natgw that this one does not attach
+    /// (an interface no longer configured, or of another role): removing the pin
+    /// detaches the program.
+    fn unpin_stale_links(&self, dirs: &RuntimeDirs, plan: &[Attach]) {
+        let wanted: Vec<String> = plan
+            .iter()
+            .map(|a| {
+                let (prog, ifindex) = match a {
+                    Attach::Tc(p, (_, i), _) | Attach::Xdp(p, (_, i), _) => (*p, *i),
+                };
+                loader::link_pin(&dirs.pin_dir, prog, ifindex)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        for name in dirs.existing_pins() {
+            if name.starts_with(loader::LINK_PIN_PREFIX) && !wanted.contains(&name) {
+                match std::fs::remove_file(dirs.pin_path(&name)) {
+                    Ok(()) => info!("link.removed pin={name}: no longer in use"),
+                    Err(e) => warn!("link.remove_failed pin={name} error=\"{e}\""),
+                }
+            }
+        }
+    }
+
+    /// Turns on forwarding on every LAN interface (and the WAN, for inbound traffic):
+    /// the last step of a start, once the leak guard is attached and the data path
+    /// is ready. Before it, natgw turned it off on the LAN interfaces
+    /// ([`lans_forwarding_off`]) so that nothing is forwarded untranslated while the
+    /// programs load.
+    ///
+    /// # Errors
+    /// When a sysctl cannot be written.
+    pub fn forward_lans(&mut self) -> Result<()> {
+        let mut names = Vec::new();
+        for i in self.ifaces.iter().filter(|i| i.present) {
+            let key = system::forwarding_key(&i.link.name);
+            system::write_sysctl(&key, "1").with_context(|| format!("writing {key}"))?;
+            names.push(i.link.name.clone());
+        }
+        self.changes.push(Change::Forwarding(names));
         Ok(())
     }
 
@@ -437,13 +562,21 @@ impl DataPath {
         events
     }
 
-    /// Undoes every change, newest first: `CONFIG` cleared, programs detached, sysctls
-    /// restored, natgw's clsact removed, pins removed. Never fails: problems are
-    /// logged and the rest is still undone.
+    /// Undoes every change, newest first: forwarding off on the LAN interfaces,
+    /// `CONFIG` cleared, programs detached, sysctls restored, natgw's clsact removed,
+    /// pins removed. For a failed first start, and for a failed start that adopted
+    /// nothing; a natgw that adopted a running data path leaves it running (see
+    /// [`Self::release`]). Never fails: problems are logged and the rest is still
+    /// undone.
     pub async fn teardown(&mut self, rtnl: &Rtnl, dirs: &RuntimeDirs) -> Undone {
         let mut undone = Undone::default();
         while let Some(change) = self.changes.pop() {
             match change {
+                Change::Forwarding(names) => {
+                    for name in names {
+                        forwarding_off(&name, "teardown");
+                    }
+                }
                 Change::Enabled => {
                     if let Err(e) = self.maps.write_config(&Config::default()) {
                         debug!("teardown.config error=\"{e}\"");
@@ -473,19 +606,93 @@ impl DataPath {
                         Err(e) => warn!("teardown.clsact_failed error=\"{e}\""),
                     }
                 }
-                Change::Pinned => match dirs.remove_pins() {
-                    Ok(()) => undone.unpinned = true,
-                    Err(e) => warn!("teardown.unpin_failed error=\"{e}\""),
-                },
+                Change::Pinned => {
+                    match dirs.remove_pins() {
+                        Ok(()) => undone.unpinned = true,
+                        Err(e) => warn!("teardown.unpin_failed error=\"{e}\""),
+                    }
+                    if let Err(e) = dirs.remove_layout() {
+                        warn!("teardown.layout_failed error=\"{e}\"");
+                    }
+                }
             }
         }
         undone
+    }
+
+    /// Lets go of the data path without undoing anything: the pinned links keep the
+    /// programs on their hooks and the maps alive, and the next natgw adopts them.
+    /// What cannot outlive the process (attachments on kernels without tcx) is
+    /// detached, and forwarding turned off first when that leaves a hook of the
+    /// WAN empty. Returns `program@iface` of what was left attached.
+    pub fn release(&mut self) -> Vec<String> {
+        let mut kept = Vec::new();
+        let mut owned = Vec::new();
+        for change in self.changes.drain(..) {
+            match change {
+                Change::Xdp(att) if att.pinned() => {
+                    kept.push(format!("{}@{}", att.program, att.iface))
+                }
+                Change::Tc(att) if att.pinned() => {
+                    kept.push(format!("{}@{}({})", att.program, att.iface, att.hook));
+                }
+                Change::Xdp(att) => owned.push(att.detach()),
+                Change::Tc(att) => owned.push(att.detach()),
+                _ => {}
+            }
+        }
+        if !owned.is_empty() {
+            for i in self.ifaces.iter().filter(|i| i.role == Role::Lan) {
+                forwarding_off(&i.link.name, "stop");
+            }
+        }
+        kept
     }
 
     /// The number of mappings, or 0 when the map cannot be read.
     pub fn mapping_count(&self) -> usize {
         self.maps.mapping_count().unwrap_or(0)
     }
+}
+
+/// One step of [`DataPath::attach`]'s plan: program, (interface, ifindex), and the
+/// TC hook or whether an adopted XDP link runs in generic mode.
+enum Attach {
+    Tc(&'static str, (String, u32), TcAttachType),
+    Xdp(&'static str, (String, u32), bool),
+}
+
+/// Turns forwarding off on LAN interface `name` (logged as `event`): whatever it
+/// receives is no longer routed, so nothing leaves the WAN untranslated.
+fn forwarding_off(name: &str, event: &str) {
+    let key = system::forwarding_key(name);
+    match system::write_sysctl(&key, "0") {
+        Ok(()) => info!("{event}.forwarding_off iface={name}"),
+        // The interface went away with its settings.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!("{event}.forwarding_off_failed iface={name} error=\"{e}\""),
+    }
+}
+
+/// The first step of a start that finds no data path to adopt: forwarding off on
+/// the LAN interfaces `lans`, so that nothing they send is routed untranslated
+/// while the programs load and attach ([`DataPath::forward_lans`] turns it on at
+/// the end). Returns the interfaces where it was on.
+///
+/// # Errors
+/// When a sysctl cannot be written: natgw does not start on a gateway it cannot
+/// keep from leaking.
+pub fn lans_forwarding_off(lans: &[crate::datapath::netlink::Link]) -> Result<Vec<String>> {
+    let mut were_on = Vec::new();
+    for l in lans {
+        let key = system::forwarding_key(&l.name);
+        let value = system::read_sysctl(&key).with_context(|| format!("reading {key}"))?;
+        if value != "0" {
+            system::write_sysctl(&key, "0").with_context(|| format!("writing {key}"))?;
+            were_on.push(l.name.clone());
+        }
+    }
+    Ok(were_on)
 }
 
 /// Puts back the sysctl values natgw changed (recorded in `dirs`, so also those of

@@ -286,6 +286,40 @@ impl RuntimeDirs {
 }
 
 impl RuntimeDirs {
+    /// Reads record `name` from the state directory; `None` when there is none.
+    ///
+    /// # Errors
+    /// Unreadable, or not a `T`.
+    pub fn read_record<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StateError> {
+        read_json_or_default::<Option<T>>(self.state_dir.join(name))
+    }
+
+    /// Writes record `name` to the state directory atomically.
+    ///
+    /// # Errors
+    /// When it cannot be written.
+    pub fn write_record<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StateError> {
+        fs::create_dir_all(&self.state_dir).map_err(io_err("creating", &self.state_dir))?;
+        write_json_atomic(&self.state_dir, &self.state_dir.join(name), value)
+    }
+
+    /// Removes record `name`, if there is one.
+    ///
+    /// # Errors
+    /// When it exists and cannot be removed.
+    pub fn remove_record(&self, name: &str) -> Result<(), StateError> {
+        let path = self.state_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &path)(e)),
+        }
+    }
+
     /// The file of sysctl values natgw changed, with the values to put back. It is
     /// written before a value changes and removed once it is restored, so a natgw that
     /// dies in between leaves it for the next start to restore.

@@ -1,16 +1,25 @@
-//! The embedded eBPF object: loading it with the NAT tables sized, loading its
-//! programs, and attaching them — `xdp_lan` and `tc_lan_ingress` to every LAN
-//! interface, `xdp_wan` to the WAN, `tc_wan_ingress`/`tc_wan_egress` to the WAN's TC
-//! hooks — and detaching them.
+//! The embedded eBPF object: loading it with the NAT tables sized and its maps
+//! pinned (or adopted from the pins of a previous natgw), loading its programs, and
+//! attaching them — `xdp_lan` and `tc_lan_ingress` to every LAN interface, `xdp_wan`
+//! to the WAN, `tc_wan_ingress`/`tc_wan_egress` to the WAN's TC hooks, `tc_lo_egress`
+//! to `lo` — and detaching them.
+//!
+//! Attachments are bpf links pinned next to the maps, so the data path outlives the
+//! controller (a crash, a stop, an upgrade). A new natgw finds the pinned link of
+//! each attachment and replaces its program in place (`BPF_LINK_UPDATE`): no
+//! instant passes without a program on the hook.
 //!
 //! Every failure is turned into a sentence naming the program and interface; kernel
 //! refusals are explained (privileges, no BPF support, verifier rejection).
 
 use std::io;
+use std::path::{Path, PathBuf};
 
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, SchedClassifierLink, TcError};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{Link as _, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use natgw_common::maps::names;
 
@@ -148,19 +157,27 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Loads the object with both NAT tables sized to `max_mappings` and the session
 /// table to twice that (a TCP mapping has at least one session, an
-/// address-dependent one two: the address record and the endpoint), starts forwarding
-/// its log records (before the programs load, see [`crate::datapath::logging`]) and loads all
-/// four programs into the kernel.
-pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
+/// address-dependent one two: the address record and the endpoint), every map of
+/// [`names::PINNED`] pinned under `pin_dir` — adopted when a pin is already there
+/// (the caller has checked its layout, see `datapath::layout`), created and pinned
+/// otherwise —, starts forwarding its log records (before the programs load, see
+/// [`crate::datapath::logging`]) and loads all programs into the kernel.
+pub fn load(
+    max_mappings: u32,
+    pin_dir: &Path,
+) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::NAT_FWD, max_mappings)
         .map_max_entries(names::NAT_REV, max_mappings)
-        .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2))
-        .load(EBPF_OBJECT)
-        .map_err(LoadError::Object)?;
+        .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2));
+    for name in names::PINNED {
+        loader.map_pin_path(name, pin_dir.join(name));
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
     let log_task = crate::datapath::logging::forward_ebpf_logs(&mut ebpf);
     for name in programs::XDP {
         let prog: &mut Xdp = program(&mut ebpf, name)?;
@@ -173,6 +190,69 @@ pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<(
             .map_err(|source| LoadError::Program { name, source })?;
     }
     Ok((ebpf, log_task))
+}
+
+/// Whether attachments can be pinned bpf links that outlive natgw and are replaced
+/// atomically: XDP links (Linux 5.9) and tcx links (Linux 6.6). Older kernels get
+/// netlink attachments that natgw detaches when it stops.
+#[must_use]
+pub fn links_outlive_natgw() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+/// The pin of the link of `program` on interface `ifindex`.
+#[must_use]
+pub fn link_pin(pin_dir: &Path, program: &str, ifindex: u32) -> PathBuf {
+    pin_dir.join(format!("{LINK_PIN_PREFIX}{program}@{ifindex}"))
+}
+
+/// Names of link pins start with this (map pins are upper case).
+pub const LINK_PIN_PREFIX: &str = "link-";
+
+/// How natgw holds an attachment.
+#[derive(Debug)]
+enum Held<L> {
+    /// A bpf link pinned at `pin`: it outlives natgw. Removing the pin and closing
+    /// the descriptor detaches it.
+    Pinned { link: FdLink, pin: PathBuf },
+    /// An attachment natgw detaches when it stops (kernels without tcx).
+    Owned(L),
+}
+
+impl<L: aya::programs::Link> Held<L> {
+    /// Detaches: the pin goes, and with natgw's descriptor the link.
+    fn detach(self) -> Result<(), String> {
+        match self {
+            Self::Pinned { link, pin } => {
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("removing {}: {e}", pin.display())),
+                }
+                drop(link);
+                Ok(())
+            }
+            Self::Owned(link) => link.detach().map_err(|e| explain(&e)),
+        }
+    }
+
+    const fn pinned(&self) -> bool {
+        matches!(self, Self::Pinned { .. })
+    }
+}
+
+/// Pins `link` at `pin` (any stale pin there goes first).
+fn pin_link(link: FdLink, pin: &Path) -> Result<FdLink, String> {
+    let _ = std::fs::remove_file(pin);
+    let pinned = link
+        .pin(pin)
+        .map_err(|e| format!("pinning the link at {}: {e}", pin.display()))?;
+    Ok(FdLink::from(pinned))
+}
+
+/// The link pinned at `pin`, if there is one.
+fn pinned_link(pin: &Path) -> Option<FdLink> {
+    PinnedLink::from_pin(pin).ok().map(FdLink::from)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -212,7 +292,8 @@ impl AttachedMode {
     }
 }
 
-/// An attached XDP program; dropping it detaches it.
+/// An attached XDP program. Pinned, it stays attached when natgw exits; see
+/// [`XdpAttachment::detach`].
 #[derive(Debug)]
 pub struct XdpAttachment {
     /// Program.
@@ -223,37 +304,79 @@ pub struct XdpAttachment {
     pub ifindex: u32,
     /// Mode it runs in.
     pub mode: AttachedMode,
-    link: XdpLink,
+    /// It replaced the program of a previous natgw in place.
+    pub replaced: bool,
+    link: Held<XdpLink>,
 }
 
 impl XdpAttachment {
     /// Detaches the program.
     pub fn detach(self) -> Result<(), String> {
-        self.link.detach().map_err(|e| explain(&e))
+        self.link.detach()
+    }
+
+    /// Whether it outlives natgw.
+    #[must_use]
+    pub const fn pinned(&self) -> bool {
+        self.link.pinned()
     }
 }
 
-/// Attaches XDP program `program` to `iface` in the mode `choice` asks for (`auto`:
-/// driver mode, else generic mode with a warning).
+/// Attaches XDP program `program` to `iface`: when `pin` holds the link of a
+/// previous natgw, by replacing that link's program atomically (it keeps its mode,
+/// `current`); otherwise a new link in the mode `choice` asks for (`auto`: driver
+/// mode, else generic mode with a warning), pinned at `pin` when given.
 pub fn attach_xdp(
     ebpf: &mut Ebpf,
     program_name: &'static str,
     iface: &str,
     ifindex: u32,
     choice: XdpModeChoice,
+    pin: Option<&Path>,
+    current: Option<AttachedMode>,
 ) -> Result<XdpAttachment, LoadError> {
     let prog: &mut Xdp = program(ebpf, program_name)?;
-    let try_mode = |prog: &mut Xdp, mode: AttachedMode| -> Result<XdpLink, String> {
-        let id = prog
-            .attach_to_if_index(ifindex, mode.aya())
-            .map_err(|e| explain(&e))?;
-        prog.take_link(id).map_err(|e| explain(&e))
-    };
     let attach_err = |mode: &str, detail: String| LoadError::Attach {
         program: program_name,
         iface: iface.to_owned(),
         mode: mode.to_owned(),
         detail,
+    };
+    if let Some((pin, old)) = pin.and_then(|p| pinned_link(p).map(|l| (p, l))) {
+        let replaced = XdpLink::try_from(old)
+            .map_err(|e| e.to_string())
+            .and_then(|old| prog.attach_to_link(old).map_err(|e| explain(&e)))
+            .and_then(|id| prog.take_link(id).map_err(|e| explain(&e)))
+            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()));
+        match replaced {
+            Ok(link) => {
+                return Ok(XdpAttachment {
+                    program: program_name,
+                    iface: iface.to_owned(),
+                    ifindex,
+                    mode: current.unwrap_or(AttachedMode::Driver),
+                    replaced: true,
+                    link: Held::Pinned {
+                        link,
+                        pin: pin.to_owned(),
+                    },
+                });
+            }
+            Err(e) => {
+                // A link whose device went away (defunct): a new one replaces it.
+                log::warn!(
+                    "xdp.stale_link iface={iface} program={program_name} error=\"{e}\": \
+                     attaching anew"
+                );
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
+    let try_mode = |prog: &mut Xdp, mode: AttachedMode| -> Result<XdpLink, String> {
+        let id = prog
+            .attach_to_if_index(ifindex, mode.aya())
+            .map_err(|e| explain(&e))?;
+        prog.take_link(id).map_err(|e| explain(&e))
     };
     let (link, mode) = match choice {
         XdpModeChoice::Native => (
@@ -278,16 +401,27 @@ pub fn attach_xdp(
             }
         },
     };
+    let link = match pin {
+        Some(pin) => {
+            let fd = FdLink::try_from(link).map_err(|e| attach_err("", e.to_string()))?;
+            Held::Pinned {
+                link: pin_link(fd, pin).map_err(|e| attach_err("", e))?,
+                pin: pin.to_owned(),
+            }
+        }
+        None => Held::Owned(link),
+    };
     Ok(XdpAttachment {
         program: program_name,
         iface: iface.to_owned(),
         ifindex,
         mode,
+        replaced: false,
         link,
     })
 }
 
-/// An attached TC program; dropping it detaches it.
+/// An attached TC program. Pinned, it stays attached when natgw exits.
 #[derive(Debug)]
 pub struct TcAttachment {
     /// Program.
@@ -298,13 +432,21 @@ pub struct TcAttachment {
     pub ifindex: u32,
     /// `ingress` or `egress`.
     pub hook: &'static str,
-    link: SchedClassifierLink,
+    /// It replaced the program of a previous natgw in place.
+    pub replaced: bool,
+    link: Held<SchedClassifierLink>,
 }
 
 impl TcAttachment {
     /// Detaches the program.
     pub fn detach(self) -> Result<(), String> {
-        self.link.detach().map_err(|e| explain(&e))
+        self.link.detach()
+    }
+
+    /// Whether it outlives natgw.
+    #[must_use]
+    pub const fn pinned(&self) -> bool {
+        self.link.pinned()
     }
 }
 
@@ -321,14 +463,17 @@ pub fn add_clsact(iface: &str) -> Result<bool, LoadError> {
     }
 }
 
-/// Attaches TC program `program_name` to `iface`'s `hook`. On Linux 6.6+ aya uses a
-/// tcx link; older kernels get a `cls_bpf` filter on the clsact qdisc.
+/// Attaches TC program `program_name` to `iface`'s `hook`: when `pin` holds the
+/// link of a previous natgw, by replacing that link's program atomically;
+/// otherwise a new tcx link (Linux 6.6+), pinned at `pin` when given. Older kernels
+/// get a `cls_bpf` filter on the clsact qdisc (`pin` must then be `None`).
 pub fn attach_tc(
     ebpf: &mut Ebpf,
     program_name: &'static str,
     iface: &str,
     ifindex: u32,
     hook: TcAttachType,
+    pin: Option<&Path>,
 ) -> Result<TcAttachment, LoadError> {
     let hook_name = match hook {
         TcAttachType::Ingress => "ingress",
@@ -342,13 +487,53 @@ pub fn attach_tc(
         detail,
     };
     let prog: &mut SchedClassifier = program(ebpf, program_name)?;
+    if let Some((pin, old)) = pin.and_then(|p| pinned_link(p).map(|l| (p, l))) {
+        let replaced = SchedClassifierLink::try_from(old)
+            .map_err(|e| e.to_string())
+            .and_then(|old| prog.attach_to_link(old).map_err(|e| explain(&e)))
+            .and_then(|id| prog.take_link(id).map_err(|e| explain(&e)))
+            .and_then(|l| FdLink::try_from(l).map_err(|e| e.to_string()));
+        match replaced {
+            Ok(link) => {
+                return Ok(TcAttachment {
+                    program: program_name,
+                    iface: iface.to_owned(),
+                    ifindex,
+                    hook: hook_name,
+                    replaced: true,
+                    link: Held::Pinned {
+                        link,
+                        pin: pin.to_owned(),
+                    },
+                });
+            }
+            Err(e) => {
+                log::warn!(
+                    "tc.stale_link iface={iface} program={program_name} error=\"{e}\": \
+                     attaching anew"
+                );
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
     let id = prog.attach(iface, hook).map_err(|e| err(explain(&e)))?;
     let link = prog.take_link(id).map_err(|e| err(explain(&e)))?;
+    let link = match pin {
+        Some(pin) => {
+            let fd = FdLink::try_from(link).map_err(|e| err(e.to_string()))?;
+            Held::Pinned {
+                link: pin_link(fd, pin).map_err(err)?,
+                pin: pin.to_owned(),
+            }
+        }
+        None => Held::Owned(link),
+    };
     Ok(TcAttachment {
         program: program_name,
         iface: iface.to_owned(),
         ifindex,
         hook: hook_name,
+        replaced: false,
         link,
     })
 }

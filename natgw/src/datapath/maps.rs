@@ -608,6 +608,81 @@ impl GatewayMaps {
         remove(&mut self.ifaces, &ifindex, names::IFACES)
     }
 
+    /// Removes from `IFACES` every interface but `keep` (entries of a previous
+    /// natgw whose maps were adopted).
+    ///
+    /// # Errors
+    /// When the map cannot be read or written.
+    pub fn retain_ifaces(&mut self, keep: &[u32]) -> Result<(), MapsError> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::IFACES))?
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in stale {
+            remove(&mut self.ifaces, &k, names::IFACES)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the entries of `ADDR_CLASS` and `LAN_SOURCES` that `plan` lacks
+    /// (a previous natgw's, whose maps were adopted).
+    ///
+    /// # Errors
+    /// When a map cannot be read or written.
+    pub fn prune_address_plan(&mut self, plan: &AddressPlan) -> Result<(), MapsError> {
+        let want: Vec<(u32, u32)> = plan
+            .classes()
+            .keys()
+            .map(|p| {
+                let k = class_key(p);
+                (k.prefix_len(), k.data())
+            })
+            .collect();
+        let stale: Vec<LpmKey<u32>> = self
+            .addr_class
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::ADDR_CLASS))?
+            .into_iter()
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            match self.addr_class.remove(&k) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(names::ADDR_CLASS)(e)),
+            }
+        }
+        let want: Vec<(u32, LanSourceKey)> = plan
+            .lan_sources()
+            .keys()
+            .map(|(ifindex, p)| {
+                let k = lan_source_key(*ifindex, p);
+                (k.prefix_len(), k.data())
+            })
+            .collect();
+        let stale: Vec<LpmKey<LanSourceKey>> = self
+            .lan_sources
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(names::LAN_SOURCES))?
+            .into_iter()
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            match self.lan_sources.remove(&k) {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(map_err(names::LAN_SOURCES)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Moves `ADDR_CLASS` and `LAN_SOURCES` from plan `old` to plan `new`: new and
     /// changed entries first, then the ones `new` no longer has, so no address is
     /// ever unclassified in between.
@@ -692,10 +767,30 @@ pub fn write_external_pool(ebpf: &mut Ebpf, pool: &[Ipv4Addr]) -> Result<(), Map
             .map_err(map_err(names::EXT_ADDRS))?;
     }
     let mut set: HashMap<&mut MapData, u32, u32> = typed_mut(ebpf, names::EXT_SET)?;
-    for (i, addr) in pool.iter().enumerate() {
+    let members: Vec<u32> = pool
+        .iter()
+        .map(|a| natgw_common::addr_be(a.octets()))
+        .collect();
+    for (i, addr) in members.iter().enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
-        set.insert(natgw_common::addr_be(addr.octets()), index, 0)
+        set.insert(*addr, index, 0)
             .map_err(map_err(names::EXT_SET))?;
+    }
+    // Addresses no longer in the pool (an earlier address of the WAN, or a previous
+    // natgw's pool) stop counting as external.
+    let stale: Vec<u32> = set
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_err(names::EXT_SET))?
+        .into_iter()
+        .filter(|a| !members.contains(a))
+        .collect();
+    for a in stale {
+        match set.remove(&a) {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(map_err(names::EXT_SET)(e)),
+        }
     }
     Ok(())
 }

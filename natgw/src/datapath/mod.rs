@@ -8,6 +8,7 @@
 pub mod addresses;
 pub mod deploy;
 pub mod dirs;
+pub mod layout;
 pub mod loader;
 pub mod logging;
 pub mod maps;

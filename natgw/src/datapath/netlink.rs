@@ -12,7 +12,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt as _, TryStreamExt as _};
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkInfo};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkXdp, XdpAttached};
 use netlink_packet_route::tc::{TcAttribute, TcHandle};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, MulticastGroup};
@@ -32,9 +32,17 @@ pub struct Link {
     pub kind: Option<String>,
     /// IPv4 addresses with prefix lengths, in the kernel's order (primary first).
     pub ipv4: Vec<Ipv4Prefix>,
+    /// An XDP program is attached in generic (SKB) mode (a previous natgw's).
+    pub xdp_generic: bool,
 }
 
 impl Link {
+    /// Its name and index.
+    #[must_use]
+    pub fn clone_name(&self) -> (String, u32) {
+        (self.name.clone(), self.ifindex)
+    }
+
     /// Whether this is one end of a veth pair.
     #[must_use]
     pub fn is_veth(&self) -> bool {
@@ -116,10 +124,16 @@ impl Rtnl {
             mtu: 0,
             kind: None,
             ipv4: Vec::new(),
+            xdp_generic: false,
         };
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                LinkAttribute::Xdp(xdp) => {
+                    link.xdp_generic = xdp
+                        .iter()
+                        .any(|x| matches!(x, LinkXdp::Attached(XdpAttached::SocketBuffer)));
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     link.kind = infos.into_iter().find_map(|i| match i {
                         LinkInfo::Kind(kind) => Some(kind.to_string()),

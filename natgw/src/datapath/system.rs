@@ -105,6 +105,18 @@ pub fn ensure_bpffs() -> Result<bool, SystemError> {
     Ok(true)
 }
 
+/// Whether this process runs in a mount namespace other than init's (as under `ip
+/// netns exec`, which gives each command its own, with a fresh `/sys`): a bpffs
+/// mounted there goes away with the process. `false` when it cannot be told.
+#[must_use]
+pub fn private_mount_namespace() -> bool {
+    let ino = |p: &str| fs::metadata(p).map(|m| m.ino()).ok();
+    match (ino("/proc/self/ns/mnt"), ino("/proc/1/ns/mnt")) {
+        (Some(me), Some(init)) => me != init,
+        _ => false,
+    }
+}
+
 /// Lifts `RLIMIT_MEMLOCK`, which kernels before 5.11 charge BPF maps against. Newer
 /// kernels account maps to the memory cgroup instead, so failure only matters there.
 pub fn raise_memlock_limit() -> nix::Result<()> {
@@ -155,6 +167,13 @@ pub fn unix_time() -> u64 {
 /// addresses: the hairpin path delivers LAN hosts' packets to the gateway's services
 /// on its external addresses through `lo` (see `tc_lan_ingress`).
 pub const LO_ACCEPT_LOCAL: &str = "net/ipv4/conf/lo/accept_local";
+
+/// The sysctl that lets interface `iface` forward what it receives (IPv4 decides
+/// by the interface a packet arrives on).
+#[must_use]
+pub fn forwarding_key(iface: &str) -> String {
+    format!("net/ipv4/conf/{iface}/forwarding")
+}
 
 fn sysctl_path(key: &str) -> io::Result<String> {
     let safe = !key.is_empty()

@@ -197,6 +197,12 @@ impl PcpService {
         self.server.external_address_changed(now);
     }
 
+    /// The mapping state outlived a restart: the epoch goes on from `elapsed`, with
+    /// no restart to announce (RFC 6887 §8.5).
+    pub fn continue_epoch(&mut self, elapsed: std::time::Duration, now: Instant) {
+        self.server.continue_epoch(elapsed, now);
+    }
+
     /// The policy in force.
     #[must_use]
     pub const fn config(&self) -> &PcpConfig {

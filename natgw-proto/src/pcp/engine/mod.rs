@@ -195,6 +195,20 @@ impl Engine {
         self.burst = Some(Burst::new(now, false));
     }
 
+    /// Mapping state was kept across a restart of the server (RFC 6887 §8.5): the
+    /// epoch goes on from `elapsed` since it began, and there is no restart to
+    /// announce, since clients' mappings are all still there.
+    pub fn continue_epoch(&mut self, elapsed: Duration, now: Instant) {
+        self.epoch_start = now.checked_sub(elapsed).unwrap_or(now);
+        self.burst = None;
+    }
+
+    /// When the epoch began, as `elapsed` before `now` (to hand on across a restart).
+    #[must_use]
+    pub fn epoch_elapsed(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.epoch_start)
+    }
+
     /// The external address changed (mappings kept, re-addressed by the table):
     /// announce it and send every PCP client unsolicited MAP responses with its new
     /// external endpoint (RFC 6887 §14.2, RFC 6886 §3.2.1).

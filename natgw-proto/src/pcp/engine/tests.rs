@@ -424,6 +424,27 @@ fn epoch_counts_seconds_and_restarts_after_state_loss() {
 }
 
 #[test]
+fn a_restart_that_kept_state_continues_the_epoch_without_announcing() {
+    // rfc6887 8.5: the epoch only goes back when mapping state is lost
+    let mut h = Harness::new();
+    h.advance(100);
+    let before = h.server.epoch_elapsed(h.now);
+    assert_eq!(before, Duration::from_secs(100));
+    // A new server, as a restarted natgw builds it, handed the old epoch.
+    let mut restarted = Engine::new(config(), h.now).unwrap();
+    assert!(
+        restarted.poll_timeout().is_some(),
+        "a fresh server announces"
+    );
+    restarted.continue_epoch(before, h.now);
+    h.server = restarted;
+    assert_eq!(h.server.poll_timeout(), None, "nothing to announce");
+    h.advance(5);
+    let r = h.pcp(client(), &request(client(), 0, OpRepr::Announce, vec![]));
+    assert_eq!(r.epoch, 105, "the epoch went on");
+}
+
+#[test]
 fn filters_go_to_the_table_and_prefix_length_zero_clears_them() {
     // rfc6887 13.3
     let mut h = Harness::new();

@@ -99,6 +99,15 @@ pub struct ExplicitEntry {
     /// Remote peers its PCP FILTER options let in, `PREFIX:PORT` (port 0: any);
     /// empty: everyone.
     pub filters: Vec<String>,
+    /// The holder's nonce, so that a restarted natgw still knows the holder.
+    #[serde(default)]
+    pub nonce: Option<Nonce>,
+    /// `created_ns` of its `NAT_FWD` entry (its identity in the maps).
+    #[serde(default)]
+    pub created_ns: u64,
+    /// External port spans policy allowed it, `[first, last]`.
+    #[serde(default)]
+    pub ports: Vec<[u16; 2]>,
 }
 
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
@@ -576,9 +585,85 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                     .iter()
                     .map(|f| format!("{}:{}", f.remote, f.port))
                     .collect(),
+                nonce: Some(r.nonce),
+                created_ns: r.created_ns,
+                ports: r.ports.iter().map(|p| [p.first(), p.last()]).collect(),
             })
             .collect()
     }
+
+    /// Takes back the PCP and NAT-PMP mappings a previous natgw recorded
+    /// (`entries`, its explicit mappings file) whose mapping the adopted maps still
+    /// hold unchanged (same external endpoint, same `created_ns`): their holders keep
+    /// them, with the same nonce and the rest of their lifetime (one that ran out
+    /// while no natgw ran ends at the next [`Self::expire`]). Static forwards come
+    /// back from the configuration instead. Returns how many came back.
+    pub fn restore(
+        &mut self,
+        nat: &impl NatTables,
+        entries: &[ExplicitEntry],
+        now: Instant,
+        now_ns: u64,
+    ) -> usize {
+        let mut restored = 0;
+        for e in entries {
+            let holder = match e.origin.as_str() {
+                "pcp" => Holder::Pcp,
+                "nat-pmp" => Holder::NatPmp,
+                _ => continue,
+            };
+            let protocol = match e.protocol.as_str() {
+                "udp" => Protocol::Udp,
+                "tcp" => Protocol::Tcp,
+                _ => continue,
+            };
+            let Some(nonce) = e.nonce else { continue };
+            let key = MappingKey {
+                internal: *e.internal.ip(),
+                protocol,
+                internal_port: e.internal.port(),
+            };
+            let record = Record {
+                key,
+                holder,
+                nonce,
+                external: e.external,
+                expires: None,
+                expires_ns: e.expires_ns,
+                filters: e.filters.iter().filter_map(|f| parse_filter(f)).collect(),
+                reply_to: e.client,
+                ports: e
+                    .ports
+                    .iter()
+                    .filter_map(|[first, last]| PortSpan::new(*first, *last))
+                    .collect(),
+                created_ns: e.created_ns,
+            };
+            let held = nat
+                .fwd(&record.fwd_key())
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.created_ns == e.created_ns && external_of(&m) == e.external);
+            if !held {
+                continue;
+            }
+            let expires = e
+                .expires_ns
+                .map(|t| now + Duration::from_nanos(t.saturating_sub(now_ns)));
+            self.records.insert(key, Record { expires, ..record });
+            restored += 1;
+        }
+        restored
+    }
+}
+
+/// A filter as [`ExplicitEntry::filters`] writes it, `PREFIX:PORT`.
+fn parse_filter(text: &str) -> Option<Filter> {
+    let (prefix, port) = text.rsplit_once(':')?;
+    Some(Filter {
+        remote: prefix.parse().ok()?,
+        port: port.parse().ok()?,
+    })
 }
 
 /// A mapping to create (from [`Install`], a static forward or a move).
