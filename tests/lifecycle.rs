@@ -1,11 +1,13 @@
 //! The daemon's life: mappings expire after their configured idle timeout, SIGTERM
-//! detaches every program and removes the pins, and bad input is refused with a
-//! clear one-line error and a non-zero exit, never a panic.
+//! stops the controller and leaves the data path translating, `natgw stop --flush`
+//! removes it, and bad input is refused with a clear one-line error and a non-zero
+//! exit, never a panic.
 
 use std::{net::SocketAddrV4, time::Duration};
 
 use natgw_integration_tests::{
-    command_output, recv, recv_nothing, require_root, run_natgw, udp, wait_for, Natgw, Setup,
+    command_output, recv, recv_nothing, require_root, run_natgw, udp, wait_for, LeakWatch, Natgw,
+    Setup,
 };
 use testbed::{Testbed, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR};
 
@@ -35,11 +37,12 @@ fn idle_udp_mapping_expires_after_configured_timeout() {
 }
 
 #[test]
-fn sigterm_detaches_everything() {
+fn sigterm_leaves_the_data_path_and_stop_flush_removes_it() {
     require_root();
     let tb = Testbed::new().expect("testbed");
     let mut natgw = Natgw::start(&tb.gateway.ns, &[]);
     let ns = &tb.gateway.ns;
+    let watch = LeakWatch::start(&tb.inet);
     let links = command_output(ns, "ip", &["-d", "link", "show"]);
     assert_eq!(
         links.matches("prog/xdp").count(),
@@ -62,6 +65,25 @@ fn sigterm_detaches_everything() {
         "natgw exits 0 on SIGTERM: {status}\n{}",
         natgw.log()
     );
+    // The data path stays: programs attached, pins in place, still translating,
+    // new flows included.
+    let links = command_output(ns, "ip", &["-d", "link", "show"]);
+    assert_eq!(
+        links.matches("prog/xdp").count(),
+        3,
+        "still attached:\n{links}"
+    );
+    assert!(natgw.inner().pin_dir().join("NAT_FWD").exists());
+    let other = udp(&tb.lan[0].ns, LAN_A_ADDR, 48001);
+    other
+        .send_to(b"new", SocketAddrV4::new(WAN_A_ADDR, 7000))
+        .expect("send");
+    let (_, seen) = recv(&wan).expect("a new flow is translated without the controller");
+    assert_eq!(*seen.ip(), GW_WAN_ADDR);
+
+    // `natgw stop --flush` removes it all, forwarding first.
+    let (st, out, err) = run_natgw(ns, &["stop", "--flush"]);
+    assert!(st.success(), "{out}{err}");
     let links = command_output(ns, "ip", &["-d", "link", "show"]);
     assert!(!links.contains("prog/xdp"), "XDP detached:\n{links}");
     if qdiscs_running.contains("clsact") {
@@ -71,21 +93,28 @@ fn sigterm_detaches_everything() {
             "the clsact qdisc natgw added is removed:\n{qdiscs}"
         );
     }
-    // The pins are gone: the CLI says natgw is not running.
+    assert!(!natgw.inner().pin_dir().exists(), "pins removed");
+    assert!(
+        !natgw.inner().state_dir().join("state.json").exists(),
+        "state removed"
+    );
     let (st, _, err) = run_natgw(ns, &["mappings"]);
     assert!(!st.success());
-    assert!(
-        err.to_lowercase().contains("not running") || err.contains("no such"),
-        "{err}"
+    assert!(err.to_lowercase().contains("not running"), "{err}");
+    assert_eq!(
+        ns.sysctl("net/ipv4/conf/lo/accept_local").expect("sysctl"),
+        "0",
+        "lo.accept_local restored"
     );
-    // Without natgw nothing is translated any more (so no TC program is left
-    // attached): traffic leaves with its internal source, and the inet router
-    // cannot route the reply.
+    // Without natgw the LAN's traffic is not forwarded at all: it does not leave
+    // untranslated.
     lan.send_to(b"raw", SocketAddrV4::new(WAN_A_ADDR, 7000))
         .expect("send");
-    let (_, seen) = recv(&wan).expect("forwarded untranslated");
-    assert_eq!(*seen.ip(), LAN_A_ADDR);
-    assert_ne!(*seen.ip(), GW_WAN_ADDR);
+    assert!(
+        recv_nothing(&wan, Duration::from_millis(500)).is_none(),
+        "nothing forwarded after the flush"
+    );
+    watch.assert_none("stop and flush");
 }
 
 /// Runs `natgw ARGS` in a fresh testbed's gateway and returns (exit code, stderr).

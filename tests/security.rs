@@ -760,8 +760,10 @@ fn a_full_table_logs_one_line_per_episode() {
 #[test]
 fn accept_local_is_restored_even_after_a_crash() {
     // issue #11 finding 9: after kill -9, accept_local stayed on and the next natgw
-    // took it for the original value. natgw now sets it only on lo, records the
-    // original in its runtime directory first, and the next start restores it.
+    // took it for the original value. natgw now sets it only on lo and records the
+    // original in its runtime directory first. Since issue #17 the data path (which
+    // needs it) outlives the controller, so the original comes back when the data
+    // path goes: `natgw stop --flush`.
     let tb = testbed::Testbed::new().expect("testbed");
     let gw = &tb.gateway.ns;
     let lo = "net/ipv4/conf/lo/accept_local";
@@ -776,25 +778,27 @@ fn accept_local_is_restored_even_after_a_crash() {
         );
     }
     natgw.kill();
+    drop(natgw);
     assert_eq!(
         gw.sysctl(lo).expect("sysctl"),
         "1",
         "a crash cleans nothing up"
     );
     let mut natgw = Natgw::start(gw, &[]);
-    assert!(
-        natgw
-            .log()
-            .contains("stale.sysctl_restored sysctl=net/ipv4/conf/lo/accept_local value=0"),
-        "{}",
-        natgw.log()
-    );
+    assert!(natgw.log().contains("datapath.adopted"), "{}", natgw.log());
     assert_eq!(gw.sysctl(lo).expect("sysctl"), "1");
     assert!(natgw.stop().success());
     assert_eq!(
         gw.sysctl(lo).expect("sysctl"),
+        "1",
+        "the data path left running still needs it"
+    );
+    let (st, out, err) = natgw_integration_tests::run_natgw(gw, &["stop", "--flush"]);
+    assert!(st.success(), "{out}{err}");
+    assert_eq!(
+        gw.sysctl(lo).expect("sysctl"),
         "0",
-        "the original value is back"
+        "the original value is back, not the one the crashed natgw left"
     );
 }
 

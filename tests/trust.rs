@@ -387,3 +387,90 @@ fn a_changed_map_layout_is_refused_naming_both_and_the_data_path_runs_on() {
     assert_eq!(*from.ip(), GW_WAN_ADDR);
     let _ = Ipv4Addr::UNSPECIFIED;
 }
+
+#[test]
+fn sighup_applies_new_timeouts_and_forwards_and_keeps_every_mapping() {
+    require_root();
+    let tb = Testbed::new().expect("testbed");
+    let gw = &tb.gateway.ns;
+    let watch = LeakWatch::start(&tb.inet);
+    let config = std::env::temp_dir().join(format!("natgw-reload-{}.toml", tb.gateway.ns.name()));
+    let write = |udp_timeout: u32, forward: bool| {
+        let mut text = format!("[timeouts]\nudp = {udp_timeout}\n");
+        if forward {
+            text.push_str(
+                "[[forward]]\nprotocol = \"udp\"\nexternal_port = 6000\ninternal = \"10.0.2.2:6000\"\n",
+            );
+        }
+        std::fs::write(&config, text).expect("writing the configuration");
+    };
+    write(300, false);
+    let natgw = Natgw::start(
+        gw,
+        &[
+            "--config",
+            config.to_str().expect("path"),
+            "--gc-interval",
+            "1",
+        ],
+    );
+    let (mut client, mut server, _) = tcp_pair(&tb, 8001);
+    let lan = udp(&tb.lan[0].ns, LAN_A_ADDR, 46000);
+    let wan = udp(&tb.wan[0].ns, WAN_A_ADDR, 7003);
+    lan.send_to(b"udp", SocketAddrV4::new(WAN_A_ADDR, 7003))
+        .expect("send");
+    let (_, udp_ext) = recv(&wan).expect("UDP translated");
+    let pcp_client = udp(&tb.lan[1].ns, LAN_B_ADDR, 5000);
+    let (pcp_ext, _) = pcp_map(&tb, &pcp_client);
+    let forwarded = udp(&tb.lan[1].ns, LAN_B_ADDR, 6000);
+    let probe = udp(&tb.wan[1].ns, testbed::WAN_B_ADDR, 9001);
+    probe
+        .send_to(b"fwd", SocketAddrV4::new(GW_WAN_ADDR, 6000))
+        .expect("send");
+    assert!(
+        recv_nothing(&forwarded, Duration::from_millis(500)).is_none(),
+        "no forward yet"
+    );
+
+    write(2, true);
+    let pid = natgw.inner().pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let applied = natgw_integration_tests::wait_for(WAIT, || {
+        natgw.log().contains("reload.applied").then_some(())
+    });
+    assert!(applied.is_some(), "{}", natgw.log());
+    assert!(natgw.log().contains("udp_timeout=2s"), "{}", natgw.log());
+    // Nothing was dropped: the connection, the UDP flow and the PCP mapping.
+    tcp_works(&mut client, &mut server, "after SIGHUP");
+    wan.send_to(b"in", udp_ext).expect("send");
+    assert!(recv(&lan).is_some(), "UDP mapping kept");
+    probe.send_to(b"pcp", pcp_ext).expect("send");
+    assert!(recv(&pcp_client).is_some(), "PCP mapping kept");
+    // The new forward works.
+    probe
+        .send_to(b"fwd", SocketAddrV4::new(GW_WAN_ADDR, 6000))
+        .expect("send");
+    assert!(recv(&forwarded).is_some(), "the new forward is installed");
+    // The new UDP timeout applies to the idle flow.
+    let internal = SocketAddrV4::new(LAN_A_ADDR, 46000);
+    let gone = natgw_integration_tests::wait_for(Duration::from_secs(15), || {
+        natgw.mapping_of("udp", internal).is_none().then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "the idle UDP mapping expired after 2 s:\n{}",
+        natgw.log()
+    );
+    tcp_works(
+        &mut client,
+        &mut server,
+        "TCP unaffected by the UDP timeout",
+    );
+    drop(natgw);
+    let _ = std::fs::remove_file(&config);
+    watch.assert_none("reload");
+}

@@ -105,6 +105,11 @@ Flags override the configuration file, which overrides the defaults. Example fil
     external_port = 8080
     internal = \"10.0.1.2:80\"
 
+SIGHUP reads the file again and applies timeouts, filtering, the port range, the PCP
+policy and the forwards without dropping a mapping (flags still override the file).
+SIGINT/SIGTERM stop natgw and leave its data path translating; the next `natgw run`
+adopts it. `natgw stop --flush` removes it.
+
 Example:
     natgw run --wan eth0 --lan eth1 --lan eth2 --udp-timeout 600";
 
@@ -453,7 +458,20 @@ async fn run(args: &RunArgs) -> anyhow::Result<()> {
     for w in warnings {
         log::warn!("config.warning {w}");
     }
-    crate::daemon::run(settings).await
+    // SIGHUP: the file read again, the same flags over it.
+    let (path, overrides) = (args.config.clone(), args.overrides());
+    let reloader = Box::new(move || {
+        let file = match &path {
+            Some(path) => crate::config::load_file(path)?,
+            None => crate::config::FileConfig::default(),
+        };
+        let (settings, warnings) = crate::config::resolve(&file, &overrides)?;
+        for w in warnings {
+            log::warn!("config.warning {w}");
+        }
+        Ok(settings)
+    });
+    crate::daemon::run(settings, reloader).await
 }
 
 /// The error and its causes on one line, without repeating a cause the message

@@ -57,7 +57,7 @@ mod stun_responder;
 /// # Errors
 /// When the host, the interfaces or the data path cannot be set up, or natgw stops
 /// on its own.
-pub async fn run(settings: Settings) -> Result<()> {
+pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
     if loader::EBPF_OBJECT.is_empty() {
         bail!(loader::LoadError::NoObject);
     }
@@ -66,6 +66,9 @@ pub async fn run(settings: Settings) -> Result<()> {
     // Signals are caught from here on, so one arriving during setup still leads to an
     // orderly exit.
     let mut shutdown = Shutdown::install()?;
+    // SIGHUP would end the process if not caught: caught from the start.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
 
     if system::ensure_bpffs()? {
         info!("bpffs.mounted path={}", system::BPFFS);
@@ -174,6 +177,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         datapath,
         services,
         report: Report::default(),
+        reloader,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -190,7 +194,7 @@ pub async fn run(settings: Settings) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let outcome = daemon.serve(&mut shutdown).await;
+    let outcome = daemon.serve(&mut shutdown, &mut hangup).await;
     daemon.stop();
     outcome
 }
@@ -425,8 +429,12 @@ struct Report {
     episodes: Episodes,
 }
 
+/// Reads the configuration again (file and flags) for SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Settings> + Send>;
+
 struct Daemon {
     settings: Settings,
+    reloader: Reloader,
     dirs: RuntimeDirs,
     _lock: InstanceLock,
     rtnl: Rtnl,
@@ -670,7 +678,11 @@ impl Daemon {
     }
 
     /// Runs until a signal or a fatal interface loss.
-    async fn serve(&mut self, shutdown: &mut Shutdown) -> Result<()> {
+    async fn serve(
+        &mut self,
+        shutdown: &mut Shutdown,
+        hangup: &mut tokio::signal::unix::Signal,
+    ) -> Result<()> {
         let mut sweeper = Sweeper::new(Policy::new(
             &self.settings.timeouts,
             self.settings.inbound_refresh,
@@ -687,6 +699,14 @@ impl Daemon {
                 signal = shutdown.recv() => {
                     info!("natgw.stopping signal={signal}");
                     return Ok(());
+                }
+                _ = hangup.recv() => {
+                    let interval = self.settings.gc_interval;
+                    self.reload(&mut sweeper);
+                    if self.settings.gc_interval != interval {
+                        tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
                 }
                 _ = held_tick.tick() => {
                     self.expire_held_syns(&mut held_failing);
@@ -736,6 +756,62 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// SIGHUP: reads the configuration again and applies what can change without
+    /// recreating the data path — timeouts, filtering of new mappings, the port
+    /// range of new mappings, unsolicited SYNs, the GC interval, the PCP policy and
+    /// the static forwards. Every mapping stays. Interfaces, external addresses, the
+    /// table size, the XDP mode, STUN and turning PCP on or off need a restart (which
+    /// keeps the mappings too); they keep their running values.
+    fn reload(&mut self, sweeper: &mut Sweeper) {
+        let mut new = match (self.reloader)() {
+            Ok(s) => s,
+            Err(e) => {
+                error!("reload.failed error=\"{e:#}\": the running configuration stays");
+                return;
+            }
+        };
+        let kept = keep_restart_only(&self.settings, &mut new);
+        if !kept.is_empty() {
+            warn!(
+                "reload.needs_restart settings={}: they keep their running values; restart \
+                 natgw to apply them (mappings are kept)",
+                kept.join(",")
+            );
+        }
+        let old = std::mem::replace(&mut self.settings, new);
+        sweeper.set_policy(Policy::new(
+            &self.settings.timeouts,
+            self.settings.inbound_refresh,
+        ));
+        let config = self.data_path_config();
+        if let Err(e) = self.datapath.enable(&config) {
+            error!("reload.config_failed error=\"{e}\"");
+        }
+        let hosts = self.datapath.addresses().clone();
+        let nat = &mut self.datapath.maps_mut().nat;
+        self.services
+            .port_mapping
+            .reload(&old, &self.settings, nat, &hosts);
+        self.services.port_mapping.write_file(&self.dirs);
+        self.refresh_state_file();
+        let s = &self.settings;
+        info!(
+            "reload.applied ports={} udp_timeout={}s tcp_established_timeout={}s \
+             tcp_transitory_timeout={}s icmp_timeout={}s udp_filtering={} tcp_filtering={} \
+             icmp_filtering={} forwards={} mappings={}",
+            s.port_range,
+            s.timeouts.udp,
+            s.timeouts.tcp_established,
+            s.timeouts.tcp_transitory,
+            s.timeouts.icmp,
+            s.filtering.udp,
+            s.filtering.tcp,
+            s.filtering.icmp,
+            s.forwards.len(),
+            self.datapath.mapping_count()
+        );
     }
 
     /// Ends the held SYNs that waited their 6 s: ICMP port unreachable to the sender,
@@ -1060,6 +1136,28 @@ impl Daemon {
             );
         }
     }
+}
+
+/// Copies into `new` the settings of `running` that only a restart can change, and
+/// names those that differed.
+fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    macro_rules! keep {
+        ($($field:ident).+, $name:literal) => {
+            if new.$($field).+ != running.$($field).+ {
+                new.$($field).+ = running.$($field).+.clone();
+                kept.push($name);
+            }
+        };
+    }
+    keep!(wan, "wan");
+    keep!(lan, "lan");
+    keep!(external, "external");
+    keep!(max_mappings, "max_mappings");
+    keep!(xdp_mode, "xdp_mode");
+    keep!(stun, "stun");
+    keep!(pcp.enabled, "pcp.enabled");
+    kept
 }
 
 /// Possible CPUs (what per-CPU maps are sized by): the stride of the data path's

@@ -6,13 +6,13 @@
 //! How a change of the WAN's address reaches them: see `Daemon::wan_addresses_changed`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
 
-use crate::config::{ForwardProtocol, Settings};
+use crate::config::{Forward, ForwardProtocol, Settings};
 use crate::datapath::addresses::AddressPlan;
 use crate::datapath::deploy::DataPath;
 use crate::datapath::dirs::RuntimeDirs;
@@ -114,6 +114,102 @@ impl PortMapping {
     }
 }
 
+/// The protocol of a forward as the mapping table names it.
+const fn forward_protocol(f: &Forward) -> Protocol {
+    match f.protocol {
+        ForwardProtocol::Udp => Protocol::Udp,
+        ForwardProtocol::Tcp => Protocol::Tcp,
+    }
+}
+
+/// Installs static forward `f`. A forward the maps already hold (a previous natgw's,
+/// adopted) is taken over with its port.
+fn install_forward(
+    explicit: &mut ExplicitMappings<PcpFilters>,
+    nat: &mut NatMaps,
+    addresses: &AddressPlan,
+    f: &Forward,
+    now_ns: u64,
+) -> Result<()> {
+    if let Some(why) = addresses.refusal(*f.internal.ip()) {
+        bail!("[[forward]] {f}: {why}; a forward leads to an internal host");
+    }
+    let external = explicit
+        .add_static(
+            nat,
+            forward_protocol(f),
+            f.external_port,
+            f.internal,
+            now_ns,
+        )
+        .map_err(|e| anyhow!("[[forward]] {f}: {}", static_refusal(e)))?;
+    info!(
+        "forward.installed proto={} ext={external} int={}",
+        f.protocol, f.internal
+    );
+    Ok(())
+}
+
+impl PortMapping {
+    /// Applies a reloaded configuration: the explicit mappings' defaults (port
+    /// range, filtering, timeouts), the PCP policy, and the static forwards (those no
+    /// longer configured end, new ones are installed; an unchanged one stays as it
+    /// is). Problems are logged; what cannot be applied keeps its old value.
+    pub(super) fn reload(
+        &mut self,
+        old: &Settings,
+        new: &Settings,
+        nat: &mut NatMaps,
+        hosts: &AddressPlan,
+    ) {
+        let Some(explicit) = self.explicit.as_mut() else {
+            return;
+        };
+        explicit.set_defaults(Defaults {
+            port_range: new.port_range,
+            filter_udp: new.filtering.udp.mode(),
+            filter_tcp: new.filtering.tcp.mode(),
+            policy: Policy::new(&new.timeouts, new.inbound_refresh),
+        });
+        if let Some(server) = self.server.as_mut() {
+            if new.pcp.server != old.pcp.server {
+                match server.set_config(new.pcp.server.clone(), Instant::now()) {
+                    Ok(()) => info!("reload.pcp_policy applied"),
+                    Err(e) => warn!("reload.pcp_policy_refused error=\"{e:#}\": the old one stays"),
+                }
+            }
+        }
+        let now_ns = system::monotonic_ns();
+        let wanted = |p: Protocol, internal: SocketAddrV4, port: u16| {
+            new.forwards.iter().any(|f| {
+                forward_protocol(f) == p && f.internal == internal && f.external_port == port
+            })
+        };
+        for (protocol, internal, port) in explicit.statics() {
+            if !wanted(protocol, internal, port) {
+                if let Some(e) = explicit.remove_static(nat, protocol, internal, now_ns) {
+                    info!(
+                        "forward.removed proto={protocol} ext={} int={internal} outcome={}",
+                        e.external,
+                        e.outcome.name()
+                    );
+                }
+            }
+        }
+        let installed = explicit.statics();
+        for f in &new.forwards {
+            let present = installed.iter().any(|(p, internal, port)| {
+                *p == forward_protocol(f) && *internal == f.internal && *port == f.external_port
+            });
+            if !present {
+                if let Err(e) = install_forward(explicit, nat, hosts, f, now_ns) {
+                    warn!("reload.forward_failed error=\"{e:#}\"");
+                }
+            }
+        }
+    }
+}
+
 /// When the PCP epoch began, on `CLOCK_MONOTONIC` (ns): kept in the runtime
 /// directory with the maps, so a natgw that adopts them goes on with the epoch.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -183,20 +279,7 @@ impl PortMapping {
             }
         }
         for f in &settings.forwards {
-            if let Some(why) = addresses.refusal(*f.internal.ip()) {
-                bail!("[[forward]] {f}: {why}; a forward leads to an internal host");
-            }
-            let protocol = match f.protocol {
-                ForwardProtocol::Udp => Protocol::Udp,
-                ForwardProtocol::Tcp => Protocol::Tcp,
-            };
-            let external = explicit
-                .add_static(nat, protocol, f.external_port, f.internal, now_ns)
-                .map_err(|e| anyhow!("[[forward]] {f}: {}", static_refusal(e)))?;
-            info!(
-                "forward.installed proto={} ext={external} int={}",
-                f.protocol, f.internal
-            );
+            install_forward(&mut explicit, nat, &addresses, f, now_ns)?;
         }
 
         let server = if settings.pcp.enabled {

@@ -179,17 +179,57 @@ pub fn load(
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoadError::Object)?;
     let log_task = crate::datapath::logging::forward_ebpf_logs(&mut ebpf);
-    for name in programs::XDP {
-        let prog: &mut Xdp = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-    }
-    for name in programs::TC {
-        let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-        prog.load()
-            .map_err(|source| LoadError::Program { name, source })?;
-    }
+    load_programs(&mut ebpf)?;
     Ok((ebpf, log_task))
+}
+
+/// Loads every program natgw attaches, one thread each: the kernel verifies each
+/// program in the loading thread, and verification is most of a start's time, so
+/// the programs are verified side by side on as many CPUs as there are.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    for name in programs::XDP.iter().chain(&programs::TC) {
+        if ebpf.program(name).is_none() {
+            return Err(LoadError::MissingProgram(name));
+        }
+    }
+    let wanted: Vec<(&str, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| programs::XDP.contains(name) || programs::TC.contains(name))
+        .collect();
+    std::thread::scope(|scope| {
+        let loads: Vec<_> = wanted
+            .into_iter()
+            .map(|(name, prog)| {
+                scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let result = match prog {
+                        aya::programs::Program::Xdp(p) => p.load(),
+                        aya::programs::Program::SchedClassifier(p) => p.load(),
+                        _ => Ok(()),
+                    };
+                    (name, result, started.elapsed())
+                })
+            })
+            .collect();
+        for load in loads {
+            // A panic while loading is a bug: it goes on as one.
+            let (name, result, took) = load
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let name = programs::XDP
+                .iter()
+                .chain(&programs::TC)
+                .find(|n| **n == name)
+                .copied()
+                .unwrap_or("?");
+            result.map_err(|source| LoadError::Program { name, source })?;
+            log::debug!(
+                "program.loaded name={name} seconds={:.2}",
+                took.as_secs_f64()
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Whether attachments can be pinned bpf links that outlive natgw and are replaced

@@ -368,6 +368,11 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
+    /// New timeouts (a reloaded configuration): they apply from the next pass on.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     /// A collector with no memory yet.
     #[must_use]
     pub fn new(policy: Policy) -> Self {

@@ -203,6 +203,16 @@ impl PcpService {
         self.server.continue_epoch(elapsed, now);
     }
 
+    /// A new policy (a reloaded configuration).
+    ///
+    /// # Errors
+    /// When it is invalid (the old one stays).
+    pub fn set_config(&mut self, config: PcpConfig, now: Instant) -> Result<()> {
+        self.server
+            .set_config(config, now)
+            .context("the reloaded [pcp] configuration")
+    }
+
     /// The policy in force.
     #[must_use]
     pub const fn config(&self) -> &PcpConfig {

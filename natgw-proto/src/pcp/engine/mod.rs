@@ -167,6 +167,23 @@ impl Engine {
         })
     }
 
+    /// A new policy (a reloaded configuration), for requests from now on; the
+    /// mappings already granted keep their lifetimes. Rate limits start afresh.
+    ///
+    /// # Errors
+    /// When the policy is invalid (the old one stays).
+    pub fn set_config(&mut self, config: PcpConfig, now: Instant) -> Result<(), PolicyError> {
+        config.validate()?;
+        self.limiter = client_limiter(config.requests_per_second, config.burst);
+        self.total = TokenBucket::new(
+            u64::from(config.requests_per_second_total),
+            u64::from(config.burst_total),
+            now,
+        );
+        self.config = config;
+        Ok(())
+    }
+
     /// The policy in force.
     #[must_use]
     pub const fn config(&self) -> &PcpConfig {

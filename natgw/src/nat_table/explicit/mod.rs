@@ -422,6 +422,42 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         self.pool.get(index).or(self.pool.first()).copied()
     }
 
+    /// New defaults (a reloaded configuration): timeouts and filtering that
+    /// explicit mappings fall back to when they end.
+    pub fn set_defaults(&mut self, defaults: Defaults) {
+        self.defaults = defaults;
+    }
+
+    /// The static forwards installed: protocol, internal endpoint, external port.
+    #[must_use]
+    pub fn statics(&self) -> Vec<(Protocol, SocketAddrV4, u16)> {
+        self.records
+            .values()
+            .filter(|r| r.holder == Holder::Static)
+            .map(|r| (r.key.protocol, r.key.internal_endpoint(), r.external.port()))
+            .collect()
+    }
+
+    /// Removes the static forward of `internal` (a reloaded configuration no longer
+    /// has it), as any explicit mapping ends.
+    pub fn remove_static<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        protocol: Protocol,
+        internal: SocketAddrV4,
+        now_ns: u64,
+    ) -> Option<Ended> {
+        let key = MappingKey {
+            internal: *internal.ip(),
+            protocol,
+            internal_port: internal.port(),
+        };
+        if self.records.get(&key)?.holder != Holder::Static {
+            return None;
+        }
+        self.end(nat, &key, now_ns)
+    }
+
     /// Installs a static forward: `internal` reachable at `external_port` of its
     /// external address, for anyone, for as long as natgw runs. Fails when that
     /// port is not free.
