@@ -587,8 +587,9 @@ impl<T: Send + 'static> Capture<T> {
     }
 }
 
-/// An IPv4 packet with an internal (10/8) source: what must never leave the gateway's
-/// WAN.
+/// An IPv4 packet with an internal (10/8) source, or an ICMP error whose embedded
+/// packet has an internal source or destination: what must never leave the
+/// gateway's WAN.
 #[derive(Clone, Debug)]
 pub struct Leak {
     /// Source address.
@@ -597,6 +598,8 @@ pub struct Leak {
     pub dst: Ipv4Addr,
     /// IP protocol.
     pub proto: u8,
+    /// The internal address is in the packet an ICMP error embeds.
+    pub embedded: bool,
 }
 
 /// [`Leak`] of an Ethernet frame, if it is one.
@@ -606,12 +609,25 @@ pub fn internal_source(f: &[u8]) -> Option<Leak> {
         return None;
     }
     let ip = &f[14..];
-    let addr = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]);
-    (ip[12] == 10).then(|| Leak {
-        src: addr(12),
-        dst: addr(16),
+    let addr = |h: &[u8], o: usize| Ipv4Addr::new(h[o], h[o + 1], h[o + 2], h[o + 3]);
+    let leak = |embedded| Leak {
+        src: addr(ip, 12),
+        dst: addr(ip, 16),
         proto: ip[9],
-    })
+        embedded,
+    };
+    if ip[12] == 10 {
+        return Some(leak(false));
+    }
+    // ICMP destination unreachable, time exceeded, parameter problem: the header of
+    // the packet it is about follows the 8-byte ICMP header.
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let icmp = ip.get(ihl..)?;
+    if ip[9] != 1 || !matches!(icmp.first(), Some(3 | 11 | 12)) {
+        return None;
+    }
+    let inner = icmp.get(8..28)?;
+    (inner[12] == 10 || inner[16] == 10).then(|| leak(true))
 }
 
 /// Watches the internet side of a testbed (the inet router, which everything the

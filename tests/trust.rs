@@ -474,3 +474,210 @@ fn sighup_applies_new_timeouts_and_forwards_and_keeps_every_mapping() {
     let _ = std::fs::remove_file(&config);
     watch.assert_none("reload");
 }
+
+/// Turns IP_MTU_DISCOVER off on `socket`: its datagrams leave without DF, so routers
+/// (the gateway) may fragment them.
+fn allow_fragmentation(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let off = libc::IP_PMTUDISC_DONT;
+    // SAFETY: a valid int option of the size passed, on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            std::ptr::addr_of!(off).cast(),
+            u32::try_from(std::mem::size_of::<libc::c_int>()).expect("fits"),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "IP_MTU_DISCOVER: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+fn flush_neighbours(ns: &Netns) {
+    let _ = natgw_integration_tests::command_output(ns, "ip", &["neigh", "flush", "all"]);
+}
+
+#[test]
+fn nothing_leaks_from_cold_neighbours_ttl_fragments_and_icmp_errors() {
+    require_root();
+    let tb = Testbed::new().expect("testbed");
+    let gw = &tb.gateway.ns;
+    let natgw = Natgw::start(gw, &[]);
+    let watch = LeakWatch::start(&tb.inet);
+    let lan_ns = &tb.lan[0].ns;
+    // Unprivileged ICMP echo sockets for everyone in the LAN host.
+    lan_ns
+        .set_sysctl("net/ipv4/ping_group_range", "0 2147483647")
+        .expect("sysctl");
+
+    // Cold neighbours, a routed WAN host and a directly connected one (the inet
+    // router's side of the WAN link): the first UDP datagram, TCP SYN and ICMP echo.
+    for (i, (ns, addr)) in [
+        (&tb.wan[0].ns, WAN_A_ADDR),
+        (&tb.inet, testbed::INET_GW_SIDE_ADDR),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = 7100 + u16::try_from(i).expect("small");
+        let what = format!("first packets to {addr}");
+        flush_neighbours(gw);
+        let rx = udp(ns, addr, port);
+        let tx = udp(lan_ns, LAN_A_ADDR, 47100 + port);
+        tx.send_to(b"first", SocketAddrV4::new(addr, port))
+            .expect("send");
+        let (_, from) = recv(&rx).unwrap_or_else(|| panic!("{what}: UDP arrives"));
+        assert_eq!(*from.ip(), GW_WAN_ADDR, "{what}: UDP translated");
+
+        flush_neighbours(gw);
+        let listener = ns
+            .run(move || TcpListener::bind((addr, port)))
+            .expect("listen");
+        let conn = lan_ns
+            .run(move || TcpStream::connect_timeout(&SocketAddrV4::new(addr, port).into(), WAIT));
+        assert!(conn.is_ok(), "{what}: TCP connects: {conn:?}");
+        let (_, peer) = listener.accept().expect("accept");
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::V4(GW_WAN_ADDR),
+            "{what}: SYN translated"
+        );
+
+        flush_neighbours(gw);
+        let ping = natgw_conformance::sock::Ping::open(lan_ns, LAN_A_ADDR, 0x4200 + port)
+            .expect("ping socket");
+        ping.echo(addr, 1, b"cold").expect("echo");
+        let reply = ping.reply(1, WAIT);
+        assert!(
+            reply.is_some_and(|r| r.from == addr),
+            "{what}: echo answered"
+        );
+    }
+
+    // `ip neigh flush` in the middle of a flow.
+    let wan = udp(&tb.wan[0].ns, WAN_A_ADDR, 7110);
+    let sender = Sender::start(
+        lan_ns,
+        SocketAddrV4::new(LAN_A_ADDR, 47110),
+        SocketAddrV4::new(WAN_A_ADDR, 7110),
+        Duration::from_millis(10),
+    );
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        flush_neighbours(gw);
+        flush_neighbours(&tb.inet);
+        seen.extend(arrivals(&wan, Duration::from_millis(150)));
+    }
+    sender.finish();
+    assert!(
+        seen.len() > 20,
+        "the flow went on through the flushes ({})",
+        seen.len()
+    );
+    assert!(seen.iter().all(|s| *s.ip() == GW_WAN_ADDR), "{seen:?}");
+
+    // TTL 1 (the gateway answers time exceeded to the LAN host) and TTL 2 (the inet
+    // router answers, through the mapping).
+    let rx = udp(&tb.wan[0].ns, WAN_A_ADDR, 7111);
+    let tx = udp(lan_ns, LAN_A_ADDR, 47111);
+    for ttl in [1, 2] {
+        tx.set_ttl(ttl).expect("ttl");
+        tx.send_to(b"ttl", SocketAddrV4::new(WAN_A_ADDR, 7111))
+            .expect("send");
+    }
+    assert!(
+        recv_nothing(&rx, Duration::from_millis(300)).is_none(),
+        "both expire on the way"
+    );
+
+    // Fragments: made by the LAN host (a 2000-byte datagram), and by the gateway (a
+    // 1400-byte datagram without DF over a WAN link of MTU 1280).
+    let rx = udp(&tb.wan[0].ns, WAN_A_ADDR, 7112);
+    let tx = udp(lan_ns, LAN_A_ADDR, 47112);
+    allow_fragmentation(&tx);
+    tx.send_to(&[7u8; 2000], SocketAddrV4::new(WAN_A_ADDR, 7112))
+        .expect("send");
+    let (data, from) = recv(&rx).expect("the host-fragmented datagram arrives");
+    assert_eq!((data.len(), *from.ip()), (2000, GW_WAN_ADDR));
+    let _ =
+        natgw_integration_tests::command_output(gw, "ip", &["link", "set", "wan0", "mtu", "1280"]);
+    tx.send_to(&[8u8; 1400], SocketAddrV4::new(WAN_A_ADDR, 7112))
+        .expect("send");
+    let (data, from) = recv(&rx).expect("the gateway-fragmented datagram arrives");
+    assert_eq!((data.len(), *from.ip()), (1400, GW_WAN_ADDR));
+    let _ =
+        natgw_integration_tests::command_output(gw, "ip", &["link", "set", "wan0", "mtu", "1500"]);
+
+    // ICMP errors the gateway sends to the WAN: an inbound datagram whose TTL runs out
+    // at the gateway, after its destination became the internal host. Its time
+    // exceeded message embeds the translated packet: natgw translates it back.
+    let inside = udp(lan_ns, LAN_A_ADDR, 47113);
+    let outside = udp(&tb.wan[0].ns, WAN_A_ADDR, 7113);
+    inside
+        .send_to(b"open", SocketAddrV4::new(WAN_A_ADDR, 7113))
+        .expect("send");
+    let (_, ext) = recv(&outside).expect("mapping made");
+    let errors_before = natgw.counter("icmp_error_out_translated");
+    for use_inbound in ["0", "1"] {
+        gw.set_sysctl("net/ipv4/icmp_errors_use_inbound_ifaddr", use_inbound)
+            .expect("sysctl");
+        outside.set_ttl(2).expect("ttl");
+        outside
+            .send_to(b"expires at the gateway", ext)
+            .expect("send");
+        outside.set_ttl(64).expect("ttl");
+        outside.send_to(b"arrives", ext).expect("send");
+        let (data, _) = recv(&inside).expect("the next one arrives");
+        assert_eq!(data, b"arrives");
+    }
+    assert_eq!(
+        natgw.counter("icmp_error_out_translated") - errors_before,
+        2,
+        "both time exceeded messages left with their embedded packet translated"
+    );
+
+    // The gateway's own traffic from its LAN address.
+    let own = udp(gw, testbed::GW_LAN_A_ADDR, 47114);
+    let rx = udp(&tb.wan[0].ns, WAN_A_ADDR, 7114);
+    own.send_to(b"own", SocketAddrV4::new(WAN_A_ADDR, 7114))
+        .expect("send");
+    let (_, from) = recv(&rx).expect("the gateway's own datagram arrives");
+    assert_eq!(*from.ip(), GW_WAN_ADDR);
+
+    assert_eq!(natgw.counter("drop_leak_guard"), 0, "every path translated");
+    watch.assert_none("cold neighbours, flushes, TTL, fragments, ICMP errors");
+}
+
+#[test]
+fn nothing_leaks_when_ports_run_out_or_the_table_is_full() {
+    require_root();
+    for (args, counter) in [
+        (["--port-range", "3000-3003"], "drop_ports_exhausted"),
+        (["--max-mappings", "8"], "drop_table_full"),
+    ] {
+        let tb = Testbed::new().expect("testbed");
+        let natgw = Natgw::start(&tb.gateway.ns, &args);
+        let watch = LeakWatch::start(&tb.inet);
+        let rx = udp(&tb.wan[0].ns, WAN_A_ADDR, 7200);
+        for port in 0..40 {
+            let tx = udp(&tb.lan[0].ns, LAN_A_ADDR, 48000 + port);
+            tx.send_to(b"one more", SocketAddrV4::new(WAN_A_ADDR, 7200))
+                .expect("send");
+        }
+        let got = arrivals(&rx, Duration::from_millis(800));
+        assert!(
+            !got.is_empty() && got.len() < 40,
+            "{args:?}: some got through: {}",
+            got.len()
+        );
+        assert!(got.iter().all(|s| *s.ip() == GW_WAN_ADDR));
+        assert!(natgw.counter(counter) > 0, "{args:?}: counted as {counter}");
+        drop(natgw);
+        watch.assert_none(counter);
+    }
+}

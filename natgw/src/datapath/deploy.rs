@@ -631,7 +631,7 @@ impl DataPath {
         for change in self.changes.drain(..) {
             match change {
                 Change::Xdp(att) if att.pinned() => {
-                    kept.push(format!("{}@{}", att.program, att.iface))
+                    kept.push(format!("{}@{}", att.program, att.iface));
                 }
                 Change::Tc(att) if att.pinned() => {
                     kept.push(format!("{}@{}({})", att.program, att.iface, att.hook));
