@@ -74,6 +74,9 @@ fn sigterm_leaves_the_data_path_and_stop_flush_removes_it() {
         "still attached:\n{links}"
     );
     assert!(natgw.inner().pin_dir().join("NAT_FWD").exists());
+    let (st, _, err) = run_natgw(ns, &["status"]);
+    assert!(!st.success());
+    assert!(err.contains("keeps translating"), "status says so: {err}");
     let other = udp(&tb.lan[0].ns, LAN_A_ADDR, 48001);
     other
         .send_to(b"new", SocketAddrV4::new(WAN_A_ADDR, 7000))

@@ -18,10 +18,10 @@ fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {
     let state: StateFile = dirs.read_state()?;
     if !system::process_alive_in_netns(state.pid, dirs.netns_inode) {
         bail!(
-            "natgw (pid {}) is no longer running in this network namespace; {} is stale \
-             (the next `natgw run` here removes it)",
-            state.pid,
-            dirs.state_file().display()
+            "natgw's controller (pid {}) is not running in this network namespace; the data \
+             path it left keeps translating (the next `natgw run` adopts it, `natgw stop \
+             --flush` removes it)",
+            state.pid
         );
     }
     let maps = GatewayMaps::open(MapSource {

@@ -1166,3 +1166,33 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
 fn possible_cpus() -> u32 {
     aya::util::nr_cpus().map_or(64, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{resolve, FileConfig, Overrides};
+
+    fn settings(wan: &str, udp_timeout: u64, max_mappings: Option<u32>) -> Settings {
+        let flags = Overrides {
+            wan: Some(wan.to_owned()),
+            lan: vec!["lan0".to_owned()],
+            udp_timeout: Some(udp_timeout),
+            max_mappings,
+            ..Overrides::default()
+        };
+        resolve(&FileConfig::default(), &flags).unwrap().0
+    }
+
+    #[test]
+    fn a_reload_applies_what_it_can_and_keeps_what_needs_a_restart() {
+        let running = settings("wan0", 300, None);
+        let mut new = settings("wan9", 60, Some(1000));
+        let kept = keep_restart_only(&running, &mut new);
+        assert_eq!(kept, ["wan", "max_mappings"]);
+        assert_eq!(new.wan, "wan0");
+        assert_eq!(new.max_mappings, running.max_mappings);
+        assert_eq!(new.timeouts.udp, 60, "timeouts apply");
+        let mut same = running.clone();
+        assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+}

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -149,6 +150,9 @@ impl RuntimeDirs {
     /// Takes the per-namespace lock, held as long as the returned value lives.
     pub fn lock(&self) -> Result<InstanceLock, StateError> {
         fs::create_dir_all(&self.state_dir).map_err(io_err("creating", &self.state_dir))?;
+        // Root's alone: the explicit mappings file holds PCP clients' nonces.
+        fs::set_permissions(&self.state_dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("restricting", &self.state_dir))?;
         let path = self.state_dir.join(LOCK_FILE);
         let file = OpenOptions::new()
             .create(true)

@@ -554,19 +554,6 @@ impl GatewayMaps {
         ]
     }
 
-    /// Pins every map into `dirs.pin_dir` (which must exist).
-    pub fn pin(&self, dirs: &RuntimeDirs) -> Result<(), MapsError> {
-        for (name, data) in self.data() {
-            let path = dirs.pin_path(name);
-            data.pin(&path).map_err(|source| MapsError::Pin {
-                name,
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
     /// Kernel ids of the maps, for the state file.
     pub fn ids(&self) -> Result<BTreeMap<String, u32>, MapsError> {
         self.data()

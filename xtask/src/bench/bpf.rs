@@ -88,6 +88,8 @@ struct QueryAttr {
 
 /// `BPF_TCX_INGRESS`.
 pub const TCX_INGRESS: u32 = 46;
+/// `BPF_TCX_EGRESS`.
+pub const TCX_EGRESS: u32 = 47;
 
 /// The map element members of `union bpf_attr`.
 #[repr(C)]

@@ -87,6 +87,9 @@ enum CaseKind {
     /// `tc_wan_ingress` on ICMP port unreachables quoting datagrams of the mappings of
     /// endpoints `first..` (which exist).
     IcmpError { first: u32 },
+    /// `tc_wan_egress` on outbound packets of endpoints `first..` (whose mappings
+    /// exist): the kernel's path out, translation and the leak guard.
+    TcOut { first: u32 },
 }
 
 /// Endpoint ranges: each case uses its own internal addresses.
@@ -140,6 +143,13 @@ fn empty_table_cases() -> Vec<Case> {
             key: "icmp_error",
             label: "tc_wan_ingress, ICMP error inbound",
             kind: CaseKind::IcmpError {
+                first: range::EXISTING,
+            },
+        },
+        Case {
+            key: "tc_out",
+            label: "tc_wan_egress, existing mapping (UDP)",
+            kind: CaseKind::TcOut {
                 first: range::EXISTING,
             },
         },
@@ -332,21 +342,21 @@ struct Progs {
     xdp_lan: OwnedFd,
     tc_lan_ingress: Option<OwnedFd>,
     tc_wan_ingress: Option<OwnedFd>,
+    tc_wan_egress: Option<OwnedFd>,
     pass: OwnedFd,
 }
 
 impl Progs {
     fn find(net: &Bench, tools: &Tools) -> Result<Progs> {
-        let tc = |ifindex: u32| -> Result<Option<OwnedFd>> {
-            let ids = net
-                .gw
-                .try_run(|| bpf::tcx_prog_ids(ifindex, bpf::TCX_INGRESS))??;
+        let tc = |ifindex: u32, hook: u32| -> Result<Option<OwnedFd>> {
+            let ids = net.gw.try_run(|| bpf::tcx_prog_ids(ifindex, hook))??;
             ids.first().map(|&id| bpf::prog_fd_by_id(id)).transpose()
         };
         Ok(Progs {
             xdp_lan: natgw_prog(net)?,
-            tc_lan_ingress: tc(net.lan_if.ifindex).unwrap_or(None),
-            tc_wan_ingress: tc(net.wan_if.ifindex).unwrap_or(None),
+            tc_lan_ingress: tc(net.lan_if.ifindex, bpf::TCX_INGRESS).unwrap_or(None),
+            tc_wan_ingress: tc(net.wan_if.ifindex, bpf::TCX_INGRESS).unwrap_or(None),
+            tc_wan_egress: tc(net.wan_if.ifindex, bpf::TCX_EGRESS).unwrap_or(None),
             pass: tools.pass_fd()?.try_clone_to_owned()?,
         })
     }
@@ -461,6 +471,23 @@ fn measure(net: &Bench, natgw: &Natgw, case: &Case, progs: &Progs) -> Result<Cos
                 .collect::<Result<Vec<_>>>()?;
             (
                 Runner::Tc(prog.as_fd(), net.wan_if.ifindex, "icmp_error_in_translated"),
+                repeat(one_pass),
+            )
+        }
+        CaseKind::TcOut { first } => {
+            let Some(prog) = &progs.tc_wan_egress else {
+                return Ok(row(
+                    None,
+                    None,
+                    0,
+                    0,
+                    Some("natgw attached no tc_wan_egress to the WAN"),
+                ));
+            };
+            let one_pass = frames_for(net, first);
+            // The mappings exist (the existing-mapping case made them).
+            (
+                Runner::Tc(prog.as_fd(), lan, "tc_out_translated"),
                 repeat(one_pass),
             )
         }

@@ -320,3 +320,36 @@ fn a_new_address_moves_explicit_mappings_keeping_their_ports() {
         Err(TableError::NetworkFailure)
     );
 }
+
+#[test]
+fn a_restarted_natgw_takes_back_what_the_maps_still_hold() {
+    // issue #17: PCP clients keep their mappings across a restart that adopted the maps
+    let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
+    let mut t = x.table(&mut nat, now, 10 * S);
+    let ext = t.install(&install(5000, Some(15000), now)).unwrap();
+    t.install(&install(5001, Some(15001), now)).unwrap();
+    let entries = x.entries();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].nonce, Some(NONCE));
+    // The mapping of 5001 was replaced while no natgw ran (another created_ns).
+    let fk = fwd_key(IPPROTO_UDP, SocketAddrV4::new(HOST, 5001));
+    let mut m = nat.fwd(&fk).unwrap().unwrap();
+    m.created_ns = 99 * S;
+    nat.replace_fwd(&fk, &m).unwrap();
+
+    let mut restarted = explicit();
+    let later = now + Duration::from_secs(100);
+    assert_eq!(restarted.restore(&nat, &entries, later, 110 * S), 1);
+    let back = restarted.table(&mut nat, later, 110 * S);
+    let held = back.explicit(&key(5000)).expect("5000 came back");
+    assert_eq!((held.nonce, held.external), (NONCE, ext));
+    let left = held.expires.saturating_duration_since(later).as_secs();
+    assert!(
+        (499..=500).contains(&left),
+        "the rest of its lifetime: {left} s"
+    );
+    assert!(
+        back.explicit(&key(5001)).is_none(),
+        "not a mapping the maps hold"
+    );
+}
