@@ -621,6 +621,10 @@ fn map_memory(pin_dir: &Path) -> Result<Vec<MapMemory>> {
     {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // Pinned program links (`link-<program>@<ifindex>`) are not maps.
+        if name.starts_with("link-") {
+            continue;
+        }
         let Ok(map) = MapData::from_pin(entry.path()) else {
             continue;
         };
