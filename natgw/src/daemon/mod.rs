@@ -109,6 +109,24 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         None => false,
     };
     if adopt {
+        // A LAN interface the adopted data path does not serve yet has no source
+        // checks and no guard entry until it is attached: no forwarding until then.
+        let served: Vec<&str> = previous.state.as_ref().map_or_else(Vec::new, |s| {
+            s.interfaces.iter().map(|i| i.name.as_str()).collect()
+        });
+        let new_lans: Vec<_> = topology
+            .lans
+            .iter()
+            .filter(|l| !served.contains(&l.name.as_str()))
+            .cloned()
+            .collect();
+        let were_on = lans_forwarding_off(&new_lans)?;
+        if !were_on.is_empty() {
+            info!(
+                "start.forwarding_off ifaces={}: new LAN interfaces, until they are attached",
+                were_on.join(",")
+            );
+        }
         info!(
             "datapath.adopting pins={} made_by={}: existing mappings are kept and the \
              programs are replaced in place",
