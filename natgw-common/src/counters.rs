@@ -131,6 +131,20 @@ counters! {
     DropToInternal = "drop_to_internal",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
+    /// Dropped: a UDP length below the 8-byte header or beyond the IP payload
+    /// (conntrack's "truncated/malformed packet"); never creates or refreshes state.
+    DropUdpLength = "drop_udp_length",
+    /// Dropped: a TCP flag combination no TCP stack sends (no flags, SYN with FIN or
+    /// RST, FIN without ACK, ...: conntrack's `tcp_valid_flags`); never creates or
+    /// refreshes state.
+    DropTcpFlags = "drop_tcp_flags",
+    /// Dropped: a UDP/TCP packet with a wrong checksum that would have created a
+    /// mapping (verified on that path only; see `natgw_common::validate`).
+    DropBadChecksum = "drop_bad_checksum",
+    /// Handed to the kernel: an outbound packet with IP options, which the kernel
+    /// validates (`ip_options_compile`) and acts on before `tc_wan_egress`
+    /// translates it.
+    PassIpOptions = "pass_ip_options",
 }
 
 #[cfg(test)]
