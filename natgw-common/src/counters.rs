@@ -136,6 +136,20 @@ counters! {
     /// yet, a packet no path translated, a bug), no internal address leaves; a
     /// non-zero value means something upstream of the guard is wrong.
     DropLeakGuard = "drop_leak_guard",
+    /// Dropped: a UDP length below the 8-byte header or beyond the IP payload
+    /// (conntrack's "truncated/malformed packet"); never creates or refreshes state.
+    DropUdpLength = "drop_udp_length",
+    /// Dropped: a TCP flag combination no TCP stack sends (no flags, SYN with FIN or
+    /// RST, FIN without ACK, ...: conntrack's `tcp_valid_flags`); never creates or
+    /// refreshes state.
+    DropTcpFlags = "drop_tcp_flags",
+    /// Dropped: a UDP/TCP packet with a wrong checksum that would have created a
+    /// mapping (verified on that path only; see `natgw_common::validate`).
+    DropBadChecksum = "drop_bad_checksum",
+    /// Handed to the kernel: an outbound packet with IP options, which the kernel
+    /// validates (`ip_options_compile`) and acts on before `tc_wan_egress`
+    /// translates it.
+    PassIpOptions = "pass_ip_options",
 }
 
 /// Slots in the `COUNTERS` map: more than there are counters, so that a natgw with

@@ -23,6 +23,7 @@ pub mod packet;
 pub mod ports;
 pub mod tcp;
 pub mod time;
+pub mod validate;
 
 pub use config::{Config, IfaceConfig, IfaceRole};
 pub use counters::Counter;

@@ -48,6 +48,8 @@ pub mod l4 {
     pub const SPORT: usize = 0;
     /// Destination port.
     pub const DPORT: usize = 2;
+    /// UDP length (header and data).
+    pub const UDP_LEN: usize = 4;
     /// UDP checksum.
     pub const UDP_CSUM: usize = 6;
     /// UDP header length.
@@ -620,10 +622,12 @@ impl Embedded {
 /// Largest embedded IPv4 header (IHL 15).
 const MAX_IHL: usize = 60;
 
-/// One's-complement sum of `len` bytes at `off` (at most `max` bytes; `None` past
-/// it or past the frame). A bounded loop the verifier accepts.
+/// One's-complement sum of `len` bytes at `off` (at most `MAX` bytes; `None` past
+/// it or past the frame). A bounded loop the verifier accepts, reading 8 bytes a
+/// step: a quarter of the bounds checks (XDP) or `bpf_skb_load_bytes` calls (TC) and
+/// of the iterations the verifier walks, against 2-byte reads.
 #[inline(always)]
-fn sum_range<B: PacketBuf + ?Sized, const MAX: usize>(
+pub(crate) fn sum_range<B: PacketBuf + ?Sized, const MAX: usize>(
     buf: &B,
     off: usize,
     len: usize,
@@ -631,18 +635,33 @@ fn sum_range<B: PacketBuf + ?Sized, const MAX: usize>(
     if len > MAX {
         return None;
     }
-    let words = len / 2;
+    let quads = len / 8;
     let mut sum = 0u32;
     let mut i = 0;
-    while i < MAX / 2 {
-        if i >= words {
+    while i < MAX / 8 {
+        if i >= quads {
             break;
         }
-        sum += u32::from(load_u16(buf, off + 2 * i)?);
+        let q = buf.load::<8>(off + 8 * i)?;
+        sum += u32::from(u16::from_be_bytes([q[0], q[1]]))
+            + u32::from(u16::from_be_bytes([q[2], q[3]]))
+            + u32::from(u16::from_be_bytes([q[4], q[5]]))
+            + u32::from(u16::from_be_bytes([q[6], q[7]]));
         i += 1;
     }
+    // The last 0-7 bytes: up to three words, then an odd byte (padded with zero).
+    let tail = off + 8 * quads;
+    let words = (len % 8) / 2;
+    let mut j = 0;
+    while j < 3 {
+        if j >= words {
+            break;
+        }
+        sum += u32::from(load_u16(buf, tail + 2 * j)?);
+        j += 1;
+    }
     if len % 2 == 1 {
-        sum += u32::from(buf.load::<1>(off + 2 * i)?[0]) << 8;
+        sum += u32::from(buf.load::<1>(tail + 2 * j)?[0]) << 8;
     }
     Some(sum)
 }
@@ -1015,6 +1034,27 @@ mod tests {
             checksum(&f[after.l4..after.l4 + len], sum),
             0,
             "still corrupt"
+        );
+    }
+
+    #[test]
+    fn range_sum_matches_the_slice_checksum() {
+        let data: Vec<u8> = (0..200u32).map(|i| (i * 37 + 11) as u8).collect();
+        for off in [0, 1, 3, 8] {
+            for len in 0..150 {
+                let sum = sum_range::<[u8], 160>(&data[..], off, len).unwrap();
+                assert_eq!(
+                    !csum::fold(sum),
+                    checksum(&data[off..off + len], 0),
+                    "off {off} len {len}"
+                );
+            }
+        }
+        assert_eq!(sum_range::<[u8], 160>(&data[..], 0, 161), None, "past MAX");
+        assert_eq!(
+            sum_range::<[u8], 400>(&data[..], 100, 101),
+            None,
+            "past the end"
         );
     }
 

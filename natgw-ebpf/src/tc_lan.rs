@@ -11,7 +11,7 @@
 use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::generated::bpf_redirect, programs::TcContext};
 use natgw_common::{
     packet::{ipv4, parse_icmp_error, Ipv4Packet, L4Kind, Side},
-    Config, Counter,
+    validate, Config, Counter,
 };
 
 use crate::{
@@ -42,16 +42,20 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
         || pkt.kind != L4Kind::Ports
         || !nat::is_internal(pkt.src)
         || pkt.ttl <= 1
+        // Options are the kernel's to validate, after this hook (xdp_lan counted
+        // it): the kernel delivers it locally, untranslated.
+        || validate::has_ip_options(&pkt)
     {
         return Err(None);
     }
+    validate::check_header(&TcBuf::new(ctx), &pkt).map_err(Some)?;
     let Some(target) = mapping::inbound(&pkt) else {
         return to_local_service(ctx, cfg, &pkt);
     };
     // SAFETY: reading a field of the live context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let hop = lan_hop(ctx, &pkt, target.internal.addr, ingress).map_err(Some)?;
-    let from = mapping::outbound(ctx, cfg, &pkt).map_err(Some)?;
+    let from = mapping::outbound(ctx, cfg, &pkt, || admit_new(ctx, &pkt)).map_err(Some)?;
     target.admit_hairpin(&pkt, from).map_err(Some)?;
     target.account(&pkt);
     tcpath::rewrite(ctx, &pkt, Side::Source, from)?;
@@ -97,7 +101,7 @@ fn to_local_service(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Verdict 
     if !local_socket_owns(ctx, pkt.proto, pkt.dst, pkt.dport_be, pkt.src, pkt.sport_be) {
         return Err(None);
     }
-    let from = mapping::outbound(ctx, cfg, pkt).map_err(Some)?;
+    let from = mapping::outbound(ctx, cfg, pkt, || admit_new(ctx, pkt)).map_err(Some)?;
     tcpath::rewrite(ctx, pkt, Side::Source, from)?;
     // lo's address is all zeros: a frame addressed to anything else would count as
     // for another host and be dropped.
@@ -106,6 +110,14 @@ fn to_local_service(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Verdict 
     count(Counter::HairpinLocal);
     // SAFETY: plain helper call; its result is the TC action to return.
     Ok(unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) } as i32)
+}
+
+/// What a packet must pass before it creates its sender's mapping: a right L4
+/// checksum (see `natgw_common::validate`).
+#[inline(always)]
+fn admit_new(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    let partial = tcpath::partial_checksum(ctx, pkt);
+    validate::check_checksum(&TcBuf::new(ctx), pkt, partial)
 }
 
 /// `lo`'s interface index, the same in every network namespace.

@@ -22,7 +22,7 @@ use natgw_common::{
         ipv4, ipv4_offset, parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet,
         L4Kind, PacketBuf as _, Side,
     },
-    Config, Counter,
+    validate, Config, Counter,
 };
 
 use crate::{
@@ -95,7 +95,14 @@ fn try_egress(ctx: &TcContext) -> Verdict<()> {
     if !pkt.maps_outbound() {
         return Err(Some(Counter::DropUntranslatable));
     }
-    let ext = mapping::outbound(ctx, cfg, &pkt).map_err(|c| {
+    // What conntrack would mark invalid creates and refreshes nothing (and, as
+    // natgw cannot translate it, never leaves).
+    validate::check_header(&TcBuf::new(ctx), &pkt).map_err(Some)?;
+    let admit_new = || {
+        let partial = tcpath::partial_checksum(ctx, &pkt);
+        validate::check_checksum(&TcBuf::new(ctx), &pkt, partial)
+    };
+    let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).map_err(|c| {
         if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
             // SAFETY: reading the ifindex field of the live context.
             let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
@@ -232,6 +239,7 @@ fn try_ingress(ctx: &TcContext) -> Verdict<()> {
     }
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
     let hit = mapping::inbound(&pkt).ok_or(None)?;
+    validate::check_header(&TcBuf::new(ctx), &pkt).map_err(Some)?;
     hit.admit(&pkt).map_err(Some)?;
     if pkt.frag == Fragment::First {
         // SAFETY: no preconditions.

@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use natgw_common::{
     packet::{
-        apply_incremental, ipv4_offset, parse_ipv4, rewrite_icmp_error, Embedded, Ipv4Packet,
-        Rewrite, Side, NO_CSUM,
+        apply_incremental, ipv4_offset, l4_checksum_is_partial, parse_ipv4, rewrite_icmp_error,
+        Embedded, Ipv4Packet, Rewrite, Side, NO_CSUM,
     },
     Counter, IfaceRole,
 };
@@ -74,6 +74,18 @@ pub fn parse(ctx: &TcContext) -> Verdict<Ipv4Packet> {
         .map_err(|_| Some(Counter::DropMalformed))?
         .ok_or(None)?;
     parse_ipv4(&buf, l3).map_err(|_| Some(Counter::DropMalformed))
+}
+
+/// Whether `pkt`'s L4 checksum may be partial (offloaded): it holds the
+/// pseudo-header sum alone and the packet came from a local socket, on the gateway
+/// (no ingress interface) or through an interface whose frames may carry one (as
+/// the fast path decides, `fastpath::partial_checksum`).
+#[inline(always)]
+pub fn partial_checksum(ctx: &TcContext, pkt: &Ipv4Packet) -> bool {
+    // SAFETY: reading a field of the live context.
+    let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    (ingress == 0 || nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0))
+        && l4_checksum_is_partial(&TcBuf::new(ctx), pkt)
 }
 
 /// Rewrites `pkt`'s `side` (source or destination address and port) to `to`,

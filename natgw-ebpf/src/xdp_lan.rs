@@ -12,11 +12,17 @@
 //!
 //! A packet to the external address is left to `tc_lan_ingress`, which hairpins it
 //! (RFC 4787 REQ-9) or lets it reach the gateway's own services.
+//!
+//! Nothing invalid creates or refreshes state ([`validate`]): a packet with IP
+//! options goes to the kernel, which validates them (and records routes and
+//! timestamps as a router must); a UDP/TCP packet with a bad UDP length or TCP flag
+//! combination is dropped; a packet that would create a mapping must carry a right
+//! L4 checksum.
 
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, programs::XdpContext};
 use natgw_common::{
     packet::{Fragment, L4Kind, Rewrite, Side},
-    Counter, IfaceRole,
+    validate, Counter, IfaceRole,
 };
 
 use crate::{
@@ -53,9 +59,14 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         // would take the program past the verifier's complexity limit.
         return Err(Counter::PassHairpin);
     }
+    if validate::has_ip_options(&pkt) {
+        return Err(Counter::PassIpOptions);
+    }
     let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
     let hop = next_hop(ctx, &pkt, pkt.dst, ingress, partial, IfaceRole::Wan)?;
-    let ext = mapping::outbound(ctx, cfg, &pkt).inspect_err(|c| {
+    validate::check_header(&buf, &pkt)?;
+    let admit_new = || validate::check_checksum(&buf, &pkt, partial);
+    let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).inspect_err(|c| {
         if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
             events::no_mapping(&buf, &pkt, ingress);
         }

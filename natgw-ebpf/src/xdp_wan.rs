@@ -14,7 +14,7 @@
 use aya_ebpf::{bindings::xdp_action::XDP_PASS, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use natgw_common::{
     packet::{Fragment, Ipv4Packet, L4Kind, Rewrite, Side},
-    Config, Counter, IfaceRole, IPPROTO_ICMP,
+    validate, Config, Counter, IfaceRole, IPPROTO_ICMP,
 };
 
 use crate::{
@@ -49,8 +49,10 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         });
     }
     let Some(hit) = mapping::inbound(&pkt) else {
-        return Err(unmapped(ctx, cfg, &pkt));
+        return Err(unmapped(ctx, cfg, &buf, &pkt));
     };
+    // Invalid packets neither refresh the mapping nor open or advance a session.
+    validate::check_header(&buf, &pkt)?;
     let ingress = ctx.ingress_ifindex() as u32;
     let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
     let hop = next_hop(
@@ -86,9 +88,10 @@ pub fn not_for_the_nat(pkt: &Ipv4Packet) -> Counter {
     }
 }
 
-/// Verdict for a packet to the external address with no mapping.
+/// Verdict for a packet to the external address with no mapping. A valid SYN to a
+/// port of the NAT is remembered as held (an invalid one, SYN+FIN say, is not).
 #[inline(always)]
-fn unmapped(ctx: &XdpContext, cfg: &Config, pkt: &Ipv4Packet) -> Counter {
+fn unmapped(ctx: &XdpContext, cfg: &Config, buf: &XdpBuf, pkt: &Ipv4Packet) -> Counter {
     if pkt.proto == IPPROTO_ICMP {
         return Counter::PassLocal; // a reply to the gateway's own query
     }
@@ -98,6 +101,8 @@ fn unmapped(ctx: &XdpContext, cfg: &Config, pkt: &Ipv4Packet) -> Counter {
         || local_socket_owns(ctx, pkt.proto, pkt.dst, pkt.dport_be, pkt.src, pkt.sport_be)
     {
         Counter::PassLocal
+    } else if let Err(invalid) = validate::check_header(buf, pkt) {
+        invalid
     } else {
         // SAFETY: no preconditions.
         session::hold_syn(pkt, unsafe { bpf_ktime_get_ns() });

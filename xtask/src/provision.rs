@@ -70,6 +70,11 @@ const TEST_PACKAGES: &[Package] = &[
         name: "conntrack",
         why: "`conntrack`, to read the kernel NAT's TCP state in the conformance suite",
     },
+    Package {
+        name: "python3-scapy",
+        why: "scapy, to craft the hostile packets (bad checksums, lengths, TCP flags, IP \
+              options) of the validation tests",
+    },
 ];
 
 /// Debian packages `cargo xtask bench` uses.

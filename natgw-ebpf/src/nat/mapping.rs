@@ -57,11 +57,16 @@ fn add(counter: *mut u64, v: u64) {
 
 /// The external endpoint for an outbound packet, creating the mapping if needed.
 /// Refreshes the mapping and counts the packet.
+///
+/// `admit_new` runs only when a mapping would be created, before anything is:
+/// checks too costly for every packet (the full L4 checksum) that must pass before
+/// a packet may claim a port; its `Err` is the drop reason.
 #[inline(always)]
 pub fn outbound<C: EbpfContext>(
     ctx: &C,
     cfg: &Config,
     pkt: &Ipv4Packet,
+    admit_new: impl FnOnce() -> Result<(), Counter>,
 ) -> Result<Endpoint, Counter> {
     let key = FwdKey::new(u32::from_ne_bytes(pkt.src), pkt.sport_be, pkt.proto);
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -74,6 +79,7 @@ pub fn outbound<C: EbpfContext>(
         Some(m) => m,
         None if rst => return Err(Counter::DropNoMapping),
         None => {
+            admit_new()?;
             create(ctx, cfg, pkt, &key, now)?;
             NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
         }

@@ -314,4 +314,30 @@ mod tests {
         assert_eq!(plan.lan_host(a("10.0.9.1")), Host::Lan { ifindex: 3 });
         assert_eq!(plan.lan_host(a("10.0.9.0")), Host::Own);
     }
+
+    #[test]
+    fn broadcast_sources_are_never_lan_hosts() {
+        // issue #17 item 6: a directed broadcast on a /24; on a /31 (no broadcast of
+        // its own) and a /32 (the gateway alone) the limited broadcast and the old
+        // /24 broadcast fall outside every prefix: a miss, which the data path drops.
+        let plan = plan();
+        assert_eq!(
+            lan_verdict(&plan, 3, "10.0.1.255"),
+            Some(lan_source::NOT_HOST)
+        );
+        assert_eq!(lan_verdict(&plan, 3, "255.255.255.255"), None);
+        for prefix in ["10.0.9.1/31", "10.0.9.1/32"] {
+            let plan = AddressPlan::new(
+                vec![LanIface {
+                    ifindex: 3,
+                    prefixes: vec![p(prefix)],
+                }],
+                &[p(prefix)],
+            );
+            for src in ["255.255.255.255", "10.0.9.255"] {
+                assert_eq!(lan_verdict(&plan, 3, src), None, "{src} on {prefix}");
+            }
+            assert_eq!(lan_verdict(&plan, 3, "10.0.9.1"), Some(lan_source::OWN));
+        }
+    }
 }
