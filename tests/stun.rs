@@ -1,7 +1,8 @@
-//! natgw's STUN responder on the external address, asked from the WAN side: by raw
-//! Binding requests written here byte by byte (so the test does not share natgw's
-//! codec), by `natgw stun probe`, and by Debian's `stun` client (package
-//! `stun-client`, an RFC 3489 implementation independent of natgw).
+//! natgw's STUN responder on the external address, asked from the WAN side and
+//! from LAN hosts (hairpinned to it): by raw Binding requests written here byte by
+//! byte (so the test does not share natgw's codec), by `natgw stun probe`, and by
+//! Debian's `stun` client (package `stun-client`, an RFC 3489 implementation
+//! independent of natgw).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -13,7 +14,7 @@ use natgw_integration_tests::{
     Natgw, Setup, WAIT,
 };
 use serde_json::Value;
-use testbed::{Testbed, GW_WAN_ADDR, WAN_A_ADDR};
+use testbed::{Testbed, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR};
 
 /// The second external address the RFC 5780 tests add to the gateway's WAN.
 const GW_WAN_ALT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -28,8 +29,9 @@ const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 /// RFC 8489 §14.2.
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-/// RFC 5780 §7.2 and §7.4.
+/// RFC 5780 §7.2, §7.4 and §7.6.
 const CHANGE_REQUEST: u16 = 0x0003;
+const PADDING: u16 = 0x0026;
 const OTHER_ADDRESS: u16 = 0x802c;
 /// CHANGE-REQUEST flags (RFC 5780 §7.2).
 const CHANGE_IP: u32 = 0x04;
@@ -45,15 +47,9 @@ fn setup_with_two_external_addresses() -> Setup {
         "ip",
         &["addr", "add", &format!("{GW_WAN_ALT}/24"), "dev", "wan0"],
     );
-    let natgw = Natgw::start(
-        &tb.gateway.ns,
-        &[
-            "--external",
-            &GW_WAN_ADDR.to_string(),
-            "--external",
-            &GW_WAN_ALT.to_string(),
-        ],
-    );
+    let (primary, alternate) = (GW_WAN_ADDR.to_string(), GW_WAN_ALT.to_string());
+    let args = ["--external", &primary, "--external", &alternate];
+    let natgw = Natgw::start(&tb.gateway.ns, &args);
     Setup { natgw, tb }
 }
 
@@ -65,13 +61,29 @@ fn binding_request(id: [u8; 12], change: Option<u32>) -> Vec<u8> {
         attrs.extend_from_slice(&4u16.to_be_bytes());
         attrs.extend_from_slice(&flags.to_be_bytes());
     }
+    message(id, &attrs)
+}
+
+/// A Binding request with transaction id `id` and a PADDING attribute of `len`
+/// bytes (a multiple of 4), as RFC 5780 clients send to find out whether large
+/// datagrams get through.
+fn padded_binding_request(id: [u8; 12], len: u16) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&PADDING.to_be_bytes());
+    attrs.extend_from_slice(&len.to_be_bytes());
+    attrs.resize(attrs.len() + usize::from(len), 0);
+    message(id, &attrs)
+}
+
+/// A Binding request with transaction id `id` carrying `attrs`.
+fn message(id: [u8; 12], attrs: &[u8]) -> Vec<u8> {
     let mut m = Vec::new();
     m.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
     let len = u16::try_from(attrs.len()).expect("attributes fit");
     m.extend_from_slice(&len.to_be_bytes());
     m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
     m.extend_from_slice(&id);
-    m.extend_from_slice(&attrs);
+    m.extend_from_slice(attrs);
     m
 }
 
@@ -129,13 +141,25 @@ fn ask(
     id: u8,
 ) -> (Answer, SocketAddrV4) {
     let id = [id; 12];
+    let (answer, from, _) = ask_with(sock, server, &binding_request(id, change), id);
+    (answer, from)
+}
+
+/// Sends the Binding request `request` (transaction `id`) from `sock` to `server`;
+/// returns the answer, where it came from and its length.
+fn ask_with(
+    sock: &UdpSocket,
+    server: SocketAddrV4,
+    request: &[u8],
+    id: [u8; 12],
+) -> (Answer, SocketAddrV4, usize) {
     // UDP may lose the first one while the neighbour is resolved: retransmit
     // (RFC 8489 §6.2.1), as any client does.
     for _ in 0..3 {
-        sock.send_to(&binding_request(id, change), server)
+        sock.send_to(request, server)
             .expect("sending the Binding request");
         if let Some((bytes, from)) = recv_nothing(sock, Duration::from_secs(1)) {
-            return (parse_success(&bytes, id), from);
+            return (parse_success(&bytes, id), from, bytes.len());
         }
     }
     panic!("no answer from the STUN responder at {server}");
@@ -445,4 +469,49 @@ fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() 
         answer.xor_mapped,
         Some(SocketAddrV4::new(WAN_A_ADDR, 40508))
     );
+}
+
+/// PADDING that makes a Binding request (and natgw's padded answer) larger than the
+/// 1500-byte MTU of the testbed's links, so both travel in fragments.
+const LARGE_PADDING: u16 = 1700;
+
+#[test]
+fn padded_binding_request_from_the_wan_is_answered() {
+    // rfc5780 §7.6 (PADDING), rfc4787 REQ-14: the request reaches the responder in
+    // two fragments, the padded answer leaves in two.
+    let s = Setup::new(&[]);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40510);
+    let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let id = [7; 12];
+    let request = padded_binding_request(id, LARGE_PADDING);
+    assert!(request.len() > 1500);
+    let (answer, from, len) = ask_with(&wan, server, &request, id);
+    assert_eq!(from, server);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(WAN_A_ADDR, 40510))
+    );
+    assert!(len > 1500, "the answer is padded too: {len} bytes");
+}
+
+#[test]
+fn padded_binding_request_from_a_lan_host_is_answered() {
+    // rfc5780 §7.6, rfc4787 REQ-9a, REQ-14: hairpinned to the responder, every
+    // fragment with the host's external address; the padded answer, larger than the
+    // LAN's MTU, is fragmented on its way back and names the host's external
+    // endpoint.
+    let s = Setup::new(&[]);
+    let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 40512);
+    let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let id = [8; 12];
+    let (answer, from, len) =
+        ask_with(&lan, server, &padded_binding_request(id, LARGE_PADDING), id);
+    assert_eq!(from, server);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(GW_WAN_ADDR, 40512)),
+        "the host's external endpoint (its port is free, so kept)"
+    );
+    assert!(len > 1500, "the answer is padded too: {len} bytes");
+    assert!(s.natgw.counter("hairpin_local_reply_routed") >= 1);
 }

@@ -131,6 +131,14 @@ counters! {
     DropToInternal = "drop_to_internal",
     /// Dropped: a packet helper (store, checksum, redirect) failed.
     DropInternal = "drop_internal",
+    /// A later fragment of a datagram for the gateway itself (its first fragment
+    /// went to a local socket or the gateway's kernel untranslated), left to the
+    /// kernel untouched, which reassembles the datagram.
+    FragmentLocal = "fragment_local",
+    /// A reply counted in `hairpin_local_reply` too large for the LAN interface's
+    /// MTU, sent on through the kernel's forwarding, which fragments (or segments)
+    /// it.
+    HairpinLocalReplyRouted = "hairpin_local_reply_routed",
 }
 
 #[cfg(test)]
