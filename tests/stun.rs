@@ -40,6 +40,11 @@ const CHANGE_PORT: u32 = 0x02;
 /// A testbed whose gateway has a second WAN address, with natgw pooling both (the
 /// responder's RFC 5780 mode).
 fn setup_with_two_external_addresses() -> Setup {
+    setup_with_two_external_addresses_and(&[])
+}
+
+/// [`setup_with_two_external_addresses`] with more arguments for `natgw run`.
+fn setup_with_two_external_addresses_and(extra: &[&str]) -> Setup {
     natgw_integration_tests::require_root();
     let tb = Testbed::new().expect("building the testbed");
     let _ = command_output(
@@ -48,7 +53,8 @@ fn setup_with_two_external_addresses() -> Setup {
         &["addr", "add", &format!("{GW_WAN_ALT}/24"), "dev", "wan0"],
     );
     let (primary, alternate) = (GW_WAN_ADDR.to_string(), GW_WAN_ALT.to_string());
-    let args = ["--external", &primary, "--external", &alternate];
+    let mut args = vec!["--external", &primary, "--external", &alternate];
+    args.extend_from_slice(extra);
     let natgw = Natgw::start(&tb.gateway.ns, &args);
     Setup { natgw, tb }
 }
@@ -514,4 +520,82 @@ fn padded_binding_request_from_a_lan_host_is_answered() {
     );
     assert!(len > 1500, "the answer is padded too: {len} bytes");
     assert!(s.natgw.counter("hairpin_local_reply_routed") >= 1);
+}
+
+/// A LAN host runs RFC 5780 filtering discovery against natgw's own responder
+/// (two external addresses) with natgw filtering UDP as `mode`: Debian's `stun`
+/// (RFC 3489's tests, independent of natgw) must report `expected`, and natgw's
+/// probe `mode`. A refused answer is dropped and counted, as from the outside.
+fn lan_host_discovers_filtering(mode: &str, expected: &str) {
+    let s = setup_with_two_external_addresses_and(&["--udp-filtering", mode]);
+    let out = s.tb.lan[0]
+        .ns
+        .command("stun")
+        .arg(GW_WAN_ADDR.to_string())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running Debian's `stun` (package stun-client, `cargo xtask provision`): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("Primary: {expected}")),
+        "--udp-filtering {mode}: {stdout}"
+    );
+
+    let out = s.tb.lan[0]
+        .ns
+        .command(natgw_bin())
+        .args([
+            "stun",
+            "probe",
+            "--server",
+            &GW_WAN_ADDR.to_string(),
+            "--timeout",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("running natgw stun probe on lan-a");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["filtering"]["result"], mode, "{report:#}");
+    let filtered = s.natgw.counter("drop_filtered");
+    if mode == "endpoint-independent" {
+        assert_eq!(filtered, 0);
+    } else {
+        assert!(filtered >= 1, "refused answers are counted");
+    }
+}
+
+#[test]
+fn lan_host_discovers_endpoint_independent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8
+    lan_host_discovers_filtering(
+        "endpoint-independent",
+        "Independent Mapping, Independent Filter",
+    );
+}
+
+#[test]
+fn lan_host_discovers_address_dependent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8: the answer from the other address is refused
+    lan_host_discovers_filtering(
+        "address-dependent",
+        "Independent Mapping, Address Dependent Filter",
+    );
+}
+
+#[test]
+fn lan_host_discovers_address_and_port_dependent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8: answers from the other address or port are
+    // refused
+    lan_host_discovers_filtering(
+        "address-and-port-dependent",
+        "Independent Mapping, Port Dependent Filter",
+    );
 }

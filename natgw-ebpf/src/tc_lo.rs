@@ -2,7 +2,10 @@
 //! an external address (`tc_lan_ingress::to_local_service`), at `lo`'s TC egress.
 //!
 //! Such a reply is addressed to the host's external endpoint, an address of the
-//! gateway itself, so the kernel routes it through `lo`. Here its destination goes
+//! gateway itself, so the kernel routes it through `lo`. Here it passes the
+//! mapping's filter like any inbound packet (RFC 4787 REQ-8: the service is a remote
+//! endpoint like any other, and RFC 5780 filtering discovery against the gateway's
+//! own STUN responder must see the filter the outside sees), its destination goes
 //! back to the internal endpoint (the source stays the service's external endpoint,
 //! as the host expects) and it is sent out of the host's LAN interface. A reply
 //! larger than that interface's MTU — `lo`'s is 64 KiB, so the service's stack
@@ -10,7 +13,7 @@
 //! fragments it as the service's stack would have. Everything else on `lo` passes
 //! untouched.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use natgw_common::{
     packet::{clear_dont_fragment, Ipv4Packet, L4Kind, Side},
     Counter,
@@ -23,8 +26,8 @@ use crate::{
     tcpath::{self, lan_hop, send, Verdict},
 };
 
-/// Entry point of `tc_lo_egress`. It never drops: a reply it cannot send on is
-/// counted and left to the kernel.
+/// Entry point of `tc_lo_egress`. It drops only what the mapping's filter refuses:
+/// any other reply it cannot send on is counted and left to the kernel.
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
     tcpath::run_never_dropping(ctx, try_egress)
@@ -54,6 +57,10 @@ fn try_egress(ctx: &TcContext) -> Verdict {
         Err(Counter::PassMtu) => None,
         Err(_) => return Err(None),
     };
+    if let Err(refused) = target.admit(&pkt) {
+        count(refused);
+        return Ok(TC_ACT_SHOT);
+    }
     target.account(&pkt);
     tcpath::rewrite(ctx, &pkt, Side::Destination, target.internal)?;
     count(Counter::HairpinLocalReply);
