@@ -1,7 +1,8 @@
-//! natgw's STUN responder on the external address, asked from the WAN side: by raw
-//! Binding requests written here byte by byte (so the test does not share natgw's
-//! codec), by `natgw stun probe`, and by Debian's `stun` client (package
-//! `stun-client`, an RFC 3489 implementation independent of natgw).
+//! natgw's STUN responder on the external address, asked from the WAN side and
+//! from LAN hosts (hairpinned to it): by raw Binding requests written here byte by
+//! byte (so the test does not share natgw's codec), by `natgw stun probe`, and by
+//! Debian's `stun` client (package `stun-client`, an RFC 3489 implementation
+//! independent of natgw).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
@@ -13,7 +14,7 @@ use natgw_integration_tests::{
     Natgw, Setup, WAIT,
 };
 use serde_json::Value;
-use testbed::{Testbed, GW_WAN_ADDR, WAN_A_ADDR};
+use testbed::{Testbed, GW_WAN_ADDR, LAN_A_ADDR, WAN_A_ADDR};
 
 /// The second external address the RFC 5780 tests add to the gateway's WAN.
 const GW_WAN_ALT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -28,8 +29,9 @@ const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 /// RFC 8489 §14.2.
 const XOR_MAPPED_ADDRESS: u16 = 0x0020;
-/// RFC 5780 §7.2 and §7.4.
+/// RFC 5780 §7.2, §7.4 and §7.6.
 const CHANGE_REQUEST: u16 = 0x0003;
+const PADDING: u16 = 0x0026;
 const OTHER_ADDRESS: u16 = 0x802c;
 /// CHANGE-REQUEST flags (RFC 5780 §7.2).
 const CHANGE_IP: u32 = 0x04;
@@ -38,6 +40,11 @@ const CHANGE_PORT: u32 = 0x02;
 /// A testbed whose gateway has a second WAN address, with natgw pooling both (the
 /// responder's RFC 5780 mode).
 fn setup_with_two_external_addresses() -> Setup {
+    setup_with_two_external_addresses_and(&[])
+}
+
+/// [`setup_with_two_external_addresses`] with more arguments for `natgw run`.
+fn setup_with_two_external_addresses_and(extra: &[&str]) -> Setup {
     natgw_integration_tests::require_root();
     let tb = Testbed::new().expect("building the testbed");
     let _ = command_output(
@@ -45,15 +52,10 @@ fn setup_with_two_external_addresses() -> Setup {
         "ip",
         &["addr", "add", &format!("{GW_WAN_ALT}/24"), "dev", "wan0"],
     );
-    let natgw = Natgw::start(
-        &tb.gateway.ns,
-        &[
-            "--external",
-            &GW_WAN_ADDR.to_string(),
-            "--external",
-            &GW_WAN_ALT.to_string(),
-        ],
-    );
+    let (primary, alternate) = (GW_WAN_ADDR.to_string(), GW_WAN_ALT.to_string());
+    let mut args = vec!["--external", &primary, "--external", &alternate];
+    args.extend_from_slice(extra);
+    let natgw = Natgw::start(&tb.gateway.ns, &args);
     Setup { natgw, tb }
 }
 
@@ -65,13 +67,29 @@ fn binding_request(id: [u8; 12], change: Option<u32>) -> Vec<u8> {
         attrs.extend_from_slice(&4u16.to_be_bytes());
         attrs.extend_from_slice(&flags.to_be_bytes());
     }
+    message(id, &attrs)
+}
+
+/// A Binding request with transaction id `id` and a PADDING attribute of `len`
+/// bytes (a multiple of 4), as RFC 5780 clients send to find out whether large
+/// datagrams get through.
+fn padded_binding_request(id: [u8; 12], len: u16) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&PADDING.to_be_bytes());
+    attrs.extend_from_slice(&len.to_be_bytes());
+    attrs.resize(attrs.len() + usize::from(len), 0);
+    message(id, &attrs)
+}
+
+/// A Binding request with transaction id `id` carrying `attrs`.
+fn message(id: [u8; 12], attrs: &[u8]) -> Vec<u8> {
     let mut m = Vec::new();
     m.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
     let len = u16::try_from(attrs.len()).expect("attributes fit");
     m.extend_from_slice(&len.to_be_bytes());
     m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
     m.extend_from_slice(&id);
-    m.extend_from_slice(&attrs);
+    m.extend_from_slice(attrs);
     m
 }
 
@@ -129,13 +147,25 @@ fn ask(
     id: u8,
 ) -> (Answer, SocketAddrV4) {
     let id = [id; 12];
+    let (answer, from, _) = ask_with(sock, server, &binding_request(id, change), id);
+    (answer, from)
+}
+
+/// Sends the Binding request `request` (transaction `id`) from `sock` to `server`;
+/// returns the answer, where it came from and its length.
+fn ask_with(
+    sock: &UdpSocket,
+    server: SocketAddrV4,
+    request: &[u8],
+    id: [u8; 12],
+) -> (Answer, SocketAddrV4, usize) {
     // UDP may lose the first one while the neighbour is resolved: retransmit
     // (RFC 8489 §6.2.1), as any client does.
     for _ in 0..3 {
-        sock.send_to(&binding_request(id, change), server)
+        sock.send_to(request, server)
             .expect("sending the Binding request");
         if let Some((bytes, from)) = recv_nothing(sock, Duration::from_secs(1)) {
-            return (parse_success(&bytes, id), from);
+            return (parse_success(&bytes, id), from, bytes.len());
         }
     }
     panic!("no answer from the STUN responder at {server}");
@@ -444,5 +474,128 @@ fn a_new_address_whose_stun_port_is_taken_leaves_natgw_running_and_is_retried() 
     assert_eq!(
         answer.xor_mapped,
         Some(SocketAddrV4::new(WAN_A_ADDR, 40508))
+    );
+}
+
+/// PADDING that makes a Binding request (and natgw's padded answer) larger than the
+/// 1500-byte MTU of the testbed's links, so both travel in fragments.
+const LARGE_PADDING: u16 = 1700;
+
+#[test]
+fn padded_binding_request_from_the_wan_is_answered() {
+    // rfc5780 §7.6 (PADDING), rfc4787 REQ-14: the request reaches the responder in
+    // two fragments, the padded answer leaves in two.
+    let s = Setup::new(&[]);
+    let wan = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 40510);
+    let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let id = [7; 12];
+    let request = padded_binding_request(id, LARGE_PADDING);
+    assert!(request.len() > 1500);
+    let (answer, from, len) = ask_with(&wan, server, &request, id);
+    assert_eq!(from, server);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(WAN_A_ADDR, 40510))
+    );
+    assert!(len > 1500, "the answer is padded too: {len} bytes");
+}
+
+#[test]
+fn padded_binding_request_from_a_lan_host_is_answered() {
+    // rfc5780 §7.6, rfc4787 REQ-9a, REQ-14: hairpinned to the responder, every
+    // fragment with the host's external address; the padded answer, larger than the
+    // LAN's MTU, is fragmented on its way back and names the host's external
+    // endpoint.
+    let s = Setup::new(&[]);
+    let lan = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 40512);
+    let server = SocketAddrV4::new(GW_WAN_ADDR, STUN_PORT);
+    let id = [8; 12];
+    let (answer, from, len) =
+        ask_with(&lan, server, &padded_binding_request(id, LARGE_PADDING), id);
+    assert_eq!(from, server);
+    assert_eq!(
+        answer.xor_mapped,
+        Some(SocketAddrV4::new(GW_WAN_ADDR, 40512)),
+        "the host's external endpoint (its port is free, so kept)"
+    );
+    assert!(len > 1500, "the answer is padded too: {len} bytes");
+    assert!(s.natgw.counter("hairpin_local_reply_routed") >= 1);
+}
+
+/// A LAN host runs RFC 5780 filtering discovery against natgw's own responder
+/// (two external addresses) with natgw filtering UDP as `mode`: Debian's `stun`
+/// (RFC 3489's tests, independent of natgw) must report `expected`, and natgw's
+/// probe `mode`. A refused answer is dropped and counted, as from the outside.
+fn lan_host_discovers_filtering(mode: &str, expected: &str) {
+    let s = setup_with_two_external_addresses_and(&["--udp-filtering", mode]);
+    let out = s.tb.lan[0]
+        .ns
+        .command("stun")
+        .arg(GW_WAN_ADDR.to_string())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running Debian's `stun` (package stun-client, `cargo xtask provision`): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("Primary: {expected}")),
+        "--udp-filtering {mode}: {stdout}"
+    );
+
+    let out = s.tb.lan[0]
+        .ns
+        .command(natgw_bin())
+        .args([
+            "stun",
+            "probe",
+            "--server",
+            &GW_WAN_ADDR.to_string(),
+            "--timeout",
+            "2",
+            "--json",
+        ])
+        .output()
+        .expect("running natgw stun probe on lan-a");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["filtering"]["result"], mode, "{report:#}");
+    let filtered = s.natgw.counter("drop_filtered");
+    if mode == "endpoint-independent" {
+        assert_eq!(filtered, 0);
+    } else {
+        assert!(filtered >= 1, "refused answers are counted");
+    }
+}
+
+#[test]
+fn lan_host_discovers_endpoint_independent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8
+    lan_host_discovers_filtering(
+        "endpoint-independent",
+        "Independent Mapping, Independent Filter",
+    );
+}
+
+#[test]
+fn lan_host_discovers_address_dependent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8: the answer from the other address is refused
+    lan_host_discovers_filtering(
+        "address-dependent",
+        "Independent Mapping, Address Dependent Filter",
+    );
+}
+
+#[test]
+fn lan_host_discovers_address_and_port_dependent_filtering_at_the_gateway() {
+    // rfc5780 §4.4, rfc4787 REQ-8: answers from the other address or port are
+    // refused
+    lan_host_discovers_filtering(
+        "address-and-port-dependent",
+        "Independent Mapping, Port Dependent Filter",
     );
 }

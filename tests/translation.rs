@@ -431,3 +431,46 @@ fn udp_and_tcp_hairpin_with_external_source() {
     );
     assert!(s.natgw.counter("hairpin_translated") >= 4);
 }
+
+#[test]
+fn tcp_from_a_local_service_to_a_lan_host_arrives_in_segments_larger_than_the_lan_mtu() {
+    // rfc5382 REQ-8, rfc4787 REQ-9a: a LAN host downloads from
+    // a TCP service of the gateway on its external address. The service's socket
+    // sends over `lo` (64 KiB MTU) in segment trains larger than the LAN's MTU, which
+    // natgw hands to the kernel's forwarding to be segmented instead of losing them.
+    let s = Setup::new(&[]);
+    let service = SocketAddrV4::new(GW_WAN_ADDR, 9100);
+    // Kept open for the whole test: natgw recognises the hairpinned host's segments
+    // for the service by its listening socket.
+    let listener =
+        s.tb.gateway
+            .ns
+            .run(|| TcpListener::bind(service))
+            .expect("listen on the external address");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let server = {
+        let listener = listener.try_clone().expect("listener");
+        let data = data.clone();
+        std::thread::spawn(move || {
+            let (mut conn, from) = listener.accept().expect("accept");
+            conn.write_all(&data).expect("send");
+            from
+        })
+    };
+    let mut conn = s.tb.lan[0]
+        .ns
+        .run(|| TcpStream::connect_timeout(&service.into(), WAIT))
+        .expect("connect to the gateway's service");
+    conn.set_read_timeout(Some(WAIT)).expect("timeout");
+    let port = conn.local_addr().expect("local").port();
+    let got = read_all(&mut conn);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "stream intact");
+    assert_eq!(
+        server.join().expect("server"),
+        std::net::SocketAddr::from(SocketAddrV4::new(GW_WAN_ADDR, port)),
+        "the service saw lan-a's external endpoint"
+    );
+    assert!(s.natgw.counter("hairpin_local_reply_routed") >= 1);
+    drop(listener);
+}

@@ -150,6 +150,14 @@ counters! {
     /// validates (`ip_options_compile`) and acts on before `tc_wan_egress`
     /// translates it.
     PassIpOptions = "pass_ip_options",
+    /// A later fragment of a datagram for the gateway itself (its first fragment
+    /// went to a local socket or the gateway's kernel untranslated), left to the
+    /// kernel untouched, which reassembles the datagram.
+    FragmentLocal = "fragment_local",
+    /// A reply counted in `hairpin_local_reply` too large for the LAN interface's
+    /// MTU, sent on through the kernel's forwarding, which fragments (or segments)
+    /// it.
+    HairpinLocalReplyRouted = "hairpin_local_reply_routed",
 }
 
 /// Slots in the `COUNTERS` map: more than there are counters, so that a natgw with

@@ -36,7 +36,8 @@ pub mod names {
     pub const HELD_SYNS: &str = "HELD_SYNS";
     /// Ring buffer of [`super::Event`]s for the controller.
     pub const EVENTS: &str = "EVENTS";
-    /// Inbound fragmented datagrams: [`super::FragKey`] -> [`super::FragValue`].
+    /// Fragmented datagrams to an external address: [`super::FragKey`] ->
+    /// [`super::FragValue`].
     pub const FRAGS_IN: &str = "FRAGS_IN";
     /// Outbound fragmented datagrams: [`super::FragOutKey`] -> [`super::FragOutValue`].
     pub const FRAGS_OUT: &str = "FRAGS_OUT";
@@ -370,7 +371,7 @@ pub const MAX_STASHED_FRAGMENTS: u32 = 256;
 /// the data path can bound the copy length with a mask the verifier understands.
 pub const MAX_STASHED_FRAGMENT_LEN: usize = 2048;
 
-/// Key of `FRAG_STASH`: one fragment of one inbound datagram.
+/// Key of `FRAG_STASH`: one fragment of one datagram to an external address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StashKey {
@@ -396,8 +397,8 @@ impl StashKey {
 }
 
 /// Value of `FRAG_STASH`: a later fragment that arrived before its datagram's first
-/// fragment (RFC 4787 REQ-14). The controller re-sends it, translated, once the
-/// first fragment has been translated (`FRAGS_IN` has the datagram), or drops it
+/// fragment (RFC 4787 REQ-14). The controller sends it on as its [`FragFate`] says
+/// once the first fragment has been seen (`FRAGS_IN` has the datagram), or drops it
 /// after the reassembly timeout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -425,12 +426,14 @@ impl StashedFragment {
     }
 }
 
-/// Key of `FRAGS_IN`: one inbound datagram (RFC 791 identifies it by source,
-/// destination, protocol and identification).
+/// Key of `FRAGS_IN`: one datagram addressed to an external address, from the WAN
+/// or from an internal host (hairpinned, or for the gateway itself). RFC 791
+/// identifies it by source, destination, protocol and identification; the two kinds
+/// never share a key, as no source from the WAN is internal.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
-    /// Remote (source) address.
+    /// Source address: a remote host, or an internal one.
     pub remote_addr_be: u32,
     /// External (destination) address.
     pub ext_addr_be: u32,
@@ -458,15 +461,53 @@ impl FragKey {
     }
 }
 
-/// Value of `FRAGS_IN`: where the datagram's first fragment went.
+/// What becomes of a datagram's later fragments, as its first fragment decided
+/// (`FragValue::fate`).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragFate {
+    /// Inbound through a mapping: the destination becomes the internal host
+    /// `FragValue::addr_be`.
+    ToInternal = 0,
+    /// For the gateway itself (one of its services, or its own traffic): the later
+    /// fragments reach its kernel untouched, which reassembles the datagram.
+    Local = 1,
+    /// From an internal host to a service of the gateway on an external address
+    /// (hairpinned through `lo`): the source becomes the host's external address
+    /// `FragValue::addr_be` and the identification `FragValue::new_id_be`, as the
+    /// first fragment's did.
+    HairpinLocal = 2,
+}
+
+impl FragFate {
+    /// Decodes the `fate` byte of a [`FragValue`].
+    #[must_use]
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::ToInternal),
+            1 => Some(Self::Local),
+            2 => Some(Self::HairpinLocal),
+            _ => None,
+        }
+    }
+}
+
+/// Value of `FRAGS_IN`: where the datagram's first fragment went, so its later
+/// fragments (and held ones, which the controller sends on) follow it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FragValue {
-    /// Internal address the datagram is translated to.
-    pub int_addr_be: u32,
+    /// The address the later fragments get ([`FragFate`] says which side): the
+    /// internal host, or the sender's external address; 0 for `Local`.
+    pub addr_be: u32,
+    /// A [`FragFate`].
+    pub fate: u8,
     /// Explicit padding.
-    pub _pad: u32,
-    /// When the first fragment was translated (ns).
+    pub _pad: u8,
+    /// `HairpinLocal`: the identification the datagram's fragments get (wire
+    /// order); 0 otherwise.
+    pub new_id_be: u16,
+    /// When the first fragment was seen (ns).
     pub seen_ns: u64,
 }
 
@@ -476,8 +517,38 @@ impl FragValue {
     #[must_use]
     pub const fn new(int_addr_be: u32, seen_ns: u64) -> Self {
         Self {
-            int_addr_be,
+            addr_be: int_addr_be,
+            fate: FragFate::ToInternal as u8,
             _pad: 0,
+            new_id_be: 0,
+            seen_ns,
+        }
+    }
+
+    /// A datagram for the gateway itself, its first fragment at `seen_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn local(seen_ns: u64) -> Self {
+        Self {
+            addr_be: 0,
+            fate: FragFate::Local as u8,
+            _pad: 0,
+            new_id_be: 0,
+            seen_ns,
+        }
+    }
+
+    /// A datagram from an internal host to a service of the gateway, its source
+    /// now `ext_addr_be` and its identification `new_id_be`, its first fragment at
+    /// `seen_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn hairpin_local(ext_addr_be: u32, new_id_be: u16, seen_ns: u64) -> Self {
+        Self {
+            addr_be: ext_addr_be,
+            fate: FragFate::HairpinLocal as u8,
+            _pad: 0,
+            new_id_be,
             seen_ns,
         }
     }
@@ -894,6 +965,7 @@ mod tests {
         assert_eq!(size_of::<super::Event>(), 36);
         assert_eq!(size_of::<super::FragOutKey>(), 12);
         assert_eq!(size_of::<super::FragOutValue>(), 16);
+        assert_eq!(size_of::<super::FragValue>(), 16);
         assert_eq!(size_of::<super::FragBudget>(), 16);
     }
 
@@ -954,7 +1026,7 @@ mod tests {
 
     #[test]
     fn fragment_keys_and_values_keep_the_field_order() {
-        use super::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey};
+        use super::{FragFate, FragKey, FragOutKey, FragOutValue, FragValue, StashKey};
         let d = FragKey::new(1, 2, 3, 4);
         assert_eq!(
             (d.remote_addr_be, d.ext_addr_be, d.ip_id_be, d.proto, d._pad),
@@ -968,7 +1040,29 @@ mod tests {
         let s = StashKey::new(d, 185);
         assert_eq!((s.datagram, s.offset, s._pad), (d, 185, 0));
         let v = FragValue::new(9, 10);
-        assert_eq!((v.int_addr_be, v._pad, v.seen_ns), (9, 0, 10));
+        assert_eq!(
+            (v.addr_be, v.fate, v._pad, v.new_id_be, v.seen_ns),
+            (9, FragFate::ToInternal as u8, 0, 0, 10)
+        );
+        let l = FragValue::local(11);
+        assert_eq!(
+            (l.addr_be, l.fate, l.seen_ns),
+            (0, FragFate::Local as u8, 11)
+        );
+        let h = FragValue::hairpin_local(12, 13, 14);
+        assert_eq!(
+            (h.addr_be, h.fate, h.new_id_be, h.seen_ns),
+            (12, FragFate::HairpinLocal as u8, 13, 14)
+        );
+        assert_eq!(bytes_of(&h)[5], 0);
+        for fate in [
+            FragFate::ToInternal,
+            FragFate::Local,
+            FragFate::HairpinLocal,
+        ] {
+            assert_eq!(FragFate::from_u8(fate as u8), Some(fate));
+        }
+        assert_eq!(FragFate::from_u8(3), None);
         let w = FragOutValue::new(11, 12);
         assert_eq!((w.new_id_be, w._pad, w.seen_ns), (11, [0; 6], 12));
         assert_eq!(bytes_of(&w)[2..8], [0; 6]);

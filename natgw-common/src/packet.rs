@@ -852,6 +852,20 @@ pub fn rewrite_ip_id<B: PacketBufMut + ?Sized>(
     store_u16(buf, pkt.l3 + ipv4::ID, new)
 }
 
+/// Clears the DF flag (so a router on the way may fragment the packet) and updates
+/// the IP checksum; a packet without DF is left as it is.
+#[inline(always)]
+pub fn clear_dont_fragment<B: PacketBufMut + ?Sized>(buf: &mut B, pkt: &Ipv4Packet) -> Option<()> {
+    if !pkt.dont_fragment {
+        return Some(());
+    }
+    let old = load_u16(buf, pkt.l3 + ipv4::FRAG)?;
+    let new = old & !ipv4::DF;
+    let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
+    store_u16(buf, pkt.l3 + ipv4::CSUM, csum::replace16(check, old, new))?;
+    store_u16(buf, pkt.l3 + ipv4::FRAG, new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1075,6 +1089,25 @@ mod tests {
         assert_eq!(f[14 + 4..14 + 6], [0xbe, 0xef]);
         assert_eq!(parse_ipv4(&f[..], 14).unwrap().ip_id_be, 0xbeefu16.to_be());
         assert_eq!(checksum(&f[14..34], 0), 0);
+    }
+
+    #[test]
+    fn clearing_df_keeps_the_ip_checksum_valid_and_the_rest_of_the_word() {
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"", 0);
+        f[14 + 6..14 + 8].copy_from_slice(&ipv4::DF.to_be_bytes());
+        f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum(&f[14..34], 0);
+        f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        assert!(pkt.dont_fragment);
+        clear_dont_fragment(&mut f[..], &pkt).unwrap();
+        let after = parse_ipv4(&f[..], 14).unwrap();
+        assert!(!after.dont_fragment);
+        assert_eq!(after.frag, Fragment::None);
+        assert_eq!(checksum(&f[14..34], 0), 0);
+        let before = f;
+        clear_dont_fragment(&mut f[..], &after).unwrap();
+        assert_eq!(f, before, "nothing to clear");
     }
 
     #[test]

@@ -7,27 +7,61 @@
 //! source to the sender's external endpoint (RFC 4787 REQ-9a), destination to the
 //! target's internal endpoint — does the router's TTL duty and sends it back out
 //! with `bpf_redirect` (or `bpf_redirect_neigh` when the neighbour is unresolved).
+//! A packet for a service of the gateway itself on an external address gets the
+//! same source and is delivered through `lo`.
+//!
+//! Fragments of a datagram to an external address are looked at first
+//! ([`fragment`]): the first fragment of a datagram for a local service gets an
+//! identification of the gateway's sequence and leaves a record (`FRAGS_IN`) that
+//! its later fragments follow — the same source and identification, through `lo` —
+//! so the gateway's kernel can reassemble it; a datagram left to the kernel leaves
+//! one that lets its later fragments pass untouched. A later fragment that comes
+//! before its first fragment is held for the controller, as on the WAN.
 
-use aya_ebpf::{bindings::BPF_F_INGRESS, helpers::generated::bpf_redirect, programs::TcContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use natgw_common::{
-    packet::{ipv4, parse_icmp_error, Ipv4Packet, L4Kind, Side},
+    maps::{FragFate, FragKey, FragValue},
+    packet::{
+        ipv4, ipv4_offset, parse_icmp_error, parse_ipv4, rewrite_address, rewrite_ip_id, Fragment,
+        Ipv4Packet, L4Kind, PacketBuf as _, Side,
+    },
     validate, Config, Counter,
 };
 
 use crate::{
     buf::TcBuf,
     counters::count,
-    nat::{self, mapping, socket::local_socket_owns},
+    nat::{self, fragments, mapping, socket::local_socket_owns},
     tcpath::{self, lan_hop, send, Verdict},
 };
+
+/// What [`fragment_step`] answers when the rest of the program is to handle the
+/// packet: no TC action has this value.
+const CARRY_ON: i32 = i32::MIN;
 
 /// Entry point of `tc_lan_ingress`.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
+    let action = fragment_step(ctx);
+    if action != CARRY_ON {
+        return action;
+    }
     tcpath::run(ctx, try_ingress)
 }
 
-#[inline(always)]
+/// [`fragment`] as a function of its own, called before [`try_ingress`] rather than
+/// from it: the verifier then walks `try_ingress` — its port search above all — once
+/// whatever this did, where the same steps inside it took the program past the
+/// verifier's complexity limit; and the two frames are never on the stack together,
+/// which has room for only one of `try_ingress`'s size.
+#[inline(never)]
+fn fragment_step(ctx: &TcContext) -> i32 {
+    tcpath::run(ctx, |ctx| {
+        fragment(ctx).map(|action| action.unwrap_or(CARRY_ON))
+    })
+}
+
+#[inline(never)]
 fn try_ingress(ctx: &TcContext) -> Verdict {
     let cfg = nat::config().ok_or(None)?;
     let pkt = tcpath::parse(ctx)?;
@@ -103,13 +137,8 @@ fn to_local_service(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Verdict 
     }
     let from = mapping::outbound(ctx, cfg, pkt, || admit_new(ctx, pkt)).map_err(Some)?;
     tcpath::rewrite(ctx, pkt, Side::Source, from)?;
-    // lo's address is all zeros: a frame addressed to anything else would count as
-    // for another host and be dropped.
-    ctx.store(0, &[0u8; 6], 0)
-        .map_err(|_| Some(Counter::DropInternal))?;
     count(Counter::HairpinLocal);
-    // SAFETY: plain helper call; its result is the TC action to return.
-    Ok(unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) } as i32)
+    tcpath::to_lo(ctx)
 }
 
 /// What a packet must pass before it creates its sender's mapping: a right L4
@@ -120,8 +149,100 @@ fn admit_new(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
     validate::check_checksum(&TcBuf::new(ctx), pkt, partial)
 }
 
-/// `lo`'s interface index, the same in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
+/// A fragment of a datagram from an internal host to an external address, looked at
+/// before the rest of the program: a later fragment is dealt with here (`Some`
+/// action), a first fragment leaves the record its later fragments follow and goes
+/// on to the rest (`None`), like everything else.
+#[inline(always)]
+fn fragment(ctx: &TcContext) -> Verdict<Option<i32>> {
+    let Some(cfg) = nat::config() else {
+        return Ok(None);
+    };
+    let buf = TcBuf::new(ctx);
+    // Two loads for the common case, an unfragmented packet.
+    let Ok(Some(l3)) = ipv4_offset(&buf) else {
+        return Ok(None);
+    };
+    let Some(word) = buf.load::<2>(l3 + ipv4::FRAG) else {
+        return Ok(None);
+    };
+    if u16::from_be_bytes(word) & (ipv4::MF | ipv4::OFFSET_MASK) == 0 {
+        return Ok(None);
+    }
+    let pkt = parse_ipv4(&buf, l3).map_err(|_| Some(Counter::DropMalformed))?;
+    if !nat::is_external(cfg, pkt.dst) || !nat::is_internal(pkt.src) {
+        return Ok(None);
+    }
+    let datagram = FragKey::new(
+        u32::from_ne_bytes(pkt.src),
+        u32::from_ne_bytes(pkt.dst),
+        pkt.ip_id_be,
+        pkt.proto,
+    );
+    if pkt.frag == Fragment::Later {
+        return later_fragment(ctx, &pkt, datagram).map(Some);
+    }
+    first_fragment(ctx, cfg, &pkt, &datagram).map_err(Some)?;
+    Ok(None)
+}
+
+/// The first fragment of a datagram from an internal host to an external address:
+/// what [`try_ingress`] is about to do with it decides what its later fragments get.
+/// For a service of the gateway, an identification of the gateway's sequence (with
+/// the source rewritten, the datagrams of all the hosts behind one external address
+/// would otherwise share the gateway's reassembly by identification alone, RFC
+/// 6864) and the host's external address (every mapping of a host has it: paired
+/// pooling); for the gateway's kernel (a ping of the external address, a port no
+/// socket holds), nothing. Hairpinned to another host (an ICMP error, or through a
+/// mapping), no record: its later fragments are not translated.
+#[inline(always)]
+fn first_fragment(
+    ctx: &TcContext,
+    cfg: &Config,
+    pkt: &Ipv4Packet,
+    datagram: &FragKey,
+) -> Result<(), Counter> {
+    let to_kernel = pkt.ttl <= 1 || !matches!(pkt.kind, L4Kind::Ports | L4Kind::IcmpError);
+    if !to_kernel && (pkt.kind == L4Kind::IcmpError || mapping::inbound(pkt).is_some()) {
+        return Ok(());
+    }
+    if to_kernel || !local_socket_owns(ctx, pkt.proto, pkt.dst, pkt.dport_be, pkt.src, pkt.sport_be)
+    {
+        return fragments::record_local(pkt, true, datagram);
+    }
+    let new_id_be = fragments::next_nonzero_ip_id(cfg)?;
+    let ext = nat::external_for(cfg, pkt.src);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let first = FragValue::hairpin_local(u32::from_ne_bytes(ext), new_id_be, now);
+    fragments::record_first(pkt.src, true, datagram, &first)?;
+    rewrite_ip_id(&mut TcBuf::new(ctx), pkt, new_id_be).ok_or(Counter::DropInternal)?;
+    count(Counter::IpIdRewritten);
+    Ok(())
+}
+
+/// A later fragment from an internal host to an external address follows its
+/// first fragment: to a service of the gateway with the same source and
+/// identification, or untouched to the gateway's kernel; held until its first
+/// fragment comes when that has not been seen yet (RFC 4787 REQ-14).
+#[inline(always)]
+fn later_fragment(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict {
+    let Some(first) = fragments::first_of(&datagram) else {
+        return Err(Some(fragments::stash(ctx, pkt, datagram, true)));
+    };
+    if !pkt.more_fragments {
+        fragments::give_back(pkt.src, true);
+    }
+    if first.fate != FragFate::HairpinLocal as u8 {
+        return Err(Some(Counter::FragmentLocal));
+    }
+    let mut buf = TcBuf::new(ctx);
+    rewrite_ip_id(&mut buf, pkt, first.new_id_be).ok_or(Some(Counter::DropInternal))?;
+    rewrite_address(&mut buf, pkt, Side::Source, first.addr_be.to_ne_bytes())
+        .ok_or(Some(Counter::DropInternal))?;
+    count(Counter::FragmentTranslated);
+    tcpath::to_lo(ctx)
+}
 
 /// TTL minus one, with the IP checksum fixed by the skb helper.
 #[inline(always)]

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use natgw_common::{
-    maps::{FragKey, FragOutKey, FragOutValue, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN},
+    maps::{FragFate, FragKey, FragOutKey, FragOutValue, FragValue},
     packet::{
         ipv4, ipv4_offset, parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet,
         L4Kind, PacketBuf as _, Side,
@@ -28,7 +28,7 @@ use natgw_common::{
 use crate::{
     buf::TcBuf,
     counters::count,
-    maps::{FRAGS_IN, FRAGS_OUT, FRAG_SCRATCH, FRAG_STASH},
+    maps::{FRAGS_IN, FRAGS_OUT},
     nat::{self, events, fragments, mapping},
     tcpath::{self, Verdict},
     xdp_wan,
@@ -211,51 +211,78 @@ fn try_ingress(ctx: &TcContext) -> Verdict<()> {
         let verdict = xdp_wan::not_for_the_nat(&pkt);
         return Err(verdict.is_drop().then_some(verdict));
     }
-    if pkt.kind == L4Kind::IcmpError {
-        return icmp_error_in(ctx, &pkt);
-    }
-    let frag_key = FragKey::new(
+    let datagram = FragKey::new(
         u32::from_ne_bytes(pkt.src),
         u32::from_ne_bytes(pkt.dst),
         pkt.ip_id_be,
         pkt.proto,
     );
     if pkt.frag == Fragment::Later {
-        // SAFETY: read-only use of a live map value.
-        let Some(first) = (unsafe { FRAGS_IN.get(&frag_key) }) else {
-            return stash(ctx, &pkt, frag_key);
-        };
-        let int = first.int_addr_be.to_ne_bytes();
-        rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Destination, int)
-            .ok_or(Some(Counter::DropInternal))?;
-        if !pkt.more_fragments {
-            fragments::give_back(pkt.src, false);
-        }
-        count(Counter::FragmentTranslated);
-        return Ok(());
+        return later_fragment_in(ctx, &pkt, datagram);
     }
+    let verdict = if pkt.kind == L4Kind::IcmpError {
+        icmp_error_in(ctx, &pkt)
+    } else {
+        translate_in(ctx, &pkt, &datagram)
+    };
+    if pkt.frag == Fragment::First && matches!(verdict, Err(None)) {
+        // For the gateway itself (a local socket, or the kernel's own answer): its
+        // later fragments must reach the kernel untouched too.
+        fragments::record_local(&pkt, false, &datagram).map_err(Some)?;
+    }
+    verdict
+}
+
+/// An inbound packet through a mapping; `Err(None)` leaves it to the gateway.
+#[inline(always)]
+fn translate_in(ctx: &TcContext, pkt: &Ipv4Packet, datagram: &FragKey) -> Verdict<()> {
     if !pkt.maps_inbound() {
         return Err(None);
     }
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
-    let hit = mapping::inbound(&pkt).ok_or(None)?;
-    validate::check_header(&TcBuf::new(ctx), &pkt).map_err(Some)?;
-    hit.admit(&pkt).map_err(Some)?;
+    let hit = mapping::inbound(pkt).ok_or(None)?;
+    validate::check_header(&TcBuf::new(ctx), pkt).map_err(Some)?;
+    hit.admit(pkt).map_err(Some)?;
     if pkt.frag == Fragment::First {
         // SAFETY: no preconditions.
         fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
     }
-    hit.account(&pkt);
-    tcpath::rewrite(ctx, &pkt, Side::Destination, hit.internal)?;
+    hit.account(pkt);
+    tcpath::rewrite(ctx, pkt, Side::Destination, hit.internal)?;
     if pkt.frag == Fragment::First {
         let first = FragValue::new(
             u32::from_ne_bytes(hit.internal.addr),
             // SAFETY: no preconditions.
             unsafe { bpf_ktime_get_ns() },
         );
-        let _ = FRAGS_IN.insert(&frag_key, &first, 0);
+        let _ = FRAGS_IN.insert(datagram, &first, 0);
     }
     count(Counter::TcInTranslated);
+    Ok(())
+}
+
+/// A later fragment from the WAN follows its first fragment: to the internal host
+/// it was translated to, or untouched to the gateway; held until its first fragment
+/// comes when that has not been seen yet (RFC 4787 REQ-14).
+#[inline(always)]
+fn later_fragment_in(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict<()> {
+    let Some(first) = fragments::first_of(&datagram) else {
+        return Err(Some(fragments::stash(ctx, pkt, datagram, false)));
+    };
+    if !pkt.more_fragments {
+        fragments::give_back(pkt.src, false);
+    }
+    if first.fate != FragFate::ToInternal as u8 {
+        return Err(Some(Counter::FragmentLocal));
+    }
+    rewrite_address(
+        &mut TcBuf::new(ctx),
+        pkt,
+        Side::Destination,
+        first.addr_be.to_ne_bytes(),
+    )
+    .ok_or(Some(Counter::DropInternal))?;
+    count(Counter::FragmentTranslated);
     Ok(())
 }
 
@@ -274,60 +301,4 @@ fn icmp_error_in(ctx: &TcContext, pkt: &Ipv4Packet) -> Verdict<()> {
     tcpath::rewrite_error(ctx, pkt, &emb, Side::Source, int, Some(Side::Destination))?;
     count(Counter::IcmpErrorInTranslated);
     Ok(())
-}
-
-/// Bytes copied per step when stashing a fragment.
-const CHUNK: usize = 64;
-
-/// Holds a later fragment that came before its first fragment: copied into
-/// `FRAG_STASH` and dropped here; the controller sends it on, translated, once the
-/// first fragment has been (RFC 4787 REQ-14).
-#[inline(always)]
-fn stash(ctx: &TcContext, pkt: &Ipv4Packet, datagram: FragKey) -> Verdict<()> {
-    let tot_len = usize::from(pkt.tot_len);
-    let scratch = FRAG_SCRATCH
-        .get_ptr_mut(0)
-        .ok_or(Some(Counter::DropInternal))?;
-    if tot_len >= MAX_STASHED_FRAGMENT_LEN {
-        return Err(Some(Counter::DropFragmentUnknown));
-    }
-    // A held fragment costs its source budget until the refill: nobody gives it
-    // back, as its datagram may never come.
-    // SAFETY: no preconditions.
-    fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
-    // The compiler would fold the checks below into the one above; the verifier
-    // needs them on the value it tracks, so hide the bound from the compiler.
-    // SAFETY: reading a local.
-    let len = unsafe { core::ptr::read_volatile(&tot_len) } & (MAX_STASHED_FRAGMENT_LEN - 1);
-    // SAFETY: `scratch` points at this CPU's slot, used by nothing else while this
-    // program runs.
-    let slot = unsafe { &mut *scratch };
-    // Copied in constant-size pieces, which the verifier can bound.
-    let mut off = 0;
-    while off + CHUNK <= len {
-        let chunk: [u8; CHUNK] = ctx
-            .load(pkt.l3 + off)
-            .map_err(|_| Some(Counter::DropFragmentUnknown))?;
-        if let Some(dst) = slot.packet.get_mut(off..off + CHUNK) {
-            dst.copy_from_slice(&chunk);
-        }
-        off += CHUNK;
-    }
-    while off < len {
-        let byte = ctx
-            .load::<u8>(pkt.l3 + off)
-            .map_err(|_| Some(Counter::DropFragmentUnknown))?;
-        if let Some(dst) = slot.packet.get_mut(off) {
-            *dst = byte;
-        }
-        off += 1;
-    }
-    slot.len = tot_len as u16;
-    // SAFETY: no preconditions.
-    slot.seen_ns = unsafe { bpf_ktime_get_ns() };
-    let key = StashKey::new(datagram, pkt.frag_offset);
-    FRAG_STASH
-        .insert(&key, &*slot, 0)
-        .map_err(|_| Some(Counter::DropFragmentUnknown))?;
-    Err(Some(Counter::DropFragmentHeld))
 }

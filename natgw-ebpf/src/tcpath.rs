@@ -1,7 +1,8 @@
 //! What the TC programs share, as `fastpath` is for the XDP ones: turning a counted
 //! verdict into a TC action, parsing a socket buffer, rewriting an endpoint through
 //! the skb checksum helpers, and, for the programs that send a packet on themselves
-//! (`tc_lan_ingress`, `tc_lo_egress`), the hop back into the LAN and the send.
+//! (`tc_lan_ingress`, `tc_lo_egress`), the hop back into the LAN, the send, and the
+//! way into the gateway's own kernel through `lo`.
 //!
 //! UDP/TCP rewrites go through `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which
 //! keep the socket buffer's checksum state right, partial (offloaded) checksums
@@ -9,7 +10,7 @@
 //! consistent itself.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
     helpers::generated::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
@@ -195,4 +196,19 @@ pub fn send(ctx: &TcContext, hop: &NextHop) -> Verdict {
         }
     };
     Ok(action as i32)
+}
+
+/// `lo`'s interface index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Hands the packet to the gateway's kernel as if it arrived on `lo`: to be
+/// delivered locally, or routed on when its destination is elsewhere.
+#[inline(always)]
+pub fn to_lo(ctx: &TcContext) -> Verdict {
+    // lo's address is all zeros: a frame addressed to anything else would count as
+    // for another host and be dropped.
+    ctx.store(0, &[0u8; 6], 0)
+        .map_err(|_| Some(Counter::DropInternal))?;
+    // SAFETY: plain helper call; its result is the TC action to return.
+    Ok(unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) } as i32)
 }

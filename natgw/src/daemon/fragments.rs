@@ -1,14 +1,19 @@
-//! Out-of-order inbound fragments (RFC 4787 REQ-14: a NAT MUST handle fragments
-//! arriving out of order). A later fragment that reaches `tc_wan_ingress` before its
-//! datagram's first fragment cannot be translated yet — only the first fragment says
-//! which mapping, hence which internal host, the datagram belongs to — so the data
-//! path copies it into `FRAG_STASH` and drops it. Once the first fragment has been
-//! translated (`FRAGS_IN` has the datagram), this module sends the stashed fragment
-//! on: destination rewritten to the internal host, TTL decremented as forwarding
-//! would, header checksum fixed, out through a raw socket (`IPPROTO_RAW`, which
-//! implies `IP_HDRINCL`). The kernel keeps the identification, fragment offset and
-//! MF flag as given (it only fills in a zero identification, so such fragments are
-//! dropped here instead), and routes the fragment to the LAN like any other.
+//! Out-of-order fragments (RFC 4787 REQ-14: a NAT MUST handle fragments arriving
+//! out of order) of datagrams to an external address, from the WAN or from an
+//! internal host. A later fragment that reaches `tc_wan_ingress` or `tc_lan_ingress`
+//! before its datagram's first fragment cannot be handled yet — only the first
+//! fragment says where the datagram goes: through a mapping to an internal host, to
+//! the gateway itself, or from an internal host to a service of the gateway — so the
+//! data path copies it into `FRAG_STASH` and drops it. Once the first fragment has
+//! been seen (`FRAGS_IN` has the datagram and its [`FragFate`]), this module sends
+//! the stashed fragment on through a raw socket (`IPPROTO_RAW`, which implies
+//! `IP_HDRINCL`), as [`Onward`] says: to the internal host with the destination
+//! rewritten and the TTL decremented as forwarding would, or to the gateway's own
+//! address — untouched, or with the source and identification its first fragment
+//! got — where the kernel reassembles it with the fragments that came through the
+//! data path. The kernel keeps the identification, fragment offset and MF flag as
+//! given (it only fills in a zero identification, so such fragments are dropped here
+//! instead).
 //!
 //! Fragments still waiting after the reassembly timeout are deleted and counted. The
 //! stash is polled every [`POLL_INTERVAL`]: one map syscall when it is empty.
@@ -23,7 +28,7 @@ use std::time::Duration;
 
 use log::{debug, error, warn};
 use natgw_common::csum;
-use natgw_common::maps::{StashKey, MAX_STASHED_FRAGMENT_LEN};
+use natgw_common::maps::{FragFate, FragValue, StashKey, MAX_STASHED_FRAGMENT_LEN};
 use natgw_common::packet::{ipv4, IPV4_MIN_HLEN};
 use natgw_common::NS_PER_SEC;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
@@ -53,6 +58,8 @@ pub enum Unsendable {
     /// Identification 0: the kernel replaces a zero identification in a raw packet,
     /// so the fragment could never join its datagram.
     ZeroId,
+    /// The first fragment's record names no fate this controller knows.
+    UnknownFate,
 }
 
 impl Unsendable {
@@ -63,17 +70,62 @@ impl Unsendable {
             Self::Malformed => "malformed",
             Self::TtlExpired => "ttl_expired",
             Self::ZeroId => "zero_id",
+            Self::UnknownFate => "unknown_fate",
         }
     }
 }
 
-/// The later fragment `packet` (a whole IPv4 packet as received) forwarded to
-/// internal host `int_addr`: destination rewritten, TTL decremented, header
-/// checksum updated (RFC 1624). Identification, flags, offset and payload are kept.
+/// Where a held fragment goes, as its datagram's first fragment decided
+/// ([`FragFate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Onward {
+    /// Forwarded to the internal host the datagram was translated to.
+    ToInternal(Ipv4Addr),
+    /// Delivered to the gateway itself untouched.
+    Local,
+    /// Delivered to the gateway itself from an internal host, with the source (the
+    /// host's external address) and identification its first fragment got.
+    HairpinLocal {
+        /// The new source address.
+        src: Ipv4Addr,
+        /// The new identification.
+        id: u16,
+    },
+}
+
+impl Onward {
+    /// What `first`'s record says; `None` for a fate this controller does not know.
+    #[must_use]
+    pub fn of(first: &FragValue) -> Option<Self> {
+        Some(match FragFate::from_u8(first.fate)? {
+            FragFate::ToInternal => Self::ToInternal(ipv4(first.addr_be)),
+            FragFate::Local => Self::Local,
+            FragFate::HairpinLocal => Self::HairpinLocal {
+                src: ipv4(first.addr_be),
+                id: u16::from_be(first.new_id_be),
+            },
+        })
+    }
+
+    /// Where a fragment of a datagram addressed to `ext` is sent.
+    #[must_use]
+    pub const fn destination(self, ext: Ipv4Addr) -> Ipv4Addr {
+        match self {
+            Self::ToInternal(int) => int,
+            Self::Local | Self::HairpinLocal { .. } => ext,
+        }
+    }
+}
+
+/// The later fragment `packet` (a whole IPv4 packet as received) as it goes on
+/// ([`Onward`]): to an internal host with the destination rewritten and the TTL
+/// decremented, untouched to the gateway, or to the gateway with a new source and
+/// identification; the header checksum updated (RFC 1624). Everything else — the
+/// flags, offset and payload — is kept.
 ///
 /// # Errors
 /// [`Unsendable`] says why the fragment cannot be sent on.
-pub fn translate(packet: &[u8], int_addr: Ipv4Addr) -> Result<Vec<u8>, Unsendable> {
+pub fn translate(packet: &[u8], onward: Onward) -> Result<Vec<u8>, Unsendable> {
     let word = |at: usize| u16::from_be_bytes([packet[at], packet[at + 1]]);
     if packet.len() < IPV4_MIN_HLEN || packet[ipv4::VER_IHL] >> 4 != 4 {
         return Err(Unsendable::Malformed);
@@ -87,31 +139,43 @@ pub fn translate(packet: &[u8], int_addr: Ipv4Addr) -> Result<Vec<u8>, Unsendabl
     {
         return Err(Unsendable::Malformed);
     }
-    if word(ipv4::ID) == 0 {
-        return Err(Unsendable::ZeroId);
-    }
-    let ttl = packet[ipv4::TTL];
-    if ttl <= 1 {
-        return Err(Unsendable::TtlExpired);
-    }
+    let address = |at: usize| [packet[at], packet[at + 1], packet[at + 2], packet[at + 3]];
     let mut out = packet.to_vec();
     let mut check = word(ipv4::CSUM);
-    let old_dst: [u8; 4] = [
-        packet[ipv4::DST],
-        packet[ipv4::DST + 1],
-        packet[ipv4::DST + 2],
-        packet[ipv4::DST + 3],
-    ];
-    check = csum::replace32(check, old_dst, int_addr.octets());
-    out[ipv4::DST..ipv4::DST + 4].copy_from_slice(&int_addr.octets());
-    // TTL shares its 16-bit word with the protocol.
-    let proto = packet[ipv4::PROTO];
-    check = csum::replace16(
-        check,
-        u16::from_be_bytes([ttl, proto]),
-        u16::from_be_bytes([ttl - 1, proto]),
-    );
-    out[ipv4::TTL] = ttl - 1;
+    let mut id = word(ipv4::ID);
+    match onward {
+        Onward::ToInternal(int_addr) => {
+            if id == 0 {
+                return Err(Unsendable::ZeroId);
+            }
+            let ttl = packet[ipv4::TTL];
+            if ttl <= 1 {
+                return Err(Unsendable::TtlExpired);
+            }
+            check = csum::replace32(check, address(ipv4::DST), int_addr.octets());
+            out[ipv4::DST..ipv4::DST + 4].copy_from_slice(&int_addr.octets());
+            // TTL shares its 16-bit word with the protocol.
+            let proto = packet[ipv4::PROTO];
+            check = csum::replace16(
+                check,
+                u16::from_be_bytes([ttl, proto]),
+                u16::from_be_bytes([ttl - 1, proto]),
+            );
+            out[ipv4::TTL] = ttl - 1;
+        }
+        // Delivered, not forwarded: the TTL stays.
+        Onward::Local => {}
+        Onward::HairpinLocal { src, id: new_id } => {
+            check = csum::replace32(check, address(ipv4::SRC), src.octets());
+            out[ipv4::SRC..ipv4::SRC + 4].copy_from_slice(&src.octets());
+            check = csum::replace16(check, id, new_id);
+            out[ipv4::ID..ipv4::ID + 2].copy_from_slice(&new_id.to_be_bytes());
+            id = new_id;
+        }
+    }
+    if id == 0 {
+        return Err(Unsendable::ZeroId);
+    }
     out[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&check.to_be_bytes());
     Ok(out)
 }
@@ -156,7 +220,7 @@ pub struct SweepStats {
     pub dropped: usize,
 }
 
-/// Sends stashed fragments on once their first fragment has been translated.
+/// Sends stashed fragments on once their first fragment has been seen.
 #[derive(Debug)]
 pub struct Resender {
     counters: Arc<Counters>,
@@ -176,7 +240,7 @@ impl Resender {
     }
 
     /// One pass over the stash at time `now_ns`; `send(dst, packet)` sends a
-    /// translated fragment.
+    /// fragment on (translated, or as it came for the gateway itself).
     ///
     /// # Errors
     /// A failed map operation; the pass stops there and the next one resumes.
@@ -209,22 +273,27 @@ impl Resender {
                     if let Some(first) = first {
                         self.waiting.remove(&key);
                         let len = usize::from(fragment.len).min(MAX_STASHED_FRAGMENT_LEN);
-                        let dst = ipv4(first.int_addr_be);
-                        let sent = translate(&fragment.packet[..len], dst)
+                        let onward = Onward::of(&first);
+                        let to = onward.map_or(Ipv4Addr::UNSPECIFIED, |o| {
+                            o.destination(ipv4(key.datagram.ext_addr_be))
+                        });
+                        let sent = onward
+                            .ok_or(Unsendable::UnknownFate)
+                            .and_then(|o| translate(&fragment.packet[..len], o))
                             .map_err(|r| r.as_str().to_owned())
-                            .and_then(|p| send(dst, &p).map_err(|e| e.to_string()));
+                            .and_then(|p| send(to, &p).map_err(|e| e.to_string()));
                         match sent {
                             Ok(()) => {
                                 stats.resent += 1;
                                 Counters::add(&self.counters.resent);
-                                debug!("fragment.resent {}", describe(&key, dst));
+                                debug!("fragment.resent {}", describe(&key, to));
                             }
                             Err(reason) => {
                                 stats.dropped += 1;
                                 Counters::add(&self.counters.dropped);
                                 debug!(
                                     "fragment.dropped {} reason=\"{reason}\"",
-                                    describe(&key, dst)
+                                    describe(&key, to)
                                 );
                             }
                         }
@@ -247,10 +316,10 @@ impl Resender {
     }
 }
 
-/// A stashed fragment for log lines.
-fn describe(key: &StashKey, int: Ipv4Addr) -> String {
+/// A stashed fragment, sent on `to`, for log lines.
+fn describe(key: &StashKey, to: Ipv4Addr) -> String {
     format!(
-        "remote={} ext={} int={int} id={} proto={} offset={}",
+        "src={} ext={} to={to} id={} proto={} offset={}",
         ipv4(key.datagram.remote_addr_be),
         ipv4(key.datagram.ext_addr_be),
         u16::from_be(key.datagram.ip_id_be),
@@ -360,7 +429,7 @@ mod tests {
     fn translation_rewrites_destination_and_ttl_and_keeps_the_fragment_fields() {
         // rfc4787 REQ-14
         let before = later_fragment(0x1234, 64);
-        let after = translate(&before, Ipv4Addr::new(10, 0, 1, 2)).unwrap();
+        let after = translate(&before, Onward::ToInternal(Ipv4Addr::new(10, 0, 1, 2))).unwrap();
         assert_eq!(after.len(), before.len());
         assert_eq!(&after[16..20], &[10, 0, 1, 2], "destination");
         assert_eq!(&after[12..16], &[198, 51, 100, 2], "source untouched");
@@ -381,14 +450,14 @@ mod tests {
         p[10..12].copy_from_slice(&[0, 0]);
         let check = csum::checksum(&p[..24], 0);
         p[10..12].copy_from_slice(&check.to_be_bytes());
-        let out = translate(&p, Ipv4Addr::new(10, 0, 1, 2)).unwrap();
+        let out = translate(&p, Onward::ToInternal(Ipv4Addr::new(10, 0, 1, 2))).unwrap();
         assert_eq!(csum::checksum(&out[..24], 0), 0);
         assert_eq!(&out[20..24], &[1, 1, 1, 1]);
     }
 
     #[test]
     fn what_cannot_be_sent_says_why() {
-        let int = Ipv4Addr::new(10, 0, 1, 2);
+        let int = Onward::ToInternal(Ipv4Addr::new(10, 0, 1, 2));
         assert_eq!(
             translate(&later_fragment(0, 64), int),
             Err(Unsendable::ZeroId)
@@ -417,6 +486,75 @@ mod tests {
             Err(Unsendable::Malformed),
             "offset 0"
         );
+    }
+
+    #[test]
+    fn a_fragment_for_the_gateway_itself_goes_on_untouched() {
+        // rfc4787 REQ-14 for a datagram to a service of the gateway: the kernel
+        // reassembles it, so the fragment is delivered as it came, TTL 1 included.
+        for ttl in [64, 1] {
+            let before = later_fragment(0x1234, ttl);
+            assert_eq!(translate(&before, Onward::Local), Ok(before.clone()));
+        }
+        assert_eq!(
+            translate(&later_fragment(0, 64), Onward::Local),
+            Err(Unsendable::ZeroId)
+        );
+        assert_eq!(
+            Onward::Local.destination(Ipv4Addr::new(192, 0, 2, 1)),
+            Ipv4Addr::new(192, 0, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_hairpinned_fragment_gets_the_source_and_identification_of_its_first() {
+        let before = later_fragment(0x1234, 64);
+        let onward = Onward::HairpinLocal {
+            src: Ipv4Addr::new(192, 0, 2, 1),
+            id: 0x0707,
+        };
+        let after = translate(&before, onward).unwrap();
+        assert_eq!(&after[12..16], &[192, 0, 2, 1], "source");
+        assert_eq!(&after[16..20], &before[16..20], "destination kept");
+        assert_eq!(&after[4..6], &[0x07, 0x07], "identification");
+        assert_eq!(&after[6..10], &before[6..10], "MF, offset and TTL kept");
+        assert_eq!(&after[20..], &before[20..], "payload untouched");
+        assert_eq!(csum::checksum(&after[..20], 0), 0, "header checksum valid");
+        assert_eq!(
+            onward.destination(Ipv4Addr::new(192, 0, 2, 1)),
+            Ipv4Addr::new(192, 0, 2, 1)
+        );
+        // The host's own identification 0 does not matter; a new one of 0 would.
+        assert!(translate(&later_fragment(0, 64), onward).is_ok());
+        let zero = Onward::HairpinLocal {
+            src: Ipv4Addr::new(192, 0, 2, 1),
+            id: 0,
+        };
+        assert_eq!(translate(&before, zero), Err(Unsendable::ZeroId));
+    }
+
+    #[test]
+    fn the_record_of_the_first_fragment_says_where_fragments_go() {
+        let int = addr_be([10, 0, 1, 2]);
+        assert_eq!(
+            Onward::of(&FragValue::new(int, 1)),
+            Some(Onward::ToInternal(Ipv4Addr::new(10, 0, 1, 2)))
+        );
+        assert_eq!(Onward::of(&FragValue::local(1)), Some(Onward::Local));
+        assert_eq!(
+            Onward::of(&FragValue::hairpin_local(
+                addr_be([192, 0, 2, 1]),
+                0x0102u16.to_be(),
+                1
+            )),
+            Some(Onward::HairpinLocal {
+                src: Ipv4Addr::new(192, 0, 2, 1),
+                id: 0x0102
+            })
+        );
+        let mut unknown = FragValue::local(1);
+        unknown.fate = 9;
+        assert_eq!(Onward::of(&unknown), None);
     }
 
     /// In-memory `FRAG_STASH` and `FRAGS_IN`.
@@ -495,6 +633,45 @@ mod tests {
         assert_eq!(sent[0].0, Ipv4Addr::new(10, 0, 1, 2));
         assert_eq!(&sent[0].1[16..20], &[10, 0, 1, 2]);
         assert_eq!(counters.snapshot()["fragments_resent"], 1);
+    }
+
+    #[test]
+    fn a_held_fragment_of_a_datagram_for_the_gateway_goes_to_its_address_untouched() {
+        // The later fragment came first; its first fragment then went to a local
+        // socket: the held one must reach the kernel as it came.
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(0x2222, S));
+        t.first.push((datagram(0x2222), FragValue::local(2 * S)));
+        let mut sent = Vec::new();
+        let stats = r
+            .sweep(&mut t, 2 * S, |dst, p| {
+                sent.push((dst, p.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(stats.resent, 1);
+        assert!(t.stash.is_empty());
+        assert_eq!(
+            sent,
+            vec![(Ipv4Addr::new(192, 0, 2, 1), later_fragment(0x2222, 64))]
+        );
+    }
+
+    #[test]
+    fn a_fragment_whose_record_names_an_unknown_fate_is_dropped() {
+        let counters = Arc::new(Counters::default());
+        let mut r = Resender::new(Arc::clone(&counters));
+        let mut t = Tables::default();
+        t.stash.push(stashed(3, S));
+        let mut first = FragValue::local(S);
+        first.fate = 200;
+        t.first.push((datagram(3), first));
+        let mut send = |_: Ipv4Addr, _: &[u8]| -> io::Result<()> { panic!("nowhere to send") };
+        let stats = r.sweep(&mut t, 2 * S, &mut send).unwrap();
+        assert_eq!(stats.dropped, 1);
+        assert!(t.stash.is_empty());
     }
 
     #[test]
