@@ -23,9 +23,12 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.as_ref(), Ok(&response));
         }
     }
-    for result in [wire::ResultCode::MalformedRequest, wire::ResultCode::UnsuppVersion] {
+    for result in [
+        wire::ResultCode::MalformedRequest,
+        wire::ResultCode::UnsuppVersion,
+    ] {
         let error = wire::error_response(data, result, 1800, 7);
-        assert!(error.len() <= wire::MAX_LEN && error.len() % 4 == 0);
+        assert!(error.len() <= wire::MAX_LEN && error.len().is_multiple_of(4));
         assert!(error.len() >= wire::HEADER_LEN);
     }
     for option in wire::Options::new(data) {

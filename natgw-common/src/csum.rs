@@ -48,6 +48,19 @@ pub const fn udp_nonzero(check: u16) -> u16 {
     }
 }
 
+/// An incrementally updated ICMP checksum, given as all ones when it came out as
+/// zero. RFC 1624 eqn. 3 ([`replace16`]) never yields 0xffff from a real update, but
+/// over data that is all zero — an ICMP echo reply whose identifier, sequence number
+/// and payload are zero; ICMP has no pseudo-header to make it otherwise — 0xffff is
+/// the only checksum that verifies, and wherever 0x0000 verifies 0xffff does too
+/// (both are zero in one's complement). The same mapping as [`udp_nonzero`], for
+/// another reason.
+#[inline(always)]
+#[must_use]
+pub const fn icmp_nonzero(check: u16) -> u16 {
+    udp_nonzero(check)
+}
+
 /// One's-complement sum (unfolded) of the IPv4 pseudo-header of a TCP/UDP segment.
 #[inline(always)]
 #[must_use]

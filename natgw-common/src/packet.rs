@@ -148,7 +148,8 @@ impl PacketBufMut for [u8] {
 pub enum ParseError {
     /// A header runs past the end of the frame.
     Truncated,
-    /// A header field is inconsistent (version, IHL, total length, TCP data offset).
+    /// A header field is inconsistent (version, IHL, total length, TCP data offset),
+    /// or the L4 header natgw reads does not fit in the datagram.
     Invalid,
 }
 
@@ -295,6 +296,12 @@ pub fn ipv4_offset<B: PacketBuf + ?Sized>(buf: &B) -> Result<Option<usize>, Pars
 }
 
 /// Parses the IPv4 header at `l3` and, for UDP/TCP, the ports.
+///
+/// Nothing after the datagram's total length is read: the L4 header of an
+/// unfragmented datagram or a first fragment (8 bytes of ICMP or UDP, 20 of TCP)
+/// must fit in it, else the packet is `Invalid` — bytes past the total length are
+/// link-layer padding, which neither the sender's checksum nor a fragment's
+/// reassembly covers (RFC 1858's tiny first fragments included).
 #[inline(always)]
 pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packet, ParseError> {
     let fixed = buf.load::<IPV4_MIN_HLEN>(l3).ok_or(ParseError::Truncated)?;
@@ -344,8 +351,12 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
         return Ok(pkt);
     }
     let l4 = pkt.l4;
+    let l4_len = pkt.l4_len();
     match pkt.proto {
         IPPROTO_ICMP => {
+            if l4_len < l4::ICMP_HLEN {
+                return Err(ParseError::Invalid);
+            }
             let hdr = buf
                 .load::<{ l4::ICMP_HLEN }>(l4)
                 .ok_or(ParseError::Truncated)?;
@@ -361,12 +372,12 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             }
         }
         IPPROTO_UDP => {
+            if l4_len < l4::UDP_HLEN {
+                return Err(ParseError::Invalid);
+            }
             let hdr = buf
                 .load::<{ l4::UDP_HLEN }>(l4)
                 .ok_or(ParseError::Truncated)?;
-            if pkt.frag == Fragment::None && pkt.l4_len() < l4::UDP_HLEN {
-                return Err(ParseError::Invalid);
-            }
             pkt.kind = L4Kind::Ports;
             pkt.sport_be = u16::from_ne_bytes([hdr[0], hdr[1]]);
             pkt.dport_be = u16::from_ne_bytes([hdr[2], hdr[3]]);
@@ -375,11 +386,14 @@ pub fn parse_ipv4<B: PacketBuf + ?Sized>(buf: &B, l3: usize) -> Result<Ipv4Packe
             }
         }
         IPPROTO_TCP => {
+            if l4_len < l4::TCP_MIN_HLEN {
+                return Err(ParseError::Invalid);
+            }
             let hdr = buf
                 .load::<{ l4::TCP_MIN_HLEN }>(l4)
                 .ok_or(ParseError::Truncated)?;
             let doff = usize::from(hdr[12] >> 4) * 4;
-            if doff < l4::TCP_MIN_HLEN || (pkt.frag == Fragment::None && pkt.l4_len() < doff) {
+            if doff < l4::TCP_MIN_HLEN || (pkt.frag == Fragment::None && l4_len < doff) {
                 return Err(ParseError::Invalid);
             }
             pkt.kind = L4Kind::Ports;
@@ -523,6 +537,8 @@ pub fn apply_incremental<B: PacketBufMut + ?Sized>(buf: &mut B, rw: &Rewrite) ->
         );
         let check = if rw.udp {
             csum::udp_nonzero(check)
+        } else if !rw.pseudo {
+            csum::icmp_nonzero(check)
         } else {
             check
         };
@@ -561,7 +577,9 @@ pub fn l4_checksum_is_partial<B: PacketBuf + ?Sized>(buf: &B, pkt: &Ipv4Packet) 
 /// Recomputes the L4 checksum of an unfragmented UDP/TCP packet from scratch. Used
 /// where the received checksum may be partial (veth frames from local sockets carry
 /// only the pseudo-header sum), so the forwarded frame carries a complete one.
-/// `None` when the segment is longer than [`MAX_FULL_CSUM_LEN`] or truncated.
+/// `None`, the frame untouched, for anything else (ICMP, whose checksum covers no
+/// pseudo-header; fragments; UDP without a checksum) and when the segment is longer
+/// than [`MAX_FULL_CSUM_LEN`].
 #[inline(always)]
 pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
     buf: &mut B,
@@ -569,7 +587,7 @@ pub fn recompute_l4_checksum<B: PacketBufMut + ?Sized>(
 ) -> Option<()> {
     let off = pkt.l4_csum()?;
     let len = pkt.l4_len();
-    if len > MAX_FULL_CSUM_LEN || pkt.frag != Fragment::None {
+    if !pkt.pseudo_header() || len > MAX_FULL_CSUM_LEN || pkt.frag != Fragment::None {
         return None;
     }
     // The addresses and ports may have been rewritten since parsing: read them back.
@@ -670,6 +688,9 @@ pub(crate) fn sum_range<B: PacketBuf + ?Sized, const MAX: usize>(
 /// (RFC 5508 REQ-3): the ICMP checksum and the embedded IP header checksum must be
 /// right (`Invalid` otherwise); embedded IP options are walked past; the embedded
 /// transport checksum is not validated, and RFC 4884 extensions play no part.
+/// Everything read lies inside the ICMP message: an embedded header or first 8 bytes
+/// of L4 header (RFC 792) that do not fit in it are `Truncated`, whatever the frame
+/// holds after the datagram (link-layer padding, which no checksum covers).
 #[inline(always)]
 pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
     buf: &B,
@@ -680,11 +701,18 @@ pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
     if csum::fold(sum) != 0xffff {
         return Err(ParseError::Invalid);
     }
+    let end = pkt.l3 + usize::from(pkt.tot_len);
     let l3 = pkt.l4 + l4::ICMP_HLEN;
+    if l3 + IPV4_MIN_HLEN > end {
+        return Err(ParseError::Truncated);
+    }
     let fixed = buf.load::<IPV4_MIN_HLEN>(l3).ok_or(ParseError::Truncated)?;
     let ihl = usize::from(fixed[ipv4::VER_IHL] & 0x0f) * 4;
     if fixed[ipv4::VER_IHL] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Err(ParseError::Invalid);
+    }
+    if l3 + ihl > end {
+        return Err(ParseError::Truncated);
     }
     let hsum = sum_range::<B, MAX_IHL>(buf, l3, ihl).ok_or(ParseError::Truncated)?;
     if csum::fold(hsum) != 0xffff {
@@ -696,8 +724,10 @@ pub fn parse_icmp_error<B: PacketBuf + ?Sized>(
         return Err(ParseError::Invalid);
     }
     let el4 = l3 + ihl;
+    if el4 + 8 > end {
+        return Err(ParseError::Truncated);
+    }
     let hdr = buf.load::<8>(el4).ok_or(ParseError::Truncated)?;
-    let end = pkt.l3 + usize::from(pkt.tot_len);
     let proto = fixed[ipv4::PROTO];
     let mut emb = Embedded {
         l3,
@@ -788,11 +818,13 @@ pub fn rewrite_icmp_error<B: PacketBufMut + ?Sized>(
         }
         if emb.proto == IPPROTO_UDP {
             new_c = csum::udp_nonzero(new_c);
+        } else if emb.proto == IPPROTO_ICMP {
+            new_c = csum::icmp_nonzero(new_c);
         }
         store_u16(buf, off, new_c)?;
         icmp_check = csum::replace16(icmp_check, old_c, new_c);
     }
-    store_u16(buf, icmp_off, icmp_check)?;
+    store_u16(buf, icmp_off, csum::icmp_nonzero(icmp_check))?;
     if let Some((outer_side, outer_addr)) = outer {
         let (off, old) = match outer_side {
             Side::Source => (pkt.l3 + ipv4::SRC, pkt.src),
@@ -828,14 +860,17 @@ pub fn rewrite_address<B: PacketBufMut + ?Sized>(
 }
 
 /// Decrements the TTL and updates the IP checksum (routers' duty, RFC 1812); the
-/// caller has checked that the TTL is above 1.
+/// caller has checked that the TTL is above 1 (a packet that would leave with TTL 0
+/// is the kernel's to answer). `None`, the frame untouched, for a TTL of 0, which
+/// would otherwise wrap to 255.
 #[inline(always)]
 pub fn decrement_ttl<B: PacketBufMut + ?Sized>(buf: &mut B, pkt: &Ipv4Packet) -> Option<()> {
+    let ttl = pkt.ttl.checked_sub(1)?;
     let old = u16::from_be_bytes([pkt.ttl, pkt.proto]);
-    let new = u16::from_be_bytes([pkt.ttl - 1, pkt.proto]);
+    let new = u16::from_be_bytes([ttl, pkt.proto]);
     let check = load_u16(buf, pkt.l3 + ipv4::CSUM)?;
     store_u16(buf, pkt.l3 + ipv4::CSUM, csum::replace16(check, old, new))?;
-    buf.store::<1>(pkt.l3 + ipv4::TTL, [pkt.ttl - 1])
+    buf.store::<1>(pkt.l3 + ipv4::TTL, [ttl])
 }
 
 /// Replaces the IP identification (`new_id_be`, network order) and updates the IP
@@ -1281,5 +1316,117 @@ mod tests {
         assert_icmp_valid(&f);
         assert_eq!(checksum(&f[emb.l4..], 0), 0, "embedded ICMP checksum");
         assert_eq!(&f[emb.l4 + 4..emb.l4 + 6], &[0x11, 0x11]);
+    }
+
+    /// Sets the IPv4 total length of the frame's datagram and makes its IP header
+    /// checksum right again, leaving the bytes after it as the frame's padding.
+    fn set_tot_len(f: &mut [u8], tot: usize) {
+        f[16..18].copy_from_slice(&(tot as u16).to_be_bytes());
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = checksum(&f[14..34], 0);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
+    #[test]
+    fn l4_headers_past_the_datagram_are_invalid() {
+        // Found by fuzz/packet_parse. A frame may hold more than its datagram
+        // (Ethernet pads to 60 bytes); an L4 header that runs past the total length
+        // is malformed, never read from the padding.
+        let mut echo = icmp_frame(
+            [10, 0, 1, 2],
+            [198, 51, 100, 2],
+            icmp::ECHO_REQUEST,
+            [0x12, 0x34, 0, 1],
+            b"ping",
+        );
+        set_tot_len(&mut echo, 20 + 4);
+        assert_eq!(parse_ipv4(&echo[..], 14), Err(ParseError::Invalid));
+        // First fragments too: ports are never taken from past the fragment.
+        let mut udp = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"abcdefgh", 0);
+        udp[20..22].copy_from_slice(&ipv4::MF.to_be_bytes());
+        set_tot_len(&mut udp, 20 + 4);
+        assert_eq!(parse_ipv4(&udp[..], 14), Err(ParseError::Invalid));
+        let mut tcp = udp;
+        tcp[23] = IPPROTO_TCP;
+        set_tot_len(&mut tcp, 20 + 16);
+        assert_eq!(parse_ipv4(&tcp[..], 14), Err(ParseError::Invalid));
+        set_tot_len(&mut udp, 20 + 8);
+        assert_eq!(parse_ipv4(&udp[..], 14).unwrap().frag, Fragment::First);
+    }
+
+    #[test]
+    fn an_embedded_packet_past_the_icmp_message_is_truncated() {
+        // Found by fuzz/icmp_error: the error's datagram ended one byte into the
+        // embedded L4 header, the ports lay in the frame's padding, and the rewrite
+        // wrote them there and broke the ICMP checksum.
+        let inner = udp_frame([192, 0, 2, 1], [198, 51, 100, 2], 40002, 7, b"payload!", 0);
+        let whole = unreachable_about([203, 0, 113, 1], [192, 0, 2, 1], &inner[14..14 + 36]);
+        for embedded in [20 + 1, 12] {
+            let mut f = whole.clone();
+            let tot = 20 + 8 + embedded;
+            set_tot_len(&mut f, tot);
+            // The ICMP checksum right for the shortened message.
+            f[36..38].copy_from_slice(&[0, 0]);
+            let c = checksum(&f[34..14 + tot], 0);
+            f[36..38].copy_from_slice(&c.to_be_bytes());
+            let pkt = parse_ipv4(&f[..], 14).unwrap();
+            assert_eq!(pkt.kind, L4Kind::IcmpError);
+            assert_eq!(
+                parse_icmp_error(&f[..], &pkt),
+                Err(ParseError::Truncated),
+                "{embedded} bytes embedded"
+            );
+        }
+    }
+
+    #[test]
+    fn only_udp_and_tcp_checksums_are_recomputed() {
+        // Found by fuzz/packet_rewrite: an ICMP checksum was "recomputed" with a
+        // pseudo-header it does not cover.
+        let f = icmp_frame(
+            [10, 0, 1, 2],
+            [198, 51, 100, 2],
+            icmp::ECHO_REQUEST,
+            [0x12, 0x34, 0, 1],
+            b"ping",
+        );
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let mut g = f.clone();
+        assert_eq!(recompute_l4_checksum(&mut g[..], &pkt), None);
+        assert_eq!(g, f);
+    }
+
+    #[test]
+    fn a_ttl_of_zero_is_not_decremented() {
+        // Found by fuzz/packet_rewrite: TTL 0 overflowed (and would wrap to 255 in
+        // the kernel, where overflow is not checked).
+        let mut f = udp_frame([10, 0, 1, 2], [198, 51, 100, 2], 1, 2, b"", 0);
+        f[14 + 8] = 0;
+        set_tot_len(&mut f, 20 + 8);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let before = f;
+        assert_eq!(decrement_ttl(&mut f[..], &pkt), None);
+        assert_eq!(f, before);
+    }
+
+    #[test]
+    fn an_all_zero_echo_reply_keeps_a_valid_checksum() {
+        // Found by fuzz/packet_rewrite: an echo reply whose identifier, sequence
+        // number and payload are zero sums to zero, so only a checksum of 0xffff
+        // verifies; RFC 1624 eqn. 3 alone turned it into 0x0000 (even when the
+        // identifier stayed the same).
+        let mut f = icmp_frame(
+            [198, 51, 100, 2],
+            [192, 0, 2, 1],
+            icmp::ECHO_REPLY,
+            [0; 4],
+            b"",
+        );
+        assert_eq!(&f[36..38], &[0xff, 0xff]);
+        let pkt = parse_ipv4(&f[..], 14).unwrap();
+        let rw = Rewrite::new(&pkt, Side::Destination, [10, 0, 1, 2], 0);
+        apply_incremental(&mut f[..], &rw).unwrap();
+        assert_eq!(&f[36..38], &[0xff, 0xff]);
+        assert_icmp_valid(&f);
     }
 }

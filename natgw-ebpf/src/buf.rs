@@ -27,10 +27,18 @@ impl XdpBuf {
     }
 
     /// Pointer to `n` bytes at `off`, checked against the end of the frame.
+    ///
+    /// The end is read afresh (volatile) for every access. Otherwise LLVM may prove
+    /// an access in bounds from the parser's earlier checks (`l3 + tot_len <= len`
+    /// and an L4 header that fits in the datagram) and drop this comparison, which
+    /// the verifier, tracking only comparisons of a packet pointer with `data_end`,
+    /// must see.
     #[inline(always)]
     fn ptr(&self, off: usize, n: usize) -> Option<*mut u8> {
+        // SAFETY: a plain read of a field of `self`.
+        let end = unsafe { core::ptr::read_volatile(&self.end) };
         let p = self.start + off;
-        if p + n > self.end {
+        if p + n > end {
             return None;
         }
         Some(p as *mut u8)

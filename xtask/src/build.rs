@@ -19,8 +19,9 @@ use crate::{exec, paths};
 pub const NATGW_EBPF_OBJ: &str = "NATGW_EBPF_OBJ";
 
 /// Variables that the cargo running xtask (or the user) may have set for host builds and
-/// that would make the eBPF build use the wrong compiler, wrapper or flags.
-const HOST_BUILD_ENV: &[&str] = &[
+/// that would make the eBPF build (or the fuzz targets' nightly build) use the wrong
+/// compiler, wrapper or flags.
+pub const HOST_BUILD_ENV: &[&str] = &[
     "RUSTUP_TOOLCHAIN",
     "RUSTC",
     "RUSTC_WRAPPER",

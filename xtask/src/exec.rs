@@ -52,7 +52,7 @@ fn program_name(cmd: &Command) -> String {
 
 /// The command as a shell line: the variables it sets (except PATH, which is long and
 /// rarely the point), the program and its arguments.
-fn display(cmd: &Command) -> String {
+pub fn display(cmd: &Command) -> String {
     let envs = cmd
         .get_envs()
         .filter(|(key, _)| *key != OsStr::new("PATH"))

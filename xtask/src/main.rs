@@ -8,6 +8,8 @@
 //! - `bench` measures packets per second against the kernel's NAT, per-packet cost
 //!   and natgw at a million mappings.
 //! - `conformance` runs the RFC conformance suite against natgw and nftables masquerade.
+//! - `fuzz` runs the cargo-fuzz targets (protocol codecs and engines, the kernel
+//!   programs' packet code) for a while each and fails on a crash.
 //!
 //! `.ci/run` is `cargo xtask test`; everything CI does is stated here, in Rust.
 
@@ -15,6 +17,7 @@ mod bench;
 mod build;
 mod conformance;
 mod exec;
+mod fuzz;
 mod paths;
 mod provision;
 mod run;
@@ -51,6 +54,9 @@ enum Command {
     /// Run the RFC 4787/5382/5508 conformance suite against natgw and the kernel's
     /// nftables masquerade, side by side (needs root).
     Conformance(conformance::Args),
+    /// Run every fuzz target (or the ones named) for `--time` seconds each, on the
+    /// corpus in fuzz/corpus/ and the seeds in fuzz/seeds/; fail on any crash.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Conformance(args) => conformance::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 /// Directory of the eBPF crate, which is its own workspace (see the root Cargo.toml).
 pub const EBPF_CRATE_DIR: &str = "natgw-ebpf";
 
+/// Directory of the cargo-fuzz crate, which is its own workspace (nightly, sanitizers).
+pub const FUZZ_CRATE_DIR: &str = "fuzz";
+
 /// Target triple of the kernel programs.
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 

@@ -95,6 +95,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The bpf-linker release known to work with Rust 1.95–1.97 and LLVM 22.
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 
+/// The cargo-fuzz release `cargo xtask fuzz` installs when there is none.
+const CARGO_FUZZ: &str = "cargo-fuzz@0.13.2";
+
 /// rustup's name for the nightly toolchain of the nightly route.
 pub const NIGHTLY: &str = "nightly";
 
@@ -257,6 +260,51 @@ pub fn ensure_test_tools() -> Result<()> {
         apt_install(&missing)?;
     }
     Ok(())
+}
+
+/// Makes sure `cargo xtask fuzz` can run: rustup's nightly (libFuzzer's sanitizer
+/// and coverage flags are nightly-only; `rust-src` is not needed) and cargo-fuzz,
+/// installed with `cargo install` when missing. Returns the cargo-fuzz binary.
+///
+/// # Errors
+/// When there is no nightly (rustup is never asked to download one), or the install
+/// fails.
+pub fn ensure_fuzz_tools() -> Result<PathBuf> {
+    let nightly = exec::probe(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "rustc", "--version"])
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    );
+    if nightly.is_none() {
+        bail!(
+            "cargo-fuzz needs rustup's `{NIGHTLY}` toolchain (sanitizers and -Z flags), \
+             and there is none; run `rustup toolchain install {NIGHTLY}`"
+        );
+    }
+    if let Some(found) = find_cargo_fuzz() {
+        return Ok(found);
+    }
+    eprintln!(
+        "xtask: installing {CARGO_FUZZ} (runs the libFuzzer targets in fuzz/; about a minute)"
+    );
+    exec::run(
+        exec::host_cargo().args(["install", "--locked", CARGO_FUZZ]),
+        &format!("cargo install: building {CARGO_FUZZ}"),
+    )?;
+    find_cargo_fuzz().context(
+        "cargo-fuzz: `cargo install` succeeded but cargo-fuzz is neither on PATH nor in \
+         $CARGO_HOME/bin",
+    )
+}
+
+/// cargo-fuzz on `PATH`, or where `cargo install` puts it.
+fn find_cargo_fuzz() -> Option<PathBuf> {
+    paths::find_in_path("cargo-fuzz").or_else(|| {
+        paths::cargo_home()
+            .map(|home| home.join("bin").join("cargo-fuzz"))
+            .filter(|path| path.is_file())
+    })
 }
 
 /// How to get a toolchain by hand, for machines where xtask cannot install one.
