@@ -56,7 +56,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
     let hop = next_hop(ctx, &pkt, pkt.dst, ingress, partial, IfaceRole::Wan)?;
     let ext = mapping::outbound(ctx, cfg, &pkt).inspect_err(|c| {
-        if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
+        if c.is_no_mapping() {
             events::no_mapping(&buf, &pkt, ingress);
         }
     })?;

@@ -146,19 +146,27 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// Loads the object with both NAT tables sized to `max_mappings` and the session
-/// table to twice that (a TCP mapping has at least one session, an
-/// address-dependent one two: the address record and the endpoint), starts forwarding
-/// its log records (before the programs load, see [`crate::datapath::logging`]) and loads all
-/// four programs into the kernel.
-pub fn load(max_mappings: u32) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
+/// Loads the object with both NAT tables sized to `max_mappings` (the reverse one
+/// with room for `max_held_ports` holds of freed ports besides, RFC 6888 REQ-8) and
+/// the session table to twice that (a TCP mapping has at least one session, an
+/// address-dependent one two: the address record and the endpoint), the per-host
+/// records to `max_mappings` too (every host with a record holds a mapping, or did
+/// recently; they allocate entries as they go, so the bound costs nothing), starts
+/// forwarding its log records (before the programs load, see
+/// [`crate::datapath::logging`]) and loads all four programs into the kernel.
+pub fn load(
+    max_mappings: u32,
+    max_held_ports: u32,
+) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
     if EBPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(names::NAT_FWD, max_mappings)
-        .map_max_entries(names::NAT_REV, max_mappings)
+        .map_max_entries(names::NAT_REV, max_mappings.saturating_add(max_held_ports))
         .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2))
+        .map_max_entries(names::HOST_STATE, max_mappings)
+        .map_max_entries(names::HOST_RELEASED, max_mappings)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
     let log_task = crate::datapath::logging::forward_ebpf_logs(&mut ebpf);
