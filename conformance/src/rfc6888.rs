@@ -289,23 +289,38 @@ fn req_8(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     Ok(())
 }
 
-/// Waits until the NAT has forgotten `addr:port`'s UDP mapping: natgw's table no
-/// longer lists it, or (the kernel's NAT, whose table is not looked at here) the UDP
-/// timeout and a margin have passed.
+/// Waits (at most the UDP timeout and 10 s) until the NAT has forgotten
+/// `addr:port`'s UDP mapping: natgw's table, or the kernel's conntrack table, no
+/// longer lists it.
 fn wait_expired(env: &Env, addr: Ipv4Addr, port: u16) {
     let internal = ep(addr, port);
-    match env.natgw() {
-        Some(natgw) => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(HOLD_UDP_TIMEOUT_S + 10);
-            while std::time::Instant::now() < deadline {
-                if natgw.mapping_of("udp", internal).is_ok_and(|m| m.is_none()) {
-                    return;
-                }
-                pause(Duration::from_millis(200));
-            }
-        }
-        None => pause(Duration::from_secs(HOLD_UDP_TIMEOUT_S + 3)),
+    let gone = || match env.natgw() {
+        Some(natgw) => natgw.mapping_of("udp", internal).is_ok_and(|m| m.is_none()),
+        None => !conntrack_lists_udp(env, internal),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(HOLD_UDP_TIMEOUT_S + 10);
+    while std::time::Instant::now() < deadline && !gone() {
+        pause(Duration::from_millis(200));
     }
+}
+
+/// Whether the gateway's conntrack table has a UDP entry from `internal`.
+fn conntrack_lists_udp(env: &Env, internal: SocketAddrV4) -> bool {
+    env.tb
+        .gateway
+        .ns
+        .command("conntrack")
+        .args(["-L", "-p", "udp", "--orig-src"])
+        .arg(internal.ip().to_string())
+        .args(["--sport", &internal.port().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("udp"))
+        })
 }
 
 /// PCP's server port (RFC 6887 §19.1).
