@@ -61,7 +61,7 @@ const OVER_RATE: u32 = 2;
 /// stack stays small (the caller's and its own together must fit 512 bytes).
 #[inline(never)]
 fn weigh(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
-    let verdict = verdict(cfg, key, now);
+    let verdict = judge(cfg, key, now);
     if verdict == ADMITTED {
         count_created(key);
     } else if let Some(m) = NAT_FWD.get_ptr(key) {
@@ -75,7 +75,7 @@ fn weigh(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
 
 /// Whether the host of `key` may have one more mapping of its protocol.
 #[inline(always)]
-fn verdict(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
+fn judge(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
     let Some(st) = host_state(&key.addr_be) else {
         return ADMITTED;
     };

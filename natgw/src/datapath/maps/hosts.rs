@@ -66,12 +66,6 @@ impl HostMaps {
         self.rules = rules;
     }
 
-    /// The rules in force.
-    #[must_use]
-    pub const fn rules(&self) -> HostRules {
-        self.rules
-    }
-
     /// Ports freed without a hold because `max_held` holds were in force.
     #[must_use]
     pub const fn unheld(&self) -> u64 {
