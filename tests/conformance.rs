@@ -1,5 +1,6 @@
 //! The conformance suite against natgw, one test per requirement id of
-//! RFC-REQUIREMENTS.md (RFC 4787, RFC 5382 with RFC 7857, RFC 5508): each runs the
+//! RFC-REQUIREMENTS.md (RFC 4787, RFC 5382 with RFC 7857, RFC 5508, and RFC 6888 where
+//! traffic shows it): each runs the
 //! check of the `natgw-conformance` crate with that name and asserts that it
 //! passes. `cargo xtask conformance` runs the same checks and prints them as a table,
 //! next to the kernel's nftables masquerade.
@@ -311,4 +312,46 @@ fn rfc5508_req_8_unreachable_code_13_when_no_mapping() {
 fn rfc5508_req_10_icmp_types() {
     // rfc5508 REQ-10: unreachable, time exceeded, parameter problem, echo, timestamp
     assert_natgw_passes("rfc5508_req_10_icmp_types");
+}
+
+#[test]
+fn rfc6888_req_2_paired_pooling_by_default() {
+    // rfc6888 REQ-2: paired address pooling by default
+    assert_natgw_passes("rfc6888_req_2_paired_pooling_by_default");
+}
+
+#[test]
+fn rfc6888_req_4_external_ports_limited_per_host() {
+    // rfc6888 REQ-4: external ports (and ICMP identifiers) limited per host, per protocol
+    assert_natgw_passes("rfc6888_req_4_external_ports_limited_per_host");
+}
+
+#[test]
+fn rfc6888_req_4c_new_mappings_rate_limited_per_host() {
+    // rfc6888 REQ-4c: the rate of new mappings limited per host
+    assert_natgw_passes("rfc6888_req_4c_new_mappings_rate_limited_per_host");
+}
+
+#[test]
+fn rfc6888_req_7_endpoint_independent_filtering_by_default() {
+    // rfc6888 REQ-7: endpoint-independent filtering by default
+    assert_natgw_passes("rfc6888_req_7_endpoint_independent_filtering_by_default");
+}
+
+#[test]
+fn rfc6888_req_8_freed_port_held_from_other_hosts() {
+    // rfc6888 REQ-8: a freed port goes to no other host for the hold-down; its host may reuse it
+    assert_natgw_passes("rfc6888_req_8_freed_port_held_from_other_hosts");
+}
+
+#[test]
+fn rfc6888_req_9_pcp_creates_explicit_mappings() {
+    // rfc6888 REQ-9: explicit mappings by PCP
+    assert_natgw_passes("rfc6888_req_9_pcp_creates_explicit_mappings");
+}
+
+#[test]
+fn rfc6888_req_11_no_mapping_drop_host_unreachable_no_eviction() {
+    // rfc6888 REQ-11: no mapping possible: drop, ICMP host unreachable, no eviction
+    assert_natgw_passes("rfc6888_req_11_no_mapping_drop_host_unreachable_no_eviction");
 }

@@ -1,7 +1,7 @@
 //! The conformance suite: one check per requirement id of RFC 4787 (UDP), RFC 5382
-//! with RFC 7857 (TCP) and RFC 5508 (ICMP), as listed in RFC-REQUIREMENTS.md, run
-//! against natgw or against the Linux kernel's own NAT (nftables masquerade) on the
-//! same testbed.
+//! with RFC 7857 (TCP) and RFC 5508 (ICMP), as listed in RFC-REQUIREMENTS.md, and of
+//! RFC 6888 (carrier-grade NAT) where traffic can show it, run against natgw or
+//! against the Linux kernel's own NAT (nftables masquerade) on the same testbed.
 //!
 //! Every check builds its own testbed, drives real traffic between the LAN and WAN
 //! hosts (sockets, raw sockets for what sockets cannot show: ICMP errors, TTLs,
@@ -15,7 +15,7 @@
 //! integration tests) runs each natgw check as a test named after its requirement.
 //!
 //! - [`nat`]: the NAT under test, what a check needs from it, the testbed it runs in.
-//! - [`rfc4787`], [`rfc5382`], [`rfc5508`]: the checks.
+//! - [`rfc4787`], [`rfc5382`], [`rfc5508`], [`rfc6888`]: the checks.
 //! - [`flows`]: traffic patterns the checks share.
 //! - [`sock`], [`packet`]: sockets in namespaces, packets as bytes.
 //! - [`report`]: the table, as text, Markdown or JSON.
@@ -29,6 +29,7 @@ pub mod report;
 pub mod rfc4787;
 pub mod rfc5382;
 pub mod rfc5508;
+pub mod rfc6888;
 pub mod sock;
 
 use std::fmt;
@@ -232,6 +233,7 @@ pub fn all() -> Vec<Check> {
     let mut checks = rfc4787::checks();
     checks.extend(rfc5382::checks());
     checks.extend(rfc5508::checks());
+    checks.extend(rfc6888::checks());
     checks
 }
 

@@ -109,6 +109,15 @@ pub struct NatConfig {
     pub inbound_refresh: Option<bool>,
     /// MTU of the gateway's `wan0`, set before the NAT starts.
     pub wan_mtu: Option<u32>,
+    /// Most external ports per internal host and protocol (RFC 6888 REQ-4).
+    pub ports_per_host: Option<u32>,
+    /// New mappings per second and burst per internal host (RFC 6888 REQ-4c).
+    pub mapping_rate: Option<(u32, u32)>,
+    /// Seconds a freed port is held from other hosts (RFC 6888 REQ-8).
+    pub port_hold_down: Option<u64>,
+    /// Answer packets that get no mapping with ICMP host unreachable (RFC 6888
+    /// REQ-11) instead of the NAT's default.
+    pub no_mapping_host_unreachable: bool,
 }
 
 /// A testbed with the NAT under test running on its gateway. Dropping it stops the
@@ -392,6 +401,19 @@ fn natgw_args(cfg: &NatConfig) -> Vec<String> {
         };
         push(flag, t.to_string());
     }
+    if let Some(n) = cfg.ports_per_host {
+        push("--max-ports-per-host", n.to_string());
+    }
+    if let Some((rate, burst)) = cfg.mapping_rate {
+        push("--host-mapping-rate", rate.to_string());
+        push("--host-mapping-burst", burst.to_string());
+    }
+    if let Some(t) = cfg.port_hold_down {
+        push("--port-hold-down", t.to_string());
+    }
+    if cfg.no_mapping_host_unreachable {
+        push("--no-mapping-icmp", "host-unreachable".to_owned());
+    }
     if cfg.inbound_refresh == Some(true) {
         a.push("--inbound-refresh".to_owned());
     }
@@ -412,6 +434,19 @@ fn nft_supports(cfg: &NatConfig) -> Result<(), Stop> {
         return Err(Stop::NotApplicable(
             "conntrack refreshes an entry on every packet, inbound too; not configurable"
                 .to_owned(),
+        ));
+    }
+    if cfg.ports_per_host.is_some() || cfg.mapping_rate.is_some() {
+        return Err(Stop::NotApplicable(
+            "masquerade has no per-host limit of ports or of new mappings (an nft meter with \
+             `ct count` or `limit rate` per source could approximate one; that is a firewall \
+             rule, not the NAT's setting)"
+                .to_owned(),
+        ));
+    }
+    if cfg.port_hold_down.is_some() || cfg.no_mapping_host_unreachable {
+        return Err(Stop::NotApplicable(
+            "masquerade has no port hold-down and no ICMP error to choose".to_owned(),
         ));
     }
     Ok(())

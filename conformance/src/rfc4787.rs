@@ -275,6 +275,15 @@ fn pooled_hosts(env: &Env) -> Result<Vec<(&testbed::Netns, std::net::Ipv4Addr)>,
 
 fn req_2(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     // rfc4787 REQ-2
+    paired_pooling(nat, r)
+}
+
+/// Paired pooling with two external addresses and the NAT's default pooling
+/// behaviour (RFC 4787 REQ-2, and RFC 6888 REQ-2: by default).
+///
+/// # Errors
+/// When the testbed or the NAT does not come up, or a socket call fails.
+pub(crate) fn paired_pooling(nat: &NatUnderTest, r: &mut Record) -> Result<(), Stop> {
     let cfg = NatConfig {
         second_external: true,
         ..NatConfig::default()

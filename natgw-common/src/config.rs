@@ -28,6 +28,16 @@ pub struct Config {
     /// Possible CPUs: the stride of each CPU's IP identification sequence
     /// (`IP_ID_NEXT`), so no two CPUs hand out the same identification (0 acts as 1).
     pub cpus: u32,
+    /// Most external ports one internal host may hold per protocol (RFC 6888 REQ-4);
+    /// 0: no limit.
+    pub host_ports_max: u32,
+    /// The size of each internal host's bucket of new mappings (RFC 6888 REQ-4c).
+    pub host_rate_burst: u32,
+    /// Nanoseconds a host's bucket takes to regain one new mapping; 0: no rate limit.
+    pub host_rate_interval_ns: u64,
+    /// How long a freed external port is kept from other internal hosts (RFC 6888
+    /// REQ-8), ns; 0: no hold-down.
+    pub port_hold_ns: u64,
 }
 
 /// Most external addresses natgw pools.
@@ -67,6 +77,12 @@ impl Config {
     #[must_use]
     pub const fn is_ready(&self) -> bool {
         self.flags & CONFIG_F_READY != 0
+    }
+
+    /// Whether any per-host rule (port limit, rate limit) is on.
+    #[must_use]
+    pub const fn limits_hosts(&self) -> bool {
+        self.host_ports_max != 0 || self.host_rate_interval_ns != 0
     }
 }
 

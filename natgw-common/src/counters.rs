@@ -158,6 +158,32 @@ counters! {
     /// MTU, sent on through the kernel's forwarding, which fragments (or segments)
     /// it.
     HairpinLocalReplyRouted = "hairpin_local_reply_routed",
+    /// Dropped: a new mapping would take the internal host past its limit of
+    /// external ports for the protocol (RFC 6888 REQ-4).
+    DropHostPortLimit = "drop_host_port_limit",
+    /// Dropped: the internal host creates new mappings faster than its rate allows
+    /// (RFC 6888 REQ-4c).
+    DropHostRateLimited = "drop_host_rate_limited",
+    /// Dropped: no port was free for a new mapping but ports freed within the
+    /// hold-down for another host (RFC 6888 REQ-8).
+    DropPortHeld = "drop_port_held",
+}
+
+impl Counter {
+    /// Whether this counter records an outbound packet dropped because no mapping
+    /// could be made for it (resources, or a per-host rule): its sender is told with
+    /// an ICMP error (RFC 5508 REQ-8, RFC 6888 REQ-11).
+    #[must_use]
+    pub const fn is_no_mapping(self) -> bool {
+        matches!(
+            self,
+            Self::DropPortsExhausted
+                | Self::DropTableFull
+                | Self::DropHostPortLimit
+                | Self::DropHostRateLimited
+                | Self::DropPortHeld
+        )
+    }
 }
 
 /// Slots in the `COUNTERS` map: more than there are counters, so that a natgw with

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod config;
 pub mod counters;
 pub mod csum;
+pub mod limits;
 pub mod maps;
 pub mod packet;
 pub mod ports;

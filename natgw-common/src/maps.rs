@@ -52,13 +52,19 @@ pub mod names {
     pub const EXT_ADDRS: &str = "EXT_ADDRS";
     /// `HashMap<u32 address, u32 index>`: membership of the external address pool.
     pub const EXT_SET: &str = "EXT_SET";
+    /// Internal host (address) -> [`crate::limits::HostState`], written by the data
+    /// path.
+    pub const HOST_STATE: &str = "HOST_STATE";
+    /// Internal host (address) -> [`crate::limits::HostReleased`], written by the
+    /// controller.
+    pub const HOST_RELEASED: &str = "HOST_RELEASED";
     /// `PerCpuArray<u32>`: each CPU's next IP identification.
     pub const IP_ID_NEXT: &str = "IP_ID_NEXT";
 
     /// Every map that is pinned and that a restarted (or upgraded) natgw adopts:
     /// all the state the programs share, so that old and new programs work on the
     /// same tables while one replaces the other. Only per-CPU scratch space is not.
-    pub const PINNED: [&str; 18] = [
+    pub const PINNED: [&str; 20] = [
         NAT_FWD,
         NAT_REV,
         NAT_SESSIONS,
@@ -77,6 +83,8 @@ pub mod names {
         EXT_ADDRS,
         EXT_SET,
         IP_ID_NEXT,
+        HOST_STATE,
+        HOST_RELEASED,
     ];
 }
 
@@ -910,6 +918,55 @@ pub struct RevValue {
     pub bytes_in: u64,
 }
 
+/// [`RevValue::filter`] of a hold: the external port of a mapping that ended, kept
+/// from other internal hosts for the hold-down (RFC 6888 REQ-8). A hold is a reverse
+/// entry without a forward one, so no one claims the port meanwhile (the
+/// `BPF_NOEXIST` insert fails) and nothing inbound is translated to it.
+pub const REV_HELD: u8 = 0xff;
+
+impl RevValue {
+    /// A hold of a port that served internal host `int_addr_be` until `freed_ns`
+    /// (kept in `created_ns`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn held(int_addr_be: u32, freed_ns: u64) -> Self {
+        Self {
+            int_addr_be,
+            int_port_be: 0,
+            tcp_flags_in: 0,
+            filter: REV_HELD,
+            created_ns: freed_ns,
+            last_in_ns: 0,
+            packets_in: 0,
+            bytes_in: 0,
+        }
+    }
+
+    /// Whether this entry is a hold, not a mapping's.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_held(&self) -> bool {
+        self.filter == REV_HELD
+    }
+
+    /// Whether this hold keeps the port from internal host `int_addr_be` at `now_ns`
+    /// with a hold-down of `hold_ns`: only other hosts are kept away, and only until
+    /// the hold-down has passed.
+    #[inline(always)]
+    #[must_use]
+    pub const fn bars(&self, int_addr_be: u32, now_ns: u64, hold_ns: u64) -> bool {
+        self.is_held()
+            && self.int_addr_be != int_addr_be
+            && now_ns.saturating_sub(self.created_ns) < hold_ns
+    }
+
+    /// Whether this hold has run out at `now_ns`.
+    #[must_use]
+    pub const fn hold_expired(&self, now_ns: u64, hold_ns: u64) -> bool {
+        self.is_held() && now_ns.saturating_sub(self.created_ns) >= hold_ns
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` structs of integers with explicit padding.
@@ -1097,6 +1154,28 @@ mod tests {
         let f = StashedFragment::new(5, 6, [1; MAX_STASHED_FRAGMENT_LEN]);
         assert_eq!((f.seen_ns, f.len, f._pad), (5, 6, [0; 6]));
         assert_eq!(f.packet, [1; MAX_STASHED_FRAGMENT_LEN]);
+    }
+
+    #[test]
+    fn holds_bar_other_hosts_until_they_run_out() {
+        // rfc6888 REQ-8
+        use super::RevValue;
+        const S: u64 = 1_000_000_000;
+        let (a, b) = (0x0a00_0102, 0x0a00_0202);
+        let hold = RevValue::held(a, 10 * S);
+        assert!(hold.is_held());
+        assert!(
+            !RevValue::default().is_held(),
+            "a mapping's entry is no hold"
+        );
+        assert!(!RevValue::default().bars(b, 10 * S, 120 * S));
+        assert!(hold.bars(b, 10 * S, 120 * S));
+        assert!(hold.bars(b, 129 * S, 120 * S));
+        assert!(!hold.bars(b, 130 * S, 120 * S));
+        assert!(!hold.bars(a, 11 * S, 120 * S), "the same host may reuse it");
+        assert!(!hold.bars(b, 11 * S, 0), "no hold-down configured");
+        assert!(!hold.hold_expired(129 * S, 120 * S));
+        assert!(hold.hold_expired(130 * S, 120 * S));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub mod icmp {
     pub const CODE_ADMIN_PROHIBITED: u8 = 13;
     /// Destination unreachable code: port unreachable.
     pub const CODE_PORT_UNREACHABLE: u8 = 3;
+    /// Destination unreachable code: host unreachable, what RFC 6888 REQ-11 asks a
+    /// carrier-grade NAT to send when no mapping can be made.
+    pub const CODE_HOST_UNREACHABLE: u8 = 1;
 }
 
 /// Largest L4 segment whose checksum the programs recompute in full (a bounded loop

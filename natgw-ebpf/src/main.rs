@@ -16,6 +16,12 @@
 //! programs share.
 #![no_std]
 #![no_main]
+// The atomic add of `nat::limits`: the BPF target has atomic read-modify-write
+// instructions but no compare-and-swap, so `core::sync::atomic` offers it no
+// `fetch_add`; the intrinsic compiles to the BPF atomic add. The eBPF build already
+// needs a nightly compiler (or RUSTC_BOOTSTRAP) for `-Z build-std`.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod buf;
 mod counters;

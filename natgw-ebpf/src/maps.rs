@@ -4,12 +4,14 @@
 //! live mappings under pressure.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use natgw_common::{
     config::MAX_EXTERNAL_ADDRS,
     counters::COUNTER_SLOTS,
+    limits::{HostReleased, HostState},
     maps::{
         FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, LanSourceKey,
         PcpFilterKey, Session, SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS,
@@ -26,7 +28,9 @@ const MAX_IFACES: u32 = 64;
 #[map]
 pub static NAT_FWD: HashMap<FwdKey, Mapping> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
 
-/// (protocol, external endpoint) -> internal endpoint; the port claim.
+/// (protocol, external endpoint) -> internal endpoint; the port claim. Also holds
+/// the ports of ended mappings for the hold-down (`RevValue::held`, RFC 6888 REQ-8):
+/// the controller sizes it for both.
 #[map]
 pub static NAT_REV: HashMap<RevKey, RevValue> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
 
@@ -112,3 +116,24 @@ pub static FRAG_SCRATCH: PerCpuArray<StashedFragment> = PerCpuArray::with_max_en
 /// `FilterMode::PcpFilter` (RFC 6887 §13.3).
 #[map]
 pub static PCP_FILTERS: LpmTrie<PcpFilterKey, u32> = LpmTrie::with_max_entries(MAX_PCP_FILTERS, 1);
+
+/// Per internal host: the mappings the data path created per protocol and its bucket
+/// of new mappings (RFC 6888 REQ-4). Only the programs write it; the controller
+/// sizes it like the NAT tables and deletes the entries of idle hosts. Not
+/// preallocated: a gateway has far fewer hosts than mappings, and a host's first
+/// mapping can afford the allocation.
+#[map]
+pub static HOST_STATE: HashMap<u32, HostState> =
+    HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// Per internal host: the mappings the controller deleted minus those it created,
+/// per protocol. Only the controller writes it.
+#[map]
+pub static HOST_RELEASED: HashMap<u32, HostReleased> =
+    HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// One zeroed `HostState`, never written: the value a host's first `HOST_STATE`
+/// entry is inserted from (the stack of the function that inserts it must stay
+/// small).
+#[map]
+pub static HOST_ZERO: Array<HostState> = Array::with_max_entries(1, 0);

@@ -103,7 +103,7 @@ fn try_egress(ctx: &TcContext) -> Verdict<()> {
         validate::check_checksum(&TcBuf::new(ctx), &pkt, partial)
     };
     let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).map_err(|c| {
-        if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
+        if c.is_no_mapping() {
             // SAFETY: reading the ifindex field of the live context.
             let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
             events::no_mapping(&TcBuf::new(ctx), &pkt, ifindex);

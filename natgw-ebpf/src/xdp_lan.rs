@@ -67,7 +67,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     validate::check_header(&buf, &pkt)?;
     let admit_new = || validate::check_checksum(&buf, &pkt, partial);
     let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).inspect_err(|c| {
-        if matches!(c, Counter::DropPortsExhausted | Counter::DropTableFull) {
+        if c.is_no_mapping() {
             events::no_mapping(&buf, &pkt, ingress);
         }
     })?;

@@ -15,6 +15,10 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use natgw_common::config::MAX_EXTERNAL_ADDRS;
+use natgw_common::limits::{
+    DEFAULT_MAPPINGS_PER_SEC, DEFAULT_MAPPING_BURST, DEFAULT_PORTS_PER_HOST,
+    DEFAULT_PORT_HOLD_DOWN_SECS,
+};
 use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
 use natgw_proto::pcp::policy::{PcpConfig, PolicyError};
@@ -266,6 +270,93 @@ impl fmt::Display for UnsolicitedSyn {
     }
 }
 
+/// The ICMP error natgw sends to an internal host whose packet could get no mapping
+/// (ports or table exhausted, or one of the host's limits reached).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoMappingIcmp {
+    /// Destination unreachable code 13, communication administratively prohibited:
+    /// what RFC 5508 REQ-8 asks of every NAT.
+    #[default]
+    AdminProhibited,
+    /// Destination unreachable code 1, host unreachable: what RFC 6888 REQ-11 asks
+    /// of carrier-grade NATs.
+    HostUnreachable,
+}
+
+impl fmt::Display for NoMappingIcmp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::AdminProhibited => "admin-prohibited",
+            Self::HostUnreachable => "host-unreachable",
+        })
+    }
+}
+
+/// Per-internal-host resource rules (`[limits]`, RFC 6888).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Most external ports one host may hold per protocol (UDP, TCP and ICMP query
+    /// identifiers each), explicit mappings included; 0: no limit (REQ-4).
+    pub ports_per_host: u32,
+    /// New mappings per second one host may create after its burst; 0: no limit
+    /// (REQ-4c).
+    pub new_mappings_per_sec: u32,
+    /// New mappings one host may create at once (its bucket's size).
+    pub new_mappings_burst: u32,
+    /// Seconds a freed external port is kept from other hosts; 0: none (REQ-8).
+    pub port_hold_down: u64,
+    /// Most freed ports held at once; 0: half as many as the NAT tables hold
+    /// mappings.
+    #[serde(default)]
+    pub max_held_ports: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ports_per_host: DEFAULT_PORTS_PER_HOST,
+            new_mappings_per_sec: DEFAULT_MAPPINGS_PER_SEC,
+            new_mappings_burst: DEFAULT_MAPPING_BURST,
+            port_hold_down: DEFAULT_PORT_HOLD_DOWN_SECS,
+            max_held_ports: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// Most holds of freed ports with NAT tables of `max_mappings`: as configured,
+    /// or half as many as mappings (the reverse table gets that much room besides).
+    #[must_use]
+    pub const fn held_ports_capacity(&self, max_mappings: u32) -> u32 {
+        if self.max_held_ports == 0 {
+            if max_mappings < 2 {
+                1
+            } else {
+                max_mappings / 2
+            }
+        } else {
+            self.max_held_ports
+        }
+    }
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// `ports_per_host`.
+    pub ports_per_host: Option<u32>,
+    /// `new_mappings_per_sec`.
+    pub new_mappings_per_sec: Option<u32>,
+    /// `new_mappings_burst`.
+    pub new_mappings_burst: Option<u32>,
+    /// `port_hold_down`.
+    pub port_hold_down: Option<u64>,
+    /// `max_held_ports`.
+    pub max_held_ports: Option<u32>,
+}
+
 /// The STUN responder's settings (`[stun]`): natgw answers STUN Binding requests
 /// (RFC 8489) on its main external address, and with a second external address acts
 /// as an RFC 5780 server (OTHER-ADDRESS: the second address and the alternate port).
@@ -454,6 +545,10 @@ pub struct FileConfig {
     pub filtering: Option<FileFiltering>,
     /// Fate of held unsolicited SYNs.
     pub unsolicited_syn: Option<UnsolicitedSyn>,
+    /// ICMP error for packets that get no mapping.
+    pub no_mapping_icmp: Option<NoMappingIcmp>,
+    /// `[limits]` table.
+    pub limits: Option<FileLimits>,
     /// `[pcp]` table.
     pub pcp: Option<FilePcp>,
     /// `[stun]` table.
@@ -523,6 +618,18 @@ pub struct Overrides {
     pub icmp_filtering: Option<Filtering>,
     /// `--unsolicited-syn`.
     pub unsolicited_syn: Option<UnsolicitedSyn>,
+    /// `--no-mapping-icmp`.
+    pub no_mapping_icmp: Option<NoMappingIcmp>,
+    /// `--max-ports-per-host`.
+    pub ports_per_host: Option<u32>,
+    /// `--host-mapping-rate`.
+    pub new_mappings_per_sec: Option<u32>,
+    /// `--host-mapping-burst`.
+    pub new_mappings_burst: Option<u32>,
+    /// `--port-hold-down`.
+    pub port_hold_down: Option<u64>,
+    /// `--max-held-ports`.
+    pub max_held_ports: Option<u32>,
     /// `--no-pcp` (can only turn the server off).
     pub no_pcp: bool,
     /// `--stun-port`.
@@ -561,6 +668,12 @@ pub struct Settings {
     /// Fate of held unsolicited SYNs.
     #[serde(default)]
     pub unsolicited_syn: UnsolicitedSyn,
+    /// ICMP error for packets that get no mapping.
+    #[serde(default)]
+    pub no_mapping_icmp: NoMappingIcmp,
+    /// Per-host resource rules (RFC 6888).
+    #[serde(default)]
+    pub limits: Limits,
     /// The PCP and NAT-PMP server.
     #[serde(default)]
     pub pcp: PcpSettings,
@@ -645,6 +758,12 @@ pub enum ConfigError {
     /// `gc_interval = 0`.
     #[error("the GC interval must be at least 1 second")]
     ZeroGcInterval,
+    /// A host's bucket of new mappings that holds none.
+    #[error(
+        "the burst of new mappings per host must be at least 1 while their rate is \
+         limited (--host-mapping-burst, `[limits] new_mappings_burst`)"
+    )]
+    ZeroMappingBurst,
     /// Both forms of the port range in the file.
     #[error("set either `port_range` or `port_min`/`port_max` in the config file, not both")]
     PortRangeTwice,
@@ -787,6 +906,36 @@ pub fn resolve(
             .unsolicited_syn
             .or(file.unsolicited_syn)
             .unwrap_or_default(),
+        no_mapping_icmp: flags
+            .no_mapping_icmp
+            .or(file.no_mapping_icmp)
+            .unwrap_or_default(),
+        limits: {
+            let f = file.limits.as_ref();
+            let d = Limits::default();
+            Limits {
+                ports_per_host: flags
+                    .ports_per_host
+                    .or_else(|| f.and_then(|f| f.ports_per_host))
+                    .unwrap_or(d.ports_per_host),
+                new_mappings_per_sec: flags
+                    .new_mappings_per_sec
+                    .or_else(|| f.and_then(|f| f.new_mappings_per_sec))
+                    .unwrap_or(d.new_mappings_per_sec),
+                new_mappings_burst: flags
+                    .new_mappings_burst
+                    .or_else(|| f.and_then(|f| f.new_mappings_burst))
+                    .unwrap_or(d.new_mappings_burst),
+                port_hold_down: flags
+                    .port_hold_down
+                    .or_else(|| f.and_then(|f| f.port_hold_down))
+                    .unwrap_or(d.port_hold_down),
+                max_held_ports: flags
+                    .max_held_ports
+                    .or_else(|| f.and_then(|f| f.max_held_ports))
+                    .unwrap_or(d.max_held_ports),
+            }
+        },
         pcp: PcpSettings {
             enabled: !flags.no_pcp && file.pcp.as_ref().and_then(|p| p.enabled).unwrap_or(true),
             server: file
@@ -877,6 +1026,17 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
     }
     if s.gc_interval == 0 {
         return Err(ConfigError::ZeroGcInterval);
+    }
+    if s.limits.new_mappings_per_sec != 0 && s.limits.new_mappings_burst == 0 {
+        return Err(ConfigError::ZeroMappingBurst);
+    }
+    if s.limits.port_hold_down != 0 && s.limits.port_hold_down < DEFAULT_PORT_HOLD_DOWN_SECS {
+        warnings.push(format!(
+            "the port hold-down of {} s is below the {DEFAULT_PORT_HOLD_DOWN_SECS} s of RFC \
+             6888 REQ-8; a port may reach another host while the old host's peers still \
+             send to it",
+            s.limits.port_hold_down
+        ));
     }
     s.pcp.server.validate()?;
     if s.pcp.server.allow_all_protocols {
@@ -1098,6 +1258,19 @@ mod tests {
         assert_eq!(s.filtering, FilteringModes::default());
         assert_eq!(s.filtering.udp, Filtering::EndpointIndependent);
         assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Icmp, "rfc5382 REQ-4");
+        assert_eq!(
+            s.no_mapping_icmp,
+            NoMappingIcmp::AdminProhibited,
+            "rfc5508 REQ-8"
+        );
+        assert_eq!(s.limits.ports_per_host, 16_384, "rfc6888 REQ-4");
+        assert_eq!(s.limits.new_mappings_per_sec, 1_000, "rfc6888 REQ-4c");
+        assert_eq!(s.limits.new_mappings_burst, 1_000);
+        assert_eq!(s.limits.port_hold_down, 120, "rfc6888 REQ-8");
+        assert_eq!(
+            s.limits.held_ports_capacity(s.max_mappings),
+            s.max_mappings / 2
+        );
     }
 
     #[test]
@@ -1258,8 +1431,64 @@ mod tests {
         let obj = v.as_object_mut().unwrap();
         obj.remove("filtering");
         obj.remove("unsolicited_syn");
+        obj.remove("no_mapping_icmp");
+        obj.remove("limits");
         obj["timeouts"].as_object_mut().unwrap().remove("icmp");
         assert_eq!(serde_json::from_value::<Settings>(v).unwrap(), s);
+    }
+
+    #[test]
+    fn limits_come_from_flags_over_the_file() {
+        // rfc6888 REQ-4a, REQ-4c, REQ-8: configurable; REQ-11b: the ICMP code
+        let f = parse(
+            "wan = \"eth0\"\nlan = [\"eth1\"]\nno_mapping_icmp = \"host-unreachable\"\n\
+             [limits]\nports_per_host = 500\nnew_mappings_per_sec = 20\n\
+             new_mappings_burst = 40\nport_hold_down = 300\nmax_held_ports = 9000\n",
+        )
+        .unwrap();
+        let (s, warnings) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(s.no_mapping_icmp, NoMappingIcmp::HostUnreachable);
+        assert_eq!(
+            s.limits,
+            Limits {
+                ports_per_host: 500,
+                new_mappings_per_sec: 20,
+                new_mappings_burst: 40,
+                port_hold_down: 300,
+                max_held_ports: 9000,
+            }
+        );
+        assert_eq!(s.limits.held_ports_capacity(65536), 9000);
+        let flags = Overrides {
+            ports_per_host: Some(0),
+            new_mappings_per_sec: Some(0),
+            port_hold_down: Some(30),
+            no_mapping_icmp: Some(NoMappingIcmp::AdminProhibited),
+            ..Overrides::default()
+        };
+        let (s, warnings) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.limits.ports_per_host, 0);
+        assert_eq!(s.limits.new_mappings_per_sec, 0);
+        assert_eq!(
+            s.limits.new_mappings_burst, 40,
+            "the file's, not overridden"
+        );
+        assert_eq!(s.no_mapping_icmp, NoMappingIcmp::AdminProhibited);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("RFC 6888 REQ-8"), "{warnings:?}");
+        let flags = Overrides {
+            new_mappings_burst: Some(0),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            resolve(&f, &flags),
+            Err(ConfigError::ZeroMappingBurst)
+        ));
+        let err = parse("[limits]\nports = 5\n").unwrap_err();
+        assert!(err.to_string().contains("`ports`"), "{err}");
+        let err = parse("no_mapping_icmp = \"port-unreachable\"\n").unwrap_err();
+        assert!(err.to_string().contains("port-unreachable"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! `NAT_REV`, so no two CPUs ever hand out the same external port (REQ-3), and only
 //! then inserts the forward entry; if another CPU created the forward entry in the
 //! meantime, the claim is rolled back and that CPU's mapping is used.
+//!
+//! The per-host rules of RFC 6888 ([`super::limits`]): a new mapping is weighed
+//! against its host's limits once it exists and undone if they refuse it (REQ-4);
+//! a port freed within the hold-down is still claimed by its hold, so the search
+//! passes over it like a port in use, unless the hold is the host's own (REQ-8).
+//! Nothing here ever deletes a mapping to make room for another (REQ-11d).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -18,7 +24,7 @@ use natgw_common::{
     Config, Counter, FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP,
 };
 
-use super::{session, socket::local_socket_owns};
+use super::{limits, session, socket::local_socket_owns};
 use crate::{
     counters::count,
     maps::{NAT_FWD, NAT_REV},
@@ -80,7 +86,10 @@ pub fn outbound<C: EbpfContext>(
         None if rst => return Err(Counter::DropNoMapping),
         None => {
             admit_new()?;
-            create(ctx, cfg, pkt, &key, now)?;
+            if create(ctx, cfg, pkt, &key, now)? {
+                limits::admit_created(cfg, &key, now)?;
+                count(Counter::MappingCreated);
+            }
             NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
         }
     };
@@ -117,7 +126,8 @@ fn reset_inbound_flags(proto: u8, ext_addr_be: u32, ext_port_be: u16) {
 }
 
 /// Creates the mapping for `key`: claim an external port, then insert the forward
-/// entry. Succeeds also when another CPU created the same mapping concurrently.
+/// entry. Succeeds also when another CPU created the same mapping concurrently:
+/// `Ok(true)` when this call created it.
 #[inline(always)]
 fn create<C: EbpfContext>(
     ctx: &C,
@@ -125,7 +135,7 @@ fn create<C: EbpfContext>(
     pkt: &Ipv4Packet,
     key: &FwdKey,
     now: u64,
-) -> Result<(), Counter> {
+) -> Result<bool, Counter> {
     let ext_addr = super::external_for(cfg, pkt.src);
     let ext_addr_be = u32::from_ne_bytes(ext_addr);
     let preferred = u16::from_be(key.port_be);
@@ -140,6 +150,10 @@ fn create<C: EbpfContext>(
             continue;
         }
         let rk = RevKey::new(ext_addr_be, port_be, key.proto);
+        if attempt == 1 {
+            // The host's own port first: a hold of its own does not keep it out.
+            limits::reclaim_own_hold(cfg, &rk, key.addr_be);
+        }
         let rv = RevValue {
             int_addr_be: key.addr_be,
             int_port_be: key.port_be,
@@ -161,14 +175,11 @@ fn create<C: EbpfContext>(
             ..Mapping::default()
         };
         return match NAT_FWD.insert(key, &m, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {
-                count(Counter::MappingCreated);
-                Ok(())
-            }
+            Ok(()) => Ok(true),
             Err(e) => {
                 let _ = NAT_REV.remove(&rk);
                 if e == -EEXIST {
-                    Ok(()) // another CPU won the race; its mapping serves us
+                    Ok(false) // another CPU won the race; its mapping serves us
                 } else {
                     Err(Counter::DropTableFull)
                 }
@@ -176,8 +187,14 @@ fn create<C: EbpfContext>(
         };
     }
     // Logged by the controller, once per episode, from the counters: a line per
-    // packet would let any LAN host flood the log at packet rate.
-    Err(Counter::DropPortsExhausted)
+    // packet would let any LAN host flood the log at packet rate. When another host's
+    // hold keeps the host's own port, the hold-down is what left it without one.
+    let own = RevKey::new(ext_addr_be, key.port_be, key.proto);
+    Err(if limits::held(cfg, &own, key.addr_be, now) {
+        Counter::DropPortHeld
+    } else {
+        Counter::DropPortsExhausted
+    })
 }
 
 /// An inbound packet's mapping, found but not yet counted.
@@ -196,6 +213,10 @@ pub fn inbound(pkt: &Ipv4Packet) -> Option<InboundHit> {
     let rk = RevKey::new(u32::from_ne_bytes(pkt.dst), pkt.dport_be, pkt.proto);
     let rv = NAT_REV.get_ptr_mut(&rk)?;
     // SAFETY: `rv` points at a live NAT_REV value.
+    if unsafe { (*rv).is_held() } {
+        return None; // a freed port, held (RFC 6888 REQ-8): no mapping
+    }
+    // SAFETY: as above.
     let internal = unsafe {
         Endpoint {
             addr: (*rv).int_addr_be.to_ne_bytes(),
@@ -274,7 +295,7 @@ pub fn external_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
 pub fn internal_of(proto: u8, addr: [u8; 4], port_be: u16) -> Option<Endpoint> {
     let key = RevKey::new(u32::from_ne_bytes(addr), port_be, proto);
     // SAFETY: read-only use of a live map value.
-    let rv = unsafe { NAT_REV.get(&key) }?;
+    let rv = unsafe { NAT_REV.get(&key) }.filter(|rv| !rv.is_held())?;
     Some(Endpoint {
         addr: rv.int_addr_be.to_ne_bytes(),
         port_be: rv.int_port_be,

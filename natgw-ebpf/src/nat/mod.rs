@@ -4,6 +4,7 @@
 pub mod events;
 pub mod fib;
 pub mod fragments;
+pub mod limits;
 pub mod mapping;
 pub mod session;
 pub mod socket;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Filtering, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice};
+use crate::config::{
+    Filtering, NoMappingIcmp, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice,
+};
 
 pub mod output;
 pub mod pcp;
@@ -76,12 +78,20 @@ Flags override the configuration file, which overrides the defaults. Example fil
     xdp_mode = \"auto\"              # auto | native | skb
     gc_interval = 1
     unsolicited_syn = \"icmp\"       # icmp | drop
+    no_mapping_icmp = \"admin-prohibited\"  # admin-prohibited | host-unreachable
 
     [timeouts]
     udp = 300
     tcp_established = 7440
     tcp_transitory = 240
     icmp = 60
+
+    [limits]                        # per internal host (RFC 6888); 0 turns one off
+    ports_per_host = 16384          # per protocol
+    new_mappings_per_sec = 1000
+    new_mappings_burst = 1000
+    port_hold_down = 120            # seconds a freed port is kept from other hosts
+    max_held_ports = 0              # 0: half of max_mappings
 
     [filtering]                     # endpoint-independent | address-dependent |
     udp = \"endpoint-independent\"  # address-and-port-dependent (eif | adf | apdf)
@@ -207,6 +217,38 @@ pub struct RunArgs {
     #[arg(long, value_name = "POLICY")]
     pub unsolicited_syn: Option<UnsolicitedSyn>,
 
+    /// The ICMP error sent to an internal host whose packet gets no mapping (ports or
+    /// table exhausted, or one of its limits reached): `admin-prohibited`
+    /// (destination unreachable code 13, RFC 5508 REQ-8) or `host-unreachable` (code
+    /// 1, RFC 6888 REQ-11) [default: admin-prohibited].
+    #[arg(long, value_name = "CODE")]
+    pub no_mapping_icmp: Option<NoMappingIcmp>,
+
+    /// Most external ports one internal host may hold per protocol (UDP, TCP, ICMP
+    /// query identifiers each), explicit mappings included; beyond it its new flows
+    /// are dropped and counted (RFC 6888 REQ-4); 0: no limit [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub max_ports_per_host: Option<u32>,
+
+    /// New mappings per second one internal host may create once its burst is spent
+    /// (RFC 6888 REQ-4c); 0: no limit [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub host_mapping_rate: Option<u32>,
+
+    /// New mappings one internal host may create at once [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub host_mapping_burst: Option<u32>,
+
+    /// Seconds a freed external port is kept from other internal hosts (its own
+    /// host may have it back at once; RFC 6888 REQ-8); 0: none [default: 120].
+    #[arg(long, value_name = "SECS")]
+    pub port_hold_down: Option<u64>,
+
+    /// Most freed ports held at once; beyond it ports are freed without a hold
+    /// (counted) [default: half of --max-mappings].
+    #[arg(long, value_name = "N")]
+    pub max_held_ports: Option<u32>,
+
     /// Do not run the PCP (RFC 6887) and NAT-PMP (RFC 6886) server on the LAN
     /// addresses' UDP port 5351; static `[[forward]]`s still apply.
     #[arg(long)]
@@ -245,6 +287,12 @@ impl RunArgs {
             tcp_filtering: self.tcp_filtering,
             icmp_filtering: self.icmp_filtering,
             unsolicited_syn: self.unsolicited_syn,
+            no_mapping_icmp: self.no_mapping_icmp,
+            ports_per_host: self.max_ports_per_host,
+            new_mappings_per_sec: self.host_mapping_rate,
+            new_mappings_burst: self.host_mapping_burst,
+            port_hold_down: self.port_hold_down,
+            max_held_ports: self.max_held_ports,
             no_pcp: self.no_pcp,
             stun_port: self.stun_port,
             no_stun: self.no_stun,
@@ -574,6 +622,40 @@ mod tests {
         assert_eq!(o.unsolicited_syn, Some(UnsolicitedSyn::Drop));
         let err = Cli::try_parse_from(["natgw", "run", "--udp-filtering", "strict"]).unwrap_err();
         assert!(err.to_string().contains("endpoint-independent"), "{err}");
+    }
+
+    #[test]
+    fn host_limit_flags_parse() {
+        // rfc6888 REQ-4a, REQ-4c, REQ-8, REQ-11b
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "run",
+            "--max-ports-per-host",
+            "64",
+            "--host-mapping-rate",
+            "0",
+            "--host-mapping-burst",
+            "5",
+            "--port-hold-down",
+            "300",
+            "--max-held-ports",
+            "1000",
+            "--no-mapping-icmp",
+            "host-unreachable",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let o = args.overrides();
+        assert_eq!(o.ports_per_host, Some(64));
+        assert_eq!(o.new_mappings_per_sec, Some(0));
+        assert_eq!(o.new_mappings_burst, Some(5));
+        assert_eq!(o.port_hold_down, Some(300));
+        assert_eq!(o.max_held_ports, Some(1000));
+        assert_eq!(o.no_mapping_icmp, Some(NoMappingIcmp::HostUnreachable));
+        let err = Cli::try_parse_from(["natgw", "run", "--no-mapping-icmp", "13"]).unwrap_err();
+        assert!(err.to_string().contains("admin-prohibited"), "{err}");
     }
 
     #[test]

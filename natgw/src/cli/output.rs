@@ -137,6 +137,9 @@ pub struct StatusReport {
     pub mappings: usize,
     /// Capacity of the NAT tables.
     pub max_mappings: u32,
+    /// Freed external ports held from other hosts now (RFC 6888 REQ-8).
+    #[serde(default)]
+    pub held_ports: usize,
 }
 
 /// TCP flag letters in a fixed order, `-` for none.
@@ -535,7 +538,9 @@ pub fn status_text(s: &StatusReport) -> String {
          tcp established   {}s\n  tcp transitory    {}s\n  icmp timeout      {}s\n  \
          inbound refresh   {}\n  udp filtering     {}\n  tcp filtering     {}\n  \
          icmp filtering    {}\n  unsolicited syn   {}\n  \
-         max mappings      {}\n  xdp mode          {}\n  gc interval       {}s\n",
+         max mappings      {}\n  xdp mode          {}\n  gc interval       {}s\n  \
+         no mapping icmp   {}\n  ports per host    {}\n  host mapping rate {}/s, burst {}\n  \
+         port hold-down    {}s\n",
         c.port_range,
         c.timeouts.udp,
         c.timeouts.tcp_established,
@@ -549,8 +554,17 @@ pub fn status_text(s: &StatusReport) -> String {
         c.max_mappings,
         c.xdp_mode,
         c.gc_interval,
+        c.no_mapping_icmp,
+        c.limits.ports_per_host,
+        c.limits.new_mappings_per_sec,
+        c.limits.new_mappings_burst,
+        c.limits.port_hold_down,
     );
-    let _ = writeln!(out, "\nmappings {} of {}", s.mappings, s.max_mappings);
+    let _ = writeln!(
+        out,
+        "\nmappings {} of {}, {} freed ports held",
+        s.mappings, s.max_mappings, s.held_ports
+    );
     out.push_str("\ncounters\n");
     let width = s.counters.keys().map(String::len).max().unwrap_or(0);
     // Index order (the data path's), not the JSON object's alphabetical order.
@@ -750,6 +764,7 @@ mod tests {
             stun: None,
             mappings: 2,
             max_mappings: 65536,
+            held_ports: 4,
         }
     }
 

@@ -70,6 +70,14 @@ pub fn status(json: bool) -> Result<()> {
         stun: state.stun.clone(),
         mappings: maps.mapping_count()?,
         max_mappings: maps.max_mappings()?,
+        held_ports: maps.held_ports(
+            system::monotonic_ns(),
+            state
+                .settings
+                .limits
+                .port_hold_down
+                .saturating_mul(natgw_common::NS_PER_SEC),
+        )?,
     };
     if json {
         print_json(&report)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use natgw_common::Counter;
 
 /// The drops that get a line per episode, with what they mean.
-pub const WATCHED: [(Counter, &str); 5] = [
+pub const WATCHED: [(Counter, &str); 8] = [
     (
         Counter::DropTableFull,
         "the NAT table is full: new flows get no mapping (raise --max-mappings?)",
@@ -33,6 +33,21 @@ pub const WATCHED: [(Counter, &str); 5] = [
     (
         Counter::DropFragmentBudget,
         "fragments over a source's budget of incomplete datagrams (a fragment flood?)",
+    ),
+    (
+        Counter::DropHostPortLimit,
+        "an internal host reached its limit of external ports (a scan, a leak, or raise \
+         --max-ports-per-host?)",
+    ),
+    (
+        Counter::DropHostRateLimited,
+        "an internal host creates mappings faster than its rate allows (raise \
+         --host-mapping-rate?)",
+    ),
+    (
+        Counter::DropPortHeld,
+        "no free external port but ports held from other hosts after they were freed \
+         (shorten --port-hold-down or widen --port-range?)",
     ),
 ];
 

@@ -4,10 +4,11 @@
 //! - port unreachable for an unsolicited SYN held 6 s without an outbound SYN
 //!   answering it (RFC 5382 REQ-4; the garbage collector finds them, see
 //!   [`crate::nat_table::gc::held_syns`]);
-//! - communication administratively prohibited for a packet no mapping could be
-//!   created for (RFC 5508 REQ-8), which the data path reports through the `EVENTS`
-//!   ring buffer; it goes from the address of the LAN interface the packet arrived
-//!   on.
+//! - for a packet no mapping could be created for (ports or table exhausted, or a
+//!   per-host limit reached), which the data path reports through the `EVENTS` ring
+//!   buffer: communication administratively prohibited (code 13, RFC 5508 REQ-8) or
+//!   host unreachable (code 1, RFC 6888 REQ-11), as `--no-mapping-icmp` says; it
+//!   goes from the address of the LAN interface the packet arrived on.
 //!
 //! Every error passes one token bucket ([`RATE_PER_SEC`], [`BURST`]), so neither a
 //! SYN scan of the external address nor a LAN host hammering a full table turns
@@ -29,7 +30,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
 
+use crate::config::NoMappingIcmp;
 use crate::datapath::maps::{ipv4, port};
+use natgw_common::packet::icmp::{CODE_ADMIN_PROHIBITED, CODE_HOST_UNREACHABLE};
 use natgw_proto::util::bucket::{TokenBucket, Verdict};
 use natgw_proto::util::clock::Nanos;
 
@@ -45,6 +48,19 @@ pub enum ErrorKind {
     PortUnreachable,
     /// Type 3 code 13 for a packet without a mapping.
     AdminProhibited,
+    /// Type 3 code 1 for a packet without a mapping.
+    HostUnreachable,
+}
+
+impl ErrorKind {
+    /// The error for packets without a mapping under `choice`, and its ICMP code.
+    #[must_use]
+    pub const fn for_no_mapping(choice: NoMappingIcmp) -> (Self, u8) {
+        match choice {
+            NoMappingIcmp::AdminProhibited => (Self::AdminProhibited, CODE_ADMIN_PROHIBITED),
+            NoMappingIcmp::HostUnreachable => (Self::HostUnreachable, CODE_HOST_UNREACHABLE),
+        }
+    }
 }
 
 /// The controller's counters.
@@ -52,6 +68,7 @@ pub enum ErrorKind {
 pub struct Counters {
     sent_port_unreachable: AtomicU64,
     sent_admin_prohibited: AtomicU64,
+    sent_host_unreachable: AtomicU64,
     rate_limited: AtomicU64,
     send_failed: AtomicU64,
     not_answerable: AtomicU64,
@@ -74,6 +91,7 @@ impl Counters {
         [
             ("icmp_sent_port_unreachable", &self.sent_port_unreachable),
             ("icmp_sent_admin_prohibited", &self.sent_admin_prohibited),
+            ("icmp_sent_host_unreachable", &self.sent_host_unreachable),
             ("icmp_rate_limited", &self.rate_limited),
             ("icmp_send_failed", &self.send_failed),
             ("icmp_not_answerable", &self.not_answerable),
@@ -93,13 +111,16 @@ pub struct IcmpSender {
     bucket: Mutex<TokenBucket<Nanos>>,
     counters: Counters,
     warned: AtomicBool,
+    /// The error for packets without a mapping.
+    no_mapping: NoMappingIcmp,
 }
 
 impl IcmpSender {
     /// Opens the raw socket. Without it (no `CAP_NET_RAW`) natgw runs on and counts
-    /// every error it cannot send.
+    /// every error it cannot send. Packets without a mapping are answered as
+    /// `no_mapping` says.
     #[must_use]
-    pub fn open(now_ns: u64) -> Self {
+    pub fn open(now_ns: u64, no_mapping: NoMappingIcmp) -> Self {
         let socket = match socket::socket(
             AddressFamily::Inet,
             SockType::Raw,
@@ -120,6 +141,7 @@ impl IcmpSender {
             bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, BURST, Nanos(now_ns))),
             counters: Counters::default(),
             warned: AtomicBool::new(false),
+            no_mapping,
         }
     }
 
@@ -154,6 +176,7 @@ impl IcmpSender {
             Ok(()) => Counters::add(match kind {
                 ErrorKind::PortUnreachable => &self.counters.sent_port_unreachable,
                 ErrorKind::AdminProhibited => &self.counters.sent_admin_prohibited,
+                ErrorKind::HostUnreachable => &self.counters.sent_host_unreachable,
             }),
             Err(e) => {
                 Counters::add(&self.counters.send_failed);
@@ -188,16 +211,17 @@ impl IcmpSender {
             );
             return;
         };
-        let Some((dst, p)) = packet::admin_prohibited_for(&event.snippet, *from) else {
+        let (kind, code) = ErrorKind::for_no_mapping(self.no_mapping);
+        let Some((dst, p)) = packet::no_mapping_error_for(&event.snippet, *from, code) else {
             Counters::add(&self.counters.not_answerable);
             return;
         };
         log::debug!(
-            "icmp.admin_prohibited to={dst} from={from} proto={} sport={}",
+            "icmp.no_mapping to={dst} from={from} code={code} proto={} sport={}",
             event.snippet[9],
             u16::from_be_bytes([event.snippet[20], event.snippet[21]]),
         );
-        self.send(ErrorKind::AdminProhibited, dst, &p, now_ns);
+        self.send(kind, dst, &p, now_ns);
     }
 }
 
@@ -297,7 +321,21 @@ mod tests {
             bucket: Mutex::new(TokenBucket::new(RATE_PER_SEC, 2, Nanos(0))),
             counters: Counters::default(),
             warned: AtomicBool::new(false),
+            no_mapping: NoMappingIcmp::AdminProhibited,
         }
+    }
+
+    #[test]
+    fn the_no_mapping_error_is_the_configured_one() {
+        // rfc5508 REQ-8 (code 13), rfc6888 REQ-11b (code 1)
+        assert_eq!(
+            ErrorKind::for_no_mapping(NoMappingIcmp::AdminProhibited),
+            (ErrorKind::AdminProhibited, 13)
+        );
+        assert_eq!(
+            ErrorKind::for_no_mapping(NoMappingIcmp::HostUnreachable),
+            (ErrorKind::HostUnreachable, 1)
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ use anyhow::{bail, Context as _, Result};
 use log::{debug, error, info, warn};
 use natgw_common::addr_be;
 use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
-use natgw_common::Config;
+use natgw_common::limits::interval_ns;
+use natgw_common::{Config, NS_PER_SEC};
 use tokio::task::JoinHandle;
 
 use self::episodes::{Episodes, Note};
@@ -36,7 +37,7 @@ use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, If
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
-use crate::datapath::maps::FragmentMaps;
+use crate::datapath::maps::{FragmentMaps, HostRules};
 use crate::datapath::netlink::Rtnl;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
@@ -92,7 +93,11 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
     let rtnl = Rtnl::connect()?;
     let topology = Topology::resolve(&rtnl, &settings).await?;
 
-    let ours = Layout::of_object(loader::EBPF_OBJECT, settings.max_mappings)?;
+    let ours = Layout::of_object(
+        loader::EBPF_OBJECT,
+        settings.max_mappings,
+        settings.limits.held_ports_capacity(settings.max_mappings),
+    )?;
     let adopt = match &previous.record {
         Some(record) => {
             let pinned = Layout::of_pins(&dirs, record.layout.version)?;
@@ -148,7 +153,11 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         }
     }
     dirs.create_pin_dir()?;
-    let (ebpf, log_task) = match loader::load(settings.max_mappings, &dirs.pin_dir) {
+    let (ebpf, log_task) = match loader::load(
+        settings.max_mappings,
+        settings.limits.held_ports_capacity(settings.max_mappings),
+        &dirs.pin_dir,
+    ) {
         Ok(loaded) => loaded,
         Err(e) => {
             if !adopt {
@@ -169,13 +178,16 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         }
     }
     let mut services = Services {
-        icmp: Arc::new(IcmpSender::open(system::monotonic_ns())),
+        icmp: Arc::new(IcmpSender::open(
+            system::monotonic_ns(),
+            settings.no_mapping_icmp,
+        )),
         fragments: Arc::default(),
         stun: None,
         port_mapping: PortMapping::default(),
         tasks: log_task.into_iter().collect(),
     };
-    let datapath = match DataPath::new(ebpf, adopt) {
+    let mut datapath = match DataPath::new(ebpf, adopt) {
         Ok(dp) => dp,
         Err(e) => {
             if !adopt {
@@ -186,6 +198,11 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
             return Err(e);
         }
     };
+    datapath
+        .maps_mut()
+        .nat
+        .hosts
+        .set_rules(host_rules(&settings));
     let mut daemon = Daemon {
         settings,
         dirs,
@@ -450,6 +467,10 @@ struct Report {
 /// Reads the configuration again (file and flags) for SIGHUP.
 pub type Reloader = Box<dyn Fn() -> Result<Settings> + Send>;
 
+/// How often idle hosts' records are looked for (each look reads the whole of
+/// `HOST_STATE`).
+const PRUNE_INTERVAL_NS: u64 = 10 * NS_PER_SEC;
+
 struct Daemon {
     settings: Settings,
     reloader: Reloader,
@@ -542,6 +563,10 @@ impl Daemon {
             // At most MAX_EXTERNAL_ADDRS (16), checked with the settings.
             ext_count: u8::try_from(self.topology.pool.len()).unwrap_or(u8::MAX),
             cpus: possible_cpus(),
+            host_ports_max: s.limits.ports_per_host,
+            host_rate_burst: s.limits.new_mappings_burst,
+            host_rate_interval_ns: interval_ns(s.limits.new_mappings_per_sec),
+            port_hold_ns: s.limits.port_hold_down.saturating_mul(NS_PER_SEC),
         }
     }
 
@@ -672,7 +697,9 @@ impl Daemon {
             "config ports={} ({} ports) udp_timeout={}s tcp_established_timeout={}s \
              tcp_transitory_timeout={}s icmp_timeout={}s inbound_refresh={} \
              udp_filtering={} tcp_filtering={} icmp_filtering={} unsolicited_syn={} \
-             max_mappings={} xdp_mode={} gc_interval={}s",
+             max_mappings={} xdp_mode={} gc_interval={}s no_mapping_icmp={} \
+             ports_per_host={} host_mapping_rate={}/s host_mapping_burst={} \
+             port_hold_down={}s",
             s.port_range,
             s.port_range.len(),
             s.timeouts.udp,
@@ -686,7 +713,12 @@ impl Daemon {
             s.unsolicited_syn,
             s.max_mappings,
             s.xdp_mode,
-            s.gc_interval
+            s.gc_interval,
+            s.no_mapping_icmp,
+            s.limits.ports_per_host,
+            s.limits.new_mappings_per_sec,
+            s.limits.new_mappings_burst,
+            s.limits.port_hold_down,
         );
         info!(
             "natgw.ready pins={} state={}",
@@ -701,10 +733,10 @@ impl Daemon {
         shutdown: &mut Shutdown,
         hangup: &mut tokio::signal::unix::Signal,
     ) -> Result<()> {
-        let mut sweeper = Sweeper::new(Policy::new(
-            &self.settings.timeouts,
-            self.settings.inbound_refresh,
-        ));
+        let mut sweeper = Sweeper::new(
+            Policy::new(&self.settings.timeouts, self.settings.inbound_refresh)
+                .with_hold_down(self.settings.limits.port_hold_down),
+        );
         let mut tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Held SYNs are due 6 s after they arrived, whatever the GC interval.
@@ -712,6 +744,7 @@ impl Daemon {
         held_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gc_failing = false;
         let mut held_failing = false;
+        let mut next_prune = system::monotonic_ns();
         loop {
             tokio::select! {
                 signal = shutdown.recv() => {
@@ -727,6 +760,7 @@ impl Daemon {
                     }
                 }
                 _ = held_tick.tick() => {
+                    self.prune_host_records(&mut next_prune);
                     self.expire_held_syns(&mut held_failing);
                     self.expire_explicit();
                     self.report_counters();
@@ -799,10 +833,12 @@ impl Daemon {
             );
         }
         let old = std::mem::replace(&mut self.settings, new);
-        sweeper.set_policy(Policy::new(
-            &self.settings.timeouts,
-            self.settings.inbound_refresh,
-        ));
+        sweeper.set_policy(
+            Policy::new(&self.settings.timeouts, self.settings.inbound_refresh)
+                .with_hold_down(self.settings.limits.port_hold_down),
+        );
+        let rules = host_rules(&self.settings);
+        self.datapath.maps_mut().nat.hosts.set_rules(rules);
         let config = self.data_path_config();
         if let Err(e) = self.datapath.enable(&config) {
             error!("reload.config_failed error=\"{e}\"");
@@ -830,6 +866,21 @@ impl Daemon {
             s.forwards.len(),
             self.datapath.mapping_count()
         );
+    }
+
+    /// Every [`PRUNE_INTERVAL_NS`], forgets the records of idle hosts (see
+    /// [`crate::datapath::maps::hosts`]).
+    fn prune_host_records(&mut self, next: &mut u64) {
+        let now = system::monotonic_ns();
+        if now < *next {
+            return;
+        }
+        *next = now + PRUNE_INTERVAL_NS;
+        match self.datapath.maps_mut().nat.hosts.prune(now) {
+            Ok(hosts) if hosts > 0 => debug!("limits.pruned hosts={hosts}"),
+            Ok(_) => {}
+            Err(e) => warn!("limits.prune_failed error=\"{e}\""),
+        }
     }
 
     /// Ends the held SYNs that waited their 6 s: ICMP port unreachable to the sender,
@@ -862,6 +913,10 @@ impl Daemon {
     /// The controller's own counters: ICMP errors, resent fragments, PCP/NAT-PMP.
     fn controller_counters(&self) -> BTreeMap<String, u64> {
         let mut counters = self.services.icmp.counters().snapshot();
+        counters.insert(
+            "ports_freed_unheld".to_owned(),
+            self.datapath.maps().nat.hosts.unheld(),
+        );
         counters.extend(self.services.fragments.snapshot());
         counters.extend(self.services.port_mapping.counters());
         counters
@@ -1175,7 +1230,19 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(xdp_mode, "xdp_mode");
     keep!(stun, "stun");
     keep!(pcp.enabled, "pcp.enabled");
+    // The reverse table was sized with room for this many holds.
+    keep!(limits.max_held_ports, "limits.max_held_ports");
     kept
+}
+
+/// The per-host rules the controller applies when it creates and deletes mappings
+/// (the data path reads its own from `CONFIG`).
+fn host_rules(settings: &Settings) -> HostRules {
+    HostRules {
+        ports_per_host: settings.limits.ports_per_host,
+        hold_ns: settings.limits.port_hold_down.saturating_mul(NS_PER_SEC),
+        max_held: settings.limits.held_ports_capacity(settings.max_mappings),
+    }
 }
 
 /// Possible CPUs (what per-CPU maps are sized by): the stride of the data path's

@@ -253,7 +253,8 @@ impl PortMapping {
             port_range: s.port_range,
             filter_udp: s.filtering.udp.mode(),
             filter_tcp: s.filtering.tcp.mode(),
-            policy: Policy::new(&s.timeouts, s.inbound_refresh),
+            policy: Policy::new(&s.timeouts, s.inbound_refresh)
+                .with_hold_down(s.limits.port_hold_down),
         };
         let addresses = dp.addresses().clone();
         let mut explicit =

@@ -17,6 +17,7 @@ use natgw_common::maps::{names, LAYOUT_VERSION};
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::dirs::{RuntimeDirs, StateError};
+use crate::datapath::loader::SIZED_AT_LOAD;
 
 /// One map's definition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,11 +72,6 @@ pub struct LayoutRecord {
     pub netns_cookie: u64,
 }
 
-/// The maps natgw capacity-sizes at load time (see `loader::load`): a different
-/// capacity there is a setting that cannot change without recreating the tables,
-/// not a different layout.
-const SIZED_AT_LOAD: [&str; 3] = [names::NAT_FWD, names::NAT_REV, names::NAT_SESSIONS];
-
 /// Why pinned maps cannot be adopted.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -97,12 +93,17 @@ pub enum LayoutError {
 }
 
 impl Layout {
-    /// The layout natgw's eBPF object `object` declares, with the NAT tables sized
-    /// for `max_mappings` as the loader sizes them.
+    /// The layout natgw's eBPF object `object` declares, with the tables sized for
+    /// `max_mappings` and `max_held_ports` as the loader sizes them
+    /// ([`loader::capacity`](crate::datapath::loader::capacity)).
     ///
     /// # Errors
     /// When the object does not parse or lacks a pinned map.
-    pub fn of_object(object: &[u8], max_mappings: u32) -> Result<Self, LayoutError> {
+    pub fn of_object(
+        object: &[u8],
+        max_mappings: u32,
+        max_held_ports: u32,
+    ) -> Result<Self, LayoutError> {
         let obj = aya_obj::Object::parse(object).map_err(|e| LayoutError::Object(e.to_string()))?;
         let maps = names::PINNED
             .iter()
@@ -111,11 +112,9 @@ impl Layout {
                     .maps
                     .get(name)
                     .ok_or_else(|| LayoutError::Object(format!("it has no map {name}")))?;
-                let max_entries = match name {
-                    names::NAT_FWD | names::NAT_REV => max_mappings,
-                    names::NAT_SESSIONS => max_mappings.saturating_mul(2),
-                    _ => m.max_entries(),
-                };
+                let max_entries =
+                    crate::datapath::loader::capacity(name, max_mappings, max_held_ports)
+                        .unwrap_or_else(|| m.max_entries());
                 Ok(MapSpec {
                     name: name.to_owned(),
                     map_type: m.map_type(),
@@ -378,7 +377,7 @@ mod tests {
         if crate::datapath::loader::EBPF_OBJECT.is_empty() {
             return; // built without the eBPF object (plain `cargo test`)
         }
-        let layout = Layout::of_object(crate::datapath::loader::EBPF_OBJECT, 4096).unwrap();
+        let layout = Layout::of_object(crate::datapath::loader::EBPF_OBJECT, 4096, 2048).unwrap();
         assert_eq!(layout.maps.len(), names::PINNED.len());
         let fwd = layout
             .maps

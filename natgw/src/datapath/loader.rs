@@ -155,15 +155,14 @@ fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
-/// Loads the object with both NAT tables sized to `max_mappings` and the session
-/// table to twice that (a TCP mapping has at least one session, an
-/// address-dependent one two: the address record and the endpoint), every map of
+/// Loads the object with its tables sized as [`capacity`] says, every map of
 /// [`names::PINNED`] pinned under `pin_dir` — adopted when a pin is already there
 /// (the caller has checked its layout, see `datapath::layout`), created and pinned
 /// otherwise —, starts forwarding its log records (before the programs load, see
 /// [`crate::datapath::logging`]) and loads all programs into the kernel.
 pub fn load(
     max_mappings: u32,
+    max_held_ports: u32,
     pin_dir: &Path,
 ) -> Result<(Ebpf, Option<tokio::task::JoinHandle<()>>), LoadError> {
     if EBPF_OBJECT.is_empty() {
@@ -172,8 +171,12 @@ pub fn load(
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::NAT_FWD, max_mappings)
-        .map_max_entries(names::NAT_REV, max_mappings)
-        .map_max_entries(names::NAT_SESSIONS, max_mappings.saturating_mul(2));
+        .map_max_entries(names::NAT_FWD, max_mappings);
+    for name in SIZED_AT_LOAD {
+        if let Some(n) = capacity(name, max_mappings, max_held_ports) {
+            loader.map_max_entries(name, n);
+        }
+    }
     for name in names::PINNED {
         loader.map_pin_path(name, pin_dir.join(name));
     }
@@ -230,6 +233,34 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), LoadError> {
         }
         Ok(())
     })
+}
+
+/// The maps whose capacity follows the configuration (see [`capacity`]): a
+/// different capacity in pinned maps is a setting that cannot change without
+/// recreating the tables, not a different layout.
+pub const SIZED_AT_LOAD: [&str; 5] = [
+    names::NAT_FWD,
+    names::NAT_REV,
+    names::NAT_SESSIONS,
+    names::HOST_STATE,
+    names::HOST_RELEASED,
+];
+
+/// The capacity the loader gives map `name` (`None`: the object's own): both NAT
+/// tables `max_mappings`, the reverse one with room for `max_held_ports` holds of
+/// freed ports besides (RFC 6888 REQ-8); the session table twice that (a TCP
+/// mapping has at least one session, an address-dependent one two: the address
+/// record and the endpoint); the per-host records `max_mappings` too (every host
+/// with a record holds a mapping, or did recently; they allocate entries as they go,
+/// so the bound costs nothing).
+#[must_use]
+pub fn capacity(name: &str, max_mappings: u32, max_held_ports: u32) -> Option<u32> {
+    match name {
+        names::NAT_FWD | names::HOST_STATE | names::HOST_RELEASED => Some(max_mappings),
+        names::NAT_REV => Some(max_mappings.saturating_add(max_held_ports)),
+        names::NAT_SESSIONS => Some(max_mappings.saturating_mul(2)),
+        _ => None,
+    }
 }
 
 /// Whether attachments can be pinned bpf links that outlive natgw and are replaced

@@ -8,6 +8,7 @@
 //! tables.
 
 mod batch;
+pub mod hosts;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -24,6 +25,8 @@ use natgw_common::maps::{
 };
 use natgw_common::maps::{FragKey, FragValue, StashKey, StashedFragment};
 use natgw_common::{Config, Counter, FwdKey, IfaceConfig, Mapping, RevKey, RevValue};
+
+pub use hosts::{HostMaps, HostRules};
 
 use crate::datapath::addresses::AddressPlan;
 use crate::datapath::dirs::RuntimeDirs;
@@ -108,8 +111,20 @@ pub trait NatTables {
     fn fwd(&self, key: &FwdKey) -> Result<Option<Mapping>, MapsError>;
     /// One reverse entry.
     fn rev(&self, key: &RevKey) -> Result<Option<RevValue>, MapsError>;
-    /// Deletes a forward entry; `false` when it was already gone.
+    /// Deletes a forward entry; `false` when it was already gone. A deleted mapping
+    /// no longer counts against its host's port limit (RFC 6888 REQ-4).
     fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError>;
+    /// Frees the external port `key` of a mapping of internal host `int_addr_be`
+    /// that ends at `now_ns` (its forward entry gone): its reverse entry becomes a
+    /// hold ([`RevValue::held`]), keeping the port from every other host for the
+    /// hold-down (RFC 6888 REQ-8) without a moment unclaimed, or is deleted when
+    /// there is no hold-down or no room for another hold. `false` when it was gone.
+    fn free_port(&mut self, key: &RevKey, int_addr_be: u32, now_ns: u64)
+        -> Result<bool, MapsError>;
+    /// How many holds a snapshot of the reverse table just counted.
+    fn count_holds(&mut self, held: usize) {
+        let _ = held;
+    }
     /// Deletes a reverse entry; `false` when it was already gone.
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError>;
     /// Every session (a snapshot).
@@ -138,7 +153,8 @@ pub trait NatWrites {
     /// Inserts a reverse entry unless its key exists — the port claim; `false` when
     /// the external endpoint is taken.
     fn claim_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError>;
-    /// Inserts a forward entry unless its key exists; `false` when one does.
+    /// Inserts a forward entry unless its key exists; `false` when one does. The new
+    /// mapping counts against its host's port limit.
     fn insert_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError>;
     /// Replaces a forward entry; `false` when it is gone.
     fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError>;
@@ -146,6 +162,9 @@ pub trait NatWrites {
     fn replace_rev(&mut self, key: &RevKey, value: &RevValue) -> Result<bool, MapsError>;
     /// Creates or replaces a session.
     fn put_session(&mut self, key: &SessionKey, value: &Session) -> Result<(), MapsError>;
+    /// Whether internal host `int_addr_be` already holds as many mappings of `proto`
+    /// as it may (RFC 6888 REQ-4).
+    fn host_at_limit(&self, int_addr_be: u32, proto: u8) -> Result<bool, MapsError>;
 }
 
 /// `PCP_FILTERS`: the remote peers PCP FILTER options let reach a mapping. A key is a
@@ -164,7 +183,8 @@ pub trait PcpFilterTable {
         -> Result<bool, MapsError>;
 }
 
-/// `NAT_FWD`, `NAT_REV`, `NAT_SESSIONS` and `HELD_SYNS`.
+/// `NAT_FWD`, `NAT_REV`, `NAT_SESSIONS` and `HELD_SYNS`, with the per-host records
+/// that go with creating and deleting mappings.
 #[derive(Debug)]
 pub struct NatMaps {
     /// (protocol, internal endpoint) -> mapping.
@@ -175,6 +195,8 @@ pub struct NatMaps {
     pub sessions: HashMap<MapData, SessionKey, Session>,
     /// Unsolicited SYNs held back (RFC 5382 REQ-4).
     pub held_syns: HashMap<MapData, SessionKey, HeldSyn>,
+    /// Per-host limits and port holds (RFC 6888).
+    pub hosts: HostMaps,
 }
 
 /// Set once the kernel has refused a batch lookup: snapshots walk key by key from then
@@ -278,7 +300,28 @@ impl NatTables for NatMaps {
     }
 
     fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
-        remove(&mut self.fwd, key, names::NAT_FWD)
+        let removed = remove(&mut self.fwd, key, names::NAT_FWD)?;
+        if removed {
+            self.hosts.account(key.addr_be, key.proto, 1)?;
+        }
+        Ok(removed)
+    }
+
+    fn free_port(
+        &mut self,
+        key: &RevKey,
+        int_addr_be: u32,
+        now_ns: u64,
+    ) -> Result<bool, MapsError> {
+        if self.hosts.take_hold() {
+            let held = RevValue::held(int_addr_be, now_ns);
+            return insert_if(&mut self.rev, key, &held, BPF_EXIST, names::NAT_REV);
+        }
+        remove(&mut self.rev, key, names::NAT_REV)
+    }
+
+    fn count_holds(&mut self, held: usize) {
+        self.hosts.set_held(held);
     }
 
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
@@ -335,7 +378,11 @@ impl NatWrites for NatMaps {
     }
 
     fn insert_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
-        insert_if(&mut self.fwd, key, value, BPF_NOEXIST, names::NAT_FWD)
+        let inserted = insert_if(&mut self.fwd, key, value, BPF_NOEXIST, names::NAT_FWD)?;
+        if inserted {
+            self.hosts.account(key.addr_be, key.proto, -1)?;
+        }
+        Ok(inserted)
     }
 
     fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
@@ -350,6 +397,10 @@ impl NatWrites for NatMaps {
         self.sessions
             .insert(key, value, 0)
             .map_err(map_err(names::NAT_SESSIONS))
+    }
+
+    fn host_at_limit(&self, int_addr_be: u32, proto: u8) -> Result<bool, MapsError> {
+        self.hosts.at_limit(int_addr_be, proto)
     }
 }
 
@@ -511,6 +562,10 @@ impl GatewayMaps {
                 rev: typed(take(names::NAT_REV)?, names::NAT_REV)?,
                 sessions: typed(take(names::NAT_SESSIONS)?, names::NAT_SESSIONS)?,
                 held_syns: typed(take(names::HELD_SYNS)?, names::HELD_SYNS)?,
+                hosts: HostMaps::new(
+                    typed(take(names::HOST_STATE)?, names::HOST_STATE)?,
+                    typed(take(names::HOST_RELEASED)?, names::HOST_RELEASED)?,
+                ),
             },
             config: typed(take(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(take(names::IFACES)?, names::IFACES)?,
@@ -529,6 +584,10 @@ impl GatewayMaps {
                 rev: typed(source.open(names::NAT_REV)?, names::NAT_REV)?,
                 sessions: typed(source.open(names::NAT_SESSIONS)?, names::NAT_SESSIONS)?,
                 held_syns: typed(source.open(names::HELD_SYNS)?, names::HELD_SYNS)?,
+                hosts: HostMaps::new(
+                    typed(source.open(names::HOST_STATE)?, names::HOST_STATE)?,
+                    typed(source.open(names::HOST_RELEASED)?, names::HOST_RELEASED)?,
+                ),
             },
             config: typed(source.open(names::CONFIG)?, names::CONFIG)?,
             ifaces: typed(source.open(names::IFACES)?, names::IFACES)?,
@@ -540,7 +599,7 @@ impl GatewayMaps {
     }
 
     /// The maps that are pinned (and listed by id in the state file).
-    fn data(&self) -> [(&'static str, &MapData); 9] {
+    fn data(&self) -> [(&'static str, &MapData); 11] {
         [
             (names::NAT_FWD, self.nat.fwd.map()),
             (names::NAT_REV, self.nat.rev.map()),
@@ -551,6 +610,8 @@ impl GatewayMaps {
             (names::ADDR_CLASS, self.addr_class.map()),
             (names::LAN_SOURCES, self.lan_sources.map()),
             (names::COUNTERS, self.counters.map()),
+            (names::HOST_STATE, self.nat.hosts.state.map()),
+            (names::HOST_RELEASED, self.nat.hosts.released.map()),
         ]
     }
 
@@ -734,6 +795,17 @@ impl GatewayMaps {
     /// Number of entries in `NAT_FWD`.
     pub fn mapping_count(&self) -> Result<usize, MapsError> {
         Ok(self.nat.fwd_entries()?.len())
+    }
+
+    /// Freed ports held from other hosts at `now_ns` under a hold-down of `hold_ns`
+    /// (RFC 6888 REQ-8).
+    pub fn held_ports(&self, now_ns: u64, hold_ns: u64) -> Result<usize, MapsError> {
+        Ok(self
+            .nat
+            .rev_entries()?
+            .iter()
+            .filter(|(_, r)| r.is_held() && !r.hold_expired(now_ns, hold_ns))
+            .count())
     }
 }
 

@@ -19,6 +19,9 @@
 //!   again), so a mapping refreshed in between survives;
 //! - the forward entry goes first, then the reverse entry if its `created_ns` is the
 //!   forward entry's (otherwise it belongs to a newer mapping of the same port);
+//!   with a hold-down (RFC 6888 REQ-8) the reverse entry is not deleted but turned
+//!   into a hold ([`NatTables::free_port`]), which keeps the port from other hosts
+//!   and is deleted here once the hold-down has passed (holds are not orphans);
 //! - reverse entries no forward entry points back to (orphans) are deleted once they
 //!   are older than [`ORPHAN_GRACE_NS`] and seen orphaned on two ticks, since the data
 //!   path inserts the reverse entry (the port claim) before the forward one;
@@ -66,6 +69,8 @@ pub struct Policy {
     pub icmp_ns: u64,
     /// Inbound packets refresh the idle timer.
     pub inbound_refresh: bool,
+    /// How long a freed port is held from other hosts (RFC 6888 REQ-8); 0: none.
+    pub hold_ns: u64,
 }
 
 impl Policy {
@@ -78,6 +83,16 @@ impl Policy {
             tcp_transitory_ns: t.tcp_transitory.saturating_mul(NS_PER_SEC),
             icmp_ns: t.icmp.saturating_mul(NS_PER_SEC),
             inbound_refresh,
+            hold_ns: 0,
+        }
+    }
+
+    /// The same with freed ports held for `hold_s` seconds.
+    #[must_use]
+    pub const fn with_hold_down(self, hold_s: u64) -> Self {
+        Self {
+            hold_ns: hold_s.saturating_mul(NS_PER_SEC),
+            ..self
         }
     }
 }
@@ -337,6 +352,8 @@ pub struct Plan {
     /// Dead sessions; those ending [`SessionEnd::WithMapping`] only if their mapping
     /// is really deleted.
     pub sessions: Vec<SessionExpiry>,
+    /// Holds of freed ports whose hold-down has passed (key, `created_ns`).
+    pub holds_ended: Vec<(RevKey, u64)>,
 }
 
 /// What a tick did.
@@ -356,6 +373,10 @@ pub struct TickStats {
     pub sessions: usize,
     /// Sessions deleted.
     pub sessions_expired: usize,
+    /// Holds of freed ports in force.
+    pub held: usize,
+    /// Holds deleted after their hold-down.
+    pub holds_ended: usize,
 }
 
 /// The garbage collector: the policy and what it remembers between ticks.
@@ -392,7 +413,10 @@ impl Sweeper {
         rev: &[(RevKey, RevValue)],
         sessions: &[(SessionKey, Session)],
     ) -> Plan {
-        let rev_by_key: HashMap<RevKey, RevValue> = rev.iter().copied().collect();
+        // Holds of freed ports are no mapping's: they own no session, keep no
+        // mapping alive and are no orphans.
+        let rev_by_key: HashMap<RevKey, RevValue> =
+            rev.iter().copied().filter(|(_, r)| !r.is_held()).collect();
         let fwd_by_key: HashMap<FwdKey, Mapping> = fwd.iter().copied().collect();
         let mut plan = Plan::default();
 
@@ -470,6 +494,12 @@ impl Sweeper {
         }
         let mut orphans = HashMap::new();
         for (key, r) in rev {
+            if r.is_held() {
+                if r.hold_expired(now_ns, self.policy.hold_ns) {
+                    plan.holds_ended.push((*key, r.created_ns));
+                }
+                continue;
+            }
             let owner = fwd_by_key.get(&fwd_key_of(key, r));
             let owned = owner.is_some_and(|m| {
                 rev_key_of(&fwd_key_of(key, r), m) == *key && m.created_ns == r.created_ns
@@ -503,12 +533,15 @@ impl Sweeper {
         let fwd = tables.fwd_entries()?;
         let rev = tables.rev_entries()?;
         let plan = self.plan(now_ns, &fwd, &rev, &sessions);
+        let held = rev.iter().filter(|(_, r)| r.is_held()).count();
         let mut stats = TickStats {
             mappings: fwd.len(),
             candidates: self.candidates.len(),
             sessions: sessions.len(),
+            held: held - plan.holds_ended.len(),
             ..TickStats::default()
         };
+        tables.count_holds(stats.held);
         let mut deleted: HashSet<RevKey> = HashSet::new();
 
         for e in &plan.expire {
@@ -528,7 +561,7 @@ impl Sweeper {
             }
             if let Some(r) = tables.rev(&rev_key)? {
                 if r.created_ns == m.created_ns {
-                    tables.remove_rev(&rev_key)?;
+                    tables.free_port(&rev_key, e.key.addr_be, now_ns)?;
                 }
             }
             deleted.insert(rev_key);
@@ -565,6 +598,17 @@ impl Sweeper {
                     SocketAddrV4::new(ipv4(o.key.addr_be), port(o.key.port_be)),
                     SocketAddrV4::new(ipv4(r.int_addr_be), port(r.int_port_be)),
                 );
+            }
+        }
+
+        for (key, created_ns) in &plan.holds_ended {
+            // Unless the host took its port back meanwhile (the data path deletes
+            // its own hold and claims the port afresh).
+            let same = tables
+                .rev(key)?
+                .is_some_and(|r| r.is_held() && r.created_ns == *created_ns);
+            if same && tables.remove_rev(key)? {
+                stats.holds_ended += 1;
             }
         }
 
@@ -877,6 +921,53 @@ mod tests {
         assert!(!t.rev.contains_key(&rk));
         assert!(t.fwd.contains_key(&keep));
         assert_eq!(t.rev.len(), 1);
+    }
+
+    #[test]
+    fn an_expired_mapping_leaves_a_hold_that_ends_after_the_hold_down() {
+        // rfc6888 REQ-8: the port stays claimed, by a hold naming its host, then goes.
+        let mut t = MemoryMaps {
+            holding: true,
+            ..MemoryMaps::default()
+        };
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false).with_hold_down(120));
+        gc.tick(&mut t, 302 * S).unwrap();
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert_eq!(s.expired, 1);
+        assert!(!t.fwd.contains_key(&k));
+        assert_eq!(t.rev[&rk], RevValue::held(k.addr_be, 303 * S));
+        // A hold is no orphan, and it owns no session: it stays for the hold-down.
+        let s = gc.tick(&mut t, 303 * S + ORPHAN_GRACE_NS * 3).unwrap();
+        assert_eq!((s.orphans, s.held, s.holds_ended), (0, 1, 0));
+        let s = gc.tick(&mut t, 422 * S).unwrap();
+        assert_eq!((s.held, s.holds_ended), (1, 0), "119 s in");
+        let s = gc.tick(&mut t, 423 * S).unwrap();
+        assert_eq!((s.held, s.holds_ended), (0, 1), "120 s in");
+        assert!(!t.rev.contains_key(&rk));
+        // rfc6888 REQ-4: the controller's deletion counts as released for the host.
+        assert_eq!(t.released[&k.addr_be].released[0], 1);
+    }
+
+    #[test]
+    fn a_hold_the_host_took_back_is_not_deleted() {
+        // rfc6888 REQ-8: the same host may have its port again at once.
+        let mut t = MemoryMaps {
+            holding: true,
+            ..MemoryMaps::default()
+        };
+        let k = udp_key(2, 40000);
+        let rk = add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false).with_hold_down(120));
+        gc.tick(&mut t, 302 * S).unwrap();
+        gc.tick(&mut t, 303 * S).unwrap();
+        assert!(t.rev[&rk].is_held());
+        // The data path deletes the host's own hold and claims the port afresh.
+        add(&mut t, k, 40000, 400 * S);
+        let s = gc.tick(&mut t, 430 * S).unwrap();
+        assert_eq!((s.held, s.holds_ended, s.expired), (0, 0, 0));
+        assert!(t.fwd.contains_key(&k) && !t.rev[&rk].is_held());
     }
 
     #[test]

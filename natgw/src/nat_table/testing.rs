@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use natgw_common::limits::{in_use, proto_slot, HostReleased};
 use natgw_common::maps::{HeldSyn, PcpFilterKey, Session, SessionKey};
 use natgw_common::{FwdKey, Mapping, RevKey, RevValue};
 
@@ -32,6 +33,34 @@ pub struct MemoryMaps {
     /// A held SYN the data path forgot (an outbound SYN answered it) after the
     /// snapshot: single reads no longer find it.
     pub answered_syn: Option<SessionKey>,
+    /// Whether freed ports become holds (a hold-down is configured).
+    pub holding: bool,
+    /// Most mappings per host and protocol (0: no limit).
+    pub ports_per_host: u32,
+    /// `HOST_STATE`'s counts: mappings the data path created, by host and protocol
+    /// (what a test says traffic did).
+    pub created: HashMap<(u32, u8), u64>,
+    /// `HOST_RELEASED`, kept by `insert_fwd` and `remove_fwd` as the real maps keep
+    /// it.
+    pub released: HashMap<u32, HostReleased>,
+}
+
+impl MemoryMaps {
+    /// Mappings of `proto` host `host_be` holds by the books.
+    #[must_use]
+    pub fn in_use(&self, host_be: u32, proto: u8) -> u64 {
+        let created = self.created.get(&(host_be, proto)).copied().unwrap_or(0);
+        let released = self
+            .released
+            .get(&host_be)
+            .map_or(0, |r| r.released[proto_slot(proto)]);
+        in_use(created, released)
+    }
+
+    fn account(&mut self, key: &FwdKey, delta: i32) {
+        let r = self.released.entry(key.addr_be).or_default();
+        *r = r.add(key.proto, delta);
+    }
 }
 
 fn all<K: Copy, V: Copy>(map: &HashMap<K, V>) -> Vec<(K, V)> {
@@ -58,7 +87,26 @@ impl NatTables for MemoryMaps {
         Ok(self.rev.get(key).copied())
     }
     fn remove_fwd(&mut self, key: &FwdKey) -> Result<bool, MapsError> {
-        Ok(self.fwd.remove(key).is_some())
+        let removed = self.fwd.remove(key).is_some();
+        if removed {
+            self.account(key, 1);
+        }
+        Ok(removed)
+    }
+    fn free_port(
+        &mut self,
+        key: &RevKey,
+        int_addr_be: u32,
+        now_ns: u64,
+    ) -> Result<bool, MapsError> {
+        if self.holding {
+            return Ok(self
+                .rev
+                .get_mut(key)
+                .map(|r| *r = RevValue::held(int_addr_be, now_ns))
+                .is_some());
+        }
+        Ok(self.rev.remove(key).is_some())
     }
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
         Ok(self.rev.remove(key).is_some())
@@ -93,6 +141,7 @@ impl NatWrites for MemoryMaps {
             return Ok(false);
         }
         self.fwd.insert(*key, *value);
+        self.account(key, -1);
         Ok(true)
     }
     fn replace_fwd(&mut self, key: &FwdKey, value: &Mapping) -> Result<bool, MapsError> {
@@ -104,6 +153,10 @@ impl NatWrites for MemoryMaps {
     fn put_session(&mut self, key: &SessionKey, value: &Session) -> Result<(), MapsError> {
         self.sessions.insert(*key, *value);
         Ok(())
+    }
+    fn host_at_limit(&self, int_addr_be: u32, proto: u8) -> Result<bool, MapsError> {
+        Ok(self.ports_per_host != 0
+            && self.in_use(int_addr_be, proto) >= u64::from(self.ports_per_host))
     }
 }
 

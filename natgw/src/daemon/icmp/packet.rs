@@ -1,9 +1,10 @@
 //! The ICMP errors natgw sends itself, built as complete IPv4 packets for a raw
 //! socket: destination unreachable (RFC 792) with the original datagram's IPv4
 //! header and first 8 payload bytes embedded — code 3, port unreachable, for an
-//! unsolicited SYN held too long (RFC 5382 REQ-4), and code 13, communication
-//! administratively prohibited (RFC 1812 §5.2.7.1), for a packet no mapping could be
-//! created for (RFC 5508 REQ-8). Pure functions over bytes.
+//! unsolicited SYN held too long (RFC 5382 REQ-4), and for a packet no mapping could
+//! be created for code 13, communication administratively prohibited (RFC 1812
+//! §5.2.7.1, RFC 5508 REQ-8), or code 1, host unreachable (RFC 6888 REQ-11), as
+//! configured. Pure functions over bytes.
 
 use std::net::Ipv4Addr;
 
@@ -172,13 +173,14 @@ pub fn may_answer(snippet: &[u8; ORIGINAL_LEN]) -> bool {
     !icmp_error
 }
 
-/// The administratively-prohibited error for a datagram no mapping could be created
-/// for, from the address of the LAN interface it arrived on to its sender. `None`
-/// when no error may be sent about it.
+/// The destination unreachable error with `code` for a datagram no mapping could be
+/// created for, from the address of the LAN interface it arrived on to its sender.
+/// `None` when no error may be sent about it.
 #[must_use]
-pub fn admin_prohibited_for(
+pub fn no_mapping_error_for(
     snippet: &[u8; ORIGINAL_LEN],
     lan_addr: Ipv4Addr,
+    code: u8,
 ) -> Option<(Ipv4Addr, [u8; PACKET_LEN])> {
     if !may_answer(snippet) {
         return None;
@@ -186,12 +188,7 @@ pub fn admin_prohibited_for(
     let to = snippet_source(snippet);
     Some((
         to,
-        dest_unreachable(
-            lan_addr,
-            to,
-            icmp::CODE_ADMIN_PROHIBITED,
-            &fixed_snippet(snippet),
-        ),
+        dest_unreachable(lan_addr, to, code, &fixed_snippet(snippet)),
     ))
 }
 
@@ -281,10 +278,19 @@ mod tests {
     fn admin_prohibited_goes_from_the_lan_address_to_the_sender() {
         // rfc5508 REQ-8
         let s = snippet_with_options();
-        let (to, p) = admin_prohibited_for(&s, Ipv4Addr::new(10, 0, 2, 1)).unwrap();
+        let (to, p) =
+            no_mapping_error_for(&s, Ipv4Addr::new(10, 0, 2, 1), icmp::CODE_ADMIN_PROHIBITED)
+                .unwrap();
         assert_eq!(to, Ipv4Addr::new(10, 0, 2, 2));
         assert_valid(&p);
         assert_eq!((p[20], p[21]), (3, 13));
+        // rfc6888 REQ-11b: the same error with code 1.
+        let (_, h) =
+            no_mapping_error_for(&s, Ipv4Addr::new(10, 0, 2, 1), icmp::CODE_HOST_UNREACHABLE)
+                .unwrap();
+        assert_valid(&h);
+        assert_eq!((h[20], h[21]), (3, 1));
+        assert_eq!(&h[28..], &p[28..]);
         assert_eq!(&p[12..16], &[10, 0, 2, 1]);
         assert_eq!(&p[16..20], &[10, 0, 2, 2]);
         assert_eq!(&p[28..], &fixed_snippet(&s)[..]);
@@ -309,6 +315,6 @@ mod tests {
         let mut echo = error;
         echo[20] = icmp::ECHO_REQUEST;
         assert!(may_answer(&echo));
-        assert!(admin_prohibited_for(&error, Ipv4Addr::new(10, 0, 2, 1)).is_none());
+        assert!(no_mapping_error_for(&error, Ipv4Addr::new(10, 0, 2, 1), 13).is_none());
     }
 }

@@ -5,6 +5,39 @@
 
 use super::*;
 
+/// Takes port `rk` for `rev_value`'s host if the port is held by a hold of that
+/// host's own: deletes the hold, then claims the port as any other.
+fn reclaim_own_hold<N: NatTables + NatWrites>(
+    nat: &mut N,
+    rk: &RevKey,
+    rev_value: &RevValue,
+) -> Result<bool, TableError> {
+    let held = nat
+        .rev(rk)
+        .map_err(|e| map_failure("read NAT_REV", &e))?
+        .is_some_and(|r| r.is_held() && r.int_addr_be == rev_value.int_addr_be);
+    if !held {
+        return Ok(false);
+    }
+    nat.remove_rev(rk)
+        .map_err(|e| map_failure("delete a hold in NAT_REV", &e))?;
+    nat.claim_rev(rk, rev_value)
+        .map_err(|e| map_failure("claim NAT_REV", &e))
+}
+
+/// Refuses a new mapping for internal endpoint `fk` when its host already holds as
+/// many ports of the protocol as it may (RFC 6888 REQ-4): explicit mappings count
+/// like traffic ones. Static forwards, the operator's own, are not held to it.
+pub(super) fn check_quota<N: NatWrites>(nat: &N, fk: &FwdKey) -> Result<(), TableError> {
+    if nat
+        .host_at_limit(fk.addr_be, fk.proto)
+        .map_err(|e| map_failure("read HOST_STATE", &e))?
+    {
+        return Err(TableError::QuotaExceeded);
+    }
+    Ok(())
+}
+
 impl<F: PcpFilterTable> ExplicitMappings<F> {
     /// A pseudo-random start for port searches, so mappings do not pile up at the
     /// bottom of the range.
@@ -16,7 +49,9 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     /// suggestion, else the internal port, else the first free one from a random
     /// place in the permitted spans. A candidate no socket of the gateway holds is
     /// claimed directly: a taken one fails the `BPF_NOEXIST` insert, which is cheaper
-    /// than reading the whole table.
+    /// than reading the whole table. A port freed within the hold-down is taken too,
+    /// by its hold (RFC 6888 REQ-8), unless the hold is this host's own and the port
+    /// is the suggested or the internal one: the host gets that back.
     pub(super) fn claim_port<N: NatTables + NatWrites>(
         &self,
         nat: &mut N,
@@ -55,6 +90,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             let internal = Some(request.key.internal_port).filter(|p| permitted(*p));
             Box::new(suggested.into_iter().chain(internal).chain(scan))
         };
+        let own = |p: u16| Some(p) == suggested || p == request.key.internal_port;
         for p in candidates {
             if (self.socket_probe)(request.key.protocol, address, p) {
                 continue;
@@ -64,6 +100,9 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 .claim_rev(&rk, rev_value)
                 .map_err(|e| map_failure("claim NAT_REV", &e))?
             {
+                return Ok(p);
+            }
+            if own(p) && reclaim_own_hold(nat, &rk, rev_value)? {
                 return Ok(p);
             }
         }
@@ -102,6 +141,9 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                     return Ok(done);
                 }
                 continue;
+            }
+            if request.holder != Holder::Static {
+                check_quota(nat, &fk)?;
             }
             let rev_value = RevValue {
                 int_addr_be: fk.addr_be,

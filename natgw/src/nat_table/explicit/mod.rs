@@ -599,7 +599,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         }
         nat.remove_fwd(fk)?;
         if rev.is_some() {
-            nat.remove_rev(&rk)?;
+            nat.free_port(&rk, fk.addr_be, now_ns)?;
         }
         Ok(Outcome::Removed)
     }

@@ -42,6 +42,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                     prefer_failure: false,
                     filters: Vec::new(),
                 };
+                install::check_quota(nat, &fk)?;
                 let rev_value = RevValue {
                     int_addr_be: fk.addr_be,
                     int_port_be: fk.port_be,

@@ -353,3 +353,72 @@ fn a_restarted_natgw_takes_back_what_the_maps_still_hold() {
         "not a mapping the maps hold"
     );
 }
+
+#[test]
+fn explicit_mappings_count_against_the_hosts_port_limit() {
+    // rfc6888 REQ-4: a MAP that would take the host past its limit gets
+    // USER_EX_QUOTA; the host's traffic mappings count, and so do its MAPs.
+    let now = Instant::now();
+    let mut nat = MemoryMaps {
+        ports_per_host: 2,
+        ..MemoryMaps::default()
+    };
+    let host_be = addr_be(HOST.octets());
+    // One traffic mapping, counted by the data path.
+    traffic(&mut nat, 6000, 16000, S, S);
+    nat.created.insert((host_be, IPPROTO_UDP), 1);
+    let mut x = explicit();
+    let mut t = x.table(&mut nat, now, 10 * S);
+    t.install(&install(5000, None, now)).unwrap();
+    assert_eq!(
+        t.install(&install(5001, None, now)),
+        Err(TableError::QuotaExceeded),
+        "the MAP above counts too"
+    );
+    // Taking over an existing mapping needs no new port.
+    assert!(t.install(&install(6000, None, now)).is_ok());
+    assert_eq!(nat.in_use(host_be, IPPROTO_UDP), 2);
+    // Once both MAPs are gone (unused, so their entries go), their ports count no
+    // more.
+    let later = now + Duration::from_secs(601);
+    assert_eq!(x.expire(&mut nat, later, 602 * S).len(), 2);
+    assert_eq!(nat.in_use(host_be, IPPROTO_UDP), 0);
+    let mut t = x.table(&mut nat, later, 603 * S);
+    assert!(t.install(&install(5001, None, later)).is_ok());
+}
+
+#[test]
+fn a_port_held_for_another_host_is_not_given_but_the_own_one_is() {
+    // rfc6888 REQ-8
+    let now = Instant::now();
+    let mut nat = MemoryMaps::default();
+    let other = addr_be([10, 0, 1, 3]);
+    let rk = rev_key(IPPROTO_UDP, SocketAddrV4::new(EXT, 15000));
+    nat.rev.insert(rk, RevValue::held(other, S));
+    let own = rev_key(IPPROTO_UDP, SocketAddrV4::new(EXT, 5001));
+    nat.rev
+        .insert(own, RevValue::held(addr_be(HOST.octets()), S));
+    let mut x = explicit();
+    let mut t = x.table(&mut nat, now, 10 * S);
+    let mut strict = install(5000, Some(15000), now);
+    strict.prefer_failure = true;
+    assert_eq!(
+        t.install(&strict),
+        Err(TableError::CannotProvideExternal),
+        "another host's hold"
+    );
+    let ext = t.install(&install(5000, Some(15000), now)).unwrap();
+    assert_ne!(ext.port(), 15000);
+    // The host's own internal port, held after its own mapping ended: it gets it.
+    let ext = t.install(&install(5001, None, now)).unwrap();
+    assert_eq!(ext.port(), 5001);
+    assert!(!nat.rev[&own].is_held());
+    // Deleting an explicit mapping holds its port when holds are on.
+    nat.holding = true;
+    let later = now + Duration::from_secs(601);
+    x.expire(&mut nat, later, 602 * S);
+    assert_eq!(
+        nat.rev[&own],
+        RevValue::held(addr_be(HOST.octets()), 602 * S)
+    );
+}
