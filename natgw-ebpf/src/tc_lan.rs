@@ -142,7 +142,8 @@ fn to_local_service(ctx: &TcContext, cfg: &Config, pkt: &Ipv4Packet) -> Verdict 
 }
 
 /// What a packet must pass before it creates its sender's mapping: a right L4
-/// checksum (see `natgw_common::validate`).
+/// checksum (see `natgw_common::validate`). Inlined: `try_ingress`'s frame leaves no
+/// room on the stack for another call's.
 #[inline(always)]
 fn admit_new(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
     let partial = tcpath::partial_checksum(ctx, pkt);

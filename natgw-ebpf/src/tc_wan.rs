@@ -22,7 +22,7 @@ use natgw_common::{
         ipv4, ipv4_offset, parse_icmp_error, rewrite_address, rewrite_ip_id, Fragment, Ipv4Packet,
         L4Kind, PacketBuf as _, Side,
     },
-    validate, Config, Counter,
+    Config, Counter,
 };
 
 use crate::{
@@ -97,11 +97,8 @@ fn try_egress(ctx: &TcContext) -> Verdict<()> {
     }
     // What conntrack would mark invalid creates and refreshes nothing (and, as
     // natgw cannot translate it, never leaves).
-    validate::check_header(&TcBuf::new(ctx), &pkt).map_err(Some)?;
-    let admit_new = || {
-        let partial = tcpath::partial_checksum(ctx, &pkt);
-        validate::check_checksum(&TcBuf::new(ctx), &pkt, partial)
-    };
+    tcpath::check_header(ctx, &pkt).map_err(Some)?;
+    let admit_new = || tcpath::check_checksum(ctx, &pkt);
     let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).map_err(|c| {
         if c.is_no_mapping() {
             // SAFETY: reading the ifindex field of the live context.
@@ -241,7 +238,7 @@ fn translate_in(ctx: &TcContext, pkt: &Ipv4Packet, datagram: &FragKey) -> Verdic
     }
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
     let hit = mapping::inbound(pkt).ok_or(None)?;
-    validate::check_header(&TcBuf::new(ctx), pkt).map_err(Some)?;
+    tcpath::check_header(ctx, pkt).map_err(Some)?;
     hit.admit(pkt).map_err(Some)?;
     if pkt.frag == Fragment::First {
         // SAFETY: no preconditions.

@@ -19,7 +19,7 @@ use natgw_common::{
         apply_incremental, ipv4_offset, l4_checksum_is_partial, parse_ipv4, rewrite_icmp_error,
         Embedded, Ipv4Packet, Rewrite, Side, NO_CSUM,
     },
-    Counter, IfaceRole,
+    validate, Counter, IfaceRole,
 };
 
 use crate::{
@@ -211,4 +211,56 @@ pub fn to_lo(ctx: &TcContext) -> Verdict {
         .map_err(|_| Some(Counter::DropInternal))?;
     // SAFETY: plain helper call; its result is the TC action to return.
     Ok(unsafe { bpf_redirect(LOOPBACK_IFINDEX, u64::from(BPF_F_INGRESS)) } as i32)
+}
+
+/// [`validate::check_header`] on the socket buffer, as a function of its own (a
+/// BPF-to-BPF call). Inlined, the compiler keeps the UDP length and the TCP flags it
+/// loaded for the rest of the program, and the verifier then walks the port search
+/// once for every range of them it can tell apart: that took `tc_wan_egress` past
+/// the verifier's million instructions. Behind a call, every valid packet leaves it
+/// in the same state.
+#[inline(always)]
+pub fn check_header(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    match header_verdict(ctx, pkt) {
+        VALID => Ok(()),
+        BAD_UDP_LENGTH => Err(Counter::DropUdpLength),
+        _ => Err(Counter::DropTcpFlags),
+    }
+}
+
+/// [`header_verdict`]/[`checksum_verdict`]: nothing wrong.
+const VALID: u32 = 0;
+/// [`header_verdict`]: `DropUdpLength`.
+const BAD_UDP_LENGTH: u32 = 1;
+/// [`header_verdict`]: `DropTcpFlags`; [`checksum_verdict`]: `DropBadChecksum`.
+const INVALID: u32 = 2;
+
+#[inline(never)]
+fn header_verdict(ctx: &TcContext, pkt: &Ipv4Packet) -> u32 {
+    match validate::check_header(&TcBuf::new(ctx), pkt) {
+        Ok(()) => VALID,
+        Err(Counter::DropUdpLength) => BAD_UDP_LENGTH,
+        Err(_) => INVALID,
+    }
+}
+
+/// [`validate::check_checksum`] for a packet about to create a mapping, with
+/// whether its checksum may be partial read from the interface it came in by, as a
+/// function of its own for the reason [`check_header`] is.
+#[inline(always)]
+pub fn check_checksum(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    if checksum_verdict(ctx, pkt) == VALID {
+        Ok(())
+    } else {
+        Err(Counter::DropBadChecksum)
+    }
+}
+
+#[inline(never)]
+fn checksum_verdict(ctx: &TcContext, pkt: &Ipv4Packet) -> u32 {
+    let partial = partial_checksum(ctx, pkt);
+    match validate::check_checksum(&TcBuf::new(ctx), pkt, partial) {
+        Ok(()) => VALID,
+        Err(_) => INVALID,
+    }
 }
