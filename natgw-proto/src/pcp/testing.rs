@@ -167,6 +167,7 @@ impl MappingTable for MemoryTable {
             m.expires = request.expires;
             m.filters.clone_from(&request.filters);
             m.reply_to = request.reply_to;
+            m.description.clone_from(&request.description);
             return Ok(m.external);
         }
         if request.prefer_failure && request.suggested_address.is_some_and(|a| a != address) {
@@ -176,6 +177,15 @@ impl MappingTable for MemoryTable {
         let port = match request.key.protocol {
             Protocol::All => 0,
             proto => match self.eim_port(proto, internal) {
+                // As the real table adopts a traffic mapping: its port or nothing.
+                Some(p)
+                    if request.prefer_failure && request.suggested_port.is_some_and(|s| s != p) =>
+                {
+                    return Err(TableError::CannotProvideExternal)
+                }
+                Some(p) if !request.external_ports.iter().any(|s| s.contains(p)) => {
+                    return Err(TableError::NotAuthorized)
+                }
                 Some(p) => p,
                 None => {
                     if self.used() >= self.capacity {
@@ -201,6 +211,7 @@ impl MappingTable for MemoryTable {
                 expires: request.expires,
                 filters: request.filters.clone(),
                 reply_to: request.reply_to,
+                description: request.description.clone(),
             },
         );
         Ok(external)

@@ -987,6 +987,7 @@ mod tests {
             nonce: None,
             created_ns: 0,
             ports: Vec::new(),
+            description: String::new(),
         };
         apply_explicit(
             &mut rows,

@@ -159,6 +159,7 @@ impl Engine {
             external_ports,
             filters,
             reply_to: src,
+            description: String::new(),
         };
         let external = self
             .grant(&install, existing.is_some(), table)

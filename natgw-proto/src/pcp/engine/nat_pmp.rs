@@ -217,6 +217,7 @@ impl Engine {
             external_ports,
             filters: Vec::new(),
             reply_to: src,
+            description: String::new(),
         };
         let external = self
             .grant(&install, existing.is_some(), table)

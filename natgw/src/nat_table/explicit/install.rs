@@ -265,6 +265,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 r.expires_ns = Some(expires_ns);
                 r.filters.clone_from(&request.filters);
                 r.reply_to = Some(request.reply_to);
+                r.description.clone_from(&request.description);
                 return Ok(r.external);
             }
             // Its entries are gone (they should not be): start afresh.
@@ -294,6 +295,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 reply_to: Some(request.reply_to),
                 ports: new.ports,
                 created_ns,
+                description: request.description.clone(),
             },
         );
         Ok(external)

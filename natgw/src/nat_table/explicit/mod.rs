@@ -89,7 +89,7 @@ pub struct ExplicitEntry {
     pub internal: SocketAddrV4,
     /// External endpoint.
     pub external: SocketAddrV4,
-    /// `pcp`, `nat-pmp` or `static`.
+    /// `pcp`, `nat-pmp`, `upnp` or `static`.
     pub origin: String,
     /// The client that holds it (its nonce): where its last request came from;
     /// `None` for static forwards.
@@ -108,6 +108,9 @@ pub struct ExplicitEntry {
     /// External port spans policy allowed it, `[first, last]`.
     #[serde(default)]
     pub ports: Vec<[u16; 2]>,
+    /// What its holder called it (UPnP's description); empty for the others.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
@@ -123,6 +126,8 @@ pub enum Holder {
     NatPmp,
     /// A `[[forward]]` of the configuration.
     Static,
+    /// A UPnP IGD control point.
+    Upnp,
 }
 
 impl Holder {
@@ -130,6 +135,7 @@ impl Holder {
         match origin {
             Origin::Pcp => Self::Pcp,
             Origin::NatPmp => Self::NatPmp,
+            Origin::Upnp => Self::Upnp,
         }
     }
 
@@ -137,11 +143,12 @@ impl Holder {
         match self {
             Self::Pcp => Some(Origin::Pcp),
             Self::NatPmp => Some(Origin::NatPmp),
+            Self::Upnp => Some(Origin::Upnp),
             Self::Static => None,
         }
     }
 
-    /// `pcp`, `nat-pmp` or `static`.
+    /// `pcp`, `nat-pmp`, `upnp` or `static`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         self.origin().name()
@@ -154,6 +161,7 @@ impl Holder {
             Self::Pcp => natgw_common::Origin::Pcp,
             Self::NatPmp => natgw_common::Origin::NatPmp,
             Self::Static => natgw_common::Origin::Static,
+            Self::Upnp => natgw_common::Origin::Upnp,
         }
     }
 }
@@ -200,6 +208,8 @@ struct Record {
     ports: Vec<PortSpan>,
     /// `created_ns` of its `NAT_FWD` entry: the mapping's identity in the maps.
     created_ns: u64,
+    /// What its holder called it (UPnP); empty for the others.
+    description: String,
 }
 
 impl Record {
@@ -212,6 +222,7 @@ impl Record {
             expires: self.expires?,
             filters: self.filters.clone(),
             reply_to: self.reply_to?,
+            description: self.description.clone(),
         })
     }
 
@@ -501,6 +512,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 reply_to: None,
                 ports: request.ports,
                 created_ns,
+                description: String::new(),
             },
         );
         Ok(external)
@@ -624,11 +636,12 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 nonce: Some(r.nonce),
                 created_ns: r.created_ns,
                 ports: r.ports.iter().map(|p| [p.first(), p.last()]).collect(),
+                description: r.description.clone(),
             })
             .collect()
     }
 
-    /// Takes back the PCP and NAT-PMP mappings a previous natgw recorded
+    /// Takes back the PCP, NAT-PMP and UPnP mappings a previous natgw recorded
     /// (`entries`, its explicit mappings file) whose mapping the adopted maps still
     /// hold unchanged (same external endpoint, same `created_ns`): their holders keep
     /// them, with the same nonce and the rest of their lifetime (one that ran out
@@ -646,6 +659,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             let holder = match e.origin.as_str() {
                 "pcp" => Holder::Pcp,
                 "nat-pmp" => Holder::NatPmp,
+                "upnp" => Holder::Upnp,
                 _ => continue,
             };
             let protocol = match e.protocol.as_str() {
@@ -674,6 +688,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                     .filter_map(|[first, last]| PortSpan::new(*first, *last))
                     .collect(),
                 created_ns: e.created_ns,
+                description: e.description.clone(),
             };
             let held = nat
                 .fwd(&record.fwd_key())
