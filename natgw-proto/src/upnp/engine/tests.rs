@@ -854,3 +854,38 @@ fn subscribers_hear_of_new_mappings_and_a_new_address() {
     assert_eq!(b.raw(HOST, unsub.as_bytes()).status, 200);
     assert_eq!(b.raw(HOST, unsub.as_bytes()).status, 412, "gone");
 }
+
+#[test]
+fn nat_pmp_cannot_take_or_delete_a_upnp_mapping() {
+    // issue #13: one table; NAT-PMP has no nonce, so it may not touch UPnP's mappings
+    let mut b = bed();
+    assert_eq!(b.add(HOST, "8080", "80", "").status, 200);
+    let mut pcp = crate::pcp::engine::Engine::new(PcpConfig::default(), b.now).unwrap();
+    let src = SocketAddrV4::new(HOST, 5350);
+    // NAT-PMP: version 0, opcode 2 (TCP), internal port 80, suggested 9000.
+    let map = [0, 2, 0, 0, 0, 80, 0x23, 0x28, 0, 0, 0x0e, 0x10];
+    let delete = [0, 2, 0, 0, 0, 80, 0, 0, 0, 0, 0, 0];
+    for request in [map, delete] {
+        let answer = pcp
+            .handle(b.now, src, &request, &mut b.table)
+            .expect("an answer");
+        assert_eq!(
+            u16::from_be_bytes([answer[2], answer[3]]),
+            2,
+            "NOT_AUTHORIZED"
+        );
+    }
+    let m = &b.table.explicit[&key(HOST, 80)];
+    assert_eq!(
+        (m.origin, m.external.port()),
+        (Origin::Upnp, 8080),
+        "untouched"
+    );
+    // And UPnP cannot take NAT-PMP's.
+    let other = [0, 2, 0, 0, 0, 81, 0x23, 0x29, 0, 0, 0x0e, 0x10];
+    let answer = pcp
+        .handle(b.now, src, &other, &mut b.table)
+        .expect("an answer");
+    assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), 0, "SUCCESS");
+    assert_eq!(b.add(HOST, "9001", "81", "").error, Some(729));
+}
