@@ -1,7 +1,9 @@
 //! The IGD engine, sans IO in the manner of the PCP engine: the service hands it a
 //! connection's bytes (or a parsed [`Request`]), where they came from, the LAN
 //! address they arrived on and the time, and writes back the response it returns;
-//! [`Engine::poll_notify`] hands out GENA event messages to deliver,
+//! [`Engine::poll_notify`] hands out GENA event messages to deliver (after the
+//! response to the request that caused them has been written: a subscriber must
+//! learn its SID before its first event, UDA 1.1 §4.2.1),
 //! [`Engine::poll_event`] what happened (for the log), and [`Engine::refresh`] is
 //! called when the table may have changed behind the engine's back (expiry, a new
 //! external address) so subscribers hear of it.
@@ -365,14 +367,14 @@ impl Engine {
         }
         let path = request.path.split('?').next().unwrap_or_default();
         match (request.method.as_str(), path) {
-            ("GET" | "HEAD", DESCRIPTION_PATH) => {
-                self.document(request, device_description(&self.device, Version::V2))
+            ("GET", DESCRIPTION_PATH) => {
+                Self::document(device_description(&self.device, Version::V2))
             }
-            ("GET" | "HEAD", DESCRIPTION_V1_PATH) => {
-                self.document(request, device_description(&self.device, Version::V1))
+            ("GET", DESCRIPTION_V1_PATH) => {
+                Self::document(device_description(&self.device, Version::V1))
             }
-            ("GET" | "HEAD", SCPD_PATH) => self.document(request, scpd(Version::V2)),
-            ("GET" | "HEAD", SCPD_V1_PATH) => self.document(request, scpd(Version::V1)),
+            ("GET", SCPD_PATH) => Self::document(scpd(Version::V2)),
+            ("GET", SCPD_V1_PATH) => Self::document(scpd(Version::V1)),
             ("POST", CONTROL_PATH) => self.control(now, src, request, table),
             ("SUBSCRIBE", EVENT_PATH) => self.subscribe(now, src, request, table),
             ("UNSUBSCRIBE", EVENT_PATH) => self.unsubscribe(src, request),
@@ -385,7 +387,7 @@ impl Engine {
                 Status::METHOD_NOT_ALLOWED,
                 format!("{} is not allowed here", request.method),
             ),
-            ("GET" | "HEAD" | "POST" | "SUBSCRIBE" | "UNSUBSCRIBE", _) => {
+            ("GET" | "POST" | "SUBSCRIBE" | "UNSUBSCRIBE", _) => {
                 self.refuse_request(src, Status::NOT_FOUND, "no such document".into())
             }
             _ => self.refuse_request(
@@ -396,15 +398,10 @@ impl Engine {
         }
     }
 
-    fn document(&self, request: &Request, body: Vec<u8>) -> Response {
+    /// A description or SCPD: XML, without the `EXT` header control responses carry.
+    fn document(body: Vec<u8>) -> Response {
         let mut r = Response::xml(Status::OK, body);
         r.headers.retain(|(n, _)| *n != "EXT");
-        if request.method == "HEAD" {
-            // The length of what GET would send, no body.
-            let len = r.body.len();
-            r.body.clear();
-            return r.with_header("X-CONTENT-LENGTH", len.to_string());
-        }
         r
     }
 

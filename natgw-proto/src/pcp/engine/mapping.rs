@@ -80,8 +80,9 @@ impl Engine {
         };
         let existing = table.explicit(&key).filter(|m| m.expires > now);
         match &existing {
-            // RFC 6887 §11.3: the nonce must match on every renewal.
-            Some(m) if m.nonce != map.nonce => {
+            // RFC 6887 §11.3: the nonce must match on every renewal. A UPnP mapping's
+            // fixed nonce is no secret, so it is never PCP's to renew.
+            Some(m) if m.nonce != map.nonce || m.origin == Origin::Upnp => {
                 return Err(refuse(
                     ResultCode::NotAuthorized,
                     format!(
@@ -323,7 +324,9 @@ impl Engine {
                 internal_port: map.internal_port,
             };
             match table.explicit(&key) {
-                Some(m) if m.nonce != map.nonce && m.expires > now => {
+                Some(m)
+                    if (m.nonce != map.nonce || m.origin == Origin::Upnp) && m.expires > now =>
+                {
                     return Err(refuse(
                         ResultCode::NotAuthorized,
                         format!(
@@ -340,7 +343,7 @@ impl Engine {
                 .explicit_of(internal)
                 .into_iter()
                 .filter(|m| protocol == Protocol::All || m.key.protocol == protocol)
-                .filter(|m| m.nonce == map.nonce)
+                .filter(|m| m.nonce == map.nonce && m.origin != Origin::Upnp)
                 .collect()
         };
         self.delete(src, &victims, table);

@@ -889,3 +889,61 @@ fn nat_pmp_cannot_take_or_delete_a_upnp_mapping() {
     assert_eq!(u16::from_be_bytes([answer[2], answer[3]]), 0, "SUCCESS");
     assert_eq!(b.add(HOST, "9001", "81", "").error, Some(729));
 }
+
+#[test]
+fn documents_are_get_only() {
+    let mut b = bed();
+    assert_eq!(
+        b.raw(HOST, b"HEAD /rootDesc.xml HTTP/1.1\r\n\r\n").status,
+        405
+    );
+    assert_eq!(
+        b.raw(HOST, b"POST /rootDesc.xml HTTP/1.1\r\n\r\n").status,
+        405
+    );
+    let r = b.raw(HOST, b"GET /rootDesc.xml?x=1 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(!r.text.contains("\r\nEXT:"), "EXT is for control responses");
+}
+
+#[test]
+fn pcp_cannot_renew_or_delete_a_upnp_mapping_with_its_known_nonce() {
+    // UPNP_NONCE is public: a PCP client must not use it to take UPnP's mapping
+    use crate::pcp::wire::{MapRepr, OpRepr, Request as PcpRequest};
+    let mut b = bed();
+    assert_eq!(b.add(HOST, "8080", "80", "").status, 200);
+    let mut pcp = crate::pcp::engine::Engine::new(PcpConfig::default(), b.now).unwrap();
+    let src = SocketAddrV4::new(HOST, 5350);
+    for (lifetime, port) in [(3600, 80), (0, 80), (0, 0)] {
+        let request = PcpRequest {
+            lifetime,
+            client_address: HOST.to_ipv6_mapped(),
+            op: OpRepr::Map(MapRepr {
+                nonce: UPNP_NONCE,
+                protocol: 6,
+                internal_port: port,
+                external_port: 0,
+                external_address: Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(),
+            }),
+            options: Vec::new(),
+        };
+        let answer = pcp
+            .handle(b.now, src, &request.to_bytes(), &mut b.table)
+            .expect("an answer");
+        let result = answer[3];
+        if port == 0 {
+            assert_eq!(
+                result, 0,
+                "deleting the set of PCP mappings with that nonce: none"
+            );
+        } else {
+            assert_eq!(result, 2, "NOT_AUTHORIZED (lifetime {lifetime})");
+        }
+        let m = &b.table.explicit[&key(HOST, 80)];
+        assert_eq!(
+            (m.origin, m.external.port()),
+            (Origin::Upnp, 8080),
+            "untouched"
+        );
+    }
+}
