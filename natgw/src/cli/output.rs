@@ -43,7 +43,7 @@ pub struct MappingRow {
     pub internal: SocketAddrV4,
     /// External endpoint.
     pub external: SocketAddrV4,
-    /// Who created it: `traffic`, `pcp`, `nat-pmp`, `static`.
+    /// Who created it: `traffic`, `pcp`, `nat-pmp`, `upnp`, `static`.
     pub origin: String,
     /// Time since creation.
     pub age_ms: u64,
@@ -87,6 +87,10 @@ pub struct MappingRow {
     /// everyone the filter mode lets in.
     #[serde(default)]
     pub pcp_filters: Vec<String>,
+    /// What its holder called it: a UPnP control point's
+    /// `NewPortMappingDescription`; empty for the others.
+    #[serde(default)]
+    pub description: String,
 }
 
 const fn yes() -> bool {
@@ -265,6 +269,7 @@ pub fn mapping_rows(
                 client: None,
                 expires: true,
                 pcp_filters: Vec::new(),
+                description: String::new(),
             }
         })
         .collect();
@@ -294,6 +299,7 @@ pub fn apply_explicit(rows: &mut [MappingRow], explicit: &[ExplicitEntry], now_n
         };
         row.client = e.client;
         row.pcp_filters.clone_from(&e.filters);
+        row.description.clone_from(&e.description);
         match e.expires_ns {
             Some(at) => row.remaining_ms = at.saturating_sub(now_ns) / NS_PER_MS,
             None => {
@@ -375,6 +381,11 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
                 } else {
                     "never".to_owned()
                 },
+                if m.description.is_empty() {
+                    "-".to_owned()
+                } else {
+                    m.description.clone()
+                },
             ]
         })
         .collect();
@@ -394,6 +405,7 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
             "STATE",
             "SESSIONS",
             "EXPIRES IN",
+            "DESCRIPTION",
         ],
         &rows,
     );
