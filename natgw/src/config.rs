@@ -382,6 +382,62 @@ impl Default for StunSettings {
     }
 }
 
+/// The UPnP IGD server's settings (`[upnp]`). Its port rules and quotas are the
+/// `[pcp]` policy's, shared with PCP and NAT-PMP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpnpSettings {
+    /// Serve UPnP IGD (SSDP on UDP 1900, HTTP on TCP 5000) on the LAN interfaces
+    /// (default; `--no-upnp` or `enabled = false` turns it off).
+    pub enabled: bool,
+    /// Let a control point map ports for other hosts and delete their mappings
+    /// (off: 606 Action not authorized, as miniupnpd's secure mode).
+    pub allow_other_hosts: bool,
+    /// Longest lease granted, seconds; a lease of 0 ("permanent") gets this.
+    pub max_lease: u32,
+    /// Requests per second one host may make (0: no limit).
+    pub requests_per_second: u32,
+}
+
+impl Default for UpnpSettings {
+    fn default() -> Self {
+        let d = natgw_proto::upnp::engine::UpnpConfig::default();
+        Self {
+            enabled: true,
+            allow_other_hosts: d.allow_other_hosts,
+            max_lease: d.max_lease,
+            requests_per_second: d.requests_per_second,
+        }
+    }
+}
+
+impl UpnpSettings {
+    /// The engine's configuration (its limits at their defaults).
+    #[must_use]
+    pub fn engine(&self) -> natgw_proto::upnp::engine::UpnpConfig {
+        natgw_proto::upnp::engine::UpnpConfig {
+            allow_other_hosts: self.allow_other_hosts,
+            max_lease: self.max_lease,
+            requests_per_second: self.requests_per_second,
+            ..natgw_proto::upnp::engine::UpnpConfig::default()
+        }
+    }
+}
+
+/// The `[upnp]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpnp {
+    /// `enabled`.
+    pub enabled: Option<bool>,
+    /// `allow_other_hosts`.
+    pub allow_other_hosts: Option<bool>,
+    /// `max_lease`.
+    pub max_lease: Option<u32>,
+    /// `requests_per_second`.
+    pub requests_per_second: Option<u32>,
+}
+
 /// The `[stun]` table as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -553,6 +609,8 @@ pub struct FileConfig {
     pub pcp: Option<FilePcp>,
     /// `[stun]` table.
     pub stun: Option<FileStun>,
+    /// `[upnp]` table.
+    pub upnp: Option<FileUpnp>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -636,6 +694,8 @@ pub struct Overrides {
     pub stun_port: Option<u16>,
     /// `--no-stun` (can only turn the responder off).
     pub no_stun: bool,
+    /// `--no-upnp` (can only turn the UPnP server off).
+    pub no_upnp: bool,
 }
 
 /// Validated settings of a running gateway.
@@ -680,6 +740,9 @@ pub struct Settings {
     /// The STUN responder.
     #[serde(default)]
     pub stun: StunSettings,
+    /// The UPnP IGD server.
+    #[serde(default)]
+    pub upnp: UpnpSettings,
     /// Static port forwards.
     #[serde(default)]
     pub forwards: Vec<Forward>,
@@ -770,6 +833,12 @@ pub enum ConfigError {
     /// A bad port range.
     #[error(transparent)]
     PortRange(#[from] PortRangeError),
+    /// `upnp.max_lease` out of range.
+    #[error(
+        "upnp.max_lease {0} is out of range: a lease of 1 to {max} seconds (IGD:2's longest)",
+        max = natgw_proto::upnp::description::MAX_LEASE
+    )]
+    UpnpMaxLease(u32),
     /// A `[pcp]` setting the server cannot run with.
     #[error(transparent)]
     Pcp(#[from] PolicyError),
@@ -959,6 +1028,20 @@ pub fn resolve(
                     .unwrap_or(defaults.alternate_port),
             }
         },
+        upnp: {
+            let f = file.upnp.as_ref();
+            let d = UpnpSettings::default();
+            UpnpSettings {
+                enabled: !flags.no_upnp && f.and_then(|f| f.enabled).unwrap_or(true),
+                allow_other_hosts: f
+                    .and_then(|f| f.allow_other_hosts)
+                    .unwrap_or(d.allow_other_hosts),
+                max_lease: f.and_then(|f| f.max_lease).unwrap_or(d.max_lease),
+                requests_per_second: f
+                    .and_then(|f| f.requests_per_second)
+                    .unwrap_or(d.requests_per_second),
+            }
+        },
     };
     let warnings = validate(&settings)?;
     Ok((settings, warnings))
@@ -1044,6 +1127,9 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
     }
     validate_forwards(&s.forwards)?;
     validate_stun(s)?;
+    if s.upnp.max_lease == 0 || s.upnp.max_lease > natgw_proto::upnp::description::MAX_LEASE {
+        return Err(ConfigError::UpnpMaxLease(s.upnp.max_lease));
+    }
     Ok(warnings)
 }
 
