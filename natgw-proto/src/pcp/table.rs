@@ -264,6 +264,13 @@ pub trait MappingTable {
     /// Every explicit mapping (unsolicited updates after an address change).
     fn explicit_all(&self) -> Vec<ExplicitMapping>;
 
+    /// A number that changes whenever an explicit mapping is added, removed or
+    /// changed, so an engine may keep a view of them (UPnP's port mapping array)
+    /// until then; `None` (the default): no such number, views are made afresh.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+
     /// The LAN interface internal host `host` is on, or `None` when `host` is no
     /// host the NAT serves: outside every LAN prefix, an address of the gateway
     /// itself, or a LAN prefix's network or broadcast address. Such an address never

@@ -153,6 +153,18 @@ pub struct Engine {
     events_lost: u64,
     notifications: VecDeque<gena::Notify>,
     evented: Option<Vec<(&'static str, String)>>,
+    listing: Option<Listing>,
+}
+
+/// UPnP's port mapping array as last built (see `Engine::entries`).
+#[derive(Debug)]
+struct Listing {
+    /// The table's generation it was built at.
+    generation: u64,
+    /// When the first lease in it ends.
+    valid_until: Option<Instant>,
+    /// The live UPnP mappings by protocol and external port.
+    entries: Vec<ExplicitMapping>,
 }
 
 /// An action's output arguments, in order.
@@ -217,6 +229,7 @@ impl Engine {
             events_lost: 0,
             notifications: VecDeque::new(),
             evented: None,
+            listing: None,
         }
     }
 
@@ -269,7 +282,7 @@ impl Engine {
     }
 
     /// The evented variables now.
-    fn state(table: &impl MappingTable, now: Instant) -> Vec<(&'static str, String)> {
+    fn state(&mut self, table: &impl MappingTable, now: Instant) -> Vec<(&'static str, String)> {
         vec![
             (
                 "ExternalIPAddress",
@@ -279,7 +292,7 @@ impl Engine {
             ),
             (
                 "PortMappingNumberOfEntries",
-                upnp_entries(table, now).len().to_string(),
+                self.entries(table, now).len().to_string(),
             ),
         ]
     }
@@ -289,7 +302,7 @@ impl Engine {
     /// after the table changed without the engine (expiry, a new external address).
     pub fn refresh(&mut self, now: Instant, table: &impl MappingTable) {
         self.subscriptions.expire(now);
-        let state = Self::state(table, now);
+        let state = self.state(table, now);
         if self.evented.as_ref() == Some(&state) {
             return;
         }
@@ -297,6 +310,38 @@ impl Engine {
             self.queue_notify(n);
         }
         self.evented = Some(state);
+    }
+
+    /// UPnP's port mapping array at `now`: the one built last while the table's
+    /// [`MappingTable::generation`] is unchanged and no lease in it has ended, else
+    /// built afresh. A control point walks the array with one
+    /// GetGenericPortMappingEntry per entry; without this each would copy and sort
+    /// every mapping of the table.
+    fn entries(&mut self, table: &impl MappingTable, now: Instant) -> &[ExplicitMapping] {
+        let generation = table.generation();
+        let fresh = match (&self.listing, generation) {
+            (Some(l), Some(g)) => l.generation == g && l.valid_until.is_none_or(|t| now < t),
+            _ => false,
+        };
+        if !fresh {
+            let entries = upnp_entries(table, now);
+            self.listing = Some(Listing {
+                generation: generation.unwrap_or(0),
+                valid_until: entries.iter().map(|m| m.expires).min(),
+                entries,
+            });
+        }
+        self.listing.as_ref().map_or(&[], |l| l.entries.as_slice())
+    }
+
+    /// The UPnP mapping a control point names; a RemoteHost must match its filter.
+    fn find(
+        &mut self,
+        table: &impl MappingTable,
+        now: Instant,
+        id: &EntryId,
+    ) -> Option<ExplicitMapping> {
+        find_in(self.entries(table, now), id)
     }
 
     /// Handles the bytes a connection from `src` to LAN address `local` has sent so
@@ -424,7 +469,7 @@ impl Engine {
                 }
             }
             None => {
-                let state = Self::state(table, now);
+                let state = self.state(table, now);
                 self.subscriptions
                     .subscribe(
                         now,
@@ -569,7 +614,7 @@ impl Engine {
                 )
             }
             Action::DeletePortMapping(id) => {
-                let m = find(table, now, id).ok_or_else(|| no_entry(id))?;
+                let m = self.find(table, now, id).ok_or_else(|| no_entry(id))?;
                 self.check_owner(client, &m)?;
                 self.remove(client, &m, table);
                 (ActionKind::DeletePortMapping, Vec::new())
@@ -582,13 +627,15 @@ impl Engine {
                 (ActionKind::DeletePortMappingRange, Vec::new())
             }
             Action::GetGenericPortMappingEntry { index } => {
-                let entries = upnp_entries(table, now);
-                let m = entries.get(usize::from(*index)).ok_or_else(|| {
+                let entries = self.entries(table, now);
+                let count = entries.len();
+                let m = entries.get(usize::from(*index)).cloned().ok_or_else(|| {
                     Fault::new(
                         UpnpError::SpecifiedArrayIndexInvalid,
-                        format!("index {index} of {} entries", entries.len()),
+                        format!("index {index} of {count} entries"),
                     )
                 })?;
+                let m = &m;
                 let mut out = vec![
                     (
                         "NewRemoteHost",
@@ -601,7 +648,7 @@ impl Engine {
                 (ActionKind::GetGenericPortMappingEntry, out)
             }
             Action::GetSpecificPortMappingEntry(id) => {
-                let m = find(table, now, id).ok_or_else(|| no_entry(id))?;
+                let m = self.find(table, now, id).ok_or_else(|| no_entry(id))?;
                 (
                     ActionKind::GetSpecificPortMappingEntry,
                     entry_outputs(&m, now),
@@ -653,7 +700,7 @@ impl Engine {
     /// to delete them only when other hosts may be managed (606 otherwise); listing
     /// them is harmless.
     fn select(
-        &self,
+        &mut self,
         client: Ipv4Addr,
         range: &RangeArgs,
         table: &impl MappingTable,
@@ -675,11 +722,13 @@ impl Engine {
                 "NewManage needs upnp.allow_other_hosts",
             ));
         }
-        let found: Vec<ExplicitMapping> = upnp_entries(table, now)
-            .into_iter()
+        let found: Vec<ExplicitMapping> = self
+            .entries(table, now)
+            .iter()
             .filter(|m| m.key.protocol == range.protocol)
             .filter(|m| (range.start..=range.end).contains(&m.external.port()))
             .filter(|m| range.manage || m.key.internal == client)
+            .cloned()
             .collect();
         if found.is_empty() {
             return Err(Fault::new(
@@ -908,9 +957,10 @@ fn upnp_entries(table: &impl MappingTable, now: Instant) -> Vec<ExplicitMapping>
     out
 }
 
-/// The UPnP mapping a control point names; a RemoteHost must match its filter.
-fn find(table: &impl MappingTable, now: Instant, id: &EntryId) -> Option<ExplicitMapping> {
-    upnp_entries(table, now).into_iter().find(|m| {
+/// The mapping of `entries` a control point names; a RemoteHost must match its
+/// filter.
+fn find_in(entries: &[ExplicitMapping], id: &EntryId) -> Option<ExplicitMapping> {
+    entries.iter().cloned().find(|m| {
         m.key.protocol == id.protocol
             && m.external.port() == id.external_port
             && (id.remote_host.is_none() || remote_of(m) == id.remote_host)

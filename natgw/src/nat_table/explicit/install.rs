@@ -255,6 +255,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 if record.holder != holder {
                     Self::set_origin(nat, &record, holder)?;
                 }
+                self.generation = self.generation.wrapping_add(1);
                 let r = self
                     .records
                     .get_mut(&request.key)
@@ -270,6 +271,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             }
             // Its entries are gone (they should not be): start afresh.
             self.remove_filters(record.proto(), record.external, &record.filters);
+            self.generation = self.generation.wrapping_add(1);
             self.records.remove(&request.key);
         }
         let new = NewMapping {
@@ -282,6 +284,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             filters: request.filters.clone(),
         };
         let (external, created_ns) = self.create(nat, &new, now_ns)?;
+        self.generation = self.generation.wrapping_add(1);
         self.records.insert(
             request.key,
             Record {

@@ -303,6 +303,9 @@ pub fn gateway_socket_holds(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bo
 /// requests were made with.
 pub struct ExplicitMappings<F> {
     records: BTreeMap<MappingKey, Record>,
+    /// Changes whenever a record is added, removed or changed: lets an engine keep
+    /// a view of the records until they change ([`MappingTable::generation`]).
+    generation: u64,
     /// PEER nonce per implicit mapping, with the `created_ns` of the mapping it was
     /// given for (a new mapping of the same endpoint takes any nonce).
     peer_nonces: HashMap<(Protocol, SocketAddrV4), (Nonce, u64)>,
@@ -380,6 +383,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     pub fn new(pool: Vec<Ipv4Addr>, hosts: AddressPlan, defaults: Defaults, filters: F) -> Self {
         Self {
             records: BTreeMap::new(),
+            generation: 0,
             peer_nonces: HashMap::new(),
             next_prune: None,
             pool,
@@ -499,6 +503,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             filters: Vec::new(),
         };
         let (external, created_ns) = self.create(nat, &request, now_ns)?;
+        self.generation = self.generation.wrapping_add(1);
         self.records.insert(
             key,
             Record {
@@ -561,6 +566,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         now_ns: u64,
     ) -> Option<Ended> {
         let record = self.records.remove(key)?;
+        self.generation = self.generation.wrapping_add(1);
         let proto = record.proto();
         let fk = record.fwd_key();
         let outcome = match self.release(nat, &record, &fk, now_ns) {
@@ -701,6 +707,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             let expires = e
                 .expires_ns
                 .map(|t| now + Duration::from_nanos(t.saturating_sub(now_ns)));
+            self.generation = self.generation.wrapping_add(1);
             self.records.insert(key, Record { expires, ..record });
             restored += 1;
         }
