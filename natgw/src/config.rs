@@ -1403,6 +1403,45 @@ mod tests {
     }
 
     #[test]
+    fn upnp_table_parses_and_is_on_by_default() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let f = parse(base).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.upnp.enabled, "on by default");
+        assert!(!s.upnp.allow_other_hosts, "secure by default");
+        assert_eq!(s.upnp.max_lease, 604_800);
+        assert_eq!(s.upnp.requests_per_second, 10);
+        let f = parse(&format!(
+            "{base}[upnp]\nallow_other_hosts = true\nmax_lease = 3600\nrequests_per_second = 0\n"
+        ))
+        .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.upnp.enabled && s.upnp.allow_other_hosts);
+        let engine = s.upnp.engine();
+        assert_eq!((engine.max_lease, engine.requests_per_second), (3600, 0));
+        let f = parse(&format!("{base}[upnp]\nenabled = false\n")).unwrap();
+        assert!(!resolve(&f, &Overrides::default()).unwrap().0.upnp.enabled);
+        let flags = Overrides {
+            no_upnp: true,
+            ..Overrides::default()
+        };
+        assert!(
+            !resolve(&parse(base).unwrap(), &flags)
+                .unwrap()
+                .0
+                .upnp
+                .enabled
+        );
+        for bad in ["max_lease = 0", "max_lease = 604801"] {
+            let f = parse(&format!("{base}[upnp]\n{bad}\n")).unwrap();
+            let err = resolve(&f, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("upnp.max_lease"), "{bad}: {err}");
+        }
+        let err = parse("[upnp]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
     fn pcp_table_and_forwards_parse_with_defaults() {
         let f = parse(
             "wan = \"eth0\"\nlan = [\"eth1\"]\n\

@@ -1291,4 +1291,20 @@ mod tests {
         let mut same = running.clone();
         assert!(keep_restart_only(&running, &mut same).is_empty());
     }
+
+    #[test]
+    fn upnp_settings_reload_but_turning_it_off_needs_a_restart() {
+        let running = settings("wan0", 300, None);
+        let mut new = running.clone();
+        new.upnp.enabled = false;
+        new.upnp.allow_other_hosts = true;
+        new.upnp.max_lease = 3600;
+        let kept = keep_restart_only(&running, &mut new);
+        assert_eq!(kept, ["upnp.enabled"]);
+        assert!(new.upnp.enabled, "keeps its running value");
+        assert!(
+            new.upnp.allow_other_hosts && new.upnp.max_lease == 3600,
+            "these apply"
+        );
+    }
 }

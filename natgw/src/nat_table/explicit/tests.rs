@@ -464,3 +464,39 @@ fn a_upnp_mapping_carries_its_origin_and_description_across_a_restart() {
         (Origin::Upnp, "game server")
     );
 }
+
+#[test]
+fn the_generation_changes_with_every_change_of_the_records() {
+    // What lets the UPnP engine keep its port mapping array between requests.
+    let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
+    let generation = |x: &mut ExplicitMappings<MemoryMaps>, nat: &mut MemoryMaps| {
+        x.table(nat, now, S)
+            .generation()
+            .expect("the real table has one")
+    };
+    let g0 = generation(&mut x, &mut nat);
+    x.table(&mut nat, now, S)
+        .install(&install(5000, Some(15000), now))
+        .unwrap();
+    let g1 = generation(&mut x, &mut nat);
+    assert_ne!(g0, g1, "a new mapping");
+    assert_eq!(g1, generation(&mut x, &mut nat), "reading changes nothing");
+    x.table(&mut nat, now, 2 * S)
+        .install(&install(5000, Some(15000), now))
+        .unwrap();
+    let g2 = generation(&mut x, &mut nat);
+    assert_ne!(g1, g2, "a renewal");
+    x.set_pool(&mut nat, vec![Ipv4Addr::new(192, 0, 2, 9)], 3 * S);
+    let g3 = generation(&mut x, &mut nat);
+    assert_ne!(g2, g3, "a move to a new address");
+    x.table(&mut nat, now, 4 * S).remove(&key(5000));
+    let g4 = generation(&mut x, &mut nat);
+    assert_ne!(g3, g4, "a deletion");
+    x.table(&mut nat, now, S)
+        .install(&install(5001, None, now))
+        .unwrap();
+    let g5 = generation(&mut x, &mut nat);
+    let later = now + Duration::from_secs(601);
+    assert_eq!(x.expire(&mut nat, later, 602 * S).len(), 1);
+    assert_ne!(g5, generation(&mut x, &mut nat), "an expiry");
+}
