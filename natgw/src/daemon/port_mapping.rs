@@ -39,6 +39,10 @@ pub(super) struct PortMapping {
     watch: Option<AddressWatch>,
     /// What the explicit mappings file holds.
     written: Option<Vec<ExplicitEntry>>,
+    /// The explicit records' generation when the file was last written: until it
+    /// changes there is nothing new to write (a request that only read, such as one
+    /// of a thousand GetGenericPortMappingEntry, costs no walk over the records).
+    written_generation: Option<u64>,
 }
 
 /// Why the main loop woke up for port mapping.
@@ -478,6 +482,7 @@ impl PortMapping {
             upnp,
             watch,
             written: None,
+            written_generation: None,
         })
     }
 
@@ -556,12 +561,20 @@ impl PortMapping {
         let Some(explicit) = self.explicit.as_ref() else {
             return;
         };
+        let generation = explicit.generation();
+        if self.written_generation == Some(generation) {
+            return;
+        }
         let entries = explicit.entries();
         if self.written.as_ref() == Some(&entries) {
+            self.written_generation = Some(generation);
             return;
         }
         match dirs.write_explicit(&entries) {
-            Ok(()) => self.written = Some(entries),
+            Ok(()) => {
+                self.written = Some(entries);
+                self.written_generation = Some(generation);
+            }
             Err(e) => warn!("explicit.write_failed error=\"{e}\""),
         }
     }

@@ -622,6 +622,13 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         Ok(Outcome::Removed)
     }
 
+    /// Changes whenever a record is added, removed or changed (what
+    /// [`MappingTable::generation`] reports).
+    #[must_use]
+    pub const fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// What `natgw mappings` shows about each explicit mapping.
     #[must_use]
     pub fn entries(&self) -> Vec<ExplicitEntry> {
