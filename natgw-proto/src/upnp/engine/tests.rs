@@ -947,3 +947,67 @@ fn pcp_cannot_renew_or_delete_a_upnp_mapping_with_its_known_nonce() {
         );
     }
 }
+
+#[test]
+fn the_port_mapping_array_is_kept_until_the_table_changes_or_a_lease_ends() {
+    let mut b = bed_with(
+        UpnpConfig {
+            requests_per_second: 0,
+            ..UpnpConfig::default()
+        },
+        PcpConfig::default(),
+    );
+    b.table.generation = Some(0);
+    for (ext, int) in [("8080", "80"), ("8081", "81"), ("8082", "82")] {
+        assert_eq!(b.add(HOST, ext, int, "10.0.1.2").status, 200);
+    }
+    let count = |b: &mut Bed| {
+        (0..10u16)
+            .take_while(|i| {
+                b.call(
+                    HOST,
+                    2,
+                    "GetGenericPortMappingEntry",
+                    &[("NewPortMappingIndex", &i.to_string())],
+                )
+                .status
+                    == 200
+            })
+            .count()
+    };
+    assert_eq!(count(&mut b), 3);
+    // A change the table does not count (made to its fields directly) is not seen:
+    // the array is the one kept.
+    let hidden = b.table.explicit.pop_first().expect("a mapping");
+    assert_eq!(count(&mut b), 3, "kept while the generation stays");
+    b.table.explicit.insert(hidden.0, hidden.1);
+    // A change through the table is seen at once.
+    b.table.remove(&key(HOST, 81));
+    assert_eq!(count(&mut b), 2);
+    let r = b.call(
+        HOST,
+        2,
+        "GetGenericPortMappingEntry",
+        &[("NewPortMappingIndex", "1")],
+    );
+    assert_eq!(
+        r.out("NewExternalPort"),
+        "8082",
+        "in order, without the deleted one"
+    );
+    assert_eq!(b.add(HOST, "8079", "79", "10.0.1.2").status, 200);
+    let r = b.call(
+        HOST,
+        2,
+        "GetGenericPortMappingEntry",
+        &[("NewPortMappingIndex", "0")],
+    );
+    assert_eq!(r.out("NewExternalPort"), "8079");
+    // A lease that ends drops out without any change of the table.
+    let m = b.table.explicit.get_mut(&key(HOST, 80)).expect("mapped");
+    m.expires = b.now + Duration::from_secs(10);
+    b.table.generation = b.table.generation.map(|g| g + 1);
+    assert_eq!(count(&mut b), 3);
+    b.now += Duration::from_secs(11);
+    assert_eq!(count(&mut b), 2, "the ended lease is gone");
+}
