@@ -12,8 +12,8 @@ use quick_xml::Writer;
 
 use super::soap::{text_element, xml_document, ActionKind};
 use super::{
-    service_urn, Device, DeviceKind, Version, CONTROL_PATH, EVENT_PATH, SCPD_PATH, SCPD_V1_PATH,
-    SERVICE_ID,
+    cif_service_urn, service_urn, Device, DeviceKind, Version, CIF_CONTROL_PATH, CIF_SCPD_PATH,
+    CIF_SERVICE_ID, CONTROL_PATH, EVENT_PATH, SCPD_PATH, SCPD_V1_PATH, SERVICE_ID,
 };
 
 /// The device namespace of descriptions.
@@ -57,7 +57,23 @@ fn device_element(
             text_element(w, "UDN", &format!("uuid:{}", device.uuid.of(kind)))?;
             match kind {
                 DeviceKind::Gateway => child(w, device, DeviceKind::Wan, version),
-                DeviceKind::Wan => child(w, device, DeviceKind::WanConnection, version),
+                DeviceKind::Wan => {
+                    w.create_element("serviceList")
+                        .write_inner_content(|w| {
+                            w.create_element("service")
+                                .write_inner_content(|w| {
+                                    text_element(w, "serviceType", &cif_service_urn())?;
+                                    text_element(w, "serviceId", CIF_SERVICE_ID)?;
+                                    text_element(w, "SCPDURL", CIF_SCPD_PATH)?;
+                                    text_element(w, "controlURL", CIF_CONTROL_PATH)?;
+                                    // Nothing of it is evented.
+                                    text_element(w, "eventSubURL", "")
+                                })
+                                .map(|_| ())
+                        })
+                        .map(|_| ())?;
+                    child(w, device, DeviceKind::WanConnection, version)
+                }
                 DeviceKind::WanConnection => w
                     .create_element("serviceList")
                     .write_inner_content(|w| {
@@ -245,6 +261,65 @@ pub fn scpd(version: Version) -> Vec<u8> {
     })
 }
 
+/// The state variables of WANCommonInterfaceConfig:1 that GetCommonLinkProperties
+/// returns (the only action served: the one the service requires).
+const CIF_VARIABLES: &[Variable] = &[
+    Variable {
+        allowed: &["DSL", "POTS", "Cable", "Ethernet"],
+        ..var("WANAccessType", "string")
+    },
+    var("Layer1UpstreamMaxBitRate", "ui4"),
+    var("Layer1DownstreamMaxBitRate", "ui4"),
+    Variable {
+        allowed: &["Up", "Down"],
+        ..var("PhysicalLinkStatus", "string")
+    },
+];
+
+/// GetCommonLinkProperties' output arguments and their state variables.
+pub const CIF_LINK_OUTPUTS: [(&str, &str); 4] = [
+    ("NewWANAccessType", "WANAccessType"),
+    ("NewLayer1UpstreamMaxBitRate", "Layer1UpstreamMaxBitRate"),
+    (
+        "NewLayer1DownstreamMaxBitRate",
+        "Layer1DownstreamMaxBitRate",
+    ),
+    ("NewPhysicalLinkStatus", "PhysicalLinkStatus"),
+];
+
+/// The SCPD of WANCommonInterfaceConfig:1: GetCommonLinkProperties.
+#[must_use]
+pub fn cif_scpd() -> Vec<u8> {
+    xml_document(|w| {
+        w.create_element("scpd")
+            .with_attribute(("xmlns", SERVICE_NS))
+            .write_inner_content(|w| {
+                spec_version(w, Version::V1)?;
+                w.create_element("actionList")
+                    .write_inner_content(|w| {
+                        w.create_element("action")
+                            .write_inner_content(|w| {
+                                text_element(w, "name", "GetCommonLinkProperties")?;
+                                w.create_element("argumentList")
+                                    .write_inner_content(|w| arguments(w, &CIF_LINK_OUTPUTS, "out"))
+                                    .map(|_| ())
+                            })
+                            .map(|_| ())
+                    })
+                    .map(|_| ())?;
+                w.create_element("serviceStateTable")
+                    .write_inner_content(|w| {
+                        for v in CIF_VARIABLES {
+                            variable(w, v)?;
+                        }
+                        Ok(())
+                    })
+                    .map(|_| ())
+            })
+            .map(|_| ())
+    })
+}
+
 fn variable(w: &mut W, v: &Variable) -> io::Result<()> {
     w.create_element("stateVariable")
         .with_attribute(("sendEvents", if v.events { "yes" } else { "no" }))
@@ -321,11 +396,18 @@ mod tests {
         );
         assert_eq!(
             texts(&doc, "serviceType"),
-            ["urn:schemas-upnp-org:service:WANIPConnection:2"]
+            [
+                "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1",
+                "urn:schemas-upnp-org:service:WANIPConnection:2"
+            ]
         );
-        assert_eq!(texts(&doc, "controlURL"), [CONTROL_PATH]);
-        assert_eq!(texts(&doc, "eventSubURL"), [EVENT_PATH]);
-        assert_eq!(texts(&doc, "SCPDURL"), [SCPD_PATH]);
+        assert_eq!(texts(&doc, "controlURL"), [CIF_CONTROL_PATH, CONTROL_PATH]);
+        assert_eq!(
+            texts(&doc, "eventSubURL"),
+            [EVENT_PATH],
+            "the CIF's is empty"
+        );
+        assert_eq!(texts(&doc, "SCPDURL"), [CIF_SCPD_PATH, SCPD_PATH]);
         assert_eq!(
             texts(&doc, "friendlyName")[0],
             "gw <&> \"home\"",
@@ -334,9 +416,12 @@ mod tests {
         let v1 = device_description(&d, Version::V1);
         assert_eq!(
             texts(&v1, "serviceType"),
-            ["urn:schemas-upnp-org:service:WANIPConnection:1"]
+            [
+                "urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1",
+                "urn:schemas-upnp-org:service:WANIPConnection:1"
+            ]
         );
-        assert_eq!(texts(&v1, "SCPDURL"), [SCPD_V1_PATH]);
+        assert_eq!(texts(&v1, "SCPDURL"), [CIF_SCPD_PATH, SCPD_V1_PATH]);
         assert_eq!(texts(&v1, "minor"), ["0"]);
     }
 
@@ -357,5 +442,13 @@ mod tests {
             .iter()
             .any(|n| n == "AddAnyPortMapping" || n == "SystemUpdateID"));
         assert_eq!(texts(&v2, "maximum"), ["604800"]);
+        let cif = cif_scpd();
+        assert_eq!(
+            texts(&cif, "relatedStateVariable"),
+            CIF_LINK_OUTPUTS.map(|(_, v)| v)
+        );
+        for related in texts(&cif, "relatedStateVariable") {
+            assert!(CIF_VARIABLES.iter().any(|v| v.name == related), "{related}");
+        }
     }
 }

@@ -20,13 +20,13 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use super::description::{device_description, scpd, MAX_LEASE};
+use super::description::{cif_scpd, device_description, scpd, MAX_LEASE};
 use super::gena::{self, GenaError, Subscriptions};
 use super::http::{self, HttpError, Request, Response, Status};
 use super::soap::{self, Action, ActionKind, AddArgs, EntryId, Fault, RangeArgs, UpnpError};
 use super::{
-    Device, Version, CONTROL_PATH, DESCRIPTION_PATH, DESCRIPTION_V1_PATH, EVENT_PATH, SCPD_PATH,
-    SCPD_V1_PATH,
+    Device, Version, CIF_CONTROL_PATH, CIF_SCPD_PATH, CONTROL_PATH, DESCRIPTION_PATH,
+    DESCRIPTION_V1_PATH, EVENT_PATH, SCPD_PATH, SCPD_V1_PATH,
 };
 use crate::pcp::engine::admit;
 use crate::pcp::policy::{client_limiter, PcpConfig};
@@ -420,13 +420,15 @@ impl Engine {
             }
             ("GET", SCPD_PATH) => Self::document(scpd(Version::V2)),
             ("GET", SCPD_V1_PATH) => Self::document(scpd(Version::V1)),
+            ("GET", CIF_SCPD_PATH) => Self::document(cif_scpd()),
             ("POST", CONTROL_PATH) => self.control(now, src, request, table),
+            ("POST", CIF_CONTROL_PATH) => self.cif_control(src, request, table),
             ("SUBSCRIBE", EVENT_PATH) => self.subscribe(now, src, request, table),
             ("UNSUBSCRIBE", EVENT_PATH) => self.unsubscribe(src, request),
             (
                 _,
                 DESCRIPTION_PATH | DESCRIPTION_V1_PATH | SCPD_PATH | SCPD_V1_PATH | CONTROL_PATH
-                | EVENT_PATH,
+                | EVENT_PATH | CIF_SCPD_PATH | CIF_CONTROL_PATH,
             ) => self.refuse_request(
                 src,
                 Status::METHOD_NOT_ALLOWED,
@@ -542,6 +544,64 @@ impl Engine {
             }
             Err(fault) => self.fault(*src.ip(), call.action, fault),
         }
+    }
+
+    /// WANCommonInterfaceConfig:1 control: GetCommonLinkProperties, the action the
+    /// service requires (the byte and packet counters are optional and not served).
+    fn cif_control(
+        &mut self,
+        src: SocketAddrV4,
+        request: &Request,
+        table: &impl MappingTable,
+    ) -> Response {
+        let (action, args) = match soap::parse_cif_call(
+            request.header("soapaction"),
+            &request.body,
+            &self.config.soap,
+        ) {
+            Ok(call) => call,
+            Err(e) => {
+                let action = request
+                    .header("soapaction")
+                    .unwrap_or_default()
+                    .chars()
+                    .take(80)
+                    .collect();
+                return match e.fault() {
+                    Some(error) => self.fault(*src.ip(), action, Fault::new(error, e.to_string())),
+                    None => self.refuse_request(src, Status::BAD_REQUEST, e.to_string()),
+                };
+            }
+        };
+        if action != "GetCommonLinkProperties" {
+            let reason = format!("WANCommonInterfaceConfig:1 serves no {action}");
+            return self.fault(
+                *src.ip(),
+                action,
+                Fault::new(UpnpError::InvalidAction, reason),
+            );
+        }
+        if let Some((arg, _)) = args.first() {
+            let reason = format!("unexpected argument {arg}");
+            return self.fault(
+                *src.ip(),
+                action,
+                Fault::new(UpnpError::InvalidArgs, reason),
+            );
+        }
+        let rate = self.device.wan_bitrate.to_string();
+        let up = if table.external_address().is_some() {
+            "Up"
+        } else {
+            "Down"
+        };
+        let outputs = [
+            ("NewWANAccessType", "Ethernet".to_owned()),
+            ("NewLayer1UpstreamMaxBitRate", rate.clone()),
+            ("NewLayer1DownstreamMaxBitRate", rate),
+            ("NewPhysicalLinkStatus", up.to_owned()),
+        ];
+        Response::xml(Status::OK, soap::cif_response(&action, &outputs))
     }
 
     fn fault(&mut self, client: Ipv4Addr, action: String, fault: Fault) -> Response {

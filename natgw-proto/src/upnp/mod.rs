@@ -47,6 +47,12 @@ pub const CONTROL_PATH: &str = "/ctl/IPConn";
 pub const EVENT_PATH: &str = "/evt/IPConn";
 /// WANIPConnection's service id.
 pub const SERVICE_ID: &str = "urn:upnp-org:serviceId:WANIPConn1";
+/// Where WANCommonInterfaceConfig:1's SCPD is served.
+pub const CIF_SCPD_PATH: &str = "/WANCfg.xml";
+/// WANCommonInterfaceConfig's control URL.
+pub const CIF_CONTROL_PATH: &str = "/ctl/CmnIfCfg";
+/// WANCommonInterfaceConfig's service id.
+pub const CIF_SERVICE_ID: &str = "urn:upnp-org:serviceId:WANCommonIFC1";
 
 /// The IGD versions served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,6 +139,14 @@ pub fn service_urn(version: Version) -> String {
     format!("{URN_PREFIX}service:WANIPConnection:{}", version.number())
 }
 
+/// The WANDevice's WANCommonInterfaceConfig service type (version 1 in both trees:
+/// it is the WANDevice's link, and control points such as miniupnpc take a device
+/// for an IGD only when it has one).
+#[must_use]
+pub fn cif_service_urn() -> String {
+    format!("{URN_PREFIX}service:WANCommonInterfaceConfig:1")
+}
+
 /// A UUID (RFC 4122 text form), the device's identity in UDN and USN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Uuid(pub [u8; 16]);
@@ -207,6 +221,9 @@ pub struct Device {
     pub boot_id: u32,
     /// `CONFIGID.UPNP.ORG`: changes when the descriptions change.
     pub config_id: u32,
+    /// The WAN link's speed, bits per second (WANCommonInterfaceConfig's
+    /// Layer1Up/DownstreamMaxBitRate); 0 when the link does not say.
+    pub wan_bitrate: u32,
 }
 
 impl Device {
@@ -220,6 +237,7 @@ impl Device {
             server: format!("Linux UPnP/2.0 natgw/{}", env!("CARGO_PKG_VERSION")),
             boot_id,
             config_id: 1,
+            wan_bitrate: 0,
         }
     }
 

@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 use quick_xml::{Reader, Writer};
 
-use super::{service_urn, Version, URN_PREFIX};
+use super::{cif_service_urn, service_urn, Version, URN_PREFIX};
 use crate::pcp::table::Protocol;
 
 /// The SOAP 1.1 envelope namespace.
@@ -138,6 +138,18 @@ impl Call {
 /// # Errors
 /// When the header is malformed or names another service.
 pub fn parse_soap_action(header: &str) -> Result<(Version, String), SoapError> {
+    let (service, action) = split_soap_action(header)?;
+    let version = service
+        .strip_prefix(URN_PREFIX)
+        .and_then(|s| s.strip_prefix("service:WANIPConnection:"))
+        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(Version::from_number)
+        .ok_or_else(|| SoapError::Service(service.chars().take(80).collect()))?;
+    Ok((version, action.to_owned()))
+}
+
+/// `SOAPACTION`'s service type and action name.
+fn split_soap_action(header: &str) -> Result<(&str, &str), SoapError> {
     let value = header.trim();
     let value = value
         .strip_prefix('"')
@@ -151,13 +163,25 @@ pub fn parse_soap_action(header: &str) -> Result<(Version, String), SoapError> {
     {
         return Err(SoapError::SoapActionHeader);
     }
-    let version = service
-        .strip_prefix(URN_PREFIX)
-        .and_then(|s| s.strip_prefix("service:WANIPConnection:"))
-        .and_then(|v| v.parse::<u32>().ok())
-        .and_then(Version::from_number)
-        .ok_or_else(|| SoapError::Service(service.chars().take(80).collect()))?;
-    Ok((version, action.to_owned()))
+    Ok((service, action))
+}
+
+/// Parses a control request to WANCommonInterfaceConfig:1: the `SOAPACTION`
+/// header's value and the body; returns the action and its arguments.
+///
+/// # Errors
+/// When either is malformed, breaks `limits`, or names another service.
+pub fn parse_cif_call(
+    soap_action: Option<&str>,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<(String, Vec<(String, String)>), SoapError> {
+    let (service, action) = split_soap_action(soap_action.ok_or(SoapError::SoapActionHeader)?)?;
+    if service != cif_service_urn() {
+        return Err(SoapError::Service(service.chars().take(80).collect()));
+    }
+    let args = parse_envelope(action, body, limits)?;
+    Ok((action.to_owned(), args))
 }
 
 /// Where the reader is in the envelope.
@@ -187,6 +211,20 @@ pub fn parse_call(
     limits: &Limits,
 ) -> Result<Call, SoapError> {
     let (version, action) = parse_soap_action(soap_action.ok_or(SoapError::SoapActionHeader)?)?;
+    let args = parse_envelope(&action, body, limits)?;
+    Ok(Call {
+        version,
+        action,
+        args,
+    })
+}
+
+/// Reads the envelope of a call to `action`: its arguments.
+fn parse_envelope(
+    action: &str,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<(String, String)>, SoapError> {
     let text = std::str::from_utf8(body).map_err(|_| SoapError::NotUtf8)?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().trim_text(true);
@@ -301,15 +339,11 @@ pub fn parse_call(
     let body_action = body_action.ok_or(SoapError::Structure("no action in the Body"))?;
     if body_action != action {
         return Err(SoapError::ActionMismatch {
-            header: action,
+            header: action.to_owned(),
             body: body_action,
         });
     }
-    Ok(Call {
-        version,
-        action,
-        args,
-    })
+    Ok(args)
 }
 
 fn push_value(
@@ -851,6 +885,24 @@ fn envelope(f: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
 pub fn response(version: Version, action: ActionKind, outputs: &[(&str, String)]) -> Vec<u8> {
     let name = format!("u:{}Response", action.name());
     let service = service_urn(version);
+    envelope(|w| {
+        w.create_element(name.as_str())
+            .with_attribute(("xmlns:u", service.as_str()))
+            .write_inner_content(|w| {
+                for (arg, value) in outputs {
+                    text_element(w, arg, value)?;
+                }
+                Ok(())
+            })
+            .map(|_| ())
+    })
+}
+
+/// A successful WANCommonInterfaceConfig:1 action's response.
+#[must_use]
+pub fn cif_response(action: &str, outputs: &[(&str, String)]) -> Vec<u8> {
+    let name = format!("u:{action}Response");
+    let service = cif_service_urn();
     envelope(|w| {
         w.create_element(name.as_str())
             .with_attribute(("xmlns:u", service.as_str()))

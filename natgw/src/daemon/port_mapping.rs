@@ -281,6 +281,19 @@ struct UpnpDeviceRecord {
 /// The UPnP device record's file in the runtime directory.
 pub(super) const UPNP_DEVICE_FILE: &str = "upnp-device.json";
 
+/// The speed of link `iface`, bits per second, as the kernel reports it
+/// (`/sys/class/net/IFACE/speed`, in Mbit/s); 0 when it does not (veth, a link that
+/// is down), at most `u32::MAX` (WANCommonInterfaceConfig's ui4).
+fn link_bitrate(iface: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/speed"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|mbit| *mbit > 0)
+        .map_or(0, |mbit| {
+            u32::try_from(mbit.saturating_mul(1_000_000)).unwrap_or(u32::MAX)
+        })
+}
+
 /// The UPnP device: the recorded UUID with the next boot id, or a new one.
 fn upnp_device(dirs: &RuntimeDirs) -> Result<Device> {
     let recorded = dirs
@@ -436,7 +449,8 @@ impl PortMapping {
                     prefixes: l.ipv4.clone(),
                 })
                 .collect();
-            let device = upnp_device(dirs)?;
+            let mut device = upnp_device(dirs)?;
+            device.wan_bitrate = link_bitrate(&topology.wan.name);
             let uuid = device.uuid;
             let service = UpnpService::start(
                 settings.upnp.engine(),

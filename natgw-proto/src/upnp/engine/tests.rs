@@ -1011,3 +1011,61 @@ fn the_port_mapping_array_is_kept_until_the_table_changes_or_a_lease_ends() {
     b.now += Duration::from_secs(11);
     assert_eq!(count(&mut b), 2, "the ended lease is gone");
 }
+
+fn cif_request(action: &str, inner: &str) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\"?><s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\" \
+         s:encodingStyle=\"http://schemas.xmlsoap.org/soap/encoding/\"><s:Body>\
+         <u:{action} xmlns:u=\"urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1\">{inner}\
+         </u:{action}></s:Body></s:Envelope>"
+    );
+    format!(
+        "POST /ctl/CmnIfCfg HTTP/1.1\r\nHOST: 10.0.0.1:5000\r\nCONTENT-TYPE: text/xml\r\n\
+         SOAPACTION: \"urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1#{action}\"\r\n\
+         CONTENT-LENGTH: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn wan_common_interface_config_answers_get_common_link_properties() {
+    // miniupnpc takes a device for an IGD only when its WANDevice has this service.
+    let mut b = bed();
+    let r = b.raw(HOST, b"GET /WANCfg.xml HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text.contains("<name>GetCommonLinkProperties</name>"),
+        "{}",
+        r.text
+    );
+    let r = b.raw(HOST, &cif_request("GetCommonLinkProperties", ""));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r
+        .text
+        .contains("<NewPhysicalLinkStatus>Up</NewPhysicalLinkStatus>"));
+    assert!(r
+        .text
+        .contains("<NewWANAccessType>Ethernet</NewWANAccessType>"));
+    assert!(r
+        .text
+        .contains("<NewLayer1UpstreamMaxBitRate>0</NewLayer1UpstreamMaxBitRate>"));
+    b.table.external = None;
+    let r = b.raw(HOST, &cif_request("GetCommonLinkProperties", ""));
+    assert!(r
+        .text
+        .contains("<NewPhysicalLinkStatus>Down</NewPhysicalLinkStatus>"));
+    let r = b.raw(HOST, &cif_request("GetTotalBytesSent", ""));
+    assert_eq!(
+        (r.status, r.error),
+        (500, Some(401)),
+        "optional, not served"
+    );
+    let r = b.raw(
+        HOST,
+        &cif_request("GetCommonLinkProperties", "<NewX>1</NewX>"),
+    );
+    assert_eq!((r.status, r.error), (500, Some(402)));
+    let r = b.raw(HOST, b"GET /ctl/CmnIfCfg HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 405);
+}
