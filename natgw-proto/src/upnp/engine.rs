@@ -1045,7 +1045,7 @@ fn entry_outputs(m: &ExplicitMapping, now: Instant) -> Vec<(&'static str, String
 }
 
 /// GetListOfPortMappings' `NewPortListing`: a `p:PortMappingList` document
-/// (WANIPConnection:2 §2.6), sent as escaped text inside the response.
+/// (WANIPConnection:2 §2.6), sent in a CDATA section of the response.
 fn port_listing(entries: &[ExplicitMapping], now: Instant) -> String {
     let doc = soap::xml_document(|w| {
         w.create_element("p:PortMappingList")

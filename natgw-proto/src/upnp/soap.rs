@@ -882,6 +882,11 @@ fn envelope(f: impl FnOnce(&mut Writer<Vec<u8>>) -> io::Result<()>) -> Vec<u8> {
 /// A successful action's response: `<u:ACTIONResponse>` with the output arguments
 /// in order.
 #[must_use]
+///
+/// `NewPortListing`, an XML document itself, goes in a CDATA section, as miniupnpd
+/// sends it: miniupnpc reads the element's raw content as the document (escaped
+/// text would show it no entries). The document escapes `>` in its text, so it never
+/// holds the `]]>` that would end the section.
 pub fn response(version: Version, action: ActionKind, outputs: &[(&str, String)]) -> Vec<u8> {
     let name = format!("u:{}Response", action.name());
     let service = service_urn(version);
@@ -890,7 +895,12 @@ pub fn response(version: Version, action: ActionKind, outputs: &[(&str, String)]
             .with_attribute(("xmlns:u", service.as_str()))
             .write_inner_content(|w| {
                 for (arg, value) in outputs {
-                    text_element(w, arg, value)?;
+                    if *arg == "NewPortListing" && !value.contains("]]>") {
+                        w.create_element(*arg)
+                            .write_cdata_content(quick_xml::events::BytesCData::new(value))?;
+                    } else {
+                        text_element(w, arg, value)?;
+                    }
                 }
                 Ok(())
             })
