@@ -1020,11 +1020,14 @@ fn upnp_entries(table: &impl MappingTable, now: Instant) -> Vec<ExplicitMapping>
 /// The mapping of `entries` a control point names; a RemoteHost must match its
 /// filter.
 fn find_in(entries: &[ExplicitMapping], id: &EntryId) -> Option<ExplicitMapping> {
-    entries.iter().cloned().find(|m| {
-        m.key.protocol == id.protocol
-            && m.external.port() == id.external_port
-            && (id.remote_host.is_none() || remote_of(m) == id.remote_host)
-    })
+    entries
+        .iter()
+        .find(|m| {
+            m.key.protocol == id.protocol
+                && m.external.port() == id.external_port
+                && (id.remote_host.is_none() || remote_of(m) == id.remote_host)
+        })
+        .cloned()
 }
 
 /// Seconds left of a mapping's lease (at least 1 while it lives).

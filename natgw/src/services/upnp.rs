@@ -186,7 +186,7 @@ fn recv_with_info(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
         .map_err(io::Error::from)?;
         let src = msg
             .address
-            .map(|a| SocketAddrV4::new(Ipv4Addr::from(a.ip()), a.port()))
+            .map(|a| SocketAddrV4::new(a.ip(), a.port()))
             .ok_or_else(|| io::Error::other("datagram without a source"))?;
         let mut ifindex = 0;
         let mut destination = Ipv4Addr::UNSPECIFIED;
