@@ -1,12 +1,13 @@
 //! The SOAP control parser on arbitrary bodies (the first byte picks a SOAPACTION):
 //! no panics, the limits hold, and whatever parses types into an action or a fault
 //! without panicking; a body whose prolog holds a DOCTYPE never parses (no entity
-//! expansion).
+//! expansion). With the top bit of the first byte, the same body goes to
+//! WANCommonInterfaceConfig's parser.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use natgw_proto::upnp::soap::{parse_call, Action, Limits};
+use natgw_proto::upnp::soap::{parse_call, parse_cif_call, Action, Limits};
 
 const ACTIONS: [&str; 6] = [
     "AddPortMapping",
@@ -35,6 +36,19 @@ fuzz_target!(|data: &[u8]| {
         };
         t.starts_with("<!DOCTYPE")
     });
+    if pick & 0x80 != 0 {
+        let header = "\"urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1#GetCommonLinkProperties\"";
+        match parse_cif_call(Some(header), body, &limits) {
+            Ok((_, args)) => {
+                assert!(!prolog_doctype, "a DOCTYPE was accepted");
+                assert!(args.len() <= limits.max_args);
+            }
+            Err(e) => {
+                let _ = e.fault();
+            }
+        }
+        return;
+    }
     match parse_call(Some(&header), body, &limits) {
         Ok(call) => {
             assert!(!prolog_doctype, "a DOCTYPE was accepted");
