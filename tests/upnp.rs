@@ -449,6 +449,95 @@ fn gupnp_igd_maps_and_removes_a_port() {
     );
 }
 
+/// Waits (at most [`WAIT`]) for one GENA NOTIFY on `listener`, answers it 200 and
+/// returns it.
+fn next_notify(listener: &TcpListener) -> Option<String> {
+    listener.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + WAIT;
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => return None,
+        }
+    };
+    conn.set_nonblocking(false).expect("blocking");
+    conn.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut text = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline && !String::from_utf8_lossy(&text).contains("</e:propertyset>")
+    {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    Some(String::from_utf8_lossy(&text).into_owned())
+}
+
+#[test]
+fn gena_subscribers_hear_of_new_mappings() {
+    let s = Setup::new(&[]);
+    let lan = &s.tb.lan[0].ns;
+    let listener = lan
+        .run(|| TcpListener::bind(SocketAddrV4::new(LAN_A_ADDR, 0)))
+        .expect("listen on lan-a");
+    let port = listener.local_addr().expect("address").port();
+    let subscribe = format!(
+        "SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: {GW_LAN_A_ADDR}:{HTTP_PORT}\r\n\
+         CALLBACK: <http://{LAN_A_ADDR}:{port}/events>\r\nNT: upnp:event\r\n\
+         TIMEOUT: Second-300\r\n\r\n"
+    );
+    let answer = http(lan, subscribe.as_bytes());
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+    assert!(
+        answer.to_ascii_uppercase().contains("SID: UUID:"),
+        "{answer}"
+    );
+    let initial = next_notify(&listener)
+        .unwrap_or_else(|| panic!("no initial event\nnatgw log:\n{}", s.natgw.log()));
+    assert!(initial.contains("SEQ: 0"), "{initial}");
+    assert!(
+        initial.contains("<PortMappingNumberOfEntries>0</PortMappingNumberOfEntries>"),
+        "{initial}"
+    );
+    assert!(
+        initial.contains(&format!(
+            "<ExternalIPAddress>{GW_WAN_ADDR}</ExternalIPAddress>"
+        )),
+        "{initial}"
+    );
+    let args = format!(
+        "<NewRemoteHost></NewRemoteHost><NewExternalPort>18100</NewExternalPort>\
+         <NewProtocol>UDP</NewProtocol><NewInternalPort>8100</NewInternalPort>\
+         <NewInternalClient>{LAN_A_ADDR}</NewInternalClient><NewEnabled>1</NewEnabled>\
+         <NewPortMappingDescription>evented</NewPortMappingDescription>\
+         <NewLeaseDuration>600</NewLeaseDuration>"
+    );
+    let answer = http(lan, &soap_request("AddPortMapping", &args));
+    assert_eq!(status_of(&answer), Some(200), "{answer}");
+    let event = next_notify(&listener).expect("an event for the new mapping");
+    assert!(event.contains("SEQ: 1"), "{event}");
+    assert!(
+        event.contains("<PortMappingNumberOfEntries>1</PortMappingNumberOfEntries>"),
+        "{event}"
+    );
+    // A callback on another host is refused: events go to the subscriber only.
+    let other = format!(
+        "SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: {GW_LAN_A_ADDR}:{HTTP_PORT}\r\n\
+         CALLBACK: <http://{LAN_B_ADDR}:{port}/events>\r\nNT: upnp:event\r\n\r\n"
+    );
+    let answer = http(lan, other.as_bytes());
+    let code = status_of(&answer).unwrap_or(0);
+    assert!((400..500).contains(&code), "{answer}");
+}
+
 /// An M-SEARCH for every device.
 fn m_search() -> &'static [u8] {
     b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n"
