@@ -538,6 +538,67 @@ fn gena_subscribers_hear_of_new_mappings() {
     assert!((400..500).contains(&code), "{answer}");
 }
 
+/// The NOTIFYs heard on lan-a's SSDP group membership within `within`.
+fn notifies(sock: &UdpSocket, within: Duration) -> Vec<String> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn alive_at_start_and_byebye_on_stop() {
+    let mut s = Setup::new(&[]);
+    let group = Ipv4Addr::new(239, 255, 255, 250);
+    let sock: UdpSocket = s.tb.lan[0].ns.run(|| {
+        let sock = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )
+        .expect("socket");
+        sock.set_reuse_address(true).expect("reuse");
+        sock.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, SSDP_PORT).into())
+            .expect("bind 1900");
+        sock.join_multicast_v4(&group, &LAN_A_ADDR).expect("join");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        sock.into()
+    });
+    // The start's rounds come 2 s apart; at least one is still to come.
+    let heard = notifies(&sock, Duration::from_secs(5));
+    let alive: Vec<&String> = heard
+        .iter()
+        .filter(|m| m.contains("NTS: ssdp:alive"))
+        .collect();
+    assert!(
+        alive.iter().any(
+            |m| m.contains("NT: urn:schemas-upnp-org:device:InternetGatewayDevice:2")
+                && m.contains("LOCATION: http://10.0.1.1:5000/rootDesc.xml")
+                && m.to_ascii_uppercase()
+                    .contains("CACHE-CONTROL: MAX-AGE=1800")
+        ),
+        "ssdp:alive on lan-a: {heard:?}"
+    );
+    assert!(
+        !heard.iter().any(|m| m.contains("10.0.2.1")),
+        "lan1's advertisements stay on lan1: {heard:?}"
+    );
+    s.natgw.stop();
+    let heard = notifies(&sock, Duration::from_secs(1));
+    assert!(
+        heard
+            .iter()
+            .any(|m| m.contains("NTS: ssdp:byebye") && m.contains("upnp:rootdevice")),
+        "ssdp:byebye when natgw stops: {heard:?}"
+    );
+}
+
 /// An M-SEARCH for every device.
 fn m_search() -> &'static [u8] {
     b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n"
