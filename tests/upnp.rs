@@ -769,6 +769,31 @@ fn no_upnp_turns_it_off() {
     assert!(s.natgw.log().contains("upnp.disabled"));
 }
 
+/// `upnpc -l` walks a longer list than a handful (one GetGenericPortMappingEntry per
+/// mapping) within the default rate limit.
+#[test]
+fn upnpc_lists_a_hundred_mappings() {
+    let s = Setup::new(&[]);
+    let lan = &s.tb.lan[0].ns;
+    for i in 0..100u16 {
+        let args = format!(
+            "<NewRemoteHost></NewRemoteHost><NewExternalPort>{}</NewExternalPort>\
+             <NewProtocol>UDP</NewProtocol><NewInternalPort>{}</NewInternalPort>\
+             <NewInternalClient>{LAN_A_ADDR}</NewInternalClient><NewEnabled>1</NewEnabled>\
+             <NewPortMappingDescription>many {i}</NewPortMappingDescription>\
+             <NewLeaseDuration>600</NewLeaseDuration>",
+            21000 + i,
+            21000 + i
+        );
+        let answer = http(lan, &soap_request("AddPortMapping", &args));
+        assert_eq!(status_of(&answer), Some(200), "mapping {i}: {answer}");
+    }
+    let listed = upnpc_direct(&s, &["-l"]);
+    let rows = listed.lines().filter(|l| l.contains("->10.0.1.2:")).count();
+    assert_eq!(rows, 100, "upnpc -l: {listed}");
+    assert!(listed.contains("'many 99'"), "{listed}");
+}
+
 /// Performance figures for the closing note (not a timed assertion): the time to
 /// answer AddPortMapping, and listing 1,000 mappings with GetGenericPortMappingEntry
 /// with the controller's CPU time. Run with `--ignored --nocapture`.

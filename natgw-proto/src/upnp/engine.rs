@@ -61,7 +61,9 @@ pub struct UpnpConfig {
     pub max_lease: u32,
     /// Requests per second one host may make (0: no limit) [default: 10].
     pub requests_per_second: u32,
-    /// Requests a host may make at once [default: 40].
+    /// Requests a host may make at once [default: 1100]: enough for a control point
+    /// to walk 1,000 mappings with GetGenericPortMappingEntry (one request each) and
+    /// act on them; the rate holds a host that keeps on.
     pub burst: u32,
     /// HTTP request limits.
     pub http: http::Limits,
@@ -77,7 +79,7 @@ impl Default for UpnpConfig {
             allow_other_hosts: false,
             max_lease: MAX_LEASE,
             requests_per_second: 10,
-            burst: 40,
+            burst: 1100,
             http: http::Limits::default(),
             soap: soap::Limits::default(),
             gena: gena::Config::default(),
