@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natgw_integration_tests::{command_output, recv_nothing, udp, Setup, WAIT};
+use natgw_integration_tests::{command_output, recv_nothing, udp, Natgw, Setup, WAIT};
 use serde_json::Value;
 use testbed::{Netns, GW_LAN_A_ADDR, GW_WAN_ADDR, LAN_A_ADDR, LAN_B_ADDR, WAN_A_ADDR};
 
@@ -767,6 +767,77 @@ fn no_upnp_turns_it_off() {
         .expect("send");
     assert!(recv_nothing(&lan_sock, Duration::from_secs(2)).is_none());
     assert!(s.natgw.log().contains("upnp.disabled"));
+}
+
+/// SIGHUP applies `[upnp]` settings. A restart adopts the data path and the
+/// explicit mappings file: a UPnP mapping keeps its port, origin and description,
+/// the device keeps its UUID, and the control point can still list and delete it.
+/// (The log is read before the restart: the old process's wrapper removes the file.)
+#[test]
+fn upnp_mappings_and_the_device_survive_a_restart_and_settings_reload() {
+    let dir = std::env::temp_dir().join(format!("natgw-upnp-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("natgw.toml");
+    std::fs::write(&config, "[upnp]\nallow_other_hosts = false\n").expect("write config");
+    let config_arg = config.to_str().expect("UTF-8 path").to_owned();
+    let mut s = Setup::new(&["--config", &config_arg]);
+    let lan_ip = LAN_A_ADDR.to_string();
+    let out = upnpc_direct(
+        &s,
+        &["-e", "kept", "-a", &lan_ip, "8200", "18200", "TCP", "3600"],
+    );
+    assert_eq!(redirected_port(&out), Some(18200), "{out}");
+    let uuid = |s: &Setup| {
+        let doc = http(
+            &s.tb.lan[0].ns,
+            b"GET /rootDesc.xml HTTP/1.1\r\nHost: 10.0.1.1:5000\r\n\r\n",
+        );
+        doc.split("<UDN>")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .map(str::to_owned)
+    };
+    // SIGHUP: another host may now be mapped for.
+    let other = LAN_B_ADDR.to_string();
+    let out = upnpc_direct(&s, &["-a", &other, "80", "18201", "TCP", "600"]);
+    assert!(out.contains("606"), "{out}");
+    std::fs::write(&config, "[upnp]\nallow_other_hosts = true\n").expect("write config");
+    let pid = s.natgw.inner().pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let applied = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        s.natgw
+            .log()
+            .contains("reload.upnp applied allow_other_hosts=true")
+    });
+    assert!(applied, "{}", s.natgw.log());
+    let out = upnpc_direct(&s, &["-a", &other, "80", "18201", "TCP", "600"]);
+    assert_eq!(redirected_port(&out), Some(18201), "{out}");
+    let before = uuid(&s).expect("a UDN");
+    s.natgw.stop();
+    s.natgw = Natgw::start(&s.tb.gateway.ns, &["--config", &config_arg]);
+    let m = upnp_mapping(&s, "tcp", SocketAddrV4::new(LAN_A_ADDR, 8200)).expect("adopted");
+    assert_eq!(m["description"], "kept");
+    assert_eq!(m["external"], format!("{GW_WAN_ADDR}:18200"));
+    assert_eq!(
+        uuid(&s).as_deref(),
+        Some(before.as_str()),
+        "the same device"
+    );
+    let listed = upnpc_direct(&s, &["-l"]);
+    assert!(
+        listed.contains("18200->10.0.1.2:8200") && listed.contains("'kept'"),
+        "{listed}"
+    );
+
+    let out = upnpc_direct(&s, &["-d", "18200", "TCP"]);
+    assert!(!out.contains("failed"), "{out}");
+    assert!(upnp_mapping(&s, "tcp", SocketAddrV4::new(LAN_A_ADDR, 8200)).is_none());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `upnpc -l` walks a longer list than a handful (one GetGenericPortMappingEntry per
