@@ -482,7 +482,7 @@ fn next_notify(listener: &TcpListener) -> Option<String> {
 }
 
 #[test]
-fn gena_subscribers_hear_of_new_mappings() {
+fn gena_subscribers_hear_of_new_mappings_and_a_new_external_address() {
     let s = Setup::new(&[]);
     let lan = &s.tb.lan[0].ns;
     let listener = lan
@@ -528,6 +528,26 @@ fn gena_subscribers_hear_of_new_mappings() {
         event.contains("<PortMappingNumberOfEntries>1</PortMappingNumberOfEntries>"),
         "{event}"
     );
+    // A new external address: subscribers hear of it, and the mapping moved with it.
+    let gw = &s.tb.gateway.ns;
+    let _ = command_output(gw, "ip", &["addr", "del", "192.0.2.1/24", "dev", "wan0"]);
+    let _ = command_output(gw, "ip", &["addr", "add", "192.0.2.7/24", "dev", "wan0"]);
+    natgw_integration_tests::restore_gateway_default_route(gw);
+    // Deleting the old address first may be heard as an event of its own (no address).
+    let events: Vec<String> = (0..3).map_while(|_| next_notify(&listener)).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("<ExternalIPAddress>192.0.2.7</ExternalIPAddress>")),
+        "{events:?}"
+    );
+    let answer = http(lan, &soap_request("GetExternalIPAddress", ""));
+    assert!(
+        answer.contains("<NewExternalIPAddress>192.0.2.7</NewExternalIPAddress>"),
+        "{answer}"
+    );
+    let m = upnp_mapping(&s, "udp", SocketAddrV4::new(LAN_A_ADDR, 8100)).expect("kept");
+    assert_eq!(m["external"], "192.0.2.7:18100");
     // A callback on another host is refused: events go to the subscriber only.
     let other = format!(
         "SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: {GW_LAN_A_ADDR}:{HTTP_PORT}\r\n\
