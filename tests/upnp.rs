@@ -619,6 +619,46 @@ fn alive_at_start_and_byebye_on_stop() {
     );
 }
 
+#[test]
+fn an_ended_lease_ends_the_mapping_and_subscribers_hear_of_it() {
+    let s = Setup::new(&[]);
+    let lan = &s.tb.lan[0].ns;
+    let listener = lan
+        .run(|| TcpListener::bind(SocketAddrV4::new(LAN_A_ADDR, 0)))
+        .expect("listen on lan-a");
+    let port = listener.local_addr().expect("address").port();
+    let subscribe = format!(
+        "SUBSCRIBE /evt/IPConn HTTP/1.1\r\nHost: {GW_LAN_A_ADDR}:{HTTP_PORT}\r\n\
+         CALLBACK: <http://{LAN_A_ADDR}:{port}/events>\r\nNT: upnp:event\r\n\r\n"
+    );
+    assert_eq!(status_of(&http(lan, subscribe.as_bytes())), Some(200));
+    next_notify(&listener).expect("the initial event");
+    let args = format!(
+        "<NewRemoteHost></NewRemoteHost><NewExternalPort>18300</NewExternalPort>\
+         <NewProtocol>UDP</NewProtocol><NewInternalPort>8300</NewInternalPort>\
+         <NewInternalClient>{LAN_A_ADDR}</NewInternalClient><NewEnabled>1</NewEnabled>\
+         <NewPortMappingDescription>short</NewPortMappingDescription>\
+         <NewLeaseDuration>2</NewLeaseDuration>"
+    );
+    assert_eq!(
+        status_of(&http(lan, &soap_request("AddPortMapping", &args))),
+        Some(200)
+    );
+    let added = next_notify(&listener).expect("an event for the mapping");
+    assert!(added.contains("<PortMappingNumberOfEntries>1<"), "{added}");
+    let ended = next_notify(&listener).expect("an event when the lease ends");
+    assert!(ended.contains("<PortMappingNumberOfEntries>0<"), "{ended}");
+    assert!(upnp_mapping(&s, "udp", SocketAddrV4::new(LAN_A_ADDR, 8300)).is_none());
+    let answer = http(
+        lan,
+        &soap_request(
+            "GetGenericPortMappingEntry",
+            "<NewPortMappingIndex>0</NewPortMappingIndex>",
+        ),
+    );
+    assert!(answer.contains("<errorCode>713</errorCode>"), "{answer}");
+}
+
 /// An M-SEARCH for every device.
 fn m_search() -> &'static [u8] {
     b"M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: ssdp:all\r\n\r\n"
