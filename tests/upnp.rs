@@ -78,7 +78,11 @@ fn tcp_refused(client: &Netns, to: SocketAddrV4) -> bool {
 /// sends `request`, returns everything answered (empty if the connection was closed
 /// without an answer).
 fn http(ns: &Netns, request: &[u8]) -> String {
-    let to = SocketAddrV4::new(GW_LAN_A_ADDR, HTTP_PORT);
+    http_to(ns, SocketAddrV4::new(GW_LAN_A_ADDR, HTTP_PORT), request)
+}
+
+/// [`http`] with the server at `to`.
+fn http_to(ns: &Netns, to: SocketAddrV4, request: &[u8]) -> String {
     let mut conn = ns
         .run(|| TcpStream::connect_timeout(&to.into(), WAIT))
         .unwrap_or_else(|e| panic!("connecting to the UPnP HTTP server {to}: {e}"));
@@ -812,6 +816,50 @@ fn slow_and_malformed_requests_are_cut_off_or_refused() {
     assert!(answer.contains(&format!(
         "<NewExternalIPAddress>{GW_WAN_ADDR}</NewExternalIPAddress>"
     )));
+}
+
+#[test]
+fn a_host_holds_at_most_eight_connections() {
+    let s = Setup::new(&[]);
+    let lan = &s.tb.lan[0].ns;
+    let to = SocketAddrV4::new(GW_LAN_A_ADDR, HTTP_PORT);
+    let connect = || {
+        lan.run(|| TcpStream::connect_timeout(&to.into(), WAIT))
+            .expect("connect")
+    };
+    // Eight idle connections are held (until the read timeout)...
+    let held: Vec<TcpStream> = (0..8).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // ...a ninth is closed at once, long before the 5 s read timeout.
+    let mut ninth = connect();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let closed = matches!(ninth.read(&mut buf), Ok(0))
+        || ninth
+            .read(&mut buf)
+            .is_err_and(|e| !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+    assert!(
+        closed && started.elapsed() < Duration::from_secs(2),
+        "the ninth is closed at once"
+    );
+    // Another host is not affected.
+    let answer = http_to(
+        &s.tb.lan[1].ns,
+        SocketAddrV4::new(testbed::GW_LAN_B_ADDR, HTTP_PORT),
+        b"GET /rootDesc.xml HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), Some(200), "lan-b: {answer}");
+    let refused = natgw_integration_tests::wait_for(WAIT, || {
+        let n = s.natgw.status()["controller_counters"]["upnp_connections_refused"]
+            .as_u64()
+            .unwrap_or(0);
+        (n >= 1).then_some(n)
+    });
+    assert!(refused.is_some(), "counted");
+    drop(held);
 }
 
 #[test]
