@@ -363,11 +363,42 @@ fn allow_other_hosts_lets_a_control_point_map_for_another_host() {
     let dir = std::env::temp_dir().join(format!("natgw-upnp-other-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("natgw.toml");
-    std::fs::write(&config, "[upnp]\nallow_other_hosts = true\n").expect("write config");
+    std::fs::write(
+        &config,
+        "[upnp]\nallow_other_hosts = true\nhttp_port = 5080\n",
+    )
+    .expect("write config");
     let s = Setup::new(&["--config", config.to_str().expect("UTF-8 path")]);
     let _ = std::fs::remove_dir_all(&dir);
     let other = LAN_B_ADDR.to_string();
-    let out = upnpc_direct(&s, &["-a", &other, "80", "18082", "TCP", "600"]);
+    // The HTTP server moved to http_port, and SSDP says so.
+    let lan_sock = udp(&s.tb.lan[0].ns, LAN_A_ADDR, 0);
+    lan_sock
+        .send_to(m_search(), SocketAddrV4::new(GW_LAN_A_ADDR, SSDP_PORT))
+        .expect("send");
+    let (answer, _) = recv_nothing(&lan_sock, WAIT).expect("an SSDP answer");
+    assert!(
+        String::from_utf8_lossy(&answer).contains("LOCATION: http://10.0.1.1:5080/"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(tcp_refused(
+        &s.tb.lan[0].ns,
+        SocketAddrV4::new(GW_LAN_A_ADDR, HTTP_PORT)
+    ));
+    let (_, out) = upnpc(
+        &s.tb.lan[0].ns,
+        &[
+            "-u",
+            "http://10.0.1.1:5080/rootDesc.xml",
+            "-a",
+            &other,
+            "80",
+            "18082",
+            "TCP",
+            "600",
+        ],
+    );
     assert_eq!(redirected_port(&out), Some(18082), "{out}");
     let m = mapping(&s, "tcp", SocketAddrV4::new(LAN_B_ADDR, 80)).expect("mapped");
     assert_eq!(m["origin"], "upnp");
@@ -395,6 +426,9 @@ fn gupnp_igd_maps_and_removes_a_port() {
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        // GLib's warnings when the helper is killed at the end; what matters it prints
+        // on stdout.
+        .stderr(Stdio::null())
         .spawn()
         .expect(
             "python3 with gir1.2-gupnpigd-1.0 and python3-gi (`cargo xtask test` installs them)",

@@ -397,6 +397,8 @@ pub struct UpnpSettings {
     pub max_lease: u32,
     /// Requests per second one host may make (0: no limit).
     pub requests_per_second: u32,
+    /// The TCP port of the HTTP server on the LAN addresses.
+    pub http_port: u16,
 }
 
 impl Default for UpnpSettings {
@@ -407,9 +409,13 @@ impl Default for UpnpSettings {
             allow_other_hosts: d.allow_other_hosts,
             max_lease: d.max_lease,
             requests_per_second: d.requests_per_second,
+            http_port: DEFAULT_UPNP_HTTP_PORT,
         }
     }
 }
+
+/// The UPnP HTTP server's port unless `[upnp] http_port` says otherwise.
+pub const DEFAULT_UPNP_HTTP_PORT: u16 = 5000;
 
 impl UpnpSettings {
     /// The engine's configuration (its limits at their defaults).
@@ -436,6 +442,8 @@ pub struct FileUpnp {
     pub max_lease: Option<u32>,
     /// `requests_per_second`.
     pub requests_per_second: Option<u32>,
+    /// `http_port`.
+    pub http_port: Option<u16>,
 }
 
 /// The `[stun]` table as written.
@@ -839,6 +847,9 @@ pub enum ConfigError {
         max = natgw_proto::upnp::description::MAX_LEASE
     )]
     UpnpMaxLease(u32),
+    /// `upnp.http_port = 0`.
+    #[error("upnp.http_port must be a port (1-65535)")]
+    UpnpHttpPortZero,
     /// A `[pcp]` setting the server cannot run with.
     #[error(transparent)]
     Pcp(#[from] PolicyError),
@@ -1040,6 +1051,7 @@ pub fn resolve(
                 requests_per_second: f
                     .and_then(|f| f.requests_per_second)
                     .unwrap_or(d.requests_per_second),
+                http_port: f.and_then(|f| f.http_port).unwrap_or(d.http_port),
             }
         },
     };
@@ -1129,6 +1141,9 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
     validate_stun(s)?;
     if s.upnp.max_lease == 0 || s.upnp.max_lease > natgw_proto::upnp::description::MAX_LEASE {
         return Err(ConfigError::UpnpMaxLease(s.upnp.max_lease));
+    }
+    if s.upnp.http_port == 0 {
+        return Err(ConfigError::UpnpHttpPortZero);
     }
     Ok(warnings)
 }
@@ -1432,11 +1447,19 @@ mod tests {
                 .upnp
                 .enabled
         );
-        for bad in ["max_lease = 0", "max_lease = 604801"] {
+        for bad in ["max_lease = 0", "max_lease = 604801", "http_port = 0"] {
             let f = parse(&format!("{base}[upnp]\n{bad}\n")).unwrap();
             let err = resolve(&f, &Overrides::default()).unwrap_err().to_string();
-            assert!(err.contains("upnp.max_lease"), "{bad}: {err}");
+            assert!(
+                err.contains(&format!("upnp.{}", &bad[..bad.find(' ').unwrap()])),
+                "{bad}: {err}"
+            );
         }
+        let f = parse(&format!("{base}[upnp]\nhttp_port = 5080\n")).unwrap();
+        assert_eq!(
+            resolve(&f, &Overrides::default()).unwrap().0.upnp.http_port,
+            5080
+        );
         let err = parse("[upnp]\nbogus = 1\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }

@@ -115,6 +115,7 @@ Flags override the configuration file, which overrides the defaults. Example fil
     allow_other_hosts = false       # true: InternalClient may be another host
     max_lease = 604800              # seconds; a lease of 0 (\"permanent\") gets this
     requests_per_second = 10        # per host; 0: no limit
+    http_port = 5000                # restart-only, as enabled
 
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
@@ -272,8 +273,8 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "stun_port")]
     pub no_stun: bool,
 
-    /// Do not run the UPnP IGD server (SSDP on UDP 1900, HTTP on TCP 5000 of the LAN
-    /// interfaces); PCP and NAT-PMP are not affected.
+    /// Do not run the UPnP IGD server (SSDP on UDP 1900, HTTP on TCP 5000 or `[upnp]
+    /// http_port` of the LAN interfaces); PCP and NAT-PMP are not affected.
     #[arg(long)]
     pub no_upnp: bool,
 }

@@ -1241,6 +1241,7 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(stun, "stun");
     keep!(pcp.enabled, "pcp.enabled");
     keep!(upnp.enabled, "upnp.enabled");
+    keep!(upnp.http_port, "upnp.http_port");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
     kept

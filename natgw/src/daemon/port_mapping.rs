@@ -451,6 +451,7 @@ impl PortMapping {
                 .collect();
             let mut device = upnp_device(dirs)?;
             device.wan_bitrate = link_bitrate(&topology.wan.name);
+            device.http_port = settings.upnp.http_port;
             let uuid = device.uuid;
             let service = UpnpService::start(
                 settings.upnp.engine(),

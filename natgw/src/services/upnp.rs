@@ -525,8 +525,9 @@ impl UpnpService {
                 let local = SocketAddrV4::new(p.addr(), device.http_port);
                 let listener = http_listener(&lan.name, local).with_context(|| {
                     format!(
-                        "binding the UPnP HTTP server to TCP {local} on {} (another UPnP \
-                         server on the gateway? stop it, or run natgw with --no-upnp)",
+                        "binding the UPnP HTTP server to TCP {local} on {} (another service \
+                         on the gateway holds the port? move UPnP's with [upnp] http_port, or \
+                         run natgw with --no-upnp)",
                         lan.name
                     )
                 })?;
