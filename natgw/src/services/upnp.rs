@@ -628,6 +628,15 @@ impl UpnpService {
                 )
             });
         if let Some(response) = response {
+            let status = response
+                .get(9..12)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .unwrap_or("-");
+            debug!(
+                "upnp.request client={} status={status} took_us={}",
+                request.src,
+                now.elapsed().as_micros()
+            );
             let _ = request.reply.send(response);
         }
         self.after(now);
