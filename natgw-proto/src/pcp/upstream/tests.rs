@@ -1,0 +1,387 @@
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::pcp::wire::{MapRepr, OpRepr, Opcode, Packet, Request, Response, ResultCode};
+
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 1), 5351);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+const OUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const KEY: Key = (Protocol::Udp, 40000);
+
+fn upstream() -> Upstream {
+    Upstream::new(SERVER, CLIENT, [7; 12])
+}
+
+fn sent(u: &mut Upstream) -> Vec<Request> {
+    let mut out = Vec::new();
+    while let Some(t) = u.poll_transmit() {
+        assert_eq!(t.destination, SERVER);
+        out.push(Request::parse(&Packet::new_checked(&t.payload[..]).unwrap()).unwrap());
+    }
+    out
+}
+
+fn map_of(r: &Request) -> MapRepr {
+    match r.op {
+        OpRepr::Map(m) => m,
+        _ => panic!("not MAP"),
+    }
+}
+
+fn answer(r: &Request, result: ResultCode, lifetime: u32, epoch: u32, port: u16) -> Vec<u8> {
+    let mut m = map_of(r);
+    m.external_address = OUTER.to_ipv6_mapped();
+    m.external_port = port;
+    Response {
+        opcode: Opcode::Map,
+        result,
+        lifetime,
+        epoch,
+        op: Some(OpRepr::Map(m)),
+        options: Vec::new(),
+    }
+    .to_bytes()
+}
+
+fn events(u: &mut Upstream) -> Vec<Event> {
+    std::iter::from_fn(|| u.poll_event()).collect()
+}
+
+/// Advances to each timeout up to `until`, collecting what was sent.
+fn run_until(u: &mut Upstream, until: Instant) -> Vec<(Instant, Request)> {
+    let mut out = Vec::new();
+    while let Some(t) = u.poll_timeout() {
+        if t > until {
+            break;
+        }
+        u.handle_timeout(t);
+        for r in sent(u) {
+            out.push((t, r));
+        }
+    }
+    out
+}
+
+#[test]
+fn request_carries_own_endpoint_and_covers_local_lifetime() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(3600), t0);
+    assert!(u.awaiting(&KEY));
+    u.handle_timeout(t0);
+    let reqs = sent(&mut u);
+    assert_eq!(reqs.len(), 1);
+    let m = map_of(&reqs[0]);
+    assert_eq!(reqs[0].client_address, CLIENT.to_ipv6_mapped());
+    assert_eq!(m.protocol, 17);
+    assert_eq!(m.internal_port, 40000);
+    assert_eq!(m.external_port, 40000, "the same port is suggested");
+    assert!(reqs[0].lifetime >= 3600);
+
+    let key = u.handle_response(
+        t0,
+        SERVER,
+        &answer(&reqs[0], ResultCode::Success, 3600, 100, 50000),
+    );
+    assert_eq!(key, Some(KEY));
+    assert_eq!(u.external(&KEY, t0), Some(SocketAddrV4::new(OUTER, 50000)));
+    assert_eq!(u.external_address(t0), Some(OUTER));
+    assert_eq!(u.availability(), Availability::Present);
+    assert!(!u.awaiting(&KEY));
+    let ev = events(&mut u);
+    assert!(ev.contains(&Event::Present(SERVER)));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Mapped { key: KEY, .. })));
+}
+
+#[test]
+fn answers_from_elsewhere_or_with_another_nonce_are_ignored() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 5351);
+    assert_eq!(
+        u.handle_response(t0, other, &answer(&r, ResultCode::Success, 600, 1, 1)),
+        None
+    );
+    let mut forged = r.clone();
+    if let OpRepr::Map(m) = &mut forged.op {
+        m.nonce = [0xee; 12];
+    }
+    assert_eq!(
+        u.handle_response(t0, SERVER, &answer(&forged, ResultCode::Success, 600, 1, 1)),
+        None
+    );
+    assert_eq!(u.external(&KEY, t0), None);
+}
+
+#[test]
+fn retransmits_with_doubling_interval_then_gives_up_for_a_while() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    // Present first, so the bound is MAX_TRIES, not the discovery's.
+    let other: Key = (Protocol::Tcp, 1);
+    u.want(other, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 100_000, 1, 1));
+    events(&mut u);
+
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    let out: Vec<Instant> = run_until(&mut u, t0 + Duration::from_secs(140))
+        .into_iter()
+        .filter(|(_, r)| map_of(r).internal_port == KEY.1)
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(out.len(), MAX_TRIES as usize, "{out:?}");
+    for (i, pair) in out.windows(2).enumerate() {
+        let gap = pair[1] - pair[0];
+        let base = IRT * 2u32.pow(i as u32);
+        assert!(
+            gap >= base.mul_f64(0.9) && gap <= base.mul_f64(1.1),
+            "gap {i}: {gap:?}"
+        );
+    }
+    assert!(events(&mut u).contains(&Event::Unanswered(KEY)));
+    // ... and tries again RETRY_LATER after giving up.
+    let later = run_until(&mut u, t0 + Duration::from_secs(400));
+    assert!(later.iter().any(|(_, r)| map_of(r).internal_port == KEY.1));
+}
+
+#[test]
+fn absent_server_is_given_up_quickly_and_probed_rarely() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.want((Protocol::Tcp, 2), t0 + Duration::from_secs(600), t0);
+    let out = run_until(&mut u, t0 + Duration::from_secs(30));
+    // One discovery at a time, DISCOVERY_TRIES transmissions.
+    assert_eq!(out.len(), DISCOVERY_TRIES as usize, "{out:?}");
+    assert_eq!(u.availability(), Availability::Absent);
+    assert!(events(&mut u).contains(&Event::Absent(SERVER)));
+    assert!(
+        !u.awaiting(&KEY),
+        "no local answer waits for an absent server"
+    );
+    u.want(
+        (Protocol::Udp, 3),
+        t0 + Duration::from_secs(600),
+        t0 + Duration::from_secs(31),
+    );
+    assert!(!u.awaiting(&(Protocol::Udp, 3)));
+    // Nothing until the recheck.
+    assert!(run_until(&mut u, t0 + ABSENT_RECHECK).is_empty());
+    let probe = run_until(&mut u, t0 + ABSENT_RECHECK + Duration::from_secs(10));
+    assert_eq!(probe.len(), 1, "one probe: {probe:?}");
+    // The server answers the probe: everything is requested.
+    let (t, r) = probe[0].clone();
+    assert!(u
+        .handle_response(t, SERVER, &answer(&r, ResultCode::Success, 600, 5, 9))
+        .is_some());
+    assert_eq!(u.availability(), Availability::Present);
+    let rest = run_until(&mut u, t);
+    assert_eq!(rest.len(), 2, "{rest:?}");
+}
+
+#[test]
+fn renews_at_half_lifetime_with_same_nonce_and_endpoint() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(7200), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    // The upstream grants less than asked.
+    u.handle_response(
+        t0,
+        SERVER,
+        &answer(&r, ResultCode::Success, 1000, 10, 50000),
+    );
+    let out = run_until(&mut u, t0 + Duration::from_secs(499));
+    assert!(out.is_empty());
+    let out = run_until(&mut u, t0 + Duration::from_secs(500));
+    assert_eq!(out.len(), 1);
+    let (t, renewal) = out[0].clone();
+    let m = map_of(&renewal);
+    assert_eq!(m.nonce, map_of(&r).nonce);
+    assert_eq!(m.external_port, 50000);
+    assert_eq!(m.external_address, OUTER.to_ipv6_mapped());
+    assert!(renewal.lifetime >= 6700);
+    assert!(u
+        .handle_response(
+            t,
+            SERVER,
+            &answer(&renewal, ResultCode::Success, 1000, 510, 50000)
+        )
+        .is_some());
+    assert!(!events(&mut u)
+        .iter()
+        .any(|e| matches!(e, Event::EpochLost { .. })));
+}
+
+#[test]
+fn local_renewal_past_the_upstream_lifetime_renews_upstream_at_once() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 601, 10, 50000));
+    let t1 = t0 + Duration::from_secs(100);
+    u.want(KEY, t1 + Duration::from_secs(3600), t1);
+    let out = run_until(&mut u, t1);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].1.lifetime >= 3600);
+}
+
+#[test]
+fn expiry_without_renewal_forgets_the_endpoint() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(100_000), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 120, 10, 50000));
+    let end = t0 + Duration::from_secs(121);
+    run_until(&mut u, end);
+    assert_eq!(u.external(&KEY, end), None);
+    assert!(events(&mut u).contains(&Event::Expired(KEY)));
+}
+
+#[test]
+fn epoch_loss_requests_every_mapping_again() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    let k2: Key = (Protocol::Tcp, 8080);
+    u.want(KEY, t0 + Duration::from_secs(7200), t0);
+    u.handle_timeout(t0);
+    let r1 = sent(&mut u).remove(0);
+    u.handle_response(
+        t0,
+        SERVER,
+        &answer(&r1, ResultCode::Success, 7200, 1000, 50000),
+    );
+    let t1 = t0 + Duration::from_secs(10);
+    u.want(k2, t1 + Duration::from_secs(7200), t1);
+    u.handle_timeout(t1);
+    let r2 = sent(&mut u).remove(0);
+    // The upstream restarted: its epoch is back near 0.
+    assert!(u
+        .handle_response(
+            t1,
+            SERVER,
+            &answer(&r2, ResultCode::Success, 7200, 3, 50001)
+        )
+        .is_some());
+    assert!(events(&mut u).contains(&Event::EpochLost { epoch: 3 }));
+    assert_eq!(u.external(&KEY, t1), None);
+    assert_eq!(u.external(&k2, t1), Some(SocketAddrV4::new(OUTER, 50001)));
+    let again = run_until(&mut u, t1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(map_of(&again[0].1).internal_port, KEY.1);
+    assert_eq!(map_of(&again[0].1).nonce, map_of(&r1).nonce);
+}
+
+#[test]
+fn epoch_running_too_fast_is_a_loss_too() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(7200), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(
+        t0,
+        SERVER,
+        &answer(&r, ResultCode::Success, 7200, 1000, 50000),
+    );
+    let t1 = t0 + Duration::from_secs(100);
+    u.handle_response(
+        t1,
+        SERVER,
+        &answer(&r, ResultCode::Success, 7200, 1101, 50000),
+    );
+    assert!(!events(&mut u)
+        .iter()
+        .any(|e| matches!(e, Event::EpochLost { .. })));
+    let t2 = t1 + Duration::from_secs(100);
+    u.handle_response(
+        t2,
+        SERVER,
+        &answer(&r, ResultCode::Success, 7200, 5000, 50000),
+    );
+    assert!(events(&mut u)
+        .iter()
+        .any(|e| matches!(e, Event::EpochLost { .. })));
+}
+
+#[test]
+fn release_deletes_upstream_with_bounded_retries() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    events(&mut u);
+    u.release(KEY, t0);
+    assert!(u.entry(&KEY).is_none());
+    let out = run_until(&mut u, t0 + Duration::from_secs(100));
+    assert_eq!(out.len(), DELETE_TRIES as usize);
+    for (_, d) in &out {
+        assert_eq!(d.lifetime, 0);
+        assert_eq!(map_of(d).nonce, map_of(&r).nonce);
+    }
+    assert!(events(&mut u).contains(&Event::Released(KEY)));
+    assert_eq!(u.poll_timeout(), None);
+}
+
+#[test]
+fn release_answered_ends_at_once() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    u.release(KEY, t0);
+    u.handle_timeout(t0);
+    let d = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&d, ResultCode::Success, 0, 1, 0));
+    assert!(events(&mut u).contains(&Event::Released(KEY)));
+    assert_eq!(u.poll_timeout(), None);
+}
+
+#[test]
+fn refusal_waits_before_asking_again() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::NoResources, 30, 1, 0));
+    assert!(events(&mut u).contains(&Event::Refused {
+        key: KEY,
+        result: ResultCode::NoResources
+    }));
+    assert!(!u.awaiting(&KEY));
+    assert!(run_until(&mut u, t0 + RETRY_LATER - Duration::from_secs(1)).is_empty());
+    assert_eq!(run_until(&mut u, t0 + RETRY_LATER).len(), 1);
+}
+
+#[test]
+fn new_wan_address_requests_again_from_it() {
+    let t0 = Instant::now();
+    let mut u = upstream();
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    let r = sent(&mut u).remove(0);
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    let new = Ipv4Addr::new(100, 64, 0, 9);
+    u.set_client(new, t0);
+    let out = run_until(&mut u, t0);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.client_address, new.to_ipv6_mapped());
+}
