@@ -23,11 +23,13 @@
 //!   shows the upstream lost its state, every mapping is requested again at once.
 //! - **Deletion**: [`Upstream::release`] sends MAP with lifetime 0 (bounded retries)
 //!   and forgets the entry.
-//! - **Absence**: until the server has answered once, it is *unknown*; when the first
-//!   request gets no answer after [`DISCOVERY_TRIES`] transmissions, it is *absent*:
-//!   nothing is sent and [`Upstream::awaiting`] is false (local answers are not held
-//!   back), except one probe every [`ABSENT_RECHECK`]. An answer from an absent
-//!   server makes it present again and every mapping is requested.
+//! - **Discovery and absence**: until the server has answered, it is *unknown*; an
+//!   ANNOUNCE request (RFC 6887 §14.1) is sent at start, [`DISCOVERY_TRIES`] times.
+//!   No answer (or an ICMP port unreachable, [`Upstream::unreachable`]) makes it
+//!   *absent*: nothing else is sent and [`Upstream::awaiting`] is false, so local
+//!   answers are never held back, except for one probe every [`ABSENT_RECHECK`]. An
+//!   answer makes it present and every mapping is requested. MAP requests wait for
+//!   the server to be present.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -200,8 +202,9 @@ pub struct Upstream {
     /// natgw's WAN address: the PCP client address of every request.
     client: Ipv4Addr,
     availability: Availability,
-    /// When an absent server is probed next.
-    probe_at: Option<Instant>,
+    /// The discovery (ANNOUNCE) while the server is not present: transmissions so
+    /// far and when the next is due.
+    discovery: Option<(u32, Instant)>,
     entries: BTreeMap<Key, Entry>,
     deletions: BTreeMap<Key, Deletion>,
     /// The server's last epoch time and when it was received (§8.5).
@@ -223,14 +226,15 @@ fn jitter(base: Duration, nonce: &Nonce, tries: u32) -> Duration {
 
 impl Upstream {
     /// A client of the PCP server `server`, sending from natgw's WAN address
-    /// `client`. `seed` should be random: nonces are derived from it.
+    /// `client`; its discovery starts `now`. `seed` should be random: nonces are
+    /// derived from it.
     #[must_use]
-    pub fn new(server: SocketAddrV4, client: Ipv4Addr, seed: [u8; 12]) -> Self {
+    pub fn new(server: SocketAddrV4, client: Ipv4Addr, seed: [u8; 12], now: Instant) -> Self {
         Self {
             server,
             client,
             availability: Availability::Unknown,
-            probe_at: None,
+            discovery: Some((0, now)),
             entries: BTreeMap::new(),
             deletions: BTreeMap::new(),
             epoch: None,
@@ -238,6 +242,26 @@ impl Upstream {
             events: VecDeque::new(),
             seed,
             counter: 0,
+        }
+    }
+
+    /// An ICMP error (port or host unreachable) came back for a datagram sent to the
+    /// server: a server not yet heard from is absent at once.
+    pub fn unreachable(&mut self, now: Instant) {
+        if self.availability != Availability::Present {
+            self.become_absent(now);
+        }
+    }
+
+    fn become_absent(&mut self, now: Instant) {
+        if self.availability == Availability::Unknown {
+            self.events.push_back(Event::Absent(self.server));
+        }
+        self.availability = Availability::Absent;
+        let probe = now + ABSENT_RECHECK;
+        self.discovery = Some((0, probe));
+        for e in self.entries.values_mut() {
+            e.phase = Phase::Waiting { next: probe };
         }
     }
 
@@ -294,15 +318,20 @@ impl Upstream {
             .next()
     }
 
-    /// Whether an answer about `key` is worth waiting for: a request for it is out
-    /// and the server is not known absent.
+    /// Whether an answer about `key` is worth waiting for: the server is being
+    /// discovered, or it is present and the mapping's first request is out.
     #[must_use]
     pub fn awaiting(&self, key: &Key) -> bool {
-        self.availability != Availability::Absent
-            && self
-                .entries
-                .get(key)
-                .is_some_and(|e| matches!(e.phase, Phase::Asking { .. }) && e.external.is_none())
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        match self.availability {
+            Availability::Absent => false,
+            Availability::Unknown => self.discovery.is_some_and(|(tries, _)| tries > 0),
+            Availability::Present => {
+                entry.external.is_none() && matches!(entry.phase, Phase::Asking { .. })
+            }
+        }
     }
 
     fn next_nonce(&mut self) -> Nonce {
@@ -334,9 +363,10 @@ impl Upstream {
             Some(d) => d.nonce,
             None => self.next_nonce(),
         };
-        let phase = if self.availability == Availability::Absent {
+        let phase = if self.availability != Availability::Present {
+            // Asked for once the server is present.
             Phase::Waiting {
-                next: self.probe_at.unwrap_or(now),
+                next: self.discovery.map_or(now, |(_, at)| at.max(now)) + ABSENT_RECHECK,
             }
         } else {
             Phase::Asking {
@@ -413,6 +443,37 @@ impl Upstream {
         }
     }
 
+    fn announce(&self) -> Transmit {
+        let request = Request {
+            lifetime: 0,
+            client_address: self.client.to_ipv6_mapped(),
+            op: OpRepr::Announce,
+            options: Vec::new(),
+        };
+        Transmit {
+            destination: self.server,
+            payload: request.to_bytes(),
+        }
+    }
+
+    fn become_present(&mut self, now: Instant) {
+        if self.availability == Availability::Present {
+            return;
+        }
+        self.availability = Availability::Present;
+        self.discovery = None;
+        self.events.push_back(Event::Present(self.server));
+        for e in self.entries.values_mut() {
+            if matches!(e.phase, Phase::Waiting { .. }) {
+                e.phase = Phase::Asking {
+                    tries: 0,
+                    next: now,
+                    rt: IRT,
+                };
+            }
+        }
+    }
+
     /// When [`Upstream::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -426,24 +487,29 @@ impl Upstream {
             expiry.map_or(phase, |x| x.min(phase))
         });
         let deletions = self.deletions.values().map(|d| d.next);
-        entries.chain(deletions).min()
+        let discovery = self.discovery.map(|(_, at)| at);
+        entries.chain(deletions).chain(discovery).min()
     }
 
-    /// Sends what is due at `now`: requests, retransmissions, renewals, deletions.
+    /// Sends what is due at `now`: the discovery, requests, retransmissions,
+    /// renewals, deletions.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some((tries, at)) = self.discovery {
+            if at <= now {
+                if tries >= DISCOVERY_TRIES {
+                    self.become_absent(now);
+                } else {
+                    self.transmits.push_back(self.announce());
+                    let wait = jitter(IRT * 2u32.pow(tries), &self.seed, tries);
+                    self.discovery = Some((tries + 1, now + wait));
+                }
+            }
+        }
         let keys: Vec<Key> = self.entries.keys().copied().collect();
-        // One discovery at a time: while the server has not answered, only one entry
-        // asks; the others wait for the outcome.
-        let mut sent_while_unknown = self.availability != Availability::Present
-            && self
-                .entries
-                .values()
-                .any(|e| matches!(e.phase, Phase::Asking { tries, .. } if tries > 0));
         for key in keys {
-            let Some(entry) = self.entries.get(&key).cloned() else {
+            let Some(mut entry) = self.entries.get(&key).cloned() else {
                 continue;
             };
-            let mut entry = entry;
             if let Some((_, until)) = entry.external {
                 if until <= now {
                     entry.external = None;
@@ -457,6 +523,7 @@ impl Upstream {
                     }
                 }
             }
+            let present = self.availability == Availability::Present;
             match entry.phase {
                 Phase::Mapped { renew } if renew <= now => {
                     entry.phase = Phase::Asking {
@@ -465,60 +532,33 @@ impl Upstream {
                         rt: IRT,
                     };
                 }
-                Phase::Waiting { next } if next <= now => {
+                Phase::Waiting { next } if next <= now && present => {
                     entry.phase = Phase::Asking {
                         tries: 0,
                         next: now,
                         rt: IRT,
                     };
                 }
+                Phase::Waiting { next } if next <= now => {
+                    // The discovery's outcome decides.
+                    entry.phase = Phase::Waiting {
+                        next: now + ABSENT_RECHECK,
+                    };
+                }
                 _ => {}
             }
             if let Phase::Asking { tries, next, rt } = entry.phase {
                 if next <= now {
-                    let limit = if self.availability == Availability::Present {
-                        MAX_TRIES
-                    } else {
-                        DISCOVERY_TRIES
-                    };
-                    if tries >= limit {
-                        if self.availability == Availability::Present {
-                            self.events.push_back(Event::Unanswered(key));
-                            entry.phase = Phase::Waiting {
-                                next: now + RETRY_LATER,
-                            };
-                        } else {
-                            if self.availability == Availability::Unknown {
-                                self.events.push_back(Event::Absent(self.server));
-                            }
-                            self.availability = Availability::Absent;
-                            let probe = now + ABSENT_RECHECK;
-                            self.probe_at = Some(probe);
-                            entry.phase = Phase::Waiting { next: probe };
-                            // The others were only waiting for the discovery's outcome.
-                            for e in self.entries.values_mut() {
-                                if matches!(e.phase, Phase::Asking { .. }) {
-                                    e.phase = Phase::Waiting { next: probe };
-                                }
-                            }
-                        }
-                    } else if self.availability != Availability::Present
-                        && sent_while_unknown
-                        && tries == 0
-                    {
-                        entry.phase = Phase::Asking {
-                            tries,
-                            next: now + IRT,
-                            rt,
+                    if tries >= MAX_TRIES {
+                        self.events.push_back(Event::Unanswered(key));
+                        entry.phase = Phase::Waiting {
+                            next: now + RETRY_LATER,
                         };
                     } else {
                         let lifetime = Self::lifetime_for(&entry, now);
                         let suggest = entry.external.map(|(e, _)| e);
                         let t = self.request(key, entry.nonce, lifetime, suggest);
                         self.transmits.push_back(t);
-                        if self.availability != Availability::Present {
-                            sent_while_unknown = true;
-                        }
                         let wait = jitter(rt, &entry.nonce, tries);
                         entry.phase = Phase::Asking {
                             tries: tries + 1,
@@ -612,6 +652,17 @@ impl Upstream {
         }
         let packet = Packet::new_checked(datagram).ok()?;
         let response = Response::parse(&packet).ok()?;
+        if response.opcode == Opcode::Announce {
+            // The discovery's answer (or an unsolicited ANNOUNCE): the server is there.
+            self.become_present(now);
+            if self.epoch_lost(response.epoch, now) {
+                self.events.push_back(Event::EpochLost {
+                    epoch: response.epoch,
+                });
+                self.restart_all(now);
+            }
+            return None;
+        }
         if response.opcode != Opcode::Map {
             return None;
         }
@@ -629,25 +680,7 @@ impl Upstream {
         if !asked {
             return None;
         }
-        if self.availability != Availability::Present {
-            self.availability = Availability::Present;
-            self.probe_at = None;
-            self.events.push_back(Event::Present(self.server));
-            // The others were only waiting for the server: they ask now.
-            for (k, e) in &mut self.entries {
-                let idle = matches!(
-                    e.phase,
-                    Phase::Waiting { .. } | Phase::Asking { tries: 0, .. }
-                );
-                if *k != key && idle {
-                    e.phase = Phase::Asking {
-                        tries: 0,
-                        next: now,
-                        rt: IRT,
-                    };
-                }
-            }
-        }
+        self.become_present(now);
         if self.epoch_lost(response.epoch, now) {
             self.events.push_back(Event::EpochLost {
                 epoch: response.epoch,

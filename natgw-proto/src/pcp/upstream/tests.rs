@@ -9,8 +9,25 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const OUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const KEY: Key = (Protocol::Udp, 40000);
 
-fn upstream() -> Upstream {
-    Upstream::new(SERVER, CLIENT, [7; 12])
+/// An upstream whose server answered the discovery at `now` (epoch 0).
+fn upstream_at(now: Instant) -> Upstream {
+    let mut u = Upstream::new(SERVER, CLIENT, [7; 12], now);
+    u.handle_timeout(now);
+    let reqs = sent(&mut u);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].op, OpRepr::Announce);
+    let response = Response {
+        opcode: Opcode::Announce,
+        result: ResultCode::Success,
+        lifetime: 0,
+        epoch: 0,
+        op: Some(OpRepr::Announce),
+        options: Vec::new(),
+    };
+    assert_eq!(u.handle_response(now, SERVER, &response.to_bytes()), None);
+    assert_eq!(u.availability(), Availability::Present);
+    assert!(events(&mut u).contains(&Event::Present(SERVER)));
+    u
 }
 
 fn sent(u: &mut Upstream) -> Vec<Request> {
@@ -66,7 +83,7 @@ fn run_until(u: &mut Upstream, until: Instant) -> Vec<(Instant, Request)> {
 #[test]
 fn request_carries_own_endpoint_and_covers_local_lifetime() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(3600), t0);
     assert!(u.awaiting(&KEY));
     u.handle_timeout(t0);
@@ -82,7 +99,7 @@ fn request_carries_own_endpoint_and_covers_local_lifetime() {
     let key = u.handle_response(
         t0,
         SERVER,
-        &answer(&reqs[0], ResultCode::Success, 3600, 100, 50000),
+        &answer(&reqs[0], ResultCode::Success, 3600, 0, 50000),
     );
     assert_eq!(key, Some(KEY));
     assert_eq!(u.external(&KEY, t0), Some(SocketAddrV4::new(OUTER, 50000)));
@@ -90,7 +107,6 @@ fn request_carries_own_endpoint_and_covers_local_lifetime() {
     assert_eq!(u.availability(), Availability::Present);
     assert!(!u.awaiting(&KEY));
     let ev = events(&mut u);
-    assert!(ev.contains(&Event::Present(SERVER)));
     assert!(ev
         .iter()
         .any(|e| matches!(e, Event::Mapped { key: KEY, .. })));
@@ -99,13 +115,13 @@ fn request_carries_own_endpoint_and_covers_local_lifetime() {
 #[test]
 fn answers_from_elsewhere_or_with_another_nonce_are_ignored() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
     let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 5351);
     assert_eq!(
-        u.handle_response(t0, other, &answer(&r, ResultCode::Success, 600, 1, 1)),
+        u.handle_response(t0, other, &answer(&r, ResultCode::Success, 600, 0, 1)),
         None
     );
     let mut forged = r.clone();
@@ -113,7 +129,7 @@ fn answers_from_elsewhere_or_with_another_nonce_are_ignored() {
         m.nonce = [0xee; 12];
     }
     assert_eq!(
-        u.handle_response(t0, SERVER, &answer(&forged, ResultCode::Success, 600, 1, 1)),
+        u.handle_response(t0, SERVER, &answer(&forged, ResultCode::Success, 600, 0, 1)),
         None
     );
     assert_eq!(u.external(&KEY, t0), None);
@@ -122,13 +138,13 @@ fn answers_from_elsewhere_or_with_another_nonce_are_ignored() {
 #[test]
 fn retransmits_with_doubling_interval_then_gives_up_for_a_while() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     // Present first, so the bound is MAX_TRIES, not the discovery's.
     let other: Key = (Protocol::Tcp, 1);
     u.want(other, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 100_000, 1, 1));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 100_000, 0, 1));
     events(&mut u);
 
     u.want(KEY, t0 + Duration::from_secs(600), t0);
@@ -155,51 +171,73 @@ fn retransmits_with_doubling_interval_then_gives_up_for_a_while() {
 #[test]
 fn absent_server_is_given_up_quickly_and_probed_rarely() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = Upstream::new(SERVER, CLIENT, [7; 12], t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.want((Protocol::Tcp, 2), t0 + Duration::from_secs(600), t0);
-    let out = run_until(&mut u, t0 + Duration::from_secs(30));
-    // One discovery at a time, DISCOVERY_TRIES transmissions.
+    u.handle_timeout(t0);
+    assert!(u.awaiting(&KEY), "the discovery is out: worth a short wait");
+    let mut out: Vec<Request> = sent(&mut u);
+    out.extend(
+        run_until(&mut u, t0 + Duration::from_secs(30))
+            .into_iter()
+            .map(|(_, r)| r),
+    );
+    // Only the discovery is sent: DISCOVERY_TRIES ANNOUNCEs, no MAP.
     assert_eq!(out.len(), DISCOVERY_TRIES as usize, "{out:?}");
+    assert!(out.iter().all(|r| r.op == OpRepr::Announce));
     assert_eq!(u.availability(), Availability::Absent);
     assert!(events(&mut u).contains(&Event::Absent(SERVER)));
     assert!(
         !u.awaiting(&KEY),
         "no local answer waits for an absent server"
     );
-    u.want(
-        (Protocol::Udp, 3),
-        t0 + Duration::from_secs(600),
-        t0 + Duration::from_secs(31),
-    );
+    let t1 = t0 + Duration::from_secs(31);
+    u.want((Protocol::Udp, 3), t1 + Duration::from_secs(600), t1);
     assert!(!u.awaiting(&(Protocol::Udp, 3)));
-    // Nothing until the recheck.
+    // Nothing until the recheck, then one probe (a short discovery).
     assert!(run_until(&mut u, t0 + ABSENT_RECHECK).is_empty());
-    let probe = run_until(&mut u, t0 + ABSENT_RECHECK + Duration::from_secs(10));
-    assert_eq!(probe.len(), 1, "one probe: {probe:?}");
-    // The server answers the probe: everything is requested.
-    let (t, r) = probe[0].clone();
-    assert!(u
-        .handle_response(t, SERVER, &answer(&r, ResultCode::Success, 600, 5, 9))
-        .is_some());
+    let probe = run_until(&mut u, t0 + ABSENT_RECHECK + Duration::from_secs(12));
+    assert_eq!(probe.len(), DISCOVERY_TRIES as usize, "one probe: {probe:?}");
+    assert!(probe.iter().all(|(_, r)| r.op == OpRepr::Announce));
+    // The server answers the probe: every mapping is requested.
+    let t = probe[probe.len() - 1].0;
+    let response = Response {
+        opcode: Opcode::Announce,
+        result: ResultCode::Success,
+        lifetime: 0,
+        epoch: 1,
+        op: Some(OpRepr::Announce),
+        options: Vec::new(),
+    };
+    u.handle_response(t, SERVER, &response.to_bytes());
     assert_eq!(u.availability(), Availability::Present);
     let rest = run_until(&mut u, t);
-    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!(rest.len(), 3, "{rest:?}");
+    assert!(rest.iter().all(|(_, r)| matches!(r.op, OpRepr::Map(_))));
+}
+
+#[test]
+fn icmp_unreachable_makes_an_unknown_server_absent_at_once() {
+    let t0 = Instant::now();
+    let mut u = Upstream::new(SERVER, CLIENT, [7; 12], t0);
+    u.want(KEY, t0 + Duration::from_secs(600), t0);
+    u.handle_timeout(t0);
+    assert_eq!(sent(&mut u).len(), 1);
+    u.unreachable(t0);
+    assert_eq!(u.availability(), Availability::Absent);
+    assert!(!u.awaiting(&KEY));
+    assert!(run_until(&mut u, t0 + Duration::from_secs(60)).is_empty());
 }
 
 #[test]
 fn renews_at_half_lifetime_with_same_nonce_and_endpoint() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(7200), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
     // The upstream grants less than asked.
-    u.handle_response(
-        t0,
-        SERVER,
-        &answer(&r, ResultCode::Success, 1000, 10, 50000),
-    );
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 1000, 0, 50000));
     let out = run_until(&mut u, t0 + Duration::from_secs(499));
     assert!(out.is_empty());
     let out = run_until(&mut u, t0 + Duration::from_secs(500));
@@ -214,7 +252,7 @@ fn renews_at_half_lifetime_with_same_nonce_and_endpoint() {
         .handle_response(
             t,
             SERVER,
-            &answer(&renewal, ResultCode::Success, 1000, 510, 50000)
+            &answer(&renewal, ResultCode::Success, 1000, 500, 50000)
         )
         .is_some());
     assert!(!events(&mut u)
@@ -225,11 +263,11 @@ fn renews_at_half_lifetime_with_same_nonce_and_endpoint() {
 #[test]
 fn local_renewal_past_the_upstream_lifetime_renews_upstream_at_once() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 601, 10, 50000));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 601, 0, 50000));
     let t1 = t0 + Duration::from_secs(100);
     u.want(KEY, t1 + Duration::from_secs(3600), t1);
     let out = run_until(&mut u, t1);
@@ -240,11 +278,11 @@ fn local_renewal_past_the_upstream_lifetime_renews_upstream_at_once() {
 #[test]
 fn expiry_without_renewal_forgets_the_endpoint() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(100_000), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 120, 10, 50000));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 120, 0, 50000));
     let end = t0 + Duration::from_secs(121);
     run_until(&mut u, end);
     assert_eq!(u.external(&KEY, end), None);
@@ -254,7 +292,7 @@ fn expiry_without_renewal_forgets_the_endpoint() {
 #[test]
 fn epoch_loss_requests_every_mapping_again() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     let k2: Key = (Protocol::Tcp, 8080);
     u.want(KEY, t0 + Duration::from_secs(7200), t0);
     u.handle_timeout(t0);
@@ -262,7 +300,7 @@ fn epoch_loss_requests_every_mapping_again() {
     u.handle_response(
         t0,
         SERVER,
-        &answer(&r1, ResultCode::Success, 7200, 1000, 50000),
+        &answer(&r1, ResultCode::Success, 7200, 0, 50000),
     );
     let t1 = t0 + Duration::from_secs(10);
     u.want(k2, t1 + Duration::from_secs(7200), t1);
@@ -288,20 +326,16 @@ fn epoch_loss_requests_every_mapping_again() {
 #[test]
 fn epoch_running_too_fast_is_a_loss_too() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(7200), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(
-        t0,
-        SERVER,
-        &answer(&r, ResultCode::Success, 7200, 1000, 50000),
-    );
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 7200, 0, 50000));
     let t1 = t0 + Duration::from_secs(100);
     u.handle_response(
         t1,
         SERVER,
-        &answer(&r, ResultCode::Success, 7200, 1101, 50000),
+        &answer(&r, ResultCode::Success, 7200, 101, 50000),
     );
     assert!(!events(&mut u)
         .iter()
@@ -310,7 +344,7 @@ fn epoch_running_too_fast_is_a_loss_too() {
     u.handle_response(
         t2,
         SERVER,
-        &answer(&r, ResultCode::Success, 7200, 5000, 50000),
+        &answer(&r, ResultCode::Success, 7200, 4101, 50000),
     );
     assert!(events(&mut u)
         .iter()
@@ -320,11 +354,11 @@ fn epoch_running_too_fast_is_a_loss_too() {
 #[test]
 fn release_deletes_upstream_with_bounded_retries() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 0, 50000));
     events(&mut u);
     u.release(KEY, t0);
     assert!(u.entry(&KEY).is_none());
@@ -341,15 +375,15 @@ fn release_deletes_upstream_with_bounded_retries() {
 #[test]
 fn release_answered_ends_at_once() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 0, 50000));
     u.release(KEY, t0);
     u.handle_timeout(t0);
     let d = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&d, ResultCode::Success, 0, 1, 0));
+    u.handle_response(t0, SERVER, &answer(&d, ResultCode::Success, 0, 0, 0));
     assert!(events(&mut u).contains(&Event::Released(KEY)));
     assert_eq!(u.poll_timeout(), None);
 }
@@ -357,11 +391,11 @@ fn release_answered_ends_at_once() {
 #[test]
 fn refusal_waits_before_asking_again() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::NoResources, 30, 1, 0));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::NoResources, 30, 0, 0));
     assert!(events(&mut u).contains(&Event::Refused {
         key: KEY,
         result: ResultCode::NoResources
@@ -374,11 +408,11 @@ fn refusal_waits_before_asking_again() {
 #[test]
 fn new_wan_address_requests_again_from_it() {
     let t0 = Instant::now();
-    let mut u = upstream();
+    let mut u = upstream_at(t0);
     u.want(KEY, t0 + Duration::from_secs(600), t0);
     u.handle_timeout(t0);
     let r = sent(&mut u).remove(0);
-    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 1, 50000));
+    u.handle_response(t0, SERVER, &answer(&r, ResultCode::Success, 600, 0, 50000));
     let new = Ipv4Addr::new(100, 64, 0, 9);
     u.set_client(new, t0);
     let out = run_until(&mut u, t0);
