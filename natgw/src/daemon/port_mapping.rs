@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
 
-use crate::config::{Forward, ForwardProtocol, Settings};
+use crate::config::{Forward, ForwardProtocol, PcpUpstream, Settings};
 use crate::datapath::addresses::AddressPlan;
 use crate::datapath::deploy::DataPath;
 use crate::datapath::dirs::RuntimeDirs;
@@ -24,6 +24,7 @@ use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
 use crate::nat_table::gc::Policy;
 use crate::services::pcp::{LanAddress, PcpService};
+use crate::services::pcp_upstream::{default_gateway, UpstreamLink};
 use crate::services::upnp::{LanInterface, PendingRequest, UpnpService};
 use natgw_proto::pcp::engine::DropReason;
 use natgw_proto::pcp::table::{Protocol, TableError};
@@ -151,6 +152,42 @@ impl PortMapping {
             w = upnp_request => w,
             w = upnp_timer => w,
         }
+    }
+}
+
+/// Proxies mappings to the upstream PCP server `upstream` names (RFC 7648): the
+/// WAN's default gateway for `auto`. Nothing is proxied when there is none, or its
+/// socket cannot be made.
+fn start_upstream(
+    server: &mut PcpService,
+    upstream: PcpUpstream,
+    topology: &Topology,
+    now: Instant,
+) {
+    let wan = &topology.wan.name;
+    let target = match upstream {
+        PcpUpstream::Off => {
+            info!("pcp.upstream.off: mappings are not proxied upstream (pcp.upstream = \"off\")");
+            return;
+        }
+        PcpUpstream::Server(a) => a,
+        PcpUpstream::Auto => match default_gateway(wan) {
+            Some(g) => SocketAddrV4::new(g, natgw_proto::pcp::wire::SERVER_PORT),
+            None => {
+                info!("pcp.upstream.none iface={wan}: no default gateway on the WAN; mappings are not proxied upstream");
+                return;
+            }
+        },
+    };
+    let external = topology.external.addr();
+    match UpstreamLink::open(target, wan, external, now) {
+        Ok(link) => {
+            info!("pcp.upstream.discovering server={target} from={external} mode={upstream}");
+            server.set_upstream(link);
+        }
+        Err(e) => warn!(
+            "pcp.upstream.socket_failed server={target} error=\"{e}\": mappings are not proxied upstream"
+        ),
     }
 }
 
@@ -414,6 +451,7 @@ impl PortMapping {
                     }
                 }
             }
+            start_upstream(&mut server, settings.pcp.upstream, topology, now);
             let locals: Vec<String> = server.locals().map(|a| a.to_string()).collect();
             let c = server.config();
             info!(
@@ -525,7 +563,11 @@ impl PortMapping {
             return;
         };
         let (now, now_ns) = (Instant::now(), system::monotonic_ns());
-        upnp.handle(request, now, &mut explicit.table(nat, now, now_ns));
+        let mut table = explicit.table(nat, now, now_ns);
+        upnp.handle(request, now, &mut table);
+        if let Some(server) = self.server.as_mut() {
+            server.sync_upstream(now, &table);
+        }
     }
 
     /// Lets the UPnP engine compare what its subscribers last heard with the table
@@ -568,6 +610,10 @@ impl PortMapping {
         }
         if !expired.is_empty() {
             self.upnp_refresh(nat);
+            if let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) {
+                let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+                server.sync_upstream(now, &explicit.table(nat, now, now_ns));
+            }
         }
     }
 

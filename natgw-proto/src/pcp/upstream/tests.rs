@@ -197,7 +197,11 @@ fn absent_server_is_given_up_quickly_and_probed_rarely() {
     // Nothing until the recheck, then one probe (a short discovery).
     assert!(run_until(&mut u, t0 + ABSENT_RECHECK).is_empty());
     let probe = run_until(&mut u, t0 + ABSENT_RECHECK + Duration::from_secs(12));
-    assert_eq!(probe.len(), DISCOVERY_TRIES as usize, "one probe: {probe:?}");
+    assert_eq!(
+        probe.len(),
+        DISCOVERY_TRIES as usize,
+        "one probe: {probe:?}"
+    );
     assert!(probe.iter().all(|(_, r)| r.op == OpRepr::Announce));
     // The server answers the probe: every mapping is requested.
     let t = probe[probe.len() - 1].0;
