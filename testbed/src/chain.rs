@@ -113,7 +113,12 @@ impl Chain {
 
 impl Drop for Chain {
     fn drop(&mut self) {
-        for ns in [&mut self.host, &mut self.inner, &mut self.outer, &mut self.far] {
+        for ns in [
+            &mut self.host,
+            &mut self.inner,
+            &mut self.outer,
+            &mut self.far,
+        ] {
             if let Err(e) = ns.remove_if_owned() {
                 eprintln!("chain {}: {}", self.id, e.chain());
             }

@@ -26,8 +26,9 @@
 //! - **Discovery and absence**: until the server has answered, it is *unknown*; an
 //!   ANNOUNCE request (RFC 6887 §14.1) is sent at start, [`DISCOVERY_TRIES`] times.
 //!   No answer (or an ICMP port unreachable, [`Upstream::unreachable`]) makes it
-//!   *absent*: nothing else is sent and [`Upstream::awaiting`] is false, so local
-//!   answers are never held back, except for one probe every [`ABSENT_RECHECK`]. An
+//!   *absent*: nothing else is sent, except for one probe every [`ABSENT_RECHECK`].
+//!   [`Upstream::awaiting`] is false unless the server is present, so local answers
+//!   are never held back for a server that may not be there. An
 //!   answer makes it present and every mapping is requested. MAP requests wait for
 //!   the server to be present.
 
@@ -318,20 +319,17 @@ impl Upstream {
             .next()
     }
 
-    /// Whether an answer about `key` is worth waiting for: the server is being
-    /// discovered, or it is present and the mapping's first request is out.
+    /// Whether an answer about `key` is worth waiting for: the server is present and
+    /// the mapping's first request is out. Never while the server is unknown or
+    /// absent, so an upstream that does not answer (or a chain of proxies still
+    /// discovering theirs) never delays a local answer.
     #[must_use]
     pub fn awaiting(&self, key: &Key) -> bool {
-        let Some(entry) = self.entries.get(key) else {
-            return false;
-        };
-        match self.availability {
-            Availability::Absent => false,
-            Availability::Unknown => self.discovery.is_some_and(|(tries, _)| tries > 0),
-            Availability::Present => {
-                entry.external.is_none() && matches!(entry.phase, Phase::Asking { .. })
-            }
-        }
+        self.availability == Availability::Present
+            && self
+                .entries
+                .get(key)
+                .is_some_and(|e| e.external.is_none() && matches!(e.phase, Phase::Asking { .. }))
     }
 
     fn next_nonce(&mut self) -> Nonce {
