@@ -24,7 +24,7 @@ use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
 use crate::nat_table::gc::Policy;
 use crate::services::pcp::{LanAddress, PcpService};
-use crate::services::pcp_upstream::{default_gateway, UpstreamLink};
+use crate::services::pcp_upstream::{default_gateway, random_seed, UpstreamLink};
 use crate::services::upnp::{LanInterface, PendingRequest, UpnpService};
 use natgw_proto::pcp::engine::DropReason;
 use natgw_proto::pcp::table::{Protocol, TableError};
@@ -162,6 +162,7 @@ fn start_upstream(
     server: &mut PcpService,
     upstream: PcpUpstream,
     topology: &Topology,
+    dirs: &RuntimeDirs,
     now: Instant,
 ) {
     let wan = &topology.wan.name;
@@ -180,7 +181,24 @@ fn start_upstream(
         },
     };
     let external = topology.external.addr();
-    match UpstreamLink::open(target, wan, external, now) {
+    // The nonce seed outlives restarts, so the upstream keeps renewing the mappings
+    // a restarted natgw adopts.
+    let seed = match dirs.read_record::<UpstreamRecord>(UPSTREAM_FILE) {
+        Ok(Some(r)) => Ok(r.seed),
+        _ => random_seed().inspect(|seed| {
+            if let Err(e) = dirs.write_record(UPSTREAM_FILE, &UpstreamRecord { seed: *seed }) {
+                warn!("pcp.upstream.seed_unrecorded error=\"{e}\": after a restart the upstream refuses renewals until its mappings expire");
+            }
+        }),
+    };
+    let seed = match seed {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("pcp.upstream.no_seed error=\"{e}\": mappings are not proxied upstream");
+            return;
+        }
+    };
+    match UpstreamLink::open(target, wan, external, seed, now) {
         Ok(link) => {
             info!("pcp.upstream.discovering server={target} from={external} mode={upstream}");
             server.set_upstream(link);
@@ -303,6 +321,15 @@ impl PortMapping {
 struct EpochRecord {
     start_ns: u64,
 }
+
+/// The upstream client's nonce seed, kept in the runtime directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UpstreamRecord {
+    seed: [u8; 12],
+}
+
+/// The upstream record's file in the runtime directory.
+const UPSTREAM_FILE: &str = "pcp-upstream.json";
 
 /// The epoch record's file in the runtime directory.
 pub(super) const EPOCH_FILE: &str = "pcp-epoch.json";
@@ -451,7 +478,7 @@ impl PortMapping {
                     }
                 }
             }
-            start_upstream(&mut server, settings.pcp.upstream, topology, now);
+            start_upstream(&mut server, settings.pcp.upstream, topology, dirs, now);
             let locals: Vec<String> = server.locals().map(|a| a.to_string()).collect();
             let c = server.config();
             info!(

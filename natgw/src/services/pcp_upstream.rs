@@ -95,13 +95,18 @@ fn open_socket(server: SocketAddrV4, iface: &str, external: Ipv4Addr) -> io::Res
     UdpSocket::from_std(socket.into())
 }
 
-fn random_seed() -> io::Result<[u8; 12]> {
+/// A new random nonce seed.
+///
+/// # Errors
+/// When `/dev/urandom` cannot be read.
+pub fn random_seed() -> io::Result<[u8; 12]> {
     natgw_proto::util::rng::random_bytes()
 }
 
 impl UpstreamLink {
     /// A client of the upstream PCP server `server`, from natgw's external address
-    /// `external` on WAN interface `iface`; its discovery starts at once.
+    /// `external` on WAN interface `iface`, nonces from `seed` (see
+    /// [`Upstream::nonce_for`]); its discovery starts at once.
     ///
     /// # Errors
     /// When the socket cannot be made.
@@ -109,11 +114,12 @@ impl UpstreamLink {
         server: SocketAddrV4,
         iface: &str,
         external: Ipv4Addr,
+        seed: [u8; 12],
         now: Instant,
     ) -> io::Result<Self> {
         let socket = open_socket(server, iface, external)?;
         let mut link = Self {
-            engine: Upstream::new(server, external, random_seed()?, now),
+            engine: Upstream::new(server, external, seed, now),
             socket,
             external,
             held: Vec::new(),

@@ -212,9 +212,8 @@ pub struct Upstream {
     epoch: Option<(u32, Instant)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
-    /// Nonces: `seed` mixed with a counter.
+    /// Nonces: `seed` mixed with the key ([`Upstream::nonce_for`]).
     seed: [u8; 12],
-    counter: u64,
 }
 
 /// `base` ± 10 %, the fraction taken from the nonce (a random value per mapping).
@@ -227,8 +226,8 @@ fn jitter(base: Duration, nonce: &Nonce, tries: u32) -> Duration {
 
 impl Upstream {
     /// A client of the PCP server `server`, sending from natgw's WAN address
-    /// `client`; its discovery starts `now`. `seed` should be random: nonces are
-    /// derived from it.
+    /// `client`; its discovery starts `now`. `seed` should be random and kept across
+    /// restarts that keep the mappings: nonces are derived from it.
     #[must_use]
     pub fn new(server: SocketAddrV4, client: Ipv4Addr, seed: [u8; 12], now: Instant) -> Self {
         Self {
@@ -242,7 +241,6 @@ impl Upstream {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             seed,
-            counter: 0,
         }
     }
 
@@ -332,12 +330,28 @@ impl Upstream {
                 .is_some_and(|e| e.external.is_none() && matches!(e.phase, Phase::Asking { .. }))
     }
 
-    fn next_nonce(&mut self) -> Nonce {
-        self.counter += 1;
-        let mut nonce = self.seed;
-        for (n, c) in nonce.iter_mut().zip(self.counter.to_be_bytes()) {
-            *n ^= c;
+    /// The nonce of the upstream mapping `key`: a function of the seed and the key
+    /// alone, so a natgw restarted with the same seed (and the same mappings) renews
+    /// its upstream mappings instead of being refused for a new nonce (RFC 6887
+    /// §11.3). Stable across builds (splitmix64, not `std`'s hasher); secret as long
+    /// as the seed is.
+    #[must_use]
+    pub fn nonce_for(&self, key: Key) -> Nonce {
+        const fn mix(mut z: u64) -> u64 {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
         }
+        let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3] = self.seed;
+        let s0 = u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
+        let s1 = u64::from(u32::from_be_bytes([b0, b1, b2, b3]));
+        let k = (u64::from(key.0.to_wire()) << 16) | u64::from(key.1);
+        let first = mix(s0 ^ mix(k ^ s1));
+        let second = mix(first ^ s1 ^ mix(k.rotate_left(32) ^ s0));
+        let mut nonce = [0; 12];
+        nonce[..8].copy_from_slice(&first.to_be_bytes());
+        nonce[8..].copy_from_slice(&second.to_be_bytes()[..4]);
         nonce
     }
 
@@ -356,11 +370,8 @@ impl Upstream {
             }
             return;
         }
-        let nonce = match self.deletions.remove(&key) {
-            // Deleted and wanted again before the deletion went out: keep the nonce.
-            Some(d) => d.nonce,
-            None => self.next_nonce(),
-        };
+        self.deletions.remove(&key);
+        let nonce = self.nonce_for(key);
         let phase = if self.availability != Availability::Present {
             // Asked for once the server is present.
             Phase::Waiting {

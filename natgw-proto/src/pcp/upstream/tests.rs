@@ -426,3 +426,19 @@ fn new_wan_address_requests_again_from_it() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.client_address, new.to_ipv6_mapped());
 }
+
+#[test]
+fn nonces_depend_on_seed_and_key_only() {
+    let t0 = Instant::now();
+    let a = Upstream::new(SERVER, CLIENT, [7; 12], t0);
+    let b = Upstream::new(SERVER, CLIENT, [7; 12], t0 + Duration::from_secs(5));
+    let c = Upstream::new(SERVER, CLIENT, [8; 12], t0);
+    assert_eq!(
+        a.nonce_for(KEY),
+        b.nonce_for(KEY),
+        "a restart with the seed renews"
+    );
+    assert_ne!(a.nonce_for(KEY), c.nonce_for(KEY));
+    assert_ne!(a.nonce_for(KEY), a.nonce_for((Protocol::Tcp, KEY.1)));
+    assert_ne!(a.nonce_for(KEY), a.nonce_for((Protocol::Udp, KEY.1 + 1)));
+}
