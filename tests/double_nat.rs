@@ -155,3 +155,45 @@ fn without_pcp_on_the_outer_mappings_stay_local_without_delay() {
         );
     }
 }
+
+#[test]
+fn a_restarted_inner_natgw_renews_its_upstream_mappings() {
+    require_root();
+    let chain = Chain::new().expect("building the chain");
+    let (outer, mut inner) = start(&chain, &[]);
+    wait_for(WAIT, || {
+        inner.log().contains("pcp.upstream.present").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no upstream found:\n{}", inner.log()));
+    let (external, _) = map(&chain, 5000, 3600);
+    assert_eq!(*external.ip(), CHAIN_OUTER_WAN_ADDR, "{}", inner.log());
+
+    // The restarted natgw adopts the mapping and asks upstream with the same nonce
+    // (its seed was kept): the outer renews the same mapping instead of refusing.
+    inner.stop();
+    let inner = Natgw::try_start_on(&chain.inner, &IFACES, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let expected = format!("external={external}");
+    wait_for(Duration::from_secs(10), || {
+        inner
+            .log()
+            .lines()
+            .any(|l| l.contains("pcp.upstream.mapped") && l.contains(&expected))
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the upstream mapping was not renewed:\n{}\nouter:\n{}",
+            inner.log(),
+            outer.log()
+        )
+    });
+    assert!(
+        !inner.log().contains("pcp.upstream.refused"),
+        "{}",
+        inner.log()
+    );
+    // A renewal by the host gets the outer endpoint again at once.
+    let (again, took) = map(&chain, 5000, 3600);
+    assert_eq!(again, external);
+    assert!(took < Duration::from_millis(500), "{took:?}");
+}

@@ -64,6 +64,9 @@ pub struct UpstreamLink {
     held: Vec<Held>,
     /// The table's generation at the last sync.
     generation: Option<u64>,
+    /// When the link was opened, until the first sync: the mappings a restarted
+    /// natgw adopted are wanted upstream at once, not at the first table change.
+    unsynced_since: Option<Instant>,
 }
 
 /// The default gateway of `iface` from `/proc/net/route`.
@@ -124,6 +127,7 @@ impl UpstreamLink {
             external,
             held: Vec::new(),
             generation: None,
+            unsynced_since: Some(now),
         };
         link.engine.handle_timeout(now);
         link.flush(now);
@@ -146,7 +150,10 @@ impl UpstreamLink {
     /// releases the upstream mappings of those that ended.
     pub fn sync(&mut self, now: Instant, table: &impl MappingTable) {
         let generation = table.generation();
-        if generation.is_some() && generation == self.generation {
+        if self.unsynced_since.take().is_none()
+            && generation.is_some()
+            && generation == self.generation
+        {
             return;
         }
         self.generation = generation;
@@ -308,7 +315,12 @@ impl UpstreamLink {
     /// When [`UpstreamLink::on_timeout`] is next due.
     #[must_use]
     pub fn next_timeout(&self) -> Option<Instant> {
-        let held = self.held.iter().map(|h| h.deadline).min();
+        let held = self
+            .held
+            .iter()
+            .map(|h| h.deadline)
+            .chain(self.unsynced_since)
+            .min();
         match (held, self.engine.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -351,7 +363,10 @@ impl UpstreamLink {
                     );
                     self.engine.unreachable(now);
                 }
-                Err(e) => debug!("pcp.upstream.send_failed error=\"{e}\""),
+                Err(e) => {
+                    debug!("pcp.upstream.send_failed error=\"{e}\"");
+                    self.engine.send_failed(now);
+                }
             }
         }
         while let Some(event) = self.engine.poll_event() {

@@ -54,6 +54,8 @@ pub const RETRY_LATER: Duration = Duration::from_secs(60);
 pub const ABSENT_RECHECK: Duration = Duration::from_secs(300);
 /// Transmissions of a deletion.
 pub const DELETE_TRIES: u32 = 3;
+/// When a discovery whose datagram could not be sent is tried again.
+pub const SEND_RETRY: Duration = Duration::from_millis(200);
 /// Seconds asked for when the local mapping has less left (no point in asking for
 /// seconds only).
 pub const MIN_LIFETIME: u32 = 120;
@@ -249,6 +251,17 @@ impl Upstream {
     pub fn unreachable(&mut self, now: Instant) {
         if self.availability != Availability::Present {
             self.become_absent(now);
+        }
+    }
+
+    /// A datagram could not be sent (the socket's buffer was full, the neighbour
+    /// not yet resolved): a discovery in progress tries again soon instead of after
+    /// its full interval.
+    pub fn send_failed(&mut self, now: Instant) {
+        if let Some((tries, _)) = self.discovery {
+            if self.availability != Availability::Present {
+                self.discovery = Some((tries, now + SEND_RETRY));
+            }
         }
     }
 

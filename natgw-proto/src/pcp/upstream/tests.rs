@@ -442,3 +442,13 @@ fn nonces_depend_on_seed_and_key_only() {
     assert_ne!(a.nonce_for(KEY), a.nonce_for((Protocol::Tcp, KEY.1)));
     assert_ne!(a.nonce_for(KEY), a.nonce_for((Protocol::Udp, KEY.1 + 1)));
 }
+
+#[test]
+fn a_discovery_that_could_not_be_sent_is_retried_soon() {
+    let t0 = Instant::now();
+    let mut u = Upstream::new(SERVER, CLIENT, [7; 12], t0);
+    u.handle_timeout(t0);
+    assert_eq!(sent(&mut u).len(), 1);
+    u.send_failed(t0);
+    assert_eq!(u.poll_timeout(), Some(t0 + SEND_RETRY));
+}
