@@ -775,6 +775,8 @@ pub enum Origin {
     NatPmp = 2,
     /// A static forward from the configuration.
     Static = 3,
+    /// A UPnP IGD AddPortMapping or AddAnyPortMapping request.
+    Upnp = 4,
 }
 
 impl Origin {
@@ -786,6 +788,7 @@ impl Origin {
             1 => Some(Self::Pcp),
             2 => Some(Self::NatPmp),
             3 => Some(Self::Static),
+            4 => Some(Self::Upnp),
             _ => None,
         }
     }
@@ -798,6 +801,7 @@ impl Origin {
             Self::Pcp => "pcp",
             Self::NatPmp => "nat-pmp",
             Self::Static => "static",
+            Self::Upnp => "upnp",
         }
     }
 }

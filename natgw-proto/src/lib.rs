@@ -11,6 +11,9 @@
 //!   RFC 5780 NAT behaviour discovery.
 //! - [`punch`]: the hole-punching protocol: codec, the rendezvous engine, the prober,
 //!   and the demultiplexing of STUN and punch messages on one port.
+//! - [`upnp`]: UPnP IGD:1/IGD:2: SSDP discovery and its responder engine, HTTP
+//!   framing, descriptions, SOAP control, GENA, and the IGD engine that maps ports
+//!   through the same [`pcp::table::MappingTable`] as PCP and NAT-PMP.
 //! - [`wire`]: byte ranges and big-endian fields, shared by the codecs.
 //! - [`prefix`]: IPv4 prefixes.
 //! - [`util`]: a token bucket and rate limiter, random bytes.
@@ -19,5 +22,6 @@ pub mod pcp;
 pub mod prefix;
 pub mod punch;
 pub mod stun;
+pub mod upnp;
 pub mod util;
 pub mod wire;

@@ -382,6 +382,70 @@ impl Default for StunSettings {
     }
 }
 
+/// The UPnP IGD server's settings (`[upnp]`). Its port rules and quotas are the
+/// `[pcp]` policy's, shared with PCP and NAT-PMP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpnpSettings {
+    /// Serve UPnP IGD (SSDP on UDP 1900, HTTP on TCP 5000) on the LAN interfaces
+    /// (default; `--no-upnp` or `enabled = false` turns it off).
+    pub enabled: bool,
+    /// Let a control point map ports for other hosts and delete their mappings
+    /// (off: 606 Action not authorized, as miniupnpd's secure mode).
+    pub allow_other_hosts: bool,
+    /// Longest lease granted, seconds; a lease of 0 ("permanent") gets this.
+    pub max_lease: u32,
+    /// Requests per second one host may make (0: no limit).
+    pub requests_per_second: u32,
+    /// The TCP port of the HTTP server on the LAN addresses.
+    pub http_port: u16,
+}
+
+impl Default for UpnpSettings {
+    fn default() -> Self {
+        let d = natgw_proto::upnp::engine::UpnpConfig::default();
+        Self {
+            enabled: true,
+            allow_other_hosts: d.allow_other_hosts,
+            max_lease: d.max_lease,
+            requests_per_second: d.requests_per_second,
+            http_port: DEFAULT_UPNP_HTTP_PORT,
+        }
+    }
+}
+
+/// The UPnP HTTP server's port unless `[upnp] http_port` says otherwise.
+pub const DEFAULT_UPNP_HTTP_PORT: u16 = 5000;
+
+impl UpnpSettings {
+    /// The engine's configuration (its limits at their defaults).
+    #[must_use]
+    pub fn engine(&self) -> natgw_proto::upnp::engine::UpnpConfig {
+        natgw_proto::upnp::engine::UpnpConfig {
+            allow_other_hosts: self.allow_other_hosts,
+            max_lease: self.max_lease,
+            requests_per_second: self.requests_per_second,
+            ..natgw_proto::upnp::engine::UpnpConfig::default()
+        }
+    }
+}
+
+/// The `[upnp]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpnp {
+    /// `enabled`.
+    pub enabled: Option<bool>,
+    /// `allow_other_hosts`.
+    pub allow_other_hosts: Option<bool>,
+    /// `max_lease`.
+    pub max_lease: Option<u32>,
+    /// `requests_per_second`.
+    pub requests_per_second: Option<u32>,
+    /// `http_port`.
+    pub http_port: Option<u16>,
+}
+
 /// The `[stun]` table as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -553,6 +617,8 @@ pub struct FileConfig {
     pub pcp: Option<FilePcp>,
     /// `[stun]` table.
     pub stun: Option<FileStun>,
+    /// `[upnp]` table.
+    pub upnp: Option<FileUpnp>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -636,6 +702,8 @@ pub struct Overrides {
     pub stun_port: Option<u16>,
     /// `--no-stun` (can only turn the responder off).
     pub no_stun: bool,
+    /// `--no-upnp` (can only turn the UPnP server off).
+    pub no_upnp: bool,
 }
 
 /// Validated settings of a running gateway.
@@ -680,6 +748,9 @@ pub struct Settings {
     /// The STUN responder.
     #[serde(default)]
     pub stun: StunSettings,
+    /// The UPnP IGD server.
+    #[serde(default)]
+    pub upnp: UpnpSettings,
     /// Static port forwards.
     #[serde(default)]
     pub forwards: Vec<Forward>,
@@ -770,6 +841,15 @@ pub enum ConfigError {
     /// A bad port range.
     #[error(transparent)]
     PortRange(#[from] PortRangeError),
+    /// `upnp.max_lease` out of range.
+    #[error(
+        "upnp.max_lease {0} is out of range: a lease of 1 to {max} seconds (IGD:2's longest)",
+        max = natgw_proto::upnp::description::MAX_LEASE
+    )]
+    UpnpMaxLease(u32),
+    /// `upnp.http_port = 0`.
+    #[error("upnp.http_port must be a port (1-65535)")]
+    UpnpHttpPortZero,
     /// A `[pcp]` setting the server cannot run with.
     #[error(transparent)]
     Pcp(#[from] PolicyError),
@@ -959,6 +1039,21 @@ pub fn resolve(
                     .unwrap_or(defaults.alternate_port),
             }
         },
+        upnp: {
+            let f = file.upnp.as_ref();
+            let d = UpnpSettings::default();
+            UpnpSettings {
+                enabled: !flags.no_upnp && f.and_then(|f| f.enabled).unwrap_or(true),
+                allow_other_hosts: f
+                    .and_then(|f| f.allow_other_hosts)
+                    .unwrap_or(d.allow_other_hosts),
+                max_lease: f.and_then(|f| f.max_lease).unwrap_or(d.max_lease),
+                requests_per_second: f
+                    .and_then(|f| f.requests_per_second)
+                    .unwrap_or(d.requests_per_second),
+                http_port: f.and_then(|f| f.http_port).unwrap_or(d.http_port),
+            }
+        },
     };
     let warnings = validate(&settings)?;
     Ok((settings, warnings))
@@ -1044,6 +1139,12 @@ pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
     }
     validate_forwards(&s.forwards)?;
     validate_stun(s)?;
+    if s.upnp.max_lease == 0 || s.upnp.max_lease > natgw_proto::upnp::description::MAX_LEASE {
+        return Err(ConfigError::UpnpMaxLease(s.upnp.max_lease));
+    }
+    if s.upnp.http_port == 0 {
+        return Err(ConfigError::UpnpHttpPortZero);
+    }
     Ok(warnings)
 }
 
@@ -1314,6 +1415,53 @@ mod tests {
         assert_eq!(s.filtering.icmp, Filtering::AddressDependent);
         assert_eq!(s.timeouts.icmp, 120);
         assert_eq!(s.unsolicited_syn, UnsolicitedSyn::Drop);
+    }
+
+    #[test]
+    fn upnp_table_parses_and_is_on_by_default() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let f = parse(base).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.upnp.enabled, "on by default");
+        assert!(!s.upnp.allow_other_hosts, "secure by default");
+        assert_eq!(s.upnp.max_lease, 604_800);
+        assert_eq!(s.upnp.requests_per_second, 10);
+        let f = parse(&format!(
+            "{base}[upnp]\nallow_other_hosts = true\nmax_lease = 3600\nrequests_per_second = 0\n"
+        ))
+        .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.upnp.enabled && s.upnp.allow_other_hosts);
+        let engine = s.upnp.engine();
+        assert_eq!((engine.max_lease, engine.requests_per_second), (3600, 0));
+        let f = parse(&format!("{base}[upnp]\nenabled = false\n")).unwrap();
+        assert!(!resolve(&f, &Overrides::default()).unwrap().0.upnp.enabled);
+        let flags = Overrides {
+            no_upnp: true,
+            ..Overrides::default()
+        };
+        assert!(
+            !resolve(&parse(base).unwrap(), &flags)
+                .unwrap()
+                .0
+                .upnp
+                .enabled
+        );
+        for bad in ["max_lease = 0", "max_lease = 604801", "http_port = 0"] {
+            let f = parse(&format!("{base}[upnp]\n{bad}\n")).unwrap();
+            let err = resolve(&f, &Overrides::default()).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("upnp.{}", &bad[..bad.find(' ').unwrap()])),
+                "{bad}: {err}"
+            );
+        }
+        let f = parse(&format!("{base}[upnp]\nhttp_port = 5080\n")).unwrap();
+        assert_eq!(
+            resolve(&f, &Overrides::default()).unwrap().0.upnp.http_port,
+            5080
+        );
+        let err = parse("[upnp]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
     }
 
     #[test]

@@ -75,6 +75,20 @@ const TEST_PACKAGES: &[Package] = &[
         why: "scapy, to craft the hostile packets (bad checksums, lengths, TCP flags, IP \
               options) of the validation tests",
     },
+    Package {
+        name: "miniupnpc",
+        why: "`upnpc`, miniupnp's UPnP IGD client, independent of natgw, for the UPnP tests",
+    },
+    Package {
+        name: "gir1.2-gupnpigd-1.0",
+        why: "GNOME's GUPnP-IGD, a second UPnP IGD client for the UPnP tests \
+              (tests/gupnp_igd.py)",
+    },
+    Package {
+        name: "python3-gi",
+        why: "GObject introspection for Python, through which tests/gupnp_igd.py uses \
+              GUPnP-IGD",
+    },
 ];
 
 /// Debian packages `cargo xtask bench` uses.

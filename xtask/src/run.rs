@@ -127,7 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
 fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
     let log = paths::target_dir().join(LOG_NAME);
     let mut natgw = Natgw::start(natgw_bin, &testbed.gateway.ns, &args.natgw_args, &log)?;
-    let outcome = demonstrate(testbed, &natgw)
+    let outcome = demonstrate(testbed, &natgw, natgw_bin)
         .and_then(|()| demonstrate_stun(natgw_bin, testbed))
         .and_then(|()| {
             if args.no_punch {
@@ -155,10 +155,12 @@ fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
     }
 }
 
-/// The UDP and TCP exchanges, then what natgw recorded: mappings and counters.
-fn demonstrate(testbed: &Testbed, natgw: &Natgw) -> Result<()> {
+/// The UDP and TCP exchanges and the port mappings (PCP, UPnP), then what natgw
+/// recorded: mappings and counters.
+fn demonstrate(testbed: &Testbed, natgw: &Natgw, natgw_bin: &Path) -> Result<()> {
     let mut failures = demo::udp(testbed)?;
     failures += demo::tcp(testbed)?;
+    failures += demo::port_mapping(testbed, natgw_bin)?;
     signals::check()?;
 
     println!("\nMappings (`natgw mappings`):");

@@ -91,17 +91,21 @@ impl MappingKey {
 pub enum Origin {
     /// PCP MAP; gets unsolicited MAP responses when its external address changes.
     Pcp,
-    /// NAT-PMP; stored with [`super::server::NATPMP_NONCE`].
+    /// NAT-PMP; stored with [`super::engine::NATPMP_NONCE`].
     NatPmp,
+    /// UPnP IGD (AddPortMapping, AddAnyPortMapping); stored with
+    /// [`crate::upnp::engine::UPNP_NONCE`] and the control point's description.
+    Upnp,
 }
 
 impl Origin {
-    /// `pcp` or `nat-pmp`.
+    /// `pcp`, `nat-pmp` or `upnp`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {
             Self::Pcp => "pcp",
             Self::NatPmp => "nat-pmp",
+            Self::Upnp => "upnp",
         }
     }
 }
@@ -143,6 +147,9 @@ pub struct ExplicitMapping {
     pub filters: Vec<Filter>,
     /// Where the last request came from: unsolicited responses go there (§14.2).
     pub reply_to: SocketAddrV4,
+    /// What the holder called it (UPnP's NewPortMappingDescription); empty for PCP
+    /// and NAT-PMP, which have no such field.
+    pub description: String,
 }
 
 /// A request to create an explicit mapping, or to renew or update the one with the
@@ -173,6 +180,8 @@ pub struct Install {
     pub filters: Vec<Filter>,
     /// Where the request came from.
     pub reply_to: SocketAddrV4,
+    /// The mapping's description (UPnP); empty for PCP and NAT-PMP.
+    pub description: String,
 }
 
 /// A PEER request (RFC 6887 §12): create or refresh the implicit, traffic-style
@@ -254,6 +263,13 @@ pub trait MappingTable {
 
     /// Every explicit mapping (unsolicited updates after an address change).
     fn explicit_all(&self) -> Vec<ExplicitMapping>;
+
+    /// A number that changes whenever an explicit mapping is added, removed or
+    /// changed, so an engine may keep a view of them (UPnP's port mapping array)
+    /// until then; `None` (the default): no such number, views are made afresh.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 
     /// The LAN interface internal host `host` is on, or `None` when `host` is no
     /// host the NAT serves: outside every LAN prefix, an address of the gateway

@@ -43,6 +43,10 @@ pub struct MemoryTable {
     pub lans: Vec<Ipv4Prefix>,
     /// Addresses of the gateway itself, inside the LAN prefixes or not.
     pub gateway: Vec<Ipv4Addr>,
+    /// What [`MappingTable::generation`] reports: `None` (the default) for none;
+    /// when `Some`, counted up by `install` and `remove` (not by changes made to the
+    /// fields directly).
+    pub generation: Option<u64>,
 }
 
 impl MemoryTable {
@@ -59,6 +63,13 @@ impl MemoryTable {
             peers: Vec::new(),
             lans: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 0, 0), 8).expect("a valid length")],
             gateway: vec![Ipv4Addr::new(10, 0, 0, 1)],
+            generation: None,
+        }
+    }
+
+    fn changed(&mut self) {
+        if let Some(g) = self.generation.as_mut() {
+            *g += 1;
         }
     }
 
@@ -159,6 +170,7 @@ impl MappingTable for MemoryTable {
     }
 
     fn install(&mut self, request: &Install) -> Result<SocketAddrV4, TableError> {
+        self.changed();
         self.installs.push(request.clone());
         let address = self.external.ok_or(TableError::NetworkFailure)?;
         if let Some(m) = self.explicit.get_mut(&request.key) {
@@ -167,6 +179,7 @@ impl MappingTable for MemoryTable {
             m.expires = request.expires;
             m.filters.clone_from(&request.filters);
             m.reply_to = request.reply_to;
+            m.description.clone_from(&request.description);
             return Ok(m.external);
         }
         if request.prefer_failure && request.suggested_address.is_some_and(|a| a != address) {
@@ -176,6 +189,15 @@ impl MappingTable for MemoryTable {
         let port = match request.key.protocol {
             Protocol::All => 0,
             proto => match self.eim_port(proto, internal) {
+                // As the real table adopts a traffic mapping: its port or nothing.
+                Some(p)
+                    if request.prefer_failure && request.suggested_port.is_some_and(|s| s != p) =>
+                {
+                    return Err(TableError::CannotProvideExternal)
+                }
+                Some(p) if !request.external_ports.iter().any(|s| s.contains(p)) => {
+                    return Err(TableError::NotAuthorized)
+                }
                 Some(p) => p,
                 None => {
                     if self.used() >= self.capacity {
@@ -201,13 +223,19 @@ impl MappingTable for MemoryTable {
                 expires: request.expires,
                 filters: request.filters.clone(),
                 reply_to: request.reply_to,
+                description: request.description.clone(),
             },
         );
         Ok(external)
     }
 
     fn remove(&mut self, key: &MappingKey) {
+        self.changed();
         self.explicit.remove(key);
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.generation
     }
 
     fn peer(&mut self, request: &PeerRequest) -> Result<PeerGrant, TableError> {

@@ -110,13 +110,21 @@ Flags override the configuration file, which overrides the defaults. Example fil
     port = 3478
     alternate_port = 3479
 
+    [upnp]                          # UPnP IGD on the LAN (SSDP UDP 1900, HTTP TCP 5000);
+    enabled = true                  # port rules and quotas are [pcp]'s
+    allow_other_hosts = false       # true: InternalClient may be another host
+    max_lease = 604800              # seconds; a lease of 0 (\"permanent\") gets this
+    requests_per_second = 10        # per host; 0: no limit
+    http_port = 5000                # restart-only, as enabled
+
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
     external_port = 8080
     internal = \"10.0.1.2:80\"
 
 SIGHUP reads the file again and applies timeouts, filtering, the port range, the PCP
-policy and the forwards without dropping a mapping (flags still override the file).
+policy, the [upnp] settings but `enabled`, and the forwards without dropping a mapping
+(flags still override the file).
 SIGINT/SIGTERM stop natgw and leave its data path translating; the next `natgw run`
 adopts it. `natgw stop --flush` removes it.
 
@@ -264,6 +272,11 @@ pub struct RunArgs {
     /// Do not answer STUN on the external address.
     #[arg(long, conflicts_with = "stun_port")]
     pub no_stun: bool,
+
+    /// Do not run the UPnP IGD server (SSDP on UDP 1900, HTTP on TCP 5000 or `[upnp]
+    /// http_port` of the LAN interfaces); PCP and NAT-PMP are not affected.
+    #[arg(long)]
+    pub no_upnp: bool,
 }
 
 impl RunArgs {
@@ -296,6 +309,7 @@ impl RunArgs {
             no_pcp: self.no_pcp,
             stun_port: self.stun_port,
             no_stun: self.no_stun,
+            no_upnp: self.no_upnp,
         }
     }
 }

@@ -43,7 +43,7 @@ pub struct MappingRow {
     pub internal: SocketAddrV4,
     /// External endpoint.
     pub external: SocketAddrV4,
-    /// Who created it: `traffic`, `pcp`, `nat-pmp`, `static`.
+    /// Who created it: `traffic`, `pcp`, `nat-pmp`, `upnp`, `static`.
     pub origin: String,
     /// Time since creation.
     pub age_ms: u64,
@@ -87,6 +87,10 @@ pub struct MappingRow {
     /// everyone the filter mode lets in.
     #[serde(default)]
     pub pcp_filters: Vec<String>,
+    /// What its holder called it: a UPnP control point's
+    /// `NewPortMappingDescription`; empty for the others.
+    #[serde(default)]
+    pub description: String,
 }
 
 const fn yes() -> bool {
@@ -265,6 +269,7 @@ pub fn mapping_rows(
                 client: None,
                 expires: true,
                 pcp_filters: Vec::new(),
+                description: String::new(),
             }
         })
         .collect();
@@ -294,6 +299,7 @@ pub fn apply_explicit(rows: &mut [MappingRow], explicit: &[ExplicitEntry], now_n
         };
         row.client = e.client;
         row.pcp_filters.clone_from(&e.filters);
+        row.description.clone_from(&e.description);
         match e.expires_ns {
             Some(at) => row.remaining_ms = at.saturating_sub(now_ns) / NS_PER_MS,
             None => {
@@ -375,6 +381,11 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
                 } else {
                     "never".to_owned()
                 },
+                if m.description.is_empty() {
+                    "-".to_owned()
+                } else {
+                    m.description.clone()
+                },
             ]
         })
         .collect();
@@ -394,6 +405,7 @@ pub fn mappings_text(report: &MappingsReport, sessions: bool) -> String {
             "STATE",
             "SESSIONS",
             "EXPIRES IN",
+            "DESCRIPTION",
         ],
         &rows,
     );
@@ -967,10 +979,12 @@ mod tests {
         m1.origin = Origin::Pcp as u8;
         let (k2, mut m2, rk2, r2) = entry(IPPROTO_UDP, 80, 8080);
         m2.origin = Origin::Static as u8;
+        let (k3, mut m3, rk3, r3) = entry(IPPROTO_UDP, 6000, 16000);
+        m3.origin = Origin::Upnp as u8;
         let now = 100 * S;
         let mut rows = mapping_rows(
-            &[(k1, m1), (k2, m2)],
-            &[(rk1, r1), (rk2, r2)],
+            &[(k1, m1), (k2, m2), (k3, m3)],
+            &[(rk1, r1), (rk2, r2), (rk3, r3)],
             &[],
             &policy(),
             now,
@@ -981,22 +995,31 @@ mod tests {
             internal: internal.parse().unwrap(),
             external: external.parse().unwrap(),
             origin: origin.into(),
-            client: (origin == "pcp").then_some(client),
-            expires_ns: (origin == "pcp").then_some(700 * S),
+            client: (origin != "static").then_some(client),
+            expires_ns: (origin != "static").then_some(700 * S),
             filters: vec!["198.51.100.0/24:0".into()],
             nonce: None,
             created_ns: 0,
             ports: Vec::new(),
+            description: if origin == "upnp" {
+                "game server".into()
+            } else {
+                String::new()
+            },
         };
         apply_explicit(
             &mut rows,
             &[
                 entry("10.0.1.2:5000", "192.0.2.1:15000", "pcp"),
                 entry("10.0.1.2:80", "192.0.2.1:8080", "static"),
+                entry("10.0.1.2:6000", "192.0.2.1:16000", "upnp"),
             ],
             now,
         );
-        let (forward, pcp) = (&rows[0], &rows[1]);
+        let (forward, pcp, upnp) = (&rows[0], &rows[1], &rows[2]);
+        assert_eq!(upnp.origin, "upnp");
+        assert_eq!(upnp.description, "game server");
+        assert!(pcp.description.is_empty());
         assert_eq!((pcp.origin.as_str(), pcp.client), ("pcp", Some(client)));
         assert_eq!(
             pcp.remaining_ms, 600_000,
@@ -1013,7 +1036,23 @@ mod tests {
         };
         let text = mappings_text(&report, false);
         assert!(text.contains("pcp     10.0.1.2:40000"), "{text}");
-        assert!(text.lines().nth(1).unwrap().ends_with("never"), "{text}");
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("EXPIRES IN  DESCRIPTION"),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(1).unwrap().ends_with("never       -"),
+            "{text}"
+        );
+        assert!(
+            text.lines().nth(3).unwrap().ends_with("game server"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report.mappings[2]).unwrap();
+        assert_eq!(json["description"], "game server");
     }
 
     #[test]

@@ -450,6 +450,7 @@ impl Services {
         if let Some(stun) = self.stun.take() {
             stun.stop();
         }
+        self.port_mapping.stop();
     }
 }
 
@@ -1036,6 +1037,15 @@ impl Daemon {
                 let nat = &mut self.datapath.maps_mut().nat;
                 self.services.port_mapping.announce(nat);
             }
+            Wake::Upnp(request) => {
+                let nat = &mut self.datapath.maps_mut().nat;
+                self.services.port_mapping.upnp_request(request, nat);
+                self.services.port_mapping.write_file(&self.dirs);
+            }
+            Wake::UpnpTimer => {
+                let nat = &mut self.datapath.maps_mut().nat;
+                self.services.port_mapping.upnp_refresh(nat);
+            }
             Wake::Addresses(ifindex) => {
                 // Any interface: the source checks know every address of the gateway.
                 self.refresh_addresses().await;
@@ -1230,6 +1240,8 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(xdp_mode, "xdp_mode");
     keep!(stun, "stun");
     keep!(pcp.enabled, "pcp.enabled");
+    keep!(upnp.enabled, "upnp.enabled");
+    keep!(upnp.http_port, "upnp.http_port");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
     kept
@@ -1279,5 +1291,21 @@ mod tests {
         assert_eq!(new.timeouts.udp, 60, "timeouts apply");
         let mut same = running.clone();
         assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+
+    #[test]
+    fn upnp_settings_reload_but_turning_it_off_needs_a_restart() {
+        let running = settings("wan0", 300, None);
+        let mut new = running.clone();
+        new.upnp.enabled = false;
+        new.upnp.allow_other_hosts = true;
+        new.upnp.max_lease = 3600;
+        let kept = keep_restart_only(&running, &mut new);
+        assert_eq!(kept, ["upnp.enabled"]);
+        assert!(new.upnp.enabled, "keeps its running value");
+        assert!(
+            new.upnp.allow_other_hosts && new.upnp.max_lease == 3600,
+            "these apply"
+        );
     }
 }

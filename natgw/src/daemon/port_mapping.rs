@@ -24,17 +24,25 @@ use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
 use crate::nat_table::gc::Policy;
 use crate::services::pcp::{LanAddress, PcpService};
+use crate::services::upnp::{LanInterface, PendingRequest, UpnpService};
 use natgw_proto::pcp::engine::DropReason;
 use natgw_proto::pcp::table::{Protocol, TableError};
+use natgw_proto::upnp::{Device, Uuid};
 
 /// What the daemon keeps for explicit mappings.
 #[derive(Default)]
 pub(super) struct PortMapping {
     explicit: Option<ExplicitMappings<PcpFilters>>,
     server: Option<PcpService>,
+    /// The UPnP IGD server.
+    upnp: Option<UpnpService>,
     watch: Option<AddressWatch>,
     /// What the explicit mappings file holds.
     written: Option<Vec<ExplicitEntry>>,
+    /// The explicit records' generation when the file was last written: until it
+    /// changes there is nothing new to write (a request that only read, such as one
+    /// of a thousand GetGenericPortMappingEntry, costs no walk over the records).
+    written_generation: Option<u64>,
 }
 
 /// Why the main loop woke up for port mapping.
@@ -43,6 +51,10 @@ pub(super) enum Wake {
     Request(usize),
     /// Announcements are due.
     Announce,
+    /// A UPnP HTTP request waits for the engine.
+    Upnp(PendingRequest),
+    /// The UPnP engine's timer (a subscription ends).
+    UpnpTimer,
     /// An IPv4 address of interface N was added or removed.
     Addresses(u32),
     /// The address notifications stopped.
@@ -60,11 +72,17 @@ impl PortMapping {
     /// The PCP and NAT-PMP server's counters, named for `natgw status`; none when
     /// it is off.
     pub(super) fn counters(&self) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = self
+            .upnp
+            .iter()
+            .flat_map(UpnpService::counters)
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let Some(server) = self.server.as_ref() else {
-            return BTreeMap::new();
+            return out;
         };
         let (engine, replies) = server.stats();
-        let mut out = BTreeMap::from([
+        out.extend([
             ("pcp_requests".to_owned(), engine.requests),
             ("pcp_succeeded".to_owned(), engine.succeeded),
             ("pcp_refused".to_owned(), engine.refused),
@@ -85,6 +103,26 @@ impl PortMapping {
         let server = self.server.as_ref();
         let deadline = server.and_then(PcpService::next_timeout);
         let watch = self.watch.as_mut();
+        let upnp_deadline = self.upnp.as_ref().and_then(UpnpService::next_timeout);
+        let upnp = self.upnp.as_mut();
+        let upnp_request = async {
+            match upnp {
+                Some(u) => match u.next_request().await {
+                    Some(r) => Wake::Upnp(r),
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let upnp_timer = async {
+            match upnp_deadline {
+                Some(t) => {
+                    tokio::time::sleep_until(t.into()).await;
+                    Wake::UpnpTimer
+                }
+                None => std::future::pending().await,
+            }
+        };
         let request = async {
             match server {
                 Some(s) => Wake::Request(s.readable().await),
@@ -110,6 +148,8 @@ impl PortMapping {
             w = request => w,
             w = announce => w,
             w = addresses => w,
+            w = upnp_request => w,
+            w = upnp_timer => w,
         }
     }
 }
@@ -179,6 +219,16 @@ impl PortMapping {
                 }
             }
         }
+        if let Some(upnp) = self.upnp.as_mut() {
+            if new.upnp != old.upnp || new.pcp.server != old.pcp.server {
+                upnp.set_config(new.upnp.engine(), new.pcp.server.clone());
+                info!(
+                    "reload.upnp applied allow_other_hosts={} max_lease={}s \
+                     requests_per_second={}",
+                    new.upnp.allow_other_hosts, new.upnp.max_lease, new.upnp.requests_per_second
+                );
+            }
+        }
         let now_ns = system::monotonic_ns();
         let wanted = |p: Protocol, internal: SocketAddrV4, port: u16| {
             new.forwards.iter().any(|f| {
@@ -219,6 +269,55 @@ struct EpochRecord {
 
 /// The epoch record's file in the runtime directory.
 pub(super) const EPOCH_FILE: &str = "pcp-epoch.json";
+
+/// Who the UPnP device is across restarts: control points remember its UUID, and
+/// `BOOTID.UPNP.ORG` must grow with every start (UDA 1.1 §1.2.2).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UpnpDeviceRecord {
+    uuid: String,
+    boot_id: u32,
+}
+
+/// The UPnP device record's file in the runtime directory.
+pub(super) const UPNP_DEVICE_FILE: &str = "upnp-device.json";
+
+/// The speed of link `iface`, bits per second, as the kernel reports it
+/// (`/sys/class/net/IFACE/speed`, in Mbit/s); 0 when it does not (veth, a link that
+/// is down), at most `u32::MAX` (WANCommonInterfaceConfig's ui4).
+fn link_bitrate(iface: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{iface}/speed"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .filter(|mbit| *mbit > 0)
+        .map_or(0, |mbit| {
+            u32::try_from(mbit.saturating_mul(1_000_000)).unwrap_or(u32::MAX)
+        })
+}
+
+/// The UPnP device: the recorded UUID with the next boot id, or a new one.
+fn upnp_device(dirs: &RuntimeDirs) -> Result<Device> {
+    let recorded = dirs
+        .read_record::<UpnpDeviceRecord>(UPNP_DEVICE_FILE)
+        .ok()
+        .flatten()
+        .and_then(|r| Some((r.uuid.parse::<Uuid>().ok()?, r.boot_id)));
+    let (uuid, boot_id) = match recorded {
+        Some((uuid, boot)) => (uuid, boot.wrapping_add(1).max(1)),
+        None => {
+            let bytes: [u8; 16] = natgw_proto::util::rng::random_bytes()
+                .map_err(|e| anyhow!("reading a UUID from /dev/urandom: {e}"))?;
+            (Uuid::from_random(bytes), 1)
+        }
+    };
+    let record = UpnpDeviceRecord {
+        uuid: uuid.to_string(),
+        boot_id,
+    };
+    if let Err(e) = dirs.write_record(UPNP_DEVICE_FILE, &record) {
+        warn!("upnp.device_unrecorded error=\"{e}\": the next start gets a new UUID");
+    }
+    Ok(Device::new(uuid, boot_id))
+}
 
 /// Why a static forward could not be installed, as the end of a sentence.
 const fn static_refusal(e: TableError) -> &'static str {
@@ -340,6 +439,48 @@ impl PortMapping {
             info!("pcp.disabled: no PCP or NAT-PMP server (--no-pcp or pcp.enabled = false)");
             None
         };
+        let upnp = if settings.upnp.enabled {
+            let lans: Vec<LanInterface> = topology
+                .lans
+                .iter()
+                .map(|l| LanInterface {
+                    name: l.name.clone(),
+                    ifindex: l.ifindex,
+                    prefixes: l.ipv4.clone(),
+                })
+                .collect();
+            let mut device = upnp_device(dirs)?;
+            device.wan_bitrate = link_bitrate(&topology.wan.name);
+            device.http_port = settings.upnp.http_port;
+            let uuid = device.uuid;
+            let service = UpnpService::start(
+                settings.upnp.engine(),
+                settings.pcp.server.clone(),
+                device,
+                &lans,
+                Instant::now(),
+            )?;
+            let locals: Vec<String> = service.locals().iter().map(ToString::to_string).collect();
+            info!(
+                "upnp.listening http={} ssdp={} uuid={uuid} allow_other_hosts={} max_lease={}s",
+                if locals.is_empty() {
+                    "-".to_owned()
+                } else {
+                    locals.join(",")
+                },
+                lans.iter()
+                    .filter(|l| !l.prefixes.is_empty())
+                    .map(|l| l.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                settings.upnp.allow_other_hosts,
+                settings.upnp.max_lease
+            );
+            Some(service)
+        } else {
+            info!("upnp.disabled: no UPnP IGD server (--no-upnp or upnp.enabled = false)");
+            None
+        };
         let watch = match AddressWatch::open() {
             Ok(w) => Some(w),
             Err(e) => {
@@ -353,8 +494,10 @@ impl PortMapping {
         Ok(Self {
             explicit: Some(explicit),
             server,
+            upnp,
             watch,
             written: None,
+            written_generation: None,
         })
     }
 
@@ -376,6 +519,32 @@ impl PortMapping {
         server.on_timeout(now, &explicit.table(nat, now, now_ns));
     }
 
+    /// Answers a UPnP request with the shared table.
+    pub(super) fn upnp_request(&mut self, request: PendingRequest, nat: &mut NatMaps) {
+        let (Some(upnp), Some(explicit)) = (self.upnp.as_mut(), self.explicit.as_mut()) else {
+            return;
+        };
+        let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+        upnp.handle(request, now, &mut explicit.table(nat, now, now_ns));
+    }
+
+    /// Lets the UPnP engine compare what its subscribers last heard with the table
+    /// (and end subscriptions that ran out).
+    pub(super) fn upnp_refresh(&mut self, nat: &mut NatMaps) {
+        let (Some(upnp), Some(explicit)) = (self.upnp.as_mut(), self.explicit.as_mut()) else {
+            return;
+        };
+        let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+        upnp.refresh(now, &explicit.table(nat, now, now_ns));
+    }
+
+    /// Stops the UPnP server (its `ssdp:byebye`s go out).
+    pub(super) fn stop(&mut self) {
+        if let Some(mut upnp) = self.upnp.take() {
+            upnp.stop();
+        }
+    }
+
     /// Stops following address notifications (they ended).
     pub(super) fn unwatch(&mut self) {
         self.watch = None;
@@ -386,7 +555,8 @@ impl PortMapping {
         let Some(explicit) = self.explicit.as_mut() else {
             return;
         };
-        for e in explicit.expire(nat, Instant::now(), system::monotonic_ns()) {
+        let expired = explicit.expire(nat, Instant::now(), system::monotonic_ns());
+        for e in &expired {
             info!(
                 "explicit.expired proto={} int={} ext={} holder={} outcome={}",
                 e.key.protocol,
@@ -396,6 +566,9 @@ impl PortMapping {
                 e.outcome.name()
             );
         }
+        if !expired.is_empty() {
+            self.upnp_refresh(nat);
+        }
     }
 
     /// Rewrites the explicit mappings file for `natgw mappings` when it changed.
@@ -403,12 +576,20 @@ impl PortMapping {
         let Some(explicit) = self.explicit.as_ref() else {
             return;
         };
+        let generation = explicit.generation();
+        if self.written_generation == Some(generation) {
+            return;
+        }
         let entries = explicit.entries();
         if self.written.as_ref() == Some(&entries) {
+            self.written_generation = Some(generation);
             return;
         }
         match dirs.write_explicit(&entries) {
-            Ok(()) => self.written = Some(entries),
+            Ok(()) => {
+                self.written = Some(entries);
+                self.written_generation = Some(generation);
+            }
             Err(e) => warn!("explicit.write_failed error=\"{e}\""),
         }
     }
@@ -427,6 +608,7 @@ impl PortMapping {
                      requests fail with NETWORK_FAILURE until one is added"
                 );
                 explicit.set_pool(nat, Vec::new(), now_ns);
+                self.upnp_refresh(nat);
             }
             return;
         }
@@ -439,6 +621,7 @@ impl PortMapping {
                 m.to.map_or_else(|| "removed".to_owned(), |t| t.to_string())
             );
         }
+        self.upnp_refresh(nat);
     }
 
     /// Tells PCP and NAT-PMP clients that the external address changed.

@@ -4,6 +4,7 @@
 //! - [`pcp`]: the PCP/NAT-PMP server on the LAN sockets.
 //! - [`stun`]: the STUN responder.
 //! - [`rendezvous`]: `natgw rendezvous` on UDP and TCP.
+//! - [`upnp`]: the UPnP IGD server (SSDP, HTTP, GENA) on the LAN interfaces.
 //! - [`replies`], [`neighbours`]: how their replies leave — never waiting, never
 //!   queued behind the resolution of a spoofed source.
 //! - [`frames`]: reading STUN and punch messages from a TCP stream.
@@ -15,6 +16,7 @@ pub mod pcp;
 pub mod rendezvous;
 pub mod replies;
 pub mod stun;
+pub mod upnp;
 
 use std::io;
 

@@ -485,3 +485,64 @@ fn check(verdict: Verdict) -> usize {
         }
     }
 }
+
+/// Port mapping: lan-a asks the gateway for a UDP port with natgw's own PCP client
+/// and for a TCP port with miniupnpc's `upnpc` (UPnP IGD), so that the mapping table
+/// shows both beside the traffic mappings. Returns how many steps failed.
+pub fn port_mapping(testbed: &Testbed, natgw_bin: &std::path::Path) -> Result<usize> {
+    let hosts = Hosts::of(testbed)?;
+    let gateway = testbed::GW_LAN_A_ADDR;
+    println!("\nPort mapping: lan-a maps a UDP port with PCP and a TCP port with UPnP IGD");
+    let mut failures = 0;
+    let pcp = hosts
+        .lan_a
+        .ns
+        .command(natgw_bin)
+        .args(["pcp", "map", "--server", &gateway.to_string()])
+        .args([
+            "--protocol",
+            "udp",
+            "--internal-port",
+            "5000",
+            "--lifetime",
+            "600",
+        ])
+        .output()
+        .context("running natgw pcp map")?;
+    failures += check(if pcp.status.success() {
+        Verdict::Pass("PCP MAP udp 10.0.1.2:5000 (natgw pcp map)".to_owned())
+    } else {
+        Verdict::Fail(format!(
+            "natgw pcp map: {}",
+            String::from_utf8_lossy(&pcp.stderr).trim()
+        ))
+    });
+    let url = format!("http://{gateway}:5000/rootDesc.xml");
+    let lan_a = hosts.lan_a.addr.to_string();
+    let upnpc = hosts
+        .lan_a
+        .ns
+        .command("upnpc")
+        .args(["-u", &url, "-e", "xtask run"])
+        .args(["-a", &lan_a, "8080", "18080", "TCP", "600"])
+        .output();
+    failures += check(match upnpc {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Verdict::Skip("UPnP: upnpc is not installed (apt-get install miniupnpc)".to_owned())
+        }
+        Err(e) => Verdict::Fail(format!("running upnpc: {e}")),
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            match text
+                .lines()
+                .find(|l| l.contains("is redirected to internal"))
+            {
+                Some(line) => {
+                    Verdict::Pass(format!("UPnP AddPortMapping (upnpc -a): {}", line.trim()))
+                }
+                None => Verdict::Fail(format!("upnpc -a: {}", text.trim())),
+            }
+        }
+    });
+    Ok(failures)
+}

@@ -8,6 +8,7 @@ use super::events::{Event, MappingEvent};
 use super::{
     refuse, secs, suggested_ipv4, suggests_ipv6, table_refusal, Engine, Refusal, RequestOptions,
 };
+use crate::pcp::policy::PcpConfig;
 use crate::pcp::table::{
     ExplicitMapping, Filter, Install, MappingKey, MappingTable, Origin, PeerRequest, Protocol,
     TableError,
@@ -16,11 +17,12 @@ use crate::pcp::wire::{self, MapRepr, OpRepr, Opcode, PeerRepr, ResultCode};
 use crate::prefix::Ipv4Prefix;
 
 /// A quota a new mapping would exceed.
-pub(super) struct Quota {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
     /// The host's own quota (USER_EX_QUOTA) rather than a shared one (NO_RESOURCES).
-    pub(super) per_host: bool,
+    pub per_host: bool,
     /// Why, for the log.
-    pub(super) reason: String,
+    pub reason: String,
 }
 
 impl Engine {
@@ -78,8 +80,9 @@ impl Engine {
         };
         let existing = table.explicit(&key).filter(|m| m.expires > now);
         match &existing {
-            // RFC 6887 §11.3: the nonce must match on every renewal.
-            Some(m) if m.nonce != map.nonce => {
+            // RFC 6887 §11.3: the nonce must match on every renewal. A UPnP mapping's
+            // fixed nonce is no secret, so it is never PCP's to renew.
+            Some(m) if m.nonce != map.nonce || m.origin == Origin::Upnp => {
                 return Err(refuse(
                     ResultCode::NotAuthorized,
                     format!(
@@ -159,6 +162,7 @@ impl Engine {
             external_ports,
             filters,
             reply_to: src,
+            description: String::new(),
         };
         let external = self
             .grant(&install, existing.is_some(), table)
@@ -246,40 +250,7 @@ impl Engine {
         now: Instant,
         table: &impl MappingTable,
     ) -> Result<(), Quota> {
-        let held = table
-            .explicit_of(key.internal)
-            .iter()
-            .filter(|m| m.expires > now && m.key != *key)
-            .count();
-        if held >= self.config.max_mappings_per_host as usize {
-            return Err(Quota {
-                per_host: true,
-                reason: format!(
-                    "{} already holds {held} mappings (pcp.max_mappings_per_host)",
-                    key.internal
-                ),
-            });
-        }
-        let lan = table.lan_of(key.internal);
-        let on_lan = table.explicit_count(lan);
-        if lan.is_some() && on_lan >= self.config.max_mappings_per_interface as usize {
-            return Err(Quota {
-                per_host: false,
-                reason: format!(
-                    "the hosts of {}'s LAN interface hold {on_lan} mappings \
-                     (pcp.max_mappings_per_interface)",
-                    key.internal
-                ),
-            });
-        }
-        let all = table.explicit_count(None);
-        if all >= self.config.max_mappings as usize {
-            return Err(Quota {
-                per_host: false,
-                reason: format!("{all} mappings exist (pcp.max_mappings)"),
-            });
-        }
-        Ok(())
+        admit(&self.config, key, now, table)
     }
 
     /// RFC 6887 §13.3: the mapping's filter list after this request. No FILTER keeps
@@ -353,7 +324,9 @@ impl Engine {
                 internal_port: map.internal_port,
             };
             match table.explicit(&key) {
-                Some(m) if m.nonce != map.nonce && m.expires > now => {
+                Some(m)
+                    if (m.nonce != map.nonce || m.origin == Origin::Upnp) && m.expires > now =>
+                {
                     return Err(refuse(
                         ResultCode::NotAuthorized,
                         format!(
@@ -370,7 +343,7 @@ impl Engine {
                 .explicit_of(internal)
                 .into_iter()
                 .filter(|m| protocol == Protocol::All || m.key.protocol == protocol)
-                .filter(|m| m.nonce == map.nonce)
+                .filter(|m| m.nonce == map.nonce && m.origin != Origin::Upnp)
                 .collect()
         };
         self.delete(src, &victims, table);
@@ -469,4 +442,56 @@ impl Engine {
             options: options.echo(false),
         })
     }
+}
+
+/// Whether a new explicit mapping `key` fits the quotas: the host's
+/// (`max_mappings_per_host`), its LAN interface's (`max_mappings_per_interface`)
+/// and the server's (`max_mappings`). The last two hold however many addresses
+/// a host speaks from.
+///
+/// Every protocol that creates explicit mappings (PCP, NAT-PMP, UPnP) is held to
+/// these same quotas.
+///
+/// # Errors
+/// The quota that would be exceeded.
+pub fn admit(
+    config: &PcpConfig,
+    key: &MappingKey,
+    now: Instant,
+    table: &impl MappingTable,
+) -> Result<(), Quota> {
+    let held = table
+        .explicit_of(key.internal)
+        .iter()
+        .filter(|m| m.expires > now && m.key != *key)
+        .count();
+    if held >= config.max_mappings_per_host as usize {
+        return Err(Quota {
+            per_host: true,
+            reason: format!(
+                "{} already holds {held} mappings (pcp.max_mappings_per_host)",
+                key.internal
+            ),
+        });
+    }
+    let lan = table.lan_of(key.internal);
+    let on_lan = table.explicit_count(lan);
+    if lan.is_some() && on_lan >= config.max_mappings_per_interface as usize {
+        return Err(Quota {
+            per_host: false,
+            reason: format!(
+                "the hosts of {}'s LAN interface hold {on_lan} mappings \
+                 (pcp.max_mappings_per_interface)",
+                key.internal
+            ),
+        });
+    }
+    let all = table.explicit_count(None);
+    if all >= config.max_mappings as usize {
+        return Err(Quota {
+            per_host: false,
+            reason: format!("{all} mappings exist (pcp.max_mappings)"),
+        });
+    }
+    Ok(())
 }

@@ -28,6 +28,7 @@ mod tests;
 
 use announce::Burst;
 pub use events::{Answer, DropReason, Event, MappingEvent, Stats};
+pub use mapping::{admit, Quota};
 
 /// Where unsolicited ANNOUNCE responses and NAT-PMP address announcements go: the
 /// all-hosts group, client port 5350 (RFC 6887 §14.1.3, RFC 6886 §3.2.1).

@@ -145,12 +145,13 @@ impl Engine {
                     .collect()
             } else {
                 match table.explicit(&key) {
-                    Some(m) if m.origin == Origin::Pcp && live(&m) => {
+                    Some(m) if m.origin != Origin::NatPmp && live(&m) => {
                         return Err((
                             natpmp::ResultCode::NotAuthorized,
                             format!(
-                                "{protocol} {} belongs to a PCP client (delete it with its nonce)",
-                                key.internal_endpoint()
+                                "{protocol} {} belongs to a {} client (delete it with that protocol)",
+                                key.internal_endpoint(),
+                                m.origin.name()
                             ),
                         ));
                     }
@@ -174,12 +175,14 @@ impl Engine {
         }
         let existing = table.explicit(&key).filter(live);
         match &existing {
-            Some(m) if m.origin == Origin::Pcp => {
+            // NAT-PMP has no nonce: it may not take over what PCP or UPnP holds.
+            Some(m) if m.origin != Origin::NatPmp => {
                 return Err((
                     natpmp::ResultCode::NotAuthorized,
                     format!(
-                        "{protocol} {} belongs to a PCP client",
-                        key.internal_endpoint()
+                        "{protocol} {} belongs to a {} client",
+                        key.internal_endpoint(),
+                        m.origin.name()
                     ),
                 ));
             }
@@ -217,6 +220,7 @@ impl Engine {
             external_ports,
             filters: Vec::new(),
             reply_to: src,
+            description: String::new(),
         };
         let external = self
             .grant(&install, existing.is_some(), table)

@@ -29,6 +29,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             }
             let to = match self.move_to(nat, &record, address, now_ns) {
                 Ok(external) => {
+                    self.generation = self.generation.wrapping_add(1);
                     if let Some(r) = self.records.get_mut(&key) {
                         r.external = external;
                     }

@@ -255,6 +255,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 if record.holder != holder {
                     Self::set_origin(nat, &record, holder)?;
                 }
+                self.generation = self.generation.wrapping_add(1);
                 let r = self
                     .records
                     .get_mut(&request.key)
@@ -265,10 +266,12 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 r.expires_ns = Some(expires_ns);
                 r.filters.clone_from(&request.filters);
                 r.reply_to = Some(request.reply_to);
+                r.description.clone_from(&request.description);
                 return Ok(r.external);
             }
             // Its entries are gone (they should not be): start afresh.
             self.remove_filters(record.proto(), record.external, &record.filters);
+            self.generation = self.generation.wrapping_add(1);
             self.records.remove(&request.key);
         }
         let new = NewMapping {
@@ -281,6 +284,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             filters: request.filters.clone(),
         };
         let (external, created_ns) = self.create(nat, &new, now_ns)?;
+        self.generation = self.generation.wrapping_add(1);
         self.records.insert(
             request.key,
             Record {
@@ -294,6 +298,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 reply_to: Some(request.reply_to),
                 ports: new.ports,
                 created_ns,
+                description: request.description.clone(),
             },
         );
         Ok(external)

@@ -89,7 +89,7 @@ pub struct ExplicitEntry {
     pub internal: SocketAddrV4,
     /// External endpoint.
     pub external: SocketAddrV4,
-    /// `pcp`, `nat-pmp` or `static`.
+    /// `pcp`, `nat-pmp`, `upnp` or `static`.
     pub origin: String,
     /// The client that holds it (its nonce): where its last request came from;
     /// `None` for static forwards.
@@ -108,6 +108,9 @@ pub struct ExplicitEntry {
     /// External port spans policy allowed it, `[first, last]`.
     #[serde(default)]
     pub ports: Vec<[u16; 2]>,
+    /// What its holder called it (UPnP's description); empty for the others.
+    #[serde(default)]
+    pub description: String,
 }
 
 /// How often the PEER nonces of mappings that no longer exist are forgotten (each
@@ -123,6 +126,8 @@ pub enum Holder {
     NatPmp,
     /// A `[[forward]]` of the configuration.
     Static,
+    /// A UPnP IGD control point.
+    Upnp,
 }
 
 impl Holder {
@@ -130,6 +135,7 @@ impl Holder {
         match origin {
             Origin::Pcp => Self::Pcp,
             Origin::NatPmp => Self::NatPmp,
+            Origin::Upnp => Self::Upnp,
         }
     }
 
@@ -137,11 +143,12 @@ impl Holder {
         match self {
             Self::Pcp => Some(Origin::Pcp),
             Self::NatPmp => Some(Origin::NatPmp),
+            Self::Upnp => Some(Origin::Upnp),
             Self::Static => None,
         }
     }
 
-    /// `pcp`, `nat-pmp` or `static`.
+    /// `pcp`, `nat-pmp`, `upnp` or `static`.
     #[must_use]
     pub const fn name(self) -> &'static str {
         self.origin().name()
@@ -154,6 +161,7 @@ impl Holder {
             Self::Pcp => natgw_common::Origin::Pcp,
             Self::NatPmp => natgw_common::Origin::NatPmp,
             Self::Static => natgw_common::Origin::Static,
+            Self::Upnp => natgw_common::Origin::Upnp,
         }
     }
 }
@@ -200,6 +208,8 @@ struct Record {
     ports: Vec<PortSpan>,
     /// `created_ns` of its `NAT_FWD` entry: the mapping's identity in the maps.
     created_ns: u64,
+    /// What its holder called it (UPnP); empty for the others.
+    description: String,
 }
 
 impl Record {
@@ -212,6 +222,7 @@ impl Record {
             expires: self.expires?,
             filters: self.filters.clone(),
             reply_to: self.reply_to?,
+            description: self.description.clone(),
         })
     }
 
@@ -292,6 +303,9 @@ pub fn gateway_socket_holds(protocol: Protocol, addr: Ipv4Addr, port: u16) -> bo
 /// requests were made with.
 pub struct ExplicitMappings<F> {
     records: BTreeMap<MappingKey, Record>,
+    /// Changes whenever a record is added, removed or changed: lets an engine keep
+    /// a view of the records until they change ([`MappingTable::generation`]).
+    generation: u64,
     /// PEER nonce per implicit mapping, with the `created_ns` of the mapping it was
     /// given for (a new mapping of the same endpoint takes any nonce).
     peer_nonces: HashMap<(Protocol, SocketAddrV4), (Nonce, u64)>,
@@ -369,6 +383,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     pub fn new(pool: Vec<Ipv4Addr>, hosts: AddressPlan, defaults: Defaults, filters: F) -> Self {
         Self {
             records: BTreeMap::new(),
+            generation: 0,
             peer_nonces: HashMap::new(),
             next_prune: None,
             pool,
@@ -488,6 +503,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             filters: Vec::new(),
         };
         let (external, created_ns) = self.create(nat, &request, now_ns)?;
+        self.generation = self.generation.wrapping_add(1);
         self.records.insert(
             key,
             Record {
@@ -501,6 +517,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 reply_to: None,
                 ports: request.ports,
                 created_ns,
+                description: String::new(),
             },
         );
         Ok(external)
@@ -549,6 +566,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         now_ns: u64,
     ) -> Option<Ended> {
         let record = self.records.remove(key)?;
+        self.generation = self.generation.wrapping_add(1);
         let proto = record.proto();
         let fk = record.fwd_key();
         let outcome = match self.release(nat, &record, &fk, now_ns) {
@@ -604,6 +622,13 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         Ok(Outcome::Removed)
     }
 
+    /// Changes whenever a record is added, removed or changed (what
+    /// [`MappingTable::generation`] reports).
+    #[must_use]
+    pub const fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// What `natgw mappings` shows about each explicit mapping.
     #[must_use]
     pub fn entries(&self) -> Vec<ExplicitEntry> {
@@ -624,11 +649,12 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 nonce: Some(r.nonce),
                 created_ns: r.created_ns,
                 ports: r.ports.iter().map(|p| [p.first(), p.last()]).collect(),
+                description: r.description.clone(),
             })
             .collect()
     }
 
-    /// Takes back the PCP and NAT-PMP mappings a previous natgw recorded
+    /// Takes back the PCP, NAT-PMP and UPnP mappings a previous natgw recorded
     /// (`entries`, its explicit mappings file) whose mapping the adopted maps still
     /// hold unchanged (same external endpoint, same `created_ns`): their holders keep
     /// them, with the same nonce and the rest of their lifetime (one that ran out
@@ -646,6 +672,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             let holder = match e.origin.as_str() {
                 "pcp" => Holder::Pcp,
                 "nat-pmp" => Holder::NatPmp,
+                "upnp" => Holder::Upnp,
                 _ => continue,
             };
             let protocol = match e.protocol.as_str() {
@@ -674,6 +701,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                     .filter_map(|[first, last]| PortSpan::new(*first, *last))
                     .collect(),
                 created_ns: e.created_ns,
+                description: e.description.clone(),
             };
             let held = nat
                 .fwd(&record.fwd_key())
@@ -686,6 +714,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             let expires = e
                 .expires_ns
                 .map(|t| now + Duration::from_nanos(t.saturating_sub(now_ns)));
+            self.generation = self.generation.wrapping_add(1);
             self.records.insert(key, Record { expires, ..record });
             restored += 1;
         }

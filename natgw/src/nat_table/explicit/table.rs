@@ -46,6 +46,10 @@ impl<F: PcpFilterTable, N: NatTables + NatWrites> MappingTable for Table<'_, F, 
             .collect()
     }
 
+    fn generation(&self) -> Option<u64> {
+        Some(self.explicit.generation)
+    }
+
     fn explicit_all(&self) -> Vec<ExplicitMapping> {
         self.explicit
             .records

@@ -48,6 +48,7 @@ fn install(port: u16, suggest: Option<u16>, now: Instant) -> Install {
         external_ports: vec![PortSpan::new(1024, 65535).unwrap()],
         filters: Vec::new(),
         reply_to: SocketAddrV4::new(HOST, 40000),
+        description: String::new(),
     }
 }
 
@@ -421,4 +422,81 @@ fn a_port_held_for_another_host_is_not_given_but_the_own_one_is() {
         nat.rev[&own],
         RevValue::held(addr_be(HOST.octets()), 602 * S)
     );
+}
+
+#[test]
+fn a_upnp_mapping_carries_its_origin_and_description_across_a_restart() {
+    // issue #13: one table for every protocol; `natgw mappings` shows origin upnp and
+    // the description, and a restart keeps both
+    let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
+    let mut t = x.table(&mut nat, now, 10 * S);
+    let mut upnp = install(6000, Some(16000), now);
+    upnp.origin = Origin::Upnp;
+    upnp.prefer_failure = true;
+    upnp.description = "game server".into();
+    assert_eq!(t.install(&upnp), Ok(SocketAddrV4::new(EXT, 16000)));
+    let seen = t.explicit(&key(6000)).expect("the engine sees it");
+    assert_eq!(
+        (seen.origin, seen.description.as_str()),
+        (Origin::Upnp, "game server")
+    );
+    assert_eq!(
+        t.explicit_count(None),
+        1,
+        "it counts against the shared quotas"
+    );
+    // Another protocol asking for the port gets another one, or nothing.
+    let mut pcp = install(6001, Some(16000), now);
+    pcp.prefer_failure = true;
+    assert_eq!(t.install(&pcp), Err(TableError::CannotProvideExternal));
+    let (m, _) = entries_of(&nat, 6000).unwrap();
+    assert_eq!(m.origin, natgw_common::Origin::Upnp as u8);
+
+    let entries = x.entries();
+    assert_eq!(entries[0].origin, "upnp");
+    assert_eq!(entries[0].description, "game server");
+    let mut restarted = explicit();
+    assert_eq!(restarted.restore(&nat, &entries, now, 20 * S), 1);
+    let back = restarted.table(&mut nat, now, 20 * S);
+    let held = back.explicit(&key(6000)).expect("6000 came back");
+    assert_eq!(
+        (held.origin, held.description.as_str()),
+        (Origin::Upnp, "game server")
+    );
+}
+
+#[test]
+fn the_generation_changes_with_every_change_of_the_records() {
+    // What lets the UPnP engine keep its port mapping array between requests.
+    let (mut x, mut nat, now) = (explicit(), MemoryMaps::default(), Instant::now());
+    let generation = |x: &mut ExplicitMappings<MemoryMaps>, nat: &mut MemoryMaps| {
+        x.table(nat, now, S)
+            .generation()
+            .expect("the real table has one")
+    };
+    let g0 = generation(&mut x, &mut nat);
+    x.table(&mut nat, now, S)
+        .install(&install(5000, Some(15000), now))
+        .unwrap();
+    let g1 = generation(&mut x, &mut nat);
+    assert_ne!(g0, g1, "a new mapping");
+    assert_eq!(g1, generation(&mut x, &mut nat), "reading changes nothing");
+    x.table(&mut nat, now, 2 * S)
+        .install(&install(5000, Some(15000), now))
+        .unwrap();
+    let g2 = generation(&mut x, &mut nat);
+    assert_ne!(g1, g2, "a renewal");
+    x.set_pool(&mut nat, vec![Ipv4Addr::new(192, 0, 2, 9)], 3 * S);
+    let g3 = generation(&mut x, &mut nat);
+    assert_ne!(g2, g3, "a move to a new address");
+    x.table(&mut nat, now, 4 * S).remove(&key(5000));
+    let g4 = generation(&mut x, &mut nat);
+    assert_ne!(g3, g4, "a deletion");
+    x.table(&mut nat, now, S)
+        .install(&install(5001, None, now))
+        .unwrap();
+    let g5 = generation(&mut x, &mut nat);
+    let later = now + Duration::from_secs(601);
+    assert_eq!(x.expire(&mut nat, later, 602 * S).len(), 1);
+    assert_ne!(g5, generation(&mut x, &mut nat), "an expiry");
 }
