@@ -393,6 +393,26 @@ fn tcp_with_invalid_flags_makes_no_mapping() {
 }
 
 #[test]
+fn tcp_answers_and_endings_make_no_mapping() {
+    // issue #17 item 6: a SYN-ACK or a FIN (valid flags, but no connection natgw
+    // saw) made a mapping each; conntrack starts nothing from them, and neither does
+    // natgw now (drop_no_mapping, as for an outbound RST).
+    let bed = Bed::new();
+    for (round, flags) in ["SA", "FA", "FPA", "R", "RA"].into_iter().enumerate() {
+        for path in Path::BOTH {
+            burst(
+                &bed,
+                (path, round as u16),
+                "tcp",
+                "drop_no_mapping",
+                &format!("l2({})", tcp_to_silent_peer(path, flags)),
+                &format!("l2({})", tcp_to_silent_peer(path, "S")),
+            );
+        }
+    }
+}
+
+#[test]
 fn packets_with_malformed_ip_options_make_no_mapping() {
     // issue #17 item 6: on the fast path, 100 packets with malformed IP options
     // made 100 mappings, where the kernel's path drops them (ip_options_compile).

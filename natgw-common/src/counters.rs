@@ -98,7 +98,7 @@ counters! {
     /// Dropped: header too short or inconsistent.
     DropMalformed = "drop_malformed",
     /// Dropped: inbound packet for an external port with no mapping (or an outbound
-    /// RST, which never creates one).
+    /// RST, SYN-ACK or FIN, which never create one).
     DropNoMapping = "drop_no_mapping",
     /// Dropped: inbound packet refused by its mapping's filter (ADF/APDF).
     DropFiltered = "drop_filtered",

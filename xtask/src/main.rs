@@ -10,6 +10,8 @@
 //! - `conformance` runs the RFC conformance suite against natgw and nftables masquerade.
 //! - `fuzz` runs the cargo-fuzz targets (protocol codecs and engines, the kernel
 //!   programs' packet code) for a while each and fails on a crash.
+//! - `verifier` loads every program and prints the instructions the kernel's verifier
+//!   processed for each, against its limit.
 //!
 //! `.ci/run` is `cargo xtask test`; everything CI does is stated here, in Rust.
 
@@ -23,6 +25,7 @@ mod provision;
 mod run;
 mod signals;
 mod test;
+mod verifier;
 
 use std::process::ExitCode;
 
@@ -57,6 +60,9 @@ enum Command {
     /// Run every fuzz target (or the ones named) for `--time` seconds each, on the
     /// corpus in fuzz/corpus/ and the seeds in fuzz/seeds/; fail on any crash.
     Fuzz(fuzz::Args),
+    /// Load every program of the eBPF object and print the instructions the verifier
+    /// processed for each, against its limit of a million (needs root).
+    Verifier(verifier::Args),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Conformance(args) => conformance::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Verifier(args) => verifier::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -52,6 +52,14 @@ fn seen_bits(pkt: &Ipv4Packet) -> u8 {
     }
 }
 
+/// Whether a packet with TCP `bits` (see [`seen_bits`]; 0 for UDP and ICMP) may
+/// create a mapping: not a SYN-ACK, not a FIN.
+#[inline(always)]
+const fn may_start(bits: u8) -> bool {
+    bits & tcp_seen::FIN == 0
+        && bits & (tcp_seen::SYN | tcp_seen::ACK) != tcp_seen::SYN | tcp_seen::ACK
+}
+
 /// Adds to a statistics field of a map value. Not atomic: the BPF target offers no
 /// atomic read-modify-write to Rust, and packets of one flow are normally handled by
 /// one CPU, so concurrent updates (and lost increments) are rare and harmless.
@@ -83,7 +91,11 @@ pub fn outbound<C: EbpfContext>(
     let rst = bits & tcp_seen::RST != 0;
     let m = match NAT_FWD.get_ptr_mut(&key) {
         Some(m) => m,
-        None if rst => return Err(Counter::DropNoMapping),
+        // Nor do a SYN-ACK or a FIN start a connection: with no mapping they answer
+        // or end one natgw never saw, and conntrack, too, starts nothing from them
+        // (`tcp_conntracks`: from no state, only a SYN or, picked up mid-stream, an
+        // ACK).
+        None if rst || !may_start(bits) => return Err(Counter::DropNoMapping),
         None => {
             admit_new()?;
             if create(ctx, cfg, pkt, &key, now)? {

@@ -524,18 +524,7 @@ impl Engine {
             &self.config.soap,
         ) {
             Ok(call) => call,
-            Err(e) => {
-                let action = request
-                    .header("soapaction")
-                    .unwrap_or_default()
-                    .chars()
-                    .take(80)
-                    .collect();
-                return match e.fault() {
-                    Some(error) => self.fault(*src.ip(), action, Fault::new(error, e.to_string())),
-                    None => self.refuse_request(src, Status::BAD_REQUEST, e.to_string()),
-                };
-            }
+            Err(e) => return self.unreadable_call(src, request, &e),
         };
         let result = Action::from_call(&call)
             .and_then(|action| self.act(now, *src.ip(), call.version, &action, table));
@@ -545,6 +534,27 @@ impl Engine {
                 Response::xml(Status::OK, soap::response(call.version, kind, &outputs))
             }
             Err(fault) => self.fault(*src.ip(), call.action, fault),
+        }
+    }
+
+    /// The answer to a control request whose SOAP call cannot be read: a UPnP fault
+    /// naming the SOAPACTION (its first 80 characters) when the error has a UPnP
+    /// code, 400 otherwise.
+    fn unreadable_call(
+        &mut self,
+        src: SocketAddrV4,
+        request: &Request,
+        e: &soap::SoapError,
+    ) -> Response {
+        let action = request
+            .header("soapaction")
+            .unwrap_or_default()
+            .chars()
+            .take(80)
+            .collect();
+        match e.fault() {
+            Some(error) => self.fault(*src.ip(), action, Fault::new(error, e.to_string())),
+            None => self.refuse_request(src, Status::BAD_REQUEST, e.to_string()),
         }
     }
 
@@ -562,18 +572,7 @@ impl Engine {
             &self.config.soap,
         ) {
             Ok(call) => call,
-            Err(e) => {
-                let action = request
-                    .header("soapaction")
-                    .unwrap_or_default()
-                    .chars()
-                    .take(80)
-                    .collect();
-                return match e.fault() {
-                    Some(error) => self.fault(*src.ip(), action, Fault::new(error, e.to_string())),
-                    None => self.refuse_request(src, Status::BAD_REQUEST, e.to_string()),
-                };
-            }
+            Err(e) => return self.unreadable_call(src, request, &e),
         };
         if action != "GetCommonLinkProperties" {
             let reason = format!("WANCommonInterfaceConfig:1 serves no {action}");
