@@ -126,6 +126,17 @@ impl PcpService {
         self.upstream = Some(link);
     }
 
+    /// The upstream link, when mappings are proxied.
+    #[must_use]
+    pub const fn upstream(&self) -> Option<&UpstreamLink> {
+        self.upstream.as_ref()
+    }
+
+    /// The upstream link, when mappings are proxied.
+    pub fn upstream_mut(&mut self) -> Option<&mut UpstreamLink> {
+        self.upstream.as_mut()
+    }
+
     /// Brings the upstream mappings in line with the table (after a change made
     /// elsewhere: UPnP, expiry).
     pub fn sync_upstream(&mut self, now: Instant, table: &impl MappingTable) {
@@ -295,9 +306,13 @@ impl PcpService {
                 .into_iter()
                 .collect()
         };
+        let payload = match self.upstream.as_ref() {
+            Some(up) => up.rewrite(now, t.payload.clone()),
+            None => t.payload.clone(),
+        };
         for i in targets {
             self.replies
-                .send(now, &self.sockets[i].socket, &t.payload, t.destination);
+                .send(now, &self.sockets[i].socket, &payload, t.destination);
         }
     }
 

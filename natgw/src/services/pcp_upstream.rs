@@ -24,7 +24,10 @@ use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use natgw_proto::pcp::natpmp;
-use natgw_proto::pcp::table::{MappingTable, Protocol};
+use natgw_proto::pcp::table::{
+    ExplicitMapping, Install, MappingKey, MappingTable, PeerGrant, PeerRequest, Protocol,
+    TableError,
+};
 use natgw_proto::pcp::upstream::{Event, Key, Transmit, Upstream};
 use natgw_proto::pcp::wire::{self, OpRepr, Opcode, ResultCode};
 
@@ -58,7 +61,15 @@ enum Verdict {
 /// The upstream client and its socket.
 pub struct UpstreamLink {
     engine: Upstream,
+    /// Where answers are read (tokio, for readiness).
     socket: UdpSocket,
+    /// The same socket, for sending. tokio's `try_send` fails with "would block"
+    /// until its reactor has seen the socket writable once, so the first requests
+    /// (made as the link opens) would wait for a retry; a non-blocking send on the
+    /// plain socket does not depend on the reactor.
+    sender: std::net::UdpSocket,
+    /// The WAN interface the socket is bound to.
+    iface: String,
     /// natgw's external address (the upstream mappings' internal address).
     external: Ipv4Addr,
     held: Vec<Held>,
@@ -89,13 +100,19 @@ pub fn default_gateway(iface: &str) -> Option<Ipv4Addr> {
     })
 }
 
-fn open_socket(server: SocketAddrV4, iface: &str, external: Ipv4Addr) -> io::Result<UdpSocket> {
+/// The socket to the upstream server, for receiving (tokio) and for sending.
+fn open_socket(
+    server: SocketAddrV4,
+    iface: &str,
+    external: Ipv4Addr,
+) -> io::Result<(UdpSocket, std::net::UdpSocket)> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(SockProtocol::UDP))?;
     socket.bind_device(Some(iface.as_bytes()))?;
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddrV4::new(external, 0).into())?;
     socket.connect(&server.into())?;
-    UdpSocket::from_std(socket.into())
+    let sender = socket.try_clone()?;
+    Ok((UdpSocket::from_std(socket.into())?, sender.into()))
 }
 
 /// A new random nonce seed.
@@ -120,10 +137,12 @@ impl UpstreamLink {
         seed: [u8; 12],
         now: Instant,
     ) -> io::Result<Self> {
-        let socket = open_socket(server, iface, external)?;
+        let (socket, sender) = open_socket(server, iface, external)?;
         let mut link = Self {
             engine: Upstream::new(server, external, seed, now),
             socket,
+            sender,
+            iface: iface.to_owned(),
             external,
             held: Vec::new(),
             generation: None,
@@ -138,6 +157,51 @@ impl UpstreamLink {
     #[must_use]
     pub const fn server(&self) -> SocketAddrV4 {
         self.engine.server()
+    }
+
+    /// natgw's address the upstream mappings point at.
+    #[must_use]
+    pub const fn local_address(&self) -> Ipv4Addr {
+        self.external
+    }
+
+    /// natgw's external address changed to `external`: the socket moves to it, and
+    /// every upstream mapping is requested again for the new address (the old ones
+    /// pointed at the old address, and expire upstream).
+    ///
+    /// # Errors
+    /// When the new socket cannot be made (the link keeps the old one).
+    pub fn set_external(&mut self, external: Ipv4Addr, now: Instant) -> io::Result<()> {
+        if external == self.external {
+            return Ok(());
+        }
+        let (socket, sender) = open_socket(self.server(), &self.iface, external)?;
+        info!(
+            "pcp.upstream.moved server={} from={} to={external}",
+            self.server(),
+            self.external
+        );
+        (self.socket, self.sender, self.external) = (socket, sender, external);
+        self.engine.set_client(external, now);
+        // The table's mappings on the new address are wanted at the next sync.
+        self.generation = None;
+        self.unsynced_since = Some(now);
+        self.engine.handle_timeout(now);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Whether an answer about `key` is worth waiting for (see
+    /// [`Upstream::awaiting`]).
+    #[must_use]
+    pub fn awaiting(&self, key: &Key) -> bool {
+        self.engine.awaiting(key)
+    }
+
+    /// The upstream's external address, once a grant showed it.
+    #[must_use]
+    pub fn external_address(&self, now: Instant) -> Option<Ipv4Addr> {
+        self.engine.external_address(now)
     }
 
     /// The upstream external endpoint of the local mapping `key`, when granted.
@@ -207,6 +271,15 @@ impl UpstreamLink {
                 });
                 None
             }
+        }
+    }
+
+    /// An answer that cannot wait (an unsolicited MAP response, RFC 6887 §14.2),
+    /// rewritten with the upstream endpoint when it is known.
+    #[must_use]
+    pub fn rewrite(&self, now: Instant, payload: Vec<u8>) -> Vec<u8> {
+        match self.verdict(now, payload, false) {
+            Verdict::Send(p) | Verdict::Wait(_, p) => p,
         }
     }
 
@@ -354,7 +427,7 @@ impl UpstreamLink {
 
     fn flush(&mut self, now: Instant) {
         while let Some(Transmit { payload, .. }) = self.engine.poll_transmit() {
-            match self.socket.try_send(&payload) {
+            match self.sender.send(&payload) {
                 Ok(_) => {}
                 Err(e) if crate::services::transient(&e) => {
                     debug!(
@@ -400,6 +473,57 @@ fn pcp_map_key(payload: &[u8]) -> Option<Key> {
     };
     let protocol = Protocol::from_wire(map.protocol).filter(|p| *p != Protocol::All)?;
     Some((protocol, map.external_port))
+}
+
+/// The shared table as a PCP proxy's LAN clients should see it: its external
+/// address is the upstream's once a grant showed it (UPnP's GetExternalIPAddress and
+/// ExternalIPAddress events), everything else is the table's.
+pub struct OuterView<'a, T> {
+    table: &'a mut T,
+    upstream: Option<Ipv4Addr>,
+}
+
+impl<'a, T: MappingTable> OuterView<'a, T> {
+    /// `table`, with `upstream`'s external address when it is known.
+    pub fn new(table: &'a mut T, upstream: Option<&UpstreamLink>, now: Instant) -> Self {
+        let upstream = upstream.and_then(|u| u.external_address(now));
+        Self { table, upstream }
+    }
+}
+
+impl<T: MappingTable> MappingTable for OuterView<'_, T> {
+    fn external_address(&self) -> Option<Ipv4Addr> {
+        // Without an address of its own natgw has nothing to proxy either.
+        let local = self.table.external_address()?;
+        Some(self.upstream.unwrap_or(local))
+    }
+    fn explicit(&self, key: &MappingKey) -> Option<ExplicitMapping> {
+        self.table.explicit(key)
+    }
+    fn explicit_of(&self, internal: Ipv4Addr) -> Vec<ExplicitMapping> {
+        self.table.explicit_of(internal)
+    }
+    fn explicit_all(&self) -> Vec<ExplicitMapping> {
+        self.table.explicit_all()
+    }
+    fn generation(&self) -> Option<u64> {
+        self.table.generation()
+    }
+    fn lan_of(&self, host: Ipv4Addr) -> Option<u32> {
+        self.table.lan_of(host)
+    }
+    fn explicit_count(&self, lan: Option<u32>) -> usize {
+        self.table.explicit_count(lan)
+    }
+    fn install(&mut self, request: &Install) -> Result<SocketAddrV4, TableError> {
+        self.table.install(request)
+    }
+    fn remove(&mut self, key: &MappingKey) {
+        self.table.remove(key);
+    }
+    fn peer(&mut self, request: &PeerRequest) -> Result<PeerGrant, TableError> {
+        self.table.peer(request)
+    }
 }
 
 /// The PCP MAP response with the upstream external endpoint.

@@ -37,6 +37,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use super::natpmp;
 use super::table::Protocol;
 use super::wire::{MapRepr, Nonce, OpRepr, Opcode, Packet, Request, Response, ResultCode};
 
@@ -216,6 +217,12 @@ pub struct Upstream {
     events: VecDeque<Event>,
     /// Nonces: `seed` mixed with the key ([`Upstream::nonce_for`]).
     seed: [u8; 12],
+    /// The external address the server told in answer to a NAT-PMP external
+    /// address request (RFC 6886 §3.2). PCP has no such request and shows the
+    /// address only in a grant; the NAT-PMP one, asked when the server becomes
+    /// present (most PCP servers answer NAT-PMP on the same port, RFC 6887 Appendix
+    /// A), gives it before any mapping exists, for UPnP's GetExternalIPAddress.
+    announced: Option<Ipv4Addr>,
 }
 
 /// `base` ± 10 %, the fraction taken from the nonce (a random value per mapping).
@@ -243,6 +250,7 @@ impl Upstream {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             seed,
+            announced: None,
         }
     }
 
@@ -319,7 +327,8 @@ impl Upstream {
             .map(|(e, _)| e)
     }
 
-    /// The upstream's external address, as its latest grant showed it.
+    /// The upstream's external address: as a live grant shows it, else as the
+    /// server told it over NAT-PMP.
     #[must_use]
     pub fn external_address(&self, now: Instant) -> Option<Ipv4Addr> {
         self.entries
@@ -328,6 +337,17 @@ impl Upstream {
             .filter(|(_, until)| *until > now)
             .map(|(e, _)| *e.ip())
             .next()
+            .or(self.announced)
+    }
+
+    /// Asks the server for its external address over NAT-PMP (once; a server that
+    /// does not speak it ignores the request or answers UNSUPPORTED_VERSION).
+    fn ask_address(&mut self) {
+        self.announced = None;
+        self.transmits.push_back(Transmit {
+            destination: self.server,
+            payload: natpmp::Request::ExternalAddress.to_bytes(),
+        });
     }
 
     /// Whether an answer about `key` is worth waiting for: the server is present and
@@ -485,6 +505,7 @@ impl Upstream {
         self.availability = Availability::Present;
         self.discovery = None;
         self.events.push_back(Event::Present(self.server));
+        self.ask_address();
         for e in self.entries.values_mut() {
             if matches!(e.phase, Phase::Waiting { .. }) {
                 e.phase = Phase::Asking {
@@ -632,6 +653,9 @@ impl Upstream {
     /// Every mapping is requested again at once (epoch loss, new WAN address, the
     /// server back).
     fn restart_all(&mut self, now: Instant) {
+        if self.availability == Availability::Present {
+            self.ask_address();
+        }
         for entry in self.entries.values_mut() {
             entry.external = None;
             entry.phase = Phase::Asking {
@@ -670,6 +694,18 @@ impl Upstream {
         datagram: &[u8],
     ) -> Option<Key> {
         if source != self.server {
+            return None;
+        }
+        if datagram.first() == Some(&natpmp::VERSION) {
+            let packet = natpmp::Packet::new_checked(datagram).ok()?;
+            if let Ok(natpmp::Response::ExternalAddress {
+                result: natpmp::ResultCode::Success,
+                address,
+                ..
+            }) = natpmp::Response::parse(&packet)
+            {
+                self.announced = (!address.is_unspecified()).then_some(address);
+            }
             return None;
         }
         let packet = Packet::new_checked(datagram).ok()?;

@@ -34,6 +34,10 @@ fn sent(u: &mut Upstream) -> Vec<Request> {
     let mut out = Vec::new();
     while let Some(t) = u.poll_transmit() {
         assert_eq!(t.destination, SERVER);
+        // The NAT-PMP external address requests (see the test about them).
+        if t.payload[0] == natpmp::VERSION {
+            continue;
+        }
         out.push(Request::parse(&Packet::new_checked(&t.payload[..]).unwrap()).unwrap());
     }
     out
@@ -451,4 +455,45 @@ fn a_discovery_that_could_not_be_sent_is_retried_soon() {
     assert_eq!(sent(&mut u).len(), 1);
     u.send_failed(t0);
     assert_eq!(u.poll_timeout(), Some(t0 + SEND_RETRY));
+}
+
+#[test]
+fn the_upstream_address_is_asked_over_nat_pmp_before_any_grant() {
+    let now = Instant::now();
+    let mut u = Upstream::new(SERVER, CLIENT, [7; 12], now);
+    u.handle_timeout(now);
+    let announce = u.poll_transmit().expect("the discovery");
+    assert_eq!(announce.payload[0], crate::pcp::wire::VERSION);
+    let response = Response {
+        opcode: Opcode::Announce,
+        result: ResultCode::Success,
+        lifetime: 0,
+        epoch: 0,
+        op: Some(OpRepr::Announce),
+        options: Vec::new(),
+    };
+    u.handle_response(now, SERVER, &response.to_bytes());
+    // Present: one NAT-PMP external address request goes out.
+    let ask = u.poll_transmit().expect("the address request");
+    assert_eq!(ask.payload, natpmp::Request::ExternalAddress.to_bytes());
+    assert_eq!(u.external_address(now), None);
+    let mut answer = [0u8; natpmp::EXTERNAL_ADDRESS_RESPONSE_LEN];
+    let mut p = natpmp::Packet::new_unchecked(&mut answer[..]);
+    p.set_header(
+        natpmp::VERSION,
+        natpmp::OP_EXTERNAL_ADDRESS | natpmp::RESPONSE_BIT,
+    );
+    p.set_external_address(OUTER);
+    // From elsewhere: ignored.
+    let other = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 9), 5351);
+    assert_eq!(u.handle_response(now, other, &answer), None);
+    assert_eq!(u.external_address(now), None);
+    assert_eq!(u.handle_response(now, SERVER, &answer), None);
+    assert_eq!(u.external_address(now), Some(OUTER));
+    // A new client address asks again, and forgets the old answer meanwhile.
+    u.set_client(Ipv4Addr::new(100, 64, 0, 3), now);
+    assert_eq!(u.external_address(now), None);
+    let again = std::iter::from_fn(|| u.poll_transmit())
+        .any(|t| t.payload == natpmp::Request::ExternalAddress.to_bytes());
+    assert!(again);
 }
