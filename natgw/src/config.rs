@@ -458,6 +458,66 @@ pub struct FileStun {
     pub alternate_port: Option<u16>,
 }
 
+/// Where natgw asks for upstream mappings when it sits behind another NAT that
+/// speaks PCP (double NAT; RFC 7648): `[pcp] upstream`, `--pcp-upstream`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PcpUpstream {
+    /// The WAN's default gateway, port 5351; off when it does not answer (default).
+    #[default]
+    Auto,
+    /// No upstream mappings.
+    Off,
+    /// This server (port 5351 unless given).
+    Server(std::net::SocketAddrV4),
+}
+
+impl FromStr for PcpUpstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(Self::Auto),
+            "off" => Ok(Self::Off),
+            other => other
+                .parse::<std::net::SocketAddrV4>()
+                .or_else(|_| {
+                    other
+                        .parse::<Ipv4Addr>()
+                        .map(|a| std::net::SocketAddrV4::new(a, 5351))
+                })
+                .map(Self::Server)
+                .map_err(|_| {
+                    format!(
+                        "pcp upstream {other:?}: expected \"auto\", \"off\", an IPv4 address \
+                         or ADDRESS:PORT"
+                    )
+                }),
+        }
+    }
+}
+
+impl fmt::Display for PcpUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Off => f.write_str("off"),
+            Self::Server(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+impl Serialize for PcpUpstream {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PcpUpstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
 /// The PCP and NAT-PMP server's settings (`[pcp]`): on or off, and the server's own
 /// configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -467,6 +527,9 @@ pub struct PcpSettings {
     pub enabled: bool,
     /// The server's policy: lifetimes, quotas, port rules, rate limit.
     pub server: PcpConfig,
+    /// The upstream PCP server (double NAT).
+    #[serde(default)]
+    pub upstream: PcpUpstream,
 }
 
 impl Default for PcpSettings {
@@ -474,6 +537,7 @@ impl Default for PcpSettings {
         Self {
             enabled: true,
             server: PcpConfig::default(),
+            upstream: PcpUpstream::Auto,
         }
     }
 }
@@ -484,6 +548,8 @@ impl Default for PcpSettings {
 pub struct FilePcp {
     /// `enabled`.
     pub enabled: Option<bool>,
+    /// `upstream`.
+    pub upstream: Option<PcpUpstream>,
     /// Everything else.
     pub server: PcpConfig,
 }
@@ -501,9 +567,23 @@ impl<'de> Deserialize<'de> for FilePcp {
                 )))
             }
         };
+        let upstream = match table.remove("upstream") {
+            None => None,
+            Some(toml::Value::String(v)) => Some(v.parse().map_err(de::Error::custom)?),
+            Some(other) => {
+                return Err(de::Error::custom(format!(
+                    "invalid type: {} for `upstream`, expected \"auto\", \"off\" or an address",
+                    other.type_str()
+                )))
+            }
+        };
         let server = PcpConfig::deserialize(toml::Value::Table(table))
             .map_err(|e| de::Error::custom(e.message().trim().replace('\n', " ")))?;
-        Ok(Self { enabled, server })
+        Ok(Self {
+            enabled,
+            upstream,
+            server,
+        })
     }
 }
 
@@ -698,6 +778,8 @@ pub struct Overrides {
     pub max_held_ports: Option<u32>,
     /// `--no-pcp` (can only turn the server off).
     pub no_pcp: bool,
+    /// `--pcp-upstream`.
+    pub pcp_upstream: Option<PcpUpstream>,
     /// `--stun-port`.
     pub stun_port: Option<u16>,
     /// `--no-stun` (can only turn the responder off).
@@ -1022,6 +1104,10 @@ pub fn resolve(
                 .pcp
                 .as_ref()
                 .map(|p| p.server.clone())
+                .unwrap_or_default(),
+            upstream: flags
+                .pcp_upstream
+                .or_else(|| file.pcp.as_ref().and_then(|p| p.upstream))
                 .unwrap_or_default(),
         },
         forwards: file.forward.clone().unwrap_or_default(),
@@ -1498,6 +1584,35 @@ mod tests {
             ..Overrides::default()
         };
         assert!(!resolve(&f, &flags).unwrap().0.pcp.enabled);
+    }
+
+    #[test]
+    fn pcp_upstream_from_file_and_flag() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let f = parse(base).unwrap();
+        let s = resolve(&f, &Overrides::default()).unwrap().0;
+        assert_eq!(s.pcp.upstream, PcpUpstream::Auto, "auto by default");
+        let f = parse(&format!("{base}[pcp]\nupstream = \"off\"\n")).unwrap();
+        assert_eq!(
+            resolve(&f, &Overrides::default()).unwrap().0.pcp.upstream,
+            PcpUpstream::Off
+        );
+        let f = parse(&format!("{base}[pcp]\nupstream = \"100.64.0.1\"\n")).unwrap();
+        assert_eq!(
+            resolve(&f, &Overrides::default()).unwrap().0.pcp.upstream,
+            PcpUpstream::Server("100.64.0.1:5351".parse().unwrap())
+        );
+        let flags = Overrides {
+            pcp_upstream: Some("10.0.0.1:5000".parse().unwrap()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            resolve(&f, &flags).unwrap().0.pcp.upstream,
+            PcpUpstream::Server("10.0.0.1:5000".parse().unwrap()),
+            "the flag wins"
+        );
+        let err = parse(&format!("{base}[pcp]\nupstream = \"maybe\"\n")).unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,7 @@
 //! # Ok::<(), testbed::Error>(())
 //! ```
 
+pub mod chain;
 mod error;
 mod lifecycle;
 pub mod natgw;
@@ -48,6 +49,7 @@ pub mod rtnl;
 pub mod sites;
 mod topology;
 
+pub use chain::Chain;
 pub use error::{Error, Result};
 pub use lifecycle::NETNS_DIR;
 pub use natgw::{natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV};

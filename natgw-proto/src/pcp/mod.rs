@@ -7,6 +7,7 @@
 //! - [`table`]: the [`table::MappingTable`] trait the engine drives (natgw implements
 //!   it over the BPF maps).
 //! - [`policy`]: the `[pcp]` configuration and the port rules.
+//! - [`upstream`]: the upstream client of the PCP proxy (double NAT, RFC 7648).
 //! - [`testing`]: an in-memory [`table::MappingTable`] for tests and fuzzing.
 
 pub mod engine;
@@ -14,4 +15,5 @@ pub mod natpmp;
 pub mod policy;
 pub mod table;
 pub mod testing;
+pub mod upstream;
 pub mod wire;

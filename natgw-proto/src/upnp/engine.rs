@@ -104,6 +104,9 @@ pub struct MappingEvent {
     pub capped_from: Option<u32>,
     /// The description.
     pub description: String,
+    /// Made by AddAnyPortMapping, whose answer names the external port (AddPortMapping
+    /// answers nothing but success: the port asked for).
+    pub any: bool,
 }
 
 /// What happened, for the service to log.
@@ -365,6 +368,14 @@ impl Engine {
             Err(e) => self.reject(src, &e),
         };
         Some(response.to_bytes(&self.device.server))
+    }
+
+    /// The whole HTTP answer of a SOAP fault carrying `error`: for a service that
+    /// withdraws an answer the engine made (a PCP proxy whose upstream refused).
+    #[must_use]
+    pub fn fault_bytes(&self, error: UpnpError) -> Vec<u8> {
+        Response::xml(Status::INTERNAL_SERVER_ERROR, soap::fault(error))
+            .to_bytes(&self.device.server)
     }
 
     fn reject(&mut self, src: SocketAddrV4, e: &HttpError) -> Response {
@@ -754,6 +765,7 @@ impl Engine {
             lease: 0,
             capped_from: None,
             description: m.description.clone(),
+            any: false,
         }));
     }
 
@@ -979,6 +991,7 @@ impl Engine {
             lease,
             capped_from,
             description,
+            any,
         };
         self.push(if existing.is_some() {
             Event::Renewed(event)

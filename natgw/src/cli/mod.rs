@@ -262,6 +262,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_pcp: bool,
 
+    /// The PCP server of the NAT natgw itself sits behind (double NAT): `auto` (the
+    /// WAN's default gateway; off when it does not answer), `off`, or ADDRESS[:PORT].
+    /// Every LAN mapping then also gets an upstream mapping, and the host is told the
+    /// upstream's external address and port [default: `[pcp] upstream`, or auto].
+    #[arg(long, value_name = "auto|off|ADDR")]
+    pub pcp_upstream: Option<crate::config::PcpUpstream>,
+
     /// UDP port of the STUN responder (RFC 8489) on the external address; with a
     /// second external address it is an RFC 5780 server whose other address is that
     /// one with the alternate port (`[stun] alternate_port`, default 3479) [default:
@@ -307,6 +314,7 @@ impl RunArgs {
             port_hold_down: self.port_hold_down,
             max_held_ports: self.max_held_ports,
             no_pcp: self.no_pcp,
+            pcp_upstream: self.pcp_upstream,
             stun_port: self.stun_port,
             no_stun: self.no_stun,
             no_upnp: self.no_upnp,

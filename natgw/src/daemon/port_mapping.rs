@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use log::{info, warn};
 
-use crate::config::{Forward, ForwardProtocol, Settings};
+use crate::config::{Forward, ForwardProtocol, PcpUpstream, Settings};
 use crate::datapath::addresses::AddressPlan;
 use crate::datapath::deploy::DataPath;
 use crate::datapath::dirs::RuntimeDirs;
@@ -24,9 +24,11 @@ use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
 use crate::nat_table::gc::Policy;
 use crate::services::pcp::{LanAddress, PcpService};
-use crate::services::upnp::{LanInterface, PendingRequest, UpnpService};
+use crate::services::pcp_upstream::{default_gateway, random_seed, OuterView, UpstreamLink, HOLD};
+use crate::services::upnp::{Answer, LanInterface, PendingRequest, UpnpService};
 use natgw_proto::pcp::engine::DropReason;
-use natgw_proto::pcp::table::{Protocol, TableError};
+use natgw_proto::pcp::table::{MappingKey, MappingTable as _, Protocol, TableError};
+use natgw_proto::upnp::soap::UpnpError;
 use natgw_proto::upnp::{Device, Uuid};
 
 /// What the daemon keeps for explicit mappings.
@@ -36,6 +38,9 @@ pub(super) struct PortMapping {
     server: Option<PcpService>,
     /// The UPnP IGD server.
     upnp: Option<UpnpService>,
+    /// UPnP answers waiting for the upstream PCP server's (double NAT): a client is
+    /// told of success only once the port is reachable from the real outside.
+    upnp_held: Vec<(Instant, Answer)>,
     watch: Option<AddressWatch>,
     /// What the explicit mappings file holds.
     written: Option<Vec<ExplicitEntry>>,
@@ -101,7 +106,11 @@ impl PortMapping {
     /// Waits for the next thing to do. Cancel-safe: it only waits.
     pub(super) async fn wake(&mut self) -> Wake {
         let server = self.server.as_ref();
-        let deadline = server.and_then(PcpService::next_timeout);
+        let held = self.upnp_held.iter().map(|(deadline, _)| *deadline).min();
+        let deadline = match (server.and_then(PcpService::next_timeout), held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let watch = self.watch.as_mut();
         let upnp_deadline = self.upnp.as_ref().and_then(UpnpService::next_timeout);
         let upnp = self.upnp.as_mut();
@@ -151,6 +160,60 @@ impl PortMapping {
             w = upnp_request => w,
             w = upnp_timer => w,
         }
+    }
+}
+
+/// Proxies mappings to the upstream PCP server `upstream` names (RFC 7648): the
+/// WAN's default gateway for `auto`. Nothing is proxied when there is none, or its
+/// socket cannot be made.
+fn start_upstream(
+    server: &mut PcpService,
+    upstream: PcpUpstream,
+    topology: &Topology,
+    dirs: &RuntimeDirs,
+    now: Instant,
+) {
+    let wan = &topology.wan.name;
+    let target = match upstream {
+        PcpUpstream::Off => {
+            info!("pcp.upstream.off: mappings are not proxied upstream (pcp.upstream = \"off\")");
+            return;
+        }
+        PcpUpstream::Server(a) => a,
+        PcpUpstream::Auto => match default_gateway(wan) {
+            Some(g) => SocketAddrV4::new(g, natgw_proto::pcp::wire::SERVER_PORT),
+            None => {
+                info!("pcp.upstream.none iface={wan}: no default gateway on the WAN; mappings are not proxied upstream");
+                return;
+            }
+        },
+    };
+    let external = topology.external.addr();
+    // The nonce seed outlives restarts, so the upstream keeps renewing the mappings
+    // a restarted natgw adopts.
+    let seed = match dirs.read_record::<UpstreamRecord>(UPSTREAM_FILE) {
+        Ok(Some(r)) => Ok(r.seed),
+        _ => random_seed().inspect(|seed| {
+            if let Err(e) = dirs.write_record(UPSTREAM_FILE, &UpstreamRecord { seed: *seed }) {
+                warn!("pcp.upstream.seed_unrecorded error=\"{e}\": after a restart the upstream refuses renewals until its mappings expire");
+            }
+        }),
+    };
+    let seed = match seed {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("pcp.upstream.no_seed error=\"{e}\": mappings are not proxied upstream");
+            return;
+        }
+    };
+    match UpstreamLink::open(target, wan, external, seed, now) {
+        Ok(link) => {
+            info!("pcp.upstream.discovering server={target} from={external} mode={upstream}");
+            server.set_upstream(link);
+        }
+        Err(e) => warn!(
+            "pcp.upstream.socket_failed server={target} error=\"{e}\": mappings are not proxied upstream"
+        ),
     }
 }
 
@@ -266,6 +329,15 @@ impl PortMapping {
 struct EpochRecord {
     start_ns: u64,
 }
+
+/// The upstream client's nonce seed, kept in the runtime directory.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UpstreamRecord {
+    seed: [u8; 12],
+}
+
+/// The upstream record's file in the runtime directory.
+const UPSTREAM_FILE: &str = "pcp-upstream.json";
 
 /// The epoch record's file in the runtime directory.
 pub(super) const EPOCH_FILE: &str = "pcp-epoch.json";
@@ -414,6 +486,7 @@ impl PortMapping {
                     }
                 }
             }
+            start_upstream(&mut server, settings.pcp.upstream, topology, dirs, now);
             let locals: Vec<String> = server.locals().map(|a| a.to_string()).collect();
             let c = server.config();
             info!(
@@ -495,6 +568,7 @@ impl PortMapping {
             explicit: Some(explicit),
             server,
             upnp,
+            upnp_held: Vec::new(),
             watch,
             written: None,
             written_generation: None,
@@ -507,7 +581,14 @@ impl PortMapping {
             return;
         };
         let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+        let upstream = index == server.locals().count();
         server.receive(index, now, &mut explicit.table(nat, now, now_ns));
+        self.release_upnp(nat, now);
+        if upstream {
+            // The upstream's address may be known or changed now (ExternalIPAddress
+            // events to UPnP subscribers).
+            self.upnp_refresh(nat);
+        }
     }
 
     /// Sends the announcements that are due.
@@ -517,15 +598,91 @@ impl PortMapping {
         };
         let (now, now_ns) = (Instant::now(), system::monotonic_ns());
         server.on_timeout(now, &explicit.table(nat, now, now_ns));
+        self.release_upnp(nat, now);
     }
 
-    /// Answers a UPnP request with the shared table.
+    /// Answers a UPnP request with the shared table. Behind an upstream PCP server,
+    /// an answer that made a mapping waits (at most [`HOLD`]) for the upstream's.
     pub(super) fn upnp_request(&mut self, request: PendingRequest, nat: &mut NatMaps) {
         let (Some(upnp), Some(explicit)) = (self.upnp.as_mut(), self.explicit.as_mut()) else {
             return;
         };
         let (now, now_ns) = (Instant::now(), system::monotonic_ns());
-        upnp.handle(request, now, &mut explicit.table(nat, now, now_ns));
+        let mut table = explicit.table(nat, now, now_ns);
+        let upstream = self.server.as_ref().and_then(PcpService::upstream);
+        let answer = upnp.handle(request, now, &mut OuterView::new(&mut table, upstream, now));
+        if let Some(server) = self.server.as_mut() {
+            server.sync_upstream(now, &table);
+        }
+        if let Some(answer) = answer {
+            self.upnp_held.push((now + HOLD, answer));
+            self.release_upnp(nat, now);
+        }
+    }
+
+    /// Sends the held UPnP answers whose upstream mappings were answered (or that
+    /// waited long enough, or wait for nothing). UPnP has no way to tell a control
+    /// point that the port it got differs further out: AddPortMapping answers only
+    /// success, and the port is the entry's key. So when the upstream grants another
+    /// port, the mapping is undone and the client refused, 718 ConflictInMappingEntry
+    /// (AddPortMapping) or 728 NoPortMapsAvailable (AddAnyPortMapping), rather than
+    /// told of a port nobody outside can reach. PCP and NAT-PMP carry the outer port.
+    fn release_upnp(&mut self, nat: &mut NatMaps, now: Instant) {
+        if self.upnp_held.is_empty() {
+            return;
+        }
+        let upstream = self.server.as_ref().and_then(PcpService::upstream);
+        let waiting = |a: &Answer| {
+            upstream.is_some_and(|up| {
+                a.mapped
+                    .iter()
+                    .any(|m| up.awaiting(&(m.protocol, m.external.port())))
+            })
+        };
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.upnp_held)
+            .into_iter()
+            .partition(|(deadline, a)| *deadline <= now || !waiting(a));
+        self.upnp_held = keep;
+        let mut undone = false;
+        for (_, mut answer) in due {
+            let moved = upstream.and_then(|up| {
+                answer.mapped.iter().find_map(|m| {
+                    let outer = up.external(&(m.protocol, m.external.port()), now)?;
+                    (outer.port() != m.external.port()).then_some((m.clone(), outer))
+                })
+            });
+            if let (Some((m, outer)), Some(upnp), Some(explicit)) =
+                (moved, self.upnp.as_ref(), self.explicit.as_mut())
+            {
+                warn!(
+                    "upnp.upstream_port_differs client={} proto={} int={} ext={} outer={outer}: \
+                     mapping undone, the client is refused",
+                    answer.client, m.protocol, m.internal, m.external
+                );
+                let key = MappingKey {
+                    internal: *m.internal.ip(),
+                    protocol: m.protocol,
+                    internal_port: m.internal.port(),
+                };
+                explicit
+                    .table(nat, now, system::monotonic_ns())
+                    .remove(&key);
+                answer.bytes = upnp.fault_bytes(if m.any {
+                    UpnpError::NoPortMapsAvailable
+                } else {
+                    UpnpError::ConflictInMappingEntry
+                });
+                undone = true;
+            }
+            answer.send();
+        }
+        if undone {
+            if let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) {
+                let now_ns = system::monotonic_ns();
+                server.sync_upstream(now, &explicit.table(nat, now, now_ns));
+            }
+            self.upnp_refresh(nat);
+        }
     }
 
     /// Lets the UPnP engine compare what its subscribers last heard with the table
@@ -535,7 +692,9 @@ impl PortMapping {
             return;
         };
         let (now, now_ns) = (Instant::now(), system::monotonic_ns());
-        upnp.refresh(now, &explicit.table(nat, now, now_ns));
+        let mut table = explicit.table(nat, now, now_ns);
+        let upstream = self.server.as_ref().and_then(PcpService::upstream);
+        upnp.refresh(now, &OuterView::new(&mut table, upstream, now));
     }
 
     /// Stops the UPnP server (its `ssdp:byebye`s go out).
@@ -568,6 +727,10 @@ impl PortMapping {
         }
         if !expired.is_empty() {
             self.upnp_refresh(nat);
+            if let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) {
+                let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+                server.sync_upstream(now, &explicit.table(nat, now, now_ns));
+            }
         }
     }
 
@@ -612,6 +775,16 @@ impl PortMapping {
             }
             return;
         }
+        let upstream = self.server.as_mut().and_then(PcpService::upstream_mut);
+        if let Some(up) = upstream.filter(|up| !pool.contains(&up.local_address())) {
+            if let Err(e) = up.set_external(pool[0], Instant::now()) {
+                warn!(
+                    "pcp.upstream.socket_failed server={} error=\"{e}\": upstream mappings \
+                     stay on the old address",
+                    up.server()
+                );
+            }
+        }
         for m in explicit.set_pool(nat, pool, now_ns) {
             info!(
                 "explicit.moved proto={} int={} from={} to={}",
@@ -620,6 +793,10 @@ impl PortMapping {
                 m.from,
                 m.to.map_or_else(|| "removed".to_owned(), |t| t.to_string())
             );
+        }
+        if let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) {
+            let (now, now_ns) = (Instant::now(), system::monotonic_ns());
+            server.sync_upstream(now, &explicit.table(nat, now, now_ns));
         }
         self.upnp_refresh(nat);
     }

@@ -13,6 +13,7 @@
 pub mod frames;
 pub mod neighbours;
 pub mod pcp;
+pub mod pcp_upstream;
 pub mod rendezvous;
 pub mod replies;
 pub mod stun;

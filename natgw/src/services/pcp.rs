@@ -27,6 +27,7 @@ use log::{debug, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use crate::services::pcp_upstream::{Held, UpstreamLink};
 use crate::services::replies::{Replies, ReplyStats};
 use natgw_proto::pcp::engine::{DropReason, Engine, Event, Stats, Transmit, ANNOUNCE_GROUP};
 use natgw_proto::pcp::policy::PcpConfig;
@@ -64,6 +65,8 @@ pub struct PcpService {
     replies: Replies,
     /// Refusals are logged within this budget.
     refusal_log: LogBudget,
+    /// The upstream PCP server's client when natgw is behind another NAT (RFC 7648).
+    upstream: Option<UpstreamLink>,
 }
 
 /// Refusals the service logs per [`LOG_WINDOW`].
@@ -114,7 +117,32 @@ impl PcpService {
             sockets,
             replies: Replies::new("pcp", now),
             refusal_log: LogBudget::new(LOG_LINES, LOG_WINDOW),
+            upstream: None,
         })
+    }
+
+    /// Proxies every mapping to this upstream PCP server from now on.
+    pub fn set_upstream(&mut self, link: UpstreamLink) {
+        self.upstream = Some(link);
+    }
+
+    /// The upstream link, when mappings are proxied.
+    #[must_use]
+    pub const fn upstream(&self) -> Option<&UpstreamLink> {
+        self.upstream.as_ref()
+    }
+
+    /// The upstream link, when mappings are proxied.
+    pub fn upstream_mut(&mut self) -> Option<&mut UpstreamLink> {
+        self.upstream.as_mut()
+    }
+
+    /// Brings the upstream mappings in line with the table (after a change made
+    /// elsewhere: UPnP, expiry).
+    pub fn sync_upstream(&mut self, now: Instant, table: &impl MappingTable) {
+        if let Some(up) = self.upstream.as_mut() {
+            up.sync(now, table);
+        }
     }
 
     /// The engine's counters and what the reply path held back or lost.
@@ -128,25 +156,44 @@ impl PcpService {
         self.sockets.iter().map(|s| s.local)
     }
 
-    /// Waits until a socket has datagrams; returns its index. Cancel-safe (it only
-    /// waits for readiness). Never returns without sockets.
+    /// Waits until a socket has datagrams; returns its index (the number of LAN
+    /// sockets for the upstream's). Cancel-safe (it only waits for readiness). Never
+    /// returns without sockets.
     pub async fn readable(&self) -> usize {
+        let upstream = async {
+            match self.upstream.as_ref() {
+                Some(up) => up.readable().await,
+                None => std::future::pending().await,
+            }
+        };
         if self.sockets.is_empty() {
-            return std::future::pending().await;
+            upstream.await;
+            return 0;
         }
         let ready = self.sockets.iter().map(|s| Box::pin(s.socket.readable()));
-        let (result, index, _) = futures::future::select_all(ready).await;
-        if let Err(e) = result {
-            debug!(
-                "pcp.socket_error local={} error=\"{e}\"",
-                self.sockets[index].local
-            );
+        tokio::select! {
+            (result, index, _) = futures::future::select_all(ready) => {
+                if let Err(e) = result {
+                    debug!(
+                        "pcp.socket_error local={} error=\"{e}\"",
+                        self.sockets[index].local
+                    );
+                }
+                index
+            }
+            () = upstream => self.sockets.len(),
         }
-        index
     }
 
     /// Answers the datagrams waiting on socket `index`.
     pub fn receive(&mut self, index: usize, now: Instant, table: &mut impl MappingTable) {
+        if index == self.sockets.len() {
+            if let Some(up) = self.upstream.as_mut() {
+                let ready = up.receive(now);
+                self.send_held(now, ready);
+            }
+            return;
+        }
         let mut buf = [0u8; MAX_LEN + 1];
         for _ in 0..BATCH {
             let Some(s) = self.sockets.get(index) else {
@@ -168,7 +215,11 @@ impl PcpService {
             if !self.replies.verified(now, *src.ip()) {
                 continue;
             }
-            let answer = self.server.handle(now, src, &buf[..len], table);
+            let mut answer = self.server.handle(now, src, &buf[..len], table);
+            if let (Some(up), Some(a)) = (self.upstream.as_mut(), answer.take()) {
+                up.sync(now, &*table);
+                answer = up.outgoing(now, index, src, a);
+            }
             if let Some(answer) = answer {
                 self.replies
                     .send(now, &self.sockets[index].socket, &answer, src);
@@ -180,15 +231,36 @@ impl PcpService {
     /// When announcements are next due.
     #[must_use]
     pub fn next_timeout(&self) -> Option<Instant> {
-        self.server.poll_timeout()
+        let server = self.server.poll_timeout();
+        match (
+            server,
+            self.upstream.as_ref().and_then(UpstreamLink::next_timeout),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Sends the announcements due at `now`.
+    /// Sends the announcements due at `now`, and does the upstream's due work.
     pub fn on_timeout(&mut self, now: Instant, table: &impl MappingTable) {
         for t in self.server.unsolicited(now, table) {
             self.send_unsolicited(now, &t);
         }
+        if let Some(up) = self.upstream.as_mut() {
+            up.sync(now, table);
+            let ready = up.on_timeout(now);
+            self.send_held(now, ready);
+        }
         self.log_events(now);
+    }
+
+    /// Sends answers the upstream held back.
+    fn send_held(&mut self, now: Instant, ready: Vec<Held>) {
+        for h in ready {
+            if let Some(s) = self.sockets.get(h.socket) {
+                self.replies.send(now, &s.socket, &h.payload, h.destination);
+            }
+        }
     }
 
     /// The external address changed: announce it, with unsolicited MAP responses to
@@ -234,9 +306,13 @@ impl PcpService {
                 .into_iter()
                 .collect()
         };
+        let payload = match self.upstream.as_ref() {
+            Some(up) => up.rewrite(now, t.payload.clone()),
+            None => t.payload.clone(),
+        };
         for i in targets {
             self.replies
-                .send(now, &self.sockets[i].socket, &t.payload, t.destination);
+                .send(now, &self.sockets[i].socket, &payload, t.destination);
         }
     }
 

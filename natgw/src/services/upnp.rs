@@ -49,8 +49,9 @@ use tokio::task::JoinHandle;
 use natgw_proto::pcp::policy::PcpConfig;
 use natgw_proto::pcp::table::MappingTable;
 use natgw_proto::prefix::Ipv4Prefix;
-use natgw_proto::upnp::engine::{Engine, Event, UpnpConfig};
+use natgw_proto::upnp::engine::{Engine, Event, MappingEvent, UpnpConfig};
 use natgw_proto::upnp::http::{self, Request};
+use natgw_proto::upnp::soap::UpnpError;
 use natgw_proto::upnp::ssdp::{self, Responder, MAX_SEARCH_LEN, MULTICAST};
 use natgw_proto::upnp::{gena, Device};
 use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
@@ -83,8 +84,29 @@ pub struct LanInterface {
     pub prefixes: Vec<Ipv4Prefix>,
 }
 
+/// An answer the engine made, not sent yet.
+#[derive(Debug)]
+pub struct Answer {
+    reply: oneshot::Sender<Vec<u8>>,
+    /// The control point.
+    pub client: SocketAddrV4,
+    /// The whole HTTP response.
+    pub bytes: Vec<u8>,
+    /// The mappings the request created or renewed.
+    pub mapped: Vec<MappingEvent>,
+}
+
+impl Answer {
+    /// Hands the response to the connection's task.
+    pub fn send(self) {
+        // The connection is gone (the client closed, or gave up): nothing to do.
+        let _ = self.reply.send(self.bytes);
+    }
+}
+
 /// A complete request (or all a client sent before closing), waiting for the
 /// engine.
+#[derive(Debug)]
 pub struct PendingRequest {
     src: SocketAddrV4,
     local: Ipv4Addr,
@@ -602,8 +624,15 @@ impl UpnpService {
         self.engine.poll_timeout()
     }
 
-    /// Answers `request` with the shared table, then sends the events it caused.
-    pub fn handle(&mut self, request: PendingRequest, now: Instant, table: &mut impl MappingTable) {
+    /// Answers `request` with the shared table and sends the events it caused; the
+    /// answer is returned, not sent, so that a PCP proxy may hold it until its
+    /// upstream has answered too (see [`Answer::send`]).
+    pub fn handle(
+        &mut self,
+        request: PendingRequest,
+        now: Instant,
+        table: &mut impl MappingTable,
+    ) -> Option<Answer> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let response = self
             .engine
@@ -627,19 +656,29 @@ impl UpnpService {
                     table,
                 )
             });
-        if let Some(response) = response {
-            let status = response
-                .get(9..12)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .unwrap_or("-");
-            debug!(
-                "upnp.request client={} status={status} took_us={}",
-                request.src,
-                now.elapsed().as_micros()
-            );
-            let _ = request.reply.send(response);
-        }
-        self.after(now);
+        let mapped = self.after(now);
+        let bytes = response?;
+        let status = bytes
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .unwrap_or("-");
+        debug!(
+            "upnp.request client={} status={status} took_us={}",
+            request.src,
+            now.elapsed().as_micros()
+        );
+        Some(Answer {
+            reply: request.reply,
+            client: request.src,
+            bytes,
+            mapped,
+        })
+    }
+
+    /// The whole HTTP answer of a SOAP fault carrying `error`.
+    #[must_use]
+    pub fn fault_bytes(&self, error: UpnpError) -> Vec<u8> {
+        self.engine.fault_bytes(error)
     }
 
     /// Subscriptions that ended, and events for a table that changed behind the
@@ -674,8 +713,10 @@ impl UpnpService {
         info!("upnp.stopped: ssdp:byebye sent");
     }
 
-    /// Delivers the engine's event messages and logs its events.
-    fn after(&mut self, now: Instant) {
+    /// Delivers the engine's event messages and logs its events; returns the
+    /// mappings created or renewed.
+    fn after(&mut self, now: Instant) -> Vec<MappingEvent> {
+        let mut mapped = Vec::new();
         while let Some(n) = self.engine.poll_notify() {
             let Ok(permit) = Arc::clone(&self.deliveries).try_acquire_owned() else {
                 self.counters.events_failed.fetch_add(1, Ordering::Relaxed);
@@ -702,17 +743,21 @@ impl UpnpService {
         }
         while let Some(event) = self.engine.poll_event() {
             match event {
-                Event::Created(m) | Event::Renewed(m) => info!(
-                    "upnp.mapped client={} proto={} int={} ext={} lease={}s{} description=\"{}\"",
-                    m.client,
-                    m.protocol,
-                    m.internal,
-                    m.external,
-                    m.lease,
-                    m.capped_from
-                        .map_or_else(String::new, |c| format!(" asked={c}s")),
-                    m.description.escape_debug()
-                ),
+                Event::Created(m) | Event::Renewed(m) => {
+                    info!(
+                        "upnp.mapped client={} proto={} int={} ext={} lease={}s{} \
+                         description=\"{}\"",
+                        m.client,
+                        m.protocol,
+                        m.internal,
+                        m.external,
+                        m.lease,
+                        m.capped_from
+                            .map_or_else(String::new, |c| format!(" asked={c}s")),
+                        m.description.escape_debug()
+                    );
+                    mapped.push(m);
+                }
                 Event::Deleted(m) => info!(
                     "upnp.deleted client={} proto={} int={} ext={}",
                     m.client, m.protocol, m.internal, m.external
@@ -747,5 +792,6 @@ impl UpnpService {
                 Event::Lost { count } => warn!("upnp.events_lost count={count}"),
             }
         }
+        mapped
     }
 }
