@@ -72,7 +72,9 @@ pub fn run(args: &Args) -> Result<()> {
     });
     steps.run("test", || {
         let mut cmd: Command = cargo();
-        cmd.args(["test", "--workspace"])
+        // --no-fail-fast: a failing unit-test binary must not hide the integration
+        // tests' results (cargo stops at the first failing binary otherwise).
+        cmd.args(["test", "--workspace", "--no-fail-fast"])
             .env(testbed::NATGW_BIN_ENV, &artifacts.natgw_bin);
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
