@@ -868,9 +868,9 @@ pub enum ConfigError {
          config file"
     )]
     MissingLan,
-    /// An empty interface name.
-    #[error("empty interface name")]
-    EmptyName,
+    /// An empty interface name (`wan` or `lan`).
+    #[error("empty interface name in `{0}`")]
+    EmptyName(&'static str),
     /// The same interface is both.
     #[error("interface {0} cannot be both the WAN and a LAN interface")]
     WanIsLan(String),
@@ -897,11 +897,16 @@ pub enum ConfigError {
     StunPortsEqual(u16),
     /// A UDP forward of a STUN port.
     #[error(
-        "UDP port {0} is both forwarded ([[forward]]) and the STUN responder's: move the \
+        "UDP port {port} is both forwarded ([[forward]]) and the STUN responder's: move the \
          responder with --stun-port (or `[stun] port` / `alternate_port`), or turn it off \
          with --no-stun"
     )]
-    StunPortForwarded(u16),
+    StunPortForwarded {
+        /// The port.
+        port: u16,
+        /// Which `[[forward]]` (0-based).
+        index: usize,
+    },
     /// A timeout of zero.
     #[error("the {0} timeout must be at least 1 second")]
     ZeroTimeout(&'static str),
@@ -944,11 +949,54 @@ pub enum ConfigError {
     /// A static forward that cannot work.
     #[error("[[forward]] {forward}: {problem}")]
     Forward {
+        /// Which `[[forward]]` (0-based).
+        index: usize,
         /// The forward.
         forward: Forward,
         /// What is wrong.
         problem: &'static str,
     },
+}
+
+impl ConfigError {
+    /// The configuration file's key the problem is about, dotted (`timeouts.udp`,
+    /// `forward[1]`), when it is about one; `natgw check-config` finds its line.
+    #[must_use]
+    pub fn key(&self) -> Option<String> {
+        let key = match self {
+            Self::Read { .. } | Self::Parse { .. } => return None,
+            Self::MissingWan => "wan",
+            Self::EmptyName(key) => key,
+            Self::MissingLan | Self::WanIsLan(_) | Self::DuplicateLan(_) | Self::TooManyLans(_) => {
+                "lan"
+            }
+            Self::TooManyExternal(_) | Self::DuplicateExternal(_) => "external",
+            Self::StunPortZero => "stun.port",
+            Self::StunPortsEqual(_) => "stun.alternate_port",
+            Self::StunPortForwarded { index, .. } | Self::Forward { index, .. } => {
+                return Some(format!("forward[{index}]"))
+            }
+            Self::ZeroTimeout(name) => match *name {
+                "UDP" => "timeouts.udp",
+                "TCP established" => "timeouts.tcp_established",
+                "TCP transitory" => "timeouts.tcp_transitory",
+                _ => "timeouts.icmp",
+            },
+            Self::ZeroMaxMappings => "max_mappings",
+            Self::ZeroGcInterval => "gc_interval",
+            Self::ZeroMappingBurst => "limits.new_mappings_burst",
+            Self::PortRangeTwice | Self::PortRange(_) => "port_range",
+            Self::UpnpMaxLease(_) => "upnp.max_lease",
+            Self::UpnpHttpPortZero => "upnp.http_port",
+            Self::Pcp(e) => match e {
+                PolicyError::ZeroMinLifetime | PolicyError::Lifetimes { .. } => "pcp.min_lifetime",
+                PolicyError::ZeroBurst => "pcp.burst",
+                PolicyError::Rule(_) | PolicyError::Ports(_) => "pcp.rules",
+            },
+            Self::AllProtocols => "pcp.allow_all_protocols",
+        };
+        Some(key.to_owned())
+    }
 }
 
 /// Reads and parses a configuration file (no validation yet).
@@ -989,16 +1037,59 @@ fn file_port_range(file: &FileConfig) -> Result<Option<PortRange>, ConfigError> 
 }
 
 /// Merges flags over the file over the defaults and validates the result. Returns the
-/// settings and warnings (timeouts below the RFC minimums) for the caller to log.
+/// settings and warnings (timeouts below the RFC minimums) for the caller to log, or
+/// the first problem found.
 pub fn resolve(
     file: &FileConfig,
     flags: &Overrides,
 ) -> Result<(Settings, Vec<String>), ConfigError> {
-    let wan = flags
-        .wan
-        .clone()
-        .or_else(|| file.wan.clone())
-        .ok_or(ConfigError::MissingWan)?;
+    let checked = check(file, flags);
+    match checked.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok((
+            checked.settings,
+            checked.warnings.into_iter().map(|w| w.message).collect(),
+        )),
+    }
+}
+
+/// A value that works but is below what an RFC asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The configuration key, dotted (`timeouts.udp`).
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Everything [`check`] found.
+#[derive(Debug)]
+pub struct Checked {
+    /// The settings, with defaults where a value was missing or wrong.
+    pub settings: Settings,
+    /// Every problem, in the order of the keys checked (empty: the settings work).
+    pub errors: Vec<ConfigError>,
+    /// Values legal but below an RFC minimum.
+    pub warnings: Vec<Warning>,
+}
+
+/// Merges flags over the file over the defaults and checks the result, collecting
+/// every problem rather than stopping at the first (`natgw check-config`).
+#[must_use]
+pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
+    let mut errors = Vec::new();
+    let wan = flags.wan.clone().or_else(|| file.wan.clone());
+    let missing_wan = wan.is_none();
+    if missing_wan {
+        errors.push(ConfigError::MissingWan);
+    }
+    let wan = wan.unwrap_or_default();
     let lan = if flags.lan.is_empty() {
         file.lan.clone().unwrap_or_default()
     } else {
@@ -1050,7 +1141,12 @@ pub fn resolve(
         external,
         port_range: match flags.port_range {
             Some(r) => r,
-            None => file_port_range(file)?.unwrap_or(PORT_RANGE_DEFAULT),
+            None => file_port_range(file)
+                .unwrap_or_else(|e| {
+                    errors.push(e);
+                    None
+                })
+                .unwrap_or(PORT_RANGE_DEFAULT),
         },
         timeouts,
         inbound_refresh: flags.inbound_refresh || file.inbound_refresh.unwrap_or(false),
@@ -1141,97 +1237,143 @@ pub fn resolve(
             }
         },
     };
-    let warnings = validate(&settings)?;
-    Ok((settings, warnings))
+    let mut warnings = Vec::new();
+    check_settings(&settings, &mut errors, &mut warnings);
+    if missing_wan {
+        // The empty name stands in for the missing one, already reported.
+        errors.retain(|e| !matches!(e, ConfigError::EmptyName("wan")));
+    }
+    Checked {
+        settings,
+        errors,
+        warnings,
+    }
 }
 
-/// Checks settings; returns warnings for values legal but below an RFC minimum.
+/// Checks settings; returns warnings for values legal but below an RFC minimum, or the
+/// first problem found.
 pub fn validate(s: &Settings) -> Result<Vec<String>, ConfigError> {
-    if s.wan.is_empty() || s.lan.iter().any(String::is_empty) {
-        return Err(ConfigError::EmptyName);
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    check_settings(s, &mut errors, &mut warnings);
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(warnings.drain(..).map(|w| w.message).collect()),
+    }
+}
+
+/// Every check of merged settings, each problem pushed to `errors`.
+fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Vec<Warning>) {
+    if s.wan.is_empty() {
+        errors.push(ConfigError::EmptyName("wan"));
+    }
+    if s.lan.iter().any(String::is_empty) {
+        errors.push(ConfigError::EmptyName("lan"));
     }
     if s.lan.is_empty() {
-        return Err(ConfigError::MissingLan);
+        errors.push(ConfigError::MissingLan);
     }
     if s.lan.len() > MAX_LAN_IFACES {
-        return Err(ConfigError::TooManyLans(s.lan.len()));
+        errors.push(ConfigError::TooManyLans(s.lan.len()));
     }
     for (i, name) in s.lan.iter().enumerate() {
         if *name == s.wan {
-            return Err(ConfigError::WanIsLan(name.clone()));
+            errors.push(ConfigError::WanIsLan(name.clone()));
         }
         if s.lan[..i].contains(name) {
-            return Err(ConfigError::DuplicateLan(name.clone()));
+            errors.push(ConfigError::DuplicateLan(name.clone()));
         }
     }
     if s.external.len() > MAX_EXTERNAL_ADDRS as usize {
-        return Err(ConfigError::TooManyExternal(s.external.len()));
+        errors.push(ConfigError::TooManyExternal(s.external.len()));
     }
     for (i, addr) in s.external.iter().enumerate() {
         if s.external[..i].contains(addr) {
-            return Err(ConfigError::DuplicateExternal(*addr));
+            errors.push(ConfigError::DuplicateExternal(*addr));
         }
     }
     // Re-checked here because the range may come from code rather than parsing.
-    PortRange::new(s.port_range.min, s.port_range.max)?;
+    if let Err(e) = PortRange::new(s.port_range.min, s.port_range.max) {
+        errors.push(e.into());
+    }
     let t = &s.timeouts;
-    let mut warnings = Vec::new();
-    for (name, value, min, rfc) in [
-        ("UDP", t.udp, UDP_TIMEOUT_MIN, "RFC 4787 REQ-5"),
+    for (name, key, value, min, rfc) in [
+        (
+            "UDP",
+            "timeouts.udp",
+            t.udp,
+            UDP_TIMEOUT_MIN,
+            "RFC 4787 REQ-5",
+        ),
         (
             "TCP established",
+            "timeouts.tcp_established",
             t.tcp_established,
             TCP_ESTABLISHED_TIMEOUT_MIN,
             "RFC 5382 REQ-5",
         ),
         (
             "TCP transitory",
+            "timeouts.tcp_transitory",
             t.tcp_transitory,
             TCP_TRANSITORY_TIMEOUT_MIN,
             "RFC 5382 REQ-5",
         ),
-        ("ICMP", t.icmp, ICMP_TIMEOUT_MIN, "RFC 5508 REQ-2"),
+        (
+            "ICMP",
+            "timeouts.icmp",
+            t.icmp,
+            ICMP_TIMEOUT_MIN,
+            "RFC 5508 REQ-2",
+        ),
     ] {
         if value == 0 {
-            return Err(ConfigError::ZeroTimeout(name));
-        }
-        if value < min {
-            warnings.push(format!(
-                "the {name} timeout of {value} s is below the {min} s minimum of {rfc}; \
-                 mappings will expire earlier than applications expect"
-            ));
+            errors.push(ConfigError::ZeroTimeout(name));
+        } else if value < min {
+            warnings.push(Warning {
+                key,
+                message: format!(
+                    "the {name} timeout of {value} s is below the {min} s minimum of {rfc}; \
+                     mappings will expire earlier than applications expect"
+                ),
+            });
         }
     }
     if s.max_mappings == 0 {
-        return Err(ConfigError::ZeroMaxMappings);
+        errors.push(ConfigError::ZeroMaxMappings);
     }
     if s.gc_interval == 0 {
-        return Err(ConfigError::ZeroGcInterval);
+        errors.push(ConfigError::ZeroGcInterval);
     }
     if s.limits.new_mappings_per_sec != 0 && s.limits.new_mappings_burst == 0 {
-        return Err(ConfigError::ZeroMappingBurst);
+        errors.push(ConfigError::ZeroMappingBurst);
     }
     if s.limits.port_hold_down != 0 && s.limits.port_hold_down < DEFAULT_PORT_HOLD_DOWN_SECS {
-        warnings.push(format!(
-            "the port hold-down of {} s is below the {DEFAULT_PORT_HOLD_DOWN_SECS} s of RFC \
-             6888 REQ-8; a port may reach another host while the old host's peers still \
-             send to it",
-            s.limits.port_hold_down
-        ));
+        warnings.push(Warning {
+            key: "limits.port_hold_down",
+            message: format!(
+                "the port hold-down of {} s is below the {DEFAULT_PORT_HOLD_DOWN_SECS} s of \
+                 RFC 6888 REQ-8; a port may reach another host while the old host's peers \
+                 still send to it",
+                s.limits.port_hold_down
+            ),
+        });
     }
-    s.pcp.server.validate()?;
+    if let Err(e) = s.pcp.server.validate() {
+        errors.push(e.into());
+    }
     if s.pcp.server.allow_all_protocols {
-        return Err(ConfigError::AllProtocols);
+        errors.push(ConfigError::AllProtocols);
     }
-    validate_forwards(&s.forwards)?;
-    validate_stun(s)?;
+    validate_forwards(&s.forwards, errors);
+    if let Err(e) = validate_stun(s) {
+        errors.push(e);
+    }
     if s.upnp.max_lease == 0 || s.upnp.max_lease > natgw_proto::upnp::description::MAX_LEASE {
-        return Err(ConfigError::UpnpMaxLease(s.upnp.max_lease));
+        errors.push(ConfigError::UpnpMaxLease(s.upnp.max_lease));
     }
     if s.upnp.http_port == 0 {
-        return Err(ConfigError::UpnpHttpPortZero);
+        errors.push(ConfigError::UpnpHttpPortZero);
     }
-    Ok(warnings)
 }
 
 /// The STUN ports must be real, distinct, and not forwarded to an internal host.
@@ -1248,17 +1390,20 @@ fn validate_stun(s: &Settings) -> Result<(), ConfigError> {
     }
     // With one external address the alternate port is unused, but a forward of it
     // would break as soon as a second address is added.
-    if let Some(f) = s.forwards.iter().find(|f| {
+    if let Some((index, f)) = s.forwards.iter().enumerate().find(|(_, f)| {
         f.protocol == ForwardProtocol::Udp
             && (f.external_port == stun.port || f.external_port == stun.alternate_port)
     }) {
-        return Err(ConfigError::StunPortForwarded(f.external_port));
+        return Err(ConfigError::StunPortForwarded {
+            port: f.external_port,
+            index,
+        });
     }
     Ok(())
 }
 
 /// Static forwards need real ports and must not collide with one another.
-fn validate_forwards(forwards: &[Forward]) -> Result<(), ConfigError> {
+fn validate_forwards(forwards: &[Forward], errors: &mut Vec<ConfigError>) {
     for (i, f) in forwards.iter().enumerate() {
         let problem = if f.external_port == 0 {
             Some("external_port must be 1-65535")
@@ -1280,13 +1425,13 @@ fn validate_forwards(forwards: &[Forward]) -> Result<(), ConfigError> {
             None
         };
         if let Some(problem) = problem {
-            return Err(ConfigError::Forward {
+            errors.push(ConfigError::Forward {
+                index: i,
                 forward: *f,
                 problem,
             });
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -266,6 +266,7 @@ pub struct NatgwBuilder {
     args: Vec<String>,
     log: Option<PathBuf>,
     rust_log: Option<String>,
+    env: Vec<(String, String)>,
     ready_within: Duration,
     stop_within: Duration,
     cli_within: Option<Duration>,
@@ -315,6 +316,14 @@ impl NatgwBuilder {
     #[must_use]
     pub fn rust_log(mut self, filter: Option<&str>) -> Self {
         self.rust_log = filter.map(str::to_owned);
+        self
+    }
+
+    /// Sets an environment variable for natgw (`NATGW_LOG_FORMAT`, `JOURNAL_STREAM`,
+    /// ...).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -457,6 +466,7 @@ impl NatgwBuilder {
         if let Some(filter) = &self.rust_log {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|e| {
             NatgwError::setup(
                 format!("starting {} in {}", self.bin.display(), ns.name()),
@@ -540,6 +550,7 @@ impl Natgw {
             args: Vec::new(),
             log: None,
             rust_log: Some("debug".to_owned()),
+            env: Vec::new(),
             ready_within: READY_WAIT,
             stop_within: STOP_WAIT,
             cli_within: None,

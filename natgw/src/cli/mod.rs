@@ -9,6 +9,7 @@ use crate::config::{
     Filtering, NoMappingIcmp, Overrides, PortRange, UnsolicitedSyn, XdpModeChoice,
 };
 
+pub mod check_config;
 pub mod output;
 pub mod pcp;
 pub mod punch;
@@ -26,6 +27,20 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "natgw", version, propagate_version = true)]
 pub struct Cli {
+    /// How log lines are written to standard error: `human` (timestamp, level,
+    /// module), `journald` (a `<N>` priority prefix per line and no timestamp, for
+    /// systemd's journal), `json` (one object per line), or `auto`: journald when
+    /// standard error is the journal (systemd sets JOURNAL_STREAM), human otherwise.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "NATGW_LOG_FORMAT",
+        default_value_t = crate::datapath::logging::LogFormat::Auto
+    )]
+    pub log_format: crate::datapath::logging::LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +79,10 @@ pub enum Command {
     /// Run a rendezvous server that introduces `natgw punch` peers to each other
     /// (UDP and TCP on one port) until SIGINT or SIGTERM.
     Rendezvous(punch::RendezvousArgs),
+    /// Check a configuration file as `natgw run --config FILE` would read it, without
+    /// root: every problem is printed as FILE:LINE: KEY: message; exit status 1 if
+    /// `natgw run` would refuse the file. Interfaces missing here are warnings.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 const RUN_AFTER_HELP: &str = "\
@@ -459,7 +478,7 @@ fn endpoint(s: &str, default_port: u16) -> Result<std::net::SocketAddrV4, String
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::datapath::logging::init();
+    crate::datapath::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -481,12 +500,13 @@ pub fn main() -> ExitCode {
             Command::Pcp(args) => pcp::run(args),
             Command::Punch(args) => punch::punch(args).await,
             Command::Rendezvous(args) => punch::rendezvous(args).await,
+            Command::CheckConfig(args) => check_config::run(args),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("natgw: error: {}", one_line(&e));
+            eprintln!("{}", crate::datapath::logging::fatal_line(&one_line(&e)));
             ExitCode::FAILURE
         }
     }
