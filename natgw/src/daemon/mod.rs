@@ -1358,6 +1358,15 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_address_needs_a_restart() {
+        let running = settings("wan0", 300, None);
+        let mut new = running.clone();
+        new.metrics.listen = Some("10.0.1.1:9100".parse().unwrap());
+        assert_eq!(keep_restart_only(&running, &mut new), ["metrics"]);
+        assert_eq!(new.metrics, running.metrics, "keeps its running value");
+    }
+
+    #[test]
     fn upnp_settings_reload_but_turning_it_off_needs_a_restart() {
         let running = settings("wan0", 300, None);
         let mut new = running.clone();
