@@ -458,6 +458,28 @@ pub struct FileStun {
     pub alternate_port: Option<u16>,
 }
 
+/// The Prometheus endpoint's settings (`[metrics]`, `--metrics`): off unless an
+/// address is given. See docs/operations.md#metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served; `None`: no endpoint (default).
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// Allow an address that is not a LAN interface's or loopback (the WAN's,
+    /// 0.0.0.0, any other): the counters would be readable from outside.
+    pub allow_wan: bool,
+}
+
+/// The `[metrics]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    /// `listen`.
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// `allow_wan`.
+    pub allow_wan: Option<bool>,
+}
+
 /// Where natgw asks for upstream mappings when it sits behind another NAT that
 /// speaks PCP (double NAT; RFC 7648): `[pcp] upstream`, `--pcp-upstream`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -699,6 +721,8 @@ pub struct FileConfig {
     pub stun: Option<FileStun>,
     /// `[upnp]` table.
     pub upnp: Option<FileUpnp>,
+    /// `[metrics]` table.
+    pub metrics: Option<FileMetrics>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -786,6 +810,10 @@ pub struct Overrides {
     pub no_stun: bool,
     /// `--no-upnp` (can only turn the UPnP server off).
     pub no_upnp: bool,
+    /// `--metrics`.
+    pub metrics: Option<std::net::SocketAddrV4>,
+    /// `--metrics-allow-wan` (can only allow).
+    pub metrics_allow_wan: bool,
 }
 
 /// Validated settings of a running gateway.
@@ -833,6 +861,9 @@ pub struct Settings {
     /// The UPnP IGD server.
     #[serde(default)]
     pub upnp: UpnpSettings,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// Static port forwards.
     #[serde(default)]
     pub forwards: Vec<Forward>,
@@ -934,6 +965,16 @@ pub enum ConfigError {
         max = natgw_proto::upnp::description::MAX_LEASE
     )]
     UpnpMaxLease(u32),
+    /// `metrics.listen` on port 0.
+    #[error("the metrics address {0} has port 0: give the port to serve /metrics on")]
+    MetricsPortZero(std::net::SocketAddrV4),
+    /// `metrics.listen` on 0.0.0.0 without `allow_wan`.
+    #[error(
+        "the metrics address {0} listens on every interface, the WAN's too: give a LAN \
+         address or 127.0.0.1 (or pass --metrics-allow-wan / `[metrics] allow_wan = true` \
+         to serve the counters to the WAN side)"
+    )]
+    MetricsUnspecified(std::net::SocketAddrV4),
     /// `upnp.http_port = 0`.
     #[error("upnp.http_port must be a port (1-65535)")]
     UpnpHttpPortZero,
@@ -994,6 +1035,7 @@ impl ConfigError {
                 PolicyError::Rule(_) | PolicyError::Ports(_) => "pcp.rules",
             },
             Self::AllProtocols => "pcp.allow_all_protocols",
+            Self::MetricsPortZero(_) | Self::MetricsUnspecified(_) => "metrics.listen",
         };
         Some(key.to_owned())
     }
@@ -1221,6 +1263,13 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                     .unwrap_or(defaults.alternate_port),
             }
         },
+        metrics: {
+            let f = file.metrics.as_ref();
+            MetricsSettings {
+                listen: flags.metrics.or_else(|| f.and_then(|f| f.listen)),
+                allow_wan: flags.metrics_allow_wan || f.and_then(|f| f.allow_wan).unwrap_or(false),
+            }
+        },
         upnp: {
             let f = file.upnp.as_ref();
             let d = UpnpSettings::default();
@@ -1373,6 +1422,14 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
     }
     if s.upnp.http_port == 0 {
         errors.push(ConfigError::UpnpHttpPortZero);
+    }
+    if let Some(listen) = s.metrics.listen {
+        if listen.port() == 0 {
+            errors.push(ConfigError::MetricsPortZero(listen));
+        }
+        if listen.ip().is_unspecified() && !s.metrics.allow_wan {
+            errors.push(ConfigError::MetricsUnspecified(listen));
+        }
     }
 }
 
@@ -1693,6 +1750,63 @@ mod tests {
         );
         let err = parse("[upnp]\nbogus = 1\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_come_from_flags_over_the_file() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let (s, _) = resolve(&parse(base).unwrap(), &Overrides::default()).unwrap();
+        assert_eq!(s.metrics, MetricsSettings::default());
+        assert_eq!(s.metrics.listen, None, "off by default");
+        let f = parse(&format!(
+            "{base}[metrics]\nlisten = \"10.0.1.1:9100\"\nallow_wan = false\n"
+        ))
+        .unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(s.metrics.listen, Some("10.0.1.1:9100".parse().unwrap()));
+        assert!(!s.metrics.allow_wan);
+        let flags = Overrides {
+            metrics: Some("127.0.0.1:9200".parse().unwrap()),
+            metrics_allow_wan: true,
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.metrics.listen, Some("127.0.0.1:9200".parse().unwrap()));
+        assert!(s.metrics.allow_wan, "the flag can only allow");
+        let f = parse(&format!("{base}[metrics]\nallow_wan = true\n")).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert!(s.metrics.allow_wan && s.metrics.listen.is_none());
+    }
+
+    #[test]
+    fn bad_metrics_addresses_are_refused() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let f = parse(&format!("{base}[metrics]\nlisten = \"0.0.0.0:9100\"\n")).unwrap();
+        let err = resolve(&f, &Overrides::default()).unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:9100") && err.contains("--metrics-allow-wan"),
+            "{err}"
+        );
+        let f = parse(&format!(
+            "{base}[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_wan = true\n"
+        ))
+        .unwrap();
+        assert!(resolve(&f, &Overrides::default()).is_ok(), "allowed");
+        let f = parse(&format!("{base}[metrics]\nlisten = \"10.0.1.1:0\"\n")).unwrap();
+        let err = resolve(&f, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("port 0"), "{err}");
+        for bad in [
+            "listen = \"10.0.1.1\"",
+            "listen = \"[::1]:9100\"",
+            "listen = 9100",
+            "allow_wan = \"yes\"",
+            "bogus = 1",
+        ] {
+            let err = parse(&format!("{base}[metrics]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 4"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -85,6 +85,11 @@ const TEST_PACKAGES: &[Package] = &[
               (tests/gupnp_igd.py)",
     },
     Package {
+        name: "prometheus",
+        why: "`promtool check metrics`, Prometheus's own check of the /metrics document \
+              natgw serves (tests/metrics.rs)",
+    },
+    Package {
         name: "python3-gi",
         why: "GObject introspection for Python, through which tests/gupnp_igd.py uses \
               GUPnP-IGD",

@@ -136,6 +136,10 @@ Flags override the configuration file, which overrides the defaults. Example fil
     requests_per_second = 10        # per host; 0: no limit
     http_port = 5000                # restart-only, as enabled
 
+    [metrics]                       # Prometheus GET /metrics; off without listen
+    listen = \"10.0.1.1:9100\"      # a LAN address or loopback (restart-only)
+    allow_wan = false               # true: any address, the WAN's or 0.0.0.0 too
+
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
     external_port = 8080
@@ -303,6 +307,17 @@ pub struct RunArgs {
     /// http_port` of the LAN interfaces); PCP and NAT-PMP are not affected.
     #[arg(long)]
     pub no_upnp: bool,
+
+    /// Serve Prometheus metrics (`GET /metrics`, text format) on ADDR:PORT: an
+    /// address of a LAN interface or loopback (e.g. 10.0.1.1:9100, 127.0.0.1:9100)
+    /// [default: `[metrics] listen`, or no endpoint].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<std::net::SocketAddrV4>,
+
+    /// Let --metrics listen on an address that is not a LAN interface's or
+    /// loopback (the WAN's, 0.0.0.0): the counters become readable from outside.
+    #[arg(long)]
+    pub metrics_allow_wan: bool,
 }
 
 impl RunArgs {
@@ -337,6 +352,8 @@ impl RunArgs {
             stun_port: self.stun_port,
             no_stun: self.no_stun,
             no_upnp: self.no_upnp,
+            metrics: self.metrics,
+            metrics_allow_wan: self.metrics_allow_wan,
         }
     }
 }
@@ -698,6 +715,26 @@ mod tests {
         assert_eq!(o.no_mapping_icmp, Some(NoMappingIcmp::HostUnreachable));
         let err = Cli::try_parse_from(["natgw", "run", "--no-mapping-icmp", "13"]).unwrap_err();
         assert!(err.to_string().contains("admin-prohibited"), "{err}");
+    }
+
+    #[test]
+    fn metrics_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "run",
+            "--metrics",
+            "10.0.1.1:9100",
+            "--metrics-allow-wan",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        let o = args.overrides();
+        assert_eq!(o.metrics, Some("10.0.1.1:9100".parse().unwrap()));
+        assert!(o.metrics_allow_wan);
+        let err = Cli::try_parse_from(["natgw", "run", "--metrics", "lan0"]).unwrap_err();
+        assert!(err.to_string().contains("lan0"), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! The parts: [`state`] (the state file), `port_mapping` (static forwards, PCP and
 //! NAT-PMP, explicit mappings), `stun_responder`, [`icmp`] (the ICMP errors the data
 //! path asks for), [`fragments`] (fragments that came before their first one),
-//! [`episodes`] (logging drop episodes).
+//! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,7 +37,7 @@ use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, If
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
-use crate::datapath::maps::{FragmentMaps, HostRules};
+use crate::datapath::maps::{CounterMap, FragmentMaps, HostRules, MapSource};
 use crate::datapath::netlink::Rtnl;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
@@ -47,6 +47,7 @@ use crate::services::Shutdown;
 pub mod episodes;
 pub mod fragments;
 pub mod icmp;
+pub mod metrics;
 mod port_mapping;
 pub mod state;
 mod stun_responder;
@@ -92,6 +93,8 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
 
     let rtnl = Rtnl::connect()?;
     let topology = Topology::resolve(&rtnl, &settings).await?;
+    // Refused before anything is touched.
+    metrics::check_listen(&settings.metrics, &topology)?;
 
     let ours = Layout::of_object(
         loader::EBPF_OBJECT,
@@ -185,6 +188,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         fragments: Arc::default(),
         stun: None,
         port_mapping: PortMapping::default(),
+        metrics: None,
         tasks: log_task.into_iter().collect(),
     };
     let mut datapath = match DataPath::new(ebpf, adopt) {
@@ -437,6 +441,8 @@ struct Services {
     stun: Option<StunResponder>,
     /// Static forwards, the PCP/NAT-PMP server and the explicit mappings they make.
     port_mapping: PortMapping,
+    /// The Prometheus endpoint, when configured.
+    metrics: Option<metrics::Endpoint>,
     /// Background tasks: the eBPF log reader, the `EVENTS` reader, the fragment
     /// resender.
     tasks: Vec<JoinHandle<()>>,
@@ -449,6 +455,9 @@ impl Services {
         }
         if let Some(stun) = self.stun.take() {
             stun.stop();
+        }
+        if let Some(mut metrics) = self.metrics.take() {
+            metrics.stop();
         }
         self.port_mapping.stop();
     }
@@ -539,10 +548,56 @@ impl Daemon {
 
         let state = self.build_state()?;
         self.dirs.write_state(&state)?;
+        self.start_metrics(&state)?;
         self.report.counters = state.controller_counters.clone();
         self.report.state = Some(state);
         self.log_started();
         Ok(())
+    }
+
+    /// Starts the Prometheus endpoint when an address is configured (checked before
+    /// the data path was touched, see [`metrics::check_listen`]).
+    fn start_metrics(&mut self, state: &StateFile) -> Result<()> {
+        let Some(listen) = self.settings.metrics.listen else {
+            return Ok(());
+        };
+        let device = metrics::check_listen(&self.settings.metrics, &self.topology)?;
+        let counters = CounterMap::open(MapSource {
+            dirs: &self.dirs,
+            ids: &state.map_ids,
+        })
+        .context("opening COUNTERS for the metrics endpoint")?;
+        let mut published = metrics::Published {
+            started_unix: state.started_unix,
+            max_mappings: self
+                .datapath
+                .maps()
+                .max_mappings()
+                .unwrap_or(self.settings.max_mappings),
+            ..metrics::Published::default()
+        };
+        self.publish_counters(&mut published, &state.controller_counters);
+        self.services.metrics = Some(metrics::Endpoint::start(
+            listen,
+            device.as_deref(),
+            counters,
+            published,
+        )?);
+        Ok(())
+    }
+
+    /// What the metrics endpoint reports of the controller: its counters, the STUN
+    /// responder's, the pool and the port range.
+    fn publish_counters(&self, p: &mut metrics::Published, controller: &BTreeMap<String, u64>) {
+        p.controller.clone_from(controller);
+        p.stun = self
+            .services
+            .stun
+            .as_ref()
+            .map(|s| s.state().counters)
+            .unwrap_or_default();
+        p.pool.clone_from(&self.topology.pool);
+        p.ports_per_address = self.settings.port_range.len();
     }
 
     fn data_path_config(&self) -> Config {
@@ -781,9 +836,13 @@ impl Daemon {
                         }
                     }
                     let now = system::monotonic_ns();
+                    let started = std::time::Instant::now();
                     // A full pass is many map syscalls; let the runtime move other tasks
                     // (the eBPF log reader) to the other worker meanwhile.
                     let result = tokio::task::block_in_place(|| sweeper.tick(&mut self.datapath.maps_mut().nat, now));
+                    if let Some(m) = &self.services.metrics {
+                        m.publish(|p| p.gc_pass(started.elapsed(), result.as_ref().ok(), sweeper.census()));
+                    }
                     match result {
                         Ok(stats) => {
                             gc_failing = false;
@@ -923,9 +982,13 @@ impl Daemon {
         counters
     }
 
-    /// Rewrites the state file when the controller counters changed.
+    /// Rewrites the state file when the controller counters changed; publishes them
+    /// for the metrics endpoint.
     fn report_counters(&mut self) {
         let now = self.controller_counters();
+        if let Some(m) = &self.services.metrics {
+            m.publish(|p| self.publish_counters(p, &now));
+        }
         let stun_changed = self
             .services
             .stun
@@ -1242,6 +1305,7 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(pcp.enabled, "pcp.enabled");
     keep!(upnp.enabled, "upnp.enabled");
     keep!(upnp.http_port, "upnp.http_port");
+    keep!(metrics, "metrics");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
     kept
@@ -1291,6 +1355,15 @@ mod tests {
         assert_eq!(new.timeouts.udp, 60, "timeouts apply");
         let mut same = running.clone();
         assert!(keep_restart_only(&running, &mut same).is_empty());
+    }
+
+    #[test]
+    fn the_metrics_address_needs_a_restart() {
+        let running = settings("wan0", 300, None);
+        let mut new = running.clone();
+        new.metrics.listen = Some("10.0.1.1:9100".parse().unwrap());
+        assert_eq!(keep_restart_only(&running, &mut new), ["metrics"]);
+        assert_eq!(new.metrics, running.metrics, "keeps its running value");
     }
 
     #[test]

@@ -91,6 +91,9 @@ impl PortMapping {
             ("pcp_requests".to_owned(), engine.requests),
             ("pcp_succeeded".to_owned(), engine.succeeded),
             ("pcp_refused".to_owned(), engine.refused),
+            ("natpmp_requests".to_owned(), engine.natpmp_requests),
+            ("natpmp_succeeded".to_owned(), engine.natpmp_succeeded),
+            ("natpmp_refused".to_owned(), engine.natpmp_refused),
             ("pcp_unresolved".to_owned(), replies.unresolved),
             ("pcp_send_failed".to_owned(), replies.send_failed),
         ]);

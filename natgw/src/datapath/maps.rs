@@ -780,16 +780,7 @@ impl GatewayMaps {
 
     /// Every counter summed over CPUs, in index order.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>, MapsError> {
-        Counter::ALL
-            .iter()
-            .map(|c| {
-                let per_cpu = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map_err(map_err(names::COUNTERS))?;
-                Ok((*c, per_cpu.iter().copied().fold(0u64, u64::wrapping_add)))
-            })
-            .collect()
+        sum_counters(&self.counters)
     }
 
     /// Number of entries in `NAT_FWD`.
@@ -806,6 +797,39 @@ impl GatewayMaps {
             .iter()
             .filter(|(_, r)| r.is_held() && !r.hold_expired(now_ns, hold_ns))
             .count())
+    }
+}
+
+/// Every counter of `map` summed over CPUs, in index order.
+fn sum_counters(map: &PerCpuArray<MapData, u64>) -> Result<Vec<(Counter, u64)>, MapsError> {
+    Counter::ALL
+        .iter()
+        .map(|c| {
+            let per_cpu = map.get(&(*c as u32), 0).map_err(map_err(names::COUNTERS))?;
+            Ok((*c, per_cpu.iter().copied().fold(0u64, u64::wrapping_add)))
+        })
+        .collect()
+}
+
+/// The verdict counters alone, through a handle of their own: what the metrics
+/// endpoint reads on the blocking pool, apart from the daemon's handles.
+pub struct CounterMap(PerCpuArray<MapData, u64>);
+
+impl CounterMap {
+    /// Opens `COUNTERS` of the gateway at `source` (its pin, else its id).
+    ///
+    /// # Errors
+    /// When the map cannot be opened or is not the per-CPU array it should be.
+    pub fn open(source: MapSource<'_>) -> Result<Self, MapsError> {
+        Ok(Self(typed(source.open(names::COUNTERS)?, names::COUNTERS)?))
+    }
+
+    /// Every counter summed over CPUs, in index order.
+    ///
+    /// # Errors
+    /// When a lookup fails.
+    pub fn read(&self) -> Result<Vec<(Counter, u64)>, MapsError> {
+        sum_counters(&self.0)
     }
 }
 

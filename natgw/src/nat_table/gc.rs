@@ -46,6 +46,7 @@ use natgw_common::{
     FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NS_PER_SEC,
 };
 
+use super::census::Census;
 use crate::config::Timeouts;
 use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
@@ -383,6 +384,7 @@ pub struct TickStats {
 #[derive(Debug)]
 pub struct Sweeper {
     policy: Policy,
+    census: Census,
     candidates: HashMap<FwdKey, Candidate>,
     orphan_candidates: HashMap<RevKey, u64>,
     session_candidates: HashMap<SessionKey, SessionCandidate>,
@@ -394,11 +396,18 @@ impl Sweeper {
         self.policy = policy;
     }
 
+    /// What the tables held at the start of the last pass (empty before the first).
+    #[must_use]
+    pub const fn census(&self) -> &Census {
+        &self.census
+    }
+
     /// A collector with no memory yet.
     #[must_use]
     pub fn new(policy: Policy) -> Self {
         Self {
             policy,
+            census: Census::default(),
             candidates: HashMap::new(),
             orphan_candidates: HashMap::new(),
             session_candidates: HashMap::new(),
@@ -532,6 +541,7 @@ impl Sweeper {
         let sessions = tables.session_entries()?;
         let fwd = tables.fwd_entries()?;
         let rev = tables.rev_entries()?;
+        self.census = Census::of(&fwd, &rev, sessions.len());
         let plan = self.plan(now_ns, &fwd, &rev, &sessions);
         let held = rev.iter().filter(|(_, r)| r.is_held()).count();
         let mut stats = TickStats {

@@ -8,9 +8,14 @@
 //! - [`replies`], [`neighbours`]: how their replies leave — never waiting, never
 //!   queued behind the resolution of a spoofed source.
 //! - [`frames`]: reading STUN and punch messages from a TCP stream.
+//! - [`http`]: what the HTTP servers share (limits, request reading); [`metrics`]:
+//!   the Prometheus endpoint, and [`exposition`], the text format it serves.
 //! - [`Shutdown`] and [`transient`]: what every socket loop here needs.
 
+pub mod exposition;
 pub mod frames;
+pub mod http;
+pub mod metrics;
 pub mod neighbours;
 pub mod pcp;
 pub mod pcp_upstream;

@@ -25,12 +25,11 @@
 //! [`DELIVERY_TIMEOUT`] for connecting, writing and reading the answer, at most
 //! [`MAX_DELIVERIES`] at once (the rest are dropped and counted).
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -50,20 +49,15 @@ use natgw_proto::pcp::policy::PcpConfig;
 use natgw_proto::pcp::table::MappingTable;
 use natgw_proto::prefix::Ipv4Prefix;
 use natgw_proto::upnp::engine::{Engine, Event, MappingEvent, UpnpConfig};
-use natgw_proto::upnp::http::{self, Request};
+use natgw_proto::upnp::http;
 use natgw_proto::upnp::soap::UpnpError;
 use natgw_proto::upnp::ssdp::{self, Responder, MAX_SEARCH_LEN, MULTICAST};
 use natgw_proto::upnp::{gena, Device};
 use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
-/// HTTP connections open at once, in all.
-pub const MAX_CONNECTIONS: usize = 64;
-/// HTTP connections one host may hold open at once.
-pub const MAX_CONNECTIONS_PER_HOST: usize = 8;
-/// Time a client has to send its whole request.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the whole answer.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+use super::http::{read_request, ConnectionSlot, OpenConnections};
+
+pub use super::http::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_HOST, READ_TIMEOUT, WRITE_TIMEOUT};
 /// Time an event delivery may take: connecting, writing, reading the answer.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Event deliveries at once; more are dropped (and counted).
@@ -137,6 +131,12 @@ pub struct Counters {
     pub events_delivered: AtomicU64,
     /// GENA event messages that could not be delivered (or were dropped).
     pub events_failed: AtomicU64,
+    /// Control requests refused with a SOAP fault (an action not authorized, a
+    /// conflict, a bad argument...).
+    pub refused: AtomicU64,
+    /// Requests answered with an HTTP error (malformed, too large, unknown path,
+    /// rate-limited...).
+    pub rejected: AtomicU64,
 }
 
 /// The UPnP server: its engine, and the tasks that run its sockets.
@@ -344,47 +344,12 @@ async fn run_ssdp(
     }
 }
 
-/// Counts a connection while it is open.
-struct ConnectionSlot {
-    open: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
-    host: Ipv4Addr,
-}
-
-impl ConnectionSlot {
-    fn take(open: &Arc<Mutex<HashMap<Ipv4Addr, usize>>>, host: Ipv4Addr) -> Option<Self> {
-        let mut map = open.lock().ok()?;
-        let total: usize = map.values().sum();
-        let mine = map.get(&host).copied().unwrap_or(0);
-        if total >= MAX_CONNECTIONS || mine >= MAX_CONNECTIONS_PER_HOST {
-            return None;
-        }
-        *map.entry(host).or_insert(0) += 1;
-        Some(Self {
-            open: Arc::clone(open),
-            host,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.open.lock() {
-            if let Some(n) = map.get_mut(&self.host) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(&self.host);
-                }
-            }
-        }
-    }
-}
-
 /// Accepts connections on one LAN address.
 async fn run_listener(
     listener: TcpListener,
     local: SocketAddrV4,
     limits: http::Limits,
-    open: Arc<Mutex<HashMap<Ipv4Addr, usize>>>,
+    open: OpenConnections,
     requests: mpsc::Sender<PendingRequest>,
     counters: Arc<Counters>,
 ) {
@@ -411,33 +376,6 @@ async fn run_listener(
             serve_connection(stream, peer, *local.ip(), limits, requests, &counters).await;
             drop(slot);
         });
-    }
-}
-
-/// Reads one request: until it is complete or malformed by the engine's framing
-/// (limits included), or the client stops sending. Returns the bytes and whether the
-/// client closed its side.
-async fn read_request(
-    stream: &mut TcpStream,
-    limits: &http::Limits,
-) -> io::Result<(Vec<u8>, bool)> {
-    let cap = limits.max_head + limits.max_body + 1;
-    let mut buf = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let room = cap.saturating_sub(buf.len()).min(chunk.len());
-        if room == 0 {
-            return Ok((buf, false));
-        }
-        let n = stream.read(&mut chunk[..room]).await?;
-        if n == 0 {
-            return Ok((buf, true));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match Request::parse(&buf, limits) {
-            Ok(None) => {}
-            Ok(Some(_)) | Err(_) => return Ok((buf, false)),
-        }
     }
 }
 
@@ -529,7 +467,7 @@ impl UpnpService {
             .context("reading a random seed from /dev/urandom")?;
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(QUEUE);
-        let open = Arc::new(Mutex::new(HashMap::new()));
+        let open = OpenConnections::default();
         let mut tasks = Vec::new();
         let mut locals = Vec::new();
         let mut ssdp_sockets = Vec::new();
@@ -606,6 +544,8 @@ impl UpnpService {
             ("upnp_read_timeouts", get(&c.read_timeouts)),
             ("upnp_busy", get(&c.busy)),
             ("upnp_requests", get(&c.requests)),
+            ("upnp_refused", get(&c.refused)),
+            ("upnp_rejected", get(&c.rejected)),
             ("upnp_ssdp_searches", get(&c.ssdp_searches)),
             ("upnp_ssdp_foreign", get(&c.ssdp_foreign)),
             ("upnp_events_delivered", get(&c.events_delivered)),
@@ -768,6 +708,7 @@ impl UpnpService {
                     error,
                     reason,
                 } => {
+                    self.counters.refused.fetch_add(1, Ordering::Relaxed);
                     if let Some(suppressed) = self.refusal_log.admit(now) {
                         info!(
                             "upnp.refused client={client} action={action} error={} \
@@ -782,6 +723,7 @@ impl UpnpService {
                     status,
                     reason,
                 } => {
+                    self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                     if let Some(suppressed) = self.refusal_log.admit(now) {
                         info!(
                             "upnp.rejected client={client} status={status} reason=\"{reason}\"{}",

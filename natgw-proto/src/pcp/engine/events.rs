@@ -90,6 +90,13 @@ pub struct Stats {
     pub refused: u64,
     /// Not answered, by [`DropReason::index`].
     pub dropped: [u64; DropReason::ALL.len()],
+    /// Of [`Stats::requests`], those of NAT-PMP (version 0, RFC 6886); the rest
+    /// are PCP's (or of no version the server speaks).
+    pub natpmp_requests: u64,
+    /// Of [`Stats::succeeded`], NAT-PMP's.
+    pub natpmp_succeeded: u64,
+    /// Of [`Stats::refused`], NAT-PMP's.
+    pub natpmp_refused: u64,
 }
 
 /// A mapping a request created, renewed or deleted.

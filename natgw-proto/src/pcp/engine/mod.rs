@@ -285,10 +285,20 @@ impl Engine {
         table: &mut impl MappingTable,
     ) -> Option<Vec<u8>> {
         self.stats.requests += 1;
+        let natpmp = datagram.first() == Some(&natpmp::VERSION);
         let refused_before = self.stats.refused;
         let answer = self.answer(now, src, datagram, table);
-        if answer.is_some() && self.stats.refused == refused_before {
+        let refused = self.stats.refused != refused_before;
+        if answer.is_some() && !refused {
             self.stats.succeeded += 1;
+        }
+        if natpmp {
+            self.stats.natpmp_requests += 1;
+            if refused {
+                self.stats.natpmp_refused += 1;
+            } else if answer.is_some() {
+                self.stats.natpmp_succeeded += 1;
+            }
         }
         answer
     }

@@ -1062,6 +1062,18 @@ fn natpmp_maps_renews_and_deletes_over_the_same_table() {
         h.natpmp(client(), map_udp(0, 0, 60)).result(),
         natpmp::ResultCode::NotAuthorized
     );
+    // NAT-PMP's share of the counters: 8 requests (3 refused), besides 1 of PCP.
+    let stats = h.server.stats();
+    assert_eq!(stats.requests, 9);
+    assert_eq!(
+        (
+            stats.natpmp_requests,
+            stats.natpmp_succeeded,
+            stats.natpmp_refused
+        ),
+        (8, 5, 3)
+    );
+    assert_eq!((stats.succeeded, stats.refused), (6, 3));
 }
 
 #[test]
