@@ -441,14 +441,32 @@ fn apt_install(packages: &[&Package]) -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get update: refreshing the package lists",
     )?;
-    exec::run(
-        Command::new("apt-get")
-            .args(["install", "-y"])
-            .args(&names)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-        &format!("apt-get install: installing {}", names.join(", ")),
-    )
+    let (plain, with_recommends): (Vec<&str>, Vec<&str>) = names
+        .iter()
+        .partition(|name| WITHOUT_RECOMMENDS.contains(name));
+    for (list, extra) in [
+        (with_recommends, None),
+        (plain, Some("--no-install-recommends")),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        exec::run(
+            Command::new("apt-get")
+                .args(["install", "-y"])
+                .args(extra)
+                .args(&list)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get install: installing {}", list.join(", ")),
+        )?;
+    }
+    Ok(())
 }
+
+/// Packages installed without their recommendations: `prometheus` recommends
+/// `prometheus-node-exporter`, a daemon the tests do not want started; only
+/// `promtool` is used.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
 
 fn install_bpf_linker() -> Result<()> {
     eprintln!(
