@@ -54,6 +54,10 @@ pub const STATE_ROOT: &str = "/run/natgw";
 /// `cargo xtask test` and `cargo xtask conformance`).
 pub const NATGW_BIN_ENV: &str = "NATGW_BIN";
 
+/// The environment variable that names natgw's Debian package under test (set by
+/// `cargo xtask test`, which builds it as `cargo xtask package` does).
+pub const NATGW_DEB_ENV: &str = "NATGW_DEB";
+
 /// Default time natgw may take to answer `natgw status` after starting: loading the
 /// programs runs the verifier over them, 3–6 s on an idle 2-core machine and more
 /// than 20 s when the machine's load average is well above its CPU count (tests
@@ -266,6 +270,7 @@ pub struct NatgwBuilder {
     args: Vec<String>,
     log: Option<PathBuf>,
     rust_log: Option<String>,
+    env: Vec<(String, String)>,
     ready_within: Duration,
     stop_within: Duration,
     cli_within: Option<Duration>,
@@ -287,6 +292,14 @@ impl NatgwBuilder {
         I::Item: AsRef<str>,
     {
         self.ifaces = ifaces.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// Sets an environment variable for natgw (`NOTIFY_SOCKET`, say; `RUST_LOG` is
+    /// [`NatgwBuilder::rust_log`]'s).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -457,6 +470,7 @@ impl NatgwBuilder {
         if let Some(filter) = &self.rust_log {
             cmd.env("RUST_LOG", filter);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|e| {
             NatgwError::setup(
                 format!("starting {} in {}", self.bin.display(), ns.name()),
@@ -540,6 +554,7 @@ impl Natgw {
             args: Vec::new(),
             log: None,
             rust_log: Some("debug".to_owned()),
+            env: Vec::new(),
             ready_within: READY_WAIT,
             stop_within: STOP_WAIT,
             cli_within: None,
