@@ -341,7 +341,7 @@ impl Notifications {
         let socket = UnixDatagram::bind(path).expect("binding the notification socket");
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
+            .expect("a read timeout on the notification socket");
         Self {
             socket,
             seen: Vec::new(),
