@@ -2308,4 +2308,57 @@ mod tests {
         let err = parse("external = \"192.0.2.1\"\n").unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
     }
+
+    /// The `/etc/natgw/natgw.toml` the .deb installs (`cargo xtask package`).
+    const PACKAGED: &str = include_str!("../../packaging/natgw.toml");
+
+    /// The packaged file with every `#key = value` and `#[table]` line uncommented.
+    fn packaged_uncommented() -> String {
+        PACKAGED
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase() || c == '[') => {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn packaged_config_parses_and_its_commented_values_are_the_defaults() {
+        let flags = Overrides {
+            wan: Some("eth0".to_owned()),
+            lan: lan(&["eth1"]),
+            ..Overrides::default()
+        };
+        let defaults = resolve(&FileConfig::default(), &flags).unwrap().0;
+
+        let shipped = parse(PACKAGED).unwrap();
+        assert!(
+            shipped.wan.is_none() && shipped.timeouts.is_none(),
+            "all commented out"
+        );
+        assert_eq!(resolve(&shipped, &flags).unwrap().0, defaults);
+
+        // Every commented value is natgw's default: uncommenting one changes nothing.
+        let uncommented = parse(&packaged_uncommented()).unwrap();
+        assert_eq!(uncommented.wan.as_deref(), Some("eth0"));
+        for (table, present) in [
+            ("timeouts", uncommented.timeouts.is_some()),
+            ("limits", uncommented.limits.is_some()),
+            ("filtering", uncommented.filtering.is_some()),
+            ("stun", uncommented.stun.is_some()),
+            ("pcp", uncommented.pcp.is_some()),
+            ("upnp", uncommented.upnp.is_some()),
+        ] {
+            assert!(present, "[{table}] is not in the packaged file");
+        }
+        assert_eq!(
+            uncommented.pcp.as_ref().map(|p| &p.server),
+            Some(&PcpConfig::default())
+        );
+        assert_eq!(resolve(&uncommented, &flags).unwrap().0, defaults);
+    }
 }

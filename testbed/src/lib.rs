@@ -52,7 +52,9 @@ mod topology;
 pub use chain::Chain;
 pub use error::{Error, Result};
 pub use lifecycle::NETNS_DIR;
-pub use natgw::{natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV};
+pub use natgw::{
+    natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV, NATGW_DEB_ENV,
+};
 pub use netns::Netns;
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
 pub use rtnl::Rtnl;

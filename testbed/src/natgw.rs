@@ -54,6 +54,10 @@ pub const STATE_ROOT: &str = "/run/natgw";
 /// `cargo xtask test` and `cargo xtask conformance`).
 pub const NATGW_BIN_ENV: &str = "NATGW_BIN";
 
+/// The environment variable that names natgw's Debian package under test (set by
+/// `cargo xtask test`, which builds it as `cargo xtask package` does).
+pub const NATGW_DEB_ENV: &str = "NATGW_DEB";
+
 /// Default time natgw may take to answer `natgw status` after starting: loading the
 /// programs runs the verifier over them, 3–6 s on an idle 2-core machine and more
 /// than 20 s when the machine's load average is well above its CPU count (tests
@@ -291,6 +295,14 @@ impl NatgwBuilder {
         self
     }
 
+    /// Sets an environment variable for natgw (`NOTIFY_SOCKET`, say; `RUST_LOG` is
+    /// [`NatgwBuilder::rust_log`]'s).
+    #[must_use]
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// Adds `natgw run` arguments, after the interfaces.
     #[must_use]
     pub fn args<I>(mut self, args: I) -> Self
@@ -316,14 +328,6 @@ impl NatgwBuilder {
     #[must_use]
     pub fn rust_log(mut self, filter: Option<&str>) -> Self {
         self.rust_log = filter.map(str::to_owned);
-        self
-    }
-
-    /// Sets an environment variable for natgw (`NATGW_LOG_FORMAT`, `JOURNAL_STREAM`,
-    /// ...).
-    #[must_use]
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
         self
     }
 

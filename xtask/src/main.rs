@@ -3,6 +3,8 @@
 //! - `provision` installs what building and testing need (Debian packages, bpf-linker).
 //! - `build` builds the eBPF object and the `natgw` binary that embeds it.
 //! - `test` builds, then runs rustfmt, clippy and every test in the workspace.
+//! - `package` builds natgw's Debian package: the binary, the systemd unit, the
+//!   configuration file, man pages and shell completions.
 //! - `run` builds, starts natgw inside a testbed of network namespaces, demonstrates
 //!   it with UDP and TCP traffic and shows its live mapping table until Ctrl-C.
 //! - `bench` measures packets per second against the kernel's NAT, per-packet cost
@@ -20,6 +22,7 @@ mod build;
 mod conformance;
 mod exec;
 mod fuzz;
+mod package;
 mod paths;
 mod provision;
 mod run;
@@ -48,6 +51,9 @@ enum Command {
     Build(build::Args),
     /// Build, then check formatting, run clippy and run every test (needs root).
     Test(test::Args),
+    /// Build natgw's Debian package (binary, systemd unit, /etc/natgw/natgw.toml, man
+    /// pages, shell completions) into target/debian/.
+    Package(package::Args),
     /// Build, start natgw in a testbed of network namespaces, demonstrate it with UDP and
     /// TCP traffic, then show its live mapping table until Ctrl-C (needs root).
     Run(run::Args),
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         Command::Provision(args) => provision::run(&args).map(drop),
         Command::Build(args) => build::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Package(args) => package::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Conformance(args) => conformance::run(&args),

@@ -76,6 +76,10 @@ const TEST_PACKAGES: &[Package] = &[
               options) of the validation tests",
     },
     Package {
+        name: "systemd",
+        why: "`systemd-analyze verify`, for the package tests' check of natgw.service",
+    },
+    Package {
         name: "miniupnpc",
         why: "`upnpc`, miniupnp's UPnP IGD client, independent of natgw, for the UPnP tests",
     },
@@ -95,6 +99,15 @@ const TEST_PACKAGES: &[Package] = &[
               GUPnP-IGD",
     },
 ];
+
+/// Debian packages `cargo xtask package` uses.
+const PACKAGE_PACKAGES: &[Package] = &[Package {
+    name: "dpkg-dev",
+    why: "`dpkg-shlibdeps`, through which cargo-deb computes the package's Depends",
+}];
+
+/// The cargo-deb release `cargo xtask package` installs when there is none.
+const CARGO_DEB: &str = "cargo-deb@3.8.0";
 
 /// Debian packages `cargo xtask bench` uses.
 const BENCH_PACKAGES: &[Package] = &[
@@ -301,7 +314,7 @@ pub fn ensure_fuzz_tools() -> Result<PathBuf> {
              and there is none; run `rustup toolchain install {NIGHTLY}`"
         );
     }
-    if let Some(found) = find_cargo_fuzz() {
+    if let Some(found) = find_cargo_tool("cargo-fuzz") {
         return Ok(found);
     }
     eprintln!(
@@ -311,17 +324,46 @@ pub fn ensure_fuzz_tools() -> Result<PathBuf> {
         exec::host_cargo().args(["install", "--locked", CARGO_FUZZ]),
         &format!("cargo install: building {CARGO_FUZZ}"),
     )?;
-    find_cargo_fuzz().context(
+    find_cargo_tool("cargo-fuzz").context(
         "cargo-fuzz: `cargo install` succeeded but cargo-fuzz is neither on PATH nor in \
          $CARGO_HOME/bin",
     )
 }
 
-/// cargo-fuzz on `PATH`, or where `cargo install` puts it.
-fn find_cargo_fuzz() -> Option<PathBuf> {
-    paths::find_in_path("cargo-fuzz").or_else(|| {
+/// Makes sure `cargo xtask package` can run: dpkg-dev (on Debian) and cargo-deb,
+/// installed with `cargo install` when missing (a minute or two, once). Returns the
+/// cargo-deb binary.
+///
+/// # Errors
+/// When apt-get or the install fails.
+pub fn ensure_package_tools() -> Result<PathBuf> {
+    if has_apt() {
+        let wanted: Vec<&Package> = PACKAGE_PACKAGES.iter().collect();
+        let missing = missing_packages(&wanted)?;
+        if !missing.is_empty() {
+            apt_install(&missing)?;
+        }
+    }
+    if let Some(found) = find_cargo_tool("cargo-deb") {
+        return Ok(found);
+    }
+    eprintln!("xtask: installing {CARGO_DEB} (assembles natgw's .deb; once, a minute or two)");
+    exec::run(
+        exec::host_cargo().args(["install", "--locked", CARGO_DEB]),
+        &format!("cargo install: building {CARGO_DEB}"),
+    )?;
+    find_cargo_tool("cargo-deb").context(
+        "cargo-deb: `cargo install` succeeded but cargo-deb is neither on PATH nor in \
+         $CARGO_HOME/bin",
+    )
+}
+
+/// Cargo subcommand `name` (cargo-fuzz, cargo-deb) on `PATH`, or where `cargo
+/// install` puts it.
+fn find_cargo_tool(name: &str) -> Option<PathBuf> {
+    paths::find_in_path(name).or_else(|| {
         paths::cargo_home()
-            .map(|home| home.join("bin").join("cargo-fuzz"))
+            .map(|home| home.join("bin").join(name))
             .filter(|path| path.is_file())
     })
 }

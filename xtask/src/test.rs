@@ -1,4 +1,5 @@
-//! `cargo xtask test`: what CI runs (`.ci/run`). Provisions and builds, then checks
+//! `cargo xtask test`: what CI runs (`.ci/run`). Provisions, builds natgw and its
+//! Debian package (`cargo xtask package`, for tests/package.rs), then checks
 //! formatting, runs clippy and runs every test in the workspace — unit tests and the
 //! integration tests, which load natgw into network namespaces and so need root.
 //!
@@ -12,7 +13,7 @@ use anyhow::{bail, Result};
 
 use crate::build::{self, NATGW_EBPF_OBJ};
 use crate::provision::Purpose;
-use crate::{exec, paths};
+use crate::{exec, package, paths};
 
 /// Arguments of `cargo xtask test`.
 #[derive(Debug, clap::Args)]
@@ -39,6 +40,9 @@ pub fn run(args: &Args) -> Result<()> {
     let Some(artifacts) = artifacts else {
         return steps.finish();
     };
+    // The .deb, for tests/package.rs; a failure is reported and the other steps
+    // still run (the package tests then fail, naming the missing package).
+    let deb = steps.run("package", package::build_deb);
     let root = paths::workspace_root();
     let cargo = || {
         let mut cmd = exec::host_cargo();
@@ -76,6 +80,9 @@ pub fn run(args: &Args) -> Result<()> {
         // tests' results (cargo stops at the first failing binary otherwise).
         cmd.args(["test", "--workspace", "--no-fail-fast"])
             .env(testbed::NATGW_BIN_ENV, &artifacts.natgw_bin);
+        if let Some(deb) = &deb {
+            cmd.env(testbed::NATGW_DEB_ENV, deb);
+        }
         if !args.test_args.is_empty() {
             cmd.arg("--").args(&args.test_args);
         }

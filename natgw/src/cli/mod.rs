@@ -46,6 +46,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// natgw's whole command line as clap describes it: what `cargo xtask package`
+/// renders into the man pages and the shell completions, so they never drift from
+/// the flags natgw parses.
+#[must_use]
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// natgw's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

@@ -13,7 +13,8 @@
 //! The parts: [`state`] (the state file), `port_mapping` (static forwards, PCP and
 //! NAT-PMP, explicit mappings), `stun_responder`, [`icmp`] (the ICMP errors the data
 //! path asks for), [`fragments`] (fragments that came before their first one),
-//! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint).
+//! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint),
+//! [`notify`] (readiness, reload and stop notifications to systemd).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub mod episodes;
 pub mod fragments;
 pub mod icmp;
 pub mod metrics;
+pub mod notify;
 mod port_mapping;
 pub mod state;
 mod stun_responder;
@@ -232,8 +234,15 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         "natgw.start_time seconds={:.2} adopted={adopt}",
         started.elapsed().as_secs_f64()
     );
+    // Only now: the programs are attached, forwarding is on, the services answer
+    // and the state file `natgw status` reads is written.
+    notify::ready(&daemon.status_line());
 
     let outcome = daemon.serve(&mut shutdown, &mut hangup).await;
+    notify::stopping(match &outcome {
+        Ok(()) => "stopping; the data path keeps translating",
+        Err(_) => "stopping on an error; the data path keeps translating",
+    });
     daemon.stop();
     outcome
 }
@@ -600,6 +609,19 @@ impl Daemon {
         p.ports_per_address = self.settings.port_range.len();
     }
 
+    /// One line for the service manager's status: `translating lan0,lan1 to
+    /// 192.0.2.1 on wan0`.
+    fn status_line(&self) -> String {
+        let lans: Vec<&str> = self.topology.lans.iter().map(|l| l.name.as_str()).collect();
+        let pool: Vec<String> = self.topology.pool.iter().map(ToString::to_string).collect();
+        format!(
+            "translating {} to {} on {}",
+            lans.join(","),
+            pool.join(","),
+            self.topology.wan.name
+        )
+    }
+
     fn data_path_config(&self) -> Config {
         let s = &self.settings;
         Config {
@@ -809,7 +831,10 @@ impl Daemon {
                 }
                 _ = hangup.recv() => {
                     let interval = self.settings.gc_interval;
+                    notify::reloading();
                     self.reload(&mut sweeper);
+                    // A failed reload keeps the running configuration: ready either way.
+                    notify::ready(&self.status_line());
                     if self.settings.gc_interval != interval {
                         tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
