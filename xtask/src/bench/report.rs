@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::cost::{CostResults, CostRow, GcResult, MapMemory};
 use super::cpu::Usage;
 use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WORKLOADS};
+use super::upnp::{self, UpnpResult};
 
 /// Median of sorted or unsorted values (0 for none).
 #[must_use]
@@ -91,6 +92,8 @@ pub struct Report<'a> {
     pub throughput: &'a Results,
     /// Per-packet cost, scale and GC.
     pub cost: &'a CostResults,
+    /// UPnP IGD control, when it ran.
+    pub upnp: Option<&'a UpnpResult>,
 }
 
 fn pps_spread(r: &Results, mode: Mode, workload: &str) -> Option<Spread> {
@@ -428,6 +431,10 @@ impl Report<'_> {
         if let Some(g) = &c.gc {
             let _ = writeln!(o, "{}", gc_line(g));
         }
+        if let Some(u) = self.upnp {
+            let _ = writeln!(o);
+            o.push_str(&upnp::text(u));
+        }
         o
     }
 
@@ -483,6 +490,7 @@ impl Report<'_> {
             "syn_flood": syn,
             "conntrack_max": r.conntrack_max,
             "cost": self.cost,
+            "upnp": self.upnp,
             "samples": r,
         })
     }
@@ -499,7 +507,7 @@ impl Report<'_> {
              Machine: {cpus} × {cpu}, {mem:.0} GiB, Linux {kernel} ({os}), a shared virtual \
              machine (its steal time is in the CPU table). Run: {date}. Command:\n\n\
              ```sh\n{cmd}\n```\n\n\
-             ```text\n{text}```\n\n{notes}\n{method}",
+             ```text\n{text}```\n\n{notes}\n{method}{upnp}",
             cmd = m.command,
             cpus = m.cpus,
             cpu = m.cpu,
@@ -510,6 +518,10 @@ impl Report<'_> {
             text = self.text(),
             notes = super::NOTES,
             method = super::METHOD,
+            upnp = self.upnp.map_or_else(String::new, |u| format!(
+                "\n{}",
+                upnp::markdown(std::slice::from_ref(u), &m.date, &m.command)
+            )),
         )
     }
 }
