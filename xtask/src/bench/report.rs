@@ -551,3 +551,57 @@ pub fn gc_line(g: &GcResult) -> String {
             .map_or_else(|| "?".to_owned(), |n| n.to_string())
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn full_report_carries_the_upnp_part() {
+        let machine = Machine {
+            cpu: "test CPU".to_owned(),
+            cpus: 2,
+            memory_gib: 1.0,
+            kernel: "6.18".to_owned(),
+            os: "Linux".to_owned(),
+            date: "2026-12-04 14:00 UTC".to_owned(),
+            command: "cargo xtask bench".to_owned(),
+            busy_before_pct: 0.0,
+        };
+        let plan = Plan {
+            reps: 1,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            syn_burst: 16,
+        };
+        let mut u = UpnpResult::default();
+        u.add.p99_ms = 12.5;
+        u.list_cpu.peak_cores = 0.4;
+        let (throughput, cost) = (Results::default(), CostResults::default());
+        let report = Report {
+            machine: &machine,
+            plan: &plan,
+            throughput: &throughput,
+            cost: &cost,
+            upnp: Some(&u),
+        };
+        let text = report.text();
+        assert!(
+            text.contains("UPnP AddPortMapping p99 <= 10 ms: measured 12.50 ms  MISS"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "controller CPU while listing 1000 mappings: peak 0.40 cores in a 100 ms \
+                 window (target <= 1 core)  PASS"
+            ),
+            "{text}"
+        );
+        let md = report.markdown();
+        assert!(md.contains(&format!("\n{}\n", upnp::HEADING)), "{md}");
+        assert!(md.trim_end().ends_with(upnp::METHOD.trim_end()), "{md}");
+        assert_eq!(report.json()["upnp"]["add"]["p99_ms"], 12.5);
+    }
+}
