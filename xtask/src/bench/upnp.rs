@@ -204,8 +204,8 @@ pub fn run(natgw_bin: &Path, log_dir: &Path) -> Result<UpnpResult> {
     crate::signals::check()?;
 
     let ((entries, list), list_cpu) = sampled(pid, || {
-        net.gen
-            .try_run(|| -> Result<(Vec<Duration>, (Duration, String))> {
+        net.gen.try_run(
+            || -> Result<(Vec<(Duration, String)>, (Duration, String))> {
                 super::cpu::boost(0)?;
                 let mut entries = Vec::with_capacity(usize::from(MAPPINGS));
                 for index in 0..MAPPINGS {
@@ -213,14 +213,35 @@ pub fn run(natgw_bin: &Path, log_dir: &Path) -> Result<UpnpResult> {
                     let request = get_generic_entry(index);
                     let (took, answer) = exchange(server, &request)?;
                     expect_ok(&answer, "GetGenericPortMappingEntryResponse", &request)?;
-                    entries.push(took);
+                    entries.push((took, answer));
                 }
                 let request = get_list_of_port_mappings();
                 let list = exchange(server, &request)?;
                 expect_ok(&list.1, "GetListOfPortMappingsResponse", &request)?;
                 Ok((entries, list))
-            })?
+            },
+        )?
     })?;
+    // The walk saw every mapping made, each once.
+    let mut ports: Vec<u16> = entries
+        .iter()
+        .filter_map(|(_, answer)| element(answer, "NewExternalPort")?.parse().ok())
+        .collect();
+    ports.sort_unstable();
+    if !ports
+        .iter()
+        .copied()
+        .eq(EXT_PORT_BASE..EXT_PORT_BASE + MAPPINGS)
+    {
+        bail!(
+            "GetGenericPortMappingEntry 0..{} did not return the external ports {EXT_PORT_BASE}-{} \
+             once each ({} answers with a port)",
+            MAPPINGS - 1,
+            EXT_PORT_BASE + MAPPINGS - 1,
+            ports.len()
+        );
+    }
+    let entries: Vec<Duration> = entries.into_iter().map(|(took, _)| took).collect();
     out.get_entry = Latency::of(&entries);
     out.list_cpu = list_cpu;
     out.list_ms = list.0.as_secs_f64() * 1e3;
@@ -414,6 +435,14 @@ fn expect_ok(answer: &str, element: &str, request: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The text of the first `<name>` element in `xml`.
+fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let len = xml[start..].find("</")?;
+    Some(&xml[start..start + len])
+}
+
 /// A SOAP request for `action` of WANIPConnection:2 with `args` (already XML).
 fn soap(action: &str, args: &str) -> Vec<u8> {
     let body = format!(
@@ -555,7 +584,8 @@ part alone in about half a minute, `--reps N` repeats it):
   internal endpoint), lease 3600 s. Percentiles are nearest-rank over the 1,000.
 - **Listing**: with those mappings present, GetGenericPortMappingEntry for index 0 to
   999, then GetListOfPortMappings once (ports 0–65535, TCP, `NewNumberOfPorts` 0: all,
-  at most 1,000); index 1,000 must then be 713 SpecifiedArrayIndexInvalid and
+  at most 1,000). The walk must return external ports 20000–20999 once each,
+  GetListOfPortMappings 1,000 entries, index 1,000 713 SpecifiedArrayIndexInvalid, and
   `natgw mappings` must list 1,000 UPnP mappings.
 - **Controller CPU**: a thread reads natgw's utime + stime from `/proc/<pid>/stat`
   every 100 ms through the listing; a window's use is its CPU time over its wall time
