@@ -204,23 +204,21 @@ pub fn run(natgw_bin: &Path, log_dir: &Path) -> Result<UpnpResult> {
     crate::signals::check()?;
 
     let ((entries, list), list_cpu) = sampled(pid, || {
-        net.gen.try_run(
-            || -> Result<(Vec<(Duration, String)>, (Duration, String))> {
-                super::cpu::boost(0)?;
-                let mut entries = Vec::with_capacity(usize::from(MAPPINGS));
-                for index in 0..MAPPINGS {
-                    crate::signals::check()?;
-                    let request = get_generic_entry(index);
-                    let (took, answer) = exchange(server, &request)?;
-                    expect_ok(&answer, "GetGenericPortMappingEntryResponse", &request)?;
-                    entries.push((took, answer));
-                }
-                let request = get_list_of_port_mappings();
-                let list = exchange(server, &request)?;
-                expect_ok(&list.1, "GetListOfPortMappingsResponse", &request)?;
-                Ok((entries, list))
-            },
-        )?
+        net.gen.try_run(|| -> Result<(Vec<Exchange>, Exchange)> {
+            super::cpu::boost(0)?;
+            let mut entries = Vec::with_capacity(usize::from(MAPPINGS));
+            for index in 0..MAPPINGS {
+                crate::signals::check()?;
+                let request = get_generic_entry(index);
+                let (took, answer) = exchange(server, &request)?;
+                expect_ok(&answer, "GetGenericPortMappingEntryResponse", &request)?;
+                entries.push((took, answer));
+            }
+            let request = get_list_of_port_mappings();
+            let list = exchange(server, &request)?;
+            expect_ok(&list.1, "GetListOfPortMappingsResponse", &request)?;
+            Ok((entries, list))
+        })?
     })?;
     // The walk saw every mapping made, each once.
     let mut ports: Vec<u16> = entries
@@ -405,9 +403,12 @@ fn wait_for_server(server: SocketAddrV4) -> Result<()> {
     }
 }
 
+/// How long one exchange took, and the answer.
+type Exchange = (Duration, String);
+
 /// One request on a connection of its own: the time from `connect` to the end of the
 /// answer (natgw closes the connection after it), and the answer.
-fn exchange(server: SocketAddrV4, request: &[u8]) -> Result<(Duration, String)> {
+fn exchange(server: SocketAddrV4, request: &[u8]) -> Result<Exchange> {
     let start = Instant::now();
     let mut conn = TcpStream::connect_timeout(&server.into(), IO_TIMEOUT)
         .with_context(|| format!("connecting to natgw's UPnP server {server}"))?;
