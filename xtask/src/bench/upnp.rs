@@ -564,7 +564,7 @@ pub const HEADING: &str = "## UPnP IGD control (issue #13)";
 /// How the UPnP part measures, for docs/benchmarks.md.
 pub const METHOD: &str = "\
 How it measures (`xtask/src/bench/upnp.rs`; `cargo xtask bench --upnp-only` runs this
-part alone in about half a minute, `--reps N` repeats it):
+part alone in 15–30 s, `--reps N` repeats it):
 
 - **Topology**: the bench's three namespaces (`xtask/src/bench/net.rs`); natgw runs in
   the gateway namespace at nice -20 and, unlike in the packet benches, on no particular
@@ -589,35 +589,39 @@ part alone in about half a minute, `--reps N` repeats it):
   GetListOfPortMappings 1,000 entries, index 1,000 713 SpecifiedArrayIndexInvalid, and
   `natgw mappings` must list 1,000 UPnP mappings.
 - **Controller CPU**: a thread reads natgw's utime + stime from `/proc/<pid>/stat`
-  every 100 ms through the listing; a window's use is its CPU time over its wall time
-  (a last window shorter than 50 ms is left out). `/proc/<pid>/stat` counts in 10 ms
-  steps, so one window can read up to ~0.1 core high or low; the sum of the threads'
-  `schedstat` (nanoseconds) is shown beside it.
+  every 100 ms through the adds and through the listing; a window's use is its CPU time
+  over its wall time (a last window shorter than 50 ms is left out).
+  `/proc/<pid>/stat` counts in 10 ms steps, so one window can read 0.1–0.2 core high
+  or low; the sum of the threads' `schedstat` (nanoseconds) is shown beside it.
 ";
 
 /// What the first runs showed (2026-12-04), for docs/benchmarks.md; the figures above
 /// it are those of the latest run.
 pub const NOTES: &str = "\
-Observations from the first runs (2026-12-04, five runs, the machine's two CPUs 98–100%
-busy with other builds and tests before every start):
+Observations from the runs of 2026-12-04 (the figures above are from a quiet moment;
+nine more runs were made while other builds kept both CPUs 100% busy):
 
-- **AddPortMapping meets the 10 ms goal with a margin of about 1.5×.** Median
-  1.3–1.4 ms, p90 2.3–3.7 ms, p99 5.7–7.2 ms in four runs; 99.7–99.9% of the requests
-  under 10 ms, the slowest 12–24 ms. With `perf record` attached to natgw (the fifth
-  run) the p99 was 12.2 ms.
-- **The answer slows as the table grows**: the first 100 requests take 0.5 ms
-  (median), the last 100 2.1–2.5 ms. After every change the daemon rewrites the
-  explicit mappings file with every mapping (`write_file` in
+- **AddPortMapping meets the 10 ms goal.** On the quiet machine (three runs): median
+  1.1–1.5 ms, p90 2.1–2.3 ms, p99 2.9–3.1 ms, the slowest 4–7 ms, every request under
+  10 ms. With both CPUs busy with other builds (nine runs, natgw and the client at nice
+  -20 all the same): median 1.3–2.0 ms, p99 5.7–10.9 ms (two of the nine just above
+  10 ms), 98.1–99.9% under 10 ms, the slowest 12–26 ms. A machine with no CPU to spare
+  is what stretches the tail.
+- **The answer slows as the table grows, and natgw is busy while mappings are made.**
+  The first 100 requests take 0.3–0.5 ms (median), the last 100 about 2 ms; natgw used
+  0.9 of a core on average over the 1,000 back-to-back adds (1.2 s of CPU in 1.3 s, the
+  busiest 100 ms windows at 1.0). After every change the daemon rewrites the explicit
+  mappings file with every mapping in it (`write_file` in
   `natgw/src/daemon/port_mapping.rs`): a perf sample of natgw during the adds puts
   about a fifth of its time in `serde_json` and formatting, ~11% in `memmove` and ~12%
-  in `malloc`/`free` — work in proportion to the table on every request. natgw used
-  ~0.7 of a core on average while the adds ran (0.8–1.0 in the busiest 100 ms). At
-  10,000 mappings this is the place to look (write the file once per loop turn, or
-  less of it).
-- **Listing 1,000 mappings stays well under one core.** GetGenericPortMappingEntry
-  answers in 0.12–0.18 ms (median), so the whole walk takes 0.2–0.4 s: two to four
-  100 ms windows, the busiest at 0.3–0.8 of a core, none above one.
-  GetListOfPortMappings answers all 1,000 (356 KiB) in 1.5–8 ms.
+  in `malloc`/`free` — work in proportion to the table on every request, quadratic
+  over the 1,000. At 10,000 mappings this is the place to look (write the file once
+  per loop turn, or less of it).
+- **Listing 1,000 mappings stays under one core.** GetGenericPortMappingEntry answers
+  in 0.12–0.21 ms (median), so the whole walk takes 0.2–0.3 s on the quiet machine
+  (up to 0.8 s on the busy one): two to eight 100 ms windows, the busiest at 0.3–0.9 of
+  a core, none above one in any run. GetListOfPortMappings answers all 1,000 (356 KiB)
+  in 1.5–8 ms.
 ";
 
 /// The UPnP section of docs/benchmarks.md: the method and the runs' figures.
