@@ -1,14 +1,16 @@
 //! `cargo xtask bench`: packets per second through the gateway for natgw, the kernel's
 //! nftables masquerade and plain forwarding, side by side; new mappings per second
 //! under a SYN flood; the per-packet cost of the translation programs next to an
-//! `XDP_PASS` floor; and natgw at a million mappings (memory, cost, garbage
-//! collection). Prints a table (or JSON with `--json`); `--write-docs` also writes it
+//! `XDP_PASS` floor; natgw at a million mappings (memory, cost, garbage
+//! collection); and its UPnP IGD control point latency and CPU (issue #13). Prints a
+//! table (or JSON with `--json`); `--write-docs` also writes it
 //! to docs/benchmarks.md.
 //!
 //! - [`net`]: the bench topology (generator — gateway — receiver namespaces).
 //! - [`programs`]: the bench's copies of the eBPF object (generator, receiver, floor).
 //! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts.
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
+//! - [`upnp`]: 1,000 AddPortMapping requests timed, the controller's CPU listing them.
 //! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown.
 //! - [`bpf`], [`frames`], [`daemon`]: syscalls, packets, natgw (Ctrl-C: [`crate::signals`]).
 
@@ -22,6 +24,7 @@ mod profile;
 mod programs;
 mod report;
 mod throughput;
+mod upnp;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -192,6 +195,13 @@ pub struct Args {
     #[arg(long, conflicts_with = "write_docs")]
     gc_only: bool,
 
+    /// Only the UPnP IGD measurement (issue #13): 1,000 AddPortMapping requests
+    /// timed, then the controller's CPU while they are listed (about half a minute).
+    /// Prints one block per repetition (--reps, default 1); with --write-docs it
+    /// replaces only the UPnP section of docs/benchmarks.md.
+    #[arg(long, conflicts_with = "gc_only")]
+    upnp_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -226,6 +236,9 @@ pub fn run(args: &Args) -> Result<()> {
         Ok(0) => {}
         Ok(n) => eprintln!("xtask bench: removed {n} namespaces left by killed runs"),
         Err(e) => eprintln!("xtask bench: removing stale namespaces: {}", e.chain()),
+    }
+    if args.upnp_only {
+        return upnp_only(args, &artifacts);
     }
 
     let plan = Plan {
@@ -266,12 +279,15 @@ pub fn run(args: &Args) -> Result<()> {
         args.quick,
         &mut costs,
     )?;
+    eprintln!("xtask bench: UPnP IGD control");
+    let upnp = upnp::run(&artifacts.natgw_bin, &log_dir)?;
 
     let report = Report {
         machine: &machine,
         plan: &plan,
         throughput: &results,
         cost: &costs,
+        upnp: Some(&upnp),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -312,6 +328,41 @@ fn gc_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --upnp-only`: the UPnP measurement alone, `--reps` times.
+fn upnp_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let machine = machine(args);
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut runs = Vec::new();
+    for _ in 0..args.reps.unwrap_or(1) {
+        let r = upnp::run(&artifacts.natgw_bin, &log_dir)?;
+        if !args.json {
+            print!("{}", upnp::text(&r));
+        }
+        runs.push(r);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": machine,
+                "upnp": runs,
+            }))?
+        );
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let section = upnp::markdown(&runs, &machine.date, &machine.command);
+        std::fs::write(&path, upnp::replace_section(&doc, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask bench: wrote the UPnP section of {}", path.display());
+    }
+    Ok(())
+}
+
 /// The machine, the date and the command line.
 fn machine(args: &Args) -> Machine {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -332,6 +383,9 @@ fn machine(args: &Args) -> Machine {
     let mut command = "cargo xtask bench".to_owned();
     if args.quick {
         command.push_str(" --quick");
+    }
+    if args.upnp_only {
+        command.push_str(" --upnp-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

@@ -296,7 +296,7 @@ pub fn run(
         .map(|s| (*s).to_owned())
         .collect();
         let log = log_dir.join("natgw-bench-cost.log");
-        let natgw = Natgw::start(natgw_bin, &net.gw, &extra, GEN_CPU, &log)?;
+        let natgw = Natgw::start(natgw_bin, &net.gw, &extra, Some(GEN_CPU), &log)?;
         let progs = Progs::find(&net, tools)?;
 
         out.floor_amortised_ns = Some(
@@ -654,7 +654,7 @@ pub fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) ->
     .map(|s| (*s).to_owned())
     .collect();
     let log = log_dir.join("natgw-bench-gc.log");
-    let natgw = Natgw::start(natgw_bin, &net.gw, &extra, GEN_CPU, &log)?;
+    let natgw = Natgw::start(natgw_bin, &net.gw, &extra, Some(GEN_CPU), &log)?;
     let mut sampler = Sampler::default();
     sampler.add("natgw", Task::Process { pid: natgw.pid() });
 

@@ -26,16 +26,16 @@ const NICE: i32 = -20;
 pub struct Natgw(testbed::Natgw);
 
 impl Natgw {
-    /// Starts `natgw run --wan bwan0 --lan blan0 EXTRA...` in `gw` with every thread
-    /// on `cpu` at nice -20, and waits until `natgw status` answers.
+    /// Starts `natgw run --wan bwan0 --lan blan0 EXTRA...` in `gw` at nice -20, every
+    /// thread on `cpu` if one is given, and waits until `natgw status` answers.
     pub fn start(
         bin: &Path,
         gw: &Netns,
         extra: &[String],
-        cpu: usize,
+        cpu: Option<usize>,
         log: &Path,
     ) -> Result<Natgw> {
-        let natgw = testbed::Natgw::builder(bin)
+        let mut builder = testbed::Natgw::builder(bin)
             .ifaces(["--wan", GW_WAN_IF, "--lan", GW_LAN_IF])
             .args(extra)
             .log(log)
@@ -44,11 +44,12 @@ impl Natgw {
             .stop_within(STOP_WAIT)
             .log_lines_in_errors(LOG_TAIL_LINES)
             .own_process_group()
-            .cpu(cpu)
             .nice(NICE)
-            .remove_leftovers()
-            .start(gw)?;
-        Ok(Natgw(natgw))
+            .remove_leftovers();
+        if let Some(cpu) = cpu {
+            builder = builder.cpu(cpu);
+        }
+        Ok(Natgw(builder.start(gw)?))
     }
 
     /// natgw's process id (0 once it is stopped).
@@ -67,6 +68,11 @@ impl Natgw {
     /// `natgw status --json`.
     pub fn status(&self) -> Result<Value, NatgwError> {
         self.0.status()
+    }
+
+    /// `natgw mappings --json`.
+    pub fn mappings(&self) -> Result<Vec<Value>, NatgwError> {
+        self.0.mappings()
     }
 
     /// A data-path counter from `natgw status --json`.

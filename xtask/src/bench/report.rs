@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::cost::{CostResults, CostRow, GcResult, MapMemory};
 use super::cpu::Usage;
 use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WORKLOADS};
+use super::upnp::{self, UpnpResult};
 
 /// Median of sorted or unsorted values (0 for none).
 #[must_use]
@@ -91,6 +92,8 @@ pub struct Report<'a> {
     pub throughput: &'a Results,
     /// Per-packet cost, scale and GC.
     pub cost: &'a CostResults,
+    /// UPnP IGD control, when it ran.
+    pub upnp: Option<&'a UpnpResult>,
 }
 
 fn pps_spread(r: &Results, mode: Mode, workload: &str) -> Option<Spread> {
@@ -428,6 +431,10 @@ impl Report<'_> {
         if let Some(g) = &c.gc {
             let _ = writeln!(o, "{}", gc_line(g));
         }
+        if let Some(u) = self.upnp {
+            let _ = writeln!(o);
+            o.push_str(&upnp::text(u));
+        }
         o
     }
 
@@ -483,6 +490,7 @@ impl Report<'_> {
             "syn_flood": syn,
             "conntrack_max": r.conntrack_max,
             "cost": self.cost,
+            "upnp": self.upnp,
             "samples": r,
         })
     }
@@ -499,7 +507,7 @@ impl Report<'_> {
              Machine: {cpus} × {cpu}, {mem:.0} GiB, Linux {kernel} ({os}), a shared virtual \
              machine (its steal time is in the CPU table). Run: {date}. Command:\n\n\
              ```sh\n{cmd}\n```\n\n\
-             ```text\n{text}```\n\n{notes}\n{method}",
+             ```text\n{text}```\n\n{notes}\n{method}{upnp}",
             cmd = m.command,
             cpus = m.cpus,
             cpu = m.cpu,
@@ -510,6 +518,10 @@ impl Report<'_> {
             text = self.text(),
             notes = super::NOTES,
             method = super::METHOD,
+            upnp = self.upnp.map_or_else(String::new, |u| format!(
+                "\n{}",
+                upnp::markdown(std::slice::from_ref(u), &m.date, &m.command)
+            )),
         )
     }
 }
@@ -538,4 +550,58 @@ pub fn gc_line(g: &GcResult) -> String {
         g.status_mappings
             .map_or_else(|| "?".to_owned(), |n| n.to_string())
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn full_report_carries_the_upnp_part() {
+        let machine = Machine {
+            cpu: "test CPU".to_owned(),
+            cpus: 2,
+            memory_gib: 1.0,
+            kernel: "6.18".to_owned(),
+            os: "Linux".to_owned(),
+            date: "2026-12-04 14:00 UTC".to_owned(),
+            command: "cargo xtask bench".to_owned(),
+            busy_before_pct: 0.0,
+        };
+        let plan = Plan {
+            reps: 1,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            syn_burst: 16,
+        };
+        let mut u = UpnpResult::default();
+        u.add.p99_ms = 12.5;
+        u.list_cpu.peak_cores = 0.4;
+        let (throughput, cost) = (Results::default(), CostResults::default());
+        let report = Report {
+            machine: &machine,
+            plan: &plan,
+            throughput: &throughput,
+            cost: &cost,
+            upnp: Some(&u),
+        };
+        let text = report.text();
+        assert!(
+            text.contains("UPnP AddPortMapping p99 <= 10 ms: measured 12.50 ms  MISS"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "controller CPU while listing 1000 mappings: peak 0.40 cores in a 100 ms \
+                 window (target <= 1 core)  PASS"
+            ),
+            "{text}"
+        );
+        let md = report.markdown();
+        assert!(md.contains(&format!("\n{}\n", upnp::HEADING)), "{md}");
+        assert!(md.trim_end().ends_with(upnp::METHOD.trim_end()), "{md}");
+        assert_eq!(report.json()["upnp"]["add"]["p99_ms"], 12.5);
+    }
 }

@@ -346,7 +346,13 @@ fn mode_run(
         Mode::Natgw => {
             let log = rig.log_dir.join("natgw-bench.log");
             let extra = ["--max-mappings", NATGW_MAX_MAPPINGS].map(str::to_owned);
-            natgw = Some(Natgw::start(rig.natgw_bin, &net.gw, &extra, GEN_CPU, &log)?);
+            natgw = Some(Natgw::start(
+                rig.natgw_bin,
+                &net.gw,
+                &extra,
+                Some(GEN_CPU),
+                &log,
+            )?);
         }
         Mode::Nft => {
             links.push(
