@@ -2352,6 +2352,7 @@ mod tests {
             ("stun", uncommented.stun.is_some()),
             ("pcp", uncommented.pcp.is_some()),
             ("upnp", uncommented.upnp.is_some()),
+            ("metrics", uncommented.metrics.is_some()),
         ] {
             assert!(present, "[{table}] is not in the packaged file");
         }
