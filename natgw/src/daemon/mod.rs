@@ -37,13 +37,15 @@ use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, If
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
-use crate::datapath::maps::{FragmentMaps, HostRules};
+use crate::datapath::maps::{take_mapping_events, FragmentMaps, HostRules};
 use crate::datapath::netlink::Rtnl;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
+use crate::nat_table::events::{flush_traffic, MappingFilter};
 use crate::nat_table::gc::{self, held_syns, Policy, Sweeper};
 use crate::services::Shutdown;
 
+pub mod control;
 pub mod episodes;
 pub mod fragments;
 pub mod icmp;
@@ -186,6 +188,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         stun: None,
         port_mapping: PortMapping::default(),
         tasks: log_task.into_iter().collect(),
+        control: Arc::default(),
     };
     let mut datapath = match DataPath::new(ebpf, adopt) {
         Ok(dp) => dp,
@@ -213,6 +216,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         services,
         report: Report::default(),
         reloader,
+        flush_orders: None,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -438,8 +442,10 @@ struct Services {
     /// Static forwards, the PCP/NAT-PMP server and the explicit mappings they make.
     port_mapping: PortMapping,
     /// Background tasks: the eBPF log reader, the `EVENTS` reader, the fragment
-    /// resender.
+    /// resender, the `MAPPING_EVENTS` reader, the control socket.
     tasks: Vec<JoinHandle<()>>,
+    /// Counters of the control socket.
+    control: Arc<control::Counters>,
 }
 
 impl Services {
@@ -482,6 +488,8 @@ struct Daemon {
     datapath: DataPath,
     services: Services,
     report: Report,
+    /// `natgw flush` requests from the control socket.
+    flush_orders: Option<tokio::sync::mpsc::Receiver<control::FlushOrder>>,
 }
 
 /// Why the daemon stops on its own.
@@ -508,6 +516,20 @@ impl Daemon {
                 lan_addresses,
             ));
         }
+        match take_mapping_events(dp.ebpf_mut()) {
+            Ok(ring) => self.services.tasks.push(control::spawn_ring_reader(ring)),
+            Err(e) => warn!(
+                "mapping_events.unavailable error=\"{e}\": `natgw monitor` shows no mapping the \
+                 data path creates"
+            ),
+        }
+        let (orders, received) = tokio::sync::mpsc::channel(8);
+        self.flush_orders = Some(received);
+        self.services.tasks.push(control::spawn(
+            &self.dirs.state_dir,
+            orders,
+            Arc::clone(&self.services.control),
+        )?);
         let stash = FragmentMaps::take(dp.ebpf_mut())?;
         self.services.tasks.push(fragments::spawn(
             stash,
@@ -768,6 +790,9 @@ impl Daemon {
                     self.log_drop_episodes();
                 }
                 wake = self.services.port_mapping.wake() => self.on_port_mapping(wake).await,
+                Some((filter, include_static, reply)) = next_order(&mut self.flush_orders) => {
+                    let _ = reply.send(self.flush(&filter, include_static));
+                }
                 _ = tick.tick() => {
                     match self.watch_interfaces() {
                         Ok(()) => {}
@@ -920,6 +945,15 @@ impl Daemon {
         );
         counters.extend(self.services.fragments.snapshot());
         counters.extend(self.services.port_mapping.counters());
+        let c = &self.services.control;
+        counters.insert(
+            "monitor_events_lost".to_owned(),
+            c.monitor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counters.insert(
+            "monitors_refused".to_owned(),
+            c.monitors_refused.load(std::sync::atomic::Ordering::Relaxed),
+        );
         counters
     }
 
@@ -1063,6 +1097,30 @@ impl Daemon {
         }
     }
 
+    /// `natgw flush`: deletes the explicit mappings (through their engines' table,
+    /// so PCP, UPnP and the explicit mappings file agree) and the traffic mappings
+    /// `filter` selects; how many.
+    fn flush(&mut self, filter: &MappingFilter, include_static: bool) -> Result<usize, String> {
+        let now_ns = system::monotonic_ns();
+        let nat = &mut self.datapath.maps_mut().nat;
+        let explicit = self
+            .services
+            .port_mapping
+            .flush(nat, filter, include_static, now_ns);
+        self.services.port_mapping.write_file(&self.dirs);
+        let nat = &mut self.datapath.maps_mut().nat;
+        let traffic = if filter.origin.is_none_or(|o| o == natgw_common::Origin::Traffic as u8) {
+            flush_traffic(nat, filter, now_ns).map_err(|e| format!("deleting mappings: {e}"))?
+        } else {
+            0
+        };
+        info!(
+            "mappings.flushed explicit={explicit} traffic={traffic} filter={filter:?} \
+             include_static={include_static}"
+        );
+        Ok(explicit + traffic)
+    }
+
     /// Ends the explicit mappings whose lifetime is over.
     fn expire_explicit(&mut self) {
         let nat = &mut self.datapath.maps_mut().nat;
@@ -1181,6 +1239,7 @@ impl Daemon {
     /// failed with nothing to fall back on. Never fails: problems are logged and the
     /// rest is still undone.
     async fn teardown(&mut self) {
+        let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
         let mappings = self.datapath.mapping_count();
         let undone = self.datapath.teardown(&self.rtnl, &self.dirs).await;
         let _ = self.dirs.remove_record(port_mapping::EPOCH_FILE);
@@ -1204,6 +1263,7 @@ impl Daemon {
     /// STUN) until the next natgw adopts them, or `natgw stop --flush` removes them.
     /// The state file stays: it describes that data path.
     fn stop(&mut self) {
+        let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
         self.refresh_state_file();
         let mappings = self.datapath.mapping_count();
         let kept = self.datapath.release();
@@ -1218,6 +1278,16 @@ impl Daemon {
                 kept.join(",")
             );
         }
+    }
+}
+
+/// The next flush order, once the control socket is served (never before).
+async fn next_order(
+    orders: &mut Option<tokio::sync::mpsc::Receiver<control::FlushOrder>>,
+) -> Option<control::FlushOrder> {
+    match orders {
+        Some(o) => o.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -566,6 +566,12 @@ impl Sweeper {
             }
             deleted.insert(rev_key);
             stats.expired += 1;
+            crate::nat_table::events::emit_mapping(
+                natgw_common::maps::MappingEventKind::Expire,
+                &e.key,
+                &m,
+                now_ns,
+            );
             log::debug!(
                 "mapping.expired proto={} int={} ext={} idle={} state={}",
                 proto_name(e.key.proto),

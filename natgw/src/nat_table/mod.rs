@@ -1,7 +1,10 @@
 //! The NAT's mapping table over the BPF maps: expiry of idle mappings and sessions
 //! ([`gc`]) and the explicit mappings PCP, NAT-PMP and static forwards make
-//! ([`explicit`], the `MappingTable` the PCP engine drives).
+//! ([`explicit`], the `MappingTable` the PCP engine drives), the events
+//! `natgw monitor` shows and the filter of `natgw mappings` and `natgw flush`
+//! ([`events`]).
 
+pub mod events;
 pub mod explicit;
 pub mod gc;
 #[cfg(test)]
