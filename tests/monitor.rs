@@ -28,17 +28,16 @@ struct Monitor {
 impl Monitor {
     /// Starts it and waits until it says it is subscribed.
     fn start(s: &Setup) -> Self {
-        let mut child = s
-            .tb
-            .gateway
-            .ns
-            .command(natgw_bin())
-            .args(["monitor", "--json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning natgw monitor");
+        let mut child =
+            s.tb.gateway
+                .ns
+                .command(natgw_bin())
+                .args(["monitor", "--json"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawning natgw monitor");
         let stdout = child.stdout.take().expect("stdout");
         let stderr = child.stderr.take().expect("stderr");
         let mut first = String::new();
@@ -172,7 +171,10 @@ fn monitor_shows_creations_and_deletions_and_flush_keeps_static_forwards() {
 
     // A UPnP mapping: created and deleted by the controller.
     let tcp = SocketAddrV4::new(LAN_A_ADDR, 8080);
-    let out = upnpc(&s, &["-a", &LAN_A_ADDR.to_string(), "8080", "18080", "TCP", "600"]);
+    let out = upnpc(
+        &s,
+        &["-a", &LAN_A_ADDR.to_string(), "8080", "18080", "TCP", "600"],
+    );
     let e = monitor.wait("create event of the UPnP mapping", |e| {
         is(e, "create", "tcp", tcp)
     });
@@ -190,7 +192,10 @@ fn monitor_shows_creations_and_deletions_and_flush_keeps_static_forwards() {
         by_host.contains(&udp_a) && by_host.contains(&tcp_a) && !by_host.contains(&udp_b),
         "{by_host:?}"
     );
-    assert_eq!(listed(&s, &["--internal", &b.to_string()]), vec![udp_b.clone()]);
+    assert_eq!(
+        listed(&s, &["--internal", &b.to_string()]),
+        vec![udp_b.clone()]
+    );
     assert_eq!(
         listed(&s, &["--origin", "static"]),
         vec![static_fwd.clone()]
@@ -249,5 +254,8 @@ fn monitor_shows_idle_mappings_expire() {
     })
     .unwrap_or_else(|| panic!("no expire event:\n{}", s.natgw.log()));
     assert_eq!(e["external"], m["external"], "{e}");
-    assert!(s.natgw.mapping_of("udp", a).is_none(), "the mapping is gone");
+    assert!(
+        s.natgw.mapping_of("udp", a).is_none(),
+        "the mapping is gone"
+    );
 }

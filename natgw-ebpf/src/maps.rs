@@ -15,8 +15,9 @@ use natgw_common::{
     maps::{
         FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, LanSourceKey,
         PcpFilterKey, Session, SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS,
-        EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAPPING_EVENTS_RING_BYTES, MAX_ADDR_CLASS, MAX_FRAGS_IN, MAX_FRAGS_OUT,
-        MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS, MAX_STASHED_FRAGMENTS,
+        EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAPPING_EVENTS_RING_BYTES, MAX_ADDR_CLASS,
+        MAX_FRAGS_IN, MAX_FRAGS_OUT, MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS,
+        MAX_STASHED_FRAGMENTS,
     },
     Config, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };

@@ -782,13 +782,51 @@ mod tests {
     }
 
     #[test]
+    fn mappings_and_flush_take_filters() {
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "mappings",
+            "--proto",
+            "udp",
+            "--internal",
+            "10.0.1.2:5000",
+            "--external",
+            "6000",
+            "--origin",
+            "dynamic",
+        ])
+        .unwrap();
+        let Command::Mappings(args) = cli.command else {
+            panic!("not mappings");
+        };
+        let f = args.filter.filter();
+        assert_eq!(f.proto, Some(17));
+        assert_eq!(f.internal_addr, Some(std::net::Ipv4Addr::new(10, 0, 1, 2)));
+        assert_eq!(f.internal_port, Some(5000));
+        assert_eq!((f.external_addr, f.external_port), (None, Some(6000)));
+        assert_eq!(f.origin, Some(natgw_common::Origin::Traffic as u8));
+        let cli = Cli::try_parse_from(["natgw", "flush", "--include-static"]).unwrap();
+        let Command::Flush(args) = cli.command else {
+            panic!("not flush");
+        };
+        assert!(args.include_static);
+        assert_eq!(
+            args.filter.filter(),
+            crate::nat_table::events::MappingFilter::default()
+        );
+        assert!(Cli::try_parse_from(["natgw", "flush", "--internal", "6000"]).is_err());
+        assert!(Cli::try_parse_from(["natgw", "mappings", "--proto", "sctp"]).is_err());
+    }
+
+    #[test]
     fn status_and_mappings_take_json() {
         let cli = Cli::try_parse_from(["natgw", "mappings", "--json"]).unwrap();
         assert!(matches!(
             cli.command,
             Command::Mappings(MappingsArgs {
                 json: true,
-                sessions: false
+                sessions: false,
+                ..
             })
         ));
         let cli = Cli::try_parse_from(["natgw", "mappings", "--sessions"]).unwrap();

@@ -6,11 +6,11 @@
 use anyhow::{bail, Context as _, Result};
 
 use crate::cli::output::{self, MappingsReport, StatusReport};
+use crate::daemon::control::{self, Reply, Request};
 use crate::daemon::state::StateFile;
 use crate::datapath::dirs::RuntimeDirs;
 use crate::datapath::maps::{GatewayMaps, MapSource, NatTables as _};
 use crate::datapath::system;
-use crate::daemon::control::{self, Reply, Request};
 use crate::nat_table::events::MappingFilter;
 use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::Policy;

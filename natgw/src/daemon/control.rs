@@ -119,11 +119,7 @@ pub fn spawn(
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_client(
-                        stream,
-                        orders.clone(),
-                        Arc::clone(&counters),
-                    ));
+                    tokio::spawn(serve_client(stream, orders.clone(), Arc::clone(&counters)));
                 }
                 Err(e) => {
                     log::warn!("control.accept_failed error=\"{e}\"");
@@ -134,7 +130,11 @@ pub fn spawn(
     }))
 }
 
-async fn serve_client(stream: UnixStream, orders: mpsc::Sender<FlushOrder>, counters: Arc<Counters>) {
+async fn serve_client(
+    stream: UnixStream,
+    orders: mpsc::Sender<FlushOrder>,
+    counters: Arc<Counters>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take_limited());
@@ -144,10 +144,15 @@ async fn serve_client(stream: UnixStream, orders: mpsc::Sender<FlushOrder>, coun
         Err(e) => Err(e.to_string()),
     };
     let result = match request {
-        Err(e) => send(&mut write, &Reply::Error {
-            message: format!("not a request: {e}"),
-        })
-        .await,
+        Err(e) => {
+            send(
+                &mut write,
+                &Reply::Error {
+                    message: format!("not a request: {e}"),
+                },
+            )
+            .await
+        }
         Ok(Request::Flush {
             filter,
             include_static,
@@ -186,9 +191,12 @@ async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
         .flatten();
     let Some(mut receiver) = receiver else {
         counters.monitors_refused.fetch_add(1, Ordering::Relaxed);
-        return send(write, &Reply::Error {
-            message: format!("too many monitors (at most {MAX_MONITORS})"),
-        })
+        return send(
+            write,
+            &Reply::Error {
+                message: format!("too many monitors (at most {MAX_MONITORS})"),
+            },
+        )
         .await;
     };
     send(write, &Reply::Subscribed).await?;
@@ -211,10 +219,7 @@ async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-async fn send(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> std::io::Result<()> {
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_string(reply).map_err(std::io::Error::other)?;
     line.push('\n');
     write.write_all(line.as_bytes()).await
@@ -295,7 +300,10 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
-        assert_eq!(serde_json::to_string(&Request::Monitor).unwrap(), "\"monitor\"");
+        assert_eq!(
+            serde_json::to_string(&Request::Monitor).unwrap(),
+            "\"monitor\""
+        );
         assert_eq!(
             serde_json::to_string(&Reply::Flushed { deleted: 3 }).unwrap(),
             r#"{"flushed":{"deleted":3}}"#

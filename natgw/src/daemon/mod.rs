@@ -948,11 +948,13 @@ impl Daemon {
         let c = &self.services.control;
         counters.insert(
             "monitor_events_lost".to_owned(),
-            c.monitor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
+            c.monitor_events_lost
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         counters.insert(
             "monitors_refused".to_owned(),
-            c.monitors_refused.load(std::sync::atomic::Ordering::Relaxed),
+            c.monitors_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         counters
     }
@@ -1109,7 +1111,10 @@ impl Daemon {
             .flush(nat, filter, include_static, now_ns);
         self.services.port_mapping.write_file(&self.dirs);
         let nat = &mut self.datapath.maps_mut().nat;
-        let traffic = if filter.origin.is_none_or(|o| o == natgw_common::Origin::Traffic as u8) {
+        let traffic = if filter
+            .origin
+            .is_none_or(|o| o == natgw_common::Origin::Traffic as u8)
+        {
             flush_traffic(nat, filter, now_ns).map_err(|e| format!("deleting mappings: {e}"))?
         } else {
             0

@@ -179,7 +179,9 @@ pub fn parse_proto(s: &str) -> Result<u8, String> {
         "udp" => Ok(IPPROTO_UDP),
         "tcp" => Ok(IPPROTO_TCP),
         "icmp" => Ok(natgw_common::IPPROTO_ICMP),
-        _ => Err(format!("`{s}` is not a protocol natgw maps: udp, tcp or icmp")),
+        _ => Err(format!(
+            "`{s}` is not a protocol natgw maps: udp, tcp or icmp"
+        )),
     }
 }
 
@@ -290,7 +292,10 @@ mod tests {
             parse_endpoint("10.0.1.2:80"),
             Ok((Some(Ipv4Addr::new(10, 0, 1, 2)), Some(80)))
         );
-        assert_eq!(parse_endpoint("10.0.1.2"), Ok((Some(Ipv4Addr::new(10, 0, 1, 2)), None)));
+        assert_eq!(
+            parse_endpoint("10.0.1.2"),
+            Ok((Some(Ipv4Addr::new(10, 0, 1, 2)), None))
+        );
         assert_eq!(parse_endpoint("8080"), Ok((None, Some(8080))));
         assert!(parse_endpoint("x").is_err());
     }
