@@ -139,7 +139,7 @@ pub async fn monitor(json: bool) -> Result<()> {
             .with_context(|| format!("natgw sent something unexpected: {line}"))?;
         match reply {
             Reply::Event(e) if json => println!("{}", serde_json::to_string(&e)?),
-            Reply::Event(e) => println!("{}", e.text()),
+            Reply::Event(e) => println!("{}", output::event_text(&e)),
             Reply::Subscribed => eprintln!("natgw monitor: subscribed"),
             Reply::Lost { count } if json => println!("{{\"lost\":{count}}}"),
             Reply::Lost { count } => {

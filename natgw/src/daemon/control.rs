@@ -137,7 +137,7 @@ async fn serve_client(
 ) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take_limited());
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
     let request = match reader.read_line(&mut line).await {
         Ok(0) => return,
         Ok(_) => serde_json::from_str::<Request>(line.trim()).map_err(|e| e.to_string()),
@@ -225,15 +225,6 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> st
     write.write_all(line.as_bytes()).await
 }
 
-/// A read half that yields at most [`MAX_REQUEST`] bytes.
-trait TakeLimited: tokio::io::AsyncRead + Sized {
-    fn take_limited(self) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, MAX_REQUEST as u64)
-    }
-}
-
-impl<R: tokio::io::AsyncRead> TakeLimited for R {}
-
 /// Drains the data path's `MAPPING_EVENTS` into the event hub every
 /// [`DRAIN_INTERVAL`] (the programs submit without a wakeup).
 pub fn spawn_ring_reader(mut ring: RingBuf<MapData>) -> JoinHandle<()> {
@@ -260,7 +251,7 @@ pub struct Connection {
     /// The answer, one JSON [`Reply`] per line.
     pub lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
     /// Kept open.
-    pub _write: tokio::net::unix::OwnedWriteHalf,
+    pub writer: tokio::net::unix::OwnedWriteHalf,
 }
 
 /// Connects to the daemon's control socket in runtime directory `state_dir` and
@@ -280,7 +271,7 @@ pub async fn connect(state_dir: &Path, request: &Request) -> Result<Connection> 
     write.write_all(line.as_bytes()).await?;
     Ok(Connection {
         lines: BufReader::new(read).lines(),
-        _write: write,
+        writer: write,
     })
 }
 

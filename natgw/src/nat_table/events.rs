@@ -102,22 +102,6 @@ impl EventLine {
             time_ns: e.time_ns,
         }
     }
-
-    /// The line for people, like `conntrack -E`:
-    /// `[NEW] udp 10.0.1.2:5000 -> 192.0.2.1:5000 origin=traffic`.
-    #[must_use]
-    pub fn text(&self) -> String {
-        let tag = match self.event.as_str() {
-            "create" => "NEW",
-            "delete" => "DESTROY",
-            "expire" => "EXPIRE",
-            other => other,
-        };
-        format!(
-            "[{tag}] {} {} -> {} origin={}",
-            self.protocol, self.internal, self.external, self.origin
-        )
-    }
 }
 
 /// Which mappings a `natgw mappings` listing or a `natgw flush` takes; every field
@@ -235,14 +219,20 @@ mod tests {
     }
 
     #[test]
-    fn an_event_reads_like_conntrack() {
+    fn a_ring_record_becomes_an_event_line() {
         let (key, m) = mapping(Origin::Traffic);
         let e = MappingEvent::new(MappingEventKind::Create as u8, &key, &m, 7);
         let line = EventLine::of(&e);
         assert_eq!(
-            line.text(),
-            "[NEW] udp 10.0.1.2:5000 -> 192.0.2.1:6000 origin=traffic"
+            (
+                line.event.as_str(),
+                line.protocol.as_str(),
+                line.origin.as_str()
+            ),
+            ("create", "udp", "traffic")
         );
+        assert_eq!(line.internal, "10.0.1.2:5000".parse().unwrap());
+        assert_eq!(line.external, "192.0.2.1:6000".parse().unwrap());
         assert_eq!(line.time_ns, 7);
         let bytes = unsafe {
             std::slice::from_raw_parts(

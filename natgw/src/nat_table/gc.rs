@@ -673,6 +673,12 @@ pub fn remove_traffic_on<T: NatTables>(tables: &mut T, addr_be: u32) -> Result<u
             tables.remove_rev(&rk)?;
         }
         removed += 1;
+        crate::nat_table::events::emit_mapping(
+            natgw_common::maps::MappingEventKind::Delete,
+            &key,
+            &m,
+            crate::datapath::system::monotonic_ns(),
+        );
     }
     Ok(removed)
 }
