@@ -101,11 +101,13 @@ pub fn outbound<C: EbpfContext>(
             if create(ctx, cfg, pkt, &key, now)? {
                 limits::admit_created(cfg, &key, now)?;
                 count(Counter::MappingCreated);
-                events::mapping_created(
-                    key.addr_be,
-                    u32::from(key.port_be) | u32::from(key.proto) << 16,
-                    now,
-                );
+                if cfg.mapping_events() {
+                    events::mapping_created(
+                        key.addr_be,
+                        u32::from(key.port_be) | u32::from(key.proto) << 16,
+                        now,
+                    );
+                }
             }
             NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
         }

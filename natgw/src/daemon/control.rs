@@ -79,9 +79,15 @@ pub enum Reply {
     },
 }
 
-/// A flush for the daemon's main loop, which owns the tables, and where its answer
-/// goes.
-pub type FlushOrder = (MappingFilter, bool, oneshot::Sender<Result<usize, String>>);
+/// What the daemon's main loop, which owns the maps, is asked to do.
+#[derive(Debug)]
+pub enum Order {
+    /// A flush, and where its answer goes.
+    Flush(MappingFilter, bool, oneshot::Sender<Result<usize, String>>),
+    /// The number of monitors changed: turn the data path's mapping events on (any)
+    /// or off (none); say when done, if asked.
+    Monitors(Option<oneshot::Sender<()>>),
+}
 
 /// The control socket's counters (controller counters of `natgw status`).
 #[derive(Debug, Default)]
@@ -102,7 +108,7 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// lock) and serves it; flushes go to `orders`.
 pub fn spawn(
     state_dir: &Path,
-    orders: mpsc::Sender<FlushOrder>,
+    orders: mpsc::Sender<Order>,
     counters: Arc<Counters>,
 ) -> Result<JoinHandle<()>> {
     events::install();
@@ -130,11 +136,7 @@ pub fn spawn(
     }))
 }
 
-async fn serve_client(
-    stream: UnixStream,
-    orders: mpsc::Sender<FlushOrder>,
-    counters: Arc<Counters>,
-) {
+async fn serve_client(stream: UnixStream, orders: mpsc::Sender<Order>, counters: Arc<Counters>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
@@ -158,7 +160,11 @@ async fn serve_client(
             include_static,
         }) => {
             let (tx, rx) = oneshot::channel();
-            let reply = if orders.send((filter, include_static, tx)).await.is_err() {
+            let reply = if orders
+                .send(Order::Flush(filter, include_static, tx))
+                .await
+                .is_err()
+            {
                 Reply::Error {
                     message: "natgw is stopping".to_owned(),
                 }
@@ -173,7 +179,7 @@ async fn serve_client(
             };
             send(&mut write, &reply).await
         }
-        Ok(Request::Monitor) => monitor(&mut reader, &mut write, &counters).await,
+        Ok(Request::Monitor) => monitor(&mut reader, &mut write, &orders, &counters).await,
     };
     if let Err(e) = result {
         log::debug!("control.client_gone error=\"{e}\"");
@@ -184,6 +190,7 @@ async fn serve_client(
 async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
     read: &mut R,
     write: &mut tokio::net::unix::OwnedWriteHalf,
+    orders: &mpsc::Sender<Order>,
     counters: &Counters,
 ) -> std::io::Result<()> {
     let receiver = (events::subscribers() < MAX_MONITORS)
@@ -199,6 +206,25 @@ async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
         )
         .await;
     };
+    // The data path writes mapping events only while someone watches: on before
+    // the client hears it is subscribed, so it misses nothing after that.
+    let (done, turned_on) = oneshot::channel();
+    if orders.send(Order::Monitors(Some(done))).await.is_ok() {
+        let _ = turned_on.await;
+    }
+    let result = stream(read, write, &mut receiver, counters).await;
+    drop(receiver);
+    let _ = orders.send(Order::Monitors(None)).await;
+    result
+}
+
+/// The events of one subscription, until the client goes away.
+async fn stream<R: tokio::io::AsyncBufRead + Unpin>(
+    read: &mut R,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    receiver: &mut broadcast::Receiver<natgw_common::maps::MappingEvent>,
+    counters: &Counters,
+) -> std::io::Result<()> {
     send(write, &Reply::Subscribed).await?;
     let mut rest = String::new();
     loop {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use log::{debug, error, info, warn};
 use natgw_common::addr_be;
-use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
+use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_MAPPING_EVENTS, CONFIG_F_READY};
 use natgw_common::limits::interval_ns;
 use natgw_common::{Config, NS_PER_SEC};
 use tokio::task::JoinHandle;
@@ -216,7 +216,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         services,
         report: Report::default(),
         reloader,
-        flush_orders: None,
+        orders: None,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -488,8 +488,8 @@ struct Daemon {
     datapath: DataPath,
     services: Services,
     report: Report,
-    /// `natgw flush` requests from the control socket.
-    flush_orders: Option<tokio::sync::mpsc::Receiver<control::FlushOrder>>,
+    /// What the control socket asks (flushes, monitors coming and going).
+    orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
 }
 
 /// Why the daemon stops on its own.
@@ -524,7 +524,7 @@ impl Daemon {
             ),
         }
         let (orders, received) = tokio::sync::mpsc::channel(8);
-        self.flush_orders = Some(received);
+        self.orders = Some(received);
         self.services.tasks.push(control::spawn(
             &self.dirs.state_dir,
             orders,
@@ -577,6 +577,11 @@ impl Daemon {
             flags: CONFIG_F_READY
                 | if s.inbound_refresh {
                     CONFIG_F_INBOUND_REFRESH
+                } else {
+                    0
+                }
+                | if crate::nat_table::events::subscribers() > 0 {
+                    CONFIG_F_MAPPING_EVENTS
                 } else {
                     0
                 },
@@ -790,9 +795,7 @@ impl Daemon {
                     self.log_drop_episodes();
                 }
                 wake = self.services.port_mapping.wake() => self.on_port_mapping(wake).await,
-                Some((filter, include_static, reply)) = next_order(&mut self.flush_orders) => {
-                    let _ = reply.send(self.flush(&filter, include_static));
-                }
+                Some(order) = next_order(&mut self.orders) => self.on_order(order),
                 _ = tick.tick() => {
                     match self.watch_interfaces() {
                         Ok(()) => {}
@@ -1099,6 +1102,24 @@ impl Daemon {
         }
     }
 
+    /// Carries out what the control socket asks.
+    fn on_order(&mut self, order: control::Order) {
+        match order {
+            control::Order::Flush(filter, include_static, reply) => {
+                let _ = reply.send(self.flush(&filter, include_static));
+            }
+            control::Order::Monitors(done) => {
+                let config = self.data_path_config();
+                if let Err(e) = self.datapath.enable(&config) {
+                    warn!("monitor.config_failed error=\"{e}\"");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
     /// `natgw flush`: deletes the explicit mappings (through their engines' table,
     /// so PCP, UPnP and the explicit mappings file agree) and the traffic mappings
     /// `filter` selects; how many.
@@ -1269,6 +1290,14 @@ impl Daemon {
     /// The state file stays: it describes that data path.
     fn stop(&mut self) {
         let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
+        // Nobody reads the mapping events once the controller is gone.
+        let maps = self.datapath.maps_mut();
+        if let Ok(mut config) = maps.config.get(&0, 0) {
+            if config.mapping_events() {
+                config.flags &= !CONFIG_F_MAPPING_EVENTS;
+                let _ = maps.write_config(&config);
+            }
+        }
         self.refresh_state_file();
         let mappings = self.datapath.mapping_count();
         let kept = self.datapath.release();
@@ -1288,8 +1317,8 @@ impl Daemon {
 
 /// The next flush order, once the control socket is served (never before).
 async fn next_order(
-    orders: &mut Option<tokio::sync::mpsc::Receiver<control::FlushOrder>>,
-) -> Option<control::FlushOrder> {
+    orders: &mut Option<tokio::sync::mpsc::Receiver<control::Order>>,
+) -> Option<control::Order> {
     match orders {
         Some(o) => o.recv().await,
         None => std::future::pending().await,
