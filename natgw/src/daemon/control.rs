@@ -35,6 +35,9 @@ pub const MAX_MONITORS: usize = 8;
 /// How often the `MAPPING_EVENTS` ring buffer is drained.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a client may take to send its request.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 4096;
 
@@ -140,10 +143,11 @@ async fn serve_client(stream: UnixStream, orders: mpsc::Sender<Order>, counters:
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST as u64));
-    let request = match reader.read_line(&mut line).await {
-        Ok(0) => return,
-        Ok(_) => serde_json::from_str::<Request>(line.trim()).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let request = match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
+        Ok(Ok(0)) => return,
+        Ok(Ok(_)) => serde_json::from_str::<Request>(line.trim()).map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no request within {} s", REQUEST_WAIT.as_secs())),
     };
     let result = match request {
         Err(e) => {
