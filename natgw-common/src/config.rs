@@ -61,6 +61,10 @@ pub const fn pool_index(int_addr_be: u32, count: u8) -> u32 {
 pub const CONFIG_F_READY: u32 = 1 << 0;
 /// Inbound packets refresh a mapping's idle timer (RFC 4787 REQ-6a, optional).
 pub const CONFIG_F_INBOUND_REFRESH: u32 = 1 << 1;
+/// Someone watches mapping events (`natgw monitor`): the data path writes a record
+/// of each mapping it creates into `MAPPING_EVENTS`. Off, creating a mapping costs
+/// nothing more than this test.
+pub const CONFIG_F_MAPPING_EVENTS: u32 = 1 << 2;
 
 impl Config {
     /// The filter mode of new mappings of `proto`.
@@ -71,6 +75,12 @@ impl Config {
             crate::IPPROTO_ICMP => self.filter_icmp,
             _ => self.filter_udp,
         }
+    }
+
+    /// Whether new mappings are to be reported in `MAPPING_EVENTS`.
+    #[must_use]
+    pub const fn mapping_events(&self) -> bool {
+        self.flags & CONFIG_F_MAPPING_EVENTS != 0
     }
 
     /// Whether the controller has finished configuring the data path.

@@ -167,6 +167,10 @@ counters! {
     /// Dropped: no port was free for a new mapping but ports freed within the
     /// hold-down for another host (RFC 6888 REQ-8).
     DropPortHeld = "drop_port_held",
+    /// A mapping was created but its record could not be reserved in the
+    /// `MAPPING_EVENTS` ring buffer (full: `natgw monitor` clients missed it). The
+    /// packet is translated all the same.
+    EventLost = "event_lost",
 }
 
 impl Counter {

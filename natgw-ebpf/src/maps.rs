@@ -15,8 +15,9 @@ use natgw_common::{
     maps::{
         FragBudget, FragKey, FragOutKey, FragOutValue, FragValue, HeldSyn, LanSourceKey,
         PcpFilterKey, Session, SessionKey, StashKey, StashedFragment, DEFAULT_MAX_MAPPINGS,
-        EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAX_ADDR_CLASS, MAX_FRAGS_IN, MAX_FRAGS_OUT,
-        MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS, MAX_STASHED_FRAGMENTS,
+        EVENTS_RING_BYTES, FRAG_BUDGET_BUCKETS, MAPPING_EVENTS_RING_BYTES, MAX_ADDR_CLASS,
+        MAX_FRAGS_IN, MAX_FRAGS_OUT, MAX_HELD_SYNS, MAX_LAN_SOURCES, MAX_PCP_FILTERS,
+        MAX_STASHED_FRAGMENTS,
     },
     Config, FwdKey, IfaceConfig, Mapping, RevKey, RevValue,
 };
@@ -70,6 +71,12 @@ pub static HELD_SYNS: HashMap<SessionKey, HeldSyn> = HashMap::with_max_entries(M
 /// Requests to the controller to send ICMP errors the data path cannot build.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Mappings the data path created, for `natgw monitor`
+/// (`natgw_common::maps::MappingEvent`). Written without waking the reader; the
+/// controller drains it every 100 ms.
+#[map]
+pub static MAPPING_EVENTS: RingBuf = RingBuf::with_byte_size(MAPPING_EVENTS_RING_BYTES, 0);
 
 /// Inbound fragmented datagrams whose first fragment was translated, so their later
 /// fragments can follow (RFC 4787 REQ-14). LRU on purpose, unlike the NAT tables: a

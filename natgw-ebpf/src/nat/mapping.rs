@@ -24,7 +24,7 @@ use natgw_common::{
     Config, Counter, FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP,
 };
 
-use super::{limits, session, socket::local_socket_owns};
+use super::{events, limits, session, socket::local_socket_owns};
 use crate::{
     counters::count,
     maps::{NAT_FWD, NAT_REV},
@@ -101,6 +101,13 @@ pub fn outbound<C: EbpfContext>(
             if create(ctx, cfg, pkt, &key, now)? {
                 limits::admit_created(cfg, &key, now)?;
                 count(Counter::MappingCreated);
+                if cfg.mapping_events() {
+                    events::mapping_created(
+                        key.addr_be,
+                        u32::from(key.port_be) | u32::from(key.proto) << 16,
+                        now,
+                    );
+                }
             }
             NAT_FWD.get_ptr_mut(&key).ok_or(Counter::DropInternal)?
         }

@@ -1,5 +1,6 @@
 //! The command line: `natgw run` starts the gateway in the current network namespace;
-//! `natgw status` and `natgw mappings` inspect the one running there.
+//! `natgw status`, `natgw mappings` and `natgw monitor` inspect the one running
+//! there, `natgw flush` deletes mappings through it.
 
 use std::path::PathBuf;
 
@@ -72,8 +73,21 @@ pub enum Command {
     /// translating existing and new flows until the next `natgw run` adopts it;
     /// with --flush it is removed instead (every mapping is lost).
     Stop(StopArgs),
-    /// List every live mapping with its filtering, statistics and remaining lifetime.
+    /// List every live mapping with its filtering, statistics and remaining lifetime
+    /// (the filters select which, like `conntrack -L`'s).
     Mappings(MappingsArgs),
+    /// Show mapping events live, like `conntrack -E`: every mapping created (by
+    /// traffic in the data path, or by PCP, NAT-PMP, UPnP and static forwards),
+    /// deleted (on request, `natgw flush`) or expired, one line each, until
+    /// interrupted.
+    #[command(after_help = MONITOR_AFTER_HELP)]
+    Monitor(OutputArgs),
+    /// Delete the mappings the filters select, like `conntrack -D`, through the
+    /// running natgw (so PCP, NAT-PMP and UPnP clients' records and the explicit
+    /// mappings file stay consistent); prints how many. Without filters every
+    /// mapping but the static forwards goes; --include-static takes those too (a
+    /// reload or restart installs them again).
+    Flush(FlushArgs),
     /// STUN: discover the NAT in front of this host (`probe`), or run a standalone
     /// STUN server (`serve`).
     Stun(StunArgs),
@@ -92,6 +106,16 @@ pub enum Command {
     /// `natgw run` would refuse the file. Interfaces missing here are warnings.
     CheckConfig(check_config::CheckConfigArgs),
 }
+
+const MONITOR_AFTER_HELP: &str = "\
+Lines:
+    [NEW] udp 10.0.1.2:5000 -> 192.0.2.1:5000 origin=traffic
+    [DESTROY] tcp 10.0.1.2:80 -> 192.0.2.1:8080 origin=pcp
+    [EXPIRE] udp 10.0.1.2:5000 -> 192.0.2.1:5000 origin=traffic
+With --json, one object per line: {\"event\":\"create\",\"protocol\":\"udp\",
+\"internal\":\"10.0.1.2:5000\",\"external\":\"192.0.2.1:5000\",\"origin\":\"traffic\",
+\"time_ns\":...} (time_ns: CLOCK_MONOTONIC); {\"lost\":N} when this client fell more
+than 1024 events behind and N were dropped for it.";
 
 const RUN_AFTER_HELP: &str = "\
 Flags override the configuration file, which overrides the defaults. Example file:
@@ -398,6 +422,71 @@ pub struct MappingsArgs {
     /// indented lines under it; the table alone shows only how many it has.
     #[arg(long)]
     pub sessions: bool,
+
+    /// Which mappings.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+/// Which mappings `natgw mappings` lists and `natgw flush` deletes; every filter
+/// given must match.
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    /// Only this protocol: udp, tcp or icmp.
+    #[arg(long, value_name = "PROTO", value_parser = crate::nat_table::events::parse_proto)]
+    pub proto: Option<u8>,
+
+    /// Only this internal endpoint: ADDR or ADDR:PORT.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = internal_filter)]
+    pub internal: Option<(std::net::Ipv4Addr, Option<u16>)>,
+
+    /// Only this external endpoint: PORT, ADDR or ADDR:PORT.
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = crate::nat_table::events::parse_endpoint)]
+    pub external: Option<(Option<std::net::Ipv4Addr>, Option<u16>)>,
+
+    /// Only mappings made by: traffic (alias dynamic), pcp, nat-pmp (alias natpmp),
+    /// upnp or static.
+    #[arg(long, value_name = "ORIGIN", value_parser = crate::nat_table::events::parse_origin)]
+    pub origin: Option<u8>,
+}
+
+impl FilterArgs {
+    /// The filter these arguments describe.
+    #[must_use]
+    pub fn filter(&self) -> crate::nat_table::events::MappingFilter {
+        crate::nat_table::events::MappingFilter {
+            proto: self.proto,
+            internal_addr: self.internal.map(|(a, _)| a),
+            internal_port: self.internal.and_then(|(_, p)| p),
+            external_addr: self.external.and_then(|(a, _)| a),
+            external_port: self.external.and_then(|(_, p)| p),
+            origin: self.origin,
+        }
+    }
+}
+
+/// ADDR or ADDR:PORT.
+fn internal_filter(s: &str) -> Result<(std::net::Ipv4Addr, Option<u16>), String> {
+    match crate::nat_table::events::parse_endpoint(s)? {
+        (Some(a), p) => Ok((a, p)),
+        (None, _) => Err(format!("`{s}` is not ADDR or ADDR:PORT")),
+    }
+}
+
+/// Arguments of `natgw flush`.
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// Which mappings.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Delete static forwards too (they come back with the next reload or restart).
+    #[arg(long)]
+    pub include_static: bool,
+
+    /// Print JSON (`{"deleted": N}`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `natgw stun`.
@@ -520,7 +609,13 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Status(args) => status::status(args.json),
             Command::Stop(args) => stop(args).await,
-            Command::Mappings(args) => status::mappings(args.json, args.sessions),
+            Command::Mappings(args) => {
+                status::mappings(args.json, args.sessions, &args.filter.filter())
+            }
+            Command::Monitor(args) => status::monitor(args.json).await,
+            Command::Flush(args) => {
+                status::flush(&args.filter.filter(), args.include_static, args.json).await
+            }
             Command::Stun(args) => stun::command(args).await,
             Command::Pcp(args) => pcp::run(args),
             Command::Punch(args) => punch::punch(args).await,
@@ -752,13 +847,51 @@ mod tests {
     }
 
     #[test]
+    fn mappings_and_flush_take_filters() {
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "mappings",
+            "--proto",
+            "udp",
+            "--internal",
+            "10.0.1.2:5000",
+            "--external",
+            "6000",
+            "--origin",
+            "dynamic",
+        ])
+        .unwrap();
+        let Command::Mappings(args) = cli.command else {
+            panic!("not mappings");
+        };
+        let f = args.filter.filter();
+        assert_eq!(f.proto, Some(17));
+        assert_eq!(f.internal_addr, Some(std::net::Ipv4Addr::new(10, 0, 1, 2)));
+        assert_eq!(f.internal_port, Some(5000));
+        assert_eq!((f.external_addr, f.external_port), (None, Some(6000)));
+        assert_eq!(f.origin, Some(natgw_common::Origin::Traffic as u8));
+        let cli = Cli::try_parse_from(["natgw", "flush", "--include-static"]).unwrap();
+        let Command::Flush(args) = cli.command else {
+            panic!("not flush");
+        };
+        assert!(args.include_static);
+        assert_eq!(
+            args.filter.filter(),
+            crate::nat_table::events::MappingFilter::default()
+        );
+        assert!(Cli::try_parse_from(["natgw", "flush", "--internal", "6000"]).is_err());
+        assert!(Cli::try_parse_from(["natgw", "mappings", "--proto", "sctp"]).is_err());
+    }
+
+    #[test]
     fn status_and_mappings_take_json() {
         let cli = Cli::try_parse_from(["natgw", "mappings", "--json"]).unwrap();
         assert!(matches!(
             cli.command,
             Command::Mappings(MappingsArgs {
                 json: true,
-                sessions: false
+                sessions: false,
+                ..
             })
         ));
         let cli = Cli::try_parse_from(["natgw", "mappings", "--sessions"]).unwrap();

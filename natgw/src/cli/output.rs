@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Settings;
 use crate::daemon::state::{IfaceState, StunState};
 use crate::datapath::maps::{ipv4, port, rev_key_of, rev_matches, session_rev_key};
+use crate::nat_table::events::EventLine;
 use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::sessions::{self, SessionObserved};
 use crate::nat_table::gc::{self, Observed, Policy};
@@ -308,6 +309,23 @@ pub fn apply_explicit(rows: &mut [MappingRow], explicit: &[ExplicitEntry], now_n
             }
         }
     }
+}
+
+/// A mapping event for people, like `conntrack -E`:
+/// `[NEW] udp 10.0.1.2:5000 -> 192.0.2.1:5000 origin=traffic` (`NEW`, `DESTROY`,
+/// `EXPIRE`).
+#[must_use]
+pub fn event_text(e: &EventLine) -> String {
+    let tag = match e.event.as_str() {
+        "create" => "NEW",
+        "delete" => "DESTROY",
+        "expire" => "EXPIRE",
+        other => other,
+    };
+    format!(
+        "[{tag}] {} {} -> {} origin={}",
+        e.protocol, e.internal, e.external, e.origin
+    )
 }
 
 /// A duration for people: `850ms`, `42s`, `4m05s`, `2h04m`, `3d01h`.
@@ -1072,5 +1090,25 @@ mod tests {
             tcp_flags(tcp_seen::SYN | tcp_seen::ACK | tcp_seen::FIN | tcp_seen::RST),
             "SAFR"
         );
+    }
+
+    #[test]
+    fn events_read_like_conntrack() {
+        let mut e = EventLine {
+            event: "create".into(),
+            protocol: "udp".into(),
+            internal: "10.0.1.2:5000".parse().unwrap(),
+            external: "192.0.2.1:6000".parse().unwrap(),
+            origin: "traffic".into(),
+            time_ns: 1,
+        };
+        assert_eq!(
+            event_text(&e),
+            "[NEW] udp 10.0.1.2:5000 -> 192.0.2.1:6000 origin=traffic"
+        );
+        e.event = "expire".into();
+        assert!(event_text(&e).starts_with("[EXPIRE] udp"));
+        e.event = "delete".into();
+        assert!(event_text(&e).starts_with("[DESTROY] udp"));
     }
 }

@@ -1,14 +1,17 @@
 //! `natgw status` and `natgw mappings`: find the gateway running in this network
 //! namespace through its state file, open its maps (pins, else kernel ids) and print
-//! what they hold.
+//! what they hold. `natgw monitor` and `natgw flush`: the same gateway through its
+//! control socket.
 
 use anyhow::{bail, Context as _, Result};
 
 use crate::cli::output::{self, MappingsReport, StatusReport};
+use crate::daemon::control::{self, Reply, Request};
 use crate::daemon::state::StateFile;
 use crate::datapath::dirs::RuntimeDirs;
 use crate::datapath::maps::{GatewayMaps, MapSource, NatTables as _};
 use crate::datapath::system;
+use crate::nat_table::events::MappingFilter;
 use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::Policy;
 
@@ -87,13 +90,15 @@ pub fn status(json: bool) -> Result<()> {
     }
 }
 
-/// `natgw mappings`; `sessions` lists each mapping's sessions in the table too.
-pub fn mappings(json: bool, sessions: bool) -> Result<()> {
+/// `natgw mappings`; `sessions` lists each mapping's sessions in the table too;
+/// only the mappings `filter` selects.
+pub fn mappings(json: bool, sessions: bool, filter: &MappingFilter) -> Result<()> {
     let (dirs, state, maps) = open()?;
     let now = system::monotonic_ns();
     // The order the garbage collector reads them in (see `gc::Sweeper::tick`).
     let session_entries = maps.nat.session_entries()?;
-    let fwd = maps.nat.fwd_entries()?;
+    let mut fwd = maps.nat.fwd_entries()?;
+    fwd.retain(|(k, m)| filter.matches(k, m));
     let rev = maps.nat.rev_entries()?;
     let policy = Policy::new(&state.settings.timeouts, state.settings.inbound_refresh);
     let mut rows = output::mapping_rows(&fwd, &rev, &session_entries, &policy, now);
@@ -109,4 +114,77 @@ pub fn mappings(json: bool, sessions: bool) -> Result<()> {
         print!("{}", output::mappings_text(&report, sessions));
         Ok(())
     }
+}
+
+/// The runtime directory of the natgw running in this network namespace.
+fn running_dirs() -> Result<RuntimeDirs> {
+    let dirs = RuntimeDirs::for_current_netns()?;
+    let state: StateFile = dirs.read_state()?;
+    if !system::process_alive_in_netns(state.pid, dirs.netns_inode) {
+        bail!(
+            "natgw's controller (pid {}) is not running in this network namespace",
+            state.pid
+        );
+    }
+    Ok(dirs)
+}
+
+/// `natgw monitor`: prints each event the daemon streams until it stops (or this
+/// process is interrupted).
+pub async fn monitor(json: bool) -> Result<()> {
+    let dirs = running_dirs()?;
+    let mut conn = control::connect(&dirs.state_dir, &Request::Monitor).await?;
+    while let Some(line) = conn.lines.next_line().await? {
+        let reply: Reply = serde_json::from_str(&line)
+            .with_context(|| format!("natgw sent something unexpected: {line}"))?;
+        match reply {
+            Reply::Event(e) if json => println!("{}", serde_json::to_string(&e)?),
+            Reply::Event(e) => println!("{}", output::event_text(&e)),
+            Reply::Subscribed => eprintln!("natgw monitor: subscribed"),
+            Reply::Lost { count } if json => println!("{{\"lost\":{count}}}"),
+            Reply::Lost { count } => {
+                println!("[LOST] {count} events: this monitor fell behind");
+            }
+            Reply::Error { message } => bail!("natgw refused: {message}"),
+            Reply::Flushed { .. } => bail!("natgw sent something unexpected: {line}"),
+        }
+        // Every line reaches a pipe as soon as it is printed.
+        std::io::Write::flush(&mut std::io::stdout())?;
+    }
+    bail!("natgw closed the connection (it stopped)")
+}
+
+/// `natgw flush`: asks the daemon to delete the mappings `filter` selects.
+pub async fn flush(filter: &MappingFilter, include_static: bool, json: bool) -> Result<()> {
+    let dirs = running_dirs()?;
+    let mut conn = control::connect(
+        &dirs.state_dir,
+        &Request::Flush {
+            filter: *filter,
+            include_static,
+        },
+    )
+    .await?;
+    let line = conn
+        .lines
+        .next_line()
+        .await?
+        .context("natgw closed the connection without an answer")?;
+    match serde_json::from_str::<Reply>(&line)
+        .with_context(|| format!("natgw sent something unexpected: {line}"))?
+    {
+        Reply::Flushed { deleted } if json => println!("{{\"deleted\":{deleted}}}"),
+        Reply::Flushed { deleted } => println!(
+            "{deleted} mapping{} deleted{}",
+            if deleted == 1 { "" } else { "s" },
+            if include_static {
+                ""
+            } else {
+                " (static forwards kept; --include-static deletes them too)"
+            }
+        ),
+        Reply::Error { message } => bail!("natgw refused: {message}"),
+        other => bail!("natgw sent something unexpected: {other:?}"),
+    }
+    Ok(())
 }

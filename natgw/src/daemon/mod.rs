@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use log::{debug, error, info, warn};
 use natgw_common::addr_be;
-use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_READY};
+use natgw_common::config::{CONFIG_F_INBOUND_REFRESH, CONFIG_F_MAPPING_EVENTS, CONFIG_F_READY};
 use natgw_common::limits::interval_ns;
 use natgw_common::{Config, NS_PER_SEC};
 use tokio::task::JoinHandle;
@@ -38,13 +38,15 @@ use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, If
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
-use crate::datapath::maps::{CounterMap, FragmentMaps, HostRules, MapSource};
+use crate::datapath::maps::{take_mapping_events, CounterMap, FragmentMaps, HostRules, MapSource};
 use crate::datapath::netlink::Rtnl;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
+use crate::nat_table::events::{flush_traffic, MappingFilter};
 use crate::nat_table::gc::{self, held_syns, Policy, Sweeper};
 use crate::services::Shutdown;
 
+pub mod control;
 pub mod episodes;
 pub mod fragments;
 pub mod icmp;
@@ -192,6 +194,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         port_mapping: PortMapping::default(),
         metrics: None,
         tasks: log_task.into_iter().collect(),
+        control: Arc::default(),
     };
     let mut datapath = match DataPath::new(ebpf, adopt) {
         Ok(dp) => dp,
@@ -219,6 +222,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         services,
         report: Report::default(),
         reloader,
+        orders: None,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -453,8 +457,10 @@ struct Services {
     /// The Prometheus endpoint, when configured.
     metrics: Option<metrics::Endpoint>,
     /// Background tasks: the eBPF log reader, the `EVENTS` reader, the fragment
-    /// resender.
+    /// resender, the `MAPPING_EVENTS` reader, the control socket.
     tasks: Vec<JoinHandle<()>>,
+    /// Counters of the control socket.
+    control: Arc<control::Counters>,
 }
 
 impl Services {
@@ -500,6 +506,8 @@ struct Daemon {
     datapath: DataPath,
     services: Services,
     report: Report,
+    /// What the control socket asks (flushes, monitors coming and going).
+    orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
 }
 
 /// Why the daemon stops on its own.
@@ -526,6 +534,20 @@ impl Daemon {
                 lan_addresses,
             ));
         }
+        match take_mapping_events(dp.ebpf_mut()) {
+            Ok(ring) => self.services.tasks.push(control::spawn_ring_reader(ring)),
+            Err(e) => warn!(
+                "mapping_events.unavailable error=\"{e}\": `natgw monitor` shows no mapping the \
+                 data path creates"
+            ),
+        }
+        let (orders, received) = tokio::sync::mpsc::channel(8);
+        self.orders = Some(received);
+        self.services.tasks.push(control::spawn(
+            &self.dirs.state_dir,
+            orders,
+            Arc::clone(&self.services.control),
+        )?);
         let stash = FragmentMaps::take(dp.ebpf_mut())?;
         self.services.tasks.push(fragments::spawn(
             stash,
@@ -632,6 +654,11 @@ impl Daemon {
             flags: CONFIG_F_READY
                 | if s.inbound_refresh {
                     CONFIG_F_INBOUND_REFRESH
+                } else {
+                    0
+                }
+                | if crate::nat_table::events::subscribers() > 0 {
+                    CONFIG_F_MAPPING_EVENTS
                 } else {
                     0
                 },
@@ -848,6 +875,7 @@ impl Daemon {
                     self.log_drop_episodes();
                 }
                 wake = self.services.port_mapping.wake() => self.on_port_mapping(wake).await,
+                Some(order) = next_order(&mut self.orders) => self.on_order(order),
                 _ = tick.tick() => {
                     match self.watch_interfaces() {
                         Ok(()) => {}
@@ -1004,6 +1032,17 @@ impl Daemon {
         );
         counters.extend(self.services.fragments.snapshot());
         counters.extend(self.services.port_mapping.counters());
+        let c = &self.services.control;
+        counters.insert(
+            "monitor_events_lost".to_owned(),
+            c.monitor_events_lost
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        counters.insert(
+            "monitors_refused".to_owned(),
+            c.monitors_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         counters
     }
 
@@ -1151,6 +1190,51 @@ impl Daemon {
         }
     }
 
+    /// Carries out what the control socket asks.
+    fn on_order(&mut self, order: control::Order) {
+        match order {
+            control::Order::Flush(filter, include_static, reply) => {
+                let _ = reply.send(self.flush(&filter, include_static));
+            }
+            control::Order::Monitors(done) => {
+                let config = self.data_path_config();
+                if let Err(e) = self.datapath.enable(&config) {
+                    warn!("monitor.config_failed error=\"{e}\"");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// `natgw flush`: deletes the explicit mappings (through their engines' table,
+    /// so PCP, UPnP and the explicit mappings file agree) and the traffic mappings
+    /// `filter` selects; how many.
+    fn flush(&mut self, filter: &MappingFilter, include_static: bool) -> Result<usize, String> {
+        let now_ns = system::monotonic_ns();
+        let nat = &mut self.datapath.maps_mut().nat;
+        let explicit = self
+            .services
+            .port_mapping
+            .flush(nat, filter, include_static, now_ns);
+        self.services.port_mapping.write_file(&self.dirs);
+        let nat = &mut self.datapath.maps_mut().nat;
+        let traffic = if filter
+            .origin
+            .is_none_or(|o| o == natgw_common::Origin::Traffic as u8)
+        {
+            flush_traffic(nat, filter, now_ns).map_err(|e| format!("deleting mappings: {e}"))?
+        } else {
+            0
+        };
+        info!(
+            "mappings.flushed explicit={explicit} traffic={traffic} filter={filter:?} \
+             include_static={include_static}"
+        );
+        Ok(explicit + traffic)
+    }
+
     /// Ends the explicit mappings whose lifetime is over.
     fn expire_explicit(&mut self) {
         let nat = &mut self.datapath.maps_mut().nat;
@@ -1269,6 +1353,7 @@ impl Daemon {
     /// failed with nothing to fall back on. Never fails: problems are logged and the
     /// rest is still undone.
     async fn teardown(&mut self) {
+        let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
         let mappings = self.datapath.mapping_count();
         let undone = self.datapath.teardown(&self.rtnl, &self.dirs).await;
         let _ = self.dirs.remove_record(port_mapping::EPOCH_FILE);
@@ -1292,6 +1377,15 @@ impl Daemon {
     /// STUN) until the next natgw adopts them, or `natgw stop --flush` removes them.
     /// The state file stays: it describes that data path.
     fn stop(&mut self) {
+        let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
+        // Nobody reads the mapping events once the controller is gone.
+        let maps = self.datapath.maps_mut();
+        if let Ok(mut config) = maps.config.get(&0, 0) {
+            if config.mapping_events() {
+                config.flags &= !CONFIG_F_MAPPING_EVENTS;
+                let _ = maps.write_config(&config);
+            }
+        }
         self.refresh_state_file();
         let mappings = self.datapath.mapping_count();
         let kept = self.datapath.release();
@@ -1306,6 +1400,16 @@ impl Daemon {
                 kept.join(",")
             );
         }
+    }
+}
+
+/// The next flush order, once the control socket is served (never before).
+async fn next_order(
+    orders: &mut Option<tokio::sync::mpsc::Receiver<control::Order>>,
+) -> Option<control::Order> {
+    match orders {
+        Some(o) => o.recv().await,
+        None => std::future::pending().await,
     }
 }
 

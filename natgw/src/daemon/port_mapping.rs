@@ -20,6 +20,7 @@ use crate::datapath::maps::{NatMaps, PcpFilters};
 use crate::datapath::netlink::AddressWatch;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
+use crate::nat_table::events::MappingFilter;
 use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::explicit::{Defaults, ExplicitMappings};
 use crate::nat_table::gc::Policy;
@@ -710,6 +711,29 @@ impl PortMapping {
     /// Stops following address notifications (they ended).
     pub(super) fn unwatch(&mut self) {
         self.watch = None;
+    }
+
+    /// `natgw flush` of explicit mappings (see [`ExplicitMappings::flush`]); the
+    /// UPnP subscribers and the upstream PCP server are told.
+    pub(super) fn flush(
+        &mut self,
+        nat: &mut NatMaps,
+        filter: &MappingFilter,
+        include_static: bool,
+        now_ns: u64,
+    ) -> usize {
+        let Some(explicit) = self.explicit.as_mut() else {
+            return 0;
+        };
+        let deleted = explicit.flush(nat, filter, include_static, now_ns);
+        if deleted > 0 {
+            self.upnp_refresh(nat);
+            if let (Some(server), Some(explicit)) = (self.server.as_mut(), self.explicit.as_mut()) {
+                let now = Instant::now();
+                server.sync_upstream(now, &explicit.table(nat, now, now_ns));
+            }
+        }
+        deleted
     }
 
     /// Ends the explicit mappings whose lifetime is over.

@@ -900,6 +900,15 @@ pub struct FragmentMaps {
     pub first: HashMap<MapData, FragKey, FragValue>,
 }
 
+/// Takes `MAPPING_EVENTS`, the ring buffer of mappings the data path created, out
+/// of a loaded object (for the daemon's reader; it is not pinned).
+pub fn take_mapping_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, MapsError> {
+    let map = ebpf
+        .take_map(names::MAPPING_EVENTS)
+        .ok_or(MapsError::Missing(names::MAPPING_EVENTS))?;
+    typed(map, names::MAPPING_EVENTS)
+}
+
 impl FragmentMaps {
     /// Takes both maps out of a loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapsError> {

@@ -576,6 +576,12 @@ impl Sweeper {
             }
             deleted.insert(rev_key);
             stats.expired += 1;
+            crate::nat_table::events::emit_mapping(
+                natgw_common::maps::MappingEventKind::Expire,
+                &e.key,
+                &m,
+                now_ns,
+            );
             log::debug!(
                 "mapping.expired proto={} int={} ext={} idle={} state={}",
                 proto_name(e.key.proto),
@@ -677,6 +683,12 @@ pub fn remove_traffic_on<T: NatTables>(tables: &mut T, addr_be: u32) -> Result<u
             tables.remove_rev(&rk)?;
         }
         removed += 1;
+        crate::nat_table::events::emit_mapping(
+            natgw_common::maps::MappingEventKind::Delete,
+            &key,
+            &m,
+            crate::datapath::system::monotonic_ns(),
+        );
     }
     Ok(removed)
 }

@@ -1,9 +1,11 @@
 //! The NAT's mapping table over the BPF maps: expiry of idle mappings and sessions
 //! ([`gc`]) and the explicit mappings PCP, NAT-PMP and static forwards make
-//! ([`explicit`], the `MappingTable` the PCP engine drives), and the [`census`] of
-//! both the garbage collector takes on its way.
+//! ([`explicit`], the `MappingTable` the PCP engine drives), the [`census`] of both
+//! the garbage collector takes on its way, and the events `natgw monitor` shows and
+//! the filter of `natgw mappings` and `natgw flush` ([`events`]).
 
 pub mod census;
+pub mod events;
 pub mod explicit;
 pub mod gc;
 #[cfg(test)]

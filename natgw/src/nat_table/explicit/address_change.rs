@@ -42,7 +42,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                         key.internal_endpoint(),
                         record.external
                     );
-                    self.end(nat, &key, now_ns);
+                    self.end(nat, &key, now_ns, MappingEventKind::Delete);
                     None
                 }
             };

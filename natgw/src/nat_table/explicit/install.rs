@@ -178,6 +178,12 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 let _ = nat.remove_rev(&rk);
                 return Err(e);
             }
+            crate::nat_table::events::emit_mapping(
+                natgw_common::maps::MappingEventKind::Create,
+                &fk,
+                &m,
+                now_ns,
+            );
             return Ok((external, now_ns));
         }
         Err(TableError::NoResources)

@@ -68,7 +68,9 @@ use crate::datapath::maps::{
     ipv4, is_full, port, rev_key_of, MapsError, NatTables, NatWrites, PcpFilterTable,
 };
 
+use crate::nat_table::events::{self, MappingFilter};
 use crate::nat_table::gc::{self, Observed, Policy};
+use natgw_common::maps::MappingEventKind;
 use natgw_proto::pcp::policy::PortSpan;
 
 use natgw_proto::pcp::table::{
@@ -224,6 +226,17 @@ impl Record {
             reply_to: self.reply_to?,
             description: self.description.clone(),
         })
+    }
+
+    /// What its forward entry says of it: external endpoint and origin.
+    fn mapping_view(&self) -> Mapping {
+        Mapping {
+            ext_addr_be: addr_be(self.external.ip().octets()),
+            ext_port_be: self.external.port().to_be(),
+            origin: self.holder.origin() as u8,
+            created_ns: self.created_ns,
+            ..Mapping::default()
+        }
     }
 
     fn proto(&self) -> u8 {
@@ -470,7 +483,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         if self.records.get(&key)?.holder != Holder::Static {
             return None;
         }
-        self.end(nat, &key, now_ns)
+        self.end(nat, &key, now_ns, MappingEventKind::Delete)
     }
 
     /// Installs a static forward: `internal` reachable at `external_port` of its
@@ -538,7 +551,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             .collect();
         let ended = due
             .iter()
-            .filter_map(|k| self.end(nat, k, now_ns))
+            .filter_map(|k| self.end(nat, k, now_ns, MappingEventKind::Expire))
             .collect();
         if self.next_prune.is_none_or(|t| t <= now) {
             self.forget_stale_peer_nonces(nat);
@@ -559,11 +572,14 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
 
     /// Ends one explicit mapping (RFC 6887 §15): kept as an implicit mapping if its
     /// internal endpoint sent traffic within the idle timeout, else deleted.
+    ///
+    /// A deletion is reported to `natgw monitor` as `kind`.
     fn end<N: NatTables + NatWrites>(
         &mut self,
         nat: &mut N,
         key: &MappingKey,
         now_ns: u64,
+        kind: MappingEventKind,
     ) -> Option<Ended> {
         let record = self.records.remove(key)?;
         self.generation = self.generation.wrapping_add(1);
@@ -582,6 +598,9 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             }
         };
         self.remove_filters(proto, record.external, &record.filters);
+        if matches!(outcome, Outcome::Removed) {
+            events::emit_mapping(kind, &fk, &record.mapping_view(), now_ns);
+        }
         Some(Ended {
             key: *key,
             holder: record.holder,
@@ -620,6 +639,54 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             nat.free_port(&rk, fk.addr_be, now_ns)?;
         }
         Ok(Outcome::Removed)
+    }
+
+    /// `natgw flush`: deletes the explicit mappings `filter` selects at once, in use
+    /// or not (unlike their end of life, none stays as an implicit mapping); static
+    /// forwards only with `include_static` (a reload installs them again). Each is
+    /// reported to `natgw monitor` as deleted. Returns how many were deleted.
+    pub fn flush<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        filter: &MappingFilter,
+        include_static: bool,
+        now_ns: u64,
+    ) -> usize {
+        let due: Vec<MappingKey> = self
+            .records
+            .values()
+            .filter(|r| include_static || r.holder != Holder::Static)
+            .filter(|r| filter.matches(&r.fwd_key(), &r.mapping_view()))
+            .map(|r| r.key)
+            .collect();
+        let mut deleted = 0;
+        for key in &due {
+            let Some(record) = self.records.remove(key) else {
+                continue;
+            };
+            self.generation = self.generation.wrapping_add(1);
+            let fk = record.fwd_key();
+            match delete_entries(nat, &fk, Some(record.created_ns), now_ns) {
+                Ok(true) => {
+                    deleted += 1;
+                    events::emit_mapping(
+                        MappingEventKind::Delete,
+                        &fk,
+                        &record.mapping_view(),
+                        now_ns,
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => warn!(
+                    "explicit.flush_failed proto={} int={} ext={} error=\"{e}\"",
+                    record.key.protocol,
+                    record.key.internal_endpoint(),
+                    record.external
+                ),
+            }
+            self.remove_filters(record.proto(), record.external, &record.filters);
+        }
+        deleted
     }
 
     /// Changes whenever a record is added, removed or changed (what
@@ -723,6 +790,30 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
 }
 
 /// A filter as [`ExplicitEntry::filters`] writes it, `PREFIX:PORT`.
+/// Deletes the mapping of `fk` whose forward entry was created at `created_ns`
+/// (`None`: whichever it is) and frees its port; `false` when it was gone.
+pub(crate) fn delete_entries<N: NatTables>(
+    nat: &mut N,
+    fk: &FwdKey,
+    created_ns: Option<u64>,
+    now_ns: u64,
+) -> Result<bool, MapsError> {
+    let Some(m) = nat
+        .fwd(fk)?
+        .filter(|m| created_ns.is_none_or(|c| c == m.created_ns))
+    else {
+        return Ok(false);
+    };
+    if !nat.remove_fwd(fk)? {
+        return Ok(false);
+    }
+    let rk = rev_key_of(fk, &m);
+    if nat.rev(&rk)?.is_some_and(|r| r.created_ns == m.created_ns) {
+        nat.free_port(&rk, fk.addr_be, now_ns)?;
+    }
+    Ok(true)
+}
+
 fn parse_filter(text: &str) -> Option<Filter> {
     let (prefix, port) = text.rsplit_once(':')?;
     Some(Filter {

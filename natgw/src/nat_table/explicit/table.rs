@@ -63,7 +63,10 @@ impl<F: PcpFilterTable, N: NatTables + NatWrites> MappingTable for Table<'_, F, 
     }
 
     fn remove(&mut self, key: &MappingKey) {
-        if let Some(ended) = self.explicit.end(self.nat, key, self.now_ns) {
+        if let Some(ended) = self
+            .explicit
+            .end(self.nat, key, self.now_ns, MappingEventKind::Delete)
+        {
             info!(
                 "explicit.deleted proto={} int={} ext={} holder={} outcome={}",
                 ended.key.protocol,
