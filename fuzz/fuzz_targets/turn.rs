@@ -79,8 +79,15 @@ fn codec(data: &[u8]) {
                         Frame::ChannelData(b) => (b, false),
                     };
                     assert_eq!(&data[offset..offset + bytes.len()], &bytes[..]);
-                    assert_eq!(turn::kind(bytes), if stun { Kind::Stun } else { Kind::ChannelData });
-                    offset += if stun { bytes.len() } else { (bytes.len() + 3) & !3 };
+                    assert_eq!(
+                        turn::kind(bytes),
+                        if stun { Kind::Stun } else { Kind::ChannelData }
+                    );
+                    offset += if stun {
+                        bytes.len()
+                    } else {
+                        (bytes.len() + 3) & !3
+                    };
                     if !stun {
                         ChannelData::parse(bytes).expect("a framed ChannelData parses");
                     }
@@ -235,7 +242,10 @@ impl Harness {
                 Action::ToPeer {
                     relay, peer, bytes, ..
                 } => {
-                    assert!(self.relays.contains(relay), "sent from no allocation's relay");
+                    assert!(
+                        self.relays.contains(relay),
+                        "sent from no allocation's relay"
+                    );
                     assert!(
                         peer_allowed(&self.config, IpAddr::V4(*peer.ip())),
                         "sent to a denied peer {peer}"
@@ -256,7 +266,10 @@ impl Harness {
         assert_eq!(c.allocations_created, self.created);
         assert_eq!(c.allocations_expired + c.allocations_deleted, self.ended);
         assert_eq!(c.allocations_active, self.created - self.ended);
-        assert_eq!(self.server.allocator().in_use.len() as u64, c.allocations_active);
+        assert_eq!(
+            self.server.allocator().in_use.len() as u64,
+            c.allocations_active
+        );
     }
 
     /// One operation: `op` picks it, `args` fill it.
@@ -275,7 +288,11 @@ impl Harness {
                     0x0ff,
                 ][usize::from(get(1) % 6)];
                 let (user, password) = USERS[usize::from(get(2) % 3)];
-                let password = if get(2) & 0x80 != 0 { "wrong" } else { password };
+                let password = if get(2) & 0x80 != 0 {
+                    "wrong"
+                } else {
+                    password
+                };
                 let peer = |b: u8| {
                     SocketAddr::V4(SocketAddrV4::new(
                         PEERS[usize::from(b / 12 % 6)],
@@ -377,13 +394,20 @@ impl Harness {
             // A peer's datagram to a relay address.
             3 => {
                 let relay = SocketAddrV4::new(RELAY_IP, 50_000 + u16::from(get(1) % 9));
-                let peer = SocketAddrV4::new(PEERS[usize::from(get(2) % 6)], 6000 + u16::from(get(2) >> 6));
-                let actions = self.server.on_peer_datagram(self.now, relay, peer, &args[args.len().min(3)..]);
+                let peer = SocketAddrV4::new(
+                    PEERS[usize::from(get(2) % 6)],
+                    6000 + u16::from(get(2) >> 6),
+                );
+                let actions =
+                    self.server
+                        .on_peer_datagram(self.now, relay, peer, &args[args.len().min(3)..]);
                 self.check(&actions, None);
             }
             // Raw bytes from a client.
             4 => {
-                let actions = self.server.on_message(self.now, tuple, &args[args.len().min(1)..]);
+                let actions = self
+                    .server
+                    .on_message(self.now, tuple, &args[args.len().min(1)..]);
                 // A raw request may be answered; its transaction is in its bytes.
                 let id = args.get(9..21).map(|b| {
                     let mut id = [0; 12];

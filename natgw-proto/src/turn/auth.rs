@@ -202,7 +202,11 @@ impl Nonces {
     /// Checks a nonce `client` sent at `unix_secs`.
     #[must_use]
     pub fn check(&self, nonce: &str, unix_secs: u64, client: SocketAddr) -> NonceCheck {
-        if nonce.len() != NONCE_LEN || !nonce.is_ascii() {
+        // Only the exact form `issue` writes: lowercase hex. `from_str_radix` would
+        // also take uppercase, so one nonce would have many spellings (found by the
+        // fuzzer).
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if nonce.len() != NONCE_LEN || !nonce.bytes().all(lower_hex) {
             return NonceCheck::Forged;
         }
         let (time, mac) = nonce.split_at(NONCE_TIME_LEN);
@@ -538,6 +542,14 @@ mod tests {
         let later = String::from_utf8(later).unwrap();
         assert_eq!(nonces.check(&later, 1000, client), NonceCheck::Forged);
         assert_eq!(nonces.check("x", 1000, client), NonceCheck::Forged);
+        // One spelling only: the same nonce in uppercase is not it.
+        assert_ne!(nonce, nonce.to_uppercase());
+        assert_eq!(
+            nonces.check(&nonce.to_uppercase(), 1000, client),
+            NonceCheck::Forged
+        );
+        let plus = format!("+{}", &nonce[1..]);
+        assert_eq!(nonces.check(&plus, 1000, client), NonceCheck::Forged);
         assert_eq!(
             nonces.check(&"é".repeat(20), 1000, client),
             NonceCheck::Forged
