@@ -1145,3 +1145,72 @@ fn config_is_validated() {
     assert!(peer_allowed(&config(), "192.0.2.1".parse().unwrap()));
     assert!(!peer_allowed(&config(), "::1".parse().unwrap()));
 }
+
+#[test]
+fn rfc8656_refresh_with_another_family_is_443() {
+    let mut s = server();
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), tuple);
+    let reply = ask(
+        &mut s,
+        t0(),
+        tuple,
+        &alice.request(
+            METHOD_REFRESH,
+            vec![Attribute::RequestedAddressFamily(turn::FAMILY_IPV6)],
+        ),
+    );
+    assert_eq!(error(&reply), Some(443));
+    // The allocation is untouched: it still expires at 600 s.
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0().instant + Duration::from_secs(600))
+    );
+}
+
+#[test]
+fn a_tcp_stream_cut_by_the_framer_drives_the_engine() {
+    // What the service will do: push the stream's bytes into a Framer and hand each
+    // frame to on_message with the TCP 5-tuple.
+    let mut s = server();
+    let tuple = FiveTuple {
+        transport: Transport::Tcp,
+        ..client(40_000)
+    };
+    let mut alice = User::new("alice", "wonderland");
+    let relay = allocate(&mut s, &mut alice, t0(), tuple);
+    assert_eq!(bind(&mut s, &mut alice, t0(), tuple, 0x4abc, PEER), None);
+    let mut stream = ChannelData {
+        channel: 0x4abc,
+        data: b"abc",
+    }
+    .to_bytes(true);
+    stream.extend(send_indication(PEER, b"defgh"));
+    stream.extend(
+        ChannelData {
+            channel: 0x4abc,
+            data: b"",
+        }
+        .to_bytes(true),
+    );
+    let mut framer = turn::Framer::new();
+    let mut sent = Vec::new();
+    for piece in stream.chunks(5) {
+        framer.push(piece);
+        while let Some(frame) = framer.next_frame().unwrap() {
+            let bytes = match frame {
+                turn::Frame::Stun(b) | turn::Frame::ChannelData(b) => b,
+            };
+            sent.extend(to_peer(&s.on_message(t0(), tuple, &bytes)));
+        }
+    }
+    assert_eq!(
+        sent,
+        [
+            (relay, PEER, b"abc".to_vec()),
+            (relay, PEER, b"defgh".to_vec()),
+            (relay, PEER, Vec::new()),
+        ]
+    );
+}
