@@ -9,6 +9,8 @@
 //!   [`pcp::table::MappingTable`] it drives, its policy, an in-memory table.
 //! - [`stun`]: STUN (RFC 8489): the codec, the Binding responder, the client side and
 //!   RFC 5780 NAT behaviour discovery.
+//! - [`turn`]: TURN (RFC 8656): the relay server's codec (ChannelData, TCP framing,
+//!   over the STUN codec), long-term authentication and the server engine.
 //! - [`punch`]: the hole-punching protocol: codec, the rendezvous engine, the prober,
 //!   and the demultiplexing of STUN and punch messages on one port.
 //! - [`upnp`]: UPnP IGD:1/IGD:2: SSDP discovery and its responder engine, HTTP
@@ -22,6 +24,7 @@ pub mod pcp;
 pub mod prefix;
 pub mod punch;
 pub mod stun;
+pub mod turn;
 pub mod upnp;
 pub mod util;
 pub mod wire;

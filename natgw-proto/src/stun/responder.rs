@@ -538,6 +538,18 @@ impl Responder {
                 {
                     push_unique(&mut unknown, *kind);
                 }
+                // The codec decodes TURN's attributes (RFC 8656 §18); they mean
+                // nothing in a Binding request and are comprehension-required.
+                Attribute::ChannelNumber(_)
+                | Attribute::Lifetime(_)
+                | Attribute::XorPeerAddress(_)
+                | Attribute::Data(_)
+                | Attribute::XorRelayedAddress(_)
+                | Attribute::RequestedAddressFamily(_)
+                | Attribute::EvenPort(_)
+                | Attribute::RequestedTransport(_)
+                | Attribute::DontFragment
+                | Attribute::ReservationToken(_) => push_unique(&mut unknown, a.kind()),
                 _ => {}
             }
         }
@@ -1164,6 +1176,28 @@ mod tests {
             .attributes
             .contains(&Attribute::UnknownAttributes(vec![0x0024])));
         assert_eq!(reply.attributes.last(), Some(&Attribute::Fingerprint));
+    }
+
+    #[test]
+    fn turn_attributes_in_a_binding_request_get_420() {
+        // The codec decodes RFC 8656's attributes for the TURN engine; a Binding
+        // responder still does not understand them (comprehension-required).
+        let mut r = plain();
+        let datagram = request(vec![
+            Attribute::Lifetime(600),
+            Attribute::XorPeerAddress("192.0.2.7:9".parse().unwrap()),
+            Attribute::DontFragment,
+        ]);
+        let (_, _, bytes) = answer(&mut r, PRIMARY, &datagram);
+        let reply = parse(&bytes);
+        assert_eq!(reply.class, Class::Error);
+        assert!(reply
+            .attributes
+            .contains(&Attribute::UnknownAttributes(vec![
+                attr::LIFETIME,
+                attr::XOR_PEER_ADDRESS,
+                attr::DONT_FRAGMENT
+            ])));
     }
 
     #[test]

@@ -22,9 +22,14 @@
 //! Anything else without the cookie is rejected as [`Error::BadMagic`].
 //!
 //! FINGERPRINT is checked on parse and computed on emit; MESSAGE-INTEGRITY is carried
-//! as bytes and never verified (natgw's Binding usage has no credentials). Attributes
+//! as bytes and not verified here: the usage that has credentials (TURN,
+//! `crate::turn::auth`) checks and signs it over the raw message. Attributes
 //! after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256 and FINGERPRINT are
 //! checked for structure but left out of the [`Repr`] (RFC 8489 §14.5).
+//!
+//! The TURN attributes (RFC 8656 §18) are decoded here too, so the TURN codec
+//! (`crate::turn::wire`) is this one with more methods: one TLV walk, one FINGERPRINT,
+//! one XOR address encoding. A Binding responder treats them as unknown.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -39,8 +44,12 @@ pub const HEADER_LEN: usize = 20;
 pub const ATTR_HEADER_LEN: usize = 4;
 /// RFC 8489 §14.14: SOFTWARE holds fewer than 128 characters (at most 763 bytes).
 pub const MAX_SOFTWARE_LEN: usize = 763;
+/// RFC 8489 §14.3: USERNAME is at most 513 bytes.
+pub const MAX_USERNAME_LEN: usize = 513;
+/// RFC 8489 §14.9, §14.10: REALM and NONCE are at most 763 bytes.
+pub const MAX_REALM_LEN: usize = 763;
 
-/// The Binding method (RFC 8489 §18.2), the only one natgw speaks.
+/// The Binding method (RFC 8489 §18.2); TURN's methods are in `crate::turn::wire`.
 pub const METHOD_BINDING: u16 = 0x001;
 
 /// Attribute types (IANA "STUN Attributes"). Below 0x8000 a receiver must understand
@@ -61,6 +70,26 @@ pub mod attr {
     pub const USERNAME: u16 = 0x0006;
     /// RFC 8489 §14.5.
     pub const MESSAGE_INTEGRITY: u16 = 0x0008;
+    /// RFC 8656 §18.1.
+    pub const CHANNEL_NUMBER: u16 = 0x000C;
+    /// RFC 8656 §18.2.
+    pub const LIFETIME: u16 = 0x000D;
+    /// RFC 8656 §18.3.
+    pub const XOR_PEER_ADDRESS: u16 = 0x0012;
+    /// RFC 8656 §18.4.
+    pub const DATA: u16 = 0x0013;
+    /// RFC 8656 §18.5.
+    pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+    /// RFC 8656 §18.6.
+    pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
+    /// RFC 8656 §18.7.
+    pub const EVEN_PORT: u16 = 0x0018;
+    /// RFC 8656 §18.8.
+    pub const REQUESTED_TRANSPORT: u16 = 0x0019;
+    /// RFC 8656 §18.9.
+    pub const DONT_FRAGMENT: u16 = 0x001A;
+    /// RFC 8656 §18.10.
+    pub const RESERVATION_TOKEN: u16 = 0x0022;
     /// RFC 8489 §14.8.
     pub const ERROR_CODE: u16 = 0x0009;
     /// RFC 8489 §14.13.
@@ -429,6 +458,33 @@ pub enum Attribute<'a> {
     ChangedAddress(SocketAddr),
     /// MESSAGE-INTEGRITY: the 20-byte HMAC-SHA1, carried but not verified.
     MessageIntegrity(&'a [u8]),
+    /// USERNAME (UTF-8, at most [`MAX_USERNAME_LEN`] bytes).
+    Username(&'a str),
+    /// REALM (UTF-8, at most [`MAX_REALM_LEN`] bytes).
+    Realm(&'a str),
+    /// NONCE (at most [`MAX_REALM_LEN`] bytes; natgw's nonces are ASCII).
+    Nonce(&'a str),
+    /// TURN CHANNEL-NUMBER: the channel, then two reserved bytes.
+    ChannelNumber(u16),
+    /// TURN LIFETIME in seconds.
+    Lifetime(u32),
+    /// TURN XOR-PEER-ADDRESS (stored un-XORed).
+    XorPeerAddress(SocketAddr),
+    /// TURN DATA: the application payload.
+    Data(&'a [u8]),
+    /// TURN XOR-RELAYED-ADDRESS (stored un-XORed).
+    XorRelayedAddress(SocketAddr),
+    /// TURN REQUESTED-ADDRESS-FAMILY: 0x01 IPv4, 0x02 IPv6 (other values kept, for
+    /// the server to refuse with 440).
+    RequestedAddressFamily(u8),
+    /// TURN EVEN-PORT; `true` when the R bit asks to reserve the next port too.
+    EvenPort(bool),
+    /// TURN REQUESTED-TRANSPORT: an IP protocol number (17 for UDP).
+    RequestedTransport(u8),
+    /// TURN DONT-FRAGMENT (no value).
+    DontFragment,
+    /// TURN RESERVATION-TOKEN: 8 opaque bytes.
+    ReservationToken([u8; 8]),
     /// ERROR-CODE.
     ErrorCode(ErrorCode<'a>),
     /// UNKNOWN-ATTRIBUTES: the types the other side did not understand.
@@ -466,6 +522,19 @@ impl<'a> Attribute<'a> {
             Self::SourceAddress(_) => attr::SOURCE_ADDRESS,
             Self::ChangedAddress(_) => attr::CHANGED_ADDRESS,
             Self::MessageIntegrity(_) => attr::MESSAGE_INTEGRITY,
+            Self::Username(_) => attr::USERNAME,
+            Self::Realm(_) => attr::REALM,
+            Self::Nonce(_) => attr::NONCE,
+            Self::ChannelNumber(_) => attr::CHANNEL_NUMBER,
+            Self::Lifetime(_) => attr::LIFETIME,
+            Self::XorPeerAddress(_) => attr::XOR_PEER_ADDRESS,
+            Self::Data(_) => attr::DATA,
+            Self::XorRelayedAddress(_) => attr::XOR_RELAYED_ADDRESS,
+            Self::RequestedAddressFamily(_) => attr::REQUESTED_ADDRESS_FAMILY,
+            Self::EvenPort(_) => attr::EVEN_PORT,
+            Self::RequestedTransport(_) => attr::REQUESTED_TRANSPORT,
+            Self::DontFragment => attr::DONT_FRAGMENT,
+            Self::ReservationToken(_) => attr::RESERVATION_TOKEN,
             Self::ErrorCode(_) => attr::ERROR_CODE,
             Self::UnknownAttributes(_) => attr::UNKNOWN_ATTRIBUTES,
             Self::Padding(_) => attr::PADDING,
@@ -487,9 +556,21 @@ impl<'a> Attribute<'a> {
             | Self::SourceAddress(a)
             | Self::ChangedAddress(a)
             | Self::ResponseOrigin(a)
-            | Self::OtherAddress(a) => address_len(a),
-            Self::ChangeRequest(_) | Self::ResponsePort(_) | Self::Fingerprint => 4,
-            Self::MessageIntegrity(v) | Self::Other { value: v, .. } => v.len(),
+            | Self::OtherAddress(a)
+            | Self::XorPeerAddress(a)
+            | Self::XorRelayedAddress(a) => address_len(a),
+            Self::ChangeRequest(_)
+            | Self::ResponsePort(_)
+            | Self::Fingerprint
+            | Self::ChannelNumber(_)
+            | Self::Lifetime(_)
+            | Self::RequestedAddressFamily(_)
+            | Self::RequestedTransport(_) => 4,
+            Self::EvenPort(_) => 1,
+            Self::DontFragment => 0,
+            Self::ReservationToken(_) => 8,
+            Self::MessageIntegrity(v) | Self::Data(v) | Self::Other { value: v, .. } => v.len(),
+            Self::Username(s) | Self::Realm(s) | Self::Nonce(s) => s.len(),
             Self::ErrorCode(e) => 4 + e.reason.len(),
             Self::UnknownAttributes(list) => 2 * list.len(),
             Self::Padding(n) => usize::from(*n),
@@ -565,6 +646,46 @@ impl<'a> Attribute<'a> {
                 }
                 Self::Software(core::str::from_utf8(v).map_err(|_| bad)?)
             }
+            attr::USERNAME => Self::Username(text(v, MAX_USERNAME_LEN).ok_or(bad)?),
+            attr::REALM => Self::Realm(text(v, MAX_REALM_LEN).ok_or(bad)?),
+            attr::NONCE => Self::Nonce(text(v, MAX_REALM_LEN).ok_or(bad)?),
+            attr::CHANNEL_NUMBER => match v {
+                [a, b, _, _] => Self::ChannelNumber(u16::from_be_bytes([*a, *b])),
+                _ => return Err(bad),
+            },
+            attr::LIFETIME => match v {
+                [_, _, _, _] => Self::Lifetime(read_u32(v)),
+                _ => return Err(bad),
+            },
+            attr::XOR_PEER_ADDRESS => {
+                let xored = parse_address(v).ok_or(bad)?;
+                Self::XorPeerAddress(xor_address(xored, transaction_id))
+            }
+            attr::XOR_RELAYED_ADDRESS => {
+                let xored = parse_address(v).ok_or(bad)?;
+                Self::XorRelayedAddress(xor_address(xored, transaction_id))
+            }
+            attr::DATA => Self::Data(v),
+            attr::REQUESTED_ADDRESS_FAMILY => match v {
+                [family, _, _, _] => Self::RequestedAddressFamily(*family),
+                _ => return Err(bad),
+            },
+            attr::EVEN_PORT => match v {
+                // RFC 8656 §18.7: one byte, R in its top bit; the rest reserved.
+                [flags] => Self::EvenPort(flags & 0x80 != 0),
+                _ => return Err(bad),
+            },
+            attr::REQUESTED_TRANSPORT => match v {
+                [protocol, _, _, _] => Self::RequestedTransport(*protocol),
+                _ => return Err(bad),
+            },
+            attr::DONT_FRAGMENT => {
+                if !v.is_empty() {
+                    return Err(bad);
+                }
+                Self::DontFragment
+            }
+            attr::RESERVATION_TOKEN => Self::ReservationToken(v.try_into().map_err(|_| bad)?),
             kind => Self::Other { kind, value: v },
         })
     }
@@ -577,7 +698,25 @@ impl<'a> Attribute<'a> {
             | Self::ChangedAddress(a)
             | Self::ResponseOrigin(a)
             | Self::OtherAddress(a) => emit_address(buf, *a),
-            Self::XorMappedAddress(a) => emit_address(buf, xor_address(*a, transaction_id)),
+            Self::XorMappedAddress(a) | Self::XorPeerAddress(a) | Self::XorRelayedAddress(a) => {
+                emit_address(buf, xor_address(*a, transaction_id));
+            }
+            Self::Username(s) | Self::Realm(s) | Self::Nonce(s) => {
+                buf.copy_from_slice(s.as_bytes());
+            }
+            Self::ChannelNumber(n) => {
+                buf[0..2].copy_from_slice(&n.to_be_bytes());
+                buf[2..4].fill(0);
+            }
+            Self::Lifetime(seconds) => buf.copy_from_slice(&seconds.to_be_bytes()),
+            Self::Data(v) => buf.copy_from_slice(v),
+            Self::RequestedAddressFamily(byte) | Self::RequestedTransport(byte) => {
+                buf[0] = *byte;
+                buf[1..4].fill(0);
+            }
+            Self::EvenPort(reserve) => buf[0] = if *reserve { 0x80 } else { 0 },
+            Self::DontFragment => {}
+            Self::ReservationToken(token) => buf.copy_from_slice(token),
             Self::ChangeRequest(c) => {
                 let mut flags = 0;
                 if c.change_ip {
@@ -753,6 +892,14 @@ impl<'a> Repr<'a> {
 }
 
 pub use crate::wire::padded;
+
+/// A UTF-8 value of at most `max` bytes.
+fn text(v: &[u8], max: usize) -> Option<&str> {
+    if v.len() > max {
+        return None;
+    }
+    core::str::from_utf8(v).ok()
+}
 
 fn read_u16(b: &[u8]) -> u16 {
     crate::wire::get_u16(b, 0..2)
@@ -960,10 +1107,7 @@ mod tests {
                     kind: 0x8029,
                     value: &[0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36]
                 },
-                Attribute::Other {
-                    kind: attr::USERNAME,
-                    value: b"evtj:h6vY"
-                },
+                Attribute::Username("evtj:h6vY"),
                 Attribute::MessageIntegrity(&SAMPLE_REQUEST[80..100]),
                 Attribute::Fingerprint,
             ]
@@ -1259,6 +1403,21 @@ mod tests {
                     kind: 0xc001,
                     value: &[9; 7],
                 },
+                Attribute::Username("user"),
+                Attribute::Realm("example.org"),
+                Attribute::Nonce("n0nce"),
+                Attribute::ChannelNumber(0x4001),
+                Attribute::Lifetime(600),
+                Attribute::XorPeerAddress(v4),
+                Attribute::XorPeerAddress(v6),
+                Attribute::Data(&[1, 2, 3, 4, 5]),
+                Attribute::XorRelayedAddress(v4),
+                Attribute::RequestedAddressFamily(1),
+                Attribute::EvenPort(true),
+                Attribute::EvenPort(false),
+                Attribute::RequestedTransport(17),
+                Attribute::DontFragment,
+                Attribute::ReservationToken([1, 2, 3, 4, 5, 6, 7, 8]),
                 Attribute::MessageIntegrity(&[1; 20]),
                 Attribute::Fingerprint,
             ],

@@ -70,13 +70,19 @@ impl<M: Moment> TokenBucket<M> {
 
     /// Takes one token at `now`.
     pub fn take(&mut self, now: M) -> Verdict {
+        self.take_many(now, 1)
+    }
+
+    /// Takes `n` tokens at `now` (bytes, for a bandwidth cap), all or none.
+    pub fn take_many(&mut self, now: M, n: u64) -> Verdict {
         if self.per_second == 0 {
             return Verdict::Allow;
         }
         self.credit = self.refilled(now);
         self.last = self.last.max(now);
-        if self.credit >= BILLION {
-            self.credit -= BILLION;
+        let cost = n.saturating_mul(BILLION);
+        if self.credit >= cost {
+            self.credit -= cost;
             self.limited = false;
             Verdict::Allow
         } else {
@@ -198,6 +204,22 @@ mod tests {
         assert!(matches!(b.take(Nanos(0)), Verdict::Drop { .. }));
         assert!(matches!(b.take(Nanos(1005 * MS)), Verdict::Drop { .. }));
         assert_eq!(b.take(Nanos(1010 * MS)), Verdict::Allow);
+    }
+
+    #[test]
+    fn take_many_takes_all_or_nothing() {
+        // A byte budget: 1000 bytes/s, 1500 bytes of burst.
+        let mut b = TokenBucket::new(1000, 1500, Nanos(0));
+        assert_eq!(b.take_many(Nanos(0), 1200), Verdict::Allow);
+        assert_eq!(b.take_many(Nanos(0), 400), Verdict::Drop { first: true });
+        // What was refused was not taken: 300 bytes remain.
+        assert_eq!(b.take_many(Nanos(0), 300), Verdict::Allow);
+        // 100 ms later, 100 more.
+        assert_eq!(b.take_many(Nanos(100 * MS), 100), Verdict::Allow);
+        assert!(matches!(
+            b.take_many(Nanos(100 * MS), 1),
+            Verdict::Drop { .. }
+        ));
     }
 
     #[test]
