@@ -37,7 +37,8 @@ fuzz_target!(|data: &[u8]| {
         t.starts_with("<!DOCTYPE")
     });
     if pick & 0x80 != 0 {
-        let header = "\"urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1#GetCommonLinkProperties\"";
+        let header =
+            "\"urn:schemas-upnp-org:service:WANCommonInterfaceConfig:1#GetCommonLinkProperties\"";
         match parse_cif_call(Some(header), body, &limits) {
             Ok((_, args)) => {
                 assert!(!prolog_doctype, "a DOCTYPE was accepted");
