@@ -1,19 +1,22 @@
 //! `natgw punch` and `natgw rendezvous`: their arguments and what they print. The
 //! work is done by [`crate::clients::punch`] and [`crate::services::rendezvous`].
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{ArgGroup, Args};
 use serde_json::json;
 
 use crate::clients::punch::{self, Options};
-use crate::services::rendezvous;
 use crate::services::Shutdown;
+use crate::services::{rendezvous, turn};
+use natgw_proto::prefix::Ipv4Prefix;
 use natgw_proto::punch::prober::PathKind;
 use natgw_proto::punch::rendezvous::Counters;
 use natgw_proto::punch::wire::PeerId;
 use natgw_proto::stun::responder::CountersSnapshot;
+use natgw_proto::turn::auth::Credentials;
 
 /// The PCP server port (RFC 6887 §19.1).
 const PCP_PORT: u16 = natgw_proto::pcp::wire::SERVER_PORT;
@@ -105,6 +108,7 @@ Examples:
 /// Arguments of `natgw rendezvous`.
 #[derive(Debug, Args)]
 #[command(after_help = RENDEZVOUS_AFTER_HELP)]
+#[command(group(ArgGroup::new("turn_auth").args(["turn_user", "turn_secret"]).multiple(false)))]
 pub struct RendezvousArgs {
     /// Address and port to listen on, for UDP and TCP alike.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -123,17 +127,85 @@ pub struct RendezvousArgs {
     /// text.
     #[arg(long)]
     pub json: bool,
+
+    /// TURN relay: a static user, USER:PASSWORD (repeatable). Turns the relay on.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub turn_user: Vec<String>,
+
+    /// TURN relay: a shared secret for time-limited credentials (coturn's
+    /// use-auth-secret; repeatable, any of them accepted). Turns the relay on.
+    #[arg(long, value_name = "SECRET")]
+    pub turn_secret: Vec<String>,
+
+    /// TURN realm.
+    #[arg(
+        long,
+        value_name = "REALM",
+        default_value = "natgw",
+        requires = "turn_auth"
+    )]
+    pub realm: String,
+
+    /// Address relay sockets bind to (default: the --listen address).
+    #[arg(long, value_name = "ADDR", requires = "turn_auth")]
+    pub relay_address: Option<Ipv4Addr>,
+
+    /// Port range of relay sockets.
+    #[arg(
+        long,
+        value_name = "MIN-MAX",
+        default_value = "49152-65535",
+        value_parser = parse_port_range,
+        requires = "turn_auth"
+    )]
+    pub relay_ports: RangeInclusive<u16>,
+
+    /// Allocations one TURN user may hold at once (486 beyond).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=100_000),
+        requires = "turn_auth"
+    )]
+    pub turn_quota: u64,
+
+    /// Bytes per second one allocation may relay, both ways together; 0 for no cap.
+    #[arg(
+        long,
+        value_name = "BYTES_PER_SEC",
+        default_value_t = 0,
+        requires = "turn_auth"
+    )]
+    pub turn_bandwidth: u64,
+
+    /// A peer prefix (ADDR/LEN or ADDR) allowed even inside the default denied
+    /// ranges (private, loopback, link-local, ...) or this host's addresses;
+    /// repeatable.
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix, requires = "turn_auth")]
+    pub turn_allow_peer: Vec<Ipv4Prefix>,
+
+    /// No TURN relay (the default when no credentials are given).
+    #[arg(long, conflicts_with = "turn_auth")]
+    pub no_turn: bool,
 }
 
 const RENDEZVOUS_AFTER_HELP: &str = "\
 Runs until SIGINT or SIGTERM, then prints what it saw: registrations, lookups,
 introductions, the malformed messages it ignored and the STUN Binding requests it
 answered (on the same port, UDP and TCP, so peers learn their public endpoint from
-it). It only introduces peers; their traffic never passes through it. There is no
-authentication: use it in a lab or on a network you trust.
+it). Without TURN it only introduces peers; their traffic never passes through it, and
+there is no authentication: use it in a lab or on a network you trust.
 
-Example:
-    natgw rendezvous --listen 198.18.0.1:7000 --json";
+With --turn-user or --turn-secret it is also a TURN relay (RFC 8656) on the same
+port, UDP and TCP: relay sockets on --relay-address in --relay-ports, long-term
+credentials in --realm, peers in private, loopback, link-local, multicast ranges
+and this host's own addresses refused (403) unless --turn-allow-peer allows them.
+
+Examples:
+    natgw rendezvous --listen 198.18.0.1:7000 --json
+    natgw rendezvous --listen 198.18.0.1:3478 --turn-user alice:secret
+    natgw rendezvous --listen 198.18.0.1:3478 --turn-secret s3cr3t --relay-ports 50000-50999";
 
 impl PunchArgs {
     fn options(&self) -> Options {
@@ -174,9 +246,12 @@ pub async fn punch(args: &PunchArgs) -> anyhow::Result<()> {
 /// When the sockets cannot be bound or fail.
 pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
+    let turn = turn_options(args)?;
+    let relaying = turn.is_some();
     let server = rendezvous::Server::bind(rendezvous::Options {
         listen: args.listen,
         lifetime: Duration::from_secs(args.lifetime),
+        turn,
     })
     .await?;
     let listen = server.local_addr();
@@ -188,10 +263,14 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
                 "udp": listen.to_string(),
                 "tcp": listen.to_string(),
                 "stun": true,
+                "turn": relaying,
             })
         );
     } else {
-        println!("natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too)");
+        println!(
+            "natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too{})",
+            if relaying { ", TURN relay" } else { "" }
+        );
     }
     let stopped = server
         .run(async move {
@@ -209,6 +288,7 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
                 "stun": stun_json(&stopped.stun),
                 "replies_unresolved": stopped.replies.unresolved,
                 "replies_send_failed": stopped.replies.send_failed,
+                "turn": stopped.turn.as_ref().map(turn_json),
             })
         );
     } else {
@@ -221,8 +301,104 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
             stopped.replies.unresolved,
             stopped.replies.send_failed
         );
+        if let Some(t) = &stopped.turn {
+            println!("natgw rendezvous: TURN: {}", turn_summary(t));
+        }
     }
     Ok(())
+}
+
+/// The relay's settings from the flags; `None` without credentials.
+fn turn_options(args: &RendezvousArgs) -> anyhow::Result<Option<turn::Options>> {
+    let credentials = if !args.turn_user.is_empty() {
+        Credentials::from_users(args.turn_user.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--turn-user: {e}"))?
+    } else if !args.turn_secret.is_empty() {
+        if args.turn_secret.iter().any(String::is_empty) {
+            anyhow::bail!("--turn-secret: a secret cannot be empty");
+        }
+        Credentials::SharedSecret(args.turn_secret.clone())
+    } else {
+        return Ok(None);
+    };
+    let relay_ip = args.relay_address.unwrap_or(*args.listen.ip());
+    if relay_ip.is_unspecified() {
+        anyhow::bail!("--relay-address is needed when --listen is 0.0.0.0 (a relay address is given to clients)");
+    }
+    Ok(Some(turn::Options {
+        realm: args.realm.clone(),
+        credentials,
+        relay_ip,
+        relay_ports: args.relay_ports.clone(),
+        user_quota: Some(usize::try_from(args.turn_quota).unwrap_or(usize::MAX)),
+        bandwidth: (args.turn_bandwidth > 0).then_some(args.turn_bandwidth),
+        allowed_peers: args.turn_allow_peer.clone(),
+    }))
+}
+
+/// The relay's counters as JSON.
+fn turn_json(t: &turn::Stopped) -> serde_json::Value {
+    let dropped: serde_json::Map<String, serde_json::Value> =
+        natgw_proto::turn::engine::DropReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), json!(t.engine.dropped(*r))))
+            .collect();
+    let mut engine = serde_json::to_value(&t.engine).unwrap_or_default();
+    if let Some(o) = engine.as_object_mut() {
+        o.insert("dropped".to_owned(), serde_json::Value::Object(dropped));
+    }
+    json!({ "engine": engine, "service": t.service })
+}
+
+/// The relay's counters on one line.
+fn turn_summary(t: &turn::Stopped) -> String {
+    let c = &t.engine;
+    format!(
+        "allocations {} active, {} created, {} expired, {} deleted; 401 challenges {}, \
+         auth failures {}, stale nonces {}, quota {}, capacity {}, peers denied {}; \
+         to peers {} packets {} bytes, to clients {} packets {} bytes; dropped {}; \
+         peer send failed {}, client send failed {}",
+        c.allocations_active,
+        c.allocations_created,
+        c.allocations_expired,
+        c.allocations_deleted,
+        c.auth_challenges,
+        c.auth_failures,
+        c.stale_nonces,
+        c.quota_refusals,
+        c.capacity_refusals,
+        c.peer_denied,
+        c.to_peer_packets,
+        c.to_peer_bytes,
+        c.to_client_packets,
+        c.to_client_bytes,
+        c.dropped.iter().sum::<u64>(),
+        t.service.peer_send_failed,
+        t.service.client_send_failed,
+    )
+}
+
+/// `MIN-MAX`, 1 ≤ MIN ≤ MAX ≤ 65535.
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let err = || format!("`{s}` is not a port range MIN-MAX (1 to 65535, MIN at most MAX)");
+    let (min, max) = s.split_once('-').ok_or_else(err)?;
+    let min: u16 = min.trim().parse().map_err(|_| err())?;
+    let max: u16 = max.trim().parse().map_err(|_| err())?;
+    if min == 0 || min > max {
+        return Err(err());
+    }
+    Ok(min..=max)
+}
+
+/// `ADDR/LEN`, or `ADDR` for one address.
+fn parse_prefix(s: &str) -> Result<Ipv4Prefix, String> {
+    let text = if s.contains('/') {
+        s.to_owned()
+    } else {
+        format!("{s}/32")
+    };
+    text.parse()
+        .map_err(|_| format!("`{s}` is not an IPv4 prefix ADDR/LEN"))
 }
 
 /// The STUN responder's counters as JSON: what it answered, and why it dropped the
@@ -378,5 +554,88 @@ mod tests {
         assert_eq!(r.lifetime, 60);
         assert!(r.json);
         assert!(Cli::try_parse_from(["natgw", "rendezvous", "--listen", "x:1"]).is_err());
+        assert!(r.turn_user.is_empty() && r.turn_secret.is_empty());
+    }
+
+    #[test]
+    fn turn_flags_parse() {
+        let base = ["natgw", "rendezvous", "--listen", "198.18.0.1:3478"];
+        let parse = |extra: &[&str]| Cli::try_parse_from([&base[..], extra].concat());
+        let cli = parse(&[
+            "--turn-user",
+            "alice:a:b",
+            "--turn-user",
+            "bob:pw",
+            "--realm",
+            "lab",
+            "--relay-address",
+            "198.18.0.2",
+            "--relay-ports",
+            "50000-50009",
+            "--turn-quota",
+            "2",
+            "--turn-bandwidth",
+            "1000",
+            "--turn-allow-peer",
+            "10.0.0.0/8",
+            "--turn-allow-peer",
+            "127.0.0.1",
+        ])
+        .unwrap();
+        let Command::Rendezvous(r) = cli.command else {
+            panic!("not rendezvous");
+        };
+        let o = turn_options(&r).unwrap().unwrap();
+        assert_eq!(o.realm, "lab");
+        assert_eq!(o.relay_ip, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(o.relay_ports, 50_000..=50_009);
+        assert_eq!(o.user_quota, Some(2));
+        assert_eq!(o.bandwidth, Some(1000));
+        assert_eq!(o.allowed_peers.len(), 2);
+        assert_eq!(format!("{:?}", o.credentials), "Static(2 users)");
+        // Defaults: relay on the listen address, the whole dynamic range, no cap.
+        let Command::Rendezvous(r) = parse(&["--turn-secret", "s"]).unwrap().command else {
+            panic!("not rendezvous");
+        };
+        let o = turn_options(&r).unwrap().unwrap();
+        assert_eq!(o.relay_ip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(o.relay_ports, 49_152..=65_535);
+        assert_eq!(o.bandwidth, None);
+        assert_eq!(o.realm, "natgw");
+        // No credentials: no relay.
+        let Command::Rendezvous(r) = parse(&[]).unwrap().command else {
+            panic!("not rendezvous");
+        };
+        assert!(turn_options(&r).unwrap().is_none());
+        // Usage errors.
+        for bad in [
+            &["--turn-user", "a:b", "--turn-secret", "s"][..],
+            &["--turn-user", "a:b", "--no-turn"],
+            &["--realm", "x"],
+            &["--turn-user", "a:b", "--relay-ports", "5-4"],
+            &["--turn-user", "a:b", "--relay-ports", "0-4"],
+            &["--turn-user", "a:b", "--relay-ports", "4"],
+            &["--turn-user", "a:b", "--turn-quota", "0"],
+            &["--turn-user", "a:b", "--turn-allow-peer", "10.0.0.0/33"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let Command::Rendezvous(r) = parse(&["--turn-user", "nocolon"]).unwrap().command else {
+            panic!("not rendezvous");
+        };
+        assert!(turn_options(&r).is_err());
+        let any = Cli::try_parse_from([
+            "natgw",
+            "rendezvous",
+            "--listen",
+            "0.0.0.0:1",
+            "--turn-user",
+            "a:b",
+        ])
+        .unwrap();
+        let Command::Rendezvous(r) = any.command else {
+            panic!("not rendezvous");
+        };
+        assert!(turn_options(&r).is_err());
     }
 }

@@ -33,6 +33,69 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Fram
     Ok(Frame::Punch(frame))
 }
 
+/// One message of a stream that may also carry TURN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A punch-protocol message.
+    Punch(Vec<u8>),
+    /// A STUN message: Binding, or a TURN request or indication.
+    Stun(Vec<u8>),
+    /// TURN ChannelData, without its padding.
+    ChannelData(Vec<u8>),
+}
+
+/// Reads the next message from a stream that carries STUN, the punch protocol and,
+/// when `turn`, TURN (RFC 8656 §12.5: STUN messages up to 64 KiB, ChannelData padded
+/// to 4 bytes). A message with top bits 01 is ChannelData, except that one starting
+/// with "NP" is a punch message until the stream has carried a TURN request
+/// (`spoke_turn`, set here).
+///
+/// # Errors
+/// As [`read_frame`].
+pub async fn read_message<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    turn: bool,
+    spoke_turn: &mut bool,
+) -> io::Result<Message> {
+    if !turn {
+        return Ok(match read_frame(reader).await? {
+            Frame::Punch(b) => Message::Punch(b),
+            Frame::Stun(b) => Message::Stun(b),
+        });
+    }
+    let invalid = |e: &dyn fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    let mut frame = vec![0; 4];
+    reader.read_exact(&mut frame).await?;
+    let length = usize::from(u16::from_be_bytes([frame[2], frame[3]]));
+    if classify(&frame) == Protocol::Stun {
+        if length % 4 != 0 {
+            return Err(invalid(&"STUN length not a multiple of 4"));
+        }
+        frame.resize(stun::HEADER_LEN + length, 0);
+        reader.read_exact(&mut frame[4..]).await?;
+        if crate::services::turn::is_turn_stun(&frame) {
+            *spoke_turn = true;
+        }
+        return Ok(Message::Stun(frame));
+    }
+    if frame[0] >> 6 == 1 && (*spoke_turn || !frame.starts_with(&wire::MAGIC)) {
+        if !natgw_proto::turn::wire::is_channel(u16::from_be_bytes([frame[0], frame[1]])) {
+            return Err(invalid(&"reserved TURN channel"));
+        }
+        let len = 4 + length;
+        frame.resize(stun::padded(len), 0);
+        reader.read_exact(&mut frame[4..]).await?;
+        frame.truncate(len);
+        return Ok(Message::ChannelData(frame));
+    }
+    frame.resize(wire::HEADER_LEN, 0);
+    reader.read_exact(&mut frame[4..]).await?;
+    let len = wire::frame_len(&frame).map_err(|e| invalid(&e))?;
+    frame.resize(len, 0);
+    reader.read_exact(&mut frame[wire::HEADER_LEN..]).await?;
+    Ok(Message::Punch(frame))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +135,42 @@ mod tests {
         huge[2] = 0xff;
         let e = read_frame(&mut &huge[..]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_turn_stream_carries_channel_data_and_punch_messages() {
+        let punch = unknown_peer();
+        let stun = binding_request([1; 12], ChangeRequest::default());
+        let mut allocate = stun.clone();
+        allocate[1] = 0x03;
+        // ChannelData on 0x4001 with 3 bytes, padded to 8; then on 0x4E50 ("NP").
+        let mut bytes = punch.clone();
+        bytes.extend(&allocate);
+        bytes.extend([0x40, 0x01, 0, 3, 7, 8, 9, 0]);
+        bytes.extend([b'N', b'P', 0, 1, 5, 0, 0, 0]);
+        let mut reader = &bytes[..];
+        let mut spoke = false;
+        assert_eq!(
+            read_message(&mut reader, true, &mut spoke).await.unwrap(),
+            Message::Punch(punch)
+        );
+        assert!(!spoke);
+        assert_eq!(
+            read_message(&mut reader, true, &mut spoke).await.unwrap(),
+            Message::Stun(allocate)
+        );
+        assert!(spoke);
+        assert_eq!(
+            read_message(&mut reader, true, &mut spoke).await.unwrap(),
+            Message::ChannelData(vec![0x40, 0x01, 0, 3, 7, 8, 9])
+        );
+        assert_eq!(
+            read_message(&mut reader, true, &mut spoke).await.unwrap(),
+            Message::ChannelData(vec![b'N', b'P', 0, 1, 5])
+        );
+        let e = read_message(&mut &[0x50, 0, 0, 0][..], true, &mut spoke)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -22,6 +22,7 @@ pub mod pcp_upstream;
 pub mod rendezvous;
 pub mod replies;
 pub mod stun;
+pub mod turn;
 pub mod upnp;
 
 use std::io;

@@ -5,6 +5,13 @@
 //! first byte ([`natgw_proto::punch::demux`]). One task owns both engines; each TCP connection has
 //! a reader task that hands it frames and a writer task that sends what they decide.
 //! When told to stop it returns what it saw ([`Stopped`]); `natgw rendezvous` prints it.
+//!
+//! With a TURN configuration, TURN requests and indications (STUN methods other than
+//! Binding) and ChannelData (first bits 01, see [`turn::is_channel_data`]) go to the
+//! TURN relay ([`turn::Turn`]), which the same task drives. TCP connections are
+//! bounded: [`MAX_CONNECTIONS`] in all, [`MAX_CONNECTIONS_PER_IP`] from one address,
+//! and one that sends nothing for [`IDLE_TIMEOUT`] (or the registration lifetime, if
+//! longer) is closed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,17 +26,24 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::frames::read_frame;
+use super::frames::{read_message, Message};
+use super::turn::{self, PeerDatagram, Turn};
 use crate::services::replies::{Replies, ReplyStats};
 use crate::services::transient;
-use natgw_proto::punch::demux::{self, Frame, Protocol};
+use natgw_proto::punch::demux::{self, Protocol};
 use natgw_proto::punch::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
 use natgw_proto::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
+use natgw_proto::turn::engine::{FiveTuple, Transport as TurnTransport};
 
 /// Most TCP connections served at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 256;
+/// Most TCP connections from one IP address at once.
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
+/// A TCP connection that sends nothing for this long is closed (a TURN client
+/// refreshes its permissions every 5 minutes).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Messages queued for one TCP connection before further ones are dropped.
-const CONNECTION_QUEUE: usize = 32;
+const CONNECTION_QUEUE: usize = 256;
 
 /// What a connection's reader tells the engine task.
 enum Event {
@@ -39,16 +53,20 @@ enum Event {
     /// The stream broke framing: these bytes (a header that is not ours) are counted
     /// as malformed and the connection is closed.
     Garbage(SocketAddrV4, Vec<u8>),
+    /// A TURN message or ChannelData on the connection.
+    Turn(SocketAddrV4, Vec<u8>),
     Closed(SocketAddrV4),
 }
 
 /// What `natgw rendezvous` is told.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Address and port for UDP and TCP alike; port 0 picks one (the same for both).
     pub listen: SocketAddrV4,
     /// How long a registration lives after its peer's last message.
     pub lifetime: Duration,
+    /// The TURN relay's settings; `None` for no relay.
+    pub turn: Option<turn::Options>,
 }
 
 /// What the rendezvous saw, when it stops.
@@ -64,6 +82,8 @@ pub struct Stopped {
     pub stun: CountersSnapshot,
     /// Replies held back or lost.
     pub replies: ReplyStats,
+    /// The TURN relay's counters, when it ran.
+    pub turn: Option<turn::Stopped>,
 }
 
 /// The rendezvous's sockets, bound and not yet served.
@@ -72,6 +92,7 @@ pub struct Server {
     tcp: TcpListener,
     listen: SocketAddrV4,
     lifetime: Duration,
+    turn: Option<turn::Options>,
 }
 
 impl Server {
@@ -95,6 +116,7 @@ impl Server {
             tcp,
             listen,
             lifetime: options.lifetime,
+            turn: options.turn,
         })
     }
 
@@ -114,7 +136,16 @@ impl Server {
             tcp,
             listen,
             lifetime,
+            turn,
         } = self;
+        let (mut turn, mut peer_datagrams) = match turn {
+            Some(options) => {
+                let (t, rx) = Turn::new(options, turn::own_addresses())?;
+                (Some(t), Some(rx))
+            }
+            None => (None, None),
+        };
+        let idle = IDLE_TIMEOUT.max(lifetime);
         let config = Config {
             lifetime,
             ..Config::default()
@@ -135,8 +166,21 @@ impl Server {
         let mut buf = vec![0; 2048];
         tokio::pin!(stop);
         loop {
+            let mut to_clients = Vec::new();
             let transmits = tokio::select! {
                 received = udp.recv_from(&mut buf) => match received {
+                    Ok((n, SocketAddr::V4(from))) if turn.as_ref().is_some_and(|t| {
+                        let tuple = udp_tuple(from, listen);
+                        match demux::classify(&buf[..n]) {
+                            Protocol::Stun => turn::is_turn_stun(&buf[..n]),
+                            _ => turn::is_channel_data(&buf[..n], t.has_allocation(&tuple)),
+                        }
+                    }) => {
+                        if let Some(t) = turn.as_mut() {
+                            to_clients = t.on_message(udp_tuple(from, listen), &buf[..n]);
+                        }
+                        Vec::new()
+                    }
                     Ok((n, SocketAddr::V4(from))) if demux::classify(&buf[..n]) == Protocol::Stun => {
                         let now = Instant::now();
                         if !replies.admit(now, *from.ip()) {
@@ -160,10 +204,15 @@ impl Server {
                 },
                 accepted = tcp.accept() => {
                     match accepted {
-                        Ok((stream, SocketAddr::V4(remote))) if connections.len() < MAX_CONNECTIONS => {
+                        Ok((stream, SocketAddr::V4(remote)))
+                            if connections.len() < MAX_CONNECTIONS
+                                && connections.keys().filter(|a| a.ip() == remote.ip()).count()
+                                    < MAX_CONNECTIONS_PER_IP =>
+                        {
                             let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
                             connections.insert(remote, tx);
-                            spawn_connection(stream, remote, rx, events_tx.clone());
+                            let reader = Reader { remote, turn: turn.is_some(), idle };
+                            spawn_connection(stream, reader, rx, events_tx.clone());
                         }
                         Ok((_, remote)) => {
                             log::warn!("rendezvous.refused remote={remote} too_many_connections");
@@ -194,20 +243,45 @@ impl Server {
                         connections.remove(&remote);
                         engine.handle(Instant::now(), origin, &bytes)
                     }
+                    Event::Turn(remote, bytes) => {
+                        if let Some(t) = turn.as_mut() {
+                            to_clients = t.on_message(tcp_tuple(remote, listen), &bytes);
+                        }
+                        Vec::new()
+                    }
                     Event::Closed(remote) => {
                         connections.remove(&remote);
                         engine.disconnected(Origin { transport: Transport::Tcp, addr: remote });
                         Vec::new()
                     }
                 },
+                Some(d) = recv_peer(&mut peer_datagrams) => {
+                    if let Some(t) = turn.as_mut() {
+                        to_clients = t.on_peer(&d);
+                    }
+                    Vec::new()
+                }
                 _ = tick.tick() => {
-                    engine.sweep(Instant::now());
+                    let now = Instant::now();
+                    engine.sweep(now);
+                    if let Some(t) = turn.as_mut() {
+                        if t.poll_timeout().is_some_and(|due| due <= now) {
+                            to_clients = t.expire();
+                        }
+                    }
                     Vec::new()
                 }
                 () = &mut stop => break,
             };
             for t in transmits {
                 send(&udp, &connections, &mut replies, t);
+            }
+            for (tuple, bytes) in to_clients {
+                if !send_turn(&udp, &connections, tuple, bytes) {
+                    if let Some(t) = turn.as_mut() {
+                        t.client_send_failed();
+                    }
+                }
             }
         }
         Ok(Stopped {
@@ -216,6 +290,7 @@ impl Server {
             counters: engine.counters(),
             stun: stun_counters.snapshot(),
             replies: replies.stats(),
+            turn: turn.map(Turn::stop),
         })
     }
 }
@@ -244,14 +319,64 @@ fn send(
     }
 }
 
+fn udp_tuple(client: SocketAddrV4, listen: SocketAddrV4) -> FiveTuple {
+    FiveTuple {
+        transport: TurnTransport::Udp,
+        client: SocketAddr::V4(client),
+        server: SocketAddr::V4(listen),
+    }
+}
+
+fn tcp_tuple(client: SocketAddrV4, listen: SocketAddrV4) -> FiveTuple {
+    FiveTuple {
+        transport: TurnTransport::Tcp,
+        ..udp_tuple(client, listen)
+    }
+}
+
+/// The next datagram of a relay socket; never, without a relay.
+async fn recv_peer(rx: &mut Option<mpsc::Receiver<PeerDatagram>>) -> Option<PeerDatagram> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends a TURN message to its client without waiting; false when it could not.
+fn send_turn(
+    udp: &UdpSocket,
+    connections: &HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>>,
+    tuple: FiveTuple,
+    bytes: Vec<u8>,
+) -> bool {
+    let SocketAddr::V4(client) = tuple.client else {
+        return false;
+    };
+    match tuple.transport {
+        TurnTransport::Udp => udp.try_send_to(&bytes, tuple.client).is_ok(),
+        TurnTransport::Tcp => connections
+            .get(&client)
+            .is_some_and(|tx| tx.try_send(bytes).is_ok()),
+    }
+}
+
+/// How a connection's reader reads.
+struct Reader {
+    remote: SocketAddrV4,
+    /// Whether TURN is served (ChannelData and long STUN messages accepted).
+    turn: bool,
+    /// Closed after this long without a message.
+    idle: Duration,
+}
+
 /// A reader task feeding frames to the engine and a writer task sending its answers.
 fn spawn_connection(
     stream: TcpStream,
-    remote: SocketAddrV4,
+    reader: Reader,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
     events: mpsc::Sender<Event>,
 ) {
-    let (reader, mut writer) = stream.into_split();
+    let (half, mut writer) = stream.into_split();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -259,20 +384,27 @@ fn spawn_connection(
             }
         }
     });
-    tokio::spawn(read_connection(reader, remote, events));
+    tokio::spawn(read_connection(half, reader, events));
 }
 
-async fn read_connection(
-    mut reader: OwnedReadHalf,
-    remote: SocketAddrV4,
-    events: mpsc::Sender<Event>,
-) {
+async fn read_connection(mut half: OwnedReadHalf, reader: Reader, events: mpsc::Sender<Event>) {
+    let remote = reader.remote;
+    let mut spoke_turn = false;
     loop {
-        match read_frame(&mut reader).await {
-            Ok(frame) => {
-                let event = match frame {
-                    Frame::Punch(bytes) => Event::Frame(remote, bytes),
-                    Frame::Stun(bytes) => Event::Stun(remote, bytes),
+        let next = read_message(&mut half, reader.turn, &mut spoke_turn);
+        let Ok(read) = tokio::time::timeout(reader.idle, next).await else {
+            log::debug!("rendezvous.idle_closed remote={remote}");
+            break;
+        };
+        match read {
+            Ok(message) => {
+                let event = match message {
+                    Message::Punch(bytes) => Event::Frame(remote, bytes),
+                    Message::Stun(bytes) if reader.turn && turn::is_turn_stun(&bytes) => {
+                        Event::Turn(remote, bytes)
+                    }
+                    Message::Stun(bytes) => Event::Stun(remote, bytes),
+                    Message::ChannelData(bytes) => Event::Turn(remote, bytes),
                 };
                 if events.send(event).await.is_err() {
                     return;
