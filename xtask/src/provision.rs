@@ -98,6 +98,12 @@ const TEST_PACKAGES: &[Package] = &[
         why: "GObject introspection for Python, through which tests/gupnp_igd.py uses \
               GUPnP-IGD",
     },
+    Package {
+        name: "coturn",
+        why: "`turnutils_uclient`, coturn's TURN client, independent of natgw, for the TURN \
+              relay tests (tests/turn.rs); its turnserver daemon stays off (Debian ships \
+              /etc/default/coturn with TURNSERVER_ENABLED commented out)",
+    },
 ];
 
 /// Debian packages `cargo xtask package` uses.
@@ -507,8 +513,9 @@ fn apt_install(packages: &[&Package]) -> Result<()> {
 
 /// Packages installed without their recommendations: `prometheus` recommends
 /// `prometheus-node-exporter`, a daemon the tests do not want started; only
-/// `promtool` is used.
-const WITHOUT_RECOMMENDS: &[&str] = &["prometheus"];
+/// `promtool` is used. `coturn`: only its client tools are used, so nothing it
+/// might recommend is wanted.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "coturn"];
 
 fn install_bpf_linker() -> Result<()> {
     eprintln!(
