@@ -1,6 +1,6 @@
 //! TURN (RFC 8656): a relay server for peers that cannot reach each other directly,
-//! without I/O. The first part of `natgw rendezvous`'s relay (issue #14): the codec,
-//! long-term authentication and the server engine; the socket service comes later.
+//! without I/O: the codec, long-term authentication and the server engine of
+//! `natgw rendezvous`'s relay (issue #14); the socket loop is `natgw::services::turn`.
 //!
 //! - [`wire`]: TURN's methods and error codes, ChannelData, and the [`wire::Framer`]
 //!   that cuts a TCP stream into STUN messages and ChannelData frames. TURN's

@@ -35,7 +35,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Fram
 
 /// One message of a stream that may also carry TURN.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
+pub enum Incoming {
     /// A punch-protocol message.
     Punch(Vec<u8>),
     /// A STUN message: Binding, or a TURN request or indication.
@@ -56,11 +56,11 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     reader: &mut R,
     turn: bool,
     spoke_turn: &mut bool,
-) -> io::Result<Message> {
+) -> io::Result<Incoming> {
     if !turn {
         return Ok(match read_frame(reader).await? {
-            Frame::Punch(b) => Message::Punch(b),
-            Frame::Stun(b) => Message::Stun(b),
+            Frame::Punch(b) => Incoming::Punch(b),
+            Frame::Stun(b) => Incoming::Stun(b),
         });
     }
     let invalid = |e: &dyn fmt::Display| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
@@ -76,7 +76,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         if crate::services::turn::is_turn_stun(&frame) {
             *spoke_turn = true;
         }
-        return Ok(Message::Stun(frame));
+        return Ok(Incoming::Stun(frame));
     }
     if frame[0] >> 6 == 1 && (*spoke_turn || !frame.starts_with(&wire::MAGIC)) {
         if !natgw_proto::turn::wire::is_channel(u16::from_be_bytes([frame[0], frame[1]])) {
@@ -86,14 +86,14 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         frame.resize(stun::padded(len), 0);
         reader.read_exact(&mut frame[4..]).await?;
         frame.truncate(len);
-        return Ok(Message::ChannelData(frame));
+        return Ok(Incoming::ChannelData(frame));
     }
     frame.resize(wire::HEADER_LEN, 0);
     reader.read_exact(&mut frame[4..]).await?;
     let len = wire::frame_len(&frame).map_err(|e| invalid(&e))?;
     frame.resize(len, 0);
     reader.read_exact(&mut frame[wire::HEADER_LEN..]).await?;
-    Ok(Message::Punch(frame))
+    Ok(Incoming::Punch(frame))
 }
 
 #[cfg(test)]
@@ -152,21 +152,21 @@ mod tests {
         let mut spoke = false;
         assert_eq!(
             read_message(&mut reader, true, &mut spoke).await.unwrap(),
-            Message::Punch(punch)
+            Incoming::Punch(punch)
         );
         assert!(!spoke);
         assert_eq!(
             read_message(&mut reader, true, &mut spoke).await.unwrap(),
-            Message::Stun(allocate)
+            Incoming::Stun(allocate)
         );
         assert!(spoke);
         assert_eq!(
             read_message(&mut reader, true, &mut spoke).await.unwrap(),
-            Message::ChannelData(vec![0x40, 0x01, 0, 3, 7, 8, 9])
+            Incoming::ChannelData(vec![0x40, 0x01, 0, 3, 7, 8, 9])
         );
         assert_eq!(
             read_message(&mut reader, true, &mut spoke).await.unwrap(),
-            Message::ChannelData(vec![b'N', b'P', 0, 1, 5])
+            Incoming::ChannelData(vec![b'N', b'P', 0, 1, 5])
         );
         let e = read_message(&mut &[0x50, 0, 0, 0][..], true, &mut spoke)
             .await

@@ -26,7 +26,7 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::frames::{read_message, Message};
+use super::frames::{read_message, Incoming};
 use super::turn::{self, PeerDatagram, Turn};
 use crate::services::replies::{Replies, ReplyStats};
 use crate::services::transient;
@@ -397,14 +397,14 @@ async fn read_connection(mut half: OwnedReadHalf, reader: Reader, events: mpsc::
             break;
         };
         match read {
-            Ok(message) => {
-                let event = match message {
-                    Message::Punch(bytes) => Event::Frame(remote, bytes),
-                    Message::Stun(bytes) if reader.turn && turn::is_turn_stun(&bytes) => {
+            Ok(incoming) => {
+                let event = match incoming {
+                    Incoming::Punch(bytes) => Event::Frame(remote, bytes),
+                    Incoming::Stun(bytes) if reader.turn && turn::is_turn_stun(&bytes) => {
                         Event::Turn(remote, bytes)
                     }
-                    Message::Stun(bytes) => Event::Stun(remote, bytes),
-                    Message::ChannelData(bytes) => Event::Turn(remote, bytes),
+                    Incoming::Stun(bytes) => Event::Stun(remote, bytes),
+                    Incoming::ChannelData(bytes) => Event::Turn(remote, bytes),
                 };
                 if events.send(event).await.is_err() {
                     return;

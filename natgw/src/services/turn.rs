@@ -302,7 +302,7 @@ impl Turn {
                     peer,
                     bytes,
                     dont_fragment,
-                } => self.to_peer(relay, peer, &bytes, dont_fragment),
+                } => self.send_to_peer(relay, peer, &bytes, dont_fragment),
                 Action::Event(Event::AllocationCreated {
                     tuple,
                     relay,
@@ -363,7 +363,7 @@ impl Turn {
         self.counters.relay_sockets = self.relays.len();
     }
 
-    fn to_peer(&mut self, relay: SocketAddrV4, peer: SocketAddrV4, bytes: &[u8], df: bool) {
+    fn send_to_peer(&mut self, relay: SocketAddrV4, peer: SocketAddrV4, bytes: &[u8], df: bool) {
         let Some(r) = self.relays.get_mut(&relay) else {
             self.counters.peer_send_failed += 1;
             return;
@@ -440,7 +440,7 @@ pub fn own_addresses() -> Vec<Ipv4Addr> {
     };
     let mut out: Vec<Ipv4Addr> = addrs
         .filter_map(|a| a.address)
-        .filter_map(|a| a.as_sockaddr_in().map(|s| s.ip()))
+        .filter_map(|a| a.as_sockaddr_in().map(nix::sys::socket::SockaddrIn::ip))
         .collect();
     out.sort_unstable();
     out.dedup();
