@@ -251,6 +251,9 @@ impl Server {
                     }
                     Event::Closed(remote) => {
                         connections.remove(&remote);
+                        if let Some(t) = turn.as_mut() {
+                            t.on_connection_closed(tcp_tuple(remote, listen));
+                        }
                         engine.disconnected(Origin { transport: Transport::Tcp, addr: remote });
                         Vec::new()
                     }

@@ -253,6 +253,12 @@ impl Turn {
         self.act(actions)
     }
 
+    /// A client's TCP connection closed: its allocation ends.
+    pub fn on_connection_closed(&mut self, tuple: FiveTuple) {
+        let actions = self.engine.on_connection_closed(tuple);
+        let _ = self.act(actions);
+    }
+
     /// When [`Self::expire`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {

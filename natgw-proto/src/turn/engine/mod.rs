@@ -649,6 +649,15 @@ impl<A: RelayAllocator> Server<A> {
         actions
     }
 
+    /// The client's TCP connection on `tuple` closed: its allocation, if any, ends
+    /// now (RFC 8656 §3.1: a TCP allocation lives no longer than its connection),
+    /// counted as deleted, its relay address released.
+    pub fn on_connection_closed(&mut self, tuple: FiveTuple) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.end(tuple, EndReason::Deleted, &mut actions);
+        actions
+    }
+
     /// When [`Self::expire`] is next due: the earliest expiry of an allocation,
     /// permission, channel or reservation.
     #[must_use]

@@ -1214,3 +1214,30 @@ fn a_tcp_stream_cut_by_the_framer_drives_the_engine() {
         ]
     );
 }
+
+#[test]
+fn a_closed_tcp_connection_ends_its_allocation() {
+    let mut s = server();
+    let tuple = FiveTuple {
+        transport: Transport::Tcp,
+        ..client(40_000)
+    };
+    let mut alice = User::new("alice", "wonderland");
+    let relay = allocate(&mut s, &mut alice, t0(), tuple);
+    assert!(s.allocator().in_use.contains(&relay.port()));
+    let actions = s.on_connection_closed(tuple);
+    assert_eq!(
+        actions,
+        vec![Action::Event(Event::AllocationEnded {
+            tuple,
+            relay,
+            reason: EndReason::Deleted,
+        })]
+    );
+    assert_eq!(s.relay_of(&tuple), None);
+    assert!(!s.allocator().in_use.contains(&relay.port()));
+    assert_eq!(s.counters().allocations_deleted, 1);
+    assert_eq!(s.counters().allocations_active, 0);
+    // Nothing left to end.
+    assert!(s.on_connection_closed(tuple).is_empty());
+}
