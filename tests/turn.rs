@@ -10,10 +10,12 @@
 //!   relayed address is in `--relay-ports`, a Send indication reaches a peer from the
 //!   relayed address, a peer's answer comes back as a Data indication, denied peers
 //!   (the server's own address, loopback, private) get 403, and the per-user quota
-//!   gives 486 while another user still allocates.
+//!   gives 486 while another user still allocates; an allocation over TCP ends, and
+//!   its relay port is free again, when its connection closes.
 
 use std::io::{BufRead as _, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::{Child, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
@@ -400,6 +402,8 @@ fn a_raw_client_relays_to_a_peer_and_is_refused_denied_peers_and_extra_allocatio
             "alice:wonderland",
             "--turn-user",
             "bob:builder",
+            "--turn-user",
+            "carol:cat",
             "--turn-quota",
             "1",
         ],
@@ -471,11 +475,92 @@ fn a_raw_client_relays_to_a_peer_and_is_refused_denied_peers_and_extra_allocatio
     assert_eq!(error(&bob_response), None);
     assert_ne!(relayed(&bob_response), Some(relay));
 
+    // Over TCP: carol's allocation ends, and its relay socket closes, with her
+    // connection.
+    let tcp_relay = tb.gateway.ns.run(|| {
+        let mut stream = TcpStream::connect(SocketAddrV4::new(WAN_A_ADDR, PORT)).expect("TCP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let challenge = tcp_exchange(&mut stream, &allocate_request(1, None));
+        assert_eq!(error(&challenge), Some(401));
+        let nonce = parse(&challenge)
+            .find(|a| match a {
+                Attribute::Nonce(n) => Some((*n).to_owned()),
+                _ => None,
+            })
+            .expect("a NONCE");
+        let granted = tcp_exchange(&mut stream, &allocate_request(2, Some(&nonce)));
+        assert_eq!(error(&granted), None, "Allocate over TCP");
+        relayed(&granted).expect("XOR-RELAYED-ADDRESS")
+    });
+    assert!((RELAY_MIN..=RELAY_MAX).contains(&tcp_relay.port()));
+    let mut freed = false;
+    for _ in 0..50 {
+        if tb.wan[0].ns.bind_udp(tcp_relay).is_ok() {
+            freed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        freed,
+        "relay {tcp_relay} still bound after its TCP connection closed"
+    );
+
     let c = server.stop();
     eprintln!("TURN counters: {c}");
-    assert_eq!(counter(&c, "allocations_created"), 2, "{c}");
+    assert_eq!(counter(&c, "allocations_created"), 3, "{c}");
+    assert_eq!(counter(&c, "allocations_deleted"), 1, "{c}");
     assert_eq!(counter(&c, "quota_refusals"), 1, "{c}");
     assert_eq!(counter(&c, "peer_denied"), 3, "{c}");
     assert_eq!(counter(&c, "to_peer_packets"), 1, "{c}");
     assert_eq!(counter(&c, "to_client_packets"), 1, "{c}");
+}
+
+/// carol's Allocate over TCP, signed when a nonce is given.
+fn allocate_request(id: u8, nonce: Option<&str>) -> Vec<u8> {
+    let mut attributes = vec![Attribute::RequestedTransport(turn::PROTOCOL_UDP)];
+    if let Some(nonce) = nonce {
+        attributes.extend([
+            Attribute::Username("carol"),
+            Attribute::Realm(REALM),
+            Attribute::Nonce(nonce),
+            Attribute::MessageIntegrity(&[0; INTEGRITY_LEN]),
+        ]);
+    }
+    let mut bytes = Repr {
+        class: Class::Request,
+        method: METHOD_ALLOCATE,
+        cookie: MAGIC_COOKIE,
+        transaction_id: [id; 12],
+        attributes,
+    }
+    .to_bytes();
+    if nonce.is_some() {
+        assert!(auth::sign(
+            &mut bytes,
+            &long_term_key("carol", REALM, "cat")
+        ));
+    }
+    bytes
+}
+
+/// Writes a STUN message to the stream and reads the one that answers it.
+fn tcp_exchange(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
+    stream.write_all(request).expect("write");
+    let mut header = [0; 20];
+    stream.read_exact(&mut header).expect("a response header");
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut message = header.to_vec();
+    message.resize(20 + len, 0);
+    stream
+        .read_exact(&mut message[20..])
+        .expect("a response body");
+    assert_eq!(
+        message[8..20],
+        request[8..20],
+        "the response to our request"
+    );
+    message
 }
