@@ -134,21 +134,12 @@ struct Uclient {
 }
 
 /// Runs `turnutils_uclient` on wan-b against the rendezvous (30 s at most):
-/// `-y -c -s -n 10 -l 100` plus `args`.
+/// `-y -c -n 10 -l 100` plus `args` (`-s`: Send/Data indications instead of
+/// ChannelBind and ChannelData).
 fn uclient(ns: &Netns, args: &[&str]) -> Uclient {
     let mut child = ns
         .command("timeout")
-        .args([
-            "30",
-            "turnutils_uclient",
-            "-y",
-            "-c",
-            "-s",
-            "-n",
-            "10",
-            "-m",
-            "1",
-        ])
+        .args(["30", "turnutils_uclient", "-y", "-c", "-n", "10", "-m", "1"])
         .args(["-l", "100", "-p", &PORT.to_string()])
         .args(args)
         .arg(WAN_A_ADDR.to_string())
@@ -222,11 +213,17 @@ fn turnutils_uclient_relays_over_udp_and_tcp_with_static_users() {
         ],
     );
     let client = &tb.wan[1].ns;
-    let udp = uclient(client, &["-u", "alice", "-w", "wonderland"]);
-    assert_relayed("UDP", &udp);
-    let tcp = uclient(client, &["-t", "-u", "alice", "-w", "wonderland"]);
-    assert_relayed("TCP", &tcp);
-    let wrong = uclient(client, &["-u", "alice", "-w", "wrong"]);
+    let udp = uclient(client, &["-s", "-u", "alice", "-w", "wonderland"]);
+    assert_relayed("UDP, Send/Data indications", &udp);
+    let tcp = uclient(client, &["-s", "-t", "-u", "alice", "-w", "wonderland"]);
+    assert_relayed("TCP, Send/Data indications", &tcp);
+    // Without -s: ChannelBind (coturn picks channels above 0x4FFF) and ChannelData,
+    // padded over TCP.
+    let udp_channel = uclient(client, &["-u", "alice", "-w", "wonderland"]);
+    assert_relayed("UDP, ChannelData", &udp_channel);
+    let tcp_channel = uclient(client, &["-t", "-u", "alice", "-w", "wonderland"]);
+    assert_relayed("TCP, ChannelData", &tcp_channel);
+    let wrong = uclient(client, &["-s", "-u", "alice", "-w", "wrong"]);
     eprintln!("wrong password: {wrong:?}");
     assert_eq!(wrong.received, 0, "{wrong:?}");
     assert!(
@@ -237,14 +234,15 @@ fn turnutils_uclient_relays_over_udp_and_tcp_with_static_users() {
     eprintln!("TURN counters: {c}");
     assert!(counter(&c, "allocations_created") >= 4, "{c}");
     assert!(counter(&c, "auth_failures") >= 1, "{c}");
+    let runs = [&udp, &tcp, &udp_channel, &tcp_channel];
     assert_eq!(
         counter(&c, "to_peer_packets"),
-        udp.sent + tcp.sent,
+        runs.iter().map(|u| u.sent).sum::<u64>(),
         "every relayed message went out of a relay socket: {c}"
     );
     assert_eq!(
         counter(&c, "to_client_packets"),
-        udp.received + tcp.received
+        runs.iter().map(|u| u.received).sum::<u64>()
     );
 }
 

@@ -44,7 +44,8 @@
 //! - Refresh: 437 without an allocation, 441 from another user than the one who made
 //!   it (CreatePermission and ChannelBind too); LIFETIME 0 deletes.
 //! - CreatePermission: per peer IP, 300 s, all peers of a request or none; ChannelBind:
-//!   600 s, installs the peer's permission too; a channel outside 0x4000..=0x4FFF, a
+//!   600 s, installs the peer's permission too; a channel outside 0x4000..=0x7FFF (RFC 5766's range, which coturn's
+//!   clients use; RFC 8656 narrowed it to 0x4FFF), a
 //!   channel bound to another peer, or a peer bound to another channel → 400.
 //! - Peers: IPv4 only (IPv6 → 443). Denied ranges (403, SSRF protection) by default
 //!   0/8, 127/8, 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16, 224/3, plus the

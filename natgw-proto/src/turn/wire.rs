@@ -19,7 +19,7 @@
 //! ```
 //!
 //! The first two bits tell the two apart on a shared port: `00` STUN, `01` ChannelData
-//! (channels 0x4000..=0x4FFF; 0x5000..=0x7FFF are reserved and rejected).
+//! (channels 0x4000..=0x7FFF, see [`CHANNEL_MAX`]).
 
 use std::fmt;
 
@@ -47,8 +47,13 @@ pub const FAMILY_IPV6: u8 = 0x02;
 
 /// The lowest channel number a client may bind (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// The highest channel number a client may bind.
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// The highest channel number a client may bind: 0x7FFF, RFC 5766's range. RFC 8656
+/// §12 narrowed it to 0x4FFF and reserved the rest, but coturn's clients
+/// (`turnutils_uclient`) still bind channels above 0x4FFF, and coturn's server takes
+/// them; a server that refuses them relays nothing for those clients. Any number with
+/// the first bits `01` is unambiguous on a shared port, so accepting them costs
+/// nothing.
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 /// Channel number and length.
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 
@@ -111,7 +116,7 @@ pub mod error_code {
 pub enum Error {
     /// Shorter than the header, or than the length field says.
     Truncated,
-    /// The channel number is outside 0x4000..=0x4FFF.
+    /// The channel number is outside 0x4000..=0x7FFF.
     BadChannel(u16),
     /// More bytes follow the data than padding can explain.
     TrailingBytes,
@@ -126,7 +131,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Truncated => f.write_str("truncated ChannelData message"),
-            Self::BadChannel(n) => write!(f, "channel number 0x{n:04x} outside 0x4000..=0x4fff"),
+            Self::BadChannel(n) => write!(f, "channel number 0x{n:04x} outside 0x4000..=0x7fff"),
             Self::TrailingBytes => f.write_str("bytes after the ChannelData payload"),
             Self::NotTurn => f.write_str("neither a STUN message nor ChannelData"),
             Self::BadLength => f.write_str("STUN length not a multiple of 4"),
@@ -139,7 +144,7 @@ impl std::error::Error for Error {}
 /// A ChannelData message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChannelData<'a> {
-    /// The channel (0x4000..=0x4FFF).
+    /// The channel (0x4000..=0x7FFF).
     pub channel: u16,
     /// The application data.
     pub data: &'a [u8],
@@ -259,8 +264,8 @@ impl Framer {
     /// The next whole frame, `Ok(None)` until one has arrived.
     ///
     /// # Errors
-    /// [`Error::NotTurn`] (first bits `1x`), [`Error::BadChannel`] (a reserved
-    /// channel, 0x5000..) or [`Error::BadLength`] (a STUN length not a multiple of
+    /// [`Error::NotTurn`] (first bits `1x`), [`Error::BadChannel`] (cannot
+    /// happen for first bits `01`; kept for the parser's other callers) or [`Error::BadLength`] (a STUN length not a multiple of
     /// 4): the stream has lost its framing and is to be closed; every later call
     /// returns the same error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, Error> {
@@ -426,9 +431,17 @@ mod tests {
         assert_eq!(ChannelData::parse(&long), Err(Error::TrailingBytes));
         assert_eq!(ChannelData::parse(&udp[..8]), Err(Error::Truncated));
         assert_eq!(ChannelData::parse(&udp[..3]), Err(Error::Truncated));
+        // RFC 5766's upper channels, which coturn's clients use, are accepted.
         assert_eq!(
-            ChannelData::parse(&[0x50, 0, 0, 0]),
-            Err(Error::BadChannel(0x5000))
+            ChannelData::parse(&[0x5e, 0x0c, 0, 0]),
+            Ok(ChannelData {
+                channel: 0x5e0c,
+                data: &[]
+            })
+        );
+        assert_eq!(
+            ChannelData::parse(&[0x80, 0, 0, 0]),
+            Err(Error::BadChannel(0x8000))
         );
         // Empty data is allowed.
         assert_eq!(
@@ -495,7 +508,7 @@ mod tests {
     fn framer_refuses_what_is_not_turn_and_stays_broken() {
         for bad in [
             &[0x80u8, 0, 0, 0][..],
-            &[0x50, 0x00, 0, 4],
+            &[0xc0, 0x00, 0, 4],
             &[0x00, 0x01, 0, 3],
         ] {
             let mut framer = Framer::new();

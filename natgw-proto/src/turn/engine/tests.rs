@@ -926,7 +926,7 @@ fn rfc8656_channel_bind_rules() {
         Some(400)
     );
     assert_eq!(
-        bind(&mut s, &mut alice, t0(), tuple, 0x5000, PEER),
+        bind(&mut s, &mut alice, t0(), tuple, 0x8000, PEER),
         Some(400)
     );
     assert_eq!(bind(&mut s, &mut alice, t0(), tuple, 0x4000, PEER), None);
