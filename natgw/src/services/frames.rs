@@ -78,10 +78,9 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         }
         return Ok(Incoming::Stun(frame));
     }
+    // Every number with top bits 01 is a channel natgw accepts (0x4000..=0x7FFF, see
+    // `natgw_proto::turn::wire::CHANNEL_MAX`).
     if frame[0] >> 6 == 1 && (*spoke_turn || !frame.starts_with(&wire::MAGIC)) {
-        if !natgw_proto::turn::wire::is_channel(u16::from_be_bytes([frame[0], frame[1]])) {
-            return Err(invalid(&"reserved TURN channel"));
-        }
         let len = 4 + length;
         frame.resize(stun::padded(len), 0);
         reader.read_exact(&mut frame[4..]).await?;
@@ -168,7 +167,15 @@ mod tests {
             read_message(&mut reader, true, &mut spoke).await.unwrap(),
             Incoming::ChannelData(vec![b'N', b'P', 0, 1, 5])
         );
-        let e = read_message(&mut &[0x50, 0, 0, 0][..], true, &mut spoke)
+        // RFC 5766's upper channels, which coturn's clients bind, are ChannelData too.
+        assert_eq!(
+            read_message(&mut &[0x5e, 0x0c, 0, 1, 9, 0, 0, 0][..], true, &mut spoke)
+                .await
+                .unwrap(),
+            Incoming::ChannelData(vec![0x5e, 0x0c, 0, 1, 9])
+        );
+        // A STUN length that is not a multiple of 4 breaks the stream.
+        let e = read_message(&mut &[0x00, 0x03, 0, 3, 0, 0, 0, 0][..], true, &mut spoke)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
