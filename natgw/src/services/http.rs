@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use natgw_proto::upnp::http::{self, Request};
@@ -94,6 +94,22 @@ pub async fn read_request(
             Ok(Some(_)) | Err(_) => return Ok((buf, false)),
         }
     }
+}
+
+/// Writes a whole response and closes the sending side, within [`WRITE_TIMEOUT`]: a
+/// client that does not take its answer holds no slot longer than that.
+///
+/// # Errors
+/// When the write or the shutdown fails, or the client is too slow
+/// ([`io::ErrorKind::TimedOut`]).
+pub async fn write_response(stream: &mut TcpStream, response: &[u8]) -> io::Result<()> {
+    let write = async {
+        stream.write_all(response).await?;
+        stream.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 #[cfg(test)]

@@ -14,14 +14,13 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use log::{debug, info};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use natgw_proto::upnp::http::{self, Request, Response, Status};
 
 use super::exposition::CONTENT_TYPE;
-use super::http::{read_request, ConnectionSlot, OpenConnections, READ_TIMEOUT, WRITE_TIMEOUT};
+use super::http::{read_request, write_response, ConnectionSlot, OpenConnections, READ_TIMEOUT};
 
 /// Writes the exposition of the moment. Called on the blocking pool.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
@@ -149,14 +148,7 @@ async fn serve(mut stream: TcpStream, peer: SocketAddrV4, render: Render) {
         None
     };
     let response = answer(route, error.as_ref(), body);
-    let write = async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    };
-    if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-    {
+    if let Err(e) = write_response(&mut stream, &response).await {
         debug!("metrics.write_failed client={peer} error=\"{e}\"");
     }
 }
@@ -233,6 +225,7 @@ impl Drop for MetricsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt as _;
 
     fn status(bytes: &[u8]) -> u16 {
         let text = String::from_utf8_lossy(bytes);

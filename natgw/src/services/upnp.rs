@@ -55,7 +55,7 @@ use natgw_proto::upnp::ssdp::{self, Responder, MAX_SEARCH_LEN, MULTICAST};
 use natgw_proto::upnp::{gena, Device};
 use natgw_proto::util::log_budget::{suppressed_note, LogBudget};
 
-use super::http::{read_request, ConnectionSlot, OpenConnections};
+use super::http::{read_request, write_response, ConnectionSlot, OpenConnections};
 
 pub use super::http::{MAX_CONNECTIONS, MAX_CONNECTIONS_PER_HOST, READ_TIMEOUT, WRITE_TIMEOUT};
 /// Time an event delivery may take: connecting, writing, reading the answer.
@@ -424,14 +424,7 @@ async fn serve_connection(
         b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             .to_vec()
     };
-    let write = async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await
-    };
-    if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-    {
+    if let Err(e) = write_response(&mut stream, &response).await {
         debug!("upnp.write_failed client={peer} error=\"{e}\"");
     }
 }
