@@ -7,7 +7,7 @@ use std::{
     io::Read,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -654,4 +654,20 @@ impl LeakWatch {
             &leaks[..leaks.len().min(5)]
         );
     }
+}
+
+/// Stops a child the test started (a rendezvous, a punch peer): SIGTERM, then
+/// SIGKILL if it does not exit within 5 s; reaps it.
+pub fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use natgw_integration_tests::{
-    natgw_bin, recv, recv_nothing, require_root, udp, wait_for, Capture, Natgw,
+    natgw_bin, recv, recv_nothing, require_root, terminate, udp, wait_for, Capture, Natgw,
 };
 use serde_json::Value;
 use testbed::sites::{
@@ -176,21 +176,6 @@ impl Drop for Rendezvous {
             terminate(&mut child);
         }
     }
-}
-
-/// SIGTERM, then SIGKILL if it does not exit within 5 s; reaps it.
-fn terminate(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 // ---------------------------------------------------------------------------------

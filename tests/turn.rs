@@ -17,9 +17,9 @@ use std::io::{BufRead as _, BufReader};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::process::{Child, ChildStdout, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use natgw_integration_tests::{natgw_bin, require_root};
+use natgw_integration_tests::{natgw_bin, require_root, terminate};
 use natgw_proto::stun::wire::{Attribute, Class, ErrorCode, Packet, Repr, MAGIC_COOKIE};
 use natgw_proto::turn::auth::{self, long_term_key, INTEGRITY_LEN};
 use natgw_proto::turn::wire::{
@@ -97,21 +97,6 @@ impl Drop for Rendezvous {
             terminate(&mut child);
         }
     }
-}
-
-/// SIGTERM, then SIGKILL if it does not exit within 5 s; reaps it.
-fn terminate(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn counter(c: &Value, name: &str) -> u64 {
