@@ -2,15 +2,16 @@
 //! nftables masquerade and plain forwarding, side by side; new mappings per second
 //! under a SYN flood; the per-packet cost of the translation programs next to an
 //! `XDP_PASS` floor; natgw at a million mappings (memory, cost, garbage
-//! collection); and its UPnP IGD control point latency and CPU (issue #13). Prints a
-//! table (or JSON with `--json`); `--write-docs` also writes it
-//! to docs/benchmarks.md.
+//! collection); its UPnP IGD control point latency and CPU (issue #13); and the
+//! throughput of its TURN relay beside coturn's (issue #14). Prints a table (or JSON
+//! with `--json`); `--write-docs` also writes it to docs/benchmarks.md.
 //!
 //! - [`net`]: the bench topology (generator — gateway — receiver namespaces).
 //! - [`programs`]: the bench's copies of the eBPF object (generator, receiver, floor).
 //! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts.
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
 //! - [`upnp`]: 1,000 AddPortMapping requests timed, the controller's CPU listing them.
+//! - [`turn`]: packets and Mbit/s through one TURN allocation, natgw's and coturn's.
 //! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown.
 //! - [`bpf`], [`frames`], [`daemon`]: syscalls, packets, natgw (Ctrl-C: [`crate::signals`]).
 
@@ -24,6 +25,7 @@ mod profile;
 mod programs;
 mod report;
 mod throughput;
+mod turn;
 mod upnp;
 
 use std::path::PathBuf;
@@ -202,6 +204,13 @@ pub struct Args {
     #[arg(long, conflicts_with = "gc_only")]
     upnp_only: bool,
 
+    /// Only the TURN relay throughput (issue #14): one allocation of natgw's relay
+    /// and of coturn's turnserver, 100- and 1200-byte payloads, --reps repetitions
+    /// (default 5, --quick 3) alternating the two (about a minute). With --write-docs
+    /// it replaces only the TURN section of docs/benchmarks.md.
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only"])]
+    turn_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -225,6 +234,10 @@ pub fn run(args: &Args) -> Result<()> {
         },
         _ => build::build_all(&args.build, Purpose::Bench)?,
     };
+    if args.natgw.is_some() {
+        // No build, so no provisioning above: the bench's tools still need to be there.
+        crate::provision::ensure_bench_tools()?;
+    }
     // The bench's policy: the first signal stops after the current step, a second
     // removes everything now.
     crate::signals::install_wake()?;
@@ -239,6 +252,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.upnp_only {
         return upnp_only(args, &artifacts);
+    }
+    if args.turn_only {
+        return turn_only(args, &artifacts);
     }
 
     let plan = Plan {
@@ -281,6 +297,8 @@ pub fn run(args: &Args) -> Result<()> {
     )?;
     eprintln!("xtask bench: UPnP IGD control");
     let upnp = upnp::run(&artifacts.natgw_bin, &log_dir)?;
+    eprintln!("xtask bench: TURN relay throughput, natgw and coturn");
+    let turn = turn::run(&artifacts.natgw_bin, &log_dir, &turn_plan(args))?;
 
     let report = Report {
         machine: &machine,
@@ -288,6 +306,7 @@ pub fn run(args: &Args) -> Result<()> {
         throughput: &results,
         cost: &costs,
         upnp: Some(&upnp),
+        turn: Some(&turn),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -363,6 +382,50 @@ fn upnp_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
+/// The TURN part's repetitions and times.
+fn turn_plan(args: &Args) -> turn::TurnPlan {
+    turn::TurnPlan {
+        reps: args
+            .reps
+            .map_or(if args.quick { 3 } else { 5 }, |n| n as usize),
+        warmup: Duration::from_millis(if args.quick { 300 } else { 500 }),
+        window: Duration::from_millis(if args.quick { 1000 } else { 2000 }),
+    }
+}
+
+/// `cargo xtask bench --turn-only`: the TURN relay throughput alone.
+fn turn_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let machine = machine(args);
+    let _boost = cpu::AutogroupBoost::raise();
+    let r = turn::run(&artifacts.natgw_bin, &log_dir, &turn_plan(args))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": machine,
+                "turn": r,
+            }))?
+        );
+    } else {
+        print!("{}", turn::text(&r));
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let section = turn::markdown(&r, &machine);
+        std::fs::write(
+            &path,
+            report::replace_section(&doc, turn::HEADING, &section),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask bench: wrote the TURN section of {}", path.display());
+    }
+    Ok(())
+}
+
 /// The machine, the date and the command line.
 fn machine(args: &Args) -> Machine {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -386,6 +449,9 @@ fn machine(args: &Args) -> Machine {
     }
     if args.upnp_only {
         command.push_str(" --upnp-only");
+    }
+    if args.turn_only {
+        command.push_str(" --turn-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

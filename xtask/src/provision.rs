@@ -125,6 +125,12 @@ const BENCH_PACKAGES: &[Package] = &[
         name: "linux-perf",
         why: "`perf`, to show where the gateway's CPU time goes",
     },
+    Package {
+        name: "coturn",
+        why: "coturn's `turnserver`, the TURN relay natgw's relay throughput is compared \
+              with (run by the bench with a config of its own in a namespace; the Debian \
+              service stays off)",
+    },
 ];
 
 /// Where Debian's LLVM 22 lives; passed to bpf-linker's build.
@@ -280,6 +286,23 @@ pub fn ensure(choice: ToolchainChoice, purpose: Purpose) -> Result<EbpfToolchain
         bpf_linker.display()
     );
     Ok(EbpfToolchain { route, bpf_linker })
+}
+
+/// Installs the tools the bench drives (nft, perf, coturn's turnserver) when missing,
+/// without the eBPF toolchain: for bench runs given a prebuilt natgw.
+///
+/// # Errors
+/// When apt-get fails.
+pub fn ensure_bench_tools() -> Result<()> {
+    if !has_apt() {
+        return Ok(());
+    }
+    let wanted: Vec<&Package> = BENCH_PACKAGES.iter().collect();
+    let missing = missing_packages(&wanted)?;
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    Ok(())
 }
 
 /// Installs the tools the tests, `cargo xtask run` and the conformance suite drive
@@ -513,8 +536,8 @@ fn apt_install(packages: &[&Package]) -> Result<()> {
 
 /// Packages installed without their recommendations: `prometheus` recommends
 /// `prometheus-node-exporter`, a daemon the tests do not want started; only
-/// `promtool` is used. `coturn`: only its client tools are used, so nothing it
-/// might recommend is wanted.
+/// `promtool` is used. `coturn`: the tests use its client tools and the bench runs
+/// `turnserver` itself, so nothing it might recommend is wanted.
 const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "coturn"];
 
 fn install_bpf_linker() -> Result<()> {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::cost::{CostResults, CostRow, GcResult, MapMemory};
 use super::cpu::Usage;
 use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WORKLOADS};
+use super::turn::{self, TurnResult};
 use super::upnp::{self, UpnpResult};
 
 /// Median of sorted or unsorted values (0 for none).
@@ -94,6 +95,8 @@ pub struct Report<'a> {
     pub cost: &'a CostResults,
     /// UPnP IGD control, when it ran.
     pub upnp: Option<&'a UpnpResult>,
+    /// TURN relay throughput, when it ran.
+    pub turn: Option<&'a TurnResult>,
 }
 
 fn pps_spread(r: &Results, mode: Mode, workload: &str) -> Option<Spread> {
@@ -435,6 +438,10 @@ impl Report<'_> {
             let _ = writeln!(o);
             o.push_str(&upnp::text(u));
         }
+        if let Some(t) = self.turn {
+            let _ = writeln!(o);
+            o.push_str(&turn::text(t));
+        }
         o
     }
 
@@ -491,6 +498,7 @@ impl Report<'_> {
             "conntrack_max": r.conntrack_max,
             "cost": self.cost,
             "upnp": self.upnp,
+            "turn": self.turn,
             "samples": r,
         })
     }
@@ -507,7 +515,7 @@ impl Report<'_> {
              Machine: {cpus} × {cpu}, {mem:.0} GiB, Linux {kernel} ({os}), a shared virtual \
              machine (its steal time is in the CPU table). Run: {date}. Command:\n\n\
              ```sh\n{cmd}\n```\n\n\
-             ```text\n{text}```\n\n{notes}\n{method}{upnp}",
+             ```text\n{text}```\n\n{notes}\n{method}{upnp}{turn}",
             cmd = m.command,
             cpus = m.cpus,
             cpu = m.cpu,
@@ -522,8 +530,28 @@ impl Report<'_> {
                 "\n{}",
                 upnp::markdown(std::slice::from_ref(u), &m.date, &m.command)
             )),
+            turn = self
+                .turn
+                .map_or_else(String::new, |t| format!("\n{}", turn::markdown(t, m))),
         )
     }
+}
+
+/// `doc` with its section `heading` (from that line to the next `## ` heading)
+/// replaced by `section`, or `section` appended if it has none.
+#[must_use]
+pub fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let Some(start) = doc.find(&format!("\n{heading}\n")).map(|i| i + 1) else {
+        return format!("{}\n\n{section}", doc.trim_end());
+    };
+    let rest = &doc[start + heading.len()..];
+    let tail = rest.find("\n## ").map_or("", |i| &rest[i + 1..]);
+    let mut out = format!("{}{section}", &doc[..start]);
+    if !tail.is_empty() {
+        out.push('\n');
+        out.push_str(tail);
+    }
+    out
 }
 
 fn ratio_value(a: Option<Spread>, b: Option<Spread>) -> Option<f64> {
@@ -586,6 +614,7 @@ mod tests {
             throughput: &throughput,
             cost: &cost,
             upnp: Some(&u),
+            turn: None,
         };
         let text = report.text();
         assert!(

@@ -374,7 +374,7 @@ fn stat_seconds(pid: i32) -> f64 {
 
 /// Time on a CPU of every live thread of `pid`, seconds, from `schedstat`
 /// (nanoseconds).
-fn schedstat_seconds(pid: i32) -> f64 {
+pub(super) fn schedstat_seconds(pid: i32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
@@ -644,17 +644,7 @@ pub fn markdown(runs: &[UpnpResult], date: &str, command: &str) -> String {
 /// `section`, or `section` appended if it has none.
 #[must_use]
 pub fn replace_section(doc: &str, section: &str) -> String {
-    let Some(start) = doc.find(&format!("\n{HEADING}\n")).map(|i| i + 1) else {
-        return format!("{}\n\n{section}", doc.trim_end());
-    };
-    let rest = &doc[start + HEADING.len()..];
-    let tail = rest.find("\n## ").map_or("", |i| &rest[i + 1..]);
-    let mut out = format!("{}{section}", &doc[..start]);
-    if !tail.is_empty() {
-        out.push('\n');
-        out.push_str(tail);
-    }
-    out
+    super::report::replace_section(doc, HEADING, section)
 }
 
 #[cfg(test)]
