@@ -633,4 +633,60 @@ mod tests {
         assert!(md.trim_end().ends_with(upnp::METHOD.trim_end()), "{md}");
         assert_eq!(report.json()["upnp"]["add"]["p99_ms"], 12.5);
     }
+
+    #[test]
+    fn full_report_carries_the_turn_part_after_the_upnp_part() {
+        let machine = Machine {
+            cpu: "test CPU".to_owned(),
+            cpus: 2,
+            memory_gib: 1.0,
+            kernel: "6.18".to_owned(),
+            os: "Linux".to_owned(),
+            date: "2026-12-04 14:00 UTC".to_owned(),
+            command: "cargo xtask bench".to_owned(),
+            busy_before_pct: 0.0,
+        };
+        let plan = Plan {
+            reps: 1,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            syn_burst: 16,
+        };
+        let t = TurnResult {
+            busy_before_pct: 0.0,
+            plan: turn::TurnPlan {
+                reps: 1,
+                warmup: Duration::from_millis(500),
+                window: Duration::from_secs(2),
+            },
+            ratios: vec![turn::TurnRatio {
+                payload: 100,
+                pps: 0.5,
+                mbps: 0.5,
+            }],
+            rows: Vec::new(),
+            samples: Vec::new(),
+        };
+        let u = UpnpResult::default();
+        let (throughput, cost) = (Results::default(), CostResults::default());
+        let report = Report {
+            machine: &machine,
+            plan: &plan,
+            throughput: &throughput,
+            cost: &cost,
+            upnp: Some(&u),
+            turn: Some(&t),
+        };
+        let text = report.text();
+        assert!(
+            text.contains("natgw/coturn,  100-byte payload: 0.50× packets/s"),
+            "{text}"
+        );
+        let md = report.markdown();
+        let upnp_at = md.find(&format!("\n{}\n", upnp::HEADING)).expect(&md);
+        let turn_at = md.find(&format!("\n{}\n", turn::HEADING)).expect(&md);
+        assert!(upnp_at < turn_at, "{md}");
+        assert!(md.trim_end().ends_with(turn::METHOD.trim_end()), "{md}");
+        assert_eq!(report.json()["turn"]["ratios"][0]["pps"], 0.5);
+    }
 }
