@@ -342,11 +342,12 @@ pub fn text(r: &TurnResult) -> String {
     let mut o = format!(
         "TURN relay throughput (issue #14): one allocation, ChannelData over UDP from a client \
          through the relay to a peer, sent as fast as one thread can ({:.1} s warm-up, then \
-         a {:.1} s window), {} repetitions alternating natgw and coturn; relay on CPU {SERVER_CPU}, \
-         client and peer on CPU {LOAD_CPU} (CPUs {:.0}% busy before the start)\n",
+         a {:.1} s window), {} repetition{} alternating natgw and coturn; relay on CPU \
+         {SERVER_CPU}, client and peer on CPU {LOAD_CPU} (CPUs {:.0}% busy before the start)\n",
         r.plan.warmup.as_secs_f64(),
         r.plan.window.as_secs_f64(),
         r.plan.reps,
+        if r.plan.reps == 1 { "" } else { "s" },
         r.busy_before_pct,
     );
     for q in &r.ratios {
@@ -386,6 +387,24 @@ pub fn text(r: &TurnResult) -> String {
             row.loss.median * 100.0,
             row.server_cpu_cores.median,
             row.server_cpu_us_per_packet.median,
+        );
+    }
+    if !r.samples.is_empty() {
+        let (sent, received, at_relay, at_peer) = r.samples.iter().fold((0, 0, 0, 0), |a, s| {
+            (
+                a.0 + s.sent,
+                a.1 + s.received,
+                a.2 + s.server_rcvbuf_errors,
+                a.3 + s.peer_rcvbuf_errors,
+            )
+        });
+        let other =
+            i128::from(sent) - i128::from(received) - i128::from(at_relay) - i128::from(at_peer);
+        let _ = writeln!(
+            o,
+            "  where the packets went (all runs): {sent} sent, {received} received, {at_relay} \
+             dropped at the relay's listening socket and {at_peer} at the peer's (UDP \
+             RcvbufErrors), {other} otherwise lost"
         );
     }
     o
@@ -1350,20 +1369,21 @@ part alone, `--reps N` sets the repetitions, `--quick` shortens the windows):
 /// What the runs showed, for docs/benchmarks.md; the figures above it are the latest
 /// run's.
 pub const NOTES: &str = "\
-Observations from the runs of 2026-12-04 (three runs of five repetitions, with other
-work on the machine, and the profiles and the experiment described here):
+Observations from the runs of 2026-12-04 (five runs of five repetitions, four of them
+started while other builds kept both CPUs busy, and the profiles and the experiment
+described here):
 
-- **natgw's relay moves about 0.6× what coturn's does**: 0.61–0.63× in every run, for
+- **natgw's relay moves about 0.6× what coturn's does**: 0.59–0.63× in every run, for
   100- and 1200-byte payloads alike (the Mbit/s ratio equals the packet ratio, as the
-  payload is fixed), so the cost is per packet, not per byte: medians of 80–85 kpps
-  against 130–140 kpps, 0.77–0.81 against 1.25–1.29 Gbit/s of 1200-byte payloads.
+  payload is fixed), so the cost is per packet, not per byte: medians of 79–91 kpps
+  against 128–149 kpps, 0.76–0.82 against 1.23–1.40 Gbit/s of 1200-byte payloads.
   Both relays use their whole CPU (0.98–1.00 core) while the client offers 150–210
-  kpps, and both lose only at their own listening socket: in the runs checked with
-  `--json`, the kernel's UDP `RcvbufErrors` in the server's namespace plus the packets
-  the peer received equal what the client sent, to the packet, and the peer's socket
+  kpps, and both lose only at their own listening socket: the kernel's UDP
+  `RcvbufErrors` in the server's namespace plus the packets the peer received equal
+  what the client sent, to the packet (the table's last line), and the peer's socket
   dropped none. The relays, not the load, are the limit.
-- **Why: context switches, not protocol work.** natgw spends 11–13 µs of CPU per relayed
-  packet, coturn 7–8 µs, although both make the same two system calls per packet
+- **Why: context switches, not protocol work.** natgw spends 10.9–12.5 µs of CPU per
+  relayed packet, coturn 6.7–7.8 µs, although both make the same two system calls per packet
   (natgw `recvfrom` + `sendto`, coturn `recvmsg` + `sendto`) and the kernel's UDP path
   (with the peer's receive, done in the relay's softirq when it sends) dominates both
   profiles. natgw's rendezvous loop runs in `block_on` on the main thread, while the
@@ -1380,15 +1400,18 @@ work on the machine, and the profiles and the experiment described here):
   (`new_current_thread()` in `natgw/src/cli/mod.rs`, so the loop and the I/O driver share
   a thread; not committed) relayed 0.95× coturn (two repetitions: 136–144 kpps with
   100-byte payloads, 6.7 µs of CPU per packet). The fix to make: run `natgw rendezvous`
-  on a current-thread runtime (or spawn its loop onto a worker instead of `block_on`);
-  then read and send in batches (`recvmmsg`/`sendmmsg`, or `try_recv_from` until
-  `WouldBlock` per wake-up) rather than one datagram per `select!` turn.
+  on a current-thread runtime, so that no other thread sleeps in `epoll_wait` while the
+  loop works (spawning the loop onto a worker of the two-worker runtime would leave the
+  other worker there); then read and send in batches (`recvmmsg`/`sendmmsg`, or
+  `try_recv_from` until `WouldBlock` per wake-up) rather than one datagram per
+  `select!` turn.
 - **Caveats**: one allocation, one direction (client to peer), one sending thread, over
-  veth pairs (no NIC, no interrupts), on two shared virtual CPUs: one of the three
-  runs started with the CPUs 100% busy with other builds (its ratios were the same),
-  and a `rustc` took ~10% of CPU 1 during one profile. coturn runs with its defaults apart from the
-  listed options. A relay faster than what one thread offers (150–210 kpps here)
-  would be measured at the client's rate, with its loss near zero.
+  veth pairs (no NIC, no interrupts), on two shared virtual CPUs: the ratios of the
+  run that started on a quiet machine (5% busy) were those of the busy ones, but a
+  `rustc` took ~10% of CPU 1 during one profile, so absolute figures move by ±10%.
+  coturn runs with its defaults apart from the listed options. A relay faster than
+  what one thread offers (150–210 kpps here) would be measured at the client's rate,
+  with its loss near zero.
 ";
 
 /// The TURN section of docs/benchmarks.md.
@@ -1469,6 +1492,10 @@ mod tests {
         let table = t.find("relayed pps").expect(&t);
         assert!(ratio_line < table, "ratios first:\n{t}");
         assert!(t.contains("200 [100–300]"), "{t}");
+        assert!(
+            t.contains("9000 sent, 4500 received, 0 dropped at the relay's listening socket and 0 at the peer's (UDP RcvbufErrors), 4500 otherwise lost"),
+            "{t}"
+        );
     }
 
     #[test]
