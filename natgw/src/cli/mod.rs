@@ -593,11 +593,18 @@ fn endpoint(s: &str, default_port: u16) -> Result<std::net::SocketAddrV4, String
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::datapath::logging::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    // The rendezvous is one loop over its sockets. On a multi-thread runtime every
+    // datagram woke a worker thread that then preempted the loop, which halved the
+    // TURN relay's rate (`cargo xtask bench --turn-only`); on the current thread the
+    // loop itself waits in epoll.
+    let mut builder = if matches!(cli.command, Command::Rendezvous(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("natgw: error: starting the async runtime: {e}");
