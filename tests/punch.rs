@@ -1550,7 +1550,11 @@ fn an_authenticating_rendezvous_introduces_only_peers_with_a_valid_credential() 
     let (last, stderr) = rendezvous.stop_with_stderr();
     let c = &last["counters"];
     assert!(!stderr.contains(OPEN_WARNING), "{stderr}");
-    assert_eq!(c["introductions"], 1, "only a1 and b1 met: {c}");
+    // a1 and b1 each asked for the other (one or two introductions), nobody else met.
+    assert!(
+        matches!(c["introductions"].as_u64(), Some(1 | 2)),
+        "only a1 and b1 met: {c}"
+    );
     assert!(c["auth_missing"].as_u64() >= Some(3), "{c}");
     assert!(c["auth_bad_mac"].as_u64() >= Some(1), "{c}");
     assert!(c["auth_expired"].as_u64() >= Some(1), "{c}");
@@ -1610,5 +1614,8 @@ fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
         stderr.contains(OPEN_WARNING),
         "the open-mode warning: {stderr}"
     );
-    assert_eq!(last["counters"]["introductions"], 1, "{last}");
+    assert!(
+        matches!(last["counters"]["introductions"].as_u64(), Some(1 | 2)),
+        "{last}"
+    );
 }
