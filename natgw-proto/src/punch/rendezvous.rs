@@ -482,7 +482,7 @@ impl Rendezvous {
                     _ => {}
                 }
                 let nonce = nonce_bytes(&auth.nonces.issue(unix, client));
-                // A CHALLENGE is 33 bytes; a request with a credential at least 41.
+                // A CHALLENGE is 33 bytes; a request with a credential at least 43.
                 // Should that ever change, refuse rather than amplify.
                 if HEADER_AND_NONCE + nonce.len() > bytes.len() {
                     c.auth_missing += 1;
