@@ -1566,8 +1566,8 @@ fn an_authenticating_rendezvous_introduces_only_peers_with_a_valid_credential() 
 fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
     let sites = sites();
     let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &[])]);
-    // An open rendezvous says so on stderr.
-    let rendezvous = Rendezvous::start_with(&sites, &["--lifetime", "30"]);
+    // Authenticated, so that the challenge goes over TCP to a1 and over UDP to b1.
+    let rendezvous = Rendezvous::start_with(&sites, &["--auth-secret", "s3cret"]);
     let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
     let capture = Capture::start(&sites.inet, parse_frame);
     let (a, b) = punch_pair(
@@ -1579,8 +1579,8 @@ fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
             ns: &b1.ns,
             id: "b1",
         },
-        &["--rendezvous-tcp"],
-        &[],
+        &["--rendezvous-tcp", "--auth-secret", "s3cret"],
+        &["--auth-secret", "s3cret"],
     );
     let seen = capture.finish();
     assert_both_ok("rendezvous over TCP", &a, &b);
@@ -1600,8 +1600,18 @@ fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
             .filter(|s| s.tcp == tcp && s.kind == Some(kind))
             .count()
     };
-    assert!(to_rendezvous(true, kind::REGISTER) >= 1);
+    assert!(
+        to_rendezvous(true, kind::REGISTER) >= 2,
+        "signed after a challenge"
+    );
     assert!(to_rendezvous(true, kind::CONNECT) >= 1);
+    assert!(
+        seen.iter().any(|s| s.tcp
+            && *s.src.ip() == RENDEZVOUS_ADDR
+            && *s.dst.ip() == a_wan
+            && s.kind == Some(kind::CHALLENGE)),
+        "a1 was challenged on its TCP connection"
+    );
     assert_eq!(to_rendezvous(false, kind::REGISTER), 0);
     assert_eq!(to_rendezvous(false, kind::CONNECT), 0);
     assert!(seen.iter().any(|s| !s.tcp
@@ -1610,12 +1620,22 @@ fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
         && s.kind == Some(kind::REGISTER)));
     assert_direct_on_the_wire("rendezvous over TCP", &seen, &a, &b);
     let (last, stderr) = rendezvous.stop_with_stderr();
-    assert!(
-        stderr.contains(OPEN_WARNING),
-        "the open-mode warning: {stderr}"
-    );
+    assert!(!stderr.contains(OPEN_WARNING), "{stderr}");
     assert!(
         matches!(last["counters"]["introductions"].as_u64(), Some(1 | 2)),
         "{last}"
+    );
+    assert_eq!(last["counters"]["auth_bad_mac"], 0, "{last}");
+}
+
+#[test]
+fn an_open_rendezvous_warns_that_anyone_can_register_and_look_up_peers() {
+    let sites = sites();
+    let rendezvous = Rendezvous::start_with(&sites, &["--lifetime", "30"]);
+    let (last, stderr) = rendezvous.stop_with_stderr();
+    assert_eq!(last["counters"]["authenticated"], 0, "{last}");
+    assert!(
+        stderr.contains(OPEN_WARNING),
+        "the open-mode warning: {stderr}"
     );
 }
