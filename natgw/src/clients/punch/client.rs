@@ -28,7 +28,7 @@ use super::{Credential, Options, REGISTER_WAIT};
 use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::wire::{
-    self, Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr,
+    self, Connect, ErrorCode, Message, PeerId, PeerInfo, PunchTransport, Register, Registered, Repr,
 };
 use natgw_proto::stun::client::{binding_request, interpret, random_transaction_id, Seen};
 use natgw_proto::stun::wire::ChangeRequest;
@@ -472,18 +472,16 @@ pub async fn find_peer<C: Channel>(
             }
         }
     }
+    // Over TCP we punch TCP, unless the registration says UDP (--rendezvous-tcp).
+    let udp_punching = register.punch == Some(PunchTransport::Udp) || channel.name() == "UDP";
     bail!(
         "peer {peer} never showed up at the rendezvous {server} within {:.1} s (it said \
-         {unknown} times that {peer} is not registered over {}): start `natgw punch --id \
-         {peer} --peer {}` there with the same rendezvous{}",
+         {unknown} times that {peer} is not registered for {} punching): start `natgw \
+         punch --id {peer} --peer {}` there with the same rendezvous{}",
         started.elapsed().as_secs_f64(),
-        channel.name(),
+        if udp_punching { "UDP" } else { "TCP" },
         register.id,
-        if channel.name() == "TCP" {
-            " and --tcp"
-        } else {
-            ""
-        }
+        if udp_punching { "" } else { " and --tcp" }
     )
 }
 
