@@ -42,8 +42,10 @@ const INITIAL_RTO: Duration = Duration::from_millis(250);
 const MAX_RTO: Duration = Duration::from_secs(1);
 /// Gap between CONNECTs while the peer is not there.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(500);
-/// CHALLENGEs in a row (without another answer in between) before giving up.
-const MAX_CHALLENGES: u32 = 3;
+/// CHALLENGEs in a row (without another answer in between) before giving up: more
+/// than the retransmissions of one REGISTER over UDP, each of which the rendezvous
+/// may challenge before our signed repetition arrives.
+const MAX_CHALLENGES: u32 = 8;
 
 /// The rendezvous refused a request: ERROR with this code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -557,4 +559,75 @@ const fn name(message: &Message) -> &'static str {
 fn transaction() -> u32 {
     // The low half of 64 random bits.
     (natgw_proto::util::rng::random_u64() & u64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgw_proto::punch::wire::verify_mac;
+
+    fn register() -> Message {
+        Message::Register(Register {
+            id: PeerId::new("a").unwrap(),
+            punch: None,
+            private: Vec::new(),
+            mapped: Vec::new(),
+            credential: None,
+        })
+    }
+
+    const SERVER: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 7000);
+
+    #[test]
+    fn the_signer_signs_with_the_latest_nonce_and_gives_up_on_endless_challenges() {
+        let credential = Credential {
+            username: "99:a".to_owned(),
+            password: "pw".to_owned(),
+        };
+        let mut signer = Signer::new(Some(credential));
+        let first = signer.bytes(1, register());
+        assert!(verify_mac(&first, "pw"));
+        let Message::Register(Register {
+            credential: Some(c),
+            ..
+        }) = Repr::decode(&first).unwrap().message
+        else {
+            panic!()
+        };
+        assert!(c.nonce.is_empty());
+        signer.challenged(SERVER, vec![1, 2, 3]).unwrap();
+        let Message::Register(Register {
+            credential: Some(c),
+            ..
+        }) = Repr::decode(&signer.bytes(1, register())).unwrap().message
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (c.username.as_str(), c.nonce.as_slice()),
+            ("99:a", &[1u8, 2, 3][..])
+        );
+        signer.answered();
+        for _ in 0..MAX_CHALLENGES {
+            signer.challenged(SERVER, vec![4]).unwrap();
+        }
+        let e = signer.challenged(SERVER, vec![4]).unwrap_err();
+        assert!(e.to_string().contains("challenged our credential"), "{e}");
+
+        // Without a credential nothing is added, and a CHALLENGE is a refusal.
+        let mut open = Signer::new(None);
+        let plain = open.bytes(1, register());
+        assert_eq!(
+            plain,
+            Repr {
+                transaction: 1,
+                message: register()
+            }
+            .to_bytes()
+        );
+        let e = open.challenged(SERVER, vec![1]).unwrap_err();
+        let refused = e.downcast_ref::<Refused>().unwrap();
+        assert_eq!(refused.reason(), "authentication-required");
+        assert!(e.to_string().contains("give --auth-secret or --auth-user"));
+    }
 }
