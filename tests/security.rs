@@ -869,6 +869,8 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let peer = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
     let register_b = punch_message(punch::Message::Register(punch::Register {
         id: peer_id("b"),
+        punch: None,
+        credential: None,
         private: (1..=4u8)
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 5000))
             .collect(),
@@ -892,8 +894,10 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let asker = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
     let register_a = punch_message(punch::Message::Register(punch::Register {
         id: peer_id("a"),
+        punch: None,
         private: Vec::new(),
         mapped: Vec::new(),
+        credential: None,
     }));
     table.push((
         "rendezvous register (small)",
@@ -903,6 +907,8 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let connect = punch_message(punch::Message::Connect(punch::Connect {
         id: peer_id("a"),
         peer: peer_id("b"),
+        punch: None,
+        credential: None,
     }));
     table.push((
         "rendezvous connect",
@@ -919,6 +925,70 @@ fn every_udp_service_answers_within_three_times_its_request() {
         "rendezvous stun binding",
         20,
         ask(&asker, listen, &stun_request(3, None)),
+    ));
+    let _ = rendezvous.kill();
+    let _ = rendezvous.wait();
+
+    // An authenticating rendezvous: what a forged source can make it send.
+    let listen = SocketAddrV4::new(WAN_B_ADDR, 7001);
+    let mut rendezvous = s.tb.wan[1]
+        .ns
+        .command(natgw_integration_tests::natgw_bin())
+        .args(["rendezvous", "--auth-secret", "s3cret", "--listen"])
+        .arg(listen.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("natgw rendezvous --auth-secret");
+    let forger = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
+    let credentialed = punch::Repr {
+        transaction: 7,
+        message: punch::Message::Register(punch::Register {
+            id: peer_id("a"),
+            punch: None,
+            private: Vec::new(),
+            mapped: Vec::new(),
+            credential: Some(punch::Credential::unsigned("1:a", &[])),
+        }),
+    }
+    .to_signed_bytes("guess");
+    let challenged = wait_for(WAIT, || {
+        forger.send_to(&credentialed, listen).ok()?;
+        recv_nothing(&forger, Duration::from_millis(300))
+    })
+    .expect("the authenticating rendezvous answers");
+    // "1:a" expired long ago: the smallest credentialed request gets an ERROR; one
+    // that is not expired gets the CHALLENGE.
+    table.push((
+        "rendezvous register, expired credential",
+        credentialed.len(),
+        challenged.0.len(),
+    ));
+    let fresh = punch::Repr {
+        transaction: 8,
+        message: punch::Message::Register(punch::Register {
+            id: peer_id("a"),
+            punch: None,
+            private: Vec::new(),
+            mapped: Vec::new(),
+            credential: Some(punch::Credential::unsigned("9999999999:a", &[])),
+        }),
+    }
+    .to_signed_bytes("guess");
+    let challenge = {
+        forger.send_to(&fresh, listen).expect("send");
+        recv(&forger).expect("challenged").0
+    };
+    assert_eq!(challenge[3], 0x07, "a CHALLENGE: {challenge:?}");
+    table.push((
+        "rendezvous register with credential (challenge)",
+        fresh.len(),
+        challenge.len(),
+    ));
+    table.push((
+        "rendezvous connect without credential",
+        connect.len(),
+        ask(&forger, listen, &connect),
     ));
     let _ = rendezvous.kill();
     let _ = rendezvous.wait();
