@@ -131,6 +131,12 @@ impl<K: Eq + Hash + Copy, M: Moment> RateLimiter<K, M> {
 
     /// Takes one token from `key`'s bucket at `now`.
     pub fn check(&mut self, key: K, now: M) -> Verdict {
+        self.check_many(key, now, 1)
+    }
+
+    /// Takes `n` tokens (bytes, for a byte budget) from `key`'s bucket at `now`, all
+    /// or none.
+    pub fn check_many(&mut self, key: K, now: M, n: u64) -> Verdict {
         if self.per_second == 0 {
             return Verdict::Allow;
         }
@@ -161,7 +167,7 @@ impl<K: Eq + Hash + Copy, M: Moment> RateLimiter<K, M> {
         self.buckets
             .entry(key)
             .or_insert_with(|| TokenBucket::new(per_second, burst, now))
-            .take(now)
+            .take_many(now, n)
     }
 
     /// Keys tracked now.
