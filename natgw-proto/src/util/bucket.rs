@@ -62,6 +62,12 @@ impl<M: Moment> TokenBucket<M> {
         self.refilled(now) >= self.burst.saturating_mul(BILLION)
     }
 
+    /// Whether `n` tokens could be taken at `now` (nothing is taken).
+    #[must_use]
+    pub fn has(&self, now: M, n: u64) -> bool {
+        self.per_second == 0 || self.refilled(now) >= n.saturating_mul(BILLION)
+    }
+
     /// When the bucket last took or refused a token.
     #[must_use]
     pub const fn last(&self) -> M {
@@ -189,6 +195,16 @@ mod tests {
     use std::time::Duration;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn has_looks_without_taking() {
+        let mut b = TokenBucket::new(100, 50, Nanos(0));
+        assert!(b.has(Nanos(0), 50) && !b.has(Nanos(0), 51));
+        assert_eq!(b.take_many(Nanos(0), 50), Verdict::Allow);
+        assert!(!b.has(Nanos(0), 1));
+        assert!(b.has(Nanos(10 * MS), 1));
+        assert_eq!(b.take(Nanos(10 * MS)), Verdict::Allow);
+    }
 
     #[test]
     fn a_burst_then_the_rate() {

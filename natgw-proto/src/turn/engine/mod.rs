@@ -995,6 +995,14 @@ impl<A: RelayAllocator> Server<A> {
             len => ip & (u32::MAX << (32 - u32::from(len.min(32)))),
         };
         let out_u64 = out as u64;
+        // The global budget is looked at first, without taking from it: once it is
+        // spent, a flood from many prefixes costs no work in the prefix table.
+        let total = *self.challenge_total.get_or_insert_with(|| {
+            TokenBucket::new(limit.bytes_per_second, limit.burst_bytes, now)
+        });
+        if !total.has(now, out_u64) {
+            return false;
+        }
         let by_prefix = self
             .challenge_prefixes
             .as_mut()

@@ -1387,8 +1387,8 @@ fn unauthenticated_answers_over_udp_are_bounded_in_all() {
     }
     assert!(out <= 5000 && out > 4000, "{out}");
     assert_eq!(s.counters().challenge_bytes_out, out);
-    // The limiter's table stays bounded.
-    assert!(s.challenge_prefixes.as_ref().unwrap().len() <= 4096);
+    // Once the global budget is spent, the prefix table is not even looked at.
+    assert!(s.challenge_prefixes.as_ref().unwrap().len() < 100);
     // No limit configured: every request is answered.
     let mut config = super::tests::config();
     config.challenge_limit = None;
