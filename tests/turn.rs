@@ -15,7 +15,8 @@
 //! - A flood of unauthenticated Allocates (28 bytes each) is answered with a small
 //!   fraction of its bytes (the per-prefix challenge budget), another prefix and a
 //!   real client on the flooded address are still served; an allocation flood from
-//!   one user stops at its quota while another user relays.
+//!   one user stops at its quota while another user relays; TCP connections are
+//!   bounded per address and a stream that breaks framing is closed.
 
 use std::io::{BufRead as _, BufReader};
 use std::io::{Read as _, Write as _};
@@ -741,4 +742,64 @@ fn an_allocation_flood_from_one_user_stops_at_its_quota_and_another_user_relays(
     assert_eq!(counter(&c, "quota_refusals"), 17, "{c}");
     assert_eq!(counter(&c, "allocations_created"), 5, "{c}");
     assert_eq!(counter(&c, "to_peer_packets"), 1, "{c}");
+}
+
+#[test]
+fn tcp_connections_are_bounded_per_address_and_a_broken_stream_is_closed() {
+    require_root();
+    let tb = Testbed::new().expect("building the testbed");
+    let server = Rendezvous::start(&tb.wan[0].ns, &["--turn-user", "carol:cat"]);
+    let to = SocketAddrV4::new(WAN_A_ADDR, PORT);
+    let closed = |stream: &mut TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0; 64];
+        matches!(stream.read(&mut buf), Ok(0) | Err(_))
+    };
+    tb.wan[1].ns.run(|| {
+        // 16 connections from one address are served; the 17th is closed at once.
+        let mut held: Vec<TcpStream> = (0..16)
+            .map(|_| TcpStream::connect(to).expect("TCP"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = TcpStream::connect(to).expect("TCP");
+        assert!(closed(&mut extra), "a 17th connection from one address");
+        // A served connection still answers: a 401 to an Allocate.
+        held[0]
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let challenge = tcp_exchange(&mut held[0], &allocate_request(1, None));
+        assert_eq!(error(&challenge), Some(401));
+        // A STUN header whose length is not a multiple of 4 breaks the stream: closed.
+        held[1]
+            .write_all(&[0x00, 0x03, 0x00, 0x03, 0x21, 0x12, 0xa4, 0x42])
+            .expect("write");
+        assert!(closed(&mut held[1]), "a broken stream is closed");
+        // So is a stream that is neither STUN, ChannelData (first bits 01) nor the
+        // punch protocol.
+        held[2].write_all(&[0xff; 16]).expect("write");
+        assert!(closed(&mut held[2]), "a stream of 0xff is closed");
+    });
+    // Another address allocates over TCP meanwhile.
+    let relay = tb.gateway.ns.run(|| {
+        let mut stream = TcpStream::connect(to).expect("TCP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let challenge = tcp_exchange(&mut stream, &allocate_request(1, None));
+        let nonce = parse(&challenge)
+            .find(|a| match a {
+                Attribute::Nonce(n) => Some((*n).to_owned()),
+                _ => None,
+            })
+            .expect("a NONCE");
+        let granted = tcp_exchange(&mut stream, &allocate_request(2, Some(&nonce)));
+        assert_eq!(error(&granted), None, "Allocate over TCP");
+        relayed(&granted)
+    });
+    assert!(relay.is_some());
+    let c = server.stop();
+    eprintln!("TURN counters: {c}");
+    assert_eq!(counter(&c, "allocations_created"), 1, "{c}");
 }
