@@ -47,6 +47,9 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 16;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Messages queued for one TCP connection before further ones are dropped.
 const CONNECTION_QUEUE: usize = 256;
+/// Longest UDP datagram read with TURN on (a 64 KiB Send indication or ChannelData,
+/// which a shorter buffer would cut and the engine drop as malformed).
+const TURN_DATAGRAM: usize = 65_536;
 /// Bytes queued for one TCP connection before further messages are dropped: a TURN
 /// client that stops reading while its peers send 64 KiB datagrams would otherwise
 /// hold 16 MiB, and 256 connections 4 GiB.
@@ -208,7 +211,9 @@ impl Server {
         let (events_tx, mut events) = mpsc::channel::<Event>(1024);
         let mut connections: HashMap<SocketAddrV4, Outbox> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut buf = vec![0; 2048];
+        // A TURN client's Send indication or ChannelData carries up to 64 KiB; the
+        // punch protocol's and STUN's messages fit 2 KiB.
+        let mut buf = vec![0; if turn.is_some() { TURN_DATAGRAM } else { 2048 }];
         tokio::pin!(stop);
         loop {
             let mut to_clients = Vec::new();
