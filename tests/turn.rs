@@ -12,6 +12,11 @@
 //!   (the server's own address, loopback, private) get 403, and the per-user quota
 //!   gives 486 while another user still allocates; an allocation over TCP ends, and
 //!   its relay port is free again, when its connection closes.
+//! - A flood of unauthenticated Allocates (28 bytes each) is answered with a small
+//!   fraction of its bytes (the per-prefix challenge budget), another prefix and a
+//!   real client on the flooded address are still served; an allocation flood from
+//!   one user stops at its quota while another user relays; TCP connections are
+//!   bounded per address and a stream that breaks framing is closed.
 
 use std::io::{BufRead as _, BufReader};
 use std::io::{Read as _, Write as _};
@@ -273,11 +278,15 @@ struct Client {
 
 impl Client {
     fn new(ns: &Netns, user: &'static str, password: &'static str) -> Self {
+        Self::on(ns, GW_WAN_ADDR, user, password)
+    }
+
+    fn on(ns: &Netns, ip: Ipv4Addr, user: &'static str, password: &'static str) -> Self {
         let socket = ns
-            .bind_udp(SocketAddrV4::new(GW_WAN_ADDR, 0))
+            .bind_udp(SocketAddrV4::new(ip, 0))
             .expect("client socket");
         socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
+            .set_read_timeout(Some(Duration::from_millis(500)))
             .expect("timeout");
         socket
             .connect(SocketAddrV4::new(WAN_A_ADDR, PORT))
@@ -291,7 +300,8 @@ impl Client {
         }
     }
 
-    /// Sends a request (signed once a nonce is known) and returns the response.
+    /// Sends a request (signed once a nonce is known) and returns the response,
+    /// retransmitting every 500 ms as RFC 8489 §6.2.1 clients do (7 times at most).
     fn request(&mut self, method: u16, attributes: Vec<Attribute<'static>>) -> Vec<u8> {
         self.next_id += 1;
         let id = [self.next_id; 12];
@@ -319,12 +329,17 @@ impl Client {
                 &long_term_key(self.user, REALM, self.password)
             ));
         }
-        self.socket.send(&bytes).expect("send");
         let mut buf = [0; 2048];
-        for _ in 0..10 {
-            let n = self.socket.recv(&mut buf).expect("a response");
-            if buf[8..20] == id {
-                return buf[..n].to_vec();
+        for _ in 0..7 {
+            self.socket.send(&bytes).expect("send");
+            // Responses to earlier transactions are skipped; a timeout retransmits.
+            for _ in 0..10 {
+                let Ok(n) = self.socket.recv(&mut buf) else {
+                    break;
+                };
+                if buf[8..20] == id {
+                    return buf[..n].to_vec();
+                }
             }
         }
         panic!("no response to {method:#x}");
@@ -546,4 +561,264 @@ fn tcp_exchange(stream: &mut TcpStream, request: &[u8]) -> Vec<u8> {
         "the response to our request"
     );
     message
+}
+
+/// The smallest request that is answered without credentials: an Allocate with
+/// REQUESTED-TRANSPORT, 28 bytes.
+fn tiny_allocate(n: u32) -> Vec<u8> {
+    let mut id = [0x33; 12];
+    id[..4].copy_from_slice(&n.to_be_bytes());
+    Repr {
+        class: Class::Request,
+        method: METHOD_ALLOCATE,
+        cookie: MAGIC_COOKIE,
+        transaction_id: id,
+        attributes: vec![Attribute::RequestedTransport(turn::PROTOCOL_UDP)],
+    }
+    .to_bytes()
+}
+
+#[test]
+fn a_flood_of_unauthenticated_allocates_is_not_reflected_and_real_clients_still_allocate() {
+    require_root();
+    let tb = Testbed::new().expect("building the testbed");
+    let server = Rendezvous::start(&tb.wan[0].ns, &["--turn-user", "alice:wonderland"]);
+    // 3200 Allocates of 28 bytes from 16 ports of wan-b, in rounds of 100 every 5 ms
+    // (the pace of a modest flood, slow enough that the kernel drops none of them).
+    let flood: Vec<UdpSocket> = (0..16)
+        .map(|_| {
+            let s = tb.wan[1]
+                .ns
+                .bind_udp(SocketAddrV4::new(WAN_B_ADDR, 0))
+                .expect("flood socket");
+            s.connect(SocketAddrV4::new(WAN_A_ADDR, PORT))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (mut sent, mut bytes_in) = (0_u64, 0_u64);
+    for round in 0..32_u32 {
+        for i in 0..100 {
+            let request = tiny_allocate(round * 100 + i);
+            flood[(i % 16) as usize].send(&request).expect("flood send");
+            sent += 1;
+            bytes_in += request.len() as u64;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let flooding = started.elapsed().as_secs_f64();
+    // Another prefix is answered at once (the budget is per /24 before it is global).
+    let probe = tb
+        .gateway
+        .ns
+        .bind_udp(SocketAddrV4::new(GW_WAN_ADDR, 0))
+        .expect("probe socket");
+    probe
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    probe
+        .send_to(
+            &tiny_allocate(u32::MAX),
+            SocketAddrV4::new(WAN_A_ADDR, PORT),
+        )
+        .expect("probe send");
+    let mut buf = [0; 2048];
+    let n = probe.recv(&mut buf).expect("a 401 to another prefix");
+    assert_eq!(error(&buf[..n]), Some(401));
+    let probe_bytes = n as u64;
+    let (mut answers, mut bytes_out) = (0_u64, 0_u64);
+    for s in &flood {
+        while let Ok(n) = s.recv(&mut buf) {
+            assert_eq!(error(&buf[..n]), Some(401));
+            answers += 1;
+            bytes_out += n as u64;
+        }
+    }
+    eprintln!(
+        "flood: {sent} requests, {bytes_in} bytes in {flooding:.2} s; answered {answers}, \
+         {bytes_out} bytes ({:.3} of the bytes in)",
+        bytes_out as f64 / bytes_in as f64
+    );
+    // Per /24: a burst of 8 KiB and 2 KiB/s (the 401 is 96 bytes with realm "natgw"),
+    // with half a second's slack for the requests still queued when sending ended.
+    assert!(answers > 0, "the flood's first requests are answered");
+    assert!(
+        bytes_out as f64 <= 8192.0 + 2048.0 * (flooding + 0.5),
+        "{bytes_out} bytes answered in {flooding:.2} s"
+    );
+    assert!(bytes_out * 4 < bytes_in, "in {bytes_in}, out {bytes_out}");
+
+    // A real client on the flooded address: its first Allocate may go unanswered; it
+    // retransmits, gets its 401, and its signed Allocate succeeds.
+    let mut alice = Client::on(&tb.wan[1].ns, WAN_B_ADDR, "alice", "wonderland");
+    let response = alice.allocate();
+    assert_eq!(error(&response), None, "Allocate after the flood");
+    assert!(relayed(&response).is_some());
+
+    let c = server.stop();
+    eprintln!("TURN counters: {c}");
+    let limited = c["dropped"]["challenge_limited"]
+        .as_u64()
+        .expect("dropped.challenge_limited");
+    assert!(limited >= sent - answers, "{c}");
+    assert!(counter(&c, "challenge_bytes_in") >= bytes_in, "{c}");
+    let out = counter(&c, "challenge_bytes_out");
+    assert!(
+        out >= bytes_out + probe_bytes && out <= bytes_out + probe_bytes + 8 * 100,
+        "what went out is what the test received, and alice's 401s: {c}"
+    );
+    assert_eq!(counter(&c, "allocations_created"), 1, "{c}");
+}
+
+#[test]
+fn an_allocation_flood_from_one_user_stops_at_its_quota_and_another_user_relays() {
+    require_root();
+    let tb = Testbed::new().expect("building the testbed");
+    let server = Rendezvous::start(
+        &tb.wan[0].ns,
+        &[
+            "--turn-user",
+            "alice:wonderland",
+            "--turn-user",
+            "bob:builder",
+            "--turn-quota",
+            "3",
+        ],
+    );
+    // alice tries 20 allocations from 20 ports: 3 granted, 17 refused with 486.
+    let mut alices: Vec<Client> = (0..20)
+        .map(|_| Client::new(&tb.gateway.ns, "alice", "wonderland"))
+        .collect();
+    let codes: Vec<Option<u16>> = alices.iter_mut().map(|a| error(&a.allocate())).collect();
+    let granted = codes.iter().filter(|c| c.is_none()).count();
+    let refused = codes.iter().filter(|c| **c == Some(486)).count();
+    assert_eq!((granted, refused), (3, 17), "{codes:?}");
+    // bob allocates and relays to a peer and back.
+    let mut bob = Client::new(&tb.gateway.ns, "bob", "builder");
+    let response = bob.allocate();
+    assert_eq!(error(&response), None, "bob's Allocate");
+    let relay = relayed(&response).expect("XOR-RELAYED-ADDRESS");
+    let peer = tb.wan[1]
+        .ns
+        .bind_udp(SocketAddrV4::new(WAN_B_ADDR, 7001))
+        .expect("peer socket");
+    peer.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    assert_eq!(error(&bob.permit(WAN_B_ADDR)), None, "CreatePermission");
+    let send = Repr {
+        class: Class::Indication,
+        method: METHOD_SEND,
+        cookie: MAGIC_COOKIE,
+        transaction_id: [0x56; 12],
+        attributes: vec![
+            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_B_ADDR, 7001))),
+            Attribute::Data(b"bob's data"),
+        ],
+    }
+    .to_bytes();
+    bob.socket.send(&send).expect("send indication");
+    let mut buf = [0; 2048];
+    let (n, from) = peer.recv_from(&mut buf).expect("bob's relayed datagram");
+    assert_eq!(&buf[..n], b"bob's data");
+    assert_eq!(from, SocketAddr::V4(relay));
+    // A datagram larger than the path MTU (sent in IP fragments) is relayed whole.
+    let large: Vec<u8> = (0..6000_u32).map(|i| (i % 251) as u8).collect();
+    let send_large = Repr {
+        class: Class::Indication,
+        method: METHOD_SEND,
+        cookie: MAGIC_COOKIE,
+        transaction_id: [0x57; 12],
+        attributes: vec![
+            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_B_ADDR, 7001))),
+            Attribute::Data(&large),
+        ],
+    }
+    .to_bytes();
+    bob.socket.send(&send_large).expect("large send indication");
+    let mut big = vec![0; 65_536];
+    let (n, _) = peer
+        .recv_from(&mut big)
+        .expect("bob's large relayed datagram");
+    assert_eq!(&big[..n], &large[..], "6000 bytes relayed whole");
+    // Once one of alice's allocations is deleted, she may allocate again.
+    let first = codes
+        .iter()
+        .position(Option::is_none)
+        .expect("a granted one");
+    let deleted = alices[first].request(turn::METHOD_REFRESH, vec![Attribute::Lifetime(0)]);
+    assert_eq!(error(&deleted), None, "Refresh with LIFETIME 0");
+    let mut retry = Client::new(&tb.gateway.ns, "alice", "wonderland");
+    assert_eq!(
+        error(&retry.allocate()),
+        None,
+        "alice below her quota again"
+    );
+    let c = server.stop();
+    eprintln!("TURN counters: {c}");
+    assert_eq!(counter(&c, "quota_refusals"), 17, "{c}");
+    assert_eq!(counter(&c, "allocations_created"), 5, "{c}");
+    assert_eq!(counter(&c, "to_peer_packets"), 2, "{c}");
+}
+
+#[test]
+fn tcp_connections_are_bounded_per_address_and_a_broken_stream_is_closed() {
+    require_root();
+    let tb = Testbed::new().expect("building the testbed");
+    let server = Rendezvous::start(&tb.wan[0].ns, &["--turn-user", "carol:cat"]);
+    let to = SocketAddrV4::new(WAN_A_ADDR, PORT);
+    let closed = |stream: &mut TcpStream| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut buf = [0; 64];
+        matches!(stream.read(&mut buf), Ok(0) | Err(_))
+    };
+    tb.wan[1].ns.run(|| {
+        // 16 connections from one address are served; the 17th is closed at once.
+        let mut held: Vec<TcpStream> = (0..16)
+            .map(|_| TcpStream::connect(to).expect("TCP"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let mut extra = TcpStream::connect(to).expect("TCP");
+        assert!(closed(&mut extra), "a 17th connection from one address");
+        // A served connection still answers: a 401 to an Allocate.
+        held[0]
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let challenge = tcp_exchange(&mut held[0], &allocate_request(1, None));
+        assert_eq!(error(&challenge), Some(401));
+        // A STUN header whose length is not a multiple of 4 breaks the stream: closed.
+        held[1]
+            .write_all(&[0x00, 0x03, 0x00, 0x03, 0x21, 0x12, 0xa4, 0x42])
+            .expect("write");
+        assert!(closed(&mut held[1]), "a broken stream is closed");
+        // So is a stream that is neither STUN, ChannelData (first bits 01) nor the
+        // punch protocol.
+        held[2].write_all(&[0xff; 16]).expect("write");
+        assert!(closed(&mut held[2]), "a stream of 0xff is closed");
+    });
+    // Another address allocates over TCP meanwhile.
+    let relay = tb.gateway.ns.run(|| {
+        let mut stream = TcpStream::connect(to).expect("TCP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let challenge = tcp_exchange(&mut stream, &allocate_request(1, None));
+        let nonce = parse(&challenge)
+            .find(|a| match a {
+                Attribute::Nonce(n) => Some((*n).to_owned()),
+                _ => None,
+            })
+            .expect("a NONCE");
+        let granted = tcp_exchange(&mut stream, &allocate_request(2, Some(&nonce)));
+        assert_eq!(error(&granted), None, "Allocate over TCP");
+        relayed(&granted)
+    });
+    assert!(relay.is_some());
+    let c = server.stop();
+    eprintln!("TURN counters: {c}");
+    assert_eq!(counter(&c, "allocations_created"), 1, "{c}");
 }

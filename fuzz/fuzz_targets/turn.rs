@@ -29,7 +29,8 @@ use natgw_proto::stun::wire::{Attribute, Class, Packet, Repr, MAGIC_COOKIE};
 use natgw_proto::turn::auth::{self, long_term_key, Credentials, Integrity, Nonces};
 use natgw_proto::turn::engine::testing::FakeAllocator;
 use natgw_proto::turn::engine::{
-    peer_allowed, Action, Bandwidth, Config, Event, FiveTuple, Now, Server, Transport,
+    peer_allowed, Action, Bandwidth, ChallengeLimit, Config, Event, FiveTuple, Now, Server,
+    Transport,
 };
 use natgw_proto::turn::wire::{self as turn, ChannelData, Frame, Framer, Kind};
 
@@ -149,6 +150,20 @@ impl Harness {
         }
         if get(3) & 2 == 2 {
             config.allowed_peers = vec!["10.0.0.0/24".parse().expect("prefix")];
+        }
+        // Unauthenticated answers: unlimited (so long scripts keep their 401s), or
+        // within a tiny budget the script exhausts.
+        config.challenge_limit = (get(3) & 4 == 4).then(|| ChallengeLimit {
+            prefix_len: 1 + get(7) % 32,
+            prefix_bytes_per_second: 1 + u64::from(get(7)),
+            prefix_burst_bytes: 1 + u64::from(get(7)) * 8,
+            bytes_per_second: 1 + u64::from(get(5)) * 4,
+            burst_bytes: 1 + u64::from(get(4)) * 16,
+            max_prefixes: 1 + usize::from(get(6) % 4),
+        });
+        if get(3) & 8 == 8 {
+            config.max_channels = usize::from(get(7) % 4);
+            config.max_transactions = usize::from(get(6) % 4);
         }
         config.own_addresses = vec![Ipv4Addr::new(192, 0, 2, 1)];
         config.software = None;

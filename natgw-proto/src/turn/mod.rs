@@ -31,22 +31,33 @@
 //!   400; unknown user, expired shared-secret username, another realm or a wrong
 //!   MESSAGE-INTEGRITY → 401; a nonce past its lifetime (or from another client
 //!   address, or forged) → 438 with a new one. Responses to authenticated requests
-//!   carry MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
+//!   carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
+//!   Unauthenticated answers carry nothing optional (a 401 is ERROR-CODE, REALM,
+//!   NONCE: 96 bytes with realm "natgw"), and over UDP, where their source may be
+//!   spoofed, they are paid for from byte budgets per source prefix and in all
+//!   ([`engine::ChallengeLimit`]); beyond, they are dropped and counted.
+//! - Retransmissions: the response to every authenticated request is remembered per
+//!   5-tuple and transaction ID for 40 s (RFC 8489 §6.3.1; at most
+//!   [`engine::DEFAULT_MAX_TRANSACTIONS`]), and a retransmission gets it again — a
+//!   repeated Refresh with LIFETIME 0 its success, not 437.
 //! - Allocate: REQUESTED-TRANSPORT UDP only (missing → 400, other → 442); IPv4 relays
 //!   only (REQUESTED-ADDRESS-FAMILY IPv6 → 440); LIFETIME clamped to [600 s, 3600 s]
 //!   by default; DONT-FRAGMENT accepted and passed to the service with each datagram;
 //!   EVEN-PORT asks the allocator for an even port, and with R also holds the next one
 //!   for 30 s behind a RESERVATION-TOKEN, which a later Allocate redeems (an unknown
 //!   or lapsed token → 508; a token with EVEN-PORT or REQUESTED-ADDRESS-FAMILY → 400).
-//!   A second Allocate on the same 5-tuple → 437, but a retransmission (same
-//!   transaction ID) gets the first response again. Per-user quota → 486; the total
+//!   A second Allocate on the same 5-tuple → 437 (a retransmission gets the first
+//!   response, as every request does). Per-user quota → 486; the total
 //!   quota or an allocator out of ports → 508.
 //! - Refresh: 437 without an allocation, 441 from another user than the one who made
 //!   it (CreatePermission and ChannelBind too); LIFETIME 0 deletes.
 //! - CreatePermission: per peer IP, 300 s, all peers of a request or none; ChannelBind:
 //!   600 s, installs the peer's permission too; a channel outside 0x4000..=0x7FFF (RFC 5766's range, which coturn's
 //!   clients use; RFC 8656 narrowed it to 0x4FFF), a
-//!   channel bound to another peer, or a peer bound to another channel → 400.
+//!   channel bound to another peer, or a peer bound to another channel → 400, and so
+//!   for 5 minutes after such a binding expired (RFC 8656 §12; the same pair may be
+//!   bound again at once); at most 128 channels per allocation, bound or waiting, and
+//!   64 permissions (508 beyond).
 //! - Peers: IPv4 only (IPv6 → 443). Denied ranges (403, SSRF protection) by default
 //!   0/8, 127/8, 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16, 224/3, plus the
 //!   host's own addresses; an operator allow-list overrides both.
@@ -62,11 +73,15 @@
 //! relays, no RFC 6156 IPv6 or ADDITIONAL-ADDRESS-FAMILY); no TLS/DTLS (the service's
 //! business); no RFC 8489 MESSAGE-INTEGRITY-SHA256, USERHASH or PASSWORD-ALGORITHMS
 //! (ignored when sent, MESSAGE-INTEGRITY used); usernames and passwords are not run
-//! through SASLprep; transactions other than Allocate are not remembered, so a
-//! retransmitted Refresh with LIFETIME 0 gets 437; a channel number is free for
-//! another peer as soon as its binding expires (RFC 8656 §12 asks for a 5-minute
-//! pause); ICMP from peers is not relayed. `poll_timeout` and `expire` scan every
-//! allocation: fine for thousands, not for millions.
+//! through SASLprep; ICMP from peers is not relayed.
+//!
+//! Expiry: every allocation, permission, channel, channel reuse delay and
+//! reservation has one entry in a timer heap, armed when it is made; entries are not
+//! touched when what they time is refreshed or ended (lazy invalidation), and a due
+//! entry either ends what it times, re-arms at its new expiry, or is dropped as
+//! stale. `poll_timeout` is the heap's head, and `expire`'s work is proportional to
+//! the entries due ([`engine::Counters::timers_visited`]), not to the allocations
+//! held. The heap is rebuilt from the state when stale entries outnumber live ones.
 
 pub mod auth;
 pub mod engine;

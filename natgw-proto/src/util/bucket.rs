@@ -62,6 +62,12 @@ impl<M: Moment> TokenBucket<M> {
         self.refilled(now) >= self.burst.saturating_mul(BILLION)
     }
 
+    /// Whether `n` tokens could be taken at `now` (nothing is taken).
+    #[must_use]
+    pub fn has(&self, now: M, n: u64) -> bool {
+        self.per_second == 0 || self.refilled(now) >= n.saturating_mul(BILLION)
+    }
+
     /// When the bucket last took or refused a token.
     #[must_use]
     pub const fn last(&self) -> M {
@@ -131,6 +137,12 @@ impl<K: Eq + Hash + Copy, M: Moment> RateLimiter<K, M> {
 
     /// Takes one token from `key`'s bucket at `now`.
     pub fn check(&mut self, key: K, now: M) -> Verdict {
+        self.check_many(key, now, 1)
+    }
+
+    /// Takes `n` tokens (bytes, for a byte budget) from `key`'s bucket at `now`, all
+    /// or none.
+    pub fn check_many(&mut self, key: K, now: M, n: u64) -> Verdict {
         if self.per_second == 0 {
             return Verdict::Allow;
         }
@@ -161,7 +173,7 @@ impl<K: Eq + Hash + Copy, M: Moment> RateLimiter<K, M> {
         self.buckets
             .entry(key)
             .or_insert_with(|| TokenBucket::new(per_second, burst, now))
-            .take(now)
+            .take_many(now, n)
     }
 
     /// Keys tracked now.
@@ -183,6 +195,16 @@ mod tests {
     use std::time::Duration;
 
     const MS: u64 = 1_000_000;
+
+    #[test]
+    fn has_looks_without_taking() {
+        let mut b = TokenBucket::new(100, 50, Nanos(0));
+        assert!(b.has(Nanos(0), 50) && !b.has(Nanos(0), 51));
+        assert_eq!(b.take_many(Nanos(0), 50), Verdict::Allow);
+        assert!(!b.has(Nanos(0), 1));
+        assert!(b.has(Nanos(10 * MS), 1));
+        assert_eq!(b.take(Nanos(10 * MS)), Verdict::Allow);
+    }
 
     #[test]
     fn a_burst_then_the_rate() {

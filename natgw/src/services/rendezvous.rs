@@ -10,13 +10,16 @@
 //! Binding) and ChannelData (first bits 01, see [`turn::is_channel_data`]) go to the
 //! TURN relay ([`turn::Turn`]), which the same task drives. TCP connections are
 //! bounded: [`MAX_CONNECTIONS`] in all, [`MAX_CONNECTIONS_PER_IP`] from one address,
-//! and one that sends nothing for [`IDLE_TIMEOUT`] (or the registration lifetime, if
-//! longer) is closed.
+//! one that sends nothing for [`IDLE_TIMEOUT`] (or the registration lifetime, if
+//! longer) is closed, and what waits to be written to one is bounded in messages and
+//! in bytes ([`CONNECTION_QUEUE_BYTES`]). TURN responses over UDP leave through the
+//! reply path ([`Replies`]) as the STUN responder's do.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +49,51 @@ pub const MAX_CONNECTIONS_PER_IP: usize = 16;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Messages queued for one TCP connection before further ones are dropped.
 const CONNECTION_QUEUE: usize = 256;
+/// Longest UDP datagram read with TURN on (a 64 KiB Send indication or ChannelData,
+/// which a shorter buffer would cut and the engine drop as malformed).
+const TURN_DATAGRAM: usize = 65_536;
+/// Bytes queued for one TCP connection before further messages are dropped: a TURN
+/// client that stops reading while its peers send 64 KiB datagrams would otherwise
+/// hold 16 MiB, and 256 connections 4 GiB.
+pub const CONNECTION_QUEUE_BYTES: usize = 256 * 1024;
+
+/// The queue of one TCP connection's writer, bounded in messages and in bytes.
+#[derive(Clone, Debug)]
+struct Outbox {
+    tx: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued and not yet written.
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    fn new() -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        (Self { tx, queued }, rx)
+    }
+
+    /// Queues `bytes` without waiting; false (dropped) when the queue is full in
+    /// messages or would pass [`CONNECTION_QUEUE_BYTES`] (one message of any size
+    /// fits an empty queue).
+    fn try_send(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > CONNECTION_QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        if self.tx.try_send(bytes).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The writer wrote `len` bytes.
+    fn written(queued: &AtomicUsize, len: usize) {
+        queued.fetch_sub(len, Ordering::Relaxed);
+    }
+}
 
 /// What a connection's reader tells the engine task.
 enum Event {
@@ -184,9 +232,11 @@ impl Server {
             lifetime.as_secs()
         );
         let (events_tx, mut events) = mpsc::channel::<Event>(1024);
-        let mut connections: HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>> = HashMap::new();
+        let mut connections: HashMap<SocketAddrV4, Outbox> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut buf = vec![0; 2048];
+        // A TURN client's Send indication or ChannelData carries up to 64 KiB; the
+        // punch protocol's and STUN's messages fit 2 KiB.
+        let mut buf = vec![0; if turn.is_some() { TURN_DATAGRAM } else { 2048 }];
         tokio::pin!(stop);
         loop {
             let mut to_clients = Vec::new();
@@ -232,10 +282,11 @@ impl Server {
                                 && connections.keys().filter(|a| a.ip() == remote.ip()).count()
                                     < MAX_CONNECTIONS_PER_IP =>
                         {
-                            let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
-                            connections.insert(remote, tx);
+                            let (outbox, rx) = Outbox::new();
+                            let queued = Arc::clone(&outbox.queued);
+                            connections.insert(remote, outbox);
                             let reader = Reader { remote, turn: turn.is_some(), idle };
-                            spawn_connection(stream, reader, rx, events_tx.clone());
+                            spawn_connection(stream, reader, rx, queued, events_tx.clone());
                         }
                         Ok((_, remote)) => {
                             log::warn!("rendezvous.refused remote={remote} too_many_connections");
@@ -303,10 +354,9 @@ impl Server {
                 send(&udp, &connections, &mut replies, t);
             }
             for (tuple, bytes) in to_clients {
-                if !send_turn(&udp, &connections, tuple, bytes) {
-                    if let Some(t) = turn.as_mut() {
-                        t.client_send_failed();
-                    }
+                let sent = send_turn(&udp, &connections, &mut replies, tuple, bytes);
+                if let Some(t) = turn.as_mut() {
+                    t.client_sent(sent);
                 }
             }
         }
@@ -325,7 +375,7 @@ impl Server {
 /// possibly spoofed destination is unresolved, dropped when the socket is full).
 fn send(
     udp: &UdpSocket,
-    connections: &HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>>,
+    connections: &HashMap<SocketAddrV4, Outbox>,
     replies: &mut Replies,
     t: Transmit,
 ) {
@@ -368,21 +418,37 @@ async fn recv_peer(rx: &mut Option<mpsc::Receiver<PeerDatagram>>) -> Option<Peer
     }
 }
 
-/// Sends a TURN message to its client without waiting; false when it could not.
+/// Sends a TURN message to its client without waiting. Over UDP through the reply
+/// path: a response (which may answer a spoofed source) is held back while its
+/// destination is unresolved, beyond the reply path's budget, as the STUN
+/// responder's are; relayed data goes to clients that authenticated from their
+/// address, and is only sent without waiting.
 fn send_turn(
     udp: &UdpSocket,
-    connections: &HashMap<SocketAddrV4, mpsc::Sender<Vec<u8>>>,
+    connections: &HashMap<SocketAddrV4, Outbox>,
+    replies: &mut Replies,
     tuple: FiveTuple,
     bytes: Vec<u8>,
-) -> bool {
+) -> turn::Sent {
     let SocketAddr::V4(client) = tuple.client else {
-        return false;
+        return turn::Sent::Failed;
     };
-    match tuple.transport {
-        TurnTransport::Udp => udp.try_send_to(&bytes, tuple.client).is_ok(),
+    let ok = match tuple.transport {
+        TurnTransport::Udp => {
+            let now = Instant::now();
+            if turn::is_response(&bytes) && !replies.admit(now, *client.ip()) {
+                return turn::Sent::Unresolved;
+            }
+            replies.send(now, udp, &bytes, client)
+        }
         TurnTransport::Tcp => connections
             .get(&client)
-            .is_some_and(|tx| tx.try_send(bytes).is_ok()),
+            .is_some_and(|tx| tx.try_send(bytes)),
+    };
+    if ok {
+        turn::Sent::Sent
+    } else {
+        turn::Sent::Failed
     }
 }
 
@@ -400,12 +466,15 @@ fn spawn_connection(
     stream: TcpStream,
     reader: Reader,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     events: mpsc::Sender<Event>,
 ) {
     let (half, mut writer) = stream.into_split();
     tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            let written = writer.write_all(&bytes).await;
+            Outbox::written(&queued, bytes.len());
+            if written.is_err() {
                 break;
             }
         }
@@ -446,4 +515,33 @@ async fn read_connection(mut half: OwnedReadHalf, reader: Reader, events: mpsc::
         }
     }
     let _ = events.send(Event::Closed(remote)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_does_not_read_holds_a_bounded_number_of_bytes() {
+        let (outbox, mut rx) = Outbox::new();
+        // 64 KiB messages (relayed datagrams) to a client that never reads.
+        let accepted = (0..100)
+            .filter(|_| outbox.try_send(vec![0; 65_000]))
+            .count();
+        assert_eq!(accepted, CONNECTION_QUEUE_BYTES / 65_000);
+        assert!(outbox.queued.load(Ordering::Relaxed) <= CONNECTION_QUEUE_BYTES);
+        // Small messages stop at the queue's length in messages.
+        let (small, _rx) = Outbox::new();
+        let accepted = (0..1000).filter(|_| small.try_send(vec![0; 100])).count();
+        assert_eq!(accepted, CONNECTION_QUEUE);
+        // What the writer writes makes room again.
+        let first = rx.try_recv().expect("a queued message");
+        Outbox::written(&outbox.queued, first.len());
+        assert!(outbox.try_send(vec![0; 65_000]));
+        assert!(!outbox.try_send(vec![0; 65_000]));
+        // One message larger than the bound fits an empty queue.
+        let (big, _rx) = Outbox::new();
+        assert!(big.try_send(vec![0; CONNECTION_QUEUE_BYTES + 1]));
+        assert!(!big.try_send(vec![0; 1]));
+    }
 }

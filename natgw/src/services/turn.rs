@@ -180,6 +180,20 @@ pub struct ServiceCounters {
     pub peer_send_failed: u64,
     /// Messages to clients that could not be sent or queued.
     pub client_send_failed: u64,
+    /// Responses over UDP held back because the client's link-layer address was not
+    /// known (a spoofed source, see `services::replies`).
+    pub client_unresolved: u64,
+}
+
+/// What became of a message to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Sent, or queued on its connection.
+    Sent,
+    /// A response held back: its destination is unresolved.
+    Unresolved,
+    /// The socket or connection could not take it.
+    Failed,
 }
 
 /// What the relay saw, when the rendezvous stops.
@@ -277,9 +291,13 @@ impl Turn {
         self.engine.relay_of(tuple).is_some()
     }
 
-    /// Counts a message to a client that could not be sent.
-    pub fn client_send_failed(&mut self) {
-        self.counters.client_send_failed += 1;
+    /// Counts what became of a message to a client.
+    pub fn client_sent(&mut self, sent: Sent) {
+        match sent {
+            Sent::Sent => {}
+            Sent::Unresolved => self.counters.client_unresolved += 1,
+            Sent::Failed => self.counters.client_send_failed += 1,
+        }
     }
 
     /// Closes every relay socket and reports.
@@ -467,6 +485,13 @@ pub fn is_channel_data(bytes: &[u8], has_allocation: bool) -> bool {
     }
 }
 
+/// Whether a message to a client is a STUN response (success or error), rather than
+/// relayed data (ChannelData or a Data indication).
+#[must_use]
+pub fn is_response(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] >> 6 == 0 && u16::from_be_bytes([bytes[0], bytes[1]]) & 0x0100 != 0
+}
+
 /// Whether a STUN message is for TURN (any method but Binding).
 #[must_use]
 pub fn is_turn_stun(bytes: &[u8]) -> bool {
@@ -515,5 +540,10 @@ mod tests {
         assert!(!is_channel_data(b"NP\x02\x01", false));
         assert!(is_channel_data(b"NP\x02\x01", true));
         assert!(!is_channel_data(&[0x00, 0x01], true));
+        // Allocate success and error responses; a Data indication; ChannelData.
+        assert!(is_response(&[0x01, 0x03]));
+        assert!(is_response(&[0x01, 0x13]));
+        assert!(!is_response(&[0x00, 0x17]));
+        assert!(!is_response(&[0x40, 0x00, 0, 0]));
     }
 }

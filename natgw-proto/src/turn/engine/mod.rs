@@ -7,7 +7,8 @@
 //! says when `expire` is next due. Outputs: [`Action`]s. Relay addresses come from a
 //! [`RelayAllocator`] the service implements (binding UDP sockets in a port range).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use crate::prefix::Ipv4Prefix;
 use crate::stun::wire::{
     self as stun, attr, Attribute, Class, ErrorCode, Packet, Repr, MAGIC_COOKIE,
 };
-use crate::util::bucket::{TokenBucket, Verdict};
+use crate::util::bucket::{RateLimiter, TokenBucket, Verdict, WhenFull};
 
 pub mod testing;
 #[cfg(test)]
@@ -44,6 +45,53 @@ pub const DEFAULT_MAX_PERMISSIONS: usize = 64;
 pub const MAX_PAYLOAD: usize = 65_000;
 /// Longest SOFTWARE natgw sends.
 pub const MAX_SOFTWARE_LEN: usize = 64;
+/// RFC 8656 §12: a channel number, and a peer, are not bound again to anything else
+/// for 5 minutes after their binding expired.
+pub const CHANNEL_REUSE_DELAY: Duration = Duration::from_secs(300);
+/// Channels one allocation may hold, bound or waiting out [`CHANNEL_REUSE_DELAY`]
+/// (a bound on memory per allocation).
+pub const DEFAULT_MAX_CHANNELS: usize = 128;
+/// RFC 8489 §6.3.1: how long a response is remembered for a retransmitted request
+/// (the client's transaction timeout, 39.5 s).
+pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(40);
+/// Responses remembered at once; beyond, the oldest are forgotten.
+pub const DEFAULT_MAX_TRANSACTIONS: usize = 16_384;
+
+/// The budget for answers to UDP requests that did not authenticate (401, 438, and
+/// the 400s before authentication): a spoofed source gets such answers without
+/// ever having sent a request, so they are bounded in bytes per source prefix and
+/// in all, and what is refused is dropped and counted
+/// ([`DropReason::ChallengeLimited`]). Over TCP the source cannot be spoofed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChallengeLimit {
+    /// Sources are grouped by this prefix length (1 to 32).
+    pub prefix_len: u8,
+    /// Bytes per second of answers to one prefix.
+    pub prefix_bytes_per_second: u64,
+    /// Bytes in a burst to one prefix.
+    pub prefix_burst_bytes: u64,
+    /// Bytes per second of answers to all sources.
+    pub bytes_per_second: u64,
+    /// Bytes in a burst to all sources.
+    pub burst_bytes: u64,
+    /// Prefixes tracked at once; beyond, idle then longest-idle ones are forgotten.
+    pub max_prefixes: usize,
+}
+
+impl Default for ChallengeLimit {
+    /// Per /24: 2 KiB/s, bursts of 8 KiB (about 20 and 80 challenges of ~100 bytes);
+    /// in all 256 KiB/s, bursts of 512 KiB; 4096 prefixes.
+    fn default() -> Self {
+        Self {
+            prefix_len: 24,
+            prefix_bytes_per_second: 2048,
+            prefix_burst_bytes: 8192,
+            bytes_per_second: 256 * 1024,
+            burst_bytes: 512 * 1024,
+            max_prefixes: 4096,
+        }
+    }
+}
 
 /// The time, as the engine needs it: a monotonic instant for lifetimes, and Unix
 /// seconds for nonces and shared-secret usernames (which carry wall-clock times).
@@ -78,7 +126,7 @@ impl Now {
 }
 
 /// The client's transport to the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum Transport {
     /// Datagrams: one message each; ChannelData unpadded.
     Udp,
@@ -87,7 +135,7 @@ pub enum Transport {
 }
 
 /// The 5-tuple an allocation belongs to (RFC 8656 §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FiveTuple {
     /// UDP or TCP.
     pub transport: Transport,
@@ -224,12 +272,20 @@ pub struct Config {
     pub own_addresses: Vec<Ipv4Addr>,
     /// Per-allocation bandwidth cap; `None` for none.
     pub bandwidth: Option<Bandwidth>,
+    /// Channels per allocation, bound or waiting to be reusable (508 beyond).
+    pub max_channels: usize,
+    /// How long an expired channel's number and peer stay unusable for others.
+    pub channel_reuse_delay: Duration,
+    /// Responses remembered for retransmissions, at most.
+    pub max_transactions: usize,
+    /// The budget for unauthenticated answers over UDP; `None` for none.
+    pub challenge_limit: Option<ChallengeLimit>,
 }
 
 impl Config {
     /// Defaults around a realm and credentials: a random secret, RFC 8656's
     /// lifetimes, 10 allocations per user, 1000 in all, the default denied peers,
-    /// no bandwidth cap.
+    /// no bandwidth cap, the default [`ChallengeLimit`].
     #[must_use]
     pub fn new(realm: impl Into<String>, credentials: Credentials) -> Self {
         Self {
@@ -250,6 +306,10 @@ impl Config {
             allowed_peers: Vec::new(),
             own_addresses: Vec::new(),
             bandwidth: None,
+            max_channels: DEFAULT_MAX_CHANNELS,
+            channel_reuse_delay: CHANNEL_REUSE_DELAY,
+            max_transactions: DEFAULT_MAX_TRANSACTIONS,
+            challenge_limit: Some(ChallengeLimit::default()),
         }
     }
 
@@ -287,6 +347,16 @@ impl Config {
             .is_some_and(|b| b.bytes_per_second == 0 || b.burst_bytes == 0)
         {
             return Err(ConfigError::Bandwidth);
+        }
+        if self.challenge_limit.is_some_and(|l| {
+            !(1..=32).contains(&l.prefix_len)
+                || l.prefix_bytes_per_second == 0
+                || l.prefix_burst_bytes == 0
+                || l.bytes_per_second == 0
+                || l.burst_bytes == 0
+                || l.max_prefixes == 0
+        }) {
+            return Err(ConfigError::ChallengeLimit);
         }
         Ok(())
     }
@@ -327,6 +397,9 @@ pub enum ConfigError {
     /// A zero bandwidth cap.
     #[error("bandwidth cap values must be at least 1")]
     Bandwidth,
+    /// A challenge limit with a zero value or a prefix length beyond 32.
+    #[error("challenge limit values must be at least 1, and its prefix length 1 to 32")]
+    ChallengeLimit,
 }
 
 /// Why a message got no answer and relayed nothing.
@@ -353,11 +426,13 @@ pub enum DropReason {
     Bandwidth,
     /// A payload longer than [`MAX_PAYLOAD`].
     TooLarge,
+    /// An unauthenticated answer over UDP beyond the [`ChallengeLimit`].
+    ChallengeLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Malformed,
         Self::BadFingerprint,
         Self::NotARequest,
@@ -368,6 +443,7 @@ impl DropReason {
         Self::PeerDenied,
         Self::Bandwidth,
         Self::TooLarge,
+        Self::ChallengeLimited,
     ];
 
     /// Name for logs and counters.
@@ -384,6 +460,7 @@ impl DropReason {
             Self::PeerDenied => "peer_denied",
             Self::Bandwidth => "bandwidth",
             Self::TooLarge => "too_large",
+            Self::ChallengeLimited => "challenge_limited",
         }
     }
 }
@@ -430,6 +507,16 @@ pub struct Counters {
     pub to_client_packets: u64,
     /// Their payload bytes.
     pub to_client_bytes: u64,
+    /// Bytes of UDP requests answered without authentication (401, 438, 400),
+    /// whether the answer went out or was refused by the [`ChallengeLimit`].
+    pub challenge_bytes_in: u64,
+    /// Bytes of those answers that went out.
+    pub challenge_bytes_out: u64,
+    /// Retransmitted requests answered with the response remembered for them.
+    pub retransmissions_answered: u64,
+    /// Timer entries [`Server::expire`] looked at (its work: proportional to what
+    /// expires, not to what exists).
+    pub timers_visited: u64,
     /// Drops per reason, in [`DropReason::ALL`] order.
     pub dropped: [u64; DropReason::ALL.len()],
 }
@@ -512,14 +599,15 @@ struct Allocation {
     relay: SocketAddrV4,
     username: String,
     expires: Instant,
+    /// When its timer fires (at or before `expires`; see [`Timer`]).
+    scheduled: Instant,
     permissions: HashMap<Ipv4Addr, Instant>,
     channels: HashMap<u16, Channel>,
     peer_channels: HashMap<SocketAddrV4, u16>,
+    /// Expired channels: number → (peer, reusable from), RFC 8656 §12.
+    cooling: HashMap<u16, (SocketAddrV4, Instant)>,
     bucket: Option<TokenBucket>,
     dont_fragment: bool,
-    /// The Allocate that made it and the response, resent to a retransmission.
-    allocate_id: [u8; 12],
-    allocate_response: Vec<u8>,
 }
 
 impl Allocation {
@@ -548,6 +636,77 @@ struct Reservation {
     expires: Instant,
 }
 
+/// What a timer entry is for. Entries are never removed when what they time ends or
+/// is refreshed (lazy invalidation): a popped entry is checked against the state,
+/// and re-armed at the new expiry when that is later. There is one live entry per
+/// thing that expires; stale ones are bounded by [`Server::compact_timers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Allocation(FiveTuple),
+    Permission(FiveTuple, Ipv4Addr),
+    Channel(FiveTuple, u16),
+    Cooldown(FiveTuple, u16),
+    Reservation([u8; 8]),
+}
+
+/// A response remembered for retransmissions of its request.
+#[derive(Debug)]
+struct Remembered {
+    username: String,
+    method: u16,
+    response: Vec<u8>,
+    expires: Instant,
+}
+
+/// Responses of the last [`TRANSACTION_LIFETIME`], per 5-tuple and transaction ID,
+/// at most `max`; kept in arrival order, which is expiry order.
+#[derive(Debug)]
+struct Transactions {
+    entries: HashMap<(FiveTuple, [u8; 12]), Remembered>,
+    order: VecDeque<(Instant, FiveTuple, [u8; 12])>,
+    max: usize,
+}
+
+impl Transactions {
+    fn new(max: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            max,
+        }
+    }
+
+    /// Forgets what expired at `now`, and the oldest beyond `keep` entries.
+    fn prune(&mut self, now: Instant, keep: usize) {
+        while let Some(&(expires, tuple, id)) = self.order.front() {
+            if expires > now && self.order.len() <= keep {
+                break;
+            }
+            self.order.pop_front();
+            if self
+                .entries
+                .get(&(tuple, id))
+                .is_some_and(|r| r.expires == expires)
+            {
+                self.entries.remove(&(tuple, id));
+            }
+        }
+    }
+
+    fn get(&self, now: Instant, tuple: FiveTuple, id: [u8; 12]) -> Option<&Remembered> {
+        self.entries.get(&(tuple, id)).filter(|r| r.expires > now)
+    }
+
+    fn remember(&mut self, now: Instant, tuple: FiveTuple, id: [u8; 12], r: Remembered) {
+        if self.max == 0 {
+            return;
+        }
+        self.prune(now, self.max - 1);
+        self.order.push_back((r.expires, tuple, id));
+        self.entries.insert((tuple, id), r);
+    }
+}
+
 /// A request's outcome before it is encoded.
 type Outcome = Result<Vec<Attribute<'static>>, u16>;
 
@@ -561,6 +720,12 @@ pub struct Server<A: RelayAllocator = Box<dyn RelayAllocator + Send>> {
     by_relay: HashMap<SocketAddrV4, FiveTuple>,
     per_user: HashMap<String, usize>,
     reservations: HashMap<[u8; 8], Reservation>,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// The timer heap's size after its last compaction.
+    timers_compacted: usize,
+    transactions: Transactions,
+    challenge_prefixes: Option<RateLimiter<u32>>,
+    challenge_total: Option<TokenBucket>,
     sequence: u64,
     counters: Counters,
 }
@@ -582,14 +747,27 @@ impl<A: RelayAllocator> Server<A> {
     /// When the configuration does not validate.
     pub fn new(config: Config, allocator: A) -> Result<Self, ConfigError> {
         config.validate()?;
+        let challenge_prefixes = config.challenge_limit.map(|l| {
+            RateLimiter::new(
+                l.prefix_bytes_per_second,
+                l.prefix_burst_bytes,
+                l.max_prefixes,
+                WhenFull::EvictOldest,
+            )
+        });
         Ok(Self {
             nonces: Nonces::new(config.secret, config.nonce_lifetime.as_secs()),
+            transactions: Transactions::new(config.max_transactions),
+            challenge_prefixes,
+            challenge_total: None,
             config,
             allocator,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
             per_user: HashMap::new(),
             reservations: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timers_compacted: 0,
             sequence: 0,
             counters: Counters::default(),
         })
@@ -659,51 +837,187 @@ impl<A: RelayAllocator> Server<A> {
     }
 
     /// When [`Self::expire`] is next due: the earliest expiry of an allocation,
-    /// permission, channel or reservation.
+    /// permission, channel, channel reuse delay or reservation (possibly earlier, when
+    /// something was refreshed since: `expire` then just re-arms its timer).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let allocations = self.allocations.values().flat_map(|a| {
-            std::iter::once(a.expires)
-                .chain(a.permissions.values().copied())
-                .chain(a.channels.values().map(|c| c.expires))
-        });
-        allocations
-            .chain(self.reservations.values().map(|r| r.expires))
-            .min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Ends what has expired at `now`: allocations (with an event each, their relay
-    /// addresses released), permissions, channels, reservations.
+    /// addresses released), permissions, channels (whose numbers and peers then wait
+    /// [`Config::channel_reuse_delay`]), reservations, remembered responses. Its work
+    /// is proportional to the timers due, not to the allocations held.
     pub fn expire(&mut self, now: Now) -> Vec<Action> {
         let now = now.instant;
         let mut actions = Vec::new();
-        let expired: Vec<FiveTuple> = self
-            .allocations
-            .iter()
-            .filter(|(_, a)| a.expires <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for tuple in expired {
-            self.end(tuple, EndReason::Expired, &mut actions);
+        while let Some(&Reverse((at, timer))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.counters.timers_visited += 1;
+            self.fire(now, at, timer, &mut actions);
         }
-        for a in self.allocations.values_mut() {
-            a.permissions.retain(|_, e| *e > now);
-            a.channels.retain(|_, c| c.expires > now);
-            let channels = &a.channels;
-            a.peer_channels.retain(|_, n| channels.contains_key(n));
+        self.transactions.prune(now, self.config.max_transactions);
+        actions
+    }
+
+    /// Handles a due timer entry set for `at`: ends what it times if that has
+    /// expired, re-arms it if that was refreshed, ignores it if that is gone.
+    fn fire(&mut self, now: Instant, at: Instant, timer: Timer, actions: &mut Vec<Action>) {
+        let later = match timer {
+            Timer::Allocation(tuple) => {
+                let Some(a) = self.allocations.get_mut(&tuple) else {
+                    return;
+                };
+                if a.expires <= now {
+                    self.end(tuple, EndReason::Expired, actions);
+                    return;
+                }
+                if a.scheduled != at {
+                    return; // a stale entry: the live one is elsewhere in the heap
+                }
+                a.scheduled = a.expires;
+                a.expires
+            }
+            Timer::Permission(tuple, ip) => {
+                let Some(a) = self.allocations.get_mut(&tuple) else {
+                    return;
+                };
+                match a.permissions.get(&ip) {
+                    Some(e) if *e <= now => {
+                        a.permissions.remove(&ip);
+                        return;
+                    }
+                    Some(e) => *e,
+                    None => return,
+                }
+            }
+            Timer::Channel(tuple, n) => {
+                let delay = self.config.channel_reuse_delay;
+                let Some(a) = self.allocations.get_mut(&tuple) else {
+                    return;
+                };
+                match a.channels.get(&n).copied() {
+                    Some(c) if c.expires <= now => {
+                        a.channels.remove(&n);
+                        a.peer_channels.remove(&c.peer);
+                        let reusable = c.expires + delay;
+                        a.cooling.insert(n, (c.peer, reusable));
+                        self.timers
+                            .push(Reverse((reusable, Timer::Cooldown(tuple, n))));
+                        return;
+                    }
+                    Some(c) => c.expires,
+                    None => return,
+                }
+            }
+            Timer::Cooldown(tuple, n) => {
+                if let Some(a) = self.allocations.get_mut(&tuple) {
+                    if a.cooling.get(&n).is_some_and(|(_, until)| *until <= now) {
+                        a.cooling.remove(&n);
+                    }
+                }
+                return;
+            }
+            Timer::Reservation(token) => {
+                if self
+                    .reservations
+                    .get(&token)
+                    .is_some_and(|r| r.expires <= now)
+                {
+                    if let Some(r) = self.reservations.remove(&token) {
+                        self.allocator.release(r.addr);
+                    }
+                }
+                return;
+            }
+        };
+        self.timers.push(Reverse((later, timer)));
+    }
+
+    /// Arms a timer, and rebuilds the heap from the state when stale entries (of
+    /// things ended or refreshed early) have come to outnumber the live ones, so the
+    /// heap stays proportional to what exists; amortised O(1) per entry.
+    fn arm(&mut self, at: Instant, timer: Timer) {
+        self.timers.push(Reverse((at, timer)));
+        if self.timers.len() > 2 * self.timers_compacted + 4096 {
+            self.compact_timers();
         }
-        let lapsed: Vec<[u8; 8]> = self
-            .reservations
-            .iter()
-            .filter(|(_, r)| r.expires <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in lapsed {
-            if let Some(r) = self.reservations.remove(&token) {
-                self.allocator.release(r.addr);
+    }
+
+    /// One timer entry per thing that expires, at its expiry.
+    fn compact_timers(&mut self) {
+        let mut timers = Vec::new();
+        for (tuple, a) in &mut self.allocations {
+            a.scheduled = a.expires;
+            timers.push(Reverse((a.expires, Timer::Allocation(*tuple))));
+            for (ip, e) in &a.permissions {
+                timers.push(Reverse((*e, Timer::Permission(*tuple, *ip))));
+            }
+            for (n, c) in &a.channels {
+                timers.push(Reverse((c.expires, Timer::Channel(*tuple, *n))));
+            }
+            for (n, (_, until)) in &a.cooling {
+                timers.push(Reverse((*until, Timer::Cooldown(*tuple, *n))));
             }
         }
-        actions
+        for (token, r) in &self.reservations {
+            timers.push(Reverse((r.expires, Timer::Reservation(*token))));
+        }
+        self.timers = BinaryHeap::from(timers);
+        self.timers_compacted = self.timers.len();
+    }
+
+    /// Whether an unauthenticated answer of `out` bytes to a `bytes_in` request from
+    /// `client` over UDP fits the [`ChallengeLimit`]; counts both.
+    fn challenge_admitted(
+        &mut self,
+        now: Instant,
+        client: SocketAddr,
+        bytes_in: usize,
+        out: usize,
+    ) -> bool {
+        let Some(limit) = self.config.challenge_limit else {
+            return true;
+        };
+        self.counters.challenge_bytes_in += bytes_in as u64;
+        let ip = match client {
+            SocketAddr::V4(a) => u32::from(*a.ip()),
+            SocketAddr::V6(a) => {
+                let o = a.ip().octets();
+                u32::from_be_bytes([o[0], o[1], o[2], o[3]])
+            }
+        };
+        let prefix = match limit.prefix_len {
+            0 => 0,
+            len => ip & (u32::MAX << (32 - u32::from(len.min(32)))),
+        };
+        let out_u64 = out as u64;
+        // The global budget is looked at first, without taking from it: once it is
+        // spent, a flood from many prefixes costs no work in the prefix table.
+        let total = *self.challenge_total.get_or_insert_with(|| {
+            TokenBucket::new(limit.bytes_per_second, limit.burst_bytes, now)
+        });
+        if !total.has(now, out_u64) {
+            return false;
+        }
+        let by_prefix = self
+            .challenge_prefixes
+            .as_mut()
+            .is_none_or(|l| l.check_many(prefix, now, out_u64) == Verdict::Allow);
+        if !by_prefix {
+            return false;
+        }
+        let total = self.challenge_total.get_or_insert_with(|| {
+            TokenBucket::new(limit.bytes_per_second, limit.burst_bytes, now)
+        });
+        if total.take_many(now, out_u64) != Verdict::Allow {
+            return false;
+        }
+        self.counters.challenge_bytes_out += out_u64;
+        true
     }
 
     fn drop_for(&mut self, reason: DropReason) {
@@ -767,7 +1081,7 @@ impl<A: RelayAllocator> Server<A> {
         if request.is_legacy() {
             return Err(DropReason::NotARequest);
         }
-        let reply = match (request.class, request.method) {
+        let (reply, authenticated) = match (request.class, request.method) {
             (Class::Indication, turn::METHOD_SEND) => {
                 return self.on_send(now.instant, tuple, &request, actions)
             }
@@ -775,7 +1089,7 @@ impl<A: RelayAllocator> Server<A> {
                 // RFC 8656 §7: a TURN server is a STUN server too; no credentials.
                 self.counters.success_responses += 1;
                 let mapped = vec![Attribute::XorMappedAddress(tuple.client)];
-                self.encode(&request, Class::Success, mapped, None)
+                (self.encode(&request, Class::Success, mapped, None), false)
             }
             (
                 Class::Request,
@@ -786,10 +1100,19 @@ impl<A: RelayAllocator> Server<A> {
             ) => self.on_request(now, tuple, bytes, &request, actions),
             (Class::Request, _) => {
                 self.counters.error_responses += 1;
-                self.error(&request, error_code::BAD_REQUEST, Vec::new(), None)
+                let reply = self.error(&request, error_code::BAD_REQUEST, Vec::new(), None);
+                (reply, false)
             }
             _ => return Err(DropReason::NotARequest),
         };
+        // An answer to a request that did not authenticate may go to a spoofed
+        // source: over UDP it must fit the challenge budget.
+        if !authenticated
+            && tuple.transport == Transport::Udp
+            && !self.challenge_admitted(now.instant, tuple.client, bytes.len(), reply.len())
+        {
+            return Err(DropReason::ChallengeLimited);
+        }
         actions.push(Action::ToClient {
             tuple,
             bytes: reply,
@@ -804,48 +1127,67 @@ impl<A: RelayAllocator> Server<A> {
         bytes: &[u8],
         request: &Repr<'_>,
         actions: &mut Vec<Action>,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, bool) {
         let (username, key) = match self.authenticate(now, tuple, bytes, request) {
             Ok(credentials) => credentials,
             Err(reply) => {
                 self.counters.error_responses += 1;
-                return reply;
+                return (reply, false);
             }
         };
+        // A retransmission gets the response its first copy got (RFC 8489 §6.3.1,
+        // RFC 8656 §7.2): a repeated Refresh with LIFETIME 0 its success, not 437.
+        if let Some(r) = self
+            .transactions
+            .get(now.instant, tuple, request.transaction_id)
+            .filter(|r| r.username == username && r.method == request.method)
+        {
+            self.counters.retransmissions_answered += 1;
+            return (r.response.clone(), true);
+        }
+        let reply = self.answer(now.instant, tuple, request, &username, &key, actions);
+        self.transactions.remember(
+            now.instant,
+            tuple,
+            request.transaction_id,
+            Remembered {
+                username,
+                method: request.method,
+                response: reply.clone(),
+                expires: now.instant + TRANSACTION_LIFETIME,
+            },
+        );
+        (reply, true)
+    }
+
+    /// The response to an authenticated request.
+    fn answer(
+        &mut self,
+        now_i: Instant,
+        tuple: FiveTuple,
+        request: &Repr<'_>,
+        username: &str,
+        key: &Key,
+        actions: &mut Vec<Action>,
+    ) -> Vec<u8> {
         let unknown = unknown_attributes(request);
         if !unknown.is_empty() {
             self.counters.error_responses += 1;
             let list = vec![Attribute::UnknownAttributes(unknown)];
-            return self.error(request, error_code::UNKNOWN_ATTRIBUTE, list, Some(&key));
+            return self.error(request, error_code::UNKNOWN_ATTRIBUTE, list, Some(key));
         }
-        // A retransmitted Allocate gets the response its first copy got (RFC 8656
-        // §7.2: the server remembers it for the transaction's lifetime).
-        if request.method == turn::METHOD_ALLOCATE {
-            if let Some(a) = self.allocations.get(&tuple) {
-                if a.allocate_id == request.transaction_id && a.username == username {
-                    return a.allocate_response.clone();
-                }
-            }
-        }
-        let now_i = now.instant;
         let outcome = match request.method {
-            turn::METHOD_ALLOCATE => self.allocate(now_i, tuple, request, &username, actions),
-            turn::METHOD_REFRESH => self.refresh(now_i, tuple, request, &username, actions),
+            turn::METHOD_ALLOCATE => self.allocate(now_i, tuple, request, username, actions),
+            turn::METHOD_REFRESH => self.refresh(now_i, tuple, request, username, actions),
             turn::METHOD_CREATE_PERMISSION => {
-                self.create_permission(now_i, tuple, request, &username)
+                self.create_permission(now_i, tuple, request, username)
             }
-            _ => self.channel_bind(now_i, tuple, request, &username),
+            _ => self.channel_bind(now_i, tuple, request, username),
         };
         match outcome {
             Ok(attributes) => {
                 self.counters.success_responses += 1;
-                let reply = self.encode(request, Class::Success, attributes, Some(&key));
-                if request.method == turn::METHOD_ALLOCATE {
-                    if let Some(a) = self.allocations.get_mut(&tuple) {
-                        a.allocate_response.clone_from(&reply);
-                    }
-                }
-                reply
+                self.encode(request, Class::Success, attributes, Some(key))
             }
             Err(code) => {
                 self.counters.error_responses += 1;
@@ -855,7 +1197,7 @@ impl<A: RelayAllocator> Server<A> {
                     error_code::FORBIDDEN => self.counters.peer_denied += 1,
                     _ => {}
                 }
-                self.error(request, code, Vec::new(), Some(&key))
+                self.error(request, code, Vec::new(), Some(key))
             }
         }
     }
@@ -948,8 +1290,10 @@ impl<A: RelayAllocator> Server<A> {
         self.encode(request, Class::Error, attributes, key)
     }
 
-    /// A response to `request`: `attributes`, SOFTWARE, MESSAGE-INTEGRITY with `key`,
-    /// FINGERPRINT when the request had one.
+    /// A response to `request`: `attributes`, then with a `key` SOFTWARE and
+    /// MESSAGE-INTEGRITY, then FINGERPRINT when the request had one. Unsigned answers
+    /// (401s, and anything else a spoofed source could get) carry no SOFTWARE: they
+    /// stay as short as clients allow.
     fn encode<'a>(
         &'a self,
         request: &Repr<'_>,
@@ -957,10 +1301,10 @@ impl<A: RelayAllocator> Server<A> {
         mut attributes: Vec<Attribute<'a>>,
         key: Option<&Key>,
     ) -> Vec<u8> {
-        if let Some(software) = &self.config.software {
-            attributes.push(Attribute::Software(software));
-        }
         if key.is_some() {
+            if let Some(software) = &self.config.software {
+                attributes.push(Attribute::Software(software));
+            }
             attributes.push(Attribute::MessageIntegrity(&[0; INTEGRITY_LEN]));
         }
         if request.attributes.contains(&Attribute::Fingerprint) {
@@ -1067,13 +1411,15 @@ impl<A: RelayAllocator> Server<A> {
             if let Some(next) = relay.port().checked_add(1) {
                 let mut t = [0; 8];
                 t.copy_from_slice(&self.next_tag()[..8]);
+                let expires = now + self.config.reservation_lifetime;
                 self.reservations.insert(
                     t,
                     Reservation {
                         addr: SocketAddrV4::new(*relay.ip(), next),
-                        expires: now + self.config.reservation_lifetime,
+                        expires,
                     },
                 );
+                self.arm(expires, Timer::Reservation(t));
                 attributes.push(Attribute::ReservationToken(t));
             }
         }
@@ -1082,21 +1428,23 @@ impl<A: RelayAllocator> Server<A> {
             .config
             .bandwidth
             .map(|b| TokenBucket::new(b.bytes_per_second, b.burst_bytes, now));
+        let expires = now + lifetime;
         self.allocations.insert(
             tuple,
             Allocation {
                 relay,
                 username: username.to_owned(),
-                expires: now + lifetime,
+                expires,
+                scheduled: expires,
                 permissions: HashMap::new(),
                 channels: HashMap::new(),
                 peer_channels: HashMap::new(),
+                cooling: HashMap::new(),
                 bucket,
                 dont_fragment,
-                allocate_id: request.transaction_id,
-                allocate_response: Vec::new(),
             },
         );
+        self.arm(expires, Timer::Allocation(tuple));
         self.by_relay.insert(relay, tuple);
         *self.per_user.entry(username.to_owned()).or_default() += 1;
         self.counters.allocations_created += 1;
@@ -1157,6 +1505,12 @@ impl<A: RelayAllocator> Server<A> {
         }
         let a = self.owned(tuple, username)?;
         a.expires = now + lifetime;
+        // A shorter lifetime than the timer's: the timer fires earlier.
+        if a.expires < a.scheduled {
+            a.scheduled = a.expires;
+            let at = a.expires;
+            self.arm(at, Timer::Allocation(tuple));
+        }
         Ok(vec![Attribute::Lifetime(secs(lifetime))])
     }
 
@@ -1200,9 +1554,16 @@ impl<A: RelayAllocator> Server<A> {
         if a.permissions.len() + new > max {
             return Err(error_code::INSUFFICIENT_CAPACITY);
         }
-        // All or nothing (RFC 8656 §9.2): only now, with every peer accepted.
+        // All or nothing (RFC 8656 §9.2): only now, with every peer accepted. A new
+        // permission gets a timer; a refreshed one's timer re-arms when it fires.
+        let mut new = Vec::new();
         for ip in peers {
-            a.permissions.insert(ip, now + lifetime);
+            if a.permissions.insert(ip, now + lifetime).is_none() {
+                new.push(ip);
+            }
+        }
+        for ip in new {
+            self.arm(now + lifetime, Timer::Permission(tuple, ip));
         }
         Ok(Vec::new())
     }
@@ -1230,23 +1591,43 @@ impl<A: RelayAllocator> Server<A> {
             return Err(error_code::BAD_REQUEST);
         }
         let peer = self.check_peer(peer)?;
-        let (max, permission, binding) = (
+        let (max, max_channels, permission, binding) = (
             self.config.max_permissions,
+            self.config.max_channels,
             self.config.permission_lifetime,
             self.config.channel_lifetime,
         );
         let a = self.owned(tuple, username)?;
         // RFC 8656 §12.2: a channel bound to another peer, or the peer bound to
-        // another channel → 400.
+        // another channel → 400. RFC 8656 §12: so too for 5 minutes after such a
+        // binding expired.
         if a.channels.get(&channel).is_some_and(|c| c.peer != peer) {
             return Err(error_code::BAD_REQUEST);
         }
         if a.peer_channels.get(&peer).is_some_and(|n| *n != channel) {
             return Err(error_code::BAD_REQUEST);
         }
-        if !a.permissions.contains_key(peer.ip()) && a.permissions.len() >= max {
+        let cooling = |n: u16, p: SocketAddrV4, until: Instant| {
+            until > now && ((n == channel) != (p == peer))
+        };
+        if a.cooling
+            .iter()
+            .any(|(n, (p, until))| cooling(*n, *p, *until))
+        {
+            return Err(error_code::BAD_REQUEST);
+        }
+        let fresh = !a.channels.contains_key(&channel);
+        if fresh && a.channels.len() + a.cooling.len() >= max_channels {
+            // The same pair waiting out its delay may come back in its own place.
+            if a.cooling.get(&channel).is_none_or(|(p, _)| *p != peer) {
+                return Err(error_code::INSUFFICIENT_CAPACITY);
+            }
+        }
+        let new_permission = !a.permissions.contains_key(peer.ip());
+        if new_permission && a.permissions.len() >= max {
             return Err(error_code::INSUFFICIENT_CAPACITY);
         }
+        a.cooling.remove(&channel);
         a.channels.insert(
             channel,
             Channel {
@@ -1257,6 +1638,12 @@ impl<A: RelayAllocator> Server<A> {
         a.peer_channels.insert(peer, channel);
         // Binding a channel installs or refreshes the peer's permission.
         a.permissions.insert(*peer.ip(), now + permission);
+        if fresh {
+            self.arm(now + binding, Timer::Channel(tuple, channel));
+        }
+        if new_permission {
+            self.arm(now + permission, Timer::Permission(tuple, *peer.ip()));
+        }
         Ok(Vec::new())
     }
 

@@ -114,7 +114,7 @@ impl User {
     }
 
     /// Gets a nonce with an unauthenticated request, as clients start.
-    fn login(&mut self, s: &mut Server<FakeAllocator>, now: Now, tuple: FiveTuple) {
+    fn login<A: RelayAllocator>(&mut self, s: &mut Server<A>, now: Now, tuple: FiveTuple) {
         let reply = only_reply(&s.on_message(now, tuple, &unsigned(METHOD_ALLOCATE, udp())));
         assert_eq!(error(&reply), Some(401));
         self.nonce = nonce(&reply);
@@ -228,7 +228,7 @@ fn allocate(
     }
 }
 
-fn ask(s: &mut Server<FakeAllocator>, now: Now, tuple: FiveTuple, bytes: &[u8]) -> Vec<u8> {
+fn ask<A: RelayAllocator>(s: &mut Server<A>, now: Now, tuple: FiveTuple, bytes: &[u8]) -> Vec<u8> {
     only_reply(&s.on_message(now, tuple, bytes))
 }
 
@@ -585,6 +585,12 @@ fn rfc8656_refresh_extends_deletes_and_checks_the_owner() {
         &alice.request(METHOD_REFRESH, vec![Attribute::Lifetime(900)]),
     );
     assert_eq!(lifetime(&reply), Some(900));
+    // The timer armed for 600 s fires, finds the allocation refreshed, and re-arms.
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0().instant + Duration::from_secs(600))
+    );
+    assert!(events(&s.expire(t0().after(Duration::from_secs(600)))).is_empty());
     assert_eq!(
         s.poll_timeout(),
         Some(t0().instant + Duration::from_secs(1400))
@@ -1240,4 +1246,401 @@ fn a_closed_tcp_connection_ends_its_allocation() {
     assert_eq!(s.counters().allocations_active, 0);
     // Nothing left to end.
     assert!(s.on_connection_closed(tuple).is_empty());
+}
+
+// ---------------------------------------------------------------------------------
+// Hardening: amplification, retransmissions, channel reuse, expiry at scale.
+// ---------------------------------------------------------------------------------
+
+fn from(ip: [u8; 4], port: u16, transport: Transport) -> FiveTuple {
+    FiveTuple {
+        transport,
+        client: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port)),
+        server: SERVER,
+    }
+}
+
+/// The smallest request that gets a 401: an Allocate with REQUESTED-TRANSPORT only.
+fn tiny_allocate(id: u16) -> Vec<u8> {
+    let mut transaction_id = [0; 12];
+    transaction_id[..2].copy_from_slice(&id.to_be_bytes());
+    Repr {
+        class: Class::Request,
+        method: METHOD_ALLOCATE,
+        cookie: MAGIC_COOKIE,
+        transaction_id,
+        attributes: udp(),
+    }
+    .to_bytes()
+}
+
+#[test]
+fn a_401_is_as_short_as_clients_allow() {
+    let mut s = server();
+    let request = tiny_allocate(1);
+    let reply = ask(&mut s, t0(), client(40_000), &request);
+    let repr = parse(&reply);
+    assert_eq!(error(&reply), Some(401));
+    // ERROR-CODE, REALM, NONCE; no SOFTWARE, no FINGERPRINT (the request had none).
+    assert_eq!(repr.attributes.len(), 3, "{:?}", repr.attributes);
+    assert!(!repr
+        .attributes
+        .iter()
+        .any(|a| matches!(a, Attribute::Software(_))));
+    // 20 header + 20 ERROR-CODE + 12 REALM "natgw" + 4 + NONCE.
+    assert_eq!(reply.len(), 20 + 20 + 12 + 4 + auth::NONCE_LEN);
+    // A request with FINGERPRINT gets one back.
+    let fp = unsigned(
+        METHOD_ALLOCATE,
+        vec![udp().remove(0), Attribute::Fingerprint],
+    );
+    let reply = ask(&mut s, t0(), client(40_000), &fp);
+    assert_eq!(
+        parse(&reply).attributes.last(),
+        Some(&Attribute::Fingerprint)
+    );
+    // Signed answers still carry SOFTWARE.
+    let mut alice = User::new("alice", "wonderland");
+    alice.login(&mut s, t0(), client(40_001));
+    let reply = ask(
+        &mut s,
+        t0(),
+        client(40_001),
+        &alice.request(METHOD_ALLOCATE, udp()),
+    );
+    assert!(parse(&reply)
+        .attributes
+        .iter()
+        .any(|a| matches!(a, Attribute::Software(_))));
+}
+
+#[test]
+fn unauthenticated_answers_over_udp_are_bounded_per_prefix() {
+    let mut s = server();
+    let limit = ChallengeLimit::default();
+    // A real client of the flooded /24 logs in before the flood.
+    let real = from([198, 51, 100, 99], 5000, Transport::Udp);
+    let mut alice = User::new("alice", "wonderland");
+    alice.login(&mut s, t0(), real);
+    let mut bytes_in = 0;
+    let mut bytes_out = 0;
+    for i in 0..2000_u16 {
+        // Spoofed sources all over 198.51.100.0/24.
+        let tuple = from([198, 51, 100, (i % 250) as u8], 1024 + i, Transport::Udp);
+        let request = tiny_allocate(i);
+        bytes_in += request.len() as u64;
+        for (_, reply) in to_client(&s.on_message(t0(), tuple, &request)) {
+            bytes_out += reply.len() as u64;
+        }
+    }
+    let c = s.counters().clone();
+    let login = c.challenge_bytes_out - bytes_out;
+    eprintln!("in {bytes_in} out {bytes_out} counters {c:?}");
+    assert!(bytes_out <= limit.prefix_burst_bytes, "{bytes_out}");
+    assert!(bytes_out * 4 < bytes_in, "in {bytes_in} out {bytes_out}");
+    assert!(c.dropped(DropReason::ChallengeLimited) >= 1900);
+    assert_eq!(c.challenge_bytes_in, bytes_in + 28);
+    assert!(login > 0 && login < 120, "the login's own 401: {login}");
+    // Another /24 still gets its 401; the flooded one again a second later.
+    let other = from([203, 0, 113, 7], 6000, Transport::Udp);
+    assert_eq!(
+        error(&ask(&mut s, t0(), other, &tiny_allocate(1))),
+        Some(401)
+    );
+    let flooded = from([198, 51, 100, 3], 6000, Transport::Udp);
+    assert!(s.on_message(t0(), flooded, &tiny_allocate(2)).is_empty());
+    let later = t0().after(Duration::from_secs(1));
+    assert_eq!(
+        error(&ask(&mut s, later, flooded, &tiny_allocate(3))),
+        Some(401)
+    );
+    // The real client of the flooded prefix: its authenticated Allocate is served.
+    let reply = ask(&mut s, t0(), real, &alice.request(METHOD_ALLOCATE, udp()));
+    assert_eq!(parse(&reply).class, Class::Success, "{:?}", error(&reply));
+    // Over TCP the source is not spoofed: no limit.
+    for i in 0..200 {
+        let tuple = from([198, 51, 100, 4], 7000 + i, Transport::Tcp);
+        assert_eq!(
+            error(&ask(&mut s, t0(), tuple, &tiny_allocate(i))),
+            Some(401)
+        );
+    }
+}
+
+#[test]
+fn unauthenticated_answers_over_udp_are_bounded_in_all() {
+    let mut config = config();
+    config.challenge_limit = Some(ChallengeLimit {
+        bytes_per_second: 1000,
+        burst_bytes: 5000,
+        ..ChallengeLimit::default()
+    });
+    let mut s = server_with(config, 50_000..=50_009);
+    let mut out = 0;
+    // One request from each of 1000 /24s: each prefix has its burst, the total not.
+    for i in 0..1000_u16 {
+        let [a, b] = i.to_be_bytes();
+        let tuple = from([100, a, b, 1], 4000, Transport::Udp);
+        for (_, reply) in to_client(&s.on_message(t0(), tuple, &tiny_allocate(i))) {
+            out += reply.len() as u64;
+        }
+    }
+    assert!(out <= 5000 && out > 4000, "{out}");
+    assert_eq!(s.counters().challenge_bytes_out, out);
+    // Once the global budget is spent, the prefix table is not even looked at.
+    assert!(s.challenge_prefixes.as_ref().unwrap().len() < 100);
+    // No limit configured: every request is answered.
+    let mut config = super::tests::config();
+    config.challenge_limit = None;
+    let mut s = server_with(config, 50_000..=50_009);
+    for i in 0..500 {
+        let tuple = from([198, 51, 100, 1], 4000 + i, Transport::Udp);
+        assert_eq!(
+            error(&ask(&mut s, t0(), tuple, &tiny_allocate(i))),
+            Some(401)
+        );
+    }
+}
+
+#[test]
+fn rfc8489_a_retransmitted_request_of_any_method_gets_its_first_response() {
+    let mut s = server();
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), tuple);
+    // CreatePermission to a denied peer, retransmitted: the same 403.
+    let denied = alice.request(
+        METHOD_CREATE_PERMISSION,
+        vec![peer_attr(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9))],
+    );
+    let first = ask(&mut s, t0(), tuple, &denied);
+    assert_eq!(error(&first), Some(403));
+    assert_eq!(ask(&mut s, t0(), tuple, &denied), first);
+    // Refresh with LIFETIME 0, retransmitted (its success was lost): the same success,
+    // not 437, and nothing deleted twice.
+    let delete = alice.request(METHOD_REFRESH, vec![Attribute::Lifetime(0)]);
+    let at = t0().after(Duration::from_secs(10));
+    let first = ask(&mut s, at, tuple, &delete);
+    assert_eq!(lifetime(&first), Some(0));
+    let again = s.on_message(at.after(Duration::from_millis(1500)), tuple, &delete);
+    assert_eq!(only_reply(&again), first);
+    assert!(events(&again).is_empty());
+    let c = s.counters();
+    assert_eq!((c.allocations_deleted, c.retransmissions_answered), (1, 2));
+    // Another 5-tuple with the same transaction: not a retransmission.
+    let mut eve = User::new("alice", "wonderland");
+    eve.login(&mut s, at, client(40_001));
+    let bytes = eve.request_with_id(
+        delete[8..20].try_into().unwrap(),
+        METHOD_REFRESH,
+        vec![Attribute::Lifetime(0)],
+    );
+    assert_eq!(error(&ask(&mut s, at, client(40_001), &bytes)), Some(437));
+    // After 40 s the response is forgotten: a late copy is a new request.
+    let late = at.after(TRANSACTION_LIFETIME);
+    s.expire(late);
+    assert_eq!(error(&ask(&mut s, late, tuple, &delete)), Some(437));
+}
+
+#[test]
+fn remembered_responses_are_bounded() {
+    let mut config = config();
+    config.max_transactions = 8;
+    let mut s = server_with(config, 50_000..=50_009);
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), tuple);
+    for _ in 0..100 {
+        let reply = ask(&mut s, t0(), tuple, &alice.request(METHOD_REFRESH, vec![]));
+        assert_eq!(error(&reply), None);
+    }
+    assert_eq!(s.transactions.entries.len(), 8);
+    assert_eq!(s.transactions.order.len(), 8);
+    s.expire(t0().after(TRANSACTION_LIFETIME));
+    assert!(s.transactions.entries.is_empty() && s.transactions.order.is_empty());
+}
+
+#[test]
+fn rfc8656_channel_numbers_and_peers_wait_5_minutes_before_reuse() {
+    let mut config = config();
+    config.nonce_lifetime = Duration::from_secs(3600);
+    let mut s = server_with(config.clone(), 50_000..=50_009);
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), tuple);
+    let keep = alice.request(METHOD_REFRESH, vec![Attribute::Lifetime(3600)]);
+    assert_eq!(error(&ask(&mut s, t0(), tuple, &keep)), None);
+    assert_eq!(bind(&mut s, &mut alice, t0(), tuple, 0x4000, PEER), None);
+    // The binding expires at 600 s.
+    let expired = t0().after(CHANNEL_LIFETIME);
+    s.expire(expired);
+    assert!(s.allocations[&tuple].channels.is_empty());
+    // Until 900 s neither the number nor the peer may be bound to anything else.
+    let soon = t0().after(Duration::from_secs(899));
+    assert_eq!(
+        bind(&mut s, &mut alice, soon, tuple, 0x4000, PEER2),
+        Some(400)
+    );
+    assert_eq!(
+        bind(&mut s, &mut alice, soon, tuple, 0x4001, PEER),
+        Some(400)
+    );
+    // Other numbers and peers are free.
+    assert_eq!(
+        bind(&mut s, &mut alice, soon, tuple, 0x4002, PEER_OTHER_PORT),
+        None
+    );
+    let reusable = t0().after(Duration::from_secs(900));
+    s.expire(reusable);
+    assert!(s.allocations[&tuple].cooling.is_empty());
+    assert_eq!(
+        bind(&mut s, &mut alice, reusable, tuple, 0x4000, PEER2),
+        None
+    );
+    assert_eq!(
+        bind(&mut s, &mut alice, reusable, tuple, 0x4001, PEER),
+        None
+    );
+
+    // The same pair may come back at once.
+    let mut s = server_with(config, 50_000..=50_009);
+    allocate(&mut s, &mut alice, t0(), tuple);
+    assert_eq!(
+        error(&ask(
+            &mut s,
+            t0(),
+            tuple,
+            &alice.request(METHOD_REFRESH, vec![Attribute::Lifetime(3600)])
+        )),
+        None
+    );
+    assert_eq!(bind(&mut s, &mut alice, t0(), tuple, 0x4000, PEER), None);
+    s.expire(expired);
+    assert_eq!(bind(&mut s, &mut alice, expired, tuple, 0x4000, PEER), None);
+    assert!(s.allocations[&tuple].cooling.is_empty());
+}
+
+#[test]
+fn channels_per_allocation_are_bounded() {
+    let mut config = config();
+    config.max_channels = 3;
+    let mut s = server_with(config, 50_000..=50_009);
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), tuple);
+    for (i, port) in (0..3).zip(6000..) {
+        let peer = SocketAddrV4::new(*PEER.ip(), port);
+        assert_eq!(
+            bind(&mut s, &mut alice, t0(), tuple, 0x4000 + i, peer),
+            None
+        );
+    }
+    let fourth = SocketAddrV4::new(*PEER.ip(), 7000);
+    assert_eq!(
+        bind(&mut s, &mut alice, t0(), tuple, 0x4100, fourth),
+        Some(508)
+    );
+    // Refreshing a bound one is not a new one.
+    let first = SocketAddrV4::new(*PEER.ip(), 6000);
+    assert_eq!(bind(&mut s, &mut alice, t0(), tuple, 0x4000, first), None);
+}
+
+#[test]
+fn expiry_work_is_proportional_to_what_expires() {
+    const ALLOCATIONS: u16 = 10_000;
+    const SHORT: u16 = 100;
+    let mut config = config();
+    config.user_quota = None;
+    config.total_quota = None;
+    config.challenge_limit = None;
+    let mut s = Server::new(config, Sequential(10_000)).unwrap();
+    let mut alice = User::new("alice", "wonderland");
+    alice.login(&mut s, t0(), client(1));
+    for i in 0..ALLOCATIONS {
+        // Nonces are per client address: each 5-tuple logs in.
+        let tuple = client(1 + i);
+        if i > 0 {
+            alice.login(&mut s, t0(), tuple);
+        }
+        // The first SHORT get the default 600 s, the others an hour.
+        let lifetime = if i < SHORT {
+            vec![]
+        } else {
+            vec![Attribute::Lifetime(3600)]
+        };
+        let mut attributes = udp();
+        attributes.extend(lifetime);
+        let request = alice.request_with_id(numbered(2 * i), METHOD_ALLOCATE, attributes);
+        assert_eq!(error(&ask(&mut s, t0(), tuple, &request)), None);
+        if i % 10 == 0 {
+            let permit = alice.request_with_id(
+                numbered(2 * i + 1),
+                METHOD_CREATE_PERMISSION,
+                vec![peer_attr(PEER)],
+            );
+            assert_eq!(error(&ask(&mut s, t0(), tuple, &permit)), None);
+        }
+    }
+    assert_eq!(s.counters().allocations_active, u64::from(ALLOCATIONS));
+    // Before anything is due: no timer is looked at.
+    s.expire(t0().after(Duration::from_secs(299)));
+    assert_eq!(s.counters().timers_visited, 0);
+    // 300 s: the 1000 permissions.
+    s.expire(t0().after(Duration::from_secs(300)));
+    assert_eq!(s.counters().timers_visited, 1000);
+    // 600 s: the SHORT allocations end; the work is theirs, not the 9,900 others'.
+    let actions = s.expire(t0().after(Duration::from_secs(600)));
+    assert_eq!(events(&actions).len(), usize::from(SHORT));
+    let c = s.counters();
+    assert_eq!(c.timers_visited, 1000 + u64::from(SHORT));
+    assert_eq!(c.allocations_active, u64::from(ALLOCATIONS - SHORT));
+    assert_eq!(
+        s.poll_timeout(),
+        Some(t0().instant + Duration::from_secs(3600))
+    );
+}
+
+#[test]
+fn the_timer_heap_stays_proportional_to_what_exists() {
+    let mut s = server();
+    let tuple = client(40_000);
+    let mut alice = User::new("alice", "wonderland");
+    alice.login(&mut s, t0(), tuple);
+    // Allocate and delete on the same 5-tuple, over and over: every deleted
+    // allocation leaves a stale timer entry, which compaction clears.
+    let mut most = 0;
+    for i in 0..10_000 {
+        let request = alice.request_with_id(numbered(2 * i), METHOD_ALLOCATE, udp());
+        assert_eq!(error(&ask(&mut s, t0(), tuple, &request)), None);
+        let delete = vec![Attribute::Lifetime(0)];
+        let request = alice.request_with_id(numbered(2 * i + 1), METHOD_REFRESH, delete);
+        assert_eq!(lifetime(&ask(&mut s, t0(), tuple, &request)), Some(0));
+        most = most.max(s.timers.len());
+    }
+    assert!(most <= 4096 + 3, "{most}");
+    assert_eq!(s.counters().allocations_deleted, 10_000);
+}
+
+/// Hands out ports in turn and never takes them back (cheap at scale, unlike
+/// [`FakeAllocator`]'s lowest-first search).
+struct Sequential(u16);
+
+impl RelayAllocator for Sequential {
+    fn allocate(&mut self, _: bool, _: bool) -> Result<SocketAddrV4, AllocError> {
+        self.0 = self.0.checked_add(1).ok_or(AllocError::Exhausted)?;
+        Ok(SocketAddrV4::new(RELAY_IP, self.0))
+    }
+
+    fn claim(&mut self, _: SocketAddrV4) -> Result<(), AllocError> {
+        Err(AllocError::NotReserved)
+    }
+
+    fn release(&mut self, _: SocketAddrV4) {}
+}
+
+/// A transaction ID from a number (for more than 255 requests).
+fn numbered(n: u16) -> [u8; 12] {
+    let mut id = [0x77; 12];
+    id[..2].copy_from_slice(&n.to_be_bytes());
+    id
 }
