@@ -50,8 +50,10 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Resul
     };
     let register = Register {
         id: options.id.clone(),
+        punch: None,
         private: vec![private],
         mapped: learned,
+        credential: None,
     };
     let (peer, asked, mut introduced_at) =
         client::meet(&mut channel, options, &register, report).await?;
