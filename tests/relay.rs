@@ -7,6 +7,9 @@
 //!   exists, both peers report `relayed` through their allocations, the relay path
 //!   verified both ways, and the relay's own counters account for what the peers
 //!   saw; once over UDP to the server, once over TCP (`--turn-tcp`).
+//! - A site whose firewall drops all UDP (in the inet router): its peer talks TCP to
+//!   the rendezvous (`--rendezvous-tcp`) and to the relay (`--turn-tcp`), the other
+//!   peer UDP; both relayed.
 //! - `--relay-only` between sites where a direct path works: relayed anyway, no
 //!   direct probe.
 //! - Upgrade: blocked until the relay works, then the block is lifted during
@@ -68,6 +71,18 @@ fn block_sites(sites: &Sites) {
         "table inet {BLOCK_TABLE} {{\n  chain forward {{\n    type filter hook forward \
          priority 0; policy accept;\n    ip saddr {a} ip daddr {b} drop\n    ip saddr {b} \
          ip daddr {a} drop\n  }}\n}}\n"
+    );
+    nft(&sites.inet, &["-f", "-"], Some(&ruleset));
+}
+
+/// Drops all UDP to and from site B's WAN address in the inet router (a firewall
+/// that lets only TCP out), besides [`block_sites`].
+fn block_udp_of_site_b(sites: &Sites) {
+    let b = sites.b.wan_addr;
+    let ruleset = format!(
+        "table inet {BLOCK_TABLE} {{\n  chain forward {{\n    type filter hook forward \
+         priority 0; policy accept;\n    ip saddr {b} meta l4proto udp drop\n    ip daddr \
+         {b} meta l4proto udp drop\n  }}\n}}\n"
     );
     nft(&sites.inet, &["-f", "-"], Some(&ruleset));
 }
@@ -281,10 +296,16 @@ impl Punch {
 }
 
 fn spawn_punch(ns: &Netns, id: &str, peer: &str, extra: &[&str]) -> Child {
+    let timeout: &[&str] = if extra.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", TIMEOUT]
+    };
     ns.command(natgw_bin())
         .args(["punch", "--json", "--rendezvous"])
         .arg(SocketAddrV4::new(RENDEZVOUS_ADDR, RENDEZVOUS_PORT).to_string())
-        .args(["--id", id, "--peer", peer, "--timeout", TIMEOUT])
+        .args(["--id", id, "--peer", peer])
+        .args(timeout)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -459,6 +480,46 @@ fn blocked_sites_fall_back_to_the_relay_over_udp_and_tcp() {
         }
         assert_counters_match(tag, &counters, &a, &b);
     }
+}
+
+#[test]
+fn a_site_that_drops_udp_gets_out_over_tcp() {
+    // b1 reaches the rendezvous and the relay over TCP only (--rendezvous-tcp,
+    // --turn-tcp); a1 uses UDP. Nothing direct can work: both relayed.
+    let sites = sites();
+    let _natgw = start_natgw(&[&sites.a, &sites.b]);
+    block_sites(&sites);
+    block_udp_of_site_b(&sites);
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    let started = Instant::now();
+    // b1's STUN over UDP goes unanswered for 2 s before it registers: a1 waits
+    // longer than that for it.
+    let common = [
+        "--turn-user",
+        "alice:wonderland",
+        "--upgrade-wait",
+        "0",
+        "--timeout",
+        "5",
+    ];
+    let a = spawn_punch(&a1.ns, "a1-fw", "b1-fw", &common);
+    let mut b_args = common.to_vec();
+    b_args.extend(["--rendezvous-tcp", "--turn-tcp"]);
+    let b = spawn_punch(&b1.ns, "b1-fw", "a1-fw", &b_args);
+    let (a, b) = (wait_punch(a, started), wait_punch(b, started));
+    let counters = rendezvous.stop_turn();
+    assert_both_ok("udp-dropping site", &a, &b);
+    for (p, other) in [(&a, &b), (&b, &a)] {
+        assert_eq!(p.method(), "relayed", "{:#}", p.report);
+        assert_eq!(p.relay("peer_relayed"), other.relay("relayed"));
+        assert_eq!(p.relay_path()["verified"], true, "{:#}", p.report);
+    }
+    assert_eq!(a.report["relay"]["transport"], "udp");
+    assert_eq!(b.report["relay"]["transport"], "tcp");
+    // b1's STUN over UDP went unanswered: it says so and goes on.
+    assert!(b.report["stun"]["error"].is_string(), "{:#}", b.report);
+    assert_counters_match("udp-dropping site", &counters, &a, &b);
 }
 
 #[test]
