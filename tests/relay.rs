@@ -614,6 +614,10 @@ fn punch_relays_through_coturn() {
         drop(rendezvous);
         drop(coturn);
         let transport = if tag == "tcp" { "tcp" } else { "udp" };
+        eprintln!(
+            "coturn {tag}: relayed in {} / {} ms, rtt {} ms",
+            a.report["total_ms"], b.report["total_ms"], a.report["rtt_ms"]
+        );
         assert_relayed(tag, &a, &b, coturn_addr, transport);
     }
 }
