@@ -11,7 +11,8 @@
 //!   the rendezvous (`--rendezvous-tcp`) and to the relay (`--turn-tcp`), the other
 //!   peer UDP; both relayed.
 //! - `--relay-only` between sites where a direct path works: relayed anyway, no
-//!   direct probe.
+//!   direct probe. A wrong TURN password: a note and a direct path, or with
+//!   `--relay-only` a failure naming the refusal.
 //! - Upgrade: blocked until the relay works, then the block is lifted during
 //!   `--upgrade-wait`: both peers report `upgraded` with a direct method, the relay
 //!   still described.
@@ -547,6 +548,40 @@ fn relay_only_and_upgrade_to_a_direct_path() {
         );
     }
     assert_counters_match("relay-only", &counters, &a, &b);
+
+    // A wrong TURN password: the punch says why and goes on directly; with
+    // --relay-only it fails with the reason.
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a, b) = punch_pair(
+        &sites,
+        "wrongpw",
+        &["--turn-user", "alice:looking-glass"],
+        || {},
+    );
+    let counters = rendezvous.stop_turn();
+    assert_both_ok("wrong TURN password", &a, &b);
+    for p in [&a, &b] {
+        assert_eq!(p.method(), "direct-public", "{:#}", p.report);
+        assert_eq!(p.report["relay"], Value::Null);
+        let notes = p.report["notes"].to_string();
+        assert!(
+            notes.contains("no TURN relay") && notes.contains("refused the credentials"),
+            "{notes}"
+        );
+    }
+    assert_eq!(counter(&counters, "allocations_created"), 0, "{counters}");
+    assert_eq!(counter(&counters, "auth_failures"), 2, "{counters}");
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a, _b) = punch_pair(
+        &sites,
+        "wrongpw-only",
+        &["--turn-user", "alice:looking-glass", "--relay-only"],
+        || {},
+    );
+    drop(rendezvous);
+    assert!(!a.success && a.report["ok"] == false, "{:#}", a.report);
+    let error = a.report["error"].as_str().unwrap_or("");
+    assert!(error.contains("refused the credentials"), "{error}");
 
     // Blocked until the relay works, then unblocked during --upgrade-wait.
     block_sites(&sites);
