@@ -51,7 +51,8 @@ pub struct PunchArgs {
     pub local: Option<SocketAddrV4>,
 
     /// Seconds to wait for the peer to show up at the rendezvous, and then again at
-    /// most for a direct path to it.
+    /// most for a direct path to it; with a TURN relay, then the relay path is
+    /// probed too, for as long again.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_timeout)]
     pub timeout: Duration,
 
