@@ -274,7 +274,9 @@ bound to the peer's address.
 With --turn-user or --turn-secret it is also a TURN relay (RFC 8656) on the same
 port, UDP and TCP: relay sockets on --relay-address in --relay-ports, long-term
 credentials in --realm, peers in private, loopback, link-local, multicast ranges
-and this host's own addresses refused (403) unless --turn-allow-peer allows them.
+and this host's own addresses refused (403) unless --turn-allow-peer allows them;
+the relay address on a relay port is allowed (relay to relay: two clients of this
+relay reaching each other, as `natgw punch` peers falling back to it do).
 
 Examples:
     natgw rendezvous --listen 198.18.0.1:7000 --json
