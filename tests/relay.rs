@@ -695,43 +695,62 @@ fn aioice_agents_connect_through_the_natgw_relay_when_the_sites_cannot_reach_eac
         ),
     )
     .unwrap_or_else(|e| panic!("cutting the sites apart: {}", e.chain()));
-    let rendezvous = Rendezvous::start(&sites);
-    let capture = Capture::start(&sites.inet, parse_udp);
-    let ice = ice_between_a1_and_b1(&sites, "udp");
-    let seen = capture.finish();
-    // At least one end of each selected pair is a relayed candidate on natgw's relay.
-    for pair in [&ice.a, &ice.b] {
-        let relayed: Vec<SocketAddrV4> = [&pair["local"], &pair["remote"]]
-            .into_iter()
-            .filter(|c| c["type"] == "relay")
-            .map(endpoint_of)
-            .collect();
-        assert!(!relayed.is_empty(), "no relayed candidate in {pair}");
-        for r in relayed {
-            assert_eq!(*r.ip(), RENDEZVOUS_ADDR, "{pair}");
-            assert!((RELAY_MIN..=RELAY_MAX).contains(&r.port()), "{pair}");
+    let mut dropped_before = vec![0, 0];
+    // aioice reaching the TURN server over UDP, then over TCP (the relay is UDP).
+    for transport in ["udp", "tcp"] {
+        let rendezvous = Rendezvous::start(&sites);
+        let capture = Capture::start(&sites.inet, parse_udp);
+        let ice = ice_between_a1_and_b1(&sites, transport);
+        let seen = capture.finish();
+        // At least one end of each selected pair is a relayed candidate on natgw's
+        // relay.
+        for pair in [&ice.a, &ice.b] {
+            let relayed: Vec<SocketAddrV4> = [&pair["local"], &pair["remote"]]
+                .into_iter()
+                .filter(|c| c["type"] == "relay")
+                .map(endpoint_of)
+                .collect();
+            assert!(
+                !relayed.is_empty(),
+                "{transport}: no relayed candidate in {pair}"
+            );
+            for r in relayed {
+                assert_eq!(*r.ip(), RENDEZVOUS_ADDR, "{transport}: {pair}");
+                assert!(
+                    (RELAY_MIN..=RELAY_MAX).contains(&r.port()),
+                    "{transport}: {pair}"
+                );
+            }
         }
+        // The cut held, and ICE did try the direct way: the inet router dropped
+        // checks in both directions.
+        let dropped = nft_counters(&sites.inet, "cut", &["a_to_b", "b_to_a"])
+            .unwrap_or_else(|e| panic!("{}", e.chain()));
+        eprintln!("{transport}: dropped between the sites: {dropped:?}");
+        assert!(
+            dropped
+                .iter()
+                .zip(&dropped_before)
+                .all(|(n, before)| n > before),
+            "{transport}: {dropped:?}"
+        );
+        dropped_before = dropped;
+        assert!(
+            seen.iter()
+                .any(|s| *s.src.ip() == SITE_A_WAN_ADDR && *s.dst.ip() == SITE_B_WAN_ADDR),
+            "{transport}: a1 never tried b1's server-reflexive candidate"
+        );
+        let summary = rendezvous.stop();
+        let engine = &summary["turn"]["engine"];
+        eprintln!("{transport}: TURN: {engine}");
+        // Each agent received the other's ten messages, and every one of them crossed
+        // a relay socket: out of it towards the peer (`to_peer`) or into it from the
+        // peer and on to the client (`to_client`), whichever end of the pair is
+        // relayed.
+        assert!(turn_counter(&summary, "to_peer_packets") >= 10, "{engine}");
+        assert!(
+            turn_counter(&summary, "to_client_packets") >= 10,
+            "{engine}"
+        );
     }
-    // The cut held, and ICE did try the direct way: the inet router dropped checks
-    // in both directions.
-    let dropped = nft_counters(&sites.inet, "cut", &["a_to_b", "b_to_a"])
-        .unwrap_or_else(|e| panic!("{}", e.chain()));
-    eprintln!("dropped between the sites: {dropped:?}");
-    assert!(dropped.iter().all(|n| *n > 0), "{dropped:?}");
-    assert!(
-        seen.iter()
-            .any(|s| *s.src.ip() == SITE_A_WAN_ADDR && *s.dst.ip() == SITE_B_WAN_ADDR),
-        "a1 never tried b1's server-reflexive candidate"
-    );
-    let summary = rendezvous.stop();
-    let engine = &summary["turn"]["engine"];
-    eprintln!("TURN: {engine}");
-    // Each agent received the other's ten messages, and every one of them crossed a
-    // relay socket: out of it towards the peer (`to_peer`) or into it from the peer
-    // and on to the client (`to_client`), whichever end of the pair is relayed.
-    assert!(turn_counter(&summary, "to_peer_packets") >= 10, "{engine}");
-    assert!(
-        turn_counter(&summary, "to_client_packets") >= 10,
-        "{engine}"
-    );
 }
