@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An ICE agent nobody here wrote, for tests/relay.rs: aioice (PyPI, installed by
+"""An ICE agent nobody here wrote, for tests/no_direct_path.rs: aioice (PyPI, installed by
 `cargo xtask provision` in target/test-python). One agent per network namespace; the
 test passes the candidates between the two agents' pipes.
 

@@ -125,7 +125,7 @@ const TEST_PYPI_PACKAGES: &[PyPackage] = &[PyPackage {
     version: "0.13.0",
     why: "an ICE agent (RFC 8445) independent of natgw, run behind two natgw sites \
           against natgw's STUN responder and TURN relay (tests/aioice_agent.py, \
-          tests/relay.rs)",
+          tests/no_direct_path.rs)",
 }];
 
 /// Debian packages `cargo xtask package` uses.
