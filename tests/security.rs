@@ -869,6 +869,8 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let peer = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
     let register_b = punch_message(punch::Message::Register(punch::Register {
         id: peer_id("b"),
+        punch: None,
+        credential: None,
         private: (1..=4u8)
             .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, i), 5000))
             .collect(),
@@ -892,8 +894,10 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let asker = udp(&s.tb.wan[0].ns, WAN_A_ADDR, 0);
     let register_a = punch_message(punch::Message::Register(punch::Register {
         id: peer_id("a"),
+        punch: None,
         private: Vec::new(),
         mapped: Vec::new(),
+        credential: None,
     }));
     table.push((
         "rendezvous register (small)",
@@ -903,6 +907,8 @@ fn every_udp_service_answers_within_three_times_its_request() {
     let connect = punch_message(punch::Message::Connect(punch::Connect {
         id: peer_id("a"),
         peer: peer_id("b"),
+        punch: None,
+        credential: None,
     }));
     table.push((
         "rendezvous connect",

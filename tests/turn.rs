@@ -9,7 +9,8 @@
 //! - A client of our own (natgw-proto's STUN codec, long-term credentials) checks the
 //!   relayed address is in `--relay-ports`, a Send indication reaches a peer from the
 //!   relayed address, a peer's answer comes back as a Data indication, denied peers
-//!   (the server's own address, loopback, private) get 403, and the per-user quota
+//!   (loopback, private) get 403 and a Send to the server's own non-relay port is
+//!   dropped (its relay address itself is an allowed peer: relay to relay), and the per-user quota
 //!   gives 486 while another user still allocates; an allocation over TCP ends, and
 //!   its relay port is free again, when its connection closes.
 
@@ -445,10 +446,30 @@ fn a_raw_client_relays_to_a_peer_and_is_refused_denied_peers_and_extra_allocatio
     }
     assert_eq!(got.as_deref(), Some(&b"hello client"[..]));
 
-    // Denied peers: the server itself, loopback, a private address.
-    for denied in [WAN_A_ADDR, Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 1, 2)] {
+    // Denied peers: loopback, a private address.
+    for denied in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 1, 2)] {
         assert_eq!(error(&alice.permit(denied)), Some(403), "peer {denied}");
     }
+    // The server's own address is its relay address: a permission for it is
+    // granted (relay to relay), but only its relay ports are reachable — a Send
+    // indication to the server's TURN port is dropped as a denied peer.
+    assert_eq!(
+        error(&alice.permit(WAN_A_ADDR)),
+        None,
+        "relay-to-relay permission"
+    );
+    let to_server = Repr {
+        class: Class::Indication,
+        method: METHOD_SEND,
+        cookie: MAGIC_COOKIE,
+        transaction_id: [0x56; 12],
+        attributes: vec![
+            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_A_ADDR, PORT))),
+            Attribute::Data(b"to the server itself"),
+        ],
+    }
+    .to_bytes();
+    alice.socket.send(&to_server).expect("send indication");
 
     // Quota 1: alice's second allocation (another 5-tuple) gets 486, bob's succeeds.
     let mut alice2 = Client::new(&tb.gateway.ns, "alice", "wonderland");

@@ -43,11 +43,21 @@ pub enum PathKind {
     Private,
     /// An endpoint the peer's probes came from that nobody announced.
     Reflexive,
+    /// The peer's TURN relayed address: reached through our own allocation, or from
+    /// our socket when we have none. Not direct: the fallback when nothing else
+    /// works.
+    Relay,
 }
 
 impl PathKind {
     /// Every kind, in the order paths are tried.
-    pub const ALL: [Self; 4] = [Self::Mapped, Self::Public, Self::Private, Self::Reflexive];
+    pub const ALL: [Self; 5] = [
+        Self::Mapped,
+        Self::Public,
+        Self::Private,
+        Self::Reflexive,
+        Self::Relay,
+    ];
 
     /// The kind named `name` ([`PathKind::name`]).
     #[must_use]
@@ -56,7 +66,7 @@ impl PathKind {
     }
 
     /// How a connection over this kind of path is described: `direct-public`,
-    /// `direct-private`, `pcp-mapped` or `peer-reflexive`.
+    /// `direct-private`, `pcp-mapped`, `peer-reflexive` or `relayed`.
     #[must_use]
     pub const fn method(self) -> &'static str {
         match self {
@@ -64,6 +74,7 @@ impl PathKind {
             Self::Public => "direct-public",
             Self::Private => "direct-private",
             Self::Reflexive => "peer-reflexive",
+            Self::Relay => "relayed",
         }
     }
 
@@ -75,6 +86,7 @@ impl PathKind {
             Self::Public => "public",
             Self::Private => "private",
             Self::Reflexive => "reflexive",
+            Self::Relay => "relay",
         }
     }
 }

@@ -4,21 +4,24 @@
 //!
 //! What it does:
 //!
-//! - REGISTER records a peer under its id and transport: the source the message came
+//! - REGISTER records a peer under its id and punch transport (declared in the
+//!   message, or else the one it arrived on: a peer may talk TCP to the rendezvous and
+//!   punch UDP); answers always go back to where the message came from (the UDP
+//!   source or the TCP connection). The source the message came
 //!   from is the peer's public endpoint (what its NAT mapped it to), kept with the
 //!   private and STUN/PCP-learned endpoints the peer announced. REGISTERED tells the
 //!   peer that public endpoint. A registration lives [`Config::lifetime`] after the peer's last
 //!   message; a REGISTER of the same id from another endpoint replaces it.
 //! - CONNECT from a registered peer (same id, same source) for another peer of the same
-//!   transport answers PEER with the other's endpoints and sends the other one a PEER
+//!   punch transport answers PEER with the other's endpoints and sends the other one a PEER
 //!   introduction with the asker's, so both start punching at the same moment. Both
 //!   get the same session token, derived from a secret and the two registrations, so
 //!   repeated CONNECTs agree. An unknown peer gets UNKNOWN-PEER; the asker retries.
 //! - Over UDP no answer is larger than [`AMPLIFICATION_FACTOR`] times the message that
 //!   caused it, whoever it goes to (a spoofed CONNECT could otherwise make the
 //!   rendezvous send a large PEER to a victim): PEER messages leave out private, then
-//!   learned endpoints until they fit (`trimmed`); the public endpoint and the session
-//!   always fit.
+//!   STUN/PCP-learned, then TURN relayed endpoints until they fit (`trimmed`); the
+//!   public endpoint and the session always fit.
 //! - Anything else is counted and dropped: malformed messages (answered with ERROR
 //!   when at least the header parsed, which costs no more than the request), other
 //!   versions (ERROR unsupported-version), unexpected kinds (silence).
@@ -40,8 +43,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::wire::{
-    Connect, ErrorCode, Mapped, Message, Packet, PeerId, PeerInfo, Register, Registered, Repr,
-    Session, VERSION,
+    Connect, ErrorCode, Mapped, MappedBy, Message, Packet, PeerId, PeerInfo, PunchTransport,
+    Register, Registered, Repr, Session, VERSION,
 };
 
 /// How long a registration lives after the peer's last message unless configured.
@@ -62,6 +65,19 @@ pub enum Transport {
     Udp,
     /// A TCP connection (one per peer endpoint).
     Tcp,
+}
+
+impl Transport {
+    /// The transport a REGISTER or CONNECT declares it punches over, or else the one
+    /// it arrived on.
+    #[must_use]
+    pub const fn punching(declared: Option<PunchTransport>, arrived: Self) -> Self {
+        match declared {
+            None => arrived,
+            Some(PunchTransport::Udp) => Self::Udp,
+            Some(PunchTransport::Tcp) => Self::Tcp,
+        }
+    }
 }
 
 /// Where a message came from, and where an answer goes.
@@ -267,7 +283,10 @@ impl Rendezvous {
         transaction: u32,
         register: Register,
     ) -> Vec<Transmit> {
-        let key = (from.transport, register.id);
+        let key = (
+            Transport::punching(register.punch, from.transport),
+            register.id,
+        );
         let generation = match self.registrations.get(&key) {
             Some(existing) if existing.origin == from => {
                 self.counters.refreshed += 1;
@@ -323,7 +342,8 @@ impl Rendezvous {
         request_len: usize,
     ) -> Vec<Transmit> {
         self.counters.connects += 1;
-        let asker_key = (from.transport, connect.id.clone());
+        let punch = Transport::punching(connect.punch, from.transport);
+        let asker_key = (punch, connect.id.clone());
         let Some(asker) = self
             .registrations
             .get_mut(&asker_key)
@@ -343,7 +363,7 @@ impl Rendezvous {
         let asker = asker.clone();
         let Some(peer) = self
             .registrations
-            .get(&(from.transport, connect.peer.clone()))
+            .get(&(punch, connect.peer.clone()))
             .filter(|_| connect.peer != connect.id)
             .cloned()
         else {
@@ -371,14 +391,17 @@ impl Rendezvous {
         };
         self.counters.peer_answers += 1;
         self.counters.introductions += 1;
-        let limit = match from.transport {
+        // What goes over UDP is bounded, whoever it goes to: the introduction may go
+        // over UDP to a registration made from a spoofed source even when the CONNECT
+        // came over TCP.
+        let limit = |to: Origin| match to.transport {
             Transport::Udp => request_len.saturating_mul(AMPLIFICATION_FACTOR),
             Transport::Tcp => usize::MAX,
         };
         let answer = info(false, &connect.peer, &peer);
         let introduction = info(true, &connect.id, &asker);
-        let answer = self.peer_within(transaction, answer, limit);
-        let introduction = self.peer_within(transaction, introduction, limit);
+        let answer = self.peer_within(transaction, answer, limit(from));
+        let introduction = self.peer_within(transaction, introduction, limit(peer.origin));
         vec![
             Transmit {
                 to: from,
@@ -391,8 +414,9 @@ impl Rendezvous {
         ]
     }
 
-    /// PEER `info` encoded in at most `limit` bytes: private endpoints, then learned
-    /// ones, are left out until it fits (the rest always does, see the module
+    /// PEER `info` encoded in at most `limit` bytes: private endpoints, then STUN- and
+    /// PCP-learned ones, then TURN relayed ones (the path of last resort, kept
+    /// longest) are left out until it fits (the rest always does, see the module
     /// documentation).
     fn peer_within(&mut self, transaction: u32, mut info: PeerInfo, limit: usize) -> Vec<u8> {
         let mut trimmed = false;
@@ -408,7 +432,12 @@ impl Rendezvous {
             }
             trimmed = true;
             if info.private.pop().is_none() {
-                info.mapped.pop();
+                let victim = info
+                    .mapped
+                    .iter()
+                    .rposition(|m| m.by != MappedBy::Relay)
+                    .unwrap_or(info.mapped.len() - 1);
+                info.mapped.remove(victim);
             }
         }
     }
@@ -452,8 +481,10 @@ mod tests {
             transaction: 1,
             message: Message::Register(Register {
                 id: id(name),
+                punch: None,
                 private: vec![SocketAddrV4::new(Ipv4Addr::from(private), port)],
                 mapped: Vec::new(),
+                credential: None,
             }),
         }
         .to_bytes()
@@ -465,6 +496,8 @@ mod tests {
             message: Message::Connect(Connect {
                 id: id(me),
                 peer: id(peer),
+                punch: None,
+                credential: None,
             }),
         }
         .to_bytes()
@@ -689,8 +722,10 @@ mod tests {
             transaction: 1,
             message: Message::Register(Register {
                 id: id("b"),
+                punch: None,
                 private: Vec::new(),
                 mapped: vec![stun, mapped],
+                credential: None,
             }),
         }
         .to_bytes();
@@ -719,6 +754,8 @@ mod tests {
                     transaction: 1,
                     message: Message::Register(Register {
                         id: id(name),
+                        punch: None,
+                        credential: None,
                         private: (1..=4)
                             .map(|i| SocketAddrV4::new([10, 0, 0, i].into(), 5000))
                             .collect(),
@@ -754,6 +791,124 @@ mod tests {
             }
             let trimmed = r.counters().trimmed;
             assert_eq!(trimmed, if transport == Transport::Udp { 2 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn trimming_keeps_relayed_endpoints_longest() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let at = |port| SocketAddrV4::new([198, 51, 100, 1].into(), port);
+        let relay = Mapped {
+            by: MappedBy::Relay,
+            endpoint: at(50000),
+        };
+        let info = PeerInfo {
+            introduction: false,
+            session: [0; 8],
+            id: id("b"),
+            public: at(1),
+            private: vec![at(2), at(3)],
+            mapped: vec![
+                relay,
+                Mapped {
+                    by: MappedBy::Stun,
+                    endpoint: at(4),
+                },
+                Mapped {
+                    by: MappedBy::Pcp,
+                    endpoint: at(5),
+                },
+            ],
+        };
+        let full = Repr {
+            transaction: 1,
+            message: Message::Peer(info.clone()),
+        }
+        .to_bytes()
+        .len();
+        // Room for one learned endpoint and no private one: the relay stays.
+        let bytes = r.peer_within(1, info.clone(), full - 2 * 6 - 2 * 7);
+        let Ok(Repr {
+            message: Message::Peer(p),
+            ..
+        }) = Repr::decode(&bytes)
+        else {
+            panic!("{bytes:?}");
+        };
+        assert!(p.private.is_empty());
+        assert_eq!(p.mapped, [relay]);
+        // Room for nothing: the public endpoint and the session remain.
+        let bytes = r.peer_within(1, info, 1);
+        let Ok(Repr {
+            message: Message::Peer(p),
+            ..
+        }) = Repr::decode(&bytes)
+        else {
+            panic!("{bytes:?}");
+        };
+        assert!(p.private.is_empty() && p.mapped.is_empty());
+        assert_eq!(p.public, at(1));
+        assert_eq!(r.counters().trimmed, 2);
+    }
+
+    #[test]
+    fn a_tcp_peer_can_register_for_udp_punching() {
+        let mut r = Rendezvous::new(Config::default(), 1);
+        let now = Instant::now();
+        let a_tcp = Origin {
+            transport: Transport::Tcp,
+            ..A
+        };
+        let declared = |message: Message| {
+            let mut repr = Repr::decode(&match message {
+                Message::Register(_) => register("a", [10, 1, 0, 2], 40000),
+                _ => connect("a", "b"),
+            })
+            .unwrap();
+            match &mut repr.message {
+                Message::Register(m) => m.punch = Some(PunchTransport::Udp),
+                Message::Connect(m) => m.punch = Some(PunchTransport::Udp),
+                _ => unreachable!(),
+            }
+            repr.to_bytes()
+        };
+        let out = r.handle(now, a_tcp, &declared(Message::Register(dummy_register())));
+        assert_eq!(out[0].to, a_tcp, "the answer goes back on the connection");
+        r.handle(now, B, &register("b", [10, 2, 0, 2], 41000));
+        // Without the declaration, a TCP CONNECT looks among TCP registrations.
+        let out = r.handle(now, a_tcp, &connect("a", "b"));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::NotRegistered));
+        let out = r.handle(now, a_tcp, &declared(Message::Connect(dummy_connect())));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].to, out[1].to), (a_tcp, B));
+        let Message::Peer(intro) = decode(&out[1]) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(intro.id, id("a"));
+        // b (UDP) asking for a finds it too; a's introduction goes on a's connection.
+        let out = r.handle(now, B, &connect("b", "a"));
+        assert_eq!((out[0].to, out[1].to), (B, a_tcp));
+        // The connection closing takes the UDP registration made over it.
+        r.disconnected(a_tcp);
+        assert_eq!(r.len(), 1);
+    }
+
+    fn dummy_register() -> Register {
+        Register {
+            id: id("x"),
+            punch: None,
+            private: Vec::new(),
+            mapped: Vec::new(),
+            credential: None,
+        }
+    }
+
+    fn dummy_connect() -> Connect {
+        Connect {
+            id: id("x"),
+            peer: id("y"),
+            punch: None,
+            credential: None,
         }
     }
 

@@ -10,6 +10,9 @@
 //!   checked and signed over the raw message, stateless nonces, static users and
 //!   coturn's shared-secret scheme.
 //! - [`engine`]: the server as a state machine, in the manner of quinn-proto.
+//! - [`client`]: a client as a state machine (one allocation: Allocate with the 401
+//!   challenge, refreshes, permissions, channels, Send/Data), used by `natgw punch`
+//!   to fall back to a relay.
 //!
 //! # The engine
 //!
@@ -49,7 +52,12 @@
 //!   channel bound to another peer, or a peer bound to another channel → 400.
 //! - Peers: IPv4 only (IPv6 → 443). Denied ranges (403, SSRF protection) by default
 //!   0/8, 127/8, 10/8, 172.16/12, 192.168/16, 100.64/10, 169.254/16, 224/3, plus the
-//!   host's own addresses; an operator allow-list overrides both.
+//!   host's own addresses; an operator allow-list overrides both. One exception:
+//!   the server's own relay addresses ([`engine::Config::relay_addresses`]) on a
+//!   port of the relay range are other allocations of this server, and allowed
+//!   (relay to relay: ICE's relayed pairs, two punch peers on one relay);
+//!   permissions for them are granted, and every datagram to or from them is
+//!   checked with its port.
 //! - Relaying: a Send indication or ChannelData on a bound channel goes to the peer
 //!   when a permission exists for its IP; a peer's datagram reaches the client only
 //!   with a permission for the peer's IP, as ChannelData when a channel is bound
@@ -69,5 +77,6 @@
 //! allocation: fine for thousands, not for millions.
 
 pub mod auth;
+pub mod client;
 pub mod engine;
 pub mod wire;

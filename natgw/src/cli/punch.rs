@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use crate::clients::punch::{self, Options};
+use crate::clients::punch::{self, relay, Options};
 use crate::services::Shutdown;
 use crate::services::{rendezvous, turn};
 use natgw_proto::prefix::Ipv4Prefix;
@@ -26,6 +26,7 @@ const STUN_PORT: u16 = natgw_proto::stun::responder::DEFAULT_PORT;
 /// Arguments of `natgw punch`.
 #[derive(Debug, Args)]
 #[command(after_help = PUNCH_AFTER_HELP)]
+#[command(group(ArgGroup::new("turn_auth").args(["turn_user", "turn_secret"]).multiple(false).conflicts_with("tcp")))]
 pub struct PunchArgs {
     /// The rendezvous (`natgw rendezvous`), ADDR:PORT, spoken to over UDP (or TCP with
     /// --tcp).
@@ -89,12 +90,51 @@ pub struct PunchArgs {
     /// Print one JSON object — also on failure, with `ok: false` — instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// TURN server to fall back to (ADDR or ADDR:PORT, port 3478 by default)
+    /// [default: the rendezvous, which relays when started with --turn-user or
+    /// --turn-secret]. Needs --turn-user or --turn-secret.
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_stun_server, requires = "turn_auth")]
+    pub turn: Option<SocketAddrV4>,
+
+    /// TURN long-term credential USER:PASSWORD: allocate a relay before registering,
+    /// announce its address to the peer, and fall back to it when no direct path
+    /// works. The realm is learned from the server.
+    #[arg(long, value_name = "USER:PASSWORD", value_parser = parse_turn_user)]
+    pub turn_user: Option<(String, String)>,
+
+    /// TURN shared secret (coturn's use-auth-secret): the username is
+    /// "<expiry>:<--id>", valid for an hour, the password
+    /// base64(HMAC-SHA1(SECRET, username)). Otherwise as --turn-user.
+    #[arg(long, value_name = "SECRET")]
+    pub turn_secret: Option<String>,
+
+    /// Reach the TURN server over TCP (the relay to the peer is UDP): for a host
+    /// whose firewall drops UDP (with --rendezvous-tcp).
+    #[arg(long, requires = "turn_auth")]
+    pub turn_tcp: bool,
+
+    /// Use the relay at once and probe no direct path (the peer needs a relay too).
+    #[arg(long, requires = "turn_auth")]
+    pub relay_only: bool,
+
+    /// Seconds to go on probing direct paths once the relay works; a direct path
+    /// verified in that time replaces the relay (`upgraded` in the report). 0: none.
+    #[arg(long, value_name = "S", default_value = "5", value_parser = parse_upgrade_wait)]
+    pub upgrade_wait: Duration,
 }
 
 const PUNCH_AFTER_HELP: &str = "\
 Start it on both peers at about the same time (within --timeout); each names itself
-and the other. It exits 0 once data went both ways on a direct path, 1 otherwise
-with the reason.
+and the other. It exits 0 once data went both ways on a direct path (or through the
+TURN relay), 1 otherwise with the reason.
+
+With --turn-user or --turn-secret (both peers should have one) it allocates a TURN
+relay first and announces its relayed address. When no direct path is verified
+within --timeout after the introduction, it also probes the peer's relayed address
+through its own allocation; if that works it reports `relayed` (JSON: method
+\"relayed\", relay {...}), then goes on probing direct paths for --upgrade-wait and
+switches to one that is verified (`upgraded`). The allocation is deleted on exit.
 
 Examples:
     natgw rendezvous --listen 198.18.0.1:7000                       # on a public host
@@ -103,7 +143,9 @@ Examples:
     natgw punch ... --tcp                  # TCP simultaneous open
     natgw punch ... --stun 192.0.2.53      # learn our endpoint from another STUN server
     natgw punch ... --pcp 10.2.0.1 --passive   # open our port with PCP, let them in
-    natgw punch ... --pcp 10.2.0.1 --pcp-peer-only --passive   # open it to the peer only";
+    natgw punch ... --pcp 10.2.0.1 --pcp-peer-only --passive   # open it to the peer only
+    natgw punch ... --turn-secret s3cr3t   # fall back to the rendezvous's TURN relay
+    natgw punch ... --turn 192.0.2.7 --turn-user alice:pw --turn-tcp --relay-only";
 
 /// Arguments of `natgw rendezvous`.
 #[derive(Debug, Args)]
@@ -221,6 +263,18 @@ impl PunchArgs {
             pcp_peer_only: self.pcp_peer_only,
             only: self.only.clone(),
             passive: self.passive,
+            turn: self.turn,
+            turn_credential: match (&self.turn_user, &self.turn_secret) {
+                (Some((user, password)), _) => Some(relay::Credential::User {
+                    user: user.clone(),
+                    password: password.clone(),
+                }),
+                (None, Some(secret)) => Some(relay::Credential::Secret(secret.clone())),
+                (None, None) => None,
+            },
+            turn_tcp: self.turn_tcp,
+            relay_only: self.relay_only,
+            upgrade_wait: self.upgrade_wait,
         }
     }
 }
@@ -440,15 +494,38 @@ fn summary(c: &Counters) -> String {
     )
 }
 
-/// `--only KIND`: one of `mapped`, `public`, `private`, `reflexive`.
+/// `--only KIND`: one of `mapped`, `public`, `private`, `reflexive` (the relay has
+/// its own flags).
 fn path_kind(s: &str) -> Result<PathKind, String> {
-    PathKind::from_name(s).ok_or_else(|| {
-        let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
-        format!(
-            "`{s}` is not a kind of path; use one of {}",
-            names.join(", ")
-        )
-    })
+    PathKind::from_name(s)
+        .filter(|k| *k != PathKind::Relay)
+        .ok_or_else(|| {
+            let names: Vec<&str> = PathKind::ALL
+                .iter()
+                .filter(|k| **k != PathKind::Relay)
+                .map(|k| k.name())
+                .collect();
+            format!(
+                "`{s}` is not a kind of path; use one of {}",
+                names.join(", ")
+            )
+        })
+}
+
+/// `USER:PASSWORD` with a non-empty user (the password may contain `:`).
+fn parse_turn_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((user, password)) if !user.is_empty() => Ok((user.to_owned(), password.to_owned())),
+        _ => Err("expected USER:PASSWORD with a non-empty user".to_owned()),
+    }
+}
+
+/// Seconds, 0 to 600.
+fn parse_upgrade_wait(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    super::seconds_up_to(s, 600)
 }
 
 /// Seconds, above 0 and at most 600.

@@ -202,7 +202,8 @@ pub struct Turn {
 
 impl Turn {
     /// The engine over a [`SocketAllocator`]; `own_addresses` are refused as peers
-    /// (unless allowed). Returns the receiver of relay sockets' datagrams, for the
+    /// (unless allowed), except the relay address on a relay port (another
+    /// allocation of this server). Returns the receiver of relay sockets' datagrams, for the
     /// rendezvous's loop to hand to [`Self::on_peer`].
     ///
     /// # Errors
@@ -221,6 +222,10 @@ impl Turn {
         });
         config.allowed_peers = options.allowed_peers;
         config.own_addresses = own_addresses;
+        // Relay to relay (two allocations of this server talking, as ICE's relayed
+        // pairs and two punch peers on one relay do) stays possible.
+        config.relay_addresses = vec![options.relay_ip];
+        config.relay_ports = options.relay_ports.clone();
         let handover = Handover::default();
         let allocator =
             SocketAllocator::new(options.relay_ip, options.relay_ports, Arc::clone(&handover));

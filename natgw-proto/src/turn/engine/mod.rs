@@ -222,6 +222,17 @@ pub struct Config {
     pub allowed_peers: Vec<Ipv4Prefix>,
     /// This host's own addresses, refused as peers.
     pub own_addresses: Vec<Ipv4Addr>,
+    /// The addresses relay sockets are bound on and their port range: a peer there
+    /// is another allocation of this server (relay to relay: an ICE relayed pair, or
+    /// two peers on the same relay) and is allowed although it is one of
+    /// `own_addresses` or in `denied_peers` — on a port inside the range only.
+    /// Permissions (which are per IP) for these addresses are granted; what is sent
+    /// to or received from them is checked with the port. Empty: relay to relay is
+    /// refused like any own address.
+    pub relay_addresses: Vec<Ipv4Addr>,
+    /// The relay port range that goes with `relay_addresses` (unused while that is
+    /// empty).
+    pub relay_ports: std::ops::RangeInclusive<u16>,
     /// Per-allocation bandwidth cap; `None` for none.
     pub bandwidth: Option<Bandwidth>,
 }
@@ -249,6 +260,8 @@ impl Config {
             denied_peers: default_denied_peers(),
             allowed_peers: Vec::new(),
             own_addresses: Vec::new(),
+            relay_addresses: Vec::new(),
+            relay_ports: 0..=0,
             bandwidth: None,
         }
     }
@@ -296,6 +309,23 @@ impl Config {
             return true;
         }
         !(self.denied_peers.iter().any(|p| p.contains(ip)) || self.own_addresses.contains(&ip))
+    }
+
+    /// Whether `ip` is one of this server's relay addresses (a permission for it is
+    /// granted; the port is checked per datagram).
+    fn is_relay_ip(&self, ip: Ipv4Addr) -> bool {
+        self.relay_addresses.contains(&ip)
+    }
+
+    /// Whether datagrams may go to, or come from, `peer`: an allowed IP, or another
+    /// relay socket of this server (a relay address, a port in the relay range).
+    fn peer_endpoint_allowed(&self, peer: SocketAddrV4) -> bool {
+        if self.is_relay_ip(*peer.ip())
+            && !self.allowed_peers.iter().any(|p| p.contains(*peer.ip()))
+        {
+            return self.relay_ports.contains(&peer.port());
+        }
+        self.peer_allowed(*peer.ip())
     }
 
     /// RFC 8656 §7.2: the asked-for lifetime within [default, max]; none → default.
@@ -1161,12 +1191,19 @@ impl<A: RelayAllocator> Server<A> {
     }
 
     /// The IPv4 peer in `a`, checked against the denied ranges: 443 for IPv6, 403
-    /// for a denied one.
-    fn check_peer(&self, peer: SocketAddr) -> Result<SocketAddrV4, u16> {
+    /// for a denied one. One of our relay addresses is allowed: with `port` (a
+    /// channel's peer) when the port is a relay port, without (a permission, which
+    /// is per IP) always.
+    fn check_peer(&self, peer: SocketAddr, port: bool) -> Result<SocketAddrV4, u16> {
         let SocketAddr::V4(peer) = peer else {
             return Err(error_code::PEER_ADDRESS_FAMILY_MISMATCH);
         };
-        if !self.config.peer_allowed(*peer.ip()) {
+        let allowed = if port {
+            self.config.peer_endpoint_allowed(peer)
+        } else {
+            self.config.peer_allowed(*peer.ip()) || self.config.is_relay_ip(*peer.ip())
+        };
+        if !allowed {
             return Err(error_code::FORBIDDEN);
         }
         Ok(peer)
@@ -1183,7 +1220,7 @@ impl<A: RelayAllocator> Server<A> {
         let mut peers = Vec::new();
         for a in &request.attributes {
             if let Attribute::XorPeerAddress(p) = a {
-                peers.push(*self.check_peer(*p)?.ip());
+                peers.push(*self.check_peer(*p, false)?.ip());
             }
         }
         if peers.is_empty() {
@@ -1229,7 +1266,7 @@ impl<A: RelayAllocator> Server<A> {
         if !turn::is_channel(channel) {
             return Err(error_code::BAD_REQUEST);
         }
-        let peer = self.check_peer(peer)?;
+        let peer = self.check_peer(peer, true)?;
         let (max, permission, binding) = (
             self.config.max_permissions,
             self.config.permission_lifetime,
@@ -1318,7 +1355,7 @@ impl<A: RelayAllocator> Server<A> {
     ) -> Result<(), DropReason> {
         // The deny list is checked again: the operator's lists may have changed
         // since the permission was made, and a permission never reaches a denied IP.
-        if !self.config.peer_allowed(*peer.ip()) {
+        if !self.config.peer_endpoint_allowed(peer) {
             return Err(DropReason::PeerDenied);
         }
         let a = self
@@ -1354,6 +1391,11 @@ impl<A: RelayAllocator> Server<A> {
         self.reap(now, tuple, actions);
         if data.len() > MAX_PAYLOAD {
             return Err(DropReason::TooLarge);
+        }
+        // A permission for one of our relay addresses lets in the other relay
+        // sockets only, not whatever else on this host sends from that address.
+        if self.config.is_relay_ip(*peer.ip()) && !self.config.peer_endpoint_allowed(peer) {
+            return Err(DropReason::PeerDenied);
         }
         let a = self
             .allocations

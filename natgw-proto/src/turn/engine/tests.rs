@@ -916,6 +916,79 @@ fn denied_peers_get_403_unless_allowed() {
 }
 
 #[test]
+fn relay_to_relay_is_allowed_on_relay_ports_only() {
+    // The relay address is one of the host's own and in a denied range here; only
+    // relay ports on it are allowed.
+    let mut config = config();
+    config.own_addresses = vec![RELAY_IP];
+    config.denied_peers.push("203.0.113.0/24".parse().unwrap());
+    config.relay_addresses = vec![RELAY_IP];
+    config.relay_ports = 50_000..=50_009;
+    let mut s = server_with(config, 50_000..=50_009);
+    let (ta, tb) = (client(40_000), client(40_001));
+    let (mut alice, mut bob) = (
+        User::new("alice", "wonderland"),
+        User::new("bob", "builder"),
+    );
+    let ra = allocate(&mut s, &mut alice, t0(), ta);
+    let rb = allocate(&mut s, &mut bob, t0(), tb);
+    // A permission is per IP: granted for the relay address.
+    permit(&mut s, &mut alice, t0(), ta, rb);
+    permit(&mut s, &mut bob, t0(), tb, ra);
+    let sent = to_peer(&s.on_message(t0(), ta, &send_indication(rb, b"hi bob")));
+    assert_eq!(sent, [(ra, rb, b"hi bob".to_vec())]);
+    let delivered = to_client(&s.on_peer_datagram(t0(), rb, ra, b"hi bob"));
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].0, tb);
+    // A channel to another allocation is fine; to the server's own port is not.
+    assert_eq!(bind(&mut s, &mut alice, t0(), ta, 0x4000, rb), None);
+    let service = SocketAddrV4::new(RELAY_IP, 3478);
+    assert_eq!(
+        bind(&mut s, &mut alice, t0(), ta, 0x4001, service),
+        Some(403)
+    );
+    // Send to, and datagrams from, a non-relay port of the relay address: dropped.
+    assert!(s
+        .on_message(t0(), ta, &send_indication(service, b"x"))
+        .is_empty());
+    assert_eq!(s.counters().dropped(DropReason::PeerDenied), 1);
+    assert!(s.on_peer_datagram(t0(), ra, service, b"x").is_empty());
+    assert_eq!(s.counters().dropped(DropReason::PeerDenied), 2);
+    // Another own address stays refused.
+    let mut config = self::config();
+    config.own_addresses = vec![RELAY_IP, Ipv4Addr::new(203, 0, 113, 2)];
+    config.relay_addresses = vec![RELAY_IP];
+    config.relay_ports = 50_000..=50_009;
+    let mut s = server_with(config, 50_000..=50_009);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), ta);
+    let other = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 2), 50_001);
+    let reply = ask(
+        &mut s,
+        t0(),
+        ta,
+        &alice.request(METHOD_CREATE_PERMISSION, vec![peer_attr(other)]),
+    );
+    assert_eq!(error(&reply), Some(403));
+    // Without relay addresses configured, the relay address is an own address: 403.
+    let mut config = self::config();
+    config.own_addresses = vec![RELAY_IP];
+    let mut s = server_with(config, 50_000..=50_009);
+    let mut alice = User::new("alice", "wonderland");
+    allocate(&mut s, &mut alice, t0(), ta);
+    let reply = ask(
+        &mut s,
+        t0(),
+        ta,
+        &alice.request(
+            METHOD_CREATE_PERMISSION,
+            vec![peer_attr(SocketAddrV4::new(RELAY_IP, 50_001))],
+        ),
+    );
+    assert_eq!(error(&reply), Some(403));
+}
+
+#[test]
 fn rfc8656_channel_bind_rules() {
     let mut s = server();
     let tuple = client(40_000);

@@ -257,6 +257,8 @@ pub async fn find_peer<C: Channel>(
         message: Message::Connect(Connect {
             id: register.id.clone(),
             peer: peer.clone(),
+            punch: register.punch,
+            credential: None,
         }),
     }
     .to_bytes();

@@ -26,6 +26,7 @@
 
 pub mod client;
 pub mod learn;
+pub mod relay;
 pub mod report;
 mod tcp;
 mod udp;
@@ -69,6 +70,18 @@ pub struct Options {
     pub only: Vec<PathKind>,
     /// Send nothing to the peer before it reached us (TCP: only accept).
     pub passive: bool,
+    /// The TURN server to fall back to (with `turn_credential`); the rendezvous when
+    /// `None`.
+    pub turn: Option<SocketAddrV4>,
+    /// The TURN credential: with it, `natgw punch` allocates a relay and falls back
+    /// to it.
+    pub turn_credential: Option<relay::Credential>,
+    /// Reach the TURN server over TCP.
+    pub turn_tcp: bool,
+    /// Use the relay at once, probe no direct path.
+    pub relay_only: bool,
+    /// How long to go on probing direct paths once the relay works.
+    pub upgrade_wait: Duration,
 }
 
 impl Options {
@@ -88,15 +101,23 @@ impl Options {
             pcp_peer_only: false,
             only: Vec::new(),
             passive: false,
+            turn: None,
+            turn_credential: None,
+            turn_tcp: false,
+            relay_only: false,
+            upgrade_wait: DEFAULT_UPGRADE_WAIT,
         }
     }
 }
+
+/// How long `natgw punch` goes on probing direct paths once the relay works.
+pub const DEFAULT_UPGRADE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long `natgw punch` waits for the peer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Punches, and returns the report with the outcome: `Ok` once data went both ways on
-/// a direct path.
+/// a direct path, or through the TURN relay.
 ///
 /// # Errors
 /// Why no direct path was found, or what went wrong on the way (also in the report).
@@ -157,6 +178,14 @@ fn candidates(peer: &PeerInfo) -> Vec<(PathKind, SocketAddrV4)> {
         }
     }
     paths
+}
+
+/// The peer's relayed address (a TURN allocation it announced), if any.
+fn peer_relayed(peer: &PeerInfo) -> Option<SocketAddrV4> {
+    peer.mapped
+        .iter()
+        .find(|m| m.by == MappedBy::Relay)
+        .map(|m| m.endpoint)
 }
 
 /// The STUN server to ask: `--stun`, or the rendezvous.

@@ -58,6 +58,25 @@ pub struct PcpPeer {
     pub error: Option<String>,
 }
 
+/// The TURN relay used (`relay` in the report).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RelayReport {
+    /// The TURN server.
+    pub server: SocketAddrV4,
+    /// `udp` or `tcp`: how we reached the server (the relay itself is UDP).
+    pub transport: &'static str,
+    /// Our relayed address.
+    pub relayed: Option<SocketAddrV4>,
+    /// The peer's relayed address.
+    pub peer_relayed: Option<SocketAddrV4>,
+    /// The peer endpoint used on the relay path.
+    pub remote: Option<SocketAddrV4>,
+    /// Round trip through the relay, milliseconds (median).
+    pub rtt_ms: Option<f64>,
+    /// How long the allocation took, milliseconds.
+    pub allocated_ms: f64,
+}
+
 /// How a TCP connection came about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -135,9 +154,17 @@ pub struct Report {
     /// Whether the rendezvous introduced the peer to us (it asked first) rather than
     /// answering our lookup.
     pub introduced: Option<bool>,
-    /// How we reached the peer: `direct-public`, `direct-private`, `pcp-mapped` or
-    /// `peer-reflexive`.
+    /// How we reached the peer: `direct-public`, `direct-private`, `pcp-mapped`,
+    /// `peer-reflexive` or `relayed` (through a TURN relay).
     pub method: Option<&'static str>,
+    /// The TURN relay, when it was used (also after an upgrade to a direct path).
+    pub relay: Option<RelayReport>,
+    /// Whether a relayed connection was upgraded to a direct path (`method` then
+    /// names the direct one).
+    pub upgraded: bool,
+    /// Our allocation, whether used or not.
+    #[serde(skip)]
+    allocation: Option<super::relay::Allocation>,
     /// The peer endpoint of the selected path.
     pub remote: Option<SocketAddrV4>,
     /// Where the peer saw us come from on that path.
@@ -200,6 +227,9 @@ impl Report {
             peer_mapped: None,
             introduced: None,
             method: None,
+            relay: None,
+            upgraded: false,
+            allocation: None,
             remote: None,
             seen_as: None,
             tcp_open: None,
@@ -315,6 +345,41 @@ impl Report {
         self.wait_for_peer_ms = Some(ms(waited));
     }
 
+    /// Records our TURN allocation.
+    pub fn relay_allocated(&mut self, allocation: &super::relay::Allocation) {
+        self.allocation = Some(*allocation);
+    }
+
+    /// Records that the relay path was selected (after [`Self::succeeded`]).
+    pub fn relayed(&mut self, outcome: &Outcome, peer_relayed: Option<SocketAddrV4>) {
+        let Some(a) = self.allocation else {
+            return;
+        };
+        self.relay = Some(RelayReport {
+            server: a.server,
+            transport: a.transport,
+            relayed: Some(a.relayed),
+            peer_relayed,
+            remote: Some(outcome.selected.remote),
+            rtt_ms: Some(ms(outcome.rtt)),
+            allocated_ms: ms(a.took),
+        });
+    }
+
+    /// Records the direct path found after the relay worked: it becomes the selected
+    /// one; the relay stays described in `relay`.
+    pub fn upgraded(&mut self, direct: &Outcome) {
+        let relay_paths: Vec<PathReport> = self
+            .paths
+            .iter()
+            .filter(|p| p.kind == PathKind::Relay)
+            .cloned()
+            .collect();
+        self.succeeded(direct);
+        self.paths.extend(relay_paths);
+        self.upgraded = true;
+    }
+
     /// Records what the prober knows whatever the outcome: its role, the paths, the
     /// foreign messages it ignored.
     pub fn prober_state(&mut self, prober: &Prober) {
@@ -360,13 +425,24 @@ impl Report {
     pub fn text(&self) -> String {
         let mut out = String::new();
         let transport = self.transport.to_uppercase();
-        if self.ok {
+        if self.ok && self.method == Some(PathKind::Relay.method()) {
             let _ = writeln!(
                 out,
-                "{} → {} over {transport}: connected directly ({})",
+                "{} → {} over {transport}: connected through a TURN relay (relayed)",
+                self.id, self.peer,
+            );
+        } else if self.ok {
+            let _ = writeln!(
+                out,
+                "{} → {} over {transport}: connected directly ({}){}",
                 self.id,
                 self.peer,
-                self.method.unwrap_or("?")
+                self.method.unwrap_or("?"),
+                if self.upgraded {
+                    ", upgraded from the relay"
+                } else {
+                    ""
+                }
             );
         } else {
             let _ = writeln!(
@@ -375,6 +451,18 @@ impl Report {
                 self.id,
                 self.peer,
                 self.stage.unwrap_or("?").replace('-', " ")
+            );
+        }
+        if let Some(relay) = &self.relay {
+            let addr =
+                |a: Option<SocketAddrV4>| a.map_or_else(|| "none".to_owned(), |a| a.to_string());
+            let _ = writeln!(
+                out,
+                "  relayed via {} (relayed {}, peer's relayed {}), rtt {:.3} ms",
+                relay.server,
+                addr(relay.relayed),
+                addr(relay.peer_relayed),
+                relay.rtt_ms.unwrap_or(0.0)
             );
         }
         let mut row = |k: &str, v: String| {
@@ -390,6 +478,7 @@ impl Report {
                 Some(PathKind::Public) => "their public endpoint",
                 Some(PathKind::Private) => "their private endpoint, on our LAN",
                 Some(PathKind::Mapped) => "their PCP mapping",
+                Some(PathKind::Relay) => "their relayed address, through our relay",
                 _ => "an endpoint their probes came from",
             };
             row("peer endpoint", format!("{remote} ({what}, {method})"));

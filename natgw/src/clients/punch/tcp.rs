@@ -130,8 +130,10 @@ pub(super) async fn run(options: &Options, report: &mut Report) -> anyhow::Resul
     }
     let register = Register {
         id: options.id.clone(),
+        punch: None,
         private: vec![private],
         mapped: learn::announced(learned, map),
+        credential: None,
     };
     let (peer, _, introduced_at) = client::meet(&mut channel, options, &register, report).await?;
 
