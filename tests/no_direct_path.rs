@@ -259,7 +259,7 @@ fn endpoint_dependent_sites() -> Sites {
 }
 
 #[test]
-fn endpoint_dependent_nats_on_both_sites_map_per_destination_and_defeat_punching() {
+fn endpoint_dependent_nats_on_both_sites_defeat_punching_and_natgw_punch_relays() {
     let sites = endpoint_dependent_sites();
     let rdv = &sites.rendezvous.ns;
 
@@ -374,7 +374,72 @@ fn endpoint_dependent_nats_on_both_sites_map_per_destination_and_defeat_punching
             "an ack crossed the internet"
         );
     }
-    rendezvous.stop();
+
+    // With TURN credentials (the relay is the rendezvous's): after the same failed
+    // direct attempt both peers fall back to their allocations and report `relayed`.
+    let turn = format!("{TURN_USER}:{TURN_PASSWORD}");
+    let extra = ["--timeout", "2", "--turn-user", turn.as_str()];
+    let a = spawn_punch(&sites.a.hosts[0].ns, "a1-relay", "b1-relay", &extra);
+    let b = spawn_punch(&sites.b.hosts[0].ns, "b1-relay", "a1-relay", &extra);
+    let (a, b) = (wait_punch(a), wait_punch(b));
+    assert_relayed("endpoint-dependent NATs", &a, &b, "udp");
+    let summary = rendezvous.stop();
+    assert_relay_carried(&summary);
+}
+
+/// Both punches succeeded through natgw's relay, reached over `transport`: each
+/// report says `relayed`, names the rendezvous as the TURN server, its own relayed
+/// address on the relay's port range, and the other's as the peer's.
+fn assert_relayed(what: &str, a: &Punch, b: &Punch, transport: &str) {
+    for (me, peer) in [(a, b), (b, a)] {
+        let r = &me.report;
+        eprintln!(
+            "{what}: {} relayed: {} (exit ok {})",
+            r["id"], r["relay"], me.success
+        );
+        assert!(
+            me.success && r["ok"] == true,
+            "{what}: {r:#}\n{}",
+            me.stderr
+        );
+        assert_eq!(r["method"], "relayed", "{what}: {r:#}");
+        assert_eq!(r["upgraded"], false, "{what}: {r:#}");
+        let relay = &r["relay"];
+        assert_eq!(
+            relay["server"],
+            rendezvous_endpoint().to_string(),
+            "{what}: {relay}"
+        );
+        assert_eq!(relay["transport"], transport, "{what}: {relay}");
+        let relayed: SocketAddrV4 = relay["relayed"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no relayed address in {relay}"));
+        assert_eq!(*relayed.ip(), RENDEZVOUS_ADDR, "{what}: {relay}");
+        assert!(
+            (RELAY_MIN..=RELAY_MAX).contains(&relayed.port()),
+            "{what}: {relay}"
+        );
+        assert_eq!(
+            peer.report["relay"]["peer_relayed"], relay["relayed"],
+            "{what}: the peer was given our relayed address"
+        );
+        assert!(relay["rtt_ms"].as_f64() > Some(0.0), "{what}: {relay}");
+        assert_eq!(r["rtt_ms"], relay["rtt_ms"], "{what}: {r:#}");
+    }
+}
+
+/// The relay's own counters: packets went out of relay sockets to peers and came
+/// back to clients (the probes and acks of the relayed path).
+fn assert_relay_carried(summary: &Value) {
+    let engine = &summary["turn"]["engine"];
+    eprintln!("TURN: {engine}");
+    assert!(
+        turn_counter(summary, "allocations_created") >= 2,
+        "{engine}"
+    );
+    assert!(turn_counter(summary, "to_peer_packets") > 0, "{engine}");
+    assert!(turn_counter(summary, "to_client_packets") > 0, "{engine}");
 }
 
 // ---------------------------------------------------------------------------------
