@@ -382,16 +382,17 @@ fn endpoint_dependent_nats_on_both_sites_defeat_punching_and_natgw_punch_relays(
     let a = spawn_punch(&sites.a.hosts[0].ns, "a1-relay", "b1-relay", &extra);
     let b = spawn_punch(&sites.b.hosts[0].ns, "b1-relay", "a1-relay", &extra);
     let (a, b) = (wait_punch(a), wait_punch(b));
-    assert_relayed("endpoint-dependent NATs", &a, &b, "udp");
+    assert_relayed("endpoint-dependent NATs", [(&a, "udp"), (&b, "udp")]);
     let summary = rendezvous.stop();
     assert_relay_carried(&summary);
 }
 
-/// Both punches succeeded through natgw's relay, reached over `transport`: each
-/// report says `relayed`, names the rendezvous as the TURN server, its own relayed
-/// address on the relay's port range, and the other's as the peer's.
-fn assert_relayed(what: &str, a: &Punch, b: &Punch, transport: &str) {
-    for (me, peer) in [(a, b), (b, a)] {
+/// Both punches succeeded through natgw's relay, each reaching it over its
+/// transport (`udp`, `tcp`): each report says `relayed`, names the rendezvous as the
+/// TURN server, its own relayed address on the relay's port range, and the other's
+/// as the peer's.
+fn assert_relayed(what: &str, [(a, ta), (b, tb)]: [(&Punch, &str); 2]) {
+    for (me, peer, transport) in [(a, b, ta), (b, a, tb)] {
         let r = &me.report;
         eprintln!(
             "{what}: {} relayed: {} (exit ok {})",
