@@ -14,9 +14,10 @@
 //! silent, refusing or lying STUN server leaves the rendezvous's observation in charge.
 
 use std::collections::BTreeSet;
+use std::io::Read as _;
 use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -35,7 +36,7 @@ use testbed::{Netns, Site, Sites, SitesOptions};
 const RENDEZVOUS_PORT: u16 = 7000;
 /// The punch protocol's version (natgw-proto/src/punch/wire.rs), the third byte of every
 /// message after "NP".
-const PUNCH_VERSION: u8 = 2;
+const PUNCH_VERSION: u8 = 3;
 /// RFC 8489 §5: the magic cookie, and the Binding request and success types.
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const STUN_BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
@@ -67,6 +68,7 @@ mod kind {
     pub const CONNECT: u8 = 0x03;
     pub const PEER: u8 = 0x04;
     pub const UNKNOWN_PEER: u8 = 0x05;
+    pub const CHALLENGE: u8 = 0x07;
     pub const PROBE: u8 = 0x10;
     pub const ACK: u8 = 0x11;
 }
@@ -119,21 +121,33 @@ fn start_natgw(gateways: &[(&Site, &[&str])]) -> Vec<Natgw> {
 struct Rendezvous {
     child: Option<Child>,
     stdout: BufReader<ChildStdout>,
+    stderr: Option<ChildStderr>,
 }
 
 impl Rendezvous {
     fn start(sites: &Sites) -> Self {
+        Self::start_with(sites, &[])
+    }
+
+    /// With more flags (`--auth-secret ...`); its stderr is kept for [`Self::stop_with_stderr`].
+    fn start_with(sites: &Sites, extra: &[&str]) -> Self {
         let mut child = sites
             .rendezvous
             .ns
             .command(natgw_bin())
             .args(["rendezvous", "--json", "--listen"])
             .arg(rendezvous_endpoint().to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if extra.is_empty() {
+                Stdio::null()
+            } else {
+                Stdio::piped()
+            })
             .spawn()
             .expect("starting natgw rendezvous");
+        let stderr = child.stderr.take();
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout
@@ -145,7 +159,19 @@ impl Rendezvous {
         Self {
             child: Some(child),
             stdout,
+            stderr,
         }
+    }
+
+    /// Stops it and returns its last line and everything it wrote to stderr.
+    fn stop_with_stderr(mut self) -> (Value, String) {
+        let mut stderr = self.stderr.take();
+        let last = self.stop_all();
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        (last, text)
     }
 
     /// Stops it and returns the counters it printed.
@@ -390,6 +416,7 @@ fn assert_rendezvous_only_introduced(seen: &[Seen]) {
         kind::CONNECT,
         kind::PEER,
         kind::UNKNOWN_PEER,
+        kind::CHALLENGE,
     ]
     .into();
     let kinds = rendezvous_kinds(seen);
@@ -1339,4 +1366,256 @@ fn stun_and_the_rendezvous_disagreeing_is_reported_as_endpoint_dependent_mapping
         "{paths:?}"
     );
     rendezvous.stop();
+}
+
+// ---------------------------------------------------------------------------------
+// Rendezvous authentication (--auth-secret) and the rendezvous over TCP
+// ---------------------------------------------------------------------------------
+
+/// The warning `natgw rendezvous` prints without --auth-secret.
+const OPEN_WARNING: &str = "no --auth-secret: anyone can register any id and look up any \
+registered peer";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// `<expiry>:<id>:<password>` for --auth-user, made with `secret` the way coturn's
+/// use-auth-secret does: base64(HMAC-SHA1(secret, "<expiry>:<id>")).
+fn auth_user(secret: &str, expiry: u64, id: &str) -> String {
+    let username = format!("{expiry}:{id}");
+    let password = natgw_proto::turn::auth::rest_password(secret, &username);
+    format!("{username}:{password}")
+}
+
+/// What the rendezvous answers one datagram from `socket`.
+fn ask_rendezvous(socket: &std::net::UdpSocket, bytes: &[u8]) -> Vec<u8> {
+    socket
+        .send_to(bytes, rendezvous_endpoint())
+        .expect("sending to the rendezvous");
+    recv(socket).expect("the rendezvous answers").0
+}
+
+#[test]
+fn an_authenticating_rendezvous_introduces_only_peers_with_a_valid_credential() {
+    use natgw_proto::punch::wire::{Connect, Message, PeerId, Repr};
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &[])]);
+    // Two secrets: the one being retired and its successor (rotation).
+    let rendezvous = Rendezvous::start_with(
+        &sites,
+        &["--auth-secret", "new-s3cret", "--auth-secret", "old"],
+    );
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    let capture = Capture::start(&sites.inet, parse_frame);
+    // a1 computes its credential from the old secret; b1 was handed one made with the
+    // new secret by someone who holds it.
+    let b1_user = auth_user("new-s3cret", unix_now() + 3600, "b1");
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &a1.ns,
+            id: "a1",
+        },
+        Peer {
+            ns: &b1.ns,
+            id: "b1",
+        },
+        &["--auth-secret", "old"],
+        &["--auth-user", &b1_user],
+    );
+    let seen = capture.finish();
+    assert_both_ok("authenticated", &a, &b);
+    assert_eq!(a.report["authenticated"], true, "{:#}", a.report);
+    assert_eq!(a.method(), "direct-public", "{:#}", a.report);
+    assert_direct_on_the_wire("authenticated", &seen, &a, &b);
+    assert!(
+        rendezvous_kinds(&seen).contains(&kind::CHALLENGE),
+        "the rendezvous challenged the credentials on the wire"
+    );
+
+    // Refused peers: no credential, a wrong secret, an expired credential, someone
+    // else's credential. Each is told why, exits non-zero, and says it in --json.
+    let stale = auth_user("new-s3cret", unix_now() - 60, "c1");
+    let bobs = auth_user("new-s3cret", unix_now() + 3600, "b1");
+    for (extra, reason, says) in [
+        (
+            &[][..],
+            "authentication-required",
+            "requires authentication: give --auth-secret or --auth-user",
+        ),
+        (
+            &["--auth-secret", "guess"][..],
+            "wrong-credential",
+            "refused our credential: wrong credential",
+        ),
+        (
+            &["--auth-user", &stale][..],
+            "expired",
+            "refused our credential: expired",
+        ),
+    ] {
+        let (child, started) = spawn_punch(
+            Peer {
+                ns: &a1.ns,
+                id: "c1",
+            },
+            Peer {
+                ns: &b1.ns,
+                id: "b1",
+            },
+            extra,
+        );
+        let p = wait_punch(child, started);
+        assert!(!p.success, "{extra:?}: {:#}", p.report);
+        assert_eq!(p.report["ok"], false);
+        assert_eq!(p.report["refused"], reason, "{extra:?}: {:#}", p.report);
+        assert_eq!(p.report["stage"], "rendezvous", "{:#}", p.report);
+        let error = p.report["error"].as_str().unwrap_or("");
+        assert!(error.contains(says), "{extra:?}: {error}");
+        assert!(p.stderr.contains(says), "{}", p.stderr);
+        assert!(p.elapsed < Duration::from_secs(5), "took {:?}", p.elapsed);
+    }
+    // b1's credential used as "c1": refused by natgw punch itself, before sending.
+    let (child, started) = spawn_punch(
+        Peer {
+            ns: &a1.ns,
+            id: "c1",
+        },
+        Peer {
+            ns: &b1.ns,
+            id: "b1",
+        },
+        &["--auth-user", &bobs],
+    );
+    let mut child = child;
+    while child.try_wait().expect("waiting").is_none() && started.elapsed() < PROCESS_LIMIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("natgw punch output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the credential is for id `b1`, but --id is `c1`"),
+        "{stderr}"
+    );
+
+    // A stranger cannot look b1 up: with b1 registered (waiting for a peer that does
+    // not come), a CONNECT for b1 and one for a peer nobody registered get the same
+    // answer, and b1 is not introduced to anyone.
+    let (waiting, waiting_started) = spawn_punch(
+        Peer {
+            ns: &b1.ns,
+            id: "b1",
+        },
+        Peer {
+            ns: &a1.ns,
+            id: "nobody",
+        },
+        &["--auth-user", &bobs, "--timeout", "3"],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let stranger = udp(&sites.a.hosts[1].ns, Ipv4Addr::UNSPECIFIED, 0);
+    let connect = |peer: &str| {
+        Repr {
+            transaction: 77,
+            message: Message::Connect(Connect {
+                id: PeerId::new("mallory").expect("id"),
+                peer: PeerId::new(peer).expect("id"),
+                punch: None,
+                credential: None,
+            }),
+        }
+        .to_bytes()
+    };
+    let for_b1 = ask_rendezvous(&stranger, &connect("b1"));
+    let for_nobody = ask_rendezvous(&stranger, &connect("zz-not-there"));
+    assert_eq!(
+        for_b1, for_nobody,
+        "the answers tell registered peers apart"
+    );
+    assert_eq!(for_b1[3], 0x06, "an ERROR: {for_b1:?}");
+    assert_eq!(for_b1[12], 5, "authentication required: {for_b1:?}");
+    assert!(for_b1.len() <= connect("b1").len());
+    let waiting = wait_punch(waiting, waiting_started);
+    assert!(!waiting.success);
+    assert_eq!(
+        waiting.report["stage"], "waiting-for-peer",
+        "b1 was not introduced to the stranger: {:#}",
+        waiting.report
+    );
+
+    let (last, stderr) = rendezvous.stop_with_stderr();
+    let c = &last["counters"];
+    assert!(!stderr.contains(OPEN_WARNING), "{stderr}");
+    // a1 and b1 each asked for the other (one or two introductions), nobody else met.
+    assert!(
+        matches!(c["introductions"].as_u64(), Some(1 | 2)),
+        "only a1 and b1 met: {c}"
+    );
+    assert!(c["auth_missing"].as_u64() >= Some(3), "{c}");
+    assert!(c["auth_bad_mac"].as_u64() >= Some(1), "{c}");
+    assert!(c["auth_expired"].as_u64() >= Some(1), "{c}");
+    assert!(c["challenges"].as_u64() >= Some(3), "{c}");
+    assert!(c["authenticated"].as_u64() >= Some(4), "{c}");
+}
+
+#[test]
+fn a_peer_talking_tcp_to_the_rendezvous_registers_for_udp_punching() {
+    let sites = sites();
+    let _natgw = start_natgw(&[(&sites.a, &[]), (&sites.b, &[])]);
+    // An open rendezvous says so on stderr.
+    let rendezvous = Rendezvous::start_with(&sites, &["--lifetime", "30"]);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    let capture = Capture::start(&sites.inet, parse_frame);
+    let (a, b) = punch_pair(
+        Peer {
+            ns: &a1.ns,
+            id: "a1",
+        },
+        Peer {
+            ns: &b1.ns,
+            id: "b1",
+        },
+        &["--rendezvous-tcp"],
+        &[],
+    );
+    let seen = capture.finish();
+    assert_both_ok("rendezvous over TCP", &a, &b);
+    assert_eq!(a.report["transport"], "udp", "{:#}", a.report);
+    assert_eq!(a.report["rendezvous_transport"], "tcp", "{:#}", a.report);
+    assert_eq!(a.method(), "direct-public", "{:#}", a.report);
+    assert_eq!(b.method(), "direct-public", "{:#}", b.report);
+    // a1's public UDP endpoint came from STUN over UDP; b1 reached it.
+    assert_eq!(a.report["public_from"], "stun", "{:#}", a.report);
+    assert_eq!(b.endpoint("remote"), a.endpoint("public"));
+    // On the wire: a1's REGISTER and CONNECT went over TCP, none over UDP; b1's over
+    // UDP; the probes went directly over UDP.
+    let a_wan = sites.a.wan_addr;
+    let to_rendezvous = |tcp: bool, kind: u8| {
+        seen.iter()
+            .filter(|s| *s.src.ip() == a_wan && *s.dst.ip() == RENDEZVOUS_ADDR)
+            .filter(|s| s.tcp == tcp && s.kind == Some(kind))
+            .count()
+    };
+    assert!(to_rendezvous(true, kind::REGISTER) >= 1);
+    assert!(to_rendezvous(true, kind::CONNECT) >= 1);
+    assert_eq!(to_rendezvous(false, kind::REGISTER), 0);
+    assert_eq!(to_rendezvous(false, kind::CONNECT), 0);
+    assert!(seen.iter().any(|s| !s.tcp
+        && *s.src.ip() == sites.b.wan_addr
+        && *s.dst.ip() == RENDEZVOUS_ADDR
+        && s.kind == Some(kind::REGISTER)));
+    assert_direct_on_the_wire("rendezvous over TCP", &seen, &a, &b);
+    let (last, stderr) = rendezvous.stop_with_stderr();
+    assert!(
+        stderr.contains(OPEN_WARNING),
+        "the open-mode warning: {stderr}"
+    );
+    assert!(
+        matches!(last["counters"]["introductions"].as_u64(), Some(1 | 2)),
+        "{last}"
+    );
 }

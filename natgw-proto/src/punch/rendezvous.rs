@@ -31,9 +31,40 @@
 //! (`super::demux`).
 //!
 //! The rendezvous only introduces; it never relays. Peers' probes go directly between
-//! their NATs, which is what the counters (and the integration tests) show. There is no
-//! authentication: anyone who can send from a peer's public endpoint can speak for it,
-//! which is fine for a lab or a trusted network, not for the open internet.
+//! their NATs, which is what the counters (and the integration tests) show.
+//!
+//! # Authentication
+//!
+//! Without [`Auth`] the rendezvous is open: anyone can register any id and look up
+//! any peer, and anyone who can send from a peer's public endpoint can speak for it.
+//! With [`Auth`] (one or more shared secrets) every REGISTER and CONNECT must carry a
+//! credential in coturn's `use-auth-secret` form: username `<unix-expiry>:<peer id>`,
+//! password `base64(HMAC-SHA1(secret, username))` ([`crate::turn::auth::rest_password`]),
+//! computed by whoever holds the secret. The password never travels; the request
+//! carries the username, a nonce and a MAC keyed by the password over the whole
+//! message (`super::wire`). The checks, in order, each refusal counted:
+//!
+//! 1. No credential: ERROR authentication-required (`auth_missing`).
+//! 2. A username not of the form `<digits>:<id>` (`auth_bad_username`), an id part
+//!    other than the request's id, so that nobody can register or ask as someone else
+//!    (`auth_id_mismatch`), an expiry time in the past (`auth_expired`): ERROR naming
+//!    the reason.
+//! 3. No nonce, or a nonce that is not one this rendezvous issued to this source
+//!    address (`auth_bad_nonce`: forged, or a captured message replayed from another
+//!    address), or one older than [`NONCE_LIFETIME`] (`auth_stale_nonce`): a CHALLENGE
+//!    with a fresh nonce (`challenges`). Nonces are stateless
+//!    ([`crate::turn::auth::Nonces`]): a time and a MAC of it with the source address
+//!    under a random key. The CHALLENGE is never longer than the request (a request
+//!    with a credential holds a 20-byte MAC and a username; the CHALLENGE a 20-byte
+//!    nonce), so a spoofed request cannot use it to amplify.
+//! 4. A MAC that matches the password of none of the secrets: ERROR wrong-credential
+//!    (`auth_bad_mac`). Several secrets are tried so that one can be rotated.
+//!
+//! Only then is the registration table looked at: an unauthenticated CONNECT learns
+//! nothing about registrations, not even whether a peer exists. A message replayed
+//! from the source it was captured from (an attacker who can spoof that address)
+//! within the nonce's lifetime repeats what the peer asked for and its answers go to
+//! the peer, not to the attacker.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -42,9 +73,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::turn::auth::{rest_expiry, rest_password, NonceCheck, Nonces};
+
 use super::wire::{
-    Connect, ErrorCode, Mapped, MappedBy, Message, Packet, PeerId, PeerInfo, PunchTransport,
-    Register, Registered, Repr, Session, VERSION,
+    verify_mac, Connect, Credential, ErrorCode, Mapped, MappedBy, Message, Packet, PeerId,
+    PeerInfo, PunchTransport, Register, Registered, Repr, Session, VERSION,
 };
 
 /// How long a registration lives after the peer's last message unless configured.
@@ -55,6 +88,71 @@ pub const DEFAULT_MAX_REGISTRATIONS: usize = 4096;
 pub const AMPLIFICATION_FACTOR: usize = 3;
 /// How often expired registrations are swept (on the next message or tick).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a CHALLENGE's nonce is accepted, in seconds.
+pub const NONCE_LIFETIME: u64 = 120;
+
+/// Shared secrets the rendezvous accepts credentials from, and what its nonces are
+/// made with.
+#[derive(Clone)]
+pub struct Auth {
+    secrets: Vec<String>,
+    nonces: Nonces,
+    /// The wall clock (Unix seconds) at an instant: credentials expire and nonces age
+    /// in Unix time, the engine is told `Instant`s.
+    epoch: (Instant, u64),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secrets.
+        f.debug_struct("Auth")
+            .field("secrets", &self.secrets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    /// Credentials made with any of `secrets` are accepted; `nonce_key` (random) keys
+    /// the nonces; at `epoch.0` the Unix time is `epoch.1` seconds.
+    #[must_use]
+    pub fn new(secrets: Vec<String>, nonce_key: [u8; 32], epoch: (Instant, u64)) -> Self {
+        Self {
+            secrets,
+            nonces: Nonces::new(nonce_key, NONCE_LIFETIME),
+            epoch,
+        }
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.epoch.1 + now.saturating_duration_since(self.epoch.0).as_secs()
+    }
+}
+
+/// The username of a credential for `id` that expires at `expiry` (Unix seconds).
+#[must_use]
+pub fn username(expiry: u64, id: &PeerId) -> String {
+    format!("{expiry}:{id}")
+}
+
+/// The password of `username` under `secret` (coturn's `use-auth-secret`).
+#[must_use]
+pub fn password(secret: &str, username: &str) -> String {
+    rest_password(secret, username)
+}
+
+/// The expiry time and id of a `<unix-expiry>:<peer id>` username.
+///
+/// # Errors
+/// [`ErrorCode::BadUsername`] when it is not of that form.
+pub fn parse_username(username: &str) -> Result<(u64, PeerId), ErrorCode> {
+    let (time, id) = username.split_once(':').ok_or(ErrorCode::BadUsername)?;
+    if time.is_empty() || !time.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ErrorCode::BadUsername);
+    }
+    let expiry = rest_expiry(username).ok_or(ErrorCode::BadUsername)?;
+    let id = PeerId::new(id).map_err(|_| ErrorCode::BadUsername)?;
+    Ok((expiry, id))
+}
 
 /// The transport a message arrived on; registrations of one transport only meet
 /// peers of the same transport (a UDP mapping says nothing about the TCP one).
@@ -148,6 +246,50 @@ pub struct Counters {
     /// PEER messages over UDP that left endpoints out to stay within
     /// [`AMPLIFICATION_FACTOR`] times the CONNECT that caused them.
     pub trimmed: u64,
+    /// REGISTERs and CONNECTs that passed the credential check.
+    pub authenticated: u64,
+    /// CHALLENGEs sent (a request with a credential but no, a stale or a foreign
+    /// nonce).
+    pub challenges: u64,
+    /// Refused: no credential.
+    pub auth_missing: u64,
+    /// Refused: the username is not `<unix-expiry>:<id>`.
+    pub auth_bad_username: u64,
+    /// Refused: the username's id is not the request's id.
+    pub auth_id_mismatch: u64,
+    /// Refused: the username's expiry time has passed.
+    pub auth_expired: u64,
+    /// Challenged: the nonce was issued too long ago.
+    pub auth_stale_nonce: u64,
+    /// Challenged: the nonce was not issued to this source (forged, or replayed from
+    /// another address).
+    pub auth_bad_nonce: u64,
+    /// Refused: the MAC matches no secret's password.
+    pub auth_bad_mac: u64,
+}
+
+/// Why a request is not taken.
+enum Refused {
+    /// ERROR with this code.
+    Error(ErrorCode),
+    /// CHALLENGE with this nonce.
+    Challenge(Vec<u8>),
+}
+
+impl From<ErrorCode> for Refused {
+    fn from(code: ErrorCode) -> Self {
+        Self::Error(code)
+    }
+}
+
+/// A CHALLENGE's length without the nonce: header and the nonce's length byte.
+const HEADER_AND_NONCE: usize = super::wire::HEADER_LEN + 1;
+
+/// The bytes of a hex nonce as [`Nonces::issue`] writes it.
+fn nonce_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 /// One peer's registration.
@@ -170,6 +312,7 @@ pub struct Rendezvous {
     next_generation: u64,
     last_sweep: Option<Instant>,
     counters: Counters,
+    auth: Option<Auth>,
 }
 
 impl Rendezvous {
@@ -184,7 +327,22 @@ impl Rendezvous {
             next_generation: 1,
             last_sweep: None,
             counters: Counters::default(),
+            auth: None,
         }
+    }
+
+    /// Requires credentials made with `auth`'s secrets (see the module
+    /// documentation); without this the rendezvous is open.
+    #[must_use]
+    pub fn with_auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// Whether credentials are required.
+    #[must_use]
+    pub const fn authenticates(&self) -> bool {
+        self.auth.is_some()
     }
 
     /// What the engine has seen so far.
@@ -240,6 +398,28 @@ impl Rendezvous {
                 return error(ErrorCode::BadRequest);
             }
         };
+        let (id, credential) = match &repr.message {
+            Message::Register(m) => (&m.id, m.credential.as_ref()),
+            Message::Connect(m) => (&m.id, m.credential.as_ref()),
+            _ => {
+                self.counters.unexpected += 1;
+                return Vec::new();
+            }
+        };
+        if let Err(refusal) = self.authenticate(now, from, id, credential, bytes) {
+            let message = match refusal {
+                Refused::Error(code) => Message::Error(code),
+                Refused::Challenge(nonce) => Message::Challenge(nonce),
+            };
+            return vec![Transmit {
+                to: from,
+                bytes: Repr {
+                    transaction,
+                    message,
+                }
+                .to_bytes(),
+            }];
+        }
         match repr.message {
             Message::Register(register) => self.register(now, from, transaction, register),
             Message::Connect(connect) => {
@@ -250,6 +430,78 @@ impl Rendezvous {
                 Vec::new()
             }
         }
+    }
+
+    /// Checks a REGISTER's or CONNECT's credential (`bytes` is the whole message) when
+    /// credentials are required; the order is the module documentation's.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        from: Origin,
+        id: &PeerId,
+        credential: Option<&Credential>,
+        bytes: &[u8],
+    ) -> Result<(), Refused> {
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        let c = &mut self.counters;
+        let Some(credential) = credential else {
+            c.auth_missing += 1;
+            return Err(Refused::Error(ErrorCode::AuthRequired));
+        };
+        let unix = auth.unix(now);
+        let (expiry, named) = parse_username(&credential.username).inspect_err(|_| {
+            c.auth_bad_username += 1;
+        })?;
+        if named != *id {
+            c.auth_id_mismatch += 1;
+            return Err(Refused::Error(ErrorCode::IdMismatch));
+        }
+        if expiry < unix {
+            c.auth_expired += 1;
+            return Err(Refused::Error(ErrorCode::Expired));
+        }
+        let client = std::net::SocketAddr::V4(from.addr);
+        let nonce_check = if credential.nonce.is_empty() {
+            None
+        } else {
+            let hex: String = credential
+                .nonce
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            Some(auth.nonces.check(&hex, unix, client))
+        };
+        match nonce_check {
+            Some(NonceCheck::Fresh) => {}
+            other => {
+                match other {
+                    Some(NonceCheck::Stale) => c.auth_stale_nonce += 1,
+                    Some(NonceCheck::Forged) => c.auth_bad_nonce += 1,
+                    _ => {}
+                }
+                let nonce = nonce_bytes(&auth.nonces.issue(unix, client));
+                // A CHALLENGE is 33 bytes; a request with a credential at least 41.
+                // Should that ever change, refuse rather than amplify.
+                if HEADER_AND_NONCE + nonce.len() > bytes.len() {
+                    c.auth_missing += 1;
+                    return Err(Refused::Error(ErrorCode::AuthRequired));
+                }
+                c.challenges += 1;
+                return Err(Refused::Challenge(nonce));
+            }
+        }
+        let matches = auth
+            .secrets
+            .iter()
+            .any(|secret| verify_mac(bytes, &password(secret, &credential.username)));
+        if !matches {
+            c.auth_bad_mac += 1;
+            return Err(Refused::Error(ErrorCode::BadCredential));
+        }
+        c.authenticated += 1;
+        Ok(())
     }
 
     /// Removes the registrations that arrived over a TCP connection that has closed.
@@ -910,6 +1162,329 @@ mod tests {
             punch: None,
             credential: None,
         }
+    }
+
+    /// Unix time at the tests' first instant.
+    const UNIX0: u64 = 1_800_000_000;
+
+    fn authenticated(secrets: &[&str], t0: Instant) -> Rendezvous {
+        Rendezvous::new(Config::default(), 1).with_auth(Auth::new(
+            secrets.iter().map(|s| (*s).to_owned()).collect(),
+            [7; 32],
+            (t0, UNIX0),
+        ))
+    }
+
+    /// `message` (REGISTER or CONNECT) with a credential `username` / `nonce`, signed
+    /// with `password`.
+    fn signed(mut message: Message, username: &str, nonce: &[u8], password: &str) -> Vec<u8> {
+        let credential = Some(Credential::unsigned(username, nonce));
+        match &mut message {
+            Message::Register(m) => m.credential = credential,
+            Message::Connect(m) => m.credential = credential,
+            _ => unreachable!(),
+        }
+        Repr {
+            transaction: 3,
+            message,
+        }
+        .to_signed_bytes(password)
+    }
+
+    fn reg_msg(name: &str) -> Message {
+        Repr::decode(&register(name, [10, 1, 0, 2], 40000))
+            .unwrap()
+            .message
+    }
+
+    fn connect_msg(me: &str, peer: &str) -> Message {
+        Repr::decode(&connect(me, peer)).unwrap().message
+    }
+
+    /// Registers `name` from `from` with a credential under `secret`, answering the
+    /// challenge; returns the final answer.
+    fn login(
+        r: &mut Rendezvous,
+        now: Instant,
+        from: Origin,
+        message: &Message,
+        username: &str,
+        secret: &str,
+    ) -> Vec<Transmit> {
+        let pw = password(secret, username);
+        let out = r.handle(now, from, &signed(message.clone(), username, &[], &pw));
+        let Message::Challenge(nonce) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        r.handle(now, from, &signed(message.clone(), username, &nonce, &pw))
+    }
+
+    #[test]
+    fn auth_a_valid_credential_registers_after_one_challenge() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s3cret"], t0);
+        assert!(r.authenticates());
+        let user = username(UNIX0 + 3600, &id("a"));
+        assert_eq!(user, "1800003600:a");
+        // No credential: told so, nothing registered.
+        let out = r.handle(t0, A, &register("a", [10, 1, 0, 2], 40000));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::AuthRequired));
+        // A credential without a nonce: a challenge, no longer than the request.
+        let pw = password("s3cret", &user);
+        let request = signed(reg_msg("a"), &user, &[], &pw);
+        let out = r.handle(t0, A, &request);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].to, A);
+        assert!(out[0].bytes.len() <= request.len());
+        let Message::Challenge(nonce) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        assert!(r.is_empty());
+        // Repeated with the nonce: registered.
+        let out = r.handle(t0, A, &signed(reg_msg("a"), &user, &nonce, &pw));
+        assert!(matches!(decode(&out[0]), Message::Registered(_)), "{out:?}");
+        assert_eq!(r.len(), 1);
+        // The nonce serves CONNECTs too, until it ages.
+        let out = r.handle(t0, A, &signed(connect_msg("a", "b"), &user, &nonce, &pw));
+        assert_eq!(decode(&out[0]), Message::UnknownPeer(id("b")));
+        let c = r.counters();
+        assert_eq!(
+            (c.auth_missing, c.challenges, c.authenticated, c.registered),
+            (1, 1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn auth_a_wrong_secret_is_refused() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["right"], t0);
+        let user = username(UNIX0 + 60, &id("a"));
+        let out = login(&mut r, t0, A, &reg_msg("a"), &user, "wrong");
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadCredential));
+        // A MAC made with the right password over other bytes is wrong too.
+        let pw = password("right", &user);
+        let Message::Challenge(nonce) =
+            decode(&r.handle(t0, A, &signed(reg_msg("a"), &user, &[], &pw))[0])
+        else {
+            panic!()
+        };
+        let mut tampered = signed(reg_msg("a"), &user, &nonce, &pw);
+        tampered[18] ^= 1; // the private endpoint's address
+        let out = r.handle(t0, A, &tampered);
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadCredential));
+        assert!(r.is_empty());
+        assert_eq!(r.counters().auth_bad_mac, 2);
+    }
+
+    #[test]
+    fn auth_expired_credentials_are_refused() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        let user = username(UNIX0 - 1, &id("a"));
+        let pw = password("s", &user);
+        let out = r.handle(t0, A, &signed(reg_msg("a"), &user, &[], &pw));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::Expired));
+        // Valid now, expired later: the same credential stops working.
+        let user = username(UNIX0 + 10, &id("a"));
+        let out = login(&mut r, t0, A, &reg_msg("a"), &user, "s");
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+        let later = t0 + Duration::from_secs(11);
+        let pw = password("s", &user);
+        let out = r.handle(later, A, &signed(reg_msg("a"), &user, &[], &pw));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::Expired));
+        assert_eq!(r.counters().auth_expired, 2);
+    }
+
+    #[test]
+    fn auth_nobody_speaks_for_another_id() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        // b's valid credential cannot register "a", nor ask as "a".
+        let user_b = username(UNIX0 + 60, &id("b"));
+        let pw = password("s", &user_b);
+        let out = r.handle(t0, A, &signed(reg_msg("a"), &user_b, &[], &pw));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::IdMismatch));
+        let out = r.handle(t0, A, &signed(connect_msg("a", "b"), &user_b, &[], &pw));
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::IdMismatch));
+        // Usernames of other forms are refused as such.
+        for bad in [
+            "a",
+            "a:1800000060",
+            "x1:a",
+            ":a",
+            "1800000060:",
+            "1800000060:a b",
+        ] {
+            let pw = password("s", bad);
+            let bytes = signed(reg_msg("a"), bad, &[], &pw);
+            let out = r.handle(t0, A, &bytes);
+            match Repr::decode(&bytes) {
+                Ok(_) => assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadUsername)),
+                // "a b" does not fit the wire at all.
+                Err(_) => assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadRequest)),
+            }
+        }
+        let c = r.counters();
+        assert_eq!((c.auth_id_mismatch, c.auth_bad_username), (2, 5));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn auth_a_captured_message_replayed_from_elsewhere_is_challenged() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        let user = username(UNIX0 + 60, &id("a"));
+        let pw = password("s", &user);
+        let Message::Challenge(nonce) =
+            decode(&r.handle(t0, A, &signed(reg_msg("a"), &user, &[], &pw))[0])
+        else {
+            panic!()
+        };
+        let captured = signed(reg_msg("a"), &user, &nonce, &pw);
+        // From another address the nonce is not valid: the attacker gets a challenge
+        // it cannot answer without the password; nothing is registered.
+        let c_addr = udp([203, 0, 113, 66], 5555);
+        let out = r.handle(t0, c_addr, &captured);
+        let Message::Challenge(other) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        assert_ne!(other, nonce);
+        assert!(r.is_empty());
+        // From the same address but another port: the nonce is bound to both.
+        let c_port = udp([192, 0, 2, 1], 40001);
+        let out = r.handle(t0, c_port, &captured);
+        assert!(matches!(decode(&out[0]), Message::Challenge(_)));
+        // A nonce that was never issued is the same.
+        let forged = signed(reg_msg("a"), &user, &[0; 20], &pw);
+        let out = r.handle(t0, A, &forged);
+        assert!(matches!(decode(&out[0]), Message::Challenge(_)));
+        assert_eq!(r.counters().auth_bad_nonce, 3);
+        // From the source it was issued to, it works.
+        let out = r.handle(t0, A, &captured);
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+    }
+
+    #[test]
+    fn auth_stale_nonces_get_a_new_challenge() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        let user = username(UNIX0 + 3600, &id("a"));
+        let pw = password("s", &user);
+        let Message::Challenge(nonce) =
+            decode(&r.handle(t0, A, &signed(reg_msg("a"), &user, &[], &pw))[0])
+        else {
+            panic!()
+        };
+        let late = t0 + Duration::from_secs(NONCE_LIFETIME);
+        let out = r.handle(late, A, &signed(reg_msg("a"), &user, &nonce, &pw));
+        let Message::Challenge(fresh) = decode(&out[0]) else {
+            panic!("{out:?}");
+        };
+        assert_eq!(r.counters().auth_stale_nonce, 1);
+        let out = r.handle(late, A, &signed(reg_msg("a"), &user, &fresh, &pw));
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+    }
+
+    #[test]
+    fn auth_several_secrets_rotate() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["new", "old"], t0);
+        let user_a = username(UNIX0 + 60, &id("a"));
+        let user_b = username(UNIX0 + 60, &id("b"));
+        let out = login(&mut r, t0, A, &reg_msg("a"), &user_a, "old");
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+        let out = login(&mut r, t0, B, &reg_msg("b"), &user_b, "new");
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+        let c_addr = udp([203, 0, 113, 1], 1);
+        let out = login(&mut r, t0, c_addr, &reg_msg("c"), "1800000060:c", "retired");
+        assert_eq!(decode(&out[0]), Message::Error(ErrorCode::BadCredential));
+        // a (old secret) meets b (new secret).
+        let out = login(&mut r, t0, A, &connect_msg("a", "b"), &user_a, "old");
+        assert_eq!(out.len(), 2);
+        assert!(matches!(decode(&out[0]), Message::Peer(_)));
+    }
+
+    #[test]
+    fn auth_strangers_learn_nothing_about_registrations() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        let user_b = username(UNIX0 + 60, &id("b"));
+        login(&mut r, t0, B, &reg_msg("b"), &user_b, "s");
+        assert_eq!(r.len(), 1);
+        // A stranger asks for b (registered) and for z (not): the answers are the same
+        // whatever it tries, and b hears nothing.
+        let stranger = udp([203, 0, 113, 9], 7);
+        let user_x = username(UNIX0 + 60, &id("x"));
+        let wrong = password("guess", &user_x);
+        let mut answers = Vec::new();
+        for peer in ["b", "z"] {
+            let plain = r.handle(t0, stranger, &connect("x", peer));
+            let challenged = r.handle(
+                t0,
+                stranger,
+                &signed(connect_msg("x", peer), &user_x, &[], &wrong),
+            );
+            let Message::Challenge(nonce) = decode(&challenged[0]) else {
+                panic!("{challenged:?}");
+            };
+            let refused = r.handle(
+                t0,
+                stranger,
+                &signed(connect_msg("x", peer), &user_x, &nonce, &wrong),
+            );
+            for out in [&plain, &challenged, &refused] {
+                assert_eq!(out.len(), 1, "nothing goes to b");
+                assert_eq!(out[0].to, stranger);
+            }
+            answers.push((
+                decode(&plain[0]),
+                challenged[0].bytes.len(),
+                decode(&refused[0]),
+            ));
+        }
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(answers[0].0, Message::Error(ErrorCode::AuthRequired));
+        assert_eq!(answers[0].2, Message::Error(ErrorCode::BadCredential));
+        let c = r.counters();
+        assert_eq!((c.connects, c.introductions, c.unknown_peer), (0, 0, 0));
+    }
+
+    #[test]
+    fn auth_open_mode_takes_everyone() {
+        let t0 = Instant::now();
+        let mut r = Rendezvous::new(Config::default(), 1);
+        assert!(!r.authenticates());
+        r.handle(t0, A, &register("a", [10, 1, 0, 2], 40000));
+        // A credential, even a nonsensical one, is ignored.
+        let out = r.handle(t0, B, &signed(reg_msg("b"), "0:zz", &[1], "x"));
+        assert!(matches!(decode(&out[0]), Message::Registered(_)));
+        let out = r.handle(t0, A, &connect("a", "b"));
+        assert_eq!(out.len(), 2);
+        let c = r.counters();
+        assert_eq!((c.authenticated, c.challenges, c.auth_missing), (0, 0, 0));
+    }
+
+    #[test]
+    fn auth_random_input_never_panics() {
+        let t0 = Instant::now();
+        let mut r = authenticated(&["s"], t0);
+        let user = username(UNIX0 + 60, &id("a"));
+        let pw = password("s", &user);
+        let valid = signed(reg_msg("a"), &user, &[0; 20], &pw);
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        for _ in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut bytes = valid.clone();
+            let at = (x as usize) % bytes.len();
+            bytes[at] = (x >> 32) as u8;
+            for t in r.handle(t0, A, &bytes) {
+                assert!(t.bytes.len() <= bytes.len().max(13) * AMPLIFICATION_FACTOR);
+                assert!(Repr::decode(&t.bytes).is_ok());
+            }
+        }
+        assert!(r.is_empty());
     }
 
     #[test]

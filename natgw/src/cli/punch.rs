@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use crate::clients::punch::{self, relay, Options};
+use crate::clients::punch::{self, relay, Credential, Options};
 use crate::services::Shutdown;
 use crate::services::{rendezvous, turn};
 use natgw_proto::prefix::Ipv4Prefix;
@@ -87,6 +87,24 @@ pub struct PunchArgs {
     #[arg(long)]
     pub passive: bool,
 
+    /// Speak to the rendezvous over TCP while punching UDP, for a network that drops
+    /// UDP to the rendezvous; the registration is for UDP punching and meets UDP
+    /// peers. Our public UDP endpoint still comes from STUN over UDP (--stun); without
+    /// an answer the endpoint the rendezvous saw on the TCP connection is used.
+    #[arg(long, conflicts_with = "tcp")]
+    pub rendezvous_tcp: bool,
+
+    /// Authenticate to the rendezvous with a credential computed from this shared
+    /// secret (the rendezvous's --auth-secret): username `<unix-expiry>:<--id>`,
+    /// valid 24 h, password base64(HMAC-SHA1(secret, username)).
+    #[arg(long, value_name = "SECRET", conflicts_with = "auth_user")]
+    pub auth_secret: Option<String>,
+
+    /// Authenticate to the rendezvous with a credential computed by someone holding
+    /// the secret: `<unix-expiry>:<id>:<password>`, whose id must be --id.
+    #[arg(long, value_name = "USERNAME:PASSWORD")]
+    pub auth_user: Option<String>,
+
     /// Print one JSON object — also on failure, with `ok: false` — instead of text.
     #[arg(long)]
     pub json: bool,
@@ -145,7 +163,9 @@ Examples:
     natgw punch ... --pcp 10.2.0.1 --passive   # open our port with PCP, let them in
     natgw punch ... --pcp 10.2.0.1 --pcp-peer-only --passive   # open it to the peer only
     natgw punch ... --turn-secret s3cr3t   # fall back to the rendezvous's TURN relay
-    natgw punch ... --turn 192.0.2.7 --turn-user alice:pw --turn-tcp --relay-only";
+    natgw punch ... --turn 192.0.2.7 --turn-user alice:pw --turn-tcp --relay-only
+    natgw punch ... --auth-secret s3cret   # a rendezvous started with --auth-secret s3cret
+    natgw punch ... --rendezvous-tcp       # UDP to the rendezvous is blocked";
 
 /// Arguments of `natgw rendezvous`.
 #[derive(Debug, Args)]
@@ -169,6 +189,13 @@ pub struct RendezvousArgs {
     /// text.
     #[arg(long)]
     pub json: bool,
+
+    /// Require peers to authenticate with a credential made with this shared secret
+    /// (coturn's use-auth-secret scheme: username `<unix-expiry>:<peer id>`, password
+    /// base64(HMAC-SHA1(secret, username))); repeatable, any of them accepted, for
+    /// rotation. Without it anyone can register any id and look up any peer.
+    #[arg(long, value_name = "SECRET")]
+    pub auth_secret: Vec<String>,
 
     /// TURN relay: a static user, USER:PASSWORD (repeatable). Turns the relay on.
     #[arg(long, value_name = "USER:PASSWORD")]
@@ -237,7 +264,11 @@ Runs until SIGINT or SIGTERM, then prints what it saw: registrations, lookups,
 introductions, the malformed messages it ignored and the STUN Binding requests it
 answered (on the same port, UDP and TCP, so peers learn their public endpoint from
 it). Without TURN it only introduces peers; their traffic never passes through it, and
-there is no authentication: use it in a lab or on a network you trust.
+unless --auth-secret is given there is no authentication: anyone can register any id
+and look up any peer (it says so when it starts). With --auth-secret every REGISTER
+and CONNECT must carry a valid credential for its id (`natgw punch --auth-secret` or
+--auth-user); the password never travels, requests are signed with it over a nonce
+bound to the peer's address.
 
 With --turn-user or --turn-secret it is also a TURN relay (RFC 8656) on the same
 port, UDP and TCP: relay sockets on --relay-address in --relay-ports, long-term
@@ -246,12 +277,23 @@ and this host's own addresses refused (403) unless --turn-allow-peer allows them
 
 Examples:
     natgw rendezvous --listen 198.18.0.1:7000 --json
+    natgw rendezvous --listen 198.18.0.1:7000 --auth-secret new --auth-secret old
     natgw rendezvous --listen 198.18.0.1:3478 --turn-user alice:secret
     natgw rendezvous --listen 198.18.0.1:3478 --turn-secret s3cr3t --relay-ports 50000-50999";
 
 impl PunchArgs {
-    fn options(&self) -> Options {
-        Options {
+    fn options(&self) -> anyhow::Result<Options> {
+        let credential = match (&self.auth_secret, &self.auth_user) {
+            (Some(secret), _) => {
+                if secret.is_empty() {
+                    anyhow::bail!("--auth-secret: the secret cannot be empty");
+                }
+                Some(Credential::from_secret(secret, &self.id, unix_now()))
+            }
+            (None, Some(user)) => Some(Credential::from_user(user, &self.id)?),
+            (None, None) => None,
+        };
+        Ok(Options {
             rendezvous: self.rendezvous,
             id: self.id.clone(),
             peer: self.peer.clone(),
@@ -275,8 +317,17 @@ impl PunchArgs {
             turn_tcp: self.turn_tcp,
             relay_only: self.relay_only,
             upgrade_wait: self.upgrade_wait,
-        }
+            credential,
+            rendezvous_tcp: self.rendezvous_tcp,
+        })
     }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// `natgw punch`: prints the report, and fails (exit status 1) unless a direct path
@@ -285,7 +336,7 @@ impl PunchArgs {
 /// # Errors
 /// Why no direct path was found, or what went wrong on the way.
 pub async fn punch(args: &PunchArgs) -> anyhow::Result<()> {
-    let (report, result) = punch::punch(&args.options()).await;
+    let (report, result) = punch::punch(&args.options()?).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -302,12 +353,20 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
     let mut shutdown = Shutdown::install()?;
     let turn = turn_options(args)?;
     let relaying = turn.is_some();
+    if args.auth_secret.iter().any(String::is_empty) {
+        anyhow::bail!("--auth-secret: a secret cannot be empty");
+    }
+    let authenticating = !args.auth_secret.is_empty();
     let server = rendezvous::Server::bind(rendezvous::Options {
         listen: args.listen,
         lifetime: Duration::from_secs(args.lifetime),
         turn,
+        auth_secrets: args.auth_secret.clone(),
     })
     .await?;
+    if !authenticating {
+        eprintln!("{OPEN_WARNING}");
+    }
     let listen = server.local_addr();
     if args.json {
         println!(
@@ -318,12 +377,18 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
                 "tcp": listen.to_string(),
                 "stun": true,
                 "turn": relaying,
+                "auth": authenticating,
             })
         );
     } else {
         println!(
-            "natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too{})",
-            if relaying { ", TURN relay" } else { "" }
+            "natgw rendezvous: listening on {listen} (UDP and TCP, STUN Binding too{}{})",
+            if relaying { ", TURN relay" } else { "" },
+            if authenticating {
+                ", peers authenticated"
+            } else {
+                ""
+            }
         );
     }
     let stopped = server
@@ -361,6 +426,11 @@ pub async fn rendezvous(args: &RendezvousArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What `natgw rendezvous` prints (stderr) when it runs without --auth-secret.
+pub const OPEN_WARNING: &str = "natgw rendezvous: warning: no --auth-secret: anyone can \
+register any id and look up any registered peer (and its addresses); use it only on a \
+network you trust";
 
 /// The relay's settings from the flags; `None` without credentials.
 fn turn_options(args: &RendezvousArgs) -> anyhow::Result<Option<turn::Options>> {
@@ -477,7 +547,9 @@ fn summary(c: &Counters) -> String {
     format!(
         "received {}, registered {}, refreshed {}, connects {}, peer answers {}, \
          introductions {}, unknown peer {}, not registered {}, expired {}, table full {}, \
-         malformed {}, unsupported version {}, unexpected {}",
+         malformed {}, unsupported version {}, unexpected {}; authenticated {}, challenges \
+         {}, refused: no credential {}, bad username {}, id mismatch {}, credential \
+         expired {}, wrong credential {}; challenged: stale nonce {}, foreign nonce {}",
         c.received,
         c.registered,
         c.refreshed,
@@ -490,7 +562,16 @@ fn summary(c: &Counters) -> String {
         c.table_full,
         c.malformed,
         c.unsupported_version,
-        c.unexpected
+        c.unexpected,
+        c.authenticated,
+        c.challenges,
+        c.auth_missing,
+        c.auth_bad_username,
+        c.auth_id_mismatch,
+        c.auth_expired,
+        c.auth_bad_mac,
+        c.auth_stale_nonce,
+        c.auth_bad_nonce
     )
 }
 
@@ -599,7 +680,7 @@ mod tests {
         let p = punch(&["--rendezvous", "1.2.3.4:5", "--id", "a", "--peer", "b"]).unwrap();
         assert_eq!(p.timeout, Duration::from_secs(10));
         assert!(p.only.is_empty() && !p.tcp && p.stun.is_none() && p.pcp.is_none());
-        assert_eq!(p.options(), {
+        assert_eq!(p.options().unwrap(), {
             let mut o = Options::new(p.rendezvous, p.id.clone(), p.peer.clone());
             o.timeout = punch::DEFAULT_TIMEOUT;
             o
@@ -610,6 +691,60 @@ mod tests {
         assert!(punch(&["--rendezvous", "1.2.3.4:5", "--id", "a b", "--peer", "b"]).is_err());
         assert!(punch(&["--rendezvous", "x", "--id", "a", "--peer", "b"]).is_err());
         assert!(punch(&[&minimal[..], &["--timeout", "0"]].concat()).is_err());
+    }
+
+    #[test]
+    fn auth_and_rendezvous_tcp_flags_parse() {
+        let minimal = ["--rendezvous", "1.2.3.4:5", "--id", "alice", "--peer", "b"];
+        let with = |extra: &[&str]| punch(&[&minimal[..], extra].concat());
+        let o = with(&["--auth-secret", "s3cret", "--rendezvous-tcp"])
+            .unwrap()
+            .options()
+            .unwrap();
+        assert!(o.rendezvous_tcp && !o.tcp);
+        let c = o.credential.unwrap();
+        let (expiry, id) = c.username.split_once(':').unwrap();
+        assert_eq!(id, "alice");
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(expiry > unix_now() + 23 * 3600 && expiry <= unix_now() + 24 * 3600);
+        assert_eq!(
+            c.password,
+            natgw_proto::punch::rendezvous::password("s3cret", &c.username)
+        );
+        let o = with(&["--auth-user", "99:alice:pw"])
+            .unwrap()
+            .options()
+            .unwrap();
+        assert_eq!(o.credential.unwrap().username, "99:alice");
+        // The id must be ours; the two are exclusive; --rendezvous-tcp is for UDP.
+        let e = with(&["--auth-user", "99:bob:pw"])
+            .unwrap()
+            .options()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the credential is for id `bob`, but --id is `alice`"),
+            "{e}"
+        );
+        assert!(with(&["--auth-secret", ""]).unwrap().options().is_err());
+        assert!(with(&["--auth-secret", "s", "--auth-user", "99:alice:pw"]).is_err());
+        assert!(with(&["--rendezvous-tcp", "--tcp"]).is_err());
+        // The rendezvous takes several secrets.
+        let cli = Cli::try_parse_from([
+            "natgw",
+            "rendezvous",
+            "--listen",
+            "0.0.0.0:7000",
+            "--auth-secret",
+            "new",
+            "--auth-secret",
+            "old",
+        ])
+        .unwrap();
+        let Command::Rendezvous(r) = cli.command else {
+            panic!("not rendezvous");
+        };
+        assert_eq!(r.auth_secret, ["new", "old"]);
     }
 
     #[test]

@@ -31,7 +31,9 @@ use super::turn::{self, PeerDatagram, Turn};
 use crate::services::replies::{Replies, ReplyStats};
 use crate::services::transient;
 use natgw_proto::punch::demux::{self, Protocol};
-use natgw_proto::punch::rendezvous::{Config, Counters, Origin, Rendezvous, Transmit, Transport};
+use natgw_proto::punch::rendezvous::{
+    Auth, Config, Counters, Origin, Rendezvous, Transmit, Transport,
+};
 use natgw_proto::stun::responder::{self as stun, CountersSnapshot, Outcome, Responder};
 use natgw_proto::turn::engine::{FiveTuple, Transport as TurnTransport};
 
@@ -67,6 +69,9 @@ pub struct Options {
     pub lifetime: Duration,
     /// The TURN relay's settings; `None` for no relay.
     pub turn: Option<turn::Options>,
+    /// Shared secrets peers' credentials must be made with (any of them); empty: no
+    /// authentication.
+    pub auth_secrets: Vec<String>,
 }
 
 /// What the rendezvous saw, when it stops.
@@ -93,6 +98,7 @@ pub struct Server {
     listen: SocketAddrV4,
     lifetime: Duration,
     turn: Option<turn::Options>,
+    auth_secrets: Vec<String>,
 }
 
 impl Server {
@@ -117,6 +123,7 @@ impl Server {
             listen,
             lifetime: options.lifetime,
             turn: options.turn,
+            auth_secrets: options.auth_secrets,
         })
     }
 
@@ -137,6 +144,7 @@ impl Server {
             listen,
             lifetime,
             turn,
+            auth_secrets,
         } = self;
         let (mut turn, mut peer_datagrams) = match turn {
             Some(options) => {
@@ -151,6 +159,21 @@ impl Server {
             ..Config::default()
         };
         let mut engine = Rendezvous::new(config, natgw_proto::util::rng::random_u64());
+        if auth_secrets.is_empty() {
+            log::warn!(
+                "rendezvous.open addr={listen}: no authentication, anyone can register and \
+                 look up peers"
+            );
+        } else {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            engine = engine.with_auth(Auth::new(
+                auth_secrets,
+                natgw_proto::util::rng::random_array(),
+                (Instant::now(), unix),
+            ));
+        }
         let stun_counters = Arc::<stun::Counters>::default();
         let mut stun = Responder::new(stun::Config::new(listen), Arc::clone(&stun_counters))
             .map_err(|e| anyhow::anyhow!("configuring the STUN responder on {listen}: {e}"))?;

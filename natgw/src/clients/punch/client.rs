@@ -3,7 +3,14 @@
 //! REGISTERED, then CONNECT until the peer's endpoints arrive — as the answer, or as an
 //! introduction because the peer asked for us first. Over TCP the connection also
 //! carries a STUN Binding exchange ([`TcpChannel::stun`]) before the registration.
+//!
+//! With a credential ([`Credential`], `--auth-secret` or `--auth-user`) every REGISTER
+//! and CONNECT carries it, signed with the password ([`Signer`]). The first one has no
+//! nonce; the rendezvous answers CHALLENGE with one, and the request is sent again at
+//! once with it (and every later one too, until the rendezvous challenges again
+//! because the nonce aged). A refusal ends the run with the reason ([`Refused`]).
 
+use std::fmt;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -17,11 +24,11 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
 use super::report::{stage, Report};
-use super::{Options, REGISTER_WAIT};
+use super::{Credential, Options, REGISTER_WAIT};
 use crate::services::frames::read_frame;
 use natgw_proto::punch::demux::Frame;
 use natgw_proto::punch::wire::{
-    Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr,
+    self, Connect, ErrorCode, Message, PeerId, PeerInfo, Register, Registered, Repr,
 };
 use natgw_proto::stun::client::{binding_request, interpret, random_transaction_id, Seen};
 use natgw_proto::stun::wire::ChangeRequest;
@@ -35,6 +42,146 @@ const INITIAL_RTO: Duration = Duration::from_millis(250);
 const MAX_RTO: Duration = Duration::from_secs(1);
 /// Gap between CONNECTs while the peer is not there.
 const CONNECT_INTERVAL: Duration = Duration::from_millis(500);
+/// CHALLENGEs in a row (without another answer in between) before giving up.
+const MAX_CHALLENGES: u32 = 3;
+
+/// The rendezvous refused a request: ERROR with this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// The rendezvous.
+    pub server: SocketAddrV4,
+    /// REGISTER or CONNECT.
+    pub request: &'static str,
+    /// Its reason.
+    pub code: ErrorCode,
+}
+
+impl Refused {
+    /// The reason as a name for the JSON report: `authentication-required`,
+    /// `wrong-credential`, `expired`, `id-mismatch`, `bad-username`, `not-registered`,
+    /// `table-full`, `bad-request`, `unsupported-version` or `error-N`.
+    #[must_use]
+    pub fn reason(&self) -> String {
+        match self.code {
+            ErrorCode::BadRequest => "bad-request".to_owned(),
+            ErrorCode::NotRegistered => "not-registered".to_owned(),
+            ErrorCode::UnsupportedVersion => "unsupported-version".to_owned(),
+            ErrorCode::TableFull => "table-full".to_owned(),
+            ErrorCode::AuthRequired => "authentication-required".to_owned(),
+            ErrorCode::BadCredential => "wrong-credential".to_owned(),
+            ErrorCode::Expired => "expired".to_owned(),
+            ErrorCode::IdMismatch => "id-mismatch".to_owned(),
+            ErrorCode::BadUsername => "bad-username".to_owned(),
+            ErrorCode::Other(n) => format!("error-{n}"),
+        }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let server = self.server;
+        match self.code {
+            ErrorCode::AuthRequired => write!(
+                f,
+                "the rendezvous {server} requires authentication: give --auth-secret or \
+                 --auth-user"
+            ),
+            ErrorCode::BadCredential
+            | ErrorCode::Expired
+            | ErrorCode::IdMismatch
+            | ErrorCode::BadUsername => write!(
+                f,
+                "the rendezvous {server} refused our credential: {}",
+                self.code
+            ),
+            code => write!(
+                f,
+                "the rendezvous {server} refused our {}: {code}",
+                self.request
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Puts our credential, with the rendezvous's latest nonce, into REGISTERs and
+/// CONNECTs and signs them.
+#[derive(Debug, Default)]
+pub struct Signer {
+    credential: Option<Credential>,
+    nonce: Vec<u8>,
+    challenges: u32,
+}
+
+impl Signer {
+    /// A signer for `credential`; one that adds nothing without it.
+    #[must_use]
+    pub fn new(credential: Option<Credential>) -> Self {
+        Self {
+            credential,
+            nonce: Vec::new(),
+            challenges: 0,
+        }
+    }
+
+    /// `message` as bytes, with our credential when we have one.
+    #[must_use]
+    pub fn bytes(&self, transaction: u32, mut message: Message) -> Vec<u8> {
+        let Some(credential) = &self.credential else {
+            return Repr {
+                transaction,
+                message,
+            }
+            .to_bytes();
+        };
+        let field = Some(wire::Credential::unsigned(
+            &credential.username,
+            &self.nonce,
+        ));
+        match &mut message {
+            Message::Register(m) => m.credential = field,
+            Message::Connect(m) => m.credential = field,
+            _ => {}
+        }
+        Repr {
+            transaction,
+            message,
+        }
+        .to_signed_bytes(&credential.password)
+    }
+
+    /// Takes the nonce of a CHALLENGE.
+    ///
+    /// # Errors
+    /// We have no credential to repeat the request with, or the rendezvous keeps
+    /// challenging.
+    pub fn challenged(&mut self, server: SocketAddrV4, nonce: Vec<u8>) -> anyhow::Result<()> {
+        if self.credential.is_none() {
+            bail!(Refused {
+                server,
+                request: "request",
+                code: ErrorCode::AuthRequired,
+            });
+        }
+        self.challenges += 1;
+        if self.challenges > MAX_CHALLENGES {
+            bail!(
+                "the rendezvous {server} challenged our credential {} times in a row: it \
+                 does not take its own nonces back (is another rendezvous answering on \
+                 that address, or does the path change our source port?)",
+                self.challenges
+            );
+        }
+        self.nonce = nonce;
+        Ok(())
+    }
+
+    /// An answer other than a CHALLENGE arrived.
+    fn answered(&mut self) {
+        self.challenges = 0;
+    }
+}
 
 /// A way to talk to the rendezvous.
 pub trait Channel {
@@ -193,38 +340,56 @@ pub async fn register<C: Channel>(
     channel: &mut C,
     server: SocketAddrV4,
     register: &Register,
+    signer: &mut Signer,
     within: Duration,
 ) -> anyhow::Result<Registered> {
     let transaction = transaction();
-    let request = Repr {
-        transaction,
-        message: Message::Register(register.clone()),
-    }
-    .to_bytes();
     let started = Instant::now();
     let deadline = started + within;
     let mut rto = INITIAL_RTO;
     let mut sent = 0;
+    let mut send_now = true;
+    let mut wait_until = started;
     while Instant::now() < deadline {
-        channel
-            .send(&request)
-            .await
-            .with_context(|| format!("sending REGISTER to the rendezvous {server}"))?;
-        sent += 1;
-        let wait_until = (Instant::now() + rto).min(deadline);
-        rto = (rto * 2).min(MAX_RTO);
+        if send_now || Instant::now() >= wait_until {
+            let request = signer.bytes(transaction, Message::Register(register.clone()));
+            channel
+                .send(&request)
+                .await
+                .with_context(|| format!("sending REGISTER to the rendezvous {server}"))?;
+            sent += 1;
+            if !send_now {
+                rto = (rto * 2).min(MAX_RTO);
+            }
+            send_now = false;
+            wait_until = (Instant::now() + rto).min(deadline);
+        }
         while let Some(repr) = next_message(channel, server, wait_until).await? {
             match repr {
                 Repr {
                     transaction: t,
                     message: Message::Registered(registered),
-                } if t == transaction => return Ok(registered),
+                } if t == transaction => {
+                    signer.answered();
+                    return Ok(registered);
+                }
+                Repr {
+                    transaction: t,
+                    message: Message::Challenge(nonce),
+                } if t == transaction => {
+                    // Again at once, with the nonce.
+                    signer.challenged(server, nonce)?;
+                    send_now = true;
+                    break;
+                }
                 Repr {
                     transaction: t,
                     message: Message::Error(code),
-                } if t == transaction => {
-                    bail!("the rendezvous {server} refused to register us: {code}")
-                }
+                } if t == transaction => bail!(Refused {
+                    server,
+                    request: "REGISTER",
+                    code
+                }),
                 _ => {}
             }
         }
@@ -247,32 +412,28 @@ pub async fn find_peer<C: Channel>(
     channel: &mut C,
     server: SocketAddrV4,
     register: &Register,
+    signer: &mut Signer,
     peer: &PeerId,
     deadline: Instant,
 ) -> anyhow::Result<PeerInfo> {
     let started = Instant::now();
     let transaction = transaction();
-    let connect = Repr {
-        transaction,
-        message: Message::Connect(Connect {
-            id: register.id.clone(),
-            peer: peer.clone(),
-            punch: register.punch,
-            credential: None,
-        }),
-    }
-    .to_bytes();
-    let reregister = Repr {
-        transaction,
-        message: Message::Register(register.clone()),
-    }
-    .to_bytes();
+    let connect = Message::Connect(Connect {
+        id: register.id.clone(),
+        peer: peer.clone(),
+        punch: register.punch,
+        credential: None,
+    });
     let mut unknown = 0u32;
-    while Instant::now() < deadline {
+    // What to send again at once after a CHALLENGE: the CONNECT or a REGISTER.
+    let mut repeat = None;
+    'ask: while Instant::now() < deadline {
+        let mut last_sent = repeat.take().unwrap_or_else(|| connect.clone());
+        let what = name(&last_sent);
         channel
-            .send(&connect)
+            .send(&signer.bytes(transaction, last_sent.clone()))
             .await
-            .with_context(|| format!("sending CONNECT to the rendezvous {server}"))?;
+            .with_context(|| format!("sending {what} to the rendezvous {server}"))?;
         let wait_until = (Instant::now() + CONNECT_INTERVAL).min(deadline);
         while let Some(repr) = next_message(channel, server, wait_until).await? {
             match repr.message {
@@ -283,17 +444,30 @@ pub async fn find_peer<C: Channel>(
                 {
                     return Ok(info)
                 }
-                Message::UnknownPeer(_) if repr.transaction == transaction => unknown += 1,
+                Message::UnknownPeer(_) if repr.transaction == transaction => {
+                    signer.answered();
+                    unknown += 1;
+                }
+                Message::Registered(_) if repr.transaction == transaction => signer.answered(),
+                Message::Challenge(nonce) if repr.transaction == transaction => {
+                    signer.challenged(server, nonce)?;
+                    repeat = Some(last_sent);
+                    continue 'ask;
+                }
                 Message::Error(ErrorCode::NotRegistered) if repr.transaction == transaction => {
                     // The rendezvous restarted or expired us: register again.
+                    signer.answered();
+                    last_sent = Message::Register(register.clone());
                     channel
-                        .send(&reregister)
+                        .send(&signer.bytes(transaction, last_sent.clone()))
                         .await
                         .with_context(|| format!("sending REGISTER to the rendezvous {server}"))?;
                 }
-                Message::Error(code) if repr.transaction == transaction => {
-                    bail!("the rendezvous {server} refused our CONNECT: {code}")
-                }
+                Message::Error(code) if repr.transaction == transaction => bail!(Refused {
+                    server,
+                    request: name(&last_sent),
+                    code
+                }),
                 _ => {}
             }
         }
@@ -347,10 +521,12 @@ pub async fn meet<C: Channel>(
     register: &Register,
     report: &mut Report,
 ) -> anyhow::Result<(PeerInfo, Instant, Instant)> {
+    let mut signer = Signer::new(options.credential.clone());
     let registered = self::register(
         channel,
         options.rendezvous,
         register,
+        &mut signer,
         REGISTER_WAIT.min(options.timeout),
     )
     .await?;
@@ -361,6 +537,7 @@ pub async fn meet<C: Channel>(
         channel,
         options.rendezvous,
         register,
+        &mut signer,
         &options.peer,
         asked + options.timeout,
     )
@@ -368,6 +545,14 @@ pub async fn meet<C: Channel>(
     let introduced_at = Instant::now();
     report.peer_found(&peer, introduced_at - asked);
     Ok((peer, asked, introduced_at))
+}
+
+/// REGISTER or CONNECT, for messages.
+const fn name(message: &Message) -> &'static str {
+    match message {
+        Message::Register(_) => "REGISTER",
+        _ => "CONNECT",
+    }
 }
 
 /// A random transaction number.

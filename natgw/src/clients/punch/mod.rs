@@ -38,6 +38,7 @@ use anyhow::{bail, Context as _};
 
 use self::report::Report;
 use natgw_proto::punch::prober::{PathKind, Policy};
+use natgw_proto::punch::rendezvous as rendezvous_auth;
 use natgw_proto::punch::wire::{MappedBy, PeerId, PeerInfo};
 
 /// Longest wait for the rendezvous to answer a REGISTER.
@@ -82,6 +83,78 @@ pub struct Options {
     pub relay_only: bool,
     /// How long to go on probing direct paths once the relay works.
     pub upgrade_wait: Duration,
+    /// Our credential at the rendezvous, when it requires one.
+    pub credential: Option<Credential>,
+    /// Punching UDP: talk to the rendezvous over TCP instead (for a network that
+    /// drops UDP to it); the registration is for UDP punching all the same.
+    pub rendezvous_tcp: bool,
+}
+
+/// A credential for an authenticating rendezvous (`natgw rendezvous --auth-secret`):
+/// username `<unix-expiry>:<id>` and the password derived from it with the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// `<unix-expiry>:<id>`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// How long a credential computed from a secret is valid.
+    pub const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+    /// The credential for `id` from a shared `secret`, valid for [`Self::LIFETIME`]
+    /// from `unix_now`.
+    #[must_use]
+    pub fn from_secret(secret: &str, id: &PeerId, unix_now: u64) -> Self {
+        let username = rendezvous_auth::username(unix_now + Self::LIFETIME.as_secs(), id);
+        let password = rendezvous_auth::password(secret, &username);
+        Self { username, password }
+    }
+
+    /// A precomputed `USERNAME:PASSWORD` (username `<unix-expiry>:<id>`) for `id`.
+    ///
+    /// # Errors
+    /// Not of that form, or made for another id.
+    pub fn from_user(user: &str, id: &PeerId) -> anyhow::Result<Self> {
+        let form = "expected <unix-expiry>:<id>:<password>";
+        let mut parts = user.splitn(3, ':');
+        let (Some(expiry), Some(named), Some(password)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("--auth-user: {form}");
+        };
+        let username = format!("{expiry}:{named}");
+        let Ok((_, named)) = rendezvous_auth::parse_username(&username) else {
+            bail!("--auth-user: the username `{username}` is not <unix-expiry>:<id> ({form})");
+        };
+        if named != *id {
+            bail!(
+                "--auth-user: the credential is for id `{named}`, but --id is `{id}` (the \
+                 rendezvous only accepts a credential made for the id it is used with)"
+            );
+        }
+        if password.is_empty() {
+            bail!("--auth-user: the password is empty ({form})");
+        }
+        if !natgw_proto::punch::wire::Credential::valid_username(&username) {
+            bail!("--auth-user: the username `{username}` is too long");
+        }
+        Ok(Self {
+            username,
+            password: password.to_owned(),
+        })
+    }
 }
 
 impl Options {
@@ -106,6 +179,8 @@ impl Options {
             turn_tcp: false,
             relay_only: false,
             upgrade_wait: DEFAULT_UPGRADE_WAIT,
+            credential: None,
+            rendezvous_tcp: false,
         }
     }
 }
@@ -223,6 +298,32 @@ fn private_endpoint(bound: SocketAddr, rendezvous: SocketAddrV4) -> anyhow::Resu
 mod tests {
     use super::*;
     use natgw_proto::punch::wire::Mapped;
+
+    #[test]
+    fn credentials_come_from_a_secret_or_a_checked_user() {
+        let a = PeerId::new("alice").unwrap();
+        let c = Credential::from_secret("s3cret", &a, 1_000);
+        assert_eq!(c.username, "87400:alice");
+        assert_eq!(
+            c.password,
+            rendezvous_auth::password("s3cret", "87400:alice")
+        );
+        assert!(!format!("{c:?}").contains(&c.password));
+        let user = Credential::from_user("87400:alice:pw:with:colons", &a).unwrap();
+        assert_eq!(
+            (user.username.as_str(), user.password.as_str()),
+            ("87400:alice", "pw:with:colons")
+        );
+        let err = |s: &str| format!("{}", Credential::from_user(s, &a).unwrap_err());
+        assert!(
+            err("87400:bob:pw").contains("for id `bob`, but --id is `alice`"),
+            "{}",
+            err("87400:bob:pw")
+        );
+        assert!(err("87400:alice").contains("expected"));
+        assert!(err("87400:alice:").contains("password is empty"));
+        assert!(err("soon:alice:pw").contains("not <unix-expiry>:<id>"));
+    }
 
     #[test]
     fn candidates_put_the_pcp_mapping_first_and_list_each_endpoint_once() {

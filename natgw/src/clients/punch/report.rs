@@ -198,6 +198,14 @@ pub struct Report {
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the rendezvous refused us, its reason (see
+    /// [`super::client::Refused::reason`]: `expired`, `wrong-credential`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Whether we sent the rendezvous a credential.
+    pub authenticated: bool,
+    /// How we spoke to the rendezvous: `udp` or `tcp`.
+    pub rendezvous_transport: &'static str,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -245,6 +253,13 @@ impl Report {
             notes: Vec::new(),
             stage: Some(stage::SETUP),
             error: None,
+            refused: None,
+            authenticated: options.credential.is_some(),
+            rendezvous_transport: if options.tcp || options.rendezvous_tcp {
+                "tcp"
+            } else {
+                "udp"
+            },
         }
     }
 
@@ -281,12 +296,29 @@ impl Report {
     /// answer if there is one (with a note if the two differ), else this.
     pub fn registered(&mut self, observed: SocketAddrV4) {
         self.observed = Some(observed);
+        // Punching UDP after talking TCP to the rendezvous (--rendezvous-tcp): what
+        // it saw is our TCP connection's mapping, which says nothing about the UDP one.
+        let other_transport = self.transport != self.rendezvous_transport;
         let learned = self.stun.as_mut().and_then(|s| Some((s.mapped?, s)));
         let Some((mapped, stun)) = learned else {
             self.public = Some(observed);
             self.public_from = Some(PublicFrom::Rendezvous);
+            if other_transport {
+                self.notes.push(format!(
+                    "the rendezvous saw our {} connection from {observed}; our {} mapping \
+                     may have another port (no STUN answer over {} to tell)",
+                    self.rendezvous_transport.to_uppercase(),
+                    self.transport.to_uppercase(),
+                    self.transport.to_uppercase(),
+                ));
+            }
             return;
         };
+        if other_transport {
+            self.public = Some(mapped);
+            self.public_from = Some(PublicFrom::Stun);
+            return;
+        }
         stun.agrees_with_rendezvous = Some(mapped == observed);
         let server = stun.server;
         self.public = Some(mapped);
@@ -417,6 +449,9 @@ impl Report {
                 }
             }
             self.error = Some(text);
+            self.refused = e
+                .downcast_ref::<super::client::Refused>()
+                .map(super::client::Refused::reason);
         }
     }
 

@@ -13,14 +13,14 @@ use tokio::time::Instant;
 
 use crate::services::transient;
 
-use super::client::{self, UdpChannel};
+use super::client::{self, TcpChannel, UdpChannel};
 use super::learn::{self, pcp_map};
 use super::relay::{self, Relay};
 use super::report::{stage, Report};
-use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options};
+use super::{candidates, pcp_nonce, policy, private_endpoint, stun_server, Options, REGISTER_WAIT};
 use natgw_proto::punch::prober::{Outcome, PathKind, Prober, Settings, Status};
 use natgw_proto::punch::wire::{
-    Mapped, MappedBy, Message, PeerId, PeerInfo, Register, Repr, Session,
+    Mapped, MappedBy, Message, PeerId, PeerInfo, PunchTransport, Register, Repr, Session,
 };
 use natgw_proto::turn::client::Event;
 
@@ -120,19 +120,45 @@ async fn punch(
     mut relay: Option<&mut Relay>,
 ) -> anyhow::Result<()> {
     report.stage = Some(stage::RENDEZVOUS);
-    let mut channel = UdpChannel {
-        socket,
-        server: options.rendezvous,
-    };
     let register = Register {
         id: options.id.clone(),
-        punch: None,
+        // Over TCP the rendezvous must be told that we punch UDP.
+        punch: options.rendezvous_tcp.then_some(PunchTransport::Udp),
         private: vec![private],
         mapped: learned,
         credential: None,
     };
-    let (peer, asked, mut introduced_at) =
-        client::meet(&mut channel, options, &register, report).await?;
+    // With --rendezvous-tcp the connection stays open until we are done: closing it
+    // ends our registration.
+    let mut rendezvous_tcp = None;
+    let (peer, asked, mut introduced_at) = if options.rendezvous_tcp {
+        let stream = tokio::time::timeout(
+            REGISTER_WAIT.min(options.timeout),
+            tokio::net::TcpStream::connect(options.rendezvous),
+        )
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "connecting to the rendezvous {} over TCP timed out",
+                options.rendezvous
+            )
+        })?
+        .with_context(|| {
+            format!(
+                "connecting to the rendezvous {} over TCP (is `natgw rendezvous` running \
+                 there?)",
+                options.rendezvous
+            )
+        })?;
+        let channel = rendezvous_tcp.insert(TcpChannel::new(stream));
+        client::meet(channel, options, &register, report).await?
+    } else {
+        let mut channel = UdpChannel {
+            socket,
+            server: options.rendezvous,
+        };
+        client::meet(&mut channel, options, &register, report).await?
+    };
 
     report.stage = Some(stage::PUNCHING);
     let nonce = pcp_nonce();
