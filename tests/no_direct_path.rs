@@ -5,11 +5,13 @@
 //!   shows one socket getting a new public port per destination, and only the
 //!   destination a mapping was made for getting in; `natgw punch` between the two
 //!   sites fails, with its reason, because each side's probes leave from a port the
-//!   other side was never told about.
+//!   other side was never told about. With TURN credentials both fall back to the
+//!   rendezvous's relay and report `relayed`.
 //! - **A firewall that drops all UDP.** The kernel-NAT site K gets
 //!   [`drop_udp_ruleset`] beside its masquerade: nothing UDP crosses it either way
 //!   (its counters say so), while TCP to the rendezvous works, so a peer there can
-//!   only register over TCP.
+//!   only register over TCP. With `--rendezvous-tcp --turn-tcp` it reaches the
+//!   rendezvous's relay over TCP and both peers report `relayed`.
 //! - **An ICE agent nobody here wrote**: aioice (PyPI; tests/aioice_agent.py), one
 //!   agent behind each natgw site, using the rendezvous's port as its STUN server and
 //!   its TURN relay. Punching works between natgw sites, and the agents select a
@@ -47,6 +49,8 @@ const TURN_PASSWORD: &str = "candidates";
 /// version, kind.
 const PROBE: u8 = 0x10;
 const ACK: u8 = 0x11;
+/// `--timeout` of the relayed punch behind the UDP-dropping firewall (see there).
+const RELAY_TIMEOUT: &str = "5";
 /// How long a child process may take in all before the test kills it.
 const PROCESS_LIMIT: Duration = Duration::from_secs(45);
 
@@ -392,6 +396,12 @@ fn endpoint_dependent_nats_on_both_sites_defeat_punching_and_natgw_punch_relays(
 /// TURN server, its own relayed address on the relay's port range, and the other's
 /// as the peer's.
 fn assert_relayed(what: &str, [(a, ta), (b, tb)]: [(&Punch, &str); 2]) {
+    if !(a.success && b.success) {
+        eprintln!(
+            "{what}: both reports\n{:#}\n{}\n{:#}\n{}",
+            a.report, a.stderr, b.report, b.stderr
+        );
+    }
     for (me, peer, transport) in [(a, b, ta), (b, a, tb)] {
         let r = &me.report;
         eprintln!(
@@ -467,7 +477,7 @@ fn firewall_counters(site: &Site) -> [u64; 3] {
 }
 
 #[test]
-fn a_firewall_dropping_udp_leaves_only_tcp_to_the_rendezvous() {
+fn behind_a_firewall_dropping_udp_natgw_punch_relays_over_tcp() {
     let (sites, _natgw) = udp_dropping_sites();
     let k1 = &sites.k.hosts[0].ns;
     let rdv = &sites.rendezvous.ns;
@@ -539,8 +549,50 @@ fn a_firewall_dropping_udp_leaves_only_tcp_to_the_rendezvous() {
         outbound_after > outbound,
         "k1's registrations were dropped by the firewall"
     );
+
+    // With TURN: k1 registers over TCP (--rendezvous-tcp, still for UDP punching)
+    // and reaches the relay over TCP (--turn-tcp); a1 uses UDP as usual. Its direct
+    // probes die in the firewall, and after --timeout both fall back to the relay.
+    // k1 first waits 2 s for a STUN answer over UDP that the firewall never lets
+    // through, and only then registers: a1's --timeout (also how long it waits for
+    // its peer to show up) must outlast that.
+    let turn = format!("{TURN_USER}:{TURN_PASSWORD}");
+    let k = spawn_punch(
+        k1,
+        "k1-relay",
+        "a1-relay",
+        &[
+            "--timeout",
+            RELAY_TIMEOUT,
+            "--rendezvous-tcp",
+            "--turn-tcp",
+            "--turn-user",
+            &turn,
+        ],
+    );
+    let a = spawn_punch(
+        &sites.a.hosts[0].ns,
+        "a1-relay",
+        "k1-relay",
+        &["--timeout", RELAY_TIMEOUT, "--turn-user", &turn],
+    );
+    let (k, a) = (wait_punch(k), wait_punch(a));
+    assert_relayed("UDP dropped on k1's side", [(&k, "tcp"), (&a, "udp")]);
+    assert_eq!(k.report["transport"], "udp", "{:#}", k.report);
+    assert_eq!(k.report["rendezvous_transport"], "tcp", "{:#}", k.report);
+    let [outbound_relayed, inbound_relayed, _] = firewall_counters(&sites.k);
+    eprintln!(
+        "firewall: {} outbound and {inbound_relayed} inbound UDP datagrams dropped during \
+         the relayed punch",
+        outbound_relayed - outbound_after
+    );
+    assert!(
+        outbound_relayed > outbound_after,
+        "k1 tried UDP (STUN, direct probes) and the firewall dropped it all the same"
+    );
     let summary = rendezvous.stop();
     eprintln!("rendezvous: {}", summary["counters"]);
+    assert_relay_carried(&summary);
 }
 
 // ---------------------------------------------------------------------------------
