@@ -120,13 +120,27 @@ pub struct PyPackage {
 }
 
 /// PyPI packages the integration tests use (Debian's own copies are older or absent).
-const TEST_PYPI_PACKAGES: &[PyPackage] = &[PyPackage {
-    name: "aioice",
-    version: "0.13.0",
-    why: "an ICE agent (RFC 8445) independent of natgw, run behind two natgw sites \
-          against natgw's STUN responder and TURN relay (tests/aioice_agent.py, \
-          tests/no_direct_path.rs)",
-}];
+/// aioice's own dependencies are pinned too, at the versions pip chose for 0.13.0,
+/// so that every machine runs the same agent.
+const TEST_PYPI_PACKAGES: &[PyPackage] = &[
+    PyPackage {
+        name: "aioice",
+        version: "0.13.0",
+        why: "an ICE agent (RFC 8445) independent of natgw, run behind two natgw sites \
+              against natgw's STUN responder and TURN relay (tests/aioice_agent.py, \
+              tests/no_direct_path.rs)",
+    },
+    PyPackage {
+        name: "dnspython",
+        version: "2.9.2",
+        why: "aioice's dependency",
+    },
+    PyPackage {
+        name: "ifaddr",
+        version: "0.2.0",
+        why: "aioice's dependency (lists the host's addresses for host candidates)",
+    },
+];
 
 /// Debian packages `cargo xtask package` uses.
 const PACKAGE_PACKAGES: &[Package] = &[Package {
