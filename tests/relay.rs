@@ -7,8 +7,12 @@
 //!   exists, both peers report `relayed` through their allocations, the relay path
 //!   verified both ways, and the relay's own counters account for what the peers
 //!   saw; once over UDP to the server, once over TCP (`--turn-tcp`).
+//! - A site whose firewall drops all UDP (in the inet router): its peer talks TCP to
+//!   the rendezvous (`--rendezvous-tcp`) and to the relay (`--turn-tcp`), the other
+//!   peer UDP; both relayed.
 //! - `--relay-only` between sites where a direct path works: relayed anyway, no
-//!   direct probe.
+//!   direct probe. A wrong TURN password: a note and a direct path, or with
+//!   `--relay-only` a failure naming the refusal.
 //! - Upgrade: blocked until the relay works, then the block is lifted during
 //!   `--upgrade-wait`: both peers report `upgraded` with a direct method, the relay
 //!   still described.
@@ -68,6 +72,18 @@ fn block_sites(sites: &Sites) {
         "table inet {BLOCK_TABLE} {{\n  chain forward {{\n    type filter hook forward \
          priority 0; policy accept;\n    ip saddr {a} ip daddr {b} drop\n    ip saddr {b} \
          ip daddr {a} drop\n  }}\n}}\n"
+    );
+    nft(&sites.inet, &["-f", "-"], Some(&ruleset));
+}
+
+/// Drops all UDP to and from site B's WAN address in the inet router (a firewall
+/// that lets only TCP out), besides [`block_sites`].
+fn block_udp_of_site_b(sites: &Sites) {
+    let b = sites.b.wan_addr;
+    let ruleset = format!(
+        "table inet {BLOCK_TABLE} {{\n  chain forward {{\n    type filter hook forward \
+         priority 0; policy accept;\n    ip saddr {b} meta l4proto udp drop\n    ip daddr \
+         {b} meta l4proto udp drop\n  }}\n}}\n"
     );
     nft(&sites.inet, &["-f", "-"], Some(&ruleset));
 }
@@ -281,10 +297,16 @@ impl Punch {
 }
 
 fn spawn_punch(ns: &Netns, id: &str, peer: &str, extra: &[&str]) -> Child {
+    let timeout: &[&str] = if extra.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", TIMEOUT]
+    };
     ns.command(natgw_bin())
         .args(["punch", "--json", "--rendezvous"])
         .arg(SocketAddrV4::new(RENDEZVOUS_ADDR, RENDEZVOUS_PORT).to_string())
-        .args(["--id", id, "--peer", peer, "--timeout", TIMEOUT])
+        .args(["--id", id, "--peer", peer])
+        .args(timeout)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -462,6 +484,46 @@ fn blocked_sites_fall_back_to_the_relay_over_udp_and_tcp() {
 }
 
 #[test]
+fn a_site_that_drops_udp_gets_out_over_tcp() {
+    // b1 reaches the rendezvous and the relay over TCP only (--rendezvous-tcp,
+    // --turn-tcp); a1 uses UDP. Nothing direct can work: both relayed.
+    let sites = sites();
+    let _natgw = start_natgw(&[&sites.a, &sites.b]);
+    block_sites(&sites);
+    block_udp_of_site_b(&sites);
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a1, b1) = (&sites.a.hosts[0], &sites.b.hosts[0]);
+    let started = Instant::now();
+    // b1's STUN over UDP goes unanswered for 2 s before it registers: a1 waits
+    // longer than that for it.
+    let common = [
+        "--turn-user",
+        "alice:wonderland",
+        "--upgrade-wait",
+        "0",
+        "--timeout",
+        "5",
+    ];
+    let a = spawn_punch(&a1.ns, "a1-fw", "b1-fw", &common);
+    let mut b_args = common.to_vec();
+    b_args.extend(["--rendezvous-tcp", "--turn-tcp"]);
+    let b = spawn_punch(&b1.ns, "b1-fw", "a1-fw", &b_args);
+    let (a, b) = (wait_punch(a, started), wait_punch(b, started));
+    let counters = rendezvous.stop_turn();
+    assert_both_ok("udp-dropping site", &a, &b);
+    for (p, other) in [(&a, &b), (&b, &a)] {
+        assert_eq!(p.method(), "relayed", "{:#}", p.report);
+        assert_eq!(p.relay("peer_relayed"), other.relay("relayed"));
+        assert_eq!(p.relay_path()["verified"], true, "{:#}", p.report);
+    }
+    assert_eq!(a.report["relay"]["transport"], "udp");
+    assert_eq!(b.report["relay"]["transport"], "tcp");
+    // b1's STUN over UDP went unanswered: it says so and goes on.
+    assert!(b.report["stun"]["error"].is_string(), "{:#}", b.report);
+    assert_counters_match("udp-dropping site", &counters, &a, &b);
+}
+
+#[test]
 fn relay_only_and_upgrade_to_a_direct_path() {
     let sites = sites();
     let _natgw = start_natgw(&[&sites.a, &sites.b]);
@@ -486,6 +548,40 @@ fn relay_only_and_upgrade_to_a_direct_path() {
         );
     }
     assert_counters_match("relay-only", &counters, &a, &b);
+
+    // A wrong TURN password: the punch says why and goes on directly; with
+    // --relay-only it fails with the reason.
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a, b) = punch_pair(
+        &sites,
+        "wrongpw",
+        &["--turn-user", "alice:looking-glass"],
+        || {},
+    );
+    let counters = rendezvous.stop_turn();
+    assert_both_ok("wrong TURN password", &a, &b);
+    for p in [&a, &b] {
+        assert_eq!(p.method(), "direct-public", "{:#}", p.report);
+        assert_eq!(p.report["relay"], Value::Null);
+        let notes = p.report["notes"].to_string();
+        assert!(
+            notes.contains("no TURN relay") && notes.contains("refused the credentials"),
+            "{notes}"
+        );
+    }
+    assert_eq!(counter(&counters, "allocations_created"), 0, "{counters}");
+    assert_eq!(counter(&counters, "auth_failures"), 2, "{counters}");
+    let rendezvous = Rendezvous::with_turn(&sites);
+    let (a, _b) = punch_pair(
+        &sites,
+        "wrongpw-only",
+        &["--turn-user", "alice:looking-glass", "--relay-only"],
+        || {},
+    );
+    drop(rendezvous);
+    assert!(!a.success && a.report["ok"] == false, "{:#}", a.report);
+    let error = a.report["error"].as_str().unwrap_or("");
+    assert!(error.contains("refused the credentials"), "{error}");
 
     // Blocked until the relay works, then unblocked during --upgrade-wait.
     block_sites(&sites);
@@ -553,6 +649,10 @@ fn punch_relays_through_coturn() {
         drop(rendezvous);
         drop(coturn);
         let transport = if tag == "tcp" { "tcp" } else { "udp" };
+        eprintln!(
+            "coturn {tag}: relayed in {} / {} ms, rtt {} ms",
+            a.report["total_ms"], b.report["total_ms"], a.report["rtt_ms"]
+        );
         assert_relayed(tag, &a, &b, coturn_addr, transport);
     }
 }

@@ -777,6 +777,47 @@ mod tests {
     }
 
     #[test]
+    fn an_inactive_relay_path_is_answered_and_taken_up_when_the_peer_uses_it() {
+        let now = Instant::now();
+        let (a_pub, b_pub) = (ep([192, 0, 2, 1], 4000), ep([198, 51, 100, 1], 5000));
+        // The peers' relayed addresses (one relay, two allocations).
+        let (ra, rb) = (ep([198, 18, 0, 1], 50_000), ep([198, 18, 0, 1], 50_001));
+        let mut relay = all();
+        relay.allowed.push(PathKind::Relay);
+        let mut pair = Pair::new(
+            &[(PathKind::Public, a_pub)],
+            &[(PathKind::Public, b_pub)],
+            relay.clone(),
+            now,
+        );
+        pair.a.policy = relay;
+        // Known but not probed (before the fallback time).
+        assert_eq!(pair.a.add_path(PathKind::Relay, rb, false), Some(1));
+        assert_eq!(pair.b.add_path(PathKind::Relay, ra, false), Some(1));
+        // Only the relay carries anything; the public paths are blocked.
+        let a_to_b = |dst| (dst == rb).then_some(ra);
+        let b_to_a = |dst| (dst == ra).then_some(rb);
+        let status = pair.run(now, 50, a_to_b, b_to_a);
+        assert!(matches!(status, (Status::Working, Status::Working)));
+        assert!(pair
+            .a
+            .paths()
+            .iter()
+            .all(|p| p.kind != PathKind::Relay || p.probes_sent == 0));
+        // b falls back first: its probes on the relay are answered by a, which then
+        // probes the relay too; the relay path is selected on both sides.
+        pair.b.add_path(PathKind::Relay, ra, true);
+        let later = now + Duration::from_secs(1);
+        let status = pair.run(later, 300, a_to_b, b_to_a);
+        let (a, b) = (done(&status.0), done(&status.1));
+        assert_eq!(a.selected.kind, PathKind::Relay);
+        assert_eq!(a.selected.remote, rb);
+        assert_eq!(b.selected.remote, ra);
+        assert_eq!(PathKind::Relay.method(), "relayed");
+        assert!(a.selected.probes_sent > 0 && a.selected.probes_received > 0);
+    }
+
+    #[test]
     fn open_paths_are_verified_selected_and_agreed_on() {
         let now = Instant::now();
         let a_pub = ep([192, 0, 2, 1], 4000);

@@ -51,7 +51,8 @@ pub struct PunchArgs {
     pub local: Option<SocketAddrV4>,
 
     /// Seconds to wait for the peer to show up at the rendezvous, and then again at
-    /// most for a direct path to it.
+    /// most for a direct path to it; with a TURN relay, then the relay path is
+    /// probed too, for as long again.
     #[arg(long, value_name = "S", default_value = "10", value_parser = parse_timeout)]
     pub timeout: Duration,
 
@@ -273,7 +274,9 @@ bound to the peer's address.
 With --turn-user or --turn-secret it is also a TURN relay (RFC 8656) on the same
 port, UDP and TCP: relay sockets on --relay-address in --relay-ports, long-term
 credentials in --realm, peers in private, loopback, link-local, multicast ranges
-and this host's own addresses refused (403) unless --turn-allow-peer allows them.
+and this host's own addresses refused (403) unless --turn-allow-peer allows them;
+the relay address on a relay port is allowed (relay to relay: two clients of this
+relay reaching each other, as `natgw punch` peers falling back to it do).
 
 Examples:
     natgw rendezvous --listen 198.18.0.1:7000 --json
@@ -691,6 +694,64 @@ mod tests {
         assert!(punch(&["--rendezvous", "1.2.3.4:5", "--id", "a b", "--peer", "b"]).is_err());
         assert!(punch(&["--rendezvous", "x", "--id", "a", "--peer", "b"]).is_err());
         assert!(punch(&[&minimal[..], &["--timeout", "0"]].concat()).is_err());
+    }
+
+    #[test]
+    fn punch_turn_flags_parse() {
+        let minimal = ["--rendezvous", "1.2.3.4:5", "--id", "alice", "--peer", "b"];
+        let with = |extra: &[&str]| punch(&[&minimal[..], extra].concat());
+        let o = with(&["--turn-user", "u:p:w"]).unwrap().options().unwrap();
+        assert_eq!(o.turn, None, "the rendezvous is the TURN server");
+        assert_eq!(
+            o.turn_credential,
+            Some(relay::Credential::User {
+                user: "u".into(),
+                password: "p:w".into()
+            })
+        );
+        assert_eq!(o.upgrade_wait, Duration::from_secs(5));
+        assert!(!o.turn_tcp && !o.relay_only);
+        let o = with(&[
+            "--turn",
+            "192.0.2.7",
+            "--turn-secret",
+            "s",
+            "--turn-tcp",
+            "--relay-only",
+            "--upgrade-wait",
+            "0",
+        ])
+        .unwrap()
+        .options()
+        .unwrap();
+        assert_eq!(o.turn, Some("192.0.2.7:3478".parse().unwrap()));
+        assert_eq!(
+            o.turn_credential,
+            Some(relay::Credential::Secret("s".into()))
+        );
+        assert!(o.turn_tcp && o.relay_only && o.upgrade_wait.is_zero());
+        // The relay flags need a credential; one kind of credential; not with --tcp;
+        // `relay` is not an --only kind.
+        for bad in [
+            &["--turn", "192.0.2.7"][..],
+            &["--turn-tcp"],
+            &["--relay-only"],
+            &["--turn-user", "u:p", "--turn-secret", "s"],
+            &["--turn-user", "u:p", "--tcp"],
+            &["--turn-user", ":p"],
+            &["--turn-user", "u:p", "--upgrade-wait", "-1"],
+            &["--only", "relay"],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
+        // The shared-secret username is "<expiry>:<id>".
+        let (user, password) = relay::Credential::Secret("s".into())
+            .username_password("alice", std::time::UNIX_EPOCH + Duration::from_secs(1000));
+        assert_eq!(user, "4600:alice");
+        assert_eq!(
+            password,
+            natgw_proto::turn::auth::rest_password("s", "4600:alice")
+        );
     }
 
     #[test]

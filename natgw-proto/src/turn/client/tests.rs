@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::stun::wire::Packet;
 use crate::turn::auth::Credentials;
 use crate::turn::engine::testing::FakeAllocator;
 use crate::turn::engine::{self, Action, Config, FiveTuple, Now, Server};
@@ -471,4 +472,118 @@ fn two_allocations_of_one_server_relay_to_each_other() {
     // The service's socket `rb` receives it from `ra`.
     world.peer_sends(&mut bob, rb, ra, &bytes);
     assert_eq!(bob.data, [(ra, b"relay to relay".to_vec())]);
+}
+
+/// A response of `class` to the request `request`, with `attributes`.
+fn answer(request: &[u8], class: Class, attributes: Vec<Attribute<'_>>) -> Vec<u8> {
+    let packet = Packet::new_checked(request).unwrap();
+    let repr = Repr::parse(&packet).unwrap();
+    Repr {
+        class,
+        method: repr.method,
+        cookie: MAGIC_COOKIE,
+        transaction_id: repr.transaction_id,
+        attributes,
+    }
+    .to_bytes()
+}
+
+fn error_code(code: u16) -> Attribute<'static> {
+    Attribute::ErrorCode(crate::stun::wire::ErrorCode {
+        code,
+        reason: error_code::reason(code),
+    })
+}
+
+#[test]
+fn bad_answers_are_dropped_or_clear_errors_never_panics() {
+    let now = Instant::now();
+    // Junk, truncated messages and unmatched responses are dropped and counted.
+    let mut client = Client::new(Transport::Udp, "alice", "pw", Settings::default());
+    client.allocate(now);
+    let request = client.poll_transmit(now).pop().unwrap();
+    let unmatched = answer(&request, Class::Success, vec![]);
+    let mut other_id = unmatched.clone();
+    other_id[8] ^= 0xff;
+    for junk in [
+        &[][..],
+        &[0x80, 1, 2, 3],
+        &request[..10],
+        &other_id,
+        &[0x40, 0x00, 0x00, 0x02, 1, 2],
+    ] {
+        assert_eq!(client.handle(now, junk), Received::Dropped);
+    }
+    assert_eq!(client.counters().dropped, 5);
+    assert_eq!(client.state(), &State::Allocating);
+
+    // A 401 without REALM and NONCE.
+    let reply = answer(&request, Class::Error, vec![error_code(401)]);
+    assert_eq!(client.handle(now, &reply), Received::Consumed);
+    assert!(
+        matches!(client.state(), State::Failed(Error::Protocol(_))),
+        "{:?}",
+        client.state()
+    );
+
+    // A success signed with another key is dropped; the right one is taken.
+    let mut client = Client::new(Transport::Udp, "alice", "pw", Settings::default());
+    client.allocate(now);
+    let first = client.poll_transmit(now).pop().unwrap();
+    let challenge = answer(
+        &first,
+        Class::Error,
+        vec![
+            error_code(401),
+            Attribute::Realm("r"),
+            Attribute::Nonce("n1"),
+        ],
+    );
+    client.handle(now, &challenge);
+    let signed = client.poll_transmit(now).pop().unwrap();
+    let success = |key: &Key| {
+        let mut bytes = answer(
+            &signed,
+            Class::Success,
+            vec![
+                Attribute::XorRelayedAddress("203.0.113.1:50000".parse().unwrap()),
+                Attribute::Lifetime(600),
+                Attribute::MessageIntegrity(&[0; INTEGRITY_LEN]),
+            ],
+        );
+        auth::sign(&mut bytes, key);
+        bytes
+    };
+    let wrong = long_term_key("alice", "r", "not-pw");
+    assert_eq!(client.handle(now, &success(&wrong)), Received::Dropped);
+    assert_eq!(client.state(), &State::Allocating);
+    let right = long_term_key("alice", "r", "pw");
+    assert_eq!(client.handle(now, &success(&right)), Received::Consumed);
+    assert!(client.is_allocated());
+
+    // 438 again and again: given up after MAX_STALE_RETRIES with a clear error.
+    client.create_permission(now, &[*PEER.ip()]);
+    for round in 0..=MAX_STALE_RETRIES {
+        let request = client.poll_transmit(now).pop().expect("a retry");
+        let stale = answer(
+            &request,
+            Class::Error,
+            vec![
+                error_code(438),
+                Attribute::Realm("r"),
+                Attribute::Nonce("n2"),
+            ],
+        );
+        assert_eq!(client.handle(now, &stale), Received::Consumed, "{round}");
+    }
+    let events: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::PermissionFailed(_, Error::Protocol(text)) if text.contains("438")
+        )),
+        "{events:?}"
+    );
+    // A failed permission does not end the allocation.
+    assert!(client.is_allocated());
 }

@@ -7,6 +7,9 @@
 //! - [`learn`]: how a peer learns its own endpoints: STUN, PCP MAP, PCP PEER.
 //! - `udp` / `tcp`: the prober on a UDP socket or on TCP streams opened by
 //!   simultaneous open.
+//! - [`relay`]: the TURN fallback — one allocation, driven by
+//!   `natgw_proto::turn::client`, whose relayed address is announced to the peer and
+//!   probed through after `--timeout` (docs/hole-punching.md, "Relay fallback").
 //! - [`report`]: what happened, as `natgw punch` prints it.
 //!
 //! How a punch goes: the peer binds one local port and learns its public endpoint with

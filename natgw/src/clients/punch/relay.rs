@@ -268,12 +268,13 @@ impl Relay {
     /// The next message from the server: a datagram from it, or a frame of the TCP
     /// stream; never, once the stream broke (for `select!`).
     pub async fn next_frame(&mut self) -> io::Result<Vec<u8>> {
+        if self.broken.is_some() {
+            return std::future::pending().await;
+        }
         match &mut self.link {
-            Link::Tcp { frames, .. } if self.broken.is_none() => {
-                frames.recv().await.unwrap_or_else(|| {
-                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "reader ended"))
-                })
-            }
+            Link::Tcp { frames, .. } => frames.recv().await.unwrap_or_else(|| {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "reader ended"))
+            }),
             Link::Udp(socket) => {
                 let mut buf = vec![0; 2048];
                 loop {
@@ -288,12 +289,11 @@ impl Relay {
                     }
                 }
             }
-            Link::Tcp { .. } => std::future::pending().await,
         }
     }
 
-    /// Marks the TCP link broken (after [`Self::next_frame`] failed): nothing more
-    /// is read or written.
+    /// Marks the link broken (after [`Self::next_frame`] failed): nothing more is
+    /// read, nor written over TCP.
     pub fn broke(&mut self, why: &io::Error) {
         self.broken = Some(why.to_string());
     }

@@ -666,6 +666,95 @@ mod tests {
         }
     }
 
+    fn path(kind: PathKind, remote: &str, rtt: f64) -> PathReport {
+        PathReport {
+            kind,
+            remote: ep(remote),
+            probes_sent: 5,
+            acks: 4,
+            probes_received: 5,
+            verified: true,
+            rtt_ms: Some(rtt),
+            seen_as: None,
+        }
+    }
+
+    fn outcome(selected: PathReport, rtt_ms: u64) -> Outcome {
+        Outcome {
+            selected: selected.clone(),
+            rtt: Duration::from_millis(rtt_ms),
+            connect_time: Duration::from_millis(2000),
+            peer_confirmed: true,
+            paths: vec![selected],
+        }
+    }
+
+    #[test]
+    fn a_relayed_connection_and_its_upgrade_are_reported() {
+        let mut r = report();
+        r.relay_allocated(&super::super::relay::Allocation {
+            server: ep("198.18.0.1:7000"),
+            transport: "udp",
+            relayed: ep("198.18.0.1:50001"),
+            took: Duration::from_millis(3),
+        });
+        // Allocated but not used: no `relay`.
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["relay"], serde_json::Value::Null);
+        assert_eq!(json["upgraded"], false);
+
+        let relayed = outcome(path(PathKind::Relay, "198.18.0.1:50000", 4.0), 4);
+        r.succeeded(&relayed);
+        r.relayed(&relayed, Some(ep("198.18.0.1:50000")));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["method"], "relayed");
+        assert_eq!(json["rtt_ms"], 4.0);
+        assert_eq!(
+            json["relay"],
+            serde_json::json!({
+                "server": "198.18.0.1:7000",
+                "transport": "udp",
+                "relayed": "198.18.0.1:50001",
+                "peer_relayed": "198.18.0.1:50000",
+                "remote": "198.18.0.1:50000",
+                "rtt_ms": 4.0,
+                "allocated_ms": 3.0,
+            })
+        );
+        let text = r.text();
+        assert!(
+            text.starts_with("a1 → b1 over UDP: connected through a TURN relay (relayed)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "relayed via 198.18.0.1:7000 (relayed 198.18.0.1:50001, peer's relayed \
+                 198.18.0.1:50000), rtt 4.000 ms"
+            ),
+            "{text}"
+        );
+
+        // The upgrade: the direct path is the result, the relay stays described.
+        let direct = outcome(path(PathKind::Public, "198.51.100.1:4000", 1.0), 1);
+        r.upgraded(&direct);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["method"], "direct-public");
+        assert_eq!(json["upgraded"], true);
+        assert_eq!(json["rtt_ms"], 1.0);
+        assert_eq!(json["relay"]["rtt_ms"], 4.0);
+        let kinds: Vec<&str> = json["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["public", "relay"]);
+        assert!(r
+            .text()
+            .contains("connected directly (direct-public), upgraded from the relay"));
+    }
+
     #[test]
     fn a_stun_answer_that_agrees_with_the_rendezvous_is_our_public_endpoint() {
         let mut r = report();

@@ -325,7 +325,11 @@ async fn punch(
                     }
                 }
                 if let Some(relay) = relay.as_deref_mut() {
-                    relay.flush().await?;
+                    // A broken TCP link to the TURN server ends the relay, not the
+                    // punch (it was noted when the read failed).
+                    if let Err(e) = relay.flush().await {
+                        log::debug!("punch.turn_flush_failed error={e:#}");
+                    }
                     for event in relay.events() {
                         relay_event(report, &event);
                     }
@@ -435,7 +439,10 @@ async fn send(
 ) -> anyhow::Result<()> {
     match relay {
         Some(relay) if prober.kind_of(to) == Some(PathKind::Relay) => {
-            relay.send_to(to, bytes).await
+            if let Err(e) = relay.send_to(to, bytes).await {
+                log::debug!("punch.relay_send_failed to={to} error={e:#}");
+            }
+            Ok(())
         }
         _ => {
             if let Err(e) = socket.send_to(bytes, to).await {
@@ -466,7 +473,9 @@ async fn on_relayed(
         return Ok(());
     }
     if let Some(answer) = prober.handle(Instant::now().into_std(), from, data) {
-        relay.send_to(from, &answer).await?;
+        if let Err(e) = relay.send_to(from, &answer).await {
+            log::debug!("punch.relay_send_failed to={from} error={e:#}");
+        }
     }
     Ok(())
 }
