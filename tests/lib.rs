@@ -126,6 +126,34 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 pub use testbed::{natgw_bin, require_root};
 
+/// The environment variable naming the Python interpreter whose environment has the
+/// tests' PyPI packages (aioice, for tests/aioice_agent.py); set by `cargo xtask
+/// test`.
+pub const TEST_PYTHON_ENV: &str = "NATGW_TEST_PYTHON";
+
+/// The Python of the tests' PyPI packages: `$NATGW_TEST_PYTHON`, or else the virtual
+/// environment `cargo xtask provision` makes in `target/test-python`.
+///
+/// # Panics
+/// When there is no interpreter there.
+#[must_use]
+pub fn test_python() -> std::path::PathBuf {
+    let path = std::env::var_os(TEST_PYTHON_ENV).map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/test-python/bin/python3")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no Python with the tests' PyPI packages at {}: run `cargo xtask provision` (or \
+         set {TEST_PYTHON_ENV})",
+        path.display()
+    );
+    path
+}
+
 /// A testbed with natgw running on its gateway.
 pub struct Setup {
     /// The running daemon (declared first: dropped, and so stopped cleanly, before

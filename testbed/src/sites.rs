@@ -23,8 +23,11 @@
 //! Site A has two hosts on one Ethernet segment (a bridge in its own namespace `swa`),
 //! so they can reach each other directly on the LAN or through the gateway
 //! (hairpinning). Nothing is started on the natgw gateways: the caller runs
-//! `natgw run --wan wan0 --lan lan0` there. The kernel-NAT gateway gets its nftables
-//! rule set from [`Sites::new`] (see [`KernelNat`]).
+//! `natgw run --wan wan0 --lan lan0` there, or loads a kernel NAT with
+//! [`Site::load_nft`] instead (two endpoint-dependent NATs, [`KernelNat::EndpointDependent`],
+//! make a direct path impossible). The kernel-NAT gateway gets its nftables rule set
+//! from [`Sites::new`] (see [`KernelNat`]); [`drop_udp_ruleset`] adds a firewall that
+//! drops all UDP in both directions to any gateway.
 //!
 //! Namespaces are named `ngw<pid>x<n>-<role>` like the main testbed's (roles `inet`,
 //! `rdv`, `gwa`, `swa`, `a1`, `a2`, `gwb`, `b1`, `gwk`, `k1`) and removed when the
@@ -97,6 +100,12 @@ pub enum KernelNat {
     Masquerade,
     /// `masquerade fully-random`: every new connection gets a random source port.
     MasqueradeFullyRandom,
+    /// `masquerade random,fully-random`: an endpoint-dependent ("symmetric") NAT.
+    /// Every new connection, so every new destination of one socket, gets a new
+    /// random source port (RFC 4787 §4.1: address-and-port-dependent mapping), and
+    /// only the destination a mapping was made for gets through (address-and-port-
+    /// dependent filtering). Hole punching cannot get through two of these.
+    EndpointDependent,
     /// No rule: the gateway only routes (the caller configures it).
     Unconfigured,
 }
@@ -108,6 +117,7 @@ impl KernelNat {
         let flags = match self {
             Self::Masquerade => "",
             Self::MasqueradeFullyRandom => " fully-random",
+            Self::EndpointDependent => " random,fully-random",
             Self::Unconfigured => return None,
         };
         Some(format!(
@@ -116,6 +126,26 @@ impl KernelNat {
              masquerade{flags}\n  }}\n}}\n"
         ))
     }
+}
+
+/// The nftables table of [`drop_udp_ruleset`].
+pub const FIREWALL_TABLE: &str = "sites_firewall";
+
+/// A firewall that drops every UDP packet through or to the gateway, in both
+/// directions, and lets everything else pass; each drop rule counts what it
+/// dropped (`nft list table ip sites_firewall`): `outbound` (LAN → WAN), `inbound`
+/// (WAN → LAN, replies included) and `to_gateway` (UDP addressed to the gateway
+/// itself, such as an unsolicited packet to its external address).
+#[must_use]
+pub fn drop_udp_ruleset() -> String {
+    format!(
+        "table ip {FIREWALL_TABLE} {{\n  chain forward {{\n    type filter hook forward \
+         priority filter; policy accept;\n    iifname \"{SITE_LAN_IF}\" meta l4proto udp \
+         counter drop comment \"outbound\"\n    iifname \"{SITE_WAN_IF}\" meta l4proto udp \
+         counter drop comment \"inbound\"\n  }}\n  chain input {{\n    type filter hook \
+         input priority filter; policy accept;\n    meta l4proto udp counter drop comment \
+         \"to_gateway\"\n  }}\n}}\n"
+    )
 }
 
 /// What [`Sites::new`] builds.
@@ -147,6 +177,25 @@ pub struct Site {
 }
 
 impl Site {
+    /// Loads an nftables rule set (`nft -f -`) in the gateway's namespace: a kernel
+    /// NAT ([`KernelNat::ruleset`]) on a gateway that runs no natgw, or a firewall
+    /// ([`drop_udp_ruleset`]) beside whatever translates.
+    ///
+    /// # Errors
+    /// When `nft` is missing or refuses the rule set.
+    pub fn load_nft(&self, ruleset: &str) -> Result<()> {
+        load_nft(&self.gateway, ruleset)
+    }
+
+    /// The packet counts of the named counters of one nftables table on the
+    /// gateway (see [`nft_counters`]).
+    ///
+    /// # Errors
+    /// When `nft` fails, or a named rule is not in the table.
+    pub fn nft_counters(&self, table: &str, names: &[&str]) -> Result<Vec<u64>> {
+        nft_counters(&self.gateway, table, names)
+    }
+
     fn namespaces_mut(&mut self) -> impl Iterator<Item = &mut Netns> {
         std::iter::once(&mut self.gateway)
             .chain(self.switch.as_mut())
@@ -392,8 +441,45 @@ fn make_switch(ns: &Netns) -> Result<()> {
     })?
 }
 
-/// Loads `ruleset` with `nft -f -` inside `ns`.
-fn load_nft(ns: &Netns, ruleset: &str) -> Result<()> {
+/// The packet counts of the rules of `table` (family ip) in `ns` whose comments are
+/// `names`, read with `nft list table ip TABLE`; each rule needs a `counter`.
+///
+/// # Errors
+/// When `nft` fails, or a named rule is not in the table.
+pub fn nft_counters(ns: &Netns, table: &str, names: &[&str]) -> Result<Vec<u64>> {
+    let out = ns
+        .command("nft")
+        .args(["list", "table", "ip", table])
+        .output()
+        .map_err(|e| Error::os(format!("running nft in {}", ns.name()), e))?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    names
+        .iter()
+        .map(|name| {
+            let tag = format!("comment \"{name}\"");
+            listing
+                .lines()
+                .find(|line| line.contains(&tag))
+                .and_then(|line| {
+                    let rest = &line[line.find("packets ")? + "packets ".len()..];
+                    rest.split_whitespace().next()?.parse().ok()
+                })
+                .ok_or_else(|| {
+                    Error::os(
+                        format!("no counter {name:?} in table {table}:\n{listing}"),
+                        std::io::Error::from_raw_os_error(libc::ENOENT),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Loads `ruleset` with `nft -f -` inside `ns` (any namespace: a gateway, or the
+/// inet router to cut paths between sites).
+///
+/// # Errors
+/// When `nft` is missing or refuses the rule set.
+pub fn load_nft(ns: &Netns, ruleset: &str) -> Result<()> {
     let what = format!(
         "loading the kernel NAT's rule set with nft in {}",
         ns.name()
@@ -441,5 +527,21 @@ mod tests {
             .unwrap_or_default();
         assert!(random.contains("masquerade fully-random"), "{random}");
         assert_eq!(KernelNat::Unconfigured.ruleset(), None);
+        let edm = KernelNat::EndpointDependent.ruleset().unwrap_or_default();
+        assert!(edm.contains("masquerade random,fully-random"), "{edm}");
+    }
+
+    #[test]
+    fn the_firewall_drops_udp_both_ways_and_names_its_counters() {
+        let rules = drop_udp_ruleset();
+        for needle in [
+            "hook forward",
+            "hook input",
+            "iifname \"lan0\" meta l4proto udp counter drop comment \"outbound\"",
+            "iifname \"wan0\" meta l4proto udp counter drop comment \"inbound\"",
+            "meta l4proto udp counter drop comment \"to_gateway\"",
+        ] {
+            assert!(rules.contains(needle), "{needle} not in {rules}");
+        }
     }
 }

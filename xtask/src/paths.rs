@@ -53,6 +53,12 @@ pub fn natgw_bin() -> PathBuf {
     target_dir().join("release").join(NATGW_BIN_NAME)
 }
 
+/// The virtual environment of the integration tests' PyPI packages (aioice), made by
+/// `cargo xtask provision`; tests/lib.rs looks for `bin/python3` there.
+pub fn test_python_dir() -> PathBuf {
+    target_dir().join("test-python")
+}
+
 /// `CARGO_HOME`, where `cargo install` puts binaries such as bpf-linker.
 pub fn cargo_home() -> Option<PathBuf> {
     std::env::var_os("CARGO_HOME")

@@ -99,10 +99,46 @@ const TEST_PACKAGES: &[Package] = &[
               GUPnP-IGD",
     },
     Package {
+        name: "python3-venv",
+        why: "`python3 -m venv`, for the virtual environment in target/test-python that \
+              holds the tests' PyPI packages (aioice, see TEST_PYPI_PACKAGES)",
+    },
+    Package {
         name: "coturn",
         why: "`turnutils_uclient`, coturn's TURN client, independent of natgw, for the TURN \
               relay tests (tests/turn.rs); its turnserver daemon stays off (Debian ships \
               /etc/default/coturn with TURNSERVER_ENABLED commented out)",
+    },
+];
+
+/// A PyPI package the integration tests use, pinned, installed with pip into the
+/// virtual environment [`paths::test_python_dir`].
+pub struct PyPackage {
+    name: &'static str,
+    version: &'static str,
+    why: &'static str,
+}
+
+/// PyPI packages the integration tests use (Debian's own copies are older or absent).
+/// aioice's own dependencies are pinned too, at the versions pip chose for 0.13.0,
+/// so that every machine runs the same agent.
+const TEST_PYPI_PACKAGES: &[PyPackage] = &[
+    PyPackage {
+        name: "aioice",
+        version: "0.13.0",
+        why: "an ICE agent (RFC 8445) independent of natgw, run behind two natgw sites \
+              against natgw's STUN responder and TURN relay (tests/aioice_agent.py, \
+              tests/no_direct_path.rs)",
+    },
+    PyPackage {
+        name: "dnspython",
+        version: "2.9.2",
+        why: "aioice's dependency",
+    },
+    PyPackage {
+        name: "ifaddr",
+        version: "0.2.0",
+        why: "aioice's dependency (lists the host's addresses for host candidates)",
     },
 ];
 
@@ -258,6 +294,9 @@ pub fn ensure(choice: ToolchainChoice, purpose: Purpose) -> Result<EbpfToolchain
     if !missing.is_empty() {
         apt_install(&missing)?;
     }
+    if purpose == Purpose::Test {
+        ensure_test_python()?;
+    }
     if bpf_linker.is_none() {
         install_bpf_linker()?;
         bpf_linker = find_bpf_linker();
@@ -312,15 +351,78 @@ pub fn ensure_bench_tools() -> Result<()> {
 /// # Errors
 /// When apt-get fails.
 pub fn ensure_test_tools() -> Result<()> {
-    if !has_apt() {
-        return Ok(());
+    if has_apt() {
+        let wanted: Vec<&Package> = TEST_PACKAGES.iter().collect();
+        let missing = missing_packages(&wanted)?;
+        if !missing.is_empty() {
+            apt_install(&missing)?;
+        }
     }
-    let wanted: Vec<&Package> = TEST_PACKAGES.iter().collect();
-    let missing = missing_packages(&wanted)?;
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    ensure_test_python()?;
     Ok(())
+}
+
+/// Makes sure the virtual environment of the tests' PyPI packages exists and holds
+/// [`TEST_PYPI_PACKAGES`] at their pinned versions: creates it with the system's
+/// `python3 -m venv` and installs with its pip when something is missing or at
+/// another version; otherwise costs one interpreter start. Returns its interpreter,
+/// which the tests find there (or through `NATGW_TEST_PYTHON`, which `cargo xtask
+/// test` sets).
+///
+/// # Errors
+/// When the environment cannot be created or pip fails.
+pub fn ensure_test_python() -> Result<PathBuf> {
+    let dir = paths::test_python_dir();
+    let python = dir.join("bin").join("python3");
+    if !python.is_file() {
+        // Debian's interpreter (python3-venv gives it ensurepip), not whatever
+        // `python3` a version manager puts first on PATH.
+        let system = ["/usr/bin/python3"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .or_else(|| paths::find_in_path("python3"))
+            .context("no python3 to create the tests' virtual environment with")?;
+        exec::run(
+            Command::new(&system).args(["-m", "venv"]).arg(&dir),
+            "creating the virtual environment of the tests' PyPI packages",
+        )?;
+    }
+    // One interpreter start: the installed version of each package, or "-".
+    let names: Vec<&str> = TEST_PYPI_PACKAGES.iter().map(|p| p.name).collect();
+    let script = "import sys, importlib.metadata as m\n\
+                  for name in sys.argv[1:]:\n\
+                  \ttry: print(name, m.version(name))\n\
+                  \texcept m.PackageNotFoundError: print(name, '-')\n";
+    let listing =
+        exec::probe(Command::new(&python).args(["-c", script]).args(&names)).unwrap_or_default();
+    let missing: Vec<&PyPackage> = TEST_PYPI_PACKAGES
+        .iter()
+        .filter(|p| {
+            !listing
+                .lines()
+                .any(|l| l == format!("{} {}", p.name, p.version))
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing PyPI packages into {}:", dir.display());
+        for p in &missing {
+            eprintln!("  {:<14} {}", format!("{}=={}", p.name, p.version), p.why);
+        }
+        exec::run(
+            Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ])
+                .args(missing.iter().map(|p| format!("{}=={}", p.name, p.version))),
+            "pip install: the tests' PyPI packages",
+        )?;
+    }
+    Ok(python)
 }
 
 /// Makes sure `cargo xtask fuzz` can run: rustup's nightly (libFuzzer's sanitizer

@@ -79,7 +79,11 @@ pub fn run(args: &Args) -> Result<()> {
         // --no-fail-fast: a failing unit-test binary must not hide the integration
         // tests' results (cargo stops at the first failing binary otherwise).
         cmd.args(["test", "--workspace", "--no-fail-fast"])
-            .env(testbed::NATGW_BIN_ENV, &artifacts.natgw_bin);
+            .env(testbed::NATGW_BIN_ENV, &artifacts.natgw_bin)
+            .env(
+                "NATGW_TEST_PYTHON",
+                paths::test_python_dir().join("bin").join("python3"),
+            );
         if let Some(deb) = &deb {
             cmd.env(testbed::NATGW_DEB_ENV, deb);
         }
