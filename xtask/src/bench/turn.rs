@@ -1343,8 +1343,8 @@ part alone, `--reps N` sets the repetitions, `--quick` shortens the windows):
   pid and log files), in the foreground. Each starts fresh for every run, pinned to
   CPU 1 at nice -20, and is stopped with SIGTERM afterwards. Both relays are user-space
   programs reading and writing UDP sockets, one `recvfrom`/`recvmsg` and one `sendto`
-  per packet: natgw's a tokio runtime (the rendezvous loop in `block_on` on the main
-  thread, two worker threads, `natgw/src/cli/mod.rs`), coturn's libevent loops (by
+  per packet: natgw's a current-thread tokio runtime (`natgw/src/cli/mod.rs`),
+  coturn's libevent loops (by
   default one relay thread per CPU of the machine); all their threads on CPU 1.
 - **Load**: one and the same generator for both, written for the bench with
   natgw-proto's STUN/TURN codec: Allocate (answering the 401 challenge with long-term
@@ -1369,42 +1369,32 @@ part alone, `--reps N` sets the repetitions, `--quick` shortens the windows):
 /// What the runs showed, for docs/benchmarks.md; the figures above it are the latest
 /// run's.
 pub const NOTES: &str = "\
-Observations from the runs of 2026-12-04 (five runs of five repetitions, four of them
-started while other builds kept both CPUs busy, and the profiles and the experiment
-described here):
+Observations from the runs of 2026-12-04:
 
-- **natgw's relay moves about 0.6× what coturn's does**: 0.59–0.63× in every run, for
-  100- and 1200-byte payloads alike (the Mbit/s ratio equals the packet ratio, as the
-  payload is fixed), so the cost is per packet, not per byte: medians of 79–91 kpps
-  against 128–149 kpps, 0.76–0.82 against 1.23–1.40 Gbit/s of 1200-byte payloads.
-  Both relays use their whole CPU (0.98–1.00 core) while the client offers 150–210
-  kpps, and both lose only at their own listening socket: the kernel's UDP
-  `RcvbufErrors` in the server's namespace plus the packets the peer received equal
-  what the client sent, to the packet (the table's last line), and the peer's socket
-  dropped none. The relays, not the load, are the limit.
-- **Why: context switches, not protocol work.** natgw spends 10.9–12.5 µs of CPU per
-  relayed packet, coturn 6.7–7.8 µs, although both make the same two system calls per packet
-  (natgw `recvfrom` + `sendto`, coturn `recvmsg` + `sendto`) and the kernel's UDP path
-  (with the peer's receive, done in the relay's softirq when it sends) dominates both
-  profiles. natgw's rendezvous loop runs in `block_on` on the main thread, while the
-  tokio runtime's I/O driver (`epoll_wait`) belongs to a worker thread; a datagram
-  arriving at the listening socket wakes that worker, which preempts the loop on the one
-  CPU. A trace of CPU 1 over a `--quick --reps 1` run (`perf record -a -C 1 -e
-  sched:sched_switch,syscalls:sys_enter_epoll_wait`, no samples lost) counted for natgw
-  71,000 switches of each thread and 84,000 `epoll_wait` calls for 219,000 packets
-  relayed (a switch pair per three packets), for coturn 1,600 switches and 22,000
-  `epoll_wait` for 375,000 packets (its event-loop thread reads the socket itself).
-  `perf record` puts ~10% of CPU 1 in `finish_task_switch` for natgw; its own code
-  (engine, SipHash of the allocation maps, the `select!` loop) is under 10%.
-- **Experiment**: the same natgw built with a current-thread runtime
-  (`new_current_thread()` in `natgw/src/cli/mod.rs`, so the loop and the I/O driver share
-  a thread; not committed) relayed 0.95× coturn (two repetitions: 136–144 kpps with
-  100-byte payloads, 6.7 µs of CPU per packet). The fix to make: run `natgw rendezvous`
-  on a current-thread runtime, so that no other thread sleeps in `epoll_wait` while the
-  loop works (spawning the loop onto a worker of the two-worker runtime would leave the
-  other worker there); then read and send in batches (`recvmmsg`/`sendmmsg`, or
-  `try_recv_from` until `WouldBlock` per wake-up) rather than one datagram per
-  `select!` turn.
+- **natgw's relay moves 0.92–0.94× what coturn's does** (the run above, on a quiet
+  machine; 0.85–0.91× in a three-repetition run while other builds kept both CPUs
+  busy), for 100- and 1200-byte payloads alike: the cost is per packet, not per byte.
+  Both relays use their whole CPU while the client offers 190–200 kpps, and both lose
+  only at their own listening socket: the kernel's UDP `RcvbufErrors` in the server's
+  namespace plus the packets the peer received equal what the client sent, to the
+  packet (the table's last line). The relays, not the load, are the limit.
+- **A/B: the current-thread runtime (0.6× → 0.93×).** The first version ran the
+  rendezvous loop in `block_on` on the main thread of a two-worker runtime, while the
+  I/O driver (`epoll_wait`) belonged to a worker thread: every datagram woke that
+  worker, which preempted the loop on the one CPU. It relayed 0.59–0.63× coturn in five
+  runs (79–91 kpps against 128–149 kpps; 10.9–12.5 µs of CPU per packet against
+  6.7–7.8 µs). A trace of CPU 1 (`perf record -a -C 1 -e
+  sched:sched_switch,syscalls:sys_enter_epoll_wait`) counted 71,000 switches of each
+  thread and 84,000 `epoll_wait` calls for 219,000 packets relayed, against coturn's
+  1,600 switches and 22,000 `epoll_wait` for 375,000 packets; natgw's own code (engine,
+  allocation maps, the `select!` loop) was under 10% of the profile. `natgw rendezvous`
+  now runs on a current-thread runtime (`natgw/src/cli/mod.rs`), so the loop waits in
+  epoll itself: 7.0–7.3 µs per packet, close to coturn's 6.7–7.0 µs.
+- **What is left**: both make the same two system calls per packet (natgw `recvfrom` +
+  `sendto`, coturn `recvmsg` + `sendto`), and the kernel's UDP path dominates both
+  profiles. Reading and sending in batches (`recvmmsg`/`sendmmsg`, or `try_recv_from`
+  until `WouldBlock` per wake-up) instead of one datagram per `select!` turn is the next
+  step; not done.
 - **Caveats**: one allocation, one direction (client to peer), one sending thread, over
   veth pairs (no NIC, no interrupts), on two shared virtual CPUs: the ratios of the
   run that started on a quiet machine (5% busy) were those of the busy ones, but a
