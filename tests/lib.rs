@@ -699,3 +699,99 @@ pub fn terminate(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `natgw rendezvous --json` started in a namespace, as the punch, relay and TURN tests
+/// run it; stopped with SIGTERM ([`terminate`]), also on drop.
+pub struct Rendezvous {
+    child: Option<Child>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    stderr: Option<std::process::ChildStderr>,
+    /// Its first line: the `listening` event (with `turn`, `auth`).
+    pub first: Value,
+}
+
+impl Rendezvous {
+    /// Starts it on `listen` with more flags; stderr is kept for
+    /// [`Self::stop_with_stderr`] when `keep_stderr` (leave it off for long runs: an
+    /// unread pipe would fill).
+    ///
+    /// # Panics
+    /// If it does not start and print its `listening` line.
+    #[must_use]
+    pub fn start(ns: &Netns, listen: SocketAddrV4, extra: &[&str], keep_stderr: bool) -> Self {
+        use std::io::BufRead as _;
+        let mut child = ns
+            .command(natgw_bin())
+            .args(["rendezvous", "--json", "--listen"])
+            .arg(listen.to_string())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(if keep_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("starting natgw rendezvous");
+        let stderr = child.stderr.take();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("reading the rendezvous's first line");
+        let first: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
+        assert_eq!(first["event"], "listening", "{first}");
+        Self {
+            child: Some(child),
+            stdout,
+            stderr,
+            first,
+        }
+    }
+
+    /// Stops it and returns its last line, the `stopped` summary (`counters`, `stun`,
+    /// `turn`).
+    ///
+    /// # Panics
+    /// If the last line is not the summary.
+    #[must_use]
+    pub fn stop(mut self) -> Value {
+        use std::io::BufRead as _;
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        let mut rest = String::new();
+        let mut last = Value::Null;
+        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
+            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
+                last = v;
+            }
+            rest.clear();
+        }
+        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
+        last
+    }
+
+    /// Stops it and returns its summary and everything it wrote to stderr (started
+    /// with `keep_stderr`).
+    #[must_use]
+    pub fn stop_with_stderr(mut self) -> (Value, String) {
+        let mut stderr = self.stderr.take();
+        let last = self.stop();
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        (last, text)
+    }
+}
+
+impl Drop for Rendezvous {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}

@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -74,64 +74,27 @@ fn start_natgw(site: &Site) -> Natgw {
 // The rendezvous, with its TURN relay.
 // ---------------------------------------------------------------------------------
 
-/// `natgw rendezvous --json` with TURN (user [`TURN_USER`]) on the rendezvous host.
-struct Rendezvous {
-    child: Option<Child>,
-    stdout: BufReader<ChildStdout>,
-}
+/// `natgw rendezvous --json` with TURN (user [`TURN_USER`]) on the rendezvous host
+/// ([`natgw_integration_tests::Rendezvous`]).
+struct Rendezvous(natgw_integration_tests::Rendezvous);
 
 impl Rendezvous {
     fn start(sites: &Sites) -> Self {
-        let mut child = sites
-            .rendezvous
-            .ns
-            .command(natgw_bin())
-            .args(["rendezvous", "--json", "--listen"])
-            .arg(rendezvous_endpoint().to_string())
-            .args(["--turn-user", &format!("{TURN_USER}:{TURN_PASSWORD}")])
-            .args(["--relay-ports", &format!("{RELAY_MIN}-{RELAY_MAX}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting natgw rendezvous");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading the rendezvous's first line");
-        let first: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
-        assert_eq!(first["event"], "listening", "{first}");
-        assert_eq!(first["turn"], true, "{first}");
-        Self {
-            child: Some(child),
-            stdout,
-        }
+        let user = format!("{TURN_USER}:{TURN_PASSWORD}");
+        let ports = format!("{RELAY_MIN}-{RELAY_MAX}");
+        let r = natgw_integration_tests::Rendezvous::start(
+            &sites.rendezvous.ns,
+            rendezvous_endpoint(),
+            &["--turn-user", &user, "--relay-ports", &ports],
+            false,
+        );
+        assert_eq!(r.first["turn"], true, "{}", r.first);
+        Self(r)
     }
 
     /// Stops it and returns its last line (`counters`, `stun`, `turn`).
-    fn stop(mut self) -> Value {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child);
-        let mut rest = String::new();
-        let mut last = Value::Null;
-        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
-            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
-                last = v;
-            }
-            rest.clear();
-        }
-        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
-        last
-    }
-}
-
-impl Drop for Rendezvous {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
+    fn stop(self) -> Value {
+        self.0.stop()
     }
 }
 

@@ -14,10 +14,8 @@
 //! silent, refusing or lying STUN server leaves the rendezvous's observation in charge.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
-use std::io::{BufRead as _, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -117,12 +115,8 @@ fn start_natgw(gateways: &[(&Site, &[&str])]) -> Vec<Natgw> {
         .collect()
 }
 
-/// `natgw rendezvous --json` on the rendezvous host; stopped with SIGTERM.
-struct Rendezvous {
-    child: Option<Child>,
-    stdout: BufReader<ChildStdout>,
-    stderr: Option<ChildStderr>,
-}
+/// `natgw rendezvous --json` on the rendezvous host ([`natgw_integration_tests::Rendezvous`]).
+struct Rendezvous(natgw_integration_tests::Rendezvous);
 
 impl Rendezvous {
     fn start(sites: &Sites) -> Self {
@@ -131,76 +125,27 @@ impl Rendezvous {
 
     /// With more flags (`--auth-secret ...`); its stderr is kept for [`Self::stop_with_stderr`].
     fn start_with(sites: &Sites, extra: &[&str]) -> Self {
-        let mut child = sites
-            .rendezvous
-            .ns
-            .command(natgw_bin())
-            .args(["rendezvous", "--json", "--listen"])
-            .arg(rendezvous_endpoint().to_string())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(if extra.is_empty() {
-                Stdio::null()
-            } else {
-                Stdio::piped()
-            })
-            .spawn()
-            .expect("starting natgw rendezvous");
-        let stderr = child.stderr.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading the rendezvous's first line");
-        let first: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
-        assert_eq!(first["event"], "listening", "{first}");
-        Self {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
+        Self(natgw_integration_tests::Rendezvous::start(
+            &sites.rendezvous.ns,
+            rendezvous_endpoint(),
+            extra,
+            !extra.is_empty(),
+        ))
     }
 
     /// Stops it and returns its last line and everything it wrote to stderr.
-    fn stop_with_stderr(mut self) -> (Value, String) {
-        let mut stderr = self.stderr.take();
-        let last = self.stop_all();
-        let mut text = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut text);
-        }
-        (last, text)
+    fn stop_with_stderr(self) -> (Value, String) {
+        self.0.stop_with_stderr()
     }
 
     /// Stops it and returns the counters it printed.
     fn stop(self) -> Value {
-        self.stop_all()["counters"].clone()
+        self.0.stop()["counters"].clone()
     }
 
     /// Stops it and returns its whole last line (`counters`, `stun`, ...).
-    fn stop_all(mut self) -> Value {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child);
-        let mut rest = String::new();
-        let mut last = Value::Null;
-        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
-            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
-                last = v;
-            }
-            rest.clear();
-        }
-        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
-        last
-    }
-}
-
-impl Drop for Rendezvous {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
+    fn stop_all(self) -> Value {
+        self.0.stop()
     }
 }
 

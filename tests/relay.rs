@@ -19,13 +19,13 @@
 //! - coturn's `turnserver` as the relay, with a static user and with
 //!   `use-auth-secret`: both peers relayed through it.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddrV4;
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use natgw_integration_tests::{natgw_bin, require_root, terminate, Natgw};
+use natgw_integration_tests::{natgw_bin, require_root, Natgw};
 use serde_json::Value;
 use testbed::sites::{RENDEZVOUS_ADDR, SITE_LAN_IF, SITE_WAN_IF};
 use testbed::{Netns, Site, Sites, SitesOptions};
@@ -124,36 +124,18 @@ fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) {
 // The servers.
 // ---------------------------------------------------------------------------------
 
-/// `natgw rendezvous --json` with (or without) TURN; stopped with SIGTERM.
-struct Rendezvous {
-    child: Option<Child>,
-    stdout: BufReader<ChildStdout>,
-}
+/// `natgw rendezvous --json` with (or without) TURN
+/// ([`natgw_integration_tests::Rendezvous`]).
+struct Rendezvous(natgw_integration_tests::Rendezvous);
 
 impl Rendezvous {
     fn start(sites: &Sites, extra: &[&str]) -> Self {
-        let mut child = sites
-            .rendezvous
-            .ns
-            .command(natgw_bin())
-            .args(["rendezvous", "--json", "--listen"])
-            .arg(SocketAddrV4::new(RENDEZVOUS_ADDR, RENDEZVOUS_PORT).to_string())
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting natgw rendezvous");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("the first line");
-        let first: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
-        assert_eq!(first["event"], "listening", "{first}");
-        Self {
-            child: Some(child),
-            stdout,
-        }
+        Self(natgw_integration_tests::Rendezvous::start(
+            &sites.rendezvous.ns,
+            SocketAddrV4::new(RENDEZVOUS_ADDR, RENDEZVOUS_PORT),
+            extra,
+            false,
+        ))
     }
 
     /// With TURN: static user `alice:wonderland`, the relay ports.
@@ -166,27 +148,8 @@ impl Rendezvous {
     }
 
     /// Stops it and returns the TURN engine's counters.
-    fn stop_turn(mut self) -> Value {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child);
-        let mut rest = String::new();
-        let mut last = Value::Null;
-        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
-            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
-                last = v;
-            }
-            rest.clear();
-        }
-        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
-        last["turn"]["engine"].clone()
-    }
-}
-
-impl Drop for Rendezvous {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
+    fn stop_turn(self) -> Value {
+        self.0.stop()["turn"]["engine"].clone()
     }
 }
 

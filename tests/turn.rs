@@ -22,10 +22,10 @@
 use std::io::{BufRead as _, BufReader};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use natgw_integration_tests::{natgw_bin, require_root, terminate};
+use natgw_integration_tests::require_root;
 use natgw_proto::stun::wire::{Attribute, Class, ErrorCode, Packet, Repr, MAGIC_COOKIE};
 use natgw_proto::turn::auth::{self, long_term_key, INTEGRITY_LEN};
 use natgw_proto::turn::wire::{
@@ -45,63 +45,26 @@ const RELAY_MAX: u16 = 50_099;
 // The rendezvous.
 // ---------------------------------------------------------------------------------
 
-/// `natgw rendezvous --json` with TURN on wan-a; stopped with SIGTERM.
-struct Rendezvous {
-    child: Option<Child>,
-    stdout: BufReader<ChildStdout>,
-}
+/// `natgw rendezvous --json` with TURN on wan-a ([`natgw_integration_tests::Rendezvous`]).
+struct Rendezvous(natgw_integration_tests::Rendezvous);
 
 impl Rendezvous {
     fn start(ns: &Netns, extra: &[&str]) -> Self {
-        let mut child = ns
-            .command(natgw_bin())
-            .args(["rendezvous", "--json", "--listen"])
-            .arg(SocketAddrV4::new(WAN_A_ADDR, PORT).to_string())
-            .arg("--relay-ports")
-            .arg(format!("{RELAY_MIN}-{RELAY_MAX}"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting natgw rendezvous");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout
-            .read_line(&mut line)
-            .expect("reading the rendezvous's first line");
-        let first: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("rendezvous did not start ({e}): {line:?}"));
-        assert_eq!(first["event"], "listening", "{first}");
-        assert_eq!(first["turn"], true, "{first}");
-        Self {
-            child: Some(child),
-            stdout,
-        }
+        let ports = format!("{RELAY_MIN}-{RELAY_MAX}");
+        let args = [&["--relay-ports", ports.as_str()], extra].concat();
+        let r = natgw_integration_tests::Rendezvous::start(
+            ns,
+            SocketAddrV4::new(WAN_A_ADDR, PORT),
+            &args,
+            false,
+        );
+        assert_eq!(r.first["turn"], true, "{}", r.first);
+        Self(r)
     }
 
     /// Stops it and returns the TURN engine's counters from its last line.
-    fn stop(mut self) -> Value {
-        let mut child = self.child.take().expect("running");
-        terminate(&mut child);
-        let mut rest = String::new();
-        let mut last = Value::Null;
-        while self.stdout.read_line(&mut rest).unwrap_or(0) > 0 {
-            if let Ok(v) = serde_json::from_str::<Value>(&rest) {
-                last = v;
-            }
-            rest.clear();
-        }
-        assert_eq!(last["event"], "stopped", "rendezvous summary: {last}");
-        last["turn"]["engine"].clone()
-    }
-}
-
-impl Drop for Rendezvous {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
+    fn stop(self) -> Value {
+        self.0.stop()["turn"]["engine"].clone()
     }
 }
 
@@ -370,6 +333,22 @@ impl Client {
             ))],
         )
     }
+
+    /// A Send indication of `data` to `peer` (no answer comes back).
+    fn send_indication(&self, transaction: u8, peer: SocketAddrV4, data: &[u8]) {
+        let send = Repr {
+            class: Class::Indication,
+            method: METHOD_SEND,
+            cookie: MAGIC_COOKIE,
+            transaction_id: [transaction; 12],
+            attributes: vec![
+                Attribute::XorPeerAddress(SocketAddr::V4(peer)),
+                Attribute::Data(data),
+            ],
+        }
+        .to_bytes();
+        self.socket.send(&send).expect("send indication");
+    }
 }
 
 fn parse(bytes: &[u8]) -> Repr<'_> {
@@ -425,18 +404,7 @@ fn a_raw_client_relays_to_a_peer_and_is_refused_denied_peers_and_extra_allocatio
     peer.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     assert_eq!(error(&alice.permit(WAN_B_ADDR)), None, "CreatePermission");
-    let send = Repr {
-        class: Class::Indication,
-        method: METHOD_SEND,
-        cookie: MAGIC_COOKIE,
-        transaction_id: [0x55; 12],
-        attributes: vec![
-            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_B_ADDR, 7000))),
-            Attribute::Data(b"hello peer"),
-        ],
-    }
-    .to_bytes();
-    alice.socket.send(&send).expect("send indication");
+    alice.send_indication(0x55, SocketAddrV4::new(WAN_B_ADDR, 7000), b"hello peer");
     let mut buf = [0; 2048];
     let (n, from) = peer.recv_from(&mut buf).expect("the relayed datagram");
     assert_eq!(&buf[..n], b"hello peer");
@@ -473,18 +441,11 @@ fn a_raw_client_relays_to_a_peer_and_is_refused_denied_peers_and_extra_allocatio
         None,
         "relay-to-relay permission"
     );
-    let to_server = Repr {
-        class: Class::Indication,
-        method: METHOD_SEND,
-        cookie: MAGIC_COOKIE,
-        transaction_id: [0x56; 12],
-        attributes: vec![
-            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_A_ADDR, PORT))),
-            Attribute::Data(b"to the server itself"),
-        ],
-    }
-    .to_bytes();
-    alice.socket.send(&to_server).expect("send indication");
+    alice.send_indication(
+        0x56,
+        SocketAddrV4::new(WAN_A_ADDR, PORT),
+        b"to the server itself",
+    );
 
     // Quota 1: alice's second allocation (another 5-tuple) gets 486, bob's succeeds.
     let mut alice2 = Client::new(&tb.gateway.ns, "alice", "wonderland");
@@ -729,36 +690,14 @@ fn an_allocation_flood_from_one_user_stops_at_its_quota_and_another_user_relays(
     peer.set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     assert_eq!(error(&bob.permit(WAN_B_ADDR)), None, "CreatePermission");
-    let send = Repr {
-        class: Class::Indication,
-        method: METHOD_SEND,
-        cookie: MAGIC_COOKIE,
-        transaction_id: [0x56; 12],
-        attributes: vec![
-            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_B_ADDR, 7001))),
-            Attribute::Data(b"bob's data"),
-        ],
-    }
-    .to_bytes();
-    bob.socket.send(&send).expect("send indication");
+    bob.send_indication(0x56, SocketAddrV4::new(WAN_B_ADDR, 7001), b"bob's data");
     let mut buf = [0; 2048];
     let (n, from) = peer.recv_from(&mut buf).expect("bob's relayed datagram");
     assert_eq!(&buf[..n], b"bob's data");
     assert_eq!(from, SocketAddr::V4(relay));
     // A datagram larger than the path MTU (sent in IP fragments) is relayed whole.
     let large: Vec<u8> = (0..6000_u32).map(|i| (i % 251) as u8).collect();
-    let send_large = Repr {
-        class: Class::Indication,
-        method: METHOD_SEND,
-        cookie: MAGIC_COOKIE,
-        transaction_id: [0x57; 12],
-        attributes: vec![
-            Attribute::XorPeerAddress(SocketAddr::V4(SocketAddrV4::new(WAN_B_ADDR, 7001))),
-            Attribute::Data(&large),
-        ],
-    }
-    .to_bytes();
-    bob.socket.send(&send_large).expect("large send indication");
+    bob.send_indication(0x57, SocketAddrV4::new(WAN_B_ADDR, 7001), &large);
     let mut big = vec![0; 65_536];
     let (n, _) = peer
         .recv_from(&mut big)
