@@ -1,9 +1,10 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Provisions, builds natgw and its
 //! Debian package (`cargo xtask package`, for tests/package.rs), then checks
-//! formatting, runs clippy and runs every test in the workspace — unit tests and the
-//! integration tests, which load natgw into network namespaces and so need root.
+//! formatting, runs clippy, builds the API docs with rustdoc's warnings as errors and
+//! runs every test in the workspace — unit tests and the integration tests, which load
+//! natgw into network namespaces and so need root.
 //!
-//! After a successful build, the fmt, clippy and test steps all run even when an earlier
+//! After a successful build, the fmt, clippy, doc and test steps all run even when an earlier
 //! one fails, so one CI run reports every problem; the last line sums them up.
 
 use std::process::Command;
@@ -72,6 +73,15 @@ pub fn run(args: &Args) -> Result<()> {
                 .args(["clippy", "--workspace", "--all-targets"])
                 .args(["--", "-D", "warnings"]),
             "running clippy on the workspace",
+        )
+    });
+    steps.run("doc", || {
+        // Broken intra-doc links are how module docs go stale.
+        exec::run(
+            cargo()
+                .args(["doc", "--workspace", "--no-deps"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+            "building the API docs (rustdoc warnings are errors)",
         )
     });
     steps.run("test", || {

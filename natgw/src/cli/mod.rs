@@ -318,7 +318,7 @@ pub struct RunArgs {
     pub no_pcp: bool,
 
     /// The PCP server of the NAT natgw itself sits behind (double NAT): `auto` (the
-    /// WAN's default gateway; off when it does not answer), `off`, or ADDRESS[:PORT].
+    /// WAN's default gateway; off when it does not answer), `off`, or ADDRESS or ADDRESS:PORT.
     /// Every LAN mapping then also gets an upstream mapping, and the host is told the
     /// upstream's external address and port [default: `[pcp] upstream`, or auto].
     #[arg(long, value_name = "auto|off|ADDR")]

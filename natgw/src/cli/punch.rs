@@ -123,7 +123,7 @@ pub struct PunchArgs {
     pub turn_user: Option<(String, String)>,
 
     /// TURN shared secret (coturn's use-auth-secret): the username is
-    /// "<expiry>:<--id>", valid for an hour, the password
+    /// `<expiry>:<--id>`, valid for an hour, the password
     /// base64(HMAC-SHA1(SECRET, username)). Otherwise as --turn-user.
     #[arg(long, value_name = "SECRET")]
     pub turn_secret: Option<String>,

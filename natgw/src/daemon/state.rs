@@ -1,6 +1,6 @@
 //! The state file: what a running gateway publishes for `natgw status` beside the
 //! pinned maps (its interfaces, settings, counters that live in user space). Written
-//! by the daemon through [`RuntimeDirs`], read by `natgw status`.
+//! by the daemon through [`crate::datapath::dirs::RuntimeDirs`], read by `natgw status`.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};

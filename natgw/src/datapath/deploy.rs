@@ -13,7 +13,7 @@
 //! The attachments are pinned bpf links (see [`loader`]): the data path outlives the
 //! process. A natgw that stops or dies leaves it translating; the next one adopts
 //! the maps and replaces the programs in place ([`DataPath::adopted`]). Only a
-//! failed first start, or the operator's `natgw stop --flush` ([`flush`]), undoes
+//! failed first start, or the operator's `natgw stop --flush` ([`crate::daemon::flush`]), undoes
 //! the deployment: forwarding off on the LAN interfaces first, then `CONFIG`
 //! cleared, programs detached, pins removed.
 

@@ -247,7 +247,7 @@ impl UpstreamLink {
     }
 
     /// A local answer: `Some` to send now (rewritten when the upstream mapping is
-    /// known), `None` when it is held (see [`UpstreamLink::released`]).
+    /// known), `None` when it is held (see [`UpstreamLink::on_timeout`]).
     pub fn outgoing(
         &mut self,
         now: Instant,

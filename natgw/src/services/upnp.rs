@@ -551,7 +551,7 @@ impl UpnpService {
         self.requests.recv().await
     }
 
-    /// When [`UpnpService::on_timeout`] is due.
+    /// When [`UpnpService::refresh`] is due.
     #[must_use]
     pub fn next_timeout(&self) -> Option<Instant> {
         self.engine.poll_timeout()

@@ -82,7 +82,7 @@ impl DropReason {
 /// answered (success or refusal) or dropped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Datagrams handed to [`Engine::handle`].
+    /// Datagrams handed to [`super::Engine::handle`].
     pub requests: u64,
     /// Answered with success.
     pub succeeded: u64,

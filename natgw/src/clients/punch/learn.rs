@@ -24,7 +24,7 @@ use natgw_proto::stun::client::Seen;
 use natgw_proto::stun::wire::ChangeRequest;
 
 /// How long a STUN exchange may take before the peer goes on without it: over UDP
-/// three transmissions, at 0, 0.5 s and 1.5 s ([`probe::transmit_offsets`]).
+/// three transmissions, at 0, 0.5 s and 1.5 s ([`natgw_proto::stun::client::transmit_offsets`]).
 pub const STUN_WAIT: Duration = Duration::from_secs(2);
 /// Lifetime asked for a PCP mapping made by `--pcp` (MAP and PEER): long enough for
 /// the peer to come in, short enough to go away on its own.
