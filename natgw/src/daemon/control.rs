@@ -197,7 +197,7 @@ async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
     orders: &mpsc::Sender<Order>,
     counters: &Counters,
 ) -> std::io::Result<()> {
-    let receiver = (events::subscribers() < MAX_MONITORS)
+    let receiver = (events::monitors() < MAX_MONITORS)
         .then(events::subscribe)
         .flatten();
     let Some(mut receiver) = receiver else {
