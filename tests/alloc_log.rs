@@ -146,12 +146,24 @@ fn mappings_are_logged_from_start_to_end_and_who_finds_their_hosts() {
         &config,
         format!(
             "log_allocations = \"file:{}\"\n[timeouts]\nudp = 2\ntcp_established = 3\n\
-             tcp_transitory = 2\n",
+             tcp_transitory = 2\n[[forward]]\nprotocol = \"udp\"\nexternal_port = 9000\n\
+             internal = \"10.0.1.2:9000\"\n",
             log.display()
         ),
     )
     .expect("write config");
     let s = Setup::new(&["--config", config.to_str().expect("UTF-8 path")]);
+
+    // A static forward is logged when natgw installs it, and held now.
+    let fwd = SocketAddrV4::new(LAN_A_ADDR, 9000);
+    let l = record(&s, &log, "start", "udp", fwd, RECORD_WAIT);
+    assert_eq!(l.field("origin"), Some("static"), "{}", l.text);
+    assert_eq!(external(&l), SocketAddrV4::new(GW_WAN_ADDR, 9000));
+    assert_eq!(
+        who(&s, external(&l), &[]),
+        vec![format!("udp {fwd}")],
+        "open-ended, now"
+    );
 
     // UDP from both LAN hosts, TCP from the first.
     let a = SocketAddrV4::new(LAN_A_ADDR, 5000);

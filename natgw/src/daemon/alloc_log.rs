@@ -463,6 +463,43 @@ mod tests {
     }
 
     #[test]
+    fn a_json_target_gets_json_lines() {
+        let dir = std::env::temp_dir().join(format!("natgw-alloc-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.jsonl");
+        let mut sink = Sink::open(&AllocLogTarget::Json(path.clone())).unwrap();
+        let mut w = writer(&dir.join("unused.log"));
+        let records: Vec<Record> = [
+            Item::Event(event(
+                MappingEventKind::Create,
+                [10, 0, 1, 2],
+                1_000_000_000_000,
+            )),
+            Item::Event(event(
+                MappingEventKind::Delete,
+                [10, 0, 1, 2],
+                1_002_000_000_000,
+            )),
+        ]
+        .into_iter()
+        .filter_map(|i| w.record(i))
+        .collect();
+        sink.write(&records);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let parsed: Vec<Record> = text
+            .lines()
+            .map(|l| Record::from_json(l).unwrap())
+            .collect();
+        assert_eq!(parsed, records);
+        assert!(
+            text.contains(r#""event":"end","#) && text.contains(r#""duration_s":2.0"#),
+            "{text}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn syslog_messages_are_rfc3164_datagrams() {
         let dir = std::env::temp_dir().join(format!("natgw-syslog-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
