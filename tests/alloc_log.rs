@@ -152,7 +152,8 @@ fn mappings_are_logged_from_start_to_end_and_who_finds_their_hosts() {
         ),
     )
     .expect("write config");
-    let s = Setup::new(&["--config", config.to_str().expect("UTF-8 path")]);
+    let run_args = ["--config", config.to_str().expect("UTF-8 path")];
+    let mut s = Setup::new(&run_args);
 
     // A static forward is logged when natgw installs it, and held now.
     let fwd = SocketAddrV4::new(LAN_A_ADDR, 9000);
@@ -337,6 +338,27 @@ fn mappings_are_logged_from_start_to_end_and_who_finds_their_hosts() {
     let mut with_at = args.to_vec();
     with_at.extend(["--at", &mid, "--proto", "udp"]);
     assert_eq!(who(&s, external(first), &with_at), vec![format!("udp {a}")]);
+
+    // A restart: the adopted table's mappings are logged again with their creation
+    // time (one made while no natgw ran would have no record otherwise), and
+    // `natgw who` counts the two starts as one hold.
+    s.natgw.stop();
+    let before = lines(&log).len();
+    s.natgw = natgw_integration_tests::Natgw::start(&s.tb.gateway.ns, &run_args);
+    let again = wait_for(RECORD_WAIT, || {
+        lines(&log)
+            .into_iter()
+            .skip(before)
+            .find(|r| r.event == "start" && r.field("int") == Some(&c.to_string()))
+    })
+    .unwrap_or_else(|| panic!("no start record after the restart:\n{}", s.natgw.log()));
+    assert!(
+        (again.time.duration_since(l.time).as_secs_f64()).abs() < 0.01,
+        "{} vs {}",
+        again.text,
+        l.text
+    );
+    assert_eq!(who(&s, external(&l), &[]), vec![format!("udp {c}")]);
     drop(sock_a);
     drop(sock_b);
 }

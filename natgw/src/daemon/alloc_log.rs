@@ -35,6 +35,7 @@ use natgw_common::{FwdKey, Mapping, Origin};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use super::control;
 use crate::config::AllocLogTarget;
 use crate::datapath::maps::{ipv4, port};
 use crate::datapath::system::monotonic_ns;
@@ -48,6 +49,8 @@ enum Note {
     Reopen,
     /// The data path could not report `n` mappings (its ring buffer was full).
     Lost(u64),
+    /// natgw stops: write what is queued and end.
+    Stop,
 }
 
 /// The running writer.
@@ -57,9 +60,11 @@ pub struct AllocLog {
 }
 
 impl AllocLog {
-    /// Opens `target` and starts writing every mapping event from now on;
-    /// `existing` are the mappings already in the table (their starts are known, so
-    /// their end records carry a duration).
+    /// Opens `target` and starts writing every mapping event from now on.
+    /// `existing` are the mappings already in the table (adopted from a previous
+    /// natgw): each gets a `start` record with its creation time first, since the
+    /// ones created while no natgw ran were never logged (`natgw who` counts a
+    /// start logged twice as one hold).
     ///
     /// # Errors
     /// When the target cannot be opened.
@@ -73,12 +78,16 @@ impl AllocLog {
             open: HashMap::new(),
             clock: Clock::now(),
         };
-        for (k, m) in existing {
-            writer.open.insert(
-                (k.proto, m.ext_addr_be, m.ext_port_be),
-                (k.addr_be, k.port_be, m.created_ns),
-            );
-        }
+        let mut adopted: Vec<MappingEvent> = existing
+            .iter()
+            .map(|(k, m)| MappingEvent::new(MappingEventKind::Create as u8, k, m, m.created_ns))
+            .collect();
+        adopted.sort_by_key(|e| e.time_ns);
+        let records: Vec<Record> = adopted
+            .into_iter()
+            .filter_map(|e| writer.record(Item::Event(e)))
+            .collect();
+        writer.sink.write(&records);
         log::info!(
             "alloc_log.started target={target} mappings_in_table={}",
             existing.len()
@@ -99,9 +108,23 @@ impl AllocLog {
         }
     }
 
-    /// Stops writing (what was received so far is written).
+    /// Stops writing at once (what is still queued is not written).
     pub fn stop(self) {
         self.task.abort();
+    }
+
+    /// Stops writing after the events of the last [`control::DRAIN_INTERVAL`] (the
+    /// ring buffer's last drain) are written; waits at most a second for it.
+    pub async fn finish(self) {
+        tokio::time::sleep(control::DRAIN_INTERVAL * 2).await;
+        let _ = self.notes.send(Note::Stop);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -148,7 +171,8 @@ impl Writer {
         mut events: broadcast::Receiver<MappingEvent>,
         mut notes: mpsc::UnboundedReceiver<Note>,
     ) {
-        loop {
+        let mut stop = false;
+        while !stop {
             let mut batch = Vec::new();
             tokio::select! {
                 r = events.recv() => match r {
@@ -159,6 +183,7 @@ impl Writer {
                 Some(note) = notes.recv() => match note {
                     Note::Reopen => self.sink.reopen(),
                     Note::Lost(n) => batch.push(Item::Lost(n)),
+                    Note::Stop => stop = true,
                 },
             }
             // Whatever else is waiting goes in the same write.
@@ -459,6 +484,51 @@ mod tests {
             "1970-01-01T00:00:00.000Z lost count=1\n"
         );
         assert_eq!(std::fs::read_to_string(dir.join("a.log.1")).unwrap(), text);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn mappings_in_the_table_at_start_are_logged_with_their_creation_time() {
+        let dir = std::env::temp_dir().join(format!("natgw-alloc-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        // Addresses no other test uses: the hub is the process's, and other tests
+        // running meanwhile may emit into it.
+        let key = FwdKey::new(addr_be([10, 99, 1, 2]), 5999u16.to_be(), IPPROTO_UDP);
+        let m = Mapping {
+            ext_addr_be: addr_be([192, 0, 2, 99]),
+            ext_port_be: 6999u16.to_be(),
+            origin: Origin::Traffic as u8,
+            created_ns: monotonic_ns() - 5_000_000_000,
+            ..Mapping::default()
+        };
+        let before = Timestamp::now();
+        let log = AllocLog::start(&AllocLogTarget::File(path.clone()), &[(key, m)]).unwrap();
+        let ours = |event: &str| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let line = text
+                .lines()
+                .find(|l| l.contains(&format!(" {event} proto=udp int=10.99.1.2:5999 ")))
+                .unwrap_or_else(|| panic!("no {event} record: {text}"))
+                .to_owned();
+            (Record::from_text(&line).unwrap(), text)
+        };
+        let (r, text) = ours("start");
+        assert_eq!(r.event, crate::nat_table::alloc_log::Event::Start);
+        let age = before.duration_since(r.time).as_secs_f64();
+        assert!((4.5..6.0).contains(&age), "{text}");
+        // Its end, emitted through the hub, is written before `finish` returns, with
+        // the duration from the creation time.
+        events::emit(MappingEvent::new(
+            MappingEventKind::Expire as u8,
+            &key,
+            &m,
+            monotonic_ns(),
+        ));
+        log.finish().await;
+        let (end, text) = ours("end");
+        let d = end.duration.expect("a duration").as_secs_f64();
+        assert!((4.5..6.0).contains(&d), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -252,6 +252,9 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         Ok(()) => "stopping; the data path keeps translating",
         Err(_) => "stopping on an error; the data path keeps translating",
     });
+    if let Some(log) = daemon.services.alloc_log.take() {
+        log.finish().await;
+    }
     daemon.stop();
     outcome
 }
