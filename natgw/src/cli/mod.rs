@@ -148,6 +148,8 @@ Flags override the configuration file, which overrides the defaults. Example fil
     gc_interval = 1
     unsolicited_syn = \"icmp\"       # icmp | drop
     no_mapping_icmp = \"admin-prohibited\"  # admin-prohibited | host-unreachable
+    log_allocations = \"file:/var/log/natgw/allocations.log\"  # or json:/PATH, syslog;
+                                    # off by default; restart-only
 
     [timeouts]
     udp = 300
