@@ -61,9 +61,9 @@ pub const fn pool_index(int_addr_be: u32, count: u8) -> u32 {
 pub const CONFIG_F_READY: u32 = 1 << 0;
 /// Inbound packets refresh a mapping's idle timer (RFC 4787 REQ-6a, optional).
 pub const CONFIG_F_INBOUND_REFRESH: u32 = 1 << 1;
-/// Someone watches mapping events (`natgw monitor`): the data path writes a record
-/// of each mapping it creates into `MAPPING_EVENTS`. Off, creating a mapping costs
-/// nothing more than this test.
+/// Someone watches mapping events (`natgw monitor`, the allocation log): the data
+/// path writes a record of each mapping it creates into `MAPPING_EVENTS`. Off,
+/// creating a mapping costs nothing more than this test.
 pub const CONFIG_F_MAPPING_EVENTS: u32 = 1 << 2;
 
 impl Config {

@@ -470,6 +470,83 @@ pub struct MetricsSettings {
     pub allow_wan: bool,
 }
 
+/// Where `natgw run --log-allocations` (`log_allocations` in the file) writes the
+/// allocation log for abuse handling; see docs/operations.md#abuse-handling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllocLogTarget {
+    /// `file:PATH`: text lines appended to PATH (reopened on SIGHUP).
+    File(PathBuf),
+    /// `json:PATH`: JSON lines appended to PATH (reopened on SIGHUP).
+    Json(PathBuf),
+    /// `syslog` (the local socket /dev/log) or `syslog:SOCKET` (another unix
+    /// datagram socket): one RFC 3164 message per record, facility daemon.
+    Syslog(PathBuf),
+}
+
+/// The local syslog socket.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+impl AllocLogTarget {
+    /// The file `natgw who` can read: `file:` and `json:` targets.
+    #[must_use]
+    pub fn readable_file(&self) -> Option<&Path> {
+        match self {
+            Self::File(p) | Self::Json(p) => Some(p),
+            Self::Syslog(_) => None,
+        }
+    }
+}
+
+impl FromStr for AllocLogTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let path = |p: &str| {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "`{s}`: the path must be absolute (e.g. file:/var/log/natgw/allocations.log)"
+                ))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "syslog" => Ok(Self::Syslog(PathBuf::from(SYSLOG_SOCKET))),
+            Some(("file", p)) => path(p).map(Self::File),
+            Some(("json", p)) => path(p).map(Self::Json),
+            Some(("syslog", p)) => path(p).map(Self::Syslog),
+            _ => Err(format!(
+                "`{s}` is not an allocation log target: file:/PATH, json:/PATH, syslog or \
+                 syslog:/SOCKET"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for AllocLogTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Json(p) => write!(f, "json:{}", p.display()),
+            Self::Syslog(p) if p == Path::new(SYSLOG_SOCKET) => f.write_str("syslog"),
+            Self::Syslog(p) => write!(f, "syslog:{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for AllocLogTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AllocLogTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
 /// The `[metrics]` table as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -723,6 +800,8 @@ pub struct FileConfig {
     pub upnp: Option<FileUpnp>,
     /// `[metrics]` table.
     pub metrics: Option<FileMetrics>,
+    /// `log_allocations`: the allocation log target.
+    pub log_allocations: Option<AllocLogTarget>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -814,6 +893,8 @@ pub struct Overrides {
     pub metrics: Option<std::net::SocketAddrV4>,
     /// `--metrics-allow-wan` (can only allow).
     pub metrics_allow_wan: bool,
+    /// `--log-allocations`.
+    pub log_allocations: Option<AllocLogTarget>,
 }
 
 /// Validated settings of a running gateway.
@@ -867,6 +948,9 @@ pub struct Settings {
     /// Static port forwards.
     #[serde(default)]
     pub forwards: Vec<Forward>,
+    /// The allocation log for abuse handling; `None`: none (default).
+    #[serde(default)]
+    pub log_allocations: Option<AllocLogTarget>,
 }
 
 /// Why the configuration cannot be used.
@@ -1249,6 +1333,10 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                 .unwrap_or_default(),
         },
         forwards: file.forward.clone().unwrap_or_default(),
+        log_allocations: flags
+            .log_allocations
+            .clone()
+            .or_else(|| file.log_allocations.clone()),
         stun: {
             let f = file.stun.as_ref();
             let defaults = StunSettings::default();
@@ -1750,6 +1838,60 @@ mod tests {
         );
         let err = parse("[upnp]\nbogus = 1\n").unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn allocation_log_targets_parse_and_the_flag_wins_over_the_file() {
+        for (text, target) in [
+            (
+                "file:/var/log/natgw/a.log",
+                AllocLogTarget::File("/var/log/natgw/a.log".into()),
+            ),
+            (
+                "json:/tmp/a.jsonl",
+                AllocLogTarget::Json("/tmp/a.jsonl".into()),
+            ),
+            ("syslog", AllocLogTarget::Syslog(SYSLOG_SOCKET.into())),
+            (
+                "syslog:/run/x.sock",
+                AllocLogTarget::Syslog("/run/x.sock".into()),
+            ),
+        ] {
+            assert_eq!(text.parse::<AllocLogTarget>(), Ok(target.clone()));
+            assert_eq!(target.to_string(), text);
+        }
+        for bad in [
+            "",
+            "file:",
+            "file:a.log",
+            "/var/log/a.log",
+            "syslog:",
+            "udp:1.2.3.4",
+        ] {
+            assert!(bad.parse::<AllocLogTarget>().is_err(), "{bad}");
+        }
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let (s, _) = resolve(&parse(base).unwrap(), &Overrides::default()).unwrap();
+        assert_eq!(s.log_allocations, None, "off by default");
+        let f = parse(&format!("{base}log_allocations = \"json:/tmp/a.jsonl\"\n")).unwrap();
+        let (s, _) = resolve(&f, &Overrides::default()).unwrap();
+        assert_eq!(
+            s.log_allocations,
+            Some(AllocLogTarget::Json("/tmp/a.jsonl".into()))
+        );
+        let flags = Overrides {
+            log_allocations: Some(AllocLogTarget::Syslog(SYSLOG_SOCKET.into())),
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&f, &flags).unwrap();
+        assert_eq!(s.log_allocations, flags.log_allocations);
+        let err = parse(&format!("{base}log_allocations = \"a.log\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("file:/PATH"),
+            "{err}"
+        );
     }
 
     #[test]

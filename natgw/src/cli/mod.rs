@@ -16,6 +16,7 @@ pub mod pcp;
 pub mod punch;
 pub mod status;
 pub mod stun;
+pub mod who;
 
 use std::process::ExitCode;
 
@@ -105,7 +106,24 @@ pub enum Command {
     /// root: every problem is printed as FILE:LINE: KEY: message; exit status 1 if
     /// `natgw run` would refuse the file. Interfaces missing here are warnings.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Which internal host held an external address and port at a time (default:
+    /// now), from the allocation log of `natgw run --log-allocations` (a file or
+    /// JSON-lines target) and, for now, the running natgw's table: for abuse
+    /// reports (RFC 6888 REQ-12). A syslog target must be searched with the syslog
+    /// tools.
+    #[command(after_help = WHO_AFTER_HELP)]
+    Who(who::WhoArgs),
 }
+
+const WHO_AFTER_HELP: &str = "\
+A hold counts from its start record to its end record, both included; a start without
+an end holds until the next holder's start, or is open-ended. Answers flagged
+\"records were lost\" span a `lost` record: the log has a gap there.
+Examples:
+    natgw who 192.0.2.1:40000 --at 2026-12-04T18:20:01Z
+    natgw who 192.0.2.1:40000 --proto tcp --at 1796408401 --log /var/log/natgw/allocations.log.1 \\
+        --log /var/log/natgw/allocations.log
+Exit status 0 whether or not somebody held it; 1 on an error (bad input, no log).";
 
 const MONITOR_AFTER_HELP: &str = "\
 Lines:
@@ -130,6 +148,8 @@ Flags override the configuration file, which overrides the defaults. Example fil
     gc_interval = 1
     unsolicited_syn = \"icmp\"       # icmp | drop
     no_mapping_icmp = \"admin-prohibited\"  # admin-prohibited | host-unreachable
+    log_allocations = \"file:/var/log/natgw/allocations.log\"  # or json:/PATH, syslog;
+                                    # off by default; restart-only
 
     [timeouts]
     udp = 300
@@ -350,6 +370,15 @@ pub struct RunArgs {
     /// loopback (the WAN's, 0.0.0.0): the counters become readable from outside.
     #[arg(long)]
     pub metrics_allow_wan: bool,
+
+    /// Log every mapping's start and end for abuse handling (RFC 6888 REQ-12): time,
+    /// protocol, internal endpoint, external address and port range, never a
+    /// destination. TARGET is `file:/PATH` (text lines), `json:/PATH` (JSON lines),
+    /// `syslog` (/dev/log) or `syslog:/SOCKET`; files are appended to and reopened
+    /// on SIGHUP (for logrotate). `natgw who` reads the files [default:
+    /// `log_allocations` in the file, or no log].
+    #[arg(long, value_name = "TARGET")]
+    pub log_allocations: Option<crate::config::AllocLogTarget>,
 }
 
 impl RunArgs {
@@ -386,6 +415,7 @@ impl RunArgs {
             no_upnp: self.no_upnp,
             metrics: self.metrics,
             metrics_allow_wan: self.metrics_allow_wan,
+            log_allocations: self.log_allocations.clone(),
         }
     }
 }
@@ -628,6 +658,7 @@ pub fn main() -> ExitCode {
             Command::Punch(args) => punch::punch(args).await,
             Command::Rendezvous(args) => punch::rendezvous(args).await,
             Command::CheckConfig(args) => check_config::run(args),
+            Command::Who(args) => who::run(args),
         }
     });
     match result {

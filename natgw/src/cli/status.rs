@@ -16,7 +16,7 @@ use crate::nat_table::explicit::ExplicitEntry;
 use crate::nat_table::gc::Policy;
 
 /// The running gateway's state file and maps.
-fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {
+pub(crate) fn open() -> Result<(RuntimeDirs, StateFile, GatewayMaps)> {
     let dirs = RuntimeDirs::for_current_netns()?;
     let state: StateFile = dirs.read_state()?;
     if !system::process_alive_in_netns(state.pid, dirs.netns_inode) {

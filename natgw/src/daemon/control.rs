@@ -197,7 +197,7 @@ async fn monitor<R: tokio::io::AsyncBufRead + Unpin>(
     orders: &mpsc::Sender<Order>,
     counters: &Counters,
 ) -> std::io::Result<()> {
-    let receiver = (events::subscribers() < MAX_MONITORS)
+    let receiver = (events::monitors() < MAX_MONITORS)
         .then(events::subscribe)
         .flatten();
     let Some(mut receiver) = receiver else {
@@ -264,10 +264,19 @@ pub fn spawn_ring_reader(mut ring: RingBuf<MapData>) -> JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            while let Some(item) = ring.next() {
+            let mut drained = 0usize;
+            loop {
+                let Some(item) = ring.next() else { break };
                 match events::decode(&item) {
                     Some(e) => events::emit(e),
                     None => log::debug!("mapping_events.short len={}", item.len()),
+                }
+                drop(item);
+                drained += 1;
+                // A full ring holds 8192 records, the hub 1024: let the subscribers
+                // (the allocation log) take theirs before more come.
+                if drained % (events::QUEUE / 2) == 0 {
+                    tokio::task::yield_now().await;
                 }
             }
         }

@@ -38,7 +38,9 @@ use crate::datapath::deploy::{lans_forwarding_off, restore_sysctls, DataPath, If
 use crate::datapath::dirs::{InstanceLock, RuntimeDirs};
 use crate::datapath::layout::{self, Layout, LayoutRecord};
 use crate::datapath::loader;
-use crate::datapath::maps::{take_mapping_events, CounterMap, FragmentMaps, HostRules, MapSource};
+use crate::datapath::maps::{
+    take_mapping_events, CounterMap, FragmentMaps, HostRules, MapSource, NatTables as _,
+};
 use crate::datapath::netlink::Rtnl;
 use crate::datapath::system;
 use crate::datapath::topology::Topology;
@@ -46,6 +48,7 @@ use crate::nat_table::events::{flush_traffic, MappingFilter};
 use crate::nat_table::gc::{self, held_syns, Policy, Sweeper};
 use crate::services::Shutdown;
 
+pub mod alloc_log;
 pub mod control;
 pub mod episodes;
 pub mod fragments;
@@ -195,6 +198,8 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         metrics: None,
         tasks: log_task.into_iter().collect(),
         control: Arc::default(),
+        alloc_log: None,
+        event_lost_seen: None,
     };
     let mut datapath = match DataPath::new(ebpf, adopt) {
         Ok(dp) => dp,
@@ -247,6 +252,9 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         Ok(()) => "stopping; the data path keeps translating",
         Err(_) => "stopping on an error; the data path keeps translating",
     });
+    if let Some(log) = daemon.services.alloc_log.take() {
+        log.finish().await;
+    }
     daemon.stop();
     outcome
 }
@@ -461,6 +469,10 @@ struct Services {
     tasks: Vec<JoinHandle<()>>,
     /// Counters of the control socket.
     control: Arc<control::Counters>,
+    /// The allocation log (`--log-allocations`), when configured.
+    alloc_log: Option<alloc_log::AllocLog>,
+    /// The data path's `event_lost` counter as last read (for the allocation log).
+    event_lost_seen: Option<u64>,
 }
 
 impl Services {
@@ -475,6 +487,9 @@ impl Services {
             metrics.stop();
         }
         self.port_mapping.stop();
+        if let Some(log) = self.alloc_log.take() {
+            log.stop();
+        }
     }
 }
 
@@ -548,6 +563,21 @@ impl Daemon {
             orders,
             Arc::clone(&self.services.control),
         )?);
+        if let Some(target) = &self.settings.log_allocations {
+            // A subscriber of the mapping events before the data path is enabled:
+            // CONFIG_F_MAPPING_EVENTS stays set while natgw runs.
+            let existing = dp
+                .maps()
+                .nat
+                .fwd_entries()
+                .context("reading NAT_FWD for the allocation log")?;
+            self.services.alloc_log = Some(alloc_log::AllocLog::start(target, &existing)?);
+            self.services.event_lost_seen = dp.maps().counters().ok().and_then(|c| {
+                c.iter()
+                    .find(|(c, _)| *c == natgw_common::Counter::EventLost)
+                    .map(|(_, v)| *v)
+            });
+        }
         let stash = FragmentMaps::take(dp.ebpf_mut())?;
         self.services.tasks.push(fragments::spawn(
             stash,
@@ -860,6 +890,9 @@ impl Daemon {
                     let interval = self.settings.gc_interval;
                     notify::reloading();
                     self.reload(&mut sweeper);
+                    if let Some(log) = &self.services.alloc_log {
+                        log.reopen();
+                    }
                     // A failed reload keeps the running configuration: ready either way.
                     notify::ready(&self.status_line());
                     if self.settings.gc_interval != interval {
@@ -873,6 +906,7 @@ impl Daemon {
                     self.expire_explicit();
                     self.report_counters();
                     self.log_drop_episodes();
+                    self.count_lost_mapping_events();
                 }
                 wake = self.services.port_mapping.wake() => self.on_port_mapping(wake).await,
                 Some(order) = next_order(&mut self.orders) => self.on_order(order),
@@ -1062,6 +1096,28 @@ impl Daemon {
             self.refresh_state_file();
             self.report.counters = now;
         }
+    }
+
+    /// Tells the allocation log how many mapping events the data path could not
+    /// report since the last look (its `event_lost` counter).
+    fn count_lost_mapping_events(&mut self) {
+        let Some(log) = &self.services.alloc_log else {
+            return;
+        };
+        let Ok(counters) = self.datapath.maps().counters() else {
+            return;
+        };
+        let Some(now) = counters
+            .iter()
+            .find(|(c, _)| *c == natgw_common::Counter::EventLost)
+            .map(|(_, v)| *v)
+        else {
+            return;
+        };
+        if let Some(seen) = self.services.event_lost_seen {
+            log.lost(now.saturating_sub(seen));
+        }
+        self.services.event_lost_seen = Some(now);
     }
 
     /// Logs the start and end of episodes of data-path drops worth attention (see
@@ -1435,6 +1491,7 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(upnp.enabled, "upnp.enabled");
     keep!(upnp.http_port, "upnp.http_port");
     keep!(metrics, "metrics");
+    keep!(log_allocations, "log_allocations");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
     kept

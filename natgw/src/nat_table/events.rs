@@ -46,6 +46,24 @@ pub fn subscribers() -> usize {
     HUB.get().map_or(0, broadcast::Sender::receiver_count)
 }
 
+/// Subscribers that are part of the daemon (the allocation log), not monitors.
+static INTERNAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A subscriber that is part of the daemon: it does not count as a `natgw monitor`
+/// client ([`monitors`]). `None` without a hub.
+#[must_use]
+pub fn subscribe_internal() -> Option<broadcast::Receiver<MappingEvent>> {
+    let r = subscribe()?;
+    INTERNAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(r)
+}
+
+/// How many `natgw monitor` clients the hub has.
+#[must_use]
+pub fn monitors() -> usize {
+    subscribers().saturating_sub(INTERNAL.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Passes an event to every subscriber (none: it is dropped).
 pub fn emit(event: MappingEvent) {
     if let Some(hub) = HUB.get() {

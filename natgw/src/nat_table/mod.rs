@@ -4,6 +4,7 @@
 //! the garbage collector takes on its way, and the events `natgw monitor` shows and
 //! the filter of `natgw mappings` and `natgw flush` ([`events`]).
 
+pub mod alloc_log;
 pub mod census;
 pub mod events;
 pub mod explicit;
