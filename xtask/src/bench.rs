@@ -149,8 +149,9 @@ pub const METHOD: &str = "\
 - **Receiver**: `xdp_count_drop` on `brcv0` counts into a per-CPU array and drops; its
   NAPI thread is pinned to CPU 0. Packets per second are its count over the window.
 - **Interleaving**: a repetition runs every mode once (natgw, nft, nft flowtable,
-  plain, XDP forwarder, ceiling) in an order rotated per repetition; every mode run measures the three UDP workloads one
-  window each, then one SYN burst. Median and [min–max] over repetitions.
+  plain, XDP forwarder, ceiling) in an order rotated per repetition; every mode run
+  measures the three UDP workloads one window each, then (natgw, nft, plain) one SYN
+  burst. Median and [min–max] over repetitions.
 - **Flows**: 1, 1,000 and 100,000 distinct 5-tuples; at most 32,768 distinct internal
   endpoints (500 source ports per source address), beyond that the destination port
   varies. natgw keeps one endpoint-independent mapping per internal endpoint, and one

@@ -703,24 +703,43 @@ fn flood_window(
     })
 }
 
-/// Makes every flow of workload `index` established for the flowtable: one warm-up of
-/// the workload (conntrack entries), then a reply for each from the receiver. Returns
-/// how many entries stayed unreplied.
+/// Rounds of the workload at most until conntrack has an entry for every flow.
+const PRIME_ROUNDS: usize = 5;
+
+/// Makes every flow of workload `index` established for the flowtable: the workload
+/// runs (a warm-up, at least a second, repeated up to [`PRIME_ROUNDS`] times) until
+/// conntrack has an entry per flow, then the receiver replies to each. Returns how
+/// many entries stayed unreplied.
 fn prime_flowtable(rig: &mut Rig<'_>, index: usize, gw: &Gateway, plan: &Plan) -> Result<usize> {
     let net = &gw.net;
+    let flows = WORKLOADS[index].flows;
     let frame = template(L4::Udp);
-    rig.tools
-        .configure_gen(&frame, WORKLOADS[index].spec(), 0, 0)?;
-    let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| -> Result<()> {
-        let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
-        let slept = signals::sleep(plan.warmup);
-        let stopped = gen.stop();
-        slept?;
-        stopped
-    })?;
-    flowtable::prime(net)
+    let mut seen = 0;
+    for _ in 0..PRIME_ROUNDS {
+        signals::check()?;
+        rig.tools
+            .configure_gen(&frame, WORKLOADS[index].spec(), 0, 0)?;
+        let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<()> {
+            let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
+            let slept = signals::sleep(plan.warmup.max(Duration::from_secs(1)));
+            let stopped = gen.stop();
+            slept?;
+            stopped
+        })?;
+        seen = flowtable::entries(&net.gw)?
+            .iter()
+            .filter(|e| *e.reply_src.ip() == net::RCV_ADDR)
+            .count();
+        if seen >= flows as usize {
+            return flowtable::prime(net);
+        }
+    }
+    bail!(
+        "after {PRIME_ROUNDS} rounds of the workload conntrack has entries for {seen} of its \
+         {flows} flows"
+    )
 }
 
 /// Floods with the first workload and profiles the gateway's NAPI thread `tid` for a
