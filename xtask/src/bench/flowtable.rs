@@ -81,6 +81,38 @@ pub fn install(bench: &Bench) -> Result<()> {
         .context("adding the receiver's neighbour entry for the gateway")
 }
 
+/// `Some(why)` when this kernel cannot run the mode: the bench's topology is built
+/// once and the ruleset loaded; a kernel without flowtables (`CONFIG_NF_FLOW_TABLE`
+/// unset, and no module to load) refuses it.
+pub fn unsupported() -> Result<Option<String>> {
+    let bench = Bench::create()?;
+    let Err(e) = super::throughput::nft_apply(&bench.gw, &ruleset()) else {
+        return Ok(None);
+    };
+    let first = format!("{e:#}")
+        .lines()
+        .find(|l| l.contains("Error"))
+        .map_or_else(|| format!("{e:#}"), |l| l.trim().to_owned());
+    let config =
+        kernel_config_says().map_or_else(String::new, |c| format!("; /proc/config.gz: {c}"));
+    Ok(Some(format!(
+        "the kernel refuses a flowtable (nft: {first}){config}"
+    )))
+}
+
+/// What the running kernel's configuration says about flowtables, if it is readable.
+fn kernel_config_says() -> Option<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open("/proc/config.gz").ok()?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .ok()?;
+    text.lines()
+        .find(|l| l.contains("CONFIG_NF_FLOW_TABLE") && !l.contains("_INET") && !l.contains("_IPV"))
+        .map(|l| l.trim_start_matches("# ").to_owned())
+}
+
 /// A conntrack entry's two tuples (UDP or TCP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {

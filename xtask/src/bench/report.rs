@@ -461,6 +461,9 @@ pub fn packets_text(m: &Machine, p: &Plan, r: &Results) -> String {
             ratio(n, x)
         );
     }
+    for (mode, why) in &r.unavailable {
+        let _ = writeln!(o, "  {} could not run here: {why}", mode.label());
+    }
     let checks: Vec<_> = r.pps.iter().filter_map(|(_, _, s)| s.flowtable).collect();
     if !checks.is_empty() {
         let slow: u64 = checks.iter().map(|c| c.slow_path_packets).sum();
@@ -593,10 +596,16 @@ pub fn packets_json(m: &Machine, p: &Plan, r: &Results) -> Value {
             )
         })
         .collect();
+    let unavailable: serde_json::Map<String, Value> = r
+        .unavailable
+        .iter()
+        .map(|(mode, why)| (mode.key().to_owned(), json!(why)))
+        .collect();
     json!({
         "ratios": ratios_json(r),
         "ratio_basis": ratio_basis_json(),
         "targets": targets_json(r),
+        "unavailable": unavailable,
         "machine": m,
         "plan": {
             "reps": p.reps,
@@ -747,6 +756,7 @@ pub fn targets_json(r: &Results) -> Value {
                     "at_least": t.at_least,
                     "measured": measured,
                     "met": measured.map(|m| m >= t.at_least),
+                    "not_measured_because": r.unavailable(t.peer),
                 })
             })
             .collect(),
@@ -769,11 +779,15 @@ pub fn ratios_text(r: &Results) -> String {
         o,
         "Ratios: natgw's median packets/s over the peer's (64-byte UDP, 1k flows, LAN → WAN)"
     );
-    for (key, value) in ratios(r) {
+    for ((key, value), (_, peer)) in ratios(r).into_iter().zip(RATIOS) {
+        let missing = || match r.unavailable(peer) {
+            Some(why) => format!("— ({} could not run: {why})", peer.label()),
+            None => "— (not run)".to_owned(),
+        };
         let _ = writeln!(
             o,
             "  {key:<22} {}",
-            value.map_or_else(|| "— (not run)".to_owned(), |v| format!("{v:.2}×"))
+            value.map_or_else(missing, |v| format!("{v:.2}×"))
         );
     }
     for t in TARGETS {
@@ -783,6 +797,9 @@ pub fn ratios_text(r: &Results) -> String {
                 "measured {m:.2}×  MISS ({:.0}% short)",
                 (1.0 - m / t.at_least) * 100.0
             ),
+            None if r.unavailable(t.peer).is_some() => {
+                format!("not measured ({} could not run here)", t.peer.label())
+            }
             None => "not measured".to_owned(),
         };
         let _ = writeln!(o, "  target: {} >= {:.1}×: {line}", t.what, t.at_least);
@@ -1092,6 +1109,38 @@ mod tests {
         );
         assert!(text.contains("nft flowtable"), "{text}");
         assert!(text.contains("XDP forwarder"), "{text}");
+        let mut r = packet_results();
+        r.pps.retain(|(m, _, _)| *m != Mode::NftFlowtable);
+        r.unavailable.push((
+            Mode::NftFlowtable,
+            "no flowtables in this kernel".to_owned(),
+        ));
+        let text = packets_text(&test_machine(), &test_plan(), &r);
+        assert!(
+            text.contains(
+                "  natgw/nft-flowtable    — (nft flowtable could not run: no flowtables in this \
+                 kernel)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(">= 2.0×: not measured (nft flowtable could not run here)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  nft flowtable could not run here: no flowtables in this kernel"),
+            "{text}"
+        );
+        let j = packets_json(&test_machine(), &test_plan(), &r);
+        assert!(j["ratios"]["natgw/nft-flowtable"].is_null());
+        assert_eq!(
+            j["unavailable"]["nft-flowtable"],
+            "no flowtables in this kernel"
+        );
+        assert_eq!(
+            j["targets"][1]["not_measured_because"],
+            "no flowtables in this kernel"
+        );
         let empty = ratios_text(&Results::default());
         assert!(
             empty.contains("natgw/xdp-forward      — (not run)"),

@@ -274,6 +274,8 @@ pub struct Results {
     pub profiles: Vec<(Mode, Vec<profile::Entry>)>,
     /// Why there is no profile, if there is none.
     pub profile_note: Option<String>,
+    /// Modes that could not run on this machine, and why.
+    pub unavailable: Vec<(Mode, String)>,
 }
 
 impl Results {
@@ -284,6 +286,14 @@ impl Results {
             .filter(|(m, w, _)| *m == mode && *w == workload)
             .map(|(_, _, s)| s)
             .collect()
+    }
+
+    /// Why `mode` could not run here, if it could not.
+    pub fn unavailable(&self, mode: Mode) -> Option<&str> {
+        self.unavailable
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, why)| why.as_str())
     }
 
     /// The SYN bursts of `mode`.
@@ -323,7 +333,15 @@ fn template(l4: L4) -> [u8; frames::FRAME_LEN] {
 
 /// Runs every repetition of every mode.
 pub fn run(rig: &mut Rig<'_>, plan: &Plan, results: &mut Results) -> Result<()> {
-    let modes = Mode::ALL;
+    let mut modes = Mode::ALL.to_vec();
+    if let Some(reason) = flowtable::unsupported()? {
+        eprintln!(
+            "xtask bench: warning: the {} mode cannot run here: {reason}",
+            Mode::NftFlowtable.key()
+        );
+        modes.retain(|&m| m != Mode::NftFlowtable);
+        results.unavailable.push((Mode::NftFlowtable, reason));
+    }
     let perf = profile::available();
     if !perf {
         results.profile_note =
