@@ -89,14 +89,19 @@ pub fn unsupported() -> Result<Option<String>> {
     let Err(e) = super::throughput::nft_apply(&bench.gw, &ruleset()) else {
         return Ok(None);
     };
-    let first = format!("{e:#}")
+    let text = format!("{e:#}");
+    let first = text
         .lines()
-        .find(|l| l.contains("Error"))
-        .map_or_else(|| format!("{e:#}"), |l| l.trim().to_owned());
+        .find(|l| l.contains("Error:"))
+        .map_or(text.as_str(), |l| {
+            l.split_once("Error:").map_or(l, |(_, m)| m)
+        })
+        .trim()
+        .to_owned();
     let config =
         kernel_config_says().map_or_else(String::new, |c| format!("; /proc/config.gz: {c}"));
     Ok(Some(format!(
-        "the kernel refuses a flowtable (nft: {first}){config}"
+        "the kernel refuses a flowtable (nft -f: {first}){config}"
     )))
 }
 

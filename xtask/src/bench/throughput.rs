@@ -538,6 +538,7 @@ pub fn nft_apply(gw: &Netns, ruleset: &str) -> Result<()> {
         .command("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting nft (install the nftables package)")?;
     child
@@ -545,9 +546,13 @@ pub fn nft_apply(gw: &Netns, ruleset: &str) -> Result<()> {
         .take()
         .context("nft's stdin")?
         .write_all(ruleset.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("nft -f - failed ({status}) for:\n{ruleset}");
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft -f - failed ({}): {}\nfor:\n{ruleset}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
