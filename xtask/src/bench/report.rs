@@ -707,6 +707,20 @@ pub fn natgw_over(r: &Results, peer: Mode, workload: &str) -> Option<f64> {
     )
 }
 
+/// Below this share of one CPU, the peer's gateway thread was not the limit of its
+/// run (it waited for frames): the peer's rate is then a floor of what it can do, and
+/// natgw's ratio to it a ceiling.
+pub const SATURATED_PCT: f64 = 90.0;
+
+/// The gateway thread's CPU (% of one CPU) in `mode`'s median run of `workload`.
+#[must_use]
+pub fn gateway_busy(r: &Results, mode: Mode, workload: &str) -> Option<f64> {
+    let samples = r.pps_of(mode, workload);
+    median_sample(&samples, |s: &PpsSample| s.pps)?
+        .cpu
+        .task("gateway")
+}
+
 /// The [`RATIOS`] with their values (`None`: a mode did not run).
 #[must_use]
 pub fn ratios(r: &Results) -> Vec<(&'static str, Option<f64>)> {
@@ -757,6 +771,9 @@ pub fn targets_json(r: &Results) -> Value {
                     "measured": measured,
                     "met": measured.map(|m| m >= t.at_least),
                     "not_measured_because": r.unavailable(t.peer),
+                    "peer_gateway_cpu_pct": gateway_busy(r, t.peer, t.workload),
+                    "peer_saturated": gateway_busy(r, t.peer, t.workload)
+                        .map(|b| b >= SATURATED_PCT),
                 })
             })
             .collect(),
@@ -784,9 +801,18 @@ pub fn ratios_text(r: &Results) -> String {
             Some(why) => format!("— ({} could not run: {why})", peer.label()),
             None => "— (not run)".to_owned(),
         };
+        let busy = gateway_busy(r, peer, RATIO_WORKLOAD)
+            .filter(|&b| value.is_some() && b < SATURATED_PCT)
+            .map_or_else(String::new, |b| {
+                format!(
+                    "  (the {}'s gateway thread was at {b:.0}%, not the limit: the \
+                     generator's side was; the ratio is an upper bound)",
+                    peer.label()
+                )
+            });
         let _ = writeln!(
             o,
-            "  {key:<22} {}",
+            "  {key:<22} {}{busy}",
             value.map_or_else(missing, |v| format!("{v:.2}×"))
         );
     }
@@ -1147,6 +1173,28 @@ mod tests {
             "{empty}"
         );
         assert!(empty.contains(">= 2.0×: not measured"), "{empty}");
+    }
+
+    #[test]
+    fn a_peer_that_was_not_the_limit_is_flagged() {
+        let mut r = packet_results();
+        for (m, _, s) in &mut r.pps {
+            let busy = if *m == Mode::XdpForward { 83.0 } else { 97.0 };
+            s.cpu.tasks.push(("gateway".to_owned(), busy));
+        }
+        let text = ratios_text(&r);
+        assert!(
+            text.contains(
+                "  natgw/xdp-forward      0.50×  (the XDP forwarder's gateway thread was at \
+                 83%, not the limit: the generator's side was; the ratio is an upper bound)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  natgw/nft-masquerade   4.00×\n"), "{text}");
+        let j = targets_json(&r);
+        assert_eq!(j[0]["peer_gateway_cpu_pct"], 83.0);
+        assert_eq!(j[0]["peer_saturated"], false);
+        assert_eq!(j[2]["peer_saturated"], true);
     }
 
     #[test]
