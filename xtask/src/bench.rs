@@ -97,6 +97,30 @@ pub const NOTES: &str = "\
   (`nf_conntrack_in`, `nf_nat_ipv4_out`, `nf_hook_slow`); `__napi_schedule` is high in
   both kernel modes because `veth_xmit` schedules the receiver's NAPI for every socket
   buffer, where natgw's redirects do it once per bulk.
+- **The strongest peers (issue #18, 2026-12-04).** Two runs of
+  `cargo xtask bench --packets-only` (5 repetitions each, the machine 50% and 77% busy
+  with other work before they started): the bare XDP forwarder (`xdp_fwd`) forwarded
+  1.46 / 1.32 M pps at 1k flows (medians; 0.85–1.62 M over all its windows), natgw
+  1.27 / 0.85 M; natgw/xdp-forward 0.87× / 0.65× at 1k flows (0.6–1.0× over the
+  workloads), natgw/nft-masquerade 4.0× / 3.7× (3.3× / 2.9× at 100k flows). The runs
+  differ more than the target's margin, so neither says whether natgw meets 0.8×.
+  The forwarder's gateway thread was at 83–87% of its CPU, with `finish_task_switch`
+  in its profile: it waited for frames. CPU 0, shared by the generator and the
+  receiver's NAPI thread, was 100% busy in every mode, so for the forwarder the
+  generator's side was the limit: its figure is a floor of what it can do on these
+  veths and natgw/xdp-forward a ceiling of the ratio (the bench says so next to the
+  ratio when the peer's gateway thread is below 90%). Measuring the real ceiling
+  needs a generator that outruns it (a third CPU). In the forwarder's profile the
+  veth receive path and the redirect take ~40%, the FIB lookup ~15%, the program
+  itself ~15%; natgw pays the same FIB lookup and redirect, so what separates them is
+  natgw's map lookups, timestamps and rewrite.
+- **No flowtable on this machine.** The kernel (6.18.44-fc) is built without
+  `CONFIG_NF_FLOW_TABLE` and cannot load modules, so `nft` refuses the flowtable
+  (\"Could not process rule: No such file or directory\"). The bench probes for it
+  once, reports the nft-flowtable mode as unavailable (`null` ratio, the reason in
+  the text and under `unavailable` in `--json`) and runs the other modes. The mode's
+  priming (a reply for every conntrack entry) and its offload check (`[OFFLOAD]`
+  entries, the forward chain's counter) have not run on this machine yet.
 ";
 
 /// How the bench measures, for docs/benchmarks.md.

@@ -631,15 +631,15 @@ pub fn packets_markdown(m: &Machine, p: &Plan, r: &Results) -> String {
          Run: {date}. Command:\n\n\
          ```sh\n{cmd}\n```\n\n\
          ```text\n{text}```\n\n\
-         The modes: *natgw (XDP)* is natgw's `xdp_lan` translating and redirecting; *nft \
-         masquerade* is conntrack and `masquerade` on the kernel's forwarding path; *nft \
-         flowtable* adds a flowtable (`flow add @ft` in the forward chain), the kernel's \
-         software fast path, with every flow established by replies from the receiver \
-         before its window and offload verified after it; *plain forwarding* is the \
-         kernel's forwarding without NAT; the *XDP forwarder* (`xdp_fwd`) does the FIB \
-         lookup, the TTL decrement, the MAC rewrite and the redirect and nothing else: no \
-         NAT, no state, the ceiling for natgw on these veths. How the bench measures is \
-         described under \"How it measures\" above.\n",
+         The modes: *natgw (XDP)* is natgw's `xdp_lan` translating and redirecting; *nft\n\
+         masquerade* is conntrack and `masquerade` on the kernel's forwarding path; *nft\n\
+         flowtable* adds a flowtable (`flow add @ft` in the forward chain), the kernel's\n\
+         software fast path, with every flow established by replies from the receiver before\n\
+         its window and offload verified after it; *plain forwarding* is the kernel's\n\
+         forwarding without NAT; the *XDP forwarder* (`xdp_fwd`) does the FIB lookup, the TTL\n\
+         decrement, the MAC rewrite and the redirect and nothing else: no NAT, no state, the\n\
+         ceiling for natgw on these veths. How the bench measures is described under \"How it\n\
+         measures\" above.\n",
         date = m.date,
         cmd = m.command,
         text = packets_text(m, p, r),
