@@ -18,15 +18,30 @@
 //!   the receiver (`BENCH_RX_TOTAL`), so it must run in the same object instance as
 //!   the receiver.
 //!
+//! - [`forward`] (`xdp_fwd`): the bare XDP forwarder, the ceiling of the
+//!   `xdp-forward` mode: `bpf_fib_lookup` for the destination, the router's TTL
+//!   decrement (with its incremental checksum update), both MAC addresses from the FIB
+//!   result and `bpf_redirect` to the egress interface. No NAT, no state, no
+//!   validation beyond what a forwarder needs; anything it cannot forward (not IPv4,
+//!   IP options, TTL ≤ 1, no resolved route) goes to the kernel with `XDP_PASS`.
+//!
 //! The bench writes the generator's configuration into `BENCH_GEN_CFG` and reads
 //! `BENCH_RX` by the slot numbers of `natgw_common::bench`.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
+    bindings::{
+        bpf_fib_lookup as FibParams,
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_fib_lookup, bpf_redirect},
+    },
     macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
+    EbpfContext as _,
 };
 use natgw_common::{
     bench::{
@@ -206,4 +221,78 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     // writable in XDP.
     unsafe { frame.write_unaligned(bytes) };
     XDP_TX
+}
+
+/// `AF_INET`, the FIB lookup's family.
+const AF_INET: u8 = 2;
+
+/// `xdp_fwd`: forward an IPv4 frame as a router would, nothing more.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN + IPV4_MIN_HLEN > end {
+        return XDP_PASS;
+    }
+    // SAFETY: the Ethernet header lies inside the frame (checked above).
+    let ethertype = unsafe { *((start + ETH_TYPE) as *const [u8; 2]) };
+    if ethertype != ETH_P_IP.to_be_bytes() {
+        return XDP_PASS;
+    }
+    let ip = (start + ETH_HLEN) as *mut [u8; IPV4_MIN_HLEN];
+    // SAFETY: the IPv4 header's fixed part lies inside the frame (checked above).
+    let mut hdr = unsafe { ip.read_unaligned() };
+    // IPv4 without options, TTL left to spend: anything else is the kernel's.
+    if hdr[0] != 0x45 || hdr[ipv4::TTL] <= 1 {
+        return XDP_PASS;
+    }
+    // SAFETY: an all-zero parameter block is valid input for the helper.
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = hdr[ipv4::PROTO];
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_1.tot_len = u16::from_be_bytes([hdr[ipv4::TOT_LEN], hdr[ipv4::TOT_LEN + 1]]);
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([
+        hdr[ipv4::SRC],
+        hdr[ipv4::SRC + 1],
+        hdr[ipv4::SRC + 2],
+        hdr[ipv4::SRC + 3],
+    ]);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([
+        hdr[ipv4::DST],
+        hdr[ipv4::DST + 1],
+        hdr[ipv4::DST + 2],
+        hdr[ipv4::DST + 3],
+    ]);
+    // SAFETY: valid context and parameter block of the size passed.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if ret as u32 != BPF_FIB_LKUP_RET_SUCCESS {
+        return XDP_PASS;
+    }
+    // The router's duty: TTL − 1, the header checksum updated incrementally.
+    let old = u16::from_be_bytes([hdr[ipv4::TTL], hdr[ipv4::PROTO]]);
+    hdr[ipv4::TTL] -= 1;
+    let new = u16::from_be_bytes([hdr[ipv4::TTL], hdr[ipv4::PROTO]]);
+    let check = replace16(
+        u16::from_be_bytes([hdr[ipv4::CSUM], hdr[ipv4::CSUM + 1]]),
+        old,
+        new,
+    );
+    hdr[ipv4::CSUM..ipv4::CSUM + 2].copy_from_slice(&check.to_be_bytes());
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&p.dmac);
+    macs[6..].copy_from_slice(&p.smac);
+    // SAFETY: both headers lie inside the frame (checked above), writable in XDP.
+    unsafe {
+        ip.write_unaligned(hdr);
+        (start as *mut [u8; 12]).write_unaligned(macs);
+    }
+    // SAFETY: plain helper call; the result is the XDP action to return.
+    unsafe { bpf_redirect(p.ifindex, 0) as u32 }
 }

@@ -108,3 +108,9 @@ pub fn xdp_count_drop(ctx: XdpContext) -> u32 {
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
     bench::generate(&ctx)
 }
+
+/// Bench: the bare XDP forwarder (FIB lookup, MAC rewrite, redirect), the ceiling.
+#[xdp]
+pub fn xdp_fwd(ctx: XdpContext) -> u32 {
+    bench::forward(&ctx)
+}

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: packets per second through the gateway for natgw, the kernel's
-//! nftables masquerade and plain forwarding, side by side; new mappings per second
+//! nftables masquerade (with and without a flowtable), plain forwarding and a bare XDP
+//! forwarder, side by side, with natgw's ratios to them first; new mappings per second
 //! under a SYN flood; the per-packet cost of the translation programs next to an
 //! `XDP_PASS` floor; natgw at a million mappings (memory, cost, garbage
 //! collection); its UPnP IGD control point latency and CPU (issue #13); and the
@@ -7,8 +8,10 @@
 //! with `--json`); `--write-docs` also writes it to docs/benchmarks.md.
 //!
 //! - [`net`]: the bench topology (generator — gateway — receiver namespaces).
-//! - [`programs`]: the bench's copies of the eBPF object (generator, receiver, floor).
-//! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts.
+//! - [`programs`]: the bench's copies of the eBPF object (generator, receiver, floor,
+//!   the bare XDP forwarder).
+//! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts;
+//!   [`flowtable`]: the `nft-flowtable` mode's ruleset, replies and offload check.
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
 //! - [`upnp`]: 1,000 AddPortMapping requests timed, the controller's CPU listing them.
 //! - [`turn`]: packets and Mbit/s through one TURN allocation, natgw's and coturn's.
@@ -19,6 +22,7 @@ mod bpf;
 mod cost;
 mod cpu;
 mod daemon;
+mod flowtable;
 mod frames;
 mod net;
 mod profile;
@@ -93,6 +97,30 @@ pub const NOTES: &str = "\
   (`nf_conntrack_in`, `nf_nat_ipv4_out`, `nf_hook_slow`); `__napi_schedule` is high in
   both kernel modes because `veth_xmit` schedules the receiver's NAPI for every socket
   buffer, where natgw's redirects do it once per bulk.
+- **The strongest peers (issue #18, 2026-12-04).** Two runs of
+  `cargo xtask bench --packets-only` (5 repetitions each, the machine 50% and 77% busy
+  with other work before they started): the bare XDP forwarder (`xdp_fwd`) forwarded
+  1.46 / 1.32 M pps at 1k flows (medians; 0.85–1.62 M over all its windows), natgw
+  1.27 / 0.85 M; natgw/xdp-forward 0.87× / 0.65× at 1k flows (0.6–1.0× over the
+  workloads), natgw/nft-masquerade 4.0× / 3.7× (3.3× / 2.9× at 100k flows). The runs
+  differ more than the target's margin, so neither says whether natgw meets 0.8×.
+  The forwarder's gateway thread was at 83–87% of its CPU, with `finish_task_switch`
+  in its profile: it waited for frames. CPU 0, shared by the generator and the
+  receiver's NAPI thread, was 100% busy in every mode, so for the forwarder the
+  generator's side was the limit: its figure is a floor of what it can do on these
+  veths and natgw/xdp-forward a ceiling of the ratio (the bench says so next to the
+  ratio when the peer's gateway thread is below 90%). Measuring the real ceiling
+  needs a generator that outruns it (a third CPU). In the forwarder's profile the
+  veth receive path and the redirect take ~40%, the FIB lookup ~15%, the program
+  itself ~15%; natgw pays the same FIB lookup and redirect, so what separates them is
+  natgw's map lookups, timestamps and rewrite.
+- **No flowtable on this machine.** The kernel (6.18.44-fc) is built without
+  `CONFIG_NF_FLOW_TABLE` and cannot load modules, so `nft` refuses the flowtable
+  (\"Could not process rule: No such file or directory\"). The bench probes for it
+  once, reports the nft-flowtable mode as unavailable (`null` ratio, the reason in
+  the text and under `unavailable` in `--json`) and runs the other modes. The mode's
+  priming (a reply for every conntrack entry) and its offload check (`[OFFLOAD]`
+  entries, the forward chain's counter) have not run on this machine yet.
 ";
 
 /// How the bench measures, for docs/benchmarks.md.
@@ -123,11 +151,31 @@ pub const METHOD: &str = "\
   kernel's forwarding, with conntrack and `masquerade` in the nft mode (`nft`
   `type nat hook postrouting`, `oifname bwan0 masquerade`). natgw's controller runs
   pinned to CPU 0; its CPU is reported separately.
+- **The strongest peers** (issue #18). *nft flowtable* (`nft-flowtable`): the nft
+  mode's masquerade plus `flowtable ft { hook ingress priority 0; devices = { blan0,
+  bwan0 } }` and `meta l4proto { tcp, udp } counter flow add @ft` in the forward
+  chain, the kernel's software fast path. A flowtable only takes established
+  connections, so before each window the generator runs one warm-up of the workload,
+  and the receiver namespace answers every `[UNREPLIED]` conntrack entry from its
+  reply tuple (`conntrack -L`); the window's warm-up then adds the flows. After every
+  window the bench requires at least as many `[OFFLOAD]` entries as the workload has
+  flows and at most 1% of the forwarded packets through the forward chain's counter,
+  and fails otherwise. *XDP forwarder* (`xdp-forward`): `xdp_fwd`
+  (natgw-ebpf/src/bench.rs) on `blan0`: `bpf_fib_lookup`, TTL − 1, MAC addresses
+  from the FIB result, `bpf_redirect` to `bwan0`; no NAT, no state. It is what an
+  XDP program can reach on these veths, the ceiling natgw is set against. Neither
+  runs the SYN burst.
+- **Ratios**: natgw's median over each peer's median in the UDP 1k-flow workload
+  (64-byte frames, LAN → WAN), printed first and under `ratios` in `--json`
+  (`natgw/nft-masquerade`, `natgw/nft-flowtable`, `natgw/xdp-forward`,
+  `natgw/plain`), followed by issue #18's targets (≥ 0.8× the XDP forwarder, ≥ 2×
+  the flowtable, ≥ 5× masquerade at 1k and 100k flows), measured against target.
 - **Receiver**: `xdp_count_drop` on `brcv0` counts into a per-CPU array and drops; its
   NAPI thread is pinned to CPU 0. Packets per second are its count over the window.
-- **Interleaving**: a repetition runs every mode once (natgw, nft, plain, ceiling) in an
-  order rotated per repetition; every mode run measures the three UDP workloads one
-  window each, then one SYN burst. Median and [min–max] over repetitions.
+- **Interleaving**: a repetition runs every mode once (natgw, nft, nft flowtable,
+  plain, XDP forwarder, ceiling) in an order rotated per repetition; every mode run
+  measures the three UDP workloads one window each, then (natgw, nft, plain) one SYN
+  burst. Median and [min–max] over repetitions.
 - **Flows**: 1, 1,000 and 100,000 distinct 5-tuples; at most 32,768 distinct internal
   endpoints (500 source ports per source address), beyond that the destination port
   varies. natgw keeps one endpoint-independent mapping per internal endpoint, and one
@@ -211,6 +259,13 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["gc_only", "upnp_only"])]
     turn_only: bool,
 
+    /// Only the packet rates (issue #18): natgw, nftables masquerade, nftables with a
+    /// flowtable, plain forwarding, the bare XDP forwarder and the generator ceiling,
+    /// interleaved, with natgw's ratios to them first (about three minutes with
+    /// --quick). With --write-docs it replaces only its section of docs/benchmarks.md.
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only"])]
+    packets_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -286,6 +341,9 @@ pub fn run(args: &Args) -> Result<()> {
         tools: programs::Tools::load(&artifacts.ebpf_object)?,
     };
     throughput::run(&mut rig, &plan, &mut results)?;
+    if args.packets_only {
+        return packets_only(args, &machine, &plan, &results);
+    }
     let mut costs = cost::CostResults::default();
     eprintln!("xtask bench: per-packet cost and a million mappings");
     cost::run(
@@ -382,6 +440,35 @@ fn upnp_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
+/// The end of `cargo xtask bench --packets-only`: prints (or writes) the packet-rate
+/// part alone.
+fn packets_only(args: &Args, machine: &Machine, plan: &Plan, results: &Results) -> Result<()> {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::packets_json(machine, plan, results))?
+        );
+    } else {
+        print!("{}", report::packets_text(machine, plan, results));
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let section = report::packets_markdown(machine, plan, results);
+        std::fs::write(
+            &path,
+            report::replace_section(&doc, report::PACKETS_HEADING, &section),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "xtask bench: wrote the packet-rate section of {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// The TURN part's repetitions and times.
 fn turn_plan(args: &Args) -> turn::TurnPlan {
     turn::TurnPlan {
@@ -452,6 +539,9 @@ fn machine(args: &Args) -> Machine {
     }
     if args.turn_only {
         command.push_str(" --turn-only");
+    }
+    if args.packets_only {
+        command.push_str(" --packets-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

@@ -2,8 +2,8 @@
 //! the same bytes natgw embeds), loaded with aya for the programs of
 //! `natgw-ebpf/src/bench.rs`:
 //!
-//! [`Tools`] holds `xdp_pass`, `xdp_count_drop` (the receiver's counts in `BENCH_RX`)
-//! and `xdp_gen` (configured through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) in one
+//! [`Tools`] holds `xdp_pass`, `xdp_count_drop` (the receiver's counts in `BENCH_RX`),
+//! `xdp_fwd` (the bare XDP forwarder of the `xdp-forward` mode) and `xdp_gen` (configured through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) in one
 //! instance, because the generator paces itself by the receiver's count. aya creates
 //! every map of the object, natgw's NAT tables included; they stay empty.
 
@@ -31,6 +31,8 @@ pub mod names {
     pub const XDP_COUNT_DROP: &str = "xdp_count_drop";
     /// The generator.
     pub const XDP_GEN: &str = "xdp_gen";
+    /// The bare XDP forwarder (the `xdp-forward` mode).
+    pub const XDP_FWD: &str = "xdp_fwd";
 }
 
 /// What the receiver counted, summed over CPUs.
@@ -44,7 +46,7 @@ pub struct Rx {
     pub last_ns: u64,
 }
 
-/// `xdp_pass`, `xdp_count_drop` and `xdp_gen`.
+/// `xdp_pass`, `xdp_count_drop`, `xdp_fwd` and `xdp_gen`.
 pub struct Tools {
     ebpf: Ebpf,
 }
@@ -69,11 +71,16 @@ fn fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
 }
 
 impl Tools {
-    /// Loads `xdp_pass`, `xdp_count_drop` and `xdp_gen` from `object`.
+    /// Loads `xdp_pass`, `xdp_count_drop`, `xdp_gen` and `xdp_fwd` from `object`.
     pub fn load(object: &Path) -> Result<Tools> {
         let mut ebpf = Ebpf::load_file(object)
             .with_context(|| format!("loading {} with aya", object.display()))?;
-        for name in [names::XDP_PASS, names::XDP_COUNT_DROP, names::XDP_GEN] {
+        for name in [
+            names::XDP_PASS,
+            names::XDP_COUNT_DROP,
+            names::XDP_GEN,
+            names::XDP_FWD,
+        ] {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading {name}"))?;

@@ -202,170 +202,24 @@ fn cost_line(out: &mut String, row: &CostRow, floor: Option<f64>) {
 }
 
 impl Report<'_> {
-    /// The text table.
+    /// The text table: the ratios first, then the packet rates, the per-packet cost,
+    /// the million mappings and the UPnP and TURN parts.
     #[must_use]
     pub fn text(&self) -> String {
-        let r = self.throughput;
-        let p = self.plan;
-        let m = self.machine;
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "natgw benchmark, {}: {} × {}, {:.0} GiB, Linux {} ({})",
-            m.date, m.cpus, m.cpu, m.memory_gib, m.kernel, m.os
-        );
-        let _ = writeln!(
-            o,
-            "command: {}   (CPUs {:.0}% busy before the start)",
-            m.command, m.busy_before_pct
-        );
-        let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "Forwarded packets per second, 64-byte frames, generator → gateway → receiver \
-             (LAN → WAN);\nmedian [min–max] of {} interleaved runs of {:.1} s each \
-             (after {:.1} s of warm-up)",
-            p.reps,
-            p.window.as_secs_f64(),
-            p.warmup.as_secs_f64()
-        );
-        let _ = writeln!(
-            o,
-            "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
-            "workload",
-            Mode::Natgw.label(),
-            Mode::Nft.label(),
-            Mode::Plain.label(),
-            "natgw/nft",
-            "natgw/plain"
-        );
-        for w in WORKLOADS {
-            let [a, b, c] = Mode::COMPARED.map(|mode| pps_spread(r, mode, w.key));
-            let _ = writeln!(
-                o,
-                "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
-                w.label,
-                cell(a),
-                cell(b),
-                cell(c),
-                ratio(a, b),
-                ratio(a, c)
-            );
+        let mut o = packets_text(self.machine, self.plan, self.throughput);
+        self.cost_text(&mut o);
+        if let Some(u) = self.upnp {
+            let _ = writeln!(o);
+            o.push_str(&upnp::text(u));
         }
-        let [a, b, _] = Mode::COMPARED.map(|mode| syn_rate_spread(r, mode));
-        let _ = writeln!(
-            o,
-            "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
-            "TCP SYNs: new map./s",
-            cell(a),
-            cell(b),
-            "(no NAT state)",
-            ratio(a, b),
-            "—"
-        );
-        let [a, b, c] = Mode::COMPARED.map(|mode| syn_pps_spread(r, mode));
-        let _ = writeln!(
-            o,
-            "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
-            "TCP SYNs: forwarded/s",
-            cell(a),
-            cell(b),
-            cell(c),
-            ratio(a, b),
-            ratio(a, c)
-        );
-        let counters: Vec<_> = r
-            .pps
-            .iter()
-            .filter_map(|(m, _, s)| (*m == Mode::Natgw).then_some(s.natgw).flatten())
-            .collect();
-        if !counters.is_empty() {
-            let xdp: u64 = counters.iter().map(|c| c.xdp_out_redirected).sum();
-            let tc: u64 = counters.iter().map(|c| c.tc_out_translated).sum();
-            let drops: u64 = counters.iter().map(|c| c.drops).sum();
-            let _ = writeln!(
-                o,
-                "  natgw's counters over its UDP windows: {:.2}% of translated packets took the \
-                 XDP fast path ({xdp} XDP, {tc} TC), {drops} dropped",
-                if xdp + tc > 0 {
-                    xdp as f64 * 100.0 / (xdp + tc) as f64
-                } else {
-                    0.0
-                }
-            );
+        if let Some(t) = self.turn {
+            let _ = writeln!(o);
+            o.push_str(&turn::text(t));
         }
-        let _ = writeln!(
-            o,
-            "  generator ceiling (the gateway's LAN veth counts and drops in XDP): {} pps",
-            cell(pps_spread(r, Mode::Ceiling, WORKLOADS[0].key))
-        );
-        let _ = writeln!(
-            o,
-            "  UDP flows: 1, 1,000 and 100,000 distinct 5-tuples from at most {} internal \
-             endpoints (natgw: one mapping per endpoint; conntrack: one entry per flow);\n  \
-             SYN burst: {} SYNs, each from a new internal endpoint, paced to ≤ 192 in flight, \
-             timed first to last arrival{}",
-            super::throughput::MAX_ENDPOINTS,
-            p.syn_burst,
-            r.conntrack_max
-                .map_or_else(String::new, |m| format!("; nf_conntrack_max {m}"))
-        );
+        o
+    }
 
-        let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "CPU during the median run, % of one CPU: threads (generator, gateway NAPI, \
-             receiver NAPI, natgw process), everything else (other), and per CPU \
-             busy/softirq/steal"
-        );
-        let _ = writeln!(
-            o,
-            "  {:<22} {:<18} {:>5} {:>5} {:>5} {:>5} {:>6}   cpu0        cpu1",
-            "workload", "gateway", "gen", "gw", "rcv", "natgw", "other"
-        );
-        for w in WORKLOADS {
-            for mode in [Mode::Natgw, Mode::Nft, Mode::Plain, Mode::Ceiling] {
-                let samples = r.pps_of(mode, w.key);
-                if let Some(s) = median_sample(&samples, |s: &PpsSample| s.pps) {
-                    let _ = writeln!(
-                        o,
-                        "  {:<22} {:<18} {}",
-                        w.label,
-                        mode.label(),
-                        cpu_cells(&s.cpu)
-                    );
-                }
-            }
-        }
-        for mode in Mode::COMPARED {
-            let samples = r.syn_of(mode);
-            if let Some(s) = median_sample(&samples, SynSample::pps) {
-                let _ = writeln!(
-                    o,
-                    "  {:<22} {:<18} {}",
-                    "TCP SYN burst",
-                    mode.label(),
-                    cpu_cells(&s.cpu)
-                );
-            }
-        }
-
-        let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "Where the gateway's NAPI thread spends its time (perf, cpu-clock, UDP 1 flow, \
-             first repetition; symbols ≥ 1%)"
-        );
-        if let Some(note) = &r.profile_note {
-            let _ = writeln!(o, "  {note}");
-        }
-        for (mode, entries) in &r.profiles {
-            let _ = writeln!(o, "  {}:", mode.label());
-            for e in entries.iter().take(14) {
-                let _ = writeln!(o, "    {:>5.1}%  {}", e.percent, e.symbol);
-            }
-        }
-
+    fn cost_text(&self, o: &mut String) {
         let c = self.cost;
         let floor = c
             .rows
@@ -384,7 +238,7 @@ impl Report<'_> {
             "case", "median", "mean", "× floor", "− floor"
         );
         for row in c.rows.iter().chain(&c.scale_rows) {
-            cost_line(&mut o, row, floor);
+            cost_line(o, row, floor);
         }
         if let (Some(f), Some(a)) = (floor, c.floor_amortised_ns) {
             let _ = writeln!(
@@ -434,73 +288,18 @@ impl Report<'_> {
         if let Some(g) = &c.gc {
             let _ = writeln!(o, "{}", gc_line(g));
         }
-        if let Some(u) = self.upnp {
-            let _ = writeln!(o);
-            o.push_str(&upnp::text(u));
-        }
-        if let Some(t) = self.turn {
-            let _ = writeln!(o);
-            o.push_str(&turn::text(t));
-        }
-        o
     }
 
     /// The `--json` form.
     #[must_use]
     pub fn json(&self) -> Value {
-        let r = self.throughput;
-        let mut pps = serde_json::Map::new();
-        for w in WORKLOADS {
-            let mut modes = serde_json::Map::new();
-            for mode in [Mode::Natgw, Mode::Nft, Mode::Plain, Mode::Ceiling] {
-                if let Some(s) = pps_spread(r, mode, w.key) {
-                    modes.insert(mode.key().to_owned(), json!(s));
-                }
-            }
-            modes.insert(
-                "ratio_natgw_nft".to_owned(),
-                json!(ratio_value(
-                    pps_spread(r, Mode::Natgw, w.key),
-                    pps_spread(r, Mode::Nft, w.key)
-                )),
-            );
-            modes.insert(
-                "ratio_natgw_plain".to_owned(),
-                json!(ratio_value(
-                    pps_spread(r, Mode::Natgw, w.key),
-                    pps_spread(r, Mode::Plain, w.key)
-                )),
-            );
-            pps.insert(w.key.to_owned(), Value::Object(modes));
+        let mut out = packets_json(self.machine, self.plan, self.throughput);
+        if let Value::Object(map) = &mut out {
+            map.insert("cost".to_owned(), json!(self.cost));
+            map.insert("upnp".to_owned(), json!(self.upnp));
+            map.insert("turn".to_owned(), json!(self.turn));
         }
-        let syn: serde_json::Map<String, Value> = Mode::COMPARED
-            .iter()
-            .map(|&mode| {
-                (
-                    mode.key().to_owned(),
-                    json!({
-                        "created_per_s": syn_rate_spread(r, mode),
-                        "forwarded_pps": syn_pps_spread(r, mode),
-                    }),
-                )
-            })
-            .collect();
-        json!({
-            "machine": self.machine,
-            "plan": {
-                "reps": self.plan.reps,
-                "warmup_s": self.plan.warmup.as_secs_f64(),
-                "window_s": self.plan.window.as_secs_f64(),
-                "syn_burst": self.plan.syn_burst,
-            },
-            "pps": pps,
-            "syn_flood": syn,
-            "conntrack_max": r.conntrack_max,
-            "cost": self.cost,
-            "upnp": self.upnp,
-            "turn": self.turn,
-            "samples": r,
-        })
+        out
     }
 
     /// docs/benchmarks.md.
@@ -535,6 +334,503 @@ impl Report<'_> {
                 .map_or_else(String::new, |t| format!("\n{}", turn::markdown(t, m))),
         )
     }
+}
+
+/// The ratios (first), the machine and the packet-rate part: both tables, the CPU
+/// table and the profiles.
+#[must_use]
+pub fn packets_text(m: &Machine, p: &Plan, r: &Results) -> String {
+    let mut o = ratios_text(r);
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "natgw benchmark, {}: {} × {}, {:.0} GiB, Linux {} ({})",
+        m.date, m.cpus, m.cpu, m.memory_gib, m.kernel, m.os
+    );
+    let _ = writeln!(
+        o,
+        "command: {}   (CPUs {:.0}% busy before the start)",
+        m.command, m.busy_before_pct
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Forwarded packets per second, 64-byte frames, generator → gateway → receiver \
+             (LAN → WAN);\nmedian [min–max] of {} interleaved runs of {:.1} s each \
+             (after {:.1} s of warm-up)",
+        p.reps,
+        p.window.as_secs_f64(),
+        p.warmup.as_secs_f64()
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
+        "workload",
+        Mode::Natgw.label(),
+        Mode::Nft.label(),
+        Mode::Plain.label(),
+        "natgw/nft",
+        "natgw/plain"
+    );
+    for w in WORKLOADS {
+        let [a, b, c] = Mode::COMPARED.map(|mode| pps_spread(r, mode, w.key));
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
+            w.label,
+            cell(a),
+            cell(b),
+            cell(c),
+            ratio(a, b),
+            ratio(a, c)
+        );
+    }
+    let [a, b, _] = Mode::COMPARED.map(|mode| syn_rate_spread(r, mode));
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
+        "TCP SYNs: new map./s",
+        cell(a),
+        cell(b),
+        "(no NAT state)",
+        ratio(a, b),
+        "—"
+    );
+    let [a, b, c] = Mode::COMPARED.map(|mode| syn_pps_spread(r, mode));
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<23} {:<23} {:<23} {:>9} {:>11}",
+        "TCP SYNs: forwarded/s",
+        cell(a),
+        cell(b),
+        cell(c),
+        ratio(a, b),
+        ratio(a, c)
+    );
+    let counters: Vec<_> = r
+        .pps
+        .iter()
+        .filter_map(|(m, _, s)| (*m == Mode::Natgw).then_some(s.natgw).flatten())
+        .collect();
+    if !counters.is_empty() {
+        let xdp: u64 = counters.iter().map(|c| c.xdp_out_redirected).sum();
+        let tc: u64 = counters.iter().map(|c| c.tc_out_translated).sum();
+        let drops: u64 = counters.iter().map(|c| c.drops).sum();
+        let _ = writeln!(
+            o,
+            "  natgw's counters over its UDP windows: {:.2}% of translated packets took the \
+                 XDP fast path ({xdp} XDP, {tc} TC), {drops} dropped",
+            if xdp + tc > 0 {
+                xdp as f64 * 100.0 / (xdp + tc) as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  generator ceiling (the gateway's LAN veth counts and drops in XDP): {} pps",
+        cell(pps_spread(r, Mode::Ceiling, WORKLOADS[0].key))
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "The strongest peers, same runs: nftables masquerade with a flowtable (every flow \
+         established by replies first), and a bare XDP forwarder (FIB lookup, MAC rewrite, \
+         redirect; no NAT)"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<23} {:<23} {:>15} {:>13}",
+        "workload",
+        Mode::NftFlowtable.label(),
+        Mode::XdpForward.label(),
+        "natgw/flowtable",
+        "natgw/xdp-fwd"
+    );
+    for w in WORKLOADS {
+        let n = pps_spread(r, Mode::Natgw, w.key);
+        let [f, x] = Mode::PEERS.map(|mode| pps_spread(r, mode, w.key));
+        let _ = writeln!(
+            o,
+            "  {:<22} {:<23} {:<23} {:>15} {:>13}",
+            w.label,
+            cell(f),
+            cell(x),
+            ratio(n, f),
+            ratio(n, x)
+        );
+    }
+    for (mode, why) in &r.unavailable {
+        let _ = writeln!(o, "  {} could not run here: {why}", mode.label());
+    }
+    let checks: Vec<_> = r.pps.iter().filter_map(|(_, _, s)| s.flowtable).collect();
+    if !checks.is_empty() {
+        let slow: u64 = checks.iter().map(|c| c.slow_path_packets).sum();
+        let fwd: u64 = checks.iter().map(|c| c.forwarded).sum();
+        let _ = writeln!(
+            o,
+            "  flowtable offload over its {} UDP windows: every flow offloaded ([OFFLOAD] in \
+             conntrack -L), {slow} of {fwd} forwarded packets ({:.3}%) through the forward chain",
+            checks.len(),
+            if fwd > 0 {
+                slow as f64 * 100.0 / fwd as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  UDP flows: 1, 1,000 and 100,000 distinct 5-tuples from at most {} internal \
+             endpoints (natgw: one mapping per endpoint; conntrack: one entry per flow);\n  \
+             SYN burst: {} SYNs, each from a new internal endpoint, paced to ≤ 192 in flight, \
+             timed first to last arrival{}",
+        super::throughput::MAX_ENDPOINTS,
+        p.syn_burst,
+        r.conntrack_max
+            .map_or_else(String::new, |m| format!("; nf_conntrack_max {m}"))
+    );
+
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "CPU during the median run, % of one CPU: threads (generator, gateway NAPI, \
+             receiver NAPI, natgw process), everything else (other), and per CPU \
+             busy/softirq/steal"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<22} {:<18} {:>5} {:>5} {:>5} {:>5} {:>6}   cpu0        cpu1",
+        "workload", "gateway", "gen", "gw", "rcv", "natgw", "other"
+    );
+    for w in WORKLOADS {
+        for mode in Mode::ALL {
+            let samples = r.pps_of(mode, w.key);
+            if let Some(s) = median_sample(&samples, |s: &PpsSample| s.pps) {
+                let _ = writeln!(
+                    o,
+                    "  {:<22} {:<18} {}",
+                    w.label,
+                    mode.label(),
+                    cpu_cells(&s.cpu)
+                );
+            }
+        }
+    }
+    for mode in Mode::COMPARED {
+        let samples = r.syn_of(mode);
+        if let Some(s) = median_sample(&samples, SynSample::pps) {
+            let _ = writeln!(
+                o,
+                "  {:<22} {:<18} {}",
+                "TCP SYN burst",
+                mode.label(),
+                cpu_cells(&s.cpu)
+            );
+        }
+    }
+
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Where the gateway's NAPI thread spends its time (perf, cpu-clock, UDP 1 flow, \
+             first repetition; symbols ≥ 1%)"
+    );
+    if let Some(note) = &r.profile_note {
+        let _ = writeln!(o, "  {note}");
+    }
+    for (mode, entries) in &r.profiles {
+        let _ = writeln!(o, "  {}:", mode.label());
+        for e in entries.iter().take(14) {
+            let _ = writeln!(o, "    {:>5.1}%  {}", e.percent, e.symbol);
+        }
+    }
+    o
+}
+
+/// `pps` of the `--json` form: per workload, every mode's spread and the old ratios.
+fn pps_json(r: &Results) -> Value {
+    let mut pps = serde_json::Map::new();
+    for w in WORKLOADS {
+        let mut modes = serde_json::Map::new();
+        for mode in Mode::ALL {
+            if let Some(s) = pps_spread(r, mode, w.key) {
+                modes.insert(mode.key().to_owned(), json!(s));
+            }
+        }
+        modes.insert(
+            "ratio_natgw_nft".to_owned(),
+            json!(ratio_value(
+                pps_spread(r, Mode::Natgw, w.key),
+                pps_spread(r, Mode::Nft, w.key)
+            )),
+        );
+        modes.insert(
+            "ratio_natgw_plain".to_owned(),
+            json!(ratio_value(
+                pps_spread(r, Mode::Natgw, w.key),
+                pps_spread(r, Mode::Plain, w.key)
+            )),
+        );
+        pps.insert(w.key.to_owned(), Value::Object(modes));
+    }
+    Value::Object(pps)
+}
+
+/// The `--json` form of the packet-rate part (`--packets-only`, and the head of the
+/// full bench's): `ratios` first, then what they are taken from, the targets, the
+/// machine, the plan, every mode's spread per workload, the SYN bursts and every
+/// sample.
+#[must_use]
+pub fn packets_json(m: &Machine, p: &Plan, r: &Results) -> Value {
+    let syn: serde_json::Map<String, Value> = Mode::COMPARED
+        .iter()
+        .map(|&mode| {
+            (
+                mode.key().to_owned(),
+                json!({
+                    "created_per_s": syn_rate_spread(r, mode),
+                    "forwarded_pps": syn_pps_spread(r, mode),
+                }),
+            )
+        })
+        .collect();
+    let unavailable: serde_json::Map<String, Value> = r
+        .unavailable
+        .iter()
+        .map(|(mode, why)| (mode.key().to_owned(), json!(why)))
+        .collect();
+    json!({
+        "ratios": ratios_json(r),
+        "ratio_basis": ratio_basis_json(),
+        "targets": targets_json(r),
+        "unavailable": unavailable,
+        "machine": m,
+        "plan": {
+            "reps": p.reps,
+            "warmup_s": p.warmup.as_secs_f64(),
+            "window_s": p.window.as_secs_f64(),
+            "syn_burst": p.syn_burst,
+        },
+        "pps": pps_json(r),
+        "syn_flood": syn,
+        "conntrack_max": r.conntrack_max,
+        "samples": r,
+    })
+}
+
+/// The heading of the packet-rate section `--packets-only --write-docs` replaces.
+pub const PACKETS_HEADING: &str = "## Packet rate against the strongest peers (issue #18)";
+
+/// The packet-rate section of docs/benchmarks.md.
+#[must_use]
+pub fn packets_markdown(m: &Machine, p: &Plan, r: &Results) -> String {
+    format!(
+        "{PACKETS_HEADING}\n\n\
+         Run: {date}. Command:\n\n\
+         ```sh\n{cmd}\n```\n\n\
+         ```text\n{text}```\n\n\
+         The modes: *natgw (XDP)* is natgw's `xdp_lan` translating and redirecting; *nft\n\
+         masquerade* is conntrack and `masquerade` on the kernel's forwarding path; *nft\n\
+         flowtable* adds a flowtable (`flow add @ft` in the forward chain), the kernel's\n\
+         software fast path, with every flow established by replies from the receiver before\n\
+         its window and offload verified after it; *plain forwarding* is the kernel's\n\
+         forwarding without NAT; the *XDP forwarder* (`xdp_fwd`) does the FIB lookup, the TTL\n\
+         decrement, the MAC rewrite and the redirect and nothing else: no NAT, no state, the\n\
+         ceiling for natgw on these veths. How the bench measures is described under \"How it\n\
+         measures\" above.\n",
+        date = m.date,
+        cmd = m.command,
+        text = packets_text(m, p, r),
+    )
+}
+
+/// The workload the ratios are taken from: 64-byte UDP, 1k flows, LAN → WAN.
+pub const RATIO_WORKLOAD: &str = "udp_1k_flows";
+
+/// The `ratios` keys and the peer natgw's median is divided by.
+pub const RATIOS: [(&str, Mode); 4] = [
+    ("natgw/nft-masquerade", Mode::Nft),
+    ("natgw/nft-flowtable", Mode::NftFlowtable),
+    ("natgw/xdp-forward", Mode::XdpForward),
+    ("natgw/plain", Mode::Plain),
+];
+
+/// A target of issue #18 on a packet-rate ratio (natgw's median over a peer's).
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// What is compared.
+    pub what: &'static str,
+    /// The peer.
+    pub peer: Mode,
+    /// The workload key.
+    pub workload: &'static str,
+    /// The least ratio that meets the target.
+    pub at_least: f64,
+}
+
+/// Issue #18's targets on packet-rate ratios.
+pub const TARGETS: [Target; 4] = [
+    Target {
+        what: "natgw vs the bare XDP forwarder, UDP 1k flows",
+        peer: Mode::XdpForward,
+        workload: "udp_1k_flows",
+        at_least: 0.8,
+    },
+    Target {
+        what: "natgw vs nftables flowtable, UDP 1k flows",
+        peer: Mode::NftFlowtable,
+        workload: "udp_1k_flows",
+        at_least: 2.0,
+    },
+    Target {
+        what: "natgw vs nftables masquerade, UDP 1k flows",
+        peer: Mode::Nft,
+        workload: "udp_1k_flows",
+        at_least: 5.0,
+    },
+    Target {
+        what: "natgw vs nftables masquerade, UDP 100k flows",
+        peer: Mode::Nft,
+        workload: "udp_100k_flows",
+        at_least: 5.0,
+    },
+];
+
+/// natgw's median packets per second over `peer`'s in `workload`, if both ran.
+#[must_use]
+pub fn natgw_over(r: &Results, peer: Mode, workload: &str) -> Option<f64> {
+    ratio_value(
+        pps_spread(r, Mode::Natgw, workload),
+        pps_spread(r, peer, workload),
+    )
+}
+
+/// Below this share of one CPU, the peer's gateway thread was not the limit of its
+/// run (it waited for frames): the peer's rate is then a floor of what it can do, and
+/// natgw's ratio to it a ceiling.
+pub const SATURATED_PCT: f64 = 90.0;
+
+/// The gateway thread's CPU (% of one CPU) in `mode`'s median run of `workload`.
+#[must_use]
+pub fn gateway_busy(r: &Results, mode: Mode, workload: &str) -> Option<f64> {
+    let samples = r.pps_of(mode, workload);
+    median_sample(&samples, |s: &PpsSample| s.pps)?
+        .cpu
+        .task("gateway")
+}
+
+/// The [`RATIOS`] with their values (`None`: a mode did not run).
+#[must_use]
+pub fn ratios(r: &Results) -> Vec<(&'static str, Option<f64>)> {
+    RATIOS
+        .iter()
+        .map(|&(key, peer)| (key, natgw_over(r, peer, RATIO_WORKLOAD)))
+        .collect()
+}
+
+/// `ratios` of the `--json` form: every key, `null` where a mode did not run.
+#[must_use]
+pub fn ratios_json(r: &Results) -> Value {
+    Value::Object(
+        ratios(r)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+/// What the ratios are taken from, for the `--json` form.
+#[must_use]
+pub fn ratio_basis_json() -> Value {
+    json!({
+        "workload": RATIO_WORKLOAD,
+        "frame_bytes": 64,
+        "protocol": "udp",
+        "flows": 1000,
+        "direction": "lan_to_wan",
+        "statistic": "median",
+        "quantity": "forwarded packets per second, natgw over the peer",
+    })
+}
+
+/// `targets` of the `--json` form.
+#[must_use]
+pub fn targets_json(r: &Results) -> Value {
+    Value::Array(
+        TARGETS
+            .iter()
+            .map(|t| {
+                let measured = natgw_over(r, t.peer, t.workload);
+                json!({
+                    "what": t.what,
+                    "ratio": format!("natgw/{}", ratio_peer_name(t.peer)),
+                    "workload": t.workload,
+                    "at_least": t.at_least,
+                    "measured": measured,
+                    "met": measured.map(|m| m >= t.at_least),
+                    "not_measured_because": r.unavailable(t.peer),
+                    "peer_gateway_cpu_pct": gateway_busy(r, t.peer, t.workload),
+                    "peer_saturated": gateway_busy(r, t.peer, t.workload)
+                        .map(|b| b >= SATURATED_PCT),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The peer's name in the ratio keys.
+fn ratio_peer_name(mode: Mode) -> &'static str {
+    RATIOS
+        .iter()
+        .find(|(_, m)| *m == mode)
+        .map_or(mode.key(), |(k, _)| &k[k.find('/').map_or(0, |i| i + 1)..])
+}
+
+/// The first lines of the text output: the ratios, then measured against target.
+#[must_use]
+pub fn ratios_text(r: &Results) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Ratios: natgw's median packets/s over the peer's (64-byte UDP, 1k flows, LAN → WAN)"
+    );
+    for ((key, value), (_, peer)) in ratios(r).into_iter().zip(RATIOS) {
+        let missing = || match r.unavailable(peer) {
+            Some(why) => format!("— ({} could not run: {why})", peer.label()),
+            None => "— (not run)".to_owned(),
+        };
+        let busy = gateway_busy(r, peer, RATIO_WORKLOAD)
+            .filter(|&b| value.is_some() && b < SATURATED_PCT)
+            .map_or_else(String::new, |b| {
+                format!(
+                    "  (the {}'s gateway thread was at {b:.0}%, not the limit: the \
+                     generator's side was; the ratio is an upper bound)",
+                    peer.label()
+                )
+            });
+        let _ = writeln!(
+            o,
+            "  {key:<22} {}{busy}",
+            value.map_or_else(missing, |v| format!("{v:.2}×"))
+        );
+    }
+    for t in TARGETS {
+        let line = match natgw_over(r, t.peer, t.workload) {
+            Some(m) if m >= t.at_least => format!("measured {m:.2}×  PASS"),
+            Some(m) => format!(
+                "measured {m:.2}×  MISS ({:.0}% short)",
+                (1.0 - m / t.at_least) * 100.0
+            ),
+            None if r.unavailable(t.peer).is_some() => {
+                format!("not measured ({} could not run here)", t.peer.label())
+            }
+            None => "not measured".to_owned(),
+        };
+        let _ = writeln!(o, "  target: {} >= {:.1}×: {line}", t.what, t.at_least);
+    }
+    o
 }
 
 /// `doc` with its section `heading` (from that line to the next `## ` heading)
@@ -688,5 +984,231 @@ mod tests {
         assert!(upnp_at < turn_at, "{md}");
         assert!(md.trim_end().ends_with(turn::METHOD.trim_end()), "{md}");
         assert_eq!(report.json()["turn"]["ratios"][0]["pps"], 0.5);
+    }
+
+    fn sample(pps: f64) -> PpsSample {
+        PpsSample {
+            pps,
+            cpu: Usage::default(),
+            natgw: None,
+            flowtable: None,
+        }
+    }
+
+    fn test_machine() -> Machine {
+        Machine {
+            cpu: "test CPU".to_owned(),
+            cpus: 2,
+            memory_gib: 1.0,
+            kernel: "6.18".to_owned(),
+            os: "Linux".to_owned(),
+            date: "2026-12-04 18:00 UTC".to_owned(),
+            command: "cargo xtask bench --packets-only".to_owned(),
+            busy_before_pct: 0.0,
+        }
+    }
+
+    fn test_plan() -> Plan {
+        Plan {
+            reps: 3,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            syn_burst: 16,
+        }
+    }
+
+    /// Three repetitions of every mode at 1k flows (medians natgw 0.8 M, nft 0.2 M,
+    /// flowtable 0.5 M, plain 0.5 M, XDP forwarder 1.6 M) and natgw and nft at 100k.
+    fn packet_results() -> Results {
+        let mut r = Results::default();
+        for (mode, values) in [
+            (Mode::Natgw, [0.9e6, 0.8e6, 0.7e6]),
+            (Mode::Nft, [0.2e6, 0.25e6, 0.1e6]),
+            (Mode::NftFlowtable, [0.5e6, 0.4e6, 0.6e6]),
+            (Mode::Plain, [0.5e6, 0.5e6, 0.5e6]),
+            (Mode::XdpForward, [1.6e6, 2.0e6, 1.0e6]),
+        ] {
+            for v in values {
+                r.pps.push((mode, "udp_1k_flows", sample(v)));
+            }
+        }
+        for (mode, v) in [(Mode::Natgw, 0.6e6), (Mode::Nft, 0.1e6)] {
+            r.pps.push((mode, "udp_100k_flows", sample(v)));
+        }
+        r
+    }
+
+    #[test]
+    fn ratios_are_natgws_median_over_the_peers_at_1k_flows() {
+        let r = packet_results();
+        let got: Vec<(&str, f64)> = ratios(&r)
+            .into_iter()
+            .map(|(k, v)| (k, v.expect(k)))
+            .collect();
+        let want = [
+            ("natgw/nft-masquerade", 0.8 / 0.2),
+            ("natgw/nft-flowtable", 0.8 / 0.5),
+            ("natgw/xdp-forward", 0.8 / 1.6),
+            ("natgw/plain", 0.8 / 0.5),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((gk, gv), (wk, wv)) in got.iter().zip(want) {
+            assert_eq!(*gk, wk);
+            assert!((gv - wv).abs() < 1e-9, "{gk}: {gv} != {wv}");
+        }
+        // A mode that did not run gives no ratio, not a zero or an infinity.
+        let mut partial = Results::default();
+        partial.pps.push((Mode::Natgw, "udp_1k_flows", sample(1e6)));
+        partial.pps.push((Mode::Nft, "udp_1k_flows", sample(0.0)));
+        assert!(ratios(&partial).iter().all(|(_, v)| v.is_none()));
+    }
+
+    #[test]
+    fn json_has_the_ratios_object_and_the_targets() {
+        let r = packet_results();
+        let j = packets_json(&test_machine(), &test_plan(), &r);
+        let ratios = j["ratios"].as_object().expect("ratios object");
+        for key in [
+            "natgw/nft-masquerade",
+            "natgw/nft-flowtable",
+            "natgw/xdp-forward",
+        ] {
+            assert!(ratios[key].is_f64(), "{key}: {}", ratios[key]);
+        }
+        assert!((j["ratios"]["natgw/xdp-forward"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(j["ratio_basis"]["workload"], "udp_1k_flows");
+        assert_eq!(j["ratio_basis"]["frame_bytes"], 64);
+        assert_eq!(j["ratio_basis"]["statistic"], "median");
+        let targets = j["targets"].as_array().expect("targets");
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[0]["ratio"], "natgw/xdp-forward");
+        assert_eq!(targets[0]["at_least"], 0.8);
+        assert_eq!(targets[0]["met"], false);
+        assert_eq!(targets[1]["ratio"], "natgw/nft-flowtable");
+        assert_eq!(targets[1]["met"], false);
+        assert_eq!(targets[2]["ratio"], "natgw/nft-masquerade");
+        assert_eq!(targets[3]["workload"], "udp_100k_flows");
+        assert_eq!(targets[3]["met"], true);
+        assert_eq!(j["pps"]["udp_1k_flows"]["xdp-forward"]["median"], 1.6e6);
+        assert_eq!(j["pps"]["udp_1k_flows"]["nft-flowtable"]["n"], 3);
+        // Nothing ran: every key is still there, as null.
+        let empty = packets_json(&test_machine(), &test_plan(), &Results::default());
+        assert!(empty["ratios"]["natgw/nft-flowtable"].is_null());
+        assert!(empty["targets"][0]["measured"].is_null());
+        // The full bench's JSON carries the same ratios.
+        let cost = CostResults::default();
+        let full = Report {
+            machine: &test_machine(),
+            plan: &test_plan(),
+            throughput: &r,
+            cost: &cost,
+            upnp: None,
+            turn: None,
+        }
+        .json();
+        assert_eq!(full["ratios"], j["ratios"]);
+        assert!(full.get("cost").is_some());
+    }
+
+    #[test]
+    fn the_text_starts_with_the_ratios_and_the_targets() {
+        let r = packet_results();
+        let text = packets_text(&test_machine(), &test_plan(), &r);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("Ratios: natgw's median packets/s"),
+            "{text}"
+        );
+        assert_eq!(lines[1], "  natgw/nft-masquerade   4.00×");
+        assert_eq!(lines[2], "  natgw/nft-flowtable    1.60×");
+        assert_eq!(lines[3], "  natgw/xdp-forward      0.50×");
+        assert_eq!(lines[4], "  natgw/plain            1.60×");
+        assert_eq!(
+            lines[5],
+            "  target: natgw vs the bare XDP forwarder, UDP 1k flows >= 0.8×: measured 0.50×  \
+             MISS (38% short)"
+        );
+        assert_eq!(
+            lines[8],
+            "  target: natgw vs nftables masquerade, UDP 100k flows >= 5.0×: measured 6.00×  \
+             PASS"
+        );
+        assert!(text.contains("nft flowtable"), "{text}");
+        assert!(text.contains("XDP forwarder"), "{text}");
+        let mut r = packet_results();
+        r.pps.retain(|(m, _, _)| *m != Mode::NftFlowtable);
+        r.unavailable.push((
+            Mode::NftFlowtable,
+            "no flowtables in this kernel".to_owned(),
+        ));
+        let text = packets_text(&test_machine(), &test_plan(), &r);
+        assert!(
+            text.contains(
+                "  natgw/nft-flowtable    — (nft flowtable could not run: no flowtables in this \
+                 kernel)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(">= 2.0×: not measured (nft flowtable could not run here)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  nft flowtable could not run here: no flowtables in this kernel"),
+            "{text}"
+        );
+        let j = packets_json(&test_machine(), &test_plan(), &r);
+        assert!(j["ratios"]["natgw/nft-flowtable"].is_null());
+        assert_eq!(
+            j["unavailable"]["nft-flowtable"],
+            "no flowtables in this kernel"
+        );
+        assert_eq!(
+            j["targets"][1]["not_measured_because"],
+            "no flowtables in this kernel"
+        );
+        let empty = ratios_text(&Results::default());
+        assert!(
+            empty.contains("natgw/xdp-forward      — (not run)"),
+            "{empty}"
+        );
+        assert!(empty.contains(">= 2.0×: not measured"), "{empty}");
+    }
+
+    #[test]
+    fn a_peer_that_was_not_the_limit_is_flagged() {
+        let mut r = packet_results();
+        for (m, _, s) in &mut r.pps {
+            let busy = if *m == Mode::XdpForward { 83.0 } else { 97.0 };
+            s.cpu.tasks.push(("gateway".to_owned(), busy));
+        }
+        let text = ratios_text(&r);
+        assert!(
+            text.contains(
+                "  natgw/xdp-forward      0.50×  (the XDP forwarder's gateway thread was at \
+                 83%, not the limit: the generator's side was; the ratio is an upper bound)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  natgw/nft-masquerade   4.00×\n"), "{text}");
+        let j = targets_json(&r);
+        assert_eq!(j[0]["peer_gateway_cpu_pct"], 83.0);
+        assert_eq!(j[0]["peer_saturated"], false);
+        assert_eq!(j[2]["peer_saturated"], true);
+    }
+
+    #[test]
+    fn the_packet_section_replaces_only_itself() {
+        let r = packet_results();
+        let section = packets_markdown(&test_machine(), &test_plan(), &r);
+        assert!(section.starts_with(PACKETS_HEADING));
+        let doc = format!("# Benchmarks\n\n## A\n\na\n\n{PACKETS_HEADING}\n\nold\n\n## B\n\nb\n");
+        let out = replace_section(&doc, PACKETS_HEADING, &section);
+        assert!(!out.contains("\nold\n"), "{out}");
+        assert!(
+            out.contains("## A\n\na\n") && out.contains("## B\n\nb\n"),
+            "{out}"
+        );
+        assert!(out.contains("natgw/xdp-forward      0.50×"), "{out}");
     }
 }

@@ -1,7 +1,7 @@
 //! Forwarded packets per second through the gateway namespace, and new mappings per
-//! second under a flood of TCP SYNs, for natgw, the kernel's nftables masquerade and
-//! plain forwarding — the same topology, generator and receiver for each, run
-//! interleaved.
+//! second under a flood of TCP SYNs, for natgw, the kernel's nftables masquerade (with
+//! and without a flowtable), plain forwarding and a bare XDP forwarder — the same
+//! topology, generator and receiver for each, run interleaved.
 //!
 //! One *mode run* builds a fresh [`Bench`] topology (so no conntrack entry, mapping or
 //! neighbour state survives from the run before), sets the gateway up for one mode,
@@ -19,6 +19,12 @@
 //!   `bwan0`. natgw's controller (garbage collection) is pinned to [`GEN_CPU`].
 //! - Receiver: `xdp_count_drop` on `brcv0`, whose NAPI thread is pinned to
 //!   [`GEN_CPU`]; forwarded packets per second are its count over the window.
+//! - XDP forwarder (`xdp-forward`): `xdp_fwd` on `blan0` (FIB lookup, MAC rewrite,
+//!   `bpf_redirect` to `bwan0`; no NAT, no state): what an XDP program can reach on
+//!   these veths, the ceiling natgw is set against.
+//! - nftables flowtable (`nft-flowtable`): masquerade plus `flow add @ft`, every flow
+//!   made established by replies before its window ([`super::flowtable`]); the bench
+//!   fails if offload did not engage.
 //! - Ceiling: the generator alone, with `xdp_count_drop` on the gateway's LAN veth,
 //!   shows how many frames per second the generator can put into the gateway.
 
@@ -36,6 +42,7 @@ use testbed::Netns;
 use super::bpf;
 use super::cpu::{self, Sampler, Task, Usage};
 use super::daemon::Natgw;
+use super::flowtable;
 use super::frames::{self, Endpoints, L4};
 use super::net::{self, Bench};
 use super::profile;
@@ -78,22 +85,42 @@ pub enum Mode {
     Natgw,
     /// nftables masquerade with conntrack.
     Nft,
+    /// nftables masquerade plus a flowtable (the kernel's software fast path).
+    NftFlowtable,
     /// Forwarding alone.
     Plain,
+    /// A bare XDP forwarder: FIB lookup, MAC rewrite, redirect; no NAT.
+    XdpForward,
     /// The generator's ceiling: the gateway's LAN veth counts and drops in XDP.
     Ceiling,
 }
 
 impl Mode {
-    /// The modes compared side by side.
+    /// The modes compared side by side in the first table (and run the SYN burst).
     pub const COMPARED: [Mode; 3] = [Mode::Natgw, Mode::Nft, Mode::Plain];
+
+    /// The strongest peers, in the second table: the kernel's software fast path and
+    /// the bare XDP forwarder.
+    pub const PEERS: [Mode; 2] = [Mode::NftFlowtable, Mode::XdpForward];
+
+    /// Every mode, in the order of a repetition's first run.
+    pub const ALL: [Mode; 6] = [
+        Mode::Natgw,
+        Mode::Nft,
+        Mode::NftFlowtable,
+        Mode::Plain,
+        Mode::XdpForward,
+        Mode::Ceiling,
+    ];
 
     /// Short name (JSON keys).
     pub const fn key(self) -> &'static str {
         match self {
             Mode::Natgw => "natgw",
             Mode::Nft => "nft",
+            Mode::NftFlowtable => "nft-flowtable",
             Mode::Plain => "plain",
+            Mode::XdpForward => "xdp-forward",
             Mode::Ceiling => "ceiling",
         }
     }
@@ -103,7 +130,9 @@ impl Mode {
         match self {
             Mode::Natgw => "natgw (XDP)",
             Mode::Nft => "nft masquerade",
+            Mode::NftFlowtable => "nft flowtable",
             Mode::Plain => "plain forwarding",
+            Mode::XdpForward => "XDP forwarder",
             Mode::Ceiling => "generator ceiling",
         }
     }
@@ -183,6 +212,8 @@ pub struct PpsSample {
     /// natgw only: its counters over the window (did the packets take the fast path,
     /// was anything dropped).
     pub natgw: Option<NatgwCounters>,
+    /// nft-flowtable only: did offload engage.
+    pub flowtable: Option<super::flowtable::Check>,
 }
 
 /// natgw counters over a window.
@@ -243,6 +274,8 @@ pub struct Results {
     pub profiles: Vec<(Mode, Vec<profile::Entry>)>,
     /// Why there is no profile, if there is none.
     pub profile_note: Option<String>,
+    /// Modes that could not run on this machine, and why.
+    pub unavailable: Vec<(Mode, String)>,
 }
 
 impl Results {
@@ -253,6 +286,14 @@ impl Results {
             .filter(|(m, w, _)| *m == mode && *w == workload)
             .map(|(_, _, s)| s)
             .collect()
+    }
+
+    /// Why `mode` could not run here, if it could not.
+    pub fn unavailable(&self, mode: Mode) -> Option<&str> {
+        self.unavailable
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, why)| why.as_str())
     }
 
     /// The SYN bursts of `mode`.
@@ -292,7 +333,15 @@ fn template(l4: L4) -> [u8; frames::FRAME_LEN] {
 
 /// Runs every repetition of every mode.
 pub fn run(rig: &mut Rig<'_>, plan: &Plan, results: &mut Results) -> Result<()> {
-    let modes = [Mode::Natgw, Mode::Nft, Mode::Plain, Mode::Ceiling];
+    let mut modes = Mode::ALL.to_vec();
+    if let Some(reason) = flowtable::unsupported()? {
+        eprintln!(
+            "xtask bench: warning: the {} mode cannot run here: {reason}",
+            Mode::NftFlowtable.key()
+        );
+        modes.retain(|&m| m != Mode::NftFlowtable);
+        results.unavailable.push((Mode::NftFlowtable, reason));
+    }
     let perf = profile::available();
     if !perf {
         results.profile_note =
@@ -318,6 +367,7 @@ pub fn run(rig: &mut Rig<'_>, plan: &Plan, results: &mut Results) -> Result<()> 
 /// The gateway's state for one mode run; dropped in field order (natgw stops, then
 /// the programs detach, then the namespaces go).
 struct Gateway {
+    mode: Mode,
     natgw: Option<Natgw>,
     _links: Vec<aya::programs::xdp::XdpLink>,
     net: Bench,
@@ -368,15 +418,29 @@ fn mode_run(
                     .and_then(|v| v.parse().ok());
             }
         }
+        Mode::NftFlowtable => {
+            links.push(
+                rig.tools
+                    .attach(names::XDP_PASS, &net.gw, net.lan_if.ifindex)?,
+            );
+            flowtable::install(&net)?;
+        }
         Mode::Plain => {
             links.push(
                 rig.tools
                     .attach(names::XDP_PASS, &net.gw, net.lan_if.ifindex)?,
             );
         }
+        Mode::XdpForward => {
+            links.push(
+                rig.tools
+                    .attach(names::XDP_FWD, &net.gw, net.lan_if.ifindex)?,
+            );
+        }
         Mode::Ceiling => {}
     }
     let gw = Gateway {
+        mode,
         natgw,
         _links: links,
         net,
@@ -407,13 +471,32 @@ fn mode_run(
     };
     for (i, w) in workloads.iter().enumerate() {
         signals::check()?;
-        let sample = flood_window(rig, i, &gw, &sampler, plan)?;
+        let unreplied = if mode == Mode::NftFlowtable {
+            Some(prime_flowtable(rig, i, &gw, plan)?)
+        } else {
+            None
+        };
+        let mut sample = flood_window(rig, i, &gw, &sampler, plan)?;
         eprintln!(
             "  {:<16} {:>7.3} Mpps  CPU% gen/gw/rcv/natgw, cpu busy/si/steal: {}",
             w.label,
             sample.pps / 1e6,
             super::report::cpu_cells(&sample.cpu)
         );
+        if let Some(check) = &mut sample.flowtable {
+            check.flows = w.flows;
+            check.unreplied_after_priming = unreplied.unwrap_or(0);
+            eprintln!(
+                "  {:<16} {} flows offloaded, {:.2}% of the forwarded packets through the \
+                 forward chain",
+                "",
+                check.offloaded,
+                check.slow_share() * 100.0
+            );
+            check
+                .verdict()
+                .with_context(|| format!("{}, {}", mode.label(), w.label))?;
+        }
         results.pps.push((mode, w.key, sample));
     }
     if profile && mode != Mode::Ceiling {
@@ -421,7 +504,7 @@ fn mode_run(
         let entries = profile_window(rig, &gw, gw_threads[0], plan)?;
         results.profiles.push((mode, entries));
     }
-    if mode != Mode::Ceiling {
+    if Mode::COMPARED.contains(&mode) {
         signals::check()?;
         let sample = syn_burst(rig, mode, &gw, &sampler, plan)?;
         eprintln!(
@@ -441,15 +524,21 @@ fn mode_run(
 
 /// Installs the kernel's NAT: masquerade to `bwan0`'s address, conntrack implied.
 fn nft_masquerade(gw: &Netns) -> Result<()> {
-    use std::io::Write as _;
     let ruleset = format!(
         "table ip natgw_bench {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{}\" masquerade\n  }}\n}}\n",
         net::GW_WAN_IF
     );
+    nft_apply(gw, &ruleset)
+}
+
+/// Loads `ruleset` with `nft -f -` in `gw`.
+pub fn nft_apply(gw: &Netns, ruleset: &str) -> Result<()> {
+    use std::io::Write as _;
     let mut child = gw
         .command("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .context("starting nft (install the nftables package)")?;
     child
@@ -457,9 +546,13 @@ fn nft_masquerade(gw: &Netns) -> Result<()> {
         .take()
         .context("nft's stdin")?
         .write_all(ruleset.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("nft -f - failed ({status}) for:\n{ruleset}");
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft -f - failed ({}): {}\nfor:\n{ruleset}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -594,24 +687,82 @@ fn flood_window(
         let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
         let mut sampler = sampler.clone();
         sampler.add("generator", gen.task());
+        let flowtable = gw.mode == Mode::NftFlowtable;
+        let slow_path = || -> Result<Option<u64>> {
+            flowtable
+                .then(|| flowtable::slow_path_packets(&net.gw))
+                .transpose()
+        };
         let measured = (|| -> Result<PpsSample> {
             signals::sleep(plan.warmup)?;
             let natgw_before = gw.natgw.as_ref().map(natgw_counters).transpose()?;
+            let slow_before = slow_path()?;
             let (rx0, cpu0) = (tools.rx()?, sampler.snapshot()?);
             signals::sleep(plan.window)?;
             let (rx1, cpu1) = (tools.rx()?, sampler.snapshot()?);
+            let slow_after = slow_path()?;
             let natgw_after = gw.natgw.as_ref().map(natgw_counters).transpose()?;
             Ok(PpsSample {
                 pps: (rx1.packets - rx0.packets) as f64 / cpu0.seconds_until(&cpu1),
                 cpu: sampler.usage(&cpu0, &cpu1),
                 natgw: natgw_before.zip(natgw_after).map(|(b, a)| a.since(b)),
+                flowtable: slow_before.zip(slow_after).map(|(b, a)| flowtable::Check {
+                    slow_path_packets: a.saturating_sub(b),
+                    forwarded: rx1.packets - rx0.packets,
+                    ..flowtable::Check::default()
+                }),
             })
         })();
         let stopped = gen.stop();
-        let sample = measured?;
+        let mut sample = measured?;
         stopped?;
+        if let Some(check) = &mut sample.flowtable {
+            check.offloaded = flowtable::entries(&net.gw)?
+                .iter()
+                .filter(|e| e.offloaded)
+                .count() as u64;
+        }
         Ok(sample)
     })
+}
+
+/// Rounds of the workload at most until conntrack has an entry for every flow.
+const PRIME_ROUNDS: usize = 5;
+
+/// Makes every flow of workload `index` established for the flowtable: the workload
+/// runs (a warm-up, at least a second, repeated up to [`PRIME_ROUNDS`] times) until
+/// conntrack has an entry per flow, then the receiver replies to each. Returns how
+/// many entries stayed unreplied.
+fn prime_flowtable(rig: &mut Rig<'_>, index: usize, gw: &Gateway, plan: &Plan) -> Result<usize> {
+    let net = &gw.net;
+    let flows = WORKLOADS[index].flows;
+    let frame = template(L4::Udp);
+    let mut seen = 0;
+    for _ in 0..PRIME_ROUNDS {
+        signals::check()?;
+        rig.tools
+            .configure_gen(&frame, WORKLOADS[index].spec(), 0, 0)?;
+        let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<()> {
+            let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
+            let slept = signals::sleep(plan.warmup.max(Duration::from_secs(1)));
+            let stopped = gen.stop();
+            slept?;
+            stopped
+        })?;
+        seen = flowtable::entries(&net.gw)?
+            .iter()
+            .filter(|e| *e.reply_src.ip() == net::RCV_ADDR)
+            .count();
+        if seen >= flows as usize {
+            return flowtable::prime(net);
+        }
+    }
+    bail!(
+        "after {PRIME_ROUNDS} rounds of the workload conntrack has entries for {seen} of its \
+         {flows} flows"
+    )
 }
 
 /// Floods with the first workload and profiles the gateway's NAPI thread `tid` for a
@@ -628,10 +779,10 @@ fn profile_window(
     let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
     let stop = AtomicBool::new(false);
     let data = rig.log_dir.join("perf-gateway.data");
-    let bpf_label = if gw.natgw.is_some() {
-        "BPF, natgw's xdp_lan"
-    } else {
-        "BPF, xdp_pass"
+    let bpf_label = match gw.mode {
+        Mode::Natgw => "BPF, natgw's xdp_lan",
+        Mode::XdpForward => "BPF, xdp_fwd",
+        _ => "BPF, xdp_pass",
     };
     std::thread::scope(|scope| -> Result<Vec<profile::Entry>> {
         let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
@@ -670,7 +821,14 @@ fn syn_burst(
                     .parse()
                     .context("nf_conntrack_count")?,
             ),
-            Mode::Plain | Mode::Ceiling => None,
+            Mode::NftFlowtable => Some(
+                gw.net
+                    .gw
+                    .sysctl("net/netfilter/nf_conntrack_count")?
+                    .parse()
+                    .context("nf_conntrack_count")?,
+            ),
+            Mode::Plain | Mode::XdpForward | Mode::Ceiling => None,
         })
     };
     let before = created(gw)?;
