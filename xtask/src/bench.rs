@@ -15,10 +15,12 @@
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
 //! - [`upnp`]: 1,000 AddPortMapping requests timed, the controller's CPU listing them.
 //! - [`turn`]: packets and Mbit/s through one TURN allocation, natgw's and coturn's.
-//! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown.
+//! - [`cpu`]: where the CPU time went; [`report`]: the table, JSON and Markdown;
+//!   [`charts`]: the SVG charts (`--charts`, `--write-docs`, `--from-json`).
 //! - [`bpf`], [`frames`], [`daemon`]: syscalls, packets, natgw (Ctrl-C: [`crate::signals`]).
 
 mod bpf;
+mod charts;
 mod cost;
 mod cpu;
 mod daemon;
@@ -37,6 +39,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
+use self::charts::{CostChart, PacketChart};
 use self::report::{Machine, Report};
 use self::throughput::{Plan, Results, Rig};
 use crate::build;
@@ -206,6 +209,14 @@ pub const METHOD: &str = "\
   counters. Garbage collection: a natgw with
   `--udp-timeout 5 --gc-interval 1` gets the million stamped now; the bench records
   natgw's CPU while they live and the time from their expiry until `NAT_FWD` is empty.
+- **Charts** (`xtask/src/bench/charts.rs`, plotters' SVG backend, no font files):
+  `--charts DIR` and `--write-docs` draw `bench-packets.svg` (the median packets per
+  second of every mode per workload, whiskers from the slowest to the fastest
+  repetition; a mode that could not run is named under the chart, not drawn) and
+  `bench-cost.svg` (every per-packet cost case, its median and mean, the `xdp_pass`
+  floor marked). `--from-json FILE` redraws them from a saved `--json` output;
+  `--cost-only` runs the per-packet cost cases alone (empty table and a million
+  mappings, without the garbage collection).
 ";
 
 /// Arguments of `cargo xtask bench`.
@@ -266,6 +277,30 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only"])]
     packets_only: bool,
 
+    /// Only the per-packet cost (BPF_PROG_TEST_RUN on the programs natgw attached,
+    /// on an empty table and at a million mappings, with the maps' memory; no garbage
+    /// collection), some seconds. With --write-docs it writes only the cost chart.
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only"])]
+    cost_only: bool,
+
+    /// Also draw the charts as SVG into DIR: DIR/bench-packets.svg (packets per
+    /// second per mode and workload) and DIR/bench-cost.svg (per-packet cost per
+    /// case), those the run measured. --write-docs draws them into docs/ and embeds
+    /// them near the top of docs/benchmarks.md.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["gc_only", "upnp_only", "turn_only"])]
+    charts: Option<PathBuf>,
+
+    /// Draw the charts from a saved `--json` output instead of running the bench
+    /// (repeatable: e.g. a --packets-only and a --cost-only run); needs --charts DIR
+    /// or --write-docs, which then writes only the charts and their block in
+    /// docs/benchmarks.md. Needs neither root nor a build.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only", "cost_only"]
+    )]
+    from_json: Vec<PathBuf>,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -273,6 +308,9 @@ pub struct Args {
 
 /// `cargo xtask bench`.
 pub fn run(args: &Args) -> Result<()> {
+    if !args.from_json.is_empty() {
+        return charts_from_json(args);
+    }
     if !exec::is_root() {
         bail!(
             "the bench needs root: it creates network namespaces and veth pairs, loads BPF \
@@ -310,6 +348,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.turn_only {
         return turn_only(args, &artifacts);
+    }
+    if args.cost_only {
+        return cost_only(args, &artifacts);
     }
 
     let plan = Plan {
@@ -377,7 +418,104 @@ pub fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
+    write_charts(
+        args,
+        Some(&PacketChart::from_results(&machine, plan.reps, &results)),
+        CostChart::from_results(&machine, &costs).as_ref(),
+    )
+}
+
+/// Draws the charts into `--charts DIR` and, with `--write-docs`, into docs/ with
+/// their block in docs/benchmarks.md (the chart not drawn keeps its old paragraph).
+fn write_charts(
+    args: &Args,
+    packets: Option<&PacketChart>,
+    cost: Option<&CostChart>,
+) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = args.charts.iter().cloned().collect();
+    if args.write_docs {
+        dirs.push(paths::workspace_root().join("docs"));
+    }
+    for dir in &dirs {
+        for path in charts::write(dir, packets, cost)? {
+            eprintln!("xtask bench: drew {}", path.display());
+        }
+    }
+    if args.write_docs && (packets.is_some() || cost.is_some()) {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let doc = charts::update_docs(&doc, packets.map(|c| &c.run), cost.map(|c| &c.run));
+        std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask bench: wrote the charts block of {}", path.display());
+    }
     Ok(())
+}
+
+/// `cargo xtask bench --from-json FILE...`: the charts of saved runs.
+fn charts_from_json(args: &Args) -> Result<()> {
+    if args.charts.is_none() && !args.write_docs {
+        bail!("--from-json draws charts: give --charts DIR or --write-docs");
+    }
+    let (mut packets, mut cost) = (None, None);
+    for file in &args.from_json {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not JSON (the output of `cargo xtask bench --json`)",
+                file.display()
+            )
+        })?;
+        let (p, c) = (PacketChart::from_json(&v), CostChart::from_json(&v));
+        if p.is_none() && c.is_none() {
+            bail!(
+                "{} holds neither packet rates (`pps`) nor per-packet costs (`cost.rows`): \
+                 save the output of `cargo xtask bench --json` (or --packets-only / \
+                 --cost-only with --json)",
+                file.display()
+            );
+        }
+        packets = p.or(packets);
+        cost = c.or(cost);
+    }
+    write_charts(args, packets.as_ref(), cost.as_ref())
+}
+
+/// `cargo xtask bench --cost-only`: the per-packet cost alone.
+fn cost_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let busy = cpu::machine_busy(Duration::from_secs(1))?;
+    let mut machine = machine(args);
+    machine.busy_before_pct = busy;
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut tools = programs::Tools::load(&artifacts.ebpf_object)?;
+    let mut costs = cost::CostResults::default();
+    eprintln!("xtask bench: per-packet cost, empty and at a million mappings");
+    cost::per_packet(
+        &mut tools,
+        &artifacts.natgw_bin,
+        &log_dir,
+        args.quick,
+        &mut costs,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": machine,
+                "cost": costs,
+            }))?
+        );
+    } else {
+        print!("{}", report::cost_only_text(&machine, &costs));
+    }
+    write_charts(
+        args,
+        None,
+        CostChart::from_results(&machine, &costs).as_ref(),
+    )
 }
 
 /// `cargo xtask bench --gc-only`: the garbage-collection test alone, `--reps` times.
@@ -466,7 +604,11 @@ fn packets_only(args: &Args, machine: &Machine, plan: &Plan, results: &Results) 
             path.display()
         );
     }
-    Ok(())
+    write_charts(
+        args,
+        Some(&PacketChart::from_results(machine, plan.reps, results)),
+        None,
+    )
 }
 
 /// The TURN part's repetitions and times.
@@ -542,6 +684,9 @@ fn machine(args: &Args) -> Machine {
     }
     if args.packets_only {
         command.push_str(" --packets-only");
+    }
+    if args.cost_only {
+        command.push_str(" --cost-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

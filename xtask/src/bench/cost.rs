@@ -235,6 +235,8 @@ pub struct CostResults {
     pub memory_full: Vec<MapMemory>,
     /// Filling took (seconds).
     pub fill_seconds: Option<f64>,
+    /// Mappings filled in.
+    pub filled: Option<u32>,
     /// natgw's table size.
     pub capacity: u32,
     /// The garbage collector.
@@ -274,11 +276,31 @@ pub fn run(
     quick: bool,
     out: &mut CostResults,
 ) -> Result<()> {
-    let mappings = if quick {
+    per_packet(tools, natgw_bin, log_dir, quick, out)?;
+    signals::check()?;
+    out.gc = Some(gc(tools, natgw_bin, log_dir, scale_mappings(quick))?);
+    Ok(())
+}
+
+/// The million mappings (half with `--quick`).
+fn scale_mappings(quick: bool) -> u32 {
+    if quick {
         SCALE_MAPPINGS / 2
     } else {
         SCALE_MAPPINGS
-    };
+    }
+}
+
+/// The per-packet cases on an empty table and at a million mappings, and the
+/// maps' memory (`--cost-only`: everything but the garbage collection).
+pub fn per_packet(
+    tools: &mut Tools,
+    natgw_bin: &Path,
+    log_dir: &Path,
+    quick: bool,
+    out: &mut CostResults,
+) -> Result<()> {
+    let mappings = scale_mappings(quick);
     out.capacity = SCALE_CAPACITY;
 
     // Per-packet cost, empty and at a million, on one natgw with a large table and
@@ -317,6 +339,7 @@ pub fn run(
         let started = Instant::now();
         fill(natgw.pin_dir(), mappings, monotonic_ns())?;
         out.fill_seconds = Some(started.elapsed().as_secs_f64());
+        out.filled = Some(mappings);
         out.memory_full = map_memory(natgw.pin_dir())?;
         for case in scale_cases() {
             signals::check()?;
@@ -324,9 +347,6 @@ pub fn run(
         }
         drop(natgw);
     }
-
-    signals::check()?;
-    out.gc = Some(gc(tools, natgw_bin, log_dir, mappings)?);
     Ok(())
 }
 

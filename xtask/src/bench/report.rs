@@ -259,7 +259,10 @@ impl Report<'_> {
             let _ = writeln!(o, "  map memory, empty: {}", memory_line(&c.memory_empty));
         }
         if let Some(s) = c.fill_seconds {
-            let n = c.gc.as_ref().map_or(0, |g| g.mappings);
+            let n = c
+                .filled
+                .or_else(|| c.gc.as_ref().map(|g| g.mappings))
+                .unwrap_or(0);
             let _ = writeln!(
                 o,
                 "  filled {n} mappings through the pinned maps in {s:.2} s"
@@ -552,30 +555,65 @@ pub fn packets_text(m: &Machine, p: &Plan, r: &Results) -> String {
 /// `pps` of the `--json` form: per workload, every mode's spread and the old ratios.
 fn pps_json(r: &Results) -> Value {
     let mut pps = serde_json::Map::new();
-    for w in WORKLOADS {
+    // The bench's workloads, then any other the results hold.
+    let mut keys: Vec<&str> = WORKLOADS.iter().map(|w| w.key).collect();
+    for (key, _) in super::charts::workloads_of(r) {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
         let mut modes = serde_json::Map::new();
         for mode in Mode::ALL {
-            if let Some(s) = pps_spread(r, mode, w.key) {
+            if let Some(s) = pps_spread(r, mode, key) {
                 modes.insert(mode.key().to_owned(), json!(s));
             }
         }
         modes.insert(
             "ratio_natgw_nft".to_owned(),
             json!(ratio_value(
-                pps_spread(r, Mode::Natgw, w.key),
-                pps_spread(r, Mode::Nft, w.key)
+                pps_spread(r, Mode::Natgw, key),
+                pps_spread(r, Mode::Nft, key)
             )),
         );
         modes.insert(
             "ratio_natgw_plain".to_owned(),
             json!(ratio_value(
-                pps_spread(r, Mode::Natgw, w.key),
-                pps_spread(r, Mode::Plain, w.key)
+                pps_spread(r, Mode::Natgw, key),
+                pps_spread(r, Mode::Plain, key)
             )),
         );
-        pps.insert(w.key.to_owned(), Value::Object(modes));
+        pps.insert(key.to_owned(), Value::Object(modes));
     }
     Value::Object(pps)
+}
+
+/// The per-packet cost part alone (`--cost-only`): the machine, then the cost
+/// cases and the million mappings as the full report prints them.
+#[must_use]
+pub fn cost_only_text(m: &Machine, c: &CostResults) -> String {
+    let plan = Plan {
+        reps: 0,
+        warmup: std::time::Duration::ZERO,
+        window: std::time::Duration::ZERO,
+        syn_burst: 0,
+    };
+    let throughput = Results::default();
+    let report = Report {
+        machine: m,
+        plan: &plan,
+        throughput: &throughput,
+        cost: c,
+        upnp: None,
+        turn: None,
+    };
+    let mut o = format!(
+        "natgw benchmark, {}: {} × {}, {:.0} GiB, Linux {} ({})\ncommand: {}   (CPUs {:.0}% \
+         busy before the start)\n",
+        m.date, m.cpus, m.cpu, m.memory_gib, m.kernel, m.os, m.command, m.busy_before_pct
+    );
+    report.cost_text(&mut o);
+    o
 }
 
 /// The `--json` form of the packet-rate part (`--packets-only`, and the head of the
@@ -614,6 +652,14 @@ pub fn packets_json(m: &Machine, p: &Plan, r: &Results) -> Value {
             "syn_burst": p.syn_burst,
         },
         "pps": pps_json(r),
+        "workloads": super::charts::workloads_of(r)
+            .into_iter()
+            .map(|(key, label)| json!({ "key": key, "label": label }))
+            .collect::<Vec<_>>(),
+        "modes": Mode::ALL
+            .iter()
+            .map(|m| json!({ "key": m.key(), "label": m.label() }))
+            .collect::<Vec<_>>(),
         "syn_flood": syn,
         "conntrack_max": r.conntrack_max,
         "samples": r,
