@@ -446,48 +446,14 @@ pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option
     }
 }
 
-/// Turns GRO on for `ifname` in `ns` (legacy `ETHTOOL_SGRO` ioctl). A veth whose
+/// Turns GRO on for `ifname` in `ns` ([`testbed::offload::set_gro`]). A veth whose
 /// peer has GRO accepts XDP redirects, so this is how a test puts natgw's XDP fast
 /// path to work without attaching programs to the hosts.
 ///
 /// # Panics
-/// When the ioctl fails.
+/// When the kernel refuses.
 pub fn enable_gro(ns: &Netns, ifname: &str) {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_SGRO: u32 = 0x0000_002c;
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    let name = ifname.to_owned();
-    let rc = ns.run(move || {
-        let mut value = EthtoolValue {
-            cmd: ETHTOOL_SGRO,
-            data: 1,
-        };
-        // SAFETY: zeroed ifreq is valid; the name fits (checked below) and the data
-        // pointer outlives the ioctl.
-        unsafe {
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            assert!(name.len() < ifr.ifr_name.len(), "interface name too long");
-            for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-                *dst = src as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-            assert!(fd >= 0, "socket() failed");
-            let rc = libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr);
-            libc::close(fd);
-            rc
-        }
-    });
-    assert_eq!(
-        rc,
-        0,
-        "enabling GRO on {ifname}: {}",
-        std::io::Error::last_os_error()
-    );
+    testbed::offload::set_gro(ns, ifname, true).unwrap_or_else(|e| panic!("{}", e.chain()));
 }
 
 /// Makes the gateway's interfaces `ifaces` (`wan0`, `lan0`, `lan1`) accept XDP

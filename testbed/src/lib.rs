@@ -21,10 +21,13 @@
 //! two LANs behind their own gateways, a third behind the kernel's NAT, and a
 //! rendezvous host, joined by an internet router.
 //!
-//! Interfaces keep their default settings (checksum offloads stay on) and nothing is
-//! attached to them. The inet router only knows its connected subnets, so a packet
-//! that leaves the gateway with an internal (10/8) source is delivered but can never be
-//! answered: that is what proves the NAT translated it.
+//! Interfaces keep their default settings (checksum offloads stay on, GRO off) and
+//! nothing is attached to them, so the gateway's veths accept no XDP redirects and natgw
+//! translates on the kernel's path (TC); [`Testbed::accept_redirects`] (module
+//! [`offload`]) turns GRO on at their peers' ends so natgw's XDP fast path can work.
+//! The inet router only knows its connected subnets, so a packet that leaves the
+//! gateway with an internal (10/8) source is delivered but can never be answered: that
+//! is what proves the NAT translated it.
 //!
 //! Namespaces are named `ngw<pid>x<n>-<role>` (roles `gw`, `inet`, `lana`, `lanb`,
 //! `wana`, `wanb`) and mounted under `/run/netns`, so testbeds can coexist (tests run in
@@ -44,6 +47,7 @@ mod error;
 mod lifecycle;
 pub mod natgw;
 mod netns;
+pub mod offload;
 mod registry;
 pub mod rtnl;
 pub mod sites;
@@ -56,6 +60,7 @@ pub use natgw::{
     natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV, NATGW_DEB_ENV,
 };
 pub use netns::Netns;
+pub use offload::RedirectPeer;
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
 pub use rtnl::Rtnl;
 pub use sites::{KernelNat, Site, Sites, SitesOptions};

@@ -55,7 +55,9 @@ enum Command {
     /// pages, shell completions) into target/debian/.
     Package(package::Args),
     /// Build, start natgw in a testbed of network namespaces, demonstrate it with UDP and
-    /// TCP traffic, then show its live mapping table until Ctrl-C (needs root).
+    /// TCP traffic (first on the kernel's path, TC, as a fresh veth testbed makes it take;
+    /// then on the XDP fast path, with GRO on the veths' peers), then show its live
+    /// mapping table until Ctrl-C (needs root).
     Run(run::Args),
     /// Measure natgw against the kernel's NAT (packets per second, new mappings per
     /// second), per-packet cost, and a million mappings (needs root, 2 CPUs).

@@ -1,6 +1,8 @@
 //! `cargo xtask run`: builds natgw, creates the testbed of network namespaces (see the
 //! `testbed` crate), starts natgw in the gateway namespace and shows it at work — a
-//! short demonstration in which LAN hosts exchange UDP and TCP with WAN hosts, then the
+//! short demonstration in which LAN hosts exchange UDP and TCP with WAN hosts, first on
+//! the testbed as a first run finds it (natgw translates on the kernel's path, TC), then
+//! with the veths' peers accepting XDP redirects (natgw's XDP fast path), then the
 //! live mapping table until Ctrl-C — and removes everything on the way out.
 //!
 //! Cleanup holds on every path: natgw is stopped with SIGTERM (its `Drop` does it on an
@@ -11,6 +13,8 @@
 //!
 //! - [`daemon`]: starting, querying and stopping natgw.
 //! - [`demo`]: the UDP and TCP exchanges and their tables.
+//! - [`fast_path`]: the second part, with GRO on the veths' peers: XDP against TC
+//!   from natgw's counters.
 //! - [`punch`]: hole punching between two sites (a second testbed) and its table.
 //! - [`stun`]: NAT behaviour discovery with `natgw stun probe`.
 
@@ -34,6 +38,7 @@ macro_rules! esay {
 
 mod daemon;
 mod demo;
+mod fast_path;
 mod punch;
 mod stun;
 
@@ -128,6 +133,7 @@ fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
     let log = paths::target_dir().join(LOG_NAME);
     let mut natgw = Natgw::start(natgw_bin, &testbed.gateway.ns, &args.natgw_args, &log)?;
     let outcome = demonstrate(testbed, &natgw, natgw_bin)
+        .and_then(|()| demonstrate_fast_path(testbed, &natgw))
         .and_then(|()| demonstrate_stun(natgw_bin, testbed))
         .and_then(|()| {
             if args.no_punch {
@@ -156,10 +162,16 @@ fn with_natgw(testbed: &Testbed, natgw_bin: &Path, args: &Args) -> Result<()> {
 }
 
 /// The UDP and TCP exchanges and the port mappings (PCP, UPnP), then what natgw
-/// recorded: mappings and counters.
+/// recorded: mappings and counters. The testbed is as a first run finds it, so natgw
+/// translates on the kernel's path (TC); [`fast_path`] follows.
 fn demonstrate(testbed: &Testbed, natgw: &Natgw, natgw_bin: &Path) -> Result<()> {
-    let mut failures = demo::udp(testbed)?;
-    failures += demo::tcp(testbed)?;
+    println!(
+        "\n=== Part 1: the testbed as a first run finds it ===\n\nThe veths have GRO off \
+         and no XDP program on the hosts' ends, so they accept no XDP redirects: natgw \
+         translates on the kernel's path (TC) here, and part 2 shows its XDP fast path."
+    );
+    let mut failures = demo::udp(testbed, demo::CLIENT_PORT)?;
+    failures += demo::tcp(testbed, demo::CLIENT_PORT)?;
     failures += demo::port_mapping(testbed, natgw_bin)?;
     signals::check()?;
 
@@ -183,6 +195,21 @@ fn demonstrate(testbed: &Testbed, natgw: &Natgw, natgw_bin: &Path) -> Result<()>
         );
     }
     println!("\nThe demonstration passed.");
+    Ok(())
+}
+
+/// The XDP fast path: redirects accepted, the same kind of traffic, the counters
+/// ([`fast_path`]).
+fn demonstrate_fast_path(testbed: &Testbed, natgw: &Natgw) -> Result<()> {
+    let failures = fast_path::demonstrate(testbed, natgw)?;
+    signals::check()?;
+    if failures > 0 {
+        bail!(
+            "{failures} fast-path step(s) failed (the FAIL lines above); natgw's log: {}",
+            natgw.log_path().display()
+        );
+    }
+    println!("\nThe fast-path demonstration passed.");
     Ok(())
 }
 

@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use testbed::{NatgwError, Netns};
@@ -20,8 +21,18 @@ use crate::signals;
 /// How long natgw may take to exit after SIGTERM before it is killed.
 pub const STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// How long natgw may take to load its programs and answer `natgw status`.
-const READY_WAIT: Duration = Duration::from_secs(10);
+/// How long natgw may take to load its programs and answer `natgw status`: loading runs
+/// the verifier over every program, about 3–6 s on an idle 2-core machine and 9 s or
+/// more when builds or tests run beside it (10 s was too short there). A natgw that is
+/// quick is waited for no longer; a slow one shows its progress every
+/// [`PROGRESS_EVERY`].
+pub const READY_WAIT: Duration = Duration::from_secs(120);
+
+/// How often a wait for natgw says it is still waiting.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// How much of natgw's last log line a progress line quotes.
+const PROGRESS_LOG_CHARS: usize = 100;
 
 /// Time limit of one `natgw status` / `natgw mappings` call.
 const CLI_WAIT: Duration = Duration::from_secs(5);
@@ -65,7 +76,7 @@ impl Natgw {
             log.display()
         );
         let mut natgw = builder.spawn(gateway)?;
-        let took = natgw.wait_ready().map_err(interrupted_or)?;
+        let took = wait_ready(&mut natgw)?;
         println!(
             "natgw is ready (`natgw status` answered after {:.1} s)",
             took.as_secs_f64()
@@ -115,6 +126,43 @@ impl Drop for Natgw {
             esay!("xtask run: stopping natgw: {e:#}");
         }
     }
+}
+
+/// Waits until `natgw` answers `natgw status` (its control socket is up: the programs
+/// are loaded and attached), at most its builder's `ready_within`, printing a line with
+/// the time waited and natgw's last log line every [`PROGRESS_EVERY`] meanwhile.
+pub fn wait_ready(natgw: &mut testbed::Natgw) -> Result<Duration> {
+    let ns = natgw.namespace().name().to_owned();
+    let log = natgw.log_path().to_owned();
+    let (done, finished) = mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let started = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(PROGRESS_EVERY) {
+                say!(
+                    "  ... natgw in {ns} is still starting ({:.0} s); its log ends with: {}",
+                    started.elapsed().as_secs_f64(),
+                    last_line(&log)
+                );
+            }
+        });
+        let outcome = natgw.wait_ready().map_err(interrupted_or);
+        drop(done);
+        outcome
+    })
+}
+
+/// The last non-empty line of the file at `log`, shortened to [`PROGRESS_LOG_CHARS`].
+fn last_line(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(line) = text.lines().rev().find(|line| !line.trim().is_empty()) else {
+        return "(nothing yet)".to_owned();
+    };
+    let mut short: String = line.chars().take(PROGRESS_LOG_CHARS).collect();
+    if short.len() < line.len() {
+        short.push_str(" ...");
+    }
+    short
 }
 
 /// `e`, or [`signals::Interrupted`] when a signal cut natgw's start short.

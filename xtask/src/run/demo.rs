@@ -20,7 +20,7 @@ use crate::signals;
 pub const REPLY_WAIT: Duration = Duration::from_secs(3);
 
 /// The port every LAN host sends from, so that lan-b collides with lan-a.
-const CLIENT_PORT: u16 = 40_000;
+pub const CLIENT_PORT: u16 = 40_000;
 
 /// The WAN hosts' UDP echo port.
 const UDP_PORT: u16 = 7000;
@@ -80,9 +80,9 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(from: Host<'_>, to: Host<'_>, to_port: u16) -> Self {
+    fn new(from: Host<'_>, from_port: u16, to: Host<'_>, to_port: u16) -> Self {
         Exchange {
-            from: format!("{} {}:{CLIENT_PORT}", from.name, from.addr),
+            from: format!("{} {}:{from_port}", from.name, from.addr),
             to: format!("{} {}:{to_port}", to.name, to.addr),
             seen_as: None,
             reply: None,
@@ -108,12 +108,13 @@ impl Exchange {
     }
 }
 
-/// UDP: lan-a to wan-a and wan-b, lan-b to wan-a, all from port 40000; the WAN hosts
-/// echo. Returns how many checks failed.
-pub fn udp(testbed: &Testbed) -> Result<usize> {
+/// UDP: lan-a to wan-a and wan-b, lan-b to wan-a, all from port `client_port`
+/// ([`CLIENT_PORT`] in the first part); the WAN hosts echo. Returns how many checks
+/// failed.
+pub fn udp(testbed: &Testbed, client_port: u16) -> Result<usize> {
     let hosts = Hosts::of(testbed)?;
     println!(
-        "\nUDP: the LAN hosts send a datagram from port {CLIENT_PORT} to port {UDP_PORT} of \
+        "\nUDP: the LAN hosts send a datagram from port {client_port} to port {UDP_PORT} of \
          the WAN hosts, which echo it back"
     );
     let bind = |host: Host<'_>, port| {
@@ -126,8 +127,8 @@ pub fn udp(testbed: &Testbed) -> Result<usize> {
             .context("setting a UDP send timeout")?;
         anyhow::Ok(socket)
     };
-    let lan_a = bind(hosts.lan_a, CLIENT_PORT)?;
-    let lan_b = bind(hosts.lan_b, CLIENT_PORT)?;
+    let lan_a = bind(hosts.lan_a, client_port)?;
+    let lan_b = bind(hosts.lan_b, client_port)?;
     let wan_a = bind(hosts.wan_a, UDP_PORT)?;
     let wan_b = bind(hosts.wan_b, UDP_PORT)?;
 
@@ -138,7 +139,13 @@ pub fn udp(testbed: &Testbed) -> Result<usize> {
         (hosts.lan_b, &lan_b, hosts.wan_a, &wan_a),
     ] {
         signals::check()?;
-        rows.push(udp_exchange(client, client_socket, server, server_socket));
+        rows.push(udp_exchange(
+            client,
+            client_socket,
+            client_port,
+            server,
+            server_socket,
+        ));
     }
     print_table(&rows, |row| {
         if row.reply.is_some() { "yes" } else { "no" }.to_owned()
@@ -150,11 +157,11 @@ pub fn udp(testbed: &Testbed) -> Result<usize> {
     failures += check(match (to_wan_a.translated(), to_wan_b.translated()) {
         (Some(x), Some(y)) if x == y => Verdict::Pass(format!(
             "endpoint-independent mapping (RFC 4787 REQ-1): wan-a and wan-b both saw \
-             {} {}:{CLIENT_PORT} as {x}",
+             {} {}:{client_port} as {x}",
             a.name, a.addr
         )),
         (Some(x), Some(y)) => Verdict::Fail(format!(
-            "endpoint-independent mapping (RFC 4787 REQ-1): {} {}:{CLIENT_PORT} appeared \
+            "endpoint-independent mapping (RFC 4787 REQ-1): {} {}:{client_port} appeared \
              as {x} to wan-a but as {y} to wan-b",
             a.name, a.addr
         )),
@@ -162,7 +169,7 @@ pub fn udp(testbed: &Testbed) -> Result<usize> {
     });
     failures += check(match (to_wan_a.translated(), lan_b_row.translated()) {
         (Some(x), Some(y)) if x != y => Verdict::Pass(format!(
-            "port collision: {} {}:{CLIENT_PORT} got {y}, distinct from {}'s {x}",
+            "port collision: {} {}:{client_port} got {y}, distinct from {}'s {x}",
             b.name, b.addr, a.name
         )),
         (Some(x), Some(_)) => Verdict::Fail(format!(
@@ -179,10 +186,11 @@ pub fn udp(testbed: &Testbed) -> Result<usize> {
 fn udp_exchange(
     client: Host<'_>,
     client_socket: &UdpSocket,
+    client_port: u16,
     server: Host<'_>,
     server_socket: &UdpSocket,
 ) -> Exchange {
-    let mut row = Exchange::new(client, server, UDP_PORT);
+    let mut row = Exchange::new(client, client_port, server, UDP_PORT);
     let server_addr = SocketAddr::from((server.addr, UDP_PORT));
     let request = format!("natgw demo: {} -> {}", client.name, server.name);
     if let Err(e) = client_socket.send_to(request.as_bytes(), server_addr) {
@@ -254,12 +262,12 @@ fn recv_matching(
     }
 }
 
-/// TCP: lan-a connects to wan-a and lan-b to wan-b, both from port 40000, and each
-/// side sends one line. Returns how many checks failed.
-pub fn tcp(testbed: &Testbed) -> Result<usize> {
+/// TCP: lan-a connects to wan-a and lan-b to wan-b, both from port `client_port`, and
+/// each side sends one line. Returns how many checks failed.
+pub fn tcp(testbed: &Testbed, client_port: u16) -> Result<usize> {
     let hosts = Hosts::of(testbed)?;
     println!(
-        "\nTCP: the LAN hosts connect from port {CLIENT_PORT} to port {TCP_PORT} of the WAN \
+        "\nTCP: the LAN hosts connect from port {client_port} to port {TCP_PORT} of the WAN \
          hosts and exchange a line"
     );
     let listen = |host: Host<'_>| {
@@ -277,7 +285,7 @@ pub fn tcp(testbed: &Testbed) -> Result<usize> {
         (hosts.lan_b, hosts.wan_b, &wan_b),
     ] {
         signals::check()?;
-        rows.push(tcp_exchange(client, server, listener)?);
+        rows.push(tcp_exchange(client, client_port, server, listener)?);
     }
     print_table(&rows, |row| match &row.reply {
         Some(line) => format!("yes: {line:?}"),
@@ -288,10 +296,15 @@ pub fn tcp(testbed: &Testbed) -> Result<usize> {
 
 /// Connects `client` to `server`, sends a line, and reads the server's answer, which
 /// names the source the server saw. Fails only if the testbed cannot be used.
-fn tcp_exchange(client: Host<'_>, server: Host<'_>, listener: &TcpListener) -> Result<Exchange> {
-    let mut row = Exchange::new(client, server, TCP_PORT);
+fn tcp_exchange(
+    client: Host<'_>,
+    client_port: u16,
+    server: Host<'_>,
+    listener: &TcpListener,
+) -> Result<Exchange> {
+    let mut row = Exchange::new(client, client_port, server, TCP_PORT);
     let server_addr = SocketAddr::from((server.addr, TCP_PORT));
-    let local = SocketAddr::from(SocketAddrV4::new(client.addr, CLIENT_PORT));
+    let local = SocketAddr::from(SocketAddrV4::new(client.addr, client_port));
     let connected = client.ns.try_run(|| connect_from(local, server_addr))?;
     let stream = match connected {
         Ok(stream) => stream,

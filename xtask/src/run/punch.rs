@@ -37,8 +37,6 @@ const RENDEZVOUS_PORT: u16 = 7000;
 const PUNCH_TIMEOUT: &str = "5";
 /// How long a punch may run before it is killed (it never should be).
 const PUNCH_LIMIT: Duration = Duration::from_secs(20);
-/// How long natgw may take to answer `natgw status` after starting.
-const READY_WAIT: Duration = Duration::from_secs(20);
 /// How much of natgw's log a failure shows.
 const LOG_TAIL_LINES: usize = 30;
 /// How long a process may take to exit after SIGTERM.
@@ -232,10 +230,11 @@ fn with_processes(sites: &Sites, bin: &Path) -> Result<usize> {
     // Both load their programs at once; then each must answer.
     for process in &mut natgw {
         let ns = process.namespace().name().to_owned();
-        process
-            .wait_ready()
-            .map_err(daemon::interrupted_or)
-            .with_context(|| format!("natgw in {ns}"))?;
+        let took = daemon::wait_ready(process).with_context(|| format!("natgw in {ns}"))?;
+        println!(
+            "natgw in {ns} is ready (`natgw status` answered after {:.1} s)",
+            took.as_secs_f64()
+        );
     }
     let rendezvous = format!("{RENDEZVOUS_ADDR}:{RENDEZVOUS_PORT}");
     println!("Starting `natgw rendezvous --listen {rendezvous}` on the rendezvous host");
@@ -294,7 +293,7 @@ fn natgw_builder(bin: &Path, extra: &[&str], log: &Path) -> testbed::NatgwBuilde
         .args(extra)
         .log(log)
         .rust_log(None)
-        .ready_within(READY_WAIT)
+        .ready_within(daemon::READY_WAIT)
         .stop_within(STOP_WAIT)
         .log_lines_in_errors(LOG_TAIL_LINES)
         .own_process_group()
