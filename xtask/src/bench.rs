@@ -266,6 +266,14 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only"])]
     packets_only: bool,
 
+    /// Only the per-packet cost (issue #18): one call per packet and the program-only
+    /// timing (`xdp_replay`, repeat 1,000,000), empty and at a million mappings (half
+    /// a million with --quick), without the packet rates and the garbage collector
+    /// (about a minute). For A/B runs of two builds: pass each build's natgw and its
+    /// eBPF object (--natgw, --ebpf-object).
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only", "write_docs"])]
+    cost_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -311,6 +319,9 @@ pub fn run(args: &Args) -> Result<()> {
     if args.turn_only {
         return turn_only(args, &artifacts);
     }
+    if args.cost_only {
+        return cost_only(args, &artifacts);
+    }
 
     let plan = Plan {
         reps: args
@@ -351,6 +362,7 @@ pub fn run(args: &Args) -> Result<()> {
         &artifacts.natgw_bin,
         &log_dir,
         args.quick,
+        true,
         &mut costs,
     )?;
     eprintln!("xtask bench: UPnP IGD control");
@@ -401,6 +413,38 @@ fn gc_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --cost-only`: the per-packet cost alone.
+fn cost_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let busy = cpu::machine_busy(Duration::from_secs(1))?;
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut tools = programs::Tools::load(&artifacts.ebpf_object)?;
+    let mut costs = cost::CostResults::default();
+    cost::run(
+        &mut tools,
+        &artifacts.natgw_bin,
+        &log_dir,
+        args.quick,
+        false,
+        &mut costs,
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "busy_before_pct": busy,
+                "cost": costs,
+                "cost_targets": costs.targets(),
+            }))?
+        );
+    } else {
+        println!("(CPUs {busy:.0}% busy before the start)");
+        print!("{}", report::cost_text(&costs));
     }
     Ok(())
 }
