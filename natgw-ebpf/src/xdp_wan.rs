@@ -64,8 +64,11 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
         rx_partial,
         IfaceRole::Lan,
     )?;
-    hit.admit(&pkt)?;
-    hit.account(&pkt);
+    // One timestamp for the packet: its session and its mapping.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    hit.admit(&pkt, now)?;
+    hit.account(&pkt, now);
     let rw = Rewrite::new(
         &pkt,
         Side::Destination,
