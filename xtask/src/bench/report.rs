@@ -1142,6 +1142,52 @@ mod tests {
     }
 
     #[test]
+    fn cost_targets_are_judged_on_the_program_only_rows() {
+        let row = |key, ns: f64, over: Option<f64>| cost::AmortisedRow {
+            key,
+            label: key,
+            ns,
+            over_floor_ns: over,
+            repeat: cost::AMORTISED_REPEAT,
+            runs: 3,
+            unexpected: 0,
+        };
+        let c = CostResults {
+            amortised_rows: vec![
+                row(cost::REPLAY_FLOOR, 40.0, None),
+                row("existing_mapping", 240.0, Some(200.0)),
+            ],
+            amortised_scale_rows: vec![row("existing_mapping_1m", 270.0, Some(230.0))],
+            ..CostResults::default()
+        };
+        let t = c.targets();
+        assert_eq!(t[0].measured, Some(200.0));
+        assert_eq!(t[0].met, Some(true));
+        assert_eq!(t[1].measured, Some(1.15));
+        assert_eq!(t[1].met, Some(false));
+        let text = cost_text(&c);
+        assert!(
+            text.contains("<= 300 ns above the floor: measured 200 ns  PASS"),
+            "{text}"
+        );
+        assert!(
+            text.contains("within 10% of an empty table: measured 1.15×  MISS (5% over)"),
+            "{text}"
+        );
+
+        let slow = CostResults {
+            amortised_rows: vec![row("existing_mapping", 1100.0, Some(1060.0))],
+            ..CostResults::default()
+        };
+        let text = cost_text(&slow);
+        assert!(
+            text.contains("measured 1060 ns  MISS (760 ns over, 3.5× the target)"),
+            "{text}"
+        );
+        assert_eq!(CostResults::default().targets()[0].met, None);
+    }
+
+    #[test]
     fn json_has_the_ratios_object_and_the_targets() {
         let r = packet_results();
         let j = packets_json(&test_machine(), &test_plan(), &r);
