@@ -1,5 +1,5 @@
 //! What `cargo xtask bench` and the bench-only programs of natgw's eBPF object
-//! (`natgw-ebpf/src/bench.rs`: `xdp_pass`, `xdp_count_drop`, `xdp_gen`) must agree
+//! (`natgw-ebpf/src/bench.rs`: `xdp_pass`, `xdp_count_drop`, `xdp_gen`, `xdp_replay`) must agree
 //! on: the names of their maps, the slots of `BENCH_RX` and `BENCH_GEN_CFG`, and the
 //! length of the generated frames. natgw itself never attaches these programs.
 
@@ -18,6 +18,8 @@ pub mod names {
     /// `Array<u32>`: the generator's configuration, by the [`GEN_*`](super::GEN_FLOWS)
     /// slots.
     pub const BENCH_GEN_CFG: &str = "BENCH_GEN_CFG";
+    /// `ProgramArray` with one entry: the program `xdp_replay` tail-calls.
+    pub const BENCH_REPLAY: &str = "BENCH_REPLAY";
 }
 
 /// `BENCH_RX` slot: frames received.

@@ -18,6 +18,13 @@
 //!   the receiver (`BENCH_RX_TOTAL`), so it must run in the same object instance as
 //!   the receiver.
 //!
+//! - [`replay`] (`xdp_replay`): the program-only timing of the per-packet cost. Run
+//!   by `BPF_PROG_TEST_RUN` with a large repeat count (not live), it writes the next
+//!   flow's frame exactly as `xdp_gen` does, then tail-calls the program in slot 0 of
+//!   `BENCH_REPLAY` (natgw's `xdp_lan`, or `xdp_pass` for the floor). A repeated test
+//!   run reuses one buffer, which the first run would have translated; rewriting it
+//!   first makes every repetition a fresh packet of the next endpoint.
+//!
 //! - [`forward`] (`xdp_fwd`): the bare XDP forwarder, the ceiling of the
 //!   `xdp-forward` mode: `bpf_fib_lookup` for the destination, the router's TTL
 //!   decrement (with its incremental checksum update), both MAC addresses from the FIB
@@ -39,7 +46,7 @@ use aya_ebpf::{
         generated::{bpf_fib_lookup, bpf_redirect},
     },
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -73,6 +80,10 @@ static BENCH_GEN_TPL: Array<[u8; GEN_FRAME_LEN]> = Array::with_max_entries(1, 0)
 /// The generator's configuration, by the `GEN_*` slots.
 #[map]
 static BENCH_GEN_CFG: Array<u32> = Array::with_max_entries(GEN_CFG_SLOTS, 0);
+
+/// Slot 0: the program `xdp_replay` hands its frame to.
+#[map]
+static BENCH_REPLAY: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// Frame offsets the generator writes (IHL 5, as in its template).
 mod off {
@@ -165,16 +176,39 @@ fn next_seq() -> Option<u64> {
 /// `xdp_gen`: the template with flow `seq % flows` written in, transmitted.
 #[inline(always)]
 pub fn generate(ctx: &XdpContext) -> u32 {
+    match write_flow(ctx) {
+        Ok(()) => XDP_TX,
+        Err(action) => action,
+    }
+}
+
+/// `xdp_replay`: the next flow's frame written in as by `xdp_gen`, then handed to
+/// the program in `BENCH_REPLAY` slot 0 (`XDP_ABORTED` if there is none).
+#[inline(always)]
+pub fn replay(ctx: &XdpContext) -> u32 {
+    if let Err(action) = write_flow(ctx) {
+        return action;
+    }
+    // SAFETY: a tail call with this program's own context; it returns only when the
+    // slot is empty.
+    unsafe { BENCH_REPLAY.tail_call(ctx, 0) };
+    XDP_ABORTED
+}
+
+/// Writes the template with flow `seq % flows` into the frame; `Err` is the action
+/// to return instead (no frame to send).
+#[inline(always)]
+fn write_flow(ctx: &XdpContext) -> Result<(), u32> {
     let start = ctx.data();
     if start + GEN_FRAME_LEN > ctx.data_end() {
-        return XDP_ABORTED;
+        return Err(XDP_ABORTED);
     }
     let frame = start as *mut [u8; GEN_FRAME_LEN];
     let Some(template) = BENCH_GEN_TPL.get(0) else {
-        return XDP_ABORTED;
+        return Err(XDP_ABORTED);
     };
     let Some(seq) = next_seq() else {
-        return XDP_DROP;
+        return Err(XDP_DROP);
     };
     let mut bytes: [u8; GEN_FRAME_LEN] = *template;
 
@@ -220,7 +254,7 @@ pub fn generate(ctx: &XdpContext) -> u32 {
     // SAFETY: the frame holds at least GEN_FRAME_LEN bytes (checked above) and is
     // writable in XDP.
     unsafe { frame.write_unaligned(bytes) };
-    XDP_TX
+    Ok(())
 }
 
 /// `AF_INET`, the FIB lookup's family.

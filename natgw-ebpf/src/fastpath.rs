@@ -15,7 +15,7 @@ use natgw_common::{
         recompute_l4_checksum, Fragment, Ipv4Packet, PacketBufMut, ParseError, Rewrite,
         MAX_FULL_CSUM_LEN,
     },
-    Counter, IfaceRole,
+    Counter, IfaceConfig, IfaceRole,
 };
 
 use crate::{
@@ -60,14 +60,25 @@ pub fn parse(buf: &XdpBuf) -> Result<Ipv4Packet, Counter> {
     }
 }
 
-/// Whether the frame's L4 checksum is partial and must be completed before it is
-/// redirected: it arrived on an interface whose frames may carry one (veth, from a
-/// local socket) and its checksum field holds just the pseudo-header sum. Any other
-/// checksum, corrupt ones included, is updated incrementally and so stays as right
-/// or as wrong as it came.
+/// The ingress interface's configuration when the frame's L4 checksum is partial and
+/// must be completed before it is redirected: its checksum field holds just the
+/// pseudo-header sum and it arrived on an interface whose frames may carry one (veth,
+/// from a local socket). `None` for any other checksum, corrupt ones included, which
+/// is updated incrementally and so stays as right or as wrong as it came.
+///
+/// The frame is looked at first: a complete checksum, the common case, costs no
+/// `IFACES` lookup, and a partial one costs exactly one (its result goes on to
+/// [`next_hop`]).
 #[inline(always)]
-pub fn partial_checksum(buf: &XdpBuf, pkt: &Ipv4Packet, ingress: u32) -> bool {
-    nat::iface(ingress).is_some_and(|i| i.rx_csum_partial != 0) && l4_checksum_is_partial(buf, pkt)
+pub fn partial_checksum(
+    buf: &XdpBuf,
+    pkt: &Ipv4Packet,
+    ingress: u32,
+) -> Option<&'static IfaceConfig> {
+    if !l4_checksum_is_partial(buf, pkt) {
+        return None;
+    }
+    nat::iface(ingress).filter(|i| i.rx_csum_partial != 0)
 }
 
 /// Applies `rw` to the frame and prepares it for `hop`.
@@ -100,8 +111,9 @@ pub fn redirect(ifindex: u32) -> u32 {
 
 /// Where the fast path sends `pkt` once its destination is `dst`, if it can take
 /// it at all: the TTL survives the hop, the packet is not a fragment (nor, outbound,
-/// a non-atomic datagram whose identification must be replaced), a `partial`
-/// checksum can be completed, the route leads to an interface of role
+/// a non-atomic datagram whose identification must be replaced), a partial
+/// checksum (`partial`: the ingress interface's configuration, from
+/// [`partial_checksum`]) can be completed, the route leads to an interface of role
 /// `egress_role`, the neighbour is resolved, the MTU fits, and the egress device
 /// accepts redirects. `Err` names why the kernel's path must take it instead.
 #[inline(always)]
@@ -110,7 +122,7 @@ pub fn next_hop<C: EbpfContext>(
     pkt: &Ipv4Packet,
     dst: [u8; 4],
     ingress: u32,
-    partial: bool,
+    partial: Option<&IfaceConfig>,
     egress_role: IfaceRole,
 ) -> Result<NextHop, Counter> {
     if pkt.ttl <= 1 {
@@ -123,8 +135,8 @@ pub fn next_hop<C: EbpfContext>(
         // Leaves with an identification of ours, which the TC path gives it.
         return Err(Counter::PassNonAtomic);
     }
-    if partial {
-        if nat::iface(ingress).is_some_and(|rx| rx.rx_xdp_generic != 0) {
+    if let Some(rx) = partial {
+        if rx.rx_xdp_generic != 0 {
             return Err(Counter::PassNoRedirect);
         }
         if pkt.l4_len() > MAX_FULL_CSUM_LEN {

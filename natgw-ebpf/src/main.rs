@@ -109,6 +109,13 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
     bench::generate(&ctx)
 }
 
+/// Bench: the program-only timing, a fresh frame per repetition, then a tail call
+/// into `xdp_lan` (or `xdp_pass`).
+#[xdp]
+pub fn xdp_replay(ctx: XdpContext) -> u32 {
+    bench::replay(&ctx)
+}
+
 /// Bench: the bare XDP forwarder (FIB lookup, MAC rewrite, redirect), the ceiling.
 #[xdp]
 pub fn xdp_fwd(ctx: XdpContext) -> u32 {

@@ -90,8 +90,10 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let hop = lan_hop(ctx, &pkt, target.internal.addr, ingress).map_err(Some)?;
     let from = mapping::outbound(ctx, cfg, &pkt, || admit_new(ctx, &pkt)).map_err(Some)?;
-    target.admit_hairpin(&pkt, from).map_err(Some)?;
-    target.account(&pkt);
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    target.admit_hairpin(&pkt, from, now).map_err(Some)?;
+    target.account(&pkt, now);
     tcpath::rewrite(ctx, &pkt, Side::Source, from)?;
     tcpath::rewrite(ctx, &pkt, Side::Destination, target.internal)?;
     decrement_ttl(ctx, &pkt).map_err(Some)?;

@@ -13,7 +13,7 @@
 //! fragments it as the service's stack would have. Everything else on `lo` passes
 //! untouched.
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_ktime_get_ns, programs::TcContext};
 use natgw_common::{
     packet::{clear_dont_fragment, Ipv4Packet, L4Kind, Side},
     Counter,
@@ -57,11 +57,13 @@ fn try_egress(ctx: &TcContext) -> Verdict {
         Err(Counter::PassMtu) => None,
         Err(_) => return Err(None),
     };
-    if let Err(refused) = target.admit(&pkt) {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Err(refused) = target.admit(&pkt, now) {
         count(refused);
         return Ok(TC_ACT_SHOT);
     }
-    target.account(&pkt);
+    target.account(&pkt, now);
     tcpath::rewrite(ctx, &pkt, Side::Destination, target.internal)?;
     count(Counter::HairpinLocalReply);
     match hop {

@@ -239,19 +239,17 @@ fn translate_in(ctx: &TcContext, pkt: &Ipv4Packet, datagram: &FragKey) -> Verdic
     // xdp_wan already dropped what has no mapping and is not the gateway's own.
     let hit = mapping::inbound(pkt).ok_or(None)?;
     tcpath::check_header(ctx, pkt).map_err(Some)?;
-    hit.admit(pkt).map_err(Some)?;
+    // One timestamp for the packet: its session, its fragment budget, its mapping.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    hit.admit(pkt, now).map_err(Some)?;
     if pkt.frag == Fragment::First {
-        // SAFETY: no preconditions.
-        fragments::take(pkt.src, false, unsafe { bpf_ktime_get_ns() }).map_err(Some)?;
+        fragments::take(pkt.src, false, now).map_err(Some)?;
     }
-    hit.account(pkt);
+    hit.account(pkt, now);
     tcpath::rewrite(ctx, pkt, Side::Destination, hit.internal)?;
     if pkt.frag == Fragment::First {
-        let first = FragValue::new(
-            u32::from_ne_bytes(hit.internal.addr),
-            // SAFETY: no preconditions.
-            unsafe { bpf_ktime_get_ns() },
-        );
+        let first = FragValue::new(u32::from_ne_bytes(hit.internal.addr), now);
         let _ = FRAGS_IN.insert(datagram, &first, 0);
     }
     count(Counter::TcInTranslated);

@@ -62,8 +62,9 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     if validate::has_ip_options(&pkt) {
         return Err(Counter::PassIpOptions);
     }
-    let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
-    let hop = next_hop(ctx, &pkt, pkt.dst, ingress, partial, IfaceRole::Wan)?;
+    let rx_partial = fastpath::partial_checksum(&buf, &pkt, ingress);
+    let partial = rx_partial.is_some();
+    let hop = next_hop(ctx, &pkt, pkt.dst, ingress, rx_partial, IfaceRole::Wan)?;
     validate::check_header(&buf, &pkt)?;
     let admit_new = || validate::check_checksum(&buf, &pkt, partial);
     let ext = mapping::outbound(ctx, cfg, &pkt, admit_new).inspect_err(|c| {

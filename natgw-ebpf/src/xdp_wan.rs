@@ -54,17 +54,21 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Counter> {
     // Invalid packets neither refresh the mapping nor open or advance a session.
     validate::check_header(&buf, &pkt)?;
     let ingress = ctx.ingress_ifindex() as u32;
-    let partial = fastpath::partial_checksum(&buf, &pkt, ingress);
+    let rx_partial = fastpath::partial_checksum(&buf, &pkt, ingress);
+    let partial = rx_partial.is_some();
     let hop = next_hop(
         ctx,
         &pkt,
         hit.internal.addr,
         ingress,
-        partial,
+        rx_partial,
         IfaceRole::Lan,
     )?;
-    hit.admit(&pkt)?;
-    hit.account(&pkt);
+    // One timestamp for the packet: its session and its mapping.
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    hit.admit(&pkt, now)?;
+    hit.account(&pkt, now);
     let rw = Rewrite::new(
         &pkt,
         Side::Destination,

@@ -252,40 +252,43 @@ pub fn inbound(pkt: &Ipv4Packet) -> Option<InboundHit> {
 }
 
 impl InboundHit {
-    /// Applies the mapping's filter to `pkt` and records it in its session; `Err`
-    /// is the drop reason. Called by whichever program translates the packet.
+    /// Applies the mapping's filter to `pkt` and records it in its session at
+    /// `now` (the packet's one timestamp); `Err` is the drop reason. Called by
+    /// whichever program translates the packet.
     #[inline(always)]
-    pub fn admit(&self, pkt: &Ipv4Packet) -> Result<(), Counter> {
+    pub fn admit(&self, pkt: &Ipv4Packet, now: u64) -> Result<(), Counter> {
         session::inbound(
             pkt,
             (pkt.dst, pkt.dport_be),
             (pkt.src, pkt.sport_be),
             self.filter,
+            now,
         )
     }
 
     /// [`Self::admit`] for a hairpinned packet, whose remote endpoint is its sender's
     /// external endpoint `from` (RFC 4787 REQ-9a).
     #[inline(always)]
-    pub fn admit_hairpin(&self, pkt: &Ipv4Packet, from: Endpoint) -> Result<(), Counter> {
+    pub fn admit_hairpin(&self, pkt: &Ipv4Packet, from: Endpoint, now: u64) -> Result<(), Counter> {
         session::inbound(
             pkt,
             (pkt.dst, pkt.dport_be),
             (from.addr, from.port_be),
             self.filter,
+            now,
         )
     }
 
-    /// Counts the packet and records its time and TCP flags; called by whichever
-    /// program translates it, exactly once.
+    /// Counts the packet and records its time (`now`, the one [`Self::admit`] got)
+    /// and TCP flags; called by whichever program translates it, exactly once.
     #[inline(always)]
-    pub fn account(&self, pkt: &Ipv4Packet) {
+    pub fn account(&self, pkt: &Ipv4Packet, now: u64) {
         let rv = self.rv;
         let bits = seen_bits(pkt);
-        // SAFETY: no preconditions; `rv` points at a live value (map values stay
-        // valid for the whole program run, even if deleted meanwhile).
+        // SAFETY: `rv` points at a live value (map values stay valid for the whole
+        // program run, even if deleted meanwhile).
         unsafe {
-            (*rv).last_in_ns = bpf_ktime_get_ns();
+            (*rv).last_in_ns = now;
             if (*rv).tcp_flags_in | bits != (*rv).tcp_flags_in {
                 (*rv).tcp_flags_in |= bits;
             }

@@ -84,11 +84,13 @@ pub fn check_lan_source(ifindex: u32, pkt: &Ipv4Packet) -> Result<(), Counter> {
     }
 }
 
-/// Whether `addr` is one of the gateway's external addresses.
+/// Whether `addr` is one of the gateway's external addresses. A pool of one
+/// address is just `ext_addr_be` (the pool's first address is the main one), so only
+/// a larger pool costs an `EXT_SET` lookup.
 #[inline(always)]
 pub fn is_external(cfg: &Config, addr: [u8; 4]) -> bool {
     let addr = u32::from_ne_bytes(addr);
-    addr == cfg.ext_addr_be || EXT_SET.get_ptr(&addr).is_some()
+    addr == cfg.ext_addr_be || (cfg.ext_count > 1 && EXT_SET.get_ptr(&addr).is_some())
 }
 
 /// The external address of internal host `int_addr`: always the same one for a

@@ -7,7 +7,7 @@
 //! Endpoint-independent UDP and ICMP mappings keep no sessions at all, so the common
 //! case costs nothing extra.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key};
 use natgw_common::{
     maps::{
         tcp_seen, FilterMode, HeldSyn, PcpFilterKey, Session, SessionKey, PCP_FILTER_FIXED_BITS,
@@ -114,14 +114,15 @@ fn touch(k: &SessionKey, pkt: &Ipv4Packet, outbound: bool, now: u64) {
 
 /// Applies the mapping's inbound filter to `pkt`, from `remote` (its source, or
 /// for a hairpinned packet its sender's external endpoint) to external endpoint
-/// `ext`, and records it. `Err` is the drop reason; a refused SYN is remembered as
-/// held.
+/// `ext`, and records it at `now`. `Err` is the drop reason; a refused SYN is
+/// remembered as held.
 #[inline(always)]
 pub fn inbound(
     pkt: &Ipv4Packet,
     ext: ([u8; 4], u16),
     remote: ([u8; 4], u16),
     mode: u8,
+    now: u64,
 ) -> Result<(), Counter> {
     if !tracked(pkt.proto, mode) {
         return Ok(());
@@ -138,8 +139,6 @@ pub fn inbound(
     } else {
         true
     };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if !allowed {
         hold_syn(pkt, now);
         return Err(Counter::DropFiltered);

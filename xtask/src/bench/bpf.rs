@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
 use anyhow::{Context as _, Result};
 use natgw_common::batch::bpf;
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -268,6 +270,39 @@ pub fn is_empty(map: BorrowedFd<'_>, key_size: usize) -> Result<bool> {
         Ok(_) => Ok(false),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(true),
         Err(e) => Err(e).context("BPF_MAP_GET_NEXT_KEY"),
+    }
+}
+
+/// Puts program `prog` into slot `index` of program array `map` (any loaded program
+/// of the owner's type, natgw's own included: aya's `ProgramArray` takes only
+/// programs of its own object).
+pub fn prog_array_set(map: BorrowedFd<'_>, index: u32, prog: BorrowedFd<'_>) -> Result<()> {
+    let value = fd_u32(prog);
+    let mut attr = ElemAttr {
+        map_fd: fd_u32(map),
+        key: std::ptr::from_ref(&index) as u64,
+        next_key: std::ptr::from_ref(&value) as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: the map element members of `union bpf_attr` (`next_key` is `value`);
+    // key and value are 4-byte integers that outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }
+        .context("BPF_MAP_UPDATE_ELEM (program array)")?;
+    Ok(())
+}
+
+/// Empties slot `index` of program array `map` (an empty slot is fine).
+pub fn prog_array_clear(map: BorrowedFd<'_>, index: u32) -> Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd_u32(map),
+        key: std::ptr::from_ref(&index) as u64,
+        ..ElemAttr::default()
+    };
+    // SAFETY: as in `prog_array_set`, without a value.
+    match unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) } {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e).context("BPF_MAP_DELETE_ELEM (program array)"),
     }
 }
 

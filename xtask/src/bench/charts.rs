@@ -483,6 +483,23 @@ pub struct CostChart {
 /// The floor case's key.
 const FLOOR_KEY: &str = "floor_xdp_pass";
 
+/// The cost results' lists of program-only timings (`xdp_replay`, repeat 1,000,000).
+const PROGRAM_ONLY_LISTS: [&str; 2] = ["amortised_rows", "amortised_scale_rows"];
+
+/// The column a case's program-only figure (ns above the replay floor) is drawn in.
+const PROGRAM_ONLY_COLUMN: &str = "program_only_ns";
+
+/// The program-only figure of the case `key`, ns above the replay floor.
+fn program_only_ns(cost: &serde_json::Map<String, Value>, key: &str) -> Option<f64> {
+    PROGRAM_ONLY_LISTS
+        .iter()
+        .filter_map(|list| cost.get(*list)?.as_array())
+        .flatten()
+        .find(|r| r.get("key").and_then(Value::as_str) == Some(key))?
+        .get("over_floor_ns")?
+        .as_f64()
+}
+
 impl CostChart {
     /// From the bench's cost results.
     #[must_use]
@@ -495,23 +512,38 @@ impl CostChart {
     #[must_use]
     pub fn from_json(v: &Value) -> Option<CostChart> {
         let cost = v.get("cost")?.as_object()?;
-        // Every list of cases: `rows`, `scale_rows`, then any other, by name.
-        let mut lists: Vec<&String> = cost.keys().collect();
+        // Every list of cases: `rows`, `scale_rows`, then any other, by name; the
+        // program-only lists become a column of the cases they time again.
+        let mut lists: Vec<&String> = cost
+            .keys()
+            .filter(|k| !PROGRAM_ONLY_LISTS.contains(&k.as_str()))
+            .collect();
         lists.sort_by_key(|k| match k.as_str() {
             "rows" => 0,
             "scale_rows" => 1,
             _ => 2,
         });
-        let rows: Vec<&serde_json::Map<String, Value>> = lists
+        let rows: Vec<serde_json::Map<String, Value>> = lists
             .into_iter()
             .filter_map(|k| cost[k].as_array())
             .flatten()
             .filter_map(Value::as_object)
             .filter(|r| r.get("label").is_some_and(Value::is_string))
+            .cloned()
+            .map(|mut r| {
+                let program_only = r
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .and_then(|key| program_only_ns(cost, key));
+                if let Some(ns) = program_only {
+                    r.insert(PROGRAM_ONLY_COLUMN.to_owned(), json!(ns));
+                }
+                r
+            })
             .collect();
         let mut columns: Vec<String> = Vec::new();
         for r in &rows {
-            for (k, value) in *r {
+            for (k, value) in r {
                 if k.ends_with("_ns") && value.is_number() && !columns.contains(k) {
                     columns.push(k.clone());
                 }
@@ -561,7 +593,14 @@ impl CostChart {
             .columns
             .iter()
             .enumerate()
-            .map(|(i, c)| (Swatch::Bar(mode_colour(i)), format!("{c} ns per packet")))
+            .map(|(i, c)| {
+                let what = if c == "program only" {
+                    "program only: ns per packet above xdp_pass, repeat = 1,000,000".to_owned()
+                } else {
+                    format!("{c} ns per packet")
+                };
+                (Swatch::Bar(mode_colour(i)), what)
+            })
             .collect();
         if let Some(f) = self.floor {
             legend.push((
@@ -576,6 +615,15 @@ impl CostChart {
              multiple of the floor.",
             super::cost::ENDPOINTS
         )];
+        if self.columns.iter().any(|c| c == "program only") {
+            notes.push(
+                "Program only: xdp_replay writes the next endpoint's frame and tail-calls the \
+                 program, 1,000,000 times per call; the bar is the time per packet above \
+                 xdp_replay tail-calling xdp_pass, the program's own cost without the harness \
+                 (the floor line is the one-call floor)."
+                    .to_owned(),
+            );
+        }
         for (case, why) in &self.not_measured {
             notes.push(format!("Not measured: {case}: {why}"));
         }
@@ -1212,6 +1260,21 @@ mod tests {
         let wider = CostChart::from_json(&j).expect("cost");
         assert_eq!(wider.columns, ["median", "mean", "program only"]);
         assert_eq!(wider.cases[1].1, [Some(600.0), Some(660.0), Some(300.0)]);
+        // The program-only timings join the case they time again as a column.
+        let mut j = json!({ "machine": machine(), "cost": c });
+        let key = j["cost"]["rows"][1]["key"].clone();
+        j["cost"]["amortised_rows"] = json!([
+            { "key": "replay_floor", "label": "floor: xdp_replay + xdp_pass", "ns": 9.0 },
+            { "key": key, "label": "xdp_lan, existing mapping (UDP)", "ns": 180.0,
+              "over_floor_ns": 170.0 },
+        ]);
+        let program = CostChart::from_json(&j).expect("cost");
+        assert_eq!(program.columns, ["median", "mean", "program only"]);
+        assert_eq!(program.cases.len(), wider.cases.len());
+        assert_eq!(program.cases[1].1[2], Some(170.0));
+        assert!(program.cases.iter().all(|(l, _)| !l.starts_with("floor: xdp_replay")));
+        let svg = program.svg().expect("svg");
+        assert!(svg.contains("repeat = 1,000,000"), "{svg}");
         assert!(CostChart::from_json(&json!({"cost": {"rows": []}})).is_none());
     }
 

@@ -3,7 +3,9 @@
 //! `natgw-ebpf/src/bench.rs`:
 //!
 //! [`Tools`] holds `xdp_pass`, `xdp_count_drop` (the receiver's counts in `BENCH_RX`),
-//! `xdp_fwd` (the bare XDP forwarder of the `xdp-forward` mode) and `xdp_gen` (configured through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) in one
+//! `xdp_fwd` (the bare XDP forwarder of the `xdp-forward` mode), `xdp_gen` (configured
+//! through `BENCH_GEN_CFG` and `BENCH_GEN_TPL`) and `xdp_replay` (the same frames, then a
+//! tail call through `BENCH_REPLAY`) in one
 //! instance, because the generator paces itself by the receiver's count. aya creates
 //! every map of the object, natgw's NAT tables included; they stay empty.
 
@@ -33,6 +35,8 @@ pub mod names {
     pub const XDP_GEN: &str = "xdp_gen";
     /// The bare XDP forwarder (the `xdp-forward` mode).
     pub const XDP_FWD: &str = "xdp_fwd";
+    /// The generator's frames, handed to another program by a tail call.
+    pub const XDP_REPLAY: &str = "xdp_replay";
 }
 
 /// What the receiver counted, summed over CPUs.
@@ -46,7 +50,7 @@ pub struct Rx {
     pub last_ns: u64,
 }
 
-/// `xdp_pass`, `xdp_count_drop`, `xdp_fwd` and `xdp_gen`.
+/// `xdp_pass`, `xdp_count_drop`, `xdp_fwd`, `xdp_gen` and `xdp_replay`.
 pub struct Tools {
     ebpf: Ebpf,
 }
@@ -71,7 +75,8 @@ fn fd<'a>(ebpf: &'a Ebpf, name: &str) -> Result<BorrowedFd<'a>> {
 }
 
 impl Tools {
-    /// Loads `xdp_pass`, `xdp_count_drop`, `xdp_gen` and `xdp_fwd` from `object`.
+    /// Loads `xdp_pass`, `xdp_count_drop`, `xdp_gen`, `xdp_fwd` and `xdp_replay` from
+    /// `object`.
     pub fn load(object: &Path) -> Result<Tools> {
         let mut ebpf = Ebpf::load_file(object)
             .with_context(|| format!("loading {} with aya", object.display()))?;
@@ -80,6 +85,7 @@ impl Tools {
             names::XDP_COUNT_DROP,
             names::XDP_GEN,
             names::XDP_FWD,
+            names::XDP_REPLAY,
         ] {
             xdp(&mut ebpf, name)?
                 .load()
@@ -167,6 +173,33 @@ impl Tools {
     /// `xdp_gen`, for live-frame `BPF_PROG_TEST_RUN`.
     pub fn gen_fd(&self) -> Result<BorrowedFd<'_>> {
         fd(&self.ebpf, names::XDP_GEN)
+    }
+
+    /// `xdp_replay`, for `BPF_PROG_TEST_RUN` with a large repeat count.
+    pub fn replay_fd(&self) -> Result<BorrowedFd<'_>> {
+        fd(&self.ebpf, names::XDP_REPLAY)
+    }
+
+    /// Makes `xdp_replay` hand its frames to `prog` (any XDP program, natgw's too).
+    pub fn set_replay_target(&self, prog: BorrowedFd<'_>) -> Result<()> {
+        super::bpf::prog_array_set(self.replay_map()?, 0, prog)
+            .context("setting xdp_replay's target in BENCH_REPLAY")
+    }
+
+    /// Empties `xdp_replay`'s slot, releasing the program in it.
+    pub fn clear_replay_target(&self) -> Result<()> {
+        super::bpf::prog_array_clear(self.replay_map()?, 0)
+    }
+
+    fn replay_map(&self) -> Result<BorrowedFd<'_>> {
+        let map = self
+            .ebpf
+            .map(map_names::BENCH_REPLAY)
+            .context("the eBPF object has no map BENCH_REPLAY: rebuild it")?;
+        match map {
+            aya::maps::Map::ProgramArray(data) => Ok(data.fd().as_fd()),
+            _ => anyhow::bail!("BENCH_REPLAY is not a program array"),
+        }
     }
 
     /// Sets the generator up: flow 0's frame, how flows vary, how many frames to send
