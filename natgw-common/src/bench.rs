@@ -20,6 +20,9 @@ pub mod names {
     pub const BENCH_GEN_CFG: &str = "BENCH_GEN_CFG";
     /// `ProgramArray` with one entry: the program `xdp_replay` tail-calls.
     pub const BENCH_REPLAY: &str = "BENCH_REPLAY";
+    /// `Array<[u8; GEN_FLOW_LEN]>` with [`GEN_TABLE_MAX`](super::GEN_TABLE_MAX)
+    /// entries: explicit flows, read when [`GEN_TABLE`](super::GEN_TABLE) is set.
+    pub const BENCH_GEN_FLOWS: &str = "BENCH_GEN_FLOWS";
 }
 
 /// `BENCH_RX` slot: frames received.
@@ -52,5 +55,25 @@ pub const GEN_PORTS_PER_ADDR: u32 = 2;
 pub const GEN_LIMIT: u32 = 3;
 /// `BENCH_GEN_CFG` slot: frames allowed between generator and receiver (0: no pacing).
 pub const GEN_IN_FLIGHT: u32 = 4;
+/// `BENCH_GEN_CFG` slot: 1 when flow `f` takes its source and destination address and
+/// port from entry `f` of `BENCH_GEN_FLOWS` instead of the arithmetic above (the
+/// bench's WAN→LAN flows, whose external ports are whatever the gateway chose).
+pub const GEN_TABLE: u32 = 5;
+/// `BENCH_GEN_CFG` slot: frames per second at most, per CPU, counted from the first
+/// frame (0: as fast as the CPU goes). The offered rate of a connection-setup trial.
+pub const GEN_RATE: u32 = 6;
 /// Number of `BENCH_GEN_CFG` slots.
-pub const GEN_CFG_SLOTS: u32 = 5;
+pub const GEN_CFG_SLOTS: u32 = 7;
+
+/// `BENCH_GEN_SEQ` slot: frames sent, per CPU.
+pub const SEQ_SENT: u32 = 0;
+/// `BENCH_GEN_SEQ` slot: `CLOCK_MONOTONIC` ns of the first frame, for [`GEN_RATE`].
+pub const SEQ_START_NS: u32 = 1;
+/// Number of `BENCH_GEN_SEQ` slots.
+pub const SEQ_SLOTS: u32 = 2;
+
+/// Entries of `BENCH_GEN_FLOWS`.
+pub const GEN_TABLE_MAX: u32 = 1 << 17;
+/// One `BENCH_GEN_FLOWS` entry: source address, destination address, source port,
+/// destination port, each in network byte order.
+pub const GEN_FLOW_LEN: usize = 12;

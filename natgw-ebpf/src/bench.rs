@@ -5,7 +5,8 @@
 //!   the translation programs' per-packet cost is set against, and what the bench
 //!   attaches to a veth that must accept redirected frames (its peer's `XDP_TX` or
 //!   `XDP_REDIRECT`) while the kernel does the forwarding.
-//! - [`count_drop`] (`xdp_count_drop`): the receiver. Counts IPv4 packets and bytes per
+//! - [`count_drop`] (`xdp_count_drop`): the receiver. Counts unicast IPv4 UDP and TCP
+//!   packets and bytes per
 //!   CPU in `BENCH_RX`, stamps the first and last arrival, and drops the frame; other
 //!   frames (the kernel's own chatter) pass.
 //! - [`generate`] (`xdp_gen`): the traffic generator, run by `BPF_PROG_TEST_RUN` in
@@ -16,7 +17,10 @@
 //!   on every run. It can stop after a number of frames and pace itself: with
 //!   `GEN_IN_FLIGHT` set it sends only while fewer frames than that are between it and
 //!   the receiver (`BENCH_RX_TOTAL`), so it must run in the same object instance as
-//!   the receiver.
+//!   the receiver; with `GEN_RATE` set it sends at most that many frames per second.
+//!   With `GEN_TABLE` set, flow `f`'s addresses and ports come from entry `f` of
+//!   `BENCH_GEN_FLOWS` (the WAN→LAN flows, toward the external ports the gateway
+//!   chose).
 //!
 //! - [`replay`] (`xdp_replay`): the program-only timing of the per-packet cost. Run
 //!   by `BPF_PROG_TEST_RUN` with a large repeat count (not live), it writes the next
@@ -52,12 +56,13 @@ use aya_ebpf::{
 };
 use natgw_common::{
     bench::{
-        GEN_CFG_SLOTS, GEN_ENDPOINTS, GEN_FLOWS, GEN_FRAME_LEN, GEN_IN_FLIGHT, GEN_LIMIT,
-        GEN_PORTS_PER_ADDR, RX_BYTES, RX_FIRST_NS, RX_LAST_NS, RX_PACKETS, RX_SLOTS,
+        GEN_CFG_SLOTS, GEN_ENDPOINTS, GEN_FLOWS, GEN_FLOW_LEN, GEN_FRAME_LEN, GEN_IN_FLIGHT,
+        GEN_LIMIT, GEN_PORTS_PER_ADDR, GEN_RATE, GEN_TABLE, GEN_TABLE_MAX, RX_BYTES, RX_FIRST_NS,
+        RX_LAST_NS, RX_PACKETS, RX_SLOTS, SEQ_SENT, SEQ_SLOTS, SEQ_START_NS,
     },
     csum::{replace16, replace32, udp_nonzero},
     packet::{ipv4, l4, ETH_HLEN, ETH_P_IP, ETH_TYPE, IPV4_MIN_HLEN},
-    IPPROTO_UDP,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// What the receiver saw, per CPU, by the `RX_*` slots.
@@ -69,9 +74,14 @@ static BENCH_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(RX_SLOTS, 0);
 #[map]
 static BENCH_RX_TOTAL: Array<u64> = Array::with_max_entries(1, 0);
 
-/// The generator's sequence number, per CPU (slot 0): frames sent.
+/// The generator's sequence number (`SEQ_SENT`: frames sent) and the time of its
+/// first frame (`SEQ_START_NS`), per CPU.
 #[map]
-static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(SEQ_SLOTS, 0);
+
+/// Explicit flows (`GEN_TABLE`): source, destination, source port, destination port.
+#[map]
+static BENCH_GEN_FLOWS: Array<[u8; GEN_FLOW_LEN]> = Array::with_max_entries(GEN_TABLE_MAX, 0);
 
 /// The frame of flow 0, with valid IPv4 and TCP/UDP checksums (IHL 5).
 #[map]
@@ -93,6 +103,7 @@ mod off {
     pub const IP_CSUM: usize = ETH_HLEN + ipv4::CSUM;
     pub const IP_PROTO: usize = ETH_HLEN + ipv4::PROTO;
     pub const IP_SRC: usize = ETH_HLEN + ipv4::SRC;
+    pub const IP_DST: usize = ETH_HLEN + ipv4::DST;
     pub const SPORT: usize = L4 + l4::SPORT;
     pub const DPORT: usize = L4 + l4::DPORT;
     pub const UDP_CSUM: usize = L4 + l4::UDP_CSUM;
@@ -105,7 +116,10 @@ pub fn pass(_ctx: &XdpContext) -> u32 {
     XDP_PASS
 }
 
-/// `xdp_count_drop`: count, stamp, drop IPv4 frames; pass anything else.
+/// First octet of the multicast (224/4), reserved (240/4) and broadcast addresses.
+const MULTICAST_FIRST_OCTET: u8 = 224;
+
+/// `xdp_count_drop`: count, stamp, drop unicast IPv4 frames; pass anything else.
 #[inline(always)]
 pub fn count_drop(ctx: &XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
@@ -116,6 +130,22 @@ pub fn count_drop(ctx: &XdpContext) -> u32 {
     let ethertype = unsafe { *((start + ETH_TYPE) as *const [u8; 2]) };
     // IPv4, the only frames the receiver counts.
     if ethertype != ETH_P_IP.to_be_bytes() {
+        return XDP_PASS;
+    }
+    // Unicast UDP and TCP only, the bench's traffic: the gateway's own announcements
+    // (PCP, SSDP, ...) to multicast or broadcast addresses and its ICMP errors (a
+    // refused new mapping) are not.
+    if start + ETH_HLEN + IPV4_MIN_HLEN > end {
+        return XDP_PASS;
+    }
+    // SAFETY: the IPv4 header's fixed part lies inside the frame (checked above).
+    let (dst0, proto) = unsafe {
+        (
+            *((start + ETH_HLEN + ipv4::DST) as *const u8),
+            *((start + ETH_HLEN + ipv4::PROTO) as *const u8),
+        )
+    };
+    if dst0 >= MULTICAST_FIRST_OCTET || (proto != IPPROTO_UDP && proto != IPPROTO_TCP) {
         return XDP_PASS;
     }
     let len = (end - start) as u64;
@@ -150,11 +180,15 @@ fn cfg(slot: u32) -> u32 {
     BENCH_GEN_CFG.get(slot).copied().unwrap_or(0)
 }
 
+/// Nanoseconds per second, for the rate limit.
+const NS_PER_S: u64 = 1_000_000_000;
+
 /// The next sequence number of this CPU, or `None` when this frame must not be sent:
-/// the limit is reached, or as many frames as allowed are on their way.
+/// the limit is reached, as many frames as allowed are on their way, or the rate
+/// limit says it is too early.
 #[inline(always)]
 fn next_seq() -> Option<u64> {
-    let seq = BENCH_GEN_SEQ.get_ptr_mut(0)?;
+    let seq = BENCH_GEN_SEQ.get_ptr_mut(SEQ_SENT)?;
     // SAFETY: per-CPU value, only touched by this CPU while it runs us.
     let n = unsafe { *seq };
     let limit = u64::from(cfg(GEN_LIMIT));
@@ -166,6 +200,22 @@ fn next_seq() -> Option<u64> {
         let received = BENCH_RX_TOTAL.get(0).copied().unwrap_or(0);
         if n.saturating_sub(received) >= in_flight {
             return None;
+        }
+    }
+    let rate = u64::from(cfg(GEN_RATE));
+    if rate != 0 {
+        let start = BENCH_GEN_SEQ.get_ptr_mut(SEQ_START_NS)?;
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if n == 0 {
+            // SAFETY: per-CPU value, only touched by this CPU while it runs us.
+            unsafe { *start = now };
+        } else {
+            // SAFETY: as above.
+            let since = now.saturating_sub(unsafe { *start });
+            if n > since * rate / NS_PER_S {
+                return None;
+            }
         }
     }
     // SAFETY: as above.
@@ -234,12 +284,31 @@ fn write_flow(ctx: &XdpContext) -> Result<(), u32> {
     let old_sport = field16(&bytes, off::SPORT);
     let new_sport = old_sport.wrapping_add(port_step);
     let old_dport = field16(&bytes, off::DPORT);
-    let new_dport = old_dport.wrapping_add(dst_step);
+    let mut new_dport = old_dport.wrapping_add(dst_step);
+    let old_dst = [
+        bytes[off::IP_DST],
+        bytes[off::IP_DST + 1],
+        bytes[off::IP_DST + 2],
+        bytes[off::IP_DST + 3],
+    ];
+    let mut new_dst = old_dst;
+    let (mut new_src, mut new_sport) = (new_src, new_sport);
+    if cfg(GEN_TABLE) != 0 {
+        let Some(t) = BENCH_GEN_FLOWS.get(flow) else {
+            return XDP_ABORTED;
+        };
+        new_src = [t[0], t[1], t[2], t[3]];
+        new_dst = [t[4], t[5], t[6], t[7]];
+        new_sport = u16::from_be_bytes([t[8], t[9]]);
+        new_dport = u16::from_be_bytes([t[10], t[11]]);
+    }
 
-    let ip_csum = replace32(field16(&bytes, off::IP_CSUM), old_src, new_src);
+    let mut ip_csum = replace32(field16(&bytes, off::IP_CSUM), old_src, new_src);
+    ip_csum = replace32(ip_csum, old_dst, new_dst);
     let is_udp = bytes[off::IP_PROTO] == IPPROTO_UDP;
     let l4_at = if is_udp { off::UDP_CSUM } else { off::TCP_CSUM };
     let mut l4_csum = replace32(field16(&bytes, l4_at), old_src, new_src);
+    l4_csum = replace32(l4_csum, old_dst, new_dst);
     l4_csum = replace16(l4_csum, old_sport, new_sport);
     l4_csum = replace16(l4_csum, old_dport, new_dport);
     if is_udp {
@@ -247,6 +316,7 @@ fn write_flow(ctx: &XdpContext) -> Result<(), u32> {
     }
 
     bytes[off::IP_SRC..off::IP_SRC + 4].copy_from_slice(&new_src);
+    bytes[off::IP_DST..off::IP_DST + 4].copy_from_slice(&new_dst);
     bytes[off::SPORT..off::SPORT + 2].copy_from_slice(&new_sport.to_be_bytes());
     bytes[off::DPORT..off::DPORT + 2].copy_from_slice(&new_dport.to_be_bytes());
     bytes[off::IP_CSUM..off::IP_CSUM + 2].copy_from_slice(&ip_csum.to_be_bytes());

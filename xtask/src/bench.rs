@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: packets per second through the gateway for natgw, the kernel's
 //! nftables masquerade (with and without a flowtable), plain forwarding and a bare XDP
-//! forwarder, side by side, with natgw's ratios to them first; new mappings per second
+//! forwarder, side by side in both directions (LAN → WAN and WAN → LAN), with natgw's
+//! ratios to them first; the connection establishment rate and table capacity in the
+//! manner of RFC 9693; new mappings per second
 //! under a SYN flood; the per-packet cost of the translation programs next to an
 //! `XDP_PASS` floor; natgw at a million mappings (memory, cost, garbage
 //! collection); its UPnP IGD control point latency and CPU (issue #13); and the
@@ -12,6 +14,8 @@
 //!   the bare XDP forwarder).
 //! - [`throughput`]: the interleaved packet-rate runs and the SYN bursts;
 //!   [`flowtable`]: the `nft-flowtable` mode's ruleset, replies and offload check.
+//! - [`inbound`]: the WAN → LAN runs' state (mappings, conntrack entries) and flows;
+//!   [`setup`]: connection establishment rate and table capacity (RFC 9693).
 //! - [`cost`]: `BPF_PROG_TEST_RUN` per-packet cost, the million-mapping table, GC.
 //! - [`upnp`]: 1,000 AddPortMapping requests timed, the controller's CPU listing them.
 //! - [`turn`]: packets and Mbit/s through one TURN allocation, natgw's and coturn's.
@@ -26,10 +30,12 @@ mod cpu;
 mod daemon;
 mod flowtable;
 mod frames;
+mod inbound;
 mod net;
 mod profile;
 mod programs;
 mod report;
+mod setup;
 mod throughput;
 mod turn;
 mod upnp;
@@ -231,6 +237,56 @@ pub const METHOD: &str = "\
   floor marked). `--from-json FILE` redraws them from a saved `--json` output;
   `--cost-only` runs the per-packet cost cases alone (empty table and a million
   mappings, without the garbage collection).
+
+### WAN → LAN and connection setup (issue #18)
+
+- **WAN → LAN** (`xtask/src/bench/inbound.rs`): every mode also runs the three UDP
+  workloads the other way, each in a mode run of its own (`Direction::WanToLan` in
+  `net.rs`: the generator sends from `brcv0` into `bwan0`, the receiver counts on
+  `bgen0`, `bwan0`'s NAPI thread is the gateway's, the gateway has permanent neighbour
+  entries for the internal addresses). Inbound packets need state, so before each
+  window the generator sends the workload LAN → WAN (a warm-up, at least a second,
+  up to five rounds) until every flow has its state, and the bench reads it back:
+  natgw's mappings (`natgw mappings --json`) or conntrack's entries (`conntrack -L`),
+  i.e. the external port the gateway chose for each flow. The WAN → LAN flows are the
+  LAN → WAN flows reversed, from the remote endpoint each was made toward to its
+  external endpoint, so natgw's filtering (endpoint-independent by default) and
+  conntrack's 5-tuples both let them in; `xdp_gen` takes them from its flow table
+  (`BENCH_GEN_FLOWS`). Plain forwarding and the XDP forwarder get the reversed flows
+  straight to the internal addresses. A frame the gateway did not translate is
+  addressed to the gateway itself and cannot reach `bgen0`, so the receiver's count is
+  translated traffic; for natgw the bench also requires its inbound counters
+  (`xdp_in_redirected` + `tc_in_translated`) to account for ≥ 95% of the frames
+  counted, and fails the run otherwise. Rows and ratios: the `WAN→LAN` table of the
+  output; in `--json` the `pps` entries `udp_*_wan_to_lan`, the `wan_to_lan` object
+  (per workload: every mode, natgw's ratios in both directions) and `ratios` keys with
+  the suffix `/wan-to-lan` (1k flows). nft flowtable has not run WAN → LAN on this
+  machine (no `CONFIG_NF_FLOW_TABLE`); its priming and offload check are the
+  LAN → WAN ones.
+- **Connection setup, in the manner of RFC 9693** (`xtask/src/bench/setup.rs`,
+  `--setup-only`, and in the full bench after the packet rates): natgw and nftables
+  masquerade, UDP, every trial on a fresh topology and gateway (the state table starts
+  empty). Preliminary phase: one datagram for each of 16,384 new connections (8,192
+  with `--quick`), each from a new internal endpoint (500 per address, so natgw's
+  per-host burst of 1,000 new mappings is never the limit), at the offered rate
+  (`xdp_gen`'s `GEN_RATE`), to the receiver. Validation: the bench reads the state the
+  gateway made and sends one datagram back on every connection from the WAN side (the
+  RFC's real test phase, reduced to its check). A trial passes when every datagram
+  reached the receiver at ≥ 95% of the offered rate, every connection has state and
+  every validation datagram reached the internal host. The maximum connection
+  establishment rate is a binary search over 0–2 M/s, 9 trials (7 with `--quick`).
+  Table capacity: one trial at 50,000/s offering 40,960 connections with natgw at
+  `--max-mappings 32768`; the capacity is the number of connections validated.
+  Deviations from the RFC, for these machines: the generator never runs more than 192
+  frames ahead of the receiver (the generator and the receiver share one CPU; without
+  this a receiver ring overflowing while the generator spins would count as the
+  gateway's loss), so a gateway that cannot keep up shows as a rate below the offered
+  one rather than as loss — hence the 95% criterion; the kernel's `nf_conntrack_max`
+  is one value for the whole host (read-only inside a network namespace), so nft runs
+  at the host's limit instead of a size equal to natgw's, and its capacity row says
+  what it held of what was offered; the RFC's connection tear-down rate is not
+  measured (natgw has no tear-down for UDP: mappings expire, which the GC
+  measurement covers). One search of both modes takes about a minute and a half.
 ";
 
 /// Arguments of `cargo xtask bench`.
@@ -318,6 +374,14 @@ pub struct Args {
     )]
     from_json: Vec<PathBuf>,
 
+    /// Only the connection setup in the manner of RFC 9693 (issue #18): natgw's and
+    /// nftables masquerade's maximum connection establishment rate (a binary search,
+    /// a fresh gateway per trial) and their table capacity, every connection validated
+    /// by a datagram back from the WAN side (about two minutes, one with --quick). With
+    /// --write-docs it replaces only its section of docs/benchmarks.md.
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only", "cost_only", "from_json"])]
+    setup_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -398,10 +462,22 @@ pub fn run(args: &Args) -> Result<()> {
         log_dir: &log_dir,
         tools: programs::Tools::load(&artifacts.ebpf_object)?,
     };
+    let setup_plan = setup::SetupPlan::new(args.quick);
+    if args.setup_only {
+        let unavailable: Vec<_> = flowtable::unsupported()?
+            .map(|why| (throughput::Mode::NftFlowtable, why))
+            .into_iter()
+            .collect();
+        eprintln!("xtask bench: connection setup (RFC 9693)");
+        let s = setup::run(&mut rig, &setup_plan, &unavailable)?;
+        return setup_only(args, &machine, &s);
+    }
     throughput::run(&mut rig, &plan, &mut results)?;
     if args.packets_only {
         return packets_only(args, &machine, &plan, &results);
     }
+    eprintln!("xtask bench: connection setup (RFC 9693)");
+    let setup = setup::run(&mut rig, &setup_plan, &results.unavailable)?;
     let mut costs = cost::CostResults::default();
     eprintln!("xtask bench: per-packet cost and a million mappings");
     cost::run(
@@ -423,6 +499,7 @@ pub fn run(args: &Args) -> Result<()> {
         cost: &costs,
         upnp: Some(&upnp),
         turn: Some(&turn),
+        setup: Some(&setup),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -629,6 +706,34 @@ fn packets_only(args: &Args, machine: &Machine, plan: &Plan, results: &Results) 
     )
 }
 
+/// The end of `cargo xtask bench --setup-only`: prints (or writes) the setup part.
+fn setup_only(args: &Args, machine: &Machine, s: &setup::SetupResults) -> Result<()> {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": machine,
+                "connection_setup": setup::json(s),
+            }))?
+        );
+    } else {
+        print!("{}", setup::text(s));
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let section = setup::markdown(s, &machine.date, &machine.command);
+        std::fs::write(
+            &path,
+            report::replace_section(&doc, setup::HEADING, &section),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("xtask bench: wrote the setup section of {}", path.display());
+    }
+    Ok(())
+}
+
 /// The TURN part's repetitions and times.
 fn turn_plan(args: &Args) -> turn::TurnPlan {
     turn::TurnPlan {
@@ -705,6 +810,9 @@ fn machine(args: &Args) -> Machine {
     }
     if args.cost_only {
         command.push_str(" --cost-only");
+    }
+    if args.setup_only {
+        command.push_str(" --setup-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::cost::CostResults;
 use super::report::{Machine, Spread};
-use super::throughput::{Mode, Results, WORKLOADS};
+use super::throughput::{Mode, Results, WAN_TO_LAN, WORKLOADS};
 
 /// File name of the packet-rate chart.
 pub const PACKETS_FILE: &str = "bench-packets.svg";
@@ -139,6 +139,7 @@ const SYN_GROUP: (&str, &str) = ("tcp_syn_burst", "TCP SYNs, new endpoint each")
 fn workload_label(key: &str) -> String {
     WORKLOADS
         .iter()
+        .chain(WAN_TO_LAN.iter())
         .find(|w| w.key == key)
         .map_or_else(|| key.replace('_', " "), |w| w.label.to_owned())
 }
@@ -990,9 +991,11 @@ mod tests {
     fn sample(pps: f64) -> PpsSample {
         PpsSample {
             pps,
+            received: 0,
             cpu: Usage::default(),
             natgw: None,
             flowtable: None,
+            inbound: None,
         }
     }
 
@@ -1000,7 +1003,7 @@ mod tests {
     /// workload the bench does not name), the flowtable unavailable, and a ceiling.
     fn results() -> Results {
         let mut r = Results::default();
-        for w in ["udp_1_flow", "udp_1k_flows", "udp_1k_flows_wan_to_lan"] {
+        for w in ["udp_1_flow", "udp_1k_flows", "udp_10_flows"] {
             for (mode, base) in [
                 (Mode::Natgw, 0.8e6),
                 (Mode::Nft, 0.2e6),
@@ -1088,7 +1091,7 @@ mod tests {
         );
         assert_eq!(
             chart.workloads,
-            ["UDP, 1 flow", "UDP, 1k flows", "udp 1k flows wan to lan"]
+            ["UDP, 1 flow", "UDP, 1k flows", "udp 10 flows"]
         );
         let svg = chart.svg().expect("svg");
         let rects = elements(&svg, b"rect");

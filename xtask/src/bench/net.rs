@@ -10,6 +10,13 @@
 //! subnets directly and knows the receiver's MAC address from a permanent neighbour
 //! entry, so the first packet already takes the fast path.
 //!
+//! The measured traffic goes one [`Direction`]: LAN → WAN (the generator in `gen`
+//! sends into `blan0`, the receiver counts on `brcv0`), or WAN → LAN with the roles
+//! swapped (the generator in `rcv` sends into `bwan0`, the receiver counts on
+//! `bgen0`); [`Bench::sender`], [`Bench::receiver`] and [`Bench::ingress`] name the
+//! ends for a direction. For WAN → LAN the gateway also gets permanent neighbour
+//! entries for the internal addresses ([`Bench::add_lan_neighbours`]).
+//!
 //! The veths that receive traffic (`blan0` from the generator, `brcv0` from the
 //! gateway) run their NAPI in threads ([`Bench::thread_napi`]), which the bench pins to
 //! a CPU of its choosing; by default NAPI would run in softirq on whichever CPU queued
@@ -56,6 +63,46 @@ pub const GW_LAN_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x02];
 pub const GW_WAN_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x03];
 /// `brcv0`'s MAC address.
 pub const RCV_MAC: [u8; 6] = [0x02, 0x62, 0x65, 0x6e, 0x63, 0x04];
+
+/// Which way the measured traffic crosses the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    /// From the internal hosts out (the generator in `gen`, the receiver in `rcv`).
+    LanToWan,
+    /// From the outside in, to existing mappings (the generator in `rcv`, the receiver
+    /// in `gen`).
+    WanToLan,
+}
+
+impl Direction {
+    /// For people.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Direction::LanToWan => "LAN → WAN",
+            Direction::WanToLan => "WAN → LAN",
+        }
+    }
+
+    /// The generated frames' destination and source MAC addresses: the gateway's
+    /// ingress veth and the sender's.
+    pub const fn macs(self) -> ([u8; 6], [u8; 6]) {
+        match self {
+            Direction::LanToWan => (GW_LAN_MAC, GEN_MAC),
+            Direction::WanToLan => (GW_WAN_MAC, RCV_MAC),
+        }
+    }
+}
+
+/// One end of a direction: a namespace and one of its veths.
+#[derive(Clone, Copy)]
+pub struct End<'a> {
+    /// The namespace.
+    pub ns: &'a Netns,
+    /// The veth.
+    pub iface: &'a Iface,
+    /// Its name.
+    pub name: &'static str,
+}
 
 /// Bench ids start here so they never meet the testbed's ids of the same process.
 static NEXT_ID: AtomicU32 = AtomicU32::new(1000);
@@ -158,6 +205,61 @@ impl Bench {
             wan_if,
             rcv_if,
         })
+    }
+
+    /// Where the generator sends from in `direction`.
+    pub fn sender(&self, direction: Direction) -> End<'_> {
+        match direction {
+            Direction::LanToWan => End {
+                ns: &self.gen,
+                iface: &self.gen_if,
+                name: GEN_IF,
+            },
+            Direction::WanToLan => End {
+                ns: &self.rcv,
+                iface: &self.rcv_if,
+                name: RCV_IF,
+            },
+        }
+    }
+
+    /// Where the receiver counts in `direction`.
+    pub fn receiver(&self, direction: Direction) -> End<'_> {
+        match direction {
+            Direction::LanToWan => self.sender(Direction::WanToLan),
+            Direction::WanToLan => self.sender(Direction::LanToWan),
+        }
+    }
+
+    /// The gateway's veth the traffic of `direction` enters by.
+    pub fn ingress(&self, direction: Direction) -> End<'_> {
+        match direction {
+            Direction::LanToWan => End {
+                ns: &self.gw,
+                iface: &self.lan_if,
+                name: GW_LAN_IF,
+            },
+            Direction::WanToLan => End {
+                ns: &self.gw,
+                iface: &self.wan_if,
+                name: GW_WAN_IF,
+            },
+        }
+    }
+
+    /// Permanent neighbour entries on `blan0` for `addrs`, all at the generator's MAC
+    /// address: the WAN → LAN traffic's internal hosts exist only as the generator's
+    /// sources, so nobody would answer the gateway's ARP requests for them.
+    pub fn add_lan_neighbours(&self, addrs: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
+        let addrs: Vec<Ipv4Addr> = addrs.into_iter().collect();
+        let lan = self.lan_if.ifindex;
+        self.gw.try_run(|| -> Result<()> {
+            let rtnl = Rtnl::connect(self.gw.name())?;
+            for &addr in &addrs {
+                rtnl.add_neighbour(lan, addr, GEN_MAC)?;
+            }
+            Ok(())
+        })?
     }
 
     /// Switches `ifname` in `ns` to threaded NAPI and returns the thread ids of its NAPI

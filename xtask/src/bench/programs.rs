@@ -18,8 +18,9 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
 use natgw_common::bench::{
-    names as map_names, GEN_ENDPOINTS, GEN_FLOWS, GEN_IN_FLIGHT, GEN_LIMIT, GEN_PORTS_PER_ADDR,
-    RX_ALL, RX_FIRST_NS, RX_LAST_NS, RX_PACKETS,
+    names as map_names, GEN_ENDPOINTS, GEN_FLOWS, GEN_FLOW_LEN, GEN_IN_FLIGHT, GEN_LIMIT,
+    GEN_PORTS_PER_ADDR, GEN_RATE, GEN_TABLE, GEN_TABLE_MAX, RX_ALL, RX_FIRST_NS, RX_LAST_NS,
+    RX_PACKETS, SEQ_SENT, SEQ_START_NS,
 };
 use testbed::Netns;
 
@@ -158,6 +159,36 @@ impl Tools {
     }
 }
 
+/// One explicit flow of the generator's table: who sends to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tuple {
+    /// Source address and port.
+    pub src: std::net::SocketAddrV4,
+    /// Destination address and port.
+    pub dst: std::net::SocketAddrV4,
+}
+
+impl Tuple {
+    /// The same flow seen from the other end.
+    #[must_use]
+    pub fn reversed(self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+        }
+    }
+
+    /// The `BENCH_GEN_FLOWS` entry.
+    fn entry(self) -> [u8; GEN_FLOW_LEN] {
+        let mut e = [0u8; GEN_FLOW_LEN];
+        e[0..4].copy_from_slice(&self.src.ip().octets());
+        e[4..8].copy_from_slice(&self.dst.ip().octets());
+        e[8..10].copy_from_slice(&self.src.port().to_be_bytes());
+        e[10..12].copy_from_slice(&self.dst.port().to_be_bytes());
+        e
+    }
+}
+
 /// How the generator varies its frames.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowSpec {
@@ -234,6 +265,8 @@ impl Tools {
                 (GEN_PORTS_PER_ADDR, spec.ports_per_addr),
                 (GEN_LIMIT, limit),
                 (GEN_IN_FLIGHT, in_flight),
+                (GEN_TABLE, 0),
+                (GEN_RATE, 0),
             ] {
                 map.set(slot, value, 0).context("writing BENCH_GEN_CFG")?;
             }
@@ -245,9 +278,49 @@ impl Tools {
             .context("no map BENCH_GEN_SEQ")?;
         let mut map: PerCpuArray<&mut MapData, u64> =
             PerCpuArray::try_from(map).context("BENCH_GEN_SEQ")?;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
-        map.set(0, zeros, 0).context("zeroing BENCH_GEN_SEQ")?;
+        for slot in [SEQ_SENT, SEQ_START_NS] {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
+            map.set(slot, zeros, 0).context("zeroing BENCH_GEN_SEQ")?;
+        }
         self.reset_rx()
+    }
+
+    /// After [`Tools::configure_gen`]: flow `f` is `flows[f]` (its addresses and ports
+    /// replace the template's), for the `flows.len()` flows the spec must name.
+    pub fn set_flow_table(&mut self, flows: &[Tuple]) -> Result<()> {
+        if flows.len() > GEN_TABLE_MAX as usize {
+            anyhow::bail!(
+                "{} flows do not fit the generator's table of {GEN_TABLE_MAX}",
+                flows.len()
+            );
+        }
+        {
+            let map = self
+                .ebpf
+                .map_mut(map_names::BENCH_GEN_FLOWS)
+                .context("no map BENCH_GEN_FLOWS")?;
+            let mut map: Array<&mut MapData, [u8; GEN_FLOW_LEN]> =
+                Array::try_from(map).context("BENCH_GEN_FLOWS")?;
+            for (i, t) in flows.iter().enumerate() {
+                map.set(i as u32, t.entry(), 0)
+                    .context("writing BENCH_GEN_FLOWS")?;
+            }
+        }
+        self.set_cfg(GEN_TABLE, 1)
+    }
+
+    /// After [`Tools::configure_gen`]: at most `pps` frames per second (0: no limit).
+    pub fn set_rate(&mut self, pps: u32) -> Result<()> {
+        self.set_cfg(GEN_RATE, pps)
+    }
+
+    fn set_cfg(&mut self, slot: u32, value: u32) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::BENCH_GEN_CFG)
+            .context("no map BENCH_GEN_CFG")?;
+        let mut map: Array<&mut MapData, u32> = Array::try_from(map).context("BENCH_GEN_CFG")?;
+        map.set(slot, value, 0).context("writing BENCH_GEN_CFG")
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::cost::{self, CostResults, CostRow, GcResult, MapMemory};
 use super::cpu::Usage;
-use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WORKLOADS};
+use super::throughput::{Mode, Plan, PpsSample, Results, SynSample, WAN_TO_LAN, WORKLOADS};
 use super::turn::{self, TurnResult};
 use super::upnp::{self, UpnpResult};
 
@@ -97,6 +97,8 @@ pub struct Report<'a> {
     pub upnp: Option<&'a UpnpResult>,
     /// TURN relay throughput, when it ran.
     pub turn: Option<&'a TurnResult>,
+    /// Connection setup rate and table capacity (RFC 9693), when it ran.
+    pub setup: Option<&'a super::setup::SetupResults>,
 }
 
 fn pps_spread(r: &Results, mode: Mode, workload: &str) -> Option<Spread> {
@@ -351,6 +353,10 @@ impl Report<'_> {
     #[must_use]
     pub fn text(&self) -> String {
         let mut o = packets_text(self.machine, self.plan, self.throughput);
+        if let Some(s) = self.setup {
+            let _ = writeln!(o);
+            o.push_str(&super::setup::text(s));
+        }
         self.cost_text(&mut o);
         if let Some(u) = self.upnp {
             let _ = writeln!(o);
@@ -376,6 +382,9 @@ impl Report<'_> {
             map.insert("cost_targets".to_owned(), json!(self.cost.targets()));
             map.insert("upnp".to_owned(), json!(self.upnp));
             map.insert("turn".to_owned(), json!(self.turn));
+            if let Some(s) = self.setup {
+                map.insert("connection_setup".to_owned(), super::setup::json(s));
+            }
         }
         out
     }
@@ -609,6 +618,7 @@ pub fn packets_text(m: &Machine, p: &Plan, r: &Results) -> String {
         }
     }
 
+    wan_to_lan_text(&mut o, r);
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -627,11 +637,158 @@ pub fn packets_text(m: &Machine, p: &Plan, r: &Results) -> String {
     o
 }
 
+/// The modes of the WAN → LAN table, in column order.
+const WAN_TO_LAN_MODES: [Mode; 5] = [
+    Mode::Natgw,
+    Mode::Nft,
+    Mode::NftFlowtable,
+    Mode::Plain,
+    Mode::XdpForward,
+];
+
+/// The WAN → LAN table, then natgw's ratios to every peer in both directions.
+fn wan_to_lan_text(o: &mut String, r: &Results) {
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "WAN → LAN, same runs: the generator on the WAN side sends the same flows back to the \
+         external endpoints the LAN → WAN\ntraffic set up (natgw's mappings, conntrack's \
+         entries); without NAT straight to the internal addresses"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<26} {:<23} {:<23} {:<23} {:<23} {:<23}",
+        "workload",
+        Mode::Natgw.label(),
+        Mode::Nft.label(),
+        Mode::NftFlowtable.label(),
+        Mode::Plain.label(),
+        Mode::XdpForward.label()
+    );
+    for w in WAN_TO_LAN {
+        let c = WAN_TO_LAN_MODES.map(|mode| cell(pps_spread(r, mode, w.key)));
+        let _ = writeln!(
+            o,
+            "  {:<26} {:<23} {:<23} {:<23} {:<23} {:<23}",
+            w.label, c[0], c[1], c[2], c[3], c[4]
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  natgw/peer, LAN→WAN | WAN→LAN  {:>17} {:>17} {:>17} {:>17}",
+        "nft-masquerade", "nft-flowtable", "plain", "xdp-forward"
+    );
+    for (fw, rv) in WORKLOADS.iter().zip(WAN_TO_LAN.iter()) {
+        let cells = [Mode::Nft, Mode::NftFlowtable, Mode::Plain, Mode::XdpForward].map(|peer| {
+            let one = |w: &str| {
+                natgw_over(r, peer, w).map_or_else(|| "—".to_owned(), |v| format!("{v:.2}×"))
+            };
+            format!("{} | {}", one(fw.key), one(rv.key))
+        });
+        let _ = writeln!(
+            o,
+            "  {:<32} {:>17} {:>17} {:>17} {:>17}",
+            fw.label, cells[0], cells[1], cells[2], cells[3]
+        );
+    }
+    let inbound: Vec<_> = r
+        .pps
+        .iter()
+        .filter(|(m, _, _)| *m == Mode::Natgw)
+        .filter_map(|(_, _, s)| s.inbound)
+        .collect();
+    if !inbound.is_empty() {
+        let received: u64 = inbound.iter().map(|c| c.received).sum();
+        let translated: u64 = inbound.iter().filter_map(|c| c.translated).sum();
+        let xdp: u64 = r
+            .pps
+            .iter()
+            .filter(|(m, _, s)| *m == Mode::Natgw && s.inbound.is_some())
+            .filter_map(|(_, _, s)| s.natgw)
+            .map(|c| c.xdp_in_redirected)
+            .sum();
+        let _ = writeln!(
+            o,
+            "  natgw's counters over its WAN→LAN windows: {translated} inbound packets \
+             translated ({xdp} by XDP) for {received} frames at the LAN (the counters \
+             are read around each window and span more time than the receiver's count)"
+        );
+    }
+    let nft: Vec<_> = r
+        .pps
+        .iter()
+        .filter(|(m, _, _)| *m == Mode::Nft)
+        .filter_map(|(_, w, s)| s.inbound.map(|c| (*w, c)))
+        .collect();
+    if let Some((_, c)) = nft.iter().max_by_key(|(_, c)| c.flows) {
+        let _ = writeln!(
+            o,
+            "  nft's WAN→LAN flows were read from conntrack: {} entries for {} flows \
+             ({} external endpoints) in its largest workload",
+            c.state_entries.unwrap_or(0),
+            c.flows,
+            c.external_endpoints
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  generator ceiling WAN→LAN (the gateway's WAN veth counts and drops in XDP): {} pps",
+        cell(pps_spread(r, Mode::Ceiling, WAN_TO_LAN[0].key))
+    );
+}
+
+/// The suffix of the WAN → LAN keys in `ratios`.
+pub const WAN_TO_LAN_SUFFIX: &str = "/wan-to-lan";
+/// The workload the WAN → LAN ratios are taken from: the ratio workload answered.
+pub const RATIO_WORKLOAD_WAN_TO_LAN: &str = "udp_1k_flows_wan_to_lan";
+
+/// The [`RATIOS`] WAN → LAN, keys with [`WAN_TO_LAN_SUFFIX`].
+#[must_use]
+pub fn ratios_wan_to_lan(r: &Results) -> Vec<(String, Option<f64>)> {
+    RATIOS
+        .iter()
+        .map(|&(key, peer)| {
+            (
+                format!("{key}{WAN_TO_LAN_SUFFIX}"),
+                natgw_over(r, peer, RATIO_WORKLOAD_WAN_TO_LAN),
+            )
+        })
+        .collect()
+}
+
+/// `wan_to_lan` of the `--json` form: per workload (by its LAN → WAN key), every mode's
+/// spread WAN → LAN and natgw's ratios to each peer in both directions.
+fn wan_to_lan_json(r: &Results) -> Value {
+    let mut out = serde_json::Map::new();
+    for (fw, rv) in WORKLOADS.iter().zip(WAN_TO_LAN.iter()) {
+        let mut row = serde_json::Map::new();
+        row.insert("workload".to_owned(), json!(rv.key));
+        for mode in Mode::ALL {
+            if let Some(s) = pps_spread(r, mode, rv.key) {
+                row.insert(mode.key().to_owned(), json!(s));
+            }
+        }
+        for (suffix, w) in [("lan_to_wan", fw.key), ("wan_to_lan", rv.key)] {
+            let ratios: serde_json::Map<String, Value> = RATIOS
+                .iter()
+                .map(|&(key, peer)| (key.to_owned(), json!(natgw_over(r, peer, w))))
+                .collect();
+            row.insert(format!("ratios_{suffix}"), Value::Object(ratios));
+        }
+        out.insert(fw.key.to_owned(), Value::Object(row));
+    }
+    Value::Object(out)
+}
+
 /// `pps` of the `--json` form: per workload, every mode's spread and the old ratios.
 fn pps_json(r: &Results) -> Value {
     let mut pps = serde_json::Map::new();
     // The bench's workloads, then any other the results hold.
-    let mut keys: Vec<&str> = WORKLOADS.iter().map(|w| w.key).collect();
+    let mut keys: Vec<&str> = WORKLOADS
+        .iter()
+        .chain(WAN_TO_LAN.iter())
+        .map(|w| w.key)
+        .collect();
     for (key, _) in super::charts::workloads_of(r) {
         if !keys.contains(&key) {
             keys.push(key);
@@ -681,6 +838,7 @@ pub fn cost_only_text(m: &Machine, c: &CostResults) -> String {
         cost: c,
         upnp: None,
         turn: None,
+        setup: None,
     };
     let mut o = format!(
         "natgw benchmark, {}: {} × {}, {:.0} GiB, Linux {} ({})\ncommand: {}   (CPUs {:.0}% \
@@ -735,6 +893,7 @@ pub fn packets_json(m: &Machine, p: &Plan, r: &Results) -> Value {
             .iter()
             .map(|m| json!({ "key": m.key(), "label": m.label() }))
             .collect::<Vec<_>>(),
+        "wan_to_lan": wan_to_lan_json(r),
         "syn_flood": syn,
         "conntrack_max": r.conntrack_max,
         "samples": r,
@@ -857,7 +1016,9 @@ pub fn ratios_json(r: &Results) -> Value {
     Value::Object(
         ratios(r)
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(ratios_wan_to_lan(r))
+            .map(|(k, v)| (k, json!(v)))
             .collect(),
     )
 }
@@ -871,6 +1032,10 @@ pub fn ratio_basis_json() -> Value {
         "protocol": "udp",
         "flows": 1000,
         "direction": "lan_to_wan",
+        "wan_to_lan_keys": format!(
+            "the same ratios with the suffix {WAN_TO_LAN_SUFFIX}: {RATIO_WORKLOAD_WAN_TO_LAN}, \
+             the 1k flows answered from the WAN side"
+        ),
         "statistic": "median",
         "quantity": "forwarded packets per second, natgw over the peer",
     })
@@ -936,6 +1101,13 @@ pub fn ratios_text(r: &Results) -> String {
             "  {key:<22} {}{busy}",
             value.map_or_else(missing, |v| format!("{v:.2}×"))
         );
+    }
+    let wan: Vec<String> = ratios_wan_to_lan(r)
+        .into_iter()
+        .filter_map(|(k, v)| Some(format!("{} {:.2}×", k.strip_suffix(WAN_TO_LAN_SUFFIX)?, v?)))
+        .collect();
+    if !wan.is_empty() {
+        let _ = writeln!(o, "  WAN → LAN (the 1k flows answered): {}", wan.join(", "));
     }
     for t in TARGETS {
         let line = match natgw_over(r, t.peer, t.workload) {
@@ -1032,6 +1204,7 @@ mod tests {
             cost: &cost,
             upnp: Some(&u),
             turn: None,
+            setup: None,
         };
         let text = report.text();
         assert!(
@@ -1093,6 +1266,7 @@ mod tests {
             cost: &cost,
             upnp: Some(&u),
             turn: Some(&t),
+            setup: None,
         };
         let text = report.text();
         assert!(
@@ -1110,9 +1284,11 @@ mod tests {
     fn sample(pps: f64) -> PpsSample {
         PpsSample {
             pps,
+            received: pps as u64,
             cpu: Usage::default(),
             natgw: None,
             flowtable: None,
+            inbound: None,
         }
     }
 
@@ -1258,6 +1434,33 @@ mod tests {
         assert_eq!(targets[3]["met"], true);
         assert_eq!(j["pps"]["udp_1k_flows"]["xdp-forward"]["median"], 1.6e6);
         assert_eq!(j["pps"]["udp_1k_flows"]["nft-flowtable"]["n"], 3);
+        // WAN → LAN: its keys carry the suffix and come from the answered workload.
+        assert!(j["ratios"]["natgw/nft-masquerade/wan-to-lan"].is_null());
+        let mut both = packet_results();
+        both.pps
+            .push((Mode::Natgw, RATIO_WORKLOAD_WAN_TO_LAN, sample(0.9e6)));
+        both.pps
+            .push((Mode::Nft, RATIO_WORKLOAD_WAN_TO_LAN, sample(0.3e6)));
+        let jb = packets_json(&test_machine(), &test_plan(), &both);
+        let v = jb["ratios"]["natgw/nft-masquerade/wan-to-lan"]
+            .as_f64()
+            .unwrap();
+        assert!((v - 3.0).abs() < 1e-9, "{v}");
+        assert_eq!(
+            jb["ratios"]["natgw/nft-masquerade"],
+            j["ratios"]["natgw/nft-masquerade"]
+        );
+        let row = &jb["wan_to_lan"]["udp_1k_flows"];
+        assert_eq!(row["workload"], RATIO_WORKLOAD_WAN_TO_LAN);
+        assert!(
+            (row["ratios_wan_to_lan"]["natgw/nft-masquerade"]
+                .as_f64()
+                .unwrap()
+                - 3.0)
+                .abs()
+                < 1e-9
+        );
+        assert!(packets_text(&test_machine(), &test_plan(), &both).contains("WAN → LAN"));
         // Nothing ran: every key is still there, as null.
         let empty = packets_json(&test_machine(), &test_plan(), &Results::default());
         assert!(empty["ratios"]["natgw/nft-flowtable"].is_null());
@@ -1271,6 +1474,7 @@ mod tests {
             cost: &cost,
             upnp: None,
             turn: None,
+            setup: None,
         }
         .json();
         assert_eq!(full["ratios"], j["ratios"]);

@@ -27,6 +27,10 @@
 //!   fails if offload did not engage.
 //! - Ceiling: the generator alone, with `xdp_count_drop` on the gateway's LAN veth,
 //!   shows how many frames per second the generator can put into the gateway.
+//!
+//! Every mode also runs WAN → LAN ([`Direction::WanToLan`]): a mode run of its own
+//! with the generator on the WAN side and the receiver on the LAN side, sending to
+//! the external endpoints the outbound traffic set up ([`super::inbound`]).
 
 use std::fmt;
 use std::fs::File;
@@ -44,9 +48,10 @@ use super::cpu::{self, Sampler, Task, Usage};
 use super::daemon::Natgw;
 use super::flowtable;
 use super::frames::{self, Endpoints, L4};
-use super::net::{self, Bench};
+use super::inbound;
+use super::net::{self, Bench, Direction};
 use super::profile;
-use super::programs::{names, FlowSpec, Rx, Tools};
+use super::programs::{names, FlowSpec, Rx, Tools, Tuple};
 use crate::signals;
 
 /// The CPU of the generator, the receiver's NAPI thread and natgw's controller.
@@ -61,22 +66,24 @@ const GEN_REPEAT: u32 = 1 << 28;
 const GEN_BATCH: u32 = 64;
 /// Frames the paced burst keeps in flight at most: below a veth ring (256), so the
 /// gateway never drops a SYN for want of room.
-const PACED_IN_FLIGHT: u32 = 192;
+pub const PACED_IN_FLIGHT: u32 = 192;
 /// How long a burst may make no progress at the receiver before it is over.
-const BURST_STALL: Duration = Duration::from_millis(100);
+pub const BURST_STALL: Duration = Duration::from_millis(100);
 /// First source port of the generated flows (natgw keeps it when it is free).
 const FIRST_SPORT: u16 = 1024;
 /// Destination port of flow 0; further destinations count up from it.
-const FIRST_DPORT: u16 = 9;
+pub const FIRST_DPORT: u16 = 9;
 /// Source ports per source address: endpoint `e` is address `10.0.1.2 + e / 500`,
 /// port `1024 + e % 500`.
-const PORTS_PER_ADDR: u32 = 500;
+pub const PORTS_PER_ADDR: u32 = 500;
+/// The first internal address; endpoints count up from it.
+pub const FIRST_INTERNAL: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 1, 2);
 /// Distinct internal endpoints at most: half the external port space of one address,
 /// so natgw's port choice (one external address, endpoint-independent mappings) works
 /// in its ordinary regime. Flows beyond it differ in the destination port.
 pub const MAX_ENDPOINTS: u32 = 32_768;
 /// natgw's table size for these runs: every UDP endpoint plus every SYN, with room.
-const NATGW_MAX_MAPPINGS: &str = "262144";
+pub const NATGW_MAX_MAPPINGS: &str = "262144";
 
 /// The gateway under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -161,13 +168,44 @@ impl Workload {
         self.flows.min(MAX_ENDPOINTS)
     }
 
-    fn spec(&self) -> FlowSpec {
+    /// How the generator makes its LAN → WAN flows.
+    pub fn spec(&self) -> FlowSpec {
         FlowSpec {
             flows: self.flows,
             endpoints: self.endpoints(),
             ports_per_addr: PORTS_PER_ADDR,
         }
     }
+
+    /// The LAN → WAN flows, in the generator's order: the tuples `xdp_gen` writes for
+    /// [`Workload::spec`] (the WAN → LAN traffic answers them).
+    pub fn tuples(&self) -> Vec<Tuple> {
+        tuples(self.spec())
+    }
+}
+
+/// The tuples `xdp_gen` writes for `spec` from [`template`]'s flow 0, flow by flow.
+pub fn tuples(spec: FlowSpec) -> Vec<Tuple> {
+    let endpoints = spec.endpoints.max(1);
+    let per_addr = spec.ports_per_addr.max(1);
+    (0..spec.flows.max(1))
+        .map(|flow| {
+            let endpoint = flow % endpoints;
+            let addr = u32::from(FIRST_INTERNAL).wrapping_add(endpoint / per_addr);
+            let sport = FIRST_SPORT.wrapping_add((endpoint % per_addr) as u16);
+            let dport = FIRST_DPORT.wrapping_add((flow / endpoints) as u16);
+            Tuple {
+                src: std::net::SocketAddrV4::new(addr.into(), sport),
+                dst: std::net::SocketAddrV4::new(net::RCV_ADDR, dport),
+            }
+        })
+        .collect()
+}
+
+/// The internal addresses of `endpoints` endpoints.
+pub fn internal_addrs(endpoints: u32) -> impl Iterator<Item = std::net::Ipv4Addr> {
+    (0..endpoints.div_ceil(PORTS_PER_ADDR))
+        .map(|i| std::net::Ipv4Addr::from(u32::from(FIRST_INTERNAL) + i))
 }
 
 /// The UDP workloads, in table order.
@@ -189,6 +227,35 @@ pub const WORKLOADS: [Workload; 3] = [
     },
 ];
 
+/// The same workloads WAN → LAN: the same flows, answered from the WAN side to the
+/// external endpoints the LAN → WAN traffic set up (named apart so that every
+/// workload key is one direction).
+pub const WAN_TO_LAN: [Workload; 3] = [
+    Workload {
+        key: "udp_1_flow_wan_to_lan",
+        label: "UDP, 1 flow, WAN→LAN",
+        flows: 1,
+    },
+    Workload {
+        key: "udp_1k_flows_wan_to_lan",
+        label: "UDP, 1k flows, WAN→LAN",
+        flows: 1_000,
+    },
+    Workload {
+        key: "udp_100k_flows_wan_to_lan",
+        label: "UDP, 100k flows, WAN→LAN",
+        flows: 100_000,
+    },
+];
+
+/// The workloads of `direction`.
+pub const fn workloads(direction: Direction) -> &'static [Workload; 3] {
+    match direction {
+        Direction::LanToWan => &WORKLOADS,
+        Direction::WanToLan => &WAN_TO_LAN,
+    }
+}
+
 /// How long and how often.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct Plan {
@@ -207,6 +274,8 @@ pub struct Plan {
 pub struct PpsSample {
     /// Forwarded packets per second (received).
     pub pps: f64,
+    /// Frames the receiver counted over the window.
+    pub received: u64,
     /// Where the CPU went.
     pub cpu: Usage,
     /// natgw only: its counters over the window (did the packets take the fast path,
@@ -214,6 +283,8 @@ pub struct PpsSample {
     pub natgw: Option<NatgwCounters>,
     /// nft-flowtable only: did offload engage.
     pub flowtable: Option<super::flowtable::Check>,
+    /// WAN → LAN only: the state the flows were sent to.
+    pub inbound: Option<inbound::Check>,
 }
 
 /// natgw counters over a window.
@@ -223,6 +294,10 @@ pub struct NatgwCounters {
     pub xdp_out_redirected: u64,
     /// Translated by TC on the kernel's path.
     pub tc_out_translated: u64,
+    /// Inbound packets translated and redirected by XDP.
+    pub xdp_in_redirected: u64,
+    /// Inbound packets translated by TC on the kernel's path.
+    pub tc_in_translated: u64,
     /// Mappings created.
     pub mapping_created: u64,
     /// Every `drop_*` counter summed.
@@ -316,17 +391,24 @@ pub struct Rig<'a> {
     pub tools: Tools,
 }
 
-/// Flow 0's frame.
-fn template(l4: L4) -> [u8; frames::FRAME_LEN] {
+/// Flow 0's frame in `direction`: LAN → WAN from the first internal endpoint to the
+/// receiver; WAN → LAN the reverse toward the gateway's external address (the
+/// generator's table then writes every flow's addresses and ports).
+pub fn template(l4: L4, direction: Direction) -> [u8; frames::FRAME_LEN] {
+    let (dst_mac, src_mac) = direction.macs();
+    let (src, sport, dst, dport) = match direction {
+        Direction::LanToWan => (FIRST_INTERNAL, FIRST_SPORT, net::RCV_ADDR, FIRST_DPORT),
+        Direction::WanToLan => (net::RCV_ADDR, FIRST_DPORT, net::GW_WAN_ADDR, FIRST_SPORT),
+    };
     frames::build(
         l4,
         &Endpoints {
-            dst_mac: net::GW_LAN_MAC,
-            src_mac: net::GEN_MAC,
-            src: std::net::Ipv4Addr::new(10, 0, 1, 2),
-            sport: FIRST_SPORT,
-            dst: net::RCV_ADDR,
-            dport: FIRST_DPORT,
+            dst_mac,
+            src_mac,
+            src,
+            sport,
+            dst,
+            dport,
         },
     )
 }
@@ -350,15 +432,19 @@ pub fn run(rig: &mut Rig<'_>, plan: &Plan, results: &mut Results) -> Result<()> 
     for rep in 0..plan.reps {
         for i in 0..modes.len() {
             let mode = modes[(i + rep) % modes.len()];
-            signals::check()?;
-            eprintln!(
-                "xtask bench: repetition {}/{}: {}",
-                rep + 1,
-                plan.reps,
-                mode.label()
-            );
-            mode_run(rig, mode, plan, perf && rep == 0, results)
-                .with_context(|| format!("{} run", mode.label()))?;
+            for direction in [Direction::LanToWan, Direction::WanToLan] {
+                signals::check()?;
+                eprintln!(
+                    "xtask bench: repetition {}/{}: {}, {}",
+                    rep + 1,
+                    plan.reps,
+                    mode.label(),
+                    direction.label()
+                );
+                let profile = perf && rep == 0 && direction == Direction::LanToWan;
+                mode_run(rig, mode, direction, plan, profile, results)
+                    .with_context(|| format!("{} run, {}", mode.label(), direction.label()))?;
+            }
         }
     }
     Ok(())
@@ -366,31 +452,45 @@ pub fn run(rig: &mut Rig<'_>, plan: &Plan, results: &mut Results) -> Result<()> 
 
 /// The gateway's state for one mode run; dropped in field order (natgw stops, then
 /// the programs detach, then the namespaces go).
-struct Gateway {
-    mode: Mode,
-    natgw: Option<Natgw>,
+pub(super) struct Gateway {
+    pub mode: Mode,
+    pub direction: Direction,
+    pub natgw: Option<Natgw>,
     _links: Vec<aya::programs::xdp::XdpLink>,
-    net: Bench,
+    pub net: Bench,
 }
 
 fn mode_run(
     rig: &mut Rig<'_>,
     mode: Mode,
+    direction: Direction,
     plan: &Plan,
     profile: bool,
     results: &mut Results,
 ) -> Result<()> {
     let net = Bench::create()?;
+    if direction == Direction::WanToLan {
+        net.add_lan_neighbours(internal_addrs(MAX_ENDPOINTS))?;
+    }
     let mut links = Vec::new();
-    let (count_ns, count_if) = if mode == Mode::Ceiling {
-        (&net.gw, &net.lan_if)
+    let counter = if mode == Mode::Ceiling {
+        net.ingress(direction)
     } else {
-        (&net.rcv, &net.rcv_if)
+        net.receiver(direction)
     };
     links.push(
         rig.tools
-            .attach(names::XDP_COUNT_DROP, count_ns, count_if.ifindex)?,
+            .attach(names::XDP_COUNT_DROP, counter.ns, counter.iface.ifindex)?,
     );
+    // The kernel modes' veths must take the generator's `XDP_TX` frames: both
+    // gateway veths get `xdp_pass` when the traffic enters by the WAN (the LAN one
+    // for the outbound traffic that makes the state).
+    let pass_on = |net: &Bench| -> Vec<u32> {
+        match direction {
+            Direction::LanToWan => vec![net.lan_if.ifindex],
+            Direction::WanToLan => vec![net.lan_if.ifindex, net.wan_if.ifindex],
+        }
+    };
     let mut natgw = None;
     match mode {
         Mode::Natgw => {
@@ -405,10 +505,9 @@ fn mode_run(
             )?);
         }
         Mode::Nft => {
-            links.push(
-                rig.tools
-                    .attach(names::XDP_PASS, &net.gw, net.lan_if.ifindex)?,
-            );
+            for ifindex in pass_on(&net) {
+                links.push(rig.tools.attach(names::XDP_PASS, &net.gw, ifindex)?);
+            }
             nft_masquerade(&net.gw)?;
             if results.conntrack_max.is_none() {
                 results.conntrack_max = net
@@ -419,42 +518,40 @@ fn mode_run(
             }
         }
         Mode::NftFlowtable => {
-            links.push(
-                rig.tools
-                    .attach(names::XDP_PASS, &net.gw, net.lan_if.ifindex)?,
-            );
+            for ifindex in pass_on(&net) {
+                links.push(rig.tools.attach(names::XDP_PASS, &net.gw, ifindex)?);
+            }
             flowtable::install(&net)?;
         }
         Mode::Plain => {
-            links.push(
-                rig.tools
-                    .attach(names::XDP_PASS, &net.gw, net.lan_if.ifindex)?,
-            );
+            for ifindex in pass_on(&net) {
+                links.push(rig.tools.attach(names::XDP_PASS, &net.gw, ifindex)?);
+            }
         }
         Mode::XdpForward => {
-            links.push(
-                rig.tools
-                    .attach(names::XDP_FWD, &net.gw, net.lan_if.ifindex)?,
-            );
+            let ingress = net.ingress(direction).iface.ifindex;
+            links.push(rig.tools.attach(names::XDP_FWD, &net.gw, ingress)?);
         }
         Mode::Ceiling => {}
     }
     let gw = Gateway {
         mode,
+        direction,
         natgw,
         _links: links,
         net,
     };
 
     let mut sampler = Sampler::default();
-    let gw_threads = Bench::thread_napi(&gw.net.gw, net::GW_LAN_IF)?;
+    let gw_threads = Bench::thread_napi(&gw.net.gw, gw.net.ingress(direction).name)?;
     for &tid in &gw_threads {
         cpu::pin(tid, GW_CPU)?;
         cpu::boost(tid)?;
         sampler.add("gateway", Task::kthread(tid));
     }
     if mode != Mode::Ceiling {
-        for tid in Bench::thread_napi(&gw.net.rcv, net::RCV_IF)? {
+        let receiver = gw.net.receiver(direction);
+        for tid in Bench::thread_napi(receiver.ns, receiver.name)? {
             cpu::pin(tid, GEN_CPU)?;
             cpu::boost(tid)?;
             sampler.add("receiver", Task::kthread(tid));
@@ -464,19 +561,31 @@ fn mode_run(
         sampler.add("natgw", Task::Process { pid: n.pid() });
     }
 
+    let all = workloads(direction);
     let workloads: &[Workload] = if mode == Mode::Ceiling {
-        &WORKLOADS[..1]
+        &all[..1]
     } else {
-        &WORKLOADS
+        all
     };
     for (i, w) in workloads.iter().enumerate() {
         signals::check()?;
-        let unreplied = if mode == Mode::NftFlowtable {
-            Some(prime_flowtable(rig, i, &gw, plan)?)
-        } else {
-            None
+        let inbound = match direction {
+            Direction::LanToWan => None,
+            Direction::WanToLan => Some(inbound::establish(rig, w, &gw, plan)?),
         };
-        let mut sample = flood_window(rig, i, &gw, &sampler, plan)?;
+        let unreplied = match (mode, &inbound) {
+            (Mode::NftFlowtable, None) => Some(prime_flowtable(rig, i, &gw, plan)?),
+            (_, Some(table)) => table.unreplied,
+            _ => None,
+        };
+        let table = inbound.as_ref().map(|t| t.flows.as_slice());
+        let mut sample = flood_window(rig, i, &gw, &sampler, plan, table)?;
+        if let Some(table) = &inbound {
+            let check = inbound::check(table, &gw, &sample)
+                .with_context(|| format!("{}, {}", mode.label(), w.label))?;
+            eprintln!("  {:<16} {}", "", check.summary());
+            sample.inbound = Some(check);
+        }
         eprintln!(
             "  {:<16} {:>7.3} Mpps  CPU% gen/gw/rcv/natgw, cpu busy/si/steal: {}",
             w.label,
@@ -499,12 +608,12 @@ fn mode_run(
         }
         results.pps.push((mode, w.key, sample));
     }
-    if profile && mode != Mode::Ceiling {
+    if profile && mode != Mode::Ceiling && direction == Direction::LanToWan {
         signals::check()?;
         let entries = profile_window(rig, &gw, gw_threads[0], plan)?;
         results.profiles.push((mode, entries));
     }
-    if Mode::COMPARED.contains(&mode) {
+    if Mode::COMPARED.contains(&mode) && direction == Direction::LanToWan {
         signals::check()?;
         let sample = syn_burst(rig, mode, &gw, &sampler, plan)?;
         eprintln!(
@@ -523,7 +632,7 @@ fn mode_run(
 }
 
 /// Installs the kernel's NAT: masquerade to `bwan0`'s address, conntrack implied.
-fn nft_masquerade(gw: &Netns) -> Result<()> {
+pub fn nft_masquerade(gw: &Netns) -> Result<()> {
     let ruleset = format!(
         "table ip natgw_bench {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"{}\" masquerade\n  }}\n}}\n",
         net::GW_WAN_IF
@@ -558,7 +667,7 @@ pub fn nft_apply(gw: &Netns, ruleset: &str) -> Result<()> {
 }
 
 /// natgw's counters now.
-fn natgw_counters(natgw: &Natgw) -> Result<NatgwCounters> {
+pub(super) fn natgw_counters(natgw: &Natgw) -> Result<NatgwCounters> {
     let status = natgw.status()?;
     let c = &status["counters"];
     let get = |name: &str| c[name].as_u64().unwrap_or(0);
@@ -574,6 +683,8 @@ fn natgw_counters(natgw: &Natgw) -> Result<NatgwCounters> {
     Ok(NatgwCounters {
         xdp_out_redirected: get("xdp_out_redirected"),
         tc_out_translated: get("tc_out_translated"),
+        xdp_in_redirected: get("xdp_in_redirected"),
+        tc_in_translated: get("tc_in_translated"),
         mapping_created: get("mapping_created"),
         drops,
     })
@@ -584,6 +695,8 @@ impl NatgwCounters {
         NatgwCounters {
             xdp_out_redirected: self.xdp_out_redirected - before.xdp_out_redirected,
             tc_out_translated: self.tc_out_translated - before.tc_out_translated,
+            xdp_in_redirected: self.xdp_in_redirected - before.xdp_in_redirected,
+            tc_in_translated: self.tc_in_translated - before.tc_in_translated,
             mapping_created: self.mapping_created - before.mapping_created,
             drops: self.drops - before.drops,
         }
@@ -592,7 +705,7 @@ impl NatgwCounters {
 
 /// The running generator: a thread in the generator namespace, pinned to [`GEN_CPU`]
 /// at nice -20, running `xdp_gen` in live-frame mode until stopped.
-struct GenThread<'s> {
+pub(super) struct GenThread<'s> {
     handle: std::thread::ScopedJoinHandle<'s, Result<()>>,
     tid: i32,
     pthread: libc::pthread_t,
@@ -600,7 +713,7 @@ struct GenThread<'s> {
 }
 
 impl<'s> GenThread<'s> {
-    fn start(
+    pub(super) fn start(
         scope: &'s std::thread::Scope<'s, '_>,
         gen_ns: &Netns,
         prog: OwnedFd,
@@ -654,7 +767,7 @@ impl<'s> GenThread<'s> {
     }
 
     /// Stops it: raises the flag and interrupts its system call until it has ended.
-    fn stop(self) -> Result<()> {
+    pub(super) fn stop(self) -> Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         while !self.handle.is_finished() {
             // SAFETY: the thread is alive (not finished, not joined).
@@ -668,23 +781,29 @@ impl<'s> GenThread<'s> {
     }
 }
 
-/// Floods with workload `index` and measures one window.
+/// Floods with workload `index` of the gateway's direction (WAN → LAN: the flows of
+/// `table`) and measures one window.
 fn flood_window(
     rig: &mut Rig<'_>,
     index: usize,
     gw: &Gateway,
     sampler: &Sampler,
     plan: &Plan,
+    table: Option<&[Tuple]>,
 ) -> Result<PpsSample> {
     let net = &gw.net;
-    let frame = template(L4::Udp);
-    rig.tools
-        .configure_gen(&frame, WORKLOADS[index].spec(), 0, 0)?;
+    let frame = template(L4::Udp, gw.direction);
+    let workload = workloads(gw.direction)[index];
+    rig.tools.configure_gen(&frame, workload.spec(), 0, 0)?;
+    if let Some(table) = table {
+        rig.tools.set_flow_table(table)?;
+    }
     let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
     let stop = AtomicBool::new(false);
     let tools = &rig.tools;
+    let sender = net.sender(gw.direction);
     std::thread::scope(|scope| -> Result<PpsSample> {
-        let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
+        let gen = GenThread::start(scope, sender.ns, prog, frame, sender.iface.ifindex, &stop)?;
         let mut sampler = sampler.clone();
         sampler.add("generator", gen.task());
         let flowtable = gw.mode == Mode::NftFlowtable;
@@ -704,6 +823,7 @@ fn flood_window(
             let natgw_after = gw.natgw.as_ref().map(natgw_counters).transpose()?;
             Ok(PpsSample {
                 pps: (rx1.packets - rx0.packets) as f64 / cpu0.seconds_until(&cpu1),
+                received: rx1.packets - rx0.packets,
                 cpu: sampler.usage(&cpu0, &cpu1),
                 natgw: natgw_before.zip(natgw_after).map(|(b, a)| a.since(b)),
                 flowtable: slow_before.zip(slow_after).map(|(b, a)| flowtable::Check {
@@ -711,6 +831,7 @@ fn flood_window(
                     forwarded: rx1.packets - rx0.packets,
                     ..flowtable::Check::default()
                 }),
+                inbound: None,
             })
         })();
         let stopped = gen.stop();
@@ -736,21 +857,15 @@ const PRIME_ROUNDS: usize = 5;
 fn prime_flowtable(rig: &mut Rig<'_>, index: usize, gw: &Gateway, plan: &Plan) -> Result<usize> {
     let net = &gw.net;
     let flows = WORKLOADS[index].flows;
-    let frame = template(L4::Udp);
     let mut seen = 0;
     for _ in 0..PRIME_ROUNDS {
         signals::check()?;
-        rig.tools
-            .configure_gen(&frame, WORKLOADS[index].spec(), 0, 0)?;
-        let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<()> {
-            let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
-            let slept = signals::sleep(plan.warmup.max(Duration::from_secs(1)));
-            let stopped = gen.stop();
-            slept?;
-            stopped
-        })?;
+        send_outbound(
+            rig,
+            &WORKLOADS[index],
+            gw,
+            plan.warmup.max(Duration::from_secs(1)),
+        )?;
         seen = flowtable::entries(&net.gw)?
             .iter()
             .filter(|e| *e.reply_src.ip() == net::RCV_ADDR)
@@ -765,6 +880,29 @@ fn prime_flowtable(rig: &mut Rig<'_>, index: usize, gw: &Gateway, plan: &Plan) -
     )
 }
 
+/// Sends workload `w`'s LAN → WAN flows from the generator namespace for `how_long`
+/// (whatever the gateway's direction): the traffic that makes mappings and conntrack
+/// entries.
+pub(super) fn send_outbound(
+    rig: &mut Rig<'_>,
+    w: &Workload,
+    gw: &Gateway,
+    how_long: Duration,
+) -> Result<()> {
+    let net = &gw.net;
+    let frame = template(L4::Udp, Direction::LanToWan);
+    rig.tools.configure_gen(&frame, w.spec(), 0, 0)?;
+    let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| -> Result<()> {
+        let gen = GenThread::start(scope, &net.gen, prog, frame, net.gen_if.ifindex, &stop)?;
+        let slept = signals::sleep(how_long);
+        let stopped = gen.stop();
+        slept?;
+        stopped
+    })
+}
+
 /// Floods with the first workload and profiles the gateway's NAPI thread `tid` for a
 /// second (not a measured window: perf's sampling costs the gateway a little).
 fn profile_window(
@@ -774,7 +912,7 @@ fn profile_window(
     plan: &Plan,
 ) -> Result<Vec<profile::Entry>> {
     let net = &gw.net;
-    let frame = template(L4::Udp);
+    let frame = template(L4::Udp, Direction::LanToWan);
     rig.tools.configure_gen(&frame, WORKLOADS[0].spec(), 0, 0)?;
     let prog = rig.tools.gen_fd()?.try_clone_to_owned()?;
     let stop = AtomicBool::new(false);
@@ -833,7 +971,7 @@ fn syn_burst(
     };
     let before = created(gw)?;
     let total = plan.syn_burst;
-    let frame = template(L4::TcpSyn);
+    let frame = template(L4::TcpSyn, Direction::LanToWan);
     rig.tools.configure_gen(
         &frame,
         FlowSpec {
@@ -886,4 +1024,29 @@ fn syn_burst(
 /// Where natgw's logs go: below the target directory.
 pub fn log_dir() -> PathBuf {
     crate::paths::target_dir().join("bench")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuples_follow_the_generators_arithmetic() {
+        // 100k flows: 32,768 endpoints (500 per address), then the next destination.
+        let t = WORKLOADS[2].tuples();
+        assert_eq!(t.len(), 100_000);
+        assert_eq!(t[0].src, "10.0.1.2:1024".parse().unwrap());
+        assert_eq!(
+            t[0].dst,
+            std::net::SocketAddrV4::new(net::RCV_ADDR, FIRST_DPORT)
+        );
+        assert_eq!(t[499].src, "10.0.1.2:1523".parse().unwrap());
+        assert_eq!(t[500].src, "10.0.1.3:1024".parse().unwrap());
+        assert_eq!(t[32_768].src, t[0].src);
+        assert_eq!(t[32_768].dst.port(), FIRST_DPORT + 1);
+        let distinct: std::collections::HashSet<_> = t.iter().collect();
+        assert_eq!(distinct.len(), 100_000);
+        assert_eq!(internal_addrs(32_768).count(), 66);
+        assert_eq!(t[0].reversed().dst, t[0].src);
+    }
 }
