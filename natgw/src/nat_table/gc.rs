@@ -959,6 +959,10 @@ fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
     HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
 }
 
+/// A mapping as one look found it: its key, its forward entry and its reverse entry
+/// (`None`: not there).
+type Seen = (FwdKey, Option<Mapping>, Option<RevValue>);
+
 /// The forward entries of `keys` and (with `with_rev`) their reverse entries, from
 /// one batched read of each table (forward first: the data path inserts the reverse
 /// entry first, so a forward entry read finds its reverse entry in the later read). A
@@ -967,7 +971,7 @@ fn read_batched<T: NatTables>(
     tables: &T,
     keys: &[FwdKey],
     with_rev: bool,
-) -> Result<Vec<(FwdKey, Option<Mapping>, Option<RevValue>)>, MapsError> {
+) -> Result<Vec<Seen>, MapsError> {
     let mut fwd: FastMap<FwdKey, Option<Mapping>> = fast_map(keys.len());
     fwd.extend(keys.iter().map(|k| (*k, None)));
     for (k, m) in tables.fwd_entries()? {
