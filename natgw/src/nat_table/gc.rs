@@ -447,17 +447,14 @@ impl Sweeper {
         self.confirm_ns = interval_ns.max(1);
     }
 
-    /// When the collector next has something to do, if earlier than its next tick:
-    /// the earliest scheduled mapping or the next survey.
+    /// When the earliest scheduled mapping is due: the collector wants a tick then,
+    /// if that is before its next regular one. (Surveys come on ticks: the first at or
+    /// after the survey time.)
     #[must_use]
     pub fn next_due_ns(&self) -> Option<u64> {
         match self.cadence {
             Cadence::EveryTick => None,
-            _ => Some(
-                self.schedule
-                    .next_due_ns()
-                    .map_or(self.next_survey_ns, |d| d.min(self.next_survey_ns)),
-            ),
+            _ => self.schedule.next_due_ns(),
         }
     }
 
@@ -638,8 +635,8 @@ impl Sweeper {
         let cost_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.next_survey_ns = match (self.cadence, &stats) {
             (Cadence::EveryTick, _) | (_, Err(_)) => 0,
-            (Cadence::Adaptive, Ok(_)) => {
-                now_ns.saturating_add(survey_period(cost_ns, &self.policy))
+            (Cadence::Adaptive, Ok(stats)) => {
+                now_ns.saturating_add(survey_period(cost_ns, stats.mappings, &self.policy))
             }
             (Cadence::Fixed(period), Ok(_)) => now_ns.saturating_add(period),
         };
@@ -1632,8 +1629,8 @@ mod tests {
         // rfc6888 REQ-4: released for its host like any deletion.
         assert_eq!(t.released[&old.addr_be].released[0], 1);
         // Nothing else is due until `young` expires at 500 s (looked at a tick
-        // later); the next survey comes first.
-        assert_eq!(gc.next_due_ns(), Some(402 * S));
+        // later).
+        assert_eq!(gc.next_due_ns(), Some(501 * S));
         let s = gc.tick(&mut t, 304 * S).unwrap();
         assert_eq!((s.mappings, s.expired), (0, 0));
         assert!(t.fwd.contains_key(&young));
@@ -1711,17 +1708,12 @@ mod tests {
         let k = udp_key(2, 40000);
         add(&mut t, k, 40000, 20 * S);
         assert_eq!(gc.tick(&mut t, 21 * S).unwrap().mappings, 0);
-        assert_eq!(gc.next_due_ns(), Some(110 * S));
+        assert_eq!(gc.next_due_ns(), None, "not seen yet");
         let s = gc.tick(&mut t, 110 * S).unwrap();
         assert!(s.survey);
-        assert_eq!(
-            gc.next_due_ns(),
-            Some(210 * S),
-            "survey at 210 s, expiry at 320 s"
-        );
-        gc.tick(&mut t, 210 * S).unwrap();
-        assert_eq!(gc.next_due_ns(), Some(310 * S));
-        gc.tick(&mut t, 310 * S).unwrap();
+        assert_eq!(gc.next_due_ns(), Some(321 * S));
+        assert!(!gc.tick(&mut t, 209 * S).unwrap().survey);
+        assert!(gc.tick(&mut t, 210 * S).unwrap().survey);
         assert_eq!(gc.next_due_ns(), Some(321 * S));
         assert_eq!(gc.tick(&mut t, 320 * S).unwrap().expired, 0);
         assert_eq!(gc.tick(&mut t, 321 * S).unwrap().expired, 1);

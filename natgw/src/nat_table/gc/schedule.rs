@@ -14,11 +14,11 @@
 //! stamps. Everything else (TCP mappings, mappings with sessions, sessions, orphans,
 //! holds) waits for the next survey.
 //!
-//! Surveys come as often as their cost allows ([`survey_period`]): every tick while
-//! a survey is cheap (small tables: the behaviour of a collector without a schedule),
-//! and at most [`SURVEY_SHARE`] of the time at a million mappings, but never less
-//! often than half the shortest timeout, so a mapping created after a survey is
-//! scheduled before it can expire.
+//! Surveys come as often as their cost allows ([`survey_period`]): every tick on
+//! small tables (the behaviour of a collector without a schedule), and at most
+//! 1/[`SURVEY_SHARE`] of the time at a million mappings, but never less often than
+//! half the shortest timeout, so a mapping created after a survey is scheduled before
+//! it can expire.
 
 use std::collections::BTreeMap;
 
@@ -118,13 +118,22 @@ pub fn shortest_timeout_ns(policy: &Policy) -> u64 {
         .min(policy.tcp_established_ns)
 }
 
-/// How long after a survey that took `cost_ns` the next one comes: `SURVEY_SHARE`
-/// times its cost, so surveys use at most 1/`SURVEY_SHARE` of a CPU; but at least
-/// as often as every half shortest timeout (a mapping created just after a survey is
-/// then scheduled by the next one before it can expire) and [`MAX_SURVEY_PERIOD_NS`].
-/// 0 (every tick) while surveys are cheap.
+/// Below this many forward entries every tick is a survey (the census behind the
+/// metrics stays a tick old, and a survey costs little even when walking the
+/// preallocated tables' empty buckets).
+pub const SCHEDULE_FROM_MAPPINGS: usize = 65_536;
+
+/// How long after a survey of `mappings` forward entries that took `cost_ns` the
+/// next one comes: 0 (every tick) below [`SCHEDULE_FROM_MAPPINGS`]; otherwise
+/// `SURVEY_SHARE` times its cost, so surveys use at most 1/`SURVEY_SHARE` of a CPU,
+/// but at least as often as every half shortest timeout (a mapping created just after
+/// a survey is then scheduled by the next one before it can expire) and
+/// [`MAX_SURVEY_PERIOD_NS`].
 #[must_use]
-pub fn survey_period(cost_ns: u64, policy: &Policy) -> u64 {
+pub fn survey_period(cost_ns: u64, mappings: usize, policy: &Policy) -> u64 {
+    if mappings < SCHEDULE_FROM_MAPPINGS {
+        return 0;
+    }
     cost_ns
         .saturating_mul(SURVEY_SHARE)
         .min(shortest_timeout_ns(policy) / 2)
@@ -192,13 +201,15 @@ mod tests {
     fn cheap_surveys_run_every_tick_and_costly_ones_are_spread() {
         let p = policy();
         assert_eq!(shortest_timeout_ns(&p), 60 * S);
-        // A small table: a survey of a millisecond runs every tick (50 ms < 1 s).
-        assert_eq!(survey_period(1_000_000, &p), 50_000_000);
+        // A small table: every tick, however slow the survey was.
+        assert_eq!(survey_period(S, SCHEDULE_FROM_MAPPINGS - 1, &p), 0);
+        let m = 1_000_000;
+        assert_eq!(survey_period(1_000_000, m, &p), 50_000_000);
         // A million mappings: 300 ms every 15 s (2% of a CPU).
-        assert_eq!(survey_period(300_000_000, &p), 15 * S);
+        assert_eq!(survey_period(300_000_000, m, &p), 15 * S);
         // Never rarer than half the shortest timeout.
-        assert_eq!(survey_period(2 * S, &p), 30 * S);
+        assert_eq!(survey_period(2 * S, m, &p), 30 * S);
         let short = Policy { udp_ns: 5 * S, ..p };
-        assert_eq!(survey_period(300_000_000, &short), 2_500_000_000);
+        assert_eq!(survey_period(300_000_000, m, &short), 2_500_000_000);
     }
 }
