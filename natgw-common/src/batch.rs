@@ -1,7 +1,8 @@
-//! Batched map reads and writes, `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_UPDATE_BATCH`
-//! (Linux 5.6), which aya 0.14 does not offer: thousands of entries per bpf(2) call
-//! instead of one or two calls per entry. The controller reads whole tables with
-//! them, the bench fills natgw's tables with a million mappings.
+//! Batched map reads, writes and deletes, `BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (Linux 5.6), which aya 0.14 does
+//! not offer: thousands of entries per bpf(2) call instead of one or two calls per
+//! entry. The controller reads whole tables and deletes expired mappings with them,
+//! the bench fills natgw's tables with a million mappings.
 //!
 //! Both check the map before the kernel gets a buffer: a (non-per-CPU) hash map
 //! whose key and value sizes are those of `K` and `V`, so the kernel's reads and
@@ -26,6 +27,8 @@ use aya::Pod;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// `BPF_MAP_UPDATE_BATCH` (linux/bpf.h).
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// `BPF_MAP_DELETE_BATCH` (linux/bpf.h).
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// `ENOTSUPP` (include/linux/errno.h, kernel-internal but returned by bpf(2)).
 const ENOTSUPP: i32 = 524;
@@ -306,6 +309,51 @@ pub fn update_batch<K: Pod, V: Pod>(
         Ok(_) => Ok(inserted),
         Err(e) => Err(stopped(inserted, syscall_error(CALL, e))),
     }
+}
+
+/// Deletes `keys` from hash map `map`, as many per call as the kernel takes.
+/// Returns, for each key, whether this call deleted it (`false`: it was not there,
+/// e.g. the data path or another deleter removed it first).
+///
+/// The kernel deletes the keys in order and stops at the first it cannot delete,
+/// reporting how many it did; a missing key (`ENOENT`) is marked and skipped, so one
+/// key that vanished costs one more call, not the batch.
+///
+/// # Errors
+/// `InvalidMapType` or `InvalidKeySize` unless the map is a (non-per-CPU) hash map
+/// whose key size is that of `K` (`V` names its value type), or a `SyscallError` when
+/// a call fails for another reason than a missing key ([`is_unsupported`] tells a
+/// kernel without batch operations). Keys before the failure are deleted.
+pub fn delete_batch<K: Pod, V: Pod>(map: &MapData, keys: &[K]) -> Result<Vec<bool>, MapError> {
+    const CALL: &str = "bpf_map_delete_batch";
+    let map_fd = checked_fd::<K, V>(map, CALL)?;
+    let mut deleted = vec![false; keys.len()];
+    let mut start = 0;
+    while start < keys.len() {
+        let rest = &keys[start..];
+        let asked = rest.len().min(u32::MAX as usize);
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: u32::try_from(asked).unwrap_or(u32::MAX),
+            map_fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is the `batch` member of `union bpf_attr`. The kernel reads
+        // `count` keys of the map's key size, checked by `checked_fd` to be that of
+        // `K`, from `rest`, which holds at least `count` of them and lives across the
+        // call; it writes nothing but `attr.count`.
+        let result = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
+        let done = usize::try_from(attr.count).unwrap_or(usize::MAX).min(asked);
+        deleted[start..start + done].fill(true);
+        match result {
+            Ok(_) if done == asked => start += asked,
+            // The kernel stopped early without an error: go on from where it did.
+            Ok(_) => start += done.max(1),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => start += done + 1,
+            Err(e) => return Err(syscall_error(CALL, e)),
+        }
+    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

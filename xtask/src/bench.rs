@@ -31,6 +31,7 @@ mod daemon;
 mod flowtable;
 mod frames;
 mod inbound;
+mod gc_designs;
 mod net;
 mod profile;
 mod programs;
@@ -227,8 +228,11 @@ pub const METHOD: &str = "\
   rows time the TC program alone (`tc_lan_ingress`, `tc_wan_ingress`) on a socket
   buffer, verified by natgw's `hairpin_translated` and `icmp_error_in_translated`
   counters. Garbage collection: a natgw with
-  `--udp-timeout 5 --gc-interval 1` gets the million stamped now; the bench records
-  natgw's CPU while they live and the time from their expiry until `NAT_FWD` is empty.
+  `--udp-timeout 30 --gc-interval 1` gets the million stamped now; the bench records
+  natgw's CPU while they live (long enough to show its steady state, not only its
+  first survey of them) and the time from their expiry until `NAT_FWD` is empty,
+  against issue #18's targets. `--gc-designs` adds a prototype of the other designs
+  on maps of natgw's layout (see \"Garbage collection designs\").
 - **Charts** (`xtask/src/bench/charts.rs`, plotters' SVG backend, no font files):
   `--charts DIR` and `--write-docs` draw `bench-packets.svg` (the median packets per
   second of every mode per workload, whiskers from the slowest to the fastest
@@ -326,6 +330,15 @@ pub struct Args {
     #[arg(long, conflicts_with = "write_docs")]
     gc_only: bool,
 
+    /// Only the garbage-collection designs (issue #18): natgw's collector (a timing
+    /// wheel between surveys, batched deletes) as --gc-only measures it, then a
+    /// prototype that scans the whole tables every tick and deletes in batches, on
+    /// BPF maps of natgw's layout holding the same million; a table of the time to
+    /// expire them and the CPU while they live (about two minutes). --json prints it
+    /// as JSON.
+    #[arg(long, conflicts_with_all = ["write_docs", "gc_only"])]
+    gc_designs: bool,
+
     /// Only the UPnP IGD measurement (issue #13): 1,000 AddPortMapping requests
     /// timed, then the controller's CPU while they are listed (about half a minute).
     /// Prints one block per repetition (--reps, default 1); with --write-docs it
@@ -418,6 +431,9 @@ pub fn run(args: &Args) -> Result<()> {
     crate::signals::install(&crate::signals::BENCH)?;
     if args.gc_only {
         return gc_only(args, &artifacts);
+    }
+    if args.gc_designs {
+        return gc_designs(args, &artifacts);
     }
     match testbed::cleanup_stale() {
         Ok(0) => {}
@@ -631,6 +647,32 @@ fn gc_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
             println!("{}", report::gc_line(&g));
         }
         runs.push(g);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench --gc-designs`: the garbage-collection designs, `--reps` times.
+fn gc_designs(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let _boost = cpu::AutogroupBoost::raise();
+    let mut tools = programs::Tools::load(&artifacts.ebpf_object)?;
+    let mappings = if args.quick {
+        cost::SCALE_MAPPINGS / 2
+    } else {
+        cost::SCALE_MAPPINGS
+    };
+    let mut runs = Vec::new();
+    for _ in 0..args.reps.unwrap_or(1) {
+        let (g, rows) = gc_designs::run(&mut tools, &artifacts.natgw_bin, &log_dir, mappings)?;
+        if !args.json {
+            println!("{}", report::gc_line(&g));
+            print!("{}", gc_designs::table(&rows, mappings));
+        }
+        runs.push(serde_json::json!({ "gc": g, "gc_designs": rows }));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&runs)?);

@@ -265,8 +265,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE")]
     pub xdp_mode: Option<XdpModeChoice>,
 
-    /// Seconds between garbage-collection passes over the NAT tables [default: 1].
-    /// Held SYNs are checked every second whatever this says.
+    /// Seconds between garbage-collection ticks [default: 1]. A tick surveys the
+    /// whole NAT tables while that is cheap; on large tables surveys come less often
+    /// (at least every half shortest timeout) and the ticks between look only at the
+    /// mappings due to expire. Held SYNs are checked every second whatever this says.
     #[arg(long, value_name = "SECS")]
     pub gc_interval: Option<u64>,
 

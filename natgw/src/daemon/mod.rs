@@ -511,6 +511,14 @@ pub type Reloader = Box<dyn Fn() -> Result<Settings> + Send>;
 /// `HOST_STATE`).
 const PRUNE_INTERVAL_NS: u64 = 10 * NS_PER_SEC;
 
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Daemon {
     settings: Settings,
     reloader: Reloader,
@@ -871,7 +879,13 @@ impl Daemon {
         let mut sweeper = Sweeper::new(
             Policy::new(&self.settings.timeouts, self.settings.inbound_refresh)
                 .with_hold_down(self.settings.limits.port_hold_down),
+        )
+        .scheduled(
+            gc::Cadence::Adaptive,
+            self.settings.gc_interval.saturating_mul(NS_PER_SEC),
         );
+        // Between ticks, when the collector's schedule has a mapping due earlier.
+        let mut gc_wake: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Held SYNs are due 6 s after they arrived, whatever the GC interval.
@@ -898,6 +912,7 @@ impl Daemon {
                     if self.settings.gc_interval != interval {
                         tick = tokio::time::interval(Duration::from_secs(self.settings.gc_interval));
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        sweeper.set_interval(self.settings.gc_interval.saturating_mul(NS_PER_SEC));
                     }
                 }
                 _ = held_tick.tick() => {
@@ -922,39 +937,66 @@ impl Daemon {
                             bail!("every LAN interface disappeared; nothing left to translate");
                         }
                     }
-                    let now = system::monotonic_ns();
-                    let started = std::time::Instant::now();
-                    // A full pass is many map syscalls; let the runtime move other tasks
-                    // (the eBPF log reader) to the other worker meanwhile.
-                    let result = tokio::task::block_in_place(|| sweeper.tick(&mut self.datapath.maps_mut().nat, now));
-                    if let Some(m) = &self.services.metrics {
-                        m.publish(|p| p.gc_pass(started.elapsed(), result.as_ref().ok(), sweeper.census()));
-                    }
-                    match result {
-                        Ok(stats) => {
-                            gc_failing = false;
-                            if stats.expired + stats.orphans + stats.refreshed
-                                + stats.sessions_expired > 0
-                            {
-                                debug!(
-                                    "gc.tick mappings={} expired={} orphans={} refreshed={} \
-                                     candidates={} sessions={} sessions_expired={}",
-                                    stats.mappings, stats.expired, stats.orphans,
-                                    stats.refreshed, stats.candidates, stats.sessions,
-                                    stats.sessions_expired
-                                );
-                            }
-                        }
-                        Err(e) => {
-                            if !gc_failing {
-                                error!("gc.failed error=\"{e}\": will retry every tick");
-                            }
-                            gc_failing = true;
-                        }
-                    }
+                    gc_wake = self.collect_garbage(&mut sweeper, &mut gc_failing);
+                }
+                () = sleep_until_some(gc_wake) => {
+                    gc_wake = self.collect_garbage(&mut sweeper, &mut gc_failing);
                 }
             }
         }
+    }
+
+    /// One garbage-collection tick (a survey of the tables, or a look at the mappings
+    /// the collector's schedule has due); returns when the collector wants its next
+    /// tick if that is before the next regular one.
+    fn collect_garbage(
+        &mut self,
+        sweeper: &mut Sweeper,
+        gc_failing: &mut bool,
+    ) -> Option<tokio::time::Instant> {
+        let now = system::monotonic_ns();
+        let started = std::time::Instant::now();
+        // A survey is many map syscalls; let the runtime move other tasks (the eBPF
+        // log reader) to the other worker meanwhile.
+        let result =
+            tokio::task::block_in_place(|| sweeper.tick(&mut self.datapath.maps_mut().nat, now));
+        if let Some(m) = &self.services.metrics {
+            m.publish(|p| p.gc_pass(started.elapsed(), result.as_ref().ok(), sweeper.census()));
+        }
+        match result {
+            Ok(stats) => {
+                *gc_failing = false;
+                if stats.expired + stats.orphans + stats.refreshed + stats.sessions_expired > 0 {
+                    debug!(
+                        "gc.tick survey={} mappings={} expired={} orphans={} refreshed={} \
+                         candidates={} sessions={} sessions_expired={} scheduled={}",
+                        stats.survey,
+                        stats.mappings,
+                        stats.expired,
+                        stats.orphans,
+                        stats.refreshed,
+                        stats.candidates,
+                        stats.sessions,
+                        stats.sessions_expired,
+                        sweeper.scheduled_len(),
+                    );
+                }
+            }
+            Err(e) => {
+                if !*gc_failing {
+                    error!("gc.failed error=\"{e}\": will retry every tick");
+                }
+                *gc_failing = true;
+            }
+        }
+        let gc_interval_ns = self.settings.gc_interval.saturating_mul(NS_PER_SEC);
+        let after = system::monotonic_ns();
+        sweeper
+            .next_due_ns()
+            .filter(|&due| due < after.saturating_add(gc_interval_ns))
+            .map(|due| {
+                tokio::time::Instant::now() + Duration::from_nanos(due.saturating_sub(after))
+            })
     }
 
     /// SIGHUP: reads the configuration again and applies what can change without

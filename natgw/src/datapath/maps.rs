@@ -127,6 +127,19 @@ pub trait NatTables {
     }
     /// Deletes a reverse entry; `false` when it was already gone.
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError>;
+    /// Deletes many forward entries ([`Self::remove_fwd`] each); for each key whether
+    /// it was there.
+    fn remove_fwds(&mut self, keys: &[FwdKey]) -> Result<Vec<bool>, MapsError> {
+        keys.iter().map(|k| self.remove_fwd(k)).collect()
+    }
+    /// Frees many external ports ([`Self::free_port`] each): (reverse key, internal
+    /// host).
+    fn free_ports(&mut self, ports: &[(RevKey, u32)], now_ns: u64) -> Result<(), MapsError> {
+        for (key, host) in ports {
+            self.free_port(key, *host, now_ns)?;
+        }
+        Ok(())
+    }
     /// Every session (a snapshot).
     fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError>;
     /// One session.
@@ -282,6 +295,30 @@ fn remove<K: aya::Pod, V: aya::Pod>(
     }
 }
 
+/// Deletes `keys` in `BPF_MAP_DELETE_BATCH` calls; for each whether it was there.
+/// `None` on a kernel without batch operations (the caller goes key by key).
+fn remove_batch<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    keys: &[K],
+    name: &'static str,
+) -> Result<Option<Vec<bool>>, MapsError> {
+    if keys.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    if BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let mut removed = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(batch::BATCH_CHUNK) {
+        match natgw_common::batch::delete_batch::<K, V>(map.map(), chunk) {
+            Ok(r) => removed.extend(r),
+            Err(e) if removed.is_empty() && batch::is_unsupported(&e) => return Ok(None),
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(Some(removed))
+}
+
 impl NatTables for NatMaps {
     fn fwd_entries(&self) -> Result<Vec<(FwdKey, Mapping)>, MapsError> {
         snapshot(&self.fwd, names::NAT_FWD)
@@ -326,6 +363,64 @@ impl NatTables for NatMaps {
 
     fn remove_rev(&mut self, key: &RevKey) -> Result<bool, MapsError> {
         remove(&mut self.rev, key, names::NAT_REV)
+    }
+
+    fn remove_fwds(&mut self, keys: &[FwdKey]) -> Result<Vec<bool>, MapsError> {
+        let Some(removed) = remove_batch(&mut self.fwd, keys, names::NAT_FWD)? else {
+            return keys.iter().map(|k| self.remove_fwd(k)).collect();
+        };
+        // One update of each host's released count, not one per mapping.
+        let mut released: std::collections::HashMap<(u32, u8), i32> =
+            std::collections::HashMap::new();
+        for (key, _) in keys.iter().zip(&removed).filter(|(_, gone)| **gone) {
+            *released.entry((key.addr_be, key.proto)).or_default() += 1;
+        }
+        for ((host, proto), n) in released {
+            self.hosts.account(host, proto, n)?;
+        }
+        Ok(removed)
+    }
+
+    fn free_ports(&mut self, ports: &[(RevKey, u32)], now_ns: u64) -> Result<(), MapsError> {
+        if ports.is_empty() {
+            return Ok(());
+        }
+        if BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+            for (key, host) in ports {
+                self.free_port(key, *host, now_ns)?;
+            }
+            return Ok(());
+        }
+        // As `free_port` decides for each: a hold while there is room for one, else
+        // a delete; then one batched update of the holds, one batched delete.
+        let mut held_keys = Vec::new();
+        let mut holds = Vec::new();
+        let mut freed = Vec::new();
+        for (key, host) in ports {
+            if self.hosts.take_hold() {
+                held_keys.push(*key);
+                holds.push(RevValue::held(*host, now_ns));
+            } else {
+                freed.push(*key);
+            }
+        }
+        // `free_port` replaces with `BPF_EXIST`, which batches do not take (the
+        // kernel refuses element flags other than `BPF_F_LOCK`). The same here: a
+        // mapping's claim outlives its forward entry until the controller frees it
+        // (the data path deletes only claims it made itself a moment before, and
+        // holds), so each of these keys is there.
+        natgw_common::batch::update_batch(self.rev.map(), &held_keys, &holds).map_err(|e| {
+            MapsError::Map {
+                name: names::NAT_REV,
+                source: e.error,
+            }
+        })?;
+        if remove_batch(&mut self.rev, &freed, names::NAT_REV)?.is_none() {
+            for key in &freed {
+                remove(&mut self.rev, key, names::NAT_REV)?;
+            }
+        }
+        Ok(())
     }
 
     fn session_entries(&self) -> Result<Vec<(SessionKey, Session)>, MapsError> {

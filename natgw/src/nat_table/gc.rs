@@ -30,16 +30,24 @@
 //!   live by the lifetime their holder was granted, and [`crate::nat_table::explicit`] ends them
 //!   (their sessions still expire here).
 //!
-//! [`Sweeper::plan`] makes every decision from a snapshot; [`Sweeper::tick`] takes the
-//! snapshot and applies the plan through [`NatTables`], re-checking each entry
-//! right before deleting it.
+//! [`Sweeper::plan`] makes every decision from a snapshot; a survey
+//! ([`Sweeper::tick`] when one is due) takes the snapshot and applies the plan through
+//! [`NatTables`], re-checking each entry right before deleting it. A survey also fills
+//! the [`schedule`] with the mappings it can judge from their own two entries, and the
+//! ticks between surveys look only at those whose deadline has come, so an idle
+//! million mappings cost nothing between surveys (see [`schedule`] for what waits
+//! for a survey). Many expiries at once go in batches: one batched re-read of the
+//! tables and `BPF_MAP_DELETE_BATCH` calls instead of a few system calls per mapping;
+//! the re-read then precedes the deletes by the few milliseconds a batch takes.
 
 pub mod held_syns;
+pub mod schedule;
 pub mod sessions;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddrV4;
+use std::time::Instant;
 
 use natgw_common::maps::{tcp_seen, Session, SessionKey};
 use natgw_common::{
@@ -51,6 +59,7 @@ use crate::config::Timeouts;
 use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
 };
+use schedule::{survey_period, Schedule, BATCH_READ_MIN};
 use sessions::{SessionCandidate, SessionEnd, SessionObserved, SessionVerdict};
 
 /// How long a reverse entry without a forward entry is left alone: far longer than
@@ -355,6 +364,10 @@ pub struct Plan {
     pub sessions: Vec<SessionExpiry>,
     /// Holds of freed ports whose hold-down has passed (key, `created_ns`).
     pub holds_ended: Vec<(RevKey, u64)>,
+    /// Mappings the ticks until the next survey may judge on their own (traffic
+    /// mappings, not TCP, without sessions), with the stamps seen now and when to look
+    /// at them next: one tick past their expiry, or past now for a candidate.
+    pub schedule: Vec<(FwdKey, Candidate, u64)>,
 }
 
 /// What a tick did.
@@ -378,6 +391,20 @@ pub struct TickStats {
     pub held: usize,
     /// Holds deleted after their hold-down.
     pub holds_ended: usize,
+    /// Whether this tick surveyed the whole tables (otherwise it looked only at the
+    /// scheduled mappings that were due, `mappings` of them).
+    pub survey: bool,
+}
+
+/// How often the collector surveys the whole tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cadence {
+    /// Every tick (no schedule between surveys).
+    EveryTick,
+    /// As often as [`survey_period`] allows for the last survey's cost.
+    Adaptive,
+    /// Every so many nanoseconds.
+    Fixed(u64),
 }
 
 /// The garbage collector: the policy and what it remembers between ticks.
@@ -385,15 +412,56 @@ pub struct TickStats {
 pub struct Sweeper {
     policy: Policy,
     census: Census,
-    candidates: HashMap<FwdKey, Candidate>,
+    candidates: FastMap<FwdKey, Candidate>,
     orphan_candidates: HashMap<RevKey, u64>,
     session_candidates: HashMap<SessionKey, SessionCandidate>,
+    schedule: Schedule<(FwdKey, Candidate)>,
+    cadence: Cadence,
+    /// When the next survey is due.
+    next_survey_ns: u64,
+    /// When a candidate found between surveys gets its second look: one tick later.
+    confirm_ns: u64,
 }
 
 impl Sweeper {
-    /// New timeouts (a reloaded configuration): they apply from the next pass on.
+    /// New timeouts (a reloaded configuration): they apply from the next pass on,
+    /// which is a survey.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
+        self.next_survey_ns = 0;
+    }
+
+    /// The same collector surveying at `cadence`, its ticks `interval_ns` apart (the
+    /// second look at a candidate found between surveys comes that much later).
+    #[must_use]
+    pub fn scheduled(self, cadence: Cadence, interval_ns: u64) -> Self {
+        Self {
+            cadence,
+            confirm_ns: interval_ns.max(1),
+            ..self
+        }
+    }
+
+    /// A new tick interval (a reloaded configuration).
+    pub fn set_interval(&mut self, interval_ns: u64) {
+        self.confirm_ns = interval_ns.max(1);
+    }
+
+    /// When the earliest scheduled mapping is due: the collector wants a tick then,
+    /// if that is before its next regular one. (Surveys come on ticks: the first at or
+    /// after the survey time.)
+    #[must_use]
+    pub fn next_due_ns(&self) -> Option<u64> {
+        match self.cadence {
+            Cadence::EveryTick => None,
+            _ => self.schedule.next_due_ns(),
+        }
+    }
+
+    /// Mappings scheduled for a look before the next survey.
+    #[must_use]
+    pub const fn scheduled_len(&self) -> usize {
+        self.schedule.len()
     }
 
     /// What the tables held at the start of the last pass (empty before the first).
@@ -408,9 +476,13 @@ impl Sweeper {
         Self {
             policy,
             census: Census::default(),
-            candidates: HashMap::new(),
+            candidates: fast_map(0),
             orphan_candidates: HashMap::new(),
             session_candidates: HashMap::new(),
+            schedule: Schedule::default(),
+            cadence: Cadence::EveryTick,
+            next_survey_ns: 0,
+            confirm_ns: NS_PER_SEC,
         }
     }
 
@@ -424,9 +496,13 @@ impl Sweeper {
     ) -> Plan {
         // Holds of freed ports are no mapping's: they own no session, keep no
         // mapping alive and are no orphans.
-        let rev_by_key: HashMap<RevKey, RevValue> =
-            rev.iter().copied().filter(|(_, r)| !r.is_held()).collect();
-        let fwd_by_key: HashMap<FwdKey, Mapping> = fwd.iter().copied().collect();
+        // Each with whether a forward entry owns it (set by the walk over `fwd`).
+        let mut rev_by_key: FastMap<RevKey, (RevValue, bool)> = fast_map(rev.len());
+        rev_by_key.extend(
+            rev.iter()
+                .filter(|(_, r)| !r.is_held())
+                .map(|(k, r)| (*k, (*r, false))),
+        );
         let mut plan = Plan::default();
 
         // Sessions first: the live ones of TCP mappings extend their mappings.
@@ -437,7 +513,7 @@ impl Sweeper {
         for (key, s) in sessions {
             let obs = SessionObserved::new(key, s);
             let rk = session_rev_key(key);
-            let owner = rev_by_key.get(&rk);
+            let owner = rev_by_key.get(&rk).map(|(r, _)| r);
             match sessions::judge(
                 &self.policy,
                 now_ns,
@@ -466,18 +542,35 @@ impl Sweeper {
         }
         self.session_candidates = session_candidates;
 
-        let mut candidates = HashMap::new();
+        // Mappings with sessions wait for surveys: their sessions are judged there.
+        let with_sessions: HashSet<RevKey> =
+            sessions.iter().map(|(k, _)| session_rev_key(k)).collect();
+        let mut candidates = fast_map(self.candidates.len());
         for (key, m) in fwd {
+            let rk = rev_key_of(key, m);
+            let rev = rev_by_key.get_mut(&rk).map(|(r, owned)| {
+                *owned |= fwd_key_of(&rk, r) == *key && m.created_ns == r.created_ns;
+                &*r
+            });
             if m.origin != Origin::Traffic as u8 {
                 continue; // an explicit mapping: `crate::nat_table::explicit` ends it
             }
-            let rk = rev_key_of(key, m);
-            let obs = Observed::new(key, m, rev_by_key.get(&rk))
-                .kept_until(kept_until.get(&rk).copied().unwrap_or(0));
+            let obs =
+                Observed::new(key, m, rev).kept_until(kept_until.get(&rk).copied().unwrap_or(0));
+            let schedulable = key.proto != IPPROTO_TCP && !with_sessions.contains(&rk);
             match judge(&self.policy, now_ns, self.candidates.get(key), &obs) {
-                Verdict::Keep => {}
+                Verdict::Keep => {
+                    if schedulable {
+                        let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
+                        plan.schedule
+                            .push((*key, Candidate::of(&obs), due + self.confirm_ns));
+                    }
+                }
                 Verdict::Candidate(c) => {
                     candidates.insert(*key, c);
+                    if schedulable {
+                        plan.schedule.push((*key, c, now_ns + self.confirm_ns));
+                    }
                 }
                 Verdict::Delete => plan.expire.push(Expiry {
                     key: *key,
@@ -509,10 +602,7 @@ impl Sweeper {
                 }
                 continue;
             }
-            let owner = fwd_by_key.get(&fwd_key_of(key, r));
-            let owned = owner.is_some_and(|m| {
-                rev_key_of(&fwd_key_of(key, r), m) == *key && m.created_ns == r.created_ns
-            });
+            let owned = rev_by_key.get(key).is_some_and(|(_, owned)| *owned);
             if owned || now_ns.saturating_sub(r.created_ns) < ORPHAN_GRACE_NS {
                 continue;
             }
@@ -529,8 +619,113 @@ impl Sweeper {
         plan
     }
 
-    /// One garbage-collection pass over the tables at time `now_ns`.
+    /// One garbage-collection tick at time `now_ns`: a survey of the whole tables when
+    /// one is due ([`Cadence`]), otherwise a look at the scheduled mappings that are
+    /// due.
     pub fn tick<T: NatTables>(
+        &mut self,
+        tables: &mut T,
+        now_ns: u64,
+    ) -> Result<TickStats, MapsError> {
+        if now_ns < self.next_survey_ns {
+            return self.due_tick(tables, now_ns);
+        }
+        let started = Instant::now();
+        let stats = self.survey(tables, now_ns);
+        let cost_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.next_survey_ns = match (self.cadence, &stats) {
+            (Cadence::EveryTick, _) | (_, Err(_)) => 0,
+            (Cadence::Adaptive, Ok(stats)) => {
+                now_ns.saturating_add(survey_period(cost_ns, stats.mappings, &self.policy))
+            }
+            (Cadence::Fixed(period), Ok(_)) => now_ns.saturating_add(period),
+        };
+        stats
+    }
+
+    /// The ticks between surveys: re-reads the scheduled mappings that are due (one
+    /// lookup each, or one batched read when many are) and judges each against the
+    /// stamps last seen (the first phase): unchanged and expired, it goes; refreshed,
+    /// it goes back into the schedule at its new deadline.
+    fn due_tick<T: NatTables>(
+        &mut self,
+        tables: &mut T,
+        now_ns: u64,
+    ) -> Result<TickStats, MapsError> {
+        let due = self.schedule.take_due(now_ns);
+        let mut stats = TickStats {
+            mappings: due.len(),
+            candidates: self.candidates.len(),
+            ..TickStats::default()
+        };
+        if due.is_empty() {
+            return Ok(stats);
+        }
+        let batched = due.len() >= BATCH_READ_MIN;
+        let seen = if batched {
+            // Without inbound refresh the reverse entries tell nothing about a
+            // non-TCP mapping's expiry, and a traffic mapping's claim stays until the
+            // controller frees it: the forward table alone is read.
+            let keys: Vec<FwdKey> = due.iter().map(|(k, _)| *k).collect();
+            read_batched(tables, &keys, self.policy.inbound_refresh)?
+        } else {
+            let mut seen = Vec::with_capacity(due.len());
+            for (key, _) in &due {
+                let m = tables.fwd(key)?;
+                let r = match &m {
+                    Some(m) => tables.rev(&rev_key_of(key, m))?,
+                    None => None,
+                };
+                seen.push((*key, m, r));
+            }
+            seen
+        };
+        let mut expire = Vec::new();
+        for ((key, m, r), (_, last)) in seen.into_iter().zip(due) {
+            let Some(m) = m else {
+                continue; // gone (a flush, or its address went): nothing to do
+            };
+            if m.origin != Origin::Traffic as u8 || key.proto == IPPROTO_TCP {
+                continue; // no longer this schedule's: the next survey judges it
+            }
+            let obs = Observed::new(&key, &m, r.as_ref());
+            match judge(&self.policy, now_ns, Some(&last), &obs) {
+                Verdict::Keep => {
+                    let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
+                    self.schedule
+                        .insert((key, Candidate::of(&obs)), due + self.confirm_ns);
+                }
+                Verdict::Candidate(c) => {
+                    self.schedule.insert((key, c), now_ns + self.confirm_ns);
+                }
+                Verdict::Delete => {
+                    self.candidates.remove(&key);
+                    let e = Expiry {
+                        key,
+                        mapping: m,
+                        observed: obs,
+                        idle_ns: idle_ns(&self.policy, &obs, now_ns),
+                    };
+                    let owns_port = !self.policy.inbound_refresh
+                        || r.is_some_and(|r| r.created_ns == m.created_ns);
+                    expire.push((e, owns_port));
+                }
+            }
+        }
+        let mut deleted = HashSet::new();
+        if batched {
+            // This tick's batched read was the re-read before deleting.
+            expire_batched(tables, &expire, now_ns, &mut stats, &mut deleted)?;
+        } else {
+            let expire: Vec<Expiry> = expire.into_iter().map(|(e, _)| e).collect();
+            self.expire_each(tables, &expire, now_ns, &mut stats, &mut deleted)?;
+        }
+        stats.candidates = self.candidates.len();
+        Ok(stats)
+    }
+
+    /// A survey: one pass over the whole tables, which also refills the schedule.
+    fn survey<T: NatTables>(
         &mut self,
         tables: &mut T,
         now_ns: u64,
@@ -552,44 +747,17 @@ impl Sweeper {
             ..TickStats::default()
         };
         tables.count_holds(stats.held);
+        stats.survey = true;
+        self.schedule.clear();
+        for &(key, seen, due) in &plan.schedule {
+            self.schedule.insert((key, seen), due);
+        }
         let mut deleted: HashSet<RevKey> = HashSet::new();
-
-        for e in &plan.expire {
-            // Re-read right before deleting: a packet may have arrived since the
-            // snapshot.
-            let Some(m) = tables.fwd(&e.key)? else {
-                continue;
-            };
-            let rev_key = e.rev_key();
-            let now_obs = Observed::new(&e.key, &m, tables.rev(&rev_key)?.as_ref());
-            if !Candidate::of(&e.observed).unchanged(&now_obs, &self.policy) {
-                stats.refreshed += 1;
-                continue;
-            }
-            if !tables.remove_fwd(&e.key)? {
-                continue;
-            }
-            if let Some(r) = tables.rev(&rev_key)? {
-                if r.created_ns == m.created_ns {
-                    tables.free_port(&rev_key, e.key.addr_be, now_ns)?;
-                }
-            }
-            deleted.insert(rev_key);
-            stats.expired += 1;
-            crate::nat_table::events::emit_mapping(
-                natgw_common::maps::MappingEventKind::Expire,
-                &e.key,
-                &m,
-                now_ns,
-            );
-            log::debug!(
-                "mapping.expired proto={} int={} ext={} idle={} state={}",
-                proto_name(e.key.proto),
-                SocketAddrV4::new(ipv4(e.key.addr_be), port(e.key.port_be)),
-                SocketAddrV4::new(ipv4(m.ext_addr_be), port(m.ext_port_be)),
-                Secs(e.idle_ns),
-                e.observed.tcp_state().map_or("-", TcpState::name),
-            );
+        if plan.expire.len() >= BATCH_READ_MIN {
+            let confirmed = self.reread_batched(tables, &plan.expire, &mut stats)?;
+            expire_batched(tables, &confirmed, now_ns, &mut stats, &mut deleted)?;
+        } else {
+            self.expire_each(tables, &plan.expire, now_ns, &mut stats, &mut deleted)?;
         }
 
         for o in &plan.orphans {
@@ -659,6 +827,180 @@ impl Sweeper {
         }
         Ok(stats)
     }
+
+    /// Deletes `expire` one by one, each after a re-read that shows it unchanged since
+    /// it was judged.
+    fn expire_each<T: NatTables>(
+        &self,
+        tables: &mut T,
+        expire: &[Expiry],
+        now_ns: u64,
+        stats: &mut TickStats,
+        deleted: &mut HashSet<RevKey>,
+    ) -> Result<(), MapsError> {
+        for e in expire {
+            // Re-read right before deleting: a packet may have arrived since the
+            // snapshot.
+            let Some(m) = tables.fwd(&e.key)? else {
+                continue;
+            };
+            let rev_key = e.rev_key();
+            let now_obs = Observed::new(&e.key, &m, tables.rev(&rev_key)?.as_ref());
+            if !Candidate::of(&e.observed).unchanged(&now_obs, &self.policy) {
+                stats.refreshed += 1;
+                continue;
+            }
+            if !tables.remove_fwd(&e.key)? {
+                continue;
+            }
+            if let Some(r) = tables.rev(&rev_key)? {
+                if r.created_ns == m.created_ns {
+                    tables.free_port(&rev_key, e.key.addr_be, now_ns)?;
+                }
+            }
+            deleted.insert(rev_key);
+            stats.expired += 1;
+            crate::nat_table::events::emit_mapping(
+                natgw_common::maps::MappingEventKind::Expire,
+                &e.key,
+                &m,
+                now_ns,
+            );
+            log::debug!(
+                "mapping.expired proto={} int={} ext={} idle={} state={}",
+                proto_name(e.key.proto),
+                SocketAddrV4::new(ipv4(e.key.addr_be), port(e.key.port_be)),
+                SocketAddrV4::new(ipv4(m.ext_addr_be), port(m.ext_port_be)),
+                Secs(e.idle_ns),
+                e.observed.tcp_state().map_or("-", TcpState::name),
+            );
+        }
+
+        Ok(())
+    }
+
+    /// The mappings of `expire` that one batched re-read of both tables shows
+    /// unchanged since they were judged, with their reverse entries; the others count
+    /// as refreshed.
+    fn reread_batched<T: NatTables>(
+        &self,
+        tables: &T,
+        expire: &[Expiry],
+        stats: &mut TickStats,
+    ) -> Result<Vec<(Expiry, bool)>, MapsError> {
+        let keys: Vec<FwdKey> = expire.iter().map(|e| e.key).collect();
+        let mut confirmed = Vec::with_capacity(expire.len());
+        for (e, (_, m, r)) in expire.iter().zip(read_batched(tables, &keys, true)?) {
+            let Some(m) = m else {
+                continue;
+            };
+            let now_obs = Observed::new(&e.key, &m, r.as_ref());
+            if Candidate::of(&e.observed).unchanged(&now_obs, &self.policy) {
+                let owns_port = r.is_some_and(|r| r.created_ns == m.created_ns);
+                confirmed.push((Expiry { mapping: m, ..*e }, owns_port));
+            } else {
+                stats.refreshed += 1;
+            }
+        }
+        Ok(confirmed)
+    }
+}
+
+/// Deletes the mappings of `expire` (each with whether its reverse entry is its
+/// own) in batches: the forward entries in `BPF_MAP_DELETE_BATCH` calls, then the
+/// reverse entries of those deleted that belong to them (freed ports).
+fn expire_batched<T: NatTables>(
+    tables: &mut T,
+    expire: &[(Expiry, bool)],
+    now_ns: u64,
+    stats: &mut TickStats,
+    deleted: &mut HashSet<RevKey>,
+) -> Result<(), MapsError> {
+    let keys: Vec<FwdKey> = expire.iter().map(|(e, _)| e.key).collect();
+    let removed = tables.remove_fwds(&keys)?;
+    let mut ports = Vec::new();
+    for ((e, owns_port), gone) in expire.iter().zip(removed) {
+        if !gone {
+            continue;
+        }
+        let rev_key = e.rev_key();
+        if *owns_port {
+            ports.push((rev_key, e.key.addr_be));
+        }
+        deleted.insert(rev_key);
+        stats.expired += 1;
+        crate::nat_table::events::emit_mapping(
+            natgw_common::maps::MappingEventKind::Expire,
+            &e.key,
+            &e.mapping,
+            now_ns,
+        );
+        log::debug!(
+            "mapping.expired proto={} int={} ext={} idle={} state={}",
+            proto_name(e.key.proto),
+            SocketAddrV4::new(ipv4(e.key.addr_be), port(e.key.port_be)),
+            SocketAddrV4::new(ipv4(e.mapping.ext_addr_be), port(e.mapping.ext_port_be)),
+            Secs(e.idle_ns),
+            e.observed.tcp_state().map_or("-", TcpState::name),
+        );
+    }
+    tables.free_ports(&ports, now_ns)?;
+    Ok(())
+}
+
+/// A hash map with a fast (non-cryptographic, randomly seeded) hasher: the survey
+/// builds one over a million reverse entries on each pass.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
+}
+
+/// A mapping as one look found it: its key, its forward entry and its reverse entry
+/// (`None`: not there).
+type Seen = (FwdKey, Option<Mapping>, Option<RevValue>);
+
+/// The forward entries of `keys` and (with `with_rev`) their reverse entries, from
+/// one batched read of each table (forward first: the data path inserts the reverse
+/// entry first, so a forward entry read finds its reverse entry in the later read). A
+/// reverse entry that is a hold counts as none.
+fn read_batched<T: NatTables>(
+    tables: &T,
+    keys: &[FwdKey],
+    with_rev: bool,
+) -> Result<Vec<Seen>, MapsError> {
+    let mut fwd: FastMap<FwdKey, Option<Mapping>> = fast_map(keys.len());
+    fwd.extend(keys.iter().map(|k| (*k, None)));
+    for (k, m) in tables.fwd_entries()? {
+        if let Some(slot) = fwd.get_mut(&k) {
+            *slot = Some(m);
+        }
+    }
+    let mut rev: FastMap<RevKey, Option<RevValue>> =
+        fast_map(if with_rev { keys.len() } else { 0 });
+    if with_rev {
+        rev.extend(
+            fwd.iter()
+                .filter_map(|(k, m)| m.map(|m| (rev_key_of(k, &m), None))),
+        );
+    }
+    for (k, r) in if with_rev {
+        tables.rev_entries()?
+    } else {
+        Vec::new()
+    } {
+        if let Some(slot) = rev.get_mut(&k) {
+            *slot = Some(r).filter(|r| !r.is_held());
+        }
+    }
+    Ok(keys
+        .iter()
+        .map(|k| {
+            let m = fwd.get(k).copied().flatten();
+            let r = m.and_then(|m| rev.get(&rev_key_of(k, &m)).copied().flatten());
+            (*k, m, r)
+        })
+        .collect())
 }
 
 /// Deletes the traffic mappings whose external address is `addr_be` (both entries),
@@ -1258,6 +1600,166 @@ mod tests {
         );
         assert!(!t.fwd.contains_key(&old) && t.fwd.contains_key(&forward));
         assert_eq!(t.rev.len(), 1);
+    }
+
+    /// A collector surveying every 100 s, ticking every second.
+    fn scheduled(policy: Policy) -> Sweeper {
+        Sweeper::new(policy).scheduled(Cadence::Fixed(100 * S), S)
+    }
+
+    #[test]
+    fn between_surveys_a_due_mapping_goes_in_two_looks_and_the_rest_waits() {
+        let mut t = MemoryMaps::default();
+        let old = udp_key(2, 40000);
+        let old_rk = add(&mut t, old, 40000, S);
+        let young = udp_key(3, 40001);
+        add(&mut t, young, 40001, 200 * S);
+        let mut gc = scheduled(policy(false));
+        // The survey finds `old` expired (a candidate) and schedules both.
+        let s = gc.tick(&mut t, 302 * S).unwrap();
+        assert!(s.survey);
+        assert_eq!((s.expired, s.candidates), (0, 1));
+        assert_eq!(gc.scheduled_len(), 2);
+        assert_eq!(gc.next_due_ns(), Some(303 * S));
+        // One tick later, a look at `old` alone deletes both its halves.
+        let s = gc.tick(&mut t, 303 * S).unwrap();
+        assert!(!s.survey);
+        assert_eq!((s.mappings, s.expired), (1, 1));
+        assert!(!t.fwd.contains_key(&old) && !t.rev.contains_key(&old_rk));
+        // rfc6888 REQ-4: released for its host like any deletion.
+        assert_eq!(t.released[&old.addr_be].released[0], 1);
+        // Nothing else is due until `young` expires at 500 s (looked at a tick
+        // later).
+        assert_eq!(gc.next_due_ns(), Some(501 * S));
+        let s = gc.tick(&mut t, 304 * S).unwrap();
+        assert_eq!((s.mappings, s.expired), (0, 0));
+        assert!(t.fwd.contains_key(&young));
+    }
+
+    #[test]
+    fn a_refreshed_mapping_goes_back_into_the_schedule_at_its_new_deadline() {
+        // rfc4787 REQ-5: it expires 300 s after its last outbound packet; the survey's
+        // look is the first phase, the look a tick past the deadline the second.
+        let mut t = MemoryMaps::default();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, 100 * S);
+        let mut gc = Sweeper::new(policy(false)).scheduled(Cadence::Fixed(10_000 * S), S);
+        gc.tick(&mut t, 101 * S).unwrap();
+        assert_eq!(gc.next_due_ns(), Some(401 * S));
+        t.fwd.get_mut(&k).unwrap().last_out_ns = 350 * S;
+        let s = gc.tick(&mut t, 401 * S).unwrap();
+        assert_eq!((s.mappings, s.expired), (1, 0));
+        assert_eq!(gc.next_due_ns(), Some(651 * S));
+        // A packet right before the second look saves it again.
+        t.fwd.get_mut(&k).unwrap().last_out_ns = 650 * S;
+        assert_eq!(gc.tick(&mut t, 651 * S).unwrap().expired, 0);
+        assert_eq!(gc.next_due_ns(), Some(951 * S));
+        // Unchanged since, and expired for a tick: it goes.
+        assert_eq!(gc.tick(&mut t, 950 * S).unwrap().mappings, 0);
+        assert_eq!(gc.tick(&mut t, 951 * S).unwrap().expired, 1);
+        assert!(t.fwd.is_empty() && t.rev.is_empty());
+    }
+
+    #[test]
+    fn a_packet_seen_by_the_scheduled_look_saves_the_mapping() {
+        let mut t = MemoryMaps::default();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, S);
+        let mut gc = Sweeper::new(policy(false)).scheduled(Cadence::Fixed(10_000 * S), S);
+        gc.tick(&mut t, 2 * S).unwrap();
+        // The snapshot would show the old stamp; the look reads the new one.
+        t.fwd_race = Some((k, 302 * S));
+        let s = gc.tick(&mut t, 302 * S).unwrap();
+        assert_eq!((s.mappings, s.expired), (1, 0));
+        assert!(t.fwd.contains_key(&k));
+        assert_eq!(gc.next_due_ns(), Some(603 * S));
+    }
+
+    #[test]
+    fn tcp_mappings_and_mappings_with_sessions_wait_for_the_survey() {
+        use natgw_common::tcp::TcpState as T;
+        let mut t = MemoryMaps::default();
+        let tcp = tcp_key(40000);
+        add(&mut t, tcp, 40000, S);
+        let apdf = udp_key(3, 40001);
+        let rk = add(&mut t, apdf, 40001, S);
+        add_session(&mut t, rk, 7000, S, 0, T::Closed);
+        let mut gc = scheduled(policy(false));
+        assert_eq!(gc.tick(&mut t, 10 * S).unwrap().candidates, 0);
+        assert_eq!(gc.scheduled_len(), 0, "neither is judged between surveys");
+        for now in 11..110 {
+            let s = gc.tick(&mut t, now * S).unwrap();
+            assert_eq!((s.survey, s.expired), (now == 110, 0));
+        }
+        // The surveys expire them by the full rules, sessions with their mapping.
+        gc.tick(&mut t, 310 * S).unwrap();
+        gc.set_policy(policy(false)); // a reload: the next tick surveys
+        let s = gc.tick(&mut t, 311 * S).unwrap();
+        assert!(s.survey);
+        assert_eq!((s.expired, s.sessions_expired), (2, 1));
+        assert!(t.fwd.is_empty() && t.sessions.is_empty());
+    }
+
+    #[test]
+    fn a_mapping_created_after_a_survey_is_scheduled_by_the_next() {
+        let mut t = MemoryMaps::default();
+        let mut gc = scheduled(policy(false));
+        gc.tick(&mut t, 10 * S).unwrap();
+        let k = udp_key(2, 40000);
+        add(&mut t, k, 40000, 20 * S);
+        assert_eq!(gc.tick(&mut t, 21 * S).unwrap().mappings, 0);
+        assert_eq!(gc.next_due_ns(), None, "not seen yet");
+        let s = gc.tick(&mut t, 110 * S).unwrap();
+        assert!(s.survey);
+        assert_eq!(gc.next_due_ns(), Some(321 * S));
+        assert!(!gc.tick(&mut t, 209 * S).unwrap().survey);
+        assert!(gc.tick(&mut t, 210 * S).unwrap().survey);
+        assert_eq!(gc.next_due_ns(), Some(321 * S));
+        assert_eq!(gc.tick(&mut t, 320 * S).unwrap().expired, 0);
+        assert_eq!(gc.tick(&mut t, 321 * S).unwrap().expired, 1);
+    }
+
+    #[test]
+    fn many_due_mappings_are_read_and_deleted_in_batches() {
+        let n = u16::try_from(BATCH_READ_MIN).unwrap() + 100;
+        let mut t = MemoryMaps {
+            holding: true,
+            ..MemoryMaps::default()
+        };
+        let keys: Vec<FwdKey> = (0..n)
+            .map(|i| {
+                let k = FwdKey::new(
+                    addr_be([10, 0, 2, (i % 200) as u8]),
+                    (1000 + i).to_be(),
+                    IPPROTO_UDP,
+                );
+                add(&mut t, k, 20000 + i, S);
+                k
+            })
+            .collect();
+        let mut gc = Sweeper::new(policy(false).with_hold_down(120))
+            .scheduled(Cadence::Fixed(10_000 * S), S);
+        gc.tick(&mut t, 2 * S).unwrap();
+        assert_eq!(gc.scheduled_len(), usize::from(n));
+        assert_eq!(gc.tick(&mut t, 301 * S).unwrap().mappings, 0);
+        // One is refreshed before the look, one deleted by someone else.
+        t.fwd.get_mut(&keys[0]).unwrap().last_out_ns = 301 * S;
+        t.fwd.remove(&keys[1]);
+        let s = gc.tick(&mut t, 302 * S).unwrap();
+        assert!(!s.survey);
+        assert_eq!(
+            (s.mappings, s.expired),
+            (usize::from(n), usize::from(n) - 2)
+        );
+        assert_eq!(t.fwd.len(), 1);
+        // Their ports are held (rfc6888 REQ-8), the refreshed mapping's is its own.
+        assert_eq!(
+            t.rev.values().filter(|r| r.is_held()).count(),
+            usize::from(n) - 2
+        );
+        let released: u64 = t.released.values().map(|r| r.released[0]).sum();
+        assert_eq!(released, u64::from(n) - 2);
+        assert_eq!(gc.next_due_ns(), Some(602 * S));
     }
 
     #[test]

@@ -75,11 +75,19 @@ const LADDER: [(u32, usize); 1] = [(1, 3000)];
 /// Mappings in the scale test.
 pub const SCALE_MAPPINGS: u32 = 1_000_000;
 /// natgw's table size in the scale test: the million plus room for the cases.
-const SCALE_CAPACITY: u32 = 1_100_000;
+pub const SCALE_CAPACITY: u32 = 1_100_000;
 /// Entries per `BPF_MAP_UPDATE_BATCH` call.
 const FILL_BATCH: usize = 50_000;
-/// UDP idle timeout natgw runs with in the garbage-collection test (seconds).
-const GC_UDP_TIMEOUT: u64 = 5;
+/// UDP idle timeout natgw runs with in the garbage-collection test (seconds): long
+/// enough that the window while the mappings live shows natgw's steady state with a
+/// million idle mappings, not only its first look at them.
+pub const GC_UDP_TIMEOUT: u64 = 30;
+/// natgw's `--gc-interval` in the garbage-collection test (seconds), its default.
+const GC_INTERVAL: u64 = 1;
+/// Issue #18's target: a million mappings expired within this after their timeout.
+pub const GC_EXPIRE_TARGET_S: f64 = 2.0;
+/// Issue #18's target: natgw's CPU while a million idle mappings live (% of a core).
+pub const GC_LIVE_CPU_TARGET_PCT: f64 = 5.0;
 /// How long the garbage collector may take before the bench gives up on it.
 const GC_LIMIT: Duration = Duration::from_secs(120);
 /// `XDP_PASS`.
@@ -234,6 +242,10 @@ pub struct MapMemory {
 pub struct GcResult {
     /// Mappings inserted.
     pub mappings: u32,
+    /// natgw's `--udp-timeout` (seconds).
+    pub udp_timeout_s: u64,
+    /// natgw's `--gc-interval` (seconds).
+    pub gc_interval_s: u64,
     /// natgw's CPU use while they were alive (its GC passes over them), % of one CPU.
     pub live_cpu_pct: f64,
     /// From the moment they all became idle past the timeout to an empty table.
@@ -242,6 +254,10 @@ pub struct GcResult {
     pub expire_cpu_seconds: f64,
     /// `natgw status` mapping count at the end.
     pub status_mappings: Option<u64>,
+    /// `expire_seconds` <= [`GC_EXPIRE_TARGET_S`].
+    pub expire_target_met: Option<bool>,
+    /// `live_cpu_pct` <= [`GC_LIVE_CPU_TARGET_PCT`].
+    pub live_cpu_target_met: bool,
 }
 
 /// A program-only row: `xdp_replay` + a tail call, at a large repeat count.
@@ -321,6 +337,8 @@ pub struct CostResults {
     pub capacity: u32,
     /// The garbage collector.
     pub gc: Option<GcResult>,
+    /// Garbage-collection designs against each other (natgw's first).
+    pub gc_designs: Vec<super::gc_designs::DesignRow>,
 }
 
 /// The replay floor row's key.
@@ -405,7 +423,11 @@ pub fn run(
 ) -> Result<()> {
     per_packet(tools, natgw_bin, log_dir, quick, out)?;
     signals::check()?;
-    out.gc = Some(gc(tools, natgw_bin, log_dir, scale_mappings(quick))?);
+    let mappings = scale_mappings(quick);
+    let g = gc(tools, natgw_bin, log_dir, mappings)?;
+    signals::check()?;
+    out.gc_designs = super::gc_designs::compare(&g, mappings)?;
+    out.gc = Some(g);
     Ok(())
 }
 
@@ -866,6 +888,11 @@ fn open_pinned(dir: &Path, name: &str) -> Result<MapData> {
 fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
     let fwd = open_pinned(pin_dir, natgw_common::maps::names::NAT_FWD)?;
     let rev = open_pinned(pin_dir, natgw_common::maps::names::NAT_REV)?;
+    fill_maps(&fwd, &rev, n, now_ns)
+}
+
+/// [`fill`] into the maps `fwd` and `rev` (of natgw's layout).
+pub fn fill_maps(fwd: &MapData, rev: &MapData, n: u32, now_ns: u64) -> Result<()> {
     let ext_base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     let mut start = 0u32;
     while start < n {
@@ -906,8 +933,8 @@ fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
             });
         }
         // Reverse first, as the data path does: the port claim precedes the mapping.
-        batch::update_batch(&rev, &rk, &rv).context("filling NAT_REV")?;
-        batch::update_batch(&fwd, &fk, &fv).context("filling NAT_FWD")?;
+        batch::update_batch(rev, &rk, &rv).context("filling NAT_REV")?;
+        batch::update_batch(fwd, &fk, &fv).context("filling NAT_FWD")?;
         start = end;
     }
     Ok(())
@@ -948,7 +975,7 @@ pub fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) ->
         "--udp-timeout",
         &GC_UDP_TIMEOUT.to_string(),
         "--gc-interval",
-        "1",
+        &GC_INTERVAL.to_string(),
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -991,9 +1018,13 @@ pub fn gc(tools: &mut Tools, natgw_bin: &Path, log_dir: &Path, mappings: u32) ->
     drop(natgw);
     Ok(GcResult {
         mappings,
+        udp_timeout_s: GC_UDP_TIMEOUT,
+        gc_interval_s: GC_INTERVAL,
         live_cpu_pct,
         expire_seconds,
         expire_cpu_seconds,
         status_mappings,
+        expire_target_met: expire_seconds.map(|s| s <= GC_EXPIRE_TARGET_S),
+        live_cpu_target_met: live_cpu_pct <= GC_LIVE_CPU_TARGET_PCT,
     })
 }

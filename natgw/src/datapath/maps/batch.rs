@@ -122,6 +122,35 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_delete_removes_what_is_there_and_reports_what_was_not() {
+        use aya::maps::IterableMap as _;
+        use natgw_common::batch::delete_batch;
+
+        let map = hash_map(10_000);
+        // Keys 0, 2, 4, ... up to 19,998: half of them were never there, and one
+        // missing key sits at the start, the middle and the end of a call.
+        let keys: Vec<u32> = (0..10_000).map(|k| k * 2).collect();
+        let deleted = delete_batch::<u32, u64>(map.map(), &keys).unwrap();
+        assert_eq!(deleted.len(), keys.len());
+        for (k, d) in keys.iter().zip(&deleted) {
+            assert_eq!(*d, *k < 10_000, "key {k}");
+        }
+        let mut left: Vec<u32> = lookup_batch::<u32, u64>(map.map(), BATCH_CHUNK)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        left.sort_unstable();
+        assert_eq!(left, (0..5000).map(|k| k * 2 + 1).collect::<Vec<_>>());
+        // Deleting them again deletes nothing.
+        assert!(delete_batch::<u32, u64>(map.map(), &keys[..10])
+            .unwrap()
+            .iter()
+            .all(|d| !d));
+        assert!(delete_batch::<u32, u64>(map.map(), &[]).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_map_of_other_sizes_is_refused_before_the_kernel_writes() {
         use aya::maps::{IterableMap as _, MapError};
         use natgw_common::batch::update_batch;
