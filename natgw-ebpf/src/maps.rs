@@ -1,7 +1,10 @@
 //! The BPF maps. Layouts come from `natgw_common::maps`; the controller sizes the NAT
 //! tables at load time and pins everything for `natgw mappings` and `natgw status`.
 //! The NAT tables are plain hash maps, never LRU: an LRU map would silently evict
-//! live mappings under pressure.
+//! live mappings under pressure. They are not preallocated (`BPF_F_NO_PREALLOC`):
+//! their memory follows the live entries (about 104 B each in the kernel's
+//! accounting) instead of the capacity, which then costs only the kernel's bucket
+//! array (16 B per slot, the capacity rounded up to a power of two).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -27,13 +30,15 @@ const MAX_IFACES: u32 = 64;
 
 /// (protocol, internal endpoint) -> external endpoint.
 #[map]
-pub static NAT_FWD: HashMap<FwdKey, Mapping> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
+pub static NAT_FWD: HashMap<FwdKey, Mapping> =
+    HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// (protocol, external endpoint) -> internal endpoint; the port claim. Also holds
 /// the ports of ended mappings for the hold-down (`RevValue::held`, RFC 6888 REQ-8):
 /// the controller sizes it for both.
 #[map]
-pub static NAT_REV: HashMap<RevKey, RevValue> = HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, 0);
+pub static NAT_REV: HashMap<RevKey, RevValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// Global configuration, entry 0.
 #[map]
@@ -62,7 +67,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SL
 /// controller sizes it to twice the mapping capacity.
 #[map]
 pub static NAT_SESSIONS: HashMap<SessionKey, Session> =
-    HashMap::with_max_entries(2 * DEFAULT_MAX_MAPPINGS, 0);
+    HashMap::with_max_entries(2 * DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// Unsolicited inbound SYNs dropped silently (RFC 5382 REQ-4).
 #[map]

@@ -258,6 +258,9 @@ impl Report<'_> {
             let _ = writeln!(o, "  map memory, full:  {}", memory_line(&c.memory_full));
             let _ = writeln!(o, "  map memory, empty: {}", memory_line(&c.memory_empty));
         }
+        if let Some(m) = &c.nat_memory {
+            o.push_str(&super::memory::text(m));
+        }
         if let Some(s) = c.fill_seconds {
             let n = c.gc.as_ref().map_or(0, |g| g.mappings);
             let _ = writeln!(
