@@ -32,6 +32,7 @@ mod flowtable;
 mod frames;
 mod inbound;
 mod gc_designs;
+mod memory;
 mod net;
 mod profile;
 mod programs;
@@ -101,8 +102,15 @@ pub const NOTES: &str = "\
   the build after them put an existing mapping at 1181 / 1072 ns (before) and
   1132 / 821 ns (after), natgw/nft at 2.8–3.4× and 2.7–3.8×: no difference beyond the
   noise. Compare figures within one run.
-- **Memory** is preallocated hash maps: at `--max-mappings 1100000` the maps take
-  ~531 MiB whether empty or full (`NAT_SESSIONS` is sized at twice the mappings).
+- **Memory** (issue #18, 2026-12-05): the NAT tables are no longer preallocated
+  (`BPF_F_NO_PREALLOC`). At `--max-mappings 1100000` natgw's maps took ~647 MiB
+  empty or full before (NAT tables 581 MiB); now ~200 MiB empty (mostly the tables'
+  bucket arrays, 16 B per slot) and ~497 MiB at the million with a session each. A
+  live entry costs 104 B in the kernel's accounting (48 B element header, key,
+  value, 8 B allocator header): 208 B per mapping without sessions, 104 B per
+  session, 309 B per mapping with one (target 256 B: missed by 53 B; met by
+  endpoint-independent UDP and ICMP mappings, which keep no sessions). See \"Memory
+  per live mapping\" below.
 - **Kernel modes.** nft's extra time over plain forwarding is conntrack and NAT
   (`nf_conntrack_in`, `nf_nat_ipv4_out`, `nf_hook_slow`); `__napi_schedule` is high in
   both kernel modes because `veth_xmit` schedules the receiver's NAPI for every socket
@@ -221,9 +229,14 @@ pub const METHOD: &str = "\
   per-packet part (about half a minute with `--quick`).
 - **A million mappings**: natgw runs with `--max-mappings 1100000`; the bench inserts
   the mappings into its pinned `NAT_FWD`/`NAT_REV` with `BPF_MAP_UPDATE_BATCH` (external
-  endpoints spread over 198.18.0.0/15, since one address has only 64k ports), reads
-  each pinned map's `memlock` from fdinfo, and repeats the cost cases (the existing
-  mapping case over endpoints of the filler). Hairpin and ICMP-error packets take the
+  endpoints spread over 198.18.0.0/15, since one address has only 64k ports) and one
+  session per mapping into `NAT_SESSIONS`, reads each pinned map's `memlock` from
+  fdinfo, and repeats the cost cases (the existing mapping case over endpoints of the
+  filler). Memory per live mapping: *allocated* is the three NAT tables' `memlock`;
+  *used* is their live entries (counted by walking each table) times the bytes per
+  entry, the growth of `memlock` per entry added where a table is not preallocated
+  (the kernel's own accounting), else the kernel's element size (48 B + key + value,
+  each rounded up to 8 B); both divided by the live mappings. Hairpin and ICMP-error packets take the
   kernel's path in this data path (`xdp_lan`/`xdp_wan` pass them to TC), so their
   rows time the TC program alone (`tc_lan_ingress`, `tc_wan_ingress`) on a socket
   buffer, verified by natgw's `hairpin_translated` and `icmp_error_in_translated`

@@ -1,7 +1,7 @@
 //! The few bpf(2) commands aya 0.14 does not offer, called directly through
 //! [`natgw_common::batch::bpf`]: running a program with `BPF_PROG_TEST_RUN` (measured
-//! and live-frame modes), "is this map empty", opening a program by id, and a map's
-//! memory from fdinfo. Batch updates of hash maps are
+//! and live-frame modes), "is this map empty" and "how many entries", opening a
+//! program by id, and a map's memory from fdinfo. Batch updates of hash maps are
 //! [`natgw_common::batch::update_batch`].
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
@@ -304,6 +304,34 @@ pub fn prog_array_clear(map: BorrowedFd<'_>, index: u32) -> Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(e).context("BPF_MAP_DELETE_ELEM (program array)"),
     }
+}
+
+/// How many entries hash map `map` (keys of `key_size` bytes, at most `max_entries`
+/// of them) holds: a walk with `BPF_MAP_GET_NEXT_KEY`, bounded by `max_entries`
+/// steps. The walk is exact while nothing deletes entries meanwhile (a deletion can
+/// make the kernel restart it from the first bucket).
+pub fn count_entries(map: BorrowedFd<'_>, key_size: usize, max_entries: u32) -> Result<u64> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut count = 0u64;
+    while count <= u64::from(max_entries) {
+        let mut attr = ElemAttr {
+            map_fd: fd_u32(map),
+            key: if count == 0 { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: the map element members of `union bpf_attr`; the kernel reads one
+        // key of `key_size` bytes from `key` (none on the first call) and writes one
+        // into `next`; both outlive the call.
+        match unsafe { bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+            Ok(_) => count += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(count),
+            Err(e) => return Err(e).context("BPF_MAP_GET_NEXT_KEY"),
+        }
+        std::mem::swap(&mut key, &mut next);
+    }
+    anyhow::bail!("walking a map of {max_entries} entries did not end")
 }
 
 /// A file descriptor for the loaded program with id `id`.

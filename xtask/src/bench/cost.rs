@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use aya::maps::MapData;
 use natgw_common::batch;
+use natgw_common::maps::{Session, SessionKey};
 use natgw_common::time::monotonic_ns;
 use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_UDP, NS_PER_SEC};
 
@@ -51,6 +52,7 @@ use super::bpf;
 use super::cpu::{Sampler, Task};
 use super::daemon::Natgw;
 use super::frames::{self, Endpoints, L4};
+use super::memory;
 use super::net::{self, Bench};
 use super::programs::{names, FlowSpec, Tools};
 use super::throughput::GEN_CPU;
@@ -339,6 +341,9 @@ pub struct CostResults {
     pub gc: Option<GcResult>,
     /// Garbage-collection designs against each other (natgw's first).
     pub gc_designs: Vec<super::gc_designs::DesignRow>,
+    /// The NAT tables' memory per live mapping at the million, its sessions included
+    /// (the filler gives every mapping one session).
+    pub nat_memory: Option<memory::NatMemory>,
 }
 
 /// The replay floor row's key.
@@ -515,12 +520,19 @@ pub fn per_packet(
         }
 
         out.memory_empty = map_memory(natgw.pin_dir())?;
+        let nat_empty = memory::snapshot(natgw.pin_dir())?;
         signals::check()?;
         let started = Instant::now();
-        fill(natgw.pin_dir(), mappings, monotonic_ns())?;
+        let now_ns = monotonic_ns();
+        fill(natgw.pin_dir(), mappings, now_ns)?;
         out.fill_seconds = Some(started.elapsed().as_secs_f64());
         out.filled = Some(mappings);
+        fill_sessions(natgw.pin_dir(), mappings, now_ns)?;
         out.memory_full = map_memory(natgw.pin_dir())?;
+        out.nat_memory = Some(memory::per_mapping(
+            &nat_empty,
+            &memory::snapshot(natgw.pin_dir())?,
+        ));
         for case in scale_cases() {
             signals::check()?;
             out.scale_rows.push(measure(&net, &natgw, &case, &progs)?);
@@ -893,7 +905,6 @@ fn fill(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
 
 /// [`fill`] into the maps `fwd` and `rev` (of natgw's layout).
 pub fn fill_maps(fwd: &MapData, rev: &MapData, n: u32, now_ns: u64) -> Result<()> {
-    let ext_base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
     let mut start = 0u32;
     while start < n {
         signals::check()?;
@@ -904,8 +915,7 @@ pub fn fill_maps(fwd: &MapData, rev: &MapData, n: u32, now_ns: u64) -> Result<()
         let mut rv = Vec::with_capacity(FILL_BATCH);
         for i in start..end {
             let (int_addr, int_port) = endpoint(range::FILLER + i);
-            let ext_addr = Ipv4Addr::from(ext_base + i / 60_000);
-            let ext_port = 1024 + u16::try_from(i % 60_000).unwrap_or(0);
+            let (ext_addr, ext_port) = filler_external(i);
             let key = FwdKey::new(
                 natgw_common::addr_be(int_addr.octets()),
                 int_port.to_be(),
@@ -935,6 +945,46 @@ pub fn fill_maps(fwd: &MapData, rev: &MapData, n: u32, now_ns: u64) -> Result<()
         // Reverse first, as the data path does: the port claim precedes the mapping.
         batch::update_batch(rev, &rk, &rv).context("filling NAT_REV")?;
         batch::update_batch(fwd, &fk, &fv).context("filling NAT_FWD")?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// The external endpoint of the filler's mapping `i`.
+fn filler_external(i: u32) -> (Ipv4Addr, u16) {
+    let ext_base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    (
+        Ipv4Addr::from(ext_base + i / 60_000),
+        1024 + u16::try_from(i % 60_000).unwrap_or(0),
+    )
+}
+
+/// Gives each of the filler's first `n` mappings one session, stamped `now_ns`, with
+/// a remote endpoint in 203.0.113.0/24 (TEST-NET-3): what a TCP mapping or a filtered
+/// UDP one holds at the least, so the memory per mapping counts its sessions.
+fn fill_sessions(pin_dir: &Path, n: u32, now_ns: u64) -> Result<()> {
+    let sessions = open_pinned(pin_dir, natgw_common::maps::names::NAT_SESSIONS)?;
+    let remote = natgw_common::addr_be([203, 0, 113, 1]);
+    let mut start = 0u32;
+    while start < n {
+        signals::check()?;
+        let end = (start + FILL_BATCH as u32).min(n);
+        let (keys, values): (Vec<_>, Vec<_>) = (start..end)
+            .map(|i| {
+                let (ext_addr, ext_port) = filler_external(i);
+                (
+                    SessionKey::new(
+                        natgw_common::addr_be(ext_addr.octets()),
+                        remote,
+                        ext_port.to_be(),
+                        443u16.to_be(),
+                        IPPROTO_UDP,
+                    ),
+                    Session::new(now_ns, now_ns, now_ns, 0),
+                )
+            })
+            .unzip();
+        batch::update_batch(&sessions, &keys, &values).context("filling NAT_SESSIONS")?;
         start = end;
     }
     Ok(())

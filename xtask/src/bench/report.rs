@@ -314,6 +314,9 @@ pub fn cost_text(c: &CostResults) -> String {
         let _ = writeln!(o, "  map memory, full:  {}", memory_line(&c.memory_full));
         let _ = writeln!(o, "  map memory, empty: {}", memory_line(&c.memory_empty));
     }
+    if let Some(m) = &c.nat_memory {
+        o.push_str(&super::memory::text(m));
+    }
     if let Some(s) = c.fill_seconds {
         let n = c.filled.unwrap_or(c.scale_mappings);
         let _ = writeln!(
