@@ -295,7 +295,7 @@ fn write_flow(ctx: &XdpContext) -> Result<(), u32> {
     let (mut new_src, mut new_sport) = (new_src, new_sport);
     if cfg(GEN_TABLE) != 0 {
         let Some(t) = BENCH_GEN_FLOWS.get(flow) else {
-            return XDP_ABORTED;
+            return Err(XDP_ABORTED);
         };
         new_src = [t[0], t[1], t[2], t[3]];
         new_dst = [t[4], t[5], t[6], t[7]];

@@ -1275,7 +1275,10 @@ mod tests {
         assert_eq!(program.columns, ["median", "mean", "program only"]);
         assert_eq!(program.cases.len(), wider.cases.len());
         assert_eq!(program.cases[1].1[2], Some(170.0));
-        assert!(program.cases.iter().all(|(l, _)| !l.starts_with("floor: xdp_replay")));
+        assert!(program
+            .cases
+            .iter()
+            .all(|(l, _)| !l.starts_with("floor: xdp_replay")));
         let svg = program.svg().expect("svg");
         assert!(svg.contains("repeat = 1,000,000"), "{svg}");
         assert!(CostChart::from_json(&json!({"cost": {"rows": []}})).is_none());

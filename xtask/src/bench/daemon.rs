@@ -13,8 +13,9 @@ use testbed::{NatgwError, Netns};
 
 use super::net::{GW_LAN_IF, GW_WAN_IF};
 
-/// How long natgw may take to come up (a million-entry table takes a while).
-const READY_WAIT: Duration = Duration::from_secs(30);
+/// How long natgw may take to come up: a million-entry table takes a while, and the
+/// verifier far longer on a loaded machine (see [`testbed::natgw::READY_WAIT`]).
+const READY_WAIT: Duration = Duration::from_secs(120);
 /// How long natgw may take to exit after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 /// How much of natgw's log a failure shows.
