@@ -212,7 +212,9 @@ pub const METHOD: &str = "\
   (`repeat = 1`: with a larger repeat the kernel reruns the program on the buffer the
   first run already translated), 10,000 endpoints per case; the floor `xdp_pass` is
   measured the same way. Existing mapping: every endpoint sent once, then three timed
-  passes. New mapping: every endpoint timed on its first packet.
+  passes. New mapping: every endpoint timed on its first packet. `tc_wan_egress`,
+  existing mapping: the same packets through the kernel path's program on the WAN's
+  egress (translation and the leak guard), on a socket buffer.
 - **Program only** (issue #18): the existing-mapping cases again, timed the way the
   floor's program-only figure is, with `repeat = 1,000,000` per call. `xdp_replay`
   (natgw-ebpf/src/bench.rs) writes the next endpoint's frame into the test run's
@@ -320,7 +322,9 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 
-    /// Also write the table, the machine and the command to docs/benchmarks.md.
+    /// Also write the run into docs/benchmarks.md: the table, the machine and the
+    /// command at the top, the charts, "How it measures" and the sections of the parts
+    /// that ran; the page's other sections (observations, A/B records) are kept.
     #[arg(long)]
     write_docs: bool,
 
@@ -537,7 +541,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.write_docs {
         let path = paths::workspace_root().join("docs/benchmarks.md");
-        std::fs::write(&path, report.markdown())
+        // A missing page is written whole.
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, report.update_docs(&doc))
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("xtask bench: wrote {}", path.display());
     }

@@ -132,8 +132,18 @@ pub struct PacketChart {
     pub unavailable: Vec<(String, String)>,
 }
 
+/// A workload's label under its group of bars: WAN→LAN groups without the "UDP, "
+/// their LAN→WAN twins already show, so that neighbouring labels do not overlap.
+fn axis_label(label: &str) -> String {
+    if label.contains("WAN→LAN") {
+        label.trim_start_matches("UDP, ").to_owned()
+    } else {
+        label.to_owned()
+    }
+}
+
 /// The group the SYN bursts are drawn as.
-const SYN_GROUP: (&str, &str) = ("tcp_syn_burst", "TCP SYNs, new endpoint each");
+const SYN_GROUP: (&str, &str) = ("tcp_syn_burst", "TCP SYN burst");
 
 /// A workload's label: the bench's own, or its key made readable.
 fn workload_label(key: &str) -> String {
@@ -347,8 +357,9 @@ impl PacketChart {
         }
         let mut notes = vec![format!(
             "Bars: median of {} interleaved runs per mode; whiskers: the smallest and largest \
-             run. 64-byte frames; the SYN group forwards one SYN from each new internal \
-             endpoint (a new mapping or conntrack entry each).",
+             run. 64-byte frames, UDP unless named; WAN→LAN: the same flows answered from the \
+             WAN side; the SYN burst forwards one SYN from each new internal endpoint (a new \
+             mapping or conntrack entry each).",
             self.reps
                 .map_or_else(|| "the".to_owned(), |n| n.to_string())
         )];
@@ -397,7 +408,8 @@ impl PacketChart {
             let workload_at = |x: &i32| {
                 usize::try_from(x.div_euclid(UNIT))
                     .ok()
-                    .and_then(|i| self.workloads.get(i).cloned())
+                    .and_then(|i| self.workloads.get(i))
+                    .map(|w| axis_label(w))
                     .unwrap_or_default()
             };
             chart
@@ -513,11 +525,12 @@ impl CostChart {
     #[must_use]
     pub fn from_json(v: &Value) -> Option<CostChart> {
         let cost = v.get("cost")?.as_object()?;
-        // Every list of cases: `rows`, `scale_rows`, then any other, by name; the
-        // program-only lists become a column of the cases they time again.
+        // Every list of cases (`*rows`): `rows`, `scale_rows`, then any other, by
+        // name; the program-only lists become a column of the cases they time again.
+        // Other lists (the GC designs, the repeat ladder) are not per-packet cases.
         let mut lists: Vec<&String> = cost
             .keys()
-            .filter(|k| !PROGRAM_ONLY_LISTS.contains(&k.as_str()))
+            .filter(|k| k.ends_with("rows") && !PROGRAM_ONLY_LISTS.contains(&k.as_str()))
             .collect();
         lists.sort_by_key(|k| match k.as_str() {
             "rows" => 0,
@@ -1271,7 +1284,18 @@ mod tests {
             { "key": key, "label": "xdp_lan, existing mapping (UDP)", "ns": 180.0,
               "over_floor_ns": 170.0 },
         ]);
+        j["cost"]["gc_designs"] = json!([
+            { "key": "lazy", "label": "lazy expiry on lookup", "note": "not a case" },
+        ]);
         let program = CostChart::from_json(&j).expect("cost");
+        assert!(
+            program
+                .not_measured
+                .iter()
+                .all(|(l, _)| !l.starts_with("lazy")),
+            "{:?}",
+            program.not_measured
+        );
         assert_eq!(program.columns, ["median", "mean", "program only"]);
         assert_eq!(program.cases.len(), wider.cases.len());
         assert_eq!(program.cases[1].1[2], Some(170.0));

@@ -395,6 +395,34 @@ impl Report<'_> {
         out
     }
 
+    /// docs/benchmarks.md updated with this run: `doc`'s head (everything before its
+    /// first `## ` section) becomes this run's, its "How it measures" section becomes
+    /// [`super::METHOD`] and its UPnP and TURN sections this run's; every other section
+    /// (the observations, the A/B records, the sections of single parts) is kept as
+    /// it is. A `doc` without sections gets the whole of [`Self::markdown`].
+    #[must_use]
+    pub fn update_docs(&self, doc: &str) -> String {
+        let fresh = self.markdown();
+        let (Some(old_at), Some(new_at)) = (doc.find("\n## "), fresh.find("\n## ")) else {
+            return fresh;
+        };
+        let mut out = format!("{}{}", &fresh[..=new_at], &doc[old_at + 1..]);
+        let method_heading = super::METHOD.lines().next().unwrap_or_default();
+        out = replace_section(&out, method_heading, super::METHOD);
+        if let Some(u) = self.upnp {
+            let section = upnp::markdown(
+                std::slice::from_ref(u),
+                &self.machine.date,
+                &self.machine.command,
+            );
+            out = upnp::replace_section(&out, &section);
+        }
+        if let Some(t) = self.turn {
+            out = replace_section(&out, turn::HEADING, &turn::markdown(t, self.machine));
+        }
+        out
+    }
+
     /// docs/benchmarks.md.
     #[must_use]
     pub fn markdown(&self) -> String {
@@ -1310,6 +1338,61 @@ mod tests {
         assert!(upnp_at < turn_at, "{md}");
         assert!(md.trim_end().ends_with(turn::METHOD.trim_end()), "{md}");
         assert_eq!(report.json()["turn"]["ratios"][0]["pps"], 0.5);
+    }
+
+    #[test]
+    fn full_docs_keep_the_sections_the_run_does_not_write() {
+        let machine = Machine {
+            cpu: "test CPU".to_owned(),
+            cpus: 2,
+            memory_gib: 1.0,
+            kernel: "6.18".to_owned(),
+            os: "Linux".to_owned(),
+            date: "2026-12-05 09:00 UTC".to_owned(),
+            command: "cargo xtask bench".to_owned(),
+            busy_before_pct: 0.0,
+        };
+        let plan = Plan {
+            reps: 1,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(1),
+            syn_burst: 16,
+        };
+        let (throughput, cost, u) = (
+            Results::default(),
+            CostResults::default(),
+            UpnpResult::default(),
+        );
+        let report = Report {
+            machine: &machine,
+            plan: &plan,
+            throughput: &throughput,
+            cost: &cost,
+            upnp: Some(&u),
+            turn: None,
+            setup: None,
+        };
+        let old = format!(
+            "# Benchmarks\n\nRun: 2026-01-01.\n\n## Where the time goes\n\nhand-written \
+             observations\n\n{}\n{}\n\nold UPnP run\n\n## An A/B record\n\nkept\n",
+            "## How it measures\n\nan old method\n",
+            upnp::HEADING
+        );
+        let md = report.update_docs(&old);
+        assert!(md.contains("Run: 2026-12-05 09:00 UTC"), "{md}");
+        assert!(!md.contains("Run: 2026-01-01"), "{md}");
+        assert!(md.contains("hand-written observations"), "{md}");
+        assert!(md.contains("## An A/B record\n\nkept"), "{md}");
+        assert!(!md.contains("an old method"), "{md}");
+        assert!(md.contains(super::super::METHOD.trim_end()), "{md}");
+        assert!(!md.contains("old UPnP run"), "{md}");
+        assert_eq!(
+            md.matches(&format!("\n{}\n", upnp::HEADING)).count(),
+            1,
+            "{md}"
+        );
+        // A page without sections gets the whole page.
+        assert_eq!(report.update_docs("# Benchmarks\n"), report.markdown());
     }
 
     fn sample(pps: f64) -> PpsSample {
