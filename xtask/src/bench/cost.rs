@@ -711,7 +711,8 @@ impl Replay<'_> {
         }
         let ns = super::report::median(&ns);
         Ok(AmortisedRow {
-            key: "new_mapping",
+            // Not `new_mapping`: the chart would draw it beside the one-call UDP row.
+            key: "new_mapping_tcp_syn",
             label: "xdp_lan, new mapping (TCP SYN)",
             ns,
             over_floor_ns: Some(ns - floor_ns),

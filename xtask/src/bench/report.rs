@@ -1521,6 +1521,22 @@ mod tests {
             "{text}"
         );
 
+        // The program-only new-mapping row names its own repeat count.
+        let mut fresh = row("new_mapping_tcp_syn", 2000.0, Some(1960.0));
+        fresh.repeat = cost::NEW_REPEAT;
+        let with_new = CostResults {
+            amortised_rows: vec![fresh],
+            ..CostResults::default()
+        };
+        let text = cost_text(&with_new);
+        assert!(
+            text.contains(
+                "new_mapping_tcp_syn                          2000     1960  (repeat=5000, 3 \
+                 runs, every repetition a fresh endpoint)"
+            ),
+            "{text}"
+        );
+
         let slow = CostResults {
             amortised_rows: vec![row("existing_mapping", 1100.0, Some(1060.0))],
             ..CostResults::default()
