@@ -66,12 +66,7 @@ pub fn outbound(pkt: &Ipv4Packet, ext: ([u8; 4], u16), mode: u8, now: u64) {
     if mode == FilterMode::AddressDependent as u8 {
         touch(&key(pkt.proto, ext, pkt.dst, 0), pkt, true, now);
     }
-    // A lookup first: deleting a key that is absent, the common case, still takes
-    // the bucket's lock.
-    if pkt.proto == IPPROTO_TCP
-        && pkt.tcp_flags & tcp_seen::SYN != 0
-        && HELD_SYNS.get_ptr(&k).is_some()
-    {
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & tcp_seen::SYN != 0 {
         let _ = HELD_SYNS.remove(&k);
     }
 }
@@ -82,35 +77,20 @@ fn touch(k: &SessionKey, pkt: &Ipv4Packet, outbound: bool, now: u64) {
     let s = match NAT_SESSIONS.get_ptr_mut(k) {
         Some(s) => s,
         None => {
-            // A new session is inserted with this packet recorded in it, so it
-            // needs no second lookup.
-            let mut fresh = Session {
+            let fresh = Session {
                 created_ns: now,
                 ..Session::default()
             };
-            record(&raw mut fresh, pkt, outbound, now);
-            // EEXIST means another CPU created it meanwhile (this packet is then
-            // recorded in that one); a full table leaves the packet to the filter
-            // (a filtered mode then refuses inbound traffic).
-            if NAT_SESSIONS
-                .insert(k, &fresh, u64::from(BPF_NOEXIST))
-                .is_ok()
-            {
-                return;
-            }
+            // EEXIST means another CPU created it meanwhile; a full table leaves the
+            // packet to the filter (a filtered mode then refuses inbound traffic).
+            let _ = NAT_SESSIONS.insert(k, &fresh, u64::from(BPF_NOEXIST));
             match NAT_SESSIONS.get_ptr_mut(k) {
                 Some(s) => s,
                 None => return,
             }
         }
     };
-    record(s, pkt, outbound, now);
-}
-
-/// Records `pkt` (`outbound` or not) at `now` in the session `s`.
-#[inline(always)]
-fn record(s: *mut Session, pkt: &Ipv4Packet, outbound: bool, now: u64) {
-    // SAFETY: `s` points at a live NAT_SESSIONS value or a session on the stack.
+    // SAFETY: `s` points at a live NAT_SESSIONS value.
     unsafe {
         if outbound {
             // An outbound RST answers inbound traffic and refreshes nothing
