@@ -15,8 +15,8 @@
 //!
 //! Cost on a new mapping while the rules are on: one `NAT_REV` look at the host's
 //! own port (for a hold of its own), one `HOST_STATE` lookup (an insert and a
-//! second lookup for a host's first mapping), one `HOST_RELEASED` lookup while the port limit is on,
-//! and an atomic add; nothing per port tried.
+//! second lookup for a host's first mapping), one `HOST_RELEASED` lookup while the
+//! port limit is on, and an atomic add; nothing per port tried.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
