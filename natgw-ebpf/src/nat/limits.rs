@@ -14,9 +14,9 @@
 //!   own, which is given back ([`reclaim_own_hold`]).
 //!
 //! Cost on a new mapping while the rules are on: one `NAT_REV` look at the host's
-//! own port (for a hold of its own), two `HOST_STATE` lookups (an insert for a
-//! host's first mapping), one `HOST_RELEASED` lookup while the port limit is on,
-//! and an atomic add; nothing per port tried.
+//! own port (for a hold of its own), one `HOST_STATE` lookup (an insert and a
+//! second lookup for a host's first mapping), one `HOST_RELEASED` lookup while the
+//! port limit is on, and an atomic add; nothing per port tried.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
@@ -61,9 +61,12 @@ const OVER_RATE: u32 = 2;
 /// stack stays small (the caller's and its own together must fit 512 bytes).
 #[inline(never)]
 fn weigh(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
-    let verdict = judge(cfg, key, now);
+    let Some(st) = host_state(&key.addr_be) else {
+        return ADMITTED;
+    };
+    let verdict = judge(cfg, st, key, now);
     if verdict == ADMITTED {
-        count_created(key);
+        count_created(st, key);
     } else if let Some(m) = NAT_FWD.get_ptr(key) {
         // SAFETY: `m` points at a live NAT_FWD value.
         let rk = unsafe { RevKey::new((*m).ext_addr_be, (*m).ext_port_be, key.proto) };
@@ -73,12 +76,10 @@ fn weigh(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
     verdict
 }
 
-/// Whether the host of `key` may have one more mapping of its protocol.
+/// Whether the host of `key`, whose state is `st`, may have one more mapping of
+/// its protocol.
 #[inline(always)]
-fn judge(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
-    let Some(st) = host_state(&key.addr_be) else {
-        return ADMITTED;
-    };
+fn judge(cfg: &Config, st: *mut HostState, key: &FwdKey, now: u64) -> u32 {
     let slot = proto_slot(key.proto);
     if cfg.host_ports_max != 0 {
         // SAFETY: `st` points at a live HOST_STATE value, `slot` < PROTO_SLOTS; a
@@ -116,19 +117,18 @@ fn judge(cfg: &Config, key: &FwdKey, now: u64) -> u32 {
     ADMITTED
 }
 
-/// Counts a mapping the data path created for the host of `key`.
+/// Counts a mapping the data path created for the host of `key`, whose state is
+/// `st` (the entry [`judge`] weighed it on: no second lookup).
 #[inline(always)]
-fn count_created(key: &FwdKey) {
-    if let Some(st) = HOST_STATE.get_ptr_mut(&key.addr_be) {
-        // SAFETY: `st` points at a live HOST_STATE value, `proto_slot` <
-        // PROTO_SLOTS, 8-byte aligned; an atomic add because every CPU may create
-        // mappings for one host.
-        unsafe {
-            let counter = (&raw mut (*st).created)
-                .cast::<u64>()
-                .add(proto_slot(key.proto));
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1);
-        }
+fn count_created(st: *mut HostState, key: &FwdKey) {
+    // SAFETY: `st` points at a live HOST_STATE value, `proto_slot` < PROTO_SLOTS,
+    // 8-byte aligned; an atomic add because every CPU may create mappings for one
+    // host.
+    unsafe {
+        let counter = (&raw mut (*st).created)
+            .cast::<u64>()
+            .add(proto_slot(key.proto));
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1);
     }
 }
 

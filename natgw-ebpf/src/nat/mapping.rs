@@ -120,7 +120,11 @@ pub fn outbound<C: EbpfContext>(
         if bits & tcp_seen::SYN != 0 && bits & tcp_seen::ACK == 0 {
             // A new connection from this endpoint: forget the old one's flags.
             (*m).tcp_flags_out = tcp_seen::SYN;
-            reset_inbound_flags(pkt.proto, (*m).ext_addr_be, (*m).ext_port_be);
+            // A mapping created by this packet (its creation time is this packet's
+            // `now`) has a fresh reverse entry, its inbound flags still zero.
+            if (*m).created_ns != now {
+                reset_inbound_flags(pkt.proto, (*m).ext_addr_be, (*m).ext_port_be);
+            }
         } else if (*m).tcp_flags_out | bits != (*m).tcp_flags_out {
             (*m).tcp_flags_out |= bits;
         }

@@ -35,6 +35,17 @@
 //! issue #18 target is evaluated on it. natgw's `xdp_out_redirected` counter must
 //! grow by the repeat count (every repetition translated). [`LADDER`] times the
 //! pair at one repetition per call too, the one-call rows' conditions.
+//!
+//! New mappings, program only. A repetition that met an endpoint already mapped
+//! would time an existing mapping, so the new-mapping row runs `xdp_replay` over
+//! [`NEW_REPEAT`] endpoints never seen with `repeat` = [`NEW_REPEAT`]: every
+//! repetition is the first packet of its endpoint, and each of the [`NEW_RUNS`] runs
+//! takes a fresh range of endpoints (fresh internal addresses, so no host's burst
+//! limit is touched). The frames are TCP SYNs, the SYN burst's packets (port claim,
+//! both inserts, the host's limits, the TCP session): the TCP port space holds no
+//! other mapping of the cost cases, so the runs fill the range from empty to
+//! [`NEW_RUNS`] × [`NEW_REPEAT`] ports, as the SYN burst does. `mapping_created`
+//! must grow by the repeat count too (every repetition created its mapping).
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
@@ -68,6 +79,11 @@ const FLOOR_REPEAT: u32 = 1_000_000;
 pub const AMORTISED_REPEAT: u32 = 1_000_000;
 /// Runs of [`AMORTISED_REPEAT`] per program-only row (the median is reported).
 const AMORTISED_RUNS: usize = 3;
+/// Fresh endpoints per run of the program-only new-mapping row, and its repeat
+/// count (one repetition per endpoint).
+pub const NEW_REPEAT: u32 = 5_000;
+/// Runs of the program-only new-mapping row, each over its own fresh endpoints.
+const NEW_RUNS: u32 = 3;
 /// Repeat counts of the ladder, and how many calls each (the median is reported):
 /// one call per packet through the same replay, the conditions of the one-call rows.
 /// (Small repeats above 1 mislead: for `repeat > 1` the kernel adds the program to
@@ -140,6 +156,8 @@ mod range {
     pub const HAIRPIN: u32 = 300_000;
     /// The internal host they reach through its external endpoint.
     pub const HAIRPIN_TARGET: u32 = 399_999;
+    /// New mappings, program only (TCP SYNs; `NEW_RUNS` × `NEW_REPEAT` endpoints).
+    pub const NEW_PROGRAM_ONLY: u32 = 400_000;
 }
 
 /// The cases on the empty table, in table order. Hairpinning and ICMP errors take the
@@ -404,9 +422,14 @@ fn endpoint(i: u32) -> (Ipv4Addr, u16) {
 }
 
 fn frame_for(net: &Bench, i: u32) -> [u8; frames::FRAME_LEN] {
+    frame_of(net, L4::Udp, i)
+}
+
+/// [`frame_for`] with the L4 protocol chosen.
+fn frame_of(net: &Bench, l4: L4, i: u32) -> [u8; frames::FRAME_LEN] {
     let (src, sport) = endpoint(i);
     frames::build(
-        L4::Udp,
+        l4,
         &Endpoints {
             dst_mac: net.lan_if.mac,
             src_mac: net.gen_if.mac,
@@ -510,6 +533,9 @@ pub fn per_packet(
             Some(range::EXISTING),
             Some(floor_ns),
         )?);
+        signals::check()?;
+        out.amortised_rows
+            .push(replay.new_row(tools, range::NEW_PROGRAM_ONLY, floor_ns)?);
         for (repeat, calls) in LADDER {
             signals::check()?;
             out.ladder.push(LadderStep {
@@ -580,12 +606,25 @@ impl Replay<'_> {
         repeat: u32,
         calls: usize,
     ) -> Result<(Vec<f64>, u64)> {
-        let template = frame_for(self.net, first.unwrap_or(range::EXISTING));
+        self.runs_over(tools, first, L4::Udp, ENDPOINTS, repeat, calls)
+    }
+
+    /// [`Self::runs`] over `flows` endpoints in frames of `l4`.
+    fn runs_over(
+        &self,
+        tools: &mut Tools,
+        first: Option<u32>,
+        l4: L4,
+        flows: u32,
+        repeat: u32,
+        calls: usize,
+    ) -> Result<(Vec<f64>, u64)> {
+        let template = frame_of(self.net, l4, first.unwrap_or(range::EXISTING));
         tools.configure_gen(
             &template,
             FlowSpec {
-                flows: ENDPOINTS,
-                endpoints: ENDPOINTS,
+                flows,
+                endpoints: flows,
                 ports_per_addr: PORTS_PER_ADDR,
             },
             0,
@@ -648,6 +687,41 @@ impl Replay<'_> {
         })
     }
 
+    /// The program-only new-mapping row: [`NEW_RUNS`] runs, each of [`NEW_REPEAT`]
+    /// TCP SYNs from endpoints never seen (run `k` over `first + k × NEW_REPEAT..`),
+    /// so that every repetition creates a mapping. A repetition counts as unexpected
+    /// unless it was translated and created its mapping.
+    fn new_row(&self, tools: &mut Tools, first: u32, floor_ns: f64) -> Result<AmortisedRow> {
+        let mut ns = Vec::new();
+        let mut unexpected = 0;
+        for k in 0..NEW_RUNS {
+            signals::check()?;
+            let created_before = self.natgw.counter(CREATED)?;
+            let (run, missed) = self.runs_over(
+                tools,
+                Some(first + k * NEW_REPEAT),
+                L4::TcpSyn,
+                NEW_REPEAT,
+                NEW_REPEAT,
+                1,
+            )?;
+            let created = self.natgw.counter(CREATED)?.saturating_sub(created_before);
+            unexpected += missed.max(u64::from(NEW_REPEAT).saturating_sub(created));
+            ns.extend(run);
+        }
+        let ns = super::report::median(&ns);
+        Ok(AmortisedRow {
+            // Not `new_mapping`: the chart would draw it beside the one-call UDP row.
+            key: "new_mapping_tcp_syn",
+            label: "xdp_lan, new mapping (TCP SYN)",
+            ns,
+            over_floor_ns: Some(ns - floor_ns),
+            repeat: NEW_REPEAT,
+            runs: NEW_RUNS,
+            unexpected,
+        })
+    }
+
     /// The median ns per packet of `calls` calls at `repeat`.
     fn ladder(
         &self,
@@ -663,6 +737,8 @@ impl Replay<'_> {
 
 /// natgw's counter of packets `xdp_lan` translated and redirected.
 const TRANSLATED: &str = "xdp_out_redirected";
+/// natgw's counter of mappings the data path created.
+const CREATED: &str = "mapping_created";
 
 /// natgw's `xdp_lan`, as attached to the gateway's LAN interface.
 fn natgw_prog(net: &Bench) -> Result<OwnedFd> {

@@ -217,11 +217,18 @@ fn amortised_text(o: &mut String, c: &CostResults) {
     );
     let _ = writeln!(o, "  {:<40} {:>8} {:>8}", "case", "ns", "− floor");
     for row in c.amortised_rows.iter().chain(&c.amortised_scale_rows) {
-        let odd = if row.unexpected > 0 {
+        let mut odd = if row.unexpected > 0 {
             format!("  ({} repetitions not translated)", row.unexpected)
         } else {
             String::new()
         };
+        if row.repeat != cost::AMORTISED_REPEAT {
+            let _ = write!(
+                odd,
+                "  (repeat={}, {} runs, every repetition a fresh endpoint)",
+                row.repeat, row.runs
+            );
+        }
         let _ = writeln!(
             o,
             "  {:<40} {:>8.0} {:>8}{odd}",
@@ -1012,6 +1019,93 @@ pub const TARGETS: [Target; 4] = [
     },
 ];
 
+/// Issue #18's target on new mappings: natgw's TCP SYN burst, mappings created per
+/// second (median of the bursts), on the one core the gateway's NAPI runs on.
+pub const NEW_MAPPINGS_TARGET: f64 = 1_000_000.0;
+/// What [`NEW_MAPPINGS_TARGET`] measures.
+pub const NEW_MAPPINGS_WHAT: &str = "natgw new mappings, TCP SYN burst (one core)";
+
+/// natgw's SYN burst in figures for its target: mappings created per second, the
+/// gateway thread's CPU in the median burst, and the rate plain forwarding (the
+/// same veths and generator, no NAT) forwarded the same burst at.
+struct NewMappings {
+    measured: Option<f64>,
+    gateway_cpu_pct: Option<f64>,
+    plain_forwarded_per_s: Option<f64>,
+}
+
+fn new_mappings(r: &Results) -> NewMappings {
+    let samples = r.syn_of(Mode::Natgw);
+    let with_rate: Vec<&SynSample> = samples
+        .iter()
+        .copied()
+        .filter(|s| s.created_per_s().is_some())
+        .collect();
+    NewMappings {
+        measured: syn_rate_spread(r, Mode::Natgw).map(|s| s.median),
+        gateway_cpu_pct: median_sample(&with_rate, |s: &SynSample| {
+            s.created_per_s().unwrap_or(0.0)
+        })
+        .and_then(|s| s.cpu.task("gateway")),
+        plain_forwarded_per_s: syn_pps_spread(r, Mode::Plain).map(|s| s.median),
+    }
+}
+
+/// The new-mapping target's line of the text output.
+fn new_mappings_target_text(r: &Results) -> String {
+    let n = new_mappings(r);
+    let context = || {
+        let mut parts = Vec::new();
+        if let Some(b) = n.gateway_cpu_pct {
+            parts.push(format!("natgw's gateway thread at {b:.0}%"));
+        }
+        if let Some(p) = n.plain_forwarded_per_s {
+            parts.push(format!(
+                "plain forwarding passed the same burst at {:.2} M/s",
+                p / 1e6
+            ));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", parts.join(", "))
+        }
+    };
+    let line = match n.measured {
+        Some(m) if m >= NEW_MAPPINGS_TARGET => format!("measured {:.2} M/s  PASS", m / 1e6),
+        Some(m) => format!(
+            "measured {:.2} M/s  MISS ({:.0}% short{})",
+            m / 1e6,
+            (1.0 - m / NEW_MAPPINGS_TARGET) * 100.0,
+            context()
+        ),
+        None => match r.unavailable(Mode::Natgw) {
+            Some(why) => format!("not measured (natgw could not run: {why})"),
+            None => "not measured".to_owned(),
+        },
+    };
+    format!(
+        "  target: {NEW_MAPPINGS_WHAT} >= {:.2} M/s: {line}",
+        NEW_MAPPINGS_TARGET / 1e6
+    )
+}
+
+/// The new-mapping target's entry of the JSON `targets`.
+fn new_mappings_target_json(r: &Results) -> Value {
+    let n = new_mappings(r);
+    json!({
+        "what": NEW_MAPPINGS_WHAT,
+        "quantity": "natgw's mappings created per second in the TCP SYN burst (median)",
+        "workload": "tcp_syn_burst",
+        "at_least": NEW_MAPPINGS_TARGET,
+        "measured": n.measured,
+        "met": n.measured.map(|m| m >= NEW_MAPPINGS_TARGET),
+        "not_measured_because": r.unavailable(Mode::Natgw),
+        "gateway_cpu_pct": n.gateway_cpu_pct,
+        "plain_forwarding_syn_per_s": n.plain_forwarded_per_s,
+    })
+}
+
 /// natgw's median packets per second over `peer`'s in `workload`, if both ran.
 #[must_use]
 pub fn natgw_over(r: &Results, peer: Mode, workload: &str) -> Option<f64> {
@@ -1096,6 +1190,7 @@ pub fn targets_json(r: &Results) -> Value {
                         .map(|b| b >= SATURATED_PCT),
                 })
             })
+            .chain([new_mappings_target_json(r)])
             .collect(),
     )
 }
@@ -1157,6 +1252,7 @@ pub fn ratios_text(r: &Results) -> String {
         };
         let _ = writeln!(o, "  target: {} >= {:.1}×: {line}", t.what, t.at_least);
     }
+    let _ = writeln!(o, "{}", new_mappings_target_text(r));
     o
 }
 
@@ -1508,6 +1604,22 @@ mod tests {
             "{text}"
         );
 
+        // The program-only new-mapping row names its own repeat count.
+        let mut fresh = row("new_mapping_tcp_syn", 2000.0, Some(1960.0));
+        fresh.repeat = cost::NEW_REPEAT;
+        let with_new = CostResults {
+            amortised_rows: vec![fresh],
+            ..CostResults::default()
+        };
+        let text = cost_text(&with_new);
+        assert!(
+            text.contains(
+                "new_mapping_tcp_syn                          2000     1960  (repeat=5000, 3 \
+                 runs, every repetition a fresh endpoint)"
+            ),
+            "{text}"
+        );
+
         let slow = CostResults {
             amortised_rows: vec![row("existing_mapping", 1100.0, Some(1060.0))],
             ..CostResults::default()
@@ -1537,7 +1649,7 @@ mod tests {
         assert_eq!(j["ratio_basis"]["frame_bytes"], 64);
         assert_eq!(j["ratio_basis"]["statistic"], "median");
         let targets = j["targets"].as_array().expect("targets");
-        assert_eq!(targets.len(), 4);
+        assert_eq!(targets.len(), TARGETS.len() + 1);
         assert_eq!(targets[0]["ratio"], "natgw/xdp-forward");
         assert_eq!(targets[0]["at_least"], 0.8);
         assert_eq!(targets[0]["met"], false);
@@ -1658,6 +1770,73 @@ mod tests {
             "{empty}"
         );
         assert!(empty.contains(">= 2.0×: not measured"), "{empty}");
+    }
+
+    fn syn(created: Option<u64>, forwarded: u64, seconds: f64, gateway: f64) -> SynSample {
+        let mut cpu = Usage::default();
+        cpu.tasks.push(("gateway".to_owned(), gateway));
+        SynSample {
+            sent: forwarded,
+            forwarded,
+            created,
+            seconds,
+            cpu,
+        }
+    }
+
+    // issue #18: "New mappings (SYN burst, one core) >= 1 M/s"
+    #[test]
+    fn the_new_mapping_target_is_natgws_syn_burst_median() {
+        let mut r = packet_results();
+        // natgw: 0.2, 0.3 and 0.25 M/s created (median 0.25 M/s, gateway at 90% in
+        // that burst); plain forwarding passed its bursts at 0.5 M/s.
+        for (created, gw) in [(20_000, 80.0), (30_000, 95.0), (25_000, 90.0)] {
+            r.syn
+                .push((Mode::Natgw, syn(Some(created), 16_384, 0.1, gw)));
+            r.syn.push((Mode::Plain, syn(None, 50_000, 0.1, 60.0)));
+        }
+        let text = ratios_text(&r);
+        let want = "  target: natgw new mappings, TCP SYN burst (one core) >= 1.00 M/s: measured \
+                    0.25 M/s  MISS (75% short; natgw's gateway thread at 90%, plain forwarding \
+                    passed the same burst at 0.50 M/s)";
+        assert_eq!(text.lines().last(), Some(want), "{text}");
+        let j = targets_json(&r);
+        let t = &j[TARGETS.len()];
+        assert_eq!(t["what"], NEW_MAPPINGS_WHAT);
+        assert_eq!(t["at_least"], 1e6);
+        assert!(
+            (t["measured"].as_f64().unwrap() - 0.25e6).abs() < 1e-3,
+            "{t}"
+        );
+        assert_eq!(t["met"], false);
+        assert_eq!(t["gateway_cpu_pct"], 90.0);
+        assert!((t["plain_forwarding_syn_per_s"].as_f64().unwrap() - 0.5e6).abs() < 1e-3);
+
+        // A million and more per second meets it.
+        let mut fast = Results::default();
+        fast.syn
+            .push((Mode::Natgw, syn(Some(16_384), 16_384, 0.016, 99.0)));
+        assert!(
+            ratios_text(&fast).contains(">= 1.00 M/s: measured 1.02 M/s  PASS"),
+            "{}",
+            ratios_text(&fast)
+        );
+        assert_eq!(targets_json(&fast)[TARGETS.len()]["met"], true);
+
+        // No burst: not measured, and why when natgw could not run.
+        let empty = Results::default();
+        assert!(ratios_text(&empty).ends_with(">= 1.00 M/s: not measured\n"));
+        assert!(targets_json(&empty)[TARGETS.len()]["measured"].is_null());
+        let mut failed = Results::default();
+        failed
+            .unavailable
+            .push((Mode::Natgw, "natgw did not start".to_owned()));
+        assert!(ratios_text(&failed)
+            .contains("not measured (natgw could not run: natgw did not start)"));
+        assert_eq!(
+            targets_json(&failed)[TARGETS.len()]["not_measured_because"],
+            "natgw did not start"
+        );
     }
 
     #[test]
