@@ -267,8 +267,9 @@ pub struct RunArgs {
 
     /// Seconds between garbage-collection ticks [default: 1]. A tick surveys the
     /// whole NAT tables while that is cheap; on large tables surveys come less often
-    /// (at least every half shortest timeout) and the ticks between look only at the
-    /// mappings due to expire. Held SYNs are checked every second whatever this says.
+    /// (when needed, at most 60 s apart), the ticks between look only at the mappings
+    /// due to expire, and every half shortest timeout a cheaper probe looks for new
+    /// entries. Held SYNs are checked every second whatever this says.
     #[arg(long, value_name = "SECS")]
     pub gc_interval: Option<u64>,
 

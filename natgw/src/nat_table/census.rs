@@ -54,6 +54,17 @@ impl Census {
         }
         census
     }
+
+    /// Counts the mappings and sessions again from a newer snapshot of the forward
+    /// table and the number of sessions (a probe between surveys); the ports stay as
+    /// the last full snapshot counted them.
+    pub fn recount_mappings(&mut self, fwd: &[(FwdKey, Mapping)], sessions: usize) {
+        self.sessions = sessions as u64;
+        self.mappings.clear();
+        for (key, m) in fwd {
+            *self.mappings.entry((key.proto, m.origin)).or_default() += 1;
+        }
+    }
 }
 
 #[cfg(test)]

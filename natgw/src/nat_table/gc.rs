@@ -59,7 +59,9 @@ use crate::config::Timeouts;
 use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
 };
-use schedule::{survey_period, Schedule, BATCH_READ_MIN};
+use schedule::{
+    probe_period, survey_period, Schedule, BATCH_READ_MIN, CONFIRM_GUARD_NS, CREATED_SKEW_NS,
+};
 use sessions::{SessionCandidate, SessionEnd, SessionObserved, SessionVerdict};
 
 /// How long a reverse entry without a forward entry is left alone: far longer than
@@ -366,8 +368,14 @@ pub struct Plan {
     pub holds_ended: Vec<(RevKey, u64)>,
     /// Mappings the ticks until the next survey may judge on their own (traffic
     /// mappings, not TCP, without sessions), with the stamps seen now and when to look
-    /// at them next: one tick past their expiry, or past now for a candidate.
+    /// at them next: [`CONFIRM_GUARD_NS`] past their expiry, or a tick past now for a
+    /// candidate.
     pub schedule: Vec<(FwdKey, Candidate, u64)>,
+    /// By when the next survey must come for what only a survey judges (TCP mappings
+    /// and mappings with sessions, sessions, orphans, holds, candidates); `None`:
+    /// nothing of that kind. Conservative: a TCP entry counts as if a FIN could make
+    /// it transitory on its next packet.
+    pub survey_by_ns: Option<u64>,
 }
 
 /// What a tick did.
@@ -394,6 +402,9 @@ pub struct TickStats {
     /// Whether this tick surveyed the whole tables (otherwise it looked only at the
     /// scheduled mappings that were due, `mappings` of them).
     pub survey: bool,
+    /// Whether this tick probed the forward and session tables for new entries and
+    /// found none (it then looked at the due mappings as well).
+    pub probe: bool,
 }
 
 /// How often the collector surveys the whole tables.
@@ -421,6 +432,15 @@ pub struct Sweeper {
     next_survey_ns: u64,
     /// When a candidate found between surveys gets its second look: one tick later.
     confirm_ns: u64,
+    /// When the next probe for new entries is due (`None`: surveys come often enough).
+    next_probe_ns: Option<u64>,
+    /// Entries created from this time on are new to the collector (the start of the
+    /// last survey or clean probe, less [`CREATED_SKEW_NS`]).
+    seen_since_ns: u64,
+    /// Forward entries and sessions the tables should hold if nothing was created or
+    /// deleted behind the collector's back since the last survey.
+    expect_fwd: usize,
+    expect_sessions: usize,
 }
 
 impl Sweeper {
@@ -429,6 +449,12 @@ impl Sweeper {
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
         self.next_survey_ns = 0;
+        self.next_probe_ns = None;
+    }
+
+    /// How long past its deadline a scheduled mapping gets its second look.
+    fn guard_ns(&self) -> u64 {
+        self.confirm_ns.min(CONFIRM_GUARD_NS)
     }
 
     /// The same collector surveying at `cadence`, its ticks `interval_ns` apart (the
@@ -483,6 +509,10 @@ impl Sweeper {
             cadence: Cadence::EveryTick,
             next_survey_ns: 0,
             confirm_ns: NS_PER_SEC,
+            next_probe_ns: None,
+            seen_since_ns: 0,
+            expect_fwd: 0,
+            expect_sessions: 0,
         }
     }
 
@@ -510,6 +540,16 @@ impl Sweeper {
         let mut kept_until: HashMap<RevKey, u64> = HashMap::new();
         // Sessions not deleted on their own this tick.
         let mut undecided: Vec<(SessionKey, SessionObserved)> = Vec::new();
+        // What only a survey judges, by when it is due at the earliest.
+        let mut survey_by = u64::MAX;
+        let confirm_at = now_ns.saturating_add(self.confirm_ns);
+        let transitory = Policy {
+            tcp_established_ns: self
+                .policy
+                .tcp_established_ns
+                .min(self.policy.tcp_transitory_ns),
+            ..self.policy
+        };
         for (key, s) in sessions {
             let obs = SessionObserved::new(key, s);
             let rk = session_rev_key(key);
@@ -527,10 +567,12 @@ impl Sweeper {
                         let e = kept_until.entry(rk).or_default();
                         *e = (*e).max(until);
                     }
+                    survey_by = survey_by.min(sessions::expires_at_ns(&transitory, &obs));
                     undecided.push((*key, obs));
                 }
                 SessionVerdict::Candidate(c) => {
                     session_candidates.insert(*key, c);
+                    survey_by = survey_by.min(confirm_at);
                     undecided.push((*key, obs));
                 }
                 SessionVerdict::Delete(end) => plan.sessions.push(SessionExpiry {
@@ -563,15 +605,25 @@ impl Sweeper {
                     if schedulable {
                         let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
                         plan.schedule
-                            .push((*key, Candidate::of(&obs), due + self.confirm_ns));
+                            .push((*key, Candidate::of(&obs), due + self.guard_ns()));
+                    } else {
+                        // Without its sessions' extension: they count on their own.
+                        let own = Observed {
+                            sessions_until_ns: 0,
+                            ..obs
+                        };
+                        survey_by = survey_by.min(now_ns + remaining_ns(&transitory, &own, now_ns));
                     }
                 }
                 Verdict::Candidate(c) => {
                     candidates.insert(*key, c);
                     if schedulable {
-                        plan.schedule.push((*key, c, now_ns + self.confirm_ns));
+                        plan.schedule.push((*key, c, confirm_at));
+                    } else {
+                        survey_by = survey_by.min(confirm_at);
                     }
                 }
+                // Spared if a packet comes before the delete: then judged again.
                 Verdict::Delete => plan.expire.push(Expiry {
                     key: *key,
                     mapping: *m,
@@ -595,15 +647,24 @@ impl Sweeper {
             }
         }
         let mut orphans = HashMap::new();
+        if !plan.expire.is_empty() {
+            survey_by = survey_by.min(now_ns + schedule::shortest_timeout_ns(&self.policy));
+        }
         for (key, r) in rev {
             if r.is_held() {
                 if r.hold_expired(now_ns, self.policy.hold_ns) {
                     plan.holds_ended.push((*key, r.created_ns));
+                } else {
+                    survey_by = survey_by.min(r.created_ns.saturating_add(self.policy.hold_ns));
                 }
                 continue;
             }
             let owned = rev_by_key.get(key).is_some_and(|(_, owned)| *owned);
-            if owned || now_ns.saturating_sub(r.created_ns) < ORPHAN_GRACE_NS {
+            if owned {
+                continue;
+            }
+            if now_ns.saturating_sub(r.created_ns) < ORPHAN_GRACE_NS {
+                survey_by = survey_by.min(r.created_ns + ORPHAN_GRACE_NS);
                 continue;
             }
             if self.orphan_candidates.get(key) == Some(&r.created_ns) {
@@ -613,9 +674,11 @@ impl Sweeper {
                 });
             } else {
                 orphans.insert(*key, r.created_ns);
+                survey_by = survey_by.min(confirm_at);
             }
         }
         self.orphan_candidates = orphans;
+        plan.survey_by_ns = (survey_by != u64::MAX).then_some(survey_by);
         plan
     }
 
@@ -628,19 +691,66 @@ impl Sweeper {
         now_ns: u64,
     ) -> Result<TickStats, MapsError> {
         if now_ns < self.next_survey_ns {
-            return self.due_tick(tables, now_ns);
+            if self.next_probe_ns.is_none_or(|probe| now_ns < probe) {
+                return self.due_tick(tables, now_ns);
+            }
+            if self.probe(tables, now_ns)? {
+                let mut stats = self.due_tick(tables, now_ns)?;
+                stats.probe = true;
+                return Ok(stats);
+            }
+            // Something was created or deleted behind the collector's back: survey.
         }
         let started = Instant::now();
         let stats = self.survey(tables, now_ns);
         let cost_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.next_survey_ns = match (self.cadence, &stats) {
-            (Cadence::EveryTick, _) | (_, Err(_)) => 0,
-            (Cadence::Adaptive, Ok(stats)) => {
-                now_ns.saturating_add(survey_period(cost_ns, stats.mappings, &self.policy))
+        (self.next_survey_ns, self.next_probe_ns) = match (self.cadence, &stats) {
+            (Cadence::EveryTick, _) | (_, Err(_)) => (0, None),
+            (Cadence::Adaptive, Ok((stats, survey_by))) => {
+                self.next_looks(now_ns, survey_period(cost_ns, stats.mappings), *survey_by)
             }
-            (Cadence::Fixed(period), Ok(_)) => now_ns.saturating_add(period),
+            (Cadence::Fixed(period), Ok(_)) => (now_ns.saturating_add(period), None),
         };
-        stats
+        stats.map(|(stats, _)| stats)
+    }
+
+    /// After a survey at `now_ns` whose cost allows the next one `period` later and
+    /// whose plan needs one by `survey_by`: when the next survey comes, and the next
+    /// probe if probes come before it. Probes every [`probe_period`] catch what is
+    /// created meanwhile; a survey comes when something only a survey judges is due,
+    /// but no sooner than a probe would (surveys came that often before probes).
+    fn next_looks(&self, now_ns: u64, period: u64, survey_by: Option<u64>) -> (u64, Option<u64>) {
+        let probe = probe_period(&self.policy);
+        if period <= probe {
+            return (now_ns.saturating_add(period), None);
+        }
+        let due = survey_by.map_or(u64::MAX, |by| by.max(now_ns.saturating_add(probe)));
+        (
+            now_ns.saturating_add(period).min(due),
+            Some(now_ns.saturating_add(probe)),
+        )
+    }
+
+    /// A probe: reads the session and forward tables (sessions first, as a survey
+    /// does) and tells whether they hold exactly what the collector knows of, i.e.
+    /// nothing created since its last look and no entry deleted behind its back; then
+    /// the mappings' and sessions' counts of the census are refreshed and the next
+    /// probe comes a probe period later. `false`: a survey is needed.
+    fn probe<T: NatTables>(&mut self, tables: &mut T, now_ns: u64) -> Result<bool, MapsError> {
+        let sessions = tables.session_entries()?;
+        let fwd = tables.fwd_entries()?;
+        let since = self.seen_since_ns;
+        if sessions.len() != self.expect_sessions
+            || fwd.len() != self.expect_fwd
+            || sessions.iter().any(|(_, s)| s.created_ns >= since)
+            || fwd.iter().any(|(_, m)| m.created_ns >= since)
+        {
+            return Ok(false);
+        }
+        self.census.recount_mappings(&fwd, sessions.len());
+        self.seen_since_ns = now_ns.saturating_sub(CREATED_SKEW_NS);
+        self.next_probe_ns = Some(now_ns.saturating_add(probe_period(&self.policy)));
+        Ok(true)
     }
 
     /// The ticks between surveys: re-reads the scheduled mappings that are due (one
@@ -693,7 +803,7 @@ impl Sweeper {
                 Verdict::Keep => {
                     let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
                     self.schedule
-                        .insert((key, Candidate::of(&obs)), due + self.confirm_ns);
+                        .insert((key, Candidate::of(&obs)), due + self.guard_ns());
                 }
                 Verdict::Candidate(c) => {
                     self.schedule.insert((key, c), now_ns + self.confirm_ns);
@@ -721,15 +831,24 @@ impl Sweeper {
             self.expire_each(tables, &expire, now_ns, &mut stats, &mut deleted)?;
         }
         stats.candidates = self.candidates.len();
+        self.expect_fwd = self.expect_fwd.saturating_sub(stats.expired);
+        if stats.expired > 0 && self.policy.hold_ns > 0 {
+            // Their ports' holds end with the next survey after the hold-down.
+            let by = now_ns.saturating_add(self.policy.hold_ns);
+            self.next_survey_ns = self
+                .next_survey_ns
+                .min(by.max(now_ns.saturating_add(probe_period(&self.policy))));
+        }
         Ok(stats)
     }
 
     /// A survey: one pass over the whole tables, which also refills the schedule.
+    /// Returns by when the next survey must come ([`Plan::survey_by_ns`]).
     fn survey<T: NatTables>(
         &mut self,
         tables: &mut T,
         now_ns: u64,
-    ) -> Result<TickStats, MapsError> {
+    ) -> Result<(TickStats, Option<u64>), MapsError> {
         // Sessions before mappings, forward before reverse: the data path creates
         // them in the opposite order, so every entry in a snapshot finds the entries
         // it was created after in the later snapshots.
@@ -748,6 +867,7 @@ impl Sweeper {
         };
         tables.count_holds(stats.held);
         stats.survey = true;
+        self.seen_since_ns = now_ns.saturating_sub(CREATED_SKEW_NS);
         self.schedule.clear();
         for &(key, seen, due) in &plan.schedule {
             self.schedule.insert((key, seen), due);
@@ -825,7 +945,9 @@ impl Sweeper {
                 );
             }
         }
-        Ok(stats)
+        self.expect_fwd = fwd.len().saturating_sub(stats.expired);
+        self.expect_sessions = sessions.len().saturating_sub(stats.sessions_expired);
+        Ok((stats, plan.survey_by_ns))
     }
 
     /// Deletes `expire` one by one, each after a re-read that shows it unchanged since
@@ -1628,9 +1750,9 @@ mod tests {
         assert!(!t.fwd.contains_key(&old) && !t.rev.contains_key(&old_rk));
         // rfc6888 REQ-4: released for its host like any deletion.
         assert_eq!(t.released[&old.addr_be].released[0], 1);
-        // Nothing else is due until `young` expires at 500 s (looked at a tick
-        // later).
-        assert_eq!(gc.next_due_ns(), Some(501 * S));
+        // Nothing else is due until `young` expires at 500 s (looked at the guard
+        // later, not a whole tick).
+        assert_eq!(gc.next_due_ns(), Some(500 * S + CONFIRM_GUARD_NS));
         let s = gc.tick(&mut t, 304 * S).unwrap();
         assert_eq!((s.mappings, s.expired), (0, 0));
         assert!(t.fwd.contains_key(&young));
@@ -1639,24 +1761,26 @@ mod tests {
     #[test]
     fn a_refreshed_mapping_goes_back_into_the_schedule_at_its_new_deadline() {
         // rfc4787 REQ-5: it expires 300 s after its last outbound packet; the survey's
-        // look is the first phase, the look a tick past the deadline the second.
+        // look is the first phase, the look the guard past the deadline the second.
+        const G: u64 = CONFIRM_GUARD_NS;
         let mut t = MemoryMaps::default();
         let k = udp_key(2, 40000);
         add(&mut t, k, 40000, 100 * S);
         let mut gc = Sweeper::new(policy(false)).scheduled(Cadence::Fixed(10_000 * S), S);
         gc.tick(&mut t, 101 * S).unwrap();
-        assert_eq!(gc.next_due_ns(), Some(401 * S));
+        assert_eq!(gc.next_due_ns(), Some(400 * S + G));
         t.fwd.get_mut(&k).unwrap().last_out_ns = 350 * S;
-        let s = gc.tick(&mut t, 401 * S).unwrap();
+        let s = gc.tick(&mut t, 400 * S + G).unwrap();
         assert_eq!((s.mappings, s.expired), (1, 0));
-        assert_eq!(gc.next_due_ns(), Some(651 * S));
+        assert_eq!(gc.next_due_ns(), Some(650 * S + G));
         // A packet right before the second look saves it again.
         t.fwd.get_mut(&k).unwrap().last_out_ns = 650 * S;
-        assert_eq!(gc.tick(&mut t, 651 * S).unwrap().expired, 0);
-        assert_eq!(gc.next_due_ns(), Some(951 * S));
-        // Unchanged since, and expired for a tick: it goes.
-        assert_eq!(gc.tick(&mut t, 950 * S).unwrap().mappings, 0);
-        assert_eq!(gc.tick(&mut t, 951 * S).unwrap().expired, 1);
+        assert_eq!(gc.tick(&mut t, 650 * S + G).unwrap().expired, 0);
+        assert_eq!(gc.next_due_ns(), Some(950 * S + G));
+        // Never at the deadline itself; unchanged since, and expired for the guard:
+        // it goes.
+        assert_eq!(gc.tick(&mut t, 950 * S + G - 1).unwrap().mappings, 0);
+        assert_eq!(gc.tick(&mut t, 950 * S + G).unwrap().expired, 1);
         assert!(t.fwd.is_empty() && t.rev.is_empty());
     }
 
@@ -1672,7 +1796,7 @@ mod tests {
         let s = gc.tick(&mut t, 302 * S).unwrap();
         assert_eq!((s.mappings, s.expired), (1, 0));
         assert!(t.fwd.contains_key(&k));
-        assert_eq!(gc.next_due_ns(), Some(603 * S));
+        assert_eq!(gc.next_due_ns(), Some(602 * S + CONFIRM_GUARD_NS));
     }
 
     #[test]
@@ -1711,12 +1835,16 @@ mod tests {
         assert_eq!(gc.next_due_ns(), None, "not seen yet");
         let s = gc.tick(&mut t, 110 * S).unwrap();
         assert!(s.survey);
-        assert_eq!(gc.next_due_ns(), Some(321 * S));
+        assert_eq!(gc.next_due_ns(), Some(320 * S + CONFIRM_GUARD_NS));
         assert!(!gc.tick(&mut t, 209 * S).unwrap().survey);
         assert!(gc.tick(&mut t, 210 * S).unwrap().survey);
-        assert_eq!(gc.next_due_ns(), Some(321 * S));
+        assert_eq!(gc.next_due_ns(), Some(320 * S + CONFIRM_GUARD_NS));
+        assert!(gc.tick(&mut t, 319 * S).unwrap().survey);
         assert_eq!(gc.tick(&mut t, 320 * S).unwrap().expired, 0);
-        assert_eq!(gc.tick(&mut t, 321 * S).unwrap().expired, 1);
+        assert_eq!(
+            gc.tick(&mut t, 320 * S + CONFIRM_GUARD_NS).unwrap().expired,
+            1
+        );
     }
 
     #[test]
@@ -1759,7 +1887,127 @@ mod tests {
         );
         let released: u64 = t.released.values().map(|r| r.released[0]).sum();
         assert_eq!(released, u64::from(n) - 2);
-        assert_eq!(gc.next_due_ns(), Some(602 * S));
+        assert_eq!(gc.next_due_ns(), Some(601 * S + CONFIRM_GUARD_NS));
+    }
+
+    #[test]
+    fn a_probe_passes_over_known_tables_and_fails_on_anything_new() {
+        let mut t = MemoryMaps::default();
+        for i in 0..3 {
+            add(&mut t, udp_key(2, 40000 + i), 40000 + i, S);
+        }
+        let mut gc = scheduled(policy(false));
+        assert!(gc.tick(&mut t, 10 * S).unwrap().survey);
+        // Nothing changed: the probe passes, the census is recounted.
+        assert!(gc.probe(&mut t, 20 * S).unwrap());
+        assert_eq!(gc.census().mappings.values().sum::<u64>(), 3);
+        // A mapping created since the last look.
+        let late = udp_key(3, 40100);
+        add(&mut t, late, 40100, 25 * S);
+        assert!(!gc.probe(&mut t, 30 * S).unwrap());
+        t.fwd.remove(&late);
+        t.rev.clear();
+        for i in 0..3 {
+            add(&mut t, udp_key(2, 40000 + i), 40000 + i, S);
+        }
+        assert!(gc.probe(&mut t, 30 * S).unwrap());
+        // One written with an old stamp the survey did not see (the counts differ)…
+        let back = udp_key(4, 40200);
+        add(&mut t, back, 40200, S);
+        assert!(!gc.probe(&mut t, 40 * S).unwrap());
+        // …or one deleted behind the collector's back.
+        t.fwd.remove(&back);
+        t.fwd.remove(&udp_key(2, 40000));
+        assert!(!gc.probe(&mut t, 40 * S).unwrap());
+        // A session created since the last look.
+        add(&mut t, udp_key(2, 40000), 40000, S);
+        assert!(gc.probe(&mut t, 40 * S).unwrap());
+        let rk = rev_key_of(&udp_key(2, 40001), &t.fwd[&udp_key(2, 40001)]);
+        let sk = add_session(
+            &mut t,
+            rk,
+            7000,
+            45 * S,
+            0,
+            natgw_common::tcp::TcpState::Closed,
+        );
+        t.sessions.get_mut(&sk).unwrap().created_ns = 45 * S;
+        assert!(!gc.probe(&mut t, 50 * S).unwrap());
+    }
+
+    #[test]
+    fn the_next_survey_comes_by_the_time_what_only_a_survey_judges_is_due() {
+        use natgw_common::tcp::TcpState as T;
+        use tcp_seen::{ACK, SYN};
+        let p = policy(false).with_hold_down(120);
+        let mut gc = Sweeper::new(p);
+        let mut t = MemoryMaps::default();
+        // UDP mappings alone: all in the schedule, no survey needed.
+        add(&mut t, udp_key(2, 40000), 40000, S);
+        let fwd: Vec<_> = t.fwd.iter().map(|(k, m)| (*k, *m)).collect();
+        let rev: Vec<_> = t.rev.iter().map(|(k, r)| (*k, *r)).collect();
+        let plan = gc.plan(2 * S, &fwd, &rev, &[]);
+        assert_eq!((plan.survey_by_ns, plan.schedule.len()), (None, 1));
+        // An established TCP mapping counts as if its next packet were a FIN: by its
+        // last packet plus the transitory timeout (rfc5382 REQ-5).
+        let tk = tcp_key(40001);
+        add(&mut t, tk, 40001, S);
+        let m = t.fwd.get_mut(&tk).unwrap();
+        m.tcp_flags_out = SYN | ACK;
+        m.last_out_ns = 100 * S;
+        let trk = rev_key_of(&tk, m);
+        t.rev.get_mut(&trk).unwrap().tcp_flags_in = SYN | ACK;
+        let fwd: Vec<_> = t.fwd.iter().map(|(k, m)| (*k, *m)).collect();
+        let rev: Vec<_> = t.rev.iter().map(|(k, r)| (*k, *r)).collect();
+        let plan = gc.plan(200 * S, &fwd, &rev, &[]);
+        assert_eq!(plan.survey_by_ns, Some(340 * S));
+        // A session, the same.
+        let sk = add_session(&mut t, trk, 7000, 150 * S, 0, T::Established);
+        let sessions = [(sk, t.sessions[&sk])];
+        let plan = gc.plan(200 * S, &fwd, &rev, &sessions);
+        assert_eq!(plan.survey_by_ns, Some(340 * S));
+        // A hold ends 120 s after the port was freed (rfc6888 REQ-8); an orphan is
+        // looked at after its grace.
+        let hold = RevKey::new(addr_be([192, 0, 2, 1]), 5000u16.to_be(), IPPROTO_UDP);
+        let orphan = RevKey::new(addr_be([192, 0, 2, 1]), 5001u16.to_be(), IPPROTO_UDP);
+        let mut rev2 = rev.clone();
+        rev2.push((hold, RevValue::held(addr_be([10, 0, 2, 9]), 195 * S)));
+        rev2.push((
+            orphan,
+            RevValue {
+                int_addr_be: addr_be([10, 0, 2, 9]),
+                int_port_be: 9u16.to_be(),
+                created_ns: 195 * S,
+                ..RevValue::default()
+            },
+        ));
+        let plan = gc.plan(200 * S, &fwd, &rev2, &sessions);
+        assert_eq!(plan.survey_by_ns, Some(195 * S + ORPHAN_GRACE_NS));
+        rev2.pop();
+        let plan = gc.plan(200 * S, &fwd, &rev2, &sessions);
+        assert_eq!(plan.survey_by_ns, Some(315 * S));
+    }
+
+    #[test]
+    fn probes_come_every_half_shortest_timeout_and_surveys_when_due() {
+        let gc = Sweeper::new(policy(false)).scheduled(Cadence::Adaptive, S);
+        // Surveys cheap enough to come before a probe would: no probes.
+        assert_eq!(gc.next_looks(100 * S, 20 * S, None), (120 * S, None));
+        // Costly ones: a probe every 30 s (half the 60 s ICMP timeout), the survey by
+        // its period…
+        assert_eq!(
+            gc.next_looks(100 * S, 60 * S, None),
+            (160 * S, Some(130 * S))
+        );
+        // …or when something only it judges is due, never sooner than the probe.
+        assert_eq!(
+            gc.next_looks(100 * S, 60 * S, Some(140 * S)),
+            (140 * S, Some(130 * S))
+        );
+        assert_eq!(
+            gc.next_looks(100 * S, 60 * S, Some(101 * S)),
+            (130 * S, Some(130 * S))
+        );
     }
 
     #[test]

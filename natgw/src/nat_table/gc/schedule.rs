@@ -7,18 +7,23 @@
 //! too much to repeat every `--gc-interval`. So a survey also puts each traffic
 //! mapping it can judge from its own two entries — not TCP, no session — into the
 //! [`Schedule`] with the stamps it saw, at one tick past the time it would expire
-//! with them; the ticks between surveys look only at the mappings whose time has
-//! come. The survey's look is the first of the two phases, the look at the due time
-//! the second: a mapping whose stamps did not move goes then (it has been expired for
-//! a tick), one a packet refreshed goes back in at its new deadline with its new
-//! stamps. Everything else (TCP mappings, mappings with sessions, sessions, orphans,
-//! holds) waits for the next survey.
+//! with them, [`CONFIRM_GUARD_NS`] past the time it would expire with them; the ticks
+//! between surveys look only at the mappings whose time has come. The survey's look
+//! is the first of the two phases, the look at the due time the second: a mapping
+//! whose stamps did not move goes then (it has been expired for the guard, so a packet
+//! the look could miss was sent after the mapping had expired), one a packet
+//! refreshed goes back in at its new deadline with its new stamps. Everything else
+//! (TCP mappings, mappings with sessions, sessions, orphans, holds) waits for a
+//! survey, which comes by the time the earliest of them is due.
 //!
 //! Surveys come as often as their cost allows ([`survey_period`]): every tick on
 //! small tables (the behaviour of a collector without a schedule), and at most
-//! 1/[`SURVEY_SHARE`] of the time at a million mappings, but never less often than
-//! half the shortest timeout, so a mapping created after a survey is scheduled before
-//! it can expire.
+//! 1/[`SURVEY_SHARE`] of the time at a million mappings. A mapping created after a
+//! survey must be scheduled before it can expire, so every half shortest timeout
+//! ([`probe_period`]) a *probe* reads the forward and session tables (not the
+//! reverse table, and no plan): if they hold nothing created since the last look and
+//! exactly the entries the collector expects, nothing new needs scheduling;
+//! otherwise the probe turns into a survey.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +40,17 @@ pub const SURVEY_SHARE: u64 = 50;
 
 /// Longest time between surveys, whatever the timeouts.
 pub const MAX_SURVEY_PERIOD_NS: u64 = 60 * NS_PER_SEC;
+
+/// How long past its deadline a scheduled mapping gets its second look: enough that
+/// a packet still on its way to the maps when the look reads them (microseconds)
+/// was sent after the mapping had expired. The look no longer waits a whole
+/// `--gc-interval` (the second phase of a mapping found expired by a survey still
+/// does: that first look may be from a snapshot older than the expiry).
+pub const CONFIRM_GUARD_NS: u64 = NS_PER_SEC / 10;
+
+/// How far before the last look's start a probe counts an entry as created since:
+/// the data path stamps `created_ns` a few microseconds before its insert lands.
+pub const CREATED_SKEW_NS: u64 = NS_PER_SEC / 10;
 
 /// Mappings due at the same tick from which one batched read of the whole tables
 /// (`BPF_MAP_LOOKUP_BATCH`) is cheaper than one lookup per mapping.
@@ -124,20 +140,26 @@ pub fn shortest_timeout_ns(policy: &Policy) -> u64 {
 pub const SCHEDULE_FROM_MAPPINGS: usize = 65_536;
 
 /// How long after a survey of `mappings` forward entries that took `cost_ns` the
-/// next one comes: 0 (every tick) below [`SCHEDULE_FROM_MAPPINGS`]; otherwise
-/// `SURVEY_SHARE` times its cost, so surveys use at most 1/`SURVEY_SHARE` of a CPU,
-/// but at least as often as every half shortest timeout (a mapping created just after
-/// a survey is then scheduled by the next one before it can expire) and
-/// [`MAX_SURVEY_PERIOD_NS`].
+/// next one comes at the latest: 0 (every tick) below [`SCHEDULE_FROM_MAPPINGS`];
+/// otherwise `SURVEY_SHARE` times its cost, so surveys use at most 1/`SURVEY_SHARE`
+/// of a CPU, and at most [`MAX_SURVEY_PERIOD_NS`]. (A survey comes sooner when
+/// something only a survey judges is due, or when a probe finds new entries.)
 #[must_use]
-pub fn survey_period(cost_ns: u64, mappings: usize, policy: &Policy) -> u64 {
+pub fn survey_period(cost_ns: u64, mappings: usize) -> u64 {
     if mappings < SCHEDULE_FROM_MAPPINGS {
         return 0;
     }
     cost_ns
         .saturating_mul(SURVEY_SHARE)
-        .min(shortest_timeout_ns(policy) / 2)
         .min(MAX_SURVEY_PERIOD_NS)
+}
+
+/// How often the tables are probed for entries created since the last look: every
+/// half shortest timeout, so a mapping created just after a look is scheduled by the
+/// next one before it can expire.
+#[must_use]
+pub fn probe_period(policy: &Policy) -> u64 {
+    (shortest_timeout_ns(policy) / 2).max(1)
 }
 
 #[cfg(test)]
@@ -202,14 +224,16 @@ mod tests {
         let p = policy();
         assert_eq!(shortest_timeout_ns(&p), 60 * S);
         // A small table: every tick, however slow the survey was.
-        assert_eq!(survey_period(S, SCHEDULE_FROM_MAPPINGS - 1, &p), 0);
+        assert_eq!(survey_period(S, SCHEDULE_FROM_MAPPINGS - 1), 0);
         let m = 1_000_000;
-        assert_eq!(survey_period(1_000_000, m, &p), 50_000_000);
+        assert_eq!(survey_period(1_000_000, m), 50_000_000);
         // A million mappings: 300 ms every 15 s (2% of a CPU).
-        assert_eq!(survey_period(300_000_000, m, &p), 15 * S);
-        // Never rarer than half the shortest timeout.
-        assert_eq!(survey_period(2 * S, m, &p), 30 * S);
+        assert_eq!(survey_period(300_000_000, m), 15 * S);
+        // Never rarer than MAX_SURVEY_PERIOD_NS.
+        assert_eq!(survey_period(2 * S, m), MAX_SURVEY_PERIOD_NS);
+        // Probes come every half shortest timeout.
+        assert_eq!(probe_period(&p), 30 * S);
         let short = Policy { udp_ns: 5 * S, ..p };
-        assert_eq!(survey_period(300_000_000, m, &short), 2_500_000_000);
+        assert_eq!(probe_period(&short), 2_500_000_000);
     }
 }
