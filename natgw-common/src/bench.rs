@@ -23,7 +23,51 @@ pub mod names {
     /// `Array<[u8; GEN_FLOW_LEN]>` with [`GEN_TABLE_MAX`](super::GEN_TABLE_MAX)
     /// entries: explicit flows, read when [`GEN_TABLE`](super::GEN_TABLE) is set.
     pub const BENCH_GEN_FLOWS: &str = "BENCH_GEN_FLOWS";
+    /// `HashMap<FwdKey, Mapping>` of the GC prototypes (one entry in the object; the
+    /// bench loads it with room for the million): the table `xdp_gc_lazy` expires
+    /// from.
+    pub const GC_FWD: &str = "GC_FWD";
+    /// `HashMap<RevKey, RevValue>`: the reverse entries of `GC_FWD`'s and
+    /// `GC_TIMED`'s mappings, deleted with them.
+    pub const GC_REV: &str = "GC_REV";
+    /// BTF hash map `FwdKey -> {Mapping, bpf_timer}`: the table of `xdp_gc_timer`,
+    /// each entry with its own timer.
+    pub const GC_TIMED: &str = "GC_TIMED";
+    /// `Array<u64>`: the GC prototypes' configuration, by the
+    /// [`GC_CFG_*`](super::GC_CFG_TIMEOUT_NS) slots.
+    pub const GC_CFG: &str = "GC_CFG";
+    /// `PerCpuArray<u64>`: what the GC prototypes did, by the
+    /// [`GC_STAT_*`](super::GC_STAT_HIT) slots.
+    pub const GC_STATS: &str = "GC_STATS";
 }
+
+/// `GC_CFG` slot: the mapping timeout (ns).
+pub const GC_CFG_TIMEOUT_NS: u32 = 0;
+/// `GC_CFG` slot: non-zero makes `xdp_gc_lazy` compare a hit's stamp with the timeout
+/// (and delete it when expired), and `xdp_gc_timer` re-arm a hit's timer; zero leaves
+/// both with the lookup and the stamp refresh alone (the baseline of the per-packet
+/// cost).
+pub const GC_CFG_EXPIRE: u32 = 1;
+/// Number of `GC_CFG` slots.
+pub const GC_CFG_SLOTS: u32 = 2;
+
+/// `GC_STATS` slot: lookups that found a live mapping.
+pub const GC_STAT_HIT: u32 = 0;
+/// `GC_STATS` slot: lookups that found no mapping.
+pub const GC_STAT_MISS: u32 = 1;
+/// `GC_STATS` slot: mappings `xdp_gc_lazy` found expired and deleted.
+pub const GC_STAT_LAZY_EXPIRED: u32 = 2;
+/// `GC_STATS` slot: mappings `xdp_gc_timer` created with an armed timer.
+pub const GC_STAT_ARMED: u32 = 3;
+/// `GC_STATS` slot: timers that fired and deleted their mapping.
+pub const GC_STAT_FIRED: u32 = 4;
+/// `GC_STATS` slot: helper failures (insert, timer init/start, delete).
+pub const GC_STAT_ERROR: u32 = 5;
+/// `GC_STATS` slot: `bpf_timer_init` failures of `xdp_gc_timer` (the new mapping and
+/// its port claim undone, so a later packet retries).
+pub const GC_STAT_TIMER_INIT_FAILED: u32 = 6;
+/// Number of `GC_STATS` slots.
+pub const GC_STAT_SLOTS: u32 = 7;
 
 /// `BENCH_RX` slot: frames received.
 pub const RX_PACKETS: u32 = 0;

@@ -400,3 +400,285 @@ pub fn forward(ctx: &XdpContext) -> u32 {
     // SAFETY: plain helper call; the result is the XDP action to return.
     unsafe { bpf_redirect(p.ifindex, 0) as u32 }
 }
+
+/// The two GC designs of issue #18 that live in the kernel, as prototypes on tables
+/// of natgw's layout, driven by `xdp_replay` (one frame per internal endpoint):
+///
+/// - [`gc::lazy`] (`xdp_gc_lazy`): *lazy expiry on lookup*. A hit in `GC_FWD`
+///   compares the mapping's stamp with the timeout and, when it has passed, deletes
+///   the mapping and its reverse entry instead of refreshing it.
+/// - [`gc::timer`] (`xdp_gc_timer`): *in-kernel expiry with `bpf_timer`*. A miss
+///   creates the mapping in `GC_TIMED` (a BTF map whose value holds a `bpf_timer`)
+///   with its reverse entry in `GC_REV` and arms its timer; a hit re-arms it. The
+///   timer's callback deletes both entries.
+///
+/// `GC_CFG_EXPIRE` zero turns the expiry work off (lookup and stamp refresh only),
+/// the baseline their per-packet cost is measured against.
+pub mod gc {
+    use aya_ebpf::{
+        bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+        helpers::bpf_ktime_get_ns,
+        macros::map,
+        maps::{Array, HashMap, PerCpuArray},
+        programs::XdpContext,
+    };
+    #[cfg(feature = "gc-timer")]
+    use aya_ebpf::{
+        bindings::{bpf_timer, BPF_NOEXIST},
+        btf_maps,
+        helpers::generated::{bpf_timer_init, bpf_timer_set_callback, bpf_timer_start},
+        macros::btf_map,
+    };
+    use natgw_common::{
+        bench::{
+            GC_CFG_EXPIRE, GC_CFG_SLOTS, GC_CFG_TIMEOUT_NS, GC_STAT_ERROR, GC_STAT_HIT,
+            GC_STAT_LAZY_EXPIRED, GC_STAT_MISS, GC_STAT_SLOTS,
+        },
+        FwdKey, Mapping, RevKey, RevValue,
+    };
+    #[cfg(feature = "gc-timer")]
+    use natgw_common::{
+        bench::{GC_STAT_ARMED, GC_STAT_FIRED, GC_STAT_TIMER_INIT_FAILED},
+        Origin,
+    };
+
+    use super::{off, GEN_FRAME_LEN};
+
+    /// The lazy design's forward table (room for the million set by the bench).
+    #[map]
+    static GC_FWD: HashMap<FwdKey, Mapping> = HashMap::with_max_entries(1, 0);
+
+    /// The reverse entries of both designs' mappings.
+    #[map]
+    static GC_REV: HashMap<RevKey, RevValue> = HashMap::with_max_entries(1, 0);
+
+    #[cfg(feature = "gc-timer")]
+    /// A mapping with its own expiry timer. The kernel finds the timer through the
+    /// map's BTF (a member of type `struct bpf_timer`); without it, the verifier
+    /// refuses `bpf_timer_init`.
+    #[repr(C)]
+    pub struct TimedMapping {
+        /// natgw's mapping.
+        pub mapping: Mapping,
+        /// Fires `timeout` after the last packet and deletes the mapping.
+        pub timer: bpf_timer,
+    }
+
+    #[cfg(feature = "gc-timer")]
+    /// The timer design's forward table (room for the million set by the bench).
+    #[btf_map]
+    static GC_TIMED: btf_maps::HashMap<FwdKey, TimedMapping, 1> = btf_maps::HashMap::new();
+
+    /// The configuration, by the `GC_CFG_*` slots.
+    #[map]
+    static GC_CFG: Array<u64> = Array::with_max_entries(GC_CFG_SLOTS, 0);
+
+    /// What the programs did, by the `GC_STAT_*` slots.
+    #[map]
+    static GC_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GC_STAT_SLOTS, 0);
+
+    #[cfg(feature = "gc-timer")]
+    /// `CLOCK_MONOTONIC`, the timers' clock (the stamps' too).
+    const CLOCK_MONOTONIC: u64 = 1;
+    #[cfg(feature = "gc-timer")]
+    /// The first external address of the timer design's mappings (198.18.0.0,
+    /// RFC 2544 benchmarking space), as the bench's filler uses.
+    const EXT_BASE: u32 = 0xc612_0000;
+    #[cfg(feature = "gc-timer")]
+    /// External ports per external address, from 1024 up.
+    const EXT_PORTS: u64 = 60_000;
+    #[cfg(feature = "gc-timer")]
+    /// The first external port.
+    const EXT_FIRST_PORT: u64 = 1024;
+
+    #[inline(always)]
+    fn cfg(slot: u32) -> u64 {
+        GC_CFG.get(slot).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn count(slot: u32) {
+        if let Some(p) = GC_STATS.get_ptr_mut(slot) {
+            // SAFETY: per-CPU value, only touched by this CPU while it runs us.
+            unsafe { *p += 1 };
+        }
+    }
+
+    /// The internal endpoint of the replayed frame (IHL 5, as `xdp_replay` writes it).
+    #[inline(always)]
+    fn fwd_key(ctx: &XdpContext) -> Option<FwdKey> {
+        let start = ctx.data();
+        if start + GEN_FRAME_LEN > ctx.data_end() {
+            return None;
+        }
+        // SAFETY: the frame holds GEN_FRAME_LEN bytes (checked above).
+        let b = unsafe { (start as *const [u8; GEN_FRAME_LEN]).read_unaligned() };
+        Some(FwdKey::new(
+            u32::from_ne_bytes([
+                b[off::IP_SRC],
+                b[off::IP_SRC + 1],
+                b[off::IP_SRC + 2],
+                b[off::IP_SRC + 3],
+            ]),
+            u16::from_ne_bytes([b[off::SPORT], b[off::SPORT + 1]]),
+            b[off::IP_PROTO],
+        ))
+    }
+
+    /// Deletes `m`'s reverse entry if it is still `m`'s (same `created_ns`).
+    #[inline(always)]
+    fn remove_rev(m: &Mapping, proto: u8) {
+        let rk = RevKey::new(m.ext_addr_be, m.ext_port_be, proto);
+        // SAFETY: read before any update or delete of this entry.
+        let ours = unsafe { GC_REV.get(&rk) }.is_some_and(|r| r.created_ns == m.created_ns);
+        if ours && GC_REV.remove(&rk).is_err() {
+            count(GC_STAT_ERROR);
+        }
+    }
+
+    /// `xdp_gc_lazy`: a hit refreshes the mapping's stamp, unless (with
+    /// `GC_CFG_EXPIRE`) the timeout has passed since it: then the mapping and its
+    /// reverse entry go, as a lazy collector would on lookup.
+    #[inline(always)]
+    pub fn lazy(ctx: &XdpContext) -> u32 {
+        let Some(key) = fwd_key(ctx) else {
+            return XDP_ABORTED;
+        };
+        let Some(m) = GC_FWD.get_ptr_mut(&key) else {
+            count(GC_STAT_MISS);
+            return XDP_DROP;
+        };
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if cfg(GC_CFG_EXPIRE) != 0 {
+            // SAFETY: a live map value; copied before the entry may be deleted.
+            let mapping = unsafe { *m };
+            let last = mapping.last_out_ns.max(mapping.created_ns);
+            if now.saturating_sub(last) >= cfg(GC_CFG_TIMEOUT_NS) {
+                remove_rev(&mapping, key.proto);
+                if GC_FWD.remove(&key).is_err() {
+                    count(GC_STAT_ERROR);
+                }
+                count(GC_STAT_LAZY_EXPIRED);
+                return XDP_DROP;
+            }
+        }
+        // SAFETY: a live map value.
+        unsafe { (*m).last_out_ns = now };
+        count(GC_STAT_HIT);
+        XDP_PASS
+    }
+
+    #[cfg(feature = "gc-timer")]
+    /// The timer's callback: the mapping's timeout passed without a packet, so it
+    /// and its reverse entry go. Must return 0.
+    #[inline(never)]
+    extern "C" fn expire(
+        _map: *mut core::ffi::c_void,
+        key: *mut FwdKey,
+        value: *mut TimedMapping,
+    ) -> i32 {
+        // SAFETY: the kernel passes the key and value of the entry whose timer fired.
+        let (key, mapping) = unsafe { (*key, (*value).mapping) };
+        remove_rev(&mapping, key.proto);
+        if GC_TIMED.remove(&key).is_err() {
+            count(GC_STAT_ERROR);
+        }
+        count(GC_STAT_FIRED);
+        0
+    }
+
+    #[cfg(feature = "gc-timer")]
+    /// `xdp_gc_timer`: a hit refreshes the stamp and (with `GC_CFG_EXPIRE`) re-arms
+    /// the mapping's timer; a miss creates the mapping (its external port claimed in
+    /// `GC_REV` first, as the data path does, numbered by this CPU's count of
+    /// mappings armed) and arms its timer.
+    #[inline(always)]
+    pub fn timer(ctx: &XdpContext) -> u32 {
+        let Some(key) = fwd_key(ctx) else {
+            return XDP_ABORTED;
+        };
+        // SAFETY: no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let timeout = cfg(GC_CFG_TIMEOUT_NS);
+        if let Some(v) = GC_TIMED.get_ptr_mut(&key) {
+            // SAFETY: a live map value.
+            unsafe { (*v).mapping.last_out_ns = now };
+            if cfg(GC_CFG_EXPIRE) != 0 {
+                // SAFETY: the timer of a live map value, initialised when it was created.
+                if unsafe { bpf_timer_start(&mut (*v).timer, timeout, 0) } != 0 {
+                    count(GC_STAT_ERROR);
+                }
+            }
+            count(GC_STAT_HIT);
+            return XDP_PASS;
+        }
+        count(GC_STAT_MISS);
+        let n = GC_STATS
+            .get_ptr_mut(GC_STAT_ARMED)
+            // SAFETY: per-CPU value, only touched by this CPU while it runs us.
+            .map_or(0, |p| unsafe { *p });
+        let ext_addr_be = (EXT_BASE + (n / EXT_PORTS) as u32).to_be();
+        let ext_port_be = (EXT_FIRST_PORT + n % EXT_PORTS) as u16;
+        let ext_port_be = ext_port_be.to_be();
+        let rev = RevValue {
+            int_addr_be: key.addr_be,
+            int_port_be: key.port_be,
+            created_ns: now,
+            ..RevValue::default()
+        };
+        let rk = RevKey::new(ext_addr_be, ext_port_be, key.proto);
+        if GC_REV.insert(&rk, &rev, u64::from(BPF_NOEXIST)).is_err() {
+            count(GC_STAT_ERROR);
+            return XDP_DROP;
+        }
+        let value = TimedMapping {
+            mapping: Mapping {
+                ext_addr_be,
+                ext_port_be,
+                origin: Origin::Traffic as u8,
+                created_ns: now,
+                last_out_ns: now,
+                ..Mapping::default()
+            },
+            timer: bpf_timer { __opaque: [0; 2] },
+        };
+        if GC_TIMED
+            .insert(&key, &value, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            let _ = GC_REV.remove(&rk);
+            count(GC_STAT_ERROR);
+            return XDP_DROP;
+        }
+        let Some(v) = GC_TIMED.get_ptr_mut(&key) else {
+            count(GC_STAT_ERROR);
+            return XDP_DROP;
+        };
+        let map = core::ptr::from_ref(&GC_TIMED).cast_mut().cast();
+        let callback = expire as *const () as *mut core::ffi::c_void;
+        // SAFETY: the timer of the live map value just inserted, in its own map.
+        let (init, armed) = unsafe {
+            let t = &mut (*v).timer;
+            let init = bpf_timer_init(t, map, CLOCK_MONOTONIC) == 0;
+            (
+                init,
+                init && bpf_timer_set_callback(t, callback) == 0
+                    && bpf_timer_start(t, timeout, 0) == 0,
+            )
+        };
+        if !armed {
+            // Undone, so that the next packet of this endpoint tries again.
+            let _ = GC_TIMED.remove(&key);
+            let _ = GC_REV.remove(&rk);
+            count(if init {
+                GC_STAT_ERROR
+            } else {
+                GC_STAT_TIMER_INIT_FAILED
+            });
+            return XDP_DROP;
+        }
+        count(GC_STAT_ARMED);
+        XDP_PASS
+    }
+}

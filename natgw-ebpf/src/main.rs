@@ -121,3 +121,17 @@ pub fn xdp_replay(ctx: XdpContext) -> u32 {
 pub fn xdp_fwd(ctx: XdpContext) -> u32 {
     bench::forward(&ctx)
 }
+
+/// Bench: the *lazy expiry on lookup* prototype (issue #18), behind `xdp_replay`.
+#[xdp]
+pub fn xdp_gc_lazy(ctx: XdpContext) -> u32 {
+    bench::gc::lazy(&ctx)
+}
+
+/// Bench: the *in-kernel expiry with `bpf_timer`* prototype (issue #18), behind
+/// `xdp_replay`. Only in the bench's BTF object (feature `gc-timer`).
+#[cfg(feature = "gc-timer")]
+#[xdp]
+pub fn xdp_gc_timer(ctx: XdpContext) -> u32 {
+    bench::gc::timer(&ctx)
+}

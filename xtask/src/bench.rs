@@ -31,6 +31,7 @@ mod daemon;
 mod flowtable;
 mod frames;
 mod gc_designs;
+mod gc_kernel;
 mod inbound;
 mod memory;
 mod net;
@@ -246,8 +247,17 @@ pub const METHOD: &str = "\
   `--udp-timeout 30 --gc-interval 1` gets the million stamped now; the bench records
   natgw's CPU while they live (long enough to show its steady state, not only its
   first survey of them) and the time from their expiry until `NAT_FWD` is empty,
-  against issue #18's targets. `--gc-designs` adds a prototype of the other designs
-  on maps of natgw's layout (see \"Garbage collection designs\").
+  against issue #18's targets. `--gc-designs` adds prototypes of the other designs
+  on maps of natgw's layout holding the same million (see \"Garbage collection
+  designs\"): batched deletes alone (a full batched scan every tick); lazy expiry on
+  lookup (`xdp_gc_lazy`, run by `xdp_replay`: the check's cost on a hit against the
+  same program without it, the mappings left after 5 s idle past their timeout, the
+  time one packet per endpoint takes to expire them); in-kernel expiry with
+  `bpf_timer` (`xdp_gc_timer` on a BTF map whose values hold a `struct bpf_timer`:
+  the million created with a timer each, the cost of re-arming on a hit, the time
+  from the timeout to an empty table, the softirq time of `/proc/stat` and the
+  `HRTIMER` count of `/proc/softirqs` while they live and when they fire). The
+  measuring thread is pinned to one CPU, so the timers and their callbacks are too.
 - **Charts** (`xtask/src/bench/charts.rs`, plotters' SVG backend, no font files):
   `--charts DIR` and `--write-docs` draw `bench-packets.svg` (the median packets per
   second of every mode per workload, whiskers from the slowest to the fastest
@@ -348,11 +358,12 @@ pub struct Args {
     gc_only: bool,
 
     /// Only the garbage-collection designs (issue #18): natgw's collector (a timing
-    /// wheel between surveys, batched deletes) as --gc-only measures it, then a
-    /// prototype that scans the whole tables every tick and deletes in batches, on
-    /// BPF maps of natgw's layout holding the same million; a table of the time to
-    /// expire them and the CPU while they live (about two minutes). --json prints it
-    /// as JSON.
+    /// wheel between surveys, batched deletes) as --gc-only measures it, then
+    /// prototypes on BPF maps of natgw's layout holding the same million: a full
+    /// batched scan every tick, lazy expiry on lookup (xdp_gc_lazy) and in-kernel
+    /// expiry with bpf_timer (xdp_gc_timer); a table of the time to expire them, the
+    /// CPU while they live and the per-packet cost each adds (about three minutes).
+    /// --json prints it as JSON.
     #[arg(long, conflicts_with_all = ["write_docs", "gc_only"])]
     gc_designs: bool,
 

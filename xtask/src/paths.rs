@@ -13,7 +13,7 @@ pub const FUZZ_CRATE_DIR: &str = "fuzz";
 pub const EBPF_TARGET: &str = "bpfel-unknown-none";
 
 /// Name of the object the eBPF crate's binary target produces.
-const EBPF_OBJECT_NAME: &str = "natgw-ebpf";
+pub const EBPF_OBJECT_NAME: &str = "natgw-ebpf";
 
 /// Name of the daemon/CLI binary.
 const NATGW_BIN_NAME: &str = "natgw";

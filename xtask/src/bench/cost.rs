@@ -421,6 +421,14 @@ fn endpoint(i: u32) -> (Ipv4Addr, u16) {
     )
 }
 
+/// The internal endpoint of [`fill_maps`]' mapping `i`.
+pub fn filler_endpoint(i: u32) -> (Ipv4Addr, u16) {
+    endpoint(range::FILLER + i)
+}
+
+/// Source ports per address of the endpoints (`xdp_replay`'s `ports_per_addr`).
+pub const FILLER_PORTS_PER_ADDR: u32 = PORTS_PER_ADDR;
+
 fn frame_for(net: &Bench, i: u32) -> [u8; frames::FRAME_LEN] {
     frame_of(net, L4::Udp, i)
 }
@@ -454,7 +462,7 @@ pub fn run(
     let mappings = scale_mappings(quick);
     let g = gc(tools, natgw_bin, log_dir, mappings)?;
     signals::check()?;
-    out.gc_designs = super::gc_designs::compare(&g, mappings)?;
+    out.gc_designs = super::gc_designs::compare(&g, mappings, tools.object())?;
     out.gc = Some(g);
     Ok(())
 }

@@ -9,12 +9,13 @@
 //!   phases on BPF hash maps of natgw's layout (`FwdKey -> Mapping`,
 //!   `RevKey -> RevValue`, created here, preallocated like natgw's), filled like
 //!   natgw's in the cost test;
-//! - *lazy expiry on lookup* and *in-kernel expiry with `bpf_timer`* have no
-//!   prototype yet: their rows say so and what they would change, rather than show
-//!   numbers nobody measured.
+//! - *lazy expiry on lookup* and *in-kernel expiry with `bpf_timer`* run as eBPF
+//!   prototypes in natgw's object (`xdp_gc_lazy`, `xdp_gc_timer`), measured by
+//!   [`super::gc_kernel`] on maps of the same layout holding the same million.
 //!
 //! CPU is the measuring thread's own (`CLOCK_THREAD_CPUTIME_ID`: user time plus the
-//! kernel's time in its bpf(2) calls).
+//! kernel's time in its bpf(2) calls); the `bpf_timer` row also reports the kernel's
+//! softirq time, where its callbacks run.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd as _, OwnedFd};
@@ -27,6 +28,7 @@ use natgw_common::time::monotonic_ns;
 use natgw_common::{FwdKey, Mapping, RevKey, RevValue, NS_PER_SEC};
 
 use super::cost::{self, GcResult};
+use super::gc_kernel::{self, REPEAT, RUNS};
 
 /// Entries per `BPF_MAP_LOOKUP_BATCH` call (natgw's chunk).
 const CHUNK: usize = 8192;
@@ -46,6 +48,9 @@ pub struct DesignRow {
     pub expire_seconds: Option<f64>,
     /// Controller CPU while the million live idle (% of one core).
     pub idle_cpu_pct: Option<f64>,
+    /// What it adds to a packet's cost (ns, `BPF_PROG_TEST_RUN` program-only, against
+    /// the same program without it); `None` where it adds nothing to the data path.
+    pub per_packet_ns: Option<f64>,
     /// What it adds to the per-packet path.
     pub per_packet: &'static str,
     /// How it was measured, or why it was not.
@@ -79,20 +84,6 @@ fn hash_map<K, V>(entries: u32) -> Result<MapData> {
     // SAFETY: the kernel just returned this descriptor; nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(i32::try_from(fd)?) };
     MapData::from_fd(fd).context("opening the new map")
-}
-
-/// This thread's CPU time (user and system).
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec the call writes.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// The "batched deletes alone" collector: every tick a full batched scan of both
@@ -160,13 +151,13 @@ fn scan_every_tick(mappings: u32) -> Result<DesignRow> {
     let mut idle = Vec::new();
     for _ in 0..IDLE_SCANS {
         crate::signals::check()?;
-        let cpu = thread_cpu();
+        let cpu = gc_kernel::thread_cpu();
         let deleted = gc.tick(monotonic_ns())?;
         anyhow::ensure!(
             deleted == 0,
             "the idle scan deleted {deleted} live mappings"
         );
-        idle.push((thread_cpu() - cpu).as_secs_f64());
+        idle.push((gc_kernel::thread_cpu() - cpu).as_secs_f64());
     }
     let idle_cpu_pct = super::report::median(&idle) / INTERVAL.as_secs_f64() * 100.0;
     // Expiry: the tick that finds them expired, the interval, the tick that deletes,
@@ -188,6 +179,7 @@ fn scan_every_tick(mappings: u32) -> Result<DesignRow> {
         label: "batched deletes alone (full scan every tick)",
         expire_seconds: Some(expire),
         idle_cpu_pct: Some(idle_cpu_pct),
+        per_packet_ns: None,
         per_packet: "nothing",
         note: format!(
             "prototype on maps of natgw's layout: an idle scan of both tables took \
@@ -208,6 +200,7 @@ fn natgw_row(g: &GcResult) -> DesignRow {
         label: "timing wheel + batched deletes (natgw)",
         expire_seconds: g.expire_seconds,
         idle_cpu_pct: Some(g.live_cpu_pct),
+        per_packet_ns: None,
         per_packet: "nothing",
         note: format!(
             "natgw itself (--udp-timeout {} --gc-interval {}): surveys of the whole \
@@ -218,43 +211,96 @@ fn natgw_row(g: &GcResult) -> DesignRow {
     }
 }
 
-/// The designs without a prototype yet.
-fn unmeasured() -> Vec<DesignRow> {
-    vec![
-        DesignRow {
-            key: "lazy_on_lookup",
-            label: "lazy expiry on lookup",
-            expire_seconds: None,
-            idle_cpu_pct: None,
-            per_packet: "a compare of the mapping's stamp with its timeout on every hit, \
-                         and the delete on the rare expired hit",
-            note: "not prototyped in this bench. Alone it never frees an idle mapping: \
-                   only a packet of the same internal endpoint finds it expired, so the \
-                   table fills with mappings no one uses and their external ports stay \
-                   claimed (RFC 6888 REQ-3/REQ-4 budgets run out); it needs a sweeper \
-                   anyway, which then does all the work of one of the other designs"
-                .to_owned(),
-        },
-        DesignRow {
-            key: "bpf_timer",
-            label: "in-kernel expiry with bpf_timer",
-            expire_seconds: None,
-            idle_cpu_pct: None,
-            per_packet: "a bpf_timer (16 bytes) in every map value and a \
-                         bpf_timer_start on every packet that refreshes it",
-            note: "not prototyped in this bench. Expiry would be exact and cost no \
-                   controller CPU, but every refresh re-arms a timer on the packet path, \
-                   the value layout shared with the data path grows, the kernel runs a \
-                   callback per expiry (softirq time instead of controller time), and the \
-                   policy (TCP sessions keeping mappings, two phases, hold-downs, events \
-                   for `natgw monitor` and the allocation log) would move into eBPF"
-                .to_owned(),
-        },
-    ]
+/// Lazy expiry on lookup, as `gc_kernel::lazy` measured it.
+fn lazy_row(l: &gc_kernel::Lazy, mappings: u32) -> DesignRow {
+    DesignRow {
+        key: "lazy_on_lookup",
+        label: "lazy expiry on lookup (idle: never)",
+        expire_seconds: None,
+        idle_cpu_pct: Some(l.idle_thread_cpu_s / l.idle_window_s * 100.0),
+        per_packet_ns: Some(l.check_ns - l.base_ns),
+        per_packet: "a compare of the mapping's stamp with the timeout on every hit \
+                     (the delete of both entries on an expired one)",
+        note: format!(
+            "prototype xdp_gc_lazy (natgw-ebpf/src/bench.rs) on maps of natgw's layout, \
+             driven by xdp_replay: a hit costs {:.1} ns with the check, {:.1} ns \
+             without (median of {RUNS} alternating runs of {REPEAT}); left {:.0} s idle \
+             past their timeout, {} of the {mappings} mappings were still there (expire \
+             column: never, without traffic), the controller thread used {:.3} s CPU \
+             over the window (nothing to do by construction); one packet from every \
+             endpoint after the timeout expired all of them in {:.2} s ({:.0} ns per \
+             packet, the best case). Alone it never frees idle mappings: their external \
+             ports stay claimed, so the pool runs out (RFC 6888 REQ-3/REQ-4 budgets) and \
+             no port is ever released into the REQ-8 hold-down; a sweeper is needed \
+             anyway",
+            l.check_ns,
+            l.base_ns,
+            l.idle_window_s,
+            l.left_after_idle,
+            l.idle_thread_cpu_s,
+            l.expire_all_s,
+            l.expire_ns_per_packet,
+        ),
+    }
 }
 
-/// Runs the designs that run: natgw's collector through the cost test, the
-/// scan-every-tick prototype on maps of its own.
+/// In-kernel expiry with `bpf_timer`, as `gc_kernel::timer` measured it.
+fn timer_row(t: &gc_kernel::Timer, mappings: u32) -> DesignRow {
+    DesignRow {
+        key: "bpf_timer",
+        label: "in-kernel expiry with bpf_timer",
+        expire_seconds: Some(t.expire_from_first_s),
+        idle_cpu_pct: Some(t.idle_thread_cpu_s / t.idle_window_s * 100.0),
+        per_packet_ns: Some(t.rearm_ns - t.base_ns),
+        per_packet: "a bpf_timer (16 bytes) in every map value and a bpf_timer_start \
+                     re-arming it on every packet",
+        note: format!(
+            "prototype xdp_gc_timer (natgw-ebpf/src/bench.rs): a BTF hash map \
+             FwdKey -> {{Mapping, bpf_timer}}, each of the {mappings} mappings created with \
+             its timer armed ({:.2} s for all, {} bpf_timer_init failures retried), \
+             the callback deleting it and its reverse entry; a hit costs {:.1} ns re-arming, {:.1} ns without (median of {RUNS} \
+             alternating runs of {REPEAT}); after a last packet for each, the table was \
+             empty {:.2} s after the first deadline, {:.2} s after the last; {} \
+             callbacks fired. While they lived ({:.1} s) the controller thread used \
+             {:.3} s CPU and all CPUs {:.2} s softirq ({} HRTIMER softirqs, machine \
+             wide); the firing ({:.2} s) took {:.2} s softirq ({} HRTIMER softirqs). \
+             Expiry is exact and costs the controller nothing, but every refresh \
+             re-arms a timer on the packet path and the policy (TCP sessions holding \
+             mappings, hold-downs, events, the allocation log) would move into eBPF",
+            t.fill_s,
+            t.init_failures,
+            t.rearm_ns,
+            t.base_ns,
+            t.expire_from_first_s,
+            t.expire_from_last_s,
+            t.fired,
+            t.idle_window_s,
+            t.idle_thread_cpu_s,
+            t.idle_softirq_s,
+            t.idle_hrtimer_softirqs,
+            t.fire_window_s,
+            t.fire_softirq_s,
+            t.fire_hrtimer_softirqs,
+        ),
+    }
+}
+
+/// The `bpf_timer` row when its prototype could not run, and why.
+fn timer_unmeasured(why: &str) -> DesignRow {
+    DesignRow {
+        key: "bpf_timer",
+        label: "in-kernel expiry with bpf_timer",
+        expire_seconds: None,
+        idle_cpu_pct: None,
+        per_packet_ns: None,
+        per_packet: "a bpf_timer (16 bytes) in every map value and a bpf_timer_start \
+                     re-arming it on every packet",
+        note: format!("the prototype could not run: {why}"),
+    }
+}
+
+/// Runs the designs: natgw's collector through the cost test, the prototypes on
+/// maps of their own.
 pub fn run(
     tools: &mut super::programs::Tools,
     natgw_bin: &std::path::Path,
@@ -263,16 +309,29 @@ pub fn run(
 ) -> Result<(GcResult, Vec<DesignRow>)> {
     let natgw = cost::gc(tools, natgw_bin, log_dir, mappings)?;
     crate::signals::check()?;
-    let rows = compare(&natgw, mappings)?;
+    let rows = compare(&natgw, mappings, tools.object())?;
     Ok((natgw, rows))
 }
 
-/// The rows: natgw's collector as `natgw` measured it, the prototype run now, the
-/// designs without one.
-pub fn compare(natgw: &GcResult, mappings: u32) -> Result<Vec<DesignRow>> {
-    let mut rows = vec![natgw_row(natgw), scan_every_tick(mappings)?];
-    rows.extend(unmeasured());
-    Ok(rows)
+/// The rows: natgw's collector as `natgw` measured it, then the prototypes run now
+/// (the kernel-side ones with the programs of `object`).
+pub fn compare(
+    natgw: &GcResult,
+    mappings: u32,
+    object: &std::path::Path,
+) -> Result<Vec<DesignRow>> {
+    let batched = scan_every_tick(mappings)?;
+    crate::signals::check()?;
+    let (lazy, timer) = gc_kernel::run(object, mappings)?;
+    Ok(vec![
+        natgw_row(natgw),
+        batched,
+        lazy_row(&lazy, mappings),
+        match timer {
+            Ok(t) => timer_row(&t, mappings),
+            Err(why) => timer_unmeasured(&why),
+        },
+    ])
 }
 
 /// The designs as a table.
@@ -288,18 +347,20 @@ pub fn table(rows: &[DesignRow], mappings: u32) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:<46} {:>12} {:>14}",
-        "design", "expire (s)", "idle CPU (%)"
+        "  {:<46} {:>12} {:>14} {:>16}",
+        "design", "expire (s)", "idle CPU (%)", "per packet (ns)"
     );
     for r in rows {
         let _ = writeln!(
             o,
-            "  {:<46} {:>12} {:>14}",
+            "  {:<46} {:>12} {:>14} {:>16}",
             r.label,
             r.expire_seconds
                 .map_or_else(|| "—".to_owned(), |s| format!("{s:.2}")),
             r.idle_cpu_pct
                 .map_or_else(|| "—".to_owned(), |c| format!("{c:.1}")),
+            r.per_packet_ns
+                .map_or_else(|| "+0".to_owned(), |n| format!("{n:+.1}")),
         );
     }
     for r in rows {

@@ -54,6 +54,7 @@ pub struct Rx {
 /// `xdp_pass`, `xdp_count_drop`, `xdp_fwd`, `xdp_gen` and `xdp_replay`.
 pub struct Tools {
     ebpf: Ebpf,
+    object: std::path::PathBuf,
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
@@ -79,7 +80,18 @@ impl Tools {
     /// Loads `xdp_pass`, `xdp_count_drop`, `xdp_gen`, `xdp_fwd` and `xdp_replay` from
     /// `object`.
     pub fn load(object: &Path) -> Result<Tools> {
-        let mut ebpf = Ebpf::load_file(object)
+        Tools::load_with(object, &[], &[])
+    }
+
+    /// As [`Tools::load`], with the maps named in `max_entries` given that many
+    /// entries and the `extra` XDP programs loaded too (the GC prototypes).
+    pub fn load_with(object: &Path, max_entries: &[(&str, u32)], extra: &[&str]) -> Result<Tools> {
+        let mut loader = aya::EbpfLoader::new();
+        for (name, n) in max_entries {
+            loader.map_max_entries(name, *n);
+        }
+        let mut ebpf = loader
+            .load_file(object)
             .with_context(|| format!("loading {} with aya", object.display()))?;
         for name in [
             names::XDP_PASS,
@@ -87,12 +99,42 @@ impl Tools {
             names::XDP_GEN,
             names::XDP_FWD,
             names::XDP_REPLAY,
-        ] {
+        ]
+        .iter()
+        .chain(extra)
+        {
             xdp(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading {name}"))?;
         }
-        Ok(Tools { ebpf })
+        Ok(Tools {
+            ebpf,
+            object: object.to_path_buf(),
+        })
+    }
+
+    /// The object these programs came from.
+    pub fn object(&self) -> &Path {
+        &self.object
+    }
+
+    /// A loaded XDP program of the object, for `BPF_PROG_TEST_RUN` or a tail call.
+    pub fn prog_fd(&self, name: &str) -> Result<BorrowedFd<'_>> {
+        fd(&self.ebpf, name)
+    }
+
+    /// The map `name` of the object.
+    pub fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("the eBPF object has no map {name}: rebuild it"))
+    }
+
+    /// The map `name` of the object, writable.
+    pub fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .with_context(|| format!("the eBPF object has no map {name}: rebuild it"))
     }
 
     /// Attaches program `name` to `ifindex` in `ns` (native mode); detached when the
