@@ -351,8 +351,6 @@ pub struct CostResults {
     pub memory_full: Vec<MapMemory>,
     /// Filling took (seconds).
     pub fill_seconds: Option<f64>,
-    /// Mappings filled in.
-    pub filled: Option<u32>,
     /// natgw's table size.
     pub capacity: u32,
     /// The garbage collector.
@@ -525,13 +523,7 @@ pub fn per_packet(
             natgw: &natgw,
             progs: &progs,
         };
-        let floor = replay.row(
-            tools,
-            REPLAY_FLOOR,
-            "floor: xdp_replay + xdp_pass",
-            None,
-            None,
-        )?;
+        let floor = replay.floor(tools)?;
         let floor_ns = floor.ns;
         out.amortised_rows.push(floor);
         out.amortised_rows.push(replay.row(
@@ -560,7 +552,6 @@ pub fn per_packet(
         let now_ns = monotonic_ns();
         fill(natgw.pin_dir(), mappings, now_ns)?;
         out.fill_seconds = Some(started.elapsed().as_secs_f64());
-        out.filled = Some(mappings);
         fill_sessions(natgw.pin_dir(), mappings, now_ns)?;
         out.memory_full = map_memory(natgw.pin_dir())?;
         out.nat_memory = Some(memory::per_mapping(
@@ -573,13 +564,7 @@ pub fn per_packet(
         }
         // The existing-mapping case at 1M went over the filler's endpoints; the floor
         // again, beside it.
-        let floor = replay.row(
-            tools,
-            REPLAY_FLOOR,
-            "floor: xdp_replay + xdp_pass",
-            None,
-            None,
-        )?;
+        let floor = replay.floor(tools)?;
         let floor_ns = floor.ns;
         out.amortised_scale_rows.push(replay.row(
             tools,
@@ -669,6 +654,17 @@ impl Replay<'_> {
             runs.iter().map(|r| f64::from(r.duration_ns)).collect(),
             unexpected,
         ))
+    }
+
+    /// The replay floor: `xdp_replay` tail-calling `xdp_pass`.
+    fn floor(&self, tools: &mut Tools) -> Result<AmortisedRow> {
+        self.row(
+            tools,
+            REPLAY_FLOOR,
+            "floor: xdp_replay + xdp_pass",
+            None,
+            None,
+        )
     }
 
     /// A program-only row at [`AMORTISED_REPEAT`]; `floor_ns` (the replay floor) gives

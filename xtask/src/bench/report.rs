@@ -325,7 +325,7 @@ pub fn cost_text(c: &CostResults) -> String {
         o.push_str(&super::memory::text(m));
     }
     if let Some(s) = c.fill_seconds {
-        let n = c.filled.unwrap_or(c.scale_mappings);
+        let n = c.scale_mappings;
         let _ = writeln!(
             o,
             "  filled {n} mappings through the pinned maps in {s:.2} s"
@@ -1333,20 +1333,13 @@ mod tests {
     #[test]
     fn full_report_carries_the_upnp_part() {
         let machine = Machine {
-            cpu: "test CPU".to_owned(),
-            cpus: 2,
-            memory_gib: 1.0,
-            kernel: "6.18".to_owned(),
-            os: "Linux".to_owned(),
             date: "2026-12-04 14:00 UTC".to_owned(),
             command: "cargo xtask bench".to_owned(),
-            busy_before_pct: 0.0,
+            ..test_machine()
         };
         let plan = Plan {
             reps: 1,
-            warmup: Duration::from_millis(500),
-            window: Duration::from_secs(1),
-            syn_burst: 16,
+            ..test_plan()
         };
         let mut u = UpnpResult::default();
         u.add.p99_ms = 12.5;
@@ -1382,20 +1375,13 @@ mod tests {
     #[test]
     fn full_report_carries_the_turn_part_after_the_upnp_part() {
         let machine = Machine {
-            cpu: "test CPU".to_owned(),
-            cpus: 2,
-            memory_gib: 1.0,
-            kernel: "6.18".to_owned(),
-            os: "Linux".to_owned(),
             date: "2026-12-04 14:00 UTC".to_owned(),
             command: "cargo xtask bench".to_owned(),
-            busy_before_pct: 0.0,
+            ..test_machine()
         };
         let plan = Plan {
             reps: 1,
-            warmup: Duration::from_millis(500),
-            window: Duration::from_secs(1),
-            syn_burst: 16,
+            ..test_plan()
         };
         let t = TurnResult {
             busy_before_pct: 0.0,
@@ -1439,20 +1425,13 @@ mod tests {
     #[test]
     fn full_docs_keep_the_sections_the_run_does_not_write() {
         let machine = Machine {
-            cpu: "test CPU".to_owned(),
-            cpus: 2,
-            memory_gib: 1.0,
-            kernel: "6.18".to_owned(),
-            os: "Linux".to_owned(),
             date: "2026-12-05 09:00 UTC".to_owned(),
             command: "cargo xtask bench".to_owned(),
-            busy_before_pct: 0.0,
+            ..test_machine()
         };
         let plan = Plan {
             reps: 1,
-            warmup: Duration::from_millis(500),
-            window: Duration::from_secs(1),
-            syn_burst: 16,
+            ..test_plan()
         };
         let (throughput, cost, u) = (
             Results::default(),

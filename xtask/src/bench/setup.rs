@@ -35,7 +35,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
@@ -410,24 +410,12 @@ fn send(
     let tools = &*tools;
     std::thread::scope(|scope| -> Result<Rx> {
         let gen = GenThread::start(scope, from.ns, prog, frame, from.iface.ifindex, &stop)?;
-        let waited = (|| -> Result<Rx> {
-            let start = Instant::now();
-            let mut rx = tools.rx()?;
-            let mut progress = Instant::now();
-            while rx.packets < u64::from(total)
-                && progress.elapsed() < BURST_STALL.max(Duration::from_millis(200))
-                && start.elapsed() < PHASE_LIMIT
-            {
-                signals::check()?;
-                std::thread::sleep(Duration::from_millis(5));
-                let now = tools.rx()?;
-                if now.packets != rx.packets {
-                    progress = Instant::now();
-                }
-                rx = now;
-            }
-            Ok(rx)
-        })();
+        let waited = throughput::wait_for_receiver(
+            tools,
+            total,
+            BURST_STALL.max(Duration::from_millis(200)),
+            Some(PHASE_LIMIT),
+        );
         let stopped = gen.stop();
         let rx = waited?;
         stopped?;

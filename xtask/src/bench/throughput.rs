@@ -990,20 +990,7 @@ fn syn_burst(
         let mut sampler = sampler.clone();
         sampler.add("generator", gen.task());
         let cpu0 = sampler.snapshot()?;
-        let waited = (|| -> Result<Rx> {
-            let mut rx = tools.rx()?;
-            let mut progress = Instant::now();
-            while rx.packets < u64::from(total) && progress.elapsed() < BURST_STALL {
-                signals::check()?;
-                std::thread::sleep(Duration::from_millis(5));
-                let now = tools.rx()?;
-                if now.packets != rx.packets {
-                    progress = Instant::now();
-                }
-                rx = now;
-            }
-            Ok(rx)
-        })();
+        let waited = wait_for_receiver(tools, total, BURST_STALL, None);
         let cpu1 = sampler.snapshot()?;
         let stopped = gen.stop();
         let rx = waited?;
@@ -1024,6 +1011,32 @@ fn syn_burst(
 /// Where natgw's logs go: below the target directory.
 pub fn log_dir() -> PathBuf {
     crate::paths::target_dir().join("bench")
+}
+
+/// Polls the receiver every 5 ms until it has counted `total` frames, its count made
+/// no progress for `stall`, or `limit` (if any) passed; the last count.
+pub fn wait_for_receiver(
+    tools: &Tools,
+    total: u32,
+    stall: Duration,
+    limit: Option<Duration>,
+) -> Result<Rx> {
+    let start = Instant::now();
+    let mut rx = tools.rx()?;
+    let mut progress = Instant::now();
+    while rx.packets < u64::from(total)
+        && progress.elapsed() < stall
+        && limit.is_none_or(|l| start.elapsed() < l)
+    {
+        signals::check()?;
+        std::thread::sleep(Duration::from_millis(5));
+        let now = tools.rx()?;
+        if now.packets != rx.packets {
+            progress = Instant::now();
+        }
+        rx = now;
+    }
+    Ok(rx)
 }
 
 #[cfg(test)]
