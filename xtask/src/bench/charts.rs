@@ -369,96 +369,87 @@ impl PacketChart {
         notes.push(self.run.command_note());
         let footer = Footer::new(&legend, &notes);
         let plot_h = 470;
-        let mut out = String::new();
-        {
-            let root =
-                SVGBackend::with_string(&mut out, (WIDTH, HEADER + plot_h + footer.height()))
-                    .into_drawing_area();
-            root.fill(&WHITE)?;
-            let (head, rest) = root.split_vertically(HEADER);
-            let (plot, foot) = rest.split_vertically(plot_h);
-            title(
-                &head,
-                "Forwarded packets per second per gateway mode and workload",
-                &self.run,
-            )?;
-            footer.draw(&foot)?;
+        canvas(
+            "Forwarded packets per second per gateway mode and workload",
+            &self.run,
+            &footer,
+            plot_h,
+            |plot| {
+                let groups = self.workloads.len().max(1);
+                let top = self
+                    .values
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(|s| s.max)
+                    .fold(0.0_f64, f64::max)
+                    / 1e6;
+                let y_max = if top > 0.0 { top * 1.12 } else { 1.0 };
+                let centres: Vec<i32> = (0..groups as i32).map(|g| g * UNIT + UNIT / 2).collect();
+                let mut chart = ChartBuilder::on(plot)
+                    .margin_left(10)
+                    .margin_right(20)
+                    .margin_top(10)
+                    .x_label_area_size(40)
+                    .y_label_area_size(80)
+                    .build_cartesian_2d(
+                        (0..groups as i32 * UNIT).with_key_points(centres),
+                        0.0..y_max,
+                    )?;
+                let workload_at = |x: &i32| {
+                    usize::try_from(x.div_euclid(UNIT))
+                        .ok()
+                        .and_then(|i| self.workloads.get(i))
+                        .map(|w| axis_label(w))
+                        .unwrap_or_default()
+                };
+                chart
+                    .configure_mesh()
+                    .disable_x_mesh()
+                    .x_label_formatter(&workload_at)
+                    .y_label_formatter(&|y| format!("{y:.1}"))
+                    .y_desc("forwarded packets per second (millions)")
+                    .max_light_lines(0)
+                    .label_style((SANS, LABEL_PT))
+                    .axis_desc_style((SANS, TEXT_PT))
+                    .draw()?;
 
-            let groups = self.workloads.len().max(1);
-            let top = self
-                .values
-                .iter()
-                .flatten()
-                .flatten()
-                .map(|s| s.max)
-                .fold(0.0_f64, f64::max)
-                / 1e6;
-            let y_max = if top > 0.0 { top * 1.12 } else { 1.0 };
-            let centres: Vec<i32> = (0..groups as i32).map(|g| g * UNIT + UNIT / 2).collect();
-            let mut chart = ChartBuilder::on(&plot)
-                .margin_left(10)
-                .margin_right(20)
-                .margin_top(10)
-                .x_label_area_size(40)
-                .y_label_area_size(80)
-                .build_cartesian_2d(
-                    (0..groups as i32 * UNIT).with_key_points(centres),
-                    0.0..y_max,
-                )?;
-            let workload_at = |x: &i32| {
-                usize::try_from(x.div_euclid(UNIT))
-                    .ok()
-                    .and_then(|i| self.workloads.get(i))
-                    .map(|w| axis_label(w))
-                    .unwrap_or_default()
-            };
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_label_formatter(&workload_at)
-                .y_label_formatter(&|y| format!("{y:.1}"))
-                .y_desc("forwarded packets per second (millions)")
-                .max_light_lines(0)
-                .label_style((SANS, LABEL_PT))
-                .axis_desc_style((SANS, TEXT_PT))
-                .draw()?;
-
-            let n = i32::try_from(self.modes.len().max(1)).unwrap_or(1);
-            let slot = UNIT * 84 / 100 / n;
-            for (g, row) in (0..).zip(&self.values) {
-                for (i, cell) in (0..).zip(row) {
-                    let Some(s) = cell else { continue };
-                    let x0 = g * UNIT + UNIT * 8 / 100 + i * slot + slot * 8 / 100;
-                    let x1 = x0 + slot * 84 / 100;
-                    let colour = mode_colour(i as usize);
-                    chart.draw_series(std::iter::once(Rectangle::new(
-                        [(x0, 0.0), (x1, s.median / 1e6)],
-                        colour.filled(),
-                    )))?;
-                    if s.n > 1 {
-                        chart.draw_series(std::iter::once(ErrorBar::new_vertical(
-                            (x0 + x1) / 2,
-                            s.min / 1e6,
-                            s.median / 1e6,
-                            s.max / 1e6,
-                            BLACK.stroke_width(1),
-                            8,
+                let n = i32::try_from(self.modes.len().max(1)).unwrap_or(1);
+                let slot = UNIT * 84 / 100 / n;
+                for (g, row) in (0..).zip(&self.values) {
+                    for (i, cell) in (0..).zip(row) {
+                        let Some(s) = cell else { continue };
+                        let x0 = g * UNIT + UNIT * 8 / 100 + i * slot + slot * 8 / 100;
+                        let x1 = x0 + slot * 84 / 100;
+                        let colour = mode_colour(i as usize);
+                        chart.draw_series(std::iter::once(Rectangle::new(
+                            [(x0, 0.0), (x1, s.median / 1e6)],
+                            colour.filled(),
+                        )))?;
+                        if s.n > 1 {
+                            chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                                (x0 + x1) / 2,
+                                s.min / 1e6,
+                                s.median / 1e6,
+                                s.max / 1e6,
+                                BLACK.stroke_width(1),
+                                8,
+                            )))?;
+                        }
+                        let label_y = s.max.max(s.median) / 1e6;
+                        chart.draw_series(std::iter::once(Text::new(
+                            format!("{:.2}", s.median / 1e6),
+                            ((x0 + x1) / 2, label_y),
+                            (SANS, 12.0)
+                                .into_font()
+                                .color(&BLACK)
+                                .pos(Pos::new(HPos::Center, VPos::Bottom)),
                         )))?;
                     }
-                    let label_y = s.max.max(s.median) / 1e6;
-                    chart.draw_series(std::iter::once(Text::new(
-                        format!("{:.2}", s.median / 1e6),
-                        ((x0 + x1) / 2, label_y),
-                        (SANS, 12.0)
-                            .into_font()
-                            .color(&BLACK)
-                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
-                    )))?;
                 }
-            }
-            root.present()?;
-        }
-        Ok(out)
+                Ok(())
+            },
+        )
     }
 }
 
@@ -652,99 +643,114 @@ impl CostChart {
         let label_area = (longest as f64 * 6.9 + 24.0) as u32;
         let band = 22 + 16 * self.columns.len() as u32;
         let plot_h = 60 + band * self.cases.len() as u32;
-        let mut out = String::new();
-        {
-            let root =
-                SVGBackend::with_string(&mut out, (WIDTH, HEADER + plot_h + footer.height()))
-                    .into_drawing_area();
-            root.fill(&WHITE)?;
-            let (head, rest) = root.split_vertically(HEADER);
-            let (plot, foot) = rest.split_vertically(plot_h);
-            title(
-                &head,
-                "Per-packet cost of natgw's programs per case",
-                &self.run,
-            )?;
-            footer.draw(&foot)?;
+        canvas(
+            "Per-packet cost of natgw's programs per case",
+            &self.run,
+            &footer,
+            plot_h,
+            |plot| {
+                let n = self.cases.len();
+                let top = self
+                    .cases
+                    .iter()
+                    .flat_map(|(_, v)| v.iter().flatten())
+                    .copied()
+                    .fold(0.0_f64, f64::max);
+                // Room right of the longest bar for its label.
+                let x_max = if top > 0.0 { top * 1.3 } else { 1.0 };
+                let rows = i32::try_from(n).unwrap_or(0);
+                let centres: Vec<i32> = (0..rows).map(|i| i * UNIT + UNIT / 2).collect();
+                let mut chart = ChartBuilder::on(plot)
+                    .margin_left(10)
+                    .margin_right(30)
+                    .margin_top(10)
+                    .x_label_area_size(50)
+                    .y_label_area_size(label_area)
+                    .build_cartesian_2d(0.0..x_max, (0..rows * UNIT).with_key_points(centres))?;
+                // Case 0 at the top.
+                let case_at = |y: &i32| {
+                    usize::try_from(y.div_euclid(UNIT))
+                        .ok()
+                        .filter(|&i| i < n)
+                        .map(|i| self.cases[n - 1 - i].0.clone())
+                        .unwrap_or_default()
+                };
+                chart
+                    .configure_mesh()
+                    .disable_y_mesh()
+                    .y_label_formatter(&case_at)
+                    .x_label_formatter(&|x| format!("{x:.0}"))
+                    .x_desc("nanoseconds per packet")
+                    .max_light_lines(0)
+                    .label_style((SANS, LABEL_PT))
+                    .axis_desc_style((SANS, TEXT_PT))
+                    .draw()?;
 
-            let n = self.cases.len();
-            let top = self
-                .cases
-                .iter()
-                .flat_map(|(_, v)| v.iter().flatten())
-                .copied()
-                .fold(0.0_f64, f64::max);
-            // Room right of the longest bar for its label.
-            let x_max = if top > 0.0 { top * 1.3 } else { 1.0 };
-            let rows = i32::try_from(n).unwrap_or(0);
-            let centres: Vec<i32> = (0..rows).map(|i| i * UNIT + UNIT / 2).collect();
-            let mut chart = ChartBuilder::on(&plot)
-                .margin_left(10)
-                .margin_right(30)
-                .margin_top(10)
-                .x_label_area_size(50)
-                .y_label_area_size(label_area)
-                .build_cartesian_2d(0.0..x_max, (0..rows * UNIT).with_key_points(centres))?;
-            // Case 0 at the top.
-            let case_at = |y: &i32| {
-                usize::try_from(y.div_euclid(UNIT))
-                    .ok()
-                    .filter(|&i| i < n)
-                    .map(|i| self.cases[n - 1 - i].0.clone())
-                    .unwrap_or_default()
-            };
-            chart
-                .configure_mesh()
-                .disable_y_mesh()
-                .y_label_formatter(&case_at)
-                .x_label_formatter(&|x| format!("{x:.0}"))
-                .x_desc("nanoseconds per packet")
-                .max_light_lines(0)
-                .label_style((SANS, LABEL_PT))
-                .axis_desc_style((SANS, TEXT_PT))
-                .draw()?;
-
-            let cols = i32::try_from(self.columns.len().max(1)).unwrap_or(1);
-            let slot = UNIT * 80 / 100 / cols;
-            for (c, (_, values)) in (0..).zip(&self.cases) {
-                let base = (rows - 1 - c) * UNIT;
-                for (i, v) in (0..).zip(values) {
-                    let Some(ns) = *v else { continue };
-                    // Column 0 at the top of the band.
-                    let y1 = base + UNIT * 90 / 100 - i * slot;
-                    let y0 = y1 - slot * 85 / 100;
-                    chart.draw_series(std::iter::once(Rectangle::new(
-                        [(0.0, y0), (ns, y1)],
-                        mode_colour(i as usize).filled(),
-                    )))?;
-                    let label = match self.floor {
-                        Some(f) if i == 0 && f > 0.0 => format!(" {ns:.0} ({:.1}×)", ns / f),
-                        _ => format!(" {ns:.0}"),
-                    };
-                    chart.draw_series(std::iter::once(Text::new(
-                        label,
-                        (ns, (y0 + y1) / 2),
-                        (SANS, 12.0)
-                            .into_font()
-                            .color(&BLACK)
-                            .pos(Pos::new(HPos::Left, VPos::Center)),
-                    )))?;
+                let cols = i32::try_from(self.columns.len().max(1)).unwrap_or(1);
+                let slot = UNIT * 80 / 100 / cols;
+                for (c, (_, values)) in (0..).zip(&self.cases) {
+                    let base = (rows - 1 - c) * UNIT;
+                    for (i, v) in (0..).zip(values) {
+                        let Some(ns) = *v else { continue };
+                        // Column 0 at the top of the band.
+                        let y1 = base + UNIT * 90 / 100 - i * slot;
+                        let y0 = y1 - slot * 85 / 100;
+                        chart.draw_series(std::iter::once(Rectangle::new(
+                            [(0.0, y0), (ns, y1)],
+                            mode_colour(i as usize).filled(),
+                        )))?;
+                        let label = match self.floor {
+                            Some(f) if i == 0 && f > 0.0 => format!(" {ns:.0} ({:.1}×)", ns / f),
+                            _ => format!(" {ns:.0}"),
+                        };
+                        chart.draw_series(std::iter::once(Text::new(
+                            label,
+                            (ns, (y0 + y1) / 2),
+                            (SANS, 12.0)
+                                .into_font()
+                                .color(&BLACK)
+                                .pos(Pos::new(HPos::Left, VPos::Center)),
+                        )))?;
+                    }
                 }
-            }
-            if let Some(f) = self.floor {
-                chart.draw_series(LineSeries::new(
-                    [(f, 0), (f, rows * UNIT)],
-                    BLACK.stroke_width(2),
-                ))?;
-            }
-            root.present()?;
-        }
-        Ok(out)
+                if let Some(f) = self.floor {
+                    chart.draw_series(LineSeries::new(
+                        [(f, 0), (f, rows * UNIT)],
+                        BLACK.stroke_width(2),
+                    ))?;
+                }
+                Ok(())
+            },
+        )
     }
 }
 
 /// A part of a chart's canvas, in pixels.
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// One chart's SVG: the title strip (`heading` and the run), a plot area `plot_h`
+/// pixels high that `draw` fills, and the footer (legend and notes) below it.
+fn canvas(
+    heading: &str,
+    run: &Run,
+    footer: &Footer,
+    plot_h: u32,
+    draw: impl FnOnce(&Area<'_>) -> Result<()>,
+) -> Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, HEADER + plot_h + footer.height()))
+            .into_drawing_area();
+        root.fill(&WHITE)?;
+        let (head, rest) = root.split_vertically(HEADER);
+        let (plot, foot) = rest.split_vertically(plot_h);
+        title(&head, heading, run)?;
+        footer.draw(&foot)?;
+        draw(&plot)?;
+        root.present()?;
+    }
+    Ok(out)
+}
 
 /// The title strip: the chart's title and the run it comes from.
 fn title(area: &Area<'_>, text: &str, run: &Run) -> Result<()> {
@@ -988,16 +994,12 @@ mod tests {
     use crate::bench::cpu::Usage;
     use crate::bench::throughput::PpsSample;
 
+    /// report's test machine, busy and dated so that the subtitle shows both.
     fn machine() -> Machine {
         Machine {
-            cpu: "test CPU".to_owned(),
-            cpus: 2,
-            memory_gib: 1.0,
-            kernel: "6.18".to_owned(),
-            os: "Linux".to_owned(),
             date: "2026-12-05 05:00 UTC".to_owned(),
-            command: "cargo xtask bench --packets-only".to_owned(),
             busy_before_pct: 12.0,
+            ..crate::bench::report::tests::test_machine()
         }
     }
 

@@ -1325,7 +1325,7 @@ pub fn gc_line(g: &GcResult) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
@@ -1481,7 +1481,8 @@ mod tests {
         }
     }
 
-    fn test_machine() -> Machine {
+    /// A machine for the tests of the report and the charts.
+    pub(crate) fn test_machine() -> Machine {
         Machine {
             cpu: "test CPU".to_owned(),
             cpus: 2,
