@@ -41,7 +41,7 @@
 //! the re-read then precedes the deletes by the few milliseconds a batch takes.
 
 pub mod held_syns;
-mod probe;
+pub mod probe;
 pub mod reason;
 pub mod schedule;
 pub mod sessions;
