@@ -204,8 +204,10 @@ fn natgw_row(g: &GcResult) -> DesignRow {
         per_packet: "nothing",
         note: format!(
             "natgw itself (--udp-timeout {} --gc-interval {}): surveys of the whole \
-             tables as often as their cost allows (2% of a CPU, at least every half \
-             shortest timeout), only due mappings looked at in between",
+             tables as often as their cost allows (2% of a CPU, at most 60 s apart, \
+             sooner when something only a survey judges is due), a probe of the \
+             forward and session tables every half shortest timeout that schedules \
+             new mappings itself, only due mappings looked at in between",
             g.udp_timeout_s, g.gc_interval_s
         ),
     }
