@@ -39,6 +39,34 @@ pub mod names {
     /// `PerCpuArray<u64>`: what the GC prototypes did, by the
     /// [`GC_STAT_*`](super::GC_STAT_HIT) slots.
     pub const GC_STATS: &str = "GC_STATS";
+    /// `PerCpuArray<u64>` (only in the `gc-timer` object): the error codes of
+    /// `xdp_gc_timer`'s timer helpers, by [`gc_timer_err_slot`](super::gc_timer_err_slot).
+    pub const GC_TIMER_ERR: &str = "GC_TIMER_ERR";
+}
+
+/// The timer helpers whose error codes `GC_TIMER_ERR` counts.
+pub const GC_TIMER_HELPERS: [&str; 3] = [
+    "bpf_timer_init",
+    "bpf_timer_set_callback",
+    "bpf_timer_start",
+];
+/// Error codes per helper in `GC_TIMER_ERR` (larger ones count in the last).
+pub const GC_TIMER_ERRNOS: u32 = 128;
+/// Number of `GC_TIMER_ERR` slots.
+pub const GC_TIMER_ERR_SLOTS: u32 = GC_TIMER_HELPERS.len() as u32 * GC_TIMER_ERRNOS;
+
+/// The `GC_TIMER_ERR` slot of helper `helper` (an index of [`GC_TIMER_HELPERS`])
+/// returning `ret` (a negative error code).
+#[must_use]
+pub const fn gc_timer_err_slot(helper: u32, ret: i64) -> u32 {
+    let errno = if ret >= 0 {
+        0
+    } else if ret <= -(GC_TIMER_ERRNOS as i64) {
+        GC_TIMER_ERRNOS - 1
+    } else {
+        (-ret) as u32
+    };
+    helper * GC_TIMER_ERRNOS + errno
 }
 
 /// `GC_CFG` slot: the mapping timeout (ns).

@@ -429,17 +429,20 @@ pub mod gc {
         helpers::generated::{bpf_timer_init, bpf_timer_set_callback, bpf_timer_start},
         macros::btf_map,
     };
+    #[cfg(feature = "gc-timer")]
+    use natgw_common::{
+        bench::{
+            gc_timer_err_slot, GC_STAT_ARMED, GC_STAT_FIRED, GC_STAT_TIMER_INIT_FAILED,
+            GC_TIMER_ERR_SLOTS,
+        },
+        Origin,
+    };
     use natgw_common::{
         bench::{
             GC_CFG_EXPIRE, GC_CFG_SLOTS, GC_CFG_TIMEOUT_NS, GC_STAT_ERROR, GC_STAT_HIT,
             GC_STAT_LAZY_EXPIRED, GC_STAT_MISS, GC_STAT_SLOTS,
         },
         FwdKey, Mapping, RevKey, RevValue,
-    };
-    #[cfg(feature = "gc-timer")]
-    use natgw_common::{
-        bench::{GC_STAT_ARMED, GC_STAT_FIRED, GC_STAT_TIMER_INIT_FAILED},
-        Origin,
     };
 
     use super::{off, GEN_FRAME_LEN};
@@ -468,6 +471,24 @@ pub mod gc {
     /// The timer design's forward table (room for the million set by the bench).
     #[btf_map]
     static GC_TIMED: btf_maps::HashMap<FwdKey, TimedMapping, 1> = btf_maps::HashMap::new();
+
+    #[cfg(feature = "gc-timer")]
+    /// The timer helpers' error codes, by `gc_timer_err_slot`.
+    #[map]
+    static GC_TIMER_ERR: PerCpuArray<u64> = PerCpuArray::with_max_entries(GC_TIMER_ERR_SLOTS, 0);
+
+    #[cfg(feature = "gc-timer")]
+    /// Counts helper `helper`'s failure `ret` (nothing when `ret` is 0).
+    #[inline(always)]
+    fn count_err(helper: u32, ret: i64) {
+        if ret == 0 {
+            return;
+        }
+        if let Some(p) = GC_TIMER_ERR.get_ptr_mut(gc_timer_err_slot(helper, ret)) {
+            // SAFETY: per-CPU value, only touched by this CPU while it runs us.
+            unsafe { *p += 1 };
+        }
+    }
 
     /// The configuration, by the `GC_CFG_*` slots.
     #[map]
@@ -606,7 +627,9 @@ pub mod gc {
             unsafe { (*v).mapping.last_out_ns = now };
             if cfg(GC_CFG_EXPIRE) != 0 {
                 // SAFETY: the timer of a live map value, initialised when it was created.
-                if unsafe { bpf_timer_start(&mut (*v).timer, timeout, 0) } != 0 {
+                let ret = unsafe { bpf_timer_start(&mut (*v).timer, timeout, 0) };
+                if ret != 0 {
+                    count_err(2, ret);
                     count(GC_STAT_ERROR);
                 }
             }
@@ -660,12 +683,20 @@ pub mod gc {
         // SAFETY: the timer of the live map value just inserted, in its own map.
         let (init, armed) = unsafe {
             let t = &mut (*v).timer;
-            let init = bpf_timer_init(t, map, CLOCK_MONOTONIC) == 0;
-            (
-                init,
-                init && bpf_timer_set_callback(t, callback) == 0
-                    && bpf_timer_start(t, timeout, 0) == 0,
-            )
+            let ret = bpf_timer_init(t, map, CLOCK_MONOTONIC);
+            count_err(0, ret);
+            let mut armed = ret == 0;
+            if armed {
+                let ret = bpf_timer_set_callback(t, callback);
+                count_err(1, ret);
+                armed = ret == 0;
+            }
+            if armed {
+                let ret = bpf_timer_start(t, timeout, 0);
+                count_err(2, ret);
+                armed = ret == 0;
+            }
+            (ret == 0, armed)
         };
         if !armed {
             // Undone, so that the next packet of this endpoint tries again.

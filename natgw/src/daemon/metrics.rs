@@ -26,6 +26,7 @@ use crate::config::MetricsSettings;
 use crate::datapath::maps::CounterMap;
 use crate::datapath::topology::Topology;
 use crate::nat_table::census::Census;
+use crate::nat_table::gc::reason::SurveyReason;
 use crate::nat_table::gc::{proto_name, TickStats};
 use crate::services::exposition::{Exposition, Histogram, Kind};
 use crate::services::metrics::{MetricsServer, Render};
@@ -75,6 +76,10 @@ pub struct Published {
     pub gc_holds_ended: u64,
     /// Passes that failed.
     pub gc_failures: u64,
+    /// Surveys of the whole tables, by [`SurveyReason::index`].
+    pub gc_surveys: [u64; SurveyReason::ALL.len()],
+    /// Probes that found the tables as expected.
+    pub gc_probes: u64,
     /// When the controller started, seconds since the Unix epoch.
     pub started_unix: u64,
 }
@@ -94,6 +99,8 @@ impl Default for Published {
             gc_orphans: 0,
             gc_holds_ended: 0,
             gc_failures: 0,
+            gc_surveys: [0; SurveyReason::ALL.len()],
+            gc_probes: 0,
             started_unix: 0,
         }
     }
@@ -109,6 +116,10 @@ impl Published {
                 self.gc_sessions_expired += stats.sessions_expired as u64;
                 self.gc_orphans += stats.orphans as u64;
                 self.gc_holds_ended += stats.holds_ended as u64;
+                if let Some(reason) = stats.reason {
+                    self.gc_surveys[reason.index()] += 1;
+                }
+                self.gc_probes += u64::from(stats.probe);
                 self.census.clone_from(census);
             }
             None => self.gc_failures += 1,
@@ -411,6 +422,20 @@ pub fn render(
         "Garbage-collection passes that failed (a map operation refused).",
     )
     .int(&[], p.gc_failures);
+    let mut surveys = doc.family(
+        "natgw_gc_surveys_total",
+        Kind::Counter,
+        "Garbage-collection passes over the whole tables, by why each ran.",
+    );
+    for (reason, n) in SurveyReason::ALL.iter().zip(p.gc_surveys) {
+        surveys.int(&[("reason", reason.name())], n);
+    }
+    doc.family(
+        "natgw_gc_probes_total",
+        Kind::Counter,
+        "Probes of the forward and session tables that spared the collector a survey.",
+    )
+    .int(&[], p.gc_probes);
 
     controller_families(&mut doc, p.controller.clone());
     stun_families(&mut doc, p.stun.clone());

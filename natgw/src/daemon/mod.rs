@@ -966,6 +966,15 @@ impl Daemon {
         match result {
             Ok(stats) => {
                 *gc_failing = false;
+                if let Some(reason) = stats.reason {
+                    debug!(
+                        "gc.survey reason={reason} mappings={} sessions={} took_ms={} scheduled={}",
+                        stats.mappings,
+                        stats.sessions,
+                        started.elapsed().as_millis(),
+                        sweeper.scheduled_len(),
+                    );
+                }
                 if stats.expired + stats.orphans + stats.refreshed + stats.sessions_expired > 0 {
                     debug!(
                         "gc.tick survey={} mappings={} expired={} orphans={} refreshed={} \

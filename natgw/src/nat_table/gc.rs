@@ -41,6 +41,8 @@
 //! the re-read then precedes the deletes by the few milliseconds a batch takes.
 
 pub mod held_syns;
+pub mod probe;
+pub mod reason;
 pub mod schedule;
 pub mod sessions;
 
@@ -59,6 +61,7 @@ use crate::config::Timeouts;
 use crate::datapath::maps::{
     fwd_key_of, ipv4, port, rev_key_of, rev_matches, session_rev_key, MapsError, NatTables,
 };
+use reason::{Due, Earliest, SurveyReason};
 use schedule::{
     probe_period, survey_period, Schedule, BATCH_READ_MIN, CONFIRM_GUARD_NS, CREATED_SKEW_NS,
 };
@@ -376,6 +379,13 @@ pub struct Plan {
     /// nothing of that kind. Conservative: a TCP entry counts as if a FIN could make
     /// it transitory on its next packet.
     pub survey_by_ns: Option<u64>,
+    /// What is due at [`Self::survey_by_ns`].
+    pub survey_by_why: Option<Due>,
+    /// The same without the reverse entries in their orphan grace: a probe that finds
+    /// their forward entries need not survey for them.
+    pub survey_by_rest: Option<(u64, Due)>,
+    /// Reverse entries no forward entry owned yet, in their [`ORPHAN_GRACE_NS`].
+    pub in_grace: Vec<(RevKey, RevValue)>,
 }
 
 /// What a tick did.
@@ -405,6 +415,8 @@ pub struct TickStats {
     /// Whether this tick probed the forward and session tables for new entries and
     /// found none (it then looked at the due mappings as well).
     pub probe: bool,
+    /// Why this tick surveyed (`Some` exactly when `survey`).
+    pub reason: Option<SurveyReason>,
 }
 
 /// How often the collector surveys the whole tables.
@@ -430,6 +442,8 @@ pub struct Sweeper {
     cadence: Cadence,
     /// When the next survey is due.
     next_survey_ns: u64,
+    /// Why it comes then.
+    next_survey_reason: SurveyReason,
     /// When a candidate found between surveys gets its second look: one tick later.
     confirm_ns: u64,
     /// When the next probe for new entries is due (`None`: surveys come often enough).
@@ -441,6 +455,12 @@ pub struct Sweeper {
     /// deleted behind the collector's back since the last survey.
     expect_fwd: usize,
     expect_sessions: usize,
+    /// The forward entries the last survey and the probes since saw, by
+    /// [`probe::fingerprint`] (not kept with [`Cadence::EveryTick`]): a probe
+    /// schedules the others itself.
+    known: FastSet<u64>,
+    /// When the next survey is due, as the last survey left it ([`probe::Pending`]).
+    pending: probe::Pending,
 }
 
 impl Sweeper {
@@ -449,6 +469,7 @@ impl Sweeper {
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
         self.next_survey_ns = 0;
+        self.next_survey_reason = SurveyReason::Start;
         self.next_probe_ns = None;
     }
 
@@ -508,11 +529,14 @@ impl Sweeper {
             schedule: Schedule::default(),
             cadence: Cadence::EveryTick,
             next_survey_ns: 0,
+            next_survey_reason: SurveyReason::Start,
             confirm_ns: NS_PER_SEC,
             next_probe_ns: None,
             seen_since_ns: 0,
             expect_fwd: 0,
             expect_sessions: 0,
+            known: FastSet::default(),
+            pending: probe::Pending::default(),
         }
     }
 
@@ -541,7 +565,7 @@ impl Sweeper {
         // Sessions not deleted on their own this tick.
         let mut undecided: Vec<(SessionKey, SessionObserved)> = Vec::new();
         // What only a survey judges, by when it is due at the earliest.
-        let mut survey_by = u64::MAX;
+        let mut survey_by = Earliest::default();
         let confirm_at = now_ns.saturating_add(self.confirm_ns);
         let transitory = Policy {
             tcp_established_ns: self
@@ -567,12 +591,12 @@ impl Sweeper {
                         let e = kept_until.entry(rk).or_default();
                         *e = (*e).max(until);
                     }
-                    survey_by = survey_by.min(sessions::expires_at_ns(&transitory, &obs));
+                    survey_by.at(sessions::expires_at_ns(&transitory, &obs), Due::Session);
                     undecided.push((*key, obs));
                 }
                 SessionVerdict::Candidate(c) => {
                     session_candidates.insert(*key, c);
-                    survey_by = survey_by.min(confirm_at);
+                    survey_by.at(confirm_at, Due::Candidate);
                     undecided.push((*key, obs));
                 }
                 SessionVerdict::Delete(end) => plan.sessions.push(SessionExpiry {
@@ -612,7 +636,10 @@ impl Sweeper {
                             sessions_until_ns: 0,
                             ..obs
                         };
-                        survey_by = survey_by.min(now_ns + remaining_ns(&transitory, &own, now_ns));
+                        survey_by.at(
+                            now_ns + remaining_ns(&transitory, &own, now_ns),
+                            Due::Mapping,
+                        );
                     }
                 }
                 Verdict::Candidate(c) => {
@@ -620,7 +647,7 @@ impl Sweeper {
                     if schedulable {
                         plan.schedule.push((*key, c, confirm_at));
                     } else {
-                        survey_by = survey_by.min(confirm_at);
+                        survey_by.at(confirm_at, Due::Candidate);
                     }
                 }
                 // Spared if a packet comes before the delete: then judged again.
@@ -648,14 +675,17 @@ impl Sweeper {
         }
         let mut orphans = HashMap::new();
         if !plan.expire.is_empty() {
-            survey_by = survey_by.min(now_ns + schedule::shortest_timeout_ns(&self.policy));
+            survey_by.at(
+                now_ns + schedule::shortest_timeout_ns(&self.policy),
+                Due::AfterExpiry,
+            );
         }
         for (key, r) in rev {
             if r.is_held() {
                 if r.hold_expired(now_ns, self.policy.hold_ns) {
                     plan.holds_ended.push((*key, r.created_ns));
                 } else {
-                    survey_by = survey_by.min(r.created_ns.saturating_add(self.policy.hold_ns));
+                    survey_by.at(r.created_ns.saturating_add(self.policy.hold_ns), Due::Hold);
                 }
                 continue;
             }
@@ -664,7 +694,7 @@ impl Sweeper {
                 continue;
             }
             if now_ns.saturating_sub(r.created_ns) < ORPHAN_GRACE_NS {
-                survey_by = survey_by.min(r.created_ns + ORPHAN_GRACE_NS);
+                plan.in_grace.push((*key, *r));
                 continue;
             }
             if self.orphan_candidates.get(key) == Some(&r.created_ns) {
@@ -674,11 +704,16 @@ impl Sweeper {
                 });
             } else {
                 orphans.insert(*key, r.created_ns);
-                survey_by = survey_by.min(confirm_at);
+                survey_by.at(confirm_at, Due::Orphan);
             }
         }
         self.orphan_candidates = orphans;
-        plan.survey_by_ns = (survey_by != u64::MAX).then_some(survey_by);
+        plan.survey_by_rest = survey_by.get();
+        for (_, r) in &plan.in_grace {
+            survey_by.at(r.created_ns + ORPHAN_GRACE_NS, Due::OrphanGrace);
+        }
+        plan.survey_by_ns = survey_by.get().map(|(at, _)| at);
+        plan.survey_by_why = survey_by.why;
         plan
     }
 
@@ -690,28 +725,48 @@ impl Sweeper {
         tables: &mut T,
         now_ns: u64,
     ) -> Result<TickStats, MapsError> {
-        if now_ns < self.next_survey_ns {
-            if self.next_probe_ns.is_none_or(|probe| now_ns < probe) {
-                return self.due_tick(tables, now_ns);
+        let mut reason = self.next_survey_reason;
+        let survey_due = now_ns >= self.next_survey_ns;
+        let probe_due = self.next_probe_ns.is_some_and(|probe| now_ns >= probe);
+        if !survey_due && !probe_due {
+            return self.due_tick(tables, now_ns);
+        }
+        // A survey due only for reverse entries in their grace waits for a probe: it
+        // finds their forward entries in the usual case.
+        if probe_due && (!survey_due || reason == SurveyReason::Due(Due::OrphanGrace)) {
+            match self.probe(tables, now_ns)? {
+                None => {
+                    let mut stats = self.due_tick(tables, now_ns)?;
+                    stats.probe = true;
+                    return Ok(stats);
+                }
+                // Something was created or deleted behind the collector's back.
+                Some(why) => reason = why,
             }
-            if self.probe(tables, now_ns)? {
-                let mut stats = self.due_tick(tables, now_ns)?;
-                stats.probe = true;
-                return Ok(stats);
-            }
-            // Something was created or deleted behind the collector's back: survey.
         }
         let started = Instant::now();
         let stats = self.survey(tables, now_ns);
         let cost_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        (self.next_survey_ns, self.next_probe_ns) = match (self.cadence, &stats) {
-            (Cadence::EveryTick, _) | (_, Err(_)) => (0, None),
+        (
+            self.next_survey_ns,
+            self.next_probe_ns,
+            self.next_survey_reason,
+        ) = match (self.cadence, &stats) {
+            (_, Err(_)) => (0, None, SurveyReason::Start),
+            (Cadence::EveryTick, _) => (0, None, SurveyReason::EveryTick),
             (Cadence::Adaptive, Ok((stats, survey_by))) => {
-                self.next_looks(now_ns, survey_period(cost_ns, stats.mappings), *survey_by)
+                let period = survey_period(cost_ns, stats.mappings);
+                self.pending.after_survey(now_ns, period, &self.policy);
+                self.next_looks(now_ns, period, *survey_by)
             }
-            (Cadence::Fixed(period), Ok(_)) => (now_ns.saturating_add(period), None),
+            (Cadence::Fixed(period), Ok(_)) => {
+                (now_ns.saturating_add(period), None, SurveyReason::Period)
+            }
         };
-        stats.map(|(stats, _)| stats)
+        stats.map(|(stats, _)| TickStats {
+            reason: Some(reason),
+            ..stats
+        })
     }
 
     /// After a survey at `now_ns` whose cost allows the next one `period` later and
@@ -719,38 +774,27 @@ impl Sweeper {
     /// probe if probes come before it. Probes every [`probe_period`] catch what is
     /// created meanwhile; a survey comes when something only a survey judges is due,
     /// but no sooner than a probe would (surveys came that often before probes).
-    fn next_looks(&self, now_ns: u64, period: u64, survey_by: Option<u64>) -> (u64, Option<u64>) {
+    fn next_looks(
+        &self,
+        now_ns: u64,
+        period: u64,
+        survey_by: Option<(u64, Due)>,
+    ) -> (u64, Option<u64>, SurveyReason) {
         let probe = probe_period(&self.policy);
         if period <= probe {
-            return (now_ns.saturating_add(period), None);
+            let reason = if period == 0 {
+                SurveyReason::EveryTick
+            } else {
+                SurveyReason::Period
+            };
+            return (now_ns.saturating_add(period), None, reason);
         }
-        let due = survey_by.map_or(u64::MAX, |by| by.max(now_ns.saturating_add(probe)));
-        (
-            now_ns.saturating_add(period).min(due),
-            Some(now_ns.saturating_add(probe)),
-        )
-    }
-
-    /// A probe: reads the session and forward tables (sessions first, as a survey
-    /// does) and tells whether they hold exactly what the collector knows of, i.e.
-    /// nothing created since its last look and no entry deleted behind its back; then
-    /// the mappings' and sessions' counts of the census are refreshed and the next
-    /// probe comes a probe period later. `false`: a survey is needed.
-    fn probe<T: NatTables>(&mut self, tables: &mut T, now_ns: u64) -> Result<bool, MapsError> {
-        let sessions = tables.session_entries()?;
-        let fwd = tables.fwd_entries()?;
-        let since = self.seen_since_ns;
-        if sessions.len() != self.expect_sessions
-            || fwd.len() != self.expect_fwd
-            || sessions.iter().any(|(_, s)| s.created_ns >= since)
-            || fwd.iter().any(|(_, m)| m.created_ns >= since)
-        {
-            return Ok(false);
+        let by_period = now_ns.saturating_add(period);
+        let next_probe = Some(now_ns.saturating_add(probe));
+        match survey_by.map(|(by, why)| (by.max(now_ns.saturating_add(probe)), why)) {
+            Some((due, why)) if due < by_period => (due, next_probe, SurveyReason::Due(why)),
+            _ => (by_period, next_probe, SurveyReason::Period),
         }
-        self.census.recount_mappings(&fwd, sessions.len());
-        self.seen_since_ns = now_ns.saturating_sub(CREATED_SKEW_NS);
-        self.next_probe_ns = Some(now_ns.saturating_add(probe_period(&self.policy)));
-        Ok(true)
     }
 
     /// The ticks between surveys: re-reads the scheduled mappings that are due (one
@@ -834,10 +878,13 @@ impl Sweeper {
         self.expect_fwd = self.expect_fwd.saturating_sub(stats.expired);
         if stats.expired > 0 && self.policy.hold_ns > 0 {
             // Their ports' holds end with the next survey after the hold-down.
-            let by = now_ns.saturating_add(self.policy.hold_ns);
-            self.next_survey_ns = self
-                .next_survey_ns
-                .min(by.max(now_ns.saturating_add(probe_period(&self.policy))));
+            let by = now_ns
+                .saturating_add(self.policy.hold_ns)
+                .max(now_ns.saturating_add(probe_period(&self.policy)));
+            if by < self.next_survey_ns {
+                self.next_survey_ns = by;
+                self.next_survey_reason = SurveyReason::HoldsEnd;
+            }
         }
         Ok(stats)
     }
@@ -848,7 +895,7 @@ impl Sweeper {
         &mut self,
         tables: &mut T,
         now_ns: u64,
-    ) -> Result<(TickStats, Option<u64>), MapsError> {
+    ) -> Result<(TickStats, Option<(u64, Due)>), MapsError> {
         // Sessions before mappings, forward before reverse: the data path creates
         // them in the opposite order, so every entry in a snapshot finds the entries
         // it was created after in the later snapshots.
@@ -856,7 +903,13 @@ impl Sweeper {
         let fwd = tables.fwd_entries()?;
         let rev = tables.rev_entries()?;
         self.census = Census::of(&fwd, &rev, sessions.len());
-        let plan = self.plan(now_ns, &fwd, &rev, &sessions);
+        let mut plan = self.plan(now_ns, &fwd, &rev, &sessions);
+        self.known.clear();
+        if self.cadence != Cadence::EveryTick {
+            (self.known).extend(fwd.iter().map(|(k, m)| probe::fingerprint(k, m.created_ns)));
+        }
+        self.pending.rest = plan.survey_by_rest;
+        self.pending.grace = std::mem::take(&mut plan.in_grace);
         let held = rev.iter().filter(|(_, r)| r.is_held()).count();
         let mut stats = TickStats {
             mappings: fwd.len(),
@@ -947,7 +1000,7 @@ impl Sweeper {
         }
         self.expect_fwd = fwd.len().saturating_sub(stats.expired);
         self.expect_sessions = sessions.len().saturating_sub(stats.sessions_expired);
-        Ok((stats, plan.survey_by_ns))
+        Ok((stats, plan.survey_by_ns.zip(plan.survey_by_why)))
     }
 
     /// Deletes `expire` one by one, each after a re-read that shows it unchanged since
@@ -1073,6 +1126,7 @@ fn expire_batched<T: NatTables>(
 /// A hash map with a fast (non-cryptographic, randomly seeded) hasher: the survey
 /// builds one over a million reverse entries on each pass.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
     HashMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
@@ -1891,48 +1945,153 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_passes_over_known_tables_and_fails_on_anything_new() {
+    fn a_probe_schedules_new_udp_mappings_and_surveys_for_what_it_cannot_judge() {
         let mut t = MemoryMaps::default();
         for i in 0..3 {
             add(&mut t, udp_key(2, 40000 + i), 40000 + i, S);
         }
-        let mut gc = scheduled(policy(false));
-        assert!(gc.tick(&mut t, 10 * S).unwrap().survey);
+        let mut gc = Sweeper::new(policy(false)).scheduled(Cadence::Fixed(10_000 * S), S);
+        let s = gc.tick(&mut t, 10 * S).unwrap();
+        assert_eq!(s.reason, Some(SurveyReason::Start));
         // Nothing changed: the probe passes, the census is recounted.
-        assert!(gc.probe(&mut t, 20 * S).unwrap());
+        assert_eq!(gc.probe(&mut t, 20 * S).unwrap(), None);
         assert_eq!(gc.census().mappings.values().sum::<u64>(), 3);
-        // A mapping created since the last look.
+        // A mapping created since the last look, and one written with an old stamp
+        // the survey did not see (a table being filled): the probe schedules both.
         let late = udp_key(3, 40100);
         add(&mut t, late, 40100, 25 * S);
-        assert!(!gc.probe(&mut t, 30 * S).unwrap());
-        t.fwd.remove(&late);
-        t.rev.clear();
-        for i in 0..3 {
-            add(&mut t, udp_key(2, 40000 + i), 40000 + i, S);
-        }
-        assert!(gc.probe(&mut t, 30 * S).unwrap());
-        // One written with an old stamp the survey did not see (the counts differ)…
         let back = udp_key(4, 40200);
         add(&mut t, back, 40200, S);
-        assert!(!gc.probe(&mut t, 40 * S).unwrap());
-        // …or one deleted behind the collector's back.
-        t.fwd.remove(&back);
-        t.fwd.remove(&udp_key(2, 40000));
-        assert!(!gc.probe(&mut t, 40 * S).unwrap());
-        // A session created since the last look.
-        add(&mut t, udp_key(2, 40000), 40000, S);
-        assert!(gc.probe(&mut t, 40 * S).unwrap());
-        let rk = rev_key_of(&udp_key(2, 40001), &t.fwd[&udp_key(2, 40001)]);
+        assert_eq!(gc.probe(&mut t, 30 * S).unwrap(), None);
+        assert_eq!(gc.scheduled_len(), 5);
+        assert_eq!(gc.census().mappings.values().sum::<u64>(), 5);
+        // One deleted behind the collector's back: a survey.
+        let first = udp_key(2, 40000);
+        let m = t.fwd.remove(&first).unwrap();
+        assert_eq!(
+            gc.probe(&mut t, 40 * S).unwrap(),
+            Some(SurveyReason::ProbeCounts)
+        );
+        // One replaced behind its back (another `created_ns`): a survey too.
+        t.fwd.insert(
+            first,
+            Mapping {
+                created_ns: 35 * S,
+                ..m
+            },
+        );
+        assert_eq!(
+            gc.probe(&mut t, 40 * S).unwrap(),
+            Some(SurveyReason::ProbeCounts)
+        );
+        t.fwd.insert(first, m);
+        assert_eq!(gc.probe(&mut t, 40 * S).unwrap(), None);
+        // A new TCP mapping, or a new UDP mapping with a session: a survey judges them.
+        let tcp = tcp_key(40300);
+        let tcp_rk = add(&mut t, tcp, 40300, 41 * S);
+        assert_eq!(
+            gc.probe(&mut t, 50 * S).unwrap(),
+            Some(SurveyReason::ProbeNew)
+        );
+        t.fwd.remove(&tcp);
+        t.rev.remove(&tcp_rk);
+        let filtered = udp_key(5, 40400);
+        let rk = add(&mut t, filtered, 40400, 42 * S);
         let sk = add_session(
             &mut t,
             rk,
             7000,
-            45 * S,
+            42 * S,
             0,
             natgw_common::tcp::TcpState::Closed,
         );
-        t.sessions.get_mut(&sk).unwrap().created_ns = 45 * S;
-        assert!(!gc.probe(&mut t, 50 * S).unwrap());
+        t.sessions.get_mut(&sk).unwrap().created_ns = 42 * S;
+        assert_eq!(
+            gc.probe(&mut t, 50 * S).unwrap(),
+            Some(SurveyReason::ProbeNew)
+        );
+        t.fwd.remove(&filtered);
+        t.rev.remove(&rk);
+        t.sessions.clear();
+        assert_eq!(gc.probe(&mut t, 50 * S).unwrap(), None);
+        // What the probe scheduled expires by the schedule, with no survey between:
+        // the four stamped 1 s at 301 s (and the guard), `late` at 325 s.
+        assert_eq!(gc.next_due_ns(), Some(301 * S + CONFIRM_GUARD_NS));
+        let s = gc.tick(&mut t, 302 * S).unwrap();
+        assert_eq!((s.survey, s.expired), (false, 4));
+        assert!(t.fwd.contains_key(&late));
+        assert_eq!(gc.tick(&mut t, 324 * S).unwrap().expired, 0);
+        let s = gc.tick(&mut t, 326 * S).unwrap();
+        assert_eq!((s.survey, s.expired), (false, 1));
+        assert!(t.fwd.is_empty());
+        // The next probe finds what it expects.
+        assert_eq!(gc.probe(&mut t, 330 * S).unwrap(), None);
+    }
+
+    #[test]
+    fn a_probe_finds_the_owners_of_reverse_entries_in_their_grace() {
+        let mut t = MemoryMaps::default();
+        for i in 0..2 {
+            add(&mut t, udp_key(2, 40000 + i), 40000 + i, S);
+        }
+        // The port claim of a mapping being created: its forward entry comes later.
+        let coming = udp_key(3, 40100);
+        let rk = add(&mut t, coming, 40100, 9 * S);
+        let m = t.fwd.remove(&coming).unwrap();
+        let mut gc = Sweeper::new(policy(false)).scheduled(Cadence::Fixed(10_000 * S), S);
+        let plan = gc.plan(
+            10 * S,
+            &t.fwd_entries().unwrap(),
+            &t.rev_entries().unwrap(),
+            &[],
+        );
+        assert_eq!(plan.in_grace.len(), 1);
+        assert_eq!(plan.survey_by_rest, None);
+        assert_eq!(
+            (plan.survey_by_ns, plan.survey_by_why),
+            (Some(9 * S + ORPHAN_GRACE_NS), Some(Due::OrphanGrace))
+        );
+        // As an adaptive collector leaves it after a survey at 10 s that allows the
+        // next at 60 s: the survey for the grace's end (19 s) no sooner than the
+        // probe (half the 60 s ICMP timeout later, 40 s).
+        gc.tick(&mut t, 10 * S).unwrap();
+        gc.pending.after_survey(10 * S, 50 * S, &gc.policy.clone());
+        (gc.next_survey_ns, gc.next_survey_reason) = gc.pending.next_survey();
+        assert_eq!(
+            (gc.next_survey_ns, gc.next_survey_reason),
+            (40 * S, SurveyReason::Due(Due::OrphanGrace))
+        );
+        gc.next_probe_ns = Some(40 * S);
+        // The forward entry arrived: the tick at the grace's end probes, finds it,
+        // schedules it, and the survey waits for its period.
+        t.fwd.insert(coming, m);
+        let s = gc.tick(&mut t, 40 * S).unwrap();
+        assert_eq!((s.survey, s.probe, s.orphans), (false, true, 0));
+        assert_eq!(
+            (gc.next_survey_ns, gc.next_survey_reason),
+            (60 * S, SurveyReason::Period)
+        );
+        assert_eq!(gc.scheduled_len(), 3);
+        assert!(t.rev.contains_key(&rk));
+
+        // A port claim whose forward entry never comes: the survey at its grace's end.
+        let lost = udp_key(4, 40200);
+        add(&mut t, lost, 40200, 58 * S);
+        t.fwd.remove(&lost);
+        let s = gc.tick(&mut t, 60 * S).unwrap();
+        assert_eq!(s.reason, Some(SurveyReason::Period));
+        assert_eq!(gc.pending.grace.len(), 1);
+        gc.pending.after_survey(60 * S, 50 * S, &gc.policy.clone());
+        (gc.next_survey_ns, gc.next_survey_reason) = gc.pending.next_survey();
+        gc.next_probe_ns = Some(61 * S);
+        assert_eq!(
+            gc.probe(&mut t, 61 * S).unwrap(),
+            None,
+            "still in its grace"
+        );
+        assert_eq!(gc.next_survey_ns, 90 * S);
+        let s = gc.tick(&mut t, 90 * S).unwrap();
+        assert_eq!(s.reason, Some(SurveyReason::Due(Due::OrphanGrace)));
     }
 
     #[test]
@@ -1992,21 +2151,32 @@ mod tests {
     fn probes_come_every_half_shortest_timeout_and_surveys_when_due() {
         let gc = Sweeper::new(policy(false)).scheduled(Cadence::Adaptive, S);
         // Surveys cheap enough to come before a probe would: no probes.
-        assert_eq!(gc.next_looks(100 * S, 20 * S, None), (120 * S, None));
+        assert_eq!(
+            gc.next_looks(100 * S, 20 * S, None),
+            (120 * S, None, SurveyReason::Period)
+        );
+        assert_eq!(
+            gc.next_looks(100 * S, 0, None),
+            (100 * S, None, SurveyReason::EveryTick)
+        );
         // Costly ones: a probe every 30 s (half the 60 s ICMP timeout), the survey by
         // its period…
         assert_eq!(
             gc.next_looks(100 * S, 60 * S, None),
-            (160 * S, Some(130 * S))
+            (160 * S, Some(130 * S), SurveyReason::Period)
         );
         // …or when something only it judges is due, never sooner than the probe.
         assert_eq!(
-            gc.next_looks(100 * S, 60 * S, Some(140 * S)),
-            (140 * S, Some(130 * S))
+            gc.next_looks(100 * S, 60 * S, Some((140 * S, Due::Hold))),
+            (140 * S, Some(130 * S), SurveyReason::Due(Due::Hold))
         );
         assert_eq!(
-            gc.next_looks(100 * S, 60 * S, Some(101 * S)),
-            (130 * S, Some(130 * S))
+            gc.next_looks(100 * S, 60 * S, Some((101 * S, Due::OrphanGrace))),
+            (130 * S, Some(130 * S), SurveyReason::Due(Due::OrphanGrace))
+        );
+        assert_eq!(
+            gc.next_looks(100 * S, 60 * S, Some((170 * S, Due::Session))),
+            (160 * S, Some(130 * S), SurveyReason::Period)
         );
     }
 

@@ -204,8 +204,10 @@ fn natgw_row(g: &GcResult) -> DesignRow {
         per_packet: "nothing",
         note: format!(
             "natgw itself (--udp-timeout {} --gc-interval {}): surveys of the whole \
-             tables as often as their cost allows (2% of a CPU, at least every half \
-             shortest timeout), only due mappings looked at in between",
+             tables as often as their cost allows (2% of a CPU, at most 60 s apart, \
+             sooner when something only a survey judges is due), a probe of the \
+             forward and session tables every half shortest timeout that schedules \
+             new mappings itself, only due mappings looked at in between",
             g.udp_timeout_s, g.gc_interval_s
         ),
     }
@@ -257,7 +259,8 @@ fn timer_row(t: &gc_kernel::Timer, mappings: u32) -> DesignRow {
         note: format!(
             "prototype xdp_gc_timer (natgw-ebpf/src/bench.rs): a BTF hash map \
              FwdKey -> {{Mapping, bpf_timer}}, each of the {mappings} mappings created with \
-             its timer armed ({:.2} s for all, {} bpf_timer_init failures retried), \
+             its timer armed ({:.2} s for all, {} bpf_timer_init failures retried; \
+             helper errors by code: {}), \
              the callback deleting it and its reverse entry; a hit costs {:.1} ns re-arming, {:.1} ns without (median of {RUNS} \
              alternating runs of {REPEAT}); after a last packet for each, the table was \
              empty {:.2} s after the first deadline, {:.2} s after the last; {} \
@@ -269,6 +272,7 @@ fn timer_row(t: &gc_kernel::Timer, mappings: u32) -> DesignRow {
              mappings, hold-downs, events, the allocation log) would move into eBPF",
             t.fill_s,
             t.init_failures,
+            t.helper_errors,
             t.rearm_ns,
             t.base_ns,
             t.expire_from_first_s,

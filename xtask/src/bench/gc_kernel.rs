@@ -25,7 +25,7 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use natgw_common::bench::{
     names as map_names, GC_CFG_EXPIRE, GC_CFG_TIMEOUT_NS, GC_STAT_ARMED, GC_STAT_ERROR,
     GC_STAT_FIRED, GC_STAT_HIT, GC_STAT_LAZY_EXPIRED, GC_STAT_MISS, GC_STAT_SLOTS,
-    GC_STAT_TIMER_INIT_FAILED,
+    GC_STAT_TIMER_INIT_FAILED, GC_TIMER_ERRNOS, GC_TIMER_ERR_SLOTS, GC_TIMER_HELPERS,
 };
 use natgw_common::time::monotonic_ns;
 use natgw_common::{FwdKey, RevKey, NS_PER_SEC};
@@ -116,6 +116,8 @@ pub struct Timer {
     pub fired: u64,
     /// `bpf_timer_init` failures while creating the million (each retried).
     pub init_failures: u64,
+    /// The timer helpers' failures by error code ([`helper_errors`]), `none` if none.
+    pub helper_errors: String,
 }
 
 /// The kernel-side prototypes on the same `mappings`: lazy expiry with the programs
@@ -226,8 +228,54 @@ fn stats(tools: &Tools) -> Result<[u64; GC_STAT_SLOTS as usize]> {
     Ok(out)
 }
 
+/// The timer helpers' failures counted in `GC_TIMER_ERR`, by helper and error code:
+/// `bpf_timer_init: -ENOMEM 7748828`, `none` if there were none.
+fn helper_errors(tools: &Tools) -> Result<String> {
+    let map: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(tools.map(map_names::GC_TIMER_ERR)?).context("GC_TIMER_ERR")?;
+    let mut out = Vec::new();
+    for slot in 0..GC_TIMER_ERR_SLOTS {
+        let values = map.get(&slot, 0).context("reading GC_TIMER_ERR")?;
+        let n = values.iter().copied().fold(0, u64::wrapping_add);
+        if n > 0 {
+            let helper = GC_TIMER_HELPERS[(slot / GC_TIMER_ERRNOS) as usize];
+            out.push(format!(
+                "{helper}: {} {n}",
+                errno_name(slot % GC_TIMER_ERRNOS)
+            ));
+        }
+    }
+    Ok(if out.is_empty() {
+        "none".to_owned()
+    } else {
+        out.join(", ")
+    })
+}
+
+/// `-ENAME` of the error codes the timer helpers return (kernel/bpf/helpers.c).
+fn errno_name(errno: u32) -> String {
+    let name = match errno.try_into().unwrap_or(0) {
+        libc::EPERM => "EPERM",
+        libc::ENOMEM => "ENOMEM",
+        libc::EBUSY => "EBUSY",
+        libc::EINVAL => "EINVAL",
+        libc::EDEADLK => "EDEADLK",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        _ => return format!("-{errno}"),
+    };
+    format!("-{name}")
+}
+
 fn reset_stats(tools: &mut Tools) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    if let Ok(map) = tools.map_mut(map_names::GC_TIMER_ERR) {
+        let mut map: PerCpuArray<&mut MapData, u64> =
+            PerCpuArray::try_from(map).context("GC_TIMER_ERR")?;
+        for slot in 0..GC_TIMER_ERR_SLOTS {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus]).context("zeros")?;
+            map.set(slot, zeros, 0).context("zeroing GC_TIMER_ERR")?;
+        }
+    }
     let mut map: PerCpuArray<&mut MapData, u64> =
         PerCpuArray::try_from(tools.map_mut(map_names::GC_STATS)?).context("GC_STATS")?;
     for slot in 0..GC_STAT_SLOTS {
@@ -371,13 +419,14 @@ fn timer(tools: &mut Tools, mappings: u32) -> Result<Timer> {
         s[GC_STAT_ARMED as usize] == u64::from(mappings) && s[GC_STAT_ERROR as usize] == 0,
         "xdp_gc_timer armed {} of {mappings} timers in {:.0} s ({} frames, at most \
          {FILL_ROUNDS} rounds of the endpoints in runs of {FILL_CHUNK} with {} ms \
-         pauses): {} bpf_timer_init failures, {} other errors",
+         pauses): {} bpf_timer_init failures, {} other errors; by error code: {}",
         s[GC_STAT_ARMED as usize],
         t0.elapsed().as_secs_f64(),
         sent,
         FILL_PAUSE.as_millis(),
         s[GC_STAT_TIMER_INIT_FAILED as usize],
-        s[GC_STAT_ERROR as usize]
+        s[GC_STAT_ERROR as usize],
+        helper_errors(tools)?
     );
     let init_failures = s[GC_STAT_TIMER_INIT_FAILED as usize];
 
@@ -449,6 +498,7 @@ fn timer(tools: &mut Tools, mappings: u32) -> Result<Timer> {
         fire_hrtimer_softirqs: k2.hrtimer_softirqs.saturating_sub(k1.hrtimer_softirqs),
         fired: s[GC_STAT_FIRED as usize],
         init_failures,
+        helper_errors: helper_errors(tools)?,
     })
 }
 

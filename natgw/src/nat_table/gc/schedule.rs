@@ -21,9 +21,9 @@
 //! 1/[`SURVEY_SHARE`] of the time at a million mappings. A mapping created after a
 //! survey must be scheduled before it can expire, so every half shortest timeout
 //! ([`probe_period`]) a *probe* reads the forward and session tables (not the
-//! reverse table, and no plan): if they hold nothing created since the last look and
-//! exactly the entries the collector expects, nothing new needs scheduling;
-//! otherwise the probe turns into a survey.
+//! reverse table, and no plan): it schedules the new mappings it can judge on their
+//! own and finds the forward entries of port claims the last survey saw in their
+//! orphan grace; anything else new turns it into a survey ([`super::probe`]).
 
 use std::collections::BTreeMap;
 
