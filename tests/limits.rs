@@ -100,8 +100,10 @@ fn a_host_gets_no_more_ports_than_its_limit_and_regains_them_as_they_expire() {
         "8",
         "--host-mapping-rate",
         "0",
+        // Long enough that the first round's mappings outlive its four refused
+        // datagrams (each waited for in `through`), short enough to see them expire.
         "--udp-timeout",
-        "2",
+        "6",
         "--port-hold-down",
         "0",
     ]);
@@ -128,7 +130,7 @@ fn a_host_gets_no_more_ports_than_its_limit_and_regains_them_as_they_expire() {
         "lan-b gets a mapping"
     );
     // Once lan-a's mappings expired, its ports are its own again.
-    wait_for(Duration::from_secs(15), || {
+    wait_for(Duration::from_secs(25), || {
         udp_mappings_of(&s, LAN_A_ADDR).is_empty().then_some(())
     })
     .expect("lan-a's mappings expire");
@@ -224,7 +226,7 @@ fn a_freed_port_is_held_from_other_hosts_but_not_from_its_own() {
     let b = udp(&s.tb.lan[1].ns, LAN_B_ADDR, 20000);
     let ext = SocketAddrV4::new(GW_WAN_ADDR, 20000);
     assert_eq!(through(&a, &wan, b"a"), Some(ext));
-    wait_for(Duration::from_secs(15), || {
+    wait_for(Duration::from_secs(25), || {
         udp_mappings_of(&s, LAN_A_ADDR).is_empty().then_some(())
     })
     .expect("lan-a's mapping expires");
