@@ -113,6 +113,19 @@ pub enum Command {
     /// tools.
     #[command(after_help = WHO_AFTER_HELP)]
     Who(who::WhoArgs),
+    /// Change the role of the running natgw in an active/standby pair (state
+    /// replication, `--ha-peer`): `active` translates and sends its NAT state to the
+    /// peer, `standby` installs the peer's. For keepalived's notify scripts and for
+    /// a manual switch-over.
+    HaRole(HaRoleArgs),
+}
+
+/// Arguments of `natgw ha-role`.
+#[derive(Debug, Args)]
+pub struct HaRoleArgs {
+    /// `active` or `standby`.
+    #[arg(value_name = "ROLE")]
+    pub role: crate::config::ha::HaRoleChoice,
 }
 
 const WHO_AFTER_HELP: &str = "\
@@ -694,6 +707,7 @@ pub fn main() -> ExitCode {
             Command::Rendezvous(args) => punch::rendezvous(args).await,
             Command::CheckConfig(args) => check_config::run(args),
             Command::Who(args) => who::run(args),
+            Command::HaRole(args) => status::set_role(args.role).await,
         }
     });
     match result {

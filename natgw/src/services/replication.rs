@@ -100,13 +100,15 @@ pub struct Handles {
 ///
 /// # Errors
 /// When `listen` cannot be bound.
-pub async fn spawn(
+pub fn spawn(
     listen: SocketAddrV4,
     peer: SocketAddrV4,
     key: Vec<u8>,
     active: watch::Receiver<bool>,
 ) -> std::io::Result<Handles> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
     let (to, to_rx) = mpsc::channel(64);
     let (from_tx, from) = mpsc::channel(64);
     let stats = Arc::new(Stats::default());
