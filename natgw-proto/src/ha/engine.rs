@@ -309,8 +309,7 @@ impl Sender {
     /// Records sent and not yet acknowledged.
     #[must_use]
     pub fn unacked(&self) -> u64 {
-        self.inflight.iter().map(|f| u64::from(f.1)).sum::<u64>()
-            + self.batch.len() as u64
+        self.inflight.iter().map(|f| u64::from(f.1)).sum::<u64>() + self.batch.len() as u64
     }
 
     /// How long the oldest unacknowledged frame has waited at `now`.
@@ -340,9 +339,7 @@ impl Sender {
                 }
                 Message::Ping => {}
                 Message::Records(..) => return Err(ChannelError::Unexpected(Kind::Records)),
-                Message::ResyncBegin(_) => {
-                    return Err(ChannelError::Unexpected(Kind::ResyncBegin))
-                }
+                Message::ResyncBegin(_) => return Err(ChannelError::Unexpected(Kind::ResyncBegin)),
                 Message::ResyncEnd(_) => return Err(ChannelError::Unexpected(Kind::ResyncEnd)),
             }
         }
@@ -356,8 +353,7 @@ impl Sender {
     pub fn push(&mut self, record: Record, now: Instant) -> Result<(), ChannelError> {
         let mut bytes = Vec::new();
         record.emit(&mut bytes);
-        if self.batch_bytes + bytes.len() > MAX_BODY || self.batch.len() == usize::from(u16::MAX)
-        {
+        if self.batch_bytes + bytes.len() > MAX_BODY || self.batch.len() == usize::from(u16::MAX) {
             self.flush(now)?;
         }
         self.batch_bytes += bytes.len();
@@ -587,7 +583,10 @@ mod tests {
             .collect();
         assert_eq!(records.len(), 3000);
         assert_eq!(records[2999], record(2999));
-        assert!(got.len() > 3, "batched into more than one frame of at most 64 KiB");
+        assert!(
+            got.len() > 3,
+            "batched into more than one frame of at most 64 KiB"
+        );
         let Some(Delivery::ResyncEnd { seq }) = got.last() else {
             unreachable!()
         };
@@ -703,7 +702,10 @@ mod tests {
         s.flush(t0).unwrap();
         s.push(record(2), t0 + Duration::from_millis(5)).unwrap();
         s.flush(t0 + Duration::from_millis(5)).unwrap();
-        assert_eq!(s.lag(t0 + Duration::from_millis(20)), Duration::from_millis(20));
+        assert_eq!(
+            s.lag(t0 + Duration::from_millis(20)),
+            Duration::from_millis(20)
+        );
         assert_eq!(s.unacked(), 2);
     }
 }

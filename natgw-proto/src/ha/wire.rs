@@ -54,7 +54,8 @@ pub type HmacSha256 = Hmac<Sha256>;
 /// An HMAC-SHA256 keyed with `key`.
 #[must_use]
 pub fn hmac(key: &[u8]) -> HmacSha256 {
-    <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
+    <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key"))
 }
 
 /// What a frame is.

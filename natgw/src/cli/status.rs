@@ -146,7 +146,9 @@ pub async fn monitor(json: bool) -> Result<()> {
                 println!("[LOST] {count} events: this monitor fell behind");
             }
             Reply::Error { message } => bail!("natgw refused: {message}"),
-            Reply::Flushed { .. } | Reply::RoleSet => bail!("natgw sent something unexpected: {line}"),
+            Reply::Flushed { .. } | Reply::RoleSet => {
+                bail!("natgw sent something unexpected: {line}")
+            }
         }
         // Every line reaches a pipe as soon as it is printed.
         std::io::Write::flush(&mut std::io::stdout())?;

@@ -95,7 +95,9 @@ pub fn merge(
         key_file: key_file
             .cloned()
             .or_else(|| file.and_then(|f| f.key_file.clone())),
-        role: role.or_else(|| file.and_then(|f| f.role)).unwrap_or_default(),
+        role: role
+            .or_else(|| file.and_then(|f| f.role))
+            .unwrap_or_default(),
     }
 }
 
@@ -137,8 +139,12 @@ pub fn problem(ha: &HaSettings) -> Option<String> {
 /// Unreadable, too short or too long, or readable by group or others.
 pub fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the replication key file {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "cannot read the replication key file {}: {e}",
+            path.display()
+        )
+    })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "the replication key file {} is readable by others (mode {:o}): chmod 600 it",
@@ -152,8 +158,12 @@ pub fn read_key(path: &Path) -> Result<Vec<u8>, String> {
             path.display()
         ));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read the replication key file {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read the replication key file {}: {e}",
+            path.display()
+        )
+    })?;
     let key = bytes.trim_ascii().to_vec();
     if key.len() < MIN_KEY_LEN {
         return Err(format!(

@@ -94,7 +94,8 @@ impl Replication {
                 }
             }
         });
-        let handles = service::spawn(listen, peer, key, active_rx).with_context(|| format!("binding the replication address {listen}"))?;
+        let handles = service::spawn(listen, peer, key, active_rx)
+            .with_context(|| format!("binding the replication address {listen}"))?;
         info!(
             "replication.started role={} listen={listen} peer={peer}",
             role_name(initial)
@@ -173,7 +174,10 @@ impl Replication {
         let s = &self.handles.stats;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         out.extend([
-            ("ha_active".to_owned(), u64::from(self.role() == Role::Active)),
+            (
+                "ha_active".to_owned(),
+                u64::from(self.role() == Role::Active),
+            ),
             ("ha_connected".to_owned(), u64::from(self.connected())),
             ("ha_connects".to_owned(), load(&s.connects)),
             ("ha_connection_errors".to_owned(), load(&s.errors)),

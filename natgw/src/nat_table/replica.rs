@@ -22,9 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
-use natgw_common::maps::{
-    FilterMode, MappingEvent, MappingEventKind, Session, SessionKey,
-};
+use natgw_common::maps::{FilterMode, MappingEvent, MappingEventKind, Session, SessionKey};
 use natgw_common::tcp::TcpState;
 use natgw_common::{
     addr_be, FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -56,9 +54,7 @@ fn time_of(now_ns: u64, age: u32) -> u64 {
     if age == NEVER {
         return 0;
     }
-    now_ns
-        .saturating_sub(u64::from(age) * NS_PER_MS)
-        .max(1)
+    now_ns.saturating_sub(u64::from(age) * NS_PER_MS).max(1)
 }
 
 fn endpoint(addr_be: u32, port_be: u16) -> SocketAddrV4 {
@@ -239,7 +235,11 @@ impl Source {
         }
         let live_sessions: HashSet<SessionKey> = sessions.iter().map(|(k, _)| *k).collect();
         for (k, s) in sessions {
-            if self.sessions.get(&k).is_none_or(|old| session_stale(old, &s)) {
+            if self
+                .sessions
+                .get(&k)
+                .is_none_or(|old| session_stale(old, &s))
+            {
                 out.push(session_record(&k, &s, now_ns));
                 self.sessions.insert(k, s);
             }
@@ -259,7 +259,11 @@ impl Source {
         self.explicit.retain(|(protocol, internal), _| {
             let keep = live_explicit.contains(&(protocol.clone(), *internal));
             if !keep {
-                let proto = if protocol == "tcp" { IPPROTO_TCP } else { IPPROTO_UDP };
+                let proto = if protocol == "tcp" {
+                    IPPROTO_TCP
+                } else {
+                    IPPROTO_UDP
+                };
                 gone.push(Record::ExplicitGone {
                     proto,
                     internal: *internal,
@@ -296,7 +300,12 @@ impl Source {
     /// The record to send at once for a mapping event of the data path or the
     /// controller (`None`: nothing new, or the mapping vanished again meanwhile —
     /// the next [`Self::changes`] sorts it out).
-    pub fn event<N: NatTables>(&mut self, nat: &N, e: &MappingEvent, now_ns: u64) -> Option<Record> {
+    pub fn event<N: NatTables>(
+        &mut self,
+        nat: &N,
+        e: &MappingEvent,
+        now_ns: u64,
+    ) -> Option<Record> {
         let fk = FwdKey::new(e.int_addr_be, e.int_port_be, e.proto);
         match MappingEventKind::from_u8(e.kind)? {
             MappingEventKind::Create => {
@@ -455,7 +464,8 @@ impl Installer {
             Record::Session(s) => Self::session(nat, bounds, s, now_ns).map(|r| {
                 if r.is_ok() {
                     if let Some(seen) = self.resync.as_mut() {
-                        seen.sessions.insert(session_key(s.proto, s.external, s.remote));
+                        seen.sessions
+                            .insert(session_key(s.proto, s.external, s.remote));
                     }
                 }
                 r
@@ -633,17 +643,21 @@ impl Installer {
             s.external.port().to_be(),
             s.proto,
         );
-        if nat.rev(&rk)?.is_none_or(|r| r.is_held()) {
+        let Some(rev) = nat.rev(&rk)?.filter(|r| !r.is_held()) else {
             return Ok(Err("session_without_mapping"));
-        }
+        };
         let state = if s.proto == IPPROTO_TCP {
             TcpState::from_u8(s.tcp_state) as u8
         } else {
             0
         };
         let key = session_key(s.proto, s.external, s.remote);
+        // Ages are read at different moments on the active and travel with different
+        // delays: a session is never taken for older than its mapping here (which
+        // would make it look like a previous mapping's, see `belongs_to`).
         let created = now_ns
             .saturating_sub(u64::from(s.age_ms) * NS_PER_MS)
+            .max(rev.created_ns)
             .max(1);
         let mut value = Session::new(
             created,

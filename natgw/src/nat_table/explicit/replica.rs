@@ -34,11 +34,19 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             protocol,
             internal_port: entry.internal.port(),
         };
-        if self.records.get(&key).is_some_and(|r| r.holder == Holder::Static) {
+        if self
+            .records
+            .get(&key)
+            .is_some_and(|r| r.holder == Holder::Static)
+        {
             return false;
         }
         self.forget_replicated(protocol, entry.internal);
-        let filters: Vec<Filter> = entry.filters.iter().filter_map(|f| parse_filter(f)).collect();
+        let filters: Vec<Filter> = entry
+            .filters
+            .iter()
+            .filter_map(|f| parse_filter(f))
+            .collect();
         if self.add_filters(proto, entry.external, &filters).is_err() {
             return false;
         }

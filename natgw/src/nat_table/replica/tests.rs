@@ -81,9 +81,30 @@ fn externals(nat: &MemoryMaps) -> Vec<(u8, SocketAddrV4, SocketAddrV4)> {
 #[test]
 fn a_full_resync_gives_the_standby_the_same_external_endpoints_and_ages() {
     let mut active = MemoryMaps::default();
-    add(&mut active, IPPROTO_UDP, "10.0.1.2:5000", 40000, NOW - 10_000_000_000, NOW - 1_000_000_000);
-    add(&mut active, IPPROTO_TCP, "10.0.1.2:6000", 40001, NOW - 5_000_000_000, NOW - 2_000_000_000);
-    add(&mut active, IPPROTO_ICMP, "10.0.1.3:77", 1030, NOW - 1_000_000_000, NOW - 1_000_000_000);
+    add(
+        &mut active,
+        IPPROTO_UDP,
+        "10.0.1.2:5000",
+        40000,
+        NOW - 10_000_000_000,
+        NOW - 1_000_000_000,
+    );
+    add(
+        &mut active,
+        IPPROTO_TCP,
+        "10.0.1.2:6000",
+        40001,
+        NOW - 5_000_000_000,
+        NOW - 2_000_000_000,
+    );
+    add(
+        &mut active,
+        IPPROTO_ICMP,
+        "10.0.1.3:77",
+        1030,
+        NOW - 1_000_000_000,
+        NOW - 1_000_000_000,
+    );
     let sk = session_key(
         IPPROTO_TCP,
         "192.0.2.1:40001".parse().unwrap(),
@@ -91,7 +112,12 @@ fn a_full_resync_gives_the_standby_the_same_external_endpoints_and_ages() {
     );
     active.sessions.insert(
         sk,
-        Session::new(NOW - 5_000_000_000, NOW - 2_000_000_000, NOW - 3_000_000_000, TcpState::Established as u8),
+        Session::new(
+            NOW - 5_000_000_000,
+            NOW - 2_000_000_000,
+            NOW - 3_000_000_000,
+            TcpState::Established as u8,
+        ),
     );
     let mut source = Source::default();
     let records = source.full(&active, &[], NOW).unwrap();
@@ -103,15 +129,31 @@ fn a_full_resync_gives_the_standby_the_same_external_endpoints_and_ages() {
     let mut installer = Installer::default();
     installer.begin_resync();
     install(&mut standby, &mut installer, &records, standby_now);
-    assert_eq!(installer.end_resync(&mut standby, None::<&mut ExplicitMappings<MemoryMaps>>, standby_now).unwrap(), 0);
+    assert_eq!(
+        installer
+            .end_resync(
+                &mut standby,
+                None::<&mut ExplicitMappings<MemoryMaps>>,
+                standby_now
+            )
+            .unwrap(),
+        0
+    );
     assert_eq!(installer.rejected_total(), 0, "{:?}", installer.rejected);
     assert_eq!(installer.installed, 4);
     assert_eq!(externals(&standby), externals(&active));
     let m = standby.fwd[&fwd_key(IPPROTO_UDP, "10.0.1.2:5000".parse().unwrap())];
-    assert_eq!(standby_now - m.last_out_ns, 1_000_000_000, "the age, not the timestamp");
+    assert_eq!(
+        standby_now - m.last_out_ns,
+        1_000_000_000,
+        "the age, not the timestamp"
+    );
     assert_eq!(standby_now - m.created_ns, 10_000_000_000);
     let rev = standby.rev[&rev_key_of(&fwd_key(IPPROTO_UDP, "10.0.1.2:5000".parse().unwrap()), &m)];
-    assert_eq!(rev.created_ns, m.created_ns, "the reverse entry belongs to it");
+    assert_eq!(
+        rev.created_ns, m.created_ns,
+        "the reverse entry belongs to it"
+    );
     let s = standby.sessions[&sk];
     assert_eq!(s.tcp_state, TcpState::Established as u8);
     assert_eq!(standby_now - s.last_in_ns, 3_000_000_000);
@@ -122,8 +164,22 @@ fn a_full_resync_gives_the_standby_the_same_external_endpoints_and_ages() {
 #[test]
 fn deletions_and_refreshes_follow_and_unchanged_mappings_are_not_resent() {
     let mut active = MemoryMaps::default();
-    add(&mut active, IPPROTO_UDP, "10.0.1.2:5000", 40000, NOW - 1, NOW - 1);
-    add(&mut active, IPPROTO_UDP, "10.0.1.2:5001", 40001, NOW - 1, NOW - 1);
+    add(
+        &mut active,
+        IPPROTO_UDP,
+        "10.0.1.2:5000",
+        40000,
+        NOW - 1,
+        NOW - 1,
+    );
+    add(
+        &mut active,
+        IPPROTO_UDP,
+        "10.0.1.2:5001",
+        40001,
+        NOW - 1,
+        NOW - 1,
+    );
     let mut source = Source::default();
     let mut standby = MemoryMaps::default();
     let mut installer = Installer::default();
@@ -134,7 +190,10 @@ fn deletions_and_refreshes_follow_and_unchanged_mappings_are_not_resent() {
     // A packet a little later: below the refresh step, nothing; past it, a refresh.
     let fk = fwd_key(IPPROTO_UDP, "10.0.1.2:5000".parse().unwrap());
     active.fwd.get_mut(&fk).unwrap().last_out_ns = NOW + 1_000_000_000;
-    assert!(source.changes(&active, &[], NOW + 1_000_000_000).unwrap().is_empty());
+    assert!(source
+        .changes(&active, &[], NOW + 1_000_000_000)
+        .unwrap()
+        .is_empty());
     let later = NOW + REFRESH_STEP_NS + 1;
     active.fwd.get_mut(&fk).unwrap().last_out_ns = later;
     let refresh = source.changes(&active, &[], later).unwrap();
@@ -169,20 +228,60 @@ fn records_outside_the_configuration_are_counted_and_never_installed() {
     let bad = [
         ("protocol", MappingRecord { proto: 47, ..good }),
         ("origin", MappingRecord { origin: 99, ..good }),
-        ("origin", MappingRecord { origin: Origin::Static as u8, ..good }),
+        (
+            "origin",
+            MappingRecord {
+                origin: Origin::Static as u8,
+                ..good
+            },
+        ),
         ("filter", MappingRecord { filter: 77, ..good }),
-        ("internal_address", MappingRecord { internal: "8.8.8.8:5000".parse().unwrap(), ..good }),
-        ("internal_address", MappingRecord { internal: "10.0.1.1:5000".parse().unwrap(), ..good }),
-        ("external_address", MappingRecord { external: "203.0.113.9:40000".parse().unwrap(), ..good }),
-        ("external_port", MappingRecord { external: "192.0.2.1:80".parse().unwrap(), ..good }),
-        ("external_port", MappingRecord { external: "192.0.2.1:0".parse().unwrap(), ..good }),
+        (
+            "internal_address",
+            MappingRecord {
+                internal: "8.8.8.8:5000".parse().unwrap(),
+                ..good
+            },
+        ),
+        (
+            "internal_address",
+            MappingRecord {
+                internal: "10.0.1.1:5000".parse().unwrap(),
+                ..good
+            },
+        ),
+        (
+            "external_address",
+            MappingRecord {
+                external: "203.0.113.9:40000".parse().unwrap(),
+                ..good
+            },
+        ),
+        (
+            "external_port",
+            MappingRecord {
+                external: "192.0.2.1:80".parse().unwrap(),
+                ..good
+            },
+        ),
+        (
+            "external_port",
+            MappingRecord {
+                external: "192.0.2.1:0".parse().unwrap(),
+                ..good
+            },
+        ),
     ];
     let mut standby = MemoryMaps::default();
     let mut installer = Installer::default();
     for (reason, r) in bad {
         let before = installer.rejected.get(reason).copied().unwrap_or(0);
         install(&mut standby, &mut installer, &[Record::Mapping(r)], NOW);
-        assert_eq!(installer.rejected.get(reason).copied(), Some(before + 1), "{reason}");
+        assert_eq!(
+            installer.rejected.get(reason).copied(),
+            Some(before + 1),
+            "{reason}"
+        );
     }
     assert_eq!(installer.rejected_total(), 9, "{:?}", installer.rejected);
     assert!(standby.fwd.is_empty() && standby.rev.is_empty());
@@ -238,7 +337,11 @@ fn the_actives_later_view_replaces_what_it_sent_before() {
     assert_eq!(installer.rejected_total(), 0);
     assert_eq!(
         externals(&standby),
-        [(IPPROTO_UDP, "10.0.1.2:5000".parse().unwrap(), "192.0.2.1:40005".parse().unwrap())]
+        [(
+            IPPROTO_UDP,
+            "10.0.1.2:5000".parse().unwrap(),
+            "192.0.2.1:40005".parse().unwrap()
+        )]
     );
     assert_eq!(standby.rev.len(), 1, "the old port was freed");
 }
