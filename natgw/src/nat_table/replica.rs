@@ -161,6 +161,9 @@ fn explicit_record(e: &ExplicitEntry, now_ns: u64) -> Option<Record> {
     }))
 }
 
+/// The mappings and sessions as one pass read them.
+type Tables = (Vec<(FwdKey, Sent)>, Vec<(SessionKey, Session)>);
+
 /// The active's view of what the standby has.
 #[derive(Debug, Default)]
 pub struct Source {
@@ -175,9 +178,7 @@ impl Source {
         *self = Self::default();
     }
 
-    fn read<N: NatTables>(
-        nat: &N,
-    ) -> Result<(Vec<(FwdKey, Sent)>, Vec<(SessionKey, Session)>), MapsError> {
+    fn read<N: NatTables>(nat: &N) -> Result<Tables, MapsError> {
         let rev: HashMap<RevKey, RevValue> = nat.rev_entries()?.into_iter().collect();
         let mappings = nat
             .fwd_entries()?
@@ -461,14 +462,13 @@ impl Installer {
     ) -> Result<(), MapsError> {
         let outcome = match record {
             Record::Mapping(m) => self.mapping(nat, bounds, m, now_ns),
-            Record::Session(s) => Self::session(nat, bounds, s, now_ns).map(|r| {
+            Record::Session(s) => Self::session(nat, bounds, s, now_ns).inspect(|r| {
                 if r.is_ok() {
                     if let Some(seen) = self.resync.as_mut() {
                         seen.sessions
                             .insert(session_key(s.proto, s.external, s.remote));
                     }
                 }
-                r
             }),
             Record::MappingGone {
                 proto,
