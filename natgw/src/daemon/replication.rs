@@ -83,6 +83,12 @@ impl Replication {
             anyhow::bail!("replication needs --ha-listen, --ha-peer and --ha-key-file");
         };
         let key = read_key(key_file).map_err(anyhow::Error::msg)?;
+        if key.is_empty() {
+            anyhow::bail!(
+                "cannot read the replication key file {}",
+                key_file.display()
+            );
+        }
         let initial = *role.borrow();
         let (active_tx, active_rx) = watch::channel(initial == Role::Active);
         let mut watched = role.clone();
