@@ -934,6 +934,9 @@ fn machine(args: &Args) -> Machine {
     if args.setup_only {
         command.push_str(" --setup-only");
     }
+    if args.ha_only {
+        command.push_str(" --ha-only");
+    }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));
     }

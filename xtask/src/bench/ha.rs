@@ -289,11 +289,14 @@ A active and B standby with the per-host limits off. A raw socket in the client
 namespace sends one UDP datagram per new source port to the far host through A. The
 lag is from sending one datagram to the mapping appearing in B's pinned `NAT_FWD`
 (polled every millisecond with batched lookups), 20 times one mapping at a time; it
-is bounded below by the 100 ms at which the controller drains the data path's
-`MAPPING_EVENTS` ring and the 20 ms it batches events for. The rate is the burst's
-size over the time from its first datagram to the last of its mappings in B's
-`NAT_FWD`; what the ring could not hold (a burst beyond 8,192 mappings per 100 ms)
-reaches B through the pass over the tables every second, which the figure includes.
+is at most about the 100 ms period at which the controller drains the data path's
+`MAPPING_EVENTS` ring plus the 20 ms it batches events for, and where a sample falls
+in that cycle decides the rest. The rate is the burst's size over the time from its
+first datagram to the last of its mappings in B's `NAT_FWD`; what the ring could not
+hold (a burst beyond 8,192 mappings per 100 ms) reaches B through a pass over the
+tables — at once when the controller notices that events were lost (its event
+subscription fell behind: the `reconciliations`), at the latest with the next
+second's pass — which the figure includes.
 ";
 
 /// The section of docs/benchmarks.md.
