@@ -210,6 +210,15 @@ fn the_standby_holds_the_actives_state_and_takes_over_its_flows() {
     // its lifetime from there).
     let on_b = mapping(&b, "udp", SocketAddrV4::new(PAIR_CLIENT_ADDR, 6000)).expect("PCP on B");
     assert_eq!(on_b["origin"], "pcp");
+    assert!(
+        wait_for(REPLICATED, || {
+            let m = mapping(&b, "udp", SocketAddrV4::new(PAIR_CLIENT_ADDR, 6000))?;
+            (m["client"] == "10.8.0.2:5351").then_some(m)
+        })
+        .is_some(),
+        "B's explicit table holds the PCP client: {:?}",
+        mapping(&b, "udp", SocketAddrV4::new(PAIR_CLIENT_ADDR, 6000))
+    );
     // The counters reach `natgw status` within a second.
     assert!(
         wait_for(REPLICATED, || (controller(&b, "ha_records_installed") >= 4)
