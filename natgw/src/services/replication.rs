@@ -215,6 +215,7 @@ impl Service {
             },
             r = self.active.changed() => return if r.is_err() { End::Stopped } else { End::Role },
         };
+        self.refuse_queued();
         let _ = stream.set_nodelay(true);
         let mut sender = Sender::new(&self.key, random_array());
         match self.exchange(stream, &mut sender).await {
@@ -290,6 +291,12 @@ impl Service {
                 r = self.active.changed() => {
                     return Ok(if r.is_err() { End::Stopped } else { End::Role });
                 }
+                r = self.listener.accept() => {
+                    // Active: nobody is accepted (the peer connects only as active,
+                    // which two sides must not be at once).
+                    drop(r);
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
             }
             let s = sender.stats();
             self.stats.sent.store(s.records_sent, Ordering::Relaxed);
@@ -318,19 +325,43 @@ impl Service {
                 r = self.active.changed() => return if r.is_err() { End::Stopped } else { End::Role },
             };
             if !self.is_peer(from) {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    "replication.refused from={from}: only the peer {} may connect",
-                    self.peer.ip()
-                );
+                let refused = self.stats.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per power of two: a flood does not flood the log.
+                if refused.is_power_of_two() {
+                    warn!(
+                        "replication.refused from={from} refused={refused}: only the peer {} \
+                         may connect",
+                        self.peer.ip()
+                    );
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
             self.connection += 1;
             let mut receiver = Receiver::new(&self.key, random_array());
             match self.receive_from(stream, &mut receiver).await {
+                // A connection that failed (the peer gave up on it, or sent something
+                // wrong): wait for the next one at once, so that connections queued
+                // while this side was active are worked off without a pause each.
+                Err(End::Failed(e)) => {
+                    self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        "replication.disconnected peer={} role=standby error=\"{e}\"",
+                        self.peer
+                    );
+                }
                 Ok(end) | Err(end) => return end,
             }
+        }
+    }
+
+    /// Closes connections that queued while nobody accepted (active).
+    fn refuse_queued(&mut self) {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        while let std::task::Poll::Ready(Ok(_)) = self.listener.poll_accept(&mut cx) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 
