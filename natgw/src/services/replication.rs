@@ -90,6 +90,8 @@ pub struct Handles {
     pub installed: watch::Sender<(u64, u64)>,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// The address it listens on.
+    pub listen: SocketAddr,
     /// The task.
     pub task: JoinHandle<()>,
 }
@@ -109,6 +111,7 @@ pub fn spawn(
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
+    let bound = listener.local_addr()?;
     let (to, to_rx) = mpsc::channel(64);
     let (from_tx, from) = mpsc::channel(64);
     let stats = Arc::new(Stats::default());
@@ -130,6 +133,7 @@ pub fn spawn(
         from,
         installed,
         stats,
+        listen: bound,
         task,
     })
 }
@@ -448,4 +452,111 @@ async fn flush_receiver(stream: &mut TcpStream, receiver: &mut Receiver) -> Resu
         stream.write_all(&bytes).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgw_proto::ha::wire::{MappingRecord, NEVER};
+
+    const KEY: &[u8] = b"a key for the socket loop test";
+
+    fn record(port: u16) -> Record {
+        Record::Mapping(MappingRecord {
+            proto: 17,
+            origin: 0,
+            filter: 0,
+            tcp_flags_out: 0,
+            tcp_flags_in: 0,
+            internal: SocketAddrV4::new([10, 0, 1, 2].into(), port),
+            external: SocketAddrV4::new([192, 0, 2, 1].into(), port),
+            age_ms: 1,
+            idle_out_ms: 1,
+            idle_in_ms: NEVER,
+        })
+    }
+
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what} within 5 s");
+    }
+
+    fn v4(a: SocketAddr) -> SocketAddrV4 {
+        match a {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn strangers_and_wrong_keys_are_refused_and_the_peer_resyncs() {
+        let local = |port| SocketAddrV4::new([127, 0, 0, 1].into(), port);
+        let (_standby_role, standby_rx) = watch::channel(false);
+        let mut standby = spawn(local(0), local(1), KEY.to_vec(), standby_rx).unwrap();
+        let at = v4(standby.listen);
+
+        // Another address than the peer's (all of 127/8 is loopback).
+        let stranger = tokio::net::TcpSocket::new_v4().unwrap();
+        stranger.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut conn = stranger.connect(at.into()).await.unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(conn.read(&mut byte).await.unwrap_or(0), 0, "closed at once");
+        until("the stranger counted", || {
+            standby.stats.refused.load(Ordering::Relaxed) == 1
+        })
+        .await;
+
+        // The peer's address with the wrong key: the handshake fails.
+        let (_wrong_role, wrong_rx) = watch::channel(true);
+        let wrong = spawn(local(0), at, b"not the key at all, no".to_vec(), wrong_rx).unwrap();
+        until("the wrong key refused", || {
+            standby.stats.errors.load(Ordering::Relaxed) >= 1
+        })
+        .await;
+        assert!(!wrong.stats.connected.load(Ordering::Relaxed));
+        wrong.task.abort();
+        assert_eq!(standby.stats.received.load(Ordering::Relaxed), 0);
+
+        // The peer: a resync, installed, acknowledged.
+        let (_active_role, active_rx) = watch::channel(true);
+        let mut active = spawn(local(0), at, KEY.to_vec(), active_rx).unwrap();
+        assert!(matches!(
+            active.from.recv().await,
+            Some(FromService::WantResync)
+        ));
+        let records: Vec<Record> = (1..=500).map(record).collect();
+        active
+            .to
+            .send(ToService::Resync(records.clone()))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        loop {
+            let Some(FromService::Deliver(connection, d)) = standby.from.recv().await else {
+                panic!("a delivery");
+            };
+            match d {
+                Delivery::ResyncBegin { .. } => {}
+                Delivery::Records { records, .. } => got.extend(records),
+                Delivery::ResyncEnd { seq } => {
+                    standby.installed.send((connection, seq)).unwrap();
+                    break;
+                }
+            }
+        }
+        assert_eq!(got, records);
+        until("the acknowledgement, and no lag left", || {
+            active.stats.acked.load(Ordering::Relaxed) == 500
+                && active.stats.lag_ms.load(Ordering::Relaxed) == 0
+        })
+        .await;
+        assert!(active.stats.connected.load(Ordering::Relaxed));
+        active.task.abort();
+        standby.task.abort();
+    }
 }
