@@ -23,6 +23,8 @@ use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
 use natgw_proto::pcp::policy::{PcpConfig, PolicyError};
 
+pub mod ha;
+
 /// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
 pub const UDP_TIMEOUT_MIN: u64 = 120;
 /// …and its idle timeout SHOULD be 5 minutes or more; natgw uses 5.
@@ -802,6 +804,8 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     /// `log_allocations`: the allocation log target.
     pub log_allocations: Option<AllocLogTarget>,
+    /// `[ha]` table: state replication to a standby.
+    pub ha: Option<ha::FileHa>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -895,6 +899,14 @@ pub struct Overrides {
     pub metrics_allow_wan: bool,
     /// `--log-allocations`.
     pub log_allocations: Option<AllocLogTarget>,
+    /// `--ha-listen`, `--ha-peer`, `--ha-key-file`, `--ha-role`.
+    pub ha_listen: Option<std::net::SocketAddrV4>,
+    /// `--ha-peer`.
+    pub ha_peer: Option<std::net::SocketAddrV4>,
+    /// `--ha-key-file`.
+    pub ha_key_file: Option<PathBuf>,
+    /// `--ha-role`.
+    pub ha_role: Option<ha::HaRoleChoice>,
 }
 
 /// Validated settings of a running gateway.
@@ -951,6 +963,9 @@ pub struct Settings {
     /// The allocation log for abuse handling; `None`: none (default).
     #[serde(default)]
     pub log_allocations: Option<AllocLogTarget>,
+    /// State replication to a standby (off by default).
+    #[serde(default)]
+    pub ha: ha::HaSettings,
 }
 
 /// Why the configuration cannot be used.
@@ -1059,6 +1074,9 @@ pub enum ConfigError {
          to serve the counters to the WAN side)"
     )]
     MetricsUnspecified(std::net::SocketAddrV4),
+    /// A `[ha]` setting replication cannot run with.
+    #[error("{0}")]
+    Ha(String),
     /// `upnp.http_port = 0`.
     #[error("upnp.http_port must be a port (1-65535)")]
     UpnpHttpPortZero,
@@ -1120,6 +1138,7 @@ impl ConfigError {
             },
             Self::AllProtocols => "pcp.allow_all_protocols",
             Self::MetricsPortZero(_) | Self::MetricsUnspecified(_) => "metrics.listen",
+            Self::Ha(_) => "ha",
         };
         Some(key.to_owned())
     }
@@ -1351,6 +1370,13 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                     .unwrap_or(defaults.alternate_port),
             }
         },
+        ha: ha::merge(
+            file.ha.as_ref(),
+            flags.ha_listen,
+            flags.ha_peer,
+            flags.ha_key_file.as_ref(),
+            flags.ha_role,
+        ),
         metrics: {
             let f = file.metrics.as_ref();
             MetricsSettings {
@@ -1510,6 +1536,9 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
     }
     if s.upnp.http_port == 0 {
         errors.push(ConfigError::UpnpHttpPortZero);
+    }
+    if let Some(problem) = ha::problem(&s.ha) {
+        errors.push(ConfigError::Ha(problem));
     }
     if let Some(listen) = s.metrics.listen {
         if listen.port() == 0 {

@@ -32,6 +32,7 @@ mod flowtable;
 mod frames;
 mod gc_designs;
 mod gc_kernel;
+mod ha;
 mod inbound;
 mod memory;
 mod net;
@@ -423,6 +424,13 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only", "cost_only", "from_json"])]
     setup_only: bool,
 
+    /// Only state replication to a standby (issue #16): two natgw in a
+    /// `testbed::Pair`, the replication lag (20 single mappings) and rate (a burst of
+    /// 20,000 mappings), as the standby's pinned NAT_FWD shows them (about 30 s).
+    /// With --write-docs it replaces only its section of docs/benchmarks.md.
+    #[arg(long, conflicts_with_all = ["gc_only", "upnp_only", "turn_only", "packets_only", "cost_only", "from_json", "setup_only"])]
+    ha_only: bool,
+
     /// Repetitions of every mode [default: 5, --quick 3].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     reps: Option<u32>,
@@ -470,6 +478,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.upnp_only {
         return upnp_only(args, &artifacts);
+    }
+    if args.ha_only {
+        return ha_only(args, &artifacts);
     }
     if args.turn_only {
         return turn_only(args, &artifacts);
@@ -710,6 +721,43 @@ fn gc_designs(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --ha-only`: the replication measurement alone, `--reps` times.
+fn ha_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
+    let log_dir = throughput::log_dir();
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let machine = machine(args);
+    let mut runs = Vec::new();
+    for _ in 0..args.reps.unwrap_or(1) {
+        let r = ha::run(&artifacts.natgw_bin, &log_dir)?;
+        if !args.json {
+            print!("{}", ha::text(&r));
+        }
+        runs.push(r);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "machine": machine,
+                "ha": runs,
+            }))?
+        );
+    }
+    if args.write_docs {
+        let path = paths::workspace_root().join("docs/benchmarks.md");
+        let doc = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let section = ha::markdown(&runs, &machine.date, &machine.command);
+        std::fs::write(&path, ha::replace_section(&doc, &section))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "xtask bench: wrote the replication section of {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// `cargo xtask bench --upnp-only`: the UPnP measurement alone, `--reps` times.
 fn upnp_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
     let log_dir = throughput::log_dir();
@@ -885,6 +933,9 @@ fn machine(args: &Args) -> Machine {
     }
     if args.setup_only {
         command.push_str(" --setup-only");
+    }
+    if args.ha_only {
+        command.push_str(" --ha-only");
     }
     if let Some(n) = args.reps {
         command.push_str(&format!(" --reps {n}"));

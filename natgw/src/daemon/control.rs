@@ -55,6 +55,11 @@ pub enum Request {
         /// Static forwards too.
         include_static: bool,
     },
+    /// Change the role in an active/standby pair (`natgw ha-role`).
+    Role {
+        /// The new role.
+        role: crate::config::ha::HaRoleChoice,
+    },
 }
 
 /// One line of the daemon's answer.
@@ -70,6 +75,8 @@ pub enum Reply {
         /// How many.
         count: u64,
     },
+    /// The role is changed.
+    RoleSet,
     /// A flush is done.
     Flushed {
         /// Mappings deleted.
@@ -90,6 +97,8 @@ pub enum Order {
     /// The number of monitors changed: turn the data path's mapping events on (any)
     /// or off (none); say when done, if asked.
     Monitors(Option<oneshot::Sender<()>>),
+    /// Change the role (replication), and where the answer goes.
+    Role(super::role::Role, oneshot::Sender<Result<(), String>>),
 }
 
 /// The control socket's counters (controller counters of `natgw status`).
@@ -184,6 +193,27 @@ async fn serve_client(stream: UnixStream, orders: mpsc::Sender<Order>, counters:
             send(&mut write, &reply).await
         }
         Ok(Request::Monitor) => monitor(&mut reader, &mut write, &orders, &counters).await,
+        Ok(Request::Role { role }) => {
+            let role = match role {
+                crate::config::ha::HaRoleChoice::Active => super::role::Role::Active,
+                crate::config::ha::HaRoleChoice::Standby => super::role::Role::Standby,
+            };
+            let (tx, rx) = oneshot::channel();
+            let reply = if orders.send(Order::Role(role, tx)).await.is_err() {
+                Reply::Error {
+                    message: "natgw is stopping".to_owned(),
+                }
+            } else {
+                match rx.await {
+                    Ok(Ok(())) => Reply::RoleSet,
+                    Ok(Err(message)) => Reply::Error { message },
+                    Err(_) => Reply::Error {
+                        message: "natgw is stopping".to_owned(),
+                    },
+                }
+            };
+            send(&mut write, &reply).await
+        }
     };
     if let Err(e) = result {
         log::debug!("control.client_gone error=\"{e}\"");

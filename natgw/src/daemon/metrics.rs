@@ -507,6 +507,7 @@ fn take_prefixed(counters: &mut BTreeMap<String, u64>, prefix: &str) -> Vec<(Str
 /// families of their own; whatever is left by name.
 #[allow(clippy::needless_pass_by_value)] // consumed: what is left is the last family
 fn controller_families(doc: &mut Exposition, mut c: BTreeMap<String, u64>) {
+    ha_families(doc, &mut c);
     let requests = take(&mut c, "pcp_requests");
     let succeeded = take(&mut c, "pcp_succeeded");
     let refused = take(&mut c, "pcp_refused");
@@ -661,6 +662,94 @@ fn controller_families(doc: &mut Exposition, mut c: BTreeMap<String, u64>) {
     );
     for (name, v) in &c {
         f.int(&[("counter", name)], *v);
+    }
+}
+
+/// State replication to a standby (`ha_*` controller counters; none when it is not
+/// configured, and then no family either).
+fn ha_families(doc: &mut Exposition, c: &mut BTreeMap<String, u64>) {
+    let Some(active) = take(c, "ha_active") else {
+        return;
+    };
+    doc.family(
+        "natgw_ha_role",
+        Kind::Gauge,
+        "This natgw's role in its active/standby pair: 1 for the role it has.",
+    )
+    .int(&[("role", "active")], active)
+    .int(&[("role", "standby")], 1 - active.min(1));
+    let connected = take(c, "ha_connected").unwrap_or(0);
+    doc.family(
+        "natgw_ha_connected",
+        Kind::Gauge,
+        "1 while the replication peer is connected and authenticated.",
+    )
+    .int(&[], connected);
+    let mut f = doc.family(
+        "natgw_ha_records_total",
+        Kind::Counter,
+        "Replication records: sent and acknowledged by the peer (active), received, \
+         installed and rejected (standby).",
+    );
+    for (event, name) in [
+        ("sent", "ha_records_sent"),
+        ("acked", "ha_records_acked"),
+        ("received", "ha_records_received"),
+        ("installed", "ha_records_installed"),
+        ("rejected", "ha_records_rejected"),
+    ] {
+        f.int(&[("event", event)], take(c, name).unwrap_or(0));
+    }
+    let rejected = take_prefixed(c, "ha_rejected_");
+    let mut f = doc.family(
+        "natgw_ha_rejected_total",
+        Kind::Counter,
+        "Replicated records the standby refused, by reason (internal_address, \
+         external_address, external_port, clash, ...).",
+    );
+    for (reason, v) in &rejected {
+        f.int(&[("reason", reason)], *v);
+    }
+    let mut f = doc.family(
+        "natgw_ha_connections_total",
+        Kind::Counter,
+        "Replication connections: authenticated, ended on an error, refused (not from \
+         the peer's address).",
+    );
+    for (result, name) in [
+        ("authenticated", "ha_connects"),
+        ("error", "ha_connection_errors"),
+        ("refused", "ha_peers_refused"),
+    ] {
+        f.int(&[("result", result)], take(c, name).unwrap_or(0));
+    }
+    let mut f = doc.family(
+        "natgw_ha_resyncs_total",
+        Kind::Counter,
+        "Full resyncs sent (active) or received (standby); reconciliations: passes \
+         over the tables after lost mapping events.",
+    );
+    f.int(&[("kind", "resync")], take(c, "ha_resyncs").unwrap_or(0))
+        .int(
+            &[("kind", "reconciliation")],
+            take(c, "ha_reconciliations").unwrap_or(0),
+        );
+    #[allow(clippy::cast_precision_loss)] // milliseconds and microseconds: exact enough
+    {
+        let lag = take(c, "ha_lag_ms").unwrap_or(0) as f64 / 1e3;
+        let rtt = take(c, "ha_ack_rtt_us").unwrap_or(0) as f64 / 1e6;
+        doc.family(
+            "natgw_ha_lag_seconds",
+            Kind::Gauge,
+            "How long the oldest unacknowledged replication frame has waited (active).",
+        )
+        .real(&[], lag);
+        doc.family(
+            "natgw_ha_ack_rtt_seconds",
+            Kind::Gauge,
+            "From sending a replication frame to its acknowledgement, the last one (active).",
+        )
+        .real(&[], rtt);
     }
 }
 

@@ -316,3 +316,37 @@ fn the_grafana_dashboard_uses_only_metrics_natgw_writes() {
         );
     }
 }
+
+#[test]
+fn replication_has_families_of_its_own_only_when_configured() {
+    let plain = render(&sample(), Some(&datapath()), memory()).finish();
+    assert!(!plain.contains("natgw_ha_"), "no replication, no family");
+    let mut p = sample();
+    p.controller.extend(
+        [
+            ("ha_active", 0),
+            ("ha_connected", 1),
+            ("ha_records_received", 9),
+            ("ha_records_installed", 7),
+            ("ha_records_rejected", 2),
+            ("ha_rejected_clash", 2),
+            ("ha_connects", 3),
+            ("ha_resyncs", 3),
+            ("ha_lag_ms", 1500),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let doc = render(&p, Some(&datapath()), memory()).finish();
+    let has = |line: &str| assert!(doc.lines().any(|l| l == line), "no `{line}` in\n{doc}");
+    has("natgw_ha_role{role=\"standby\"} 1");
+    has("natgw_ha_role{role=\"active\"} 0");
+    has("natgw_ha_connected 1");
+    has("natgw_ha_records_total{event=\"installed\"} 7");
+    has("natgw_ha_rejected_total{reason=\"clash\"} 2");
+    has("natgw_ha_resyncs_total{kind=\"resync\"} 3");
+    has("natgw_ha_lag_seconds 1.5");
+    assert!(
+        !doc.contains("counter=\"ha_"),
+        "none left for natgw_controller_events_total"
+    );
+}
