@@ -470,6 +470,17 @@ pub struct MetricsSettings {
     pub allow_wan: bool,
 }
 
+/// Active/standby with keepalived (`[ha]`, `--ha`): the `external` addresses are
+/// virtual addresses keepalived moves between the two gateways, so they may be
+/// absent from the WAN; natgw starts as the standby and learns its role from
+/// keepalived's notify script (`natgw ha-state`). See docs/operations.md#failover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HaSettings {
+    /// One of an active/standby pair (default: off).
+    pub enabled: bool,
+}
+
 /// Where `natgw run --log-allocations` (`log_allocations` in the file) writes the
 /// allocation log for abuse handling; see docs/operations.md#abuse-handling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -545,6 +556,14 @@ impl<'de> Deserialize<'de> for AllocLogTarget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(de::Error::custom)
     }
+}
+
+/// The `[ha]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHa {
+    /// `enabled`.
+    pub enabled: Option<bool>,
 }
 
 /// The `[metrics]` table as written.
@@ -802,6 +821,8 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     /// `log_allocations`: the allocation log target.
     pub log_allocations: Option<AllocLogTarget>,
+    /// `[ha]` table.
+    pub ha: Option<FileHa>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -895,6 +916,8 @@ pub struct Overrides {
     pub metrics_allow_wan: bool,
     /// `--log-allocations`.
     pub log_allocations: Option<AllocLogTarget>,
+    /// `--ha` (can only turn it on).
+    pub ha: bool,
 }
 
 /// Validated settings of a running gateway.
@@ -951,6 +974,9 @@ pub struct Settings {
     /// The allocation log for abuse handling; `None`: none (default).
     #[serde(default)]
     pub log_allocations: Option<AllocLogTarget>,
+    /// Active/standby with keepalived.
+    #[serde(default)]
+    pub ha: HaSettings,
 }
 
 /// Why the configuration cannot be used.
@@ -1001,6 +1027,12 @@ pub enum ConfigError {
     /// An external address given twice.
     #[error("external address {0} is listed twice")]
     DuplicateExternal(Ipv4Addr),
+    /// `[ha]` without the virtual external addresses.
+    #[error(
+        "--ha needs the virtual external addresses keepalived moves: pass --external ADDR \
+         (or set `external = [...]` in the config file)"
+    )]
+    HaWithoutExternal,
     /// A STUN port of 0.
     #[error("the STUN ports must be 1-65535 (`--stun-port`, `[stun] port`, `alternate_port`)")]
     StunPortZero,
@@ -1096,6 +1128,7 @@ impl ConfigError {
                 "lan"
             }
             Self::TooManyExternal(_) | Self::DuplicateExternal(_) => "external",
+            Self::HaWithoutExternal => "ha.enabled",
             Self::StunPortZero => "stun.port",
             Self::StunPortsEqual(_) => "stun.alternate_port",
             Self::StunPortForwarded { index, .. } | Self::Forward { index, .. } => {
@@ -1337,6 +1370,9 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
             .log_allocations
             .clone()
             .or_else(|| file.log_allocations.clone()),
+        ha: HaSettings {
+            enabled: flags.ha || file.ha.as_ref().and_then(|h| h.enabled).unwrap_or(false),
+        },
         stun: {
             let f = file.stun.as_ref();
             let defaults = StunSettings::default();
@@ -1427,6 +1463,9 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
         if s.external[..i].contains(addr) {
             errors.push(ConfigError::DuplicateExternal(*addr));
         }
+    }
+    if s.ha.enabled && s.external.is_empty() {
+        errors.push(ConfigError::HaWithoutExternal);
     }
     // Re-checked here because the range may come from code rather than parsing.
     if let Err(e) = PortRange::new(s.port_range.min, s.port_range.max) {
@@ -1892,6 +1931,27 @@ mod tests {
             err.contains("line 3") && err.contains("file:/PATH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ha_needs_the_virtual_external_addresses() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let (s, _) = resolve(&parse(base).unwrap(), &Overrides::default()).unwrap();
+        assert!(!s.ha.enabled, "off by default");
+        let err = resolve(
+            &parse(&format!("{base}[ha]\nenabled = true\n")).unwrap(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::HaWithoutExternal), "{err}");
+        assert_eq!(err.key().as_deref(), Some("ha.enabled"));
+        let flags = Overrides {
+            ha: true,
+            external: vec![Ipv4Addr::new(192, 0, 2, 10)],
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&parse(base).unwrap(), &flags).unwrap();
+        assert!(s.ha.enabled);
     }
 
     #[test]

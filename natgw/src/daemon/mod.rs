@@ -14,7 +14,8 @@
 //! NAT-PMP, explicit mappings), `stun_responder`, [`icmp`] (the ICMP errors the data
 //! path asks for), [`fragments`] (fragments that came before their first one),
 //! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint),
-//! [`notify`] (readiness, reload and stop notifications to systemd).
+//! [`notify`] (readiness, reload and stop notifications to systemd), [`keepalived`]
+//! and [`role`] (the active/standby role keepalived gives natgw, `--ha`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,9 +54,11 @@ pub mod control;
 pub mod episodes;
 pub mod fragments;
 pub mod icmp;
+pub mod keepalived;
 pub mod metrics;
 pub mod notify;
 mod port_mapping;
+pub mod role;
 pub mod state;
 mod stun_responder;
 
@@ -228,6 +231,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         report: Report::default(),
         reloader,
         orders: None,
+        ha: None,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -531,6 +535,8 @@ struct Daemon {
     report: Report,
     /// What the control socket asks (flushes, monitors coming and going).
     orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
+    /// The active/standby role keepalived gives natgw (`--ha`).
+    ha: Option<keepalived::RoleKeeper>,
 }
 
 /// Why the daemon stops on its own.
@@ -571,6 +577,18 @@ impl Daemon {
             orders,
             Arc::clone(&self.services.control),
         )?);
+        if self.settings.ha.enabled {
+            // After the socket is bound: a state reported from now on arrives there.
+            let track = keepalived::read_track(&self.dirs);
+            let keeper = keepalived::RoleKeeper::new(track);
+            info!(
+                "ha.role role={} keepalived={} vip_present={}",
+                keepalived::role_name(keeper.role()),
+                track.map_or_else(|| "-".to_owned(), |t| t.state.to_string()),
+                self.topology.pool_present()
+            );
+            self.ha = Some(keeper);
+        }
         if let Some(target) = &self.settings.log_allocations {
             // A subscriber of the mapping events before the data path is enabled:
             // CONFIG_F_MAPPING_EVENTS stays set while natgw runs.
@@ -667,6 +685,7 @@ impl Daemon {
             .unwrap_or_default();
         p.pool.clone_from(&self.topology.pool);
         p.ports_per_address = self.settings.port_range.len();
+        p.ha = self.ha_status();
     }
 
     /// One line for the service manager's status: `translating lan0,lan1 to
@@ -717,7 +736,9 @@ impl Daemon {
     /// checks and the explicit mappings' idea of the internal hosts up to date.
     async fn refresh_addresses(&mut self) {
         match self.rtnl.all_ipv4().await {
-            Ok(all) => self.topology.attached = all.into_iter().map(|(_, p)| p).collect(),
+            Ok(all) => self
+                .topology
+                .set_attached(all.into_iter().map(|(_, p)| p).collect()),
             Err(e) => {
                 warn!("addresses.unreadable error=\"{e}\": the source checks keep the old ones");
                 return;
@@ -781,6 +802,7 @@ impl Daemon {
             settings: self.settings.clone(),
             controller_counters: self.controller_counters(),
             stun: self.services.stun.as_ref().map(StunResponder::state),
+            ha: self.ha_status(),
         })
     }
 
@@ -1303,7 +1325,39 @@ impl Daemon {
                     let _ = done.send(());
                 }
             }
+            control::Order::HaState(state, reply) => {
+                let _ = reply.send(self.on_keepalived(state));
+            }
         }
+    }
+
+    fn ha_status(&self) -> Option<keepalived::HaStatus> {
+        let present = self.topology.pool_present();
+        self.ha.as_ref().map(|k| k.status(present))
+    }
+
+    /// keepalived reported `state` (`natgw ha-state`): the role follows, logged,
+    /// shown by `natgw status` and the metrics.
+    fn on_keepalived(&mut self, state: keepalived::VrrpState) -> Result<(String, bool), String> {
+        let vip_present = self.topology.pool_present();
+        let Some(keeper) = self.ha.as_mut() else {
+            return Err("natgw runs without --ha: it has no role to change".to_owned());
+        };
+        let changed = keeper.apply(state);
+        let role = keepalived::role_name(keeper.role());
+        match changed {
+            Some(old) => info!(
+                "ha.role_changed from={} to={role} keepalived={state} vip_present={vip_present}",
+                keepalived::role_name(old)
+            ),
+            None => info!("ha.keepalived state={state} role={role} (unchanged)"),
+        }
+        self.refresh_state_file();
+        if let Some(m) = &self.services.metrics {
+            let status = self.ha_status();
+            m.publish(|p| p.ha = status);
+        }
+        Ok((role.to_owned(), changed.is_some()))
     }
 
     /// `natgw flush`: deletes the explicit mappings (through their engines' table,
@@ -1366,7 +1420,30 @@ impl Daemon {
                 return;
             }
         };
+        let had_pool = self.topology.pool_present();
         self.topology.wan.ipv4.clone_from(&link.ipv4);
+        if self.topology.virtual_pool {
+            // keepalived moved the virtual addresses: the data path translates to them
+            // either way; only what answers for them changed.
+            let has_pool = self.topology.pool_present();
+            if has_pool != had_pool {
+                info!(
+                    "ha.vip_{} iface={wan} addresses={} role={}",
+                    if has_pool { "present" } else { "absent" },
+                    self.topology
+                        .pool
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    self.ha
+                        .as_ref()
+                        .map_or("-", |k| keepalived::role_name(k.role()))
+                );
+                self.refresh_state_file();
+            }
+            return;
+        }
         if !self.settings.external.is_empty() {
             let gone: Vec<String> = self
                 .topology
@@ -1534,6 +1611,7 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(upnp.http_port, "upnp.http_port");
     keep!(metrics, "metrics");
     keep!(log_allocations, "log_allocations");
+    keep!(ha, "ha");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
     kept
