@@ -197,31 +197,43 @@ impl Traffic {
         (ep(false), ep(true))
     }
 
-    /// After the event at `t0`: both flows get echoes again within the limit, from
-    /// the endpoints they had, the TCP connection unbroken. Prints the gaps.
-    fn check_continues(&mut self, what: &str, t0: Instant, before: (SocketAddrV4, SocketAddrV4)) {
+    /// After the event at `t0`, the addresses having moved at `moved`: both flows get
+    /// echoes through the new gateway, the longest silence from `t0` on within the
+    /// limit, from the endpoints they had, the TCP connection unbroken. Prints the
+    /// gaps.
+    fn check_continues(
+        &mut self,
+        what: &str,
+        t0: Instant,
+        moved: Instant,
+        before: (SocketAddrV4, SocketAddrV4),
+    ) {
         for (flow, ext) in [(&self.udp, before.0), (&self.tcp, before.1)] {
-            let back = flow.wait_reply_after(t0, MEASURE_LIMIT);
-            let gap = flow.gap_around(t0);
+            let resumed = flow.wait_reply_after(moved, MEASURE_LIMIT).is_some();
+            let gap = flow.longest_silence(t0, moved);
             let after = self.server.sources_after(flow.kind == "tcp", t0);
             eprintln!(
-                "{what}: {} flow: echoes again after {} (gap {}), external endpoints at the \
-                 server after it: {after:?} (before: {ext}){}",
+                "{what}: {} flow: {} (longest silence {}), external endpoints at the server \
+                 since: {after:?} (before: {ext}){}",
                 flow.kind,
-                back.map_or_else(|| "never".to_owned(), |d| format!("{d:?}")),
+                if resumed {
+                    "echoes through the new gateway"
+                } else {
+                    "no echo through the new gateway"
+                },
                 gap.map_or_else(|| "-".to_owned(), |d| format!("{d:?}")),
                 flow.error()
                     .map_or_else(String::new, |e| format!(", connection ended: {e}")),
             );
-            match back {
-                Some(d) if d <= FAILOVER_LIMIT => {}
-                Some(d) => self.failures.push(format!(
-                    "{what}: the {} flow got echoes again only after {d:?} (limit \
-                     {FAILOVER_LIMIT:?})",
+            match gap {
+                Some(d) if resumed && d <= FAILOVER_LIMIT => {}
+                Some(d) if resumed => self.failures.push(format!(
+                    "{what}: the {} flow was silent for {d:?} (limit {FAILOVER_LIMIT:?})",
                     flow.kind
                 )),
-                None => self.failures.push(format!(
-                    "{what}: the {} flow got no echo within {MEASURE_LIMIT:?}{}",
+                _ => self.failures.push(format!(
+                    "{what}: the {} flow got no echo through the new gateway within \
+                     {MEASURE_LIMIT:?}{}",
                     flow.kind,
                     flow.error()
                         .map_or_else(String::new, |e| format!(" (connection ended: {e})"))
@@ -302,10 +314,10 @@ fn a_dead_active_box_fails_over_and_back() {
         natgw.kill();
     }
     pair.tb.kill_box(0).expect("killing gw1");
-    vip_moves(&pair.tb, 1, t0, FAILOVER_LIMIT, "gw1 died");
+    let moved = vip_moves(&pair.tb, 1, t0, FAILOVER_LIMIT, "gw1 died");
     pair.wait_roles(["-", "active"], "gw1 died");
     assert_eq!(role(pair.natgw(1)).1, "MASTER");
-    traffic.check_continues("gw1 died", t0, before);
+    traffic.check_continues("gw1 died", t0, moved, before);
     new_flow_is_translated(&pair.tb, CLIENT_UDP_PORT + 1, "gw1 died");
 
     // It comes back as after a reboot: its data path is gone, natgw starts, then
@@ -327,7 +339,7 @@ fn a_dead_active_box_fails_over_and_back() {
         .expect("keepalived in gw1 again");
     let moved = vip_moves(&pair.tb, 0, t1, FAILBACK_LIMIT, "gw1 back (failback)");
     pair.wait_roles(["active", "standby"], "failback");
-    traffic.check_continues("failback after gw1 died", moved, before);
+    traffic.check_continues("failback after gw1 died", t1, moved, before);
     new_flow_is_translated(&pair.tb, CLIENT_UDP_PORT + 2, "failback");
 
     leaks.assert_none("failover and failback of a dead box");
@@ -347,7 +359,7 @@ fn an_active_that_loses_its_wan_link_fails_over_and_back() {
     pair.tb
         .set_link(0, Side::Wan, false)
         .expect("pulling gw1's WAN cable");
-    vip_moves(&pair.tb, 1, t0, FAILOVER_LIMIT, "gw1's WAN link down");
+    let moved = vip_moves(&pair.tb, 1, t0, FAILOVER_LIMIT, "gw1's WAN link down");
     pair.wait_roles(["standby", "active"], "gw1's WAN link down");
     assert_eq!(role(pair.natgw(0)).1, "FAULT", "keepalived tracks wan0");
     let status = pair.natgw(0).status();
@@ -355,7 +367,7 @@ fn an_active_that_loses_its_wan_link_fails_over_and_back() {
         status["ha"]["vip_present"], false,
         "gw1 released the external address"
     );
-    traffic.check_continues("gw1's WAN link down", t0, before);
+    traffic.check_continues("gw1's WAN link down", t0, moved, before);
     new_flow_is_translated(&pair.tb, CLIENT_UDP_PORT + 1, "gw1's WAN link down");
 
     let t1 = Instant::now();
@@ -370,7 +382,7 @@ fn an_active_that_loses_its_wan_link_fails_over_and_back() {
         "gw1's WAN link back (failback)",
     );
     pair.wait_roles(["active", "standby"], "gw1's WAN link back");
-    traffic.check_continues("failback after gw1's WAN link came back", moved, before);
+    traffic.check_continues("failback after gw1's WAN link came back", t1, moved, before);
     new_flow_is_translated(&pair.tb, CLIENT_UDP_PORT + 2, "failback");
 
     leaks.assert_none("failover and failback on a WAN link");

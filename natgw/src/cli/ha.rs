@@ -53,7 +53,8 @@ pub async fn ha_state(args: &HaStateArgs) -> Result<()> {
     let state = args.state().map_err(anyhow::Error::msg)?;
     system::check_privileges()?;
     let dirs = RuntimeDirs::for_current_netns()?;
-    keepalived::write_track(&dirs, state).context("recording the state for natgw")?;
+    keepalived::write_track(&dirs, state, keepalived::Reporter::parent())
+        .context("recording the state for natgw")?;
     let running = dirs
         .read_state::<crate::daemon::state::StateFile>()
         .ok()

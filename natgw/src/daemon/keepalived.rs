@@ -4,7 +4,10 @@
 //! `natgw ha-state STATE`, which records the state in the runtime directory (the
 //! track file, [`TRACK_FILE`]) and tells the running daemon over the control socket.
 //! A natgw that starts later reads the track file, so the order in which keepalived
-//! and natgw start does not matter. MASTER makes natgw the active side; BACKUP,
+//! and natgw start does not matter. The file names the process that reported (the
+//! notify script's parent, keepalived): a state whose reporter is gone (keepalived
+//! was killed, the box crashed) is stale and ignored, so a natgw that starts after a
+//! crash is the standby until keepalived speaks again. MASTER makes natgw the active side; BACKUP,
 //! FAULT and STOP (and DELETED, an instance removed on a reload) the standby.
 //!
 //! The role only says what natgw does with its state (replicate or install it): the
@@ -83,34 +86,86 @@ pub const fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// The process that reported a state: the notify script's parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reporter {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command name (`/proc/PID/comm`), so that a reused pid is not taken for it.
+    pub comm: String,
+}
+
+impl Reporter {
+    /// The parent of this process (keepalived, for a notify script).
+    #[must_use]
+    pub fn parent() -> Option<Self> {
+        let pid = u32::try_from(nix::unistd::getppid().as_raw()).ok()?;
+        Some(Self {
+            pid,
+            comm: comm_of(pid)?,
+        })
+    }
+
+    /// Whether it still runs.
+    #[must_use]
+    pub fn alive(&self) -> bool {
+        comm_of(self.pid).is_some_and(|c| c == self.comm)
+    }
+}
+
+fn comm_of(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
 /// The track file's content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Track {
     /// keepalived's last state.
     pub state: VrrpState,
     /// When it was reported, seconds since the Unix epoch.
     pub unix: u64,
+    /// Who reported it.
+    #[serde(default)]
+    pub reporter: Option<Reporter>,
 }
 
-/// Records `state` in the track file of `dirs`.
+/// Records `state`, reported by `reporter`, in the track file of `dirs`.
 ///
 /// # Errors
 /// When the runtime directory cannot be written (not root).
-pub fn write_track(dirs: &RuntimeDirs, state: VrrpState) -> Result<(), StateError> {
+pub fn write_track(
+    dirs: &RuntimeDirs,
+    state: VrrpState,
+    reporter: Option<Reporter>,
+) -> Result<(), StateError> {
     dirs.write_record(
         TRACK_FILE,
         &Track {
             state,
             unix: crate::datapath::system::unix_time(),
+            reporter,
         },
     )
 }
 
-/// The last state keepalived reported in this network namespace, if any.
+/// The last state keepalived reported in this network namespace, if any and if the
+/// process that reported it still runs.
 #[must_use]
 pub fn read_track(dirs: &RuntimeDirs) -> Option<Track> {
     match dirs.read_record::<Track>(TRACK_FILE) {
-        Ok(t) => t,
+        Ok(Some(t)) if t.reporter.as_ref().is_none_or(Reporter::alive) => Some(t),
+        Ok(Some(t)) => {
+            log::info!(
+                "ha.track_stale state={} reporter={:?}: the keepalived that reported it is \
+                 gone; starting as the standby",
+                t.state,
+                t.reporter
+            );
+            None
+        }
+        Ok(None) => None,
         Err(e) => {
             log::warn!("ha.track_unreadable error=\"{e}\": starting as the standby");
             None
@@ -148,7 +203,7 @@ impl RoleKeeper {
     /// Seeded from the track file's `track` (keepalived spoke before natgw started),
     /// else the standby: natgw never claims to be active unless told.
     #[must_use]
-    pub fn new(track: Option<Track>) -> Self {
+    pub fn new(track: Option<&Track>) -> Self {
         let role = track.map_or(Role::Standby, |t| t.state.role());
         let (sender, _) = tokio::sync::watch::channel(role);
         Self {
@@ -243,10 +298,18 @@ mod tests {
         let tmp = std::env::temp_dir().join(format!("natgw-track-{}", std::process::id()));
         let dirs = RuntimeDirs::new(&tmp.join("pins"), &tmp.join("run"), 7);
         assert_eq!(read_track(&dirs), None);
-        write_track(&dirs, VrrpState::Master).unwrap();
+        write_track(&dirs, VrrpState::Master, Reporter::parent()).unwrap();
         let track = read_track(&dirs).unwrap();
         assert_eq!(track.state, VrrpState::Master);
-        assert_eq!(RoleKeeper::new(Some(track)).role(), Role::Active);
+        assert_eq!(RoleKeeper::new(Some(&track)).role(), Role::Active);
+        // Reported by a process that is gone (a pid no process has, or one whose
+        // name differs): stale.
+        let gone = Reporter {
+            pid: std::process::id(),
+            comm: "keepalived-not-this".into(),
+        };
+        write_track(&dirs, VrrpState::Master, Some(gone)).unwrap();
+        assert_eq!(read_track(&dirs), None);
         std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

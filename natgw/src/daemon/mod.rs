@@ -580,7 +580,7 @@ impl Daemon {
         if self.settings.ha.enabled {
             // After the socket is bound: a state reported from now on arrives there.
             let track = keepalived::read_track(&self.dirs);
-            let keeper = keepalived::RoleKeeper::new(track);
+            let keeper = keepalived::RoleKeeper::new(track.as_ref());
             info!(
                 "ha.role role={} keepalived={} vip_present={}",
                 keepalived::role_name(keeper.role()),

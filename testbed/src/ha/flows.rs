@@ -307,6 +307,21 @@ impl Flow {
         Some(after.duration_since(*before))
     }
 
+    /// The longest silence between consecutive echoes from the last echo at or
+    /// before `from` to the first echo after `until` (`None` while no echo came
+    /// after `until`, or none came before `from`).
+    #[must_use]
+    pub fn longest_silence(&self, from: Instant, until: Instant) -> Option<Duration> {
+        let replies = lock(&self.replies);
+        let start = replies.iter().rposition(|t| *t <= from)?;
+        let end = replies.iter().position(|t| *t > until)?;
+        replies
+            .get(start..=end)?
+            .windows(2)
+            .map(|w| w[1].duration_since(w[0]))
+            .max()
+    }
+
     /// Why the flow ended, if it did (a TCP reset, a closed connection).
     #[must_use]
     pub fn error(&self) -> Option<String> {

@@ -24,9 +24,9 @@
 //! higher priority and preempts: it becomes MASTER whenever it is up, after
 //! [`PREEMPT_DELAY`] when the other one is MASTER.
 //!
-//! What a test can do to a gateway: [`HaTestbed::kill_box`] (a dead box: natgw and
-//! keepalived killed, its links down, so it neither answers nor holds the addresses
-//! for anyone), [`HaTestbed::revive_box`] (it comes back as after a reboot: links up,
+//! What a test can do to a gateway: [`HaTestbed::kill_box`] (a dead box: keepalived
+//! killed, its links down, so it neither answers nor holds the addresses for anyone),
+//! [`HaTestbed::revive_box`] (it comes back as after a reboot: links up,
 //! the virtual addresses it held removed), [`HaTestbed::set_link`] (one cable pulled
 //! at the switch). Namespaces are named `ngw<pid>x<n>-<role>` (roles `client`,
 //! `server`, `lsw`, `wsw`, `gw1`, `gw2`); dropping the [`HaTestbed`] kills the
@@ -108,6 +108,9 @@ pub struct HaGateway {
     /// Its VRRP priority.
     pub priority: u8,
     keepalived: Option<Keepalived>,
+    /// Killed by [`HaTestbed::kill_box`] and not revived: what it holds counts for
+    /// no one.
+    dead: bool,
 }
 
 /// keepalived running in a gateway's namespace, in a process group of its own
@@ -215,6 +218,7 @@ impl HaTestbed {
             wan_addr: HA_GW_WAN_ADDRS[i],
             priority: HA_PRIORITIES[i],
             keepalived: None,
+            dead: false,
         };
         Ok(Self {
             client: host(ns.client, HA_CLIENT_ADDR, HA_LAN_VIP),
@@ -361,10 +365,12 @@ impl HaTestbed {
     /// # Errors
     /// A netlink failure.
     pub fn kill_box(&mut self, i: usize) -> Result<()> {
-        self.set_link(i, Side::Lan, false)?;
-        self.set_link(i, Side::Wan, false)?;
+        // keepalived first: with a cable down first, it would see the link go
+        // (tracked), enter FAULT and release the addresses, as a dying box does not.
         self.kill_keepalived(i);
-        Ok(())
+        self.gateways[i].dead = true;
+        self.set_link(i, Side::Lan, false)?;
+        self.set_link(i, Side::Wan, false)
     }
 
     /// Gateway `i` comes back as after a reboot: the virtual addresses it held are
@@ -381,10 +387,13 @@ impl HaTestbed {
             }
         }
         self.set_link(i, Side::Lan, true)?;
-        self.set_link(i, Side::Wan, true)
+        self.set_link(i, Side::Wan, true)?;
+        self.gateways[i].dead = false;
+        Ok(())
     }
 
-    /// Which gateways hold the external virtual address on their WAN now.
+    /// Which gateways hold the external virtual address on their WAN now (a dead
+    /// box's included: it still has it configured, reaching no one).
     ///
     /// # Errors
     /// When `ip` cannot be run.
@@ -398,16 +407,21 @@ impl HaTestbed {
         Ok(holders)
     }
 
-    /// Waits up to `limit` until gateway `i` alone holds both virtual addresses;
-    /// returns how long it took.
+    /// Waits up to `limit` until gateway `i` holds both virtual addresses and the
+    /// other one, unless it is a dead box, holds neither; returns how long it took.
     ///
     /// # Errors
     /// When it does not happen in time (the keepalived logs are in the message).
     pub fn wait_master(&self, i: usize, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            let lan = has_address(&self.gateways[i].ns, HA_LAN_IF, HA_LAN_VIP)?;
-            if lan && self.wan_vip_holders()? == [i] {
+            let other = &self.gateways[1 - i];
+            let other_holds = !other.dead
+                && (has_address(&other.ns, HA_LAN_IF, HA_LAN_VIP)?
+                    || has_address(&other.ns, HA_WAN_IF, HA_WAN_VIP)?);
+            let holds = has_address(&self.gateways[i].ns, HA_LAN_IF, HA_LAN_VIP)?
+                && has_address(&self.gateways[i].ns, HA_WAN_IF, HA_WAN_VIP)?;
+            if holds && !other_holds {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
@@ -424,8 +438,8 @@ impl HaTestbed {
                 }
                 return Err(Error::os(
                     format!(
-                        "{} did not become the only holder of {HA_LAN_VIP} and {HA_WAN_VIP} \
-                         within {limit:?} (WAN VIP holders: {:?}){logs}",
+                        "{} did not become the only live holder of {HA_LAN_VIP} and \
+                         {HA_WAN_VIP} within {limit:?} (WAN VIP holders: {:?}){logs}",
                         self.gateways[i].name,
                         self.wan_vip_holders()?
                     ),
