@@ -392,6 +392,12 @@ impl HaTestbed {
         Ok(())
     }
 
+    /// Whether gateway `i` is a dead box ([`HaTestbed::kill_box`], not revived).
+    #[must_use]
+    pub fn is_dead(&self, i: usize) -> bool {
+        self.gateways[i].dead
+    }
+
     /// Which gateways hold the external virtual address on their WAN now (a dead
     /// box's included: it still has it configured, reaching no one).
     ///
