@@ -189,63 +189,56 @@ pub struct HaStatus {
     pub vip_present: bool,
 }
 
-/// The role and where it came from, owned by the daemon's loop, which publishes it
-/// to the rest of natgw through a `watch` channel.
+/// What keepalived told natgw, beside the role itself, which the daemon holds in
+/// its `watch::Sender<Role>` (the rest of natgw follows that channel).
 #[derive(Debug)]
-pub struct RoleKeeper {
-    sender: tokio::sync::watch::Sender<Role>,
+pub struct Tracker {
     keepalived: Option<VrrpState>,
     since_unix: u64,
     transitions: u64,
 }
 
-impl RoleKeeper {
+impl Tracker {
     /// Seeded from the track file's `track` (keepalived spoke before natgw started),
-    /// else the standby: natgw never claims to be active unless told.
+    /// which sets `role`; without it `role` stays as it is (the standby: natgw never
+    /// claims to be active unless told).
     #[must_use]
-    pub fn new(track: Option<&Track>) -> Self {
-        let role = track.map_or(Role::Standby, |t| t.state.role());
-        let (sender, _) = tokio::sync::watch::channel(role);
+    pub fn new(track: Option<&Track>, role: &tokio::sync::watch::Sender<Role>) -> Self {
+        if let Some(t) = track {
+            role.send_replace(t.state.role());
+        }
         Self {
-            sender,
             keepalived: track.map(|t| t.state),
             since_unix: crate::datapath::system::unix_time(),
             transitions: 0,
         }
     }
 
-    /// The role now.
-    #[must_use]
-    pub fn role(&self) -> Role {
-        *self.sender.borrow()
-    }
-
-    /// A receiver of every role change.
-    #[must_use]
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Role> {
-        self.sender.subscribe()
-    }
-
-    /// keepalived reported `state`: returns the old role when the role changed.
-    pub fn apply(&mut self, state: VrrpState) -> Option<Role> {
+    /// keepalived reported `state`: sets `role` and returns the old role when it
+    /// changed.
+    pub fn apply(
+        &mut self,
+        state: VrrpState,
+        role: &tokio::sync::watch::Sender<Role>,
+    ) -> Option<Role> {
         self.keepalived = Some(state);
         let new = state.role();
-        let old = self.role();
+        let old = *role.borrow();
         if old == new {
             return None;
         }
-        self.sender.send_replace(new);
+        role.send_replace(new);
         self.since_unix = crate::datapath::system::unix_time();
         self.transitions += 1;
         Some(old)
     }
 
-    /// What `natgw status` shows, `vip_present` telling whether the WAN holds the
-    /// virtual addresses now.
+    /// What `natgw status` shows, with the role `role` and whether the WAN holds the
+    /// virtual addresses now (`vip_present`).
     #[must_use]
-    pub fn status(&self, vip_present: bool) -> HaStatus {
+    pub fn status(&self, role: Role, vip_present: bool) -> HaStatus {
         HaStatus {
-            role: role_name(self.role()).to_owned(),
+            role: role_name(role).to_owned(),
             keepalived: self.keepalived,
             since_unix: self.since_unix,
             transitions: self.transitions,
@@ -277,16 +270,20 @@ mod tests {
 
     #[test]
     fn only_master_makes_natgw_active() {
-        let mut keeper = RoleKeeper::new(None);
-        assert_eq!(keeper.role(), Role::Standby, "standby until told");
-        let mut watch = keeper.subscribe();
-        assert_eq!(keeper.apply(VrrpState::Backup), None);
-        assert_eq!(keeper.apply(VrrpState::Master), Some(Role::Standby));
+        let (role, mut watch) = tokio::sync::watch::channel(Role::Standby);
+        let mut tracker = Tracker::new(None, &role);
+        assert_eq!(
+            *watch.borrow_and_update(),
+            Role::Standby,
+            "standby until told"
+        );
+        assert_eq!(tracker.apply(VrrpState::Backup, &role), None);
+        assert_eq!(tracker.apply(VrrpState::Master, &role), Some(Role::Standby));
         assert_eq!(*watch.borrow_and_update(), Role::Active);
-        assert_eq!(keeper.apply(VrrpState::Master), None, "no change");
-        assert_eq!(keeper.apply(VrrpState::Fault), Some(Role::Active));
+        assert_eq!(tracker.apply(VrrpState::Master, &role), None, "no change");
+        assert_eq!(tracker.apply(VrrpState::Fault, &role), Some(Role::Active));
         assert_eq!(*watch.borrow_and_update(), Role::Standby);
-        let s = keeper.status(false);
+        let s = tracker.status(*role.borrow(), false);
         assert_eq!(
             (s.role.as_str(), s.keepalived, s.transitions),
             ("standby", Some(VrrpState::Fault), 2)
@@ -301,7 +298,9 @@ mod tests {
         write_track(&dirs, VrrpState::Master, Reporter::parent()).unwrap();
         let track = read_track(&dirs).unwrap();
         assert_eq!(track.state, VrrpState::Master);
-        assert_eq!(RoleKeeper::new(Some(&track)).role(), Role::Active);
+        let (role, _) = tokio::sync::watch::channel(Role::Standby);
+        let _ = Tracker::new(Some(&track), &role);
+        assert_eq!(*role.borrow(), Role::Active);
         // Reported by a process that is gone (a pid no process has, or one whose
         // name differs): stale.
         let gone = Reporter {

@@ -231,7 +231,8 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         report: Report::default(),
         reloader,
         orders: None,
-        ha: None,
+        keepalived: None,
+        role: tokio::sync::watch::channel(role::Role::Standby).0,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -535,8 +536,11 @@ struct Daemon {
     report: Report,
     /// What the control socket asks (flushes, monitors coming and going).
     orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
-    /// The active/standby role keepalived gives natgw (`--ha`).
-    ha: Option<keepalived::RoleKeeper>,
+    /// What keepalived reported (`--ha`, `natgw ha-state`).
+    keepalived: Option<keepalived::Tracker>,
+    /// The role in an active/standby pair: the standby until keepalived says
+    /// otherwise.
+    role: tokio::sync::watch::Sender<role::Role>,
 }
 
 /// Why the daemon stops on its own.
@@ -580,14 +584,14 @@ impl Daemon {
         if self.settings.ha.enabled {
             // After the socket is bound: a state reported from now on arrives there.
             let track = keepalived::read_track(&self.dirs);
-            let keeper = keepalived::RoleKeeper::new(track.as_ref());
+            let tracker = keepalived::Tracker::new(track.as_ref(), &self.role);
             info!(
                 "ha.role role={} keepalived={} vip_present={}",
-                keepalived::role_name(keeper.role()),
+                keepalived::role_name(*self.role.borrow()),
                 track.map_or_else(|| "-".to_owned(), |t| t.state.to_string()),
                 self.topology.pool_present()
             );
-            self.ha = Some(keeper);
+            self.keepalived = Some(tracker);
         }
         if let Some(target) = &self.settings.log_allocations {
             // A subscriber of the mapping events before the data path is enabled:
@@ -1333,18 +1337,19 @@ impl Daemon {
 
     fn ha_status(&self) -> Option<keepalived::HaStatus> {
         let present = self.topology.pool_present();
-        self.ha.as_ref().map(|k| k.status(present))
+        let role = *self.role.borrow();
+        self.keepalived.as_ref().map(|k| k.status(role, present))
     }
 
     /// keepalived reported `state` (`natgw ha-state`): the role follows, logged,
     /// shown by `natgw status` and the metrics.
     fn on_keepalived(&mut self, state: keepalived::VrrpState) -> Result<(String, bool), String> {
         let vip_present = self.topology.pool_present();
-        let Some(keeper) = self.ha.as_mut() else {
+        let Some(tracker) = self.keepalived.as_mut() else {
             return Err("natgw runs without --ha: it has no role to change".to_owned());
         };
-        let changed = keeper.apply(state);
-        let role = keepalived::role_name(keeper.role());
+        let changed = tracker.apply(state, &self.role);
+        let role = keepalived::role_name(*self.role.borrow());
         match changed {
             Some(old) => info!(
                 "ha.role_changed from={} to={role} keepalived={state} vip_present={vip_present}",
@@ -1436,9 +1441,7 @@ impl Daemon {
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join(","),
-                    self.ha
-                        .as_ref()
-                        .map_or("-", |k| keepalived::role_name(k.role()))
+                    keepalived::role_name(*self.role.borrow())
                 );
                 self.refresh_state_file();
             }
