@@ -56,14 +56,32 @@ const IFACES: [&str; 4] = ["--wan", "wan0", "--lan", "lan0"];
 /// happened to preserve the same internal port.
 const PORT_RANGE: &str = "20000-29999";
 
-fn natgw_args() -> Vec<String> {
+fn natgw_args_for(i: usize) -> Vec<String> {
+    let key = std::env::temp_dir().join("natgw-failover-scratch.key");
+    if !key.exists() {
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let own = testbed::ha::HA_GW_LAN_ADDRS[i];
+    let peer = testbed::ha::HA_GW_LAN_ADDRS[1 - i];
     vec![
         "--external".into(),
         HA_WAN_VIP.to_string(),
         "--ha".into(),
         "--port-range".into(),
         PORT_RANGE.into(),
+        "--ha-listen".into(),
+        format!("{own}:7780"),
+        "--ha-peer".into(),
+        format!("{peer}:7780"),
+        "--ha-key-file".into(),
+        key.display().to_string(),
     ]
+}
+
+fn natgw_args() -> Vec<String> {
+    natgw_args_for(0)
 }
 
 /// The pair with natgw and keepalived running, GW1 the MASTER.
@@ -75,9 +93,9 @@ struct Pair {
 impl Pair {
     fn start() -> Self {
         let mut tb = HaTestbed::new().expect("building the HA testbed");
-        let args = natgw_args();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let natgw = [0, 1].map(|i| {
+            let args = natgw_args_for(i);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             Some(
                 Natgw::try_start_on(&tb.gateways[i].ns, &IFACES, &args)
                     .unwrap_or_else(|e| panic!("natgw in gw{}: {e}", i + 1)),

@@ -16,10 +16,13 @@
 //! - [`upnp`]: UPnP IGD:1/IGD:2: SSDP discovery and its responder engine, HTTP
 //!   framing, descriptions, SOAP control, GENA, and the IGD engine that maps ports
 //!   through the same [`pcp::table::MappingTable`] as PCP and NAT-PMP.
+//! - [`ha`]: state replication between an active/standby pair: the authenticated
+//!   frame codec, the records, and the sender and receiver engines.
 //! - [`wire`]: byte ranges and big-endian fields, shared by the codecs.
 //! - [`prefix`]: IPv4 prefixes.
 //! - [`util`]: a token bucket and rate limiter, random bytes.
 
+pub mod ha;
 pub mod pcp;
 pub mod prefix;
 pub mod punch;

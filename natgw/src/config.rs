@@ -23,6 +23,8 @@ use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
 use natgw_proto::pcp::policy::{PcpConfig, PolicyError};
 
+pub mod ha;
+
 /// RFC 4787 REQ-5: a UDP mapping MUST NOT expire in less than 2 minutes…
 pub const UDP_TIMEOUT_MIN: u64 = 120;
 /// …and its idle timeout SHOULD be 5 minutes or more; natgw uses 5.
@@ -470,17 +472,6 @@ pub struct MetricsSettings {
     pub allow_wan: bool,
 }
 
-/// Active/standby with keepalived (`[ha]`, `--ha`): the `external` addresses are
-/// virtual addresses keepalived moves between the two gateways, so they may be
-/// absent from the WAN; natgw starts as the standby and learns its role from
-/// keepalived's notify script (`natgw ha-state`). See docs/operations.md#failover.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HaSettings {
-    /// One of an active/standby pair (default: off).
-    pub enabled: bool,
-}
-
 /// Where `natgw run --log-allocations` (`log_allocations` in the file) writes the
 /// allocation log for abuse handling; see docs/operations.md#abuse-handling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -556,14 +547,6 @@ impl<'de> Deserialize<'de> for AllocLogTarget {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(de::Error::custom)
     }
-}
-
-/// The `[ha]` table as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileHa {
-    /// `enabled`.
-    pub enabled: Option<bool>,
 }
 
 /// The `[metrics]` table as written.
@@ -821,8 +804,8 @@ pub struct FileConfig {
     pub metrics: Option<FileMetrics>,
     /// `log_allocations`: the allocation log target.
     pub log_allocations: Option<AllocLogTarget>,
-    /// `[ha]` table.
-    pub ha: Option<FileHa>,
+    /// `[ha]` table: state replication to a standby.
+    pub ha: Option<ha::FileHa>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
 }
@@ -918,6 +901,14 @@ pub struct Overrides {
     pub log_allocations: Option<AllocLogTarget>,
     /// `--ha` (can only turn it on).
     pub ha: bool,
+    /// `--ha-listen`, `--ha-peer`, `--ha-key-file`, `--ha-role`.
+    pub ha_listen: Option<std::net::SocketAddrV4>,
+    /// `--ha-peer`.
+    pub ha_peer: Option<std::net::SocketAddrV4>,
+    /// `--ha-key-file`.
+    pub ha_key_file: Option<PathBuf>,
+    /// `--ha-role`.
+    pub ha_role: Option<ha::HaRoleChoice>,
 }
 
 /// Validated settings of a running gateway.
@@ -974,9 +965,9 @@ pub struct Settings {
     /// The allocation log for abuse handling; `None`: none (default).
     #[serde(default)]
     pub log_allocations: Option<AllocLogTarget>,
-    /// Active/standby with keepalived.
+    /// State replication to a standby (off by default).
     #[serde(default)]
-    pub ha: HaSettings,
+    pub ha: ha::HaSettings,
 }
 
 /// Why the configuration cannot be used.
@@ -1091,6 +1082,9 @@ pub enum ConfigError {
          to serve the counters to the WAN side)"
     )]
     MetricsUnspecified(std::net::SocketAddrV4),
+    /// A `[ha]` setting replication cannot run with.
+    #[error("{0}")]
+    Ha(String),
     /// `upnp.http_port = 0`.
     #[error("upnp.http_port must be a port (1-65535)")]
     UpnpHttpPortZero,
@@ -1128,7 +1122,7 @@ impl ConfigError {
                 "lan"
             }
             Self::TooManyExternal(_) | Self::DuplicateExternal(_) => "external",
-            Self::HaWithoutExternal => "ha.enabled",
+            Self::HaWithoutExternal => "ha.keepalived",
             Self::StunPortZero => "stun.port",
             Self::StunPortsEqual(_) => "stun.alternate_port",
             Self::StunPortForwarded { index, .. } | Self::Forward { index, .. } => {
@@ -1153,6 +1147,7 @@ impl ConfigError {
             },
             Self::AllProtocols => "pcp.allow_all_protocols",
             Self::MetricsPortZero(_) | Self::MetricsUnspecified(_) => "metrics.listen",
+            Self::Ha(_) => "ha",
         };
         Some(key.to_owned())
     }
@@ -1370,9 +1365,6 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
             .log_allocations
             .clone()
             .or_else(|| file.log_allocations.clone()),
-        ha: HaSettings {
-            enabled: flags.ha || file.ha.as_ref().and_then(|h| h.enabled).unwrap_or(false),
-        },
         stun: {
             let f = file.stun.as_ref();
             let defaults = StunSettings::default();
@@ -1386,6 +1378,18 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                     .and_then(|f| f.alternate_port)
                     .unwrap_or(defaults.alternate_port),
             }
+        },
+        ha: {
+            let mut ha = ha::merge(
+                file.ha.as_ref(),
+                flags.ha_listen,
+                flags.ha_peer,
+                flags.ha_key_file.as_ref(),
+                flags.ha_role,
+            );
+            ha.keepalived =
+                flags.ha || file.ha.as_ref().and_then(|h| h.keepalived).unwrap_or(false);
+            ha
         },
         metrics: {
             let f = file.metrics.as_ref();
@@ -1464,7 +1468,7 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
             errors.push(ConfigError::DuplicateExternal(*addr));
         }
     }
-    if s.ha.enabled && s.external.is_empty() {
+    if s.ha.keepalived && s.external.is_empty() {
         errors.push(ConfigError::HaWithoutExternal);
     }
     // Re-checked here because the range may come from code rather than parsing.
@@ -1549,6 +1553,9 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
     }
     if s.upnp.http_port == 0 {
         errors.push(ConfigError::UpnpHttpPortZero);
+    }
+    if let Some(problem) = ha::problem(&s.ha) {
+        errors.push(ConfigError::Ha(problem));
     }
     if let Some(listen) = s.metrics.listen {
         if listen.port() == 0 {
@@ -1937,21 +1944,21 @@ mod tests {
     fn ha_needs_the_virtual_external_addresses() {
         let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
         let (s, _) = resolve(&parse(base).unwrap(), &Overrides::default()).unwrap();
-        assert!(!s.ha.enabled, "off by default");
+        assert!(!s.ha.keepalived, "off by default");
         let err = resolve(
-            &parse(&format!("{base}[ha]\nenabled = true\n")).unwrap(),
+            &parse(&format!("{base}[ha]\nkeepalived = true\n")).unwrap(),
             &Overrides::default(),
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::HaWithoutExternal), "{err}");
-        assert_eq!(err.key().as_deref(), Some("ha.enabled"));
+        assert_eq!(err.key().as_deref(), Some("ha.keepalived"));
         let flags = Overrides {
             ha: true,
             external: vec![Ipv4Addr::new(192, 0, 2, 10)],
             ..Overrides::default()
         };
         let (s, _) = resolve(&parse(base).unwrap(), &flags).unwrap();
-        assert!(s.ha.enabled);
+        assert!(s.ha.keepalived);
     }
 
     #[test]

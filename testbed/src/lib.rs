@@ -51,6 +51,7 @@ mod lifecycle;
 pub mod natgw;
 mod netns;
 pub mod offload;
+pub mod pair;
 mod registry;
 pub mod rtnl;
 pub mod sites;
@@ -65,6 +66,7 @@ pub use natgw::{
 };
 pub use netns::Netns;
 pub use offload::RedirectPeer;
+pub use pair::{Pair, Side as PairSide};
 pub use registry::{cleanup_stale, registered_namespaces, remove_all_registered, NAME_PREFIX};
 pub use rtnl::Rtnl;
 pub use sites::{KernelNat, Site, Sites, SitesOptions};

@@ -120,6 +120,19 @@ pub enum Command {
     /// recorded for a natgw that starts later. Needs root.
     #[command(after_help = ha::AFTER_HELP)]
     HaState(ha::HaStateArgs),
+    /// Change the role of the running natgw in an active/standby pair (state
+    /// replication, `--ha-peer`): `active` translates and sends its NAT state to the
+    /// peer, `standby` installs the peer's. For keepalived's notify scripts and for
+    /// a manual switch-over.
+    HaRole(HaRoleArgs),
+}
+
+/// Arguments of `natgw ha-role`.
+#[derive(Debug, Args)]
+pub struct HaRoleArgs {
+    /// `active` or `standby`.
+    #[arg(value_name = "ROLE")]
+    pub role: crate::config::ha::HaRoleChoice,
 }
 
 const WHO_AFTER_HELP: &str = "\
@@ -198,6 +211,12 @@ Flags override the configuration file, which overrides the defaults. Example fil
     [metrics]                       # Prometheus GET /metrics; off without listen
     listen = \"10.0.1.1:9100\"      # a LAN address or loopback (restart-only)
     allow_wan = false               # true: any address, the WAN's or 0.0.0.0 too
+
+    [ha]                            # state replication to a standby; off without peer
+    listen = \"10.255.0.1:7780\"      # both sides: the same file but for role
+    peer = \"10.255.0.2:7780\"
+    key_file = \"/etc/natgw/ha.key\"  # >= 16 bytes, mode 600
+    role = \"active\"                 # active | standby (restart-only; `natgw ha-role`)
 
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
@@ -396,6 +415,28 @@ pub struct RunArgs {
     /// `log_allocations` in the file, or no log].
     #[arg(long, value_name = "TARGET")]
     pub log_allocations: Option<crate::config::AllocLogTarget>,
+
+    /// Replication: where this natgw accepts its peer's connection while standby
+    /// (an address of the link between the pair) [default: `[ha] listen`].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub ha_listen: Option<std::net::SocketAddrV4>,
+
+    /// Replication: the peer's --ha-listen address, where this natgw sends its NAT
+    /// state while active; connections from any other address are refused. Turns
+    /// replication on [default: `[ha] peer`, or none].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub ha_peer: Option<std::net::SocketAddrV4>,
+
+    /// Replication: the pre-shared key authenticating the channel (at least 16
+    /// bytes, mode 600; the same file on both gateways) [default: `[ha] key_file`].
+    #[arg(long, value_name = "FILE")]
+    pub ha_key_file: Option<std::path::PathBuf>,
+
+    /// Replication: the role at start, `active` (translates and replicates) or
+    /// `standby` (installs the peer's state); `natgw ha-role` changes it at run
+    /// time [default: `[ha] role`, or active].
+    #[arg(long, value_name = "ROLE")]
+    pub ha_role: Option<crate::config::ha::HaRoleChoice>,
 }
 
 impl RunArgs {
@@ -434,6 +475,10 @@ impl RunArgs {
             metrics_allow_wan: self.metrics_allow_wan,
             log_allocations: self.log_allocations.clone(),
             ha: self.ha,
+            ha_listen: self.ha_listen,
+            ha_peer: self.ha_peer,
+            ha_key_file: self.ha_key_file.clone(),
+            ha_role: self.ha_role,
         }
     }
 }
@@ -678,6 +723,7 @@ pub fn main() -> ExitCode {
             Command::CheckConfig(args) => check_config::run(args),
             Command::Who(args) => who::run(args),
             Command::HaState(args) => ha::ha_state(args).await,
+            Command::HaRole(args) => status::set_role(args.role).await,
         }
     });
     match result {

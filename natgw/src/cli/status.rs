@@ -147,7 +147,7 @@ pub async fn monitor(json: bool) -> Result<()> {
                 println!("[LOST] {count} events: this monitor fell behind");
             }
             Reply::Error { message } => bail!("natgw refused: {message}"),
-            Reply::Flushed { .. } | Reply::Role { .. } => {
+            Reply::Flushed { .. } | Reply::RoleSet | Reply::Role { .. } => {
                 bail!("natgw sent something unexpected: {line}")
             }
         }
@@ -155,6 +155,30 @@ pub async fn monitor(json: bool) -> Result<()> {
         std::io::Write::flush(&mut std::io::stdout())?;
     }
     bail!("natgw closed the connection (it stopped)")
+}
+
+/// `natgw ha-role ROLE`: asks the running natgw to take `role`.
+///
+/// # Errors
+/// No natgw running, replication not configured, or the control socket fails.
+pub async fn set_role(role: crate::config::ha::HaRoleChoice) -> Result<()> {
+    let dirs = running_dirs()?;
+    let mut conn = control::connect(&dirs.state_dir, &Request::Role { role }).await?;
+    let line = conn
+        .lines
+        .next_line()
+        .await?
+        .context("natgw closed the connection without an answer")?;
+    match serde_json::from_str::<Reply>(&line)
+        .with_context(|| format!("natgw sent something unexpected: {line}"))?
+    {
+        Reply::RoleSet => {
+            println!("natgw is now {role}");
+            Ok(())
+        }
+        Reply::Error { message } => bail!("natgw refused: {message}"),
+        other => bail!("natgw sent something unexpected: {other:?}"),
+    }
 }
 
 /// `natgw flush`: asks the daemon to delete the mappings `filter` selects.

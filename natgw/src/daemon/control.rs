@@ -61,6 +61,11 @@ pub enum Request {
         /// The new state.
         state: super::keepalived::VrrpState,
     },
+    /// Change the role in an active/standby pair (`natgw ha-role`).
+    Role {
+        /// The new role.
+        role: crate::config::ha::HaRoleChoice,
+    },
 }
 
 /// One line of the daemon's answer.
@@ -76,6 +81,8 @@ pub enum Reply {
         /// How many.
         count: u64,
     },
+    /// The role is changed.
+    RoleSet,
     /// A flush is done.
     Flushed {
         /// Mappings deleted.
@@ -108,6 +115,8 @@ pub enum Order {
         super::keepalived::VrrpState,
         oneshot::Sender<Result<(String, bool), String>>,
     ),
+    /// Change the role (replication), and where the answer goes.
+    Role(super::role::Role, oneshot::Sender<Result<(), String>>),
 }
 
 /// The control socket's counters (controller counters of `natgw status`).
@@ -211,6 +220,27 @@ async fn serve_client(stream: UnixStream, orders: mpsc::Sender<Order>, counters:
             } else {
                 match rx.await {
                     Ok(Ok((role, changed))) => Reply::Role { role, changed },
+                    Ok(Err(message)) => Reply::Error { message },
+                    Err(_) => Reply::Error {
+                        message: "natgw is stopping".to_owned(),
+                    },
+                }
+            };
+            send(&mut write, &reply).await
+        }
+        Ok(Request::Role { role }) => {
+            let role = match role {
+                crate::config::ha::HaRoleChoice::Active => super::role::Role::Active,
+                crate::config::ha::HaRoleChoice::Standby => super::role::Role::Standby,
+            };
+            let (tx, rx) = oneshot::channel();
+            let reply = if orders.send(Order::Role(role, tx)).await.is_err() {
+                Reply::Error {
+                    message: "natgw is stopping".to_owned(),
+                }
+            } else {
+                match rx.await {
+                    Ok(Ok(())) => Reply::RoleSet,
                     Ok(Err(message)) => Reply::Error { message },
                     Err(_) => Reply::Error {
                         message: "natgw is stopping".to_owned(),

@@ -14,8 +14,9 @@
 //! NAT-PMP, explicit mappings), `stun_responder`, [`icmp`] (the ICMP errors the data
 //! path asks for), [`fragments`] (fragments that came before their first one),
 //! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint),
-//! [`notify`] (readiness, reload and stop notifications to systemd), [`keepalived`]
-//! and [`role`] (the active/standby role keepalived gives natgw, `--ha`).
+//! [`notify`] (readiness, reload and stop notifications to systemd), [`replication`]
+//! (NAT state replication to a standby), [`role`] (active or standby) and
+//! [`keepalived`] (the role keepalived gives natgw, `--ha`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +59,7 @@ pub mod keepalived;
 pub mod metrics;
 pub mod notify;
 mod port_mapping;
+pub mod replication;
 pub mod role;
 pub mod state;
 mod stun_responder;
@@ -220,6 +222,7 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         .nat
         .hosts
         .set_rules(host_rules(&settings));
+    let ha = settings.ha.clone();
     let mut daemon = Daemon {
         settings,
         dirs,
@@ -232,7 +235,13 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         reloader,
         orders: None,
         keepalived: None,
-        role: tokio::sync::watch::channel(role::Role::Standby).0,
+        ha: None,
+        role: tokio::sync::watch::channel(if ha.keepalived {
+            role::Role::Standby
+        } else {
+            replication::initial_role(&ha)
+        })
+        .0,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -538,8 +547,9 @@ struct Daemon {
     orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
     /// What keepalived reported (`--ha`, `natgw ha-state`).
     keepalived: Option<keepalived::Tracker>,
-    /// The role in an active/standby pair: the standby until keepalived says
-    /// otherwise.
+    /// State replication to a standby (`[ha]`), when configured.
+    ha: Option<replication::Replication>,
+    /// The role in an active/standby pair (`--ha-role`, `natgw ha-role`).
     role: tokio::sync::watch::Sender<role::Role>,
 }
 
@@ -581,7 +591,7 @@ impl Daemon {
             orders,
             Arc::clone(&self.services.control),
         )?);
-        if self.settings.ha.enabled {
+        if self.settings.ha.keepalived {
             // After the socket is bound: a state reported from now on arrives there.
             let track = keepalived::read_track(&self.dirs);
             let tracker = keepalived::Tracker::new(track.as_ref(), &self.role);
@@ -592,6 +602,14 @@ impl Daemon {
                 self.topology.pool_present()
             );
             self.keepalived = Some(tracker);
+        }
+        if self.settings.ha.enabled() {
+            // Subscribed to the mapping events before CONFIG is written, as the
+            // allocation log below.
+            self.ha = Some(replication::Replication::start(
+                &self.settings.ha,
+                self.role.subscribe(),
+            )?);
         }
         if let Some(target) = &self.settings.log_allocations {
             // A subscriber of the mapping events before the data path is enabled:
@@ -948,7 +966,9 @@ impl Daemon {
                     self.report_counters();
                     self.log_drop_episodes();
                     self.count_lost_mapping_events();
+                    self.replication_tick();
                 }
+                wake = next_replication(&mut self.ha) => self.on_replication(wake),
                 wake = self.services.port_mapping.wake() => self.on_port_mapping(wake).await,
                 Some(order) = next_order(&mut self.orders) => self.on_order(order),
                 _ = tick.tick() => {
@@ -980,6 +1000,10 @@ impl Daemon {
         sweeper: &mut Sweeper,
         gc_failing: &mut bool,
     ) -> Option<tokio::time::Instant> {
+        if self.is_standby() {
+            // The active expires them and replicates the deletions.
+            return None;
+        }
         let now = system::monotonic_ns();
         let started = std::time::Instant::now();
         // A survey is many map syscalls; let the runtime move other tasks (the eBPF
@@ -1133,6 +1157,9 @@ impl Daemon {
             self.datapath.maps().nat.hosts.unheld(),
         );
         counters.extend(self.services.fragments.snapshot());
+        if let Some(ha) = &self.ha {
+            ha.counters(&mut counters);
+        }
         counters.extend(self.services.port_mapping.counters());
         let c = &self.services.control;
         counters.insert(
@@ -1320,6 +1347,15 @@ impl Daemon {
             control::Order::Flush(filter, include_static, reply) => {
                 let _ = reply.send(self.flush(&filter, include_static));
             }
+            control::Order::Role(role, reply) => {
+                let _ = reply.send(if self.ha.is_some() {
+                    self.role.send_replace(role);
+                    self.on_replication(replication::Wake::Flush);
+                    Ok(())
+                } else {
+                    Err("replication is not configured (--ha-peer)".to_owned())
+                });
+            }
             control::Order::Monitors(done) => {
                 let config = self.data_path_config();
                 if let Err(e) = self.datapath.enable(&config) {
@@ -1349,6 +1385,9 @@ impl Daemon {
             return Err("natgw runs without --ha: it has no role to change".to_owned());
         };
         let changed = tracker.apply(state, &self.role);
+        if changed.is_some() && self.ha.is_some() {
+            self.on_replication(replication::Wake::Flush);
+        }
         let role = keepalived::role_name(*self.role.borrow());
         match changed {
             Some(old) => info!(
@@ -1394,6 +1433,9 @@ impl Daemon {
 
     /// Ends the explicit mappings whose lifetime is over.
     fn expire_explicit(&mut self) {
+        if self.is_standby() {
+            return;
+        }
         let nat = &mut self.datapath.maps_mut().nat;
         self.services.port_mapping.expire(nat);
         self.services.port_mapping.write_file(&self.dirs);
@@ -1531,6 +1573,9 @@ impl Daemon {
     /// failed with nothing to fall back on. Never fails: problems are logged and the
     /// rest is still undone.
     async fn teardown(&mut self) {
+        if let Some(ha) = self.ha.as_mut() {
+            ha.stop();
+        }
         let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
         let mappings = self.datapath.mapping_count();
         let undone = self.datapath.teardown(&self.rtnl, &self.dirs).await;
@@ -1555,6 +1600,9 @@ impl Daemon {
     /// STUN) until the next natgw adopts them, or `natgw stop --flush` removes them.
     /// The state file stays: it describes that data path.
     fn stop(&mut self) {
+        if let Some(ha) = self.ha.as_mut() {
+            ha.stop();
+        }
         let _ = std::fs::remove_file(control::socket_path(&self.dirs.state_dir));
         // Nobody reads the mapping events once the controller is gone.
         let maps = self.datapath.maps_mut();
@@ -1578,6 +1626,21 @@ impl Daemon {
                 kept.join(",")
             );
         }
+    }
+}
+
+/// What replication wants next; never without it.
+async fn next_replication(ha: &mut Option<replication::Replication>) -> replication::Wake {
+    match ha {
+        Some(ha) => ha.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    /// Whether this natgw is the standby of a pair.
+    fn is_standby(&self) -> bool {
+        self.ha.is_some() && *self.role.borrow() == role::Role::Standby
     }
 }
 

@@ -701,6 +701,18 @@ impl PortMapping {
         upnp.refresh(now, &OuterView::new(&mut table, upstream, now));
     }
 
+    /// The explicit mappings, for replication to install the active's in.
+    pub(super) fn explicit_mut(&mut self) -> Option<&mut ExplicitMappings<PcpFilters>> {
+        self.explicit.as_mut()
+    }
+
+    /// The explicit mappings as replication sends them.
+    pub(super) fn explicit_entries(&self) -> Vec<ExplicitEntry> {
+        self.explicit
+            .as_ref()
+            .map_or_else(Vec::new, ExplicitMappings::entries)
+    }
+
     /// Stops the UPnP server (its `ssdp:byebye`s go out).
     pub(super) fn stop(&mut self) {
         if let Some(mut upnp) = self.upnp.take() {

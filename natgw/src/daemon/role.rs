@@ -1,4 +1,4 @@
-//! The role of a natgw in an active/standby pair.
+//! The role of this natgw in an active/standby pair.
 
 /// Which side of an active/standby pair this natgw is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

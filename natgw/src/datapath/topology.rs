@@ -86,7 +86,7 @@ impl Topology {
             &wan.name,
             &wan.ipv4,
             &lan_prefixes,
-            settings.ha.enabled,
+            settings.ha.keepalived,
         )?;
         let external = pool[0];
         let pool = pool.iter().map(Ipv4Prefix::addr).collect();
@@ -114,7 +114,7 @@ impl Topology {
             attached: Vec::new(),
             external,
             pool,
-            virtual_pool: settings.ha.enabled,
+            virtual_pool: settings.ha.keepalived,
         };
         topology.set_attached(all);
         Ok(topology)

@@ -7,6 +7,7 @@
 //! - [`upnp`]: the UPnP IGD server (SSDP, HTTP, GENA) on the LAN interfaces.
 //! - [`replies`], [`neighbours`]: how their replies leave — never waiting, never
 //!   queued behind the resolution of a spoofed source.
+//! - [`replication`]: the HA state replication channel on TCP (active/standby).
 //! - [`frames`]: reading STUN and punch messages from a TCP stream.
 //! - [`http`]: what the HTTP servers share (limits, request reading); [`metrics`]:
 //!   the Prometheus endpoint, and [`exposition`], the text format it serves.
@@ -20,6 +21,7 @@ pub mod neighbours;
 pub mod pcp;
 pub mod pcp_upstream;
 pub mod rendezvous;
+pub mod replication;
 pub mod replies;
 pub mod stun;
 pub mod turn;

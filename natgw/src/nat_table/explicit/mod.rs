@@ -37,10 +37,12 @@ mod address_change;
 mod filters;
 mod install;
 mod peer;
+mod replica;
 mod table;
 #[cfg(test)]
 mod tests;
 
+pub use replica::protocol_named;
 pub use table::Table;
 
 use filters::{check_filters, filter_mode};
