@@ -59,9 +59,9 @@ const PORT_RANGE: &str = "20000-29999";
 fn natgw_args_for(i: usize) -> Vec<String> {
     let key = std::env::temp_dir().join("natgw-failover-scratch.key");
     if !key.exists() {
-        std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef").expect("key file");
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("key mode");
     }
     let own = testbed::ha::HA_GW_LAN_ADDRS[i];
     let peer = testbed::ha::HA_GW_LAN_ADDRS[1 - i];

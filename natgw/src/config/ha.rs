@@ -210,6 +210,7 @@ mod tests {
             peer: Some("10.255.0.2:7780".parse().unwrap()),
             key_file: Some(good.clone()),
             role: HaRoleChoice::Standby,
+            keepalived: false,
         };
         assert_eq!(problem(&ha), None);
         assert_eq!(read_key(&good).unwrap(), b"0123456789abcdef0123");
@@ -236,6 +237,7 @@ mod tests {
             peer: Some("10.255.0.2:7780".parse().unwrap()),
             key_file: Some("/etc/natgw/ha.key".into()),
             role: Some(HaRoleChoice::Standby),
+            keepalived: None,
         };
         let ha = merge(Some(&file), None, None, None, Some(HaRoleChoice::Active));
         assert_eq!(ha.role, HaRoleChoice::Active);
