@@ -899,6 +899,8 @@ pub struct Overrides {
     pub metrics_allow_wan: bool,
     /// `--log-allocations`.
     pub log_allocations: Option<AllocLogTarget>,
+    /// `--ha` (can only turn it on).
+    pub ha: bool,
     /// `--ha-listen`, `--ha-peer`, `--ha-key-file`, `--ha-role`.
     pub ha_listen: Option<std::net::SocketAddrV4>,
     /// `--ha-peer`.
@@ -1016,6 +1018,12 @@ pub enum ConfigError {
     /// An external address given twice.
     #[error("external address {0} is listed twice")]
     DuplicateExternal(Ipv4Addr),
+    /// `[ha]` without the virtual external addresses.
+    #[error(
+        "--ha needs the virtual external addresses keepalived moves: pass --external ADDR \
+         (or set `external = [...]` in the config file)"
+    )]
+    HaWithoutExternal,
     /// A STUN port of 0.
     #[error("the STUN ports must be 1-65535 (`--stun-port`, `[stun] port`, `alternate_port`)")]
     StunPortZero,
@@ -1114,6 +1122,7 @@ impl ConfigError {
                 "lan"
             }
             Self::TooManyExternal(_) | Self::DuplicateExternal(_) => "external",
+            Self::HaWithoutExternal => "ha.keepalived",
             Self::StunPortZero => "stun.port",
             Self::StunPortsEqual(_) => "stun.alternate_port",
             Self::StunPortForwarded { index, .. } | Self::Forward { index, .. } => {
@@ -1370,13 +1379,18 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                     .unwrap_or(defaults.alternate_port),
             }
         },
-        ha: ha::merge(
-            file.ha.as_ref(),
-            flags.ha_listen,
-            flags.ha_peer,
-            flags.ha_key_file.as_ref(),
-            flags.ha_role,
-        ),
+        ha: {
+            let mut ha = ha::merge(
+                file.ha.as_ref(),
+                flags.ha_listen,
+                flags.ha_peer,
+                flags.ha_key_file.as_ref(),
+                flags.ha_role,
+            );
+            ha.keepalived =
+                flags.ha || file.ha.as_ref().and_then(|h| h.keepalived).unwrap_or(false);
+            ha
+        },
         metrics: {
             let f = file.metrics.as_ref();
             MetricsSettings {
@@ -1453,6 +1467,9 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
         if s.external[..i].contains(addr) {
             errors.push(ConfigError::DuplicateExternal(*addr));
         }
+    }
+    if s.ha.keepalived && s.external.is_empty() {
+        errors.push(ConfigError::HaWithoutExternal);
     }
     // Re-checked here because the range may come from code rather than parsing.
     if let Err(e) = PortRange::new(s.port_range.min, s.port_range.max) {
@@ -1921,6 +1938,27 @@ mod tests {
             err.contains("line 3") && err.contains("file:/PATH"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn ha_needs_the_virtual_external_addresses() {
+        let base = "wan = \"eth0\"\nlan = [\"eth1\"]\n";
+        let (s, _) = resolve(&parse(base).unwrap(), &Overrides::default()).unwrap();
+        assert!(!s.ha.keepalived, "off by default");
+        let err = resolve(
+            &parse(&format!("{base}[ha]\nkeepalived = true\n")).unwrap(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::HaWithoutExternal), "{err}");
+        assert_eq!(err.key().as_deref(), Some("ha.keepalived"));
+        let flags = Overrides {
+            ha: true,
+            external: vec![Ipv4Addr::new(192, 0, 2, 10)],
+            ..Overrides::default()
+        };
+        let (s, _) = resolve(&parse(base).unwrap(), &flags).unwrap();
+        assert!(s.ha.keepalived);
     }
 
     #[test]

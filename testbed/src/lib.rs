@@ -19,7 +19,9 @@
 //!
 //! A second topology, for hole punching between sites, is [`Sites`] (module [`sites`]):
 //! two LANs behind their own gateways, a third behind the kernel's NAT, and a
-//! rendezvous host, joined by an internet router.
+//! rendezvous host, joined by an internet router. A third, for failover, is
+//! [`HaTestbed`] (module [`ha`]): two gateways on one LAN and one WAN segment with
+//! keepalived moving the virtual addresses between them.
 //!
 //! Interfaces keep their default settings (checksum offloads stay on, GRO off) and
 //! nothing is attached to them, so the gateway's veths accept no XDP redirects and natgw
@@ -44,6 +46,7 @@
 
 pub mod chain;
 mod error;
+pub mod ha;
 mod lifecycle;
 pub mod natgw;
 mod netns;
@@ -56,6 +59,7 @@ mod topology;
 
 pub use chain::Chain;
 pub use error::{Error, Result};
+pub use ha::{HaTestbed, Side};
 pub use lifecycle::NETNS_DIR;
 pub use natgw::{
     natgw_bin, require_root, Natgw, NatgwBuilder, NatgwError, NATGW_BIN_ENV, NATGW_DEB_ENV,

@@ -173,6 +173,15 @@ impl Rtnl {
             .map_err(|e| Error::netlink(format!("setting {ifname} up in {}", self.ns_name), e))
     }
 
+    /// Sets interface `ifname` administratively down (its veth peer loses carrier).
+    pub fn set_down(&self, ifname: &str) -> Result<()> {
+        let index = self.link_index(ifname)?;
+        let message = LinkUnspec::new_with_index(index).down().build();
+        self.runtime
+            .block_on(self.handle.link().set(message).execute())
+            .map_err(|e| Error::netlink(format!("setting {ifname} down in {}", self.ns_name), e))
+    }
+
     /// Adds `addr/prefix_len` to interface `ifname`.
     pub fn add_ipv4(&self, ifname: &str, addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
         let index = self.link_index(ifname)?;

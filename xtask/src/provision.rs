@@ -109,6 +109,12 @@ const TEST_PACKAGES: &[Package] = &[
               relay tests (tests/turn.rs); its turnserver daemon stays off (Debian ships \
               /etc/default/coturn with TURNSERVER_ENABLED commented out)",
     },
+    Package {
+        name: "keepalived",
+        why: "VRRP, which moves the virtual addresses between the two gateways of the \
+              failover tests (tests/failover.rs) and `cargo xtask run --ha`; its service \
+              stays off (it starts only with an /etc/keepalived/keepalived.conf)",
+    },
 ];
 
 /// A PyPI package the integration tests use, pinned, installed with pip into the
@@ -639,8 +645,9 @@ fn apt_install(packages: &[&Package]) -> Result<()> {
 /// Packages installed without their recommendations: `prometheus` recommends
 /// `prometheus-node-exporter`, a daemon the tests do not want started; only
 /// `promtool` is used. `coturn`: the tests use its client tools and the bench runs
-/// `turnserver` itself, so nothing it might recommend is wanted.
-const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "coturn"];
+/// `turnserver` itself, so nothing it might recommend is wanted. `keepalived`: the
+/// tests run it in their namespaces; its recommended ipvsadm is not used.
+const WITHOUT_RECOMMENDS: &[&str] = &["prometheus", "coturn", "keepalived"];
 
 fn install_bpf_linker() -> Result<()> {
     eprintln!(

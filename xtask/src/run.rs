@@ -15,6 +15,8 @@
 //! - [`demo`]: the UDP and TCP exchanges and their tables.
 //! - [`fast_path`]: the second part, with GRO on the veths' peers: XDP against TC
 //!   from natgw's counters.
+//! - [`ha`]: `--ha`, instead of all of the above: a live failover and failback on a
+//!   two-gateway testbed with keepalived.
 //! - [`punch`]: hole punching between two sites (a second testbed) and its table.
 //! - [`stun`]: NAT behaviour discovery with `natgw stun probe`.
 
@@ -39,6 +41,7 @@ macro_rules! esay {
 mod daemon;
 mod demo;
 mod fast_path;
+mod ha;
 mod punch;
 mod stun;
 
@@ -85,6 +88,17 @@ pub struct Args {
     )]
     interval: u64,
 
+    /// Instead of the demonstration: a live failover on a testbed of two gateways
+    /// with keepalived (VRRP) moving the LAN gateway address and the external address
+    /// between them. A UDP flow and a TCP connection run while the active gateway
+    /// dies and comes back; a line every 0.25 s shows who holds the addresses, each
+    /// natgw's role, the echoes and the external endpoints. About a minute; then
+    /// everything is removed. Arguments after `--` go to both gateways' `natgw run`,
+    /// with `{own}` and `{peer}` replaced by the gateway's and the other one's LAN
+    /// address (e.g. `-- --ha-listen {own}:7780 --ha-peer {peer}:7780 ...`).
+    #[arg(long, conflicts_with_all = ["no_punch", "no_live", "interval"])]
+    ha: bool,
+
     /// Use this natgw binary instead of provisioning and building one.
     #[arg(long, value_name = "PATH", conflicts_with = "ebpf_toolchain")]
     natgw: Option<PathBuf>,
@@ -106,6 +120,10 @@ pub fn run(args: &Args) -> Result<()> {
     // clients: the tests' tools.
     let natgw_bin = build::natgw_for_testbed(args.natgw.as_deref(), &args.build)?;
 
+    if args.ha {
+        signals::install(&signals::RUN)?;
+        return ha::run(&natgw_bin, &args.natgw_args);
+    }
     println!("{}", topology());
     // Before the testbed starts any thread, so that every thread inherits the mask.
     signals::install(&signals::RUN)?;

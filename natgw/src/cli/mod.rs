@@ -11,6 +11,7 @@ use crate::config::{
 };
 
 pub mod check_config;
+pub mod ha;
 pub mod output;
 pub mod pcp;
 pub mod punch;
@@ -113,6 +114,12 @@ pub enum Command {
     /// tools.
     #[command(after_help = WHO_AFTER_HELP)]
     Who(who::WhoArgs),
+    /// Report keepalived's VRRP state to the natgw running in this network
+    /// namespace (`natgw run --ha`): MASTER makes it the active side, BACKUP, FAULT
+    /// and STOP the standby. Meant for keepalived's notify scripts; the state is also
+    /// recorded for a natgw that starts later. Needs root.
+    #[command(after_help = ha::AFTER_HELP)]
+    HaState(ha::HaStateArgs),
     /// Change the role of the running natgw in an active/standby pair (state
     /// replication, `--ha-peer`): `active` translates and sends its NAT state to the
     /// peer, `standby` installs the peer's. For keepalived's notify scripts and for
@@ -393,6 +400,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub metrics_allow_wan: bool,
 
+    /// One of an active/standby pair managed by keepalived: the --external
+    /// addresses are its virtual addresses, which may be absent from the WAN (on the
+    /// standby); natgw starts as the standby and takes its role from keepalived's
+    /// notify script (`natgw ha-state`). See docs/operations.md#failover.
+    #[arg(long)]
+    pub ha: bool,
+
     /// Log every mapping's start and end for abuse handling (RFC 6888 REQ-12): time,
     /// protocol, internal endpoint, external address and port range, never a
     /// destination. TARGET is `file:/PATH` (text lines), `json:/PATH` (JSON lines),
@@ -460,6 +474,7 @@ impl RunArgs {
             metrics: self.metrics,
             metrics_allow_wan: self.metrics_allow_wan,
             log_allocations: self.log_allocations.clone(),
+            ha: self.ha,
             ha_listen: self.ha_listen,
             ha_peer: self.ha_peer,
             ha_key_file: self.ha_key_file.clone(),
@@ -707,6 +722,7 @@ pub fn main() -> ExitCode {
             Command::Rendezvous(args) => punch::rendezvous(args).await,
             Command::CheckConfig(args) => check_config::run(args),
             Command::Who(args) => who::run(args),
+            Command::HaState(args) => ha::ha_state(args).await,
             Command::HaRole(args) => status::set_role(args.role).await,
         }
     });

@@ -145,6 +145,9 @@ pub struct StatusReport {
     /// Freed external ports held from other hosts now (RFC 6888 REQ-8).
     #[serde(default)]
     pub held_ports: usize,
+    /// The active/standby role (`--ha`).
+    #[serde(default)]
+    pub ha: Option<crate::daemon::keepalived::HaStatus>,
 }
 
 /// TCP flag letters in a fixed order, `-` for none.
@@ -516,6 +519,22 @@ pub fn status_text(s: &StatusReport) -> String {
             s.external_address, s.config.wan
         );
     }
+    if let Some(ha) = &s.ha {
+        let _ = writeln!(
+            out,
+            "ha role {} (keepalived {}, {} role change{} since start); virtual addresses {}",
+            ha.role,
+            ha.keepalived
+                .map_or_else(|| "not heard from yet".to_owned(), |k| k.to_string()),
+            ha.transitions,
+            if ha.transitions == 1 { "" } else { "s" },
+            if ha.vip_present {
+                "held here"
+            } else {
+                "held elsewhere"
+            }
+        );
+    }
     out.push('\n');
     let rows: Vec<Vec<String>> = s
         .interfaces
@@ -795,7 +814,29 @@ mod tests {
             mappings: 2,
             max_mappings: 65536,
             held_ports: 4,
+            ha: None,
         }
+    }
+
+    #[test]
+    fn status_text_shows_the_ha_role() {
+        let mut s = status();
+        assert!(!status_text(&s).contains("ha role"));
+        s.ha = Some(crate::daemon::keepalived::HaStatus {
+            role: "standby".into(),
+            keepalived: Some(crate::daemon::keepalived::VrrpState::Backup),
+            since_unix: 0,
+            transitions: 1,
+            vip_present: false,
+        });
+        let text = status_text(&s);
+        assert!(
+            text.contains(
+                "ha role standby (keepalived BACKUP, 1 role change since start); virtual \
+                 addresses held elsewhere"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

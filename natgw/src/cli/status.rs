@@ -71,6 +71,7 @@ pub fn status(json: bool) -> Result<()> {
             .collect(),
         controller_counters: state.controller_counters.clone(),
         stun: state.stun.clone(),
+        ha: state.ha.clone(),
         mappings: maps.mapping_count()?,
         max_mappings: maps.max_mappings()?,
         held_ports: maps.held_ports(
@@ -146,7 +147,7 @@ pub async fn monitor(json: bool) -> Result<()> {
                 println!("[LOST] {count} events: this monitor fell behind");
             }
             Reply::Error { message } => bail!("natgw refused: {message}"),
-            Reply::Flushed { .. } | Reply::RoleSet => {
+            Reply::Flushed { .. } | Reply::RoleSet | Reply::Role { .. } => {
                 bail!("natgw sent something unexpected: {line}")
             }
         }

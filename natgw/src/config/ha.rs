@@ -56,6 +56,8 @@ pub struct HaSettings {
     pub key_file: Option<PathBuf>,
     /// The role at start.
     pub role: HaRoleChoice,
+    /// keepalived moves the external addresses and sets the role (`--ha`).
+    pub keepalived: bool,
 }
 
 impl HaSettings {
@@ -78,6 +80,8 @@ pub struct FileHa {
     pub key_file: Option<PathBuf>,
     /// `role`.
     pub role: Option<HaRoleChoice>,
+    /// `keepalived`.
+    pub keepalived: Option<bool>,
 }
 
 /// The flags over the file.
@@ -98,6 +102,7 @@ pub fn merge(
         role: role
             .or_else(|| file.and_then(|f| f.role))
             .unwrap_or_default(),
+        keepalived: false,
     }
 }
 
@@ -218,6 +223,7 @@ mod tests {
             peer: Some("10.255.0.2:7780".parse().unwrap()),
             key_file: Some(good.clone()),
             role: HaRoleChoice::Standby,
+            keepalived: false,
         };
         assert_eq!(problem(&ha), None);
         assert_eq!(read_key(&good).unwrap(), b"0123456789abcdef0123");
@@ -244,6 +250,7 @@ mod tests {
             peer: Some("10.255.0.2:7780".parse().unwrap()),
             key_file: Some("/etc/natgw/ha.key".into()),
             role: Some(HaRoleChoice::Standby),
+            keepalived: None,
         };
         let ha = merge(Some(&file), None, None, None, Some(HaRoleChoice::Active));
         assert_eq!(ha.role, HaRoleChoice::Active);

@@ -1,6 +1,7 @@
 //! The daemon's control socket, `/run/natgw/net-<netns inode>/control.sock` (root
 //! only): `natgw monitor` subscribes to the mapping events there and `natgw flush`
-//! asks the daemon to delete mappings.
+//! asks the daemon to delete mappings; `natgw ha-state` (keepalived's notify
+//! script) reports the VRRP state that sets the role (`--ha`).
 //!
 //! One JSON [`Request`] line per connection; the daemon answers with JSON [`Reply`]
 //! lines — a stream of events for a monitor, one line for a flush. A monitor's
@@ -55,6 +56,11 @@ pub enum Request {
         /// Static forwards too.
         include_static: bool,
     },
+    /// keepalived's VRRP state changed (`natgw ha-state`).
+    HaState {
+        /// The new state.
+        state: super::keepalived::VrrpState,
+    },
     /// Change the role in an active/standby pair (`natgw ha-role`).
     Role {
         /// The new role.
@@ -82,6 +88,13 @@ pub enum Reply {
         /// Mappings deleted.
         deleted: usize,
     },
+    /// The role after an `HaState` request.
+    Role {
+        /// `active` or `standby`.
+        role: String,
+        /// Whether the request changed it.
+        changed: bool,
+    },
     /// The request was refused or failed.
     Error {
         /// Why.
@@ -97,6 +110,11 @@ pub enum Order {
     /// The number of monitors changed: turn the data path's mapping events on (any)
     /// or off (none); say when done, if asked.
     Monitors(Option<oneshot::Sender<()>>),
+    /// keepalived's state, and where the resulting role goes.
+    HaState(
+        super::keepalived::VrrpState,
+        oneshot::Sender<Result<(String, bool), String>>,
+    ),
     /// Change the role (replication), and where the answer goes.
     Role(super::role::Role, oneshot::Sender<Result<(), String>>),
 }
@@ -193,6 +211,23 @@ async fn serve_client(stream: UnixStream, orders: mpsc::Sender<Order>, counters:
             send(&mut write, &reply).await
         }
         Ok(Request::Monitor) => monitor(&mut reader, &mut write, &orders, &counters).await,
+        Ok(Request::HaState { state }) => {
+            let (tx, rx) = oneshot::channel();
+            let reply = if orders.send(Order::HaState(state, tx)).await.is_err() {
+                Reply::Error {
+                    message: "natgw is stopping".to_owned(),
+                }
+            } else {
+                match rx.await {
+                    Ok(Ok((role, changed))) => Reply::Role { role, changed },
+                    Ok(Err(message)) => Reply::Error { message },
+                    Err(_) => Reply::Error {
+                        message: "natgw is stopping".to_owned(),
+                    },
+                }
+            };
+            send(&mut write, &reply).await
+        }
         Ok(Request::Role { role }) => {
             let role = match role {
                 crate::config::ha::HaRoleChoice::Active => super::role::Role::Active,
@@ -367,6 +402,13 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Reply::Flushed { deleted: 3 }).unwrap(),
             r#"{"flushed":{"deleted":3}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::HaState {
+                state: super::super::keepalived::VrrpState::Master
+            })
+            .unwrap(),
+            r#"{"ha_state":{"state":"MASTER"}}"#
         );
     }
 }

@@ -82,6 +82,8 @@ pub struct Published {
     pub gc_probes: u64,
     /// When the controller started, seconds since the Unix epoch.
     pub started_unix: u64,
+    /// The active/standby role (`--ha`).
+    pub ha: Option<super::keepalived::HaStatus>,
 }
 
 impl Default for Published {
@@ -102,6 +104,7 @@ impl Default for Published {
             gc_surveys: [0; SurveyReason::ALL.len()],
             gc_probes: 0,
             started_unix: 0,
+            ha: None,
         }
     }
 }
@@ -336,6 +339,22 @@ pub fn render(
         "Sessions (remote endpoints of mappings), at the last GC pass.",
     )
     .int(&[], p.census.sessions);
+    if let Some(ha) = &p.ha {
+        let mut role = doc.family(
+            "natgw_ha_role",
+            Kind::Gauge,
+            "1 for the role keepalived gave this natgw (--ha), 0 for the other.",
+        );
+        for name in ["active", "standby"] {
+            role.int(&[("role", name)], u64::from(ha.role == name));
+        }
+        doc.family(
+            "natgw_ha_role_changes_total",
+            Kind::Counter,
+            "Role changes since natgw started.",
+        )
+        .int(&[], ha.transitions);
+    }
 
     let mut addresses: Vec<Ipv4Addr> = p.pool.clone();
     for (addr, _) in p.census.ports.keys() {

@@ -15,7 +15,8 @@
 //! path asks for), [`fragments`] (fragments that came before their first one),
 //! [`episodes`] (logging drop episodes), [`metrics`] (the Prometheus endpoint),
 //! [`notify`] (readiness, reload and stop notifications to systemd), [`replication`]
-//! (NAT state replication to a standby) and [`role`] (active or standby).
+//! (NAT state replication to a standby), [`role`] (active or standby) and
+//! [`keepalived`] (the role keepalived gives natgw, `--ha`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub mod control;
 pub mod episodes;
 pub mod fragments;
 pub mod icmp;
+pub mod keepalived;
 pub mod metrics;
 pub mod notify;
 mod port_mapping;
@@ -232,8 +234,14 @@ pub async fn run(settings: Settings, reloader: Reloader) -> Result<()> {
         report: Report::default(),
         reloader,
         orders: None,
+        keepalived: None,
         ha: None,
-        role: tokio::sync::watch::channel(replication::initial_role(&ha)).0,
+        role: tokio::sync::watch::channel(if ha.keepalived {
+            role::Role::Standby
+        } else {
+            replication::initial_role(&ha)
+        })
+        .0,
     };
     if let Err(e) = daemon.deploy(previous.clsact(), adopt) {
         if adopt {
@@ -537,6 +545,8 @@ struct Daemon {
     report: Report,
     /// What the control socket asks (flushes, monitors coming and going).
     orders: Option<tokio::sync::mpsc::Receiver<control::Order>>,
+    /// What keepalived reported (`--ha`, `natgw ha-state`).
+    keepalived: Option<keepalived::Tracker>,
     /// State replication to a standby (`[ha]`), when configured.
     ha: Option<replication::Replication>,
     /// The role in an active/standby pair (`--ha-role`, `natgw ha-role`).
@@ -581,6 +591,18 @@ impl Daemon {
             orders,
             Arc::clone(&self.services.control),
         )?);
+        if self.settings.ha.keepalived {
+            // After the socket is bound: a state reported from now on arrives there.
+            let track = keepalived::read_track(&self.dirs);
+            let tracker = keepalived::Tracker::new(track.as_ref(), &self.role);
+            info!(
+                "ha.role role={} keepalived={} vip_present={}",
+                keepalived::role_name(*self.role.borrow()),
+                track.map_or_else(|| "-".to_owned(), |t| t.state.to_string()),
+                self.topology.pool_present()
+            );
+            self.keepalived = Some(tracker);
+        }
         if self.settings.ha.enabled() {
             // Subscribed to the mapping events before CONFIG is written, as the
             // allocation log below.
@@ -685,6 +707,7 @@ impl Daemon {
             .unwrap_or_default();
         p.pool.clone_from(&self.topology.pool);
         p.ports_per_address = self.settings.port_range.len();
+        p.ha = self.ha_status();
     }
 
     /// One line for the service manager's status: `translating lan0,lan1 to
@@ -735,7 +758,9 @@ impl Daemon {
     /// checks and the explicit mappings' idea of the internal hosts up to date.
     async fn refresh_addresses(&mut self) {
         match self.rtnl.all_ipv4().await {
-            Ok(all) => self.topology.attached = all.into_iter().map(|(_, p)| p).collect(),
+            Ok(all) => self
+                .topology
+                .set_attached(all.into_iter().map(|(_, p)| p).collect()),
             Err(e) => {
                 warn!("addresses.unreadable error=\"{e}\": the source checks keep the old ones");
                 return;
@@ -799,6 +824,7 @@ impl Daemon {
             settings: self.settings.clone(),
             controller_counters: self.controller_counters(),
             stun: self.services.stun.as_ref().map(StunResponder::state),
+            ha: self.ha_status(),
         })
     }
 
@@ -1348,7 +1374,43 @@ impl Daemon {
                     let _ = done.send(());
                 }
             }
+            control::Order::HaState(state, reply) => {
+                let _ = reply.send(self.on_keepalived(state));
+            }
         }
+    }
+
+    fn ha_status(&self) -> Option<keepalived::HaStatus> {
+        let present = self.topology.pool_present();
+        let role = *self.role.borrow();
+        self.keepalived.as_ref().map(|k| k.status(role, present))
+    }
+
+    /// keepalived reported `state` (`natgw ha-state`): the role follows, logged,
+    /// shown by `natgw status` and the metrics.
+    fn on_keepalived(&mut self, state: keepalived::VrrpState) -> Result<(String, bool), String> {
+        let vip_present = self.topology.pool_present();
+        let Some(tracker) = self.keepalived.as_mut() else {
+            return Err("natgw runs without --ha: it has no role to change".to_owned());
+        };
+        let changed = tracker.apply(state, &self.role);
+        if changed.is_some() && self.ha.is_some() {
+            self.on_replication(replication::Wake::Flush);
+        }
+        let role = keepalived::role_name(*self.role.borrow());
+        match changed {
+            Some(old) => info!(
+                "ha.role_changed from={} to={role} keepalived={state} vip_present={vip_present}",
+                keepalived::role_name(old)
+            ),
+            None => info!("ha.keepalived state={state} role={role} (unchanged)"),
+        }
+        self.refresh_state_file();
+        if let Some(m) = &self.services.metrics {
+            let status = self.ha_status();
+            m.publish(|p| p.ha = status);
+        }
+        Ok((role.to_owned(), changed.is_some()))
     }
 
     /// `natgw flush`: deletes the explicit mappings (through their engines' table,
@@ -1414,7 +1476,28 @@ impl Daemon {
                 return;
             }
         };
+        let had_pool = self.topology.pool_present();
         self.topology.wan.ipv4.clone_from(&link.ipv4);
+        if self.topology.virtual_pool {
+            // keepalived moved the virtual addresses: the data path translates to them
+            // either way; only what answers for them changed.
+            let has_pool = self.topology.pool_present();
+            if has_pool != had_pool {
+                info!(
+                    "ha.vip_{} iface={wan} addresses={} role={}",
+                    if has_pool { "present" } else { "absent" },
+                    self.topology
+                        .pool
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    keepalived::role_name(*self.role.borrow())
+                );
+                self.refresh_state_file();
+            }
+            return;
+        }
         if !self.settings.external.is_empty() {
             let gone: Vec<String> = self
                 .topology

@@ -84,6 +84,9 @@ pub struct StateFile {
     /// The STUN responder on the external address, when it runs.
     #[serde(default)]
     pub stun: Option<StunState>,
+    /// The active/standby role (`--ha`).
+    #[serde(default)]
+    pub ha: Option<super::keepalived::HaStatus>,
 }
 
 /// The daemon's STUN responder, for `natgw status`.
@@ -159,6 +162,7 @@ mod tests {
                 not_listening: None,
                 counters: BTreeMap::from([("success".to_owned(), 2)]),
             }),
+            ha: None,
         }
     }
 

@@ -111,16 +111,28 @@ fn next_step(settings: &StunSettings, serving: Option<&Config>, pool: &[Ipv4Addr
     }
 }
 
-/// Binds `addr` now (the daemon is set up synchronously).
+/// Binds `addr` now (the daemon is set up synchronously). With IP_FREEBIND: with
+/// `--ha` the external addresses are keepalived's and absent on the standby; the
+/// socket holds its port there now and answers once keepalived adds the address.
+/// (Without `--ha` every pool address is on the WAN, checked at start.)
 fn bind_one(addr: SocketAddrV4) -> Result<std::net::UdpSocket> {
-    std::net::UdpSocket::bind(addr)
-        .and_then(|s| s.set_nonblocking(true).map(|()| s))
-        .with_context(|| {
-            format!(
-                "binding the STUN responder on UDP {addr} (another STUN server on the \
+    let bind = || -> std::io::Result<std::net::UdpSocket> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_freebind(true)?;
+        socket.bind(&addr.into())?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    bind().with_context(|| {
+        format!(
+            "binding the STUN responder on UDP {addr} (another STUN server on the \
                  gateway? pass --stun-port PORT, or --no-stun)"
-            )
-        })
+        )
+    })
 }
 
 /// The sockets for `config`: the ones in `held` for addresses it keeps, new ones for

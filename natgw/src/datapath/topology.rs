@@ -45,6 +45,9 @@ pub struct Topology {
     pub external: Ipv4Prefix,
     /// The external address pool, `external` first (RFC 4787 REQ-2).
     pub pool: Vec<Ipv4Addr>,
+    /// The pool is keepalived's virtual addresses (`--ha`): they count as the
+    /// gateway's own in the source checks whether present or not.
+    pub virtual_pool: bool,
 }
 
 impl Topology {
@@ -78,7 +81,13 @@ impl Topology {
         };
         let lan_prefixes: Vec<_> = lans.iter().flat_map(tag).collect();
         check_no_overlap(&lan_prefixes, &tag(&wan))?;
-        let pool = pool::resolve(&settings.external, &wan.name, &wan.ipv4, &lan_prefixes)?;
+        let pool = pool::resolve(
+            &settings.external,
+            &wan.name,
+            &wan.ipv4,
+            &lan_prefixes,
+            settings.ha.keepalived,
+        )?;
         let external = pool[0];
         let pool = pool.iter().map(Ipv4Prefix::addr).collect();
         for l in &lans {
@@ -90,7 +99,7 @@ impl Topology {
                 );
             }
         }
-        let attached = rtnl.all_ipv4().await?.into_iter().map(|(_, p)| p).collect();
+        let all = rtnl.all_ipv4().await?.into_iter().map(|(_, p)| p).collect();
         let distinct: BTreeSet<_> = lans
             .iter()
             .map(|l| l.ifindex)
@@ -99,12 +108,38 @@ impl Topology {
         if distinct.len() != lans.len() + 1 {
             bail!("the WAN and LAN interface names must refer to distinct interfaces");
         }
-        Ok(Self {
+        let mut topology = Self {
             wan,
             lans,
-            attached,
+            attached: Vec::new(),
             external,
             pool,
-        })
+            virtual_pool: settings.ha.keepalived,
+        };
+        topology.set_attached(all);
+        Ok(topology)
+    }
+
+    /// Sets the gateway's addresses to `all` (every IPv4 address of every
+    /// interface), with the virtual pool's addresses added where absent: the WAN must
+    /// never accept them as a source, on the standby too.
+    pub fn set_attached(&mut self, mut all: Vec<Ipv4Prefix>) {
+        if self.virtual_pool {
+            for a in &self.pool {
+                if !all.iter().any(|p| p.addr() == *a) {
+                    all.push(Ipv4Prefix::host(*a));
+                }
+            }
+        }
+        self.attached = all;
+    }
+
+    /// Whether every address of the pool is on the WAN now (with `--ha`: this
+    /// gateway holds keepalived's virtual addresses).
+    #[must_use]
+    pub fn pool_present(&self) -> bool {
+        self.pool
+            .iter()
+            .all(|a| self.wan.ipv4.iter().any(|p| p.addr() == *a))
     }
 }

@@ -12,6 +12,13 @@ fn sample() -> Published {
         pool: vec![Ipv4Addr::new(192, 0, 2, 1)],
         ports_per_address: 64512,
         max_mappings: 65536,
+        ha: Some(crate::daemon::keepalived::HaStatus {
+            role: "active".to_owned(),
+            keepalived: Some(crate::daemon::keepalived::VrrpState::Master),
+            since_unix: 1_700_000_100,
+            transitions: 2,
+            vip_present: true,
+        }),
         ..Published::default()
     };
     p.controller = [
@@ -127,6 +134,9 @@ fn every_part_is_written_with_its_labels() {
     has("natgw_mappings{proto=\"icmp\",origin=\"nat-pmp\"} 0");
     has("natgw_mappings_capacity 65536");
     has("natgw_sessions 3");
+    has("natgw_ha_role{role=\"active\"} 1");
+    has("natgw_ha_role{role=\"standby\"} 0");
+    has("natgw_ha_role_changes_total 2");
     has("natgw_pool_ports_used{address=\"192.0.2.1\",proto=\"udp\"} 2");
     has("natgw_pool_ports_held{address=\"192.0.2.1\",proto=\"udp\"} 1");
     has("natgw_pool_ports_used{address=\"192.0.2.1\",proto=\"tcp\"} 0");
@@ -204,6 +214,7 @@ fn topology() -> Topology {
             link("lan1", 4, "10.0.2.1/24"),
         ],
         attached: Vec::new(),
+        virtual_pool: false,
         wan,
     }
 }
