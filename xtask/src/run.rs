@@ -93,7 +93,9 @@ pub struct Args {
     /// between them. A UDP flow and a TCP connection run while the active gateway
     /// dies and comes back; a line every 0.25 s shows who holds the addresses, each
     /// natgw's role, the echoes and the external endpoints. About a minute; then
-    /// everything is removed. Arguments after `--` go to both gateways' `natgw run`.
+    /// everything is removed. Arguments after `--` go to both gateways' `natgw run`,
+    /// with `{own}` and `{peer}` replaced by the gateway's and the other one's LAN
+    /// address (e.g. `-- --ha-listen {own}:7780 --ha-peer {peer}:7780 ...`).
     #[arg(long, conflicts_with_all = ["no_punch", "no_live", "interval"])]
     ha: bool,
 

@@ -64,7 +64,15 @@ fn start_natgw(tb: &HaTestbed, i: usize, bin: &Path, extra: &[String]) -> Result
         "--port-range".to_owned(),
         PORT_RANGE.to_owned(),
     ];
-    args.extend(extra.iter().cloned());
+    // `{own}` and `{peer}` stand for this gateway's and the other's LAN address, so
+    // that per-gateway flags (a replication link) can be given once.
+    let own = testbed::ha::HA_GW_LAN_ADDRS[i].to_string();
+    let peer = testbed::ha::HA_GW_LAN_ADDRS[1 - i].to_string();
+    args.extend(
+        extra
+            .iter()
+            .map(|a| a.replace("{own}", &own).replace("{peer}", &peer)),
+    );
     let builder = testbed::Natgw::builder(bin)
         .ifaces(["--wan", "wan0", "--lan", "lan0"])
         .args(&args)
