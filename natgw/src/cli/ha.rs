@@ -8,6 +8,9 @@ use crate::daemon::keepalived::{self, VrrpState};
 use crate::datapath::dirs::RuntimeDirs;
 use crate::datapath::system;
 
+/// How long the running natgw may take to answer.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Examples after `natgw ha-state --help`.
 pub const AFTER_HELP: &str = "\
 In keepalived.conf (vrrp_instance or vrrp_sync_group):
@@ -67,12 +70,22 @@ pub async fn ha_state(args: &HaStateArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let mut conn = control::connect(&dirs.state_dir, &Request::HaState { state }).await?;
-    let line = conn
-        .lines
-        .next_line()
-        .await?
-        .context("natgw closed the connection without an answer")?;
+    // Bounded: a notify script that hangs would pile up in keepalived.
+    let exchange = async {
+        let mut conn = control::connect(&dirs.state_dir, &Request::HaState { state }).await?;
+        conn.lines
+            .next_line()
+            .await?
+            .context("natgw closed the connection without an answer")
+    };
+    let line = tokio::time::timeout(ANSWER_WAIT, exchange)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "natgw did not answer within {} s (the state is recorded for its next start)",
+                ANSWER_WAIT.as_secs()
+            )
+        })??;
     match serde_json::from_str::<Reply>(&line)
         .with_context(|| format!("natgw sent something unexpected: {line}"))?
     {
