@@ -340,13 +340,17 @@ pub fn render(
     )
     .int(&[], p.census.sessions);
     if let Some(ha) = &p.ha {
-        let mut role = doc.family(
-            "natgw_ha_role",
-            Kind::Gauge,
-            "1 for the role keepalived gave this natgw (--ha), 0 for the other.",
-        );
-        for name in ["active", "standby"] {
-            role.int(&[("role", name)], u64::from(ha.role == name));
+        // With replication configured its counters carry the role (`ha_families`);
+        // a second family of the same name would be invalid exposition.
+        if !p.controller.contains_key("ha_active") {
+            let mut role = doc.family(
+                "natgw_ha_role",
+                Kind::Gauge,
+                "1 for the role keepalived gave this natgw (--ha), 0 for the other.",
+            );
+            for name in ["active", "standby"] {
+                role.int(&[("role", name)], u64::from(ha.role == name));
+            }
         }
         doc.family(
             "natgw_ha_role_changes_total",

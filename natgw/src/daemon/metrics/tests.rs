@@ -330,8 +330,12 @@ fn the_grafana_dashboard_uses_only_metrics_natgw_writes() {
 
 #[test]
 fn replication_has_families_of_its_own_only_when_configured() {
-    let plain = render(&sample(), Some(&datapath()), memory()).finish();
+    let mut plain = sample();
+    plain.ha = None;
+    let plain = render(&plain, Some(&datapath()), memory()).finish();
     assert!(!plain.contains("natgw_ha_"), "no replication, no family");
+    // keepalived's role (`ha`, from sample()) and replication's counters both name
+    // the role: one family, from the counters.
     let mut p = sample();
     p.controller.extend(
         [
@@ -356,6 +360,12 @@ fn replication_has_families_of_its_own_only_when_configured() {
     has("natgw_ha_rejected_total{reason=\"clash\"} 2");
     has("natgw_ha_resyncs_total{kind=\"resync\"} 3");
     has("natgw_ha_lag_seconds 1.5");
+    has("natgw_ha_role_changes_total 2");
+    assert_eq!(
+        doc.matches("# TYPE natgw_ha_role gauge").count(),
+        1,
+        "one natgw_ha_role family in\n{doc}"
+    );
     assert!(
         !doc.contains("counter=\"ha_"),
         "none left for natgw_controller_events_total"
