@@ -382,6 +382,34 @@ pub struct RunArgs {
     /// `log_allocations` in the file, or no log].
     #[arg(long, value_name = "TARGET")]
     pub log_allocations: Option<crate::config::AllocLogTarget>,
+
+    /// Deterministic port blocks (RFC 7422): host i of this internal prefix gets
+    /// block i % B of pool address i / B, B blocks of --block-size ports fitting the
+    /// port range; hosts outside it are dropped and counted. Needs --external listed
+    /// in the same order on every gateway and --block-size [default: `[blocks]
+    /// space`, or dynamic allocation].
+    #[arg(long, value_name = "PREFIX", help_heading = "Port blocks")]
+    pub block_space: Option<natgw_proto::prefix::Ipv4Prefix>,
+
+    /// Ports per block [default: `[blocks] size`].
+    #[arg(long, value_name = "PORTS", help_heading = "Port blocks")]
+    pub block_size: Option<u16>,
+
+    /// Shares the pool is cut into, each a run of external addresses and the hosts
+    /// whose blocks lie on them; must divide the pool [default: `[blocks] shares`,
+    /// or 1].
+    #[arg(long, value_name = "N", help_heading = "Port blocks")]
+    pub block_shares: Option<u8>,
+
+    /// Shares this gateway translates, 0-based (comma-separated or repeated); hosts
+    /// of other shares are dropped and counted [default: `[blocks] owned`, or all].
+    #[arg(
+        long,
+        value_name = "SHARE",
+        value_delimiter = ',',
+        help_heading = "Port blocks"
+    )]
+    pub block_owned: Vec<u8>,
 }
 
 impl RunArgs {
@@ -419,6 +447,12 @@ impl RunArgs {
             metrics: self.metrics,
             metrics_allow_wan: self.metrics_allow_wan,
             log_allocations: self.log_allocations.clone(),
+            blocks: crate::config::BlockOverrides {
+                space: self.block_space,
+                size: self.block_size,
+                shares: self.block_shares,
+                owned: self.block_owned.clone(),
+            },
         }
     }
 }

@@ -710,6 +710,9 @@ impl Daemon {
             host_rate_burst: s.limits.new_mappings_burst,
             host_rate_interval_ns: interval_ns(s.limits.new_mappings_per_sec),
             port_hold_ns: s.limits.port_hold_down.saturating_mul(NS_PER_SEC),
+            blocks: s.blocks.as_ref().map_or_else(Default::default, |b| {
+                b.plan(self.topology.pool.len(), s.port_range)
+            }),
         }
     }
 
