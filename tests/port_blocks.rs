@@ -195,3 +195,284 @@ fn hosts_without_a_block_here_are_dropped_counted_and_never_leaked() {
     drop(natgw);
     watch.assert_none("hosts without a block");
 }
+
+/// Three gateways behind a LAN router that routes each share of internal hosts to
+/// its gateway by source address, and a WAN router routing each share's external
+/// address to the same gateway ([`testbed::scale_out`]).
+mod scale_out {
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::time::{Duration, Instant};
+
+    use natgw_integration_tests::{recv, udp, Natgw};
+    use testbed::scale_out::{ScaleOut, ShareRoutes, GATEWAYS, SERVER_ADDR};
+
+    /// Blocks of 750 ports over 1024-65535: 86 per address.
+    const BLOCK: u16 = 750;
+    const PER_ADDR: u32 = 86;
+    /// Three hosts in each share of 10.0.0.0/24 (hosts 0-85, 86-171, 172-255).
+    const HOSTS: [u8; 9] = [20, 21, 22, 100, 101, 102, 200, 201, 202];
+
+    fn pool() -> [Ipv4Addr; GATEWAYS] {
+        [1, 2, 3].map(|i| Ipv4Addr::new(192, 0, 2, i))
+    }
+
+    /// RFC 7422's function, written out again here rather than taken from natgw:
+    /// host i's share (= pool index: one address per share) and its port block.
+    fn expected(host: Ipv4Addr) -> (usize, Ipv4Addr, u16, u16) {
+        let i = u32::from(host.octets()[3]);
+        let share = (i / PER_ADDR) as usize;
+        let first = 1024 + (i % PER_ADDR) as u16 * BLOCK;
+        (share, pool()[share], first, first + BLOCK - 1)
+    }
+
+    /// The fewest prefixes covering hosts `lo..hi` of 10.0.0.0/24.
+    fn prefixes(mut lo: u32, hi: u32) -> Vec<(Ipv4Addr, u8)> {
+        let mut out = Vec::new();
+        while lo < hi {
+            let mut size = if lo == 0 {
+                256
+            } else {
+                1 << lo.trailing_zeros()
+            };
+            while lo + size > hi {
+                size >>= 1;
+            }
+            out.push((
+                Ipv4Addr::new(10, 0, 0, lo as u8),
+                32 - size.trailing_zeros() as u8,
+            ));
+            lo += size;
+        }
+        out
+    }
+
+    fn shares() -> Vec<ShareRoutes> {
+        (0..GATEWAYS as u32)
+            .map(|s| ShareRoutes {
+                internal: prefixes(s * PER_ADDR, ((s + 1) * PER_ADDR).min(256)),
+                external: vec![pool()[s as usize]],
+            })
+            .collect()
+    }
+
+    /// natgw on gateway `k`: primary for share k, backup for share k-1.
+    fn start(tb: &ScaleOut, k: usize) -> Natgw {
+        let pool = pool().map(|a| a.to_string());
+        let owned = format!("{k},{}", (k + GATEWAYS - 1) % GATEWAYS);
+        let block = BLOCK.to_string();
+        let mut args = vec!["--no-upnp", "--no-stun"];
+        for a in &pool {
+            args.extend(["--external", a.as_str()]);
+        }
+        args.extend([
+            "--block-space",
+            "10.0.0.0/24",
+            "--block-size",
+            &block,
+            "--block-shares",
+            "3",
+            "--block-owned",
+            &owned,
+        ]);
+        Natgw::try_start_on(&tb.gateways[k], &["--wan", "wan0", "--lan", "lan0"], &args)
+            .unwrap_or_else(|e| panic!("natgw on gateway {k}: {e}"))
+    }
+
+    /// Sends `tag` from `from` to the server socket `server` (at `to`) and returns the
+    /// source the server saw it with, skipping other hosts' datagrams; `None` when it
+    /// does not arrive within `within`.
+    fn probe(
+        from: &UdpSocket,
+        server: &UdpSocket,
+        to: SocketAddrV4,
+        tag: &str,
+        within: Duration,
+    ) -> Option<SocketAddrV4> {
+        from.send_to(tag.as_bytes(), to).expect("send from a host");
+        let deadline = Instant::now() + within;
+        server
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        while Instant::now() < deadline {
+            if let Some((data, seen)) = recv(server) {
+                if data == tag.as_bytes() {
+                    return Some(seen);
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the server's reply to `ext` reaches `host_sock`.
+    fn reply_arrives(
+        server: &UdpSocket,
+        ext: SocketAddrV4,
+        host_sock: &UdpSocket,
+        tag: &str,
+    ) -> bool {
+        server
+            .send_to(tag.as_bytes(), ext)
+            .expect("reply from the server");
+        for _ in 0..10 {
+            match recv(host_sock) {
+                Some((data, _)) if data == tag.as_bytes() => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn shares_spread_over_three_gateways_and_move_whole_when_one_fails() {
+        // rfc7422 with issue #16 item 2: EIM across gateways, inbound through the
+        // block, and a failed gateway's hosts moved to its backup with the same
+        // external address and block.
+        natgw_integration_tests::require_root();
+        let hosts: Vec<Ipv4Addr> = HOSTS.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect();
+        let tb = ScaleOut::new(&hosts, &shares()).expect("building the scale-out testbed");
+        let mut natgws: Vec<Natgw> = (0..GATEWAYS).map(|k| start(&tb, k)).collect();
+        let server = udp(&tb.server, SERVER_ADDR, 7000);
+        let server2 = udp(&tb.server, SERVER_ADDR, 7001);
+        let (to, to2) = (
+            SocketAddrV4::new(SERVER_ADDR, 7000),
+            SocketAddrV4::new(SERVER_ADDR, 7001),
+        );
+        let wait = Duration::from_secs(5);
+
+        // Every host: the function's address and block, the same endpoint towards a
+        // second server port (EIM), the reply back in, and the mapping on its share's
+        // gateway only.
+        let mut socks = Vec::new();
+        let mut before = Vec::new();
+        for h in &hosts {
+            let (share, addr, first, last) = expected(*h);
+            let s = udp(&tb.hosts, *h, 40000);
+            let seen = probe(&s, &server, to, &format!("{h} 1"), wait)
+                .unwrap_or_else(|| panic!("{h}'s datagram did not reach the server"));
+            assert_eq!(*seen.ip(), addr, "{h}: external address");
+            assert!(
+                (first..=last).contains(&seen.port()),
+                "{h}: port {} not in {first}-{last}",
+                seen.port()
+            );
+            let again = probe(&s, &server2, to2, &format!("{h} 2"), wait).expect("second flow");
+            assert_eq!(again, seen, "{h}: EIM");
+            assert!(
+                reply_arrives(&server, seen, &s, &format!("{h} back")),
+                "{h}: inbound"
+            );
+            let internal = SocketAddrV4::new(*h, 40000);
+            for (k, n) in natgws.iter().enumerate() {
+                assert_eq!(
+                    n.mapping_of("udp", internal).is_some(),
+                    k == share,
+                    "{h}'s mapping on gateway {k} (its share is {share})"
+                );
+            }
+            socks.push(s);
+            before.push(seen);
+        }
+
+        // Gateway 1 fails: natgw dies and its links go down. Its share (hosts
+        // 100-102) goes to gateway 2.
+        let failed = 1;
+        let moved_flows = natgws[failed].mappings().len();
+        let age_elsewhere: Vec<Option<u64>> = hosts
+            .iter()
+            .map(|h| {
+                let (share, ..) = expected(*h);
+                (share != failed)
+                    .then(|| natgws[share].mapping_of("udp", SocketAddrV4::new(*h, 40000)))
+                    .flatten()
+                    .and_then(|m| m["age_ms"].as_u64())
+            })
+            .collect();
+        let t0 = Instant::now();
+        natgws[failed].kill();
+        tb.fail_links(failed)
+            .expect("taking gateway 1's links down");
+
+        // The first moved host's new flow, tried every 100 ms: how long until it works.
+        let moved: Vec<usize> = (0..hosts.len())
+            .filter(|i| expected(hosts[*i]).0 == failed)
+            .collect();
+        let first = hosts[moved[0]];
+        let fresh = udp(&tb.hosts, first, 41000);
+        let mut recovered = None;
+        for attempt in 0..100 {
+            if let Some(seen) = probe(
+                &fresh,
+                &server,
+                to,
+                &format!("{first} fresh {attempt}"),
+                Duration::from_millis(100),
+            ) {
+                recovered = Some((t0.elapsed(), seen));
+                break;
+            }
+        }
+        let (took, seen) = recovered.expect("the moved host's new flow never got through (10 s)");
+        let (_, addr, lo, hi) = expected(first);
+        assert_eq!(*seen.ip(), addr, "same external address after the move");
+        assert!(
+            (lo..=hi).contains(&seen.port()),
+            "same block after the move: {seen}"
+        );
+
+        // Every moved host: new flows (also from the old socket) get the same address
+        // and block, from the backup, and replies come back in.
+        for &i in &moved {
+            let h = hosts[i];
+            let (_, addr, lo, hi) = expected(h);
+            let seen = probe(&socks[i], &server, to, &format!("{h} after"), wait)
+                .unwrap_or_else(|| panic!("{h} does not get through after the move"));
+            assert_eq!(
+                *seen.ip(),
+                addr,
+                "{h}: same external address after the move"
+            );
+            assert!(
+                (lo..=hi).contains(&seen.port()),
+                "{h}: same block after the move: {seen}"
+            );
+            assert_eq!(*before[i].ip(), *seen.ip());
+            assert!(
+                reply_arrives(&server, seen, &socks[i], &format!("{h} back after")),
+                "{h}: inbound after the move"
+            );
+            assert!(
+                natgws[(failed + 1) % GATEWAYS]
+                    .mapping_of("udp", SocketAddrV4::new(h, 40000))
+                    .is_some(),
+                "{h}'s new mapping is on the backup"
+            );
+        }
+        // The other hosts' flows are untouched: same endpoint, same mapping.
+        for (i, h) in hosts.iter().enumerate() {
+            let (share, ..) = expected(*h);
+            if share == failed {
+                continue;
+            }
+            let seen =
+                probe(&socks[i], &server, to, &format!("{h} still"), wait).expect("unmoved host");
+            assert_eq!(seen, before[i], "{h}: its flow keeps its external endpoint");
+            let m = natgws[share]
+                .mapping_of("udp", SocketAddrV4::new(*h, 40000))
+                .expect("still mapped");
+            let (age, age_before) = (m["age_ms"].as_u64(), age_elsewhere[i]);
+            assert!(
+                age.is_some() && age_before.is_some() && age >= age_before,
+                "{h}: the same mapping, not a new one (age {age:?} ms, before {age_before:?} ms)"
+            );
+        }
+        println!(
+            "scale-out failover: {} of {} hosts moved ({} mappings on the failed gateway); \
+             the first moved host's new flow worked {:.0} ms after the links went down",
+            moved.len(),
+            hosts.len(),
+            moved_flows,
+            took.as_secs_f64() * 1000.0
+        );
+    }
+}

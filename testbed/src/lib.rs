@@ -50,6 +50,7 @@ mod netns;
 pub mod offload;
 mod registry;
 pub mod rtnl;
+pub mod scale_out;
 pub mod sites;
 mod topology;
 
