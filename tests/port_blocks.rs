@@ -65,7 +65,16 @@ fn in_block(seen: SocketAddrV4, addr: Ipv4Addr, block: (u16, u16)) -> bool {
 fn each_host_gets_its_block_keeps_it_for_new_flows_and_is_reachable_through_it() {
     // rfc7422 §2: address and ports a function of the internal address;
     // rfc4787 REQ-1 (EIM) and REQ-4 (parity) inside the block.
-    let (natgw, tb) = setup(&["--block-space", "10.0.0.0/22", "--block-shares", "2"]);
+    let log = std::env::temp_dir().join(format!("natgw-blocks-{}.log", std::process::id()));
+    let target = format!("file:{}", log.display());
+    let (natgw, tb) = setup(&[
+        "--block-space",
+        "10.0.0.0/22",
+        "--block-shares",
+        "2",
+        "--log-allocations",
+        &target,
+    ]);
     let wan_a = udp(&tb.wan[0].ns, WAN_A_ADDR, 7000);
     let wan_b = udp(&tb.wan[1].ns, WAN_B_ADDR, 7001);
     let to_a = SocketAddrV4::new(WAN_A_ADDR, 7000);
@@ -118,6 +127,24 @@ fn each_host_gets_its_block_keeps_it_for_new_flows_and_is_reachable_through_it()
     let who: serde_json::Value = serde_json::from_str(&out).expect("who --json");
     assert_eq!(who["block"]["internal"], LAN_B_ADDR.to_string(), "{who}");
     assert_eq!(who["block"]["port_first"], B_BLOCK.0, "{who}");
+
+    // The allocation log: one record per block (all 1,024 hosts of the space, both
+    // shares being owned), none per mapping.
+    let text = std::fs::read_to_string(&log).expect("reading the allocation log");
+    let _ = std::fs::remove_file(&log);
+    let line = format!(
+        " start proto=all int={LAN_A_ADDR}:0 ext={GW_WAN_ADDR} ports={}-{} origin=block",
+        A_BLOCK.0, A_BLOCK.1
+    );
+    assert!(
+        text.lines().any(|l| l.ends_with(&line)),
+        "no `{line}` in the log"
+    );
+    assert_eq!(text.lines().count(), 1024, "one record per block");
+    assert!(
+        !text.contains("origin=traffic"),
+        "no per-mapping records in block mode"
+    );
 }
 
 #[test]

@@ -240,6 +240,26 @@ impl BlockSettings {
             .map(Ipv4Addr::from)
     }
 
+    /// Every block of the shares this gateway owns: (internal host, external address,
+    /// first port, last port), in the order of the hosts.
+    #[must_use]
+    pub fn owned_blocks(
+        &self,
+        pool: &[Ipv4Addr],
+        range: PortRange,
+    ) -> Vec<(Ipv4Addr, Ipv4Addr, u16, u16)> {
+        let plan = self.plan(pool.len(), range);
+        let (first, len) = self.space();
+        (0..len)
+            .filter_map(|i| {
+                let host = u32::try_from(u64::from(first) + i).ok()?;
+                let b = plan.owned_block_of(host, range.min).ok()?;
+                let ext = *pool.get(usize::try_from(b.addr_index).ok()?)?;
+                Some((Ipv4Addr::from(host), ext, b.first, b.last))
+            })
+            .collect()
+    }
+
     /// The shares, for the routes of the upstream routers.
     #[must_use]
     pub fn shares(&self, pool: &[Ipv4Addr], range: PortRange) -> Vec<Share> {

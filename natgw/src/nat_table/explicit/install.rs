@@ -140,9 +140,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         now_ns: u64,
     ) -> Result<(SocketAddrV4, u64), TableError> {
         let proto = ip_proto(request.key.protocol).ok_or(TableError::NotAuthorized)?;
-        let address = self
-            .address_for(request.key.internal)
-            .ok_or(TableError::NetworkFailure)?;
+        let address = self.address_or_refusal(request.key.internal)?;
         if request.prefer_failure && request.suggested_address.is_some_and(|a| a != address) {
             return Err(TableError::CannotProvideExternal);
         }

@@ -456,6 +456,17 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         self.pool.get(index).or(self.pool.first()).copied()
     }
 
+    /// [`Self::address_for`] as a request's answer: a host without a block here is not
+    /// authorised (block mode); no address at all is a network failure.
+    fn address_or_refusal(&self, host: Ipv4Addr) -> Result<Ipv4Addr, TableError> {
+        self.address_for(host)
+            .ok_or(if self.defaults.blocks.is_on() {
+                TableError::NotAuthorized
+            } else {
+                TableError::NetworkFailure
+            })
+    }
+
     /// In block mode, the external address (if the pool has it) and the port span of
     /// `host`'s block, when this gateway owns it; `None` outside block mode or
     /// without a block here.

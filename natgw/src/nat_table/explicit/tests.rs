@@ -560,5 +560,9 @@ fn in_block_mode_explicit_mappings_come_from_the_hosts_block() {
         },
         ..install(5000, None, now)
     };
-    assert!(t.install(&other).is_err(), "no block here, no mapping");
+    assert_eq!(
+        t.install(&other).unwrap_err(),
+        TableError::NotAuthorized,
+        "no block here, no mapping"
+    );
 }
