@@ -117,6 +117,48 @@ fn each_host_gets_its_block_keeps_it_for_new_flows_and_is_reachable_through_it()
     let (data, _) = recv(&b).expect("LAN B got the inbound datagram");
     assert_eq!(data, b"in-b");
 
+    // PCP MAP from LAN A, suggesting a port outside its block: granted inside it, on
+    // its address, and open from the WAN.
+    let pcp = udp(&tb.lan[0].ns, LAN_A_ADDR, 45000);
+    let out = tb.lan[0]
+        .ns
+        .command(natgw_integration_tests::natgw_bin())
+        .args([
+            "pcp",
+            "map",
+            "--server",
+            "10.0.1.1",
+            "--json",
+            "--internal-port",
+            "45000",
+            "--suggest",
+            "192.0.2.1:20000",
+            "--lifetime",
+            "600",
+        ])
+        .output()
+        .expect("running natgw pcp map");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "natgw pcp map printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["result"], "SUCCESS", "{report}");
+    let mapped: SocketAddrV4 = report["external"]
+        .as_str()
+        .and_then(|e| e.parse().ok())
+        .expect("external");
+    assert!(
+        in_block(mapped, GW_WAN_ADDR, A_BLOCK),
+        "PCP gave {mapped}, block {A_BLOCK:?}"
+    );
+    wan_b
+        .send_to(b"to-pcp", mapped)
+        .expect("send to the PCP mapping");
+    let (data, _) = recv(&pcp).expect("the PCP mapping is open from the WAN");
+    assert_eq!(data, b"to-pcp");
+
     // The table holds what the wire showed; `natgw who` answers from the function.
     let m = natgw
         .mapping_of("udp", SocketAddrV4::new(LAN_A_ADDR, 40000))
