@@ -605,7 +605,13 @@ internal = \"10.0.0.2:3478\"
         let g1 = write("g1.toml", member("1, 0", 750));
         let bad = write("bad.toml", member("1", 1000));
         let mut report = check(&g0);
-        check_peers(Path::new("g0.toml"), &g0, &[g1.clone()], &mut report).unwrap();
+        check_peers(
+            Path::new("g0.toml"),
+            &g0,
+            std::slice::from_ref(&g1),
+            &mut report,
+        )
+        .unwrap();
         assert!(report.findings.is_empty(), "{report:?}");
         let mut report = check(&g0);
         check_peers(Path::new("g0.toml"), &g0, &[bad], &mut report).unwrap();
