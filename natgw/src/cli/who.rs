@@ -290,7 +290,9 @@ pub fn text(r: &WhoReport) -> String {
         ));
     }
     if r.from_log.is_empty() && live.is_empty() {
-        s.push_str(&format!("nobody held {what} at {}\n", r.at));
+        if r.block.is_none() {
+            s.push_str(&format!("nobody held {what} at {}\n", r.at));
+        }
     } else {
         s.push_str(&format!("{what} at {} was held by:\n", r.at));
         for h in &r.from_log {
@@ -321,4 +323,38 @@ pub fn text(r: &WhoReport) -> String {
         }
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_answer_names_the_host_without_a_log() {
+        // rfc7422 §2: the holder of a port follows from the configuration.
+        let report = WhoReport {
+            external: "192.0.2.3:22100".parse().unwrap(),
+            protocol: None,
+            at: "2026-12-05T12:00:00.000Z".to_owned(),
+            logs: Vec::new(),
+            records: 0,
+            bad_lines: 0,
+            from_log: Vec::new(),
+            live: None,
+            block: Some(BlockHolder {
+                internal: std::net::Ipv4Addr::new(10, 0, 0, 200),
+                port_first: 22024,
+                port_last: 22773,
+            }),
+        };
+        let out = text(&report);
+        assert!(
+            out.starts_with(
+                "192.0.2.3:22100 lies in the port block 22024-22773 of 192.0.2.3: internal \
+                 host 10.0.0.200 holds it"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("nobody"), "{out}");
+    }
 }
