@@ -192,12 +192,19 @@ Flags override the configuration file, which overrides the defaults. Example fil
     listen = \"10.0.1.1:9100\"      # a LAN address or loopback (restart-only)
     allow_wan = false               # true: any address, the WAN's or 0.0.0.0 too
 
+    # [blocks]                      # deterministic port blocks (RFC 7422), off by
+    # space = \"10.0.0.0/22\"       # default; the pool must be listed, the same on
+    # size = 126                    # every gateway; restart-only; see
+    # shares = 2                    # docs/configuration.md
+    # owned = [0]
+
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
     external_port = 8080
     internal = \"10.0.1.2:80\"
 
-SIGHUP reads the file again and applies timeouts, filtering, the port range, the PCP
+SIGHUP reads the file again and applies timeouts, filtering, the port range (not with
+port blocks), the PCP
 policy, the [upnp] settings but `enabled`, and the forwards without dropping a mapping
 (flags still override the file).
 SIGINT/SIGTERM stop natgw and leave its data path translating; the next `natgw run`
