@@ -38,6 +38,8 @@ pub struct Config {
     /// How long a freed external port is kept from other internal hosts (RFC 6888
     /// REQ-8), ns; 0: no hold-down.
     pub port_hold_ns: u64,
+    /// Deterministic port blocks (RFC 7422); off unless `blocks.space_len` is set.
+    pub blocks: crate::blocks::BlockPlan,
 }
 
 /// Most external addresses natgw pools.

@@ -171,6 +171,13 @@ counters! {
     /// `MAPPING_EVENTS` ring buffer (full: `natgw monitor` clients missed it). The
     /// packet is translated all the same.
     EventLost = "event_lost",
+    /// Dropped: in port-block mode (RFC 7422), an internal host outside the
+    /// configured internal space, which has no block: never translated to another
+    /// host's block, never leaked.
+    DropOutsideBlocks = "drop_outside_blocks",
+    /// Dropped: in port-block mode, an internal host of a share this gateway does
+    /// not own (the upstream router sent it to the wrong gateway).
+    DropShareNotOwned = "drop_share_not_owned",
 }
 
 impl Counter {

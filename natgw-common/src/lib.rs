@@ -15,6 +15,7 @@
 #[cfg(feature = "user")]
 pub mod batch;
 pub mod bench;
+pub mod blocks;
 pub mod config;
 pub mod counters;
 pub mod csum;

@@ -88,8 +88,10 @@ fn try_ingress(ctx: &TcContext) -> Verdict {
     };
     // SAFETY: reading a field of the live context.
     let ingress = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let hop = lan_hop(ctx, &pkt, target.internal.addr, ingress).map_err(Some)?;
+    // The sender's mapping before the hop: the hop, kept across the port search,
+    // would take stack this program's call chain has no room for.
     let from = mapping::outbound(ctx, cfg, &pkt, || admit_new(ctx, &pkt)).map_err(Some)?;
+    let hop = lan_hop(ctx, &pkt, target.internal.addr, ingress).map_err(Some)?;
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     target.admit_hairpin(&pkt, from, now).map_err(Some)?;
@@ -215,6 +217,9 @@ fn first_fragment(
     }
     let new_id_be = fragments::next_nonzero_ip_id(cfg)?;
     let ext = nat::external_for(cfg, pkt.src);
+    if ext == [0; 4] {
+        return Err(nat::refusal(cfg, u32::from_ne_bytes(pkt.src)));
+    }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let first = FragValue::hairpin_local(u32::from_ne_bytes(ext), new_id_be, now);

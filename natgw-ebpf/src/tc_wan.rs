@@ -86,6 +86,9 @@ fn try_egress(ctx: &TcContext) -> Verdict<()> {
         // No ports to map by, and none needed: every mapping of a host shares its
         // external address, the only field a later fragment has to change.
         let ext = nat::external_for(cfg, pkt.src);
+        if ext == [0; 4] {
+            return Err(Some(nat::refusal(cfg, u32::from_ne_bytes(pkt.src))));
+        }
         fragment_id(ctx, cfg, &pkt).map_err(Some)?;
         rewrite_address(&mut TcBuf::new(ctx), &pkt, Side::Source, ext)
             .ok_or(Some(Counter::DropInternal))?;

@@ -14,6 +14,8 @@ use std::str::FromStr;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub mod blocks;
+
 use natgw_common::config::MAX_EXTERNAL_ADDRS;
 use natgw_common::limits::{
     DEFAULT_MAPPINGS_PER_SEC, DEFAULT_MAPPING_BURST, DEFAULT_PORTS_PER_HOST,
@@ -22,6 +24,7 @@ use natgw_common::limits::{
 use natgw_common::maps::{FilterMode, DEFAULT_MAX_MAPPINGS};
 
 use natgw_proto::pcp::policy::{PcpConfig, PolicyError};
+use natgw_proto::prefix::Ipv4Prefix;
 
 pub mod ha;
 
@@ -808,6 +811,8 @@ pub struct FileConfig {
     pub ha: Option<ha::FileHa>,
     /// `[[forward]]` tables.
     pub forward: Option<Vec<Forward>>,
+    /// `[blocks]`: deterministic port blocks.
+    pub blocks: Option<blocks::BlockSettings>,
 }
 
 /// The `[filtering]` table.
@@ -909,6 +914,22 @@ pub struct Overrides {
     pub ha_key_file: Option<PathBuf>,
     /// `--ha-role`.
     pub ha_role: Option<ha::HaRoleChoice>,
+    /// `--block-space`, `--block-size`, `--block-shares`, `--block-owned` (each
+    /// replaces the file's `[blocks]` key).
+    pub blocks: BlockOverrides,
+}
+
+/// The `--block-*` flags.
+#[derive(Debug, Default, Clone)]
+pub struct BlockOverrides {
+    /// `--block-space`.
+    pub space: Option<Ipv4Prefix>,
+    /// `--block-size`.
+    pub size: Option<u16>,
+    /// `--block-shares`.
+    pub shares: Option<u8>,
+    /// `--block-owned` (comma-separated or repeated); non-empty replaces the file's.
+    pub owned: Vec<u8>,
 }
 
 /// Validated settings of a running gateway.
@@ -968,6 +989,9 @@ pub struct Settings {
     /// State replication to a standby (off by default).
     #[serde(default)]
     pub ha: ha::HaSettings,
+    /// Deterministic port blocks (RFC 7422); `None`: dynamic allocation (default).
+    #[serde(default)]
+    pub blocks: Option<blocks::BlockSettings>,
 }
 
 /// Why the configuration cannot be used.
@@ -1097,6 +1121,15 @@ pub enum ConfigError {
          ports, not every protocol and port of a host"
     )]
     AllProtocols,
+    /// Port-block settings that cannot work.
+    #[error("[blocks]: {0}")]
+    Blocks(#[from] blocks::BlockError),
+    /// Block flags without the rest of the block settings.
+    #[error(
+        "port blocks need both the internal space and the block size: --block-space PREFIX \
+         and --block-size PORTS (or `space` and `size` in `[blocks]`)"
+    )]
+    BlocksIncomplete,
     /// A static forward that cannot work.
     #[error("[[forward]] {forward}: {problem}")]
     Forward {
@@ -1148,6 +1181,7 @@ impl ConfigError {
             Self::AllProtocols => "pcp.allow_all_protocols",
             Self::MetricsPortZero(_) | Self::MetricsUnspecified(_) => "metrics.listen",
             Self::Ha(_) => "ha",
+            Self::Blocks(_) | Self::BlocksIncomplete => "blocks",
         };
         Some(key.to_owned())
     }
@@ -1361,6 +1395,10 @@ pub fn check(file: &FileConfig, flags: &Overrides) -> Checked {
                 .unwrap_or_default(),
         },
         forwards: file.forward.clone().unwrap_or_default(),
+        blocks: merge_blocks(&flags.blocks, file.blocks.as_ref()).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        }),
         log_allocations: flags
             .log_allocations
             .clone()
@@ -1545,6 +1583,14 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
         errors.push(ConfigError::AllProtocols);
     }
     validate_forwards(&s.forwards, errors);
+    if let Some(b) = &s.blocks {
+        let problems = b.check(&s.external, s.port_range);
+        let fits = problems.is_empty();
+        errors.extend(problems.into_iter().map(ConfigError::from));
+        if fits {
+            validate_block_forwards(s, b, errors);
+        }
+    }
     if let Err(e) = validate_stun(s) {
         errors.push(e);
     }
@@ -1564,6 +1610,62 @@ fn check_settings(s: &Settings, errors: &mut Vec<ConfigError>, warnings: &mut Ve
         if listen.ip().is_unspecified() && !s.metrics.allow_wan {
             errors.push(ConfigError::MetricsUnspecified(listen));
         }
+    }
+}
+
+/// The `[blocks]` table with the `--block-*` flags over it.
+fn merge_blocks(
+    flags: &BlockOverrides,
+    file: Option<&blocks::BlockSettings>,
+) -> Result<Option<blocks::BlockSettings>, ConfigError> {
+    let any_flag = flags.space.is_some()
+        || flags.size.is_some()
+        || flags.shares.is_some()
+        || !flags.owned.is_empty();
+    if file.is_none() && !any_flag {
+        return Ok(None);
+    }
+    let (Some(space), Some(size)) = (
+        flags.space.or(file.map(|f| f.space)),
+        flags.size.or(file.map(|f| f.size)),
+    ) else {
+        return Err(ConfigError::BlocksIncomplete);
+    };
+    Ok(Some(blocks::BlockSettings {
+        space,
+        size,
+        shares: flags.shares.or(file.map(|f| f.shares)).unwrap_or(1),
+        owned: if flags.owned.is_empty() {
+            file.map(|f| f.owned.clone()).unwrap_or_default()
+        } else {
+            flags.owned.clone()
+        },
+    }))
+}
+
+/// In block mode a static forward's external port must lie in its host's block, and
+/// the host in a share this gateway owns: the port is on that block's address.
+fn validate_block_forwards(s: &Settings, b: &blocks::BlockSettings, errors: &mut Vec<ConfigError>) {
+    let plan = b.plan(s.external.len(), s.port_range);
+    for (index, f) in s.forwards.iter().enumerate() {
+        let problem = match plan.owned_block_of(u32::from(*f.internal.ip()), s.port_range.min) {
+            Err(natgw_common::blocks::NoBlock::Outside) => {
+                "the internal host is outside the port blocks' internal space"
+            }
+            Err(natgw_common::blocks::NoBlock::NotOwned) => {
+                "the internal host belongs to a share this gateway does not own"
+            }
+            Ok(block) if !(block.first..=block.last).contains(&f.external_port) => {
+                "the external port is outside the internal host's port block (`natgw \
+                 check-config` lists the blocks' shares; `natgw who` names a port's host)"
+            }
+            Ok(_) => continue,
+        };
+        errors.push(ConfigError::Forward {
+            index,
+            forward: *f,
+            problem,
+        });
     }
 }
 

@@ -54,6 +54,7 @@ pub mod offload;
 pub mod pair;
 mod registry;
 pub mod rtnl;
+pub mod scale_out;
 pub mod sites;
 mod topology;
 

@@ -18,6 +18,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use natgw_common::{
+    blocks::{port_space, unpack_space},
     maps::tcp_seen,
     packet::Ipv4Packet,
     ports::{candidate, MAX_PORT_ATTEMPTS},
@@ -160,13 +161,21 @@ fn create<C: EbpfContext>(
     now: u64,
 ) -> Result<bool, Counter> {
     let ext_addr = super::external_for(cfg, pkt.src);
+    if ext_addr == [0; 4] {
+        return Err(super::refusal(cfg, key.addr_be));
+    }
     let ext_addr_be = u32::from_ne_bytes(ext_addr);
-    let preferred = u16::from_be(key.port_be);
-    // SAFETY: no preconditions.
-    let seed = unsafe { bpf_get_prandom_u32() };
     let mut attempt = 0;
     while attempt < MAX_PORT_ATTEMPTS {
-        let port_be = candidate(preferred, attempt, seed, cfg.port_min, cfg.port_max).to_be();
+        // The span, the preferred port and a seed anew each time, from what is alive
+        // anyway: kept across the loop, they would take stack that `tc_lan_ingress`
+        // does not have (its call chain is at the 512-byte limit).
+        let Ok((_, lo, hi)) = unpack_space(port_space(cfg, key.addr_be)) else {
+            break; // the configuration changed under us: no block here any more
+        };
+        // SAFETY: no preconditions.
+        let seed = unsafe { bpf_get_prandom_u32() };
+        let port_be = candidate(u16::from_be(key.port_be), attempt, seed, lo, hi).to_be();
         attempt += 1;
         // A port the gateway's own sockets use would steal their replies.
         if local_socket_owns(ctx, key.proto, ext_addr, port_be, pkt.dst, pkt.dport_be) {

@@ -11,7 +11,7 @@ pub mod socket;
 
 use aya_ebpf::maps::lpm_trie::Key;
 use natgw_common::{
-    config::pool_index,
+    blocks::{port_space, unpack_space},
     maps::{addr_class, lan_source, unaddressed_local, LanSourceKey, LAN_SOURCE_FIXED_BITS},
     packet::Ipv4Packet,
     Config, Counter, IfaceConfig,
@@ -93,15 +93,45 @@ pub fn is_external(cfg: &Config, addr: [u8; 4]) -> bool {
     addr == cfg.ext_addr_be || (cfg.ext_count > 1 && EXT_SET.get_ptr(&addr).is_some())
 }
 
-/// The external address of internal host `int_addr`: always the same one for a
-/// host (paired pooling, RFC 4787 REQ-2).
+/// The drop counter of a refused [`port_space`] result's counter index.
 #[inline(always)]
-pub fn external_for(cfg: &Config, int_addr: [u8; 4]) -> [u8; 4] {
-    let index = pool_index(u32::from_ne_bytes(int_addr), cfg.ext_count);
+pub const fn refusal_of(counter: u32) -> Counter {
+    if counter == Counter::DropShareNotOwned as u32 {
+        Counter::DropShareNotOwned
+    } else {
+        Counter::DropOutsideBlocks
+    }
+}
+
+/// Why internal host `int_addr_be` gets no external address here (see
+/// [`external_for`]): the counter to count its packet under.
+#[inline(always)]
+pub fn refusal(cfg: &Config, int_addr_be: u32) -> Counter {
+    match unpack_space(port_space(cfg, int_addr_be)) {
+        Err(c) => refusal_of(c),
+        Ok(_) => Counter::DropOutsideBlocks,
+    }
+}
+
+/// The pool's `index`-th address (the main one when the pool is one address).
+#[inline(always)]
+pub fn pool_address(cfg: &Config, index: u32) -> [u8; 4] {
     EXT_ADDRS
         .get(index)
         .copied()
         .filter(|a| *a != 0)
         .unwrap_or(cfg.ext_addr_be)
         .to_ne_bytes()
+}
+
+/// The external address of internal host `int_addr`: always the same one for a
+/// host (paired pooling, RFC 4787 REQ-2, or its port block's address, RFC 7422);
+/// 0.0.0.0 for a host that gets none here in block mode ([`refusal`] says why). A
+/// plain address rather than a `Result`: the callers have no stack for more.
+#[inline(always)]
+pub fn external_for(cfg: &Config, int_addr: [u8; 4]) -> [u8; 4] {
+    match unpack_space(port_space(cfg, u32::from_ne_bytes(int_addr))) {
+        Ok((index, _, _)) => pool_address(cfg, index),
+        Err(_) => [0; 4],
+    }
 }

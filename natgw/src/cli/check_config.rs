@@ -23,6 +23,14 @@ pub struct CheckConfigArgs {
     /// The configuration file to check (as given to `natgw run --config`).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+
+    /// With port blocks: the configuration of another gateway of the same cluster
+    /// (repeat for each). Their block plans must agree with FILE's (the same internal
+    /// space, block size, shares, pool in the same order and port range: else two
+    /// gateways would give one external port to two hosts), and every share must be
+    /// owned by one of them.
+    #[arg(long = "peer", value_name = "FILE")]
+    pub peers: Vec<PathBuf>,
 }
 
 /// Severity of a finding.
@@ -52,6 +60,8 @@ pub struct Finding {
 pub struct Report {
     /// In the order found: parse errors, then semantic errors, then warnings.
     pub findings: Vec<Finding>,
+    /// With port blocks and no errors: the shares, for the upstream routers' routes.
+    pub shares: Vec<config::blocks::Share>,
 }
 
 impl Report {
@@ -83,6 +93,9 @@ impl Report {
             }
             let _ = writeln!(out, " {}", f.message);
         }
+        for share in &self.shares {
+            let _ = writeln!(out, "{name}: blocks: {share}");
+        }
         let errors = self.errors();
         let warnings = self.findings.len() - errors;
         if errors == 0 && warnings == 0 {
@@ -112,7 +125,10 @@ const fn plural(n: usize) -> &'static str {
 pub fn run(args: &CheckConfigArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read config file {}", args.file.display()))?;
-    let report = check_text(&args.file, &text, interface_exists);
+    let mut report = check_text(&args.file, &text, interface_exists);
+    if !args.peers.is_empty() {
+        check_peers(&args.file, &text, &args.peers, &mut report)?;
+    }
     print!("{}", report.render(&args.file));
     let errors = report.errors();
     if errors > 0 {
@@ -121,6 +137,96 @@ pub fn run(args: &CheckConfigArgs) -> anyhow::Result<()> {
             args.file.display(),
             plural(errors)
         );
+    }
+    Ok(())
+}
+
+/// The block settings of a configuration, as `natgw run` would merge them.
+fn block_plan(path: &Path, text: &str) -> anyhow::Result<Option<config::Settings>> {
+    let file = config::parse_file(path, text)?;
+    let checked = config::check(&file, &Overrides::default());
+    Ok(checked
+        .settings
+        .blocks
+        .is_some()
+        .then_some(checked.settings))
+}
+
+/// Compares FILE's block plan with each peer's and checks that every share has an
+/// owner among them (see [`CheckConfigArgs::peers`]).
+fn check_peers(
+    path: &Path,
+    text: &str,
+    peers: &[PathBuf],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut error = |message: String| {
+        report.findings.push(Finding {
+            severity: Severity::Error,
+            line: None,
+            key: Some("blocks".to_owned()),
+            message,
+        });
+    };
+    let Some(own) = block_plan(path, text)? else {
+        error("--peer compares port-block plans, and this file has no [blocks]".to_owned());
+        return Ok(());
+    };
+    let Some(b) = own.blocks.as_ref() else {
+        return Ok(());
+    };
+    let mut owners = vec![Vec::new(); usize::from(b.shares)];
+    let mut note_owner = |who: &Path, s: &config::Settings| {
+        if let Some(sb) = &s.blocks {
+            for share in sb.shares(&s.external, s.port_range) {
+                if share.owned {
+                    if let Some(o) = owners.get_mut(usize::from(share.index)) {
+                        o.push(who.display().to_string());
+                    }
+                }
+            }
+        }
+    };
+    note_owner(path, &own);
+    for peer in peers {
+        let peer_text = std::fs::read_to_string(peer)
+            .with_context(|| format!("cannot read peer config file {}", peer.display()))?;
+        let Some(theirs) = block_plan(peer, &peer_text)? else {
+            error(format!(
+                "peer {} has no [blocks]: it would translate dynamically",
+                peer.display()
+            ));
+            continue;
+        };
+        let tb = theirs.blocks.as_ref();
+        let differs = [
+            (
+                "internal space",
+                tb.map(|t| t.space.network_prefix()) != Some(b.space.network_prefix()),
+            ),
+            ("block size", tb.map(|t| t.size) != Some(b.size)),
+            ("number of shares", tb.map(|t| t.shares) != Some(b.shares)),
+            (
+                "external pool (addresses and order)",
+                theirs.external != own.external,
+            ),
+            ("port range", theirs.port_range != own.port_range),
+        ];
+        for (what, _) in differs.iter().filter(|(_, d)| *d) {
+            error(format!(
+                "peer {} has another {what}: the gateways would compute different blocks \
+                 and could give one external port to two hosts",
+                peer.display()
+            ));
+        }
+        note_owner(peer, &theirs);
+    }
+    for (share, who) in owners.iter().enumerate() {
+        if who.is_empty() {
+            error(format!(
+                "share {share} is owned by no gateway: its hosts would be dropped everywhere"
+            ));
+        }
     }
     Ok(())
 }
@@ -188,6 +294,9 @@ pub fn check_text(path: &Path, text: &str, exists: impl Fn(&str) -> bool) -> Rep
         });
     }
     let s = &checked.settings;
+    if let (Some(b), true) = (&s.blocks, checked.errors.is_empty()) {
+        report.shares = b.shares(&s.external, s.port_range);
+    }
     let interfaces = std::iter::once(("wan", &s.wan)).chain(s.lan.iter().map(|l| ("lan", l)));
     for (key, name) in interfaces {
         if !name.is_empty() && !exists(name) {
@@ -429,5 +538,101 @@ internal = \"10.0.0.2:3478\"
         let f = &report.findings[0];
         assert_eq!(f.key.as_deref(), Some("pcp.min_lifetime"), "{f:?}");
         assert_eq!(f.line, Some(4), "{f:?}");
+    }
+
+    /// A cluster member: pool of three, three shares, `owned` its shares.
+    fn member(owned: &str, size: u16) -> String {
+        format!(
+            "{GOOD}external = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.3\"]\n\
+             [blocks]\nspace = \"10.0.0.0/24\"\nsize = {size}\nshares = 3\nowned = [{owned}]\n"
+        )
+    }
+
+    #[test]
+    fn block_plans_are_checked_and_their_shares_listed() {
+        // rfc7422: the shares an operator routes, from the file itself.
+        let report = check(&member("0", 750));
+        assert!(report.findings.is_empty(), "{report:?}");
+        let out = report.render(Path::new("g0.toml"));
+        assert!(
+            out.contains("g0.toml: blocks: share 0 (owned): internal 10.0.0.0/26,10.0.0.64/28,10.0.0.80/30,10.0.0.84/31 external 192.0.2.1\n"),
+            "{out}"
+        );
+        // Blocks of 2000 ports: 32 per address, 96 hosts in a pool of 3, not 256.
+        let report = check(&member("0, 3", 2000));
+        let messages: Vec<&str> = report.findings.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("needs 8 external addresses")),
+            "{messages:?}"
+        );
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("owned share 3 does not exist")),
+            "{messages:?}"
+        );
+        assert!(report
+            .findings
+            .iter()
+            .all(|f| f.key.as_deref() == Some("blocks")));
+        assert_eq!(report.findings[0].line, Some(4), "the [blocks] header");
+        // A forward outside its host's block.
+        let report = check(&format!(
+            "{}[[forward]]\nprotocol = \"udp\"\nexternal_port = 5000\ninternal = \"10.0.0.20:5000\"\n",
+            member("0", 750)
+        ));
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.message.contains("outside the internal host's port block")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn peers_must_agree_and_own_every_share() {
+        let dir = std::env::temp_dir().join(format!("natgw-peers-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let g0 = member("0, 2", 750);
+        let g1 = write("g1.toml", member("1, 0", 750));
+        let bad = write("bad.toml", member("1", 1000));
+        let mut report = check(&g0);
+        check_peers(
+            Path::new("g0.toml"),
+            &g0,
+            std::slice::from_ref(&g1),
+            &mut report,
+        )
+        .unwrap();
+        assert!(report.findings.is_empty(), "{report:?}");
+        let mut report = check(&g0);
+        check_peers(Path::new("g0.toml"), &g0, &[bad], &mut report).unwrap();
+        let messages: Vec<&str> = report.findings.iter().map(|f| f.message.as_str()).collect();
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("has another block size")),
+            "{messages:?}"
+        );
+        let g0_alone = member("0", 750);
+        let mut report = check(&g0_alone);
+        check_peers(Path::new("g0.toml"), &g0_alone, &[], &mut report).unwrap();
+        let messages: Vec<&str> = report.findings.iter().map(|f| f.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "share 1 is owned by no gateway: its hosts would be dropped everywhere",
+                "share 2 is owned by no gateway: its hosts would be dropped everywhere"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

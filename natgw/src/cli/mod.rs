@@ -217,13 +217,19 @@ Flags override the configuration file, which overrides the defaults. Example fil
     peer = \"10.255.0.2:7780\"
     key_file = \"/etc/natgw/ha.key\"  # >= 16 bytes, mode 600
     role = \"active\"                 # active | standby (restart-only; `natgw ha-role`)
+    # [blocks]                      # deterministic port blocks (RFC 7422), off by
+    # space = \"10.0.0.0/22\"       # default; the pool must be listed, the same on
+    # size = 126                    # every gateway; restart-only; see
+    # shares = 2                    # docs/configuration.md
+    # owned = [0]
 
     [[forward]]                     # a static port forward (repeatable)
     protocol = \"tcp\"
     external_port = 8080
     internal = \"10.0.1.2:80\"
 
-SIGHUP reads the file again and applies timeouts, filtering, the port range, the PCP
+SIGHUP reads the file again and applies timeouts, filtering, the port range (not with
+port blocks), the PCP
 policy, the [upnp] settings but `enabled`, and the forwards without dropping a mapping
 (flags still override the file).
 SIGINT/SIGTERM stop natgw and leave its data path translating; the next `natgw run`
@@ -437,6 +443,33 @@ pub struct RunArgs {
     /// time [default: `[ha] role`, or active].
     #[arg(long, value_name = "ROLE")]
     pub ha_role: Option<crate::config::ha::HaRoleChoice>,
+    /// Deterministic port blocks (RFC 7422): host i of this internal prefix gets
+    /// block i % B of pool address i / B, B blocks of --block-size ports fitting the
+    /// port range; hosts outside it are dropped and counted. Needs --external listed
+    /// in the same order on every gateway and --block-size [default: `[blocks]
+    /// space`, or dynamic allocation].
+    #[arg(long, value_name = "PREFIX", help_heading = "Port blocks")]
+    pub block_space: Option<natgw_proto::prefix::Ipv4Prefix>,
+
+    /// Ports per block [default: `[blocks] size`].
+    #[arg(long, value_name = "PORTS", help_heading = "Port blocks")]
+    pub block_size: Option<u16>,
+
+    /// Shares the pool is cut into, each a run of external addresses and the hosts
+    /// whose blocks lie on them; must divide the pool [default: `[blocks] shares`,
+    /// or 1].
+    #[arg(long, value_name = "N", help_heading = "Port blocks")]
+    pub block_shares: Option<u8>,
+
+    /// Shares this gateway translates, 0-based (comma-separated or repeated); hosts
+    /// of other shares are dropped and counted [default: `[blocks] owned`, or all].
+    #[arg(
+        long,
+        value_name = "SHARE",
+        value_delimiter = ',',
+        help_heading = "Port blocks"
+    )]
+    pub block_owned: Vec<u8>,
 }
 
 impl RunArgs {
@@ -479,6 +512,12 @@ impl RunArgs {
             ha_peer: self.ha_peer,
             ha_key_file: self.ha_key_file.clone(),
             ha_role: self.ha_role,
+            blocks: crate::config::BlockOverrides {
+                space: self.block_space,
+                size: self.block_size,
+                shares: self.block_shares,
+                owned: self.block_owned.clone(),
+            },
         }
     }
 }

@@ -70,6 +70,58 @@ pub struct WhoReport {
     /// Holders in the running gateway's table (only when asked about now and a
     /// natgw runs in this network namespace); `None`: not looked at.
     pub live: Option<Vec<Holding>>,
+    /// In port-block mode (RFC 7422), the host whose block holds the port, from the
+    /// configuration alone (the running natgw's, else --config): it held the port
+    /// for as long as that configuration was in force, at any time.
+    pub block: Option<BlockHolder>,
+}
+
+/// The owner of a port block.
+#[derive(Debug, Serialize)]
+pub struct BlockHolder {
+    /// The internal host.
+    pub internal: std::net::Ipv4Addr,
+    /// The block's first port.
+    pub port_first: u16,
+    /// The block's last port.
+    pub port_last: u16,
+}
+
+/// The block holder of `external` under the running natgw's settings, else those
+/// of `--config`; `None` outside block mode or when no host's block holds it.
+fn block_holder(
+    running: Option<&crate::config::Settings>,
+    config: Option<&std::path::Path>,
+    external: SocketAddrV4,
+) -> Result<Option<BlockHolder>> {
+    let (blocks, pool, range) = match (running, config) {
+        (Some(s), _) => (s.blocks.clone(), s.external.clone(), s.port_range),
+        (None, Some(path)) => {
+            let f = crate::config::load_file(path)?;
+            let range = match (f.port_range, f.port_min, f.port_max) {
+                (Some(r), _, _) => r,
+                (None, min, max) => crate::config::PortRange::new(
+                    min.unwrap_or(crate::config::PORT_RANGE_DEFAULT.min),
+                    max.unwrap_or(crate::config::PORT_RANGE_DEFAULT.max),
+                )?,
+            };
+            (f.blocks, f.external.unwrap_or_default(), range)
+        }
+        (None, None) => return Ok(None),
+    };
+    let Some(blocks) = blocks else {
+        return Ok(None);
+    };
+    let Some(host) = blocks.host_of(&pool, range, external) else {
+        return Ok(None);
+    };
+    Ok(blocks
+        .block_of(&pool, range, host)
+        .map(|(_, b)| BlockHolder {
+            internal: host,
+            port_first: b.first,
+            port_last: b.last,
+        }))
 }
 
 /// `natgw who`.
@@ -107,7 +159,12 @@ pub fn run(args: &WhoArgs) -> Result<()> {
         args.logs.clone()
     };
     let live_wanted = args.at.is_none();
-    if logs.is_empty() && !(live_wanted && running.is_some()) {
+    let block = block_holder(
+        running.as_ref().map(|(_, state, _)| &state.settings),
+        args.config.as_deref(),
+        args.external,
+    )?;
+    if logs.is_empty() && !(live_wanted && running.is_some()) && block.is_none() {
         bail!(
             "no allocation log to read: pass --log PATH (or --config FILE with \
              `log_allocations`); without one only `natgw who` of now, with natgw running, \
@@ -151,6 +208,7 @@ pub fn run(args: &WhoArgs) -> Result<()> {
         bad_lines,
         from_log,
         live,
+        block,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -220,8 +278,21 @@ pub fn text(r: &WhoReport) -> String {
     );
     let live = r.live.as_deref().unwrap_or_default();
     let mut s = String::new();
+    if let Some(b) = &r.block {
+        s.push_str(&format!(
+            "{} lies in the port block {}-{} of {}: internal host {} holds it for as long as \
+             the port-block configuration is in force\n",
+            r.external,
+            b.port_first,
+            b.port_last,
+            r.external.ip(),
+            b.internal
+        ));
+    }
     if r.from_log.is_empty() && live.is_empty() {
-        s.push_str(&format!("nobody held {what} at {}\n", r.at));
+        if r.block.is_none() {
+            s.push_str(&format!("nobody held {what} at {}\n", r.at));
+        }
     } else {
         s.push_str(&format!("{what} at {} was held by:\n", r.at));
         for h in &r.from_log {
@@ -252,4 +323,38 @@ pub fn text(r: &WhoReport) -> String {
         }
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_answer_names_the_host_without_a_log() {
+        // rfc7422 §2: the holder of a port follows from the configuration.
+        let report = WhoReport {
+            external: "192.0.2.3:22100".parse().unwrap(),
+            protocol: None,
+            at: "2026-12-05T12:00:00.000Z".to_owned(),
+            logs: Vec::new(),
+            records: 0,
+            bad_lines: 0,
+            from_log: Vec::new(),
+            live: None,
+            block: Some(BlockHolder {
+                internal: std::net::Ipv4Addr::new(10, 0, 0, 200),
+                port_first: 22024,
+                port_last: 22773,
+            }),
+        };
+        let out = text(&report);
+        assert!(
+            out.starts_with(
+                "192.0.2.3:22100 lies in the port block 22024-22773 of 192.0.2.3: internal \
+                 host 10.0.0.200 holds it"
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("nobody"), "{out}");
+    }
 }

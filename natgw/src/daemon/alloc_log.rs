@@ -68,11 +68,29 @@ impl AllocLog {
     ///
     /// # Errors
     /// When the target cannot be opened.
-    pub fn start(target: &AllocLogTarget, existing: &[(FwdKey, Mapping)]) -> Result<Self> {
+    ///
+    /// In port-block mode (`blocks`: host, external address, first and last port of
+    /// each block of the shares owned here) the log has one record per block
+    /// instead (RFC 7422): a `start` for each now, an `end` for each when natgw
+    /// stops, protocol `all` and origin `block`. A host's mappings all lie in its
+    /// block, so per-mapping records would say nothing more, and the data path is
+    /// not asked for mapping events.
+    pub fn start(
+        target: &AllocLogTarget,
+        existing: &[(FwdKey, Mapping)],
+        blocks: Option<Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16)>>,
+    ) -> Result<Self> {
         let sink = Sink::open(target)?;
+        let (notes, notes_rx) = mpsc::unbounded_channel();
+        if let Some(blocks) = blocks {
+            let mut writer = BlockWriter::new(sink, &blocks);
+            writer.start();
+            log::info!("alloc_log.started target={target} blocks={}", blocks.len());
+            let task = tokio::spawn(writer.run(notes_rx));
+            return Ok(Self { notes, task });
+        }
         events::install();
         let receiver = events::subscribe_internal().context("the mapping event hub is missing")?;
-        let (notes, notes_rx) = mpsc::unbounded_channel();
         let mut writer = Writer {
             sink,
             open: HashMap::new(),
@@ -247,6 +265,61 @@ impl Writer {
                 Record::end(time, allocation, kind.name(), duration)
             }
         })
+    }
+}
+
+/// The writer of port-block mode: a `start` record per block when natgw starts, an
+/// `end` per block when it stops.
+struct BlockWriter {
+    sink: Sink,
+    blocks: Vec<Allocation>,
+    started: Timestamp,
+}
+
+impl BlockWriter {
+    fn new(sink: Sink, blocks: &[(std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u16)]) -> Self {
+        Self {
+            sink,
+            blocks: blocks
+                .iter()
+                .map(|&(host, external, port_first, port_last)| Allocation {
+                    protocol: "all".to_owned(),
+                    internal: std::net::SocketAddrV4::new(host, 0),
+                    external,
+                    port_first,
+                    port_last,
+                    origin: "block".to_owned(),
+                })
+                .collect(),
+            started: millis(Timestamp::now()),
+        }
+    }
+
+    fn start(&mut self) {
+        let records: Vec<Record> = self
+            .blocks
+            .iter()
+            .map(|a| Record::start(self.started, a.clone()))
+            .collect();
+        self.sink.write(&records);
+    }
+
+    async fn run(mut self, mut notes: mpsc::UnboundedReceiver<Note>) {
+        while let Some(note) = notes.recv().await {
+            match note {
+                Note::Reopen => self.sink.reopen(),
+                Note::Lost(_) => {} // no mapping events are read in block mode
+                Note::Stop => break,
+            }
+        }
+        let now = millis(Timestamp::now());
+        let duration = now.duration_since(self.started).unsigned_abs();
+        let records: Vec<Record> = self
+            .blocks
+            .iter()
+            .map(|a| Record::end(now, a.clone(), "stop", Some(duration)))
+            .collect();
+        self.sink.write(&records);
     }
 }
 
@@ -503,7 +576,7 @@ mod tests {
             ..Mapping::default()
         };
         let before = Timestamp::now();
-        let log = AllocLog::start(&AllocLogTarget::File(path.clone()), &[(key, m)]).unwrap();
+        let log = AllocLog::start(&AllocLogTarget::File(path.clone()), &[(key, m)], None).unwrap();
         let ours = |event: &str| {
             let text = std::fs::read_to_string(&path).unwrap();
             let line = text
@@ -529,6 +602,45 @@ mod tests {
         let (end, text) = ours("end");
         let d = end.duration.expect("a duration").as_secs_f64();
         assert!((4.5..6.0).contains(&d), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn block_mode_logs_one_start_and_one_end_per_block_and_no_mappings() {
+        // rfc7422 §2, rfc6888 REQ-12: a record per block, and `natgw who` finds the
+        // block's host for any of its ports and any protocol.
+        let dir = std::env::temp_dir().join(format!("natgw-alloc-blocks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.log");
+        let ext = std::net::Ipv4Addr::new(192, 0, 2, 7);
+        let blocks = vec![
+            (std::net::Ipv4Addr::new(10, 7, 0, 1), ext, 1024, 2023),
+            (std::net::Ipv4Addr::new(10, 7, 0, 2), ext, 2024, 3023),
+        ];
+        let log = AllocLog::start(&AllocLogTarget::File(path.clone()), &[], Some(blocks)).unwrap();
+        log.finish().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let records: Vec<Record> = text
+            .lines()
+            .map(|l| Record::from_text(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 4, "{text}");
+        assert!(
+            text.lines().next().unwrap().ends_with(
+                " start proto=all int=10.7.0.1:0 ext=192.0.2.7 ports=1024-2023 origin=block"
+            ),
+            "{text}"
+        );
+        assert!(text.lines().nth(3).unwrap().contains(" end proto=all int=10.7.0.2:0 ext=192.0.2.7 ports=2024-3023 origin=block reason=stop"), "{text}");
+        let at = records[0].time;
+        let who = crate::nat_table::alloc_log::who(
+            records,
+            std::net::SocketAddrV4::new(ext, 2500),
+            Some("tcp"),
+            at,
+        );
+        assert_eq!(who.len(), 1, "{who:?}");
+        assert_eq!(*who[0].internal.ip(), std::net::Ipv4Addr::new(10, 7, 0, 2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -619,7 +619,12 @@ impl Daemon {
                 .nat
                 .fwd_entries()
                 .context("reading NAT_FWD for the allocation log")?;
-            self.services.alloc_log = Some(alloc_log::AllocLog::start(target, &existing)?);
+            let blocks = self
+                .settings
+                .blocks
+                .as_ref()
+                .map(|b| b.owned_blocks(&self.settings.external, self.settings.port_range));
+            self.services.alloc_log = Some(alloc_log::AllocLog::start(target, &existing, blocks)?);
             self.services.event_lost_seen = dp.maps().counters().ok().and_then(|c| {
                 c.iter()
                     .find(|(c, _)| *c == natgw_common::Counter::EventLost)
@@ -751,6 +756,9 @@ impl Daemon {
             host_rate_burst: s.limits.new_mappings_burst,
             host_rate_interval_ns: interval_ns(s.limits.new_mappings_per_sec),
             port_hold_ns: s.limits.port_hold_down.saturating_mul(NS_PER_SEC),
+            blocks: s.blocks.as_ref().map_or_else(Default::default, |b| {
+                b.plan(self.topology.pool.len(), s.port_range)
+            }),
         }
     }
 
@@ -1689,6 +1697,12 @@ fn keep_restart_only(running: &Settings, new: &mut Settings) -> Vec<&'static str
     keep!(ha, "ha");
     // The reverse table was sized with room for this many holds.
     keep!(limits.max_held_ports, "limits.max_held_ports");
+    // Port blocks are a function of these: a change would move hosts to other blocks
+    // under their live mappings and the allocation log's block records.
+    keep!(blocks, "blocks");
+    if running.blocks.is_some() {
+        keep!(port_range, "port_range");
+    }
     kept
 }
 

@@ -277,6 +277,9 @@ impl PortMapping {
             filter_udp: new.filtering.udp.mode(),
             filter_tcp: new.filtering.tcp.mode(),
             policy: Policy::new(&new.timeouts, new.inbound_refresh),
+            blocks: new.blocks.as_ref().map_or_else(Default::default, |b| {
+                b.plan(new.external.len(), new.port_range)
+            }),
         });
         if let Some(server) = self.server.as_mut() {
             if new.pcp.server != old.pcp.server {
@@ -430,6 +433,9 @@ impl PortMapping {
             filter_tcp: s.filtering.tcp.mode(),
             policy: Policy::new(&s.timeouts, s.inbound_refresh)
                 .with_hold_down(s.limits.port_hold_down),
+            blocks: s.blocks.as_ref().map_or_else(Default::default, |b| {
+                b.plan(topology.pool.len(), s.port_range)
+            }),
         };
         let addresses = dp.addresses().clone();
         let mut explicit =

@@ -403,7 +403,8 @@ pub fn who<I: IntoIterator<Item = Record>>(
         let port = external.port();
         if a.external != *external.ip()
             || !(a.port_first..=a.port_last).contains(&port)
-            || protocol.is_some_and(|p| p != a.protocol)
+            // A port block's record (protocol `all`) covers every protocol.
+            || protocol.is_some_and(|p| p != a.protocol && a.protocol != "all")
         {
             continue;
         }

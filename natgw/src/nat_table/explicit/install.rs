@@ -61,7 +61,23 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         now_ns: u64,
     ) -> Result<u16, TableError> {
         let proto = ip_proto(request.key.protocol).ok_or(TableError::NotAuthorized)?;
-        let spans = &request.ports;
+        // Block mode: only the part of the permitted ports in the host's block.
+        let clipped: Vec<PortSpan>;
+        let spans = if self.defaults.blocks.is_on() {
+            let (_, block) = self
+                .block_of(request.key.internal)
+                .ok_or(TableError::NotAuthorized)?;
+            clipped = request
+                .ports
+                .iter()
+                .filter_map(|s| {
+                    PortSpan::new(s.first().max(block.first()), s.last().min(block.last()))
+                })
+                .collect();
+            &clipped
+        } else {
+            &request.ports
+        };
         let permitted = |p: u16| p != 0 && spans.iter().any(|s| s.contains(p));
         let total: u64 = spans
             .iter()
@@ -124,9 +140,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         now_ns: u64,
     ) -> Result<(SocketAddrV4, u64), TableError> {
         let proto = ip_proto(request.key.protocol).ok_or(TableError::NotAuthorized)?;
-        let address = self
-            .address_for(request.key.internal)
-            .ok_or(TableError::NetworkFailure)?;
+        let address = self.address_or_refusal(request.key.internal)?;
         if request.prefer_failure && request.suggested_address.is_some_and(|a| a != address) {
             return Err(TableError::CannotProvideExternal);
         }

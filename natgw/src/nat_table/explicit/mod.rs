@@ -182,6 +182,9 @@ pub struct Defaults {
     pub filter_tcp: FilterMode,
     /// Idle timeouts.
     pub policy: Policy,
+    /// Port blocks (RFC 7422): when on, a host's explicit mappings come from its
+    /// block, as its traffic mappings do, and hosts without one get none.
+    pub blocks: natgw_common::blocks::BlockPlan,
 }
 
 impl Defaults {
@@ -447,9 +450,38 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     /// The external address of internal host `host`: the same one traffic from it
     /// gets (paired pooling, RFC 4787 REQ-2).
     fn address_for(&self, host: Ipv4Addr) -> Option<Ipv4Addr> {
+        if self.defaults.blocks.is_on() {
+            return self.block_of(host).and_then(|(a, _)| a);
+        }
         let count = u8::try_from(self.pool.len()).unwrap_or(u8::MAX);
         let index = pool_index(addr_be(host.octets()), count) as usize;
         self.pool.get(index).or(self.pool.first()).copied()
+    }
+
+    /// [`Self::address_for`] as a request's answer: a host without a block here is not
+    /// authorised (block mode); no address at all is a network failure.
+    fn address_or_refusal(&self, host: Ipv4Addr) -> Result<Ipv4Addr, TableError> {
+        self.address_for(host)
+            .ok_or(if self.defaults.blocks.is_on() {
+                TableError::NotAuthorized
+            } else {
+                TableError::NetworkFailure
+            })
+    }
+
+    /// In block mode, the external address (if the pool has it) and the port span of
+    /// `host`'s block, when this gateway owns it; `None` outside block mode or
+    /// without a block here.
+    fn block_of(&self, host: Ipv4Addr) -> Option<(Option<Ipv4Addr>, PortSpan)> {
+        let plan = &self.defaults.blocks;
+        if !plan.is_on() {
+            return None;
+        }
+        let b = plan
+            .owned_block_of(u32::from(host), self.defaults.port_range.min)
+            .ok()?;
+        let addr = self.pool.get(usize::try_from(b.addr_index).ok()?).copied();
+        Some((addr, PortSpan::new(b.first, b.last)?))
     }
 
     /// New defaults (a reloaded configuration): timeouts and filtering that

@@ -26,9 +26,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         let mut m = match nat.fwd(&fk).map_err(|e| map_failure("read NAT_FWD", &e))? {
             Some(m) => m,
             None => {
-                let address = self
-                    .address_for(*request.internal.ip())
-                    .ok_or(TableError::NetworkFailure)?;
+                let address = self.address_or_refusal(*request.internal.ip())?;
                 let new = NewMapping {
                     key,
                     holder: Holder::Pcp,

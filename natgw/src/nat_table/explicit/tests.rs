@@ -14,6 +14,7 @@ fn defaults() -> Defaults {
         filter_udp: FilterMode::AddressDependent,
         filter_tcp: FilterMode::EndpointIndependent,
         policy: Policy::new(&Timeouts::default(), false),
+        blocks: natgw_common::blocks::BlockPlan::default(),
     }
 }
 
@@ -499,4 +500,69 @@ fn the_generation_changes_with_every_change_of_the_records() {
     let later = now + Duration::from_secs(601);
     assert_eq!(x.expire(&mut nat, later, 602 * S).len(), 1);
     assert_ne!(g5, generation(&mut x, &mut nat), "an expiry");
+}
+
+/// Block mode over 10.0.1.0/24 with a pool of two addresses: blocks of 1000 ports
+/// (64 per address), one share per address, only share 0 owned here.
+fn explicit_in_blocks() -> ExplicitMappings<MemoryMaps> {
+    let lan = crate::datapath::addresses::LanIface {
+        ifindex: 3,
+        prefixes: vec![Ipv4Prefix::new(Ipv4Addr::new(10, 0, 1, 1), 24).unwrap()],
+    };
+    let hosts = AddressPlan::new(vec![lan.clone()], &lan.prefixes);
+    let blocks = natgw_common::blocks::BlockPlan {
+        space_first: u32::from(Ipv4Addr::new(10, 0, 1, 0)),
+        space_len: 256,
+        block_size: 1000,
+        blocks_per_addr: 64,
+        owned: 0b01,
+        addrs_per_share: 1,
+        _pad: 0,
+    };
+    let pool = vec![EXT, Ipv4Addr::new(192, 0, 2, 2)];
+    ExplicitMappings::new(
+        pool,
+        hosts,
+        Defaults {
+            blocks,
+            ..defaults()
+        },
+        MemoryMaps::default(),
+    )
+    .with_socket_probe(|_, _, _| false)
+}
+
+#[test]
+fn in_block_mode_explicit_mappings_come_from_the_hosts_block() {
+    // rfc7422: HOST 10.0.1.2 is host 2: block 3024-4023 of the pool's first address.
+    let (mut x, mut nat, now) = (explicit_in_blocks(), MemoryMaps::default(), Instant::now());
+    let mut t = x.table(&mut nat, now, 10 * S);
+    let ext = t.install(&install(5000, Some(15000), now)).unwrap();
+    assert_eq!(*ext.ip(), EXT);
+    assert!((3024..=4023).contains(&ext.port()), "{ext}");
+    let ext = t.install(&install(3500, None, now)).unwrap();
+    assert_eq!(
+        ext,
+        SocketAddrV4::new(EXT, 3500),
+        "the internal port, in the block"
+    );
+    let ext = t.install(&install(3501, Some(3600), now)).unwrap();
+    assert_eq!(
+        ext,
+        SocketAddrV4::new(EXT, 3600),
+        "a suggestion in the block"
+    );
+    // Host 10.0.1.100 is on the second address: share 1, not owned here.
+    let other = Install {
+        key: MappingKey {
+            internal: Ipv4Addr::new(10, 0, 1, 100),
+            ..key(5000)
+        },
+        ..install(5000, None, now)
+    };
+    assert_eq!(
+        t.install(&other).unwrap_err(),
+        TableError::NotAuthorized,
+        "no block here, no mapping"
+    );
 }
