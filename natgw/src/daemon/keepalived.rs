@@ -106,11 +106,24 @@ impl Reporter {
         })
     }
 
-    /// Whether it still runs.
+    /// Whether it still runs: the same command under its pid, and not a zombie (a
+    /// killed keepalived's VRRP process keeps its `/proc` entry until it is reaped).
     #[must_use]
     pub fn alive(&self) -> bool {
-        comm_of(self.pid).is_some_and(|c| c == self.comm)
+        comm_of(self.pid).is_some_and(|c| c == self.comm) && !exited(self.pid)
     }
+}
+
+/// Whether `pid` is a zombie (or dead): the state field of `/proc/PID/stat`, after
+/// the command name in parentheses (which may itself hold spaces and parentheses).
+fn exited(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    matches!(state, None | Some("Z" | "X" | "x"))
 }
 
 fn comm_of(pid: u32) -> Option<String> {
@@ -250,6 +263,34 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_reporter_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawning sleep");
+        let reporter = Reporter {
+            pid: child.id(),
+            comm: "sleep".to_owned(),
+        };
+        assert!(reporter.alive(), "a running reporter");
+        let wrong = Reporter {
+            comm: "keepalived".to_owned(),
+            ..reporter.clone()
+        };
+        assert!(!wrong.alive(), "another command under the pid");
+        child.kill().expect("killing sleep");
+        // Killed but not reaped: a zombie, its /proc entry (and comm) still there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !exited(reporter.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(comm_of(reporter.pid).as_deref(), Some("sleep"));
+        assert!(!reporter.alive(), "a zombie is not alive");
+        child.wait().expect("reaping sleep");
+        assert!(!reporter.alive(), "a reaped reporter is not alive");
+    }
 
     #[test]
     fn keepalived_states_parse_as_its_notify_scripts_name_them() {
