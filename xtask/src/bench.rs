@@ -744,16 +744,8 @@ fn ha_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
         );
     }
     if args.write_docs {
-        let path = paths::workspace_root().join("docs/benchmarks.md");
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let section = ha::markdown(&runs, &machine.date, &machine.command);
-        std::fs::write(&path, ha::replace_section(&doc, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "xtask bench: wrote the replication section of {}",
-            path.display()
-        );
+        write_doc_section(ha::HEADING, &section, "replication")?;
     }
     Ok(())
 }
@@ -782,13 +774,8 @@ fn upnp_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
         );
     }
     if args.write_docs {
-        let path = paths::workspace_root().join("docs/benchmarks.md");
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let section = upnp::markdown(&runs, &machine.date, &machine.command);
-        std::fs::write(&path, upnp::replace_section(&doc, &section))
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("xtask bench: wrote the UPnP section of {}", path.display());
+        write_doc_section(upnp::HEADING, &section, "UPnP")?;
     }
     Ok(())
 }
@@ -805,19 +792,8 @@ fn packets_only(args: &Args, machine: &Machine, plan: &Plan, results: &Results) 
         print!("{}", report::packets_text(machine, plan, results));
     }
     if args.write_docs {
-        let path = paths::workspace_root().join("docs/benchmarks.md");
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let section = report::packets_markdown(machine, plan, results);
-        std::fs::write(
-            &path,
-            report::replace_section(&doc, report::PACKETS_HEADING, &section),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "xtask bench: wrote the packet-rate section of {}",
-            path.display()
-        );
+        write_doc_section(report::PACKETS_HEADING, &section, "packet-rate")?;
     }
     write_charts(
         args,
@@ -840,16 +816,8 @@ fn setup_only(args: &Args, machine: &Machine, s: &setup::SetupResults) -> Result
         print!("{}", setup::text(s));
     }
     if args.write_docs {
-        let path = paths::workspace_root().join("docs/benchmarks.md");
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let section = setup::markdown(s, &machine.date, &machine.command);
-        std::fs::write(
-            &path,
-            report::replace_section(&doc, setup::HEADING, &section),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("xtask bench: wrote the setup section of {}", path.display());
+        write_doc_section(setup::HEADING, &section, "setup")?;
     }
     Ok(())
 }
@@ -884,17 +852,24 @@ fn turn_only(args: &Args, artifacts: &build::Artifacts) -> Result<()> {
         print!("{}", turn::text(&r));
     }
     if args.write_docs {
-        let path = paths::workspace_root().join("docs/benchmarks.md");
-        let doc = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
         let section = turn::markdown(&r, &machine);
-        std::fs::write(
-            &path,
-            report::replace_section(&doc, turn::HEADING, &section),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("xtask bench: wrote the TURN section of {}", path.display());
+        write_doc_section(turn::HEADING, &section, "TURN")?;
     }
+    Ok(())
+}
+
+/// Replaces the section under `heading` of docs/benchmarks.md with `section` (the
+/// `--write-docs` of one part; `what` names it in the message).
+fn write_doc_section(heading: &str, section: &str, what: &str) -> Result<()> {
+    let path = paths::workspace_root().join("docs/benchmarks.md");
+    let doc =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    std::fs::write(&path, report::replace_section(&doc, heading, section))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "xtask bench: wrote the {what} section of {}",
+        path.display()
+    );
     Ok(())
 }
 

@@ -312,9 +312,3 @@ pub fn markdown(runs: &[HaResult], date: &str, command: &str) -> String {
     out.push_str(METHOD);
     out
 }
-
-/// `doc` with its replication section replaced by `section` (or appended).
-#[must_use]
-pub fn replace_section(doc: &str, section: &str) -> String {
-    super::report::replace_section(doc, HEADING, section)
-}

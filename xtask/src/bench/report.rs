@@ -422,7 +422,7 @@ impl Report<'_> {
                 &self.machine.date,
                 &self.machine.command,
             );
-            out = upnp::replace_section(&out, &section);
+            out = replace_section(&out, upnp::HEADING, &section);
         }
         if let Some(t) = self.turn {
             out = replace_section(&out, turn::HEADING, &turn::markdown(t, self.machine));

@@ -640,13 +640,6 @@ pub fn markdown(runs: &[UpnpResult], date: &str, command: &str) -> String {
     out
 }
 
-/// `doc` with its UPnP section (from [`HEADING`] to the next `## ` heading) replaced by
-/// `section`, or `section` appended if it has none.
-#[must_use]
-pub fn replace_section(doc: &str, section: &str) -> String {
-    super::report::replace_section(doc, HEADING, section)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,6 +675,8 @@ mod tests {
 
     #[test]
     fn upnp_section_is_replaced_in_place_or_appended() {
+        let replace_section =
+            |doc: &str, new: &str| crate::bench::report::replace_section(doc, HEADING, new);
         let new = format!("{HEADING}\n\nnew figures\n");
         let doc = format!("# B\n\n{HEADING}\n\nold\n\n## How it measures\n\nx\n");
         assert_eq!(
