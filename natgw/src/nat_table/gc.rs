@@ -478,6 +478,24 @@ impl Sweeper {
         self.confirm_ns.min(CONFIRM_GUARD_NS)
     }
 
+    /// Puts a mapping of the schedule's kind, judged alive or expired once, on the
+    /// schedule: an alive one when its idle time runs out (past the guard), a
+    /// candidate for its second look a confirmation period from now. A mapping to
+    /// delete is the caller's.
+    fn schedule_judged(&mut self, key: FwdKey, verdict: Verdict, obs: &Observed, now_ns: u64) {
+        match verdict {
+            Verdict::Keep => {
+                let due = now_ns + remaining_ns(&self.policy, obs, now_ns);
+                self.schedule
+                    .insert((key, Candidate::of(obs)), due + self.guard_ns());
+            }
+            Verdict::Candidate(c) => {
+                self.schedule.insert((key, c), now_ns + self.confirm_ns);
+            }
+            Verdict::Delete => {}
+        }
+    }
+
     /// The same collector surveying at `cadence`, its ticks `interval_ns` apart (the
     /// second look at a candidate found between surveys comes that much later).
     #[must_use]
@@ -844,13 +862,8 @@ impl Sweeper {
             }
             let obs = Observed::new(&key, &m, r.as_ref());
             match judge(&self.policy, now_ns, Some(&last), &obs) {
-                Verdict::Keep => {
-                    let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
-                    self.schedule
-                        .insert((key, Candidate::of(&obs)), due + self.guard_ns());
-                }
-                Verdict::Candidate(c) => {
-                    self.schedule.insert((key, c), now_ns + self.confirm_ns);
+                verdict @ (Verdict::Keep | Verdict::Candidate(_)) => {
+                    self.schedule_judged(key, verdict, &obs, now_ns);
                 }
                 Verdict::Delete => {
                     self.candidates.remove(&key);

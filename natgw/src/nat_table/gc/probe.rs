@@ -28,9 +28,7 @@ use natgw_common::{FwdKey, Mapping, Origin, RevKey, RevValue, IPPROTO_TCP};
 
 use super::reason::{Due, Earliest, SurveyReason};
 use super::schedule::{probe_period, CREATED_SKEW_NS};
-use super::{
-    judge, remaining_ns, Candidate, FastMap, Observed, Policy, Sweeper, Verdict, ORPHAN_GRACE_NS,
-};
+use super::{judge, FastMap, Observed, Policy, Sweeper, ORPHAN_GRACE_NS};
 use crate::datapath::maps::{fwd_key_of, rev_key_of, session_rev_key, MapsError, NatTables};
 
 /// When the next survey is due, as the last survey left it: by its period, or by what
@@ -170,19 +168,9 @@ impl Sweeper {
         // Everything is accounted for: schedule the new traffic mappings.
         for &&(key, m) in new.iter().filter(|(_, m)| traffic(m)) {
             let obs = Observed::new(&key, &m, None);
-            match judge(&self.policy, now_ns, None, &obs) {
-                Verdict::Keep => {
-                    let due = now_ns + remaining_ns(&self.policy, &obs, now_ns);
-                    self.schedule
-                        .insert((key, Candidate::of(&obs)), due + self.guard_ns());
-                }
-                // Expired already: this was the first look, the second comes a tick
-                // later (as for a survey's candidate).
-                Verdict::Candidate(c) => {
-                    self.schedule.insert((key, c), now_ns + self.confirm_ns);
-                }
-                Verdict::Delete => {}
-            }
+            // Expired already: this was the first look, the second comes a tick later
+            // (as for a survey's candidate).
+            self.schedule_judged(key, judge(&self.policy, now_ns, None, &obs), &obs, now_ns);
         }
         if !new.is_empty() || self.pending.grace.len() != before {
             log::debug!(
