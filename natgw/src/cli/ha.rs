@@ -71,24 +71,18 @@ pub async fn ha_state(args: &HaStateArgs) -> Result<()> {
         return Ok(());
     }
     // Bounded: a notify script that hangs would pile up in keepalived.
-    let exchange = async {
-        let mut conn = control::connect(&dirs.state_dir, &Request::HaState { state }).await?;
-        conn.lines
-            .next_line()
-            .await?
-            .context("natgw closed the connection without an answer")
-    };
-    let line = tokio::time::timeout(ANSWER_WAIT, exchange)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "natgw did not answer within {} s (the state is recorded for its next start)",
-                ANSWER_WAIT.as_secs()
-            )
-        })??;
-    match serde_json::from_str::<Reply>(&line)
-        .with_context(|| format!("natgw sent something unexpected: {line}"))?
-    {
+    let reply = tokio::time::timeout(
+        ANSWER_WAIT,
+        control::ask(&dirs.state_dir, &Request::HaState { state }),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "natgw did not answer within {} s (the state is recorded for its next start)",
+            ANSWER_WAIT.as_secs()
+        )
+    })??;
+    match reply {
         Reply::Role { role, changed } => println!(
             "{state}: natgw {} {role}",
             if changed { "is now" } else { "stays" }

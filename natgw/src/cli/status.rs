@@ -163,15 +163,7 @@ pub async fn monitor(json: bool) -> Result<()> {
 /// No natgw running, replication not configured, or the control socket fails.
 pub async fn set_role(role: crate::config::ha::HaRoleChoice) -> Result<()> {
     let dirs = running_dirs()?;
-    let mut conn = control::connect(&dirs.state_dir, &Request::Role { role }).await?;
-    let line = conn
-        .lines
-        .next_line()
-        .await?
-        .context("natgw closed the connection without an answer")?;
-    match serde_json::from_str::<Reply>(&line)
-        .with_context(|| format!("natgw sent something unexpected: {line}"))?
-    {
+    match control::ask(&dirs.state_dir, &Request::Role { role }).await? {
         Reply::RoleSet => {
             println!("natgw is now {role}");
             Ok(())
@@ -184,22 +176,11 @@ pub async fn set_role(role: crate::config::ha::HaRoleChoice) -> Result<()> {
 /// `natgw flush`: asks the daemon to delete the mappings `filter` selects.
 pub async fn flush(filter: &MappingFilter, include_static: bool, json: bool) -> Result<()> {
     let dirs = running_dirs()?;
-    let mut conn = control::connect(
-        &dirs.state_dir,
-        &Request::Flush {
-            filter: *filter,
-            include_static,
-        },
-    )
-    .await?;
-    let line = conn
-        .lines
-        .next_line()
-        .await?
-        .context("natgw closed the connection without an answer")?;
-    match serde_json::from_str::<Reply>(&line)
-        .with_context(|| format!("natgw sent something unexpected: {line}"))?
-    {
+    let request = Request::Flush {
+        filter: *filter,
+        include_static,
+    };
+    match control::ask(&dirs.state_dir, &request).await? {
         Reply::Flushed { deleted } if json => println!("{{\"deleted\":{deleted}}}"),
         Reply::Flushed { deleted } => println!(
             "{deleted} mapping{} deleted{}",

@@ -379,6 +379,21 @@ pub async fn connect(state_dir: &Path, request: &Request) -> Result<Connection> 
     })
 }
 
+/// One exchange on the control socket: sends `request` and reads the daemon's one
+/// reply (`natgw flush`, `natgw ha-role`, `natgw ha-state`).
+///
+/// # Errors
+/// No daemon, the connection failing, or a line that is not a [`Reply`].
+pub async fn ask(state_dir: &Path, request: &Request) -> Result<Reply> {
+    let mut conn = connect(state_dir, request).await?;
+    let line = conn
+        .lines
+        .next_line()
+        .await?
+        .context("natgw closed the connection without an answer")?;
+    serde_json::from_str(&line).with_context(|| format!("natgw sent something unexpected: {line}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
