@@ -267,7 +267,8 @@ fn hosts_without_a_block_here_are_dropped_counted_and_never_leaked() {
 
 /// Three gateways behind a LAN router that routes each share of internal hosts to
 /// its gateway by source address, and a WAN router routing each share's external
-/// address to the same gateway ([`testbed::scale_out`]).
+/// address to the same gateway, both following the gateways' BGP announcements
+/// (BIRD, with BFD) ([`testbed::scale_out`]).
 mod scale_out {
     use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
     use std::time::{Duration, Instant};
@@ -392,14 +393,35 @@ mod scale_out {
         false
     }
 
+    /// How gateway 1 fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Failure {
+        /// The box dies with its cables plugged in: the routers' ports keep their
+        /// carrier, only BFD notices.
+        BoxDies,
+        /// Both its cables are pulled: the routers' ports lose carrier.
+        LinksDown,
+    }
+
     #[test]
-    fn shares_spread_over_three_gateways_and_move_whole_when_one_fails() {
-        // rfc7422 with issue #16 item 2: EIM across gateways, inbound through the
-        // block, and a failed gateway's hosts moved to its backup with the same
-        // external address and block.
+    fn shares_move_whole_when_a_gateway_dies_with_its_links_up() {
+        // rfc7422 with issue #16 item 2, failure seen by BFD only.
+        shares_spread_over_three_gateways_and_move_whole_when_one_fails(Failure::BoxDies);
+    }
+
+    #[test]
+    fn shares_move_whole_when_a_gateway_loses_its_links() {
+        // rfc7422 with issue #16 item 2, failure seen as lost carrier.
+        shares_spread_over_three_gateways_and_move_whole_when_one_fails(Failure::LinksDown);
+    }
+
+    /// EIM across gateways, inbound through the block, and a failed gateway's hosts
+    /// moved to its backup with the same external address and block, the others
+    /// untouched.
+    fn shares_spread_over_three_gateways_and_move_whole_when_one_fails(how: Failure) {
         natgw_integration_tests::require_root();
         let hosts: Vec<Ipv4Addr> = HOSTS.iter().map(|i| Ipv4Addr::new(10, 0, 0, *i)).collect();
-        let tb = ScaleOut::new(&hosts, &shares()).expect("building the scale-out testbed");
+        let mut tb = ScaleOut::new(&hosts, &shares()).expect("building the scale-out testbed");
         let mut natgws: Vec<Natgw> = (0..GATEWAYS).map(|k| start(&tb, k)).collect();
         let server = udp(&tb.server, SERVER_ADDR, 7000);
         let server2 = udp(&tb.server, SERVER_ADDR, 7001);
@@ -443,8 +465,8 @@ mod scale_out {
             before.push(seen);
         }
 
-        // Gateway 1 fails: natgw dies and its links go down. Its share (hosts
-        // 100-102) goes to gateway 2.
+        // Gateway 1 fails: natgw dies and the box (or its links) with it. Its share
+        // (hosts 100-102) goes to gateway 2.
         let failed = 1;
         let moved_flows = natgws[failed].mappings().len();
         let age_elsewhere: Vec<Option<u64>> = hosts
@@ -470,8 +492,16 @@ mod scale_out {
             "the same mapping, still on gateway {failed}"
         );
         let t0 = Instant::now();
-        tb.fail_links(failed)
-            .expect("taking gateway 1's links down");
+        match how {
+            Failure::BoxDies => tb.kill_box(failed).expect("killing gateway 1's box"),
+            Failure::LinksDown => tb
+                .fail_links(failed)
+                .expect("taking gateway 1's links down"),
+        }
+        // Both routers send share 1 to its backup, and nothing else moves.
+        let rerouted = t0.elapsed()
+            + tb.wait_routes(&[failed], Duration::from_secs(10))
+                .expect("share 1's routes on its backup, the others' unchanged");
 
         // The first moved host's new flow, tried every 100 ms: how long until it works.
         let first = hosts[moved[0]];
@@ -543,13 +573,61 @@ mod scale_out {
                 "{h}: the same mapping, not a new one (age {age:?} ms, before {age_before:?} ms)"
             );
         }
+
+        // Failback: gateway 1 comes back (natgw first, then its announcements) and
+        // takes its share back; the moved hosts' next flows go through it, in the
+        // same address and block, and the other hosts are still untouched.
+        natgws[failed] = start(&tb, failed);
+        let t1 = Instant::now();
+        tb.revive_box(failed).expect("reviving gateway 1");
+        let back = tb
+            .wait_routes(&[], Duration::from_secs(15))
+            .expect("share 1's routes back on gateway 1");
+        for &i in &moved {
+            let h = hosts[i];
+            let (_, addr, lo, hi) = expected(h);
+            let s = udp(&tb.hosts, h, 42000);
+            let seen = probe(&s, &server, to, &format!("{h} failback"), wait)
+                .unwrap_or_else(|| panic!("{h} does not get through after the failback"));
+            assert_eq!(
+                *seen.ip(),
+                addr,
+                "{h}: same external address after failback"
+            );
+            assert!(
+                (lo..=hi).contains(&seen.port()),
+                "{h}: same block after failback: {seen}"
+            );
+            assert!(
+                reply_arrives(&server, seen, &s, &format!("{h} back after failback")),
+                "{h}: inbound after failback"
+            );
+            assert!(
+                natgws[failed]
+                    .mapping_of("udp", SocketAddrV4::new(h, 42000))
+                    .is_some(),
+                "{h}'s new flow is on gateway {failed} again"
+            );
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            if expected(*h).0 != failed {
+                let seen = probe(&socks[i], &server, to, &format!("{h} still after"), wait)
+                    .expect("unmoved host after failback");
+                assert_eq!(seen, before[i], "{h}: untouched by the failback too");
+            }
+        }
         println!(
-            "scale-out failover: {} of {} hosts moved ({} mappings on the failed gateway); \
-             the first moved host's new flow worked {:.0} ms after the links went down",
+            "scale-out failover ({how:?}): {} of {} hosts moved ({} mappings on the failed \
+             gateway); both routers sent its share to the backup {:.0} ms after the \
+             failure, and the first moved host's new flow worked after {:.0} ms; \
+             failback: the share's routes were back {:.0} ms after gateway {failed} \
+             announced again",
             moved.len(),
             hosts.len(),
             moved_flows,
-            took.as_secs_f64() * 1000.0
+            rerouted.as_secs_f64() * 1000.0,
+            took.as_secs_f64() * 1000.0,
+            (t1.elapsed().saturating_sub(back.max(Duration::ZERO)) + back).as_secs_f64() * 1000.0
         );
     }
 }

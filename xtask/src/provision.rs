@@ -115,6 +115,13 @@ const TEST_PACKAGES: &[Package] = &[
               failover tests (tests/failover.rs) and `cargo xtask run --ha`; its service \
               stays off (it starts only with an /etc/keepalived/keepalived.conf)",
     },
+    Package {
+        name: "bird2",
+        why: "BIRD, the routing daemon of the scale-out testbed (tests/port_blocks.rs): the \
+              gateways announce their port-block shares to the routers by BGP, with BFD; \
+              where systemd starts its service, Debian's default /etc/bird/bird.conf has \
+              no neighbours and installs no routes",
+    },
 ];
 
 /// A PyPI package the integration tests use, pinned, installed with pip into the
