@@ -222,19 +222,7 @@ impl Drop for Bird {
 /// # Errors
 /// When `ip` cannot run or fails.
 pub fn ip(ns: &Netns, args: &[&str]) -> Result<()> {
-    let out = ns
-        .command("ip")
-        .args(args)
-        .output()
-        .map_err(|e| Error::os(format!("running ip {} in {}", args.join(" "), ns.name()), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::os(
-            format!("ip {} in {}", args.join(" "), ns.name()),
-            std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        ))
-    }
+    ip_output(ns, args).map(drop)
 }
 
 /// `ip ARGS` in `ns`, its output.
