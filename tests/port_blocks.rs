@@ -399,7 +399,8 @@ mod scale_out {
         /// The box dies with its cables plugged in: the routers' ports keep their
         /// carrier, only BFD notices.
         BoxDies,
-        /// Both its cables are pulled: the routers' ports lose carrier.
+        /// Both its cables are pulled: the routers' ports to it go down and its own
+        /// links lose carrier, keeping their configuration.
         LinksDown,
     }
 

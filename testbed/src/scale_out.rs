@@ -567,10 +567,7 @@ impl ScaleOut {
                 std::io::Error::other("no such gateway"),
             ));
         }
-        for (ns, dev) in [
-            (&self.lan_router, format!("g{k}")),
-            (&self.wan_router, format!("w{k}")),
-        ] {
+        for (ns, dev) in self.router_ports(k) {
             let rules = format!(
                 "table netdev dead_{dev} {{\n\
                  chain in {{ type filter hook ingress device \"{dev}\" priority 0; policy drop; }}\n\
@@ -789,8 +786,8 @@ impl ScaleOut {
     }
 
     /// Gateway `k` comes back from [`ScaleOut::kill_box`] or
-    /// [`ScaleOut::fail_links`]: the routers' ports pass frames again, its links are
-    /// up, and its BIRD runs (started again if it was killed), so it announces its
+    /// [`ScaleOut::fail_links`]: the routers' ports to it are up and pass frames
+    /// again, and its BIRD runs (started again if it was killed), so it announces its
     /// shares again and takes them back (their MED is better). Start natgw there
     /// first, so that the box translates before it attracts traffic.
     ///
@@ -803,18 +800,14 @@ impl ScaleOut {
                 std::io::Error::other("no such gateway"),
             )
         })?;
-        for (ns, dev) in [
-            (&self.lan_router, format!("g{k}")),
-            (&self.wan_router, format!("w{k}")),
-        ] {
+        for (ns, dev) in self.router_ports(k) {
             // Absent unless the box was killed; `nft delete` of a missing table fails.
             let _ = ns
                 .command("nft")
                 .args(["delete", "table", "netdev", &format!("dead_{dev}")])
                 .output();
+            ip(ns, &["link", "set", &dev, "up"])?;
         }
-        ip(g, &["link", "set", "lan0", "up"])?;
-        ip(g, &["link", "set", "wan0", "up"])?;
         let role = format!("g{k}");
         let running = self.birds.iter().any(|(r, b)| *r == role && b.is_some());
         if !running {
@@ -832,20 +825,35 @@ impl ScaleOut {
         Ok(())
     }
 
-    /// Takes gateway `k`'s links down from inside it, as pulled cables look to the
-    /// routers: no carrier on their side, so their BIRD ends the sessions at once.
+    /// Pulls gateway `k`'s two cables: the routers' ports to it go down, so the
+    /// routers' BIRD ends the sessions at once, and the gateway's `lan0` and `wan0`
+    /// lose carrier. The gateway keeps its own configuration (addresses, default
+    /// route), as a real box does when a cable is pulled; taking its links
+    /// administratively down from inside would make its kernel delete the routes
+    /// through them for good. [`ScaleOut::revive_box`] plugs them back in.
     ///
     /// # Errors
     /// When `ip` fails.
     pub fn fail_links(&self, k: usize) -> Result<()> {
-        let g = self.gateways.get(k).ok_or_else(|| {
-            Error::os(
+        if k >= GATEWAYS {
+            return Err(Error::os(
                 format!("failing gateway {k}"),
                 std::io::Error::other("no such gateway"),
-            )
-        })?;
-        ip(g, &["link", "set", "lan0", "down"])?;
-        ip(g, &["link", "set", "wan0", "down"])
+            ));
+        }
+        for (ns, dev) in self.router_ports(k) {
+            ip(ns, &["link", "set", &dev, "down"])?;
+        }
+        Ok(())
+    }
+
+    /// The routers' ports to gateway `k`: `gk` on the LAN router, `wk` on the WAN
+    /// router.
+    fn router_ports(&self, k: usize) -> [(&Netns, String); 2] {
+        [
+            (&self.lan_router, format!("g{k}")),
+            (&self.wan_router, format!("w{k}")),
+        ]
     }
 
     /// Every namespace.
