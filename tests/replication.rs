@@ -5,7 +5,10 @@
 //! is resynced when it comes back (including a deletion it missed); and after the
 //! roles are switched at run time (`natgw ha-role`) and the routes moved to B, B
 //! translates the existing UDP flow with the same external port and carries the
-//! existing TCP connection on.
+//! existing TCP connection on. Static forwards: the active's reach the standby
+//! (its own configuration winning where the two disagree), go when the active's
+//! configuration drops them, and carry inbound traffic through the standby once it
+//! has taken over.
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
@@ -25,26 +28,44 @@ const HA_PORT: u16 = 7780;
 /// How long replication may take to show on the standby.
 const REPLICATED: Duration = Duration::from_secs(5);
 
-/// The pre-shared key, in a file only root may read; removed on drop.
-struct KeyFile(PathBuf);
+/// A file only root may read (the pre-shared key, a configuration); removed on
+/// drop.
+struct PrivateFile(PathBuf);
 
-impl KeyFile {
+impl PrivateFile {
     fn new(tag: &str) -> Self {
+        Self::with(
+            &format!("{tag}.key"),
+            "an example key of more than 16 bytes\n",
+        )
+    }
+
+    fn with(name: &str, contents: &str) -> Self {
         use std::os::unix::fs::PermissionsExt as _;
-        let path = std::env::temp_dir().join(format!("natgw-ha-{tag}-{}.key", std::process::id()));
-        std::fs::write(&path, b"an example key of more than 16 bytes\n").expect("key file");
+        let path = std::env::temp_dir().join(format!("natgw-ha-{}-{name}", std::process::id()));
+        std::fs::write(&path, contents).expect("write file");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         Self(path)
     }
 }
 
-impl Drop for KeyFile {
+impl Drop for PrivateFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
 }
 
-fn start(pair: &Pair, side: PairSide, role: &str, key: &KeyFile) -> Natgw {
+fn start(pair: &Pair, side: PairSide, role: &str, key: &PrivateFile) -> Natgw {
+    start_with(pair, side, role, key, None)
+}
+
+fn start_with(
+    pair: &Pair,
+    side: PairSide,
+    role: &str,
+    key: &PrivateFile,
+    config: Option<&PrivateFile>,
+) -> Natgw {
     let (own, peer) = match side {
         PairSide::A => (PAIR_HA_A_ADDR, PAIR_HA_B_ADDR),
         PairSide::B => (PAIR_HA_B_ADDR, PAIR_HA_A_ADDR),
@@ -52,23 +73,32 @@ fn start(pair: &Pair, side: PairSide, role: &str, key: &KeyFile) -> Natgw {
     let listen = SocketAddrV4::new(own, HA_PORT).to_string();
     let peer = SocketAddrV4::new(peer, HA_PORT).to_string();
     let key = key.0.to_string_lossy().into_owned();
+    let config = config.map(|c| c.0.to_string_lossy().into_owned());
+    let config: Vec<&str> = config
+        .iter()
+        .flat_map(|c| ["--config", c.as_str()])
+        .collect();
     Natgw::try_start_on(
         pair.gateway(side),
         &["--wan", "wan0", "--lan", "lan0"],
         &[
-            "--ha-listen",
-            &listen,
-            "--ha-peer",
-            &peer,
-            "--ha-key-file",
-            &key,
-            "--ha-role",
-            role,
-            "--gc-interval",
-            "1",
-            "--no-upnp",
-            "--no-stun",
-        ],
+            config.as_slice(),
+            &[
+                "--ha-listen",
+                &listen,
+                "--ha-peer",
+                &peer,
+                "--ha-key-file",
+                &key,
+                "--ha-role",
+                role,
+                "--gc-interval",
+                "1",
+                "--no-upnp",
+                "--no-stun",
+            ],
+        ]
+        .concat(),
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }
@@ -140,7 +170,7 @@ fn ping(pair: &Pair) {
 fn the_standby_holds_the_actives_state_and_takes_over_its_flows() {
     require_root();
     let pair = Pair::new().unwrap_or_else(|e| panic!("{}", e.chain()));
-    let key = KeyFile::new(pair.id());
+    let key = PrivateFile::new(pair.id());
     let a = start(&pair, PairSide::A, "active", &key);
     let mut b = start(&pair, PairSide::B, "standby", &key);
     assert!(
@@ -339,4 +369,98 @@ fn the_standby_holds_the_actives_state_and_takes_over_its_flows() {
         b.log()
     );
     wait_same_table(&b, &a);
+}
+
+/// `[[forward]]` of UDP `external_port` to the client's `internal_port`.
+fn forward(external_port: u16, internal_port: u16) -> String {
+    format!(
+        "[[forward]]\nprotocol = \"udp\"\nexternal_port = {external_port}\n\
+         internal = \"{PAIR_CLIENT_ADDR}:{internal_port}\"\n"
+    )
+}
+
+#[test]
+fn the_actives_static_forwards_reach_the_standby_and_its_own_configuration_wins() {
+    require_root();
+    let pair = Pair::new().unwrap_or_else(|e| panic!("{}", e.chain()));
+    let key = PrivateFile::new(pair.id());
+    // A forwards 9000, 9001 and 9003 to the client's same ports; B's configuration
+    // forwards only the client's 9001, from port 9002: the two disagree there.
+    let a_conf = PrivateFile::with(
+        &format!("{}-a.toml", pair.id()),
+        &[
+            forward(9000, 9000),
+            forward(9001, 9001),
+            forward(9003, 9003),
+        ]
+        .concat(),
+    );
+    let b_conf = PrivateFile::with(&format!("{}-b.toml", pair.id()), &forward(9002, 9001));
+    let a = start_with(&pair, PairSide::A, "active", &key, Some(&a_conf));
+    let b = start_with(&pair, PairSide::B, "standby", &key, Some(&b_conf));
+    let client = |port| SocketAddrV4::new(PAIR_CLIENT_ADDR, port);
+    let forwarded = |natgw: &Natgw, internal: u16, external: u16| {
+        natgw.mapping_of("udp", client(internal)).is_some_and(|m| {
+            m["origin"] == "static"
+                && m["external"] == SocketAddrV4::new(PAIR_GW_WAN_ADDR, external).to_string()
+        })
+    };
+
+    // B holds A's forwards of 9000 and 9003, keeps its own of 9001 and counts the
+    // disagreement.
+    wait_for(REPLICATED, || {
+        (forwarded(&b, 9000, 9000)
+            && forwarded(&b, 9003, 9003)
+            && forwarded(&b, 9001, 9002)
+            && b.status()["controller_counters"]["ha_rejected_static_conflict"] == 1)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "B does not hold A's forwards:\n{:?}\n{}\nB's log:\n{}",
+            b.mappings(),
+            b.status(),
+            b.log()
+        )
+    });
+    assert!(forwarded(&a, 9001, 9001), "A keeps its own");
+
+    // A's configuration drops the forward of 9003 (a reload): B's goes too.
+    std::fs::write(
+        &a_conf.0,
+        [forward(9000, 9000), forward(9001, 9001)].concat(),
+    )
+    .expect("rewrite A's configuration");
+    let pid = a.inner().pid().expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid")),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    wait_for(REPLICATED, || {
+        (a.mapping_of("udp", client(9003)).is_none() && b.mapping_of("udp", client(9003)).is_none())
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("B still forwards 9003:\n{:?}\n{}", b.mappings(), b.log()));
+    assert!(forwarded(&b, 9000, 9000), "the other forward stays");
+
+    // B takes over: A's forward of 9000 carries inbound traffic to the client
+    // through B.
+    let (st, out, err) = a.cli(&["ha-role", "standby"]);
+    assert!(st.success(), "{out}{err}");
+    let (st, out, err) = b.cli(&["ha-role", "active"]);
+    assert!(st.success(), "{out}{err}");
+    pair.route_via(PairSide::B)
+        .unwrap_or_else(|e| panic!("{}", e.chain()));
+    let host = udp(&pair.client, PAIR_CLIENT_ADDR, 9000);
+    let far = udp(&pair.far, PAIR_FAR_ADDR, 7100);
+    far.send_to(b"in", SocketAddrV4::new(PAIR_GW_WAN_ADDR, 9000))
+        .expect("send");
+    let (got, from) = recv(&host).expect("inbound through B's copy of A's forward");
+    assert_eq!(got, b"in");
+    assert_eq!(from, SocketAddrV4::new(PAIR_FAR_ADDR, 7100));
+    assert!(
+        b.counter("xdp_in_redirected") + b.counter("tc_in_translated") >= 1,
+        "B translated it"
+    );
 }

@@ -122,8 +122,8 @@ fn session_record(k: &SessionKey, s: &Session, now_ns: u64) -> Record {
     })
 }
 
-/// The record of an explicit entry (`None`: a static forward, which the peer has
-/// from its own configuration, or something unreadable).
+/// The record of an explicit entry (`None`: something unreadable). A static
+/// forward's lifetime is [`NEVER`].
 fn explicit_record(e: &ExplicitEntry, now_ns: u64) -> Option<Record> {
     let proto = match protocol_named(&e.protocol)? {
         natgw_proto::pcp::table::Protocol::Udp => IPPROTO_UDP,
@@ -134,6 +134,7 @@ fn explicit_record(e: &ExplicitEntry, now_ns: u64) -> Option<Record> {
         "pcp" => Origin::Pcp,
         "nat-pmp" => Origin::NatPmp,
         "upnp" => Origin::Upnp,
+        "static" | "peer-static" => Origin::Static,
         _ => return None,
     };
     let filters = e
@@ -401,12 +402,13 @@ impl Installer {
         self.resync = Some(ResyncSeen::default());
     }
 
-    /// A full resync ended: removes the mappings (but static forwards), sessions and
-    /// explicit records it did not name; how many mappings went.
+    /// A full resync ended: removes the mappings (but this gateway's own static
+    /// forwards), sessions and explicit records it did not name; how many mappings
+    /// went.
     ///
     /// # Errors
     /// When a map cannot be read or written.
-    pub fn end_resync<N: NatTables, F: PcpFilterTable>(
+    pub fn end_resync<N: NatTables + NatWrites, F: PcpFilterTable>(
         &mut self,
         nat: &mut N,
         explicit: Option<&mut ExplicitMappings<F>>,
@@ -415,18 +417,38 @@ impl Installer {
         let Some(seen) = self.resync.take() else {
             return Ok(0);
         };
+        // Static entries stay when a static forward holds them: this gateway's own,
+        // or the peer's named by this resync. Without the explicit table (no port
+        // mapping service) every static entry stays.
+        let mut statics: Option<HashSet<FwdKey>> = None;
         if let Some(explicit) = explicit {
             for e in explicit.entries() {
                 if !seen.explicit.contains(&(e.protocol.clone(), e.internal)) {
                     if let Some(p) = protocol_named(&e.protocol) {
-                        explicit.forget_replicated(p, e.internal);
+                        explicit.forget_peer(nat, p, e.internal, now_ns);
                     }
                 }
             }
+            statics = Some(
+                explicit
+                    .entries()
+                    .iter()
+                    .filter(|e| e.origin == "static" || e.origin == "peer-static")
+                    .filter_map(|e| {
+                        let p = match protocol_named(&e.protocol)? {
+                            natgw_proto::pcp::table::Protocol::Tcp => IPPROTO_TCP,
+                            _ => IPPROTO_UDP,
+                        };
+                        Some(fwd_key(p, e.internal))
+                    })
+                    .collect(),
+            );
         }
         let mut removed = 0;
         for (fk, m) in nat.fwd_entries()? {
-            if seen.mappings.contains(&fk) || m.origin == Origin::Static as u8 {
+            let held_static = m.origin == Origin::Static as u8
+                && statics.as_ref().is_none_or(|s| s.contains(&fk));
+            if seen.mappings.contains(&fk) || held_static {
                 continue;
             }
             if crate::nat_table::explicit::delete_entries(nat, &fk, Some(m.created_ns), now_ns)? {
@@ -500,7 +522,7 @@ impl Installer {
                     } else {
                         natgw_proto::pcp::table::Protocol::Udp
                     };
-                    explicit.forget_replicated(p, *internal);
+                    explicit.forget_peer(nat, p, *internal, now_ns);
                 }
                 Ok(Ok(()))
             }
@@ -517,9 +539,6 @@ impl Installer {
             return Err("protocol");
         }
         let origin = Origin::from_u8(m.origin).ok_or("origin")?;
-        if origin == Origin::Static {
-            return Err("origin");
-        }
         FilterMode::from_u8(m.filter).ok_or("filter")?;
         if bounds.plan.refusal(*m.internal.ip()).is_some() {
             return Err("internal_address");
@@ -544,6 +563,11 @@ impl Installer {
     ) -> Result<Result<(), Reason>, MapsError> {
         if let Err(reason) = Self::check_mapping(bounds, r) {
             return Ok(Err(reason));
+        }
+        if r.origin == Origin::Static as u8 {
+            // A static forward's entries come with its explicit record, which
+            // installs them here as the peer's forward (or finds this gateway's own).
+            return Ok(Ok(()));
         }
         let fk = fwd_key(r.proto, r.internal);
         let ext_be = addr_be(r.external.ip().octets());
@@ -673,9 +697,9 @@ impl Installer {
         Ok(Ok(()))
     }
 
-    fn explicit<N: NatTables, F: PcpFilterTable>(
+    fn explicit<N: NatTables + NatWrites, F: PcpFilterTable>(
         &mut self,
-        nat: &N,
+        nat: &mut N,
         explicit: Option<&mut ExplicitMappings<F>>,
         bounds: &Bounds<'_>,
         e: &ExplicitRecord,
@@ -688,7 +712,7 @@ impl Installer {
             _ => return Err("protocol"),
         };
         let origin = match Origin::from_u8(e.origin) {
-            Some(o @ (Origin::Pcp | Origin::NatPmp | Origin::Upnp)) => o,
+            Some(o @ (Origin::Pcp | Origin::NatPmp | Origin::Upnp | Origin::Static)) => o,
             _ => return Err("origin"),
         };
         if bounds.plan.refusal(*e.internal.ip()).is_some() {
@@ -697,12 +721,28 @@ impl Installer {
         if !bounds.pool.contains(e.external.ip()) {
             return Err("external_address");
         }
-        if e.lifetime_s == NEVER {
+        if (e.lifetime_s == NEVER) != (origin == Origin::Static) {
+            // Only a static forward lives for ever, and it always does.
             return Err("lifetime");
         }
         let Some(explicit) = explicit else {
             return Err("no_port_mapping");
         };
+        if origin == Origin::Static {
+            if e.external.port() == 0 || !e.filters.is_empty() {
+                return Err("external_port");
+            }
+            let p = if e.proto == IPPROTO_TCP {
+                natgw_proto::pcp::table::Protocol::Tcp
+            } else {
+                natgw_proto::pcp::table::Protocol::Udp
+            };
+            explicit.replicated_static(nat, p, e.internal, e.external, now_ns)?;
+            if let Some(seen) = self.resync.as_mut() {
+                seen.explicit.insert((protocol.to_owned(), e.internal));
+            }
+            return Ok(());
+        }
         let entry = ExplicitEntry {
             protocol: protocol.to_owned(),
             internal: e.internal,

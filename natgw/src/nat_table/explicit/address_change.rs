@@ -77,7 +77,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             ports: record.ports.clone(),
             suggested_address: None,
             suggested_port: Some(record.external.port()),
-            prefer_failure: record.holder == Holder::Static,
+            prefer_failure: record.holder.is_static(),
             filters: record.filters.clone(),
         };
         let rev_value = RevValue {

@@ -156,7 +156,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 }
                 continue;
             }
-            if request.holder != Holder::Static {
+            if !request.holder.is_static() {
                 check_quota(nat, &fk)?;
             }
             let rev_value = RevValue {
@@ -266,7 +266,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         let lifetime_ns = secs_ns(request.lifetime);
         let expires_ns = now_ns.saturating_add(lifetime_ns);
         if let Some(record) = self.records.get(&request.key).cloned() {
-            if record.holder == Holder::Static {
+            if record.holder.is_static() {
                 return Err(TableError::NotAuthorized);
             }
             if Self::still_installed(nat, &record)? {

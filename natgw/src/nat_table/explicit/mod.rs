@@ -93,7 +93,8 @@ pub struct ExplicitEntry {
     pub internal: SocketAddrV4,
     /// External endpoint.
     pub external: SocketAddrV4,
-    /// `pcp`, `nat-pmp`, `upnp` or `static`.
+    /// `pcp`, `nat-pmp`, `upnp`, `static`, or `peer-static` (the active peer's
+    /// static forward, replicated).
     pub origin: String,
     /// The client that holds it (its nonce): where its last request came from;
     /// `None` for static forwards.
@@ -132,6 +133,10 @@ pub enum Holder {
     Static,
     /// A UPnP IGD control point.
     Upnp,
+    /// A `[[forward]]` of the active peer's configuration, replicated to this
+    /// standby (issue #16): it holds the forward until the peer no longer has it.
+    /// This gateway's own configuration wins over it.
+    PeerStatic,
 }
 
 impl Holder {
@@ -148,14 +153,24 @@ impl Holder {
             Self::Pcp => Some(Origin::Pcp),
             Self::NatPmp => Some(Origin::NatPmp),
             Self::Upnp => Some(Origin::Upnp),
-            Self::Static => None,
+            Self::Static | Self::PeerStatic => None,
         }
     }
 
-    /// `pcp`, `nat-pmp`, `upnp` or `static`.
+    /// A static forward, of this gateway's configuration or of its peer's: never
+    /// expires, and no PCP, NAT-PMP or UPnP request takes it over.
+    #[must_use]
+    pub const fn is_static(self) -> bool {
+        matches!(self, Self::Static | Self::PeerStatic)
+    }
+
+    /// `pcp`, `nat-pmp`, `upnp`, `static` or `peer-static`.
     #[must_use]
     pub const fn name(self) -> &'static str {
-        self.origin().name()
+        match self {
+            Self::PeerStatic => "peer-static",
+            _ => self.origin().name(),
+        }
     }
 
     /// The `origin` the forward entry carries.
@@ -164,7 +179,7 @@ impl Holder {
         match self {
             Self::Pcp => natgw_common::Origin::Pcp,
             Self::NatPmp => natgw_common::Origin::NatPmp,
-            Self::Static => natgw_common::Origin::Static,
+            Self::Static | Self::PeerStatic => natgw_common::Origin::Static,
             Self::Upnp => natgw_common::Origin::Upnp,
         }
     }
@@ -522,7 +537,8 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
 
     /// Installs a static forward: `internal` reachable at `external_port` of its
     /// external address, for anyone, for as long as natgw runs. Fails when that
-    /// port is not free.
+    /// port is not free. The same forward replicated from the peer becomes this
+    /// configuration's; a different one of the peer's for `internal` gives way.
     pub fn add_static<N: NatTables + NatWrites>(
         &mut self,
         nat: &mut N,
@@ -536,13 +552,33 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             protocol,
             internal_port: internal.port(),
         };
-        if self.records.contains_key(&key) {
-            return Err(TableError::NotAuthorized);
+        if let Some(r) = self.records.get_mut(&key) {
+            if r.holder != Holder::PeerStatic {
+                return Err(TableError::NotAuthorized);
+            }
+            if r.external.port() == external_port {
+                r.holder = Holder::Static;
+                self.generation = self.generation.wrapping_add(1);
+                return Ok(r.external);
+            }
+            self.end(nat, &key, now_ns, MappingEventKind::Delete);
         }
+        self.add_forward(nat, Holder::Static, key, external_port, now_ns)
+    }
+
+    /// Creates the entries and the record of a static forward held by `holder`.
+    pub(super) fn add_forward<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        holder: Holder,
+        key: MappingKey,
+        external_port: u16,
+        now_ns: u64,
+    ) -> Result<SocketAddrV4, TableError> {
         let span = PortSpan::new(external_port, external_port).ok_or(TableError::NoResources)?;
         let request = NewMapping {
             key,
-            holder: Holder::Static,
+            holder,
             ports: vec![span],
             suggested_address: None,
             suggested_port: Some(external_port),
@@ -555,7 +591,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
             key,
             Record {
                 key,
-                holder: Holder::Static,
+                holder,
                 nonce: [0; 12],
                 external,
                 expires: None,
@@ -689,7 +725,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         let due: Vec<MappingKey> = self
             .records
             .values()
-            .filter(|r| include_static || r.holder != Holder::Static)
+            .filter(|r| include_static || !r.holder.is_static())
             .filter(|r| filter.matches(&r.fwd_key(), &r.mapping_view()))
             .map(|r| r.key)
             .collect();
@@ -739,7 +775,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 protocol: r.key.protocol.name().to_owned(),
                 internal: r.key.internal_endpoint(),
                 external: r.external,
-                origin: r.holder.origin().name().to_owned(),
+                origin: r.holder.name().to_owned(),
                 client: r.reply_to,
                 expires_ns: r.expires_ns,
                 filters: r
@@ -759,8 +795,10 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
     /// (`entries`, its explicit mappings file) whose mapping the adopted maps still
     /// hold unchanged (same external endpoint, same `created_ns`): their holders keep
     /// them, with the same nonce and the rest of their lifetime (one that ran out
-    /// while no natgw ran ends at the next [`Self::expire`]). Static forwards come
-    /// back from the configuration instead. Returns how many came back.
+    /// while no natgw ran ends at the next [`Self::expire`]). The peer's static
+    /// forwards come back as such (a reload or a resync settles them); this
+    /// gateway's own come back from the configuration instead. Returns how many
+    /// came back.
     pub fn restore(
         &mut self,
         nat: &impl NatTables,
@@ -774,6 +812,7 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
                 "pcp" => Holder::Pcp,
                 "nat-pmp" => Holder::NatPmp,
                 "upnp" => Holder::Upnp,
+                "peer-static" => Holder::PeerStatic,
                 _ => continue,
             };
             let protocol = match e.protocol.as_str() {

@@ -228,13 +228,6 @@ fn records_outside_the_configuration_are_counted_and_never_installed() {
     let bad = [
         ("protocol", MappingRecord { proto: 47, ..good }),
         ("origin", MappingRecord { origin: 99, ..good }),
-        (
-            "origin",
-            MappingRecord {
-                origin: Origin::Static as u8,
-                ..good
-            },
-        ),
         ("filter", MappingRecord { filter: 77, ..good }),
         (
             "internal_address",
@@ -283,7 +276,21 @@ fn records_outside_the_configuration_are_counted_and_never_installed() {
             "{reason}"
         );
     }
-    assert_eq!(installer.rejected_total(), 9, "{:?}", installer.rejected);
+    assert_eq!(installer.rejected_total(), 8, "{:?}", installer.rejected);
+    assert!(standby.fwd.is_empty() && standby.rev.is_empty());
+
+    // A static forward's mapping record installs nothing: its explicit record does.
+    let static_mapping = MappingRecord {
+        origin: Origin::Static as u8,
+        ..good
+    };
+    install(
+        &mut standby,
+        &mut installer,
+        &[Record::Mapping(static_mapping)],
+        NOW,
+    );
+    assert_eq!(installer.rejected_total(), 8, "{:?}", installer.rejected);
     assert!(standby.fwd.is_empty() && standby.rev.is_empty());
 
     // A session of no mapping.
@@ -370,4 +377,189 @@ fn ages_survive_the_clock_change() {
     assert_eq!(time_of(5, 10), 1, "never 0 (which means never)");
     assert_eq!(age_ms(NOW, NOW - 1_500_000_000), 1500);
     assert_eq!(time_of(NOW, 1500), NOW - 1_500_000_000);
+}
+
+fn explicit_table() -> ExplicitMappings<MemoryMaps> {
+    let defaults = crate::nat_table::explicit::Defaults {
+        port_range: PortRange::new(1024, 65535).unwrap(),
+        filter_udp: FilterMode::EndpointIndependent,
+        filter_tcp: FilterMode::EndpointIndependent,
+        policy: crate::nat_table::gc::Policy::new(&crate::config::Timeouts::default(), false),
+        blocks: natgw_common::blocks::BlockPlan::default(),
+    };
+    ExplicitMappings::new(vec![EXT], plan(), defaults, MemoryMaps::default())
+}
+
+fn install_explicit(
+    standby: &mut MemoryMaps,
+    explicit: &mut ExplicitMappings<MemoryMaps>,
+    installer: &mut Installer,
+    records: &[Record],
+) {
+    let (plan, pool) = (plan(), [EXT]);
+    for r in records {
+        installer
+            .apply(
+                standby,
+                Some(&mut *explicit),
+                &bounds(&plan, &pool),
+                r,
+                Instant::now(),
+                NOW,
+            )
+            .unwrap();
+    }
+}
+
+fn resync(
+    standby: &mut MemoryMaps,
+    explicit: &mut ExplicitMappings<MemoryMaps>,
+    installer: &mut Installer,
+    records: &[Record],
+) {
+    installer.begin_resync();
+    install_explicit(standby, explicit, installer, records);
+    installer
+        .end_resync(standby, Some(&mut *explicit), NOW)
+        .unwrap();
+}
+
+#[test]
+fn the_actives_static_forwards_reach_the_standby_and_go_when_it_drops_them() {
+    use natgw_proto::pcp::table::Protocol;
+    let host: SocketAddrV4 = "10.0.1.2:9000".parse().unwrap();
+    let fk = fwd_key(IPPROTO_UDP, host);
+    let (mut active, mut active_ex) = (MemoryMaps::default(), explicit_table());
+    active_ex
+        .add_static(&mut active, Protocol::Udp, 9000, host, NOW)
+        .unwrap();
+    let mut source = Source::default();
+    let records = source.full(&active, &active_ex.entries(), NOW).unwrap();
+    assert!(records.iter().any(|r| matches!(r,
+        Record::Explicit(e) if e.origin == Origin::Static as u8 && e.lifetime_s == NEVER)));
+
+    let (mut standby, mut standby_ex) = (MemoryMaps::default(), explicit_table());
+    let mut installer = Installer::default();
+    resync(&mut standby, &mut standby_ex, &mut installer, &records);
+    assert_eq!(installer.rejected_total(), 0, "{:?}", installer.rejected);
+    assert_eq!(externals(&standby), externals(&active));
+    assert_eq!(standby.fwd[&fk].origin, Origin::Static as u8);
+    assert!(standby_ex.holds_static(Protocol::Udp, host));
+    assert!(
+        standby_ex.statics().is_empty(),
+        "the peer's, not this configuration's"
+    );
+
+    // A second resync naming it again changes nothing.
+    let again = Source::default()
+        .full(&active, &active_ex.entries(), NOW)
+        .unwrap();
+    resync(&mut standby, &mut standby_ex, &mut installer, &again);
+    assert_eq!(externals(&standby), externals(&active));
+
+    // The standby restarts: the peer's forward comes back from its explicit
+    // mappings file as the peer's, and is replicated on if it becomes active.
+    let entries = standby_ex.entries();
+    assert!(entries
+        .iter()
+        .any(|e| e.origin == "peer-static" && e.internal == host));
+    let mut restarted = explicit_table();
+    assert_eq!(
+        restarted.restore(&standby, &entries, Instant::now(), NOW),
+        1
+    );
+    assert!(restarted.holds_static(Protocol::Udp, host));
+    assert!(restarted.statics().is_empty());
+    let onwards = Source::default()
+        .full(&standby, &restarted.entries(), NOW)
+        .unwrap();
+    assert!(onwards.iter().any(|r| matches!(r,
+        Record::Explicit(e) if e.origin == Origin::Static as u8 && e.internal == host)));
+
+    // The active's configuration drops it: the standby's entries go too.
+    active_ex.remove_static(&mut active, Protocol::Udp, host, NOW);
+    let gone = source.changes(&active, &active_ex.entries(), NOW).unwrap();
+    assert!(gone
+        .iter()
+        .any(|r| matches!(r, Record::ExplicitGone { internal, .. } if *internal == host)));
+    install_explicit(&mut standby, &mut standby_ex, &mut installer, &gone);
+    assert!(!standby_ex.holds_static(Protocol::Udp, host));
+    assert!(standby.fwd.is_empty() && standby.rev.is_empty());
+
+    // Dropped while the standby was away: the next resync removes it.
+    active_ex
+        .add_static(&mut active, Protocol::Udp, 9000, host, NOW)
+        .unwrap();
+    let records = Source::default()
+        .full(&active, &active_ex.entries(), NOW)
+        .unwrap();
+    resync(&mut standby, &mut standby_ex, &mut installer, &records);
+    assert!(standby.fwd.contains_key(&fk));
+    active_ex.remove_static(&mut active, Protocol::Udp, host, NOW);
+    let records = Source::default()
+        .full(&active, &active_ex.entries(), NOW)
+        .unwrap();
+    resync(&mut standby, &mut standby_ex, &mut installer, &records);
+    assert!(standby.fwd.is_empty() && standby.rev.is_empty());
+    assert!(!standby_ex.holds_static(Protocol::Udp, host));
+}
+
+#[test]
+fn the_standbys_own_static_forwards_win_and_take_the_peers_over() {
+    use natgw_proto::pcp::table::Protocol;
+    let host: SocketAddrV4 = "10.0.1.2:9000".parse().unwrap();
+    let fk = fwd_key(IPPROTO_UDP, host);
+    let (mut active, mut active_ex) = (MemoryMaps::default(), explicit_table());
+    active_ex
+        .add_static(&mut active, Protocol::Udp, 9000, host, NOW)
+        .unwrap();
+    let records = Source::default()
+        .full(&active, &active_ex.entries(), NOW)
+        .unwrap();
+
+    // The standby's configuration forwards the same host port elsewhere: the two
+    // configurations disagree, its own stays and the refusal is counted.
+    let (mut standby, mut standby_ex) = (MemoryMaps::default(), explicit_table());
+    standby_ex
+        .add_static(&mut standby, Protocol::Udp, 9001, host, NOW)
+        .unwrap();
+    let mut installer = Installer::default();
+    resync(&mut standby, &mut standby_ex, &mut installer, &records);
+    assert_eq!(installer.rejected.get("static_conflict"), Some(&1));
+    assert_eq!(port(standby.fwd[&fk].ext_port_be), 9001);
+    assert_eq!(standby_ex.statics(), [(Protocol::Udp, host, 9001)]);
+
+    // The same forward in both: nothing to do, and it stays this configuration's.
+    let (mut same, mut same_ex) = (MemoryMaps::default(), explicit_table());
+    same_ex
+        .add_static(&mut same, Protocol::Udp, 9000, host, NOW)
+        .unwrap();
+    let mut installer = Installer::default();
+    resync(&mut same, &mut same_ex, &mut installer, &records);
+    assert_eq!(installer.rejected_total(), 0, "{:?}", installer.rejected);
+    assert_eq!(same_ex.statics(), [(Protocol::Udp, host, 9000)]);
+    assert_eq!(externals(&same), externals(&active));
+
+    // The peer's forward first, then a reload of this configuration adds it: it
+    // becomes this configuration's, entries untouched.
+    let (mut later, mut later_ex) = (MemoryMaps::default(), explicit_table());
+    let mut installer = Installer::default();
+    resync(&mut later, &mut later_ex, &mut installer, &records);
+    let created = later.fwd[&fk].created_ns;
+    let got = later_ex
+        .add_static(&mut later, Protocol::Udp, 9000, host, NOW + 1)
+        .unwrap();
+    assert_eq!(got.port(), 9000);
+    assert_eq!(later_ex.statics(), [(Protocol::Udp, host, 9000)]);
+    assert_eq!(later.fwd[&fk].created_ns, created, "the same entries");
+
+    // A stale mapping of the host port to another external port gives way to the
+    // active's forward.
+    let (mut stale, mut stale_ex) = (MemoryMaps::default(), explicit_table());
+    add(&mut stale, IPPROTO_UDP, "10.0.1.2:9000", 40000, NOW, NOW);
+    let mut installer = Installer::default();
+    resync(&mut stale, &mut stale_ex, &mut installer, &records);
+    assert_eq!(installer.rejected_total(), 0, "{:?}", installer.rejected);
+    assert_eq!(externals(&stale), externals(&active));
+    assert_eq!(stale.rev.len(), 1, "port 40000 freed");
 }
