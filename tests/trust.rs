@@ -1,7 +1,8 @@
 //! natgw fails closed and keeps its state: the internet side is watched for the whole
 //! of each test, and no packet with an internal source may ever leave the gateway —
 //! not before natgw has started, not while it starts, stops, is killed or upgraded,
-//! not after its data path is removed. Flows and PCP mappings live through restarts.
+//! not after its data path is removed. Flows and PCP mappings live through restarts;
+//! a forward removed while natgw was down does not.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -680,4 +681,51 @@ fn nothing_leaks_when_ports_run_out_or_the_table_is_full() {
         drop(natgw);
         watch.assert_none(counter);
     }
+}
+
+#[test]
+fn a_forward_removed_while_natgw_was_down_is_gone_after_the_restart() {
+    // A `[[forward]]` taken out of the configuration while natgw was stopped: the
+    // maps the next natgw adopts still hold it, but no configuration does, so it
+    // must end there (an open port the operator closed must not stay open).
+    require_root();
+    let tb = Testbed::new().expect("testbed");
+    let gw = &tb.gateway.ns;
+    let config = std::env::temp_dir().join(format!("natgw-forward-{}.toml", tb.gateway.ns.name()));
+    let write = |forward: bool| {
+        let text = if forward {
+            "[[forward]]\nprotocol = \"udp\"\nexternal_port = 6000\ninternal = \"10.0.2.2:6000\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(&config, text).expect("writing the configuration");
+    };
+    let args = ["--config", config.to_str().expect("path")];
+    write(true);
+    let mut natgw = Natgw::start(gw, &args);
+    let forwarded = udp(&tb.lan[1].ns, LAN_B_ADDR, 6000);
+    let probe = udp(&tb.wan[1].ns, testbed::WAN_B_ADDR, 9002);
+    let port_6000 = SocketAddrV4::new(GW_WAN_ADDR, 6000);
+    probe.send_to(b"fwd", port_6000).expect("send");
+    assert!(recv(&forwarded).is_some(), "the forward works");
+
+    assert!(natgw.stop().success(), "{}", natgw.log());
+    drop(natgw);
+    write(false);
+    let natgw = Natgw::start(gw, &args);
+    assert!(natgw.log().contains("datapath.adopted"), "{}", natgw.log());
+    let internal = SocketAddrV4::new(LAN_B_ADDR, 6000);
+    assert!(
+        natgw.mapping_of("udp", internal).is_none(),
+        "the removed forward's mapping is gone: {:?}\n{}",
+        natgw.mapping_of("udp", internal),
+        natgw.log()
+    );
+    probe.send_to(b"fwd", port_6000).expect("send");
+    assert!(
+        recv_nothing(&forwarded, Duration::from_millis(500)).is_none(),
+        "nothing reaches the host through the removed forward"
+    );
+    drop(natgw);
+    let _ = std::fs::remove_file(&config);
 }

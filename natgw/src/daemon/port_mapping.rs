@@ -463,6 +463,27 @@ impl PortMapping {
         for f in &settings.forwards {
             install_forward(&mut explicit, nat, &addresses, f, now_ns)?;
         }
+        if adopted {
+            match explicit.end_unrecorded(nat, now_ns) {
+                Ok(ended) => {
+                    for e in ended {
+                        info!(
+                            "explicit.unrecorded_ended proto={} int={} ext={} holder={} \
+                             outcome={}: no record or forward holds it any more",
+                            e.key.protocol,
+                            e.key.internal_endpoint(),
+                            e.external,
+                            e.holder.name(),
+                            e.outcome.name()
+                        );
+                    }
+                }
+                Err(e) => warn!(
+                    "explicit.unrecorded_unread error=\"{e}\": explicit mappings of the \
+                     previous natgw that nothing holds any more stay in the maps"
+                ),
+            }
+        }
 
         let server = if settings.pcp.enabled {
             let lans: Vec<LanAddress> = topology

@@ -860,6 +860,71 @@ impl<F: PcpFilterTable> ExplicitMappings<F> {
         }
         restored
     }
+
+    /// Ends the explicit mappings the maps hold that no record here accounts for:
+    /// a previous natgw's whose record did not come back ([`Self::restore`]) and
+    /// that no `[[forward]]` of the configuration took over, such as a forward
+    /// removed from the configuration while natgw was down, or a PCP mapping whose
+    /// record was lost with the explicit mappings file. The data path would keep
+    /// them for ever (the garbage collector leaves explicit mappings alone), an
+    /// inbound port nobody configured or holds. They end as any explicit mapping
+    /// ends (RFC 6887 §15): kept as implicit mappings if their internal endpoint
+    /// sent traffic within the idle timeout, else deleted. Call once at start,
+    /// after [`Self::restore`] and the configuration's forwards.
+    ///
+    /// # Errors
+    /// When `NAT_FWD` cannot be read.
+    pub fn end_unrecorded<N: NatTables + NatWrites>(
+        &mut self,
+        nat: &mut N,
+        now_ns: u64,
+    ) -> Result<Vec<Ended>, MapsError> {
+        let recorded: std::collections::HashSet<FwdKey> =
+            self.records.values().map(Record::fwd_key).collect();
+        let mut ended = Vec::new();
+        for (fk, m) in nat.fwd_entries()? {
+            let holder = match natgw_common::Origin::from_u8(m.origin) {
+                Some(natgw_common::Origin::Pcp) => Holder::Pcp,
+                Some(natgw_common::Origin::NatPmp) => Holder::NatPmp,
+                Some(natgw_common::Origin::Upnp) => Holder::Upnp,
+                Some(natgw_common::Origin::Static) => Holder::Static,
+                _ => continue,
+            };
+            let protocol = match fk.proto {
+                IPPROTO_UDP => Protocol::Udp,
+                IPPROTO_TCP => Protocol::Tcp,
+                _ => continue,
+            };
+            if recorded.contains(&fk) {
+                continue;
+            }
+            let key = MappingKey {
+                internal: ipv4(fk.addr_be),
+                protocol,
+                internal_port: port(fk.port_be),
+            };
+            // What the record would have said that matters for ending it: the
+            // entries' identity. Its PCP filters, if it had any, are not known.
+            self.records.insert(
+                key,
+                Record {
+                    key,
+                    holder,
+                    nonce: [0; 12],
+                    external: external_of(&m),
+                    expires: None,
+                    expires_ns: None,
+                    filters: Vec::new(),
+                    reply_to: None,
+                    ports: Vec::new(),
+                    created_ns: m.created_ns,
+                    description: String::new(),
+                },
+            );
+            ended.extend(self.end(nat, &key, now_ns, MappingEventKind::Delete));
+        }
+        Ok(ended)
+    }
 }
 
 /// A filter as [`ExplicitEntry::filters`] writes it, `PREFIX:PORT`.

@@ -566,3 +566,70 @@ fn in_block_mode_explicit_mappings_come_from_the_hosts_block() {
         "no block here, no mapping"
     );
 }
+
+#[test]
+fn explicit_mappings_nothing_holds_after_a_restart_end() {
+    // A previous natgw's maps: a forward its configuration had (the new one does
+    // not), a PCP mapping whose record was lost (its host still sends), and a
+    // forward the new configuration has. Only the last stays explicit.
+    let mut nat = MemoryMaps::default();
+    let mut old = explicit();
+    old.add_static(
+        &mut nat,
+        Protocol::Udp,
+        9000,
+        SocketAddrV4::new(HOST, 9000),
+        S,
+    )
+    .unwrap();
+    old.add_static(
+        &mut nat,
+        Protocol::Udp,
+        9001,
+        SocketAddrV4::new(HOST, 9001),
+        S,
+    )
+    .unwrap();
+    let now = Instant::now();
+    let pcp = old
+        .table(&mut nat, now, S)
+        .install(&install(5000, Some(15000), now))
+        .unwrap();
+    let pcp_fk = fwd_key(IPPROTO_UDP, SocketAddrV4::new(HOST, 5000));
+    nat.fwd.get_mut(&pcp_fk).unwrap().last_out_ns = 10 * S;
+
+    let mut new = explicit();
+    new.add_static(
+        &mut nat,
+        Protocol::Udp,
+        9001,
+        SocketAddrV4::new(HOST, 9001),
+        10 * S,
+    )
+    .unwrap();
+    let ended = new.end_unrecorded(&mut nat, 11 * S).unwrap();
+    let mut outcomes: Vec<(u16, &str, &str)> = ended
+        .iter()
+        .map(|e| (e.key.internal_port, e.holder.name(), e.outcome.name()))
+        .collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0].0, 5000);
+    assert_eq!(outcomes[0].1, "pcp");
+    assert_eq!(outcomes[1].0, 9000);
+    assert_eq!(outcomes[1].1, "static");
+    assert!(
+        entries_of(&nat, 9000).is_none(),
+        "the removed forward is gone"
+    );
+    let (m, _) = entries_of(&nat, 5000).expect("the PCP mapping in use stays");
+    assert_eq!(m.origin, natgw_common::Origin::Traffic as u8, "as implicit");
+    assert_eq!(external_of(&m), pcp);
+    let (m, _) = entries_of(&nat, 9001).expect("the configured forward stays");
+    assert_eq!(m.origin, natgw_common::Origin::Static as u8);
+    assert_eq!(new.statics().len(), 1);
+    assert!(
+        new.end_unrecorded(&mut nat, 12 * S).unwrap().is_empty(),
+        "nothing more"
+    );
+}
